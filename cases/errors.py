@@ -1,0 +1,75 @@
+from revive_site.errors import DomainError, NotFound
+
+
+class RunNotFound(NotFound):
+    code = "RUN_NOT_FOUND"
+    default_message = "No run with this id is registered."
+
+
+class ConnectionNotFound(NotFound):
+    code = "CONNECTION_NOT_FOUND"
+    default_message = "No connection with this id exists."
+
+
+class ActionNotFound(NotFound):
+    code = "ACTION_NOT_FOUND"
+    default_message = "This run has no action with this key; call begin first."
+
+
+class CaseNotFound(NotFound):
+    code = "CASE_NOT_FOUND"
+    default_message = "No recovery case with this id exists."
+
+
+class RunConflict(DomainError):
+    code = "RUN_CONFLICT"
+    status = 409
+    default_message = "A run with this id is already registered with a different runtime or workflow."
+
+
+class ConnectionConflict(DomainError):
+    code = "CONNECTION_CONFLICT"
+    status = 409
+    default_message = "A connection with this id already exists."
+
+
+class LeaseFenced(DomainError):
+    code = "LEASE_FENCED"
+    status = 409
+    default_message = "This credential generation has been superseded; reacquire the lease."
+
+
+class GenerationUnknown(DomainError):
+    code = "GENERATION_UNKNOWN"
+    status = 409
+    default_message = "This credential generation has not been issued for the connection."
+
+
+class ActionParamsMismatch(DomainError):
+    code = "ACTION_PARAMS_MISMATCH"
+    status = 409
+    default_message = "This action key was begun with different parameters."
+
+
+class ActionInProgress(DomainError):
+    code = "ACTION_IN_PROGRESS"
+    status = 409
+    default_message = "This action is executing under another claim; it cannot be claimed until it completes or is marked ambiguous."
+
+
+class ActionStateConflict(DomainError):
+    code = "ACTION_TRANSITION_NOT_ALLOWED"
+    status = 409
+    default_message = "The action is not in a state that allows this."
+
+
+class ActionConnectionMismatch(DomainError):
+    code = "ACTION_CONNECTION_MISMATCH"
+    status = 409
+    default_message = "This action key was begun on a different connection."
+
+
+class CaseTransitionNotAllowed(DomainError):
+    code = "CASE_TRANSITION_NOT_ALLOWED"
+    status = 409
+    default_message = "The case is not in a state that allows this."

@@ -1,0 +1,244 @@
+from django.db import models
+from django.db.models import Q
+
+from reauth.classification import FailureClass, Provider
+
+
+class Runtime(models.TextChoices):
+    LANGGRAPH = "langgraph", "LangGraph"
+    TEMPORAL = "temporal", "Temporal"
+    RESTATE = "restate", "Restate"
+
+
+class ApiKey(models.Model):
+    """A key for the worker API or the operator API. Only its SHA-256 is stored."""
+
+    class Role(models.TextChoices):
+        WORKER = "worker", "Worker"
+        OPERATOR = "operator", "Operator"
+
+    name = models.CharField(max_length=100, unique=True)
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.WORKER)
+    system_operate = models.BooleanField(
+        default=False, help_text="May call the operator recovery routes (/api/v2/admin/operator/...)."
+    )
+    prefix = models.CharField(max_length=16, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def actor(self) -> str:
+        return f"{self.role}:{self.name}"
+
+
+class Connection(models.Model):
+    """One provider connection: whose account, which identity, which generation."""
+
+    id = models.CharField(primary_key=True, max_length=120)
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    display_name = models.CharField(max_length=200, blank=True, default="")
+    owner_email = models.EmailField()
+    owner_name = models.CharField(max_length=200, blank=True, default="")
+    provider_subject = models.CharField(max_length=255, help_text="Entra: oid; Auth0/OIDC: sub.")
+    provider_tenant = models.CharField(max_length=255, blank=True, default="", help_text="Entra: tid.")
+    provider_issuer = models.CharField(max_length=500, blank=True, default="", help_text="Auth0/OIDC: iss.")
+    provider_org = models.CharField(max_length=255, blank=True, default="", help_text="Auth0: org_id, if any.")
+    current_generation = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["provider", "provider_tenant"]), models.Index(fields=["owner_email"])]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class CredentialGeneration(models.Model):
+    class State(models.TextChoices):
+        ISSUED = "issued"
+        REJECTED = "rejected"
+        SUPERSEDED = "superseded"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="generations")
+    number = models.PositiveIntegerField()
+    state = models.CharField(max_length=20, choices=State.choices, default=State.ISSUED)
+    issued_at = models.DateTimeField(auto_now_add=True)
+    rejected_at = models.DateTimeField(null=True, blank=True)
+    superseded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "number"], name="generation_unique_per_connection")]
+        ordering = ["connection", "number"]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id} g{self.number} ({self.state})"
+
+
+class Run(models.Model):
+    class State(models.TextChoices):
+        ACTIVE = "active"
+        PARKED = "parked"
+        COMPLETED = "completed"
+        FAILED = "failed"
+
+    id = models.CharField(primary_key=True, max_length=200)
+    runtime = models.CharField(max_length=20, choices=Runtime.choices)
+    runtime_ref = models.JSONField(default=dict, blank=True)
+    workflow_name = models.CharField(max_length=200)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "updated_at"])]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Checkpoint(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    checkpoint_id = models.CharField(max_length=200)
+    label = models.CharField(max_length=200, blank=True, default="")
+    runtime_ref = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "checkpoint_id"], name="checkpoint_unique_per_run")]
+        ordering = ["run", "created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.label or self.checkpoint_id
+
+
+class Action(models.Model):
+    """One mutating action of a run: the ledger entry that makes it at-most-once."""
+
+    class State(models.TextChoices):
+        BEGUN = "begun"
+        EXECUTING = "executing"
+        COMMITTED = "committed"
+        AMBIGUOUS = "ambiguous"
+        RECONCILED_COMMITTED = "reconciled_committed"
+        RECONCILED_ABSENT = "reconciled_absent"
+        FAILED = "failed"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="actions")
+    action_key = models.CharField(max_length=200)
+    idempotency_key = models.CharField(max_length=64, unique=True)
+    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="actions")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    params_hash = models.CharField(max_length=64, blank=True, default="")
+    state = models.CharField(max_length=24, choices=State.choices, default=State.BEGUN)
+    generation = models.PositiveIntegerField()
+    attempts = models.PositiveIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True)
+    external_ref = models.CharField(max_length=500, blank=True, default="")
+    error = models.JSONField(null=True, blank=True)
+    evidence = models.JSONField(null=True, blank=True)
+    reconciled_by = models.CharField(max_length=200, blank=True, default="")
+    lock_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "action_key"], name="action_unique_per_run")]
+        indexes = [
+            models.Index(fields=["state", "lock_expires_at"]),
+            models.Index(fields=["action_key"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.action_key}"
+
+
+class CaseState(models.TextChoices):
+    OPENED = "opened"
+    AWAITING_OWNER = "awaiting_owner"
+    REAUTHORIZED = "reauthorized"
+    RECONCILING = "reconciling"
+    AWAITING_APPROVAL = "awaiting_approval"
+    RESUMING = "resuming"
+    RESUMED = "resumed"
+    CLOSED = "closed"
+    ABANDONED = "abandoned"
+    RESUME_FAILED = "resume_failed"
+
+
+# A case in one of these states still blocks its runs.
+BLOCKING_CASE_STATES = (
+    CaseState.OPENED,
+    CaseState.AWAITING_OWNER,
+    CaseState.REAUTHORIZED,
+    CaseState.RECONCILING,
+    CaseState.AWAITING_APPROVAL,
+    CaseState.RESUME_FAILED,
+)
+# A case in one of these states is still open work (it may be joined).
+OPEN_CASE_STATES = BLOCKING_CASE_STATES + (CaseState.RESUMING,)
+
+
+class RecoveryCase(models.Model):
+    """Joins the rejected generation, the runs it blocks, their checkpoint and failed action."""
+
+    reference = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="cases")
+    rejected_generation = models.PositiveIntegerField()
+    resumed_generation = models.PositiveIntegerField(null=True, blank=True)
+    failure_class = models.CharField(max_length=24, choices=FailureClass.choices)
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    provider_code = models.CharField(max_length=80, blank=True, default="")
+    provider_message = models.TextField(blank=True, default="")
+    provider_error = models.JSONField(default=dict, blank=True)
+    owner_required = models.BooleanField(default=True)
+    state = models.CharField(max_length=24, choices=CaseState.choices, default=CaseState.OPENED)
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="first_cases")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    action = models.ForeignKey(Action, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    opened_at = models.DateTimeField(auto_now_add=True)
+    state_changed_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    runs = models.ManyToManyField(Run, through="CaseRun", related_name="cases")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "rejected_generation"],
+                condition=Q(state__in=[s.value for s in OPEN_CASE_STATES]),
+                name="one_open_case_per_connection_generation",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["state", "opened_at"]),
+            models.Index(fields=["provider", "state"]),
+            models.Index(fields=["failure_class", "state"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.reference or f"case {self.pk}"
+
+
+class CaseRun(models.Model):
+    """A run blocked by a case, with where it stopped."""
+
+    case = models.ForeignKey(RecoveryCase, on_delete=models.CASCADE, related_name="case_runs")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="case_runs")
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    action = models.ForeignKey(Action, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    joined_at = models.DateTimeField(auto_now_add=True)
+    resumed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["case", "run"], name="case_run_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.case} ← {self.run_id}"

@@ -1,0 +1,830 @@
+"""Every write of the recovery contract.
+
+Each public function here is one transaction. Locks are always taken in the
+same order -- connection, then run, then action, then case -- so concurrent
+callers queue instead of deadlocking. A connection row is locked ``FOR SHARE``
+by writers that only need its generation to stay put (``action_begin``,
+``action_commit``) and ``FOR UPDATE`` by writers that change what a generation
+means (rejecting it, advancing it), so a begin can never interleave with the
+generation moving underneath it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection as db, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from reauth.classification import Classification, FailureClass, classify
+
+from .errors import (
+    ActionConnectionMismatch,
+    ActionInProgress,
+    ActionNotFound,
+    ActionParamsMismatch,
+    ActionStateConflict,
+    CaseNotFound,
+    CaseTransitionNotAllowed,
+    ConnectionConflict,
+    ConnectionNotFound,
+    GenerationUnknown,
+    LeaseFenced,
+    RunConflict,
+    RunNotFound,
+)
+from .models import (
+    BLOCKING_CASE_STATES,
+    OPEN_CASE_STATES,
+    Action,
+    ApiKey,
+    CaseRun,
+    CaseState,
+    Checkpoint,
+    Connection,
+    CredentialGeneration,
+    RecoveryCase,
+    Run,
+)
+
+SYSTEM = "system"
+
+# --------------------------------------------------------------------------- keys
+
+
+def idempotency_key_for(*, run_id: str, action_key: str) -> str:
+    """The stable idempotency key of (run, action key): the same on every attempt and every worker."""
+    digest = hashlib.sha256(f"{run_id}\x00{action_key}".encode()).hexdigest()
+    return f"rv1_{digest[:48]}"
+
+
+def params_hash_for(params: Any) -> str:
+    if params is None:
+        return ""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _hash_api_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@transaction.atomic
+def api_key_create(*, name: str, role: str = ApiKey.Role.WORKER, system_operate: bool = False, actor: str = SYSTEM) -> tuple[ApiKey, str]:
+    """Create a key and return it with its raw value, which is never stored and cannot be shown again."""
+    prefix = secrets.token_hex(4)
+    raw = f"rvk_{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(
+        name=name, role=role, system_operate=system_operate, prefix=prefix, key_hash=_hash_api_key(raw)
+    )
+    audit_record(
+        actor=actor,
+        action="api_key.created",
+        entity_type="api_key",
+        entity_id=str(key.pk),
+        after={"name": name, "role": role, "system_operate": system_operate, "prefix": prefix},
+    )
+    return key, raw
+
+
+def api_key_authenticate(raw: str | None) -> ApiKey | None:
+    if not raw or len(raw) > 200:
+        return None
+    key = ApiKey.objects.filter(key_hash=_hash_api_key(raw), revoked_at__isnull=True).first()
+    if key is not None:
+        now = timezone.now()
+        if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
+            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key
+
+
+@transaction.atomic
+def api_key_revoke(*, key_id: int, actor: str) -> ApiKey:
+    key = ApiKey.objects.select_for_update().get(pk=key_id)
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        audit_record(actor=actor, action="api_key.revoked", entity_type="api_key", entity_id=str(key.pk),
+                     before={"revoked": False}, after={"revoked": True})
+    return key
+
+
+# --------------------------------------------------------------------------- locking
+
+
+def _lock_connection(connection_id: str, *, exclusive: bool) -> Connection:
+    """Lock a connection row; ``FOR SHARE`` unless ``exclusive`` (see the module docstring)."""
+    qs = Connection.objects.filter(pk=connection_id)
+    if exclusive:
+        conn = qs.select_for_update().first()
+    elif db.vendor == "postgresql":
+        conn = next(iter(Connection.objects.raw("SELECT * FROM cases_connection WHERE id = %s FOR SHARE", [connection_id])), None)
+    else:  # SQLite serialises writers with its database lock.
+        conn = qs.first()
+    if conn is None:
+        raise ConnectionNotFound(data={"connection_id": connection_id})
+    return conn
+
+
+def _get_run(run_id: str, *, lock: bool = False) -> Run:
+    qs = Run.objects.filter(pk=run_id)
+    run = (qs.select_for_update(no_key=True) if lock else qs).first()
+    if run is None:
+        raise RunNotFound(data={"run_id": run_id})
+    return run
+
+
+def _check_generation(conn: Connection, generation: int) -> None:
+    if generation > conn.current_generation or generation < 1:
+        raise GenerationUnknown(data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation})
+
+
+def _blocking_case(run: Run) -> RecoveryCase | None:
+    return (
+        RecoveryCase.objects.filter(case_runs__run=run, case_runs__resumed_at__isnull=True, state__in=BLOCKING_CASE_STATES)
+        .order_by("opened_at")
+        .first()
+    )
+
+
+# --------------------------------------------------------------------------- connections
+
+
+@transaction.atomic
+def connection_create(
+    *,
+    connection_id: str,
+    provider: str,
+    owner_email: str,
+    provider_subject: str,
+    provider_tenant: str = "",
+    provider_issuer: str = "",
+    provider_org: str = "",
+    display_name: str = "",
+    owner_name: str = "",
+    actor: str = SYSTEM,
+) -> Connection:
+    try:
+        with transaction.atomic():
+            conn = Connection.objects.create(
+                id=connection_id,
+                provider=provider,
+                owner_email=owner_email,
+                owner_name=owner_name,
+                display_name=display_name,
+                provider_subject=provider_subject,
+                provider_tenant=provider_tenant,
+                provider_issuer=provider_issuer,
+                provider_org=provider_org,
+                current_generation=1,
+            )
+    except IntegrityError as exc:
+        raise ConnectionConflict(data={"connection_id": connection_id}) from exc
+    CredentialGeneration.objects.create(connection=conn, number=1)
+    audit_record(
+        actor=actor,
+        action="connection.created",
+        entity_type="connection",
+        entity_id=conn.pk,
+        connection_id=conn.pk,
+        after={"provider": provider, "generation": 1, "subject": provider_subject, "tenant": provider_tenant},
+    )
+    return conn
+
+
+@dataclass(frozen=True)
+class Lease:
+    connection_id: str
+    generation: int
+    usable: bool
+    case_reference: str | None
+
+
+def lease_acquire(*, connection_id: str) -> Lease:
+    """The connection's current generation, and whether it is usable or waits for a reconnect."""
+    conn = Connection.objects.filter(pk=connection_id).first()
+    if conn is None:
+        raise ConnectionNotFound(data={"connection_id": connection_id})
+    case = (
+        RecoveryCase.objects.filter(connection=conn, rejected_generation=conn.current_generation, state__in=BLOCKING_CASE_STATES)
+        .only("reference")
+        .first()
+    )
+    return Lease(connection_id=conn.pk, generation=conn.current_generation, usable=case is None, case_reference=case.reference if case else None)
+
+
+@transaction.atomic
+def lease_advance(*, connection_id: str, from_generation: int, actor: str, case: RecoveryCase | None = None) -> int:
+    """Advance the connection's generation by exactly one; repeating the call for the same ``from_generation`` is a no-op.
+
+    Every worker still holding ``from_generation`` is fenced from this commit on.
+    """
+    conn = _lock_connection(connection_id, exclusive=True)
+    if conn.current_generation != from_generation:
+        if conn.current_generation == from_generation + 1:
+            return conn.current_generation  # already advanced by this same step
+        raise LeaseFenced(
+            "The generation to advance from is not the current one.",
+            data={"connection_id": connection_id, "from_generation": from_generation, "current_generation": conn.current_generation},
+        )
+    now = timezone.now()
+    CredentialGeneration.objects.filter(connection=conn, number=from_generation).update(state=CredentialGeneration.State.SUPERSEDED, superseded_at=now)
+    new = from_generation + 1
+    CredentialGeneration.objects.create(connection=conn, number=new)
+    Connection.objects.filter(pk=conn.pk).update(current_generation=new, updated_at=now)
+    audit_record(
+        actor=actor,
+        action="lease.advanced",
+        entity_type="connection",
+        entity_id=conn.pk,
+        connection_id=conn.pk,
+        case=case,
+        before={"generation": from_generation},
+        after={"generation": new},
+    )
+    return new
+
+
+# --------------------------------------------------------------------------- runs and checkpoints
+
+
+@transaction.atomic
+def run_register(*, run_id: str, runtime: str, runtime_ref: dict[str, Any], workflow_name: str, actor: str) -> Run:
+    """Register a run; registering the same run again returns it (and refreshes the runtime reference)."""
+    run = Run.objects.select_for_update(no_key=True).filter(pk=run_id).first()
+    if run is not None:
+        if run.runtime != runtime or run.workflow_name != workflow_name:
+            raise RunConflict(data={"run_id": run_id, "runtime": run.runtime, "workflow_name": run.workflow_name})
+        if runtime_ref and runtime_ref != run.runtime_ref:
+            before = run.runtime_ref
+            run.runtime_ref = runtime_ref
+            run.save(update_fields=["runtime_ref", "updated_at"])
+            audit_record(actor=actor, action="run.runtime_ref_updated", entity_type="run", entity_id=run.pk, run_id=run.pk,
+                         before={"runtime_ref": before}, after={"runtime_ref": runtime_ref})
+        return run
+    try:
+        with transaction.atomic():
+            run = Run.objects.create(id=run_id, runtime=runtime, runtime_ref=runtime_ref, workflow_name=workflow_name)
+    except IntegrityError:
+        return run_register(run_id=run_id, runtime=runtime, runtime_ref=runtime_ref, workflow_name=workflow_name, actor=actor)
+    audit_record(actor=actor, action="run.registered", entity_type="run", entity_id=run.pk, run_id=run.pk,
+                 after={"state": run.state, "runtime": runtime, "workflow_name": workflow_name, "runtime_ref": runtime_ref})
+    return run
+
+
+def _checkpoint_get_or_create(*, run: Run, checkpoint_id: str, label: str, runtime_ref: dict[str, Any], actor: str) -> Checkpoint:
+    cp = Checkpoint.objects.filter(run=run, checkpoint_id=checkpoint_id).first()
+    if cp is not None:
+        return cp
+    try:
+        with transaction.atomic():
+            cp = Checkpoint.objects.create(run=run, checkpoint_id=checkpoint_id, label=label or checkpoint_id, runtime_ref=runtime_ref)
+    except IntegrityError:
+        return Checkpoint.objects.get(run=run, checkpoint_id=checkpoint_id)
+    audit_record(actor=actor, action="checkpoint.recorded", entity_type="checkpoint", entity_id=f"{run.pk}/{checkpoint_id}",
+                 run_id=run.pk, after={"checkpoint_id": checkpoint_id, "label": cp.label, "runtime_ref": runtime_ref})
+    return cp
+
+
+@transaction.atomic
+def checkpoint_record(*, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None, actor: str) -> Checkpoint:
+    """Record a saved point of a run (idempotent per checkpoint id)."""
+    run = _get_run(run_id)
+    return _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label=label, runtime_ref=runtime_ref or {}, actor=actor)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+class Decision:
+    EXECUTE = "execute"
+    REPLAY = "replay"
+    RECONCILE = "reconcile"
+    FENCED = "fenced"
+    PARKED = "parked"
+
+
+@dataclass
+class BeginResult:
+    decision: str
+    idempotency_key: str
+    generation: int
+    current_generation: int
+    action_state: str | None = None
+    attempt: int = 0
+    result: Any = None
+    external_ref: str = ""
+    case_reference: str | None = None
+
+
+def _action_snapshot(action: Action) -> dict[str, Any]:
+    return {"state": action.state, "generation": action.generation, "attempts": action.attempts}
+
+
+def _action_transition(action: Action, *, to: str, actor: str, arguments: dict[str, Any] | None = None, **changes: Any) -> None:
+    before = _action_snapshot(action)
+    action.state = to
+    for name, value in changes.items():
+        setattr(action, name, value)
+    action.save()
+    audit_record(
+        actor=actor,
+        action=f"action.{to}",
+        entity_type="action",
+        entity_id=f"{action.run_id}/{action.action_key}",
+        run_id=action.run_id,
+        connection_id=action.connection_id,
+        before=before,
+        after=_action_snapshot(action),
+        arguments=arguments,
+    )
+
+
+ACTION_TRANSITIONS: dict[str | None, set[str]] = {
+    None: {Action.State.BEGUN, Action.State.EXECUTING},
+    Action.State.BEGUN: {Action.State.EXECUTING},
+    Action.State.EXECUTING: {Action.State.COMMITTED, Action.State.FAILED, Action.State.AMBIGUOUS},
+    Action.State.AMBIGUOUS: {Action.State.RECONCILED_COMMITTED, Action.State.RECONCILED_ABSENT},
+    Action.State.RECONCILED_ABSENT: {Action.State.EXECUTING},
+    Action.State.FAILED: {Action.State.EXECUTING},
+    Action.State.COMMITTED: set(),
+    Action.State.RECONCILED_COMMITTED: set(),
+}
+
+
+def _require_action_move(action: Action, to: str) -> None:
+    if to not in ACTION_TRANSITIONS[action.state]:
+        raise ActionStateConflict(
+            f"An action in state '{action.state}' cannot move to '{to}'.",
+            data={"run_id": action.run_id, "action_key": action.action_key, "state": action.state, "to": to},
+        )
+
+
+def _audit_fenced(*, actor: str, run_id: str, conn: Connection, what: str, generation: int) -> None:
+    audit_record(actor=actor, action=f"{what}.fenced", entity_type="connection", entity_id=conn.pk, run_id=run_id,
+                 connection_id=conn.pk, arguments={"generation": generation, "current_generation": conn.current_generation},
+                 outcome="refused")
+
+
+@transaction.atomic
+def action_begin(
+    *,
+    run_id: str,
+    checkpoint_id: str,
+    connection_id: str,
+    action_key: str,
+    generation: int,
+    params: Any = None,
+    actor: str,
+) -> BeginResult:
+    """Decide what a worker may do with one action: execute, replay, reconcile, fenced or parked."""
+    conn = _lock_connection(connection_id, exclusive=False)
+    run = _get_run(run_id)
+    key = idempotency_key_for(run_id=run_id, action_key=action_key)
+    _check_generation(conn, generation)
+
+    def answer(decision: str, action: Action | None = None, case: RecoveryCase | None = None) -> BeginResult:
+        return BeginResult(
+            decision=decision,
+            idempotency_key=key,
+            generation=generation,
+            current_generation=conn.current_generation,
+            action_state=action.state if action else None,
+            attempt=action.attempts if action else 0,
+            result=action.result if action and decision == Decision.REPLAY else None,
+            external_ref=action.external_ref if action and decision == Decision.REPLAY else "",
+            case_reference=case.reference if case else None,
+        )
+
+    if generation < conn.current_generation:
+        _audit_fenced(actor=actor, run_id=run_id, conn=conn, what="begin", generation=generation)
+        return answer(Decision.FENCED)
+
+    _run_acknowledge_resume(run=run, conn=conn, actor=actor)
+
+    checkpoint = _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor)
+    phash = params_hash_for(params)
+    action = Action.objects.select_for_update().filter(run=run, action_key=action_key).first()
+    if action is None:
+        try:
+            with transaction.atomic():
+                action = Action.objects.create(
+                    run=run, action_key=action_key, idempotency_key=key, connection=conn, checkpoint=checkpoint,
+                    params_hash=phash, state=Action.State.BEGUN, generation=generation,
+                )
+        except IntegrityError:
+            # A concurrent begin created it first; its transaction has committed, so wait for its row lock.
+            action = Action.objects.select_for_update().get(run=run, action_key=action_key)
+        else:
+            action.state = None  # a fresh row: its first recorded state is the transition below
+    if action.connection_id != conn.pk:
+        raise ActionConnectionMismatch(data={"action_key": action_key, "connection_id": action.connection_id})
+    if action.params_hash != phash:
+        raise ActionParamsMismatch(data={"action_key": action_key, "idempotency_key": key})
+
+    if action.state in (Action.State.COMMITTED, Action.State.RECONCILED_COMMITTED):
+        return answer(Decision.REPLAY, action)
+    if action.state == Action.State.AMBIGUOUS:
+        return answer(Decision.RECONCILE, action)
+    if action.state == Action.State.EXECUTING:
+        raise ActionInProgress(data={"action_key": action_key, "idempotency_key": key,
+                                     "lock_expires_at": action.lock_expires_at.isoformat() if action.lock_expires_at else None})
+
+    blocking = _blocking_case(run) or _open_case_for(conn, generation)
+    if blocking is not None:
+        if not CaseRun.objects.filter(case=blocking, run=run).exists():
+            _case_join(case=blocking, run=run, checkpoint=checkpoint, action=action, actor=actor)
+        if action.state is None:
+            _action_transition(action, to=Action.State.BEGUN, actor=actor, checkpoint=checkpoint)
+        return answer(Decision.PARKED, action, blocking)
+
+    lock_expires_at = timezone.now() + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT)
+    _action_transition(
+        action, to=Action.State.EXECUTING, actor=actor, generation=generation, attempts=action.attempts + 1,
+        checkpoint=checkpoint, lock_expires_at=lock_expires_at, error=None,
+    )
+    return answer(Decision.EXECUTE, action)
+
+
+def _locked_action(*, conn: Connection, run_id: str, action_key: str, generation: int, actor: str, what: str) -> Action:
+    """Lock the action for a write that must come from the worker holding the current generation."""
+    _check_generation(conn, generation)
+    if generation < conn.current_generation:
+        _audit_fenced(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation)
+        raise LeaseFenced(data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation})
+    action = Action.objects.select_for_update().filter(run_id=run_id, action_key=action_key).first()
+    if action is None:
+        if not Run.objects.filter(pk=run_id).exists():
+            raise RunNotFound(data={"run_id": run_id})
+        raise ActionNotFound(data={"run_id": run_id, "action_key": action_key})
+    if action.connection_id != conn.pk:
+        raise ActionConnectionMismatch(data={"action_key": action_key, "connection_id": action.connection_id})
+    return action
+
+
+def _action_connection_id(run_id: str, action_key: str) -> str:
+    conn_id = Action.objects.filter(run_id=run_id, action_key=action_key).values_list("connection_id", flat=True).first()
+    if conn_id is None:
+        if not Run.objects.filter(pk=run_id).exists():
+            raise RunNotFound(data={"run_id": run_id})
+        raise ActionNotFound(data={"run_id": run_id, "action_key": action_key})
+    return conn_id
+
+
+@transaction.atomic
+def action_commit(*, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str) -> Action:
+    """Record the outcome of an executed action. Committing the same action again is a no-op."""
+    conn = _lock_connection(_action_connection_id(run_id, action_key), exclusive=False)
+    action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="commit")
+    if action.state == Action.State.COMMITTED and action.generation == generation:
+        return action
+    _require_action_move(action, Action.State.COMMITTED)
+    if action.generation != generation:
+        raise LeaseFenced("The action was claimed under another generation.", data={"action_generation": action.generation, "generation": generation})
+    _action_transition(action, to=Action.State.COMMITTED, actor=actor, result=result, external_ref=external_ref or "",
+                       lock_expires_at=None, arguments={"external_ref": external_ref})
+    return action
+
+
+@transaction.atomic
+def action_mark_ambiguous(*, run_id: str, action_key: str, generation: int, reason: str, actor: str) -> Action:
+    """The worker lost track of an executing action's outcome (timeout, crash): it must be reconciled."""
+    conn = _lock_connection(_action_connection_id(run_id, action_key), exclusive=False)
+    action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="ambiguous")
+    if action.state == Action.State.AMBIGUOUS:
+        return action
+    _require_action_move(action, Action.State.AMBIGUOUS)
+    _action_transition(action, to=Action.State.AMBIGUOUS, actor=actor, lock_expires_at=None, arguments={"reason": reason})
+    return action
+
+
+@transaction.atomic
+def action_reconcile(
+    *, run_id: str, action_key: str, found: bool, evidence: dict[str, Any], result: Any = None, external_ref: str = "",
+    generation: int | None = None, actor: str,
+) -> Action:
+    """Settle an ambiguous action: the effect was found (it counts as committed) or is absent (it may execute again).
+
+    Workers pass their generation and are fenced like any other write; operators and
+    server-side reconcilers (``generation=None``) act for the case itself.
+    """
+    conn = _lock_connection(_action_connection_id(run_id, action_key), exclusive=False)
+    if generation is None:
+        action = Action.objects.select_for_update().get(run_id=run_id, action_key=action_key)
+    else:
+        action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="reconcile")
+    to = Action.State.RECONCILED_COMMITTED if found else Action.State.RECONCILED_ABSENT
+    if action.state == to:
+        return action
+    _require_action_move(action, to)
+    changes: dict[str, Any] = {"evidence": evidence, "reconciled_by": actor}
+    if found:
+        changes.update(result=result, external_ref=external_ref or "")
+    _action_transition(action, to=to, actor=actor, arguments={"found": found, "evidence": evidence}, **changes)
+    return action
+
+
+def reap_stale_actions(*, now=None, actor: str = "system:reaper", limit: int = 500) -> list[Action]:
+    """Mark every action still ``executing`` past its lock timeout as ``ambiguous`` (each in its own transaction)."""
+    now = now or timezone.now()
+    reaped = []
+    ids = list(Action.objects.filter(state=Action.State.EXECUTING, lock_expires_at__lt=now).values_list("pk", flat=True)[:limit])
+    for pk in ids:
+        with transaction.atomic():
+            action = Action.objects.select_for_update(skip_locked=True).filter(pk=pk, state=Action.State.EXECUTING, lock_expires_at__lt=now).first()
+            if action is None:
+                continue
+            _action_transition(action, to=Action.State.AMBIGUOUS, actor=actor, lock_expires_at=None,
+                               arguments={"reason": "lock timeout expired"})
+            reaped.append(action)
+    return reaped
+
+
+# --------------------------------------------------------------------------- credential failures
+
+
+class Outcome:
+    PARKED = "parked"
+    RETRY = "retry"
+    REFRESH = "refresh"
+    REACQUIRE = "reacquire"
+    FAILED = "failed"
+
+
+OWNER_CLASSES = {FailureClass.DEAD_GRANT, FailureClass.INTERACTION_REQUIRED}
+
+
+@dataclass
+class FailureAnswer:
+    outcome: str
+    failure_class: str
+    code: str
+    message: str
+    retry_after: float | None = None
+    case_reference: str | None = None
+    current_generation: int | None = None
+    signature: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _provider_error_record(c: Classification, status: int | None) -> dict[str, Any]:
+    """What is kept of a provider error: classification and the provider's own code, never its headers or body."""
+    return {"status": status, "code": c.code, "message": c.description, "signature": c.signature, "failure_class": str(c.failure_class)}
+
+
+def _open_case_for(conn: Connection, generation: int) -> RecoveryCase | None:
+    return RecoveryCase.objects.filter(connection=conn, rejected_generation=generation, state__in=OPEN_CASE_STATES).first()
+
+
+CASE_TRANSITIONS: dict[str, set[str]] = {
+    CaseState.OPENED: {CaseState.AWAITING_OWNER, CaseState.REAUTHORIZED, CaseState.ABANDONED},
+    CaseState.AWAITING_OWNER: {CaseState.REAUTHORIZED, CaseState.ABANDONED},
+    CaseState.REAUTHORIZED: {CaseState.RECONCILING, CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.ABANDONED},
+    CaseState.RECONCILING: {CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.ABANDONED},
+    CaseState.AWAITING_APPROVAL: {CaseState.RESUMING, CaseState.ABANDONED},
+    CaseState.RESUMING: {CaseState.RESUMED, CaseState.RESUME_FAILED},
+    CaseState.RESUME_FAILED: {CaseState.RESUMING, CaseState.ABANDONED},
+    CaseState.RESUMED: {CaseState.CLOSED},
+    CaseState.CLOSED: set(),
+    CaseState.ABANDONED: set(),
+}
+
+# The four live transitions of the incident record.
+LIVE_TRANSITIONS = {
+    "case.opened": (1, "grant rejected"),
+    "case.reauthorized": (2, "access restored"),
+    "lease.advanced": (3, "lease advanced"),
+    "case.resumed": (4, "execution resumed"),
+}
+
+
+def case_transition(case: RecoveryCase, *, to: str, actor: str, arguments: dict[str, Any] | None = None, **changes: Any) -> RecoveryCase:
+    """Move a locked case; the caller holds its row lock inside the transaction."""
+    if not db.in_atomic_block:
+        raise RuntimeError("case_transition must run inside a transaction holding the case's row lock")
+    if to not in CASE_TRANSITIONS[case.state]:
+        raise CaseTransitionNotAllowed(
+            f"Case {case.reference} is {case.state}; it cannot move to {to}.",
+            data={"case_id": case.reference, "state": case.state, "to": to},
+        )
+    before = case.state
+    case.state = to
+    case.state_changed_at = timezone.now()
+    if to in (CaseState.CLOSED, CaseState.ABANDONED):
+        case.closed_at = case.state_changed_at
+    for name, value in changes.items():
+        setattr(case, name, value)
+    case.save()
+    audit_record(actor=actor, action=f"case.{to}", entity_type="case", entity_id=case.reference, case=case,
+                 run_id=case.run_id, connection_id=case.connection_id, before={"state": before},
+                 after={"state": to, **{k: v for k, v in changes.items() if isinstance(v, (str, int, type(None)))}},
+                 arguments=arguments)
+    return case
+
+
+def case_lock(case_id: str | int) -> RecoveryCase:
+    """Lock a case by reference (``CASERV-0001``) or primary key."""
+    qs = RecoveryCase.objects.select_for_update(no_key=True)
+    case = qs.filter(reference=case_id).first() if isinstance(case_id, str) and not case_id.isdigit() else qs.filter(pk=int(case_id)).first()
+    if case is None:
+        raise CaseNotFound(data={"case_id": str(case_id)})
+    return case
+
+
+def _case_join(*, case: RecoveryCase, run: Run, checkpoint: Checkpoint | None, action: Action | None, actor: str) -> None:
+    CaseRun.objects.create(case=case, run=run, checkpoint=checkpoint, action=action)
+    if run.state != Run.State.PARKED:
+        Run.objects.filter(pk=run.pk).update(state=Run.State.PARKED, updated_at=timezone.now())
+        audit_record(actor=actor, action="run.parked", entity_type="run", entity_id=run.pk, case=case, run_id=run.pk,
+                     connection_id=case.connection_id, before={"state": run.state}, after={"state": Run.State.PARKED},
+                     arguments={"checkpoint": checkpoint.checkpoint_id if checkpoint else None, "action_key": action.action_key if action else None})
+        run.state = Run.State.PARKED
+
+
+def _case_open(*, conn: Connection, generation: int, c: Classification, status: int | None, run: Run,
+               checkpoint: Checkpoint | None, action: Action | None, actor: str) -> RecoveryCase:
+    owner_required = c.failure_class in OWNER_CLASSES
+    case = RecoveryCase.objects.create(
+        connection=conn, rejected_generation=generation, failure_class=str(c.failure_class), provider=conn.provider,
+        provider_code=c.code[:80], provider_message=c.description, provider_error=_provider_error_record(c, status),
+        owner_required=owner_required, run=run, checkpoint=checkpoint, action=action, state=CaseState.OPENED,
+    )
+    case.reference = f"CASERV-{case.pk:04d}"
+    RecoveryCase.objects.filter(pk=case.pk).update(reference=case.reference)
+    gen = CredentialGeneration.objects.filter(connection=conn, number=generation).first()
+    if gen is not None and gen.state == CredentialGeneration.State.ISSUED:
+        CredentialGeneration.objects.filter(pk=gen.pk).update(state=CredentialGeneration.State.REJECTED, rejected_at=timezone.now())
+    audit_record(actor=actor, action="case.opened", entity_type="case", entity_id=case.reference, case=case, run_id=run.pk,
+                 connection_id=conn.pk, before=None,
+                 after={"state": CaseState.OPENED, "failure_class": case.failure_class, "provider": conn.provider,
+                        "provider_code": case.provider_code, "rejected_generation": generation, "owner_required": owner_required},
+                 arguments={"provider_error": case.provider_error,
+                            "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
+                            "action_key": action.action_key if action else None})
+    return case
+
+
+def _handle_failure(*, c: Classification, status: int | None, run: Run, conn: Connection, generation: int,
+                    checkpoint: Checkpoint | None, action: Action | None, actor: str, open_case_for_unknown: bool) -> FailureAnswer:
+    base = dict(failure_class=str(c.failure_class), code=c.code, message=c.description, signature=c.signature,
+                current_generation=conn.current_generation)
+    if c.failure_class == FailureClass.TRANSIENT:
+        retry_after = c.retry_after if c.retry_after is not None else settings.REVIVE_TRANSIENT_BACKOFF_SECONDS
+        return FailureAnswer(outcome=Outcome.RETRY, retry_after=retry_after, **base)
+    if c.failure_class == FailureClass.REFRESHABLE:
+        return FailureAnswer(outcome=Outcome.REFRESH, **base)
+    if c.failure_class == FailureClass.UNKNOWN and not open_case_for_unknown:
+        return FailureAnswer(outcome=Outcome.FAILED, **base)
+    case = _open_case_for(conn, generation)
+    if case is None:
+        try:
+            with transaction.atomic():
+                case = _case_open(conn=conn, generation=generation, c=c, status=status, run=run, checkpoint=checkpoint, action=action, actor=actor)
+        except IntegrityError:  # the partial unique index caught a concurrent opener
+            case = _open_case_for(conn, generation)
+            if case is None:
+                raise
+    if not CaseRun.objects.filter(case=case, run=run).exists():
+        _case_join(case=case, run=run, checkpoint=checkpoint, action=action, actor=actor)
+    return FailureAnswer(outcome=Outcome.PARKED, case_reference=case.reference, **base)
+
+
+def _classify(provider: str, provider_error: dict[str, Any]) -> Classification:
+    return classify(
+        provider=provider,
+        status=provider_error.get("status"),
+        body=provider_error.get("body"),
+        headers=provider_error.get("headers"),
+        error_kind=provider_error.get("error_kind"),
+    )
+
+
+def _exclusive_for(c: Classification) -> bool:
+    return c.failure_class not in (FailureClass.TRANSIENT, FailureClass.REFRESHABLE)
+
+
+@transaction.atomic
+def action_fail(*, run_id: str, action_key: str, generation: int, provider_error: dict[str, Any], actor: str) -> FailureAnswer:
+    """The provider refused the action and nothing happened: record it, classify it, and answer what the worker does next."""
+    conn_id = _action_connection_id(run_id, action_key)
+    provider = Connection.objects.filter(pk=conn_id).values_list("provider", flat=True).first()
+    c = _classify(provider, provider_error)
+    conn = _lock_connection(conn_id, exclusive=_exclusive_for(c))
+    _check_generation(conn, generation)
+    if generation < conn.current_generation:
+        _audit_fenced(actor=actor, run_id=run_id, conn=conn, what="fail", generation=generation)
+        return FailureAnswer(outcome=Outcome.REACQUIRE, failure_class=str(c.failure_class), code=c.code, message=c.description,
+                             current_generation=conn.current_generation)
+    run = _get_run(run_id)
+    action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="fail")
+    if action.state != Action.State.FAILED:
+        _require_action_move(action, Action.State.FAILED)
+        _action_transition(action, to=Action.State.FAILED, actor=actor, lock_expires_at=None,
+                           error=_provider_error_record(c, provider_error.get("status")),
+                           arguments={"failure_class": str(c.failure_class), "code": c.code})
+    checkpoint = action.checkpoint
+    return _handle_failure(c=c, status=provider_error.get("status"), run=run, conn=conn, generation=generation,
+                           checkpoint=checkpoint, action=action, actor=actor, open_case_for_unknown=False)
+
+
+@transaction.atomic
+def credential_failure_report(
+    *, run_id: str, connection_id: str, generation: int, provider_error: dict[str, Any], checkpoint_id: str | None = None,
+    action_key: str | None = None, actor: str,
+) -> FailureAnswer:
+    """A worker saw a credential failure outside a protected action (e.g. while refreshing)."""
+    provider = Connection.objects.filter(pk=connection_id).values_list("provider", flat=True).first()
+    if provider is None:
+        raise ConnectionNotFound(data={"connection_id": connection_id})
+    c = _classify(provider, provider_error)
+    conn = _lock_connection(connection_id, exclusive=_exclusive_for(c))
+    _check_generation(conn, generation)
+    if generation < conn.current_generation:
+        _audit_fenced(actor=actor, run_id=run_id, conn=conn, what="report", generation=generation)
+        return FailureAnswer(outcome=Outcome.REACQUIRE, failure_class=str(c.failure_class), code=c.code, message=c.description,
+                             current_generation=conn.current_generation)
+    run = _get_run(run_id)
+    checkpoint = _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor) if checkpoint_id else None
+    action = Action.objects.filter(run=run, action_key=action_key).first() if action_key else None
+    return _handle_failure(c=c, status=provider_error.get("status"), run=run, conn=conn, generation=generation,
+                           checkpoint=checkpoint, action=action, actor=actor, open_case_for_unknown=True)
+
+
+# --------------------------------------------------------------------------- case lifecycle
+
+
+@transaction.atomic
+def case_await_owner(*, case_id: str | int, actor: str) -> RecoveryCase:
+    """The owner has been asked to reconnect."""
+    case = case_lock(case_id)
+    if case.state == CaseState.AWAITING_OWNER:
+        return case
+    return case_transition(case, to=CaseState.AWAITING_OWNER, actor=actor)
+
+
+@transaction.atomic
+def case_reauthorize(*, case_id: str | int, actor: str, evidence: dict[str, Any] | None = None) -> RecoveryCase:
+    """Access is restored for the case's connection: advance the generation by one and mark the case reauthorized.
+
+    Repeating it after it succeeded returns the case unchanged.
+    """
+    case = case_lock(case_id)
+    if case.state == CaseState.REAUTHORIZED or (case.resumed_generation and case.state in (
+            CaseState.RECONCILING, CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED)):
+        return case
+    if CaseState.REAUTHORIZED not in CASE_TRANSITIONS[case.state]:
+        raise CaseTransitionNotAllowed(data={"case_id": case.reference, "state": case.state, "to": CaseState.REAUTHORIZED})
+    new_generation = lease_advance(connection_id=case.connection_id, from_generation=case.rejected_generation, actor=actor, case=case)
+    return case_transition(case, to=CaseState.REAUTHORIZED, actor=actor, arguments=evidence or {}, resumed_generation=new_generation)
+
+
+@transaction.atomic
+def case_resume_begin(*, case_id: str | int, actor: str) -> RecoveryCase:
+    """Release the case's runs: ambiguous actions first go to reconciliation, otherwise the case moves to ``resuming``.
+
+    Each run whose every blocking case has been released goes back to ``active``.
+    """
+    case = case_lock(case_id)
+    if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED):
+        return case
+    ambiguous = Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).exists()
+    if ambiguous:
+        if case.state != CaseState.RECONCILING:
+            case_transition(case, to=CaseState.RECONCILING, actor=actor)
+        return case
+    case_transition(case, to=CaseState.RESUMING, actor=actor)
+    for case_run in CaseRun.objects.filter(case=case).select_related("run"):
+        others = RecoveryCase.objects.filter(case_runs__run=case_run.run, case_runs__resumed_at__isnull=True,
+                                             state__in=BLOCKING_CASE_STATES).exclude(pk=case.pk).exists()
+        if not others and case_run.run.state == Run.State.PARKED:
+            Run.objects.filter(pk=case_run.run_id).update(state=Run.State.ACTIVE, updated_at=timezone.now())
+            audit_record(actor=actor, action="run.unparked", entity_type="run", entity_id=case_run.run_id, case=case,
+                         run_id=case_run.run_id, connection_id=case.connection_id, before={"state": Run.State.PARKED},
+                         after={"state": Run.State.ACTIVE})
+    return case
+
+
+def _run_acknowledge_resume(*, run: Run, conn: Connection, actor: str) -> None:
+    """A run's worker talking to Revive again with the new generation acknowledges the resume of its cases."""
+    if conn.current_generation == 1:
+        return  # never advanced: nothing can be resuming on this connection
+    pending = list(
+        CaseRun.objects.select_for_update(no_key=True)
+        .filter(run=run, resumed_at__isnull=True, case__state=CaseState.RESUMING, case__connection=conn)
+        .select_related("case")
+    )
+    for case_run in pending:
+        CaseRun.objects.filter(pk=case_run.pk).update(resumed_at=timezone.now())
+        audit_record(actor=actor, action="run.resume_acknowledged", entity_type="run", entity_id=run.pk, case=case_run.case,
+                     run_id=run.pk, connection_id=conn.pk, after={"generation": conn.current_generation})
+        if not CaseRun.objects.filter(case=case_run.case, resumed_at__isnull=True).exists():
+            case = case_lock(case_run.case_id)
+            if case.state == CaseState.RESUMING:
+                case_transition(case, to=CaseState.RESUMED, actor=actor)

@@ -1,0 +1,61 @@
+"""The HTTP APIs: the worker API (v1) and the operator API (v2), with one error shape."""
+
+from __future__ import annotations
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from cases.api import router as worker_router
+
+from .auth import WorkerKey
+from .errors import DomainError
+
+
+def _error(api: NinjaAPI, request, status: int, code: str, message: str, data=None):
+    return api.create_response(request, {"code": code, "message": message, "data": data or {}}, status=status)
+
+
+def _install_error_handlers(api: NinjaAPI) -> None:
+    @api.exception_handler(DomainError)
+    def domain_error(request, exc: DomainError):
+        return api.create_response(request, exc.as_body(), status=exc.status)
+
+    @api.exception_handler(ValidationError)
+    def validation_error(request, exc: ValidationError):
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", [])], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors
+        ]
+        return _error(api, request, 422, "VALIDATION_ERROR", "The request is not valid.", {"errors": errors})
+
+    @api.exception_handler(AuthenticationError)
+    def authentication_error(request, exc):
+        return _error(api, request, 401, "AUTHENTICATION_REQUIRED", "A valid X-Api-Key header is required.")
+
+    @api.exception_handler(RequestDataTooBig)
+    def too_big(request, exc):
+        return _error(api, request, 413, "PAYLOAD_TOO_LARGE", "The request body is larger than this API accepts.")
+
+    @api.exception_handler(Http404)
+    def not_found(request, exc):
+        return _error(api, request, 404, "NOT_FOUND", "Not found.")
+
+    @api.exception_handler(HttpError)
+    def http_error(request, exc: HttpError):
+        code = {400: "BAD_REQUEST", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return _error(api, request, exc.status_code, code, str(exc))
+
+
+worker_api = NinjaAPI(
+    title="Revive worker API",
+    version="1",
+    urls_namespace="worker_api",
+    auth=WorkerKey(),
+    description="Protected actions, credential failures and recovery status for workers inside durable runs. "
+    "No credential ever crosses this API: workers get generations and decisions.",
+    docs_url="/docs",
+)
+_install_error_handlers(worker_api)
+worker_api.add_router("/", worker_router)

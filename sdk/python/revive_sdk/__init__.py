@@ -1,0 +1,34 @@
+"""Revive's worker SDK: protect mutating actions and park runs when a credential is rejected."""
+
+from .client import AsyncRevive, Revive
+from .errors import (
+    ActionAmbiguous,
+    ActionFailed,
+    CredentialRejected,
+    LeaseFenced,
+    ProviderError,
+    RefreshRequired,
+    RetryLater,
+    ReviveError,
+    ReviveUnavailable,
+    RunParked,
+)
+from .flows import ActionContext, Committed, Reconciliation
+
+__all__ = [
+    "ActionAmbiguous",
+    "ActionContext",
+    "ActionFailed",
+    "AsyncRevive",
+    "Committed",
+    "CredentialRejected",
+    "LeaseFenced",
+    "ProviderError",
+    "Reconciliation",
+    "RefreshRequired",
+    "RetryLater",
+    "Revive",
+    "ReviveError",
+    "ReviveUnavailable",
+    "RunParked",
+]

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import httpx
+
+from . import flows
+from .errors import LeaseFenced, ProviderError, ReviveError, ReviveUnavailable
+from .flows import ActionContext, Call, Flow, Http
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+def _answer(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.is_success:
+        return body
+    if isinstance(body, dict) and "code" in body:
+        data = body.get("data") or {}
+        if body["code"] == "LEASE_FENCED":
+            raise LeaseFenced(data.get("generation", 0), data.get("current_generation"))
+        raise ReviveError(body["code"], body.get("message", ""), status=response.status_code, data=data)
+    raise ReviveError("HTTP_ERROR", f"HTTP {response.status_code}", status=response.status_code)
+
+
+def _headers(api_key: str) -> dict[str, str]:
+    return {"X-Api-Key": api_key, "User-Agent": "revive-sdk-python/0.1"}
+
+
+class Revive:
+    """Synchronous client of Revive's worker API.
+
+    >>> revive = Revive("http://127.0.0.1:8000", api_key)
+    >>> revive.protect_action(run_id=..., checkpoint_id=..., connection_id=..., action_key=...,
+    ...                       credential=lambda: vault.lease(...), execute=send, reconcile=find)
+    """
+
+    def __init__(self, url: str, api_key: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=url.rstrip("/") + "/api/v1", headers=_headers(api_key), timeout=timeout,
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Revive":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, flow: Flow) -> Any:
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                step = flow.throw(thrown) if thrown is not None else flow.send(sent)
+            except StopIteration as stop:
+                return stop.value
+            sent, thrown = None, None
+            try:
+                if isinstance(step, Http):
+                    try:
+                        response = self._http.request(step.method, step.path, json=step.json)
+                    except httpx.TransportError as exc:
+                        raise ReviveUnavailable("REVIVE_UNAVAILABLE", f"cannot reach Revive: {type(exc).__name__}") from exc
+                    sent = _answer(response)
+                else:
+                    sent = step.fn(*step.args)
+            except BaseException as exc:  # handed to the flow, which decides
+                thrown = exc
+
+    def lease(self, connection_id: str) -> dict[str, Any]:
+        """The connection's current generation (``usable`` is false while a reconnect is pending)."""
+        return self._run(flows.lease(connection_id))
+
+    def register_run(self, *, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._run(flows.register_run(run_id=run_id, runtime=runtime, workflow_name=workflow_name, runtime_ref=runtime_ref))
+
+    def record_checkpoint(self, *, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._run(flows.record_checkpoint(run_id=run_id, checkpoint_id=checkpoint_id, label=label, runtime_ref=runtime_ref))
+
+    def recovery_status(self, run_id: str) -> dict[str, Any]:
+        return self._run(flows.recovery_status(run_id))
+
+    def report_credential_failure(self, *, run_id: str, connection_id: str, generation: int, error: ProviderError,
+                                  checkpoint_id: str | None = None, action_key: str | None = None, raise_signal: bool = True) -> dict[str, Any]:
+        """Report a credential failure seen outside a protected action; by default raise the signal it implies."""
+        answer = self._run(flows.report_credential_failure(run_id=run_id, connection_id=connection_id, generation=generation,
+                                                           error=error, checkpoint_id=checkpoint_id, action_key=action_key))
+        if raise_signal:
+            flows.raise_for_failure(answer, connection_id=connection_id, generation=generation)
+        return answer
+
+    def protect_action(self, *, run_id: str, checkpoint_id: str, connection_id: str, action_key: str,
+                       execute: Callable[[ActionContext], Any], credential: Callable[[], Any] | None = None,
+                       reconcile: Callable[[ActionContext], Any] | None = None, params: dict[str, Any] | None = None,
+                       generation: int | None = None) -> Any:
+        """Execute a mutating action at most once for (run, action key).
+
+        - ``credential()`` is called only when the action may execute; raise ``ProviderError`` from it (or from
+          ``execute``) with the provider's raw answer when the provider refuses.
+        - ``execute(ctx)`` gets ``ctx.credential`` and ``ctx.idempotency_key`` (pass it to the provider).
+        - ``reconcile(ctx)`` is called when an earlier attempt's outcome is unknown: return what it found
+          (or ``None`` if the effect is absent, or a ``Reconciliation``).
+
+        Returns the action's result (replayed when it was already committed). Raises ``RunParked`` when the run
+        must wait for a reconnect, ``LeaseFenced`` when ``generation`` is stale, ``RetryLater`` / ``RefreshRequired``
+        for transient and refreshable failures, ``ActionAmbiguous`` when the outcome is unknown and there is no
+        ``reconcile``.
+        """
+        return self._run(flows.protect_action(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id,
+                                              action_key=action_key, execute=execute, credential=credential,
+                                              reconcile=reconcile, params=params, generation=generation))
+
+
+class AsyncRevive:
+    """Asynchronous client with the same methods as ``Revive``; callbacks may be sync or async."""
+
+    def __init__(self, url: str, api_key: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=url.rstrip("/") + "/api/v1", headers=_headers(api_key), timeout=timeout,
+                                       transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncRevive":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _run(self, flow: Flow) -> Any:
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                step = flow.throw(thrown) if thrown is not None else flow.send(sent)
+            except StopIteration as stop:
+                return stop.value
+            sent, thrown = None, None
+            try:
+                if isinstance(step, Http):
+                    try:
+                        response = await self._http.request(step.method, step.path, json=step.json)
+                    except httpx.TransportError as exc:
+                        raise ReviveUnavailable("REVIVE_UNAVAILABLE", f"cannot reach Revive: {type(exc).__name__}") from exc
+                    sent = _answer(response)
+                else:
+                    assert isinstance(step, Call)
+                    sent = step.fn(*step.args)
+                    if inspect.isawaitable(sent):
+                        sent = await sent
+            except BaseException as exc:
+                thrown = exc
+
+    async def lease(self, connection_id: str) -> dict[str, Any]:
+        return await self._run(flows.lease(connection_id))
+
+    async def register_run(self, *, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self._run(flows.register_run(run_id=run_id, runtime=runtime, workflow_name=workflow_name, runtime_ref=runtime_ref))
+
+    async def record_checkpoint(self, *, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self._run(flows.record_checkpoint(run_id=run_id, checkpoint_id=checkpoint_id, label=label, runtime_ref=runtime_ref))
+
+    async def recovery_status(self, run_id: str) -> dict[str, Any]:
+        return await self._run(flows.recovery_status(run_id))
+
+    async def report_credential_failure(self, *, run_id: str, connection_id: str, generation: int, error: ProviderError,
+                                        checkpoint_id: str | None = None, action_key: str | None = None,
+                                        raise_signal: bool = True) -> dict[str, Any]:
+        answer = await self._run(flows.report_credential_failure(run_id=run_id, connection_id=connection_id, generation=generation,
+                                                                 error=error, checkpoint_id=checkpoint_id, action_key=action_key))
+        if raise_signal:
+            flows.raise_for_failure(answer, connection_id=connection_id, generation=generation)
+        return answer
+
+    async def protect_action(self, *, run_id: str, checkpoint_id: str, connection_id: str, action_key: str,
+                             execute: Callable[[ActionContext], Any], credential: Callable[[], Any] | None = None,
+                             reconcile: Callable[[ActionContext], Any] | None = None, params: dict[str, Any] | None = None,
+                             generation: int | None = None) -> Any:
+        """See ``Revive.protect_action``."""
+        return await self._run(flows.protect_action(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id,
+                                                    action_key=action_key, execute=execute, credential=credential,
+                                                    reconcile=reconcile, params=params, generation=generation))

@@ -1,0 +1,194 @@
+"""The SDK's protocol, written once without I/O.
+
+Each flow is a generator that yields ``Http`` requests and ``Call``s of user
+callbacks and receives their results (or has their exceptions thrown into it).
+``Revive`` drives flows synchronously, ``AsyncRevive`` with ``await``; the rules
+of ``protect_action`` live only here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator
+from urllib.parse import quote
+
+from .errors import (
+    ActionAmbiguous,
+    ActionFailed,
+    LeaseFenced,
+    ProviderError,
+    RefreshRequired,
+    RetryLater,
+    ReviveError,
+    RunParked,
+)
+
+
+@dataclass(frozen=True)
+class Http:
+    method: str
+    path: str
+    json: Any = None
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What ``execute`` and ``reconcile`` receive."""
+
+    idempotency_key: str
+    generation: int
+    attempt: int
+    credential: Any = None
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What a ``reconcile`` callback may return to say precisely what it found."""
+
+    found: bool
+    evidence: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    external_ref: str = ""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What an ``execute`` callback may return to record an external reference beside its result."""
+
+    result: Any
+    external_ref: str = ""
+
+
+Flow = Generator[Any, Any, Any]
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return {"repr": repr(value)[:2000]}
+
+
+def lease(connection_id: str) -> Flow:
+    return (yield Http("POST", f"/connections/{_seg(connection_id)}/lease"))
+
+
+def register_run(*, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None) -> Flow:
+    return (yield Http("POST", "/runs", {"run_id": run_id, "runtime": runtime, "workflow_name": workflow_name,
+                                         "runtime_ref": runtime_ref or {}}))
+
+
+def record_checkpoint(*, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None) -> Flow:
+    return (yield Http("POST", f"/runs/{_seg(run_id)}/checkpoints",
+                       {"checkpoint_id": checkpoint_id, "label": label, "runtime_ref": runtime_ref or {}}))
+
+
+def recovery_status(run_id: str) -> Flow:
+    return (yield Http("GET", f"/runs/{_seg(run_id)}/recovery"))
+
+
+def report_credential_failure(*, run_id: str, connection_id: str, generation: int, error: ProviderError,
+                              checkpoint_id: str | None = None, action_key: str | None = None) -> Flow:
+    answer = yield Http("POST", f"/runs/{_seg(run_id)}/credential-failures", {
+        "connection_id": connection_id, "generation": generation, "checkpoint_id": checkpoint_id,
+        "action_key": action_key, "error": error.as_payload(),
+    })
+    return answer
+
+
+def raise_for_failure(answer: dict[str, Any], *, connection_id: str, generation: int) -> None:
+    """Turn Revive's answer to a provider failure into the signal the worker acts on."""
+    outcome = answer["outcome"]
+    if outcome == "parked":
+        raise RunParked(answer["case_id"], connection_id=connection_id, generation=generation)
+    if outcome == "retry":
+        raise RetryLater(float(answer.get("retry_after") or 0), code=answer.get("code", ""))
+    if outcome == "refresh":
+        raise RefreshRequired(answer.get("code", ""))
+    if outcome == "reacquire":
+        raise LeaseFenced(generation, answer.get("current_generation"))
+    raise ActionFailed(answer.get("failure_class", "unknown"), answer.get("code", ""), answer.get("message", ""))
+
+
+def protect_action(
+    *,
+    run_id: str,
+    checkpoint_id: str,
+    connection_id: str,
+    action_key: str,
+    execute: Callable[[ActionContext], Any],
+    credential: Callable[[], Any] | None = None,
+    reconcile: Callable[[ActionContext], Any] | None = None,
+    params: dict[str, Any] | None = None,
+    generation: int | None = None,
+) -> Flow:
+    """Run ``execute`` at most once for (run, action key); see ``Revive.protect_action``."""
+    if generation is None:
+        generation = (yield from lease(connection_id))["generation"]
+    base = f"/runs/{_seg(run_id)}/actions/{_seg(action_key)}"
+    # At most two rounds: a reconciliation that finds nothing lets the next begin execute.
+    for _ in range(2):
+        begun = yield Http("POST", f"{base}/begin", {"checkpoint_id": checkpoint_id, "connection_id": connection_id,
+                                                     "generation": generation, "params": params})
+        decision = begun["decision"]
+        key = begun["idempotency_key"]
+        if decision == "replay":
+            return begun["result"]
+        if decision == "fenced":
+            raise LeaseFenced(generation, begun.get("current_generation"))
+        if decision == "parked":
+            raise RunParked(begun["case_id"], connection_id=connection_id, generation=generation)
+        ctx = ActionContext(idempotency_key=key, generation=generation, attempt=begun.get("attempt", 0))
+        if decision == "reconcile":
+            if reconcile is None:
+                raise ActionAmbiguous(action_key, key)
+            found = yield Call(reconcile, (ctx,))
+            rec = found if isinstance(found, Reconciliation) else (
+                Reconciliation(found=False, evidence={"source": "sdk reconcile callback", "found": False})
+                if found is None or found is False
+                else Reconciliation(found=True, evidence={"source": "sdk reconcile callback", "found": _jsonable(found)}, result=found)
+            )
+            yield Http("POST", f"{base}/reconcile", {"generation": generation, "found": rec.found, "evidence": rec.evidence,
+                                                     "result": _jsonable(rec.result), "external_ref": rec.external_ref})
+            if rec.found:
+                return rec.result
+            continue
+        # decision == "execute": the ledger now holds this action as executing under our generation.
+        try:
+            cred = (yield Call(credential)) if credential is not None else None
+        except ProviderError as exc:
+            answer = yield Http("POST", f"{base}/fail", {"generation": generation, "error": exc.as_payload()})
+            raise_for_failure(answer, connection_id=connection_id, generation=generation)
+        except Exception as exc:
+            # Nothing mutating ran: record the attempt as failed so it may run again later.
+            yield Http("POST", f"{base}/fail", {"generation": generation, "error": {
+                "status": None, "body": {"error": "credential_unavailable", "error_description": type(exc).__name__}}})
+            raise
+        try:
+            outcome = yield Call(execute, (ActionContext(key, generation, ctx.attempt, cred),))
+        except ProviderError as exc:
+            answer = yield Http("POST", f"{base}/fail", {"generation": generation, "error": exc.as_payload()})
+            raise_for_failure(answer, connection_id=connection_id, generation=generation)
+        except BaseException as exc:
+            # The effect may or may not have happened: it must be reconciled before it can run again.
+            try:
+                yield Http("POST", f"{base}/ambiguous", {"generation": generation, "reason": f"{type(exc).__name__}: {exc}"[:480]})
+            except ReviveError:
+                pass  # the reaper marks it ambiguous once its lock expires
+            raise
+        result, external_ref = (outcome.result, outcome.external_ref) if isinstance(outcome, Committed) else (outcome, "")
+        yield Http("POST", f"{base}/commit", {"generation": generation, "result": _jsonable(result), "external_ref": external_ref})
+        return result
+    raise ActionAmbiguous(action_key, key)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from cases import services
+from cases.models import Runtime
+
+_seq = itertools.count(1)
+
+
+@pytest.fixture
+def make_connection(db):
+    def make(connection_id: str | None = None, **kw):
+        n = next(_seq)
+        return services.connection_create(
+            connection_id=connection_id or f"conn_test_{n}",
+            provider=kw.pop("provider", "entra"),
+            owner_email=kw.pop("owner_email", f"owner{n}@example.com"),
+            provider_subject=kw.pop("provider_subject", f"oid-{n}"),
+            provider_tenant=kw.pop("provider_tenant", "tid-contoso"),
+            **kw,
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_run(db):
+    def make(run_id: str | None = None, **kw):
+        return services.run_register(
+            run_id=run_id or f"run_{next(_seq)}",
+            runtime=kw.pop("runtime", Runtime.LANGGRAPH),
+            runtime_ref=kw.pop("runtime_ref", {"thread_id": "t-1"}),
+            workflow_name=kw.pop("workflow_name", "Nightly executive briefing"),
+            actor="test",
+        )
+
+    return make
+
+
+@pytest.fixture
+def worker_key(db):
+    key, raw = services.api_key_create(name=f"worker-{next(_seq)}")
+    return raw
+
+
+@pytest.fixture
+def api(client, worker_key):
+    """The worker API through Django's test client, authenticated."""
+
+    class Api:
+        key = worker_key
+
+        def post(self, path, body=None, key=worker_key):
+            headers = {"HTTP_X_API_KEY": key} if key else {}
+            return client.post(f"/api/v1{path}", data=body if body is not None else {}, content_type="application/json", **headers)
+
+        def get(self, path, key=worker_key):
+            headers = {"HTTP_X_API_KEY": key} if key else {}
+            return client.get(f"/api/v1{path}", **headers)
+
+    return Api()
+
+
+DEAD_GRANT = {
+    "status": 400,
+    "body": {
+        "error": "invalid_grant",
+        "error_description": "AADSTS700082: The refresh token has expired due to inactivity.",
+        "error_codes": [700082],
+    },
+    "headers": {"Content-Type": "application/json"},
+}
