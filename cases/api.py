@@ -94,7 +94,7 @@ def commit_action(request, payload: CommitIn, run_id: str = ID, action_key: str 
 @router.post("/runs/{run_id}/actions/{action_key}/fail", response={200: FailureOut, **ERRORS}, summary="Report that the provider refused the action")
 def fail_action(request, payload: FailIn, run_id: str = ID, action_key: str = ID):
     answer = services.action_fail(run_id=run_id, action_key=action_key, generation=payload.generation,
-                                  provider_error=payload.error.dict(), actor=request.auth.actor)
+                                  provider_error=payload.error.model_dump(), actor=request.auth.actor)
     return _failure_out(answer)
 
 
@@ -117,7 +117,7 @@ def reconcile_action(request, payload: ReconcileIn, run_id: str = ID, action_key
 def report_credential_failure(request, payload: CredentialFailureIn, run_id: str = ID):
     answer = services.credential_failure_report(
         run_id=run_id, connection_id=payload.connection_id, generation=payload.generation,
-        provider_error=payload.error.dict(), checkpoint_id=payload.checkpoint_id, action_key=payload.action_key,
+        provider_error=payload.error.model_dump(), checkpoint_id=payload.checkpoint_id, action_key=payload.action_key,
         actor=request.auth.actor,
     )
     return _failure_out(answer)

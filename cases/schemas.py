@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ninja import Field, Schema
+from pydantic import BaseModel
 
 from .models import Runtime
 
@@ -82,8 +83,11 @@ class ActionOut(Schema):
     external_ref: str = ""
 
 
-class ProviderErrorIn(Schema):
-    """The provider's raw answer, as the worker received it."""
+class ProviderErrorIn(BaseModel):
+    """The provider's raw answer, as the worker received it.
+
+    A plain pydantic model: ninja's ``Schema`` reads attributes of any object, and this must be a JSON object.
+    """
 
     status: int | None = Field(None, ge=0, le=999)
     body: Any = None

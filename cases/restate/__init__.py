@@ -1,0 +1,1 @@
+"""Revive's Restate runtime: the admin API client and the operator recovery services."""
