@@ -631,11 +631,23 @@ def case_transition(case: RecoveryCase, *, to: str, actor: str, arguments: dict[
 
 def case_lock(case_id: str | int) -> RecoveryCase:
     """Lock a case by reference (``CASERV-0001``) or primary key."""
-    qs = RecoveryCase.objects.select_for_update(no_key=True)
-    case = qs.filter(reference=case_id).first() if isinstance(case_id, str) and not case_id.isdigit() else qs.filter(pk=int(case_id)).first()
+    case = _case_queryset(case_id).select_for_update(no_key=True).first()
     if case is None:
         raise CaseNotFound(data={"case_id": str(case_id)})
     return case
+
+
+def _case_queryset(case_id: str | int):
+    if isinstance(case_id, str) and not case_id.isdigit():
+        return RecoveryCase.objects.filter(reference=case_id)
+    return RecoveryCase.objects.filter(pk=int(case_id))
+
+
+def _case_connection_id(case_id: str | int) -> str:
+    conn_id = _case_queryset(case_id).values_list("connection_id", flat=True).first()
+    if conn_id is None:
+        raise CaseNotFound(data={"case_id": str(case_id)})
+    return conn_id
 
 
 def _case_join(*, case: RecoveryCase, run: Run, checkpoint: Checkpoint | None, action: Action | None, actor: str) -> None:
@@ -773,16 +785,21 @@ def case_await_owner(*, case_id: str | int, actor: str) -> RecoveryCase:
 def case_reauthorize(*, case_id: str | int, actor: str, evidence: dict[str, Any] | None = None) -> RecoveryCase:
     """Access is restored for the case's connection: advance the generation by one and mark the case reauthorized.
 
-    Repeating it after it succeeded returns the case unchanged.
+    Repeating it after it succeeded returns the case unchanged. The connection is locked
+    before the case, in the module's lock order.
     """
+    _lock_connection(_case_connection_id(case_id), exclusive=True)
     case = case_lock(case_id)
     if case.state == CaseState.REAUTHORIZED or (case.resumed_generation and case.state in (
             CaseState.RECONCILING, CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED)):
         return case
     if CaseState.REAUTHORIZED not in CASE_TRANSITIONS[case.state]:
         raise CaseTransitionNotAllowed(data={"case_id": case.reference, "state": case.state, "to": CaseState.REAUTHORIZED})
-    new_generation = lease_advance(connection_id=case.connection_id, from_generation=case.rejected_generation, actor=actor, case=case)
-    return case_transition(case, to=CaseState.REAUTHORIZED, actor=actor, arguments=evidence or {}, resumed_generation=new_generation)
+    # 02 access restored, then 03 lease advanced: both in this one transaction.
+    case_transition(case, to=CaseState.REAUTHORIZED, actor=actor, arguments=evidence or {},
+                    resumed_generation=case.rejected_generation + 1)
+    lease_advance(connection_id=case.connection_id, from_generation=case.rejected_generation, actor=actor, case=case)
+    return case
 
 
 @transaction.atomic

@@ -1,0 +1,126 @@
+"""A small local HTTP service standing in for a provider: a token endpoint and a mail API.
+
+- ``POST /oauth2/v2.0/token`` answers a fresh access token, or, once the grant is revoked,
+  the provider's documented error body (Microsoft Entra ``AADSTS700082`` by default).
+- ``POST /v1.0/me/sendMail`` accepts a message and counts it -- every one, duplicates included:
+  it is the sink that proves (or disproves) at-most-once. ``GET /v1.0/me/messages?idempotencyKey=``
+  finds a message by the idempotency key it was sent with.
+- ``timeout_after_accept`` makes the mail API accept a message and then not answer in time.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+ERROR_BODIES = {
+    "entra": (400, {
+        "error": "invalid_grant",
+        "error_description": "AADSTS700082: The refresh token has expired due to inactivity. The token was issued on "
+                             "2026-05-09T10:00:00Z and was inactive for 90.00:00:00.",
+        "error_codes": [700082],
+        "timestamp": "2026-11-21 10:07:19Z",
+        "trace_id": "0b9c1c5e-2b4c-4a9e-9a1c-5f0d2e7c8a11",
+        "correlation_id": "6f27bbf4-582a-438c-9d1e-0a4b5c6d7e8f",
+    }),
+    "auth0": (403, {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}),
+    "oidc": (400, {"error": "invalid_grant", "error_description": "The refresh token is invalid or has been revoked."}),
+}
+
+
+class ProviderStandIn:
+    def __init__(self, *, provider: str = "entra", host: str = "127.0.0.1", port: int = 0) -> None:
+        self.provider = provider
+        self.revoked = False
+        self.timeout_after_accept: float = 0.0
+        self.messages: list[dict] = []
+        self.token_requests = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((host, port), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="provider-standin", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "ProviderStandIn":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def accepted_count(self) -> int:
+        with self._lock:
+            return len(self.messages)
+
+    def duplicate_effects(self) -> int:
+        """Messages accepted beyond the first for each idempotency key."""
+        with self._lock:
+            keys = [m["idempotency_key"] for m in self.messages]
+        return len(keys) - len(set(keys))
+
+    def _handler(self):
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the terminal for the timeline
+                pass
+
+            def _json(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> dict:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    return json.loads(raw or b"{}")
+                except ValueError:
+                    return {}
+
+            def do_POST(self):
+                path = urlsplit(self.path).path
+                if path == "/oauth2/v2.0/token":
+                    self._body()
+                    with standin._lock:
+                        standin.token_requests += 1
+                    if standin.revoked:
+                        status, body = ERROR_BODIES.get(standin.provider, ERROR_BODIES["oidc"])
+                        return self._json(status, body)
+                    return self._json(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": secrets.token_urlsafe(24)})
+                if path == "/v1.0/me/sendMail":
+                    if not (self.headers.get("Authorization") or "").startswith("Bearer "):
+                        return self._json(401, {"error": {"code": "InvalidAuthenticationToken", "message": "Access token is empty."}})
+                    body = self._body()
+                    key = self.headers.get("Idempotency-Key") or ""
+                    with standin._lock:
+                        message = {"id": f"AAMk{len(standin.messages) + 1:04d}", "idempotency_key": key,
+                                   "subject": body.get("subject", ""), "to": body.get("to", "")}
+                        standin.messages.append(message)
+                    if standin.timeout_after_accept:
+                        time.sleep(standin.timeout_after_accept)
+                    return self._json(202, message)
+                return self._json(404, {"error": "not_found"})
+
+            def do_GET(self):
+                parts = urlsplit(self.path)
+                if parts.path == "/v1.0/me/messages":
+                    key = parse_qs(parts.query).get("idempotencyKey", [""])[0]
+                    with standin._lock:
+                        found = [m for m in standin.messages if m["idempotency_key"] == key]
+                    return self._json(200, {"value": found})
+                return self._json(404, {"error": "not_found"})
+
+        return Handler
