@@ -133,6 +133,21 @@ def _lock_connection(connection_id: str, *, exclusive: bool) -> Connection:
     return conn
 
 
+def _lock_connection_for_begin(connection_id: str) -> Connection:
+    """``FOR SHARE`` lock of a connection, read together with the state of its current generation."""
+    sql = (
+        "SELECT c.*, g.state AS current_generation_state FROM cases_connection c "
+        "LEFT JOIN cases_credentialgeneration g ON g.connection_id = c.id AND g.number = c.current_generation "
+        "WHERE c.id = %s"
+    )
+    if db.vendor == "postgresql":
+        sql += " FOR SHARE OF c"
+    conn = next(iter(Connection.objects.raw(sql, [connection_id])), None)
+    if conn is None:
+        raise ConnectionNotFound(data={"connection_id": connection_id})
+    return conn
+
+
 def _get_run(run_id: str, *, lock: bool = False) -> Run:
     qs = Run.objects.filter(pk=run_id)
     run = (qs.select_for_update(no_key=True) if lock else qs).first()
@@ -329,6 +344,7 @@ def _action_snapshot(action: Action) -> dict[str, Any]:
 
 
 def _action_transition(action: Action, *, to: str, actor: str, arguments: dict[str, Any] | None = None, **changes: Any) -> None:
+    """Move an action (or insert a new one, whose ``state`` is None) and audit it."""
     before = _action_snapshot(action)
     action.state = to
     for name, value in changes.items():
@@ -384,9 +400,15 @@ def action_begin(
     params: Any = None,
     actor: str,
 ) -> BeginResult:
-    """Decide what a worker may do with one action: execute, replay, reconcile, fenced or parked."""
-    conn = _lock_connection(connection_id, exclusive=False)
-    run = _get_run(run_id)
+    """Decide what a worker may do with one action: execute, replay, reconcile, fenced or parked.
+
+    This is the hot path of every protected action, so it reads what it needs in as few
+    round trips as it can: the connection with its current generation's state, and the
+    checkpoint with its run.
+    """
+    conn = _lock_connection_for_begin(connection_id)
+    checkpoint = Checkpoint.objects.select_related("run").filter(run_id=run_id, checkpoint_id=checkpoint_id).first()
+    run = checkpoint.run if checkpoint is not None else _get_run(run_id)
     key = idempotency_key_for(run_id=run_id, action_key=action_key)
     _check_generation(conn, generation)
 
@@ -408,48 +430,63 @@ def action_begin(
         return answer(Decision.FENCED)
 
     _run_acknowledge_resume(run=run, conn=conn, actor=actor)
-
-    checkpoint = _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor)
+    if checkpoint is None:
+        checkpoint = _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor)
     phash = params_hash_for(params)
+
+    def settled(action: Action) -> BeginResult | None:
+        """The answer for an existing ledger entry that may not simply (re-)execute, or None."""
+        if action.connection_id != conn.pk:
+            raise ActionConnectionMismatch(data={"action_key": action_key, "connection_id": action.connection_id})
+        if action.params_hash != phash:
+            raise ActionParamsMismatch(data={"action_key": action_key, "idempotency_key": key})
+        if action.state in (Action.State.COMMITTED, Action.State.RECONCILED_COMMITTED):
+            return answer(Decision.REPLAY, action)
+        if action.state == Action.State.AMBIGUOUS:
+            return answer(Decision.RECONCILE, action)
+        if action.state == Action.State.EXECUTING:
+            raise ActionInProgress(data={"action_key": action_key, "idempotency_key": key,
+                                         "lock_expires_at": action.lock_expires_at.isoformat() if action.lock_expires_at else None})
+        return None
+
     action = Action.objects.select_for_update().filter(run=run, action_key=action_key).first()
+    if action is not None and (res := settled(action)) is not None:
+        return res
+
+    blocking = _blocking_case(run) if run.state == Run.State.PARKED else None
+    if blocking is None and conn.current_generation_state == CredentialGeneration.State.REJECTED:
+        blocking = _open_case_for(conn, generation)
+    to = Action.State.BEGUN if blocking is not None else Action.State.EXECUTING
+    changes = {} if blocking is not None else dict(
+        generation=generation, attempts=(action.attempts if action else 0) + 1, checkpoint=checkpoint, error=None,
+        lock_expires_at=timezone.now() + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT),
+    )
     if action is None:
+        fresh = Action(run=run, action_key=action_key, idempotency_key=key, connection=conn, checkpoint=checkpoint,
+                       params_hash=phash, state=None, generation=generation)
         try:
             with transaction.atomic():
-                action = Action.objects.create(
-                    run=run, action_key=action_key, idempotency_key=key, connection=conn, checkpoint=checkpoint,
-                    params_hash=phash, state=Action.State.BEGUN, generation=generation,
-                )
+                _action_transition(fresh, to=to, actor=actor, **changes)
+            action = fresh
         except IntegrityError:
-            # A concurrent begin created it first; its transaction has committed, so wait for its row lock.
+            # A concurrent begin created it first and has committed: wait for its row lock and answer from it.
             action = Action.objects.select_for_update().get(run=run, action_key=action_key)
+            if (res := settled(action)) is not None:
+                return res
+            if blocking is None:  # it was only begun while parked: claim it below
+                changes["attempts"] = action.attempts + 1
         else:
-            action.state = None  # a fresh row: its first recorded state is the transition below
-    if action.connection_id != conn.pk:
-        raise ActionConnectionMismatch(data={"action_key": action_key, "connection_id": action.connection_id})
-    if action.params_hash != phash:
-        raise ActionParamsMismatch(data={"action_key": action_key, "idempotency_key": key})
+            if blocking is not None:
+                if not CaseRun.objects.filter(case=blocking, run=run).exists():
+                    _case_join(case=blocking, run=run, checkpoint=checkpoint, action=action, actor=actor)
+                return answer(Decision.PARKED, action, blocking)
+            return answer(Decision.EXECUTE, action)
 
-    if action.state in (Action.State.COMMITTED, Action.State.RECONCILED_COMMITTED):
-        return answer(Decision.REPLAY, action)
-    if action.state == Action.State.AMBIGUOUS:
-        return answer(Decision.RECONCILE, action)
-    if action.state == Action.State.EXECUTING:
-        raise ActionInProgress(data={"action_key": action_key, "idempotency_key": key,
-                                     "lock_expires_at": action.lock_expires_at.isoformat() if action.lock_expires_at else None})
-
-    blocking = _blocking_case(run) or _open_case_for(conn, generation)
     if blocking is not None:
         if not CaseRun.objects.filter(case=blocking, run=run).exists():
             _case_join(case=blocking, run=run, checkpoint=checkpoint, action=action, actor=actor)
-        if action.state is None:
-            _action_transition(action, to=Action.State.BEGUN, actor=actor, checkpoint=checkpoint)
         return answer(Decision.PARKED, action, blocking)
-
-    lock_expires_at = timezone.now() + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT)
-    _action_transition(
-        action, to=Action.State.EXECUTING, actor=actor, generation=generation, attempts=action.attempts + 1,
-        checkpoint=checkpoint, lock_expires_at=lock_expires_at, error=None,
-    )
+    _action_transition(action, to=Action.State.EXECUTING, actor=actor, **changes)
     return answer(Decision.EXECUTE, action)
 
 
@@ -680,6 +717,10 @@ def _case_open(*, conn: Connection, generation: int, c: Classification, status: 
                  arguments={"provider_error": case.provider_error,
                             "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
                             "action_key": action.action_key if action else None})
+    if owner_required:
+        from reauth.services import reconnect_request_create  # here, not at the top: reauth.services imports this module
+
+        reconnect_request_create(case=case, actor=actor)  # same transaction; the owner is notified on commit
     return case
 
 
@@ -803,20 +844,26 @@ def case_reauthorize(*, case_id: str | int, actor: str, evidence: dict[str, Any]
 
 
 @transaction.atomic
-def case_resume_begin(*, case_id: str | int, actor: str) -> RecoveryCase:
+def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool = False) -> RecoveryCase:
     """Release the case's runs: ambiguous actions first go to reconciliation, otherwise the case moves to ``resuming``.
+
+    With ``defer_ambiguous`` the case resumes although some actions are still ambiguous: their settling is left
+    to the resumed worker's ``reconcile`` callback (``action_begin`` answers ``reconcile`` for an ambiguous
+    action, so none of them can execute again before it is settled).
 
     Each run whose every blocking case has been released goes back to ``active``.
     """
     case = case_lock(case_id)
     if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED):
         return case
-    ambiguous = Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).exists()
-    if ambiguous:
+    ambiguous = list(Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS)
+                     .values_list("run_id", "action_key"))
+    if ambiguous and not defer_ambiguous:
         if case.state != CaseState.RECONCILING:
             case_transition(case, to=CaseState.RECONCILING, actor=actor)
         return case
-    case_transition(case, to=CaseState.RESUMING, actor=actor)
+    case_transition(case, to=CaseState.RESUMING, actor=actor,
+                    arguments={"reconcile_in_worker": [f"{r}/{k}" for r, k in ambiguous]} if ambiguous else None)
     for case_run in CaseRun.objects.filter(case=case).select_related("run"):
         others = RecoveryCase.objects.filter(case_runs__run=case_run.run, case_runs__resumed_at__isnull=True,
                                              state__in=BLOCKING_CASE_STATES).exclude(pk=case.pk).exists()
