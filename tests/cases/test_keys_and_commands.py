@@ -1,0 +1,74 @@
+"""API keys (shown once, stored hashed) from the command line and the admin; the reaper command."""
+
+import hashlib
+import re
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from cases import services
+from cases.models import Action, ApiKey
+
+pytestmark = pytest.mark.django_db
+KEY = re.compile(r"rvk_[0-9a-f]{8}_[A-Za-z0-9_-]{40,}")
+
+
+def test_command_prints_the_key_once_and_stores_only_its_hash(client):
+    out = StringIO()
+    call_command("revive_api_key", "fleet-a", stdout=out)
+    raw = KEY.search(out.getvalue()).group(0)
+    key = ApiKey.objects.get(name="fleet-a")
+    assert key.key_hash == hashlib.sha256(raw.encode()).hexdigest()
+    assert raw not in str(list(ApiKey.objects.values())) + str(list(AuditEvent.objects.values()))
+    assert services.api_key_authenticate(raw) == key
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("revive_api_key", "fleet-a", stdout=StringIO())
+
+
+def test_admin_creates_a_key_and_shows_it_once(client):
+    User.objects.create_superuser("op", "op@example.com", "pw")
+    client.login(username="op", password="pw")
+    resp = client.post("/admin/cases/apikey/add/", {"name": "fleet-b", "role": "worker"}, follow=True)
+    assert resp.status_code == 200
+    raw = KEY.search(resp.content.decode()).group(0)
+    key = ApiKey.objects.get(name="fleet-b")
+    assert services.api_key_authenticate(raw) == key
+    page = client.get(f"/admin/cases/apikey/{key.pk}/change/").content.decode()
+    assert raw not in page and key.key_hash not in page
+    assert AuditEvent.objects.filter(action="api_key.created", actor="operator:op").exists()
+
+
+def test_admin_forms_keep_csrf_on(client):
+    User.objects.create_superuser("op", "op@example.com", "pw")
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.login(username="op", password="pw")
+    resp = strict.post("/admin/cases/apikey/add/", {"name": "fleet-c", "role": "worker"})
+    assert resp.status_code == 403
+    assert not ApiKey.objects.filter(name="fleet-c").exists()
+
+
+def test_reap_command_marks_expired_executing_actions_ambiguous(make_run, make_connection):
+    run, conn = make_run(), make_connection()
+    services.action_begin(run_id=run.pk, checkpoint_id="01", connection_id=conn.pk, action_key="a", generation=1, actor="w")
+    Action.objects.update(lock_expires_at=timezone.now() - timedelta(seconds=5))
+    out = StringIO()
+    call_command("reap_stale_actions", stdout=out)
+    assert "1 action(s) marked ambiguous" in out.getvalue()
+    assert Action.objects.get().state == "ambiguous"
+
+
+def test_connection_command_registers_generation_one():
+    out = StringIO()
+    call_command("revive_connection", "conn_microsoft_ops", "--provider", "entra", "--owner-email", "o@contoso.com",
+                 "--subject", "oid-1", "--tenant", "tid-1", stdout=out)
+    assert "generation 1" in out.getvalue()
+    lease = services.lease_acquire(connection_id="conn_microsoft_ops")
+    assert (lease.generation, lease.usable) == (1, True)
