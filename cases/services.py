@@ -763,18 +763,32 @@ def _exclusive_for(c: Classification) -> bool:
     return c.failure_class not in (FailureClass.TRANSIENT, FailureClass.REFRESHABLE)
 
 
+def _classify_and_lock(*, connection_id: str, generation: int, provider_error: dict[str, Any], run_id: str, actor: str,
+                       what: str) -> tuple[Classification, Connection, FailureAnswer | None]:
+    """Classify a provider error and lock its connection in the mode the class needs.
+
+    Returns a ``reacquire`` answer (and writes nothing but the refusal) when the generation is already superseded.
+    """
+    provider = Connection.objects.filter(pk=connection_id).values_list("provider", flat=True).first()
+    if provider is None:
+        raise ConnectionNotFound(data={"connection_id": connection_id})
+    c = _classify(provider, provider_error)
+    conn = _lock_connection(connection_id, exclusive=_exclusive_for(c))
+    _check_generation(conn, generation)
+    if generation < conn.current_generation:
+        _audit_fenced(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation)
+        return c, conn, FailureAnswer(outcome=Outcome.REACQUIRE, failure_class=str(c.failure_class), code=c.code,
+                                      message=c.description, current_generation=conn.current_generation)
+    return c, conn, None
+
+
 @transaction.atomic
 def action_fail(*, run_id: str, action_key: str, generation: int, provider_error: dict[str, Any], actor: str) -> FailureAnswer:
     """The provider refused the action and nothing happened: record it, classify it, and answer what the worker does next."""
-    conn_id = _action_connection_id(run_id, action_key)
-    provider = Connection.objects.filter(pk=conn_id).values_list("provider", flat=True).first()
-    c = _classify(provider, provider_error)
-    conn = _lock_connection(conn_id, exclusive=_exclusive_for(c))
-    _check_generation(conn, generation)
-    if generation < conn.current_generation:
-        _audit_fenced(actor=actor, run_id=run_id, conn=conn, what="fail", generation=generation)
-        return FailureAnswer(outcome=Outcome.REACQUIRE, failure_class=str(c.failure_class), code=c.code, message=c.description,
-                             current_generation=conn.current_generation)
+    c, conn, stale = _classify_and_lock(connection_id=_action_connection_id(run_id, action_key), generation=generation,
+                                        provider_error=provider_error, run_id=run_id, actor=actor, what="fail")
+    if stale is not None:
+        return stale
     run = _get_run(run_id)
     action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="fail")
     if action.state != Action.State.FAILED:
@@ -782,9 +796,8 @@ def action_fail(*, run_id: str, action_key: str, generation: int, provider_error
         _action_transition(action, to=Action.State.FAILED, actor=actor, lock_expires_at=None,
                            error=_provider_error_record(c, provider_error.get("status")),
                            arguments={"failure_class": str(c.failure_class), "code": c.code})
-    checkpoint = action.checkpoint
     return _handle_failure(c=c, status=provider_error.get("status"), run=run, conn=conn, generation=generation,
-                           checkpoint=checkpoint, action=action, actor=actor, open_case_for_unknown=False)
+                           checkpoint=action.checkpoint, action=action, actor=actor, open_case_for_unknown=False)
 
 
 @transaction.atomic
@@ -793,16 +806,10 @@ def credential_failure_report(
     action_key: str | None = None, actor: str,
 ) -> FailureAnswer:
     """A worker saw a credential failure outside a protected action (e.g. while refreshing)."""
-    provider = Connection.objects.filter(pk=connection_id).values_list("provider", flat=True).first()
-    if provider is None:
-        raise ConnectionNotFound(data={"connection_id": connection_id})
-    c = _classify(provider, provider_error)
-    conn = _lock_connection(connection_id, exclusive=_exclusive_for(c))
-    _check_generation(conn, generation)
-    if generation < conn.current_generation:
-        _audit_fenced(actor=actor, run_id=run_id, conn=conn, what="report", generation=generation)
-        return FailureAnswer(outcome=Outcome.REACQUIRE, failure_class=str(c.failure_class), code=c.code, message=c.description,
-                             current_generation=conn.current_generation)
+    c, conn, stale = _classify_and_lock(connection_id=connection_id, generation=generation, provider_error=provider_error,
+                                        run_id=run_id, actor=actor, what="report")
+    if stale is not None:
+        return stale
     run = _get_run(run_id)
     checkpoint = _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor) if checkpoint_id else None
     action = Action.objects.filter(run=run, action_key=action_key).first() if action_key else None

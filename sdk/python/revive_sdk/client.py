@@ -27,6 +27,19 @@ def _answer(response: httpx.Response) -> Any:
     raise ReviveError("HTTP_ERROR", f"HTTP {response.status_code}", status=response.status_code)
 
 
+def _advance(flow: Flow, outcome: tuple[Any, BaseException | None]) -> tuple[bool, Any]:
+    """Hand the last step's result (or exception) to the flow; ``(True, value)`` once it returns, else ``(False, next step)``."""
+    value, error = outcome
+    try:
+        return False, (flow.throw(error) if error is not None else flow.send(value))
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def _unavailable(exc: Exception) -> ReviveUnavailable:
+    return ReviveUnavailable("REVIVE_UNAVAILABLE", f"cannot reach Revive: {type(exc).__name__}")
+
+
 def _headers(api_key: str) -> dict[str, str]:
     return {"X-Api-Key": api_key, "User-Agent": "revive-sdk-python/0.1"}
 
@@ -53,26 +66,25 @@ class Revive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _perform(self, step: Http | Call) -> Any:
+        if isinstance(step, Call):
+            return step.fn(*step.args)
+        try:
+            response = self._http.request(step.method, step.path, json=step.json)
+        except httpx.TransportError as exc:
+            raise _unavailable(exc) from exc
+        return _answer(response)
+
     def _run(self, flow: Flow) -> Any:
-        sent: Any = None
-        thrown: BaseException | None = None
+        outcome: tuple[Any, BaseException | None] = (None, None)
         while True:
+            done, step = _advance(flow, outcome)
+            if done:
+                return step
             try:
-                step = flow.throw(thrown) if thrown is not None else flow.send(sent)
-            except StopIteration as stop:
-                return stop.value
-            sent, thrown = None, None
-            try:
-                if isinstance(step, Http):
-                    try:
-                        response = self._http.request(step.method, step.path, json=step.json)
-                    except httpx.TransportError as exc:
-                        raise ReviveUnavailable("REVIVE_UNAVAILABLE", f"cannot reach Revive: {type(exc).__name__}") from exc
-                    sent = _answer(response)
-                else:
-                    sent = step.fn(*step.args)
+                outcome = (self._perform(step), None)
             except BaseException as exc:  # handed to the flow, which decides
-                thrown = exc
+                outcome = (None, exc)
 
     def lease(self, connection_id: str) -> dict[str, Any]:
         """The connection's current generation (``usable`` is false while a reconnect is pending)."""
@@ -135,29 +147,26 @@ class AsyncRevive:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def _perform(self, step: Http | Call) -> Any:
+        if isinstance(step, Call):
+            result = step.fn(*step.args)
+            return await result if inspect.isawaitable(result) else result
+        try:
+            response = await self._http.request(step.method, step.path, json=step.json)
+        except httpx.TransportError as exc:
+            raise _unavailable(exc) from exc
+        return _answer(response)
+
     async def _run(self, flow: Flow) -> Any:
-        sent: Any = None
-        thrown: BaseException | None = None
+        outcome: tuple[Any, BaseException | None] = (None, None)
         while True:
+            done, step = _advance(flow, outcome)
+            if done:
+                return step
             try:
-                step = flow.throw(thrown) if thrown is not None else flow.send(sent)
-            except StopIteration as stop:
-                return stop.value
-            sent, thrown = None, None
-            try:
-                if isinstance(step, Http):
-                    try:
-                        response = await self._http.request(step.method, step.path, json=step.json)
-                    except httpx.TransportError as exc:
-                        raise ReviveUnavailable("REVIVE_UNAVAILABLE", f"cannot reach Revive: {type(exc).__name__}") from exc
-                    sent = _answer(response)
-                else:
-                    assert isinstance(step, Call)
-                    sent = step.fn(*step.args)
-                    if inspect.isawaitable(sent):
-                        sent = await sent
-            except BaseException as exc:
-                thrown = exc
+                outcome = (await self._perform(step), None)
+            except BaseException as exc:  # handed to the flow, which decides
+                outcome = (None, exc)
 
     async def lease(self, connection_id: str) -> dict[str, Any]:
         return await self._run(flows.lease(connection_id))
