@@ -8,8 +8,9 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from cases.api import router as worker_router
+from cases.restate.api import router as restate_router
 
-from .auth import WorkerKey
+from .auth import OperatorKey, WorkerKey
 from .errors import DomainError
 
 
@@ -59,3 +60,15 @@ worker_api = NinjaAPI(
 )
 _install_error_handlers(worker_api)
 worker_api.add_router("/", worker_router)
+
+operator_api = NinjaAPI(
+    title="Revive operator API",
+    version="2",
+    urls_namespace="operator_api",
+    auth=OperatorKey(),
+    description="Operator-only recovery routes (system operate permission). Every attempt is recorded in the "
+    "operations audit log; error responses carry the request id also sent as the X-Request-Id header.",
+    docs_url="/docs",
+)
+_install_error_handlers(operator_api)
+operator_api.add_router("/restate/", restate_router)

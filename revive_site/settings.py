@@ -59,11 +59,17 @@ INSTALLED_APPS = [
     "audit",
     "cases",
     "reauth",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    "allauth.socialaccount.providers.auth0",
     "lab",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "audit.operations.OperationsAuditMiddleware",
     "revive_site.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -71,6 +77,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
 ]
 
 ROOT_URLCONF = "revive_site.urls"
@@ -122,6 +129,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 SESSION_COOKIE_HTTPONLY = True
+CSRF_FAILURE_VIEW = "reauth.views.csrf_failure"
 CSRF_COOKIE_HTTPONLY = False
 SESSION_COOKIE_SECURE = PRODUCTION
 CSRF_COOKIE_SECURE = PRODUCTION
@@ -137,6 +145,16 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=90)
 CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# One named queue; the worker consumes it without -Q. Tests give each session its own.
+CELERY_TASK_DEFAULT_QUEUE = env.str("REVIVE_CELERY_QUEUE", default="revive")
+# Redis re-delivers an unacknowledged task only after this; the resume sweep (below) catches lost work sooner.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+# `celery -A revive_site beat` (or `worker -B` on a single machine) runs these.
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-actions": {"task": "cases.reap_stale_actions", "schedule": 60.0},
+    "expire-reconnect-requests": {"task": "cases.expire_reconnect_requests", "schedule": 60.0},
+    "resume-sweep": {"task": "cases.resume_sweep", "schedule": env.float("REVIVE_RESUME_SWEEP_INTERVAL", default=30.0)},
+}
 
 # --- Revive -----------------------------------------------------------------
 # Seconds an `executing` action may run before the reaper may mark it ambiguous.
@@ -147,17 +165,103 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = REVIVE_MAX_BODY_BYTES
 # Default backoff when a transient failure has no Retry-After.
 REVIVE_TRANSIENT_BACKOFF_SECONDS = env.float("REVIVE_TRANSIENT_BACKOFF_SECONDS", default=5.0)
 
+# --- Resume (cases.resume, cases.runtimes) ----------------------------------
+# Server-side reconcilers by action key (exact, or an fnmatch pattern such as "send_exec_*"): dotted paths to
+# callables taking a cases.resume.ReconcileRequest and returning a cases.resume.ReconcilerFinding.
+REVIVE_RECONCILERS: dict[str, str] = {}
+# Resume a case whose ambiguous actions have no server-side reconciler and leave them to the resumed worker's
+# `reconcile` callback (begin answers `reconcile`, so none executes while ambiguous). Off: they wait for an operator.
+REVIVE_RECONCILE_IN_WORKER = env.bool("REVIVE_RECONCILE_IN_WORKER", default=True)
+# Bounded retries of transient resume and reconcile failures (exponential backoff, capped); then `resume_failed`.
+REVIVE_RESUME_MAX_RETRIES = env.int("REVIVE_RESUME_MAX_RETRIES", default=10)
+REVIVE_RESUME_BACKOFF_FIRST = env.float("REVIVE_RESUME_BACKOFF_FIRST", default=0.1)
+REVIVE_RESUME_BACKOFF_MAX = env.float("REVIVE_RESUME_BACKOFF_MAX", default=60.0)
+# A delivery claim outlives the task's hard time limit, so a claim is only ever taken over from a dead holder.
+REVIVE_RESUME_CLAIM_SECONDS = env.int("REVIVE_RESUME_CLAIM_SECONDS", default=CELERY_TASK_TIME_LIMIT + 30)
+# The sweep re-enqueues recovery work older than this that a lost task left behind.
+REVIVE_RESUME_SWEEP_AFTER = env.int("REVIVE_RESUME_SWEEP_AFTER", default=120)
+# When a resume waits for an operator in `awaiting_approval` (cases.services.resume_approval_required):
+# `never`; `ambiguous` (an action of the case's runs was reconciled by hand or without evidence); `always`.
+REVIVE_RESUME_APPROVAL = env.str("REVIVE_RESUME_APPROVAL", default="ambiguous")
+if REVIVE_RESUME_APPROVAL not in ("never", "ambiguous", "always"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"REVIVE_RESUME_APPROVAL must be never, ambiguous or always, not {REVIVE_RESUME_APPROVAL!r}")
+REVIVE_RUNTIME_ADAPTERS = {
+    "langgraph": "cases.runtimes.langgraph.LangGraphAdapter",
+    "temporal": "cases.runtimes.temporal.TemporalAdapter",
+    "restate": "cases.runtimes.restate.RestateAdapter",
+}
+# LangGraph graphs Revive resumes in its own worker, by the name runs register as runtime_ref["graph"]:
+# dotted paths ("package.module:attribute") to a StateGraph builder or a function returning one.
+REVIVE_LANGGRAPH_GRAPHS: dict[str, str] = {}
+# Where checkpoints live: empty means the database above when it is PostgreSQL, else var/langgraph.sqlite3.
+REVIVE_LANGGRAPH_CHECKPOINT_URL = env.str("REVIVE_LANGGRAPH_CHECKPOINT_URL", default="")
+TEMPORAL_ADDRESS = env.str("TEMPORAL_ADDRESS", default="127.0.0.1:7233")
+TEMPORAL_NAMESPACE = env.str("TEMPORAL_NAMESPACE", default="default")
+TEMPORAL_RPC_TIMEOUT = env.float("TEMPORAL_RPC_TIMEOUT", default=10.0)
+RESTATE_RESUME_TIMEOUT = env.float("RESTATE_RESUME_TIMEOUT", default=10.0)
+
+# --- E-mail: the console backend unless EMAIL_URL is set (smtp+tls://user:pass@host:587) -----------------
+if env.str("EMAIL_URL", default=""):
+    vars().update(env.email_url("EMAIL_URL"))
+else:
+    EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Revive <revive@localhost>")
+
+# --- Owner reconnect (reauth) and its sign-in through django-allauth ---------
+REVIVE_RECONNECT_TTL_SECONDS = env.int("REVIVE_RECONNECT_TTL_SECONDS", default=3600)
+REVIVE_RECONNECT_MAX_REFUSALS = env.int("REVIVE_RECONNECT_MAX_REFUSALS", default=5)
+REVIVE_RECONNECT_REDIRECT_HOSTS = env.list("REVIVE_RECONNECT_REDIRECT_HOSTS", default=[])
+REVIVE_RECONNECT_WEBHOOK_URL = env.str("REVIVE_RECONNECT_WEBHOOK_URL", default="")
+REVIVE_RECONNECT_WEBHOOK_SECRET = env.str("REVIVE_RECONNECT_WEBHOOK_SECRET", default="")
+REVIVE_RECONNECT_WEBHOOK_TIMEOUT = env.float("REVIVE_RECONNECT_WEBHOOK_TIMEOUT", default=5.0)
+if REVIVE_RECONNECT_WEBHOOK_URL and not REVIVE_RECONNECT_WEBHOOK_SECRET:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("REVIVE_RECONNECT_WEBHOOK_URL is set: REVIVE_RECONNECT_WEBHOOK_SECRET (the HMAC key) is required")
+REVIVE_CREDENTIAL_CUSTODY = env.str("REVIVE_CREDENTIAL_CUSTODY", default="reauth.custody.DatabaseCustody")
+
+from reauth.provider_settings import socialaccount_providers  # noqa: E402  (pure: no models, no environment)
+
+SOCIALACCOUNT_PROVIDERS = socialaccount_providers(
+    entra_client_id=env.str("REVIVE_ENTRA_CLIENT_ID", default=""),
+    entra_client_secret=env.str("REVIVE_ENTRA_CLIENT_SECRET", default=""),
+    entra_tenants=env.list("REVIVE_ENTRA_TENANTS", default=[]),
+    entra_authority=env.str("REVIVE_ENTRA_AUTHORITY", default="https://login.microsoftonline.com"),
+    entra_scope=env.list("REVIVE_ENTRA_SCOPE", default=[]),
+    auth0_url=env.str("REVIVE_AUTH0_URL", default=""),
+    auth0_client_id=env.str("REVIVE_AUTH0_CLIENT_ID", default=""),
+    auth0_client_secret=env.str("REVIVE_AUTH0_CLIENT_SECRET", default=""),
+    auth0_scope=env.list("REVIVE_AUTH0_SCOPE", default=[]),
+    oidc_apps=env.json("REVIVE_OIDC_APPS", default=[]),
+    lab_idp_url=env.str("REVIVE_LAB_IDP_URL", default=""),
+    lab_client_id=env.str("REVIVE_LAB_IDP_CLIENT_ID", default=""),
+    lab_client_secret=env.str("REVIVE_LAB_IDP_CLIENT_SECRET", default=""),
+)
+SOCIALACCOUNT_ADAPTER = "reauth.adapter.ReconnectSocialAccountAdapter"
+ACCOUNT_ADAPTER = "reauth.adapter.NoSignupAccountAdapter"
+SOCIALACCOUNT_STORE_TOKENS = False  # the grant goes to credential custody, never to allauth's SocialToken table
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+SOCIALACCOUNT_REQUESTS_TIMEOUT = env.int("SOCIALACCOUNT_REQUESTS_TIMEOUT", default=10)
+
 # --- Restate (operator routes and runtime adapter) ---------------------------
 RESTATE_ADMIN_URL = env.str("RESTATE_ADMIN_URL", default="http://127.0.0.1:9070")
 RESTATE_INGRESS_URL = env.str("RESTATE_INGRESS_URL", default="http://127.0.0.1:8080")
 RESTATE_PROBE_TIMEOUT = env.float("RESTATE_PROBE_TIMEOUT", default=3.0)
 RESTATE_DRAIN_TIMEOUT = env.float("RESTATE_DRAIN_TIMEOUT", default=30.0)
+# Write calls to the admin API (registration includes Restate contacting the service).
+RESTATE_ADMIN_TIMEOUT = env.float("RESTATE_ADMIN_TIMEOUT", default=30.0)
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact_credentials": {"()": "reauth.logging.RedactCredentialsFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_credentials"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}, "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "INFO"},
+                # request lines carry reconnect link tokens and OAuth codes: through the redacting handler
+                "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+                "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }

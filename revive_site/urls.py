@@ -1,9 +1,12 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
-from .api import worker_api
+from .api import operator_api, worker_api
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", worker_api.urls),
+    path("api/v2/admin/operator/", operator_api.urls),
+    path("reconnect/", include("reauth.urls")),
+    path("accounts/", include("reauth.allauth_urls")),  # allauth's provider callbacks only
 ]

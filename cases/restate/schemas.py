@@ -8,11 +8,11 @@ cleanup matches them exactly.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from ninja import Field, Schema
-from pydantic import AfterValidator, ConfigDict, StrictBool, model_serializer
+from pydantic import AfterValidator, ConfigDict, StrictBool
 
 ComponentStatus = Literal["ok", "degraded", "unreachable"]
 MAX_URL_LENGTH = 2048
@@ -95,14 +95,8 @@ class DeploymentsReadout(Schema):
 
 class ServiceItem(Schema):
     name: str
-    revision: int | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_missing_revision(self, handler) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("revision") is None:
-            data.pop("revision", None)
-        return data
+    revision: int | None = Field(None, exclude_if=lambda revision: revision is None)
+    """Omitted when the admin API gives none."""
 
 
 class ServicesReadout(Schema):

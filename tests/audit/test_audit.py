@@ -85,8 +85,8 @@ def test_every_transition_writes_exactly_one_audit_event(make_run, make_connecti
     assert delta(lambda: services.action_mark_ambiguous(run_id=run.pk, action_key="send", generation=1, reason="t", actor="w")) == 1
     assert delta(lambda: services.action_reconcile(run_id=run.pk, action_key="send", found=False, evidence={}, generation=1, actor="w")) == 1
     assert delta(begin) == 1  # reconciled_absent -> executing
-    # fail: action.failed + case.opened + run.parked
-    assert delta(lambda: services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w")) == 3
+    # fail: action.failed + case.opened + reconnect.requested (the owner's link) + run.parked
+    assert delta(lambda: services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w")) == 4
     ref = run.first_cases.get().reference
     # reauthorize: lease.advanced + case.reauthorized
     assert delta(lambda: services.case_reauthorize(case_id=ref, actor="owner")) == 2
