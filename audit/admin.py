@@ -1,6 +1,17 @@
+import json
+
 from django.contrib import admin
+from django.db.models import Q
 
 from .models import AuditEvent, OperationAudit
+from .redaction import redact
+
+
+def redacted_json(value) -> str:
+    """JSON for an admin page, redacted again on the way out (secret-like keys, bearer tokens, JWTs, URL user-info)."""
+    if value in (None, "", {}, []):
+        return "—"
+    return json.dumps(redact(value), indent=2, sort_keys=True, default=str)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -16,12 +27,79 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class FixedChoicesFilter(admin.SimpleListFilter):
+    """A filter with fixed choices: no SELECT DISTINCT over the whole log to build it."""
+
+    field: str
+    values: list[str]
+
+    def lookups(self, request, model_admin):
+        return [(v, v) for v in self.values]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
+
+
+class OutcomeFilter(FixedChoicesFilter):
+    title = parameter_name = field = "outcome"
+    values = ["ok", "refused", "error", "failed", "expired", "revoked", "locked"]
+
+
+class EntityTypeFilter(FixedChoicesFilter):
+    title = "entity"
+    parameter_name = field = "entity_type"
+    values = ["case", "action", "run", "checkpoint", "connection", "reconnect_request", "api_key"]
+
+
+class ActorKindFilter(admin.SimpleListFilter):
+    title = "actor"
+    parameter_name = "actor_kind"
+    KINDS = {"operator": "operator:", "owner": "owner", "system": "system", "reconciler": "reconciler:", "worker": "worker:"}
+
+    def lookups(self, request, model_admin):
+        return [(k, k) for k in self.KINDS]
+
+    def queryset(self, request, queryset):
+        prefix = self.KINDS.get(self.value() or "")
+        return queryset.filter(actor__startswith=prefix) if prefix else queryset
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
+    """The audit log. Searching matches a case id, run id or entity id exactly, and an actor or action by prefix
+    (``operator:`` finds every operator's act), so a search stays on an index however long the log grows.
+    What is shown is redacted again on display (it was redacted when written)."""
+
     list_display = ["occurred_at", "actor", "action", "entity_type", "entity_id", "case_reference", "outcome"]
-    list_filter = ["action", "entity_type", "outcome"]
-    search_fields = ["case_reference", "actor", "action", "run_id", "entity_id"]
+    list_filter = [OutcomeFilter, ActorKindFilter, EntityTypeFilter]
+    search_fields = ["case_reference", "actor", "action"]
+    search_help_text = "Case id, run id, entity id, or the start of an actor or action (operator:, case.)."
     date_hierarchy = "occurred_at"
+    show_full_result_count = False
+    fields = ["occurred_at", "actor", "action", "entity_type", "entity_id", "case_reference", "run_id", "connection_id",
+              "outcome", "before_redacted", "after_redacted", "arguments_redacted"]
+    readonly_fields = fields
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(
+            Q(case_reference=term.upper()) | Q(run_id=term) | Q(entity_id=term)
+            | Q(actor__startswith=term) | Q(action__startswith=term)
+        ), False
+
+    @admin.display(description="before")
+    def before_redacted(self, obj):
+        return redacted_json(obj.before)
+
+    @admin.display(description="after")
+    def after_redacted(self, obj):
+        return redacted_json(obj.after)
+
+    @admin.display(description="arguments")
+    def arguments_redacted(self, obj):
+        return redacted_json(obj.arguments)
 
 
 @admin.register(OperationAudit)
@@ -29,3 +107,10 @@ class OperationAuditAdmin(ReadOnlyAdmin):
     list_display = ["started_at", "actor", "role", "route", "outcome", "error_code", "request_id"]
     list_filter = ["outcome", "route"]
     search_fields = ["actor", "route", "request_id"]
+    fields = ["request_id", "actor", "role", "route", "arguments_redacted", "reason", "started_at", "finished_at",
+              "outcome", "error_code", "error"]
+    readonly_fields = fields
+
+    @admin.display(description="arguments")
+    def arguments_redacted(self, obj):
+        return redacted_json(obj.arguments)

@@ -98,3 +98,18 @@ class OperationAudit(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.started_at:%Y-%m-%d %H:%M:%S} {self.actor} {self.route} {self.outcome}"
+
+
+class OperationsPanel(OperationAudit):
+    """The admin's doctor-and-recovery panel (``cases.restate.admin``), which also lists the latest attempts.
+
+    A proxy, so that the admin has a page of its own for the doctors' readouts
+    and the recovery forms; it adds no table and no permission (who may see and
+    who may act is decided in the admin module).
+    """
+
+    class Meta:
+        proxy = True
+        default_permissions = ()
+        verbose_name = "doctor and recovery"
+        verbose_name_plural = "doctor and recovery"

@@ -1,7 +1,44 @@
-from django.contrib import admin, messages
+"""The operator console: the recovery cases (list, case page, actions) and the read-only ledger behind them.
 
-from .models import Action, ApiKey, CaseRun, Checkpoint, Connection, CredentialGeneration, RecoveryCase, Run
-from .services import api_key_create
+Every write goes through ``cases.console`` (and from there through the
+services the API uses), is allowed only to holders of ``cases.operate_case``,
+and is audited as ``operator:<username>``. Nothing here shows a credential:
+JSON that could hold one (results, evidence, errors, runtime references) is
+shown redacted.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from audit.admin import redacted_json
+
+from . import console
+from .restate import admin as restate_admin  # noqa: F401  (registers the doctor-and-recovery panel)
+from .models import (
+    CASE_URGENCY,
+    OPEN_CASE_STATES,
+    Action,
+    ApiKey,
+    Checkpoint,
+    Connection,
+    CredentialGeneration,
+    RecoveryCase,
+    Run,
+)
+from .selectors import console_case_detail, console_case_queryset, console_case_search, urgency_ranks
+from .services import LIVE_TRANSITIONS, api_key_create
+from .templatetags.revive_console import age as age_text
+from .timeline import timeline_svg
 
 
 @admin.register(ApiKey)
@@ -27,14 +64,20 @@ class ApiKeyAdmin(admin.ModelAdmin):
         messages.warning(request, f"Store this key now; it is shown only once: {raw}")
 
 
-class GenerationInline(admin.TabularInline):
-    model = CredentialGeneration
+class ReadOnlyInline(admin.TabularInline):
     extra = 0
     can_delete = False
-    readonly_fields = ["number", "state", "issued_at", "rejected_at", "superseded_at"]
 
     def has_add_permission(self, request, obj=None):
         return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class GenerationInline(ReadOnlyInline):
+    model = CredentialGeneration
+    readonly_fields = ["number", "state", "issued_at", "rejected_at", "superseded_at"]
 
 
 @admin.register(Connection)
@@ -46,35 +89,63 @@ class ConnectionAdmin(admin.ModelAdmin):
     inlines = [GenerationInline]
 
 
-class CheckpointInline(admin.TabularInline):
+class CheckpointInline(ReadOnlyInline):
     model = Checkpoint
-    extra = 0
-    can_delete = False
-    readonly_fields = ["checkpoint_id", "label", "runtime_ref", "created_at"]
+    fields = ["checkpoint_id", "label", "runtime_reference", "created_at"]
+    readonly_fields = fields
 
-    def has_add_permission(self, request, obj=None):
-        return False
+    @admin.display(description="runtime reference")
+    def runtime_reference(self, obj):
+        return redacted_json(obj.runtime_ref)
 
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["id", "workflow_name", "runtime", "state", "updated_at"]
     list_filter = ["runtime", "state"]
-    search_fields = ["id", "workflow_name"]
-    readonly_fields = ["id", "runtime", "runtime_ref", "workflow_name", "state", "created_at", "updated_at"]
+    search_fields = ["=id", "workflow_name"]
+    fields = ["id", "runtime", "runtime_reference", "workflow_name", "state", "created_at", "updated_at"]
+    readonly_fields = fields
     inlines = [CheckpointInline]
 
+    @admin.display(description="runtime reference")
+    def runtime_reference(self, obj):
+        return redacted_json(obj.runtime_ref)
+
     def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
 @admin.register(Action)
 class ActionAdmin(admin.ModelAdmin):
-    list_display = ["action_key", "run", "state", "generation", "attempts", "updated_at"]
+    """The ledger, read-only. Results, errors and evidence are shown redacted."""
+
+    list_display = ["action_key", "run", "state", "generation", "attempts", "reconciled_by", "updated_at"]
     list_filter = ["state"]
-    search_fields = ["action_key", "run__id", "idempotency_key"]
+    search_fields = ["=action_key", "=run__id", "=idempotency_key"]
     list_select_related = ["run"]
-    readonly_fields = [f.name for f in Action._meta.fields]
+    fields = ["run", "action_key", "idempotency_key", "connection", "checkpoint", "state", "generation", "attempts",
+              "external_ref", "result_redacted", "error_redacted", "evidence_redacted", "reconciled_by",
+              "lock_expires_at", "created_at", "updated_at"]
+    readonly_fields = fields
+
+    @admin.display(description="result")
+    def result_redacted(self, obj):
+        return redacted_json(obj.result)
+
+    @admin.display(description="error")
+    def error_redacted(self, obj):
+        return redacted_json(obj.error)
+
+    @admin.display(description="evidence")
+    def evidence_redacted(self, obj):
+        return redacted_json(obj.evidence)
 
     def has_add_permission(self, request):
         return False
@@ -82,28 +153,293 @@ class ActionAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-
-class CaseRunInline(admin.TabularInline):
-    model = CaseRun
-    extra = 0
-    can_delete = False
-    readonly_fields = ["run", "checkpoint", "action", "joined_at", "resumed_at"]
-
-    def has_add_permission(self, request, obj=None):
+    def has_delete_permission(self, request, obj=None):
         return False
+
+
+# --------------------------------------------------------------------------- the case list
+
+
+class StateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("open", "All open")] + [(s.value, s.label) for s in CASE_URGENCY]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        states = OPEN_CASE_STATES if value == "open" else [value] if value in {s.value for s in CASE_URGENCY} else None
+        if states is None:
+            return queryset
+        # The urgency ranks restate the state condition in the terms of the list's ordering index.
+        return queryset.filter(state__in=states, urgency__in=urgency_ranks(states))
+
+
+class TenantFilter(admin.SimpleListFilter):
+    title = "tenant"
+    parameter_name = "tenant"
+
+    def lookups(self, request, model_admin):
+        tenants = (Connection.objects.exclude(provider_tenant="").order_by("provider_tenant")
+                   .values_list("provider_tenant", flat=True).distinct())
+        return [(t, t) for t in tenants]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(connection__provider_tenant=self.value())
+        return queryset
+
+
+class AgeFilter(admin.SimpleListFilter):
+    title = "age"
+    parameter_name = "age"
+    BANDS = {
+        "1h": ("Under an hour", None, timedelta(hours=1)),
+        "24h": ("1 to 24 hours", timedelta(hours=1), timedelta(hours=24)),
+        "7d": ("1 to 7 days", timedelta(hours=24), timedelta(days=7)),
+        "older": ("Over 7 days", timedelta(days=7), None),
+    }
+
+    def lookups(self, request, model_admin):
+        return [(key, label) for key, (label, _, _) in self.BANDS.items()]
+
+    def queryset(self, request, queryset):
+        band = self.BANDS.get(self.value() or "")
+        if band is None:
+            return queryset
+        _, at_least, under = band
+        now = timezone.now()
+        if at_least is not None:
+            queryset = queryset.filter(opened_at__lte=now - at_least)
+        if under is not None:
+            queryset = queryset.filter(opened_at__gt=now - under)
+        return queryset
+
+
+def _selection_action(op: console.Operation):
+    def action(modeladmin, request, queryset):
+        return modeladmin.operate_on_selection(request, queryset, op)
+
+    action.__name__ = f"operate_{op.name}"
+    return admin.action(description=op.label, permissions=["operate"])(action)
 
 
 @admin.register(RecoveryCase)
 class RecoveryCaseAdmin(admin.ModelAdmin):
-    list_display = ["reference", "state", "failure_class", "provider", "provider_code", "connection", "opened_at"]
-    list_filter = ["state", "failure_class", "provider"]
-    search_fields = ["reference", "connection__id", "run__id"]
-    list_select_related = ["connection"]
-    readonly_fields = [f.name for f in RecoveryCase._meta.fields]
-    inlines = [CaseRunInline]
+    list_display = ["case_id", "state_badge", "failure_class", "provider_and_code", "connection_id_col", "tenant",
+                    "runs_blocked_col", "age", "owner_link"]
+    list_display_links = ["case_id"]
+    list_filter = [StateFilter, "failure_class", "provider", TenantFilter, AgeFilter]
+    search_fields = ["reference"]
+    search_help_text = "Exact case id, run id, connection id, owner e-mail or action key."
+    list_per_page = 100
+    list_max_show_all = 1000
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # per-choice counts would scan every case on each page view
+    actions = [_selection_action(op) for op in console.OPERATIONS.values()]
+
+    # ---- permissions: the console reads for every staff user with view permission; only operators act
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_operate_permission(self, request):
+        return request.user.has_perm(console.PERMISSION)
+
+    # ---- the list
+
+    def get_queryset(self, request):
+        return console_case_queryset()
+
+    def get_ordering(self, request):
+        return ["urgency", "opened_at", "pk"]
+
+    def get_search_results(self, request, queryset, search_term):
+        return console_case_search(queryset, search_term), False
+
+    @admin.display(description="case id", ordering="reference")
+    def case_id(self, obj):
+        return obj.reference
+
+    @admin.display(description="state", ordering="urgency")
+    def state_badge(self, obj):
+        return format_html('<span class="case-state case-state-{}">{}</span>', obj.state, obj.state)
+
+    @admin.display(description="provider / error", ordering="provider")
+    def provider_and_code(self, obj):
+        return format_html("{} <code>{}</code>", obj.get_provider_display(), obj.provider_code or "—")
+
+    @admin.display(description="connection", ordering="connection_id")
+    def connection_id_col(self, obj):
+        return obj.connection_id
+
+    @admin.display(description="tenant")
+    def tenant(self, obj):
+        return obj.connection.provider_tenant or "—"
+
+    @admin.display(description="runs blocked")
+    def runs_blocked_col(self, obj):
+        return obj.runs_blocked
+
+    @admin.display(description="age", ordering="opened_at")
+    def age(self, obj):
+        return age_text(obj.opened_at)
+
+    @admin.display(description="owner link pending", boolean=True)
+    def owner_link(self, obj):
+        return obj.pending_link_id is not None
+
+    # ---- acting on a selection
+
+    def operate_on_selection(self, request, queryset, op: console.Operation):
+        cases = list(queryset.select_related("connection").order_by("pk")[: self.list_max_show_all + 1])
+        if len(cases) > self.list_max_show_all:
+            cases = cases[: self.list_max_show_all]
+            self.message_user(request, f"Only the first {self.list_max_show_all} selected cases are acted on; "
+                                       "narrow the filters and repeat for the rest.", messages.WARNING)
+        if "apply" in request.POST or op.form is console.ConfirmForm:
+            form = op.form_for(request.POST if "apply" in request.POST else {}, cases=cases)
+            if form.is_valid():
+                self._report(request, console.perform(op, cases, user=request.user, form=form))
+                return None
+        else:
+            form = op.form_for(cases=cases)
+        eligible, refused = self._partition(op, cases)
+        if not eligible:
+            actor = console.operator_actor(request.user)
+            for case, why in refused:
+                console.audit_refusal(case, op=op, actor=actor, why=why)
+                self.message_user(request, why, messages.ERROR)
+            return None
+        return self._confirm_page(request, op, eligible, refused, form, selection=True)
+
+    # ---- the case page and acting on one case
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("<path:object_id>/operate/<str:name>/", self.admin_site.admin_view(self.operate_view),
+                 name="%s_%s_operate" % info),
+        ] + super().get_urls()
+
+    def _case_url(self, case) -> str:
+        return reverse("admin:cases_recoverycase_change", args=[case.pk])
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        detail = console_case_detail(case_id=unquote(object_id))
+        if detail is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        case = detail.case
+        if not self.has_view_permission(request, case):
+            raise PermissionDenied
+        can_operate = self.has_operate_permission(request)
+        operations = []
+        if can_operate:
+            for op in console.available(case):
+                operations.append({"op": op, "form": op.form_for(cases=[case]),
+                                   "url": reverse("admin:cases_recoverycase_operate", args=[case.pk, op.name])})
+        latest = detail.reconnect_requests[0] if detail.reconnect_requests else None
+        if latest is None:
+            owner_link = "none (this case does not need the owner)" if not case.owner_required else "none"
+        elif latest.state == "active" and case.state not in ("opened", "awaiting_owner"):
+            owner_link = "no longer needed (the case moved on)"
+        else:
+            owner_link = latest.state + (f" (expires {latest.expires_at:%H:%M} UTC)" if latest.state == "active" and latest.expires_at else "")
+        live_label = next((label for action, (n, label) in LIVE_TRANSITIONS.items() if n == detail.live_transition), "")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{case.reference} · {case.run.workflow_name}",
+            "subtitle": case.reference,
+            "detail": detail,
+            "case": case,
+            "live_label": live_label,
+            "owner_link": owner_link,
+            "timeline_svg": timeline_svg(detail.timeline, title=f"Recovery timeline of {case.reference}"),
+            "ledger": [
+                {"action": a, "evidence": redacted_json(a.evidence), "result": redacted_json(a.result),
+                 "error": redacted_json(a.error), "duplicate": f"{a.run_id}/{a.action_key}" in detail.duplicate_actions}
+                for a in detail.ledger
+            ],
+            "operations": operations,
+            "can_operate": can_operate,
+            "audit_url": reverse("admin:audit_auditevent_changelist") + f"?q={case.reference}",
+            "has_view_permission": True,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/cases/recoverycase/case_detail.html", context)
+
+    def history_view(self, request, object_id, extra_context=None):
+        case = RecoveryCase.objects.filter(pk=unquote(object_id)).only("reference").first() if unquote(object_id).isdigit() else None
+        if case is None:
+            raise Http404
+        return HttpResponseRedirect(reverse("admin:audit_auditevent_changelist") + f"?q={case.reference}")
+
+    def operate_view(self, request, object_id, name):
+        if not self.has_operate_permission(request):
+            raise PermissionDenied
+        op = console.OPERATIONS.get(name)
+        object_id = unquote(object_id)
+        case = RecoveryCase.objects.select_related("connection").filter(pk=object_id).first() if object_id.isdigit() else None
+        if op is None or case is None:
+            raise Http404
+        if request.method == "POST":
+            why = op.refusal(case)
+            if why is not None:
+                console.audit_refusal(case, op=op, actor=console.operator_actor(request.user), why=why)
+                self.message_user(request, why, messages.ERROR)
+                return HttpResponseRedirect(self._case_url(case))
+            form = op.form_for(request.POST, cases=[case])
+            if form.is_valid():
+                self._report(request, console.perform(op, [case], user=request.user, form=form))
+                return HttpResponseRedirect(self._case_url(case))
+        else:
+            why = op.refusal(case)
+            if why is not None:
+                self.message_user(request, why, messages.ERROR)
+                return HttpResponseRedirect(self._case_url(case))
+            form = op.form_for(cases=[case])
+        eligible, refused = self._partition(op, [case])
+        return self._confirm_page(request, op, eligible or [case], refused, form, selection=False)
+
+    # ---- shared
+
+    @staticmethod
+    def _partition(op, cases):
+        eligible, refused = [], []
+        for case in cases:
+            why = op.refusal(case)
+            if why is None:
+                eligible.append(case)
+            else:
+                refused.append((case, why))
+        return eligible, refused
+
+    def _report(self, request, outcomes):
+        for outcome in outcomes:
+            self.message_user(request, outcome.message, messages.SUCCESS if outcome.ok else messages.ERROR)
+
+    def _confirm_page(self, request, op, eligible, refused, form, *, selection: bool):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": op.label,
+            "op": op,
+            "cases": eligible,
+            "refused": refused,
+            "form": form,
+            "selection": selection,
+            "action_name": f"operate_{op.name}",
+            "post_url": request.get_full_path() if selection else reverse(
+                "admin:cases_recoverycase_operate", args=[eligible[0].pk, op.name]),
+            "case_url": None if selection else self._case_url(eligible[0]),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/cases/recoverycase/operate.html", context)

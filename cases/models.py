@@ -95,6 +95,10 @@ class Run(models.Model):
     runtime_ref = models.JSONField(default=dict, blank=True)
     workflow_name = models.CharField(max_length=200)
     state = models.CharField(max_length=20, choices=State.choices, default=State.ACTIVE)
+    resume_claimed_until = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="A resume of this run is being delivered to its runtime until then (see cases.resume).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -174,6 +178,30 @@ class CaseState(models.TextChoices):
     RESUME_FAILED = "resume_failed"
 
 
+# Most urgent first: the console lists cases in this order, then oldest first (``case_urgency_age_idx`` serves it).
+CASE_URGENCY = (
+    CaseState.RESUME_FAILED,
+    CaseState.AWAITING_APPROVAL,
+    CaseState.RECONCILING,
+    CaseState.OPENED,
+    CaseState.AWAITING_OWNER,
+    CaseState.REAUTHORIZED,
+    CaseState.RESUMING,
+    CaseState.RESUMED,
+    CaseState.ABANDONED,
+    CaseState.CLOSED,
+)
+
+
+def case_urgency() -> models.Case:
+    """A case's rank in ``CASE_URGENCY`` (0 is the most urgent), as an SQL expression."""
+    return models.Case(
+        *[models.When(state=state.value, then=models.Value(rank)) for rank, state in enumerate(CASE_URGENCY)],
+        default=models.Value(len(CASE_URGENCY)),
+        output_field=models.IntegerField(),
+    )
+
+
 # A case in one of these states still blocks its runs.
 BLOCKING_CASE_STATES = (
     CaseState.OPENED,
@@ -221,7 +249,10 @@ class RecoveryCase(models.Model):
             models.Index(fields=["state", "opened_at"]),
             models.Index(fields=["provider", "state"]),
             models.Index(fields=["failure_class", "state"]),
+            models.Index(fields=["opened_at", "id"], name="case_opened_at_idx"),
+            models.Index(case_urgency(), models.F("opened_at"), models.F("id"), name="case_urgency_age_idx"),
         ]
+        permissions = [("operate_case", "Can act on recovery cases in the operator console")]
 
     def __str__(self) -> str:
         return self.reference or f"case {self.pk}"

@@ -16,7 +16,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterable
 
 from django.conf import settings
 from django.db import IntegrityError, connection as db, transaction
@@ -854,6 +854,10 @@ def case_reauthorize(*, case_id: str | int, actor: str, evidence: dict[str, Any]
 def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool = False) -> RecoveryCase:
     """Release the case's runs: ambiguous actions first go to reconciliation, otherwise the case moves to ``resuming``.
 
+    When ``REVIVE_RESUME_APPROVAL`` asks for an operator (``resume_approval_required``), a ``reauthorized`` or
+    ``reconciling`` case moves to ``awaiting_approval`` instead and its runs stay parked; only ``case_approve``
+    releases it from there.
+
     With ``defer_ambiguous`` the case resumes although some actions are still ambiguous: their settling is left
     to the resumed worker's ``reconcile`` callback (``action_begin`` answers ``reconcile`` for an ambiguous
     action, so none of them can execute again before it is settled).
@@ -863,14 +867,27 @@ def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool =
     case = case_lock(case_id)
     if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED):
         return case
+    if case.state == CaseState.AWAITING_APPROVAL:
+        return case  # only an operator's case_approve releases it
     ambiguous = list(Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS)
                      .values_list("run_id", "action_key"))
     if ambiguous and not defer_ambiguous:
         if case.state != CaseState.RECONCILING:
             case_transition(case, to=CaseState.RECONCILING, actor=actor)
         return case
+    if case.state in (CaseState.REAUTHORIZED, CaseState.RECONCILING):
+        approval = case_resume_approval(case)
+        if approval.required:
+            return case_transition(case, to=CaseState.AWAITING_APPROVAL, actor=actor,
+                                   arguments={"policy": approval.policy, "reasons": list(approval.reasons)})
     case_transition(case, to=CaseState.RESUMING, actor=actor,
                     arguments={"reconcile_in_worker": [f"{r}/{k}" for r, k in ambiguous]} if ambiguous else None)
+    _case_release_runs(case, actor=actor)
+    return case
+
+
+def _case_release_runs(case: RecoveryCase, *, actor: str) -> None:
+    """Unpark each run of a case moving to ``resuming`` that no other case still blocks."""
     for case_run in CaseRun.objects.filter(case=case).select_related("run"):
         others = RecoveryCase.objects.filter(case_runs__run=case_run.run, case_runs__resumed_at__isnull=True,
                                              state__in=BLOCKING_CASE_STATES).exclude(pk=case.pk).exists()
@@ -879,7 +896,6 @@ def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool =
             audit_record(actor=actor, action="run.unparked", entity_type="run", entity_id=case_run.run_id, case=case,
                          run_id=case_run.run_id, connection_id=case.connection_id, before={"state": Run.State.PARKED},
                          after={"state": Run.State.ACTIVE})
-    return case
 
 
 def _run_acknowledge_resume(*, run: Run, conn: Connection, actor: str) -> None:
@@ -899,3 +915,167 @@ def _run_acknowledge_resume(*, run: Run, conn: Connection, actor: str) -> None:
             case = case_lock(case_run.case_id)
             if case.state == CaseState.RESUMING:
                 case_transition(case, to=CaseState.RESUMED, actor=actor)
+
+
+# --------------------------------------------------------------------------- approvals and operator exits
+
+
+class ApprovalPolicy:
+    """``settings.REVIVE_RESUME_APPROVAL``: when a resume waits for an operator in ``awaiting_approval``."""
+
+    NEVER = "never"
+    AMBIGUOUS = "ambiguous"
+    ALWAYS = "always"
+    CHOICES = (NEVER, AMBIGUOUS, ALWAYS)
+
+
+RECONCILED_ACTIONS = ("action.reconciled_committed", "action.reconciled_absent")
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """One settling of an ambiguous action, as the approval policy sees it."""
+
+    action: str
+    """``run_id/action_key``."""
+    actor: str
+    evidence: Any
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    policy: str
+    required: bool
+    reasons: tuple[str, ...] = ()
+
+
+def reconciled_by_hand(actor: str) -> bool:
+    """An operator (console user or operator API key) decided, not a reconciler or a worker's lookup."""
+    return actor.startswith("operator:")
+
+
+def evidence_missing(evidence: Any) -> bool:
+    """Nothing was recorded but who decided: no lookup result, reference or note."""
+    if not isinstance(evidence, dict):
+        return True
+    return all(value in (None, "", [], {}) for key, value in evidence.items() if key != "reconciler")
+
+
+def resume_approval_required(*, policy: str, reconciliations: Iterable[Reconciliation]) -> ApprovalDecision:
+    """Whether a case about to resume must wait for an operator's approval, and why. Pure: no database.
+
+    ``never``: no case waits. ``always``: every case waits. ``ambiguous``: a case waits when any action of its
+    runs was settled during the case by hand (an operator actor) or without evidence.
+    """
+    if policy not in ApprovalPolicy.CHOICES:
+        raise ValueError(f"unknown resume approval policy {policy!r}; expected one of {', '.join(ApprovalPolicy.CHOICES)}")
+    if policy == ApprovalPolicy.NEVER:
+        return ApprovalDecision(policy=policy, required=False)
+    if policy == ApprovalPolicy.ALWAYS:
+        return ApprovalDecision(policy=policy, required=True, reasons=("every resume is approved (policy 'always')",))
+    reasons = []
+    for rec in reconciliations:
+        if reconciled_by_hand(rec.actor):
+            reasons.append(f"{rec.action} was reconciled by hand ({rec.actor})")
+        elif evidence_missing(rec.evidence):
+            reasons.append(f"{rec.action} was reconciled without evidence ({rec.actor})")
+    return ApprovalDecision(policy=policy, required=bool(reasons), reasons=tuple(reasons))
+
+
+def case_resume_approval(case: RecoveryCase) -> ApprovalDecision:
+    """The policy's answer for ``case``, from the reconciliations the audit log recorded for its runs since it opened.
+
+    Reconciliations from before the case opened belong to an earlier incident and do not count.
+    """
+    from audit.models import AuditEvent
+
+    policy = getattr(settings, "REVIVE_RESUME_APPROVAL", ApprovalPolicy.AMBIGUOUS)
+    if policy != ApprovalPolicy.AMBIGUOUS:
+        return resume_approval_required(policy=policy, reconciliations=())
+    events = (
+        AuditEvent.objects.filter(run_id__in=CaseRun.objects.filter(case=case).values("run_id"), entity_type="action",
+                                  action__in=RECONCILED_ACTIONS, occurred_at__gte=case.opened_at)
+        .order_by("occurred_at", "id")
+        .values_list("entity_id", "actor", "arguments")
+    )
+    return resume_approval_required(
+        policy=policy,
+        reconciliations=[Reconciliation(action=entity, actor=actor, evidence=(arguments or {}).get("evidence"))
+                         for entity, actor, arguments in events],
+    )
+
+
+def _required_text(value: str | None, *, name: str) -> str:
+    from revive_site.errors import ValidationFailed
+
+    text = (value or "").strip()
+    if not text:
+        raise ValidationFailed(f"A {name} is required.", data={"field": name})
+    return text[:2000]
+
+
+def _approved(case: RecoveryCase) -> bool:
+    from audit.models import AuditEvent
+
+    return AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", arguments__approved=True).exists()
+
+
+@transaction.atomic
+def case_approve(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
+    """An operator releases a case waiting in ``awaiting_approval``: it moves to ``resuming``, its runs are unparked,
+    and each released run's resume is enqueued on commit exactly as on the automatic path
+    (``cases.resume.case_resume_dispatch``). Approving an already approved case returns it unchanged.
+    """
+    reason = _required_text(reason, name="reason")
+    case = case_lock(case_id)
+    if case.state != CaseState.AWAITING_APPROVAL:
+        if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED, CaseState.RESUME_FAILED) and _approved(case):
+            return case
+        raise CaseTransitionNotAllowed(
+            f"Case {case.reference} is {case.state}; only a case awaiting approval can be approved.",
+            data={"case_id": case.reference, "state": case.state, "to": CaseState.RESUMING},
+        )
+    ambiguous = [f"{r}/{k}" for r, k in Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS)
+                 .values_list("run_id", "action_key")]
+    arguments: dict[str, Any] = {"approved": True, "reason": reason}
+    if ambiguous:
+        arguments["reconcile_in_worker"] = ambiguous
+    case_transition(case, to=CaseState.RESUMING, actor=actor, arguments=arguments)
+    _case_release_runs(case, actor=actor)
+    from .resume import case_resume_dispatch  # here, not at the top: cases.resume imports this module
+
+    case_resume_dispatch(case_id=case.pk, actor=actor)
+    return case
+
+
+@transaction.atomic
+def case_reject(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
+    """An operator refuses a resume waiting for approval: the case is abandoned with the reason."""
+    reason = _required_text(reason, name="reason")
+    case = case_lock(case_id)
+    if case.state == CaseState.ABANDONED:
+        return case
+    if case.state != CaseState.AWAITING_APPROVAL:
+        raise CaseTransitionNotAllowed(
+            f"Case {case.reference} is {case.state}; only a case awaiting approval can be rejected.",
+            data={"case_id": case.reference, "state": case.state, "to": CaseState.ABANDONED},
+        )
+    return _case_abandon_locked(case, actor=actor, arguments={"rejected": True, "reason": reason})
+
+
+@transaction.atomic
+def case_abandon(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
+    """Give up on a case: it stops blocking its runs (they stay parked for their owners) and its owner link is revoked."""
+    reason = _required_text(reason, name="reason")
+    case = case_lock(case_id)
+    if case.state == CaseState.ABANDONED:
+        return case
+    return _case_abandon_locked(case, actor=actor, arguments={"reason": reason})
+
+
+def _case_abandon_locked(case: RecoveryCase, *, actor: str, arguments: dict[str, Any]) -> RecoveryCase:
+    case_transition(case, to=CaseState.ABANDONED, actor=actor, arguments=arguments)
+    from reauth.services import reconnect_requests_revoke_for_case  # reauth.services imports this module
+
+    reconnect_requests_revoke_for_case(case=case, reason="case_abandoned", actor=actor)
+    return case

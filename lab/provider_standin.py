@@ -5,7 +5,9 @@
 - ``POST /v1.0/me/sendMail`` accepts a message and counts it -- every one, duplicates included:
   it is the sink that proves (or disproves) at-most-once. ``GET /v1.0/me/messages?idempotencyKey=``
   finds a message by the idempotency key it was sent with.
-- ``timeout_after_accept`` makes the mail API accept a message and then not answer in time.
+- ``timeout_after_accept`` makes the mail API accept a message and then not answer in time
+  (``timeouts_left`` limits it to the next N messages).
+- ``revoke(refresh_token)`` makes the token endpoint refuse that one refresh token (a new grant's works).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 ERROR_BODIES = {
     "entra": (400, {
@@ -37,11 +39,14 @@ class ProviderStandIn:
         self.provider = provider
         self.revoked = False
         self.timeout_after_accept: float = 0.0
+        self.timeouts_left: int | None = None
+        self.revoked_tokens: set[str] = set()
         self.messages: list[dict] = []
         self.token_requests = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
+        self._server.handle_error = lambda *args: None  # a client that timed out and left is part of the lab
         self._thread = threading.Thread(target=self._server.serve_forever, name="provider-standin", daemon=True)
 
     @property
@@ -56,6 +61,19 @@ class ProviderStandIn:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def revoke(self, refresh_token: str) -> None:
+        with self._lock:
+            self.revoked_tokens.add(refresh_token)
+
+    def time_out_next(self, seconds: float, count: int = 1) -> None:
+        """Accept the next ``count`` messages, then answer only after ``seconds``."""
+        with self._lock:
+            self.timeout_after_accept, self.timeouts_left = seconds, count
+
+    def messages_for(self, run_id: str) -> list[dict]:
+        with self._lock:
+            return [dict(m) for m in self.messages if m.get("run_id") == run_id]
 
     def accepted_count(self) -> int:
         with self._lock:
@@ -85,6 +103,8 @@ class ProviderStandIn:
             def _body(self) -> dict:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
+                if "x-www-form-urlencoded" in (self.headers.get("Content-Type") or ""):
+                    return dict(parse_qsl(raw.decode(errors="replace")))
                 try:
                     return json.loads(raw or b"{}")
                 except ValueError:
@@ -93,10 +113,11 @@ class ProviderStandIn:
             def do_POST(self):
                 path = urlsplit(self.path).path
                 if path == "/oauth2/v2.0/token":
-                    self._body()
+                    form = self._body()
                     with standin._lock:
                         standin.token_requests += 1
-                    if standin.revoked:
+                        refused = standin.revoked or form.get("refresh_token") in standin.revoked_tokens
+                    if refused:
                         status, body = ERROR_BODIES.get(standin.provider, ERROR_BODIES["oidc"])
                         return self._json(status, body)
                     return self._json(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": secrets.token_urlsafe(24)})
@@ -107,10 +128,18 @@ class ProviderStandIn:
                     key = self.headers.get("Idempotency-Key") or ""
                     with standin._lock:
                         message = {"id": f"AAMk{len(standin.messages) + 1:04d}", "idempotency_key": key,
-                                   "subject": body.get("subject", ""), "to": body.get("to", "")}
+                                   "subject": body.get("subject", ""), "to": body.get("to", ""),
+                                   "run_id": body.get("run_id", ""), "generation": body.get("generation"),
+                                   "pid": body.get("pid"), "at": time.time()}
                         standin.messages.append(message)
-                    if standin.timeout_after_accept:
-                        time.sleep(standin.timeout_after_accept)
+                        delay = standin.timeout_after_accept
+                        if delay and standin.timeouts_left is not None:
+                            if standin.timeouts_left <= 0:
+                                delay = 0.0
+                            else:
+                                standin.timeouts_left -= 1
+                    if delay:
+                        time.sleep(delay)
                     return self._json(202, message)
                 return self._json(404, {"error": "not_found"})
 

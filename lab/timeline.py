@@ -67,7 +67,46 @@ class TimelinePrinter:
         move = f"{d['from'] or '·'} → {d['to']}"
         live = f"  LIVE TRANSITION {d['live_transition']:02d} / 04 ({d['live_label']})" if d["live_transition"] else ""
         gen = f"  gen {d['generation']}" if d["generation"] else ""
-        line = f"{d['at'][11:23]}  {d['actor']:<22} {d['action']:<26} {d['entity']:<34} {move}{gen}{live}"
+        line = f"{d['at'][11:23]}  {d['actor'][:28]:<28} {d['action']:<26} {d['entity'][:44]:<44} {move}{gen}{live}"
         if self.style and d["live_transition"]:
             return self.style.SUCCESS(line)
         return line
+
+
+class LiveTimeline:
+    """Prints audit events as they are written, from a thread of its own, until ``stop``.
+
+    ``scope`` says which events belong on the timeline (the lab's runs and cases); the
+    rest of the database is not shown.
+    """
+
+    def __init__(self, write: Callable[[str], None], *, style=None, interval: float = 0.1) -> None:
+        import threading
+
+        self.printer = TimelinePrinter(write, style=style)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="lab-timeline", daemon=True)
+
+    def start(self) -> "LiveTimeline":
+        self._thread.start()
+        return self
+
+    def flush(self) -> list[dict]:
+        with self._lock:
+            return self.printer.flush()
+
+    def _loop(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(self.interval):
+                self.flush()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.flush()

@@ -10,8 +10,8 @@ class; the first matching row wins, and its name is returned as the
 ``signature`` so an operator can see exactly why a failure got its class. The
 tables are tried in this order:
 
-1. **Network** (``error_kind``): a timeout or connection error never reached the
-   provider, so nothing else is consulted.
+1. **Network** (``error_kind``): a timeout or connection error carries no
+   answer from the provider, so nothing else is consulted.
 2. **Provider signatures**, for the provider's own response shapes:
 
    * Entra: a known AADSTS code (from ``error_codes``, plus any ``AADSTSnnnn``
@@ -431,16 +431,9 @@ def _classify(
     network = _first_match(_NETWORK_ROWS, _Signals(error_kind=_token(error_kind)))
     if network is not None:
         row, code = network
-        return _classification(
-            provider,
-            row.failure_class,
-            code=code,
-            signature=row.signature,
-            description="",
-            headers=_headers_of(headers),
-        )
+        return _classification(provider, row.failure_class, code=code, signature=row.signature, description="")
     header_map = _headers_of(headers)
-    signals = _read(status=status, body=body, headers=header_map, error_kind=error_kind)
+    signals = _read(status=status, body=body, headers=header_map)
     for rows in (_PROVIDER_ROWS[provider], _OAUTH_ROWS, _STATUS_ROWS):
         hit = _first_match(rows, signals)
         if hit is None:
@@ -474,7 +467,7 @@ def _classify_upstream(
     headers: dict[str, str],
 ) -> Classification:
     for candidate in _upstream_bodies(signals.body):
-        inner = _read(status=None, body=candidate, headers={}, error_kind=None)
+        inner = _read(status=None, body=candidate, headers={})
         hit = _first_match(_UPSTREAM_ROWS, inner)
         if hit is not None:
             inner_row, inner_code = hit
@@ -539,7 +532,7 @@ def _provider_of(value: object) -> Provider:
     return _PROVIDER_ALIASES.get(key, Provider.OIDC)
 
 
-def _read(*, status: object, body: object, headers: dict[str, str], error_kind: object) -> _Signals:
+def _read(*, status: object, body: object, headers: dict[str, str]) -> _Signals:
     parsed, text = _parse_body(body)
     doc = _first_mapping(parsed)
     error = _token(doc.get("error")) if doc is not None else ""
@@ -549,7 +542,6 @@ def _read(*, status: object, body: object, headers: dict[str, str], error_kind: 
         message = message or challenge_message
     return _Signals(
         status=_status_of(status),
-        error_kind=_token(error_kind),
         body=doc,
         text=text,
         error=error,
@@ -693,7 +685,7 @@ def _upstream_bodies(doc: Mapping | None, depth: int = 0) -> Iterator[Mapping]:
 
     Nango carries the upstream token response as ``payload.dataMessage`` (a
     dict, or the raw response text), and older versions and webhooks append the
-    payload as JSON to the error's message or description.
+    payload as JSON to the error text (``error``, ``message`` or ``description``).
     """
     if doc is None or depth > 3:
         return
@@ -703,7 +695,7 @@ def _upstream_bodies(doc: Mapping | None, depth: int = 0) -> Iterator[Mapping]:
             child = _first_mapping(_parse_body(child)[0])
         if isinstance(child, Mapping):
             yield from _upstream_bodies(child, depth + 1)
-    for key in ("message", "description", "external_message"):
+    for key in ("error", "message", "description", "external_message"):
         embedded = _embedded_json(doc.get(key))
         if embedded is not None:
             yield from _upstream_bodies(embedded, depth + 1)
@@ -820,7 +812,7 @@ _AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _SECRET_PAIR = re.compile(
     r"""
     (["']?)                                                       # optional quote
-    ([a-z0-9_.-]*(?:token|secret|password|passwd|assertion|code)[a-z0-9_-]*)  # key
+    ([a-z0-9_.-]{0,40}(?:token|secret|password|passwd|assertion|code)[a-z0-9_-]{0,40})  # key
     \1
     (\s*[:=]\s*)
     (?!\[redacted\])("[^"]*"|'[^']*'|[^\s,;&"'}\])]+)             # value
@@ -838,6 +830,6 @@ def _scrub(text: str) -> str:
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     text = _JWT.sub(_REDACTED, text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {_REDACTED}", text)
-    text = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}{_REDACTED}", text)
     text = _OPAQUE.sub(_REDACTED, text)
+    text = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}{_REDACTED}", text)
     return " ".join(text.split())[:_MAX_DESCRIPTION_CHARS]

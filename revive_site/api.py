@@ -8,6 +8,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from cases.api import router as worker_router
+from cases.doctor_api import router as doctor_router
 from cases.restate.api import router as restate_router
 
 from .auth import OperatorKey, WorkerKey
@@ -72,3 +73,4 @@ operator_api = NinjaAPI(
 )
 _install_error_handlers(operator_api)
 operator_api.add_router("/restate/", restate_router)
+operator_api.add_router("/", doctor_router)

@@ -194,7 +194,9 @@ REVIVE_RUNTIME_ADAPTERS = {
 }
 # LangGraph graphs Revive resumes in its own worker, by the name runs register as runtime_ref["graph"]:
 # dotted paths ("package.module:attribute") to a StateGraph builder or a function returning one.
-REVIVE_LANGGRAPH_GRAPHS: dict[str, str] = {}
+REVIVE_LANGGRAPH_GRAPHS: dict[str, str] = {
+    "lab-briefing": "lab.briefing:briefing",  # the recovery lab's "Nightly executive briefing" (lab/)
+}
 # Where checkpoints live: empty means the database above when it is PostgreSQL, else var/langgraph.sqlite3.
 REVIVE_LANGGRAPH_CHECKPOINT_URL = env.str("REVIVE_LANGGRAPH_CHECKPOINT_URL", default="")
 TEMPORAL_ADDRESS = env.str("TEMPORAL_ADDRESS", default="127.0.0.1:7233")
@@ -206,7 +208,7 @@ RESTATE_RESUME_TIMEOUT = env.float("RESTATE_RESUME_TIMEOUT", default=10.0)
 if env.str("EMAIL_URL", default=""):
     vars().update(env.email_url("EMAIL_URL"))
 else:
-    EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+    EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="reauth.mail.StderrConsoleEmailBackend")  # console, on stderr
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Revive <revive@localhost>")
 
 # --- Owner reconnect (reauth) and its sign-in through django-allauth ---------

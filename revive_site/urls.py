@@ -9,4 +9,5 @@ urlpatterns = [
     path("api/v2/admin/operator/", operator_api.urls),
     path("reconnect/", include("reauth.urls")),
     path("accounts/", include("reauth.allauth_urls")),  # allauth's provider callbacks only
+    path("lab/", include("lab.urls")),  # the recovery lab: staff only, off in production
 ]

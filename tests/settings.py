@@ -13,4 +13,6 @@ from revive_site.settings import DATABASES  # noqa: E402
 DATABASES["default"]["TEST"] = {"NAME": f"test_revive_{os.getpid()}"}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 CELERY_TASK_ALWAYS_EAGER = True
+# Tests that start a real Celery worker (tests/runtimes) consume this session's own queue on the shared Redis.
+CELERY_TASK_DEFAULT_QUEUE = f"revive-test-{os.getpid()}"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

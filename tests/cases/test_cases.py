@@ -132,7 +132,8 @@ def test_run_blocked_on_two_connections_stays_parked_until_both_are_released(mak
     assert Run.objects.get(pk=run.pk).state == "active"
 
 
-def test_ambiguous_actions_send_the_case_to_reconciling_first(make_run, make_connection):
+def test_ambiguous_actions_send_the_case_to_reconciling_first(make_run, make_connection, settings):
+    settings.REVIVE_RESUME_APPROVAL = "never"  # a hand reconciliation waits for approval by default (tests/admin)
     run, conn = make_run(), make_connection()
     services.action_begin(run_id=run.pk, checkpoint_id="04", connection_id=conn.pk, action_key="ticket", generation=1, actor="w")
     services.action_mark_ambiguous(run_id=run.pk, action_key="ticket", generation=1, reason="timeout", actor="w")

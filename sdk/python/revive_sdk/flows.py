@@ -154,7 +154,15 @@ def protect_action(
         if decision == "reconcile":
             if reconcile is None:
                 raise ActionAmbiguous(action_key, key)
-            found = yield Call(reconcile, (ctx,))
+            try:
+                found = yield Call(reconcile, (ctx,))
+            except ProviderError as exc:
+                # Looking the effect up needs the credential too: a rejected one parks the run (the action
+                # stays ambiguous until it is reconciled, by a server-side reconciler or after the resume).
+                answer = yield from report_credential_failure(run_id=run_id, connection_id=connection_id,
+                                                              generation=generation, error=exc,
+                                                              checkpoint_id=checkpoint_id, action_key=action_key)
+                raise_for_failure(answer, connection_id=connection_id, generation=generation)
             rec = found if isinstance(found, Reconciliation) else (
                 Reconciliation(found=False, evidence={"source": "sdk reconcile callback", "found": False})
                 if found is None or found is False

@@ -1,0 +1,242 @@
+"""What an operator can do to a case from the console, each through the same services as the API.
+
+An ``Operation`` says which cases it applies to (``refusal`` answers why not,
+in words an operator reads), what it asks for (a reason, a note, or nothing)
+and how it is carried out. The admin offers every operation on one case (its
+page) and on a selection (the list's actions); both call ``perform``, which
+re-checks the case, calls the service as ``operator:<username>`` and turns
+every domain error into a message instead of a server error. A refused call is
+audited too, with the operator's identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from django import forms
+from django.db import transaction
+
+from audit.services import audit_record
+from revive_site.errors import DomainError
+
+from . import services
+from .models import OPEN_CASE_STATES, Action, CaseState, RecoveryCase
+from .selectors import console_ambiguous_actions
+
+PERMISSION = "cases.operate_case"
+
+
+def operator_actor(user) -> str:
+    return f"operator:{user.get_username()}"
+
+
+# --------------------------------------------------------------------------- forms
+
+
+class ConfirmForm(forms.Form):
+    """Nothing to ask: the confirmation page is the form."""
+
+    def __init__(self, *args, actions=None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+class ReasonForm(ConfirmForm):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000,
+                             help_text="Recorded in the audit log with your name.")
+
+
+class ReconcileForm(forms.Form):
+    actions = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple, label="Ambiguous actions")
+    outcome = forms.ChoiceField(
+        widget=forms.RadioSelect,
+        choices=[("found", "Found: the effect happened (it counts as committed and is never executed again)"),
+                 ("absent", "Absent: the effect did not happen (the action may execute again)")],
+    )
+    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000,
+                           help_text="Required: what you checked and where. Stored as the reconciliation's evidence.")
+    external_ref = forms.CharField(required=False, max_length=500, label="External reference",
+                                   help_text="For a found effect: the provider's id of it (message id, ticket number).")
+
+    def __init__(self, *args, actions: list[Action] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ambiguous = {str(a.pk): a for a in actions or []}
+        self.fields["actions"].choices = [(pk, f"{a.run_id} / {a.action_key} (attempt {a.attempts}, generation {a.generation})")
+                                          for pk, a in self.ambiguous.items()]
+        if not self.is_bound:
+            self.initial.setdefault("actions", list(self.ambiguous))
+
+    def chosen(self) -> list[Action]:
+        return [self.ambiguous[pk] for pk in self.cleaned_data["actions"]]
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    label: str
+    form: type[forms.Form]
+    refusal: Callable[[RecoveryCase], str | None]
+    run: Callable[..., str]
+    danger: bool = False
+
+    def form_for(self, data=None, *, cases: list[RecoveryCase]) -> forms.Form:
+        actions = console_ambiguous_actions(case_ids=[c.pk for c in cases]) if self.form is ReconcileForm else None
+        return self.form(data, actions=actions)
+
+
+def _only(*states: str, what: str) -> Callable[[RecoveryCase], str | None]:
+    def refusal(case: RecoveryCase) -> str | None:
+        if case.state in states:
+            return None
+        return f"{case.reference} is {case.get_state_display().lower()}: {what}."
+
+    return refusal
+
+
+def _resend_refusal(case: RecoveryCase) -> str | None:
+    if not case.owner_required:
+        return f"{case.reference} is a {case.get_failure_class_display().lower()} case: it has no owner link to resend."
+    if case.state not in (CaseState.OPENED, CaseState.AWAITING_OWNER):
+        return f"{case.reference} is {case.get_state_display().lower()}: only a case waiting for its owner gets a new link."
+    if not case.reconnect_requests.exists():
+        return f"{case.reference} has no owner link to replace."
+    return None
+
+
+def _reconcile_refusal(case: RecoveryCase) -> str | None:
+    if case.state not in OPEN_CASE_STATES:
+        return f"{case.reference} is {case.get_state_display().lower()}: only an open case's actions are reconciled here."
+    if not Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).exists():
+        return f"{case.reference} has no ambiguous action to reconcile."
+    return None
+
+
+def _abandon_refusal(case: RecoveryCase) -> str | None:
+    if CaseState.ABANDONED in services.CASE_TRANSITIONS[case.state]:
+        return None
+    return f"{case.reference} is {case.get_state_display().lower()}: it can no longer be abandoned."
+
+
+def _approve(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
+    case = services.case_approve(case_id=case.pk, actor=actor, reason=form.cleaned_data["reason"])
+    return f"{case.reference} approved: it is {case.state} and its runs' resume is on its way."
+
+
+def _reject(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
+    case = services.case_reject(case_id=case.pk, actor=actor, reason=form.cleaned_data["reason"])
+    return f"{case.reference} rejected: it is {case.state}."
+
+
+def _abandon(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
+    case = services.case_abandon(case_id=case.pk, actor=actor, reason=form.cleaned_data["reason"])
+    return f"{case.reference} abandoned."
+
+
+def _resend(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
+    from reauth.services import reconnect_request_resend
+
+    latest = case.reconnect_requests.order_by("-created_at", "-id").first()
+    new = reconnect_request_resend(public_id=latest.public_id, actor=actor)
+    return f"{case.reference}: a new owner link is on its way to {case.connection.owner_email} (request {new.public_id})."
+
+
+def _retry(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
+    from .resume import case_resume_dispatch
+
+    with transaction.atomic():
+        runs = case_resume_dispatch(case_id=case.pk, actor=actor)
+    case.refresh_from_db(fields=["state"])
+    return f"{case.reference} is {case.state}: resume re-sent to {len(runs)} run(s)."
+
+
+def _reconcile(case: RecoveryCase, *, actor: str, form: forms.Form, done: set[int] | None = None) -> str:
+    """Settle the chosen ambiguous actions of this case's runs; once none is left, continue the resume."""
+    from .resume import case_resume_dispatch
+
+    found = form.cleaned_data["outcome"] == "found"
+    note = form.cleaned_data["note"].strip()
+    ref = form.cleaned_data.get("external_ref", "").strip()
+    evidence: dict[str, Any] = {"by_hand": True, "note": note}
+    if ref:
+        evidence["external_ref"] = ref
+    mine = set(Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).values_list("pk", flat=True))
+    settled = []
+    for action in form.chosen():
+        if action.pk not in mine or (done is not None and action.pk in done):
+            continue
+        services.action_reconcile(run_id=action.run_id, action_key=action.action_key, found=found, evidence=evidence,
+                                  external_ref=ref if found else "", generation=None, actor=actor)
+        settled.append(f"{action.run_id}/{action.action_key}")
+        if done is not None:
+            done.add(action.pk)
+    case.refresh_from_db(fields=["state"])
+    left = Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).count()
+    if not left and case.state in (CaseState.REAUTHORIZED, CaseState.RECONCILING):
+        with transaction.atomic():
+            case_resume_dispatch(case_id=case.pk, actor=actor)
+        case.refresh_from_db(fields=["state"])
+    verdict = "found" if found else "absent"
+    summary = ", ".join(settled) if settled else "nothing left to settle"
+    return f"{case.reference}: reconciled {summary} as {verdict}; {left} ambiguous left; the case is {case.state}."
+
+
+OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in [
+        Operation("approve", "Approve resume", ReasonForm,
+                  _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be approved"), _approve),
+        Operation("reject", "Reject resume (abandon the case)", ReasonForm,
+                  _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be rejected"), _reject, danger=True),
+        Operation("resend_link", "Resend the owner link", ConfirmForm, _resend_refusal, _resend),
+        Operation("reconcile", "Reconcile ambiguous actions by hand", ReconcileForm, _reconcile_refusal, _reconcile),
+        Operation("abandon", "Abandon the case", ReasonForm, _abandon_refusal, _abandon, danger=True),
+        Operation("retry_resume", "Retry the failed resume", ConfirmForm,
+                  _only(CaseState.RESUME_FAILED, what="only a case whose resume failed can be retried"), _retry),
+    ]
+}
+
+
+@dataclass
+class Outcome:
+    case: RecoveryCase
+    ok: bool
+    message: str
+
+
+def audit_refusal(case: RecoveryCase, *, op: Operation, actor: str, why: str) -> None:
+    with transaction.atomic():
+        audit_record(actor=actor, action="console.refused", entity_type="case", entity_id=case.reference or str(case.pk),
+                     case=case, run_id=case.run_id, connection_id=case.connection_id, outcome="refused",
+                     arguments={"operation": op.name, "state": case.state, "why": why})
+
+
+def perform(op: Operation, cases: list[RecoveryCase], *, user, form: forms.Form) -> list[Outcome]:
+    """Carry out ``op`` on each case (checked again, fresh from the database) and say what happened to each."""
+    actor = operator_actor(user)
+    outcomes = []
+    done: set[int] = set()
+    for stale in cases:
+        case = RecoveryCase.objects.select_related("connection").filter(pk=stale.pk).first()
+        if case is None:
+            continue
+        why = op.refusal(case)
+        if why is not None:
+            audit_refusal(case, op=op, actor=actor, why=why)
+            outcomes.append(Outcome(case, False, why))
+            continue
+        try:
+            kwargs = {"done": done} if op.run is _reconcile else {}
+            outcomes.append(Outcome(case, True, op.run(case, actor=actor, form=form, **kwargs)))
+        except DomainError as exc:
+            message = f"{case.reference}: {exc.message} ({exc.code})"
+            audit_refusal(case, op=op, actor=actor, why=message)
+            outcomes.append(Outcome(case, False, message))
+    return outcomes
+
+
+def available(case: RecoveryCase) -> list[Operation]:
+    """The operations that apply to ``case`` as it is now (the case page offers these)."""
+    return [op for op in OPERATIONS.values() if op.refusal(case) is None]

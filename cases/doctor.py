@@ -1,0 +1,492 @@
+"""Revive's own doctor: the health of Revive's parts, in the readout shape of the Restate doctor (seed ``002_…``).
+
+Read-only, like :func:`cases.restate.operator.restate_doctor`: every component
+is ``{"status": "ok" | "degraded" | "unreachable", "latencyMs", ..., "error"}``
+and a failing probe marks only its own component.
+
+* ``database``: ``SELECT 1`` on a connection of the doctor's own (bounded
+  connect and statement time, so a hung server cannot hold it), the vendor and
+  server version, and the migrations not applied yet (``degraded`` when any).
+* ``redis``: ``PING`` and the server version at ``REDIS_URL``. Without
+  ``REDIS_URL`` Revive runs on the embedded default, where Celery runs tasks
+  eagerly and needs no broker: ``ok``, with a ``note`` saying so.
+* ``celeryWorkers``: the workers that answer a broadcast within the reply
+  window, with the queues they consume: ``ok`` when one consumes Revive's
+  queue, ``degraded`` when workers answer but none consumes it,
+  ``unreachable`` when none answers or the broker cannot be reached. In eager
+  mode (``task_always_eager``) no worker is needed: ``ok``, with a ``note``.
+* ``runtimes``: one item per runtime of ``REVIVE_RUNTIME_ADAPTERS`` (its
+  adapter must import): LangGraph's checkpointer database answers; Temporal
+  answers at ``TEMPORAL_ADDRESS`` and knows ``TEMPORAL_NAMESPACE``; Restate is
+  summarised from :func:`restate_doctor` (one status per Restate component).
+  The group's status is the worst of its items.
+
+Bounded time: each probe runs on a daemon thread of its own and every network
+call in it has a timeout (``REVIVE_DOCTOR_PROBE_TIMEOUT``, default 3 s; the
+worker broadcast waits ``REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT``, default 1 s).
+The doctor stops waiting after twice the probe timeout plus a second and marks
+whatever has not finished ``unreachable``. An abandoned probe ends on its own
+timeouts; being a daemon thread, it never holds up the exit of a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import dataclasses
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from audit.redaction import redact_text, redact_url
+
+logger = logging.getLogger(__name__)
+
+OK = "ok"
+DEGRADED = "degraded"
+UNREACHABLE = "unreachable"
+_SEVERITY = {OK: 0, DEGRADED: 1, UNREACHABLE: 2}
+
+MAX_LISTED_MIGRATIONS = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class DoctorConfig:
+    probe_timeout: float
+    worker_reply_timeout: float
+
+    @property
+    def budget(self) -> float:
+        """How long the doctor waits for all probes together."""
+        return 2 * self.probe_timeout + 1.0
+
+
+def doctor_config(*, probe_timeout: float | None = None) -> DoctorConfig:
+    timeout = probe_timeout if probe_timeout is not None else getattr(settings, "REVIVE_DOCTOR_PROBE_TIMEOUT", 3.0)
+    reply = float(getattr(settings, "REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT", 1.0))
+    timeout = max(0.1, float(timeout))
+    return DoctorConfig(probe_timeout=timeout, worker_reply_timeout=max(0.1, min(reply, timeout)))
+
+
+def worst_status(statuses) -> str:
+    return max(statuses, key=lambda status: _SEVERITY.get(status, 2), default=OK)
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+def _message(exc: BaseException) -> str:
+    """One redacted line for an exception, for the readout's ``error``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return redact_text(text)[:500]
+
+
+# -- database -------------------------------------------------------------------------------------------------------
+
+
+def _probe_database(config: DoctorConfig) -> dict[str, Any]:
+    """``SELECT 1`` and the migration plan on a connection of the probe's own: the caller's transaction is untouched."""
+    from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+    from django.db.migrations.executor import MigrationExecutor
+    from django.db.utils import load_backend
+
+    live = connections[DEFAULT_DB_ALIAS]
+    settings_dict = copy.deepcopy(live.settings_dict)
+    options = settings_dict.setdefault("OPTIONS", {})
+    if live.vendor == "postgresql":
+        options.pop("pool", None)  # one plain connection, not a second pool
+        options["connect_timeout"] = max(1, math.ceil(config.probe_timeout))
+        statement_timeout = f"-c statement_timeout={int(config.probe_timeout * 1000)}"
+        options["options"] = f"{options.get('options', '')} {statement_timeout}".strip()
+    elif live.vendor == "sqlite":
+        options["timeout"] = config.probe_timeout
+    readout: dict[str, Any] = {"status": OK, "latencyMs": None, "vendor": live.vendor, "version": None,
+                               "migrationsPending": None, "error": None}
+    probe = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, DEFAULT_DB_ALIAS)
+    try:
+        try:
+            probe.ensure_connection()
+            started = time.monotonic()
+            with probe.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
+            readout["latencyMs"] = _ms_since(started)
+            readout["version"] = ".".join(str(part) for part in probe.get_database_version())
+        except DatabaseError as exc:
+            return {**readout, "status": UNREACHABLE, "error": _message(exc)}
+        try:
+            executor = MigrationExecutor(probe)
+            plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        except Exception as exc:  # a broken migration graph, or the table unreadable
+            return {**readout, "status": DEGRADED, "error": f"The migration state cannot be read: {_message(exc)}"}
+        pending = [f"{migration.app_label}.{migration.name}" for migration, backwards in plan if not backwards]
+        readout["migrationsPending"] = pending[:MAX_LISTED_MIGRATIONS]
+        if pending:
+            readout["status"] = DEGRADED
+            readout["error"] = f"{len(pending)} migration(s) not applied: run `manage.py migrate`."
+        return readout
+    finally:
+        probe.close()
+
+
+# -- redis ----------------------------------------------------------------------------------------------------------
+
+
+def _celery_app():
+    from revive_site.celery import app
+
+    return app
+
+
+def _probe_redis(config: DoctorConfig) -> dict[str, Any]:
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import AuthenticationError, RedisError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+
+    url = str(getattr(settings, "REDIS_URL", "") or "")
+    readout: dict[str, Any] = {"status": OK, "latencyMs": None, "version": None, "target": None, "note": None,
+                               "error": None}
+    if not url:
+        if _celery_app().conf.task_always_eager:
+            return {**readout, "note": "REDIS_URL is not set: Celery runs tasks eagerly in the calling process "
+                                       "(the embedded default), so no broker is needed."}
+        return {**readout, "status": DEGRADED,
+                "error": "REDIS_URL is not set, yet Celery is not eager: no broker carries the tasks."}
+    readout["target"] = redact_url(url)
+    client = Redis.from_url(url, socket_connect_timeout=config.probe_timeout, socket_timeout=config.probe_timeout,
+                            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+    try:
+        started = time.monotonic()
+        client.ping()
+        readout["latencyMs"] = _ms_since(started)
+        readout["version"] = str(client.info("server").get("redis_version") or "") or None
+    except AuthenticationError as exc:  # it answered, and refused us
+        return {**readout, "status": DEGRADED, "error": _message(exc)}
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        return {**readout, "status": UNREACHABLE, "error": _message(exc)}
+    except RedisError as exc:
+        return {**readout, "status": DEGRADED, "error": _message(exc)}
+    finally:
+        client.close()
+    return readout
+
+
+# -- celery workers -------------------------------------------------------------------------------------------------
+
+
+def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
+    """Workers seen now: those that answer an ``active_queues`` broadcast within the reply window."""
+    app = _celery_app()
+    queue = str(app.conf.task_default_queue)
+    readout: dict[str, Any] = {"status": OK, "latencyMs": None, "eager": bool(app.conf.task_always_eager),
+                               "queue": queue, "items": [], "note": None, "error": None}
+    if readout["eager"]:
+        return {**readout, "note": "Celery runs tasks eagerly in the calling process: no worker is needed."}
+    transport_options = {**(app.conf.broker_transport_options or {}),
+                         "socket_timeout": config.probe_timeout, "socket_connect_timeout": config.probe_timeout}
+    started = time.monotonic()
+    try:
+        with app.connection_for_write(connect_timeout=config.probe_timeout,
+                                      transport_options=transport_options) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+            replies = app.control.inspect(timeout=config.worker_reply_timeout,
+                                          connection=connection).active_queues() or {}
+    except Exception as exc:  # kombu raises its own OperationalError, socket errors, or the transport's
+        return {**readout, "status": UNREACHABLE, "error": f"The broker cannot be reached: {_message(exc)}"}
+    readout["latencyMs"] = _ms_since(started)
+    items = [
+        {"name": str(name), "queues": sorted({str(q.get("name")) for q in queues or [] if isinstance(q, dict)})}
+        for name, queues in replies.items()
+    ]
+    readout["items"] = sorted(items, key=lambda item: item["name"])
+    if any(queue in item["queues"] for item in items):
+        return readout
+    if items:
+        return {**readout, "status": DEGRADED,
+                "error": f"{len(items)} worker(s) answered, none consumes the queue {queue!r}."}
+    return {**readout, "status": UNREACHABLE,
+            "error": f"No Celery worker answered within {config.worker_reply_timeout:g}s."}
+
+
+# -- runtimes -------------------------------------------------------------------------------------------------------
+
+
+def _runtime_item(name: str) -> dict[str, Any]:
+    return {"name": name, "status": OK, "latencyMs": None, "target": None, "version": None, "components": None,
+            "note": None, "error": None}
+
+
+def _postgres_target(conninfo: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(conninfo)
+    return f"postgresql://{parts.get('host') or 'localhost'}:{parts.get('port') or 5432}/{parts.get('dbname') or ''}"
+
+
+def _probe_langgraph(config: DoctorConfig) -> dict[str, Any]:
+    """The checkpointer's database answers (PostgreSQL), or its SQLite file is usable."""
+    from cases.runtimes.langgraph import checkpoint_url
+
+    url = checkpoint_url()
+    if url.startswith(("postgres://", "postgresql://")) or "dbname=" in url:
+        import psycopg
+
+        try:
+            target = _postgres_target(url)
+        except psycopg.Error:
+            return {"status": DEGRADED, "error": "The checkpoint URL is not a valid PostgreSQL URL."}
+        try:
+            with psycopg.connect(url, connect_timeout=max(1, math.ceil(config.probe_timeout)),
+                                 autocommit=True) as conn:
+                conn.execute(f"SET statement_timeout = {int(config.probe_timeout * 1000)}")
+                started = time.monotonic()
+                conn.execute("SELECT 1").fetchone()
+                latency = _ms_since(started)
+                tables = conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL").fetchone()[0]
+        except psycopg.OperationalError as exc:
+            return {"status": UNREACHABLE, "target": target, "error": _message(exc)}
+        except psycopg.Error as exc:
+            return {"status": DEGRADED, "target": target, "error": _message(exc)}
+        note = None if tables else "No checkpoint tables yet: the adapter creates them on first use."
+        return {"status": OK, "latencyMs": latency, "target": target, "note": note}
+
+    import sqlite3
+
+    path = Path(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)
+    target = f"sqlite:///{path}"
+    if not path.exists():
+        directory = next((p for p in path.parents if p.exists()), None)
+        if directory is None or not os.access(directory, os.W_OK):
+            return {"status": DEGRADED, "target": target, "error": f"{path} does not exist and cannot be created."}
+        return {"status": OK, "target": target, "note": "No checkpoint file yet: the adapter creates it on first use."}
+    try:
+        started = time.monotonic()
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=config.probe_timeout)
+        try:
+            conn.execute("SELECT 1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return {"status": DEGRADED, "target": target, "error": _message(exc)}
+    return {"status": OK, "latencyMs": _ms_since(started), "target": target}
+
+
+def _probe_temporal(config: DoctorConfig) -> dict[str, Any]:
+    """The frontend answers at ``TEMPORAL_ADDRESS`` and describes ``TEMPORAL_NAMESPACE``.
+
+    A bare TCP connect would call a hung server healthy, so the probe speaks
+    Temporal's API, each step bounded.
+    """
+    address = str(settings.TEMPORAL_ADDRESS)
+    namespace = str(settings.TEMPORAL_NAMESPACE)
+    timeout = config.probe_timeout
+
+    async def check() -> dict[str, Any]:
+        from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, GetSystemInfoRequest
+        from temporalio.client import Client
+
+        client = await asyncio.wait_for(Client.connect(address, namespace=namespace), timeout)
+        started = time.monotonic()
+        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace),
+                                                         timeout=timedelta(seconds=timeout))
+        latency = _ms_since(started)
+        info = await client.workflow_service.get_system_info(GetSystemInfoRequest(), timeout=timedelta(seconds=timeout))
+        return {"latencyMs": latency, "version": info.server_version or None}
+
+    target = f"{address} (namespace {namespace})"
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except ValueError:
+        return {"status": DEGRADED, "target": target, "error": "TEMPORAL_ADDRESS must be host:port."}
+    except OSError as exc:
+        return {"status": UNREACHABLE, "target": target,
+                "error": f"{address}: {exc.strerror or _message(exc)}" if not isinstance(exc, TimeoutError)
+                else f"{address}: no TCP connection within {timeout:g}s."}
+    try:
+        result = asyncio.run(asyncio.wait_for(check(), 2 * timeout))
+    except TimeoutError:
+        return {"status": UNREACHABLE, "target": target, "error": f"Temporal did not answer within {timeout:g}s."}
+    except Exception as exc:
+        from temporalio.service import RPCError, RPCStatusCode
+
+        if isinstance(exc, RPCError) and exc.status not in (RPCStatusCode.UNAVAILABLE,
+                                                            RPCStatusCode.DEADLINE_EXCEEDED):
+            return {"status": DEGRADED, "target": target, "error": _message(exc)}
+        return {"status": UNREACHABLE, "target": target, "error": _message(exc)}
+    return {"status": OK, "target": target, **result}
+
+
+def _probe_restate(config: DoctorConfig) -> dict[str, Any]:
+    """The Restate doctor, summarised: one status per Restate component, the worst one for the runtime."""
+    from cases.restate.errors import RestateAdminUnreachable
+    from cases.restate.operator import restate_doctor
+
+    target = redact_url(str(getattr(settings, "RESTATE_ADMIN_URL", "") or "")) or None
+    try:
+        readout = restate_doctor()
+    except RestateAdminUnreachable as exc:
+        return {"status": UNREACHABLE, "target": target, "error": exc.message}
+    components = {name: part["status"] for name, part in readout.items()}
+    errors = [f"{name}: {part['error']}" for name, part in readout.items()
+              if part["status"] != OK and part.get("error")]
+    return {
+        "status": worst_status(components.values()),
+        "latencyMs": readout["admin"].get("latencyMs"),
+        "target": target,
+        "version": readout["admin"].get("version"),
+        "components": components,
+        "error": redact_text("; ".join(errors))[:500] or None,
+    }
+
+
+RUNTIME_PROBES: dict[str, Callable[[DoctorConfig], dict[str, Any]]] = {
+    "langgraph": _probe_langgraph,
+    "temporal": _probe_temporal,
+    "restate": _probe_restate,
+}
+
+
+def _probe_runtime(name: str, adapter_path: str, config: DoctorConfig) -> dict[str, Any]:
+    item = _runtime_item(name)
+    try:
+        import_string(adapter_path)
+    except Exception as exc:
+        return {**item, "status": DEGRADED, "error": f"The adapter {adapter_path} cannot be imported: {_message(exc)}"}
+    probe = RUNTIME_PROBES.get(name)
+    if probe is None:
+        return {**item, "note": "Revive has no reachability probe for this runtime; its adapter imports."}
+    return {**item, **probe(config)}
+
+
+# -- the doctor -----------------------------------------------------------------------------------------------------
+
+
+def _start(name: str, fn: Callable[[], dict[str, Any]]) -> concurrent.futures.Future:
+    """Run ``fn`` on a daemon thread (a hung probe must not keep a process alive); its result lands in the future."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        from django.db import connections
+
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+        finally:
+            connections.close_all()  # whatever this thread opened, should a probe ever use the ORM
+
+    threading.Thread(target=run, name=f"revive-doctor-{name}", daemon=True).start()
+    return future
+
+
+def _unfinished(name: str, error: str) -> dict[str, Any]:
+    empty: dict[str, dict[str, Any]] = {
+        "database": {"latencyMs": None, "vendor": None, "version": None, "migrationsPending": None},
+        "redis": {"latencyMs": None, "version": None, "target": None, "note": None},
+        "celeryWorkers": {"latencyMs": None, "eager": False, "queue": "", "items": [], "note": None},
+    }
+    if name.startswith("runtime:"):
+        return {**_runtime_item(name.removeprefix("runtime:")), "status": UNREACHABLE, "error": error}
+    return {"status": UNREACHABLE, **empty[name], "error": error}
+
+
+def revive_doctor(*, probe_timeout: float | None = None) -> dict[str, Any]:
+    """Read the health of Revive's parts, changing nothing, within ``2 * probe_timeout + 1`` seconds.
+
+    ``probe_timeout`` overrides ``REVIVE_DOCTOR_PROBE_TIMEOUT`` (the command's ``--timeout``).
+    """
+    config = doctor_config(probe_timeout=probe_timeout)
+    adapters: dict[str, str] = dict(getattr(settings, "REVIVE_RUNTIME_ADAPTERS", {}) or {})
+    probes: dict[str, Callable[[], dict[str, Any]]] = {
+        "database": lambda: _probe_database(config),
+        "redis": lambda: _probe_redis(config),
+        "celeryWorkers": lambda: _probe_celery_workers(config),
+    }
+    for name, path in adapters.items():
+        probes[f"runtime:{name}"] = lambda name=name, path=path: _probe_runtime(name, path, config)
+
+    futures = {name: _start(name, probe) for name, probe in probes.items()}
+    concurrent.futures.wait(futures.values(), timeout=config.budget)
+    results: dict[str, dict[str, Any]] = {}
+    for name, future in futures.items():
+        label = name.removeprefix("runtime:")
+        if not future.done():
+            results[name] = _unfinished(name, f"The {label} probe did not finish within {config.budget:g}s.")
+        elif future.exception() is not None:
+            logger.error("revive doctor: the %s probe crashed", label, exc_info=future.exception())
+            results[name] = _unfinished(name, f"The {label} probe failed unexpectedly: {_message(future.exception())}")
+        else:
+            results[name] = future.result()
+
+    items = [results[f"runtime:{name}"] for name in adapters]
+    not_ok = [f"{item['name']}: {item['status']}" for item in items if item["status"] != OK]
+    runtimes = {"status": worst_status(item["status"] for item in items), "items": items,
+                "error": "; ".join(not_ok) or None}
+    return {"database": results["database"], "redis": results["redis"], "celeryWorkers": results["celeryWorkers"],
+            "runtimes": runtimes}
+
+
+# -- one line per part, for the command's table and the admin panel ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DoctorRow:
+    part: str
+    status: str
+    latency_ms: int | None
+    detail: str
+    error: str | None
+
+
+def doctor_rows(readout: dict[str, Any]) -> list[DoctorRow]:
+    """The readout as one row per part (each runtime its own row): what a person reads."""
+    database, redis, workers = readout["database"], readout["redis"], readout["celeryWorkers"]
+    pending = database.get("migrationsPending")
+    rows = [
+        DoctorRow(
+            "database", database["status"], database["latencyMs"],
+            " ".join(filter(None, [database.get("vendor"), database.get("version")]))
+            + ("" if pending is None else f"; {len(pending)} migration(s) pending" if pending else
+               "; no migration pending"),
+            database["error"],
+        ),
+        DoctorRow("redis", redis["status"], redis["latencyMs"],
+                  redis.get("note") or " at ".join(filter(None, [f"redis {redis['version']}" if redis.get("version")
+                                                                 else None, redis.get("target")])),
+                  redis["error"]),
+        DoctorRow("celeryWorkers", workers["status"], workers["latencyMs"],
+                  workers.get("note") or (f"queue {workers['queue']!r}; " + (", ".join(
+                      f"{w['name']} [{', '.join(w['queues'])}]" for w in workers["items"]) or "no worker answered")),
+                  workers["error"]),
+    ]
+    for item in readout["runtimes"]["items"]:
+        detail = [item.get("target"), f"version {item['version']}" if item.get("version") else None]
+        if item.get("components"):
+            detail.append(", ".join(f"{name} {status}" for name, status in item["components"].items()))
+        text = "; ".join(filter(None, detail))
+        if item.get("note"):
+            text = f"{text} ({item['note']})" if text else item["note"]
+        rows.append(DoctorRow(f"runtime {item['name']}", item["status"], item["latencyMs"], text, item["error"]))
+    return rows
+
+
+def doctor_not_ok(readout: dict[str, Any]) -> list[DoctorRow]:
+    return [row for row in doctor_rows(readout) if row.status != OK]

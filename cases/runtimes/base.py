@@ -1,0 +1,128 @@
+"""The one interface Revive drives every durable runtime through.
+
+An adapter never decides anything about a case: ``cases.resume`` decides which
+runs may continue and with which generations, and calls the adapter of each
+run's runtime to deliver that decision. Adapters make delivery idempotent on the
+runtime side (a second delivery of the same resume changes nothing) and say
+precisely how a delivery failed, because the caller retries only transient
+failures.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cases.models import RecoveryCase, Run
+
+RESUME_KIND = "resume"
+"""``payload["revive"]`` of every resume value Revive delivers (the SDK helpers check it)."""
+
+
+class RuntimeDeliveryError(Exception):
+    """Base of what an adapter raises when it could not deliver a resume."""
+
+    transient = True
+
+    def __init__(self, message: str, *, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or {}
+
+
+class RuntimeUnavailable(RuntimeDeliveryError):
+    """The runtime could not be reached or did not answer in time; retry with backoff."""
+
+
+class RunNotWaiting(RuntimeDeliveryError):
+    """The run has not reached its wait yet (or is busy elsewhere); retry shortly, the resume must not be lost."""
+
+
+class RunGone(RuntimeDeliveryError):
+    """The runtime no longer has the run in a resumable form (finished, terminated, unknown): retrying cannot help."""
+
+    transient = False
+
+
+class RuntimeMisconfigured(RuntimeDeliveryError):
+    """Revive cannot address the run (no registered graph, missing runtime reference): an operator must fix it."""
+
+    transient = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeRequest:
+    """What one resume delivers to one run: which cases released it and the generations it may now use.
+
+    ``payload()`` is the value the run's wait returns (LangGraph ``Command(resume=...)``, the Temporal
+    ``revive_reauthorized`` signal argument, the value a Restate promise resolves with).
+    """
+
+    run_id: str
+    case_ids: tuple[str, ...]
+    generations: dict[str, int]
+    """connection id -> the generation the run may use now."""
+    rejected: dict[str, int]
+    """connection id -> the generation that was rejected (Restate keys its promises by it)."""
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "revive": RESUME_KIND,
+            "run_id": self.run_id,
+            "cases": list(self.case_ids),
+            "generations": dict(self.generations),
+            "rejected": dict(self.rejected),
+        }
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable for the same resume of the same run; a retried delivery reuses it."""
+        parts = ",".join(f"{conn}:g{gen}" for conn, gen in sorted(self.rejected.items()))
+        return f"revive-resume:{self.run_id}:{parts}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeResult:
+    """A delivered resume. ``already`` when the run had already moved past its wait (nothing was sent)."""
+
+    already: bool = False
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    """The runtime's own view of a run, for operators and for ``status``."""
+
+    state: str
+    """``waiting`` (parked at its wait), ``running``, ``completed``, ``failed`` or ``unknown``."""
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class RuntimeAdapter(abc.ABC):
+    """``park``, ``resume`` and ``status`` for one runtime; one instance per process."""
+
+    runtime: str
+
+    @abc.abstractmethod
+    def park(self, run: Run, case: RecoveryCase) -> dict[str, Any]:
+        """Observe that ``run`` is held at its durable wait for ``case``; return where (the runtime's reference).
+
+        The pause itself is made by the SDK helper inside the run (``interrupt``, wait-for-signal, durable
+        promise); Revive never needs a live worker to keep a run parked. Raises ``RunNotWaiting`` while the
+        run has not reached its wait.
+        """
+
+    @abc.abstractmethod
+    def resume(self, case: RecoveryCase, new_generation: int, *, run: Run, request: ResumeRequest) -> ResumeResult:
+        """Deliver the resume to ``run``, released by ``case`` (whose connection is now at ``new_generation``).
+
+        Idempotent: delivering the same ``request`` again resumes the run at most once.
+        """
+
+    @abc.abstractmethod
+    def status(self, run: Run) -> RunStatus:
+        """The run's state in its runtime."""
+
+    def close(self) -> None:
+        """Release process-wide resources (connections, event loops)."""

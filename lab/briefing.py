@@ -1,0 +1,163 @@
+"""The seed's workflow: "Nightly executive briefing", a LangGraph graph of five checkpoints.
+
+    01 / collect calendar → 02 / collect inbox → 03 / rank risks → 04 / record summary → 05 / prepare brief
+
+Every mutating step goes through ``revive_sdk.langgraph.protect_action``: 01–04
+record their output in the workspace (no provider credential), 05 sends the brief
+through the mail service with the connection's credential. The credential is the
+grant in Revive's credential custody (``reauth.custody``), refreshed at the
+provider's token endpoint on every use -- the lab's OpenID Connect provider, or the
+local stand-in of Entra / Auth0 -- so a revoked refresh token is seen exactly as a
+worker sees it in production: as the provider's error body.
+
+Revive's worker knows the graph as ``lab-briefing`` (``REVIVE_LANGGRAPH_GRAPHS``)
+and resumes it in place. An ambiguous send is settled by the resumed worker's
+``reconcile`` callback: the mail service is asked for the message by its
+idempotency key. The non-secret addresses travel in the graph's state; the
+worker's API key and the token client's secret come from the environment
+(``REVIVE_LAB_API_KEY``, ``REVIVE_LAB_IDP_CLIENT_SECRET``).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import threading
+from typing import Annotated, Any, TypedDict
+
+import httpx
+from langgraph.graph import END, START, StateGraph
+from revive_sdk import ProviderError, Revive
+from revive_sdk import langgraph as revive_lg
+
+GRAPH_NAME = "lab-briefing"
+WORKFLOW = "Nightly executive briefing"
+STEPS = [
+    ("01", "collect calendar", "collect_calendar_01"),
+    ("02", "collect inbox", "collect_inbox_02"),
+    ("03", "rank risks", "rank_risks_03"),
+    ("04", "record summary", "record_summary_04"),
+    ("05", "prepare brief", "send_exec_05"),
+]
+SEND_ACTION = "send_exec_05"
+MAIL_TIMEOUT = float(os.environ.get("REVIVE_LAB_MAIL_TIMEOUT", "1.0"))
+
+_local = threading.local()
+
+
+class BriefingState(TypedDict, total=False):
+    run_id: str
+    connection_id: str
+    token_url: str
+    mail_url: str
+    recipient: str
+    log: Annotated[list, operator.add]
+
+
+def revive() -> Revive:
+    """One SDK client per thread (LangGraph runs nodes on a thread pool)."""
+    key = (os.environ["REVIVE_LAB_URL"], os.environ["REVIVE_LAB_API_KEY"])
+    client = getattr(_local, "client", None)
+    if client is None or getattr(_local, "key", None) != key:
+        client = _local.client = Revive(*key)
+        _local.key = key
+    return client
+
+
+# --------------------------------------------------------------------------- the credential
+
+
+def credential(state: BriefingState) -> str:
+    """An access token for the connection: refresh the custody grant at the provider's token endpoint.
+
+    Raises ``ProviderError`` with the provider's own answer when the refresh is refused. The provider rotates
+    refresh tokens, so the new one goes back to custody under the same generation.
+    """
+    from cases.models import Connection
+    from reauth.custody import Grant, get_custody
+
+    custody, conn_id = get_custody(), state["connection_id"]
+    generation = Connection.objects.values_list("current_generation", flat=True).get(pk=conn_id)
+    grant = custody.load(connection_id=conn_id)
+    if grant is None or not grant.refresh_token:
+        raise ProviderError(400, {"error": "invalid_grant", "error_description": "no refresh token in custody"}, {})
+    resp = httpx.post(state["token_url"], timeout=10, data={
+        "grant_type": "refresh_token", "refresh_token": grant.refresh_token,
+        "client_id": os.environ.get("REVIVE_LAB_IDP_CLIENT_ID", "revive-lab"),
+        "client_secret": os.environ.get("REVIVE_LAB_IDP_CLIENT_SECRET", "")})
+    if resp.status_code != 200:
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = resp.text
+        raise ProviderError(resp.status_code, body, {"Content-Type": resp.headers.get("content-type", "")})
+    token = resp.json()
+    if token.get("refresh_token") and token["refresh_token"] != grant.refresh_token:
+        custody.store(connection_id=conn_id, generation=generation, grant=Grant(
+            access_token=token["access_token"], refresh_token=token["refresh_token"], id_token=grant.id_token,
+            expires_at=grant.expires_at, scope=grant.scope))
+    return token["access_token"]
+
+
+# --------------------------------------------------------------------------- the mail service
+
+
+def send_brief(state: BriefingState, ctx) -> dict:
+    resp = httpx.post(f"{state['mail_url']}/v1.0/me/sendMail", timeout=MAIL_TIMEOUT,
+                      headers={"Authorization": f"Bearer {ctx.credential}", "Idempotency-Key": ctx.idempotency_key},
+                      json={"subject": WORKFLOW, "to": state.get("recipient", "exec-team@contoso.example"),
+                            "run_id": state["run_id"], "generation": ctx.generation, "pid": os.getpid()})
+    if resp.status_code >= 400:
+        raise ProviderError(resp.status_code, resp.text, dict(resp.headers))
+    return resp.json()
+
+
+def find_brief(mail_url: str, idempotency_key: str) -> dict | None:
+    found = httpx.get(f"{mail_url}/v1.0/me/messages", params={"idempotencyKey": idempotency_key}, timeout=10)
+    found.raise_for_status()
+    value = found.json()["value"]
+    return value[0] if value else None
+
+
+# --------------------------------------------------------------------------- the graph
+
+
+def _step(index: int):
+    checkpoint, label, action_key = STEPS[index]
+
+    def node(state: BriefingState) -> dict:
+        run_id, conn = state["run_id"], state["connection_id"]
+        if action_key == SEND_ACTION:
+            def reconcile(ctx):
+                credential(state)  # Graph's message lookup needs a token too
+                return find_brief(state["mail_url"], ctx.idempotency_key)
+
+            result = revive_lg.protect_action(
+                revive(), run_id=run_id, checkpoint_id=checkpoint, connection_id=conn, action_key=action_key,
+                credential=lambda: credential(state), execute=lambda ctx: send_brief(state, ctx), reconcile=reconcile)
+        else:
+            result = revive_lg.protect_action(
+                revive(), run_id=run_id, checkpoint_id=checkpoint, connection_id=conn, action_key=action_key,
+                execute=lambda ctx: {"step": f"{checkpoint} / {label}", "key": ctx.idempotency_key[-12:]})
+        return {"log": [{"checkpoint": checkpoint, "pid": os.getpid(), "result": result}]}
+
+    node.__name__ = action_key
+    return node
+
+
+def briefing() -> StateGraph:
+    graph = StateGraph(BriefingState)
+    previous = START
+    for i, (checkpoint, label, action_key) in enumerate(STEPS):
+        name = f"{checkpoint}_{label.replace(' ', '_')}"
+        graph.add_node(name, _step(i))
+        graph.add_edge(previous, name)
+        previous = name
+    graph.add_edge(previous, END)
+    return graph
+
+
+def register(run_id: str, *, thread_id: str) -> None:
+    revive_lg.register_run(revive(), run_id=run_id, thread_id=thread_id, graph=GRAPH_NAME, workflow_name=WORKFLOW)
+    for checkpoint, label, _ in STEPS:
+        revive().record_checkpoint(run_id=run_id, checkpoint_id=checkpoint, label=f"{checkpoint} / {label}")

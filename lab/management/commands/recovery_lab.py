@@ -1,0 +1,132 @@
+"""``python manage.py recovery_lab``: break the credential, keep the execution -- the four scenarios, for real.
+
+It starts what the scenarios need on free loopback ports and stops it at the end:
+Revive's HTTP server (a thread of this process), the lab identity provider (allauth's
+OIDC server, a process of its own), and the provider stand-in (mail API, Entra / Auth0
+token endpoint). Then it runs each scenario of ``lab.scenarios``, printing every
+transition as the audit log records it, and a summary per scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from lab.scenarios import PROVIDERS, SCENARIOS
+from lab.session import run_lab
+
+RUNTIMES = ("langgraph", "temporal", "restate")
+
+
+def runtime_server_note(runtime: str) -> str:
+    """Whether the runtime's server answers here, in one sentence."""
+    if runtime == "temporal":
+        host, _, port = settings.TEMPORAL_ADDRESS.rpartition(":")
+        where = settings.TEMPORAL_ADDRESS
+    else:
+        url = getattr(settings, "RESTATE_ADMIN_URL", "") or "http://127.0.0.1:9070"
+        host, port = url.split("//")[-1].split("/")[0].rsplit(":", 1) if ":" in url.split("//")[-1] else (url, "80")
+        where = url
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
+            up = f"a {runtime} server answers at {where}"
+    except (OSError, ValueError):
+        up = f"no {runtime} server answers at {where}"
+    return up
+
+
+class Command(BaseCommand):
+    help = "Run the recovery lab: inject each credential fault for real and watch the original run resume."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all",
+                            help="One scenario, or all four (default).")
+        parser.add_argument("--runtime", choices=RUNTIMES, default="langgraph",
+                            help="The durable runtime (langgraph; temporal and restate need their servers).")
+        parser.add_argument("--provider", choices=PROVIDERS, default="oidc",
+                            help="Whose refusal the worker sees: the lab OIDC provider revoking the refresh token "
+                                 "(oidc, default), or the documented error of Microsoft Entra (AADSTS700082) / Auth0 "
+                                 "served by the local token endpoint.")
+        parser.add_argument("--interactive", action="store_true",
+                            help="Print the owner's reconnect link and wait for a person to sign in.")
+        parser.add_argument("--json", dest="as_json", action="store_true", help="Print the results as JSON only.")
+
+    def handle(self, *args, scenario: str, runtime: str, provider: str, interactive: bool, as_json: bool, **options):
+        started = time.monotonic()
+        out = (lambda s: None) if as_json else self.stdout.write
+        for name in ("celery", "kombu", "django.request"):  # the timeline is the lab's output; task chatter is not
+            logging.getLogger(name).setLevel(logging.ERROR)
+        if runtime != "langgraph":
+            note = runtime_server_note(runtime)
+            message = (f"The lab's briefing runs on LangGraph only: it has no {runtime} workflow yet, so nothing was run "
+                       f"({note}). The {runtime} adapter is exercised by tests/runtimes against a real server.")
+            if as_json:
+                self.stdout.write(json.dumps({"ok": False, "runtime": runtime, "skipped": True, "reason": message}))
+            raise CommandError(message, returncode=2)
+        names = list(SCENARIOS) if scenario == "all" else [scenario]
+        results = self.run_lab(names, provider=provider, interactive=interactive, out=out)
+        elapsed = time.monotonic() - started
+        ok = all(r["ok"] for r in results)
+        if as_json:
+            self.stdout.write(json.dumps({"ok": ok, "seconds": round(elapsed, 2), "provider": provider,
+                                          "runtime": runtime, "scenarios": results}, indent=2, default=str))
+        else:
+            self.print_summary(results, elapsed)
+        if not ok:
+            raise SystemExit(1)
+
+    # ------------------------------------------------------------------------------------------
+
+    def run_lab(self, names: list[str], *, provider: str, interactive: bool, out) -> list[dict]:
+        return run_lab(names, provider=provider, interactive=interactive, out=out, style=self.style)
+
+    def print_summary(self, results: list[dict], elapsed: float) -> None:
+        out = self.stdout.write
+        out(self.style.MIGRATE_HEADING("\nRecovery incident records"))
+        for r in results:
+            head = self.style.SUCCESS("OK ") if r["ok"] else self.style.ERROR("FAILED")
+            out(f"\n  {head} {r['title']} ({r['scenario']})")
+            rows = [("Run", r.get("run_id")), ("Case", r.get("case_id"))]
+            if "checkpoint" in r:
+                rows += [
+                    ("Checkpoint", r["checkpoint"]),
+                    ("Action key", r["action_key"]),
+                    ("Provider signal", f"{r['failure_class']} {r['provider_code']}"),
+                    ("Credential generation", f"{r['generation_before']:02d} → {r['generation_after']:02d}"),
+                    ("Duplicate effects", f"{r['duplicate_effects_observed']} observed "
+                                          f"({r['messages_accepted']} message(s) accepted by the mail service)"),
+                    ("Send", f"{r['send_state']}, {r['send_attempts']} attempt(s)"),
+                ]
+                notes = r.get("notes") or {}
+                if notes.get("refused"):
+                    refused = notes["refused"]
+                    rows.append(("Refused identity", _identity(refused.get("presented"))))
+                    rows.append(("Expected identity", _identity(refused.get("expected"))))
+                if notes.get("after_timeout"):
+                    rows.append(("After the timeout", f"{notes['after_timeout']} → {r['send_state']} "
+                                                      "(found by its idempotency key)"))
+                if notes.get("killed_pid"):
+                    rows.append(("Worker process", f"{notes['killed_pid']} killed; brief sent by pid {r['brief_sent_by_pid']}"))
+                rows.append(("Took", f"{r['seconds']:.1f} s"))
+            for name, value in rows:
+                out(f"    {name:<22} {value}")
+            for problem in r["problems"]:
+                out(self.style.ERROR(f"    problem: {problem}"))
+        ok = all(r["ok"] for r in results)
+        verdict = (self.style.SUCCESS(f"\n{len(results)} scenario(s) as expected: same runs resumed, nothing sent twice.")
+                   if ok else self.style.ERROR(f"\n{sum(not r['ok'] for r in results)} scenario(s) misbehaved."))
+        out(verdict)
+        out(f"Lab time: {elapsed:.1f} s")
+        out("The lab in the browser: .venv/bin/python manage.py createsuperuser (once), "
+            ".venv/bin/python manage.py runserver, then open http://127.0.0.1:8000/lab/ (staff only)")
+
+
+def _identity(evidence: dict | None) -> str:
+    if not evidence:
+        return "—"
+    return ", ".join(f"{k}={v}" for k, v in evidence.items() if k != "label") + (f" ({evidence['label']})" if evidence.get("label") else "")

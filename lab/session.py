@@ -1,0 +1,118 @@
+"""One lab session: start the services the scenarios need, run them, stop everything.
+
+Used by ``manage.py recovery_lab`` (Revive served from a thread of its own) and by the
+``/lab/`` page (Revive is the server that answered the page).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import threading
+from pathlib import Path
+from typing import Callable
+
+from django.conf import settings
+from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+from django.core.wsgi import get_wsgi_application
+from django.test.utils import override_settings
+
+from cases import services
+from cases.runtimes import adapter_for, reset_adapters
+
+from .briefing import GRAPH_NAME
+from .idp import LabIdp
+from .provider_standin import ProviderStandIn
+from .scenarios import SCENARIOS, LabWorld, run_scenario, socialaccount_providers_for
+from .timeline import LiveTimeline
+
+# One session at a time per process: it swaps process-wide settings (sign-in apps, e-mail backend) while it runs.
+SESSION_LOCK = threading.Lock()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve_revive() -> tuple[ThreadedWSGIServer, str]:
+    """This project's WSGI app on a free loopback port, in a thread."""
+    server = ThreadedWSGIServer(("127.0.0.1", 0), _QuietHandler, allow_reuse_address=True)
+    server.daemon_threads = True
+    server.set_app(get_wsgi_application())
+    threading.Thread(target=server.serve_forever, name="revive-http", daemon=True).start()
+    host, port = server.server_address[:2]
+    return server, f"http://{host}:{port}"
+
+
+def _start_idp(url: str, box: dict) -> None:
+    from reauth.provider_settings import LAB_PROVIDER_ID
+
+    try:
+        box["idp"] = LabIdp.start(var_dir=Path(settings.VAR_DIR) / "lab-idp",
+                                  redirect_uris=[f"{url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"])
+    except Exception as exc:  # reported by the caller
+        box["error"] = exc
+
+
+def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = False, out: Callable[[str], None],
+            style=None, revive_url: str | None = None,
+            on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    if not SESSION_LOCK.acquire(blocking=False):
+        raise RuntimeError("a lab session is already running in this process")
+    heading = style.MIGRATE_HEADING if style else (lambda s: s)
+    session = Path(settings.VAR_DIR) / "lab" / f"session-{os.getpid()}-{secrets.token_hex(2)}"
+    (session / "mail").mkdir(parents=True, exist_ok=True)
+    standin = ProviderStandIn(provider=provider if provider != "oidc" else "entra").start()
+    server = None
+    if revive_url is None:
+        server, revive_url = serve_revive()
+    idp = timeline = None
+    results: list[dict] = []
+    try:
+        out(heading("Recovery lab — break the credential, keep the execution"))
+        out(f"  Revive       {revive_url}")
+        box: dict = {}
+        starter = threading.Thread(target=_start_idp, args=(revive_url, box))
+        starter.start()
+        adapter_for("langgraph").graph(GRAPH_NAME)  # compile the briefing and open the checkpointer meanwhile
+        starter.join()
+        if "error" in box:
+            raise RuntimeError(f"the lab identity provider did not start: {box['error']}")
+        idp = box["idp"]
+        out(f"  identity     {idp.url}  (allauth OIDC provider, pid {idp.process.pid})")
+        out(f"  mail + token {standin.url}  (provider stand-in)")
+        _, key = services.api_key_create(name=f"lab-{session.name}", actor="lab")
+        world = LabWorld(revive_url=revive_url, api_key=key, idp=idp, standin=standin, mailbox=session / "mail",
+                         var_dir=session)
+        world.export_env()
+        with override_settings(PUBLIC_BASE_URL=revive_url, SOCIALACCOUNT_PROVIDERS=socialaccount_providers_for(idp),
+                               EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+                               EMAIL_FILE_PATH=str(session / "mail")):
+            timeline = LiveTimeline(out, style=style).start()
+            for name in names:
+                timeline.flush()
+                out(heading(f"\n▶ {SCENARIOS[name]}  ({name}, provider {provider})"))
+                result = run_scenario(name, world, provider=provider, interactive=interactive,
+                                      say=lambda line: (timeline.flush(), out(line)))
+                timeline.flush()
+                results.append(result)
+                if on_result:
+                    on_result(result)
+                ok = "✓ as expected" if result["ok"] else "✗ " + "; ".join(result["problems"])
+                out(f"  {(style.SUCCESS if style and result['ok'] else style.ERROR if style else str)(ok)}")
+            timeline.stop()
+    finally:
+        if timeline is not None:
+            timeline.stop()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        standin.stop()
+        if idp is not None:
+            idp.stop()
+        reset_adapters()
+        shutil.rmtree(session, ignore_errors=True)
+        SESSION_LOCK.release()
+    return results

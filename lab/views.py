@@ -1,0 +1,102 @@
+"""The recovery lab in the browser, at ``/lab/``: pick a scenario, inject the fault, watch the timeline.
+
+It injects faults (revokes grants, kills processes), so every view is for signed-in
+staff only, the one write is a CSRF-checked POST, and the pages do not exist when
+``REVIVE_PRODUCTION`` is set. One session runs at a time per server process, in a
+thread, against this very server (its worker API and reconnect pages).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
+from django.db import close_old_connections, connection
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from audit.models import AuditEvent
+
+from .scenarios import PROVIDERS, SCENARIOS
+from .session import SESSION_LOCK, run_lab
+from .timeline import describe
+
+_sessions: dict[str, dict] = {}
+_sessions_lock = threading.Lock()
+
+
+def _lab_enabled() -> None:
+    if getattr(settings, "PRODUCTION", False):
+        raise Http404("the recovery lab is off in production")
+
+
+def _run(session: dict, *, scenario: str, provider: str, revive_url: str) -> None:
+    try:
+        run_lab([scenario], provider=provider, revive_url=revive_url, out=session["lines"].append,
+                on_result=session["results"].append)
+    except Exception as exc:  # shown on the page
+        session["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        session["done"] = True
+        session["finished"] = time.time()
+        connection.close()
+
+
+@staff_member_required
+@require_GET
+def index(request: HttpRequest) -> HttpResponse:
+    _lab_enabled()
+    session_id = request.GET.get("session", "")
+    with _sessions_lock:
+        known = session_id in _sessions
+    return render(request, "lab/index.html", {
+        "scenarios": SCENARIOS.items(), "providers": PROVIDERS, "session_id": session_id if known else "",
+        "busy": SESSION_LOCK.locked(),
+    })
+
+
+@staff_member_required
+@require_POST
+def start(request: HttpRequest) -> HttpResponse:
+    _lab_enabled()
+    scenario, provider = request.POST.get("scenario", ""), request.POST.get("provider", "oidc")
+    if scenario not in SCENARIOS or provider not in PROVIDERS:
+        return HttpResponse("unknown scenario or provider", status=400)
+    if SESSION_LOCK.locked():
+        return HttpResponse("a lab session is already running", status=409)
+    session_id = secrets.token_urlsafe(8)
+    first = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    session = {"scenario": scenario, "provider": provider, "first_event": first, "lines": [], "results": [],
+               "done": False, "error": "", "started": time.time(), "user": request.user.get_username()}
+    with _sessions_lock:
+        _sessions[session_id] = session
+    revive_url = request.build_absolute_uri("/").rstrip("/")
+    close_old_connections()
+    threading.Thread(target=_run, kwargs={"session": session, "scenario": scenario, "provider": provider,
+                                          "revive_url": revive_url}, name=f"lab-{session_id}", daemon=True).start()
+    return redirect(f"{reverse('lab:index')}?session={session_id}")
+
+
+@staff_member_required
+@require_GET
+def session_state(request: HttpRequest, session_id: str) -> JsonResponse:
+    _lab_enabled()
+    with _sessions_lock:
+        session = _sessions.get(session_id)
+    if session is None:
+        raise Http404("no such lab session")
+    events = [describe(e) for e in AuditEvent.objects.filter(id__gt=session["first_event"]).order_by("id")[:500]]
+    results = []
+    for r in session["results"]:
+        r = {k: v for k, v in r.items() if k != "transitions"}
+        if r.get("case_pk"):
+            r["admin_url"] = reverse("admin:cases_recoverycase_change", args=[r["case_pk"]])
+        results.append(r)
+    return JsonResponse({"scenario": session["scenario"], "title": SCENARIOS[session["scenario"]],
+                         "provider": session["provider"], "done": session["done"], "error": session["error"],
+                         "lines": session["lines"], "events": events, "results": results})

@@ -1,0 +1,43 @@
+from django.contrib import admin, messages
+
+from revive_site.errors import DomainError
+
+from .models import ReconnectRequest
+from .services import reconnect_request_resend
+
+# CustodyGrant is deliberately not registered: grants stay out of the operator console.
+
+
+@admin.register(ReconnectRequest)
+class ReconnectRequestAdmin(admin.ModelAdmin):
+    list_display = ["public_id", "case", "connection", "state", "expires_at", "email_sent_at", "refusals", "created_at"]
+    list_filter = ["state"]
+    search_fields = ["public_id", "case__reference", "connection__id"]
+    list_select_related = ["case", "connection"]
+    fields = [
+        "public_id", "case", "connection", "rejected_generation", "state", "link_issued_at", "expires_at", "email_sent_at",
+        "webhook_sent_at", "notify_attempts", "refusals", "consumed_at", "revoked_at", "revoked_reason", "locked_at",
+        "replaced_by", "created_by", "created_at", "updated_at",
+    ]
+    readonly_fields = fields
+    actions = ["resend_link"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Resend a new reconnect link (the old link stops working)", permissions=["view"])
+    def resend_link(self, request, queryset):
+        actor = f"operator:{request.user.get_username()}"
+        for req in queryset:
+            try:
+                new = reconnect_request_resend(public_id=req.public_id, actor=actor)
+            except DomainError as exc:
+                messages.error(request, f"{req.case}: {exc.code}: {exc.message}")
+            else:
+                messages.success(request, f"{req.case}: a new link is on its way to the owner ({new.public_id}).")

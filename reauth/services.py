@@ -1,0 +1,465 @@
+"""Every write of the owner reconnect.
+
+A reconnect request is the owner's capability for one case: created in the
+transaction that opens an owner case, notified by a Celery task, opened
+from its link, and settled exactly once by a sign-in through allauth.
+
+Locks are taken case first, then the reconnect request (then, inside
+``case_reauthorize``, the connection), so a reconnect, a resend and the case
+moving on queue behind each other instead of deadlocking. No network call is
+made while a lock is held: the notification task mints the link in one
+transaction, sends outside it, and records the delivery in another.
+
+The link token is minted by the notification task and exists only in the
+message it sends; the database keeps its SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from audit.services import audit_record
+from cases.errors import CaseTransitionNotAllowed, LeaseFenced
+from cases.models import CaseState, Connection, RecoveryCase
+from cases.services import case_await_owner, case_lock, case_reauthorize
+
+from . import notifications
+from .custody import Grant, get_custody
+from .errors import (
+    NotificationDeliveryFailed,
+    ReconnectError,
+    ReconnectLinkExpired,
+    ReconnectLinkInvalid,
+    ReconnectLinkLocked,
+    ReconnectLinkRevoked,
+    ReconnectLinkUsed,
+    ReconnectNotNeeded,
+)
+from .identity import ProviderIdentity, compare, expected_identity, mask_email, rule_for
+from .models import ReconnectRequest
+
+SYSTEM = "system:reauth"
+TOKEN_PREFIX = "rvr_"
+TOKEN_BYTES = 32  # 256 bits of randomness
+_TOKEN_SHAPE = re.compile(r"^rvr_[A-Za-z0-9_-]{43}$")
+# A case in one of these states still needs its owner.
+WAITING_STATES = (CaseState.OPENED, CaseState.AWAITING_OWNER)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def token_mint() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def token_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def token_shape_ok(raw: str) -> bool:
+    return bool(raw) and bool(_TOKEN_SHAPE.match(raw))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _audit(req: ReconnectRequest, *, case: RecoveryCase, actor: str, action: str, before: dict | None = None,
+           after: dict | None = None, arguments: dict | None = None, outcome: str = "ok") -> Any:
+    return audit_record(
+        actor=actor, action=action, entity_type="reconnect_request", entity_id=str(req.public_id), case=case,
+        run_id=case.run_id, connection_id=req.connection_id, before=before, after=after, arguments=arguments, outcome=outcome,
+    )
+
+
+def _move(req: ReconnectRequest, *, case: RecoveryCase, to: str, actor: str, arguments: dict | None = None, **changes: Any) -> None:
+    before = req.state
+    req.state = to
+    for name, value in changes.items():
+        setattr(req, name, value)
+    req.save()
+    _audit(req, case=case, actor=actor, action=f"reconnect.{to}", before={"state": before},
+           after={"state": to, **{k: v for k, v in changes.items() if isinstance(v, (str, int)) and k != "token_hash"}},
+           arguments=arguments, outcome="ok" if to == ReconnectRequest.State.CONSUMED else to)
+
+
+def _lock(pk: int) -> ReconnectRequest:
+    return ReconnectRequest.objects.select_for_update(no_key=True).get(pk=pk)
+
+
+def _locate(*, public_id: UUID | str | None = None, pk: int | None = None) -> dict[str, Any]:
+    qs = ReconnectRequest.objects.all()
+    try:
+        row = (qs.filter(pk=pk) if pk is not None else qs.filter(public_id=public_id)).values("pk", "case_id").first()
+    except (ValueError, TypeError):  # a malformed UUID
+        row = None
+    if row is None:
+        raise ReconnectLinkInvalid()
+    return row
+
+
+def _settle(req: ReconnectRequest, *, case: RecoveryCase, actor: str, now=None, issued: bool = True) -> ReconnectError | None:
+    """Bring a locked request up to date with the clock and its case; return what stops it, if anything.
+
+    A request whose case no longer waits for the owner (or whose generation
+    has moved on) is revoked; an issued request past its expiry expires. Both
+    are recorded, so the caller commits before it raises the returned error.
+    """
+    now = now or timezone.now()
+    terminal = {
+        ReconnectRequest.State.CONSUMED: ReconnectLinkUsed,
+        ReconnectRequest.State.REVOKED: ReconnectLinkRevoked,
+        ReconnectRequest.State.LOCKED: ReconnectLinkLocked,
+        ReconnectRequest.State.EXPIRED: ReconnectLinkExpired,
+    }
+    if req.state in terminal:
+        return terminal[req.state](data={"request": str(req.public_id)})
+    generation = Connection.objects.filter(pk=req.connection_id).values_list("current_generation", flat=True).first()
+    if case.state not in WAITING_STATES or generation != req.rejected_generation:
+        _move(req, case=case, to=ReconnectRequest.State.REVOKED, actor=actor, revoked_at=now, revoked_reason="case_moved_on",
+              arguments={"case_state": case.state, "current_generation": generation})
+        return ReconnectLinkRevoked(data={"request": str(req.public_id)})
+    if issued and (req.expires_at is None or req.expires_at <= now):
+        _move(req, case=case, to=ReconnectRequest.State.EXPIRED, actor=actor,
+              arguments={"expires_at": req.expires_at.isoformat() if req.expires_at else None})
+        return ReconnectLinkExpired(data={"request": str(req.public_id)})
+    return None
+
+
+def _enqueue_notification(req: ReconnectRequest) -> None:
+    """After commit, have the owner notified. ``robust``: a broker hiccup must not fail the write that opened the case."""
+    from .tasks import notify_owner
+
+    transaction.on_commit(partial(notify_owner.delay, req.pk), robust=True)
+
+
+# --------------------------------------------------------------------------- create, resend, revoke
+
+
+@transaction.atomic
+def reconnect_request_create(*, case: RecoveryCase, actor: str) -> ReconnectRequest | None:
+    """Create the owner's reconnect request for a case that needs the owner; repeating it returns the active one.
+
+    Runs inside the transaction that opens the case; the owner is notified once it commits.
+    """
+    if not case.owner_required:
+        return None
+    existing = ReconnectRequest.objects.filter(case=case, state=ReconnectRequest.State.ACTIVE).first()
+    if existing is not None:
+        return existing
+    try:
+        with transaction.atomic():
+            req = ReconnectRequest.objects.create(
+                case=case, connection_id=case.connection_id, rejected_generation=case.rejected_generation, created_by=actor[:200],
+            )
+    except IntegrityError:  # a concurrent creator won: the partial unique index allows one active request per case
+        return ReconnectRequest.objects.get(case=case, state=ReconnectRequest.State.ACTIVE)
+    _audit(req, case=case, actor=actor, action="reconnect.requested", before=None,
+           after={"state": req.state, "rejected_generation": req.rejected_generation})
+    _enqueue_notification(req)
+    return req
+
+
+@transaction.atomic
+def reconnect_request_resend(*, public_id: UUID | str, actor: str) -> ReconnectRequest:
+    """Replace a request with a new one and a new link; the old link stops working at once.
+
+    Idempotent per request: resending the same request again returns its replacement.
+    """
+    row = _locate(public_id=public_id)
+    case = case_lock(row["case_id"])
+    req = _lock(row["pk"])
+    if req.replaced_by_id:
+        return ReconnectRequest.objects.get(pk=req.replaced_by_id)
+    problem = _settle(req, case=case, actor=actor, issued=False)
+    if isinstance(problem, ReconnectLinkRevoked) and req.revoked_reason == "case_moved_on":
+        raise ReconnectNotNeeded(data={"case_id": case.reference, "state": case.state})
+    if req.state == ReconnectRequest.State.CONSUMED:
+        raise ReconnectNotNeeded(data={"case_id": case.reference, "state": case.state})
+    other = ReconnectRequest.objects.filter(case=case, state=ReconnectRequest.State.ACTIVE).exclude(pk=req.pk).first()
+    if other is not None:
+        return other
+    if req.state == ReconnectRequest.State.ACTIVE:
+        _move(req, case=case, to=ReconnectRequest.State.REVOKED, actor=actor, revoked_at=timezone.now(), revoked_reason="resent")
+    new = ReconnectRequest.objects.create(
+        case=case, connection_id=case.connection_id, rejected_generation=case.rejected_generation, created_by=actor[:200],
+    )
+    ReconnectRequest.objects.filter(pk=req.pk).update(replaced_by=new)
+    _audit(new, case=case, actor=actor, action="reconnect.requested", after={"state": new.state, "rejected_generation": new.rejected_generation},
+           arguments={"replaces": str(req.public_id)})
+    _enqueue_notification(new)
+    return new
+
+
+def reconnect_requests_revoke_for_case(*, case: RecoveryCase, reason: str, actor: str) -> int:
+    """Revoke the case's active request; call inside the transaction that moves the case on, holding its lock."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("reconnect_requests_revoke_for_case must run inside the case's transaction")
+    revoked = 0
+    for req in ReconnectRequest.objects.select_for_update(no_key=True).filter(case=case, state=ReconnectRequest.State.ACTIVE):
+        _move(req, case=case, to=ReconnectRequest.State.REVOKED, actor=actor, revoked_at=timezone.now(), revoked_reason=reason[:40])
+        revoked += 1
+    return revoked
+
+
+def reconnect_requests_expire(*, actor: str = SYSTEM, now=None, limit: int = 500) -> int:
+    """Settle active requests past their expiry or whose case moved on (the beat sweep); each in its own transaction.
+
+    Links are checked on every use anyway; the sweep keeps the states (and the console) current.
+    """
+    now = now or timezone.now()
+    moved_on = ~Q(case__state__in=WAITING_STATES) | ~Q(connection__current_generation=F("rejected_generation"))
+    rows = list(ReconnectRequest.objects.filter(state=ReconnectRequest.State.ACTIVE)
+                .filter(Q(expires_at__lte=now) | moved_on).values("pk", "case_id")[:limit])
+    settled = 0
+    for row in rows:
+        with transaction.atomic():
+            case = case_lock(row["case_id"])
+            req = _lock(row["pk"])
+            if req.state == ReconnectRequest.State.ACTIVE and _settle(req, case=case, actor=actor, now=now, issued=req.expires_at is not None):
+                settled += 1
+    return settled
+
+
+# --------------------------------------------------------------------------- notification
+
+
+@dataclass(frozen=True)
+class NotificationOutcome:
+    email: str  # "sent" | "already_sent" | "in_progress" | "skipped"
+    webhook: str  # "delivered" | "already_delivered" | "not_configured" | "rejected" | "skipped"
+
+
+def reconnect_request_notify(*, request_id: int) -> NotificationOutcome:
+    """Send the owner the link (e-mail) and tell the configured webhook; each channel at most once per request.
+
+    The link token is minted here, inside a claim, and sent outside any
+    transaction. A failed send releases the claim and raises
+    ``NotificationDeliveryFailed`` for the task to retry with a new token.
+    """
+    now = timezone.now()
+    raw: str | None = None
+    with transaction.atomic():
+        row = ReconnectRequest.objects.filter(pk=request_id).values("pk", "case_id").first()
+        if row is None:
+            return NotificationOutcome(email="skipped", webhook="skipped")
+        case = case_lock(row["case_id"])
+        req = _lock(row["pk"])
+        if _settle(req, case=case, actor=SYSTEM, now=now, issued=False) is not None:
+            return NotificationOutcome(email="skipped", webhook="skipped")
+        email_state = "already_sent"
+        if req.email_sent_at is None:
+            if req.notify_claimed_until and req.notify_claimed_until > now:
+                return NotificationOutcome(email="in_progress", webhook="skipped")
+            raw = token_mint()
+            claim = settings.CELERY_TASK_TIME_LIMIT + 30
+            req.token_hash = token_hash(raw)
+            req.link_issued_at = now
+            req.expires_at = now + timedelta(seconds=settings.REVIVE_RECONNECT_TTL_SECONDS)
+            req.notify_claimed_until = now + timedelta(seconds=claim)
+            req.notify_attempts += 1
+            req.save()
+            _audit(req, case=case, actor=SYSTEM, action="reconnect.link_issued",
+                   after={"expires_at": req.expires_at.isoformat(), "attempt": req.notify_attempts})
+        message = notifications.message_context(req=req, case=case)
+    if raw is not None:
+        try:
+            notifications.send_email(message, link=notifications.link_for(raw))
+        except Exception as exc:
+            with transaction.atomic():
+                case = case_lock(row["case_id"])
+                req = _lock(row["pk"])
+                req.notify_claimed_until = None
+                req.save(update_fields=["notify_claimed_until", "updated_at"])
+                _audit(req, case=case, actor=SYSTEM, action="reconnect.notify_failed", outcome="failed",
+                       arguments={"channel": "email", "error": type(exc).__name__})
+            raise NotificationDeliveryFailed("email") from None
+        with transaction.atomic():
+            case = case_lock(row["case_id"])
+            if case.state == CaseState.OPENED:
+                case_await_owner(case_id=case.pk, actor=SYSTEM)
+            req = _lock(row["pk"])
+            req.email_sent_at = timezone.now()
+            req.notify_claimed_until = None
+            req.save(update_fields=["email_sent_at", "notify_claimed_until", "updated_at"])
+            _audit(req, case=case, actor=SYSTEM, action="reconnect.notified",
+                   after={"channel": "email", "to": mask_email(message["owner_email"])})
+        email_state = "sent"
+    return NotificationOutcome(email=email_state, webhook=_deliver_webhook(row=row, message=message))
+
+
+def _deliver_webhook(*, row: dict[str, Any], message: dict[str, Any]) -> str:
+    url = settings.REVIVE_RECONNECT_WEBHOOK_URL
+    if not url:
+        return "not_configured"
+    if ReconnectRequest.objects.filter(pk=row["pk"], webhook_sent_at__isnull=False).exists():
+        return "already_delivered"
+    try:
+        status = notifications.post_webhook(url=url, secret=settings.REVIVE_RECONNECT_WEBHOOK_SECRET, message=message)
+    except notifications.WebhookTransientError as exc:
+        with transaction.atomic():
+            case = case_lock(row["case_id"])
+            req = _lock(row["pk"])
+            _audit(req, case=case, actor=SYSTEM, action="reconnect.notify_failed", outcome="failed",
+                   arguments={"channel": "webhook", "error": str(exc)})
+        raise NotificationDeliveryFailed("webhook") from None
+    with transaction.atomic():
+        case = case_lock(row["case_id"])
+        req = _lock(row["pk"])
+        if 200 <= status < 300:
+            req.webhook_sent_at = timezone.now()
+            req.save(update_fields=["webhook_sent_at", "updated_at"])
+            _audit(req, case=case, actor=SYSTEM, action="reconnect.webhook_delivered", after={"channel": "webhook", "status": status})
+            return "delivered"
+        _audit(req, case=case, actor=SYSTEM, action="reconnect.notify_failed", outcome="failed",
+               arguments={"channel": "webhook", "status": status})
+        return "rejected"
+
+
+# --------------------------------------------------------------------------- the owner's side
+
+
+def reconnect_link_open(*, token: str, actor: str = "owner") -> ReconnectRequest:
+    """Check a link token; answer the request it opens or raise why it cannot be used."""
+    if not token_shape_ok(token):
+        raise ReconnectLinkInvalid()
+    row = ReconnectRequest.objects.filter(token_hash=token_hash(token)).values("pk", "case_id").first()
+    if row is None:
+        raise ReconnectLinkInvalid()
+    return _check(row=row, actor=actor)
+
+
+def reconnect_request_check(*, public_id: UUID | str, actor: str = "owner") -> ReconnectRequest:
+    """The request behind a page, settled against the clock and its case."""
+    return _check(row=_locate(public_id=public_id), actor=actor)
+
+
+def _check(*, row: dict[str, Any], actor: str) -> ReconnectRequest:
+    with transaction.atomic():
+        case = case_lock(row["case_id"])
+        req = _lock(row["pk"])
+        problem = _settle(req, case=case, actor=actor)
+    if problem is not None:
+        raise problem
+    return req
+
+
+def reconnect_sign_in_started(*, public_id: UUID | str, provider_app: str, actor: str = "owner") -> ReconnectRequest:
+    row = _locate(public_id=public_id)
+    with transaction.atomic():
+        case = case_lock(row["case_id"])
+        req = _lock(row["pk"])
+        problem = _settle(req, case=case, actor=actor)
+        if problem is None:
+            _audit(req, case=case, actor=actor, action="reconnect.sign_in_started", arguments={"provider_app": provider_app})
+    if problem is not None:
+        raise problem
+    return req
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a sign-in did to a request: consumed it (``generation`` is the new one) or was refused."""
+
+    public_id: str
+    consumed: bool
+    generation: int | None = None
+    refusal_event_id: int | None = None
+    refusals: int = 0
+    attempts_left: int = 0
+    locked: bool = False
+    mismatched: tuple[str, ...] = ()
+
+
+def reconnect_request_complete(*, public_id: UUID | str, presented: ProviderIdentity, grant: Grant, actor: str) -> Completion:
+    """Settle a request with the identity a sign-in proved.
+
+    The same identity (see ``reauth.identity``): the request is consumed,
+    the connection's generation advances by exactly one (``case_reauthorize``),
+    the grant goes to the connection's custody, and reconciliation and resume
+    are enqueued on commit -- all in one transaction, under the case and
+    request row locks, so of two racing callbacks exactly one gets here and
+    the other finds the request used.
+
+    A different identity: nothing about it is kept but the audit event (both
+    identities, no token); the request stays usable until
+    ``REVIVE_RECONNECT_MAX_REFUSALS`` refusals lock it.
+    """
+    row = _locate(public_id=public_id)
+    problem: ReconnectError | None = None
+    try:
+        with transaction.atomic():
+            case = case_lock(row["case_id"])
+            req = _lock(row["pk"])
+            problem = _settle(req, case=case, actor=actor)
+            if problem is None:
+                result = _complete_locked(req=req, case=case, presented=presented, grant=grant, actor=actor)
+    except (CaseTransitionNotAllowed, LeaseFenced):
+        # The case or the generation moved between our read and case_reauthorize: the link no longer applies.
+        with transaction.atomic():
+            case = case_lock(row["case_id"])
+            req = _lock(row["pk"])
+            problem = _settle(req, case=case, actor=actor) or ReconnectLinkRevoked(data={"request": str(req.public_id)})
+    if problem is not None:
+        raise problem
+    return result
+
+
+def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: ProviderIdentity, grant: Grant, actor: str) -> Completion:
+    conn = Connection.objects.get(pk=req.connection_id)
+    expected = expected_identity(conn)
+    verdict = compare(rule=rule_for(conn.provider), expected=expected, presented=presented)
+    if not verdict.matches:
+        limit = settings.REVIVE_RECONNECT_MAX_REFUSALS
+        req.refusals += 1
+        req.save(update_fields=["refusals", "updated_at"])
+        event = _audit(req, case=case, actor=actor, action="reconnect.identity_mismatch", outcome="refused",
+                       before={"state": req.state},
+                       after={"refusals": req.refusals, "limit": limit},
+                       arguments={"rule": verdict.rule, "mismatched": list(verdict.mismatched),
+                                  "expected": expected.evidence(), "presented": presented.evidence()})
+        locked = req.refusals >= limit
+        if locked:
+            _move(req, case=case, to=ReconnectRequest.State.LOCKED, actor=actor, locked_at=timezone.now(),
+                  arguments={"refusals": req.refusals})
+        return Completion(public_id=str(req.public_id), consumed=False, refusal_event_id=event.pk, refusals=req.refusals,
+                          attempts_left=max(limit - req.refusals, 0), locked=locked, mismatched=verdict.mismatched)
+
+    _move(req, case=case, to=ReconnectRequest.State.CONSUMED, actor=actor, consumed_at=timezone.now(),
+          arguments={"identity": presented.evidence(), "rule": verdict.rule})
+    case = case_reauthorize(case_id=case.pk, actor=actor,
+                            evidence={"reconnect_request": str(req.public_id), "identity": presented.evidence(), "rule": verdict.rule})
+    generation = case.resumed_generation
+    custody = get_custody()
+    reference = custody.store(connection_id=conn.pk, generation=generation, grant=grant)
+    audit_record(actor=actor, action="credential.custody_stored", entity_type="connection", entity_id=conn.pk, case=case,
+                 run_id=case.run_id, connection_id=conn.pk,
+                 after={"generation": generation, "custody": custody.name, "reference": reference,
+                        "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
+                        "renewable": bool(grant.refresh_token)})
+    transaction.on_commit(partial(recovery_continue_after_reconnect, case_id=case.pk), robust=True)
+    return Completion(public_id=str(req.public_id), consumed=True, generation=generation)
+
+
+def recovery_continue_after_reconnect(*, case_id: int) -> None:
+    """After the reconnect commits: reconcile the case's ambiguous actions and resume its runs (``cases.resume``).
+
+    Runs from a ``robust`` on-commit hook, outside the reconnect's transaction: the resume is Celery's work
+    (queued here, run inline in the embedded eager mode), and nothing it does can undo the reconnect or fail
+    the owner's page; the resume sweep and the operator console pick up whatever did not get queued.
+    """
+    from cases.resume import case_after_reauthorize
+
+    case_after_reauthorize(case_id)

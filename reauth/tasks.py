@@ -1,0 +1,20 @@
+from celery import shared_task
+
+from . import services
+from .errors import NotificationDeliveryFailed
+
+
+@shared_task(
+    name="reauth.notify_owner",
+    autoretry_for=(NotificationDeliveryFailed,),
+    max_retries=6,
+    retry_backoff=10,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    acks_late=True,
+)
+def notify_owner(request_id: int) -> dict:
+    """Idempotent per request: each channel is delivered at most once, and a request that moved on is skipped."""
+    outcome = services.reconnect_request_notify(request_id=request_id)
+    return {"email": outcome.email, "webhook": outcome.webhook}
+

@@ -1,0 +1,312 @@
+"""The owner's hosted pages.
+
+``/reconnect/l/<token>`` checks the link and binds the browser session to the
+request, then redirects to ``/reconnect/r/<public id>/`` so the token leaves
+the address bar (and any Referer) at once. Every later page needs that
+session binding; the public id alone grants nothing. Sign-in starts from the
+landing page's single POST button (CSRF-protected) and comes back through
+allauth's callback to ``reauth.adapter``, which redirects to the done or the
+refused page. No page ever contains the token, a grant, or a secret.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from allauth.socialaccount.adapter import get_adapter as get_social_adapter
+from allauth.socialaccount.providers.base.constants import AuthProcess
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.timesince import timeuntil
+from django.views.decorators.cache import never_cache
+
+from audit.models import AuditEvent
+from cases.models import CaseState
+
+from . import providers, selectors, services
+from .errors import (
+    CsrfFailed,
+    MethodNotAllowed,
+    ReconnectError,
+    ReconnectFormInvalid,
+    ReconnectIdentityMismatch,
+    ReconnectLinkInvalid,
+    ReconnectLinkLocked,
+    ReconnectNextNotAllowed,
+    ReconnectNotCompleted,
+    ReconnectSessionRequired,
+)
+from .forms import StartForm, next_url_allowed
+from .identity import mask_email, mask_identifier
+from .models import ReconnectRequest
+
+SESSION_KEY = "revive_reconnect"
+MAX_SESSION_GRANTS = 10
+
+FAILURE_TEXT = {
+    "dead_grant": "{provider} stopped accepting the saved sign-in for this connection — for example after a password "
+                  "change, a revoked or long-unused sign-in, or withdrawn consent.",
+    "interaction_required": "{provider} needs the account owner to sign in again — for example to complete multi-factor "
+                            "authentication or to give consent.",
+}
+
+# What the done page says about the run once the owner's part is over (the case may already have moved on).
+RESUME_STATUS = {
+    CaseState.REAUTHORIZED: "Access restored; the run resumes next.",
+    CaseState.RECONCILING: "Access restored; Revive is checking the action that was in flight, then the run resumes.",
+    CaseState.AWAITING_APPROVAL: "Access restored; the run resumes once an operator approves.",
+    CaseState.RESUMING: "Access restored; the run is resuming now.",
+    CaseState.RESUMED: "The run has resumed.",
+    CaseState.CLOSED: "The run has resumed.",
+    CaseState.RESUME_FAILED: "Access restored; the workflow's operator is finishing the resume.",
+    CaseState.ABANDONED: "Access restored; the workflow's operator closed this case.",
+}
+
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
+
+
+def _page(view):
+    """Hosted-page hygiene: never cached, never referred to other sites, never indexed, never framed."""
+
+    @functools.wraps(view)
+    def wrapped(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        response["Referrer-Policy"] = "same-origin"  # not no-referrer: browsers then send "Origin: null" and CSRF fails
+        response["X-Robots-Tag"] = "noindex, nofollow"
+        response["Content-Security-Policy"] = _CSP
+        return response
+
+    return never_cache(wrapped)
+
+
+def _allow(method: str):
+    """Like ``require_http_methods``, but the 405 is one of our pages with a stable code."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapped(request, *args, **kwargs):
+            if request.method != method and not (method == "GET" and request.method == "HEAD"):
+                response = problem_response(request, MethodNotAllowed(data={"allowed": [method]}))
+                response["Allow"] = method
+                return response
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+# --------------------------------------------------------------------------- session binding
+
+
+def _session_state(request: HttpRequest) -> dict[str, Any]:
+    state = request.session.get(SESSION_KEY)
+    if not isinstance(state, dict):
+        state = {}
+    state.setdefault("grants", {})
+    state.setdefault("refusals", {})
+    return state
+
+
+def session_bind(request: HttpRequest, req: ReconnectRequest, *, next_url: str = "") -> None:
+    request.session.cycle_key()
+    state = _session_state(request)
+    grants = state["grants"]
+    grants[str(req.public_id)] = {"next": next_url, "at": int(time.time())}
+    for stale in sorted(grants, key=lambda k: grants[k].get("at", 0))[:-MAX_SESSION_GRANTS]:
+        grants.pop(stale, None)
+        state["refusals"].pop(stale, None)
+    request.session[SESSION_KEY] = state
+
+
+def session_has_grant(request: HttpRequest, public_id) -> bool:
+    return str(public_id) in _session_state(request)["grants"]
+
+
+def session_next(request: HttpRequest, public_id) -> str:
+    return (_session_state(request)["grants"].get(str(public_id)) or {}).get("next", "")
+
+
+def session_remember_refusal(request: HttpRequest, public_id, event_id: int) -> None:
+    state = _session_state(request)
+    state["refusals"][str(public_id)] = event_id
+    request.session[SESSION_KEY] = state
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def problem_response(request: HttpRequest, exc: ReconnectError, *, req: ReconnectRequest | None = None,
+                     extra: dict[str, Any] | None = None) -> HttpResponse:
+    context = {"error": exc, "code": exc.code, "message": exc.message, "req": req}
+    if req is not None and session_has_grant(request, req.public_id):
+        context["landing_public_id"] = str(req.public_id)
+    context.update(extra or {})
+    response = render(request, getattr(exc, "template", "reauth/error.html"), context, status=exc.status)
+    response["X-Revive-Code"] = exc.code
+    return response
+
+
+def _summary(req: ReconnectRequest) -> dict[str, Any]:
+    case, conn = req.case, req.connection
+    provider = conn.get_provider_display()
+    return {
+        "req": req,
+        "case": case,
+        "connection": conn,
+        "provider_name": provider,
+        "workflow_name": case.run.workflow_name,
+        "run_id": case.run_id,
+        "checkpoint": (case.checkpoint.label or case.checkpoint.checkpoint_id) if case.checkpoint_id else "",
+        "action_key": case.action.action_key if case.action_id else "",
+        "failure_text": FAILURE_TEXT.get(case.failure_class, "{provider} refused the saved sign-in.").format(provider=provider),
+        "provider_code": case.provider_code,
+        "expected_account": mask_email(conn.owner_email),
+        "expected_tenant": conn.provider_tenant,
+        "expected_issuer": conn.provider_issuer,
+        "expires_at": req.expires_at,
+        "expires_in": timeuntil(req.expires_at) if req.expires_at and req.expires_at > timezone.now() else "",
+    }
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@_page
+@_allow("GET")
+def link(request: HttpRequest, token: str) -> HttpResponse:
+    next_url = request.GET.get("next", "")
+    if not next_url_allowed(next_url, request=request):
+        return problem_response(request, ReconnectNextNotAllowed())
+    try:
+        req = services.reconnect_link_open(token=token)
+    except ReconnectError as exc:
+        known = exc.data.get("request")  # set only when the token matched: the page may say when and why
+        return problem_response(request, exc, req=selectors.reconnect_request_get(known) if known else None)
+    session_bind(request, req, next_url=next_url)
+    return redirect("reauth:landing", public_id=req.public_id)
+
+
+def _bound_request(request: HttpRequest, public_id) -> ReconnectRequest:
+    req = selectors.reconnect_request_get(public_id)
+    if req is None:
+        raise ReconnectLinkInvalid()
+    if not session_has_grant(request, req.public_id):
+        raise ReconnectSessionRequired()
+    return req
+
+
+@_page
+@_allow("GET")
+def landing(request: HttpRequest, public_id) -> HttpResponse:
+    try:
+        req = _bound_request(request, public_id)
+        services.reconnect_request_check(public_id=req.public_id)
+    except ReconnectError as exc:
+        return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
+    req = selectors.reconnect_request_get(public_id)
+    context = _summary(req)
+    apps = providers.sign_in_apps(request, req.connection)
+    context["sign_in_app"] = apps[0] if apps else None
+    context["attempts_left"] = max(_max_refusals() - req.refusals, 0)
+    context["refusals"] = req.refusals
+    return render(request, "reauth/landing.html", context)
+
+
+def _max_refusals() -> int:
+    return settings.REVIVE_RECONNECT_MAX_REFUSALS
+
+
+@_page
+@_allow("POST")
+def start(request: HttpRequest, public_id) -> HttpResponse:
+    """Start the provider sign-in for a bound request (the landing page's button)."""
+    try:
+        req = _bound_request(request, public_id)
+        form = StartForm(request.POST, request=request)
+        if not form.is_valid():
+            if form.has_error("next", "next_not_allowed"):
+                raise ReconnectNextNotAllowed()
+            raise ReconnectFormInvalid()
+        app = providers.sign_in_app_for(request, req.connection)
+        services.reconnect_sign_in_started(public_id=req.public_id, provider_app=app.provider_id)
+    except ReconnectError as exc:
+        return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
+    if form.cleaned_data["next"]:
+        state = _session_state(request)
+        state["grants"][str(req.public_id)]["next"] = form.cleaned_data["next"]
+        request.session[SESSION_KEY] = state
+    provider = get_social_adapter(request).get_provider(request, app.provider_id)
+    auth_params = provider.get_auth_params()
+    if req.connection.owner_email:
+        auth_params.setdefault("login_hint", req.connection.owner_email)
+    return provider.redirect(
+        request,
+        process=AuthProcess.LOGIN,
+        data={"reauth_request": str(req.public_id), "app": app.provider_id},
+        auth_params=auth_params,
+        scope=provider.get_scope(),
+    )
+
+
+@_page
+@_allow("GET")
+def done(request: HttpRequest, public_id) -> HttpResponse:
+    try:
+        req = _bound_request(request, public_id)
+        if req.state != ReconnectRequest.State.CONSUMED:
+            raise ReconnectNotCompleted()
+    except ReconnectError as exc:
+        return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
+    context = _summary(req)
+    context["generation"] = req.case.resumed_generation
+    context["rejected_generation"] = req.rejected_generation
+    context["resume_status"] = RESUME_STATUS.get(req.case.state, RESUME_STATUS[CaseState.REAUTHORIZED])
+    next_url = session_next(request, req.public_id)
+    context["next_url"] = next_url if next_url_allowed(next_url, request=request) else ""
+    return render(request, "reauth/done.html", context)
+
+
+@_page
+@_allow("GET")
+def refused(request: HttpRequest, public_id) -> HttpResponse:
+    """The identity-mismatch page: who signed in, whom the connection belongs to, what to do."""
+    try:
+        req = _bound_request(request, public_id)
+    except ReconnectError as exc:
+        return problem_response(request, exc)
+    event_id = _session_state(request)["refusals"].get(str(req.public_id))
+    event = AuditEvent.objects.filter(pk=event_id, action="reconnect.identity_mismatch", entity_id=str(req.public_id)).first() if event_id else None
+    if event is None:
+        return redirect("reauth:landing", public_id=req.public_id)
+    presented = (event.arguments or {}).get("presented") or {}
+    context = _summary(req)
+    context.update({
+        "signed_in_as": presented.get("label") or mask_identifier(presented.get("subject", "")),
+        "signed_in_tenant": presented.get("tenant", ""),
+        "signed_in_issuer": presented.get("issuer", ""),
+        "mismatched": (event.arguments or {}).get("mismatched") or [],
+        "attempts_left": max(_max_refusals() - req.refusals, 0),
+        "locked": req.state == ReconnectRequest.State.LOCKED,
+        "can_retry": req.state == ReconnectRequest.State.ACTIVE,
+    })
+    exc = ReconnectLinkLocked() if context["locked"] else ReconnectIdentityMismatch()
+    context.update({"error": exc, "code": exc.code, "landing_public_id": str(req.public_id)})
+    response = render(request, "reauth/mismatch.html", context, status=exc.status)
+    response["X-Revive-Code"] = exc.code
+    return response
+
+
+@_page
+def not_found(request: HttpRequest) -> HttpResponse:
+    return problem_response(request, ReconnectLinkInvalid())
+
+
+@_page
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """``CSRF_FAILURE_VIEW``: the same 403 for every form on the site, with a stable code."""
+    return problem_response(request, CsrfFailed())

@@ -1,0 +1,11 @@
+"""URLs of the lab identity provider (``revive_site.idp_settings``): OIDC endpoints and the sign-in pages."""
+
+from django.urls import include, path
+
+from idp.views import index
+
+urlpatterns = [
+    path("", index, name="index"),
+    path("", include("allauth.idp.urls")),
+    path("accounts/", include("allauth.urls")),
+]

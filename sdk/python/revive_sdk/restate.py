@@ -1,0 +1,109 @@
+"""Restate helpers: a rejected credential suspends the workflow on a durable promise; Revive resolves it.
+
+In a ``restate.Workflow`` main handler, ``protect_action`` runs each attempt of
+``AsyncRevive.protect_action`` as one journaled ``ctx.run`` step. When Revive
+parks the run, the step records that instead of failing, and the workflow awaits
+the durable promise named after the connection and the *rejected* generation
+(``promise_name``). Revive resolves it through the workflow's shared handler
+``revive_reauthorized`` over the ingress (``install_resume_handler`` adds it).
+A promise resolved before the workflow reaches it keeps its value, so an early
+resume is not lost; the handler resolves each promise once, so a duplicate
+delivery changes nothing. Then the next attempt leases the new generation::
+
+    briefing = restate.Workflow("Briefing")
+    install_resume_handler(briefing)
+
+    @briefing.main()
+    async def run(ctx: restate.WorkflowContext, request: dict) -> dict:
+        await register_run(ctx, revive, workflow=briefing, workflow_name="Nightly brief")
+        return await protect_action(ctx, revive, run_id=ctx.key(), checkpoint_id="05", ...)
+
+Only this module imports restate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import restate
+from restate.exceptions import TerminalError
+
+from .errors import ActionFailed, RunParked
+from .flows import ActionContext
+
+RESUME_HANDLER = "revive_reauthorized"
+RESUME_KIND = "resume"
+MAX_PARKS = 32
+
+
+def promise_name(connection_id: str, generation: int) -> str:
+    """The durable promise a run parked on ``connection_id`` at the rejected ``generation`` waits for."""
+    return f"revive:{connection_id}:g{int(generation)}"
+
+
+def install_resume_handler(workflow: restate.Workflow, *, name: str = RESUME_HANDLER) -> Callable[..., Any]:
+    """Add the shared handler Revive calls to resume runs of ``workflow``."""
+
+    async def revive_reauthorized(ctx: restate.WorkflowSharedContext, payload: dict) -> dict:
+        if not isinstance(payload, dict) or payload.get("revive") != RESUME_KIND:
+            raise TerminalError("not a Revive resume", status_code=400)
+        resolved, already = [], []
+        for connection_id, generation in sorted((payload.get("rejected") or {}).items()):
+            key = promise_name(connection_id, generation)
+            promise = ctx.promise(key, type_hint=dict)
+            if await promise.peek() is not None:
+                already.append(key)
+                continue
+            try:
+                await promise.resolve(payload)
+            except TerminalError:
+                already.append(key)  # a concurrent delivery resolved it first
+            else:
+                resolved.append(key)
+        return {"resolved": resolved, "already": already}
+
+    revive_reauthorized.__name__ = name
+    return workflow.handler(name=name)(revive_reauthorized)
+
+
+async def register_run(ctx: restate.WorkflowContext, revive: Any, *, workflow: restate.Workflow | str,
+                       workflow_name: str, run_id: str | None = None, handler: str = "run") -> dict:
+    """Register the workflow as a Revive run (its id defaults to the workflow key), as a journaled step."""
+    service = workflow if isinstance(workflow, str) else workflow.name
+    key = ctx.key()
+
+    async def call() -> dict:
+        return await revive.register_run(run_id=run_id or key, runtime="restate", workflow_name=workflow_name,
+                                         runtime_ref={"service": service, "key": key, "handler": handler,
+                                                      "resume_handler": RESUME_HANDLER})
+
+    return await ctx.run_typed("revive:register", call)
+
+
+async def wait_for_reauthorization(ctx: restate.WorkflowContext, parked: dict) -> dict:
+    """Suspend on the durable promise of the rejected generation until Revive resolves it; return its value."""
+    return await ctx.promise(promise_name(parked["connection_id"], parked["generation"]), type_hint=dict).value()
+
+
+async def protect_action(ctx: restate.WorkflowContext, revive: Any, *, action_key: str,
+                         execute: Callable[[ActionContext], Any], **kwargs: Any) -> Any:
+    """``AsyncRevive.protect_action`` as journaled steps, suspending on the durable promise while parked.
+
+    The result must be JSON-serialisable (it is journaled). A failure Revive classifies as not recoverable by a
+    reconnect becomes a ``TerminalError``; others propagate and Restate retries the step.
+    """
+    for attempt in range(MAX_PARKS):
+        async def step() -> dict:
+            try:
+                return {"result": await revive.protect_action(action_key=action_key, execute=execute, **kwargs)}
+            except RunParked as parked:
+                return {"parked": {"case_id": parked.case_id, "connection_id": parked.connection_id,
+                                   "generation": parked.generation}}
+            except ActionFailed as exc:
+                raise TerminalError(str(exc)) from None
+
+        outcome = await ctx.run_typed(f"revive:{action_key}:{attempt}", step)
+        if "parked" not in outcome:
+            return outcome["result"]
+        await wait_for_reauthorization(ctx, outcome["parked"])
+    raise TerminalError(f"action {action_key} parked {MAX_PARKS} times")

@@ -1,0 +1,84 @@
+"""The recovery lab in a real browser: a staff member opens /lab/, injects one fault, and watches the four live
+transitions arrive on the timeline (Playwright + Debian's Chromium, against the live server on PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from cases.runtimes import reset_adapters
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def chromium(django_db_setup):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup --test (apt-get install -y chromium)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # the sync API keeps an event loop in this thread (see tests/reauth)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+def signed_in(chromium, live_server, *, staff: bool):
+    user = get_user_model().objects.create_user(f"operator-{staff}", password="x", is_staff=staff)
+    client = Client()
+    client.force_login(user)
+    context = chromium.new_context()
+    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
+    return context
+
+
+def test_staff_runs_a_scenario_and_sees_the_four_live_transitions(chromium, live_server, settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    reset_adapters()
+    context = signed_in(chromium, live_server, staff=True)
+    page = context.new_page()
+    page.goto(f"{live_server.url}/lab/")
+    assert page.locator("#record-title").inner_text() == "Nightly executive briefing"
+    page.select_option("select[name=scenario]", "revoked")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#status.ok, #status.bad", timeout=180_000)
+    assert "as expected" in page.locator("#status").inner_text(), page.locator("#lines").inner_text()
+    live = page.locator("tr.live")
+    assert [live.nth(i).get_attribute("data-live") for i in range(live.count())] == ["1", "2", "3", "4"]
+    assert "LIVE TRANSITION 04 / 04" in page.locator("#timeline").inner_text()
+    assert page.locator("#r-live").inner_text() == "04 / 04"
+    assert page.locator("#r-generation").inner_text() == "01 → 02"
+    assert page.locator("#r-dupes").inner_text() == "0 observed"
+    admin_link = page.locator("#r-case a").get_attribute("href")
+    assert admin_link.startswith("/admin/cases/recoverycase/")
+    context.close()
+    reset_adapters()
+
+
+def test_the_lab_is_not_for_anyone_else(chromium, live_server):
+    context = signed_in(chromium, live_server, staff=False)
+    page = context.new_page()
+    page.goto(f"{live_server.url}/lab/")
+    assert "/admin/login/" in page.url  # staff only
+    context.close()
+    anonymous = Client(enforce_csrf_checks=True)
+    assert anonymous.post("/lab/run", {"scenario": "revoked"}).status_code in (302, 403)  # refused, nothing started
+    staff = Client(enforce_csrf_checks=True)
+    staff.force_login(get_user_model().objects.create_user("op-csrf", password="x", is_staff=True))
+    assert staff.post("/lab/run", {"scenario": "revoked"}).status_code == 403  # CSRF on

@@ -1,0 +1,44 @@
+"""The four scenarios on PostgreSQL and Redis: Revive on the live server, resumes in a real Celery worker process,
+the lab identity provider as a process, the owner signing in through its real redirects."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.models import AuditEvent
+from lab.scenarios import SCENARIOS, run_scenario
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LIVE_ORDER = ["case.opened", "case.reauthorized", "lease.advanced", "case.resumed"]
+
+
+def live_actions(result: dict) -> list[str]:
+    events = AuditEvent.objects.filter(case_reference=result["case_id"], action__in=LIVE_ORDER).order_by("id")
+    return list(events.values_list("action", flat=True))
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_runs_end_to_end_with_one_message_per_action(name, lab_world, celery_manager):
+    lines: list[str] = []
+    result = run_scenario(name, lab_world, say=lines.append)
+
+    assert result["ok"], (result["problems"], celery_manager.log()[-3000:])
+    assert live_actions(result) == LIVE_ORDER  # the four live transitions, in order, once each
+    assert result["live_transitions"] == [1, 2, 3, 4]
+    messages = lab_world.standin.messages_for(result["run_id"])
+    assert len(messages) == 1 and result["duplicate_effects_observed"] == 0
+    assert (result["generation_before"], result["generation_after"]) == (1, 2)
+    assert result["checkpoint"] == "05 / prepare brief" and result["action_key"] == "send_exec_05"
+    assert messages[0]["generation"] == 2 or name == "timeout"  # the timed-out send went out under generation 1
+    assert messages[0]["pid"] in celery_manager.pids or name == "timeout"  # Revive's worker resumed the run
+
+    if name == "wrong-account":
+        refused = result["notes"]["refused"]
+        assert refused["presented"]["subject"] != refused["expected"]["subject"]
+        assert result["notes"]["sign_in"][0]["refused"] and result["notes"]["sign_in"][1]["consumed"]
+    if name == "timeout":
+        assert result["notes"]["after_timeout"] == "ambiguous" and result["send_state"] == "reconciled_committed"
+    if name == "worker-lost":
+        assert result["brief_sent_by_pid"] != result["notes"]["killed_pid"]
+
