@@ -28,6 +28,7 @@ import dataclasses
 import fnmatch
 import logging
 import random
+import time
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -337,6 +338,7 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
         generations={cr.case.connection_id: cr.case.connection.current_generation for cr in pending},
         rejected={cr.case.connection_id: cr.case.rejected_generation for cr in pending},
     )
+    started = time.perf_counter()
     try:
         adapter = adapter_for(run.runtime)
         result = adapter.resume(case, generation, run=run, request=request)
@@ -354,11 +356,15 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     except BaseException:
         _release(run_id, held)
         raise
+    runtime_ms = (time.perf_counter() - started) * 1000
     try:
         finished = _record_delivery(run=run, case_run_ids=[cr.pk for cr in pending], request=request,
                                     result_detail=result.detail, already=result.already, actor=actor)
     finally:
         _release(run_id, held)
+    log.info("resume of %s (%s) %s: runtime %.0f ms, total %.0f ms", run_id, run.runtime,
+             "was already past its wait" if result.already else "delivered", runtime_ms,
+             (time.perf_counter() - started) * 1000)
     return Delivery("already" if result.already else "delivered", detail={**result.detail, "cases_resumed": finished})
 
 

@@ -5,7 +5,11 @@ from revive_site.errors import DomainError
 from .models import ReconnectRequest
 from .services import reconnect_request_resend
 
-# CustodyGrant is deliberately not registered: grants stay out of the operator console.
+# CustodyGrant is deliberately not registered: grants stay out of the operator console. Nor are allauth's own
+# models: providers are configured in settings, and Revive keeps no owner accounts, tokens or client secrets there.
+for _model in list(admin.site._registry):
+    if _model._meta.app_label in ("account", "socialaccount"):
+        admin.site.unregister(_model)
 
 
 @admin.register(ReconnectRequest)
@@ -31,7 +35,10 @@ class ReconnectRequestAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Resend a new reconnect link (the old link stops working)", permissions=["view"])
+    def has_operate_permission(self, request):
+        return request.user.has_perm("cases.operate_case")
+
+    @admin.action(description="Resend a new reconnect link (the old link stops working)", permissions=["operate"])
     def resend_link(self, request, queryset):
         actor = f"operator:{request.user.get_username()}"
         for req in queryset:

@@ -58,12 +58,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "audit",
     "cases",
-    "reauth",
     "allauth",
     "allauth.account",
     "allauth.socialaccount",
     "allauth.socialaccount.providers.openid_connect",
     "allauth.socialaccount.providers.auth0",
+    "reauth",  # after allauth: its admin module takes allauth's models out of the console
     "lab",
 ]
 

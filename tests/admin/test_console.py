@@ -584,3 +584,30 @@ def _request(user):
     request = RequestFactory().get("/admin/")
     request.user = user
     return request
+
+
+def test_allauth_models_are_not_in_the_console(admin_client):
+    from django.contrib import admin as django_admin
+
+    labels = {m._meta.app_label for m in django_admin.site._registry}
+    assert not labels & {"account", "socialaccount"}
+    assert admin_client.get("/admin/socialaccount/socialapp/").status_code == 404
+
+
+def test_only_operators_may_resend_links_from_the_reconnect_admin(rf):
+    from django.contrib import admin as django_admin
+    from django.contrib.auth.models import Permission, User
+
+    from reauth.models import ReconnectRequest
+
+    model_admin = django_admin.site._registry[ReconnectRequest]
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_reconnectrequest"))
+    request = rf.get("/admin/reauth/reconnectrequest/")
+    request.user = User.objects.get(pk=viewer.pk)
+    assert "resend_link" not in model_admin.get_actions(request)
+    operator = User.objects.create_user("operator", is_staff=True)
+    operator.user_permissions.add(Permission.objects.get(codename="view_reconnectrequest"),
+                                  Permission.objects.get(codename="operate_case"))
+    request.user = User.objects.get(pk=operator.pk)
+    assert "resend_link" in model_admin.get_actions(request)
