@@ -32,6 +32,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -211,6 +212,21 @@ def case_resume_start(*, case_id: str | int, generation: int, actor: str = ACTOR
     return runs_awaiting_resume(case)
 
 
+def case_continue_after_reconnect(*, case_id: str | int, generation: int, actor: str = ACTOR) -> list[str]:
+    """Reconcile, release, and enqueue one ``cases.resume_run`` per released run (what ``cases.reconcile_case`` runs).
+
+    For a caller that is already a Celery task enqueued for ``generation`` (e.g. ``reauth.continue_recovery``):
+    call this instead of enqueuing ``cases.reconcile_case``, and retry on ``ReconcilerUnavailable``.
+    """
+    from .tasks import resume_run
+
+    case = _case(case_id)
+    run_ids = case_resume_start(case_id=case.pk, generation=generation, actor=actor)
+    for run_id in run_ids:
+        resume_run.delay_on_commit(run_id, case.pk, generation)
+    return run_ids
+
+
 def case_resume_dispatch(*, case_id: str | int, actor: str) -> list[str]:
     """An operator's resume (after reconciling by hand, or to retry a ``resume_failed`` case): release and enqueue."""
     from .tasks import resume_run
@@ -341,7 +357,13 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     started = time.perf_counter()
     try:
         adapter = adapter_for(run.runtime)
-        result = adapter.resume(case, generation, run=run, request=request)
+        try:
+            result = adapter.resume(case, generation, run=run, request=request)
+        except (RuntimeDeliveryError, SoftTimeLimitExceeded):
+            raise
+        except Exception as exc:  # an adapter's unforeseen failure (driver, network): retried, then visible
+            log.exception("resume of %s failed unexpectedly", run_id)
+            raise RuntimeDeliveryError(f"{type(exc).__name__}: {exc}"[:500], detail={"unexpected": True}) from exc
     except RuntimeDeliveryError as exc:
         limit = settings.REVIVE_RESUME_MAX_RETRIES if max_attempts is None else max_attempts
         detail = {"error": type(exc).__name__, **exc.detail}
@@ -424,11 +446,3 @@ def resume_sweep(*, now: datetime | None = None, actor: str = "system:resume_swe
                 services.case_transition(case, to=CaseState.RESUMED, actor=actor)
                 report.settled.append(case.reference)
     return report
-
-
-def reconnect_requests_expire() -> int:
-    """Expire reconnect links past their time (``reauth`` owns them; this is the beat entry point)."""
-    from reauth import services as reauth_services
-
-    expire = getattr(reauth_services, "reconnect_requests_expire", None)
-    return int(expire(actor="system:beat") or 0) if expire is not None else 0

@@ -911,10 +911,10 @@ def _run_acknowledge_resume(*, run: Run, conn: Connection, actor: str) -> None:
         CaseRun.objects.filter(pk=case_run.pk).update(resumed_at=timezone.now())
         audit_record(actor=actor, action="run.resume_acknowledged", entity_type="run", entity_id=run.pk, case=case_run.case,
                      run_id=run.pk, connection_id=conn.pk, after={"generation": conn.current_generation})
-        if not CaseRun.objects.filter(case=case_run.case, resumed_at__isnull=True).exists():
-            case = case_lock(case_run.case_id)
-            if case.state == CaseState.RESUMING:
-                case_transition(case, to=CaseState.RESUMED, actor=actor)
+        # Lock the case before counting what is left: two last acknowledgements racing then see each other's.
+        case = case_lock(case_run.case_id)
+        if case.state == CaseState.RESUMING and not CaseRun.objects.filter(case=case, resumed_at__isnull=True).exists():
+            case_transition(case, to=CaseState.RESUMED, actor=actor)
 
 
 # --------------------------------------------------------------------------- approvals and operator exits

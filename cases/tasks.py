@@ -26,15 +26,12 @@ def reconcile_case(self, case_id: int, generation: int) -> int:
     Safe to run twice: a case that already moved on is left alone, and each run's resume is delivered once.
     """
     try:
-        run_ids = resume.case_resume_start(case_id=case_id, generation=generation)
+        return len(resume.case_continue_after_reconnect(case_id=case_id, generation=generation))
     except resume.ReconcilerUnavailable as exc:
-        if self.request.retries >= settings.REVIVE_RESUME_MAX_RETRIES:
+        if self.request.retries >= settings.REVIVE_RESUME_MAX_RETRIES or self.request.is_eager:
             raise  # the case stays reauthorized; the sweep and operators see it
         countdown = min(settings.REVIVE_RESUME_BACKOFF_MAX, 2.0 ** self.request.retries)
         raise self.retry(exc=exc, countdown=countdown)
-    for run_id in run_ids:
-        resume_run.delay(run_id, case_id, generation)
-    return len(run_ids)
 
 
 @shared_task(bind=True, name="cases.resume_run", acks_late=True, max_retries=None)
@@ -59,7 +56,9 @@ def resume_run(self, run_id: str, case_id: int, generation: int, claim: str | No
 
 @shared_task(name="cases.expire_reconnect_requests", acks_late=True)
 def expire_reconnect_requests() -> int:
-    return resume.reconnect_requests_expire()
+    from reauth.services import reconnect_requests_expire  # reauth builds on cases: import at call time
+
+    return reconnect_requests_expire(actor="system:beat")
 
 
 @shared_task(name="cases.resume_sweep", acks_late=True)

@@ -149,7 +149,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = env.str("REVIVE_CELERY_QUEUE", default="revive")
 # Redis re-delivers an unacknowledged task only after this; the resume sweep (below) catches lost work sooner.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
-# `celery -A revive_site beat` (or `worker -B` on a single machine) runs these.
+# `celery -A revive_site beat` (or `worker -B` on a single machine) runs these; it keeps its state in var/.
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-actions": {"task": "cases.reap_stale_actions", "schedule": 60.0},
     "expire-reconnect-requests": {"task": "cases.expire_reconnect_requests", "schedule": 60.0},

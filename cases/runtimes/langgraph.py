@@ -40,11 +40,11 @@ from .base import (
 PARKED_KIND = "parked"  # revive_sdk.langgraph.PARKED_KIND
 
 
-def checkpoint_url() -> str:
+def checkpoint_url(database: dict[str, Any] | None = None) -> str:
     """Where LangGraph checkpoints live: the setting, else the Django database if PostgreSQL, else var/."""
     if settings.REVIVE_LANGGRAPH_CHECKPOINT_URL:
         return settings.REVIVE_LANGGRAPH_CHECKPOINT_URL
-    db = settings.DATABASES["default"]
+    db = database or settings.DATABASES["default"]
     if db["ENGINE"].endswith("postgresql"):
         from psycopg.conninfo import make_conninfo
 

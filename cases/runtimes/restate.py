@@ -53,7 +53,7 @@ class RestateAdapter(RuntimeAdapter):
 
     def _invocations(self, address: dict[str, str]) -> list[dict[str, Any]]:
         sql = (
-            "SELECT id, status, created_at, modified_at FROM sys_invocation "
+            "SELECT id, status, completion_failure, created_at, modified_at FROM sys_invocation "
             f"WHERE target_service_name = {_sql_text(address['service'])} "
             f"AND target_service_key = {_sql_text(address['key'])} "
             f"AND target_handler_name = {_sql_text(address['handler'])} ORDER BY created_at DESC"
@@ -107,4 +107,6 @@ class RestateAdapter(RuntimeAdapter):
         row = rows[0]
         detail = {**address, "invocation_id": row["id"], "status": row["status"]}
         state = {"suspended": "waiting", "completed": "completed", "killed": "failed", "cancelled": "failed"}
+        if row["status"] == "completed" and row.get("completion_failure"):
+            return RunStatus("failed", {**detail, "failure": str(row["completion_failure"])[:500]})
         return RunStatus(state.get(row["status"], "running"), detail)

@@ -93,9 +93,21 @@ def spawn(args: list[str], *, env: dict[str, str], log_path: Path) -> subprocess
 # --------------------------------------------------------------------------- Revive over HTTP
 
 
+# Other suites import these session fixtures into their own conftest (tests/lab does), which makes pytest hold a
+# second instance of each. There must still be one world, one worker key and one Celery worker per session:
+# otherwise two workers with different settings would consume the session's queue.
+_SESSION: dict[str, Any] = {}
+
+
+def _once(name: str, make: Callable[[], Any]) -> Any:
+    if name not in _SESSION:
+        _SESSION[name] = make()
+    return _SESSION[name]
+
+
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("world")
+    return _once("world_dir", lambda: tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture
@@ -105,7 +117,7 @@ def world(world_dir) -> World:
 
 @pytest.fixture(scope="session")
 def raw_worker_key() -> str:
-    return f"rvk_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}"
+    return _once("raw_worker_key", lambda: f"rvk_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}")
 
 
 @pytest.fixture
@@ -202,7 +214,7 @@ class CeleryWorker:
 
 @pytest.fixture(scope="session")
 def celery_manager(worker_env_base, tmp_path_factory) -> Iterator[CeleryWorker]:
-    manager = CeleryWorker(worker_env_base, tmp_path_factory.mktemp("celery"))
+    manager = _once("celery_manager", lambda: CeleryWorker(worker_env_base, tmp_path_factory.mktemp("celery")))
     yield manager
     manager.stop()
 

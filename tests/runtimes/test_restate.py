@@ -106,3 +106,20 @@ def test_a_resume_that_comes_before_the_workflow_awaits_its_promise_is_not_lost(
     wait_completed(restate_settings, invocation_id)
     assert len(world.effects("send", run_id=run_id)) == 1 and len(world.effects("prepare", run_id=run_id)) == 1
     assert case.__class__.objects.get(pk=case.pk).state == CaseState.RESUMED
+
+
+class _Run:
+    def __init__(self, key: str, service: str = WORKFLOW) -> None:
+        self.pk, self.runtime_ref = key, {"service": service, "key": key}
+
+
+def test_delivery_failures_say_whether_a_retry_can_help(restate_settings, settings):
+    from cases.runtimes import RuntimeMisconfigured, RuntimeUnavailable
+    from tests.restate.conftest import free_port
+
+    request = ResumeRequest(run_id="rs_x", case_ids=("CASERV-0001",), generations={"c": 2}, rejected={"c": 1})
+    with pytest.raises(RuntimeMisconfigured):  # Restate knows no such service: an operator must look
+        adapter_for("restate").resume(None, 2, run=_Run(new_id("rs"), service="NoSuchWorkflow"), request=request)
+    settings.RESTATE_INGRESS_URL = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RuntimeUnavailable):  # nothing listens: retry with backoff
+        adapter_for("restate").resume(None, 2, run=_Run(new_id("rs")), request=request)

@@ -197,6 +197,19 @@ def test_a_resume_that_keeps_failing_ends_in_resume_failed_and_an_operator_can_r
 
 
 @pytest.mark.django_db
+def test_an_unforeseen_adapter_error_is_retried_not_lost(make_connection, make_run):
+    conn, run = make_connection(), make_run()
+    case = park(run, conn)
+    services.case_reauthorize(case_id=case.pk, actor="owner")
+    services.case_resume_begin(case_id=case.pk, actor="system")
+    ScriptedAdapter.script[run.pk] = [ConnectionResetError("pool connection lost")]
+    first = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2)
+    assert first.outcome == "retry" and "ConnectionResetError" in first.detail["message"]
+    again = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=1, claim=first.claim)
+    assert again.outcome == "delivered"
+
+
+@pytest.mark.django_db
 def test_a_permanent_failure_fails_at_once(make_connection, make_run, django_capture_on_commit_callbacks):
     conn, run = make_connection(), make_run()
     ScriptedAdapter.script[run.pk] = [RunGone("workflow terminated")]

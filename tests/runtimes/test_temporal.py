@@ -136,3 +136,24 @@ def test_a_signal_that_comes_before_the_workflow_waits_is_not_lost(temporal_env,
     assert result["resumes"] == 1
     assert len(world.effects("send", run_id=run_id)) == 1
     assert case.__class__.objects.get(pk=case.pk).state == CaseState.RESUMED
+
+
+class _Run:
+    def __init__(self, workflow_id: str, run_id: str | None = None) -> None:
+        self.pk, self.runtime_ref = workflow_id, {"workflow_id": workflow_id, "run_id": run_id}
+
+
+def test_delivery_failures_say_whether_a_retry_can_help(temporal_env, settings):
+    from cases.runtimes import RunGone, RuntimeUnavailable
+
+    request = ResumeRequest(run_id="wf_x", case_ids=("CASERV-0001",), generations={"c": 2}, rejected={"c": 1})
+    settings.TEMPORAL_ADDRESS = temporal_env.address
+    reset_adapters()
+    with pytest.raises(RunGone):  # no such workflow: retrying cannot help
+        adapter_for("temporal").resume(None, 2, run=_Run(new_id("wf")), request=request)
+    from tests.restate.conftest import free_port
+
+    settings.TEMPORAL_ADDRESS, settings.TEMPORAL_RPC_TIMEOUT = f"127.0.0.1:{free_port()}", 2.0
+    reset_adapters()
+    with pytest.raises(RuntimeUnavailable):  # nothing listens there: retry with backoff
+        adapter_for("temporal").resume(None, 2, run=_Run(new_id("wf")), request=request)

@@ -29,6 +29,7 @@ Only this module imports LangGraph.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
@@ -40,6 +41,8 @@ from .flows import ActionContext
 
 PARKED_KIND = "parked"
 RESUME_KIND = "resume"
+SETUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"revive-langgraph:__setup__").digest()[:8], "big", signed=True)
+"""The PostgreSQL advisory lock under which checkpoint tables are set up (cases.runtimes.langgraph uses it too)."""
 MAX_PARKS = 32
 """A node that parks this often on one action is looping: stop instead of waiting forever."""
 
@@ -132,7 +135,13 @@ def checkpointer(url: str) -> Iterator[Any]:
         from langgraph.checkpoint.postgres import PostgresSaver
 
         with PostgresSaver.from_conn_string(url) as saver:
-            saver.setup()
+            # setup() is idempotent, but two processes running it at once race on its migrations table:
+            # serialise it under the advisory lock Revive's own worker takes for the same purpose.
+            saver.conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+            try:
+                saver.setup()
+            finally:
+                saver.conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
             yield saver
         return
     if url.startswith("sqlite:///"):

@@ -1,0 +1,150 @@
+"""The LangGraph adapter on its own: PostgreSQL (the test database) and SQLite (the embedded default) checkpointers,
+Command(resume=...) only for the released cases, one resume at a time per thread, and clear failures."""
+
+from __future__ import annotations
+
+import operator
+import threading
+import time
+import uuid
+from typing import Annotated, TypedDict
+
+import pytest
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+
+from cases.runtimes import ResumeRequest, RunNotWaiting, RuntimeMisconfigured, adapter_for, reset_adapters
+from cases.runtimes import langgraph as lg_adapter
+
+RAN: list[tuple[str, object]] = []
+
+
+class State(TypedDict, total=False):
+    cases: list
+    log: Annotated[list, operator.add]
+
+
+def _parked(state: State) -> dict:
+    value = interrupt({"revive": "parked", "cases": state["cases"]})
+    RAN.append(("resumed", value))
+    if value.get("slow"):
+        time.sleep(1.0)
+    return {"log": [value["cases"]]}
+
+
+def graph() -> StateGraph:
+    g = StateGraph(State)
+    g.add_node("parked", _parked)
+    g.add_edge(START, "parked")
+    g.add_edge("parked", END)
+    return g
+
+
+class FakeRun:
+    def __init__(self, thread_id: str, graph: str = "adapter-test") -> None:
+        self.pk = f"run_{thread_id}"
+        self.runtime_ref = {"thread_id": thread_id, "graph": graph}
+
+
+class FakeCase:
+    reference = "CASERV-0001"
+
+
+def resume_request(run: FakeRun, *cases: str, **extra) -> ResumeRequest:
+    req = ResumeRequest(run_id=run.pk, case_ids=cases, generations={"conn_a": 2}, rejected={"conn_a": 1})
+    if extra:
+        class Extra(ResumeRequest):
+            def payload(self):
+                return {**super().payload(), **extra}
+        req = Extra(**req.__dict__)
+    return req
+
+
+def _adapter(settings, checkpoint_url: str = ""):
+    settings.REVIVE_LANGGRAPH_GRAPHS = {"adapter-test": "tests.runtimes.test_langgraph_adapter:graph"}
+    settings.REVIVE_LANGGRAPH_CHECKPOINT_URL = checkpoint_url
+    reset_adapters()
+    RAN.clear()
+    return adapter_for("langgraph")
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def adapter(request, settings, tmp_path, transactional_db):
+    yield _adapter(settings, f"sqlite:///{tmp_path / 'langgraph.sqlite3'}" if request.param == "sqlite" else "")
+    reset_adapters()
+
+
+@pytest.fixture
+def postgres_adapter(settings, transactional_db):
+    yield _adapter(settings)
+    reset_adapters()
+
+
+def park(adapter, *cases: str) -> FakeRun:
+    run = FakeRun(uuid.uuid4().hex[:10])
+    out = adapter.graph("adapter-test").invoke({"cases": list(cases)}, {"configurable": {"thread_id": run.runtime_ref["thread_id"]}})
+    assert out["__interrupt__"]
+    return run
+
+
+def test_the_embedded_default_keeps_checkpoints_in_sqlite_and_production_in_postgresql(settings):
+    settings.REVIVE_LANGGRAPH_CHECKPOINT_URL = ""
+    assert "dbname=test_revive_" in lg_adapter.checkpoint_url()
+    embedded = {"ENGINE": "django.db.backends.sqlite3", "NAME": "var/revive.sqlite3"}
+    assert lg_adapter.checkpoint_url(embedded) == f"sqlite:///{settings.VAR_DIR / 'langgraph.sqlite3'}"
+
+
+def test_resumes_the_parked_thread_with_command_resume(adapter):
+    run = park(adapter, "CASERV-0001")
+    assert adapter.status(run).state == "waiting"
+    assert adapter.park(run, FakeCase())["node"] == "parked"
+    result = adapter.resume(FakeCase(), 2, run=run, request=resume_request(run, "CASERV-0001"))
+    assert (result.already, result.detail["outcome"]) == (False, "completed")
+    assert RAN == [("resumed", resume_request(run, "CASERV-0001").payload())]
+    assert adapter.status(run).state == "completed"
+    again = adapter.resume(FakeCase(), 2, run=run, request=resume_request(run, "CASERV-0001"))
+    assert again.already and len(RAN) == 1  # past its wait: nothing is sent twice
+
+
+def test_a_thread_waiting_on_another_case_is_not_resumed(adapter):
+    run = park(adapter, "CASERV-0001", "CASERV-0002")
+    with pytest.raises(RunNotWaiting):
+        adapter.resume(FakeCase(), 2, run=run, request=resume_request(run, "CASERV-0001"))
+    assert not RAN and adapter.status(run).state == "waiting"
+
+
+def test_a_thread_that_never_reached_its_wait_is_not_waiting_and_an_unknown_graph_is_misconfigured(adapter):
+    run = FakeRun(uuid.uuid4().hex[:10])
+    with pytest.raises(RunNotWaiting):
+        adapter.resume(FakeCase(), 2, run=run, request=resume_request(run, "CASERV-0001"))
+    assert adapter.status(run).state == "unknown"
+    with pytest.raises(RuntimeMisconfigured):
+        adapter.resume(FakeCase(), 2, run=FakeRun("x", graph="nope"), request=resume_request(run, "CASERV-0001"))
+
+
+def test_two_resumes_of_one_thread_at_once_run_it_once(postgres_adapter):
+    """On PostgreSQL an advisory lock per thread; on SQLite the run's delivery claim is the guard (test_resume)."""
+    adapter = postgres_adapter
+    run = park(adapter, "CASERV-0001")
+    outcomes = []
+
+    def resume():
+        try:
+            outcomes.append(adapter.resume(FakeCase(), 2, run=run, request=resume_request(run, "CASERV-0001", slow=True)))
+        except RunNotWaiting as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=resume) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(RAN) == 1
+    assert sum(isinstance(o, RunNotWaiting) for o in outcomes) + sum(getattr(o, "already", False) for o in outcomes) == 1
+
+
+def test_worker_and_revive_serialise_checkpoint_setup_under_one_lock():
+    from revive_sdk.langgraph import PARKED_KIND, SETUP_LOCK_KEY
+
+    assert SETUP_LOCK_KEY == lg_adapter._lock_key("__setup__")
+    assert PARKED_KIND == lg_adapter.PARKED_KIND
