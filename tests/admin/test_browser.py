@@ -17,37 +17,12 @@ from cases.models import CaseState, RecoveryCase
 
 from .conftest import PASSWORD
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SCREENSHOTS = os.environ.get("REVIVE_SCREENSHOTS", "")
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def browser(django_db_setup):
-    """Chromium for this module. The sync Playwright API keeps an event loop in this thread while it lives, so
-    Django's guard against ORM calls from an async context is lifted meanwhile (the ORM calls here are plain
-    synchronous ones), and restored after."""
-    from playwright.sync_api import sync_playwright
-
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as p:
-            chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            yield chromium
-            chromium.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
@@ -65,8 +40,8 @@ def shot(page, name: str) -> None:
         page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
 
 
-def log_in(browser, live_server, user):
-    page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+def log_in(chromium, live_server, user):
+    page = chromium.new_context(viewport={"width": 1440, "height": 1000}).new_page()
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
     page.fill("#id_username", user.username)
     page.fill("#id_password", PASSWORD)
@@ -103,10 +78,10 @@ def read_timeline(page, case):
     assert page.locator("svg.revive-timeline").is_visible()
 
 
-def test_an_operator_filters_reads_and_approves_a_case(browser, live_server, make_case, operator, enqueued):
+def test_an_operator_filters_reads_and_approves_a_case(chromium, live_server, make_case, operator, enqueued):
     case = make_case(CaseState.AWAITING_APPROVAL)
     other = make_case(CaseState.AWAITING_OWNER)
-    page = log_in(browser, live_server, operator)
+    page = log_in(chromium, live_server, operator)
     shot(page, "dashboard")
     open_waiting_case(page, live_server, case, other)
     read_timeline(page, case)
@@ -124,10 +99,10 @@ def test_an_operator_filters_reads_and_approves_a_case(browser, live_server, mak
     assert enqueued == [(case.run_id, case.pk, 2)]
 
 
-def test_an_auditor_reads_a_case_but_cannot_act(browser, live_server, make_case, auditor, enqueued):
+def test_an_auditor_reads_a_case_but_cannot_act(chromium, live_server, make_case, auditor, enqueued):
     case = make_case(CaseState.AWAITING_APPROVAL)
     other = make_case(CaseState.AWAITING_OWNER)
-    page = log_in(browser, live_server, auditor)
+    page = log_in(chromium, live_server, auditor)
     page.goto(f"{live_server.url}/admin/cases/recoverycase/")
     assert page.locator("select[name=action]").count() == 0  # no actions for a read-only user
     open_waiting_case(page, live_server, case, other)

@@ -8,7 +8,6 @@ page with the generation unchanged. JavaScript is off for the owner's browser: t
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -20,34 +19,7 @@ from reauth.models import ReconnectRequest
 
 from .conftest import FABRIKAM_TID, LAB_PASSWORD, link_in, tables_containing
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="module")
-def chromium(django_db_setup):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup --test (apt-get install -y chromium)", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop running in this thread while it lives -- so only for this module, or
-    # later tests that call asyncio.run() would fail. Django's ORM calls of the tests (and pytest-django's flushes)
-    # are still plain synchronous calls, so its async-context guard is lifted meanwhile.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield browser
-            browser.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture

@@ -259,7 +259,10 @@ def test_doctor_without_redis_url_reports_the_eager_default(settings):
 
 
 def test_doctor_sees_a_real_celery_worker_on_revives_queue(celery_worker, workers_not_eager):
+    producers = celery_app.amqp._producer_pool
     readout = revive_doctor(probe_timeout=2.0)
+    # The broadcast went out on the probe's own bounded connection, not through the app's shared producers.
+    assert celery_app.amqp._producer_pool is producers
     workers = readout["celeryWorkers"]
     assert workers["status"] == "ok", workers
     assert workers["eager"] is False and workers["queue"] == workers_not_eager
