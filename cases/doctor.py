@@ -189,6 +189,23 @@ def _probe_redis(config: DoctorConfig) -> dict[str, Any]:
 # -- celery workers -------------------------------------------------------------------------------------------------
 
 
+def _control_mailbox(app):
+    """Celery's control mailbox, but publishing on the connection it is given.
+
+    ``app.control`` publishes through the app's shared producer pool, which
+    would open the app's own broker connection (unbounded, and shared with task
+    publishing) from the doctor's thread. A mailbox of its own also has a reply
+    queue of its own, so two doctors at once never take each other's replies.
+    """
+    from kombu.pidbox import Mailbox
+
+    conf = app.conf
+    return Mailbox(conf.control_exchange, type="fanout", accept=conf.accept_content, serializer=conf.task_serializer,
+                   queue_ttl=conf.control_queue_ttl, reply_queue_ttl=conf.control_queue_ttl,
+                   queue_expires=conf.control_queue_expires, reply_queue_expires=conf.control_queue_expires,
+                   queue_exclusive=conf.control_queue_exclusive, queue_durable=conf.control_queue_durable)
+
+
 def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
     """Workers seen now: those that answer an ``active_queues`` broadcast within the reply window."""
     app = _celery_app()
@@ -204,11 +221,15 @@ def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
         with app.connection_for_write(connect_timeout=config.probe_timeout,
                                       transport_options=transport_options) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
-            replies = app.control.inspect(timeout=config.worker_reply_timeout,
-                                          connection=connection).active_queues() or {}
+            answers = _control_mailbox(app)(connection)._broadcast(
+                "active_queues", arguments={}, reply=True, timeout=config.worker_reply_timeout) or []
     except Exception as exc:  # kombu raises its own OperationalError, socket errors, or the transport's
         return {**readout, "status": UNREACHABLE, "error": f"The broker cannot be reached: {_message(exc)}"}
     readout["latencyMs"] = _ms_since(started)
+    replies: dict[str, Any] = {}
+    for answer in answers:  # one {worker name: its queues} per worker that answered
+        if isinstance(answer, dict):
+            replies.update(answer)
     items = [
         {"name": str(name), "queues": sorted({str(q.get("name")) for q in queues or [] if isinstance(q, dict)})}
         for name, queues in replies.items()

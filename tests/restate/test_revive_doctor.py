@@ -258,11 +258,13 @@ def test_doctor_without_redis_url_reports_the_eager_default(settings):
     assert "eagerly" in readout["redis"]["note"]
 
 
-def test_doctor_sees_a_real_celery_worker_on_revives_queue(celery_worker, workers_not_eager):
-    producers = celery_app.amqp._producer_pool
+def test_doctor_sees_a_real_celery_worker_on_revives_queue(celery_worker, workers_not_eager, monkeypatch):
+    def shared_producers(amqp):
+        raise AssertionError("the doctor must broadcast on its own bounded connection, not the app's producers")
+
+    monkeypatch.setattr(type(celery_app.amqp), "producer_pool", property(shared_producers))
     readout = revive_doctor(probe_timeout=2.0)
-    # The broadcast went out on the probe's own bounded connection, not through the app's shared producers.
-    assert celery_app.amqp._producer_pool is producers
+    monkeypatch.undo()
     workers = readout["celeryWorkers"]
     assert workers["status"] == "ok", workers
     assert workers["eager"] is False and workers["queue"] == workers_not_eager
