@@ -49,6 +49,7 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -71,6 +72,27 @@ class FailureClass(models.TextChoices):
     UNKNOWN = "unknown"
 
 
+class Reason(models.TextChoices):
+    """What the person asked must do; refines a class (the owner page words it, see ``reauth.views``)."""
+
+    SIGN_IN = "sign_in", "Sign in again"
+    MFA = "mfa", "Complete multi-factor authentication"
+    MFA_REGISTRATION = "mfa_registration", "Register a multi-factor authentication method"
+    CONSENT = "consent", "Give consent"
+    ADMIN_CONSENT = "admin_consent", "An administrator must consent"
+    COMPLIANT_DEVICE = "compliant_device", "Use a compliant or registered device"
+    APPROVED_APP = "approved_app", "Use an approved app"
+    CONDITIONAL_ACCESS = "conditional_access", "Meet the organisation's Conditional Access policy"
+    PASSWORD_CHANGE = "password_change", "Change the password"
+    ACCOUNT_LOCKED = "account_locked", "The account is locked"
+    ACCOUNT_DISABLED = "account_disabled", "The account is disabled"
+    RISK = "risk", "The account is blocked due to risk"
+    ADDITIONAL_ACTION = "additional_action", "A step outside the sign-in"
+    BLOCKED = "blocked", "Sign-in is blocked for now"
+    CLAIMS_CHALLENGE = "claims_challenge", "Sign in again to satisfy a claims challenge"
+    STEP_UP = "step_up", "Sign in with a stronger method"
+
+
 class Provider(models.TextChoices):
     ENTRA = "entra", "Microsoft Entra ID"
     AUTH0 = "auth0", "Auth0"
@@ -87,6 +109,10 @@ class Classification:
     description: str
     retry_after: float | None
     signature: str
+    reason: str = ""
+    """A :class:`Reason` value, or ''."""
+    claims: str = ""
+    """A claims challenge (JSON text, e.g. Entra CAE's), to send as the ``claims`` sign-in parameter; not a secret."""
 
 
 # Names other parts of the stack use for Entra (allauth's provider id is "microsoft").
@@ -101,6 +127,7 @@ _MAX_PARSE_CHARS = 256 * 1024
 _MAX_MESSAGE_CHARS = 4096
 _MAX_DESCRIPTION_CHARS = 500
 _MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
+_MAX_CLAIMS_CHARS = 2048
 _EPOCH_THRESHOLD = 1_000_000_000
 
 # Indirection so tests can pin "now" for HTTP-date and epoch reset headers.
@@ -121,6 +148,7 @@ class _Signals:
     message: str = ""
     nango_codes: tuple[str, ...] = ()
     account_status: str = ""
+    claims: str = ""
 
 
 # A matcher returns the stable code of what it matched, or None.
@@ -134,6 +162,20 @@ class _Row:
     match: _Matcher
     retry_hint: float | None = None
     unwraps_upstream: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Hit:
+    """A matched row, with the code it matched and, where a later signal refined it, another reason."""
+
+    row: _Row
+    code: str
+    reason: str | None = None
+
+    @property
+    def why(self) -> str:
+        return self.row.reason if self.reason is None else self.reason
 
 
 # --- matchers ---------------------------------------------------------------
@@ -186,71 +228,210 @@ _NETWORK_ROWS = (
     _Row("network.connection_error", FailureClass.TRANSIENT, _on_error_kind("connection_error")),
 )
 
-# Microsoft Entra AADSTS codes, grouped by class; the group order is the
-# tie-break when one response carries several known codes.
-_ENTRA_CODES: tuple[tuple[int, FailureClass], ...] = (
-    # An administrator must fix the app registration, the tenant or a policy.
-    (7000215, FailureClass.MISCONFIGURATION),  # invalid client secret
-    (7000222, FailureClass.MISCONFIGURATION),  # client secret expired
-    (70002, FailureClass.MISCONFIGURATION),  # InvalidClient
-    (700016, FailureClass.MISCONFIGURATION),  # application not found in the tenant
-    (50011, FailureClass.MISCONFIGURATION),  # reply address mismatch
-    (53003, FailureClass.MISCONFIGURATION),  # blocked by Conditional Access
-    (50057, FailureClass.MISCONFIGURATION),  # user account disabled
-    (70001, FailureClass.MISCONFIGURATION),  # application disabled
-    (7000112, FailureClass.MISCONFIGURATION),  # application disabled
-    (50105, FailureClass.MISCONFIGURATION),  # user not assigned to the application
-    # The refresh token or session is gone: the owner must reconnect.
-    (700082, FailureClass.DEAD_GRANT),  # refresh token expired through inactivity
-    (70008, FailureClass.DEAD_GRANT),  # grant expired or revoked
-    (700084, FailureClass.DEAD_GRANT),  # SPA refresh token lifetime reached
-    (50173, FailureClass.DEAD_GRANT),  # grant revoked (password change, admin revoke)
-    (70043, FailureClass.DEAD_GRANT),  # refresh token invalid under sign-in frequency
-    (50089, FailureClass.DEAD_GRANT),  # flow token expired
-    (50132, FailureClass.DEAD_GRANT),  # session invalid after password change or expiry
-    (50133, FailureClass.DEAD_GRANT),  # session revoked after password change or expiry
-    # The owner must sign in interactively (MFA, consent, password reset).
-    (50076, FailureClass.INTERACTION_REQUIRED),  # MFA required
-    (50079, FailureClass.INTERACTION_REQUIRED),  # MFA registration required
-    (50078, FailureClass.INTERACTION_REQUIRED),  # presented MFA expired
-    (50072, FailureClass.INTERACTION_REQUIRED),  # second factor enrollment required
-    (50074, FailureClass.INTERACTION_REQUIRED),  # strong authentication required
-    (65001, FailureClass.INTERACTION_REQUIRED),  # consent not granted
-    (65004, FailureClass.INTERACTION_REQUIRED),  # user declined consent
-    (700020, FailureClass.INTERACTION_REQUIRED),  # access grant requires interaction
-    (50055, FailureClass.INTERACTION_REQUIRED),  # password expired
-    # Entra says to try again.
-    (90033, FailureClass.TRANSIENT),  # directory service unavailable
-    (90006, FailureClass.TRANSIENT),  # ExternalServerRetryableError
-    (50033, FailureClass.TRANSIENT),  # RetryableError
-    (50087, FailureClass.TRANSIENT),  # SasRetryableError
-    (90024, FailureClass.TRANSIENT),  # RequestBudgetExceededError
-    (90090, FailureClass.TRANSIENT),  # GraphRetryableError
-    (70012, FailureClass.TRANSIENT),  # MsaServerError
+# Microsoft Entra.
+#
+# Sources cited per row:
+#   [codes]  "Microsoft Entra authentication and authorization error codes",
+#            https://learn.microsoft.com/entra/identity-platform/reference-error-codes (the AADSTS table; the
+#            name after the number is Microsoft's own).
+#   [msal]   MSAL's classification of Entra's ``suberror`` (MsalUiRequiredException.Classification,
+#            "Handle errors and exceptions in MSAL.NET"; msal-node InteractionRequiredAuthErrorCodes).
+#   [oauth]  the same page's table of ``error`` values and RFC 6749 §5.2.
+#
+# Microsoft: "Apps that take a dependency on text or error code numbers will be broken over time"; the
+# ``error`` field "should be used to react to errors". So ``error`` bounds the answer (_ENTRA_ERROR_FAMILIES),
+# ``suberror`` decides inside it, and a known AADSTS code only refines: it may pick another class the error
+# admits (``invalid_grant`` + 50076 is an MFA prompt, not a dead grant), and after a suberror it may only
+# escalate to the operator (admin consent) or add the reason the owner is shown.
+
+_D, _I, _R, _T, _M = (FailureClass.DEAD_GRANT, FailureClass.INTERACTION_REQUIRED, FailureClass.REFRESHABLE,
+                      FailureClass.TRANSIENT, FailureClass.MISCONFIGURATION)
+
+# (code, class, reason); the group order is the tie-break when one response carries several known codes.
+_ENTRA_CODES: tuple[tuple[int, FailureClass, str], ...] = (
+    # --- an administrator must fix the app registration, the tenant or a policy: operator case, no owner link
+    (7000215, _M, ""),  # invalid client secret provided [codes]
+    (7000222, _M, ""),  # InvalidClientSecretExpiredKeysProvided [codes]
+    (7000218, _M, ""),  # body must contain client_assertion or client_secret [codes]
+    (70002, _M, ""),  # InvalidClient: client_secret does not match [codes]
+    (700025, _M, ""),  # InvalidClientPublicClientWithCredential [codes]
+    (700027, _M, ""),  # client assertion failed signature validation [codes]
+    (50012, _M, ""),  # AuthenticationFailed: signing certificate / client assertion [codes]
+    (50146, _M, ""),  # MissingCustomSigningKey [codes]
+    (700016, _M, ""),  # UnauthorizedClient_DoesNotMatchRequest: app not found in the tenant [codes]
+    (700011, _M, ""),  # UnauthorizedClientAppNotFoundInOrgIdTenant [codes]
+    (70001, _M, ""),  # UnauthorizedClient: the application is disabled [codes]
+    (7000112, _M, ""),  # UnauthorizedClientApplicationDisabled [codes]
+    (1000031, _M, ""),  # application can't be accessed at this time, contact the administrator [codes]
+    (7000114, _M, ""),  # application not allowed to make on-behalf-of calls [codes]
+    (50011, _M, ""),  # InvalidReplyTo: reply address mismatch [codes]
+    (50194, _M, ""),  # app not multitenant: /common not supported [codes]
+    (9001023, _M, ""),  # grant type not supported over /common or /consumers [codes]
+    (70003, _M, ""),  # UnsupportedGrantType [codes]
+    (90014, _M, ""),  # MissingRequiredField [codes]
+    (900144, _M, ""),  # request body must contain a parameter [codes]
+    (90023, _M, ""),  # InvalidRequest [codes]
+    (90002, _M, ""),  # InvalidTenantName: tenant not found [codes]
+    (700005, _M, ""),  # InvalidGrantRedeemAgainstWrongTenant [codes]
+    (70011, _M, ""),  # InvalidScope [codes]
+    (28002, _M, ""),  # invalid scope value when requesting an access token [codes]
+    (700022, _M, ""),  # InvalidMultipleResourcesScope [codes]
+    (700023, _M, ""),  # InvalidResourcelessScope [codes]
+    (50001, _M, ""),  # InvalidResource: disabled or does not exist [codes]
+    (500011, _M, ""),  # InvalidResourceServicePrincipalNotFound [codes]
+    (65005, _M, ""),  # MisconfiguredApplication: required resource access list [codes]
+    (650052, _M, ""),  # the organization has not subscribed to the service [codes]
+    (650054, _M, ""),  # the requested resource was removed or is no longer available [codes]
+    (650057, _M, ""),  # invalid resource, not in the app registration's permissions [codes]
+    (65002, _M, ""),  # first-party preauthorization required [codes]
+    (90094, _M, "admin_consent"),  # AdminConsentRequired [codes]
+    (90095, _M, "admin_consent"),  # AdminConsentRequiredRequestAccess: ask the admin for consent [codes]
+    (90008, _M, "admin_consent"),  # TokenForItselfRequiresGraphPermission: nobody consented to sign-in [codes]
+    (650056, _M, "admin_consent"),  # misconfigured application or no admin consent in the tenant [codes]
+    (90099, _M, "admin_consent"),  # app not authorized in the tenant for delegated admins [codes]
+    (50057, _M, "account_disabled"),  # UserDisabled [codes]
+    (50034, _M, ""),  # UserAccountNotFound: the account is not in the directory [codes]
+    (50020, _M, ""),  # UserUnauthorized: the account does not exist in the tenant [codes]
+    (50105, _M, ""),  # EntitlementGrantsNotFound: user not assigned to the application [codes]
+    (500021, _M, ""),  # tenant restrictions deny access to the tenant [codes]
+    (500212, _M, ""),  # NotAllowedByOutboundPolicyTenant [codes]
+    (500213, _M, ""),  # NotAllowedByInboundPolicyTenant [codes]
+    (530032, _M, ""),  # BlockedByConditionalAccessOnSecurityPolicy: tenant security policy [codes]
+    (530035, _M, ""),  # BlockedBySecurityDefaults [codes]
+    (50196, _M, ""),  # LoopDetected: the client requests the same token too often [codes]
+    # --- the refresh token or session is gone: the owner must reconnect
+    (700082, _D, ""),  # ExpiredOrRevokedGrantInactiveToken: expired through inactivity [codes]
+    (70008, _D, ""),  # ExpiredOrRevokedGrant [codes]
+    (700084, _D, ""),  # SPA refresh token reached its fixed lifetime [codes]
+    (50173, _D, ""),  # FreshTokenNeeded: grant revoked by the user or an admin [codes]
+    (70043, _D, ""),  # BadTokenDueToSignInFrequency (Conditional Access sign-in frequency) [codes]
+    (50089, _D, ""),  # flow token expired [codes]
+    (50132, _D, "password_change"),  # SsoArtifactInvalidOrExpired: password expired or changed [codes]
+    (50133, _D, "password_change"),  # SsoArtifactRevoked: password expired or changed [codes]
+    (70000, _D, ""),  # InvalidGrant: the refresh token isn't valid [codes]
+    (50085, _D, ""),  # refresh token needs social IDP login [codes]
+    (50139, _D, ""),  # SessionMissingMsaOAuth2RefreshToken [codes]
+    (54005, _D, ""),  # authorization code already redeemed [codes]
+    # --- the owner must sign in interactively; the reason says what they will be asked to do
+    (50076, _I, "mfa"),  # UserStrongAuthClientAuthNRequired [codes]
+    (50074, _I, "mfa"),  # UserStrongAuthClientAuthNRequiredInterrupt [codes]
+    (50078, _I, "mfa"),  # UserStrongAuthExpired: presented MFA expired [codes]
+    (50158, _I, "mfa"),  # ExternalSecurityChallenge not satisfied [codes]
+    (50079, _I, "mfa_registration"),  # UserStrongAuthEnrollmentRequired [codes]
+    (50072, _I, "mfa_registration"),  # UserStrongAuthEnrollmentRequiredInterrupt [codes]
+    (53004, _I, "mfa_registration"),  # ProofUpBlockedDueToRisk: complete MFA registration [codes]
+    (65001, _I, "consent"),  # DelegationDoesNotExist: consent not granted [codes]
+    (65004, _I, "consent"),  # UserDeclinedConsent [codes]
+    (50015, _I, "consent"),  # ViralUserLegalAgeConsentRequiredState [codes]
+    (52004, _I, "consent"),  # DelegationDoesNotExistForLinkedIn [codes]
+    (53000, _I, "compliant_device"),  # DeviceNotCompliant [codes]
+    (53001, _I, "compliant_device"),  # DeviceNotDomainJoined [codes]
+    (50097, _I, "compliant_device"),  # DeviceAuthenticationRequired [codes]
+    (50129, _I, "compliant_device"),  # DeviceIsNotWorkplaceJoined [codes]
+    (50155, _I, "compliant_device"),  # DeviceAuthenticationFailed [codes]
+    (53002, _I, "approved_app"),  # ApplicationUsedIsNotAnApprovedApp [codes]
+    (50127, _I, "approved_app"),  # BrokerAppNotInstalled [codes]
+    (53003, _I, "conditional_access"),  # BlockedByConditionalAccess [codes]
+    (50131, _I, "conditional_access"),  # ConditionalAccessFailed [codes]
+    (50005, _I, "conditional_access"),  # DevicePolicyError: platform not supported by Conditional Access [codes]
+    (50055, _I, "password_change"),  # InvalidPasswordExpiredPassword [codes]
+    (50144, _I, "password_change"),  # InvalidPasswordExpiredOnPremPassword [codes]
+    (50135, _I, "password_change"),  # PasswordChangeCompromisedPassword [codes]
+    (50125, _I, "password_change"),  # PasswordResetRegistrationRequiredInterrupt [codes]
+    (50053, _I, "account_locked"),  # IdsLocked: too many failed sign-ins, or a malicious IP [codes]
+    (53011, _I, "risk"),  # user blocked due to risk on home tenant [codes]
+    (700020, _I, "sign_in"),  # InteractionRequired: the access grant requires interaction [codes]
+    (50058, _I, "sign_in"),  # UserInformationNotProvided: no single-sign-on session [codes]
+    (16000, _I, "sign_in"),  # InteractionRequired / SelectUserAccount [codes]
+    (16001, _I, "sign_in"),  # UserAccountSelectionInvalid [codes]
+    (50056, _I, "sign_in"),  # invalid or null password: enter the password again [codes]
+    (51006, _I, "sign_in"),  # ForceReauthDueToInsufficientAuth [codes]
+    (50199, _I, "sign_in"),  # CmsiInterrupt: user confirmation required [codes]
+    (50140, _I, "sign_in"),  # KmsiInterrupt [codes]
+    (50168, _I, "sign_in"),  # ChromeBrowserSsoInterruptRequired [codes]
+    (81010, _I, "sign_in"),  # DesktopSsoAuthTokenInvalid: Kerberos ticket expired or invalid [codes]
+    # --- the access token itself: refresh and retry
+    (500133, _R, ""),  # assertion not within its valid time range: request a new token [codes]
+    # --- Entra says to try again
+    (90033, _T, ""),  # MsodsServiceUnavailable [codes]
+    (90006, _T, ""),  # ExternalServerRetryableError [codes]
+    (50033, _T, ""),  # RetryableError [codes]
+    (50087, _T, ""),  # SasRetryableError [codes]
+    (50088, _T, ""),  # limit on telecom MFA calls reached: try again in a few minutes [codes]
+    (90024, _T, ""),  # RequestBudgetExceededError [codes]
+    (90090, _T, ""),  # GraphRetryableError [codes]
+    (90091, _T, ""),  # GraphServiceUnreachable [codes]
+    (90055, _T, ""),  # TenantThrottlingError [codes]
+    (90012, _T, ""),  # RequestTimeout [codes]
+    (70012, _T, ""),  # MsaServerError: try again [codes]
+    (50166, _T, ""),  # ExternalClaimsProviderThrottled [codes]
+    (80001, _T, ""),  # OnPremiseStoreIsNotAvailable [codes]
+    (80002, _T, ""),  # OnPremisePasswordValidatorRequestTimedout [codes]
+    (80005, _T, ""),  # OnPremisePasswordValidatorUnpredictableWebException: retry [codes]
+    (501621, _T, ""),  # claims transformation regex timeout: a retry may succeed [codes]
 )
 
-# Entra's invalid_grant/interaction_required suberrors (MSAL's classification).
-_ENTRA_SUBERRORS: tuple[tuple[str, FailureClass], ...] = (
-    ("basic_action", FailureClass.INTERACTION_REQUIRED),
-    ("additional_action", FailureClass.INTERACTION_REQUIRED),
-    ("message_only", FailureClass.INTERACTION_REQUIRED),
-    ("user_password_expired", FailureClass.INTERACTION_REQUIRED),
-    ("consent_required", FailureClass.INTERACTION_REQUIRED),
-    ("device_authentication_failed", FailureClass.INTERACTION_REQUIRED),
-    # MSAL: "no further silent calls should be made with this refresh token".
-    ("bad_token", FailureClass.DEAD_GRANT),
-    ("token_expired", FailureClass.DEAD_GRANT),
-    # Signing in again cannot fix these: the app needs an Intune app protection
-    # policy, or the token belongs to another client (FOCI family mismatch).
-    ("protection_policy_required", FailureClass.MISCONFIGURATION),
-    ("client_mismatch", FailureClass.MISCONFIGURATION),
+# Entra's ``suberror`` values and what MSAL makes of them.
+_ENTRA_SUBERRORS: tuple[tuple[str, FailureClass, str], ...] = (
+    ("basic_action", _I, "sign_in"),  # resolved by the user during interactive sign-in [msal]
+    ("additional_action", _I, "additional_action"),  # remedial action outside the sign-in flow [msal]
+    ("message_only", _I, "blocked"),  # cannot be resolved now; sign-in shows why [msal]
+    ("user_password_expired", _I, "password_change"),  # the user's password expired [msal]
+    ("consent_required", _I, "consent"),  # the user must consent [msal]
+    ("device_authentication_failed", _I, "compliant_device"),  # device authentication failed [msal]
+    ("bad_token", _D, ""),  # "no further silent calls should be made with this refresh token" [msal]
+    ("token_expired", _D, ""),  # the refresh token expired [msal]
+    # Signing in again cannot fix these: the app needs an Intune app protection policy, or the token
+    # belongs to another client (FOCI family mismatch) [msal].
+    ("protection_policy_required", _M, ""),
+    ("client_mismatch", _M, ""),
 )
 
-_ENTRA_ROWS = (
-    *(_Row(f"entra.error_code.{number}", cls, _on_entra_code(number)) for number, cls in _ENTRA_CODES),
-    *(_Row(f"entra.suberror.{value}", cls, _on_suberror(value)) for value, cls in _ENTRA_SUBERRORS),
-    _Row("entra.error.invalid_resource", FailureClass.MISCONFIGURATION, _on_error("invalid_resource")),
+# Which classes each ``error`` admits [oauth]; an error not listed admits any (codes then decide).
+_OWNER_SIDE = frozenset({_D, _I, _M, _T, _R})
+_ENTRA_ERROR_FAMILIES: dict[str, frozenset[FailureClass]] = {
+    "invalid_grant": _OWNER_SIDE,
+    "interaction_required": frozenset({_I, _D, _M}),
+    "login_required": frozenset({_I, _M}),
+    "consent_required": frozenset({_I, _M}),
+    "access_denied": frozenset({_I, _M}),
+    "account_selection_required": frozenset({_I}),
+    "insufficient_claims": frozenset({_I}),
+    "invalid_client": frozenset({_M, _T}),
+    "unauthorized_client": frozenset({_M, _T}),
+    "invalid_request": frozenset({_M, _T}),
+    "invalid_scope": frozenset({_M}),
+    "invalid_resource": frozenset({_M}),
+    "unsupported_grant_type": frozenset({_M}),
+    "temporarily_unavailable": frozenset({_T}),
+    "server_error": frozenset({_T}),
+}
+
+_ENTRA_CODE_ROWS = tuple(
+    _Row(f"entra.error_code.{number}", cls, _on_entra_code(number), reason=reason) for number, cls, reason in _ENTRA_CODES
 )
+_ENTRA_SUBERROR_ROWS = tuple(
+    _Row(f"entra.suberror.{value}", cls, _on_suberror(value), reason=reason) for value, cls, reason in _ENTRA_SUBERRORS
+)
+_ENTRA_ERROR_ROWS = (
+    _Row("entra.error.invalid_resource", _M, _on_error("invalid_resource")),  # [oauth]
+)
+
+
+def _entra_decide(s: _Signals) -> _Hit | None:
+    """``error`` bounds, ``suberror`` decides, the AADSTS code refines (see the table's header)."""
+    family = _ENTRA_ERROR_FAMILIES.get(s.error)
+    suberror = _first_match(_ENTRA_SUBERROR_ROWS, s)
+    if suberror is not None and family is not None and suberror.row.failure_class not in family:
+        suberror = None
+    refined = next((hit for hit in (_first_match((row,), s) for row in _ENTRA_CODE_ROWS)
+                    if hit is not None and (family is None or hit.row.failure_class in family)), None)
+    if refined is None:
+        return suberror if suberror is not None else _first_match(_ENTRA_ERROR_ROWS, s)
+    if suberror is None or refined.row.failure_class in (suberror.row.failure_class, _M):
+        return refined
+    return _Hit(suberror.row, suberror.code, reason=refined.row.reason or suberror.row.reason)
+
 
 _AUTH0_ROWS = (
     _Row(
@@ -258,7 +439,7 @@ _AUTH0_ROWS = (
         FailureClass.DEAD_GRANT,
         _on_error_with_message("invalid_grant", "unknown or invalid refresh token"),
     ),
-    _Row("auth0.mfa_required", FailureClass.INTERACTION_REQUIRED, _on_error("mfa_required")),
+    _Row("auth0.mfa_required", FailureClass.INTERACTION_REQUIRED, _on_error("mfa_required"), reason=Reason.MFA),
     # Auth0 reports its global rate limit as access_denied (sometimes with a 500).
     _Row(
         "auth0.access_denied.rate_limited",
@@ -267,7 +448,7 @@ _AUTH0_ROWS = (
     ),
     # Otherwise a Rule/Action or consent denial, decided at sign-in: the owner
     # has to go through it interactively.
-    _Row("auth0.access_denied", FailureClass.INTERACTION_REQUIRED, _on_error("access_denied")),
+    _Row("auth0.access_denied", FailureClass.INTERACTION_REQUIRED, _on_error("access_denied"), reason=Reason.SIGN_IN),
 )
 
 # Scalekit connected account states other than ACTIVE all need a new
@@ -355,15 +536,28 @@ _OAUTH_ROWS = (
     _Row("oauth.error.invalid_request", FailureClass.MISCONFIGURATION, _on_error("invalid_request")),
     # RFC 6750 §3.1
     _Row("oauth.error.invalid_token", FailureClass.REFRESHABLE, _on_error("invalid_token")),
-    _Row("oauth.error.insufficient_scope", FailureClass.INTERACTION_REQUIRED, _on_error("insufficient_scope")),
+    _Row("oauth.error.insufficient_scope", FailureClass.INTERACTION_REQUIRED, _on_error("insufficient_scope"),
+         reason=Reason.CONSENT),
+    # A resource API's claims challenge (Microsoft Entra continuous access evaluation, "Claims challenges,
+    # claims requests and client capabilities"): 401 with WWW-Authenticate error="insufficient_claims" and
+    # claims="<base64 JSON>"; the owner signs in again with that JSON as the ``claims`` parameter.
+    _Row("oauth.error.insufficient_claims", FailureClass.INTERACTION_REQUIRED, _on_error("insufficient_claims"),
+         reason=Reason.CLAIMS_CHALLENGE),
+    # RFC 9470 (OAuth 2.0 Step Up Authentication Challenge) §3
+    _Row("oauth.error.insufficient_user_authentication", FailureClass.INTERACTION_REQUIRED,
+         _on_error("insufficient_user_authentication"), reason=Reason.STEP_UP),
     # OIDC Core §3.1.2.6
-    _Row("oauth.error.interaction_required", FailureClass.INTERACTION_REQUIRED, _on_error("interaction_required")),
-    _Row("oauth.error.login_required", FailureClass.INTERACTION_REQUIRED, _on_error("login_required")),
-    _Row("oauth.error.consent_required", FailureClass.INTERACTION_REQUIRED, _on_error("consent_required")),
+    _Row("oauth.error.interaction_required", FailureClass.INTERACTION_REQUIRED, _on_error("interaction_required"),
+         reason=Reason.SIGN_IN),
+    _Row("oauth.error.login_required", FailureClass.INTERACTION_REQUIRED, _on_error("login_required"),
+         reason=Reason.SIGN_IN),
+    _Row("oauth.error.consent_required", FailureClass.INTERACTION_REQUIRED, _on_error("consent_required"),
+         reason=Reason.CONSENT),
     _Row(
         "oauth.error.account_selection_required",
         FailureClass.INTERACTION_REQUIRED,
         _on_error("account_selection_required"),
+        reason=Reason.SIGN_IN,
     ),
     # RFC 6749 §4.1.2.1 / RFC 8628 §3.5
     _Row("oauth.error.temporarily_unavailable", FailureClass.TRANSIENT, _on_error("temporarily_unavailable")),
@@ -381,20 +575,28 @@ _STATUS_ROWS = (
     _Row("http.5xx", FailureClass.TRANSIENT, _on_status(500, 599)),
 )
 
-_PROVIDER_ROWS: dict[str, tuple[_Row, ...]] = {
-    Provider.ENTRA: _ENTRA_ROWS,
-    Provider.AUTH0: _AUTH0_ROWS,
-    Provider.NANGO: _NANGO_ROWS,
-    Provider.SCALEKIT: _SCALEKIT_ROWS,
-    Provider.OIDC: (),
+_Table = Callable[[_Signals], "_Hit | None"]
+
+
+def _rows(rows: tuple[_Row, ...]) -> _Table:
+    return lambda s: _first_match(rows, s)
+
+
+_PROVIDER_TABLES: dict[str, _Table] = {
+    Provider.ENTRA: _entra_decide,
+    Provider.AUTH0: _rows(_AUTH0_ROWS),
+    Provider.NANGO: _rows(_NANGO_ROWS),
+    Provider.SCALEKIT: _rows(_SCALEKIT_ROWS),
+    Provider.OIDC: lambda s: None,
 }
 
 # What a body wrapped by Nango is classified with.
-_UPSTREAM_ROWS = (*_ENTRA_ROWS, *_OAUTH_ROWS)
+_UPSTREAM_TABLES: tuple[_Table, ...] = (_entra_decide, _rows(_OAUTH_ROWS))
 
 SIGNATURES: tuple[str, ...] = tuple(
     row.signature
-    for rows in (_NETWORK_ROWS, _ENTRA_ROWS, _AUTH0_ROWS, _NANGO_ROWS, _SCALEKIT_ROWS, _OAUTH_ROWS, _STATUS_ROWS)
+    for rows in (_NETWORK_ROWS, _ENTRA_CODE_ROWS, _ENTRA_SUBERROR_ROWS, _ENTRA_ERROR_ROWS, _AUTH0_ROWS, _NANGO_ROWS,
+                 _SCALEKIT_ROWS, _OAUTH_ROWS, _STATUS_ROWS)
     for row in rows
 )
 """Every row name, in table order (tests check each has a case)."""
@@ -430,25 +632,26 @@ def _classify(
 ) -> Classification:
     network = _first_match(_NETWORK_ROWS, _Signals(error_kind=_token(error_kind)))
     if network is not None:
-        row, code = network
-        return _classification(provider, row.failure_class, code=code, signature=row.signature, description="")
+        return _classification(provider, network.row.failure_class, code=network.code, signature=network.row.signature,
+                               description="")
     header_map = _headers_of(headers)
     signals = _read(status=status, body=body, headers=header_map)
-    for rows in (_PROVIDER_ROWS[provider], _OAUTH_ROWS, _STATUS_ROWS):
-        hit = _first_match(rows, signals)
+    for table in (_PROVIDER_TABLES[provider], _rows(_OAUTH_ROWS), _rows(_STATUS_ROWS)):
+        hit = table(signals)
         if hit is None:
             continue
-        row, code = hit
-        if row.unwraps_upstream:
-            return _classify_upstream(provider, row, code, signals, header_map)
+        if hit.row.unwraps_upstream:
+            return _classify_upstream(provider, hit, signals, header_map)
         return _classification(
             provider,
-            row.failure_class,
-            code=code,
-            signature=row.signature,
+            hit.row.failure_class,
+            code=hit.code,
+            signature=hit.row.signature,
             description=signals.message or signals.text,
             headers=header_map,
-            retry_hint=row.retry_hint,
+            retry_hint=hit.row.retry_hint,
+            reason=hit.why,
+            claims=signals.claims,
         )
     return _classification(
         provider,
@@ -459,41 +662,36 @@ def _classify(
     )
 
 
-def _classify_upstream(
-    provider: Provider,
-    row: _Row,
-    code: str,
-    signals: _Signals,
-    headers: dict[str, str],
-) -> Classification:
+def _classify_upstream(provider: Provider, outer: _Hit, signals: _Signals, headers: dict[str, str]) -> Classification:
     for candidate in _upstream_bodies(signals.body):
         inner = _read(status=None, body=candidate, headers={})
-        hit = _first_match(_UPSTREAM_ROWS, inner)
+        hit = next((found for found in (table(inner) for table in _UPSTREAM_TABLES) if found is not None), None)
         if hit is not None:
-            inner_row, inner_code = hit
             return _classification(
                 provider,
-                inner_row.failure_class,
-                code=inner_code,
-                signature=f"{row.signature}/{inner_row.signature}",
+                hit.row.failure_class,
+                code=hit.code,
+                signature=f"{outer.row.signature}/{hit.row.signature}",
                 description=inner.message or signals.message,
                 headers=headers,
-                retry_hint=inner_row.retry_hint,
+                retry_hint=hit.row.retry_hint,
+                reason=hit.why,
+                claims=inner.claims,
             )
     return _classification(
         provider,
         FailureClass.UNKNOWN,
-        code=code,
-        signature=row.signature,
+        code=outer.code,
+        signature=outer.row.signature,
         description=signals.message,
     )
 
 
-def _first_match(rows: tuple[_Row, ...], signals: _Signals) -> tuple[_Row, str] | None:
+def _first_match(rows: tuple[_Row, ...], signals: _Signals) -> _Hit | None:
     for row in rows:
         code = row.match(signals)
         if code is not None:
-            return row, code
+            return _Hit(row, code)
     return None
 
 
@@ -506,6 +704,8 @@ def _classification(
     description: str,
     headers: dict[str, str] | None = None,
     retry_hint: float | None = None,
+    reason: str = "",
+    claims: str = "",
 ) -> Classification:
     retry_after = None
     if failure_class == FailureClass.TRANSIENT:
@@ -517,6 +717,8 @@ def _classification(
         description=_scrub(description),
         retry_after=retry_after,
         signature=signature,
+        reason=str(reason),
+        claims=claims if failure_class == FailureClass.INTERACTION_REQUIRED else "",
     )
 
 
@@ -537,9 +739,11 @@ def _read(*, status: object, body: object, headers: dict[str, str]) -> _Signals:
     doc = _first_mapping(parsed)
     error = _token(doc.get("error")) if doc is not None else ""
     message = _message_of(doc) if doc is not None else ""
+    claims = _claims_json(doc.get("claims")) if doc is not None else ""
     if not error:
-        error, challenge_message = _bearer_challenge(headers.get("www-authenticate", ""))
+        error, challenge_message, challenge_claims = _bearer_challenge(headers.get("www-authenticate", ""))
         message = message or challenge_message
+        claims = claims or challenge_claims
     return _Signals(
         status=_status_of(status),
         body=doc,
@@ -550,6 +754,7 @@ def _read(*, status: object, body: object, headers: dict[str, str]) -> _Signals:
         message=message,
         nango_codes=_nango_codes(doc),
         account_status=_account_status(doc),
+        claims=claims,
     )
 
 
@@ -624,15 +829,40 @@ def _message_of(doc: Mapping) -> str:
 
 _CHALLENGE_ERROR = re.compile(r'\berror="([^"]{1,100})"')
 _CHALLENGE_DESCRIPTION = re.compile(r'\berror_description="([^"]{1,1000})"')
+_CHALLENGE_CLAIMS = re.compile(r'\bclaims="([A-Za-z0-9+/=_-]{1,%d})"' % (4 * _MAX_CLAIMS_CHARS // 3 + 4))
 
 
-def _bearer_challenge(header: str) -> tuple[str, str]:
-    """RFC 6750 §3: a resource server's 401 carries the error in WWW-Authenticate."""
+def _bearer_challenge(header: str) -> tuple[str, str, str]:
+    """RFC 6750 §3: a resource server's 401 carries the error (and a claims challenge) in WWW-Authenticate."""
     error = _CHALLENGE_ERROR.search(header)
     if error is None:
-        return "", ""
+        return "", "", ""
     description = _CHALLENGE_DESCRIPTION.search(header)
-    return _token(error.group(1)), description.group(1) if description else ""
+    claims = _CHALLENGE_CLAIMS.search(header)
+    return (_token(error.group(1)), description.group(1) if description else "",
+            _claims_from_base64(claims.group(1)) if claims else "")
+
+
+def _claims_from_base64(value: str) -> str:
+    """The challenge's ``claims`` is base64 (standard or URL-safe, padding optional) of a JSON object."""
+    try:
+        raw = base64.urlsafe_b64decode(value.replace("+", "-").replace("/", "_") + "=" * (-len(value) % 4))
+        return _claims_json(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
+def _claims_json(value: object) -> str:
+    """A claims request as compact JSON text if ``value`` is a JSON object of bounded size, else ''."""
+    if not isinstance(value, str) or len(value) > _MAX_CLAIMS_CHARS:
+        return ""
+    try:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):
+        return ""
+    if not isinstance(parsed, dict) or not parsed:
+        return ""
+    return json.dumps(parsed, separators=(",", ":"), sort_keys=True)
 
 
 _AADSTS = re.compile(r"AADSTS([0-9]{4,9})")

@@ -48,6 +48,14 @@ def nango(code, message, payload=None):
     return {"error": error}
 
 
+# Microsoft Graph's CAE challenge ("Claims challenges, claims requests and client capabilities").
+CAE_CLAIMS = '{"access_token":{"nbf":{"essential":true,"value":"1604106651"}}}'
+CAE_CHALLENGE = (
+    'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
+    'client_id="00000003-0000-0000-c000-000000000000", error="insufficient_claims", '
+    'claims="eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwgInZhbHVlIjoiMTYwNDEwNjY1MSJ9fX0="'
+)
+
 DEAD = FailureClass.DEAD_GRANT
 INTERACTION = FailureClass.INTERACTION_REQUIRED
 REFRESHABLE = FailureClass.REFRESHABLE
@@ -56,196 +64,171 @@ MISCONFIG = FailureClass.MISCONFIGURATION
 UNKNOWN = FailureClass.UNKNOWN
 
 
-def case(signature, expected, code, **kwargs):
-    return pytest.param(signature, expected, code, kwargs, id=signature)
+def case(signature, expected, code, *, reason=None, **kwargs):
+    return pytest.param(signature, expected, code, reason, kwargs, id=signature)
+
+
+# (AADSTS code, the ``error`` Entra sends with it, expected class, expected reason, Microsoft's name for it)
+ENTRA_CODE_CASES = [
+    (7000215, "invalid_client", MISCONFIG, "", "invalid client secret provided"),
+    (7000222, "invalid_client", MISCONFIG, "", "InvalidClientSecretExpiredKeysProvided"),
+    (7000218, "invalid_client", MISCONFIG, "", "body must contain client_assertion or client_secret"),
+    (70002, "invalid_client", MISCONFIG, "", "InvalidClient: client_secret does not match"),
+    (700025, "invalid_client", MISCONFIG, "", "InvalidClientPublicClientWithCredential"),
+    (700027, "invalid_client", MISCONFIG, "", "client assertion failed signature validation"),
+    (50012, "invalid_client", MISCONFIG, "", "AuthenticationFailed: signing certificate / client assertion"),
+    (50146, "invalid_client", MISCONFIG, "", "MissingCustomSigningKey"),
+    (700016, "unauthorized_client", MISCONFIG, "", "UnauthorizedClient_DoesNotMatchRequest: app not found in the tenant"),
+    (700011, "unauthorized_client", MISCONFIG, "", "UnauthorizedClientAppNotFoundInOrgIdTenant"),
+    (70001, "unauthorized_client", MISCONFIG, "", "UnauthorizedClient: the application is disabled"),
+    (7000112, "unauthorized_client", MISCONFIG, "", "UnauthorizedClientApplicationDisabled"),
+    (1000031, "unauthorized_client", MISCONFIG, "", "application can't be accessed at this time, contact the administrator"),
+    (7000114, "unauthorized_client", MISCONFIG, "", "application not allowed to make on-behalf-of calls"),
+    (50011, "invalid_request", MISCONFIG, "", "InvalidReplyTo: reply address mismatch"),
+    (50194, "invalid_request", MISCONFIG, "", "app not multitenant: /common not supported"),
+    (9001023, "invalid_request", MISCONFIG, "", "grant type not supported over /common or /consumers"),
+    (70003, "unsupported_grant_type", MISCONFIG, "", "UnsupportedGrantType"),
+    (90014, "invalid_request", MISCONFIG, "", "MissingRequiredField"),
+    (900144, "invalid_request", MISCONFIG, "", "request body must contain a parameter"),
+    (90023, "invalid_request", MISCONFIG, "", "InvalidRequest"),
+    (90002, "invalid_request", MISCONFIG, "", "InvalidTenantName: tenant not found"),
+    (700005, "invalid_grant", MISCONFIG, "", "InvalidGrantRedeemAgainstWrongTenant"),
+    (70011, "invalid_scope", MISCONFIG, "", "InvalidScope"),
+    (28002, "invalid_scope", MISCONFIG, "", "invalid scope value when requesting an access token"),
+    (700022, "invalid_scope", MISCONFIG, "", "InvalidMultipleResourcesScope"),
+    (700023, "invalid_scope", MISCONFIG, "", "InvalidResourcelessScope"),
+    (50001, "invalid_resource", MISCONFIG, "", "InvalidResource: disabled or does not exist"),
+    (500011, "invalid_resource", MISCONFIG, "", "InvalidResourceServicePrincipalNotFound"),
+    (65005, "invalid_request", MISCONFIG, "", "MisconfiguredApplication: required resource access list"),
+    (650052, "invalid_request", MISCONFIG, "", "the organization has not subscribed to the service"),
+    (650054, "invalid_request", MISCONFIG, "", "the requested resource was removed or is no longer available"),
+    (650057, "invalid_resource", MISCONFIG, "", "invalid resource, not in the app registration's permissions"),
+    (65002, "invalid_request", MISCONFIG, "", "first-party preauthorization required"),
+    (90094, "interaction_required", MISCONFIG, "admin_consent", "AdminConsentRequired"),
+    (90095, "interaction_required", MISCONFIG, "admin_consent", "AdminConsentRequiredRequestAccess: ask the admin for consent"),
+    (90008, "interaction_required", MISCONFIG, "admin_consent", "TokenForItselfRequiresGraphPermission: nobody consented to sign-in"),
+    (650056, "invalid_request", MISCONFIG, "admin_consent", "misconfigured application or no admin consent in the tenant"),
+    (90099, "interaction_required", MISCONFIG, "admin_consent", "app not authorized in the tenant for delegated admins"),
+    (50057, "invalid_grant", MISCONFIG, "account_disabled", "UserDisabled"),
+    (50034, "invalid_grant", MISCONFIG, "", "UserAccountNotFound: the account is not in the directory"),
+    (50020, "invalid_grant", MISCONFIG, "", "UserUnauthorized: the account does not exist in the tenant"),
+    (50105, "invalid_grant", MISCONFIG, "", "EntitlementGrantsNotFound: user not assigned to the application"),
+    (500021, "access_denied", MISCONFIG, "", "tenant restrictions deny access to the tenant"),
+    (500212, "access_denied", MISCONFIG, "", "NotAllowedByOutboundPolicyTenant"),
+    (500213, "access_denied", MISCONFIG, "", "NotAllowedByInboundPolicyTenant"),
+    (530032, "access_denied", MISCONFIG, "", "BlockedByConditionalAccessOnSecurityPolicy: tenant security policy"),
+    (530035, "access_denied", MISCONFIG, "", "BlockedBySecurityDefaults"),
+    (50196, "invalid_request", MISCONFIG, "", "LoopDetected: the client requests the same token too often"),
+    (700082, "invalid_grant", DEAD, "", "ExpiredOrRevokedGrantInactiveToken: expired through inactivity"),
+    (70008, "invalid_grant", DEAD, "", "ExpiredOrRevokedGrant"),
+    (700084, "invalid_grant", DEAD, "", "SPA refresh token reached its fixed lifetime"),
+    (50173, "invalid_grant", DEAD, "", "FreshTokenNeeded: grant revoked by the user or an admin"),
+    (70043, "invalid_grant", DEAD, "", "BadTokenDueToSignInFrequency (Conditional Access sign-in frequency)"),
+    (50089, "invalid_grant", DEAD, "", "flow token expired"),
+    (50132, "invalid_grant", DEAD, "password_change", "SsoArtifactInvalidOrExpired: password expired or changed"),
+    (50133, "invalid_grant", DEAD, "password_change", "SsoArtifactRevoked: password expired or changed"),
+    (70000, "invalid_grant", DEAD, "", "InvalidGrant: the refresh token isn't valid"),
+    (50085, "invalid_grant", DEAD, "", "refresh token needs social IDP login"),
+    (50139, "invalid_grant", DEAD, "", "SessionMissingMsaOAuth2RefreshToken"),
+    (54005, "invalid_grant", DEAD, "", "authorization code already redeemed"),
+    (50076, "invalid_grant", INTERACTION, "mfa", "UserStrongAuthClientAuthNRequired"),
+    (50074, "invalid_grant", INTERACTION, "mfa", "UserStrongAuthClientAuthNRequiredInterrupt"),
+    (50078, "invalid_grant", INTERACTION, "mfa", "UserStrongAuthExpired: presented MFA expired"),
+    (50158, "invalid_grant", INTERACTION, "mfa", "ExternalSecurityChallenge not satisfied"),
+    (50079, "interaction_required", INTERACTION, "mfa_registration", "UserStrongAuthEnrollmentRequired"),
+    (50072, "interaction_required", INTERACTION, "mfa_registration", "UserStrongAuthEnrollmentRequiredInterrupt"),
+    (53004, "invalid_grant", INTERACTION, "mfa_registration", "ProofUpBlockedDueToRisk: complete MFA registration"),
+    (65001, "consent_required", INTERACTION, "consent", "DelegationDoesNotExist: consent not granted"),
+    (65004, "access_denied", INTERACTION, "consent", "UserDeclinedConsent"),
+    (50015, "consent_required", INTERACTION, "consent", "ViralUserLegalAgeConsentRequiredState"),
+    (52004, "invalid_grant", INTERACTION, "consent", "DelegationDoesNotExistForLinkedIn"),
+    (53000, "interaction_required", INTERACTION, "compliant_device", "DeviceNotCompliant"),
+    (53001, "interaction_required", INTERACTION, "compliant_device", "DeviceNotDomainJoined"),
+    (50097, "invalid_grant", INTERACTION, "compliant_device", "DeviceAuthenticationRequired"),
+    (50129, "invalid_grant", INTERACTION, "compliant_device", "DeviceIsNotWorkplaceJoined"),
+    (50155, "invalid_grant", INTERACTION, "compliant_device", "DeviceAuthenticationFailed"),
+    (53002, "interaction_required", INTERACTION, "approved_app", "ApplicationUsedIsNotAnApprovedApp"),
+    (50127, "invalid_grant", INTERACTION, "approved_app", "BrokerAppNotInstalled"),
+    (53003, "interaction_required", INTERACTION, "conditional_access", "BlockedByConditionalAccess"),
+    (50131, "invalid_grant", INTERACTION, "conditional_access", "ConditionalAccessFailed"),
+    (50005, "invalid_grant", INTERACTION, "conditional_access", "DevicePolicyError: platform not supported by Conditional Access"),
+    (50055, "invalid_grant", INTERACTION, "password_change", "InvalidPasswordExpiredPassword"),
+    (50144, "invalid_grant", INTERACTION, "password_change", "InvalidPasswordExpiredOnPremPassword"),
+    (50135, "invalid_grant", INTERACTION, "password_change", "PasswordChangeCompromisedPassword"),
+    (50125, "invalid_grant", INTERACTION, "password_change", "PasswordResetRegistrationRequiredInterrupt"),
+    (50053, "interaction_required", INTERACTION, "account_locked", "IdsLocked: too many failed sign-ins, or a malicious IP"),
+    (53011, "invalid_grant", INTERACTION, "risk", "user blocked due to risk on home tenant"),
+    (700020, "invalid_grant", INTERACTION, "sign_in", "InteractionRequired: the access grant requires interaction"),
+    (50058, "login_required", INTERACTION, "sign_in", "UserInformationNotProvided: no single-sign-on session"),
+    (16000, "interaction_required", INTERACTION, "sign_in", "InteractionRequired / SelectUserAccount"),
+    (16001, "interaction_required", INTERACTION, "sign_in", "UserAccountSelectionInvalid"),
+    (50056, "invalid_grant", INTERACTION, "sign_in", "invalid or null password: enter the password again"),
+    (51006, "interaction_required", INTERACTION, "sign_in", "ForceReauthDueToInsufficientAuth"),
+    (50199, "interaction_required", INTERACTION, "sign_in", "CmsiInterrupt: user confirmation required"),
+    (50140, "invalid_grant", INTERACTION, "sign_in", "KmsiInterrupt"),
+    (50168, "invalid_grant", INTERACTION, "sign_in", "ChromeBrowserSsoInterruptRequired"),
+    (81010, "invalid_grant", INTERACTION, "sign_in", "DesktopSsoAuthTokenInvalid: Kerberos ticket expired or invalid"),
+    (500133, "invalid_grant", REFRESHABLE, "", "assertion not within its valid time range: request a new token"),
+    (90033, "temporarily_unavailable", TRANSIENT, "", "MsodsServiceUnavailable"),
+    (90006, "invalid_request", TRANSIENT, "", "ExternalServerRetryableError"),
+    (50033, "invalid_grant", TRANSIENT, "", "RetryableError"),
+    (50087, "invalid_grant", TRANSIENT, "", "SasRetryableError"),
+    (50088, "invalid_grant", TRANSIENT, "", "limit on telecom MFA calls reached: try again in a few minutes"),
+    (90024, "invalid_request", TRANSIENT, "", "RequestBudgetExceededError"),
+    (90090, "temporarily_unavailable", TRANSIENT, "", "GraphRetryableError"),
+    (90091, "temporarily_unavailable", TRANSIENT, "", "GraphServiceUnreachable"),
+    (90055, "temporarily_unavailable", TRANSIENT, "", "TenantThrottlingError"),
+    (90012, "temporarily_unavailable", TRANSIENT, "", "RequestTimeout"),
+    (70012, "server_error", TRANSIENT, "", "MsaServerError: try again"),
+    (50166, "temporarily_unavailable", TRANSIENT, "", "ExternalClaimsProviderThrottled"),
+    (80001, "temporarily_unavailable", TRANSIENT, "", "OnPremiseStoreIsNotAvailable"),
+    (80002, "temporarily_unavailable", TRANSIENT, "", "OnPremisePasswordValidatorRequestTimedout"),
+    (80005, "temporarily_unavailable", TRANSIENT, "", "OnPremisePasswordValidatorUnpredictableWebException: retry"),
+    (501621, "temporarily_unavailable", TRANSIENT, "", "claims transformation regex timeout: a retry may succeed"),
+]
 
 
 ROW_CASES = [
     # --- network
     case("network.timeout", TRANSIENT, "timeout", provider="entra", error_kind="timeout"),
     case("network.connection_error", TRANSIENT, "connection_error", provider="nango", error_kind="connection_error"),
-    # --- Entra: misconfiguration
+    # --- Entra: one case per AADSTS row (ENTRA_CODE_CASES, below), then suberrors and error values
+    *(
+        case(f"entra.error_code.{number}", expected, f"AADSTS{number}", reason=reason,
+             provider="entra", status=400, body=entra(error, number, text))
+        for number, error, expected, reason, text in ENTRA_CODE_CASES
+    ),
+    # suberrors, with codes Revive has no row for, so the suberror decides
     case(
-        "entra.error_code.7000215", MISCONFIG, "AADSTS7000215",
-        provider="entra", status=401, body=entra("invalid_client", 7000215, "Invalid client secret provided."),
+        "entra.suberror.basic_action", INTERACTION, "basic_action", reason="sign_in",
+        provider="entra", status=400, body=entra("invalid_grant", 9900001, "User confirmation is required.", suberror="basic_action"),
     ),
     case(
-        "entra.error_code.7000222", MISCONFIG, "AADSTS7000222",
-        provider="entra", status=401, body=entra("invalid_client", 7000222, "The provided client secret keys are expired."),
-    ),
-    case(
-        "entra.error_code.70002", MISCONFIG, "AADSTS70002",
-        provider="entra", status=401, body=entra("invalid_client", 70002, "Error validating credentials."),
-    ),
-    case(
-        "entra.error_code.700016", MISCONFIG, "AADSTS700016",
+        "entra.suberror.additional_action", INTERACTION, "additional_action", reason="additional_action",
         provider="entra", status=400,
-        body=entra("unauthorized_client", 700016, "Application with identifier 'x' was not found in the directory."),
+        body=entra("interaction_required", 9900002, "Remediation needed outside sign-in.", suberror="additional_action"),
     ),
     case(
-        "entra.error_code.50011", MISCONFIG, "AADSTS50011",
-        provider="entra", status=400, body=entra("invalid_request", 50011, "The reply URL does not match."),
+        "entra.suberror.message_only", INTERACTION, "message_only", reason="blocked",
+        provider="entra", status=400, body=entra("invalid_grant", 9900003, "Sign-in blocked.", suberror="message_only"),
     ),
     case(
-        "entra.error_code.53003", MISCONFIG, "AADSTS53003",
+        "entra.suberror.user_password_expired", INTERACTION, "user_password_expired", reason="password_change",
         provider="entra", status=400,
-        body=entra("invalid_grant", 53003, "Access has been blocked by Conditional Access policies.", suberror="message_only"),
+        body=entra("invalid_grant", 9900004, "The password has expired.", suberror="user_password_expired"),
     ),
     case(
-        "entra.error_code.50057", MISCONFIG, "AADSTS50057",
-        provider="entra", status=400, body=entra("invalid_grant", 50057, "The user account is disabled."),
+        "entra.suberror.consent_required", INTERACTION, "consent_required", reason="consent",
+        provider="entra", status=400, body=entra("invalid_grant", 9900005, "Consent is required.", suberror="consent_required"),
     ),
     case(
-        "entra.error_code.70001", MISCONFIG, "AADSTS70001",
-        provider="entra", status=400, body=entra("unauthorized_client", 70001, "The application is disabled."),
-    ),
-    case(
-        "entra.error_code.7000112", MISCONFIG, "AADSTS7000112",
-        provider="entra", status=400, body=entra("unauthorized_client", 7000112, "Application is disabled."),
-    ),
-    case(
-        "entra.error_code.50105", MISCONFIG, "AADSTS50105",
+        "entra.suberror.device_authentication_failed", INTERACTION, "device_authentication_failed", reason="compliant_device",
         provider="entra", status=400,
-        body=entra("invalid_grant", 50105, "The signed in user is not assigned to a role for the application."),
-    ),
-    # --- Entra: dead grant
-    case(
-        "entra.error_code.700082", DEAD, "AADSTS700082",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 700082, "The refresh token has expired due to inactivity.", suberror="bad_token"),
-    ),
-    case(
-        "entra.error_code.70008", DEAD, "AADSTS70008",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 70008, "The provided authorization code or refresh token has expired."),
-    ),
-    case(
-        "entra.error_code.700084", DEAD, "AADSTS700084",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 700084, "The refresh token was issued to a single page app (SPA)."),
-    ),
-    case(
-        "entra.error_code.50173", DEAD, "AADSTS50173",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 50173, "The provided grant has expired due to it being revoked."),
-    ),
-    case(
-        "entra.error_code.70043", DEAD, "AADSTS70043",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 70043, "The refresh token has expired or is invalid due to sign-in frequency checks."),
-    ),
-    case(
-        "entra.error_code.50089", DEAD, "AADSTS50089",
-        provider="entra", status=400, body=entra("invalid_grant", 50089, "Authentication failed due to flow token expired."),
-    ),
-    case(
-        "entra.error_code.50132", DEAD, "AADSTS50132",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 50132, "The session is not valid due to password expiration or recent password change."),
-    ),
-    case(
-        "entra.error_code.50133", DEAD, "AADSTS50133",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 50133, "The session is not valid due to password expiration or recent password change."),
-    ),
-    # --- Entra: interaction required
-    case(
-        "entra.error_code.50076", INTERACTION, "AADSTS50076",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 50076, "You must use multi-factor authentication.", suberror="basic_action"),
-    ),
-    case(
-        "entra.error_code.50079", INTERACTION, "AADSTS50079",
-        provider="entra", status=400, body=entra("interaction_required", 50079, "The user is required to use MFA."),
-    ),
-    case(
-        "entra.error_code.50078", INTERACTION, "AADSTS50078",
-        provider="entra", status=400, body=entra("invalid_grant", 50078, "Presented multi-factor authentication has expired."),
-    ),
-    case(
-        "entra.error_code.50072", INTERACTION, "AADSTS50072",
-        provider="entra", status=400, body=entra("invalid_grant", 50072, "User needs to enroll for second factor."),
-    ),
-    case(
-        "entra.error_code.50074", INTERACTION, "AADSTS50074",
-        provider="entra", status=400, body=entra("invalid_grant", 50074, "Strong authentication is required."),
-    ),
-    case(
-        "entra.error_code.65001", INTERACTION, "AADSTS65001",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 65001, "The user or administrator has not consented to use the application."),
-    ),
-    case(
-        "entra.error_code.65004", INTERACTION, "AADSTS65004",
-        provider="entra", status=400, body=entra("access_denied", 65004, "User declined to consent to access the app."),
-    ),
-    case(
-        "entra.error_code.700020", INTERACTION, "AADSTS700020",
-        provider="entra", status=400, body=entra("invalid_grant", 700020, "The access grant requires interaction."),
-    ),
-    case(
-        "entra.error_code.50055", INTERACTION, "AADSTS50055",
-        provider="entra", status=400, body=entra("invalid_grant", 50055, "The password is expired."),
-    ),
-    # --- Entra: transient
-    case(
-        "entra.error_code.90033", TRANSIENT, "AADSTS90033",
-        provider="entra", status=503, body=entra("temporarily_unavailable", 90033, "A transient error has occurred."),
-    ),
-    case(
-        "entra.error_code.90006", TRANSIENT, "AADSTS90006",
-        provider="entra", status=400, body=entra("invalid_request", 90006, "The service is temporarily unavailable."),
-    ),
-    case(
-        "entra.error_code.50033", TRANSIENT, "AADSTS50033",
-        provider="entra", status=400, body=entra("invalid_grant", 50033, "A transient error has occurred."),
-    ),
-    case(
-        "entra.error_code.50087", TRANSIENT, "AADSTS50087",
-        provider="entra", status=400, body=entra("invalid_grant", 50087, "A transient error has occurred during strong authentication."),
-    ),
-    case(
-        "entra.error_code.90024", TRANSIENT, "AADSTS90024",
-        provider="entra", status=400, body=entra("invalid_request", 90024, "A transient error has occurred. Try again."),
-    ),
-    case(
-        "entra.error_code.90090", TRANSIENT, "AADSTS90090",
-        provider="entra", status=400, body=entra("invalid_request", 90090, "The service is temporarily unavailable."),
-    ),
-    case(
-        "entra.error_code.70012", TRANSIENT, "AADSTS70012",
-        provider="entra", status=400, body=entra("server_error", 70012, "A server error occurred while authenticating an MSA user."),
-    ),
-    # --- Entra: suberrors (codes Revive has no row for, so the suberror decides)
-    case(
-        "entra.suberror.basic_action", INTERACTION, "basic_action",
-        provider="entra", status=400, body=entra("invalid_grant", 50199, "User confirmation is required.", suberror="basic_action"),
-    ),
-    case(
-        "entra.suberror.additional_action", INTERACTION, "additional_action",
-        provider="entra", status=400, body=entra("invalid_grant", 53000, "Device is not compliant.", suberror="additional_action"),
-    ),
-    case(
-        "entra.suberror.message_only", INTERACTION, "message_only",
-        provider="entra", status=400, body=entra("invalid_grant", 53011, "User blocked due to risk.", suberror="message_only"),
-    ),
-    case(
-        "entra.suberror.user_password_expired", INTERACTION, "user_password_expired",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 50144, "The Active Directory password has expired.", suberror="user_password_expired"),
-    ),
-    case(
-        "entra.suberror.consent_required", INTERACTION, "consent_required",
-        provider="entra", status=400, body=entra("invalid_grant", 65002, "Consent must be configured.", suberror="consent_required"),
-    ),
-    case(
-        "entra.suberror.device_authentication_failed", INTERACTION, "device_authentication_failed",
-        provider="entra", status=400,
-        body=entra("invalid_grant", 50155, "Device authentication failed.", suberror="device_authentication_failed"),
+        body=entra("invalid_grant", None, "Device authentication failed.", suberror="device_authentication_failed"),
     ),
     case(
         "entra.suberror.bad_token", DEAD, "bad_token",
-        provider="entra", status=400, body=entra("invalid_grant", 70000, "The refresh token isn't valid.", suberror="bad_token"),
+        provider="entra", status=400, body=entra("invalid_grant", 9900006, "The refresh token isn't valid.", suberror="bad_token"),
     ),
     case(
         "entra.suberror.token_expired", DEAD, "token_expired",
@@ -254,7 +237,7 @@ ROW_CASES = [
     case(
         "entra.suberror.protection_policy_required", MISCONFIG, "protection_policy_required",
         provider="entra", status=400,
-        body=entra("unauthorized_client", 53005, "Application needs to enforce Intune protection policies.",
+        body=entra("unauthorized_client", 9900007, "Application needs to enforce Intune protection policies.",
                    suberror="protection_policy_required"),
     ),
     case(
@@ -264,7 +247,7 @@ ROW_CASES = [
     ),
     case(
         "entra.error.invalid_resource", MISCONFIG, "invalid_resource",
-        provider="entra", status=400, body=entra("invalid_resource", 500011, "The resource principal was not found."),
+        provider="entra", status=400, body=entra("invalid_resource", 9900008, "The resource principal was not found."),
     ),
     # --- Auth0
     case(
@@ -364,6 +347,12 @@ ROW_CASES = [
          headers={"WWW-Authenticate": 'Bearer realm="api", error="invalid_token", error_description="The access token expired"'}),
     case("oauth.error.insufficient_scope", INTERACTION, "insufficient_scope", provider="oidc", status=403,
          body={"error": "insufficient_scope", "error_description": "Requires scope mail.send"}),
+    case("oauth.error.insufficient_claims", INTERACTION, "insufficient_claims", reason="claims_challenge",
+         provider="entra", status=401, headers={"WWW-Authenticate": CAE_CHALLENGE}),
+    case("oauth.error.insufficient_user_authentication", INTERACTION, "insufficient_user_authentication",
+         reason="step_up", provider="oidc", status=401,
+         headers={"WWW-Authenticate": 'Bearer error="insufficient_user_authentication", '
+                                      'error_description="A different authentication level is required", acr_values="myACR"'}),
     case("oauth.error.interaction_required", INTERACTION, "interaction_required", provider="entra", status=400,
          body=entra("interaction_required", None, "The request requires user interaction.")),
     case("oauth.error.login_required", INTERACTION, "login_required", provider="oidc", status=400,
@@ -387,12 +376,14 @@ ROW_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("signature", "expected", "code", "kwargs"), ROW_CASES)
-def test_row(signature, expected, code, kwargs):
+@pytest.mark.parametrize(("signature", "expected", "code", "reason", "kwargs"), ROW_CASES)
+def test_row(signature, expected, code, reason, kwargs):
     result = classify(**kwargs)
 
     assert isinstance(result, Classification)
     assert (result.failure_class, result.code, result.signature) == (expected, code, signature)
+    if reason is not None:
+        assert result.reason == reason
 
 
 def test_every_row_has_a_case():
@@ -406,13 +397,114 @@ def test_every_row_has_a_case():
 # --- decision order -----------------------------------------------------------
 
 
-def test_entra_error_code_refines_error_and_suberror():
+def test_entra_code_refines_the_error_within_its_family():
+    body = entra("invalid_grant", 50076, "Due to a configuration change you must use MFA.")
+
+    result = classify(provider="entra", status=400, body=body)
+
+    assert (result.failure_class, result.signature, result.reason) == (INTERACTION, "entra.error_code.50076", "mfa")
+
+
+def test_entra_suberror_decides_and_the_code_adds_the_reason():
     body = entra("invalid_grant", 50076, "Due to a configuration change you must use MFA.", suberror="bad_token")
 
     result = classify(provider="entra", status=400, body=body)
 
-    assert result.failure_class == INTERACTION
-    assert result.signature == "entra.error_code.50076"
+    assert (result.failure_class, result.signature, result.reason) == (DEAD, "entra.suberror.bad_token", "mfa")
+
+
+def test_entra_code_escalates_a_suberror_to_the_operator():
+    body = entra("interaction_required", 90094, "Administrator consent is required.", suberror="consent_required")
+
+    result = classify(provider="entra", status=400, body=body)
+
+    assert (result.failure_class, result.signature, result.reason) == (MISCONFIG, "entra.error_code.90094", "admin_consent")
+
+
+def test_entra_code_agreeing_with_the_suberror_names_the_row():
+    body = entra("invalid_grant", 53003, "Access has been blocked by Conditional Access policies.", suberror="message_only")
+
+    result = classify(provider="entra", status=400, body=body)
+
+    assert (result.failure_class, result.signature, result.reason) == (INTERACTION, "entra.error_code.53003", "conditional_access")
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "expected", "signature"),
+    [
+        ("temporarily_unavailable", 50076, TRANSIENT, "oauth.error.temporarily_unavailable"),
+        ("invalid_client", 700082, MISCONFIG, "oauth.error.invalid_client"),
+        ("server_error", 90094, TRANSIENT, "oauth.error.server_error"),
+        ("invalid_scope", 90006, MISCONFIG, "oauth.error.invalid_scope"),
+    ],
+)
+def test_entra_code_outside_the_errors_family_does_not_decide(error, code, expected, signature):
+    result = classify(provider="entra", status=400, body=entra(error, code, "Something."))
+
+    assert (result.failure_class, result.signature) == (expected, signature)
+
+
+def test_entra_suberror_outside_the_errors_family_is_ignored():
+    result = classify(provider="entra", status=503, body=entra("temporarily_unavailable", None, "Busy.", suberror="bad_token"))
+
+    assert (result.failure_class, result.signature) == (TRANSIENT, "oauth.error.temporarily_unavailable")
+
+
+def test_entra_code_without_a_known_error_decides_alone():
+    body = {"error": "something_new", "error_codes": [50055]}
+
+    result = classify(provider="entra", status=400, body=body)
+
+    assert (result.failure_class, result.reason) == (INTERACTION, "password_change")
+
+
+def test_entra_table_has_at_least_80_codes_and_each_a_case():
+    codes = {s for s in SIGNATURES if s.startswith("entra.error_code.")}
+
+    assert len(codes) >= 80
+    assert len(ENTRA_CODE_CASES) == len({number for number, *_ in ENTRA_CODE_CASES}) == len(codes)
+
+
+# --- claims challenges (Entra continuous access evaluation) ------------------------
+
+
+def test_cae_challenge_keeps_the_decoded_claims():
+    result = classify(provider="entra", status=401, headers={"WWW-Authenticate": CAE_CHALLENGE})
+
+    assert (result.failure_class, result.reason) == (INTERACTION, "claims_challenge")
+    assert json.loads(result.claims) == json.loads(CAE_CLAIMS)
+
+
+def test_cae_challenge_with_url_safe_unpadded_base64():
+    import base64
+
+    encoded = base64.urlsafe_b64encode(CAE_CLAIMS.encode()).decode().rstrip("=")
+    headers = {"WWW-Authenticate": f'Bearer error="insufficient_claims", claims="{encoded}"'}
+
+    assert json.loads(classify(provider="entra", status=401, headers=headers).claims) == json.loads(CAE_CLAIMS)
+
+
+@pytest.mark.parametrize("claims", ["%%%", "bm90IGpzb24=", "WzEsMl0=", "e30=", "A" * 5000])
+def test_cae_challenge_with_bad_claims_is_still_interaction_without_claims(claims):
+    headers = {"WWW-Authenticate": f'Bearer error="insufficient_claims", claims="{claims}"'}
+
+    result = classify(provider="entra", status=401, headers=headers)
+
+    assert (result.failure_class, result.claims) == (INTERACTION, "")
+
+
+def test_claims_from_an_entra_token_endpoint_body():
+    body = {**entra("interaction_required", 50076, "MFA required."), "claims": CAE_CLAIMS}
+
+    result = classify(provider="entra", status=400, body=body)
+
+    assert (result.reason, json.loads(result.claims)) == ("mfa", json.loads(CAE_CLAIMS))
+
+
+def test_claims_are_kept_only_for_interaction_required():
+    body = {"error": "invalid_grant", "claims": CAE_CLAIMS}
+
+    assert classify(provider="oidc", status=400, body=body).claims == ""
 
 
 def test_entra_code_is_parsed_from_the_description_without_error_codes():
