@@ -612,8 +612,18 @@ class FailureAnswer:
 
 
 def _provider_error_record(c: Classification, status: int | None) -> dict[str, Any]:
-    """What is kept of a provider error: classification and the provider's own code, never its headers or body."""
-    return {"status": status, "code": c.code, "message": c.description, "signature": c.signature, "failure_class": str(c.failure_class)}
+    """What is kept of a provider error: classification and the provider's own code, never its headers or body.
+
+    ``reason`` says what the owner must do; ``claims`` is a claims challenge (Entra CAE) the owner's sign-in must
+    carry. Neither is a secret: both are kept on the case and audited with it.
+    """
+    record = {"status": status, "code": c.code, "message": c.description, "signature": c.signature,
+              "failure_class": str(c.failure_class)}
+    if c.reason:
+        record["reason"] = c.reason
+    if c.claims:
+        record["claims"] = c.claims
+    return record
 
 
 def _open_case_for(conn: Connection, generation: int) -> RecoveryCase | None:

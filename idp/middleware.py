@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
+import threading
+
 from django.contrib.auth import logout
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, JsonResponse
 
 
 
@@ -28,4 +31,38 @@ class SelectAccountMiddleware:
             else:
                 query.pop("prompt")
             return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
+        return self.get_response(request)
+
+
+class ClaimsRequestMiddleware:
+    """The ``claims`` authorization parameter as the lab needs it: recorded, then taken off the request.
+
+    Microsoft Entra reads ``claims`` (OIDC Core §5.5, with Entra's ``access_token`` target) to issue a token that
+    satisfies a claims challenge (continuous access evaluation) or declares client capabilities (``xms_cc``).
+    allauth's provider only understands a top-level ``sub`` there and refuses anything else, so the lab provider
+    records every claims request it is sent (``GET /lab/claims-requests``, for the lab and the tests to check what
+    the owner's sign-in carried) and hands allauth the request without it.
+    """
+
+    requests: list[dict] = []
+    _lock = threading.Lock()
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.method == "GET" and request.path == "/identity/o/authorize" and "claims" in request.GET:
+            try:
+                claims = json.loads(request.GET["claims"])
+            except ValueError:
+                claims = None
+            with self._lock:
+                self.requests.append({"client_id": request.GET.get("client_id", ""),
+                                      "login_hint": request.GET.get("login_hint", ""), "claims": claims})
+            query = request.GET.copy()
+            query.pop("claims")
+            return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
+        if request.method == "GET" and request.path == "/lab/claims-requests":
+            with self._lock:
+                return JsonResponse({"requests": list(self.requests)})
         return self.get_response(request)

@@ -21,16 +21,25 @@ picks the app for a connection from these blocks.
   ``openid_connect`` app that plays Entra for any tenant and is an OIDC issuer
   of its own.
 
-PKCE is on for every app.
+PKCE is on for every app. Entra apps (and the lab app that plays Entra) declare the client capabilities
+(``cp1``: "this client handles claims challenges", which turns on continuous access evaluation) through
+the ``claims`` authorization parameter; a case's own claims challenge is merged into it at sign-in
+(``reauth.providers.sign_in_auth_params``).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 DEFAULT_SCOPE = ["openid", "profile", "email"]
 ENTRA_DEFAULT_SCOPE = ["openid", "profile", "email", "offline_access"]
 LAB_PROVIDER_ID = "lab-idp"
+
+
+def client_capabilities_claims(capabilities: list[str]) -> str:
+    """Entra's claims request declaring client capabilities (``xms_cc``), as MSAL sends it."""
+    return json.dumps({"access_token": {"xms_cc": {"values": list(capabilities)}}}, separators=(",", ":"), sort_keys=True)
 
 
 def _oidc_app(*, provider_id: str, name: str, client_id: str, secret: str, server_url: str, serves: list[dict[str, str]],
@@ -68,8 +77,13 @@ def socialaccount_providers(
     lab_idp_url: str = "",
     lab_client_id: str = "",
     lab_client_secret: str = "",
+    entra_client_capabilities: list[str] | None = None,
 ) -> dict[str, Any]:
     oidc: list[dict[str, Any]] = []
+    entra_params = {"prompt": "select_account"}
+    capabilities = ["cp1"] if entra_client_capabilities is None else [c for c in entra_client_capabilities if c]
+    if capabilities:
+        entra_params["claims"] = client_capabilities_claims(capabilities)
     if entra_client_id:
         authority = entra_authority.rstrip("/")
         for tenant in entra_tenants or []:
@@ -77,7 +91,7 @@ def socialaccount_providers(
                 provider_id=f"entra-{tenant}", name="Microsoft Entra ID", client_id=entra_client_id,
                 secret=entra_client_secret, server_url=f"{authority}/{tenant}/v2.0",
                 serves=[{"provider": "entra", "tenant": tenant}], scope=entra_scope or ENTRA_DEFAULT_SCOPE,
-                uid_field="oid", fetch_userinfo=False, auth_params={"prompt": "select_account"},
+                uid_field="oid", fetch_userinfo=False, auth_params=dict(entra_params),
             ))
     for app in oidc_apps or []:
         issuer = app.get("issuer") or app["server_url"]
@@ -93,7 +107,7 @@ def socialaccount_providers(
             provider_id=LAB_PROVIDER_ID, name="Revive lab identity provider", client_id=lab_client_id,
             secret=lab_client_secret, server_url=url,
             serves=[{"provider": "entra", "tenant": "*"}, {"provider": "oidc", "issuer": url}],
-            scope=DEFAULT_SCOPE, uid_field="oid", fetch_userinfo=False, auth_params={"prompt": "select_account"},
+            scope=DEFAULT_SCOPE, uid_field="oid", fetch_userinfo=False, auth_params=dict(entra_params),
         ))
 
     providers: dict[str, Any] = {"openid_connect": {"OAUTH_PKCE_ENABLED": True, "APPS": oidc}}

@@ -356,14 +356,17 @@ def _check(*, row: dict[str, Any], actor: str) -> ReconnectRequest:
     return req
 
 
-def reconnect_sign_in_started(*, public_id: UUID | str, provider_app: str, actor: str = "owner") -> ReconnectRequest:
+def reconnect_sign_in_started(*, public_id: UUID | str, provider_app: str, claims: str = "",
+                              actor: str = "owner") -> ReconnectRequest:
+    """The owner pressed the button; ``claims`` is the claims challenge the sign-in carries (audited, not secret)."""
     row = _locate(public_id=public_id)
     with transaction.atomic():
         case = case_lock(row["case_id"])
         req = _lock(row["pk"])
         problem = _settle(req, case=case, actor=actor)
         if problem is None:
-            _audit(req, case=case, actor=actor, action="reconnect.sign_in_started", arguments={"provider_app": provider_app})
+            arguments = {"provider_app": provider_app, **({"claims": claims} if claims else {})}
+            _audit(req, case=case, actor=actor, action="reconnect.sign_in_started", arguments=arguments)
     if problem is not None:
         raise problem
     return req

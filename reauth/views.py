@@ -54,6 +54,33 @@ FAILURE_TEXT = {
                             "authentication or to give consent.",
 }
 
+# What the owner must do, by the reason the classifier gave (``reauth.classification.Reason``).
+OWNER_ACTIONS = {
+    "mfa": "When you sign in, complete the multi-factor authentication prompt (for example approve the request in "
+           "your authenticator app).",
+    "mfa_registration": "When you sign in, you will be asked to register a multi-factor authentication method "
+                        "(for example the Microsoft Authenticator app); finish the registration.",
+    "consent": "When you sign in, review the permissions the workflow asks for and accept them.",
+    "compliant_device": "Sign in from a device your organisation manages and marks as compliant (enrolled, for "
+                        "example, in Intune); on another device the sign-in will be refused.",
+    "approved_app": "Sign in with a browser or app your organisation approves; your IT department can say which.",
+    "conditional_access": "Your organisation's Conditional Access policy blocked the saved sign-in. Sign in from a "
+                          "place and device your organisation allows; if it is refused again, contact your IT department.",
+    "password_change": "Your password has expired or was changed. Sign in and set a new password when asked.",
+    "account_locked": "Your account is locked after too many failed sign-ins. Wait a few minutes (or unlock it with "
+                      "your organisation's self-service reset), then sign in.",
+    "risk": "Your organisation blocked sign-ins for this account because of a security risk. Contact your IT "
+            "department to clear it, then sign in.",
+    "additional_action": "Your organisation requires a step outside the sign-in (for example registering this "
+                         "device); the sign-in page explains it.",
+    "blocked": "Sign-in is blocked for the moment; the sign-in page says why. If it persists, contact your IT department.",
+    "claims_challenge": "The service revoked the session mid-run (for example after a password change, a sign-out "
+                        "everywhere or a new location). Sign in again: your sign-in carries exactly what the "
+                        "service asked for.",
+    "step_up": "The service asks for a stronger sign-in: sign in with multi-factor authentication when asked.",
+    "sign_in": "Sign in again as the same account.",
+}
+
 # What the done page says about the run once the owner's part is over (the case may already have moved on).
 RESUME_STATUS = {
     CaseState.REAUTHORIZED: "Access restored; the run resumes next.",
@@ -165,6 +192,7 @@ def _summary(req: ReconnectRequest) -> dict[str, Any]:
         "action_key": case.action.action_key if case.action_id else "",
         "failure_text": FAILURE_TEXT.get(case.failure_class, "{provider} refused the saved sign-in.").format(provider=provider),
         "provider_code": case.provider_code,
+        "owner_action": OWNER_ACTIONS.get((case.provider_error or {}).get("reason", ""), ""),
         "expected_account": mask_email(conn.owner_email),
         "expected_tenant": conn.provider_tenant,
         "expected_issuer": conn.provider_issuer,
@@ -233,7 +261,8 @@ def start(request: HttpRequest, public_id) -> HttpResponse:
                 raise ReconnectNextNotAllowed()
             raise ReconnectFormInvalid()
         app = providers.sign_in_app_for(request, req.connection)
-        services.reconnect_sign_in_started(public_id=req.public_id, provider_app=app.provider_id)
+        services.reconnect_sign_in_started(public_id=req.public_id, provider_app=app.provider_id,
+                                           claims=(req.case.provider_error or {}).get("claims", ""))
     except ReconnectError as exc:
         return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
     if form.cleaned_data["next"]:
@@ -241,9 +270,7 @@ def start(request: HttpRequest, public_id) -> HttpResponse:
         state["grants"][str(req.public_id)]["next"] = form.cleaned_data["next"]
         request.session[SESSION_KEY] = state
     provider = get_social_adapter(request).get_provider(request, app.provider_id)
-    auth_params = provider.get_auth_params()
-    if req.connection.owner_email:
-        auth_params.setdefault("login_hint", req.connection.owner_email)
+    auth_params = providers.sign_in_auth_params(provider, req.connection, req.case)
     return provider.redirect(
         request,
         process=AuthProcess.LOGIN,

@@ -67,6 +67,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "idp.middleware.ClaimsRequestMiddleware",
     "idp.middleware.SelectAccountMiddleware",
 ]
 ROOT_URLCONF = "revive_site.idp_urls"

@@ -233,6 +233,7 @@ SOCIALACCOUNT_PROVIDERS = socialaccount_providers(
     entra_tenants=env.list("REVIVE_ENTRA_TENANTS", default=[]),
     entra_authority=env.str("REVIVE_ENTRA_AUTHORITY", default="https://login.microsoftonline.com"),
     entra_scope=env.list("REVIVE_ENTRA_SCOPE", default=[]),
+    entra_client_capabilities=env.list("REVIVE_ENTRA_CLIENT_CAPABILITIES", default=["cp1"]),
     auth0_url=env.str("REVIVE_AUTH0_URL", default=""),
     auth0_client_id=env.str("REVIVE_AUTH0_CLIENT_ID", default=""),
     auth0_client_secret=env.str("REVIVE_AUTH0_CLIENT_SECRET", default=""),

@@ -106,7 +106,7 @@ def owner_case(db):
     """Open an owner case on a new Entra connection whose owner is the lab's ``ada`` (Contoso)."""
 
     def make(*, provider: str = "entra", subject: str = ADA_OID, tenant: str = CONTOSO_TID, issuer: str = "", org: str = "",
-             owner_email: str = "ada@contoso.example") -> OwnerCase:
+             owner_email: str = "ada@contoso.example", provider_error: dict | None = None) -> OwnerCase:
         n = next(_seq)
         conn = case_services.connection_create(
             connection_id=f"conn_reauth_{n}_{os.getpid()}", provider=provider, owner_email=owner_email, provider_subject=subject,
@@ -118,7 +118,8 @@ def owner_case(db):
         case_services.checkpoint_record(run_id=run_id, checkpoint_id="05", label="05 / prepare brief", actor="test")
         case_services.action_begin(run_id=run_id, checkpoint_id="05", connection_id=conn.pk, action_key="send_exec_05",
                                    generation=1, actor="test")
-        answer = case_services.action_fail(run_id=run_id, action_key="send_exec_05", generation=1, provider_error=DEAD_GRANT,
+        answer = case_services.action_fail(run_id=run_id, action_key="send_exec_05", generation=1,
+                                           provider_error=provider_error or DEAD_GRANT,
                                            actor="test")
         assert answer.outcome == "parked", answer
         return OwnerCase(case=RecoveryCase.objects.get(reference=answer.case_reference), connection_id=conn.pk, run_id=run_id)
