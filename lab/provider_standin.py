@@ -8,10 +8,16 @@
 - ``timeout_after_accept`` makes the mail API accept a message and then not answer in time
   (``timeouts_left`` limits it to the next N messages).
 - ``revoke(refresh_token)`` makes the token endpoint refuse that one refresh token (a new grant's works).
+- ``cae_revoke(refresh_token)`` is a continuous access evaluation event (Microsoft Graph revoking a session mid-run):
+  the mail API answers every access token minted from that refresh token with 401 and
+  ``WWW-Authenticate: Bearer … error="insufficient_claims", claims="<base64 JSON>"``, the claims asking for a token
+  issued after the event (``nbf``); tokens of a new sign-in work. With ``at="token"`` the token endpoint itself
+  refuses that refresh token with Entra's ``interaction_required`` body carrying the ``claims`` to sign in with.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import threading
@@ -43,6 +49,10 @@ class ProviderStandIn:
         self.revoked_tokens: set[str] = set()
         self.messages: list[dict] = []
         self.token_requests = 0
+        self.minted_from: dict[str, str] = {}
+        self.cae_revoked: dict[str, str] = {}
+        self.cae_at_token: dict[str, str] = {}
+        self.challenges = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
@@ -65,6 +75,26 @@ class ProviderStandIn:
     def revoke(self, refresh_token: str) -> None:
         with self._lock:
             self.revoked_tokens.add(refresh_token)
+
+    def cae_revoke(self, refresh_token: str, *, at: str = "resource") -> str:
+        """A critical event for the session of ``refresh_token``; returns the claims (JSON text) it will ask for."""
+        claims = json.dumps({"access_token": {"nbf": {"essential": True, "value": str(int(time.time()))}}},
+                            separators=(",", ":"))
+        with self._lock:
+            (self.cae_at_token if at == "token" else self.cae_revoked)[refresh_token] = claims
+        return claims
+
+    def _cae_challenge(self, authorization: str) -> str | None:
+        """The WWW-Authenticate challenge for a bearer token whose session was revoked, else None."""
+        token = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else ""
+        with self._lock:
+            claims = self.cae_revoked.get(self.minted_from.get(token, ""))
+            if claims is None:
+                return None
+            self.challenges += 1
+        encoded = base64.b64encode(claims.encode()).decode()
+        return ('Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
+                f'client_id="00000003-0000-0000-c000-000000000000", error="insufficient_claims", claims="{encoded}"')
 
     def time_out_next(self, seconds: float, count: int = 1) -> None:
         """Accept the next ``count`` messages, then answer only after ``seconds``."""
@@ -92,9 +122,11 @@ class ProviderStandIn:
             def log_message(self, *args):  # keep the terminal for the timeline
                 pass
 
-            def _json(self, status: int, body: dict) -> None:
+            def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -114,16 +146,35 @@ class ProviderStandIn:
                 path = urlsplit(self.path).path
                 if path == "/oauth2/v2.0/token":
                     form = self._body()
+                    refresh_token = form.get("refresh_token", "")
                     with standin._lock:
                         standin.token_requests += 1
-                        refused = standin.revoked or form.get("refresh_token") in standin.revoked_tokens
+                        refused = standin.revoked or refresh_token in standin.revoked_tokens
+                        claims = standin.cae_at_token.get(refresh_token)
                     if refused:
                         status, body = ERROR_BODIES.get(standin.provider, ERROR_BODIES["oidc"])
                         return self._json(status, body)
-                    return self._json(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": secrets.token_urlsafe(24)})
+                    if claims is not None:
+                        return self._json(400, {
+                            "error": "interaction_required",
+                            "error_description": "AADSTS50076: Due to a configuration change made by your administrator, "
+                                                 "or because you moved to a new location, you must use multi-factor "
+                                                 "authentication to access the resource.",
+                            "error_codes": [50076], "suberror": "basic_action", "claims": claims})
+                    access_token = secrets.token_urlsafe(24)
+                    with standin._lock:
+                        standin.minted_from[access_token] = refresh_token
+                    return self._json(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": access_token})
                 if path == "/v1.0/me/sendMail":
                     if not (self.headers.get("Authorization") or "").startswith("Bearer "):
                         return self._json(401, {"error": {"code": "InvalidAuthenticationToken", "message": "Access token is empty."}})
+                    challenge = standin._cae_challenge(self.headers.get("Authorization") or "")
+                    if challenge is not None:
+                        return self._json(401, {"error": {"code": "InvalidAuthenticationToken",
+                                                          "message": "Continuous access evaluation resulted in challenge "
+                                                                     "with result: InteractionRequired and code: "
+                                                                     "TokenIssuedBeforeRevocationTimestamp"}},
+                                          headers={"WWW-Authenticate": challenge})
                     body = self._body()
                     key = self.headers.get("Idempotency-Key") or ""
                     with standin._lock:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from pathlib import Path
 from typing import Callable
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from django.db import close_old_connections
@@ -50,6 +51,12 @@ SCENARIOS = {
     "timeout": "The worker times out after a mutation",
     "worker-lost": "The original worker disappears",
 }
+# Scenarios beyond the product page's four, run by name only, each for the provider it belongs to.
+EXTRA_SCENARIOS = {
+    "cae": "A resource API revokes the session mid-run (Entra continuous access evaluation)",
+}
+SCENARIO_PROVIDERS = {"cae": ("entra",)}
+ALL_SCENARIOS = {**SCENARIOS, **EXTRA_SCENARIOS}
 PROVIDERS = ("oidc", "entra", "auth0")
 WAIT = float(os.environ.get("REVIVE_LAB_WAIT", "120"))
 _LINK = re.compile(r"(https?://\S+/reconnect/l/rvr_[A-Za-z0-9_-]+)")
@@ -123,6 +130,7 @@ class Owner:
         self.world = world
         self.http = httpx.Client(timeout=WAIT, follow_redirects=False)
         self.landing = ""
+        self.authorize_urls: list[str] = []
 
     def close(self) -> None:
         self.http.close()
@@ -143,6 +151,7 @@ class Owner:
                                   headers={"Referer": self.landing})
         if response.status_code != 302:
             raise ScenarioFailed(f"starting the sign-in answered {response.status_code}")
+        self.authorize_urls.append(response.headers["location"])
         with IdpSession(self.world.idp) as person:
             callback = person.authorize(response.headers["location"], username)
         response = self.http.get(callback)  # Revive verifies the identity here (and, when it matches, resumes)
@@ -150,7 +159,8 @@ class Owner:
         page = self.http.get(str(response.url.join(outcome))) if response.is_redirect else response
         return {"status": response.status_code, "location": outcome, "page_status": page.status_code,
                 "code": page.headers.get("x-revive-code", ""),
-                "consumed": outcome.endswith("/done"), "refused": outcome.endswith("/refused")}
+                "consumed": outcome.endswith("/done"), "refused": outcome.endswith("/refused"),
+                "claims": parse_qs(urlsplit(self.authorize_urls[-1]).query).get("claims", [""])[0]}
 
 
 def reconnect_link(world: LabWorld, case_reference: str, *, timeout: float = WAIT) -> str:
@@ -331,6 +341,23 @@ class Scenario:
         self._park_on_revoked_grant(resume_thread=True)
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
 
+    def _cae(self) -> None:
+        """Microsoft Graph revokes the session mid-run (CAE): the brief's send gets a claims challenge."""
+        self.say("  ✗ fault: the mail API revokes the session mid-run: 401 insufficient_claims (continuous access evaluation)")
+        grant = get_custody().load(connection_id=self.connection_id)
+        self.notes["challenge_claims"] = self.world.standin.cae_revoke(grant.refresh_token)
+        result = self.invoke(self.state())
+        if not result.get("__interrupt__"):
+            raise ScenarioFailed("the run was not parked although the resource API sent a claims challenge")
+        self.parked_case()
+        case = RecoveryCase.objects.get(reference=self.case_reference)
+        self.notes["case_claims"] = case.provider_error.get("claims", "")
+        self.notes["case_reason"] = case.provider_error.get("reason", "")
+        self.say(f"  · Revive: {case.failure_class} ({case.provider_error.get('reason')}), claims kept on {case.reference}")
+        self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
+        received = httpx.get(f"{self.world.idp.url}/lab/claims-requests", timeout=10).json()["requests"]
+        self.notes["idp_claims"] = received[-1]["claims"] if received else None
+
     def _worker_lost(self) -> None:
         self.say("  ✗ fault: the refresh token is revoked at the provider")
         self.revoke_refresh_token()
@@ -373,7 +400,7 @@ class Scenario:
         snapshot = self.graph().get_state({"configurable": {"thread_id": self.thread_id}})
         result = {
             "scenario": self.name,
-            "title": SCENARIOS[self.name],
+            "title": ALL_SCENARIOS[self.name],
             "provider": self.provider,
             "runtime": "langgraph",
             "run_id": self.run_id,
@@ -403,6 +430,23 @@ class Scenario:
         result["ok"] = not result["problems"]
         return result
 
+    def _cae_problems(self, notes: dict) -> list[str]:
+        problems = []
+        challenge = json.loads(notes.get("challenge_claims") or "{}")
+        if not challenge or json.loads(notes.get("case_claims") or "{}") != challenge:
+            problems.append("the case did not keep the claims the resource API asked for")
+        if notes.get("case_reason") != "claims_challenge":
+            problems.append(f"the case's reason was {notes.get('case_reason')!r}, not claims_challenge")
+        if self.interactive:
+            return problems
+        sent = json.loads((notes.get("sign_in") or [{}])[-1].get("claims") or "{}")
+        received = notes.get("idp_claims") or {}
+        for name, where in (("the owner's sign-in", sent), ("the identity provider", received)):
+            wanted = challenge.get("access_token", {})
+            if any((where.get("access_token") or {}).get(k) != v for k, v in wanted.items()):
+                problems.append(f"{name} did not carry the claims challenge")
+        return problems
+
     def problems(self, r: dict) -> list[str]:
         problems = []
         if r["messages_accepted"] != 1 or r["duplicate_effects_observed"]:
@@ -417,8 +461,11 @@ class Scenario:
             problems.append(f"the case points at {r['checkpoint']!r}/{r['action_key']!r}, not 05 / {briefing.SEND_ACTION}")
         if r["checkpoints_completed"] != ["01", "02", "03", "04", "05"]:
             problems.append(f"the run completed checkpoints {r['checkpoints_completed']}")
-        if r["failure_class"] != "dead_grant":
-            problems.append(f"the failure was classified {r['failure_class']}, not dead_grant")
+        expected_class = "interaction_required" if self.name == "cae" else "dead_grant"
+        if r["failure_class"] != expected_class:
+            problems.append(f"the failure was classified {r['failure_class']}, not {expected_class}")
+        if self.name == "cae":
+            problems.extend(self._cae_problems(r["notes"]))
         sign_ins = r["notes"].get("sign_in") or []
         if not sign_ins or not sign_ins[-1].get("consumed"):
             problems.append("the owner's sign-in did not reconnect")
@@ -444,6 +491,6 @@ def run_scenario(name: str, world: LabWorld, *, provider: str = "oidc", interact
     try:
         return scenario.run()
     except Exception as exc:  # a misbehaving scenario is a result, with what is known so far
-        return {"scenario": name, "title": SCENARIOS[name], "provider": provider, "runtime": "langgraph",
+        return {"scenario": name, "title": ALL_SCENARIOS[name], "provider": provider, "runtime": "langgraph",
                 "run_id": scenario.run_id, "case_id": scenario.case_reference or None, "ok": False,
                 "problems": [f"{type(exc).__name__}: {exc}"], "notes": scenario.notes}

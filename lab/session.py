@@ -24,7 +24,7 @@ from cases.runtimes import adapter_for, reset_adapters
 from .briefing import GRAPH_NAME
 from .idp import LabIdp
 from .provider_standin import ProviderStandIn
-from .scenarios import SCENARIOS, LabWorld, run_scenario, socialaccount_providers_for
+from .scenarios import ALL_SCENARIOS, LabWorld, run_scenario, socialaccount_providers_for
 from .timeline import LiveTimeline
 
 # One session at a time per process: it swaps process-wide settings (sign-in apps, e-mail backend) while it runs.
@@ -93,7 +93,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
             timeline = LiveTimeline(out, style=style).start()
             for name in names:
                 timeline.flush()
-                out(heading(f"\n▶ {SCENARIOS[name]}  ({name}, provider {provider})"))
+                out(heading(f"\n▶ {ALL_SCENARIOS[name]}  ({name}, provider {provider})"))
                 result = run_scenario(name, world, provider=provider, interactive=interactive,
                                       say=lambda line: (timeline.flush(), out(line)))
                 timeline.flush()

@@ -60,3 +60,17 @@ def test_recovery_lab_json_for_one_scenario_and_a_runtime_without_a_lab_workflow
     skipped = manage(env, "recovery_lab", "--runtime", "temporal")
     assert skipped.returncode == 2
     assert "LangGraph only" in skipped.stderr and "temporal" in skipped.stderr
+
+
+def test_recovery_lab_cae_scenario_with_entra(tmp_path):
+    env = embedded_env(tmp_path)
+    assert manage(env, "migrate", "-v0").returncode == 0
+    proc = manage(env, "recovery_lab", "--scenario", "cae", "--provider", "entra", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    r = json.loads(proc.stdout)["scenarios"][0]
+    assert (r["failure_class"], r["provider_code"], r["case_state"]) == ("interaction_required", "insufficient_claims", "resumed")
+    assert (r["generation_before"], r["generation_after"], r["duplicate_effects_observed"]) == (1, 2, 0)
+    assert json.loads(r["notes"]["case_claims"]) == json.loads(r["notes"]["challenge_claims"])
+
+    wrong = manage(env, "recovery_lab", "--scenario", "cae", "--provider", "oidc")
+    assert wrong.returncode == 2 and "--provider entra" in wrong.stderr

@@ -17,7 +17,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from lab.scenarios import PROVIDERS, SCENARIOS
+from lab.scenarios import ALL_SCENARIOS, PROVIDERS, SCENARIO_PROVIDERS, SCENARIOS
 from lab.session import run_lab
 
 RUNTIMES = ("langgraph", "temporal", "restate")
@@ -44,8 +44,9 @@ class Command(BaseCommand):
     help = "Run the recovery lab: inject each credential fault for real and watch the original run resume."
 
     def add_arguments(self, parser):
-        parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all",
-                            help="One scenario, or all four (default).")
+        parser.add_argument("--scenario", choices=[*ALL_SCENARIOS, "all"], default="all",
+                            help="One scenario, or the product page's four (all, default). cae (Entra continuous "
+                                 "access evaluation) runs with --provider entra.")
         parser.add_argument("--runtime", choices=RUNTIMES, default="langgraph",
                             help="The durable runtime (langgraph; temporal and restate need their servers).")
         parser.add_argument("--provider", choices=PROVIDERS, default="oidc",
@@ -68,6 +69,9 @@ class Command(BaseCommand):
             if as_json:
                 self.stdout.write(json.dumps({"ok": False, "runtime": runtime, "skipped": True, "reason": message}))
             raise CommandError(message, returncode=2)
+        allowed = SCENARIO_PROVIDERS.get(scenario)
+        if allowed and provider not in allowed:
+            raise CommandError(f"--scenario {scenario} needs --provider {' or '.join(allowed)}", returncode=2)
         names = list(SCENARIOS) if scenario == "all" else [scenario]
         results = self.run_lab(names, provider=provider, interactive=interactive, out=out)
         elapsed = time.monotonic() - started
