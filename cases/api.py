@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from ninja import Path, Router
 
-from . import selectors, services
+from . import refresh, selectors, services
 from .models import Action, Checkpoint, Run
 from .schemas import (
     ActionOut,
@@ -23,6 +23,9 @@ from .schemas import (
     LeaseOut,
     ReconcileIn,
     RecoveryStatusOut,
+    RefreshClaimIn,
+    RefreshClaimOut,
+    RefreshReleaseIn,
     RunIn,
     RunOut,
 )
@@ -121,3 +124,19 @@ def report_credential_failure(request, payload: CredentialFailureIn, run_id: str
         actor=request.auth.actor,
     )
     return _failure_out(answer)
+
+
+@router.post("/connections/{connection_id}/refresh-claims", response={200: RefreshClaimOut, **ERRORS},
+             summary="Claim the refresh of a generation's credential (single flight)")
+def claim_refresh(request, payload: RefreshClaimIn, connection_id: str = ID):
+    answer = refresh.refresh_claim(connection_id=connection_id, generation=payload.generation, holder=payload.holder,
+                                   seen_round=payload.seen_round, actor=request.auth.actor)
+    return asdict(answer)
+
+
+@router.post("/connections/{connection_id}/refresh-claims/release", response={200: RefreshClaimOut, **ERRORS},
+             summary="Release a refresh claim with its outcome")
+def release_refresh(request, payload: RefreshReleaseIn, connection_id: str = ID):
+    answer = refresh.refresh_release(connection_id=connection_id, generation=payload.generation, round=payload.round,
+                                     holder=payload.holder, outcome=payload.outcome, actor=request.auth.actor)
+    return asdict(answer)

@@ -73,3 +73,9 @@ class CaseTransitionNotAllowed(DomainError):
     code = "CASE_TRANSITION_NOT_ALLOWED"
     status = 409
     default_message = "The case is not in a state that allows this."
+
+
+class RefreshClaimNotHeld(DomainError):
+    code = "REFRESH_CLAIM_NOT_HELD"
+    status = 409
+    default_message = "This refresh claim round is not held by this holder (it expired and was taken over, or never was)."

@@ -273,3 +273,32 @@ class CaseRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.case} ← {self.run_id}"
+
+
+class RefreshClaim(models.Model):
+    """Who refreshes a connection generation's credential now: one row per (connection, generation).
+
+    Single flight (``cases.refresh``): one worker holds the claim and refreshes at the provider while the others
+    wait, then re-read the credential from its custody (round ``round``). Holds no token.
+    """
+
+    class State(models.TextChoices):
+        IDLE = "idle"
+        HELD = "held"
+        REFRESHED = "refreshed"
+        FAILED = "failed"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="refresh_claims")
+    generation = models.PositiveIntegerField()
+    round = models.PositiveIntegerField(default=0, help_text="How many times this generation's claim was taken.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IDLE)
+    holder = models.CharField(max_length=200, blank=True, default="")
+    held_until = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "generation"], name="refresh_claim_per_generation")]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id} gen {self.generation} round {self.round} ({self.state})"

@@ -170,3 +170,27 @@ class ErrorOut(Schema):
     code: str
     message: str
     data: dict[str, Any]
+
+
+class RefreshClaimIn(Schema):
+    generation: int = Field(..., ge=1, le=2**31 - 1)
+    holder: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
+    seen_round: int = Field(0, ge=0, le=2**31 - 1, description="The refresh round of the credential that failed (0: unknown).")
+
+
+class RefreshReleaseIn(Schema):
+    generation: int = Field(..., ge=1, le=2**31 - 1)
+    holder: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
+    round: int = Field(..., ge=1, le=2**31 - 1)
+    outcome: Literal["refreshed", "failed"]
+
+
+class RefreshClaimOut(Schema):
+    decision: Literal["refresh", "wait", "reload", "fenced", "released"]
+    connection_id: str
+    generation: int
+    round: int
+    holder: str
+    held_until: datetime | None
+    retry_after: float | None
+    current_generation: int | None

@@ -29,6 +29,7 @@ import httpx
 from langgraph.graph import END, START, StateGraph
 from revive_sdk import ProviderError, Revive
 from revive_sdk import langgraph as revive_lg
+from revive_sdk.flows import RefreshMemo
 
 GRAPH_NAME = "lab-briefing"
 WORKFLOW = "Nightly executive briefing"
@@ -67,11 +68,40 @@ def revive() -> Revive:
 # --------------------------------------------------------------------------- the credential
 
 
-def credential(state: BriefingState) -> str:
-    """An access token for the connection: refresh the custody grant at the provider's token endpoint.
+# One memo of refresh rounds per connection in this process, shared by the threads LangGraph runs nodes on.
+_MEMOS: dict[str, RefreshMemo] = {}
+_MEMOS_LOCK = threading.Lock()
 
-    Raises ``ProviderError`` with the provider's own answer when the refresh is refused. The provider rotates
-    refresh tokens, so the new one goes back to custody under the same generation.
+
+def credential(state: BriefingState) -> str:
+    """An access token for the connection, refreshed through Revive's single-flight refresh claim.
+
+    The lab refreshes at every use (``is_fresh`` is never true), so a revoked grant shows at once; the claim makes
+    concurrent workers of one connection refresh one at a time and reuse each other's result instead of
+    presenting the same rotating refresh token twice. The grant lives in Revive's credential custody, which this
+    worker (Revive's own lab) reads and writes directly; Revive's worker API only answers who refreshes.
+    """
+    conn_id = state["connection_id"]
+    with _MEMOS_LOCK:
+        memo = _MEMOS.setdefault(conn_id, RefreshMemo())
+    helper = revive().single_flight_credential(conn_id, load=lambda: _stored_access_token(conn_id),
+                                               refresh=lambda: refresh_grant(state), is_fresh=lambda token: False)
+    helper.memo = memo
+    return helper()
+
+
+def _stored_access_token(connection_id: str) -> str | None:
+    from reauth.custody import get_custody
+
+    grant = get_custody().load(connection_id=connection_id)
+    return grant.access_token if grant is not None else None
+
+
+def refresh_grant(state: BriefingState) -> str:
+    """Refresh the custody grant at the provider's token endpoint; the new grant goes back to custody.
+
+    Raises ``ProviderError`` with the provider's own answer when the refresh is refused. The provider may rotate
+    refresh tokens, so the new one is stored under the same generation.
     """
     from cases.models import Connection
     from reauth.custody import Grant, get_custody
@@ -92,10 +122,9 @@ def credential(state: BriefingState) -> str:
             body = resp.text
         raise ProviderError(resp.status_code, body, {"Content-Type": resp.headers.get("content-type", "")})
     token = resp.json()
-    if token.get("refresh_token") and token["refresh_token"] != grant.refresh_token:
-        custody.store(connection_id=conn_id, generation=generation, grant=Grant(
-            access_token=token["access_token"], refresh_token=token["refresh_token"], id_token=grant.id_token,
-            expires_at=grant.expires_at, scope=grant.scope))
+    custody.store(connection_id=conn_id, generation=generation, grant=Grant(
+        access_token=token["access_token"], refresh_token=token.get("refresh_token") or grant.refresh_token,
+        id_token=grant.id_token, expires_at=grant.expires_at, scope=grant.scope))
     return token["access_token"]
 
 

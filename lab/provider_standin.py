@@ -8,6 +8,10 @@
 - ``timeout_after_accept`` makes the mail API accept a message and then not answer in time
   (``timeouts_left`` limits it to the next N messages).
 - ``revoke(refresh_token)`` makes the token endpoint refuse that one refresh token (a new grant's works).
+- ``rotating=True``: refresh tokens rotate as Auth0's do: each refresh answers a new refresh token and retires the
+  one presented; presenting a retired one again is reuse ("Reused rotating refresh token detected"): the whole
+  family is revoked and the endpoint answers ``invalid_grant``. ``issue_refresh_token()`` starts a family;
+  ``refreshes`` counts successful refreshes, ``reuse_detected`` the reuses; ``token_delay`` slows the endpoint.
 - ``cae_revoke(refresh_token)`` is a continuous access evaluation event (Microsoft Graph revoking a session mid-run):
   the mail API answers every access token minted from that refresh token with 401 and
   ``WWW-Authenticate: Bearer … error="insufficient_claims", claims="<base64 JSON>"``, the claims asking for a token
@@ -41,8 +45,15 @@ ERROR_BODIES = {
 
 
 class ProviderStandIn:
-    def __init__(self, *, provider: str = "entra", host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, *, provider: str = "entra", host: str = "127.0.0.1", port: int = 0, rotating: bool = False) -> None:
         self.provider = provider
+        self.rotating = rotating
+        self.token_delay = 0.0
+        self.refreshes = 0
+        self.reuse_detected = 0
+        self.family_of: dict[str, str] = {}
+        self.retired: set[str] = set()
+        self.revoked_families: set[str] = set()
         self.revoked = False
         self.timeout_after_accept: float = 0.0
         self.timeouts_left: int | None = None
@@ -75,6 +86,28 @@ class ProviderStandIn:
     def revoke(self, refresh_token: str) -> None:
         with self._lock:
             self.revoked_tokens.add(refresh_token)
+
+    def issue_refresh_token(self) -> str:
+        """A new grant's refresh token (the start of a rotation family)."""
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self.family_of[token] = token
+        return token
+
+    def _rotate(self, refresh_token: str) -> tuple[str | None, bool]:
+        """(the next refresh token, or None if refused; whether this was a reuse)."""
+        with self._lock:
+            family = self.family_of.get(refresh_token)
+            if family is None or family in self.revoked_families:
+                return None, False
+            if refresh_token in self.retired:
+                self.revoked_families.add(family)
+                self.reuse_detected += 1
+                return None, True
+            self.retired.add(refresh_token)
+            successor = secrets.token_urlsafe(32)
+            self.family_of[successor] = family
+            return successor, False
 
     def cae_revoke(self, refresh_token: str, *, at: str = "resource") -> str:
         """A critical event for the session of ``refresh_token``; returns the claims (JSON text) it will ask for."""
@@ -154,6 +187,15 @@ class ProviderStandIn:
                     if refused:
                         status, body = ERROR_BODIES.get(standin.provider, ERROR_BODIES["oidc"])
                         return self._json(status, body)
+                    if standin.token_delay:
+                        time.sleep(standin.token_delay)
+                    successor = None
+                    if standin.rotating:
+                        successor, reused = standin._rotate(refresh_token)
+                        if successor is None:
+                            return self._json(403, {"error": "invalid_grant", "error_description":
+                                                    "Unknown or invalid refresh token." if not reused else
+                                                    "Reused rotating refresh token detected."})
                     if claims is not None:
                         return self._json(400, {
                             "error": "interaction_required",
@@ -164,7 +206,11 @@ class ProviderStandIn:
                     access_token = secrets.token_urlsafe(24)
                     with standin._lock:
                         standin.minted_from[access_token] = refresh_token
-                    return self._json(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": access_token})
+                        standin.refreshes += 1
+                    answer = {"token_type": "Bearer", "expires_in": 3600, "access_token": access_token}
+                    if successor:
+                        answer["refresh_token"] = successor
+                    return self._json(200, answer)
                 if path == "/v1.0/me/sendMail":
                     if not (self.headers.get("Authorization") or "").startswith("Bearer "):
                         return self._json(401, {"error": {"code": "InvalidAuthenticationToken", "message": "Access token is empty."}})

@@ -165,6 +165,8 @@ REVIVE_MAX_BODY_BYTES = env.int("REVIVE_MAX_BODY_BYTES", default=256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REVIVE_MAX_BODY_BYTES
 # Default backoff when a transient failure has no Retry-After.
 REVIVE_TRANSIENT_BACKOFF_SECONDS = env.float("REVIVE_TRANSIENT_BACKOFF_SECONDS", default=5.0)
+REVIVE_REFRESH_CLAIM_SECONDS = env.float("REVIVE_REFRESH_CLAIM_SECONDS", default=30.0)  # how long one refresh holds its claim
+REVIVE_REFRESH_POLL_SECONDS = env.float("REVIVE_REFRESH_POLL_SECONDS", default=0.2)  # how soon a waiting worker asks again
 
 # --- Resume (cases.resume, cases.runtimes) ----------------------------------
 # Server-side reconcilers by action key (exact, or an fnmatch pattern such as "send_exec_*"): dotted paths to

@@ -1,6 +1,6 @@
 """Revive's worker SDK: protect mutating actions and park runs when a credential is rejected."""
 
-from .client import AsyncRevive, Revive
+from .client import AsyncRevive, Revive, SingleFlightCredential
 from .errors import (
     ActionAmbiguous,
     ActionFailed,
@@ -31,4 +31,5 @@ __all__ = [
     "ReviveError",
     "ReviveUnavailable",
     "RunParked",
+    "SingleFlightCredential",
 ]

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
+import secrets
+import socket
+import time
 from typing import Any, Callable
 
 import httpx
 
 from . import flows
 from .errors import LeaseFenced, ProviderError, ReviveError, ReviveUnavailable
-from .flows import ActionContext, Call, Flow, Http
+from .flows import ActionContext, Call, Flow, Http, RefreshMemo, Sleep
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
@@ -40,6 +45,52 @@ def _unavailable(exc: Exception) -> ReviveUnavailable:
     return ReviveUnavailable("REVIVE_UNAVAILABLE", f"cannot reach Revive: {type(exc).__name__}")
 
 
+def new_holder() -> str:
+    """A refresh-claim holder name for this worker: host, process and a random part (no secret)."""
+    host = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in socket.gethostname())[:60] or "host"
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class SingleFlightCredential:
+    """A ``credential`` callback for ``protect_action`` that refreshes once per (connection, generation) across
+    every worker, through Revive's refresh claim (see ``revive_sdk.flows.refresh_single_flight``).
+
+    - ``load()`` reads the current credential from where it lives (Revive's credential custody for a direct OAuth
+      connection, your vault, a broker);
+    - ``refresh()`` refreshes it at the provider and stores the new grant there (with rotating refresh tokens, the
+      new refresh token too), returning the new credential; raise ``ProviderError`` if the provider refuses;
+    - ``is_fresh(credential)`` says whether a loaded credential can be used (e.g. not past its expiry).
+
+    Call ``rejected()`` when the provider refused a credential this helper returned (``RefreshRequired``): the
+    next call refreshes (or reloads what another worker refreshed). Revive never sees the credential. Helpers of
+    one process that share a ``memo`` share what they know of the refresh rounds (e.g. one helper per thread).
+    """
+
+    def __init__(self, revive: "Revive | AsyncRevive", *, connection_id: str, load: Callable[[], Any],
+                 refresh: Callable[[], Any], is_fresh: Callable[[Any], bool] = lambda credential: True,
+                 holder: str | None = None, memo: RefreshMemo | None = None) -> None:
+        self.revive = revive
+        self.connection_id = connection_id
+        self.holder = holder or new_holder()
+        self.memo = memo if memo is not None else RefreshMemo()
+        self._load, self._refresh, self._is_fresh = load, refresh, is_fresh
+
+    def _flow(self) -> Flow:
+        return flows.credential(connection_id=self.connection_id, holder=self.holder, load=self._load,
+                                refresh=self._refresh, is_fresh=self._is_fresh, memo=self.memo)
+
+    def rejected(self) -> None:
+        self.memo.rejected = True
+
+    @property
+    def round(self) -> int:
+        """The refresh round of the credential last returned (0 before any refresh)."""
+        return self.memo.round
+
+    def __call__(self) -> Any:
+        return self.revive._run(self._flow())  # a coroutine with AsyncRevive: protect_action awaits it
+
+
 def _headers(api_key: str) -> dict[str, str]:
     return {"X-Api-Key": api_key, "User-Agent": "revive-sdk-python/0.1"}
 
@@ -66,9 +117,11 @@ class Revive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _perform(self, step: Http | Call) -> Any:
+    def _perform(self, step: Http | Call | Sleep) -> Any:
         if isinstance(step, Call):
             return step.fn(*step.args)
+        if isinstance(step, Sleep):
+            return time.sleep(step.seconds)
         try:
             response = self._http.request(step.method, step.path, json=step.json)
         except httpx.TransportError as exc:
@@ -89,6 +142,13 @@ class Revive:
     def lease(self, connection_id: str) -> dict[str, Any]:
         """The connection's current generation (``usable`` is false while a reconnect is pending)."""
         return self._run(flows.lease(connection_id))
+
+    def single_flight_credential(self, connection_id: str, *, load: Callable[[], Any], refresh: Callable[[], Any],
+                                 is_fresh: Callable[[Any], bool] = lambda credential: True,
+                                 holder: str | None = None) -> SingleFlightCredential:
+        """A credential callback that refreshes once across workers; see ``SingleFlightCredential``."""
+        return SingleFlightCredential(self, connection_id=connection_id, load=load, refresh=refresh,
+                                      is_fresh=is_fresh, holder=holder)
 
     def register_run(self, *, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._run(flows.register_run(run_id=run_id, runtime=runtime, workflow_name=workflow_name, runtime_ref=runtime_ref))
@@ -147,10 +207,12 @@ class AsyncRevive:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _perform(self, step: Http | Call) -> Any:
+    async def _perform(self, step: Http | Call | Sleep) -> Any:
         if isinstance(step, Call):
             result = step.fn(*step.args)
             return await result if inspect.isawaitable(result) else result
+        if isinstance(step, Sleep):
+            return await asyncio.sleep(step.seconds)
         try:
             response = await self._http.request(step.method, step.path, json=step.json)
         except httpx.TransportError as exc:
@@ -170,6 +232,13 @@ class AsyncRevive:
 
     async def lease(self, connection_id: str) -> dict[str, Any]:
         return await self._run(flows.lease(connection_id))
+
+    def single_flight_credential(self, connection_id: str, *, load: Callable[[], Any], refresh: Callable[[], Any],
+                                 is_fresh: Callable[[Any], bool] = lambda credential: True,
+                                 holder: str | None = None) -> SingleFlightCredential:
+        """See ``Revive.single_flight_credential``; ``load`` and ``refresh`` may be coroutines."""
+        return SingleFlightCredential(self, connection_id=connection_id, load=load, refresh=refresh,
+                                      is_fresh=is_fresh, holder=holder)
 
     async def register_run(self, *, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
         return await self._run(flows.register_run(run_id=run_id, runtime=runtime, workflow_name=workflow_name, runtime_ref=runtime_ref))

@@ -39,6 +39,13 @@ class Call:
 
 
 @dataclass(frozen=True)
+class Sleep:
+    """Wait ``seconds`` (``time.sleep`` or ``asyncio.sleep``, as the driver runs)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ActionContext:
     """What ``execute`` and ``reconcile`` receive."""
 
@@ -200,3 +207,71 @@ def protect_action(
         yield Http("POST", f"{base}/commit", {"generation": generation, "result": _jsonable(result), "external_ref": external_ref})
         return result
     raise ActionAmbiguous(action_key, key)
+
+
+# --------------------------------------------------------------------------- single-flight refresh
+
+
+@dataclass
+class RefreshMemo:
+    """What one credential helper remembers between calls: the refresh round of what it last read, and whether
+    that credential was rejected (so the next call refreshes even if it looks fresh)."""
+
+    round: int = 0
+    rejected: bool = False
+    generation: int = 0
+
+
+def refresh_single_flight(*, connection_id: str, generation: int, holder: str, refresh: Callable[[], Any],
+                          reload: Callable[[], Any], seen_round: int = 0, max_wait: float = 120.0) -> Flow:
+    """Refresh this generation's credential once across all workers; return ``(credential, round)``.
+
+    Revive answers with a decision, never a token: ``refresh`` (we hold the round: call ``refresh``, which talks
+    to the provider and stores the new grant where the credential lives, then release), ``wait`` (someone else
+    holds it), ``reload`` (a round newer than ours was refreshed: call ``reload``) or ``fenced``.
+    """
+    base = f"/connections/{_seg(connection_id)}/refresh-claims"
+    waited = 0.0
+    while True:
+        answer = yield Http("POST", base, {"generation": generation, "holder": holder, "seen_round": seen_round})
+        decision = answer["decision"]
+        if decision == "fenced":
+            raise LeaseFenced(generation, answer.get("current_generation"))
+        if decision == "reload":
+            return (yield Call(reload)), answer["round"]
+        if decision == "wait":
+            if waited >= max_wait:
+                raise RetryLater(float(answer.get("retry_after") or 1.0), code="refresh_in_progress")
+            delay = float(answer.get("retry_after") or 0.2)
+            yield Sleep(delay)
+            waited += delay
+            continue
+        held = answer["round"]
+        release = {"generation": generation, "holder": holder, "round": held}
+        try:
+            credential = yield Call(refresh)
+        except BaseException:
+            try:
+                yield Http("POST", f"{base}/release", {**release, "outcome": "failed"})
+            except ReviveError:
+                pass  # the claim expires on its own
+            raise
+        yield Http("POST", f"{base}/release", {**release, "outcome": "refreshed"})
+        return credential, held
+
+
+def credential(*, connection_id: str, holder: str, load: Callable[[], Any], refresh: Callable[[], Any],
+               is_fresh: Callable[[Any], bool], memo: RefreshMemo) -> Flow:
+    """A usable credential: the stored one if it is fresh and was not rejected, else a single-flight refresh."""
+    if not memo.rejected:
+        current = yield Call(load)
+        if is_fresh(current):
+            return current
+    generation = (yield from lease(connection_id))["generation"]
+    if generation != memo.generation:  # rounds count per generation
+        memo.generation, memo.round = generation, 0
+    value, memo.round = yield from refresh_single_flight(connection_id=connection_id, generation=generation,
+                                                         holder=holder, refresh=refresh, reload=load,
+                                                         seen_round=memo.round)
+    memo.rejected = False
+    return value
