@@ -595,7 +595,7 @@ class Outcome:
     FAILED = "failed"
 
 
-OWNER_CLASSES = {FailureClass.DEAD_GRANT, FailureClass.INTERACTION_REQUIRED}
+OWNER_CLASSES = {FailureClass.DEAD_GRANT, FailureClass.INTERACTION_REQUIRED, FailureClass.RELINK_REQUIRED}
 
 
 @dataclass

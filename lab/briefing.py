@@ -47,6 +47,7 @@ _local = threading.local()
 
 
 class BriefingState(TypedDict, total=False):
+    vault: dict
     run_id: str
     connection_id: str
     token_url: str
@@ -82,12 +83,30 @@ def credential(state: BriefingState) -> str:
     worker (Revive's own lab) reads and writes directly; Revive's worker API only answers who refreshes.
     """
     conn_id = state["connection_id"]
+    if state.get("vault"):
+        return token_vault_credential(state)
     with _MEMOS_LOCK:
         memo = _MEMOS.setdefault(conn_id, RefreshMemo())
     helper = revive().single_flight_credential(conn_id, load=lambda: _stored_access_token(conn_id),
                                                refresh=lambda: refresh_grant(state), is_fresh=lambda token: False)
     helper.memo = memo
     return helper()
+
+
+def token_vault_credential(state: BriefingState) -> str:
+    """The upstream access token from Auth0 Token Vault (exchanged now, stored nowhere); the subject token is the
+    owner's Auth0 refresh token from custody. A refused exchange raises ``ProviderError``: Revive classifies it."""
+    from reauth.custody import get_custody
+    from revive_sdk.auth0 import TokenVault
+
+    vault = TokenVault(state["vault"]["url"], os.environ.get("REVIVE_LAB_VAULT_CLIENT_ID", "revive-lab-vault"),
+                       os.environ.get("REVIVE_LAB_VAULT_CLIENT_SECRET", ""))
+    try:
+        grant = get_custody().load(connection_id=state["connection_id"])
+        subject = grant.refresh_token if grant is not None else ""
+        return vault.credential(connection=state["vault"]["connection"], subject_token=lambda: subject)()
+    finally:
+        vault.close()
 
 
 def _stored_access_token(connection_id: str) -> str | None:

@@ -43,6 +43,7 @@ from reauth.custody import Grant, get_custody
 from . import briefing
 from .idp import IdpSession, LabIdp, expires_at
 from .provider_standin import ProviderStandIn
+from .token_vault_standin import UPSTREAM_ACCOUNTS, TokenVaultStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {
@@ -57,7 +58,10 @@ EXTRA_SCENARIOS = {
 }
 SCENARIO_PROVIDERS = {"cae": ("entra",)}
 ALL_SCENARIOS = {**SCENARIOS, **EXTRA_SCENARIOS}
-PROVIDERS = ("oidc", "entra", "auth0")
+PROVIDERS = ("oidc", "entra", "auth0", "auth0-token-vault")
+TOKEN_VAULT = "auth0-token-vault"
+VAULT_CONNECTION = "google-oauth2"
+VAULT_USER = "auth0|ada"
 WAIT = float(os.environ.get("REVIVE_LAB_WAIT", "120"))
 _LINK = re.compile(r"(https?://\S+/reconnect/l/rvr_[A-Za-z0-9_-]+)")
 _CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
@@ -89,6 +93,8 @@ class LabWorld:
     var_dir: Path
     worker_env: dict[str, str] = field(default_factory=dict, repr=False)
     """Environment of lab worker processes (scenario ``worker-lost``)."""
+    vault: TokenVaultStandIn | None = None
+    """Auth0 Token Vault and My Account API stand-in (provider ``auth0-token-vault``)."""
 
     @property
     def callback_url(self) -> str:
@@ -99,12 +105,25 @@ class LabWorld:
     def export_env(self) -> None:
         """What the briefing's worker code reads: Revive's address and key, the token client's credentials."""
         os.environ.update(REVIVE_LAB_URL=self.revive_url, REVIVE_LAB_API_KEY=self.api_key,
-                          REVIVE_LAB_IDP_CLIENT_ID=self.idp.client_id, REVIVE_LAB_IDP_CLIENT_SECRET=self.idp.client_secret)
+                          REVIVE_LAB_IDP_CLIENT_ID=self.idp.client_id, REVIVE_LAB_IDP_CLIENT_SECRET=self.idp.client_secret,
+                          **self._vault_env())
+
+    def _vault_env(self) -> dict[str, str]:
+        if self.vault is None:
+            return {}
+        return {"REVIVE_LAB_VAULT_CLIENT_ID": self.vault.client_id, "REVIVE_LAB_VAULT_CLIENT_SECRET": self.vault.client_secret}
 
     def worker_environment(self) -> dict[str, str]:
         return {**os.environ, **self.worker_env, "REVIVE_LAB_URL": self.revive_url, "REVIVE_LAB_API_KEY": self.api_key,
                 "REVIVE_LAB_IDP_CLIENT_ID": self.idp.client_id, "REVIVE_LAB_IDP_CLIENT_SECRET": self.idp.client_secret,
-                "PYTHONUNBUFFERED": "1"}
+                "PYTHONUNBUFFERED": "1", **self._vault_env()}
+
+
+def token_vault_settings(vault: TokenVaultStandIn) -> dict:
+    """``REVIVE_AUTH0_TOKEN_VAULT`` pointing at the stand-in, its upstream ("Google") behind the connection."""
+    return {"domain": vault.url, "client_id": vault.client_id, "client_secret": vault.client_secret,
+            "connections": {VAULT_CONNECTION: {"userinfo_url": f"{vault.url}/upstream/userinfo",
+                                               "issuer": vault.upstream_issuer, "scopes": ["openid", "email"]}}}
 
 
 def socialaccount_providers_for(idp: LabIdp) -> dict:
@@ -141,6 +160,18 @@ class Owner:
             raise ScenarioFailed(f"the reconnect link answered {response.status_code}")
         self.landing = str(response.url.join(response.headers["location"]))
 
+    def _upstream_consent(self, connect_url: str, username: str) -> str:
+        """The upstream provider's page behind a Connected Accounts ``connect_uri``: choose the account."""
+        with httpx.Client(timeout=WAIT, follow_redirects=False) as upstream:
+            page = upstream.get(connect_url)
+            ticket = parse_qs(urlsplit(connect_url).query).get("ticket", [""])[0]
+            if page.status_code != 200:
+                raise ScenarioFailed(f"the upstream consent page answered {page.status_code}")
+            back = upstream.post(str(page.url.join("/upstream/authorize")), data={"ticket": ticket, "account": username})
+        if back.status_code != 302:
+            raise ScenarioFailed(f"the upstream consent answered {back.status_code}")
+        return back.headers["location"]
+
     def sign_in(self, username: str) -> dict:
         """Press the button on the landing page, sign in at the provider as ``username``, come back to Revive."""
         page = self.http.get(self.landing)
@@ -152,8 +183,11 @@ class Owner:
         if response.status_code != 302:
             raise ScenarioFailed(f"starting the sign-in answered {response.status_code}")
         self.authorize_urls.append(response.headers["location"])
-        with IdpSession(self.world.idp) as person:
-            callback = person.authorize(response.headers["location"], username)
+        if self.world.vault is not None and response.headers["location"].startswith(self.world.vault.url):
+            callback = self._upstream_consent(response.headers["location"], username)
+        else:
+            with IdpSession(self.world.idp) as person:
+                callback = person.authorize(response.headers["location"], username)
         response = self.http.get(callback)  # Revive verifies the identity here (and, when it matches, resumes)
         outcome = response.headers.get("location", "")
         page = self.http.get(str(response.url.join(outcome))) if response.is_redirect else response
@@ -212,6 +246,8 @@ class Scenario:
 
     def connect(self) -> None:
         """Register the connection with the owner's identity and put its first grant in custody (generation 1)."""
+        if self.provider == TOKEN_VAULT:
+            return self._connect_token_vault()
         user, idp = self.owner_user, self.world.idp
         identity = {
             "entra": dict(provider="entra", provider_subject=user["oid"], provider_tenant=user["tid"]),
@@ -226,8 +262,23 @@ class Scenario:
             expires_at=expires_at(token)))
         self.standin_from = len(self.world.standin.messages)
 
+    def _connect_token_vault(self) -> None:
+        """A Token Vault connection: the owner's upstream ("Google") account is connected in Auth0; custody keeps
+        only the owner's Auth0 session grant (the exchange's subject token), never an upstream token."""
+        vault, user = self.world.vault, self.owner_user
+        services.connection_create(connection_id=self.connection_id, owner_email=user["email"], provider="auth0_token_vault",
+                                   provider_subject=UPSTREAM_ACCOUNTS[user["username"]]["sub"],
+                                   provider_tenant=VAULT_CONNECTION, provider_issuer=vault.upstream_issuer,
+                                   display_name="Ops mailbox (Google, via Auth0 Token Vault)", actor="lab")
+        session = vault.sign_in(VAULT_USER, connection=VAULT_CONNECTION, upstream=user["username"])
+        get_custody().store(connection_id=self.connection_id, generation=1, grant=Grant(access_token="", refresh_token=session))
+        self.standin_from = len(self.world.standin.messages)
+
     def revoke_refresh_token(self) -> None:
         """The fault: the refresh token in custody stops working at its provider."""
+        if self.provider == TOKEN_VAULT:  # the upstream grant behind the connected account disappears
+            self.world.vault.revoke_upstream(VAULT_USER, VAULT_CONNECTION)
+            return
         grant = get_custody().load(connection_id=self.connection_id)
         if self.provider == "oidc":
             status = self.world.idp.revoke(grant.refresh_token)
@@ -238,8 +289,11 @@ class Scenario:
             self.world.standin.revoke(grant.refresh_token)
 
     def state(self) -> dict:
-        return {"run_id": self.run_id, "connection_id": self.connection_id, "token_url": self.token_url,
-                "mail_url": self.world.standin.url, "recipient": "exec-team@contoso.example"}
+        state = {"run_id": self.run_id, "connection_id": self.connection_id, "token_url": self.token_url,
+                 "mail_url": self.world.standin.url, "recipient": "exec-team@contoso.example"}
+        if self.provider == TOKEN_VAULT:
+            state["vault"] = {"url": self.world.vault.url, "connection": VAULT_CONNECTION}
+        return state
 
     # -- running the graph ----------------------------------------------------------------
 
@@ -461,7 +515,8 @@ class Scenario:
             problems.append(f"the case points at {r['checkpoint']!r}/{r['action_key']!r}, not 05 / {briefing.SEND_ACTION}")
         if r["checkpoints_completed"] != ["01", "02", "03", "04", "05"]:
             problems.append(f"the run completed checkpoints {r['checkpoints_completed']}")
-        expected_class = "interaction_required" if self.name == "cae" else "dead_grant"
+        expected_class = ("interaction_required" if self.name == "cae" else
+                          "relink_required" if self.provider == TOKEN_VAULT else "dead_grant")
         if r["failure_class"] != expected_class:
             problems.append(f"the failure was classified {r['failure_class']}, not {expected_class}")
         if self.name == "cae":

@@ -24,7 +24,8 @@ from cases.runtimes import adapter_for, reset_adapters
 from .briefing import GRAPH_NAME
 from .idp import LabIdp
 from .provider_standin import ProviderStandIn
-from .scenarios import ALL_SCENARIOS, LabWorld, run_scenario, socialaccount_providers_for
+from .scenarios import ALL_SCENARIOS, LabWorld, run_scenario, socialaccount_providers_for, token_vault_settings
+from .token_vault_standin import TokenVaultStandIn
 from .timeline import LiveTimeline
 
 # One session at a time per process: it swaps process-wide settings (sign-in apps, e-mail backend) while it runs.
@@ -64,7 +65,8 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
     heading = style.MIGRATE_HEADING if style else (lambda s: s)
     session = Path(settings.VAR_DIR) / "lab" / f"session-{os.getpid()}-{secrets.token_hex(2)}"
     (session / "mail").mkdir(parents=True, exist_ok=True)
-    standin = ProviderStandIn(provider=provider if provider != "oidc" else "entra").start()
+    standin = ProviderStandIn(provider=provider if provider in ("entra", "auth0") else "entra").start()
+    vault = TokenVaultStandIn().start()
     server = None
     if revive_url is None:
         server, revive_url = serve_revive()
@@ -85,11 +87,11 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         out(f"  mail + token {standin.url}  (provider stand-in)")
         _, key = services.api_key_create(name=f"lab-{session.name}", actor="lab")
         world = LabWorld(revive_url=revive_url, api_key=key, idp=idp, standin=standin, mailbox=session / "mail",
-                         var_dir=session)
+                         var_dir=session, vault=vault)
         world.export_env()
         with override_settings(PUBLIC_BASE_URL=revive_url, SOCIALACCOUNT_PROVIDERS=socialaccount_providers_for(idp),
                                EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
-                               EMAIL_FILE_PATH=str(session / "mail")):
+                               EMAIL_FILE_PATH=str(session / "mail"), REVIVE_AUTH0_TOKEN_VAULT=token_vault_settings(vault)):
             timeline = LiveTimeline(out, style=style).start()
             for name in names:
                 timeline.flush()
@@ -110,6 +112,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
             server.shutdown()
             server.server_close()
         standin.stop()
+        vault.stop()
         if idp is not None:
             idp.stop()
         reset_adapters()

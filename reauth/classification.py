@@ -69,6 +69,8 @@ class FailureClass(models.TextChoices):
     REFRESHABLE = "refreshable"
     TRANSIENT = "transient"
     MISCONFIGURATION = "misconfiguration"
+    RELINK_REQUIRED = "relink_required"
+    """The upstream account behind a vault (Auth0 Token Vault) is gone: the owner must re-link it."""
     UNKNOWN = "unknown"
 
 
@@ -91,11 +93,13 @@ class Reason(models.TextChoices):
     BLOCKED = "blocked", "Sign-in is blocked for now"
     CLAIMS_CHALLENGE = "claims_challenge", "Sign in again to satisfy a claims challenge"
     STEP_UP = "step_up", "Sign in with a stronger method"
+    RELINK = "relink", "Re-link the connected account"
 
 
 class Provider(models.TextChoices):
     ENTRA = "entra", "Microsoft Entra ID"
     AUTH0 = "auth0", "Auth0"
+    AUTH0_TOKEN_VAULT = "auth0_token_vault", "Auth0 Token Vault"
     NANGO = "nango", "Nango"
     SCALEKIT = "scalekit", "Scalekit"
     OIDC = "oidc", "Generic OIDC"
@@ -451,6 +455,34 @@ _AUTH0_ROWS = (
     _Row("auth0.access_denied", FailureClass.INTERACTION_REQUIRED, _on_error("access_denied"), reason=Reason.SIGN_IN),
 )
 
+# Auth0 Token Vault: the worker's credential comes from the federated-connection token exchange
+# (grant_type urn:auth0:params:oauth:grant-type:token-exchange:federated-connection-access-token). When the
+# upstream grant behind the connected account is gone the exchange fails -- observed 401
+# federated_connection_refresh_token_not_found; Auth0's SDKs surface failed_to_exchange_refresh_token and
+# missing_refresh_token -- and any other 4xx of the exchange means the same: re-link the connected account
+# (My Account API, Connected Accounts). The Auth0 session's own refusal of the subject token ("Unknown or invalid
+# refresh token") is different: the owner signs in to Auth0 again (dead grant). Revive's own client being
+# refused is an operator's problem; 408/429 and 5xx fall through to the transient rows.
+_TOKEN_VAULT_RELINK_ERRORS = ("federated_connection_refresh_token_not_found", "failed_to_exchange_refresh_token",
+                              "missing_refresh_token")
+
+
+def _on_exchange_4xx(s: _Signals) -> str | None:
+    if s.status is not None and 400 <= s.status <= 499 and s.status not in (408, 429):
+        return s.error or f"http_{s.status}"
+    return None
+
+
+_TOKEN_VAULT_ROWS = (
+    *(_Row(f"auth0_token_vault.{code}", FailureClass.RELINK_REQUIRED, _on_error(code), reason=Reason.RELINK)
+      for code in _TOKEN_VAULT_RELINK_ERRORS),
+    _Row("auth0_token_vault.session_refresh_token_invalid", FailureClass.DEAD_GRANT,
+         _on_error_with_message("invalid_grant", "unknown or invalid refresh token"), reason=Reason.SIGN_IN),
+    _Row("auth0_token_vault.client_rejected", FailureClass.MISCONFIGURATION,
+         lambda s: s.error if s.error in ("invalid_client", "unauthorized_client", "unsupported_grant_type") else None),
+    _Row("auth0_token_vault.exchange_4xx", FailureClass.RELINK_REQUIRED, _on_exchange_4xx, reason=Reason.RELINK),
+)
+
 # Scalekit connected account states other than ACTIVE all need a new
 # authorization by the owner ("generate a new authorization link").
 _SCALEKIT_INACTIVE_STATUSES = frozenset(
@@ -585,6 +617,7 @@ def _rows(rows: tuple[_Row, ...]) -> _Table:
 _PROVIDER_TABLES: dict[str, _Table] = {
     Provider.ENTRA: _entra_decide,
     Provider.AUTH0: _rows(_AUTH0_ROWS),
+    Provider.AUTH0_TOKEN_VAULT: _rows(_TOKEN_VAULT_ROWS),
     Provider.NANGO: _rows(_NANGO_ROWS),
     Provider.SCALEKIT: _rows(_SCALEKIT_ROWS),
     Provider.OIDC: lambda s: None,
@@ -595,7 +628,7 @@ _UPSTREAM_TABLES: tuple[_Table, ...] = (_entra_decide, _rows(_OAUTH_ROWS))
 
 SIGNATURES: tuple[str, ...] = tuple(
     row.signature
-    for rows in (_NETWORK_ROWS, _ENTRA_CODE_ROWS, _ENTRA_SUBERROR_ROWS, _ENTRA_ERROR_ROWS, _AUTH0_ROWS, _NANGO_ROWS,
+    for rows in (_NETWORK_ROWS, _ENTRA_CODE_ROWS, _ENTRA_SUBERROR_ROWS, _ENTRA_ERROR_ROWS, _AUTH0_ROWS, _TOKEN_VAULT_ROWS, _NANGO_ROWS,
                  _SCALEKIT_ROWS, _OAUTH_ROWS, _STATUS_ROWS)
     for row in rows
 )

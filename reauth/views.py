@@ -27,7 +27,7 @@ from django.views.decorators.cache import never_cache
 from audit.models import AuditEvent
 from cases.models import CaseState
 
-from . import providers, selectors, services
+from . import providers, relink, selectors, services
 from .errors import (
     CsrfFailed,
     MethodNotAllowed,
@@ -39,6 +39,8 @@ from .errors import (
     ReconnectNextNotAllowed,
     ReconnectNotCompleted,
     ReconnectSessionRequired,
+    ReconnectSignInCancelled,
+    ReconnectSignInFailed,
 )
 from .forms import StartForm, next_url_allowed
 from .identity import mask_email, mask_identifier
@@ -52,6 +54,8 @@ FAILURE_TEXT = {
                   "change, a revoked or long-unused sign-in, or withdrawn consent.",
     "interaction_required": "{provider} needs the account owner to sign in again — for example to complete multi-factor "
                             "authentication or to give consent.",
+    "relink_required": "{provider} no longer holds a working grant for the account connected to this workflow — it was "
+                       "revoked or expired at the account's own provider.",
 }
 
 # What the owner must do, by the reason the classifier gave (``reauth.classification.Reason``).
@@ -79,6 +83,8 @@ OWNER_ACTIONS = {
                         "service asked for.",
     "step_up": "The service asks for a stronger sign-in: sign in with multi-factor authentication when asked.",
     "sign_in": "Sign in again as the same account.",
+    "relink": "Re-link the connected account: you will be sent to the account's provider to approve the connection "
+              "again. Choose the same account as before; another one will be refused.",
 }
 
 # What the done page says about the run once the owner's part is over (the case may already have moved on).
@@ -238,8 +244,9 @@ def landing(request: HttpRequest, public_id) -> HttpResponse:
         return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
     req = selectors.reconnect_request_get(public_id)
     context = _summary(req)
-    apps = providers.sign_in_apps(request, req.connection)
-    context["sign_in_app"] = apps[0] if apps else None
+    context["relink"] = _is_relink(req)
+    apps = [] if context["relink"] else providers.sign_in_apps(request, req.connection)
+    context["sign_in_app"] = apps[0] if apps else context["relink"]
     context["attempts_left"] = max(_max_refusals() - req.refusals, 0)
     context["refusals"] = req.refusals
     return render(request, "reauth/landing.html", context)
@@ -260,15 +267,18 @@ def start(request: HttpRequest, public_id) -> HttpResponse:
             if form.has_error("next", "next_not_allowed"):
                 raise ReconnectNextNotAllowed()
             raise ReconnectFormInvalid()
+        if _is_relink(req):
+            target = relink.relink_begin(request, req)
+            if form.cleaned_data["next"]:
+                _remember_next(request, req, form.cleaned_data["next"])
+            return redirect(target)
         app = providers.sign_in_app_for(request, req.connection)
         services.reconnect_sign_in_started(public_id=req.public_id, provider_app=app.provider_id,
                                            claims=(req.case.provider_error or {}).get("claims", ""))
     except ReconnectError as exc:
         return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
     if form.cleaned_data["next"]:
-        state = _session_state(request)
-        state["grants"][str(req.public_id)]["next"] = form.cleaned_data["next"]
-        request.session[SESSION_KEY] = state
+        _remember_next(request, req, form.cleaned_data["next"])
     provider = get_social_adapter(request).get_provider(request, app.provider_id)
     auth_params = providers.sign_in_auth_params(provider, req.connection, req.case)
     return provider.redirect(
@@ -278,6 +288,35 @@ def start(request: HttpRequest, public_id) -> HttpResponse:
         auth_params=auth_params,
         scope=provider.get_scope(),
     )
+
+
+def _is_relink(req: ReconnectRequest) -> bool:
+    return req.case.failure_class == "relink_required"
+
+
+def _remember_next(request: HttpRequest, req: ReconnectRequest, next_url: str) -> None:
+    state = _session_state(request)
+    state["grants"][str(req.public_id)]["next"] = next_url
+    request.session[SESSION_KEY] = state
+
+
+@_page
+@_allow("GET")
+def relinked(request: HttpRequest, public_id) -> HttpResponse:
+    """The Connected Accounts flow comes back here (``relink.relink_complete``)."""
+    try:
+        req = _bound_request(request, public_id)
+        if request.GET.get("error"):
+            raise ReconnectSignInCancelled() if request.GET["error"] == "access_denied" else ReconnectSignInFailed(
+                data={"reason": "provider"})
+        completion = relink.relink_complete(request, req, connect_code=request.GET.get("connect_code", ""),
+                                            state=request.GET.get("state", ""))
+    except ReconnectError as exc:
+        return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
+    if completion.consumed:
+        return redirect("reauth:done", public_id=req.public_id)
+    session_remember_refusal(request, req.public_id, completion.refusal_event_id)
+    return redirect("reauth:refused", public_id=req.public_id)
 
 
 @_page

@@ -226,6 +226,9 @@ if REVIVE_RECONNECT_WEBHOOK_URL and not REVIVE_RECONNECT_WEBHOOK_SECRET:
 
     raise ImproperlyConfigured("REVIVE_RECONNECT_WEBHOOK_URL is set: REVIVE_RECONNECT_WEBHOOK_SECRET (the HMAC key) is required")
 REVIVE_CREDENTIAL_CUSTODY = env.str("REVIVE_CREDENTIAL_CUSTODY", default="reauth.custody.DatabaseCustody")
+# Auth0 Token Vault (connections of provider auth0_token_vault): {"domain", "client_id", "client_secret",
+# "connections": {"<auth0 connection>": {"userinfo_url", "issuer", "scopes": [...]}}} -- see reauth/relink.py.
+REVIVE_AUTH0_TOKEN_VAULT = env.json("REVIVE_AUTH0_TOKEN_VAULT", default={})
 
 from reauth.provider_settings import socialaccount_providers  # noqa: E402  (pure: no models, no environment)
 

@@ -56,6 +56,7 @@ CAE_CHALLENGE = (
     'claims="eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwgInZhbHVlIjoiMTYwNDEwNjY1MSJ9fX0="'
 )
 
+RELINK = FailureClass.RELINK_REQUIRED
 DEAD = FailureClass.DEAD_GRANT
 INTERACTION = FailureClass.INTERACTION_REQUIRED
 REFRESHABLE = FailureClass.REFRESHABLE
@@ -271,6 +272,24 @@ ROW_CASES = [
         provider="auth0", status=403,
         body={"error": "access_denied", "error_description": "Please verify your email before continuing."},
     ),
+    # --- Auth0 Token Vault (the federated-connection token exchange)
+    case("auth0_token_vault.federated_connection_refresh_token_not_found", RELINK,
+         "federated_connection_refresh_token_not_found", reason="relink", provider="auth0_token_vault", status=401,
+         body={"error": "federated_connection_refresh_token_not_found",
+               "error_description": "Federated connection Refresh Token not found."}),
+    case("auth0_token_vault.failed_to_exchange_refresh_token", RELINK, "failed_to_exchange_refresh_token",
+         reason="relink", provider="auth0_token_vault", status=400,
+         body={"error": "failed_to_exchange_refresh_token", "error_description": "Failed to exchange the refresh token."}),
+    case("auth0_token_vault.missing_refresh_token", RELINK, "missing_refresh_token", reason="relink",
+         provider="auth0_token_vault", status=400,
+         body={"error": "missing_refresh_token", "error_description": "A refresh token is required."}),
+    case("auth0_token_vault.session_refresh_token_invalid", DEAD, "invalid_grant", reason="sign_in",
+         provider="auth0_token_vault", status=403,
+         body={"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}),
+    case("auth0_token_vault.client_rejected", MISCONFIG, "invalid_client", provider="auth0_token_vault", status=401,
+         body={"error": "invalid_client", "error_description": "Client authentication failed."}),
+    case("auth0_token_vault.exchange_4xx", RELINK, "invalid_request", reason="relink", provider="auth0_token_vault",
+         status=400, body={"error": "invalid_request", "error_description": "The connection is not enabled for this client."}),
     # --- Nango
     case(
         "nango.connection_refresh_exhausted", DEAD, "connection_refresh_exhausted",
@@ -916,3 +935,16 @@ def test_module_imports_without_django_settings():
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "dead_grant"
+
+
+@pytest.mark.parametrize(("status", "expected"), [(429, TRANSIENT), (503, TRANSIENT), (408, TRANSIENT), (404, RELINK)])
+def test_token_vault_exchange_statuses(status, expected):
+    result = classify(provider="auth0_token_vault", status=status, body={"message": "whatever"})
+
+    assert result.failure_class == expected
+
+
+def test_token_vault_rows_do_not_apply_to_plain_auth0():
+    body = {"error": "federated_connection_refresh_token_not_found"}
+
+    assert classify(provider="auth0", status=401, body=body).failure_class == REFRESHABLE  # just a 401 there
