@@ -200,7 +200,7 @@ def _summary(req: ReconnectRequest) -> dict[str, Any]:
         "provider_code": case.provider_code,
         "owner_action": OWNER_ACTIONS.get((case.provider_error or {}).get("reason", ""), ""),
         "expected_account": mask_email(conn.owner_email),
-        "expected_tenant": conn.provider_tenant,
+        "expected_tenant": conn.provider_tenant if conn.provider == "entra" else "",
         "expected_issuer": conn.provider_issuer,
         "expires_at": req.expires_at,
         "expires_in": timeuntil(req.expires_at) if req.expires_at and req.expires_at > timezone.now() else "",
