@@ -13,7 +13,8 @@ from cases.runtimes import reset_adapters
 from lab import briefing
 from lab.idp import LabIdp
 from lab.provider_standin import ProviderStandIn
-from lab.scenarios import LabWorld, socialaccount_providers_for
+from lab.scenarios import LabWorld, socialaccount_providers_for, token_vault_settings
+from lab.token_vault_standin import TokenVaultStandIn
 from reauth.provider_settings import LAB_PROVIDER_ID
 from revive_site.celery import app as celery_app
 from tests.runtimes.conftest import (  # noqa: F401  (the shared process fixtures)
@@ -35,6 +36,13 @@ def lab_standin() -> Iterator[ProviderStandIn]:
 
 
 @pytest.fixture(scope="session")
+def lab_vault() -> Iterator[TokenVaultStandIn]:
+    vault = TokenVaultStandIn().start()
+    yield vault
+    vault.stop()
+
+
+@pytest.fixture(scope="session")
 def lab_idp_process(live_server, tmp_path_factory) -> Iterator[LabIdp]:
     idp = LabIdp.start(var_dir=tmp_path_factory.mktemp("lab-idp"),
                        redirect_uris=[f"{live_server.url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"])
@@ -48,8 +56,8 @@ def lab_mailbox(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def lab_world(revive_http, raw_worker_key, lab_idp_process, lab_standin, lab_mailbox, test_database_url, world_dir,
-              celery_manager, settings, tmp_path, monkeypatch) -> Iterator[LabWorld]:
+def lab_world(revive_http, raw_worker_key, lab_idp_process, lab_standin, lab_vault, lab_mailbox, test_database_url,
+              world_dir, celery_manager, settings, tmp_path, monkeypatch) -> Iterator[LabWorld]:
     """The lab around the live server; resumes run in a real Celery worker on Redis (eager mode off)."""
     idp = lab_idp_process
     settings.REVIVE_LANGGRAPH_GRAPHS = {**GRAPHS, briefing.GRAPH_NAME: "lab.briefing:briefing"}
@@ -58,6 +66,7 @@ def lab_world(revive_http, raw_worker_key, lab_idp_process, lab_standin, lab_mai
     settings.SOCIALACCOUNT_PROVIDERS = socialaccount_providers_for(idp)
     settings.EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
     settings.EMAIL_FILE_PATH = str(lab_mailbox)
+    settings.REVIVE_AUTH0_TOKEN_VAULT = token_vault_settings(lab_vault)
     monkeypatch.setattr(briefing, "MAIL_TIMEOUT", 3.0)  # generous on a busy machine; the timeout fault waits longer
     processes = {
         "DJANGO_SETTINGS_MODULE": "tests.lab.worker_settings",
@@ -68,12 +77,15 @@ def lab_world(revive_http, raw_worker_key, lab_idp_process, lab_standin, lab_mai
         "REVIVE_LAB_IDP_CLIENT_ID": idp.client_id,
         "REVIVE_LAB_IDP_CLIENT_SECRET": idp.client_secret,
         "REVIVE_LAB_MAIL_TIMEOUT": "3.0",
+        "REVIVE_LAB_VAULT_CLIENT_ID": lab_vault.client_id,
+        "REVIVE_LAB_VAULT_CLIENT_SECRET": lab_vault.client_secret,
     }
     celery_manager.ensure(**processes)
     for name, value in processes.items():
         if name != "DJANGO_SETTINGS_MODULE":
             monkeypatch.setenv(name, value)
-    world = LabWorld(revive_url=revive_http, api_key=raw_worker_key, idp=idp, standin=lab_standin, mailbox=lab_mailbox,
+    world = LabWorld(revive_url=revive_http, api_key=raw_worker_key, idp=idp, standin=lab_standin, vault=lab_vault,
+                     mailbox=lab_mailbox,
                      var_dir=tmp_path, worker_env={**celery_manager.base_env, **processes,
                                                    "DATABASE_URL": test_database_url, "REVIVE_VAR_DIR": str(world_dir / "var")})
     world.export_env()

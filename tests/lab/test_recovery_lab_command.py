@@ -62,7 +62,7 @@ def test_recovery_lab_json_for_one_scenario_and_a_runtime_without_a_lab_workflow
     assert "LangGraph only" in skipped.stderr and "temporal" in skipped.stderr
 
 
-def test_recovery_lab_cae_scenario_with_entra(tmp_path):
+def test_recovery_lab_cae_and_token_vault_scenarios(tmp_path):
     env = embedded_env(tmp_path)
     assert manage(env, "migrate", "-v0").returncode == 0
     proc = manage(env, "recovery_lab", "--scenario", "cae", "--provider", "entra", "--json")
@@ -74,3 +74,10 @@ def test_recovery_lab_cae_scenario_with_entra(tmp_path):
 
     wrong = manage(env, "recovery_lab", "--scenario", "cae", "--provider", "oidc")
     assert wrong.returncode == 2 and "--provider entra" in wrong.stderr
+
+    vault = manage(env, "recovery_lab", "--scenario", "wrong-account", "--provider", "auth0-token-vault", "--json")
+    assert vault.returncode == 0, vault.stderr[-3000:] + vault.stdout[-3000:]
+    r = json.loads(vault.stdout)["scenarios"][0]
+    assert (r["failure_class"], r["provider_code"]) == ("relink_required", "federated_connection_refresh_token_not_found")
+    assert r["notes"]["sign_in"][0]["refused"] and r["notes"]["sign_in"][1]["consumed"]
+    assert (r["generation_before"], r["generation_after"], r["duplicate_effects_observed"]) == (1, 2, 0)

@@ -64,3 +64,19 @@ def test_a_cae_challenge_parks_the_run_and_the_owner_signs_in_with_the_claims(la
     assert live_actions(result) == LIVE_ORDER
     messages = lab_world.standin.messages_for(result["run_id"])
     assert len(messages) == 1 and messages[0]["generation"] == 2 and messages[0]["pid"] in celery_manager.pids
+
+
+@pytest.mark.parametrize("name", ["revoked", "wrong-account"])
+def test_token_vault_relink_resumes_the_run(name, lab_world, celery_manager):
+    """Auth0 Token Vault: the exchange fails once the upstream grant is gone; the owner re-links the account."""
+    result = run_scenario(name, lab_world, provider="auth0-token-vault")
+
+    assert result["ok"], (result["problems"], celery_manager.log()[-3000:])
+    assert (result["failure_class"], result["provider_code"]) == ("relink_required", "federated_connection_refresh_token_not_found")
+    assert live_actions(result) == LIVE_ORDER
+    messages = lab_world.standin.messages_for(result["run_id"])
+    assert len(messages) == 1 and messages[0]["generation"] == 2 and messages[0]["pid"] in celery_manager.pids
+    linked = lab_world.vault.connected("auth0|ada", "google-oauth2")
+    assert linked.alive and linked.upstream == "ada"
+    if name == "wrong-account":
+        assert result["notes"]["sign_in"][0]["refused"] and result["notes"]["sign_in"][1]["consumed"]

@@ -51,8 +51,9 @@ class Command(BaseCommand):
                             help="The durable runtime (langgraph; temporal and restate need their servers).")
         parser.add_argument("--provider", choices=PROVIDERS, default="oidc",
                             help="Whose refusal the worker sees: the lab OIDC provider revoking the refresh token "
-                                 "(oidc, default), or the documented error of Microsoft Entra (AADSTS700082) / Auth0 "
-                                 "served by the local token endpoint.")
+                                 "(oidc, default), the documented error of Microsoft Entra (AADSTS700082) / Auth0 "
+                                 "served by the local token endpoint, or auth0-token-vault: the upstream grant behind "
+                                 "an Auth0 Token Vault connected account disappears and the owner re-links it.")
         parser.add_argument("--interactive", action="store_true",
                             help="Print the owner's reconnect link and wait for a person to sign in.")
         parser.add_argument("--json", dest="as_json", action="store_true", help="Print the results as JSON only.")
