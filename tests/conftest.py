@@ -106,3 +106,13 @@ def chromium(django_db_setup):
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         else:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture(scope="session")
+def token_vault_standin():
+    """The lab's stand-in of Auth0 Token Vault and the My Account API (its own HTTP server on loopback)."""
+    from lab.token_vault_standin import TokenVaultStandIn
+
+    server = TokenVaultStandIn().start()
+    yield server
+    server.stop()

@@ -18,7 +18,7 @@ from audit.models import AuditEvent
 from cases import services as case_services
 from cases.models import CaseState, Connection, Runtime
 from lab.scenarios import token_vault_settings
-from lab.token_vault_standin import UPSTREAM_ACCOUNTS, TokenVaultStandIn
+from lab.token_vault_standin import UPSTREAM_ACCOUNTS
 from reauth.custody import Grant, get_custody
 from reauth.models import ReconnectRequest
 
@@ -27,11 +27,9 @@ from .conftest import OwnerCase, link_in, tables_containing
 USER, CONNECTION = "auth0|ada", "google-oauth2"
 
 
-@pytest.fixture(scope="module")
-def vault():
-    server = TokenVaultStandIn().start()
-    yield server
-    server.stop()
+@pytest.fixture
+def vault(token_vault_standin):
+    return token_vault_standin
 
 
 @pytest.fixture
@@ -72,20 +70,25 @@ def upstream_tokens(vault) -> list[str]:
 # --------------------------------------------------------------------------- through the test client
 
 
-@pytest.mark.django_db
-def test_relink_with_the_recorded_account_advances_the_generation_and_keeps_no_upstream_token(client, vault_case,
-                                                                                              issue_link, vault):
-    link, link_token = issue_link(vault_case)
+def relink_until_return(client, link: str, vault, account: str):
+    """Open the link, press the button, pick ``account`` at the upstream; return where it sends the browser back
+    (and the landing page's HTML)."""
     landing = client.get(urlsplit(link).path)["Location"]
     page = client.get(landing).content.decode()
-    assert "Re-link the connected account" in page and "no longer holds a working grant" in page
-
     start = client.post(f"{landing}start")
     connect = urlsplit(start["Location"])
     assert start.status_code == 302 and f"{connect.scheme}://{connect.netloc}" == vault.url
     ticket = parse_qs(connect.query)["ticket"][0]
-    back = httpx.post(f"{vault.url}/upstream/authorize", data={"ticket": ticket, "account": "ada"})
-    callback = urlsplit(back.headers["location"])
+    back = httpx.post(f"{vault.url}/upstream/authorize", data={"ticket": ticket, "account": account})
+    return urlsplit(back.headers["location"]), page
+
+
+@pytest.mark.django_db
+def test_relink_with_the_recorded_account_advances_the_generation_and_keeps_no_upstream_token(client, vault_case,
+                                                                                              issue_link, vault):
+    link, link_token = issue_link(vault_case)
+    callback, page = relink_until_return(client, link, vault, "ada")
+    assert "Re-link the connected account" in page and "no longer holds a working grant" in page
     assert callback.path.endswith("/relinked") and "connect_code" in callback.query
     done = client.get(f"{callback.path}?{callback.query}")
 
@@ -106,12 +109,7 @@ def test_relink_with_the_recorded_account_advances_the_generation_and_keeps_no_u
 
 @pytest.mark.django_db
 def test_relink_with_another_account_is_refused_and_the_wrong_link_removed(client, vault_case, issue_link, vault):
-    link, _ = issue_link(vault_case)
-    landing = client.get(urlsplit(link).path)["Location"]
-    client.get(landing)
-    start = client.post(f"{landing}start")
-    ticket = parse_qs(urlsplit(start["Location"]).query)["ticket"][0]
-    back = urlsplit(httpx.post(f"{vault.url}/upstream/authorize", data={"ticket": ticket, "account": "mallory"}).headers["location"])
+    back, _ = relink_until_return(client, issue_link(vault_case)[0], vault, "mallory")
 
     refused = client.get(f"{back.path}?{back.query}")
 
@@ -129,12 +127,7 @@ def test_relink_with_another_account_is_refused_and_the_wrong_link_removed(clien
 @pytest.mark.django_db
 @pytest.mark.parametrize("tamper", ["state", "missing_code", "replay", "provider_error"])
 def test_a_tampered_or_replayed_return_changes_nothing(client, vault_case, issue_link, vault, tamper):
-    link, _ = issue_link(vault_case)
-    landing = client.get(urlsplit(link).path)["Location"]
-    client.get(landing)
-    start = client.post(f"{landing}start")
-    ticket = parse_qs(urlsplit(start["Location"]).query)["ticket"][0]
-    back = urlsplit(httpx.post(f"{vault.url}/upstream/authorize", data={"ticket": ticket, "account": "ada"}).headers["location"])
+    back, _ = relink_until_return(client, issue_link(vault_case)[0], vault, "ada")
     params = {k: v[0] for k, v in parse_qs(back.query).items()}
     if tamper == "state":
         params["state"] = "forged"

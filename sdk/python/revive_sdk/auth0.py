@@ -89,14 +89,24 @@ def _network_error(exc: httpx.TransportError) -> ProviderError:
     return ProviderError(None, None, None, error_kind=kind)
 
 
-class TokenVault:
+class _Client:
+    """What both helpers share: the token endpoint and the client's credentials."""
+
+    def __init__(self, domain: str, client_id: str, client_secret: str = "") -> None:
+        base = domain if "://" in domain else f"https://{domain}"
+        self.token_url = base.rstrip("/") + "/oauth/token"
+        self.client_id, self._client_secret = client_id, client_secret
+
+    def _form(self, **exchange: Any) -> dict[str, str]:
+        return exchange_form(client_id=self.client_id, client_secret=self._client_secret, **exchange)
+
+
+class TokenVault(_Client):
     """Exchanges at ``https://{domain}/oauth/token`` (``domain`` may be a full URL, e.g. a local stand-in)."""
 
     def __init__(self, domain: str, client_id: str, client_secret: str = "", *, timeout: float = 10.0,
                  transport: httpx.BaseTransport | None = None) -> None:
-        base = domain if "://" in domain else f"https://{domain}"
-        self.token_url = base.rstrip("/") + "/oauth/token"
-        self.client_id, self._client_secret = client_id, client_secret
+        super().__init__(domain, client_id, client_secret)
         self._http = httpx.Client(timeout=timeout, transport=transport)
 
     def close(self) -> None:
@@ -104,9 +114,8 @@ class TokenVault:
 
     def exchange(self, *, connection: str, subject_token: str, subject_token_type: str = "refresh_token",
                  login_hint: str | None = None, scope: str | None = None) -> FederatedToken:
-        form = exchange_form(client_id=self.client_id, client_secret=self._client_secret, connection=connection,
-                             subject_token=subject_token, subject_token_type=subject_token_type,
-                             login_hint=login_hint, scope=scope)
+        form = self._form(connection=connection, subject_token=subject_token, subject_token_type=subject_token_type,
+                          login_hint=login_hint, scope=scope)
         try:
             response = self._http.post(self.token_url, data=form)
         except httpx.TransportError as exc:
@@ -124,14 +133,12 @@ class TokenVault:
         return get
 
 
-class AsyncTokenVault:
+class AsyncTokenVault(_Client):
     """``TokenVault`` for ``AsyncRevive``; ``subject_token`` may be a coroutine function."""
 
     def __init__(self, domain: str, client_id: str, client_secret: str = "", *, timeout: float = 10.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        base = domain if "://" in domain else f"https://{domain}"
-        self.token_url = base.rstrip("/") + "/oauth/token"
-        self.client_id, self._client_secret = client_id, client_secret
+        super().__init__(domain, client_id, client_secret)
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
@@ -139,9 +146,8 @@ class AsyncTokenVault:
 
     async def exchange(self, *, connection: str, subject_token: str, subject_token_type: str = "refresh_token",
                        login_hint: str | None = None, scope: str | None = None) -> FederatedToken:
-        form = exchange_form(client_id=self.client_id, client_secret=self._client_secret, connection=connection,
-                             subject_token=subject_token, subject_token_type=subject_token_type,
-                             login_hint=login_hint, scope=scope)
+        form = self._form(connection=connection, subject_token=subject_token, subject_token_type=subject_token_type,
+                          login_hint=login_hint, scope=scope)
         try:
             response = await self._http.post(self.token_url, data=form)
         except httpx.TransportError as exc:

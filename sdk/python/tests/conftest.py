@@ -1,6 +1,6 @@
 import pytest
 
-from tests.conftest import make_connection, make_run, worker_key  # noqa: F401  (shared fixtures)
+from tests.conftest import make_connection, make_run, token_vault_standin, worker_key  # noqa: F401  (shared fixtures)
 
 
 class MailSink:

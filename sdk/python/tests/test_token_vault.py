@@ -7,18 +7,16 @@ import asyncio
 import httpx
 import pytest
 
-from lab.token_vault_standin import FEDERATED_TOKEN_TYPE, TokenVaultStandIn
+from lab.token_vault_standin import FEDERATED_TOKEN_TYPE
 from revive_sdk import ProviderError, Revive, RunParked
 from revive_sdk.auth0 import GRANT_TYPE, AsyncTokenVault, TokenVault, exchange_form
 
 USER, CONNECTION = "auth0|ada", "google-oauth2"
 
 
-@pytest.fixture(scope="module")
-def vault():
-    server = TokenVaultStandIn().start()
-    yield server
-    server.stop()
+@pytest.fixture
+def vault(token_vault_standin):
+    return token_vault_standin
 
 
 @pytest.fixture
