@@ -1,0 +1,28 @@
+export {
+  ActionAmbiguous,
+  ActionFailed,
+  CredentialRejected,
+  LeaseFenced,
+  ProviderError,
+  RefreshRequired,
+  RetryLater,
+  ReviveError,
+  ReviveUnavailable,
+  RunParked,
+} from "./errors.js";
+export type { ErrorData, ProviderErrorKind } from "./errors.js";
+export { Committed, Reconciliation, Revive, raiseForFailure } from "./client.js";
+export type {
+  ActionContext,
+  ActionRecord,
+  BeginAnswer,
+  CheckpointRecord,
+  FailureAnswer,
+  Lease,
+  ProtectActionOptions,
+  RecoveryStatus,
+  ReviveOptions,
+  RunRecord,
+  Runtime,
+} from "./client.js";
+export type { components, paths } from "./generated/worker-api.js";

@@ -1,0 +1,44 @@
+"""What the conformance scenarios (``sdk/conformance/*.json``) ask of the server, beside the SDK's own calls.
+
+Both runners use these: the Python SDK's tests call them in-process beside pytest-django's live server, and
+``live_server.py`` performs them for the other SDKs' runners on a line of JSON each. They call the services a
+person or Revive itself would (register a connection, the owner's reconnect), never the database directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cases import services
+
+ACTOR = "conformance"
+
+
+def connection_create(*, connection_id: str) -> dict[str, Any]:
+    conn = services.connection_create(connection_id=connection_id, provider="entra", owner_email="owner@example.com",
+                                      provider_subject=f"oid-{connection_id}", provider_tenant="tid-conformance")
+    return {"connection_id": conn.pk, "generation": conn.current_generation}
+
+
+def reconnect(*, case_id: str) -> dict[str, Any]:
+    """The owner reconnected the same identity: the generation advances and the case releases its runs.
+
+    Ambiguous actions are left to the resumed worker's ``reconcile`` callback, as after a real resume.
+    """
+    services.case_reauthorize(case_id=case_id, actor="owner")
+    case = services.case_resume_begin(case_id=case_id, actor="system", defer_ambiguous=True)
+    return {"case_id": case.reference, "state": case.state, "generation": case.resumed_generation}
+
+
+def api_key_create(*, name: str) -> str:
+    _key, raw = services.api_key_create(name=name)
+    return raw
+
+
+OPS = {"connection_create": connection_create, "reconnect": reconnect}
+
+
+def perform(op: dict[str, Any]) -> dict[str, Any]:
+    """One scenario step's server side: ``{"op": name, ...arguments}``."""
+    arguments = {k: v for k, v in op.items() if k != "op"}
+    return OPS[op["op"]](**arguments)
