@@ -30,12 +30,25 @@ def reconnect(*, case_id: str) -> dict[str, Any]:
     return {"case_id": case.reference, "state": case.state, "generation": case.resumed_generation}
 
 
+def owner_reconnected(*, case_id: str) -> dict[str, Any]:
+    """The owner's verified reconnect as ``reauth`` completes it: the generation advances, then Revive's own
+    recovery runs (reconcile, release, deliver the resume through the run's runtime adapter -- the Temporal
+    adapter signals ``revive_reauthorized``; Celery runs inline in this server).
+    """
+    from cases.resume import case_after_reauthorize
+
+    case = services.case_reauthorize(case_id=case_id, actor="owner")
+    case_after_reauthorize(case.pk)
+    case.refresh_from_db()
+    return {"case_id": case.reference, "state": case.state, "generation": case.resumed_generation}
+
+
 def api_key_create(*, name: str) -> str:
     _key, raw = services.api_key_create(name=name)
     return raw
 
 
-OPS = {"connection_create": connection_create, "reconnect": reconnect}
+OPS = {"connection_create": connection_create, "reconnect": reconnect, "owner_reconnected": owner_reconnected}
 
 
 def perform(op: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import path from "node:path";
 export const REPO_ROOT = path.resolve(fileURLToPath(new URL(".", import.meta.url)), "../../../../..");
 const STARTUP_MS = 180_000;
 
-function python(): string {
+export function python(): string {
   if (process.env.REVIVE_PYTHON) return process.env.REVIVE_PYTHON;
   const venv = path.join(REPO_ROOT, ".venv", "bin", "python");
   return existsSync(venv) ? venv : "python3";
@@ -27,8 +27,8 @@ export class LiveServer {
   url = "";
   apiKey = "";
 
-  private constructor() {
-    const env: NodeJS.ProcessEnv = { ...process.env, PYTHONPATH: [path.join(REPO_ROOT, "sdk", "python"), REPO_ROOT].join(path.delimiter) };
+  private constructor(extraEnv: Record<string, string>) {
+    const env: NodeJS.ProcessEnv = { ...process.env, ...extraEnv, PYTHONPATH: [path.join(REPO_ROOT, "sdk", "python"), REPO_ROOT].join(path.delimiter) };
     delete env.DJANGO_SETTINGS_MODULE;
     this.#child = spawn(python(), [path.join(REPO_ROOT, "tests", "conformance", "live_server.py")], {
       cwd: REPO_ROOT, env, stdio: ["pipe", "pipe", "pipe"],
@@ -43,8 +43,9 @@ export class LiveServer {
     });
   }
 
-  static async start(): Promise<LiveServer> {
-    const server = new LiveServer();
+  /** Start it; `env` reaches its settings (e.g. `TEMPORAL_ADDRESS` for its Temporal adapter). */
+  static async start(env: Record<string, string> = {}): Promise<LiveServer> {
+    const server = new LiveServer(env);
     const hello = JSON.parse(await server.#nextLine(STARTUP_MS)) as { url: string; api_key: string };
     server.url = hello.url;
     server.apiKey = hello.api_key;
