@@ -38,6 +38,14 @@ from .base import (
 )
 
 PARKED_KIND = "parked"  # revive_sdk.langgraph.PARKED_KIND
+RESUMED_BY_WORKER = "worker"
+"""``runtime_ref["resumed_by"]`` of a run whose graph lives in the worker, not in Revive (LangGraph.js, through the
+TypeScript SDK's ``registerRun``): Revive cannot load that graph, so releasing the run is the delivery, and the worker
+resumes its own thread with ``Command({ resume })`` once its cases no longer block it (``resumeWhenReleased``)."""
+
+
+def _resumed_by_worker(run) -> bool:
+    return (run.runtime_ref or {}).get("resumed_by") == RESUMED_BY_WORKER
 
 
 def checkpoint_url(database: dict[str, Any] | None = None) -> str:
@@ -166,6 +174,8 @@ class LangGraphAdapter(RuntimeAdapter):
 
     def park(self, run, case) -> dict[str, Any]:
         thread_id, graph_name = self._address(run)
+        if _resumed_by_worker(run):
+            return {"thread_id": thread_id, "resumed_by": RESUMED_BY_WORKER}
         snapshot = self.graph(graph_name).get_state(self._config(thread_id))
         for task in snapshot.tasks:
             for intr in task.interrupts:
@@ -178,6 +188,8 @@ class LangGraphAdapter(RuntimeAdapter):
         from langgraph.types import Command
 
         thread_id, graph_name = self._address(run)
+        if _resumed_by_worker(run):
+            return ResumeResult(detail={"thread_id": thread_id, "resumed_by": RESUMED_BY_WORKER, "outcome": "released"})
         graph = self.graph(graph_name)
         config = self._config(thread_id)
         released = set(request.case_ids)
@@ -214,6 +226,8 @@ class LangGraphAdapter(RuntimeAdapter):
 
     def status(self, run) -> RunStatus:
         thread_id, graph_name = self._address(run)
+        if _resumed_by_worker(run):
+            return RunStatus("unknown", {"thread_id": thread_id, "resumed_by": RESUMED_BY_WORKER})
         snapshot = self.graph(graph_name).get_state(self._config(thread_id))
         detail = {"thread_id": thread_id, "checkpoint_id": snapshot.config["configurable"].get("checkpoint_id"),
                   "next": list(snapshot.next)}

@@ -148,3 +148,21 @@ def test_worker_and_revive_serialise_checkpoint_setup_under_one_lock():
 
     assert SETUP_LOCK_KEY == lg_adapter._lock_key("__setup__")
     assert PARKED_KIND == lg_adapter.PARKED_KIND
+
+
+def test_a_graph_that_lives_in_the_worker_is_released_not_loaded(settings):
+    """LangGraph.js runs (``resumed_by: worker``): Revive cannot load their graph, so the delivery releases the run
+    and never looks the graph up; the worker resumes its own thread (sdk/typescript/test/langgraph.test.ts)."""
+    from types import SimpleNamespace
+
+    settings.REVIVE_LANGGRAPH_GRAPHS = {}
+    run = SimpleNamespace(pk="run_js", runtime_ref={"thread_id": "t-js", "graph": "briefing", "resumed_by": "worker"})
+    adapter = lg_adapter.LangGraphAdapter()
+    request = ResumeRequest(run_id="run_js", case_ids=("CASERV-0001",), generations={"conn": 2}, rejected={"conn": 1})
+    result = adapter.resume(None, 2, run=run, request=request)
+    assert (result.already, result.detail) == (False, {"thread_id": "t-js", "resumed_by": "worker", "outcome": "released"})
+    assert adapter.status(run).state == "unknown"
+    assert adapter.park(run, None) == {"thread_id": "t-js", "resumed_by": "worker"}
+    with pytest.raises(RuntimeMisconfigured):  # without the mark, an unregistered graph is still a clear failure
+        adapter.resume(None, 2, run=SimpleNamespace(pk="run_py", runtime_ref={"thread_id": "t", "graph": "briefing"}),
+                       request=request)

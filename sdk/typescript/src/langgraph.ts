@@ -18,7 +18,8 @@
  *
  * When the provider rejects the credential, `protectAction` calls `interrupt` with a payload naming the recovery
  * case; LangGraph saves the thread at that checkpoint and `invoke` returns. Revive's server resumes Python graphs
- * itself; a LangGraph.js graph lives in the worker, so the worker resumes it: `resumeWhenReleased` (or one
+ * itself; a LangGraph.js graph lives in the worker (`registerRun` marks the run `resumed_by: "worker"`, so Revive's
+ * delivery only releases it), and the worker resumes it: `resumeWhenReleased` (or one
  * `resumeIfReleased` per poll) waits until Revive no longer holds the run's cases, then invokes the *same*
  * `thread_id` with `new Command({ resume: { revive: "resume", ... } })` (never `updateState`). The node runs again
  * from its start; committed actions replay their results, and the rejected action runs with the new generation.
@@ -113,11 +114,17 @@ export async function protectAction<R = unknown, C = unknown>(revive: Revive, op
   throw new Error(`action ${options.actionKey} of run ${options.runId} parked ${MAX_PARKS} times`);
 }
 
-/** Tell Revive which thread holds the run, and the graph's name. */
+/**
+ * Tell Revive which thread holds the run, and the graph's name. The run is marked `resumed_by: "worker"`: Revive
+ * cannot load a LangGraph.js graph, so after the reconnect it releases the run and this worker resumes the thread
+ * (`resumeWhenReleased`).
+ */
 export function registerRun(revive: Revive, { runId, threadId, graph, workflowName }: {
   runId: string; threadId: string; graph: string; workflowName: string;
 }): Promise<RunRecord> {
-  return revive.registerRun({ runId, runtime: "langgraph", workflowName, runtimeRef: { thread_id: threadId, graph } });
+  return revive.registerRun({
+    runId, runtime: "langgraph", workflowName, runtimeRef: { thread_id: threadId, graph, resumed_by: "worker" },
+  });
 }
 
 /** The invoke config of a run: its thread is its durable cursor, the same before and after the resume. */

@@ -117,7 +117,8 @@ describe("LangGraph.js: RunParked becomes interrupt(), the same thread resumes w
     assert.equal((await reviveLg.parkedInterrupts(graph, w.threadId)).length, 1);
     assert.equal(w.mail.sent.length, 0);
 
-    await server.perform({ op: "reconnect", case_id: parked.cases[0] });
+    const reconnected = await server.perform({ op: "owner_reconnected", case_id: parked.cases[0] });
+    assert.deepEqual([reconnected.generation, reconnected.state], [2, "resumed"], "Revive's own resume path released the run");
     w.vault.revoked = false;
     const attempt = await reviveLg.resumeIfReleased(revive, graph, { runId: w.runId, threadId: w.threadId });
     assert.equal(attempt.resumed, true);
@@ -149,7 +150,7 @@ describe("LangGraph.js: RunParked becomes interrupt(), the same thread resumes w
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.equal(w.mail.sent.length, 0, "nothing runs while the case blocks the run");
     w.vault.revoked = false;
-    await server.perform({ op: "reconnect", case_id: parked.cases[0] });
+    await server.perform({ op: "owner_reconnected", case_id: parked.cases[0] });
     const attempt = await waiting;
     assert.equal(attempt.resumed, true);
     assert.equal(w.mail.sent.length, 1);
