@@ -14,7 +14,7 @@ import { after, before, describe, test } from "node:test";
 
 import { TestWorkflowEnvironment } from "@temporalio/testing";
 import { DefaultLogger, Runtime, Worker, makeTelemetryFilterString } from "@temporalio/worker";
-import { WorkflowFailedError } from "@temporalio/client";
+import { WorkflowFailedError, type WorkflowHandleWithFirstExecutionRunId } from "@temporalio/client";
 
 import { ProviderError, Revive } from "../src/index.js";
 import * as reviveTemporal from "../src/temporal.js";
@@ -106,12 +106,9 @@ describe("Temporal TypeScript: CredentialRejected parks the workflow until Reviv
     await env?.teardown();
   });
 
-  test("the same workflow run parks, is signalled by Revive after the reconnect, and sends once", async () => {
-    const nonce = randomUUID().slice(0, 8);
-    const input: BriefingInput = { runId: `wf-briefing-${nonce}`, connectionId: `conn_microsoft_ops.${nonce}` };
-    await server.perform({ op: "connection_create", connection_id: input.connectionId });
-    const world = new World();
-    const taskQueue = `revive-ts-${nonce}`;
+  /** A TypeScript worker on its own task queue runs the briefing workflow while `body` drives it. */
+  async function runBriefing(world: World, input: BriefingInput, body: (handle: WorkflowHandleWithFirstExecutionRunId) => Promise<void>) {
+    const taskQueue = `revive-ts-${randomUUID().slice(0, 8)}`;
     const worker = await Worker.create({
       connection: env.nativeConnection,
       taskQueue,
@@ -119,7 +116,16 @@ describe("Temporal TypeScript: CredentialRejected parks the workflow until Reviv
       activities: world.activities(revive),
     });
     await worker.runUntil(async () => {
-      const handle = await env.client.workflow.start("briefing", { taskQueue, workflowId: input.runId, args: [input] });
+      await body(await env.client.workflow.start("briefing", { taskQueue, workflowId: input.runId, args: [input] }));
+    });
+  }
+
+  test("the same workflow run parks, is signalled by Revive after the reconnect, and sends once", async () => {
+    const nonce = randomUUID().slice(0, 8);
+    const input: BriefingInput = { runId: `wf-briefing-${nonce}`, connectionId: `conn_microsoft_ops.${nonce}` };
+    await server.perform({ op: "connection_create", connection_id: input.connectionId });
+    const world = new World();
+    await runBriefing(world, input, async (handle) => {
 
       const [parked] = await eventually("the workflow to wait on its recovery case", async () => {
         const waiting = await handle.query<reviveTemporal.ParkedDetails[]>(reviveTemporal.QUERY);
@@ -158,15 +164,7 @@ describe("Temporal TypeScript: CredentialRejected parks the workflow until Reviv
     const nonce = randomUUID().slice(0, 8);
     const input: BriefingInput = { runId: `wf-unknown-${nonce}`, connectionId: `conn_missing.${nonce}` };
     const world = new World();
-    const taskQueue = `revive-ts-${nonce}`;
-    const worker = await Worker.create({
-      connection: env.nativeConnection,
-      taskQueue,
-      workflowsPath: fileURLToPath(new URL("./support/temporal-workflows.js", import.meta.url)),
-      activities: world.activities(revive),
-    });
-    await worker.runUntil(async () => {
-      const handle = await env.client.workflow.start("briefing", { taskQueue, workflowId: input.runId, args: [input] });
+    await runBriefing(world, input, async (handle) => {
       await assert.rejects(handle.result(), (error: unknown) => {
         assert.ok(error instanceof WorkflowFailedError);
         return true;
