@@ -229,6 +229,7 @@ class Scenario:
     thread_id: str = ""
     case_reference: str = ""
     notes: dict = field(default_factory=dict)
+    sdk = "python"
 
     def __post_init__(self) -> None:
         suffix = secrets.token_hex(3)
@@ -352,10 +353,17 @@ class Scenario:
         started = time.monotonic()
         self.connect()
         generation_before = Connection.objects.get(pk=self.connection_id).current_generation
-        briefing.register(self.run_id, thread_id=self.thread_id)
+        self.register()
         getattr(self, f"_{self.name.replace('-', '_')}")()
         self.wait_finished()
         return self.summary(generation_before, time.monotonic() - started)
+
+    def register(self) -> None:
+        briefing.register(self.run_id, thread_id=self.thread_id)
+
+    def checkpoints_completed(self) -> list[str]:
+        snapshot = self.graph().get_state({"configurable": {"thread_id": self.thread_id}})
+        return [step["checkpoint"] for step in snapshot.values.get("log", [])]
 
     def _park_on_revoked_grant(self, *, resume_thread: bool = False) -> None:
         self.say("  ✗ fault: the refresh token is revoked at the provider")
@@ -451,12 +459,12 @@ class Scenario:
         keys = [m["idempotency_key"] for m in messages]
         events = [describe(e) for e in self.events()]
         live = [e["live_transition"] for e in events if e["live_transition"]]
-        snapshot = self.graph().get_state({"configurable": {"thread_id": self.thread_id}})
         result = {
             "scenario": self.name,
             "title": ALL_SCENARIOS[self.name],
             "provider": self.provider,
             "runtime": "langgraph",
+            "sdk": self.sdk,
             "run_id": self.run_id,
             "thread_id": self.thread_id,
             "case_id": case.reference,
@@ -474,7 +482,7 @@ class Scenario:
             "send_state": send.state,
             "send_attempts": send.attempts,
             "brief_sent_by_pid": messages[-1].get("pid") if messages else None,
-            "checkpoints_completed": [step["checkpoint"] for step in snapshot.values.get("log", [])],
+            "checkpoints_completed": self.checkpoints_completed(),
             "live_transitions": live,
             "transitions": events,
             "notes": self.notes,
@@ -540,9 +548,12 @@ class Scenario:
 
 
 def run_scenario(name: str, world: LabWorld, *, provider: str = "oidc", interactive: bool = False,
-                 say: Callable[[str], None] = lambda line: None) -> dict:
+                 say: Callable[[str], None] = lambda line: None, sdk: str = "python") -> dict:
     close_old_connections()
-    scenario = Scenario(name=name, world=world, provider=provider, interactive=interactive, say=say)
+    kind = Scenario
+    if sdk == "typescript":
+        from .typescript import TypeScriptScenario as kind
+    scenario = kind(name=name, world=world, provider=provider, interactive=interactive, say=say)
     try:
         return scenario.run()
     except Exception as exc:  # a misbehaving scenario is a result, with what is known so far

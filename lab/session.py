@@ -59,7 +59,7 @@ def _start_idp(url: str, box: dict) -> None:
 
 def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = False, out: Callable[[str], None],
             style=None, revive_url: str | None = None,
-            on_result: Callable[[dict], None] | None = None) -> list[dict]:
+            on_result: Callable[[dict], None] | None = None, sdk: str = "python") -> list[dict]:
     if not SESSION_LOCK.acquire(blocking=False):
         raise RuntimeError("a lab session is already running in this process")
     heading = style.MIGRATE_HEADING if style else (lambda s: s)
@@ -95,8 +95,8 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
             timeline = LiveTimeline(out, style=style).start()
             for name in names:
                 timeline.flush()
-                out(heading(f"\n▶ {ALL_SCENARIOS[name]}  ({name}, provider {provider})"))
-                result = run_scenario(name, world, provider=provider, interactive=interactive,
+                out(heading(f"\n▶ {ALL_SCENARIOS[name]}  ({name}, provider {provider}, {sdk} worker)"))
+                result = run_scenario(name, world, provider=provider, interactive=interactive, sdk=sdk,
                                       say=lambda line: (timeline.flush(), out(line)))
                 timeline.flush()
                 results.append(result)

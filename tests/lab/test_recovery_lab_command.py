@@ -81,3 +81,28 @@ def test_recovery_lab_cae_and_token_vault_scenarios(tmp_path):
     assert (r["failure_class"], r["provider_code"]) == ("relink_required", "federated_connection_refresh_token_not_found")
     assert r["notes"]["sign_in"][0]["refused"] and r["notes"]["sign_in"][1]["consumed"]
     assert (r["generation_before"], r["generation_after"], r["duplicate_effects_observed"]) == (1, 2, 0)
+
+
+def test_recovery_lab_with_the_typescript_worker(tmp_path):
+    """``--sdk typescript``: the briefing is a LangGraph.js graph in Node processes using the TypeScript SDK; the same
+    four scenarios, the same incident records, nothing sent twice (scripts/setup builds sdk/typescript)."""
+    env = embedded_env(tmp_path)
+    assert manage(env, "migrate", "-v0").returncode == 0
+    proc = manage(env, "recovery_lab", "--sdk", "typescript", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    report = json.loads(proc.stdout)
+    assert (report["ok"], report["sdk"]) == (True, "typescript")
+    by_name = {r["scenario"]: r for r in report["scenarios"]}
+    assert sorted(by_name) == ["revoked", "timeout", "worker-lost", "wrong-account"]
+    for r in by_name.values():
+        assert r["sdk"] == "typescript"
+        assert (r["generation_before"], r["generation_after"]) == (1, 2)
+        assert (r["messages_accepted"], r["duplicate_effects_observed"]) == (1, 0)
+        assert r["live_transitions"] == [1, 2, 3, 4] and r["case_state"] == "resumed"
+        assert r["checkpoints_completed"] == ["01", "02", "03", "04", "05"]
+        assert (r["checkpoint"], r["action_key"]) == ("05 / prepare brief", "send_exec_05")
+    assert (by_name["timeout"]["notes"]["after_timeout"], by_name["timeout"]["send_state"]) == ("ambiguous", "reconciled_committed")
+    lost = by_name["worker-lost"]
+    assert lost["brief_sent_by_pid"] not in (None, lost["notes"]["killed_pid"])
+    assert by_name["wrong-account"]["notes"]["refused"]["presented"]
+    assert "Bearer " not in proc.stdout + proc.stderr

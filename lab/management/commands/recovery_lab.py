@@ -54,11 +54,16 @@ class Command(BaseCommand):
                                  "(oidc, default), the documented error of Microsoft Entra (AADSTS700082) / Auth0 "
                                  "served by the local token endpoint, or auth0-token-vault: the upstream grant behind "
                                  "an Auth0 Token Vault connected account disappears and the owner re-links it.")
+        parser.add_argument("--sdk", choices=("python", "typescript"), default="python",
+                            help="The language of the workflow's worker: the Python SDK's LangGraph graph (default), or "
+                                 "the TypeScript SDK's LangGraph.js graph in a Node process (needs `cd sdk/typescript "
+                                 "&& npm ci && npm run build`).")
         parser.add_argument("--interactive", action="store_true",
                             help="Print the owner's reconnect link and wait for a person to sign in.")
         parser.add_argument("--json", dest="as_json", action="store_true", help="Print the results as JSON only.")
 
-    def handle(self, *args, scenario: str, runtime: str, provider: str, interactive: bool, as_json: bool, **options):
+    def handle(self, *args, scenario: str, runtime: str, provider: str, sdk: str, interactive: bool, as_json: bool,
+               **options):
         started = time.monotonic()
         out = (lambda s: None) if as_json else self.stdout.write
         for name in ("celery", "kombu", "django.request"):  # the timeline is the lab's output; task chatter is not
@@ -73,13 +78,18 @@ class Command(BaseCommand):
         allowed = SCENARIO_PROVIDERS.get(scenario)
         if allowed and provider not in allowed:
             raise CommandError(f"--scenario {scenario} needs --provider {' or '.join(allowed)}", returncode=2)
+        if sdk == "typescript":
+            from lab.typescript import worker_missing
+
+            if missing := worker_missing():
+                raise CommandError(missing)
         names = list(SCENARIOS) if scenario == "all" else [scenario]
-        results = self.run_lab(names, provider=provider, interactive=interactive, out=out)
+        results = self.run_lab(names, provider=provider, interactive=interactive, out=out, sdk=sdk)
         elapsed = time.monotonic() - started
         ok = all(r["ok"] for r in results)
         if as_json:
             self.stdout.write(json.dumps({"ok": ok, "seconds": round(elapsed, 2), "provider": provider,
-                                          "runtime": runtime, "scenarios": results}, indent=2, default=str))
+                                          "runtime": runtime, "sdk": sdk, "scenarios": results}, indent=2, default=str))
         else:
             self.print_summary(results, elapsed)
         if not ok:
@@ -87,8 +97,8 @@ class Command(BaseCommand):
 
     # ------------------------------------------------------------------------------------------
 
-    def run_lab(self, names: list[str], *, provider: str, interactive: bool, out) -> list[dict]:
-        return run_lab(names, provider=provider, interactive=interactive, out=out, style=self.style)
+    def run_lab(self, names: list[str], *, provider: str, interactive: bool, out, sdk: str = "python") -> list[dict]:
+        return run_lab(names, provider=provider, interactive=interactive, out=out, style=self.style, sdk=sdk)
 
     def print_summary(self, results: list[dict], elapsed: float) -> None:
         out = self.stdout.write
