@@ -56,6 +56,8 @@ class AuditEvent(AppendOnlyModel):
     after = models.JSONField(null=True, blank=True)
     arguments = models.JSONField(default=dict, blank=True)
     outcome = models.CharField(max_length=40, default="ok")
+    # The W3C trace id the change happened under (the worker's traceparent, or the active span): join with traces.
+    trace_id = models.CharField(max_length=32, blank=True, default="")
 
     class Meta:
         ordering = ["occurred_at", "id"]

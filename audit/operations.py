@@ -67,7 +67,11 @@ def operation_audit_record(
     )
 
 
-def _request_id(request: HttpRequest) -> str:
+def request_id_for(request: HttpRequest) -> str:
+    """The request's id: the one already given to it, the client's ``X-Request-Id`` if well-formed, or a new one."""
+    given = getattr(request, "request_id", "")
+    if given:
+        return given
     supplied = request.headers.get(REQUEST_ID_HEADER, "")
     return supplied if _CLIENT_REQUEST_ID.fullmatch(supplied) else f"req_{uuid.uuid4().hex}"
 
@@ -138,7 +142,7 @@ class OperationsAuditMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path.startswith(OPERATOR_PATH_PREFIX):
             return self.get_response(request)
-        request_id = _request_id(request)
+        request_id = request_id_for(request)
         request.request_id = request_id
         started_at = timezone.now()
         arguments = _arguments(request)

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.db import transaction
 
+from .context import work_context
 from .models import AuditEvent
 from .redaction import redact
 
@@ -38,4 +39,5 @@ def audit_record(
         after=redact(after) if after is not None else None,
         arguments=redact(arguments or {}),
         outcome=outcome,
+        trace_id=work_context()["trace_id"],
     )

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from ninja import Path, Router
 
 from . import refresh, selectors, services
+from .metrics import action_call_timed, protected_action_decided
 from .models import Action, Checkpoint, Run
 from .schemas import (
     ActionOut,
@@ -80,8 +81,11 @@ def acquire_lease(request, connection_id: str = ID):
 
 @router.post("/runs/{run_id}/actions/{action_key}/begin", response={200: BeginOut, **ERRORS}, summary="Begin a protected action")
 def begin_action(request, payload: BeginIn, run_id: str = ID, action_key: str = ID):
-    res = services.action_begin(run_id=run_id, checkpoint_id=payload.checkpoint_id, connection_id=payload.connection_id,
-                                action_key=action_key, generation=payload.generation, params=payload.params, actor=request.auth.actor)
+    with action_call_timed("begin"):
+        res = services.action_begin(run_id=run_id, checkpoint_id=payload.checkpoint_id,
+                                    connection_id=payload.connection_id, action_key=action_key,
+                                    generation=payload.generation, params=payload.params, actor=request.auth.actor)
+    protected_action_decided(res.decision)
     out = asdict(res)
     out["case_id"] = out.pop("case_reference")
     return out
@@ -89,8 +93,10 @@ def begin_action(request, payload: BeginIn, run_id: str = ID, action_key: str = 
 
 @router.post("/runs/{run_id}/actions/{action_key}/commit", response={200: ActionOut, **ERRORS}, summary="Commit an executed action")
 def commit_action(request, payload: CommitIn, run_id: str = ID, action_key: str = ID):
-    action = services.action_commit(run_id=run_id, action_key=action_key, generation=payload.generation, result=payload.result,
-                                    external_ref=payload.external_ref, actor=request.auth.actor)
+    with action_call_timed("commit"):
+        action = services.action_commit(run_id=run_id, action_key=action_key, generation=payload.generation,
+                                        result=payload.result, external_ref=payload.external_ref,
+                                        actor=request.auth.actor)
     return _action_out(action)
 
 

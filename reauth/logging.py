@@ -25,8 +25,17 @@ def redact_line(text: str) -> str:
     return text
 
 
+# What every LogRecord has; anything else on a record came from ``extra=`` (or a filter) and is redacted too.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
 class RedactCredentialsFilter(logging.Filter):
+    """Redacts the message and every string field added with ``extra=``."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in list(vars(record).items()):
+            if name not in _RECORD_ATTRIBUTES and isinstance(value, str):
+                setattr(record, name, redact_line(value))
         try:
             message = record.getMessage()
         except Exception:  # a broken format string is not ours to fix here

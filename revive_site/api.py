@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from cases.api import router as worker_router
@@ -50,6 +50,9 @@ def _install_error_handlers(api: NinjaAPI) -> None:
         return _error(api, request, exc.status_code, code, str(exc))
 
 
+# Swagger UI from ninja's own static files ("ninja" is an installed app); no validator badge, which would call out.
+OFFLINE_DOCS = Swagger(settings={"validatorUrl": None})
+
 worker_api = NinjaAPI(
     title="Revive worker API",
     version="1",
@@ -58,6 +61,7 @@ worker_api = NinjaAPI(
     description="Protected actions, credential failures and recovery status for workers inside durable runs. "
     "No credential ever crosses this API: workers get generations and decisions.",
     docs_url="/docs",
+    docs=OFFLINE_DOCS,
 )
 _install_error_handlers(worker_api)
 worker_api.add_router("/", worker_router)
@@ -70,6 +74,7 @@ operator_api = NinjaAPI(
     description="Operator-only recovery routes (system operate permission). Every attempt is recorded in the "
     "operations audit log; error responses carry the request id also sent as the X-Request-Id header.",
     docs_url="/docs",
+    docs=OFFLINE_DOCS,
 )
 _install_error_handlers(operator_api)
 operator_api.add_router("/restate/", restate_router)

@@ -1,5 +1,36 @@
+import re
+
 from django.conf import settings
 from django.http import JsonResponse
+
+from audit.context import trace_id_from_traceparent, work_context_bind, work_context_reset
+from audit.operations import REQUEST_ID_HEADER, request_id_for
+
+_RUN_PATH = re.compile(r"^/api/v1/runs/(?P<run>[A-Za-z0-9_.:@-]{1,200})(?:/|$)")
+
+
+class WorkContextMiddleware:
+    """Names the request for logs and audit: request id (``X-Request-Id``, echoed), trace id, run id.
+
+    The trace id is the one of the caller's W3C ``traceparent`` (both SDKs send one); with tracing on, the
+    active span's (which continues that trace) wins, see :func:`audit.context.work_context`.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.request_id = request_id_for(request)
+        run = _RUN_PATH.match(request.path)
+        token = work_context_bind(request_id=request.request_id,
+                                  trace_id=trace_id_from_traceparent(request.headers.get("traceparent")),
+                                  run_id=run["run"] if run else "")
+        try:
+            response = self.get_response(request)
+        finally:
+            work_context_reset(token)
+        response[REQUEST_ID_HEADER] = request.request_id
+        return response
 
 
 class ApiBodyLimitMiddleware:

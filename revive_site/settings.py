@@ -50,12 +50,14 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 PUBLIC_BASE_URL = env.str("REVIVE_PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
+    "whitenoise.runserver_nostatic",  # runserver serves static files through whitenoise too, as gunicorn does
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "ninja",  # its templates and static files: the API docs use the bundled Swagger UI, not a CDN
     "audit",
     "cases",
     "allauth",
@@ -69,6 +71,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files in every mode, compressed and cached
+    "revive_site.middleware.WorkContextMiddleware",  # request id, trace id and run id for logs and audit
     "audit.operations.OperationsAuditMiddleware",
     "revive_site.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -126,7 +130,15 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = VAR_DIR / "static"  # `manage.py collectstatic` (scripts/setup runs it) fills it
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed, pre-compressed names (served with a year's Cache-Control) once collectstatic has run; the
+    # apps' own files under their plain names before that (revive_site.staticfiles).
+    "staticfiles": {"BACKEND": "revive_site.staticfiles.CollectedOrFoundStorage"},
+}
+# Also serve files straight from the apps (uncompressed, short-cached) so a fresh checkout is styled at once.
+WHITENOISE_USE_FINDERS = True
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_FAILURE_VIEW = "reauth.views.csrf_failure"
@@ -262,15 +274,41 @@ RESTATE_DRAIN_TIMEOUT = env.float("RESTATE_DRAIN_TIMEOUT", default=30.0)
 # Write calls to the admin API (registration includes Restate contacting the service).
 RESTATE_ADMIN_TIMEOUT = env.float("RESTATE_ADMIN_TIMEOUT", default=30.0)
 
+# --- Metrics and tracing ---------------------------------------------------
+# /metrics (Prometheus) is served only with a token, and then only to `Authorization: Bearer <token>`.
+REVIVE_METRICS_TOKEN = env.str("REVIVE_METRICS_TOKEN", default="")
+# Set for gunicorn with several workers and for Celery (prometheus_client reads it itself): every process writes its
+# counters to files in this directory and /metrics sums them. One empty directory per machine, emptied at each start.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+# OpenTelemetry tracing (Django, Celery, psycopg, httpx) is on only when an OTLP/HTTP endpoint is set; the SDK's own
+# OTEL_* variables (service name, headers, sampler) apply. Unset: nothing of OpenTelemetry is even imported.
+OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="revive")
+
+# `plain` (one readable line) or `json` (one object per line: time, level, logger, message, request_id, trace_id,
+# namespace, run_id, case_id, extras; revive_site.logging). JSON by default in production.
+REVIVE_LOG_FORMAT = env.str("REVIVE_LOG_FORMAT", default="json" if PRODUCTION else "plain")
+if REVIVE_LOG_FORMAT not in ("plain", "json"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"REVIVE_LOG_FORMAT must be plain or json, not {REVIVE_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"redact_credentials": {"()": "reauth.logging.RedactCredentialsFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_credentials"]}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "revive_site.logging.ReviveJsonFormatter"}},
+    # redaction first: the work-context fields it adds are ids, never secrets
+    "filters": {"redact_credentials": {"()": "reauth.logging.RedactCredentialsFilter"},
+                "work_context": {"()": "revive_site.logging.WorkContextFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": REVIVE_LOG_FORMAT,
+                             "filters": ["redact_credentials", "work_context"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"},
                 # request lines carry reconnect link tokens and OAuth codes: through the redacting handler
                 "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+                # gunicorn's own logs (revive_site.gunicorn_conf routes them here): the same handler
+                "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+                "gunicorn.access": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO"),
+                                    "propagate": False},
                 "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from .api import operator_api, worker_api
+from .metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -9,5 +10,6 @@ urlpatterns = [
     path("api/v2/admin/operator/", operator_api.urls),
     path("reconnect/", include("reauth.urls")),
     path("accounts/", include("reauth.allauth_urls")),  # allauth's provider callbacks only
-    path("lab/", include("lab.urls")),  # the recovery lab: staff only, off in production
+    path("lab/", include("lab.urls")),
+    path("metrics", metrics_view, name="metrics"),  # Prometheus; off unless REVIVE_METRICS_TOKEN is set  # the recovery lab: staff only, off in production
 ]

@@ -1,0 +1,27 @@
+"""Gunicorn's configuration for Revive, read from the repository root: ``gunicorn revive_site.wsgi``.
+
+* The access log never holds a query string (``%(U)s`` is the path alone), and
+  its lines go through Django's logging (``LOGGING`` in the settings): the
+  redaction filter rewrites reconnect-link paths, and ``REVIVE_LOG_FORMAT=json``
+  makes them JSON like every other line.
+* With ``PROMETHEUS_MULTIPROC_DIR`` set, a worker that exits is marked dead so
+  its live gauges leave ``/metrics``; its counters stay summed in.
+
+Bind address, worker count and the rest are gunicorn's own options (command line or ``GUNICORN_CMD_ARGS``).
+"""
+
+import os
+
+wsgi_app = "revive_site.wsgi:application"
+worker_class = "gthread"
+threads = 8
+accesslog = "-"
+# remote address, "METHOD path protocol", status, bytes, duration: no %(r)s, %(q)s or %(a)s, which carry queries
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
