@@ -24,6 +24,7 @@ from audit.admin import redacted_json
 
 from . import console
 from .restate import admin as restate_admin  # noqa: F401  (registers the doctor-and-recovery panel)
+from .forms import ConnectionForm
 from .models import (
     CASE_URGENCY,
     OPEN_CASE_STATES,
@@ -82,6 +83,7 @@ class GenerationInline(ReadOnlyInline):
 
 @admin.register(Connection)
 class ConnectionAdmin(admin.ModelAdmin):
+    form = ConnectionForm  # GUIDs for Entra ids, URLs for issuers, e-mails for e-mails
     list_display = ["id", "provider", "owner_email", "provider_tenant", "current_generation", "updated_at"]
     list_filter = ["provider"]
     search_fields = ["id", "owner_email", "provider_subject", "provider_tenant"]

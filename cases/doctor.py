@@ -15,17 +15,19 @@ and a failing probe marks only its own component.
   queue, ``degraded`` when workers answer but none consumes it,
   ``unreachable`` when none answers or the broker cannot be reached. In eager
   mode (``task_always_eager``) no worker is needed: ``ok``, with a ``note``.
-* ``runtimes``: one item per runtime of ``REVIVE_RUNTIME_ADAPTERS`` (its
-  adapter must import): LangGraph's checkpointer database answers; Temporal
+* ``runtimes``: one item per runtime this deployment uses (``REVIVE_RUNTIMES``;
+  by default the configured ones, none on the embedded default), whose adapter
+  in ``REVIVE_RUNTIME_ADAPTERS`` must import: LangGraph's checkpointer database answers; Temporal
   answers at ``TEMPORAL_ADDRESS`` and knows ``TEMPORAL_NAMESPACE``; Restate is
   summarised from :func:`restate_doctor` (one status per Restate component).
   The group's status is the worst of its items.
 
 Bounded time: each probe runs on a daemon thread of its own and every network
 call in it has a timeout (``REVIVE_DOCTOR_PROBE_TIMEOUT``, default 3 s; the
-worker broadcast waits ``REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT``, default 1 s).
-The doctor stops waiting after twice the probe timeout plus a second and marks
-whatever has not finished ``unreachable``. An abandoned probe ends on its own
+worker broadcast waits ``REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT``, default 5 s, as
+workers busy with tasks answer late). The doctor stops waiting after the
+longer of twice the probe timeout and the reply window plus the probe timeout,
+plus a second, and marks whatever has not finished ``unreachable``. An abandoned probe ends on its own
 timeouts; being a daemon thread, it never holds up the exit of a command.
 """
 
@@ -68,15 +70,14 @@ class DoctorConfig:
 
     @property
     def budget(self) -> float:
-        """How long the doctor waits for all probes together."""
-        return 2 * self.probe_timeout + 1.0
+        """How long the doctor waits for all probes together: the broker connect plus the reply window fit."""
+        return max(2 * self.probe_timeout, self.worker_reply_timeout + self.probe_timeout) + 1.0
 
 
-def doctor_config(*, probe_timeout: float | None = None) -> DoctorConfig:
-    timeout = probe_timeout if probe_timeout is not None else getattr(settings, "REVIVE_DOCTOR_PROBE_TIMEOUT", 3.0)
-    reply = float(getattr(settings, "REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT", 1.0))
-    timeout = max(0.1, float(timeout))
-    return DoctorConfig(probe_timeout=timeout, worker_reply_timeout=max(0.1, min(reply, timeout)))
+def doctor_config(*, probe_timeout: float | None = None, worker_reply_timeout: float | None = None) -> DoctorConfig:
+    timeout = probe_timeout if probe_timeout is not None else settings.REVIVE_DOCTOR_PROBE_TIMEOUT
+    reply = worker_reply_timeout if worker_reply_timeout is not None else settings.REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT
+    return DoctorConfig(probe_timeout=max(0.1, float(timeout)), worker_reply_timeout=max(0.1, float(reply)))
 
 
 def worst_status(statuses) -> str:
@@ -241,7 +242,8 @@ def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
         return {**readout, "status": DEGRADED,
                 "error": f"{len(items)} worker(s) answered, none consumes the queue {queue!r}."}
     return {**readout, "status": UNREACHABLE,
-            "error": f"No Celery worker answered within {config.worker_reply_timeout:g}s."}
+            "error": f"no worker answered within {config.worker_reply_timeout:g} s "
+                     "(REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT)."}
 
 
 # -- runtimes -------------------------------------------------------------------------------------------------------
@@ -383,8 +385,11 @@ RUNTIME_PROBES: dict[str, Callable[[DoctorConfig], dict[str, Any]]] = {
 }
 
 
-def _probe_runtime(name: str, adapter_path: str, config: DoctorConfig) -> dict[str, Any]:
+def _probe_runtime(name: str, adapter_path: str | None, config: DoctorConfig) -> dict[str, Any]:
     item = _runtime_item(name)
+    if adapter_path is None:
+        return {**item, "status": DEGRADED,
+                "error": f"REVIVE_RUNTIMES names {name!r}, which has no adapter in REVIVE_RUNTIME_ADAPTERS."}
     try:
         import_string(adapter_path)
     except Exception as exc:
@@ -429,13 +434,15 @@ def _unfinished(name: str, error: str) -> dict[str, Any]:
     return {"status": UNREACHABLE, **empty[name], "error": error}
 
 
-def revive_doctor(*, probe_timeout: float | None = None) -> dict[str, Any]:
-    """Read the health of Revive's parts, changing nothing, within ``2 * probe_timeout + 1`` seconds.
+def revive_doctor(*, probe_timeout: float | None = None, worker_reply_timeout: float | None = None) -> dict[str, Any]:
+    """Read the health of Revive's parts, changing nothing, within :attr:`DoctorConfig.budget` seconds.
 
-    ``probe_timeout`` overrides ``REVIVE_DOCTOR_PROBE_TIMEOUT`` (the command's ``--timeout``).
+    ``probe_timeout`` and ``worker_reply_timeout`` override ``REVIVE_DOCTOR_PROBE_TIMEOUT`` and
+    ``REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT`` (the command's ``--timeout`` and ``--worker-timeout``).
     """
-    config = doctor_config(probe_timeout=probe_timeout)
-    adapters: dict[str, str] = dict(getattr(settings, "REVIVE_RUNTIME_ADAPTERS", {}) or {})
+    config = doctor_config(probe_timeout=probe_timeout, worker_reply_timeout=worker_reply_timeout)
+    configured: dict[str, str] = dict(getattr(settings, "REVIVE_RUNTIME_ADAPTERS", {}) or {})
+    adapters = {name: configured.get(name) for name in settings.REVIVE_RUNTIMES}
     probes: dict[str, Callable[[], dict[str, Any]]] = {
         "database": lambda: _probe_database(config),
         "redis": lambda: _probe_redis(config),

@@ -131,6 +131,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"  # `manage.py collectstatic` (scripts/setup runs it) fills it
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise looks here at start, collected or not
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Hashed, pre-compressed names (served with a year's Cache-Control) once collectstatic has run; the
@@ -273,6 +274,18 @@ RESTATE_PROBE_TIMEOUT = env.float("RESTATE_PROBE_TIMEOUT", default=3.0)
 RESTATE_DRAIN_TIMEOUT = env.float("RESTATE_DRAIN_TIMEOUT", default=30.0)
 # Write calls to the admin API (registration includes Restate contacting the service).
 RESTATE_ADMIN_TIMEOUT = env.float("RESTATE_ADMIN_TIMEOUT", default=30.0)
+
+# --- Doctor (manage.py revive_doctor, GET /api/v2/admin/operator/doctor, the console's panel) ----------------
+# The runtimes this deployment uses, which the doctor probes. Default: those configured here -- LangGraph with
+# REVIVE_LANGGRAPH_CHECKPOINT_URL, Temporal with TEMPORAL_ADDRESS, Restate with RESTATE_ADMIN_URL -- so none on the
+# embedded default, and never a runtime nobody deployed.
+REVIVE_RUNTIMES = env.list("REVIVE_RUNTIMES", default=[
+    name for name, variable in (("langgraph", "REVIVE_LANGGRAPH_CHECKPOINT_URL"), ("temporal", "TEMPORAL_ADDRESS"),
+                                ("restate", "RESTATE_ADMIN_URL")) if env.str(variable, default="")])
+# Seconds per probe call (connect, query); the doctor answers within twice that, or the worker window plus it.
+REVIVE_DOCTOR_PROBE_TIMEOUT = env.float("REVIVE_DOCTOR_PROBE_TIMEOUT", default=3.0)
+# How long the Celery probe waits for workers to answer its broadcast: busy workers answer between tasks.
+REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT = env.float("REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT", default=5.0)
 
 # --- Metrics and tracing ---------------------------------------------------
 # /metrics (Prometheus) is served only with a token, and then only to `Authorization: Bearer <token>`.

@@ -16,3 +16,5 @@ CELERY_TASK_ALWAYS_EAGER = True
 # Tests that start a real Celery worker (tests/runtimes) consume this session's own queue on the shared Redis.
 CELERY_TASK_DEFAULT_QUEUE = f"revive-test-{os.getpid()}"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# The suite runs all three runtimes (tests/runtimes, tests/restate): the doctor probes each.
+REVIVE_RUNTIMES = ["langgraph", "temporal", "restate"]

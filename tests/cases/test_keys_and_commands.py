@@ -68,7 +68,8 @@ def test_reap_command_marks_expired_executing_actions_ambiguous(make_run, make_c
 def test_connection_command_registers_generation_one():
     out = StringIO()
     call_command("revive_connection", "conn_microsoft_ops", "--provider", "entra", "--owner-email", "o@contoso.com",
-                 "--subject", "oid-1", "--tenant", "tid-1", stdout=out)
+                 "--subject", "00000000-0000-0000-0000-0000000000a1", "--tenant", "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                 stdout=out)
     assert "generation 1" in out.getvalue()
     lease = services.lease_acquire(connection_id="conn_microsoft_ops")
     assert (lease.generation, lease.usable) == (1, True)

@@ -206,7 +206,8 @@ def test_doctor_route_reads_every_part_ok_on_this_machine(get_doctor, healthy, s
 
 
 def test_doctor_marks_hung_and_closed_parts_and_still_answers_in_bounded_time(get_doctor, settings):
-    settings.REVIVE_DOCTOR_PROBE_TIMEOUT = 0.5  # the doctor waits at most 2 * 0.5 + 1 = 2 s
+    settings.REVIVE_DOCTOR_PROBE_TIMEOUT = 0.5  # the doctor waits at most max(2 * 0.5, 0.5 + 0.5) + 1 = 2 s
+    settings.REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT = 0.5
     settings.RESTATE_PROBE_TIMEOUT = 5.0  # Restate's own doctor would wait 11 s: Revive's gives up first
     closed = free_port()
     settings.REVIVE_LANGGRAPH_CHECKPOINT_URL = f"postgresql://postgres@127.0.0.1:{closed}/nothing"
@@ -297,6 +298,7 @@ def test_doctor_lists_migrations_not_applied():
 def test_a_runtime_whose_adapter_does_not_import_is_degraded(settings):
     settings.REVIVE_RUNTIME_ADAPTERS = {"langgraph": "cases.runtimes.langgraph.LangGraphAdapter",
                                         "custom": "nowhere.CustomAdapter"}
+    settings.REVIVE_RUNTIMES = ["langgraph", "custom"]
     runtimes = revive_doctor(probe_timeout=1.0)["runtimes"]
     assert [item["name"] for item in runtimes["items"]] == ["langgraph", "custom"]
     custom = runtimes["items"][1]
@@ -332,6 +334,7 @@ def test_command_exits_two_when_a_part_is_unreachable(settings):
 
 def test_command_exits_one_when_the_worst_part_is_degraded(healthy, settings):
     settings.REVIVE_RUNTIME_ADAPTERS = {**settings.REVIVE_RUNTIME_ADAPTERS, "custom": "nowhere.CustomAdapter"}
+    settings.REVIVE_RUNTIMES = [*settings.REVIVE_RUNTIMES, "custom"]
     with pytest.raises(CommandError) as raised:
         call_command("revive_doctor", stdout=StringIO())
     assert raised.value.returncode == 1

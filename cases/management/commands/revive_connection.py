@@ -1,29 +1,51 @@
 from django.core.management.base import BaseCommand
 
+from cases.forms import ConnectionForm
 from cases.services import connection_create
 from reauth.classification import Provider
 from revive_site.errors import DomainError
 
+# the command's options, by the form field each one fills
+OPTION_OF_FIELD = {"id": "connection_id", "provider": "--provider", "owner_email": "--owner-email",
+                   "provider_subject": "--subject", "provider_tenant": "--tenant", "provider_issuer": "--issuer",
+                   "provider_org": "--org", "display_name": "--name", "owner_name": "--owner-name"}
+
 
 class Command(BaseCommand):
-    help = "Register a provider connection (the identity Revive will insist on at reconnect)."
+    help = ("Register a provider connection (the identity Revive will insist on at reconnect). Entra: --subject is "
+            "the user's object id (oid) and --tenant the tenant id (tid), both GUIDs; Auth0/OIDC: --issuer (iss, a "
+            "URL) and --subject (sub).")
 
     def add_arguments(self, parser):
         parser.add_argument("connection_id")
         parser.add_argument("--provider", required=True, choices=[p.value for p in Provider])
         parser.add_argument("--owner-email", required=True)
-        parser.add_argument("--subject", required=True, help="Entra: the user's oid; Auth0/OIDC: sub.")
-        parser.add_argument("--tenant", default="", help="Entra: tid.")
-        parser.add_argument("--issuer", default="", help="Auth0/OIDC: iss.")
+        parser.add_argument("--subject", required=True, help="Entra: the user's oid (a GUID); Auth0/OIDC: sub.")
+        parser.add_argument("--tenant", default="", help="Entra: tid (a GUID).")
+        parser.add_argument("--issuer", default="", help="Auth0/OIDC: iss (an https URL).")
         parser.add_argument("--org", default="", help="Auth0: org_id, when the connection belongs to an organization.")
         parser.add_argument("--name", default="", help="A display name.")
+        parser.add_argument("--owner-name", default="", help="The owner's name, for the reconnect message.")
 
     def handle(self, *args, **o):
+        form = ConnectionForm(data={
+            "id": o["connection_id"], "provider": o["provider"], "owner_email": o["owner_email"],
+            "provider_subject": o["subject"], "provider_tenant": o["tenant"], "provider_issuer": o["issuer"],
+            "provider_org": o["org"], "display_name": o["name"], "owner_name": o["owner_name"]})
+        if not form.is_valid():
+            for field, messages in form.errors.items():
+                option = OPTION_OF_FIELD.get(field, field)
+                for message in messages:
+                    self.stderr.write(f"INVALID_INPUT {option}: {message}" if field != "__all__"
+                                      else f"INVALID_INPUT: {message}")
+            raise SystemExit(2)
+        data = form.cleaned_data
         try:
             conn = connection_create(
-                connection_id=o["connection_id"], provider=o["provider"], owner_email=o["owner_email"],
-                provider_subject=o["subject"], provider_tenant=o["tenant"], provider_issuer=o["issuer"],
-                provider_org=o["org"], display_name=o["name"], actor="cli",
+                connection_id=data["id"], provider=data["provider"], owner_email=data["owner_email"],
+                provider_subject=data["provider_subject"], provider_tenant=data["provider_tenant"],
+                provider_issuer=data["provider_issuer"], provider_org=data["provider_org"],
+                display_name=data["display_name"], owner_name=data["owner_name"], actor="cli",
             )
         except DomainError as exc:
             self.stderr.write(f"{exc.code}: {exc.message}")

@@ -18,16 +18,21 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=None,
                             help="Seconds per probe call (default REVIVE_DOCTOR_PROBE_TIMEOUT); the doctor answers "
                                  "within twice that plus a second.")
+        parser.add_argument("--worker-timeout", type=float, default=None,
+                            help="Seconds to wait for Celery workers to answer (default "
+                                 "REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT).")
 
     def handle(self, *args, **options):
-        if options["timeout"] is not None and options["timeout"] <= 0:
-            raise CommandError("--timeout must be a positive number of seconds.")
-        readout = revive_doctor(probe_timeout=options["timeout"])
+        for option in ("timeout", "worker_timeout"):
+            if options[option] is not None and options[option] <= 0:
+                raise CommandError(f"--{option.replace('_', '-')} must be a positive number of seconds.")
+        readout = revive_doctor(probe_timeout=options["timeout"], worker_reply_timeout=options["worker_timeout"])
         rows = doctor_rows(readout)
         if options["json"]:
             self.stdout.write(json.dumps(readout, indent=2))
         else:
-            self._table(rows, doctor_config(probe_timeout=options["timeout"]).probe_timeout)
+            self._table(rows, doctor_config(probe_timeout=options["timeout"],
+                                                  worker_reply_timeout=options["worker_timeout"]))
         not_ok = [row for row in rows if row.status != OK]
         if not_ok:
             worst = max(EXIT_CODES.get(row.status, 2) for row in not_ok)
@@ -36,7 +41,7 @@ class Command(BaseCommand):
                 returncode=worst,
             )
 
-    def _table(self, rows, probe_timeout: float) -> None:
+    def _table(self, rows, config) -> None:
         header = ("PART", "STATUS", "LATENCY", "DETAIL")
         cells = [(r.part, r.status, "-" if r.latency_ms is None else f"{r.latency_ms} ms", r.detail) for r in rows]
         widths = [max(len(str(line[i])) for line in [header, *cells]) for i in range(3)]
@@ -46,7 +51,10 @@ class Command(BaseCommand):
             status = paint(f"{status:<{widths[1]}}")
             return f"{part:<{widths[0]}}  {status}  {latency:>{widths[2]}}  {detail}".rstrip()
 
-        self.stdout.write(f"Revive doctor (probe timeout {probe_timeout:g}s)")
+        self.stdout.write(f"Revive doctor (probe timeout {config.probe_timeout:g}s, workers answer within "
+                          f"{config.worker_reply_timeout:g}s)")
+        if not any(row.part.startswith("runtime ") for row in rows):
+            self.stdout.write("(no runtime configured: REVIVE_RUNTIMES is empty)")
         self.stdout.write(line(*header))
         indent = " " * (widths[0] + widths[1] + widths[2] + 6)
         for row, (part, status, latency, detail) in zip(rows, cells):
