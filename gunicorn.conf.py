@@ -16,8 +16,8 @@ wsgi_app = "revive_site.wsgi:application"
 worker_class = "gthread"
 threads = 8
 accesslog = "-"
-# remote address, "METHOD path protocol", status, bytes, duration: no %(r)s, %(q)s or %(a)s, which carry queries
-access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+# remote address, "METHOD path protocol", status, bytes, duration, request id: no %(r)s, %(q)s or %(a)s, which carry queries
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s'
 
 
 def child_exit(server, worker):

@@ -39,7 +39,10 @@ def _redacted(value: Any) -> Any:
         return {key: _redacted(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_redacted(item) for item in value]
-    return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    # anything else (django.request's ``request``, an exception, a datetime) as the text JSON would carry
+    return redact_line(str(value))
 
 
 class ReviveJsonFormatter(JsonFormatter):
