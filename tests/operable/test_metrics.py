@@ -1,0 +1,149 @@
+"""/metrics: off without a token, bearer-protected with one, and every documented metric in it."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cases import services
+from reauth import services as reauth_services
+from reauth.custody import Grant
+from reauth.identity import ProviderIdentity
+from tests.reauth.conftest import ADA_OID, CONTOSO_TID, MALLORY_OID, issue_link, owner_case  # noqa: F401
+
+TOKEN = "metrics-" + secrets.token_urlsafe(16)
+DOCUMENTED = [
+    "revive_protected_actions_total", "revive_action_call_seconds", "revive_cases", "revive_cases_opened_total",
+    "revive_case_oldest_open_age_seconds", "revive_reconnect_outcomes_total", "revive_resumes_total",
+    "revive_celery_task_failures_total",
+]
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(text: str, name: str, **labels) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def scrape(client, settings):
+    settings.REVIVE_METRICS_TOKEN = TOKEN
+
+    def get() -> str:
+        response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+        assert response.status_code == 200, response.content
+        assert response["Content-Type"].startswith("text/plain; version=")
+        return response.content.decode()
+
+    return get
+
+
+@pytest.mark.django_db
+def test_metrics_are_off_without_a_token_and_refused_without_the_right_one(client, settings):
+    settings.REVIVE_METRICS_TOKEN = ""
+    assert client.get("/metrics").status_code == 404
+    settings.REVIVE_METRICS_TOKEN = TOKEN
+    assert client.get("/metrics").status_code == 401
+    refused = client.get("/metrics", HTTP_AUTHORIZATION="Bearer not-the-token")
+    assert refused.status_code == 401 and refused["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/metrics", HTTP_AUTHORIZATION=f"Basic {TOKEN}").status_code == 401
+
+
+@pytest.mark.django_db
+def test_protected_actions_are_counted_by_decision_and_timed(scrape, api, make_connection, make_run):
+    conn, run = make_connection(), make_run()
+    before = scrape()
+    begin = {"checkpoint_id": "05", "connection_id": conn.pk, "generation": 1}
+    assert api.post(f"/runs/{run.pk}/actions/a1/begin", begin).json()["decision"] == "execute"
+    assert api.post(f"/runs/{run.pk}/actions/a1/commit", {"generation": 1, "result": {"ok": 1}}).status_code == 200
+    assert api.post(f"/runs/{run.pk}/actions/a1/begin", begin).json()["decision"] == "replay"
+    after = scrape()
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("revive_protected_actions_total", decision="execute") == 1
+    assert delta("revive_protected_actions_total", decision="replay") == 1
+    assert delta("revive_action_call_seconds_count", call="begin") >= 2
+    assert delta("revive_action_call_seconds_count", call="commit") == 1
+    for name in DOCUMENTED:
+        assert re.search(rf"^# HELP {re.escape(name)} ", after, re.M), name
+
+
+@pytest.mark.django_db
+def test_cases_and_reconnect_outcomes_are_read_from_the_database(scrape, owner_case, issue_link):  # noqa: F811
+    empty = scrape()
+    assert value(empty, "revive_case_oldest_open_age_seconds") == 0
+
+    refused_case, matched_case = owner_case(), owner_case()
+    issue_link(refused_case), issue_link(matched_case)
+    wrong = ProviderIdentity(subject=MALLORY_OID, tenant=CONTOSO_TID)
+    right = ProviderIdentity(subject=ADA_OID, tenant=CONTOSO_TID)
+    completion = reauth_services.reconnect_request_complete(public_id=refused_case.request.public_id, presented=wrong,
+                                                            grant=Grant(access_token="at-1"), actor="owner:mallory")
+    assert not completion.consumed
+    completion = reauth_services.reconnect_request_complete(public_id=matched_case.request.public_id, presented=right,
+                                                            grant=Grant(access_token="at-2"), actor="owner:ada")
+    assert completion.consumed
+    text = scrape()
+
+    assert value(text, "revive_cases_opened_total", failure_class="dead_grant") == 2
+    assert value(text, "revive_cases", state="awaiting_owner", failure_class="dead_grant") + value(
+        text, "revive_cases", state="opened", failure_class="dead_grant") == 1
+    assert value(text, "revive_case_oldest_open_age_seconds") > 0
+    assert value(text, "revive_reconnect_outcomes_total", outcome="matched") == 1
+    assert value(text, "revive_reconnect_outcomes_total", outcome="refused") == 1
+    assert value(text, "revive_reconnect_outcomes_total", outcome="locked") == 0
+
+
+def test_counts_are_summed_over_gunicorn_workers(served, tmp_path, api_key_raw):
+    """Two gunicorn workers, each counting in its own process: /metrics reports the sum, exactly."""
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    server = served(workers=2, collect=False, PROMETHEUS_MULTIPROC_DIR=str(multiproc), REVIVE_METRICS_TOKEN=TOKEN)
+    conn = services.connection_create(connection_id="conn_metrics_mp", provider="entra", owner_email="o@example.com",
+                                      provider_subject="s", provider_tenant="t")
+    headers = {"X-Api-Key": api_key_raw}
+    n, threads = 40, 4
+
+    def drive(k: int) -> None:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
+            for i in range(k, n, threads):
+                run = f"run_mp_{i}"
+                http.post("/api/v1/runs", json={"run_id": run, "runtime": "langgraph", "runtime_ref": {"thread_id": run},
+                                                "workflow_name": "wf"}).raise_for_status()
+                answer = http.post(f"/api/v1/runs/{run}/actions/a/begin",
+                                   json={"checkpoint_id": "01", "connection_id": conn.pk, "generation": 1})
+                assert answer.json()["decision"] == "execute"
+                http.post(f"/api/v1/runs/{run}/actions/a/commit", json={"generation": 1}).raise_for_status()
+
+    workers = [threading.Thread(target=drive, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=300)
+    pids = {p.name.split("_")[-1] for p in multiproc.glob("*.db")}
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).text
+
+    assert len(pids) >= 2, f"both workers should have counted: {sorted(p.name for p in multiproc.iterdir())}"
+    assert value(text, "revive_protected_actions_total", decision="execute") == n
+    assert value(text, "revive_action_call_seconds_count", call="commit") == n
+
+
+@pytest.fixture
+def api_key_raw(transactional_db):
+    _, raw = services.api_key_create(name="metrics-mp")
+    return raw
+
+
