@@ -73,11 +73,11 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ["occurred_at", "actor", "action", "entity_type", "entity_id", "case_reference", "outcome"]
     list_filter = [OutcomeFilter, ActorKindFilter, EntityTypeFilter]
     search_fields = ["case_reference", "actor", "action"]
-    search_help_text = "Case id, run id, entity id, or the start of an actor or action (operator:, case.)."
+    search_help_text = "Case id, run id, entity id, trace id, or the start of an actor or action (operator:, case.)."
     date_hierarchy = "occurred_at"
     show_full_result_count = False
     fields = ["occurred_at", "actor", "action", "entity_type", "entity_id", "case_reference", "run_id", "connection_id",
-              "outcome", "before_redacted", "after_redacted", "arguments_redacted"]
+              "outcome", "trace_id", "before_redacted", "after_redacted", "arguments_redacted"]
     readonly_fields = fields
 
     def get_search_results(self, request, queryset, search_term):
@@ -85,7 +85,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
         if not term:
             return queryset, False
         return queryset.filter(
-            Q(case_reference=term.upper()) | Q(run_id=term) | Q(entity_id=term)
+            Q(case_reference=term.upper()) | Q(run_id=term) | Q(entity_id=term) | Q(trace_id=term.lower())
             | Q(actor__startswith=term) | Q(action__startswith=term)
         ), False
 

@@ -68,6 +68,7 @@ class AuditEvent(AppendOnlyModel):
             models.Index(fields=["entity_type", "entity_id"]),
             models.Index(fields=["actor"]),
             models.Index(fields=["action"]),
+            models.Index(fields=["trace_id"], name="audit_event_trace_idx", condition=~models.Q(trace_id="")),
         ]
 
     def __str__(self) -> str:

@@ -47,6 +47,8 @@ class TimelineRow:
     live: int | None
     """1..4 for the seed's four live transitions, else None."""
     outcome: str
+    trace_id: str = ""
+    """The W3C trace id the change happened under: find the request, the task and their spans by it."""
 
     @property
     def refused(self) -> bool:
@@ -211,7 +213,8 @@ def describe(event) -> TimelineRow:
         lane, label, detail = (REVIVE, action, _compact(event.arguments))
     live = LIVE_TRANSITIONS.get(action)
     return TimelineRow(event_id=event.pk, at=event.occurred_at, actor=event.actor, action=action, lane=lane, label=label,
-                       detail=detail, live=live[0] if live else None, outcome=event.outcome)
+                       detail=detail, live=live[0] if live else None, outcome=event.outcome,
+                       trace_id=getattr(event, "trace_id", "") or "")
 
 
 def timeline_rows(events: Iterable) -> list[TimelineRow]:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import httpx
 
-from . import flows
+from . import flows, tracecontext
 from .errors import LeaseFenced, ProviderError, ReviveError, ReviveUnavailable
 from .flows import ActionContext, Call, Flow, Http, RefreshMemo, Sleep
 
@@ -117,25 +117,27 @@ class Revive:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _perform(self, step: Http | Call | Sleep) -> Any:
+    def _perform(self, step: Http | Call | Sleep, trace_id: str) -> Any:
         if isinstance(step, Call):
             return step.fn(*step.args)
         if isinstance(step, Sleep):
             return time.sleep(step.seconds)
         try:
-            response = self._http.request(step.method, step.path, json=step.json)
+            response = self._http.request(step.method, step.path, json=step.json,
+                                          headers=tracecontext.headers_for(trace_id))
         except httpx.TransportError as exc:
             raise _unavailable(exc) from exc
         return _answer(response)
 
     def _run(self, flow: Flow) -> Any:
         outcome: tuple[Any, BaseException | None] = (None, None)
+        trace_id = tracecontext.new_trace_id()  # one trace per operation: begin and commit of one action share it
         while True:
             done, step = _advance(flow, outcome)
             if done:
                 return step
             try:
-                outcome = (self._perform(step), None)
+                outcome = (self._perform(step, trace_id), None)
             except BaseException as exc:  # handed to the flow, which decides
                 outcome = (None, exc)
 
@@ -207,26 +209,28 @@ class AsyncRevive:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _perform(self, step: Http | Call | Sleep) -> Any:
+    async def _perform(self, step: Http | Call | Sleep, trace_id: str) -> Any:
         if isinstance(step, Call):
             result = step.fn(*step.args)
             return await result if inspect.isawaitable(result) else result
         if isinstance(step, Sleep):
             return await asyncio.sleep(step.seconds)
         try:
-            response = await self._http.request(step.method, step.path, json=step.json)
+            response = await self._http.request(step.method, step.path, json=step.json,
+                                                headers=tracecontext.headers_for(trace_id))
         except httpx.TransportError as exc:
             raise _unavailable(exc) from exc
         return _answer(response)
 
     async def _run(self, flow: Flow) -> Any:
         outcome: tuple[Any, BaseException | None] = (None, None)
+        trace_id = tracecontext.new_trace_id()
         while True:
             done, step = _advance(flow, outcome)
             if done:
                 return step
             try:
-                outcome = (await self._perform(step), None)
+                outcome = (await self._perform(step, trace_id), None)
             except BaseException as exc:  # handed to the flow, which decides
                 outcome = (None, exc)
 
