@@ -43,6 +43,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -207,6 +208,26 @@ def _control_mailbox(app):
                    queue_exclusive=conf.control_queue_exclusive, queue_durable=conf.control_queue_durable)
 
 
+WORKER_SETTLE_SECONDS = 0.5
+
+
+def _worker_answers(node, *, window: float) -> list:
+    """Broadcast ``active_queues``; wait up to ``window`` for the first answer, then for the others until quiet.
+
+    A worker busy with a task answers only between tasks, so the window is long (5 s by default); a healthy
+    deployment still answers in well under a second, because the wait ends with the first answer plus
+    ``WORKER_SETTLE_SECONDS`` of quiet rather than after the whole window.
+    """
+    ticket = uuid.uuid4().hex
+    channel = node.connection.default_channel
+    node._publish("active_queues", {}, reply_ticket=ticket, channel=channel, timeout=window,
+                  serializer=node.serializer)
+    first = node._collect(ticket, limit=1, timeout=window, channel=channel)
+    if not first:
+        return []
+    return [*first, *node._collect(ticket, timeout=WORKER_SETTLE_SECONDS, channel=channel)]
+
+
 def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
     """Workers seen now: those that answer an ``active_queues`` broadcast within the reply window."""
     app = _celery_app()
@@ -222,8 +243,7 @@ def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
         with app.connection_for_write(connect_timeout=config.probe_timeout,
                                       transport_options=transport_options) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
-            answers = _control_mailbox(app)(connection)._broadcast(
-                "active_queues", arguments={}, reply=True, timeout=config.worker_reply_timeout) or []
+            answers = _worker_answers(_control_mailbox(app)(connection), window=config.worker_reply_timeout)
     except Exception as exc:  # kombu raises its own OperationalError, socket errors, or the transport's
         return {**readout, "status": UNREACHABLE, "error": f"The broker cannot be reached: {_message(exc)}"}
     readout["latencyMs"] = _ms_since(started)
