@@ -18,7 +18,8 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from audit.admin import redacted_json
 
@@ -272,7 +273,9 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
 
     @admin.display(description="state", ordering="urgency")
     def state_badge(self, obj):
-        return format_html('<span class="case-state case-state-{}">{}</span>', obj.state, obj.state)
+        # may break after an underscore (awaiting_<wbr>approval) when the list is narrow, never inside a word
+        words = format_html_join(mark_safe("_<wbr>"), "{}", ((word,) for word in obj.state.split("_")))
+        return format_html('<span class="case-state case-state-{}">{}</span>', obj.state, words)
 
     @admin.display(description="provider / error", ordering="provider")
     def provider_and_code(self, obj):
