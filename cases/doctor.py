@@ -211,21 +211,35 @@ def _control_mailbox(app):
 WORKER_SETTLE_SECONDS = 0.5
 
 
-def _worker_answers(node, *, window: float) -> list:
-    """Broadcast ``active_queues``; wait up to ``window`` for the first answer, then for the others until quiet.
+def _consumes(answers: list, queue: str) -> bool:
+    return any(isinstance(answer, dict) and any(
+        isinstance(q, dict) and q.get("name") == queue for queues in answer.values() for q in queues or [])
+        for answer in answers)
+
+
+def _worker_answers(node, *, window: float, queue: str) -> list:
+    """Broadcast ``active_queues`` and gather the answers: until a worker of ``queue`` has answered, then until quiet.
 
     A worker busy with a task answers only between tasks, so the window is long (5 s by default); a healthy
-    deployment still answers in well under a second, because the wait ends with the first answer plus
-    ``WORKER_SETTLE_SECONDS`` of quiet rather than after the whole window.
+    deployment still answers in well under a second, because the wait ends once a worker consuming Revive's queue
+    has answered and ``WORKER_SETTLE_SECONDS`` pass without another answer, not after the whole window. Workers of
+    other queues on the same broker may answer first; they do not end the wait.
     """
     ticket = uuid.uuid4().hex
     channel = node.connection.default_channel
     node._publish("active_queues", {}, reply_ticket=ticket, channel=channel, timeout=window,
                   serializer=node.serializer)
-    first = node._collect(ticket, limit=1, timeout=window, channel=channel)
-    if not first:
-        return []
-    return [*first, *node._collect(ticket, timeout=WORKER_SETTLE_SECONDS, channel=channel)]
+    deadline = time.monotonic() + window
+    answers: list = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        got = node._collect(ticket, limit=1, timeout=remaining, channel=channel)
+        if not got:
+            break
+        answers.extend(got)
+        if _consumes(got, queue):
+            answers.extend(node._collect(ticket, timeout=WORKER_SETTLE_SECONDS, channel=channel))
+            break
+    return answers
 
 
 def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
@@ -243,7 +257,8 @@ def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
         with app.connection_for_write(connect_timeout=config.probe_timeout,
                                       transport_options=transport_options) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
-            answers = _worker_answers(_control_mailbox(app)(connection), window=config.worker_reply_timeout)
+            answers = _worker_answers(_control_mailbox(app)(connection), window=config.worker_reply_timeout,
+                                      queue=queue)
     except Exception as exc:  # kombu raises its own OperationalError, socket errors, or the transport's
         return {**readout, "status": UNREACHABLE, "error": f"The broker cannot be reached: {_message(exc)}"}
     readout["latencyMs"] = _ms_since(started)

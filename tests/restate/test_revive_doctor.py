@@ -368,7 +368,8 @@ def test_command_process_exits_in_bounded_time_with_hung_parts(tmp_path):
             SECRET_KEY="revive-tests-only-not-a-secret", REVIVE_VAR_DIR=str(tmp_path / "var"),
         )
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "manage.py", "revive_doctor", "--timeout", "0.5"], cwd=REPO_ROOT,
+        done = subprocess.run([sys.executable, "manage.py", "revive_doctor", "--timeout", "0.5", "--worker-timeout",
+                               "0.5"], cwd=REPO_ROOT,
                               env=env, capture_output=True, text=True, timeout=60)
         elapsed = time.monotonic() - started
     assert done.returncode == 2, done.stdout + done.stderr
