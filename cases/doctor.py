@@ -208,37 +208,38 @@ def _control_mailbox(app):
                    queue_exclusive=conf.control_queue_exclusive, queue_durable=conf.control_queue_durable)
 
 
-WORKER_SETTLE_SECONDS = 0.5
-
-
 def _consumes(answers: list, queue: str) -> bool:
     return any(isinstance(answer, dict) and any(
         isinstance(q, dict) and q.get("name") == queue for queues in answer.values() for q in queues or [])
         for answer in answers)
 
 
+class _OwnQueueAnswered(Exception):
+    """Raised from the reply callback to stop waiting: a worker of Revive's queue has answered."""
+
+
 def _worker_answers(node, *, window: float, queue: str) -> list:
-    """Broadcast ``active_queues`` and gather the answers: until a worker of ``queue`` has answered, then until quiet.
+    """Broadcast ``active_queues`` and gather the answers until a worker of ``queue`` has answered.
 
     A worker busy with a task answers only between tasks, so the window is long (5 s by default); a healthy
-    deployment still answers in well under a second, because the wait ends once a worker consuming Revive's queue
-    has answered and ``WORKER_SETTLE_SECONDS`` pass without another answer, not after the whole window. Workers of
-    other queues on the same broker may answer first; they do not end the wait.
+    deployment still answers in well under a second, because the wait ends with the first answer from a worker
+    consuming Revive's queue, not after the whole window. Workers of other queues on the same broker may answer
+    first: they are listed, and do not end the wait. (The listing is therefore of the workers that answered by
+    then, not necessarily all of them.)
     """
-    ticket = uuid.uuid4().hex
-    channel = node.connection.default_channel
-    node._publish("active_queues", {}, reply_ticket=ticket, channel=channel, timeout=window,
-                  serializer=node.serializer)
-    deadline = time.monotonic() + window
     answers: list = []
-    while (remaining := deadline - time.monotonic()) > 0:
-        got = node._collect(ticket, limit=1, timeout=remaining, channel=channel)
-        if not got:
-            break
-        answers.extend(got)
-        if _consumes(got, queue):
-            answers.extend(node._collect(ticket, timeout=WORKER_SETTLE_SECONDS, channel=channel))
-            break
+
+    def on_answer(body) -> None:
+        answers.append(body)
+        if _consumes([body], queue):
+            raise _OwnQueueAnswered()
+
+    channel = node.connection.default_channel
+    try:
+        node._broadcast("active_queues", arguments={}, reply=True, timeout=window, callback=on_answer,
+                        channel=channel)
+    except _OwnQueueAnswered:
+        pass
     return answers
 
 
