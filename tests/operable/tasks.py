@@ -9,3 +9,8 @@ from celery import shared_task
 def busy(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@shared_task(name="tests.operable.fails")
+def fails() -> None:
+    raise RuntimeError("this task always fails")

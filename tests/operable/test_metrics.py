@@ -147,3 +147,17 @@ def api_key_raw(transactional_db):
     return raw
 
 
+
+
+def test_a_failing_celery_task_is_counted_by_name():
+    from prometheus_client import REGISTRY
+
+    from tests.operable.tasks import fails
+
+    def failures() -> float:
+        return REGISTRY.get_sample_value("revive_celery_task_failures_total", {"task": "tests.operable.fails"}) or 0.0
+
+    before = failures()
+    result = fails.apply(throw=False)  # traced as a worker traces it: the failure is recorded, not raised
+    assert result.failed()
+    assert failures() == before + 1
