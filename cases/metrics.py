@@ -87,23 +87,33 @@ class CasesCollector(Collector):
         yield from self._outbox()
 
     def _outbox(self):
+        """The outbox of owed steps (``cases.OutboxItem``: kind, state pending/done/failed), once it exists.
+
+        Its ``run.resume`` rows are the resumes Revive owes: ``done`` is a resume delivered, ``failed`` one that ran
+        out of attempts and waits for an operator.
+        """
         try:
             outbox = apps.get_model("cases", "OutboxItem")
-        except LookupError:  # no outbox yet: nothing to report
+        except LookupError:  # no outbox in this schema yet: nothing to report
             return
         backlog = GaugeMetricFamily("revive_outbox_backlog", "Owed steps still pending, by kind.", labels=["kind"])
-        failed = GaugeMetricFamily("revive_outbox_failed", "Owed steps that ran out of attempts, by kind.",
+        done = CounterMetricFamily("revive_outbox_done", "Owed steps done, by kind (run.resume: resumes delivered).",
                                    labels=["kind"])
-        rows = outbox.objects.filter(state__in=["pending", "failed"]).values("state", "kind").annotate(
-            n=Count("pk"), oldest=Min("created_at")).order_by()
+        failed = GaugeMetricFamily("revive_outbox_failed",
+                                   "Owed steps that ran out of attempts, by kind (run.resume: resumes failed).",
+                                   labels=["kind"])
+        families = {"pending": backlog, "done": done, "failed": failed}
+        rows = outbox.objects.values("state", "kind").annotate(n=Count("pk"), oldest=Min("created_at")).order_by()
         oldest = None
         for row in rows:
-            (backlog if row["state"] == "pending" else failed).add_metric([row["kind"]], row["n"])
+            if row["state"] in families:
+                families[row["state"]].add_metric([row["kind"]], row["n"])
             if row["state"] == "pending" and (oldest is None or row["oldest"] < oldest):
                 oldest = row["oldest"]
         age = GaugeMetricFamily("revive_outbox_oldest_pending_age_seconds",
                                 "Age of the oldest owed step still pending (0 when none is).")
         age.add_metric([], (timezone.now() - oldest).total_seconds() if oldest else 0.0)
         yield backlog
+        yield done
         yield failed
         yield age

@@ -161,3 +161,29 @@ def test_a_failing_celery_task_is_counted_by_name():
     result = fails.apply(throw=False)  # traced as a worker traces it: the failure is recorded, not raised
     assert result.failed()
     assert failures() == before + 1
+
+
+@pytest.mark.django_db
+def test_outbox_backlog_and_resume_deliveries_are_read_from_the_outbox(scrape):
+    from datetime import timedelta
+
+    from django.apps import apps
+    from django.utils import timezone
+
+    try:
+        outbox = apps.get_model("cases", "OutboxItem")
+    except LookupError:
+        pytest.skip("the outbox model (issue 10) is not in this schema yet")
+    now = timezone.now()
+    for n, (kind, state, age) in enumerate([("run.resume", "done", 0), ("run.resume", "done", 0),
+                                            ("run.resume", "failed", 0), ("run.resume", "pending", 120),
+                                            ("reauth.notify_owner", "pending", 30)]):
+        row = outbox.objects.create(kind=kind, key=f"metrics-{n}", state=state, due_at=now)
+        outbox.objects.filter(pk=row.pk).update(created_at=now - timedelta(seconds=age))
+    text = scrape()
+
+    assert value(text, "revive_outbox_done_total", kind="run.resume") == 2  # resumes delivered
+    assert value(text, "revive_outbox_failed", kind="run.resume") == 1  # resumes failed
+    assert value(text, "revive_outbox_backlog", kind="run.resume") == 1
+    assert value(text, "revive_outbox_backlog", kind="reauth.notify_owner") == 1
+    assert value(text, "revive_outbox_oldest_pending_age_seconds") >= 120
