@@ -131,15 +131,15 @@ class Revive:
 
     def _run(self, flow: Flow) -> Any:
         outcome: tuple[Any, BaseException | None] = (None, None)
-        trace_id = tracecontext.new_trace_id()  # one trace per operation: begin and commit of one action share it
-        while True:
-            done, step = _advance(flow, outcome)
-            if done:
-                return step
-            try:
-                outcome = (self._perform(step, trace_id), None)
-            except BaseException as exc:  # handed to the flow, which decides
-                outcome = (None, exc)
+        with tracecontext.operation() as trace_id:  # one trace per operation: begin and commit of an action share it
+            while True:
+                done, step = _advance(flow, outcome)
+                if done:
+                    return step
+                try:
+                    outcome = (self._perform(step, trace_id), None)
+                except BaseException as exc:  # handed to the flow, which decides
+                    outcome = (None, exc)
 
     def lease(self, connection_id: str) -> dict[str, Any]:
         """The connection's current generation (``usable`` is false while a reconnect is pending)."""
@@ -224,15 +224,15 @@ class AsyncRevive:
 
     async def _run(self, flow: Flow) -> Any:
         outcome: tuple[Any, BaseException | None] = (None, None)
-        trace_id = tracecontext.new_trace_id()
-        while True:
-            done, step = _advance(flow, outcome)
-            if done:
-                return step
-            try:
-                outcome = (await self._perform(step, trace_id), None)
-            except BaseException as exc:  # handed to the flow, which decides
-                outcome = (None, exc)
+        with tracecontext.operation() as trace_id:
+            while True:
+                done, step = _advance(flow, outcome)
+                if done:
+                    return step
+                try:
+                    outcome = (await self._perform(step, trace_id), None)
+                except BaseException as exc:  # handed to the flow, which decides
+                    outcome = (None, exc)
 
     async def lease(self, connection_id: str) -> dict[str, Any]:
         return await self._run(flows.lease(connection_id))

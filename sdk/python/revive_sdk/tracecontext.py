@@ -14,12 +14,32 @@ Nothing here imports OpenTelemetry: it is used only if the worker process alread
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import secrets
 import sys
+from collections.abc import Iterator
+
+_operation: contextvars.ContextVar[str] = contextvars.ContextVar("revive_sdk_operation_trace", default="")
 
 
 def new_trace_id() -> str:
     return secrets.token_hex(16)
+
+
+@contextlib.contextmanager
+def operation() -> Iterator[str]:
+    """The trace id of the SDK operation under way; an operation started inside another (a credential helper's
+    refresh claim inside ``protect_action``) joins the outer one's trace."""
+    outer = _operation.get()
+    if outer:
+        yield outer
+        return
+    token = _operation.set(new_trace_id())
+    try:
+        yield _operation.get()
+    finally:
+        _operation.reset(token)
 
 
 def headers_for(trace_id: str) -> dict[str, str]:
