@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection as db, transaction
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.services import audit_record, refusal_attach, refusals_kept
 from reauth.classification import Classification, FailureClass, classify
 
 from .errors import (
@@ -383,10 +383,15 @@ def _require_action_move(action: Action, to: str) -> None:
         )
 
 
+def _fenced_event(*, actor: str, run_id: str, conn: Connection, what: str, generation: int) -> dict[str, Any]:
+    return dict(actor=actor, action=f"{what}.fenced", entity_type="connection", entity_id=conn.pk, run_id=run_id,
+                connection_id=conn.pk, arguments={"generation": generation, "current_generation": conn.current_generation},
+                outcome="refused")
+
+
 def _audit_fenced(*, actor: str, run_id: str, conn: Connection, what: str, generation: int) -> None:
-    audit_record(actor=actor, action=f"{what}.fenced", entity_type="connection", entity_id=conn.pk, run_id=run_id,
-                 connection_id=conn.pk, arguments={"generation": generation, "current_generation": conn.current_generation},
-                 outcome="refused")
+    """A fenced write that answers instead of raising: its refusal commits with the answer."""
+    audit_record(**_fenced_event(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation))
 
 
 @transaction.atomic
@@ -494,8 +499,10 @@ def _locked_action(*, conn: Connection, run_id: str, action_key: str, generation
     """Lock the action for a write that must come from the worker holding the current generation."""
     _check_generation(conn, generation)
     if generation < conn.current_generation:
-        _audit_fenced(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation)
-        raise LeaseFenced(data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation})
+        raise refusal_attach(
+            LeaseFenced(data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation}),
+            **_fenced_event(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation),
+        )
     action = Action.objects.select_for_update().filter(run_id=run_id, action_key=action_key).first()
     if action is None:
         if not Run.objects.filter(pk=run_id).exists():
@@ -515,6 +522,7 @@ def _action_connection_id(run_id: str, action_key: str) -> str:
     return conn_id
 
 
+@refusals_kept
 @transaction.atomic
 def action_commit(*, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str) -> Action:
     """Record the outcome of an executed action. Committing the same action again is a no-op."""
@@ -524,12 +532,16 @@ def action_commit(*, run_id: str, action_key: str, generation: int, result: Any 
         return action
     _require_action_move(action, Action.State.COMMITTED)
     if action.generation != generation:
-        raise LeaseFenced("The action was claimed under another generation.", data={"action_generation": action.generation, "generation": generation})
+        raise refusal_attach(
+            LeaseFenced("The action was claimed under another generation.", data={"action_generation": action.generation, "generation": generation}),
+            **_fenced_event(actor=actor, run_id=run_id, conn=conn, what="commit", generation=generation),
+        )
     _action_transition(action, to=Action.State.COMMITTED, actor=actor, result=result, external_ref=external_ref or "",
                        lock_expires_at=None, arguments={"external_ref": external_ref})
     return action
 
 
+@refusals_kept
 @transaction.atomic
 def action_mark_ambiguous(*, run_id: str, action_key: str, generation: int, reason: str, actor: str) -> Action:
     """The worker lost track of an executing action's outcome (timeout, crash): it must be reconciled."""
@@ -542,6 +554,7 @@ def action_mark_ambiguous(*, run_id: str, action_key: str, generation: int, reas
     return action
 
 
+@refusals_kept
 @transaction.atomic
 def action_reconcile(
     *, run_id: str, action_key: str, found: bool, evidence: dict[str, Any], result: Any = None, external_ref: str = "",
@@ -596,6 +609,23 @@ class Outcome:
 
 
 OWNER_CLASSES = {FailureClass.DEAD_GRANT, FailureClass.INTERACTION_REQUIRED, FailureClass.RELINK_REQUIRED}
+
+# A case's class is the most actionable class of the reports joined to it, by this fixed order, whatever order
+# they arrive in: what the owner can fix by reconnecting comes first, then what an operator must fix.
+CASE_CLASS_ORDER = (
+    FailureClass.DEAD_GRANT,
+    FailureClass.INTERACTION_REQUIRED,
+    FailureClass.MISCONFIGURATION,
+    FailureClass.UNKNOWN,
+)
+
+
+def case_class_rank(failure_class: str) -> int:
+    """0 is the most actionable; a class outside ``CASE_CLASS_ORDER`` ranks last."""
+    try:
+        return CASE_CLASS_ORDER.index(FailureClass(failure_class))
+    except ValueError:
+        return len(CASE_CLASS_ORDER)
 
 
 @dataclass
@@ -754,9 +784,43 @@ def _handle_failure(*, c: Classification, status: int | None, run: Run, conn: Co
             case = _open_case_for(conn, generation)
             if case is None:
                 raise
+    else:
+        case = _case_reclassify(case, c=c, status=status, actor=actor)
     if not CaseRun.objects.filter(case=case, run=run).exists():
         _case_join(case=case, run=run, checkpoint=checkpoint, action=action, actor=actor)
     return FailureAnswer(outcome=Outcome.PARKED, case_reference=case.reference, **base)
+
+
+def _case_reclassify(case: RecoveryCase, *, c: Classification, status: int | None, actor: str) -> RecoveryCase:
+    """A joining report more actionable than the case's class (``CASE_CLASS_ORDER``) becomes the case's class.
+
+    When it is the first report that needs the owner, the owner's link is issued here, in the same transaction.
+    The caller holds the connection's exclusive lock, so reports on one (connection, generation) come here one
+    at a time and the result does not depend on their order.
+    """
+    if case_class_rank(c.failure_class) >= case_class_rank(case.failure_class):
+        return case
+    case = case_lock(case.pk)
+    if case_class_rank(c.failure_class) >= case_class_rank(case.failure_class):
+        return case
+    before = {"failure_class": case.failure_class, "provider_code": case.provider_code, "owner_required": case.owner_required}
+    case.failure_class = str(c.failure_class)
+    case.provider_code = c.code[:80]
+    case.provider_message = c.description
+    case.provider_error = _provider_error_record(c, status)
+    newly_owner = c.failure_class in OWNER_CLASSES and not case.owner_required
+    case.owner_required = case.owner_required or c.failure_class in OWNER_CLASSES
+    case.save(update_fields=["failure_class", "provider_code", "provider_message", "provider_error", "owner_required"])
+    audit_record(actor=actor, action="case.reclassified", entity_type="case", entity_id=case.reference, case=case,
+                 run_id=case.run_id, connection_id=case.connection_id, before=before,
+                 after={"failure_class": case.failure_class, "provider_code": case.provider_code,
+                        "owner_required": case.owner_required},
+                 arguments={"provider_error": case.provider_error})
+    if newly_owner:
+        from reauth.services import reconnect_request_create  # here, not at the top: reauth.services imports this module
+
+        reconnect_request_create(case=case, actor=actor)  # the owner is notified on commit
+    return case
 
 
 def _classify(provider: str, provider_error: dict[str, Any]) -> Classification:
@@ -792,6 +856,7 @@ def _classify_and_lock(*, connection_id: str, generation: int, provider_error: d
     return c, conn, None
 
 
+@refusals_kept
 @transaction.atomic
 def action_fail(*, run_id: str, action_key: str, generation: int, provider_error: dict[str, Any], actor: str) -> FailureAnswer:
     """The provider refused the action and nothing happened: record it, classify it, and answer what the worker does next."""
