@@ -29,6 +29,7 @@ from .models import (
     OPEN_CASE_STATES,
     Action,
     ApiKey,
+    CaseState,
     Checkpoint,
     Connection,
     CredentialGeneration,
@@ -191,6 +192,21 @@ class TenantFilter(admin.SimpleListFilter):
         return queryset
 
 
+class OwnerLinkFilter(admin.SimpleListFilter):
+    title = "owner link"
+    parameter_name = "link"
+
+    def lookups(self, request, model_admin):
+        return [("pending", "Pending"), ("locked", "Locked (resend a new one)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "pending":
+            return queryset.filter(pending_link_id__isnull=False)
+        if self.value() == "locked":
+            return queryset.filter(state__in=[CaseState.OPENED, CaseState.AWAITING_OWNER], owner_link_state="locked")
+        return queryset
+
+
 class AgeFilter(admin.SimpleListFilter):
     title = "age"
     parameter_name = "age"
@@ -230,7 +246,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
     list_display = ["case_id", "state_badge", "failure_class", "provider_and_code", "connection_id_col", "tenant",
                     "runs_blocked_col", "age", "owner_link"]
     list_display_links = ["case_id"]
-    list_filter = [StateFilter, "failure_class", "provider", TenantFilter, AgeFilter]
+    list_filter = [StateFilter, "failure_class", "provider", TenantFilter, OwnerLinkFilter, AgeFilter]
     search_fields = ["reference"]
     search_help_text = "Exact case id, run id, connection id, owner e-mail or action key."
     list_per_page = 100
@@ -292,9 +308,15 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
     def age(self, obj):
         return age_text(obj.opened_at)
 
-    @admin.display(description="owner link pending", boolean=True)
+    @admin.display(description="owner link")
     def owner_link(self, obj):
-        return obj.pending_link_id is not None
+        """``pending`` while the owner can use it; ``locked`` (the owner cannot go on: resend) while the case still
+        waits for the owner; else the latest link's state, or a dash for a case without one."""
+        if obj.pending_link_id is not None:
+            return "pending"
+        if obj.owner_link_state == "locked" and obj.state in (CaseState.OPENED, CaseState.AWAITING_OWNER):
+            return format_html('<strong class="owner-link-locked">{}</strong> — resend', "locked")
+        return obj.owner_link_state or "—"
 
     # ---- acting on a selection
 

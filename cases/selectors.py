@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import BigIntegerField, Case, Count, IntegerField, OuterRef, Prefetch, Q, Subquery, Value, When
+from django.db.models import BigIntegerField, Case, CharField, Count, IntegerField, OuterRef, Prefetch, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -111,11 +111,14 @@ def console_case_queryset(*, now=None):
     # active after its case moved on is revoked the next time anyone touches it).
     link = (ReconnectRequest.objects.filter(case=OuterRef("pk"), state=ReconnectRequest.State.ACTIVE)
             .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).order_by().values("pk")[:1])
+    latest_link = ReconnectRequest.objects.filter(case=OuterRef("pk")).order_by("-created_at", "-id").values("state")[:1]
     return RecoveryCase.objects.select_related("connection").annotate(
         urgency=case_urgency(),
         runs_blocked=Coalesce(Subquery(blocked, output_field=IntegerField()), Value(0)),
         pending_link_id=Case(When(state__in=OWNER_WAITING_STATES, then=Subquery(link)), default=None,
                              output_field=BigIntegerField()),
+        # The state of the case's latest owner link (``locked`` after too many wrong sign-ins: the operator resends).
+        owner_link_state=Subquery(latest_link, output_field=CharField()),
     )
 
 
