@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from audit.admin import redacted_json
+from revive_site.errors import DomainError
 
 from . import console
 from .restate import admin as restate_admin  # noqa: F401  (registers the doctor-and-recovery panel)
@@ -36,33 +37,107 @@ from .models import (
     RecoveryCase,
     Run,
 )
+from .admin_services import api_key_access_change, connection_identity_change
+from .forms import ApiKeyAccessForm, ConnectionIdentityForm
 from .selectors import console_case_detail, console_case_queryset, console_case_search, urgency_ranks
-from .services import LIVE_TRANSITIONS, api_key_create
+from .services import LIVE_TRANSITIONS, api_key_create, api_key_revoke
 from .templatetags.revive_console import age as age_text
 from .timeline import timeline_svg
 
 
+class ChangeWithReasonMixin:
+    """A model whose sensitive fields are read-only in its change form and written only through one extra page
+    (``<pk>/<reason_view_path>/``): a form with a required reason whose view calls a service, which audits it."""
+
+    reason_view_path: str
+    reason_view_title: str
+    reason_form: type
+    reason_change_permission: str
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(f"<path:object_id>/{self.reason_view_path}/", self.admin_site.admin_view(self.change_with_reason_view),
+                 name=f"{info[0]}_{info[1]}_{self.reason_view_path}"),
+        ] + super().get_urls()
+
+    def reason_change(self, obj, *, actor: str, reason: str, values: dict):
+        raise NotImplementedError
+
+    def change_with_reason_view(self, request, object_id):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404
+        if not request.user.has_perm(self.reason_change_permission):
+            raise PermissionDenied
+        form = self.reason_form(request.POST or None, instance=obj)
+        if request.method == "POST" and form.is_valid():
+            values = {name: form.cleaned_data[name] for name in form.Meta.fields}
+            try:
+                self.reason_change(obj, actor=console.operator_actor(request.user), reason=form.cleaned_data["reason"],
+                                   values=values)
+            except DomainError as exc:
+                form.add_error(None, exc.message)
+            else:
+                self.message_user(request, f"{obj}: {self.reason_view_title.lower()} saved and audited.", messages.SUCCESS)
+                return HttpResponseRedirect(reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{self.reason_view_title}: {obj}",
+            "obj": obj,
+            "form": form,
+            "change_url": reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk]),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/cases/change_with_reason.html", context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "reason_change_url": reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_{self.reason_view_path}", args=[unquote(object_id)]),
+            "reason_change_title": self.reason_view_title}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ChangeWithReasonMixin, admin.ModelAdmin):
     list_display = ["name", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["role", "system_operate"]
     search_fields = ["name", "prefix"]
-    readonly_fields = ["prefix", "created_at", "last_used_at"]
+    change_form_template = "admin/cases/change_form_with_reason.html"
+    reason_view_path = "access"
+    reason_view_title = "Change role and permissions"
+    reason_form = ApiKeyAccessForm
+    reason_change_permission = "cases.change_apikey"
+    actions = ["revoke_keys"]
 
     def get_fields(self, request, obj=None):
         if obj is None:
             return ["name", "role", "system_operate"]
         return ["name", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
 
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return self.get_fields(request, obj)  # role and permissions change only through the reason form
+
     def save_model(self, request, obj, form, change):
         if change:
-            super().save_model(request, obj, form, change)
-            return
+            return  # nothing is editable in place
         key, raw = api_key_create(name=obj.name, role=obj.role, system_operate=obj.system_operate,
-                                  actor=f"operator:{request.user.get_username()}")
+                                  actor=console.operator_actor(request.user))
         obj.pk = key.pk
         obj._state.adding = False
         messages.warning(request, f"Store this key now; it is shown only once: {raw}")
+
+    def reason_change(self, obj, *, actor, reason, values):
+        api_key_access_change(key_id=obj.pk, actor=actor, reason=reason, **values)
+
+    @admin.action(description="Revoke the selected keys", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        for key in queryset:
+            api_key_revoke(key_id=key.pk, actor=console.operator_actor(request.user))
+        self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -82,12 +157,25 @@ class GenerationInline(ReadOnlyInline):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(ChangeWithReasonMixin, admin.ModelAdmin):
     list_display = ["id", "provider", "owner_email", "provider_tenant", "current_generation", "updated_at"]
     list_filter = ["provider"]
     search_fields = ["id", "owner_email", "provider_subject", "provider_tenant"]
-    readonly_fields = ["current_generation", "created_at", "updated_at"]
+    fields = ["id", "provider", "display_name", "owner_email", "owner_name", "provider_subject", "provider_tenant",
+              "provider_issuer", "provider_org", "current_generation", "created_at", "updated_at"]
+    readonly_fields = fields  # the identity changes only through the reason form; connections are created by command
     inlines = [GenerationInline]
+    change_form_template = "admin/cases/change_form_with_reason.html"
+    reason_view_path = "identity"
+    reason_view_title = "Change recorded identity"
+    reason_form = ConnectionIdentityForm
+    reason_change_permission = "cases.change_connection"
+
+    def has_add_permission(self, request):
+        return False  # manage.py revive_connection (connection_create) creates them, audited
+
+    def reason_change(self, obj, *, actor, reason, values):
+        connection_identity_change(connection_id=obj.pk, actor=actor, reason=reason, **values)
 
 
 class CheckpointInline(ReadOnlyInline):
