@@ -42,6 +42,7 @@ from .errors import (
 )
 from .models import (
     BLOCKING_CASE_STATES,
+    DEFAULT_NAMESPACE,
     OPEN_CASE_STATES,
     Action,
     ApiKey,
@@ -77,19 +78,21 @@ def _hash_api_key(raw: str) -> str:
 
 
 @transaction.atomic
-def api_key_create(*, name: str, role: str = ApiKey.Role.WORKER, system_operate: bool = False, actor: str = SYSTEM) -> tuple[ApiKey, str]:
+def api_key_create(*, name: str, role: str = ApiKey.Role.WORKER, system_operate: bool = False, actor: str = SYSTEM,
+                   namespace: str = DEFAULT_NAMESPACE) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value, which is never stored and cannot be shown again."""
     prefix = secrets.token_hex(4)
     raw = f"rvk_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(
-        name=name, role=role, system_operate=system_operate, prefix=prefix, key_hash=_hash_api_key(raw)
+        name=name, role=role, system_operate=system_operate, prefix=prefix, key_hash=_hash_api_key(raw),
+        namespace_id=namespace,
     )
     audit_record(
         actor=actor,
         action="api_key.created",
         entity_type="api_key",
         entity_id=str(key.pk),
-        after={"name": name, "role": role, "system_operate": system_operate, "prefix": prefix},
+        after={"name": name, "role": role, "system_operate": system_operate, "prefix": prefix, "namespace": namespace},
     )
     return key, raw
 
@@ -185,11 +188,14 @@ def connection_create(
     display_name: str = "",
     owner_name: str = "",
     actor: str = SYSTEM,
+    namespace: str = DEFAULT_NAMESPACE,
 ) -> Connection:
+    """Register a connection; ``connection_id`` is the stored id (``cases.namespaces.qualify``) in ``namespace``."""
     try:
         with transaction.atomic():
             conn = Connection.objects.create(
                 id=connection_id,
+                namespace_id=namespace,
                 provider=provider,
                 owner_email=owner_email,
                 owner_name=owner_name,
@@ -271,8 +277,12 @@ def lease_advance(*, connection_id: str, from_generation: int, actor: str, case:
 
 
 @transaction.atomic
-def run_register(*, run_id: str, runtime: str, runtime_ref: dict[str, Any], workflow_name: str, actor: str) -> Run:
-    """Register a run; registering the same run again returns it (and refreshes the runtime reference)."""
+def run_register(*, run_id: str, runtime: str, runtime_ref: dict[str, Any], workflow_name: str, actor: str,
+                 namespace: str = DEFAULT_NAMESPACE) -> Run:
+    """Register a run; registering the same run again returns it (and refreshes the runtime reference).
+
+    ``run_id`` is the stored id (``cases.namespaces.qualify``), so a run is only ever found again in its namespace.
+    """
     run = Run.objects.select_for_update(no_key=True).filter(pk=run_id).first()
     if run is not None:
         if run.runtime != runtime or run.workflow_name != workflow_name:
@@ -286,9 +296,11 @@ def run_register(*, run_id: str, runtime: str, runtime_ref: dict[str, Any], work
         return run
     try:
         with transaction.atomic():
-            run = Run.objects.create(id=run_id, runtime=runtime, runtime_ref=runtime_ref, workflow_name=workflow_name)
+            run = Run.objects.create(id=run_id, namespace_id=namespace, runtime=runtime, runtime_ref=runtime_ref,
+                                     workflow_name=workflow_name)
     except IntegrityError:
-        return run_register(run_id=run_id, runtime=runtime, runtime_ref=runtime_ref, workflow_name=workflow_name, actor=actor)
+        return run_register(run_id=run_id, runtime=runtime, runtime_ref=runtime_ref, workflow_name=workflow_name, actor=actor,
+                            namespace=namespace)
     audit_record(actor=actor, action="run.registered", entity_type="run", entity_id=run.pk, run_id=run.pk,
                  after={"state": run.state, "runtime": runtime, "workflow_name": workflow_name, "runtime_ref": runtime_ref})
     return run
@@ -741,7 +753,7 @@ def _case_open(*, conn: Connection, generation: int, c: Classification, status: 
                checkpoint: Checkpoint | None, action: Action | None, actor: str) -> RecoveryCase:
     owner_required = c.failure_class in OWNER_CLASSES
     case = RecoveryCase.objects.create(
-        connection=conn, rejected_generation=generation, failure_class=str(c.failure_class), provider=conn.provider,
+        namespace_id=conn.namespace_id, connection=conn, rejected_generation=generation, failure_class=str(c.failure_class), provider=conn.provider,
         provider_code=c.code[:80], provider_message=c.description, provider_error=_provider_error_record(c, status),
         owner_required=owner_required, run=run, checkpoint=checkpoint, action=action, state=CaseState.OPENED,
     )
