@@ -24,6 +24,8 @@ from audit.admin import redacted_json
 from revive_site.errors import DomainError
 
 from . import console
+from .console_access import namespaces_visible_to
+from .namespaces import namespace_ensure, namespace_operators_set
 from .restate import admin as restate_admin  # noqa: F401  (registers the doctor-and-recovery panel)
 from .models import (
     CASE_URGENCY,
@@ -34,6 +36,7 @@ from .models import (
     Checkpoint,
     Connection,
     CredentialGeneration,
+    Namespace,
     RecoveryCase,
     Run,
 )
@@ -43,6 +46,18 @@ from .selectors import console_case_detail, console_case_queryset, console_case_
 from .services import LIVE_TRANSITIONS, api_key_create, api_key_revoke
 from .templatetags.revive_console import age as age_text
 from .timeline import timeline_svg
+
+
+class NamespaceScopedMixin:
+    """The console rows of a user limited to some namespaces (``namespaces_visible_to``): lists, filters, search,
+    pages and actions all start from this queryset, so a row of another namespace is simply not found."""
+
+    namespace_path = "namespace"
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        visible = namespaces_visible_to(request.user)
+        return qs if visible is None else qs.filter(**{f"{self.namespace_path}__in": visible})
 
 
 class ChangeWithReasonMixin:
@@ -99,10 +114,41 @@ class ChangeWithReasonMixin:
         return super().change_view(request, object_id, form_url, extra_context)
 
 
+@admin.register(Namespace)
+class NamespaceAdmin(admin.ModelAdmin):
+    """Namespaces and the console users limited to them; only superusers change them, each change audited."""
+
+    list_display = ["name", "description", "created_at"]
+    fields = ["name", "description", "operators"]
+    filter_horizontal = ["operators"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["name"] if obj is not None else []
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        namespace = namespace_ensure(name=obj.name, actor=console.operator_actor(request.user))
+        if namespace.description != obj.description:
+            Namespace.objects.filter(pk=namespace.pk).update(description=obj.description)
+        obj._state.adding = False
+
+    def save_related(self, request, form, formsets, change):
+        namespace_operators_set(name=form.instance.pk, users=list(form.cleaned_data["operators"]),
+                                actor=console.operator_actor(request.user))
+
+
 @admin.register(ApiKey)
-class ApiKeyAdmin(ChangeWithReasonMixin, admin.ModelAdmin):
-    list_display = ["name", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
-    list_filter = ["role", "system_operate"]
+class ApiKeyAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, admin.ModelAdmin):
+    list_display = ["name", "namespace", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["namespace", "role", "system_operate"]
     search_fields = ["name", "prefix"]
     change_form_template = "admin/cases/change_form_with_reason.html"
     reason_view_path = "access"
@@ -113,8 +159,8 @@ class ApiKeyAdmin(ChangeWithReasonMixin, admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ["name", "role", "system_operate"]
-        return ["name", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
+            return ["name", "namespace", "role", "system_operate"]
+        return ["name", "namespace", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
@@ -125,7 +171,7 @@ class ApiKeyAdmin(ChangeWithReasonMixin, admin.ModelAdmin):
         if change:
             return  # nothing is editable in place
         key, raw = api_key_create(name=obj.name, role=obj.role, system_operate=obj.system_operate,
-                                  actor=console.operator_actor(request.user))
+                                  actor=console.operator_actor(request.user), namespace=obj.namespace_id)
         obj.pk = key.pk
         obj._state.adding = False
         messages.warning(request, f"Store this key now; it is shown only once: {raw}")
@@ -157,7 +203,7 @@ class GenerationInline(ReadOnlyInline):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(ChangeWithReasonMixin, admin.ModelAdmin):
+class ConnectionAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, admin.ModelAdmin):
     list_display = ["id", "provider", "owner_email", "provider_tenant", "current_generation", "updated_at"]
     list_filter = ["provider"]
     search_fields = ["id", "owner_email", "provider_subject", "provider_tenant"]
@@ -189,7 +235,7 @@ class CheckpointInline(ReadOnlyInline):
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(NamespaceScopedMixin, admin.ModelAdmin):
     list_display = ["id", "workflow_name", "runtime", "state", "updated_at"]
     list_filter = ["runtime", "state"]
     search_fields = ["=id", "workflow_name"]
@@ -212,7 +258,9 @@ class RunAdmin(admin.ModelAdmin):
 
 
 @admin.register(Action)
-class ActionAdmin(admin.ModelAdmin):
+class ActionAdmin(NamespaceScopedMixin, admin.ModelAdmin):
+    namespace_path = "run__namespace"
+
     """The ledger, read-only. Results, errors and evidence are shown redacted."""
 
     list_display = ["action_key", "run", "state", "generation", "attempts", "reconciled_by", "updated_at"]
@@ -270,8 +318,11 @@ class TenantFilter(admin.SimpleListFilter):
     parameter_name = "tenant"
 
     def lookups(self, request, model_admin):
-        tenants = (Connection.objects.exclude(provider_tenant="").order_by("provider_tenant")
-                   .values_list("provider_tenant", flat=True).distinct())
+        connections = Connection.objects.exclude(provider_tenant="")
+        visible = namespaces_visible_to(request.user)
+        if visible is not None:
+            connections = connections.filter(namespace__in=visible)
+        tenants = connections.order_by("provider_tenant").values_list("provider_tenant", flat=True).distinct()
         return [(t, t) for t in tenants]
 
     def queryset(self, request, queryset):
@@ -360,7 +411,9 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
     # ---- the list
 
     def get_queryset(self, request):
-        return console_case_queryset()
+        visible = namespaces_visible_to(request.user)
+        qs = console_case_queryset()
+        return qs if visible is None else qs.filter(namespace__in=visible)
 
     def get_ordering(self, request):
         return ["urgency", "opened_at", "pk"]
@@ -439,6 +492,11 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
                  name="%s_%s_operate" % info),
         ] + super().get_urls()
 
+    @staticmethod
+    def _visible(request, case) -> bool:
+        visible = namespaces_visible_to(request.user)
+        return visible is None or case.namespace_id in visible
+
     def _case_url(self, case) -> str:
         return reverse("admin:cases_recoverycase_change", args=[case.pk])
 
@@ -449,6 +507,8 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         case = detail.case
         if not self.has_view_permission(request, case):
             raise PermissionDenied
+        if not self._visible(request, case):  # another namespace's case: as if it did not exist
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         can_operate = self.has_operate_permission(request)
         operations = []
         if can_operate:
@@ -498,7 +558,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         op = console.OPERATIONS.get(name)
         object_id = unquote(object_id)
         case = RecoveryCase.objects.select_related("connection").filter(pk=object_id).first() if object_id.isdigit() else None
-        if op is None or case is None:
+        if op is None or case is None or not self._visible(request, case):
             raise Http404
         if request.method == "POST":
             why = op.refusal(case)

@@ -17,10 +17,10 @@ from audit.services import audit_record
 from revive_site.errors import ValidationFailed
 
 from .errors import ConnectionNotFound
-from .models import ApiKey, Connection
+from .models import ApiKey, Connection, Namespace
 
 CONNECTION_IDENTITY_FIELDS = ("provider_subject", "provider_tenant", "provider_issuer", "provider_org", "owner_email")
-API_KEY_ACCESS_FIELDS = ("role", "system_operate")
+API_KEY_ACCESS_FIELDS = ("role", "system_operate", "namespace_id")
 
 
 def _reason(reason: str | None) -> str:
@@ -59,8 +59,16 @@ def connection_identity_change(*, connection_id: str, actor: str, reason: str, *
 
 @transaction.atomic
 def api_key_access_change(*, key_id: int, actor: str, reason: str, **values: Any) -> ApiKey:
-    """Change what an API key may do (role, *system operate*); a call that changes nothing writes nothing."""
+    """Change what an API key may do and where: role, *system operate*, namespace (a name or a ``Namespace``).
+
+    A call that changes nothing writes nothing.
+    """
     reason = _reason(reason)
+    if "namespace" in values:
+        namespace = values.pop("namespace")
+        values["namespace_id"] = getattr(namespace, "pk", namespace)
+        if not Namespace.objects.filter(pk=values["namespace_id"]).exists():
+            raise ValidationFailed("No such namespace.", data={"field": "namespace"})
     key = ApiKey.objects.select_for_update().get(pk=key_id)
     before, after = _changes(key, API_KEY_ACCESS_FIELDS, values)
     if not after:
@@ -68,6 +76,8 @@ def api_key_access_change(*, key_id: int, actor: str, reason: str, **values: Any
     for name, value in after.items():
         setattr(key, name, value)
     key.save(update_fields=list(after))
+    names = {"namespace_id": "namespace"}
     audit_record(actor=actor, action="api_key.access_changed", entity_type="api_key", entity_id=str(key.pk),
-                 before={"name": key.name, **before}, after={"name": key.name, **after}, arguments={"reason": reason})
+                 before={"name": key.name, **{names.get(k, k): v for k, v in before.items()}},
+                 after={"name": key.name, **{names.get(k, k): v for k, v in after.items()}}, arguments={"reason": reason})
     return key

@@ -30,4 +30,4 @@ class ApiKeyAccessForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["role", "system_operate"]
+        fields = ["role", "system_operate", "namespace"]

@@ -65,3 +65,15 @@ def namespace_ensure(*, name: str, actor: str) -> Namespace:
     if created:
         audit_record(actor=actor, action="namespace.created", entity_type="namespace", entity_id=name, after={"name": name})
     return namespace
+
+
+@transaction.atomic
+def namespace_operators_set(*, name: str, users: list, actor: str) -> None:
+    """Limit exactly ``users`` to this namespace in the console (each may be limited to others too); audited."""
+    namespace = Namespace.objects.select_for_update().get(pk=name)
+    before = sorted(namespace.operators.values_list("username", flat=True))
+    namespace.operators.set(users)
+    after = sorted(u.get_username() for u in users)
+    if before != after:
+        audit_record(actor=actor, action="namespace.operators_changed", entity_type="namespace", entity_id=name,
+                     before={"operators": before}, after={"operators": after})

@@ -57,14 +57,17 @@ def test_a_superuser_raises_a_key_to_operator_only_with_a_reason_and_it_is_audit
     admin_client.post(f"/admin/cases/apikey/{key.pk}/change/", {"name": "fleet-a", "role": "operator",
                                                                 "system_operate": "on", "_save": "Save"})
     assert (ApiKey.objects.get(pk=key.pk).role, ApiKey.objects.get(pk=key.pk).system_operate) == ("worker", False)
-    resp = admin_client.post(f"/admin/cases/apikey/{key.pk}/access/", {"role": "operator", "system_operate": "on",
-                                                                      "reason": "CHG-12 platform automation"})
-    assert resp.status_code == 302
+    from cases.namespaces import namespace_ensure
+
+    namespace_ensure(name="beta", actor="t")
+    resp = admin_client.post(f"/admin/cases/apikey/{key.pk}/access/", {
+        "role": "operator", "system_operate": "on", "namespace": "beta", "reason": "CHG-12 platform automation"})
+    assert resp.status_code == 302, resp.content.decode()[:3000]
     key.refresh_from_db()
-    assert (key.role, key.system_operate) == ("operator", True)
+    assert (key.role, key.system_operate, key.namespace_id) == ("operator", True, "beta")
     event = AuditEvent.objects.get(action="api_key.access_changed")
-    assert event.before == {"name": "fleet-a", "role": "worker", "system_operate": False}
-    assert event.after == {"name": "fleet-a", "role": "operator", "system_operate": True}
+    assert event.before == {"name": "fleet-a", "role": "worker", "system_operate": False, "namespace": "default"}
+    assert event.after == {"name": "fleet-a", "role": "operator", "system_operate": True, "namespace": "beta"}
     assert event.arguments == {"reason": "CHG-12 platform automation"} and "key_hash" not in str(event.after)
 
 
