@@ -14,12 +14,14 @@ from datetime import timedelta
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from audit import admin as audit_admin
 from audit.admin import redacted_json
 from revive_site.errors import DomainError
 
@@ -58,6 +60,20 @@ class NamespaceScopedMixin:
         qs = super().get_queryset(request)
         visible = namespaces_visible_to(request.user)
         return qs if visible is None else qs.filter(**{f"{self.namespace_path}__in": visible})
+
+
+def _audit_events_in_visible_namespaces(request, queryset):
+    """The audit log of a user limited to some namespaces: the events of their runs and connections only."""
+    visible = namespaces_visible_to(request.user)
+    if visible is None:
+        return queryset
+    return queryset.filter(
+        Q(connection_id__in=Connection.objects.filter(namespace__in=visible).values("pk"))
+        | Q(run_id__in=Run.objects.filter(namespace__in=visible).values("pk"))
+    )
+
+
+audit_admin.EVENT_SCOPES.append(_audit_events_in_visible_namespaces)
 
 
 class ChangeWithReasonMixin:

@@ -41,6 +41,10 @@ def test_an_operator_limited_to_a_namespace_sees_and_acts_only_inside_it(operato
         listing = operator_client.get(url).content.decode()
         assert "beta~" not in listing and "conn_2" not in listing, url
     assert operator_client.get(f"{LIST}{mine.pk}/change/").status_code == 200
+    log = operator_client.get("/admin/audit/auditevent/").content.decode()
+    assert mine.reference in log and theirs.reference not in log
+    other_event = AuditEvent.objects.filter(case_id=theirs.pk).first()
+    assert operator_client.get(f"/admin/audit/auditevent/{other_event.pk}/change/").status_code == 302
 
 
 def test_superusers_and_unlimited_operators_see_every_namespace(admin_client, operator_client):
