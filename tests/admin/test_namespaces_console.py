@@ -43,6 +43,10 @@ def test_an_operator_limited_to_a_namespace_sees_and_acts_only_inside_it(operato
     assert operator_client.get(f"{LIST}{mine.pk}/change/").status_code == 200
     log = operator_client.get("/admin/audit/auditevent/").content.decode()
     assert mine.reference in log and theirs.reference not in log
+    index = operator_client.get("/admin/", {"case": theirs.reference}).content.decode()
+    # the dashboard counts and draws alpha's cases only, whichever case is asked for
+    assert f"Recovery timeline of {mine.reference}" in index and f"Recovery timeline of {theirs.reference}" not in index
+    assert f"/admin/cases/recoverycase/{theirs.pk}/change/" not in index
     other_event = AuditEvent.objects.filter(case_id=theirs.pk).first()
     assert operator_client.get(f"/admin/audit/auditevent/{other_event.pk}/change/").status_code == 302
 
