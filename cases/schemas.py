@@ -226,16 +226,17 @@ class ErrorOut(Schema):
     data: dict[str, Any]
 
 
-class RefreshClaimIn(Schema):
-    generation: int = Field(..., ge=1, le=2**31 - 1)
+class RefreshClaimIn(InputSchema):
+    generation: Generation
     holder: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
-    seen_round: int = Field(0, ge=0, le=2**31 - 1, description="The refresh round of the credential that failed (0: unknown).")
+    seen_round: int = Field(0, ge=0, le=2**31 - 1, strict=True,
+                            description="The refresh round of the credential that failed (0: unknown).")
 
 
-class RefreshReleaseIn(Schema):
-    generation: int = Field(..., ge=1, le=2**31 - 1)
+class RefreshReleaseIn(InputSchema):
+    generation: Generation
     holder: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
-    round: int = Field(..., ge=1, le=2**31 - 1)
+    round: int = Field(..., ge=1, le=2**31 - 1, strict=True)
     outcome: Literal["refreshed", "failed"]
 
 

@@ -17,7 +17,7 @@ def create_default_namespace(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cases', '0003_case_console'),
+        ('cases', '0004_refresh_claim_token_vault'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
