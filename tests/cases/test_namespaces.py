@@ -66,6 +66,9 @@ def routes():
         ("post", f"/runs/{RUN}/actions/send/ambiguous", {"generation": 1, "reason": "x"}),
         ("post", f"/runs/{RUN}/actions/unsure/reconcile", {"generation": 1, "found": True, "evidence": {"x": 1}}),
         ("post", f"/runs/{RUN}/credential-failures", {"connection_id": CONN, "generation": 1, "error": DEAD_GRANT}),
+        ("post", f"/connections/{CONN}/refresh-claims", {"generation": 1, "holder": "worker-b"}),
+        ("post", f"/connections/{CONN}/refresh-claims/release", {"generation": 1, "holder": "worker-b", "round": 1,
+                                                                 "outcome": "refreshed"}),
     ]
 
 
