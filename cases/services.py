@@ -623,10 +623,12 @@ class Outcome:
 OWNER_CLASSES = {FailureClass.DEAD_GRANT, FailureClass.INTERACTION_REQUIRED, FailureClass.RELINK_REQUIRED}
 
 # A case's class is the most actionable class of the reports joined to it, by this fixed order, whatever order
-# they arrive in: what the owner can fix by reconnecting comes first, then what an operator must fix.
+# they arrive in: what the owner fixes comes first -- signing in again before re-linking a vault's upstream
+# account, which needs a live sign-in -- then what an operator must fix.
 CASE_CLASS_ORDER = (
     FailureClass.DEAD_GRANT,
     FailureClass.INTERACTION_REQUIRED,
+    FailureClass.RELINK_REQUIRED,
     FailureClass.MISCONFIGURATION,
     FailureClass.UNKNOWN,
 )

@@ -180,6 +180,16 @@ def test_the_case_class_is_the_most_actionable_whatever_the_order(make_connectio
     assert case.case_runs.count() == 2
 
 
+def test_the_class_order_puts_every_owner_class_before_every_operator_class():
+    from cases.services import CASE_CLASS_ORDER, OWNER_CLASSES
+    from reauth.classification import FailureClass
+
+    owner = [c for c in CASE_CLASS_ORDER if c in OWNER_CLASSES]
+    assert list(CASE_CLASS_ORDER[:len(owner)]) == owner and set(owner) == set(OWNER_CLASSES)
+    case_classes = set(FailureClass) - {FailureClass.TRANSIENT, FailureClass.REFRESHABLE}  # these open no case
+    assert set(CASE_CLASS_ORDER) == case_classes
+
+
 @pytest.mark.django_db
 def test_a_less_actionable_report_does_not_lower_the_class(make_connection, make_run):
     from cases.models import RecoveryCase
