@@ -798,6 +798,7 @@ def _handle_failure(*, c: Classification, status: int | None, run: Run, conn: Co
             case = _open_case_for(conn, generation)
             if case is None:
                 raise
+            case = _case_reclassify(case, c=c, status=status, actor=actor)
     else:
         case = _case_reclassify(case, c=c, status=status, actor=actor)
     if not CaseRun.objects.filter(case=case, run=run).exists():
