@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 REDACTED = "REDACTED"
 
@@ -25,24 +25,22 @@ MAX_STRING = 2000
 
 
 def redact_url(value: str) -> str:
-    """Replace the user-info of a URL with REDACTED, keeping everything else."""
+    """Replace the user-info of a URL with REDACTED, keeping every other character exactly as written.
+
+    Host case, port, path, an empty query or fragment: nothing else is normalised, so the stored value can be
+    compared with the one the caller sent.
+    """
     try:
         parts = urlsplit(value)
     except ValueError:
         return _URL_USERINFO.sub(rf"\1{REDACTED}@", value)
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return value
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{REDACTED}@{host}"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None:
-        netloc += f":{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    start = value.find("//") + 2
+    if start < 2 or value[start:start + len(parts.netloc)] != parts.netloc:
+        return _URL_USERINFO.sub(rf"\1{REDACTED}@", value)
+    host_and_port = parts.netloc.rsplit("@", 1)[1]
+    return f"{value[:start]}{REDACTED}@{host_and_port}{value[start + len(parts.netloc):]}"
 
 
 def redact_text(value: str) -> str:

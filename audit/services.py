@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, TypeVar
 
 from django.db import transaction
 
@@ -41,3 +42,38 @@ def audit_record(
         outcome=outcome,
         trace_id=work_context()["trace_id"],
     )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+REFUSAL_ATTRIBUTE = "audit_refusal"
+
+
+def refusal_attach(exc: BaseException, **event: Any) -> BaseException:
+    """Mark an exception as a refused write whose audit event (``audit_record``'s arguments) must be kept.
+
+    The write's own transaction is rolled back by the exception, so ``refusals_kept`` records the event after it.
+    """
+    setattr(exc, REFUSAL_ATTRIBUTE, {"outcome": "refused", **event})
+    return exc
+
+
+def refusals_kept(fn: F) -> F:
+    """Wrap an atomic service (put it above ``@transaction.atomic``): a refusal it raises keeps exactly one audit row.
+
+    The row is written after the service's transaction (or savepoint) has rolled back, in a transaction of its
+    own, so it survives the request that was refused.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            event = getattr(exc, REFUSAL_ATTRIBUTE, None)
+            if event is not None:
+                setattr(exc, REFUSAL_ATTRIBUTE, None)  # an outer service re-raising it does not write it twice
+                with transaction.atomic():
+                    audit_record(**event)
+            raise
+
+    return wrapper  # type: ignore[return-value]

@@ -14,6 +14,7 @@ from datetime import timedelta
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -21,49 +22,185 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from audit import admin as audit_admin
 from audit.admin import redacted_json
+from revive_site.errors import DomainError
 
 from . import console
+from .console_access import namespaces_visible_to
+from .namespaces import namespace_ensure, namespace_operators_set
 from .restate import admin as restate_admin  # noqa: F401  (registers the doctor-and-recovery panel)
-from .forms import ConnectionForm
 from .models import (
     CASE_URGENCY,
     OPEN_CASE_STATES,
     Action,
     ApiKey,
+    CaseState,
     Checkpoint,
     Connection,
     CredentialGeneration,
+    Namespace,
     RecoveryCase,
     Run,
 )
+from .admin_services import api_key_access_change, connection_identity_change
+from .forms import ApiKeyAccessForm, ConnectionIdentityForm
 from .selectors import console_case_detail, console_case_queryset, console_case_search, urgency_ranks
-from .services import LIVE_TRANSITIONS, api_key_create
+from .services import LIVE_TRANSITIONS, api_key_create, api_key_revoke
 from .templatetags.revive_console import age as age_text
 from .timeline import timeline_svg
 
 
+class NamespaceScopedMixin:
+    """The console rows of a user limited to some namespaces (``namespaces_visible_to``): lists, filters, search,
+    pages and actions all start from this queryset, so a row of another namespace is simply not found."""
+
+    namespace_path = "namespace"
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        visible = namespaces_visible_to(request.user)
+        return qs if visible is None else qs.filter(**{f"{self.namespace_path}__in": visible})
+
+
+def _audit_events_in_visible_namespaces(request, queryset):
+    """The audit log of a user limited to some namespaces: the events of their runs and connections only."""
+    visible = namespaces_visible_to(request.user)
+    if visible is None:
+        return queryset
+    return queryset.filter(
+        Q(connection_id__in=Connection.objects.filter(namespace__in=visible).values("pk"))
+        | Q(run_id__in=Run.objects.filter(namespace__in=visible).values("pk"))
+    )
+
+
+audit_admin.EVENT_SCOPES.append(_audit_events_in_visible_namespaces)
+
+
+class ChangeWithReasonMixin:
+    """A model whose sensitive fields are read-only in its change form and written only through one extra page
+    (``<pk>/<reason_view_path>/``): a form with a required reason whose view calls a service, which audits it."""
+
+    reason_view_path: str
+    reason_view_title: str
+    reason_form: type
+    reason_change_permission: str
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(f"<path:object_id>/{self.reason_view_path}/", self.admin_site.admin_view(self.change_with_reason_view),
+                 name=f"{info[0]}_{info[1]}_{self.reason_view_path}"),
+        ] + super().get_urls()
+
+    def reason_change(self, obj, *, actor: str, reason: str, values: dict):
+        raise NotImplementedError
+
+    def change_with_reason_view(self, request, object_id):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404
+        if not request.user.has_perm(self.reason_change_permission):
+            raise PermissionDenied
+        form = self.reason_form(request.POST or None, instance=obj)
+        if request.method == "POST" and form.is_valid():
+            values = {name: form.cleaned_data[name] for name in form.Meta.fields}
+            try:
+                self.reason_change(obj, actor=console.operator_actor(request.user), reason=form.cleaned_data["reason"],
+                                   values=values)
+            except DomainError as exc:
+                form.add_error(None, exc.message)
+            else:
+                self.message_user(request, f"{obj}: {self.reason_view_title.lower()} saved and audited.", messages.SUCCESS)
+                return HttpResponseRedirect(reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"{self.reason_view_title}: {obj}",
+            "obj": obj,
+            "form": form,
+            "change_url": reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk]),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/cases/change_with_reason.html", context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "reason_change_url": reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_{self.reason_view_path}", args=[unquote(object_id)]),
+            "reason_change_title": self.reason_view_title}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(Namespace)
+class NamespaceAdmin(admin.ModelAdmin):
+    """Namespaces and the console users limited to them; only superusers change them, each change audited."""
+
+    list_display = ["name", "description", "created_at"]
+    fields = ["name", "description", "operators"]
+    filter_horizontal = ["operators"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["name"] if obj is not None else []
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        namespace = namespace_ensure(name=obj.name, actor=console.operator_actor(request.user))
+        if namespace.description != obj.description:
+            Namespace.objects.filter(pk=namespace.pk).update(description=obj.description)
+        obj._state.adding = False
+
+    def save_related(self, request, form, formsets, change):
+        namespace_operators_set(name=form.instance.pk, users=list(form.cleaned_data["operators"]),
+                                actor=console.operator_actor(request.user))
+
+
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
-    list_filter = ["role", "system_operate"]
+class ApiKeyAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, admin.ModelAdmin):
+    list_display = ["name", "namespace", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["namespace", "role", "system_operate"]
     search_fields = ["name", "prefix"]
-    readonly_fields = ["prefix", "created_at", "last_used_at"]
+    change_form_template = "admin/cases/change_form_with_reason.html"
+    reason_view_path = "access"
+    reason_view_title = "Change role and permissions"
+    reason_form = ApiKeyAccessForm
+    reason_change_permission = "cases.change_apikey"
+    actions = ["revoke_keys"]
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ["name", "role", "system_operate"]
-        return ["name", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
+            return ["name", "namespace", "role", "system_operate"]
+        return ["name", "namespace", "role", "system_operate", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return self.get_fields(request, obj)  # role and permissions change only through the reason form
 
     def save_model(self, request, obj, form, change):
         if change:
-            super().save_model(request, obj, form, change)
-            return
+            return  # nothing is editable in place
         key, raw = api_key_create(name=obj.name, role=obj.role, system_operate=obj.system_operate,
-                                  actor=f"operator:{request.user.get_username()}")
+                                  actor=console.operator_actor(request.user), namespace=obj.namespace_id)
         obj.pk = key.pk
         obj._state.adding = False
         messages.warning(request, f"Store this key now; it is shown only once: {raw}")
+
+    def reason_change(self, obj, *, actor, reason, values):
+        api_key_access_change(key_id=obj.pk, actor=actor, reason=reason, **values)
+
+    @admin.action(description="Revoke the selected keys", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        for key in queryset:
+            api_key_revoke(key_id=key.pk, actor=console.operator_actor(request.user))
+        self.message_user(request, f"{queryset.count()} key(s) revoked.", messages.SUCCESS)
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -83,13 +220,25 @@ class GenerationInline(ReadOnlyInline):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
-    form = ConnectionForm  # GUIDs for Entra ids, URLs for issuers, e-mails for e-mails
+class ConnectionAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, admin.ModelAdmin):
     list_display = ["id", "provider", "owner_email", "provider_tenant", "current_generation", "updated_at"]
     list_filter = ["provider"]
     search_fields = ["id", "owner_email", "provider_subject", "provider_tenant"]
-    readonly_fields = ["current_generation", "created_at", "updated_at"]
+    fields = ["id", "provider", "display_name", "owner_email", "owner_name", "provider_subject", "provider_tenant",
+              "provider_issuer", "provider_org", "current_generation", "created_at", "updated_at"]
+    readonly_fields = fields  # the identity changes only through the reason form; connections are created by command
     inlines = [GenerationInline]
+    change_form_template = "admin/cases/change_form_with_reason.html"
+    reason_view_path = "identity"
+    reason_view_title = "Change recorded identity"
+    reason_form = ConnectionIdentityForm
+    reason_change_permission = "cases.change_connection"
+
+    def has_add_permission(self, request):
+        return False  # manage.py revive_connection (connection_create) creates them, audited
+
+    def reason_change(self, obj, *, actor, reason, values):
+        connection_identity_change(connection_id=obj.pk, actor=actor, reason=reason, **values)
 
 
 class CheckpointInline(ReadOnlyInline):
@@ -103,7 +252,7 @@ class CheckpointInline(ReadOnlyInline):
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(NamespaceScopedMixin, admin.ModelAdmin):
     list_display = ["id", "workflow_name", "runtime", "state", "updated_at"]
     list_filter = ["runtime", "state"]
     search_fields = ["=id", "workflow_name"]
@@ -126,7 +275,9 @@ class RunAdmin(admin.ModelAdmin):
 
 
 @admin.register(Action)
-class ActionAdmin(admin.ModelAdmin):
+class ActionAdmin(NamespaceScopedMixin, admin.ModelAdmin):
+    namespace_path = "run__namespace"
+
     """The ledger, read-only. Results, errors and evidence are shown redacted."""
 
     list_display = ["action_key", "run", "state", "generation", "attempts", "reconciled_by", "updated_at"]
@@ -184,13 +335,31 @@ class TenantFilter(admin.SimpleListFilter):
     parameter_name = "tenant"
 
     def lookups(self, request, model_admin):
-        tenants = (Connection.objects.exclude(provider_tenant="").order_by("provider_tenant")
-                   .values_list("provider_tenant", flat=True).distinct())
+        connections = Connection.objects.exclude(provider_tenant="")
+        visible = namespaces_visible_to(request.user)
+        if visible is not None:
+            connections = connections.filter(namespace__in=visible)
+        tenants = connections.order_by("provider_tenant").values_list("provider_tenant", flat=True).distinct()
         return [(t, t) for t in tenants]
 
     def queryset(self, request, queryset):
         if self.value():
             return queryset.filter(connection__provider_tenant=self.value())
+        return queryset
+
+
+class OwnerLinkFilter(admin.SimpleListFilter):
+    title = "owner link"
+    parameter_name = "link"
+
+    def lookups(self, request, model_admin):
+        return [("pending", "Pending"), ("locked", "Locked (resend a new one)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "pending":
+            return queryset.filter(pending_link_id__isnull=False)
+        if self.value() == "locked":
+            return queryset.filter(state__in=[CaseState.OPENED, CaseState.AWAITING_OWNER], owner_link_state="locked")
         return queryset
 
 
@@ -233,7 +402,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
     list_display = ["case_id", "state_badge", "failure_class", "provider_and_code", "connection_id_col", "tenant",
                     "runs_blocked_col", "age", "owner_link"]
     list_display_links = ["case_id"]
-    list_filter = [StateFilter, "failure_class", "provider", TenantFilter, AgeFilter]
+    list_filter = [StateFilter, "failure_class", "provider", TenantFilter, OwnerLinkFilter, AgeFilter]
     search_fields = ["reference"]
     search_help_text = "Exact case id, run id, connection id, owner e-mail or action key."
     list_per_page = 100
@@ -259,7 +428,9 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
     # ---- the list
 
     def get_queryset(self, request):
-        return console_case_queryset()
+        visible = namespaces_visible_to(request.user)
+        qs = console_case_queryset()
+        return qs if visible is None else qs.filter(namespace__in=visible)
 
     def get_ordering(self, request):
         return ["urgency", "opened_at", "pk"]
@@ -297,9 +468,15 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
     def age(self, obj):
         return age_text(obj.opened_at)
 
-    @admin.display(description="owner link pending", boolean=True)
+    @admin.display(description="owner link")
     def owner_link(self, obj):
-        return obj.pending_link_id is not None
+        """``pending`` while the owner can use it; ``locked`` (the owner cannot go on: resend) while the case still
+        waits for the owner; else the latest link's state, or a dash for a case without one."""
+        if obj.pending_link_id is not None:
+            return "pending"
+        if obj.owner_link_state == "locked" and obj.state in (CaseState.OPENED, CaseState.AWAITING_OWNER):
+            return format_html('<strong class="owner-link-locked">{}</strong> — resend', "locked")
+        return obj.owner_link_state or "—"
 
     # ---- acting on a selection
 
@@ -334,6 +511,11 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
                  name="%s_%s_operate" % info),
         ] + super().get_urls()
 
+    @staticmethod
+    def _visible(request, case) -> bool:
+        visible = namespaces_visible_to(request.user)
+        return visible is None or case.namespace_id in visible
+
     def _case_url(self, case) -> str:
         return reverse("admin:cases_recoverycase_change", args=[case.pk])
 
@@ -344,6 +526,8 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         case = detail.case
         if not self.has_view_permission(request, case):
             raise PermissionDenied
+        if not self._visible(request, case):  # another namespace's case: as if it did not exist
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         can_operate = self.has_operate_permission(request)
         operations = []
         if can_operate:
@@ -393,7 +577,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         op = console.OPERATIONS.get(name)
         object_id = unquote(object_id)
         case = RecoveryCase.objects.select_related("connection").filter(pk=object_id).first() if object_id.isdigit() else None
-        if op is None or case is None:
+        if op is None or case is None or not self._visible(request, case):
             raise Http404
         if request.method == "POST":
             why = op.refusal(case)

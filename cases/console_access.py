@@ -56,3 +56,15 @@ def sync_console_groups(apps) -> dict[str, list[str]]:
         group.permissions.set(perms)
         out[name] = sorted(p.codename for p in perms)
     return out
+
+
+def namespaces_visible_to(user) -> list[str] | None:
+    """The namespaces a console user sees, or None for every one.
+
+    Superusers see every namespace; a staff user listed as an operator of some namespaces (``Namespace.operators``)
+    sees only those; one listed in none sees every namespace (the console before namespaces).
+    """
+    if user.is_superuser:
+        return None
+    names = list(user.revive_namespaces.values_list("name", flat=True))
+    return names or None

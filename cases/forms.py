@@ -1,4 +1,4 @@
-"""The connection form: what an operator types to register a connection, checked before anything is stored.
+"""The console's connection forms: what an operator types, checked before anything is stored.
 
 Used by the admin (``ConnectionAdmin``) and by ``manage.py revive_connection``, so both refuse the same input
 with the same words: Entra tenant and object ids are GUIDs, an issuer is an https URL (http only on loopback,
@@ -15,7 +15,7 @@ from django import forms
 
 from reauth.classification import Provider
 
-from .models import Connection
+from .models import ApiKey, Connection
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -52,20 +52,56 @@ class ConnectionForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        provider = data.get("provider")
-        subject = (data.get("provider_subject") or "").strip()
-        tenant = (data.get("provider_tenant") or "").strip()
-        issuer = (data.get("provider_issuer") or "").strip()
-        if provider == Provider.ENTRA:
-            if not tenant:
-                self.add_error("provider_tenant", "Entra connections need the tenant id (tid), a GUID.")
-            elif problem := guid_problem(tenant, what="The Entra tenant id (tid)"):
-                self.add_error("provider_tenant", problem)
-            if subject and (problem := guid_problem(subject, what="The Entra object id (oid)")):
-                self.add_error("provider_subject", problem)
-        elif provider in (Provider.AUTH0, Provider.OIDC):
-            if not issuer:
-                self.add_error("provider_issuer", "Auth0 and OIDC connections need the issuer (iss), a URL.")
-        if issuer and (problem := issuer_problem(issuer)):
-            self.add_error("provider_issuer", problem)
+        identity_check(self, data, provider=data.get("provider"))
         return data
+
+
+def identity_check(form: forms.ModelForm, data: dict, *, provider: str | None) -> None:
+    """The identity rules both forms share: Entra ids are GUIDs, issuers URLs."""
+    subject = (data.get("provider_subject") or "").strip()
+    tenant = (data.get("provider_tenant") or "").strip()
+    issuer = (data.get("provider_issuer") or "").strip()
+    if provider == Provider.ENTRA:
+        if not tenant:
+            form.add_error("provider_tenant", "Entra connections need the tenant id (tid), a GUID.")
+        elif problem := guid_problem(tenant, what="The Entra tenant id (tid)"):
+            form.add_error("provider_tenant", problem)
+        if subject and (problem := guid_problem(subject, what="The Entra object id (oid)")):
+            form.add_error("provider_subject", problem)
+    elif provider in (Provider.AUTH0, Provider.OIDC):
+        if not issuer:
+            form.add_error("provider_issuer", "Auth0 and OIDC connections need the issuer (iss), a URL.")
+    if issuer and (problem := issuer_problem(issuer)):
+        form.add_error("provider_issuer", problem)
+
+
+REASON_HELP = "Required: why this changes (ticket, incident). Stored in the audit event with your name."
+
+
+def _reason_field() -> forms.CharField:
+    return forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}), help_text=REASON_HELP)
+
+
+class ConnectionIdentityForm(forms.ModelForm):
+    """Validation only (the model's field rules); the view saves through ``connection_identity_change``."""
+
+    reason = _reason_field()
+
+    class Meta:
+        model = Connection
+        fields = ["provider_subject", "provider_tenant", "provider_issuer", "provider_org", "owner_email"]
+
+    def clean(self):
+        data = super().clean()
+        identity_check(self, data, provider=self.instance.provider)
+        return data
+
+
+class ApiKeyAccessForm(forms.ModelForm):
+    """Validation only; the view saves through ``api_key_access_change``."""
+
+    reason = _reason_field()
+
+    class Meta:
+        model = ApiKey
+        fields = ["role", "system_operate", "namespace"]

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -10,6 +11,38 @@ class Runtime(models.TextChoices):
     RESTATE = "restate", "Restate"
 
 
+DEFAULT_NAMESPACE = "default"
+
+
+class Namespace(models.Model):
+    """A tenant of Revive (Temporal's word): its connections, runs, cases and worker keys see nothing of another's.
+
+    Worker-facing ids (run ids, connection ids) are unique per namespace; see ``cases.namespaces`` for how they are
+    stored. Console users listed in ``operators`` see only the namespaces they are listed in (superusers, and staff
+    listed in none, see every namespace).
+    """
+
+    name = models.SlugField(primary_key=True, max_length=63)
+    description = models.CharField(max_length=200, blank=True, default="")
+    operators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="revive_namespaces",
+        help_text="Console users limited to this namespace (and any other they are listed in).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _namespace_fk(related_name: str) -> models.ForeignKey:
+    return models.ForeignKey(Namespace, on_delete=models.PROTECT, default=DEFAULT_NAMESPACE, related_name=related_name,
+                             db_index=True)
+
+
+# Worker-facing ids are stored qualified by their namespace (``cases.namespaces``), so they need room for its name.
+QUALIFIED_ID_LENGTH = 300
+
+
 class ApiKey(models.Model):
     """A key for the worker API or the operator API. Only its SHA-256 is stored."""
 
@@ -18,6 +51,7 @@ class ApiKey(models.Model):
         OPERATOR = "operator", "Operator"
 
     name = models.CharField(max_length=100, unique=True)
+    namespace = _namespace_fk("api_keys")
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.WORKER)
     system_operate = models.BooleanField(
         default=False, help_text="May call the operator recovery routes (/api/v2/admin/operator/...)."
@@ -42,7 +76,8 @@ class ApiKey(models.Model):
 class Connection(models.Model):
     """One provider connection: whose account, which identity, which generation."""
 
-    id = models.CharField(primary_key=True, max_length=120)
+    id = models.CharField(primary_key=True, max_length=QUALIFIED_ID_LENGTH)
+    namespace = _namespace_fk("connections")
     provider = models.CharField(max_length=20, choices=Provider.choices)
     display_name = models.CharField(max_length=200, blank=True, default="")
     owner_email = models.EmailField()
@@ -90,7 +125,8 @@ class Run(models.Model):
         COMPLETED = "completed"
         FAILED = "failed"
 
-    id = models.CharField(primary_key=True, max_length=200)
+    id = models.CharField(primary_key=True, max_length=QUALIFIED_ID_LENGTH)
+    namespace = _namespace_fk("runs")
     runtime = models.CharField(max_length=20, choices=Runtime.choices)
     runtime_ref = models.JSONField(default=dict, blank=True)
     workflow_name = models.CharField(max_length=200)
@@ -219,6 +255,7 @@ class RecoveryCase(models.Model):
     """Joins the rejected generation, the runs it blocks, their checkpoint and failed action."""
 
     reference = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    namespace = _namespace_fk("cases")
     connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="cases")
     rejected_generation = models.PositiveIntegerField()
     resumed_generation = models.PositiveIntegerField(null=True, blank=True)

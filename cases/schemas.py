@@ -1,18 +1,72 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ninja import Field, Schema
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool, field_validator
 
 from .models import Runtime
 
 Identifier = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
 ActionKey = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
+# A JSON integer only: ``true``, ``"1"`` and ``1.0`` are refused, not read as 1.
+Generation = Annotated[int, Field(ge=1, le=2**31 - 1, strict=True)]
+
+# PostgreSQL stores neither NUL in text (nor ``\u0000`` in jsonb) nor a UTF-16 surrogate without its pair.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-class RunIn(Schema):
+def unstorable_text_at(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """Where in ``value`` (a JSON value) the first string PostgreSQL cannot store is, or None if there is none.
+
+    Keys count as much as values: a JSON object's keys are stored too.
+    """
+    if isinstance(value, str):
+        return path if _UNSTORABLE.search(value) else None
+    if isinstance(value, BaseModel):
+        value = value.__dict__
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _UNSTORABLE.search(key):
+                return path + (ascii(key),)
+            if (found := unstorable_text_at(item, path + (str(key),))) is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if (found := unstorable_text_at(item, path + (str(index),))) is not None:
+                return found
+    return None
+
+
+def _storable(value: Any) -> Any:
+    where = unstorable_text_at(value)
+    if where is not None:
+        inside = f" (at {'.'.join(where)})" if where else ""
+        raise ValueError(f"text contains a NUL character or an unpaired surrogate, which cannot be stored{inside}")
+    return value
+
+
+class InputSchema(Schema):
+    """A request body: every field, however deep, holds only text the database can store (422 naming the field)."""
+
+    @field_validator("*")
+    @classmethod
+    def text_is_storable(cls, value: Any) -> Any:
+        return _storable(value)
+
+
+class InputModel(BaseModel):
+    """``InputSchema`` for a nested plain pydantic model."""
+
+    @field_validator("*")
+    @classmethod
+    def text_is_storable(cls, value: Any) -> Any:
+        return _storable(value)
+
+
+class RunIn(InputSchema):
     run_id: str = Identifier
     runtime: Runtime
     runtime_ref: dict[str, Any] = Field(default_factory=dict)
@@ -27,7 +81,7 @@ class RunOut(Schema):
     state: str
 
 
-class CheckpointIn(Schema):
+class CheckpointIn(InputSchema):
     checkpoint_id: str = Identifier
     label: str = Field("", max_length=200)
     runtime_ref: dict[str, Any] = Field(default_factory=dict)
@@ -47,10 +101,10 @@ class LeaseOut(Schema):
     case_id: str | None
 
 
-class BeginIn(Schema):
+class BeginIn(InputSchema):
     checkpoint_id: str = Identifier
     connection_id: str = Identifier
-    generation: int = Field(..., ge=1, le=2**31 - 1)
+    generation: Generation
     params: dict[str, Any] | None = None
 
 
@@ -66,8 +120,8 @@ class BeginOut(Schema):
     case_id: str | None = None
 
 
-class CommitIn(Schema):
-    generation: int = Field(..., ge=1, le=2**31 - 1)
+class CommitIn(InputSchema):
+    generation: Generation
     result: Any = None
     external_ref: str = Field("", max_length=500)
 
@@ -83,39 +137,39 @@ class ActionOut(Schema):
     external_ref: str = ""
 
 
-class ProviderErrorIn(BaseModel):
+class ProviderErrorIn(InputModel):
     """The provider's raw answer, as the worker received it.
 
     A plain pydantic model: ninja's ``Schema`` reads attributes of any object, and this must be a JSON object.
     """
 
-    status: int | None = Field(None, ge=0, le=999)
+    status: Annotated[int, Field(ge=0, le=999, strict=True)] | None = None
     body: Any = None
     headers: dict[str, str] = Field(default_factory=dict)
     error_kind: Literal["timeout", "connection_error"] | None = None
 
 
-class FailIn(Schema):
-    generation: int = Field(..., ge=1, le=2**31 - 1)
+class FailIn(InputSchema):
+    generation: Generation
     error: ProviderErrorIn
 
 
-class AmbiguousIn(Schema):
-    generation: int = Field(..., ge=1, le=2**31 - 1)
+class AmbiguousIn(InputSchema):
+    generation: Generation
     reason: str = Field(..., min_length=1, max_length=500)
 
 
-class ReconcileIn(Schema):
-    generation: int = Field(..., ge=1, le=2**31 - 1)
-    found: bool
+class ReconcileIn(InputSchema):
+    generation: Generation
+    found: StrictBool
     evidence: dict[str, Any]
     result: Any = None
     external_ref: str = Field("", max_length=500)
 
 
-class CredentialFailureIn(Schema):
+class CredentialFailureIn(InputSchema):
     connection_id: str = Identifier
-    generation: int = Field(..., ge=1, le=2**31 - 1)
+    generation: Generation
     checkpoint_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
     action_key: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
     error: ProviderErrorIn
@@ -172,16 +226,17 @@ class ErrorOut(Schema):
     data: dict[str, Any]
 
 
-class RefreshClaimIn(Schema):
-    generation: int = Field(..., ge=1, le=2**31 - 1)
+class RefreshClaimIn(InputSchema):
+    generation: Generation
     holder: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
-    seen_round: int = Field(0, ge=0, le=2**31 - 1, description="The refresh round of the credential that failed (0: unknown).")
+    seen_round: int = Field(0, ge=0, le=2**31 - 1, strict=True,
+                            description="The refresh round of the credential that failed (0: unknown).")
 
 
-class RefreshReleaseIn(Schema):
-    generation: int = Field(..., ge=1, le=2**31 - 1)
+class RefreshReleaseIn(InputSchema):
+    generation: Generation
     holder: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
-    round: int = Field(..., ge=1, le=2**31 - 1)
+    round: int = Field(..., ge=1, le=2**31 - 1, strict=True)
     outcome: Literal["refreshed", "failed"]
 
 

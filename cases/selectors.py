@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import BigIntegerField, Case, Count, IntegerField, OuterRef, Prefetch, Q, Subquery, Value, When
+from django.db.models import BigIntegerField, Case, CharField, Count, IntegerField, OuterRef, Prefetch, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -111,11 +111,14 @@ def console_case_queryset(*, now=None):
     # active after its case moved on is revoked the next time anyone touches it).
     link = (ReconnectRequest.objects.filter(case=OuterRef("pk"), state=ReconnectRequest.State.ACTIVE)
             .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).order_by().values("pk")[:1])
+    latest_link = ReconnectRequest.objects.filter(case=OuterRef("pk")).order_by("-created_at", "-id").values("state")[:1]
     return RecoveryCase.objects.select_related("connection").annotate(
         urgency=case_urgency(),
         runs_blocked=Coalesce(Subquery(blocked, output_field=IntegerField()), Value(0)),
         pending_link_id=Case(When(state__in=OWNER_WAITING_STATES, then=Subquery(link)), default=None,
                              output_field=BigIntegerField()),
+        # The state of the case's latest owner link (``locked`` after too many wrong sign-ins: the operator resends).
+        owner_link_state=Subquery(latest_link, output_field=CharField()),
     )
 
 
@@ -243,12 +246,18 @@ def console_ambiguous_actions(*, case_ids: list[int]) -> list[Action]:
     )
 
 
-def console_dashboard(*, now=None) -> dict[str, Any]:
-    """The admin index: open cases by state and provider, the oldest waiting case, the last 24 hours, resume failures."""
+def console_dashboard(*, now=None, namespaces: list[str] | None = None) -> dict[str, Any]:
+    """The admin index: open cases by state and provider, the oldest waiting case, the last 24 hours, resume failures.
+
+    ``namespaces``: only those namespaces' cases (a console user limited to them); None for every namespace.
+    """
     now = now or timezone.now()
+    cases = RecoveryCase.objects.all() if namespaces is None else RecoveryCase.objects.filter(namespace__in=namespaces)
+    events = AuditEvent.objects.all() if namespaces is None else AuditEvent.objects.filter(
+        case_id__in=cases.values("pk"))
     grid: dict[str, dict[str, int]] = {}
     providers: set[str] = set()
-    for state, provider, n in (RecoveryCase.objects.filter(state__in=OPEN_CASE_STATES).order_by()
+    for state, provider, n in (cases.filter(state__in=OPEN_CASE_STATES).order_by()
                                .values_list("state", "provider").annotate(n=Count("pk"))):
         grid.setdefault(state, {})[provider] = n
         providers.add(provider)
@@ -258,10 +267,10 @@ def console_dashboard(*, now=None) -> dict[str, Any]:
          "total": sum(grid[state].values())}
         for state in CASE_URGENCY if state in grid
     ]
-    oldest = (RecoveryCase.objects.filter(state__in=BLOCKING_CASE_STATES).select_related("connection")
+    oldest = (cases.filter(state__in=BLOCKING_CASE_STATES).select_related("connection")
               .order_by("opened_at", "pk").first())
     day_ago = now - timedelta(hours=24)
-    failures = list(RecoveryCase.objects.filter(state=CaseState.RESUME_FAILED).select_related("connection")
+    failures = list(cases.filter(state=CaseState.RESUME_FAILED).select_related("connection")
                     .order_by("opened_at", "pk")[:10])
     return {
         "providers": providers_sorted,
@@ -270,9 +279,9 @@ def console_dashboard(*, now=None) -> dict[str, Any]:
         "provider_totals": [sum(grid[s].get(p, 0) for s in grid) for p in providers_sorted],
         "oldest": oldest,
         "oldest_waiting": (now - oldest.opened_at) if oldest else None,
-        "opened_24h": RecoveryCase.objects.filter(opened_at__gte=day_ago).count(),
+        "opened_24h": cases.filter(opened_at__gte=day_ago).count(),
         "resume_failed_open": sum(grid.get(CaseState.RESUME_FAILED, {}).values()),
         "resume_failures": failures,
-        "resume_failures_24h": AuditEvent.objects.filter(
+        "resume_failures_24h": events.filter(
             action__in=["case.resume_failed", "run.resume_failed"], occurred_at__gte=day_ago).count(),
     }

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection as db, transaction
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.services import audit_record, refusal_attach, refusals_kept
 from reauth.classification import Classification, FailureClass, classify
 
 from .errors import (
@@ -42,6 +42,7 @@ from .errors import (
 )
 from .models import (
     BLOCKING_CASE_STATES,
+    DEFAULT_NAMESPACE,
     OPEN_CASE_STATES,
     Action,
     ApiKey,
@@ -77,19 +78,21 @@ def _hash_api_key(raw: str) -> str:
 
 
 @transaction.atomic
-def api_key_create(*, name: str, role: str = ApiKey.Role.WORKER, system_operate: bool = False, actor: str = SYSTEM) -> tuple[ApiKey, str]:
+def api_key_create(*, name: str, role: str = ApiKey.Role.WORKER, system_operate: bool = False, actor: str = SYSTEM,
+                   namespace: str = DEFAULT_NAMESPACE) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value, which is never stored and cannot be shown again."""
     prefix = secrets.token_hex(4)
     raw = f"rvk_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(
-        name=name, role=role, system_operate=system_operate, prefix=prefix, key_hash=_hash_api_key(raw)
+        name=name, role=role, system_operate=system_operate, prefix=prefix, key_hash=_hash_api_key(raw),
+        namespace_id=namespace,
     )
     audit_record(
         actor=actor,
         action="api_key.created",
         entity_type="api_key",
         entity_id=str(key.pk),
-        after={"name": name, "role": role, "system_operate": system_operate, "prefix": prefix},
+        after={"name": name, "role": role, "system_operate": system_operate, "prefix": prefix, "namespace": namespace},
     )
     return key, raw
 
@@ -185,11 +188,14 @@ def connection_create(
     display_name: str = "",
     owner_name: str = "",
     actor: str = SYSTEM,
+    namespace: str = DEFAULT_NAMESPACE,
 ) -> Connection:
+    """Register a connection; ``connection_id`` is the stored id (``cases.namespaces.qualify``) in ``namespace``."""
     try:
         with transaction.atomic():
             conn = Connection.objects.create(
                 id=connection_id,
+                namespace_id=namespace,
                 provider=provider,
                 owner_email=owner_email,
                 owner_name=owner_name,
@@ -271,8 +277,12 @@ def lease_advance(*, connection_id: str, from_generation: int, actor: str, case:
 
 
 @transaction.atomic
-def run_register(*, run_id: str, runtime: str, runtime_ref: dict[str, Any], workflow_name: str, actor: str) -> Run:
-    """Register a run; registering the same run again returns it (and refreshes the runtime reference)."""
+def run_register(*, run_id: str, runtime: str, runtime_ref: dict[str, Any], workflow_name: str, actor: str,
+                 namespace: str = DEFAULT_NAMESPACE) -> Run:
+    """Register a run; registering the same run again returns it (and refreshes the runtime reference).
+
+    ``run_id`` is the stored id (``cases.namespaces.qualify``), so a run is only ever found again in its namespace.
+    """
     run = Run.objects.select_for_update(no_key=True).filter(pk=run_id).first()
     if run is not None:
         if run.runtime != runtime or run.workflow_name != workflow_name:
@@ -286,9 +296,11 @@ def run_register(*, run_id: str, runtime: str, runtime_ref: dict[str, Any], work
         return run
     try:
         with transaction.atomic():
-            run = Run.objects.create(id=run_id, runtime=runtime, runtime_ref=runtime_ref, workflow_name=workflow_name)
+            run = Run.objects.create(id=run_id, namespace_id=namespace, runtime=runtime, runtime_ref=runtime_ref,
+                                     workflow_name=workflow_name)
     except IntegrityError:
-        return run_register(run_id=run_id, runtime=runtime, runtime_ref=runtime_ref, workflow_name=workflow_name, actor=actor)
+        return run_register(run_id=run_id, runtime=runtime, runtime_ref=runtime_ref, workflow_name=workflow_name, actor=actor,
+                            namespace=namespace)
     audit_record(actor=actor, action="run.registered", entity_type="run", entity_id=run.pk, run_id=run.pk,
                  after={"state": run.state, "runtime": runtime, "workflow_name": workflow_name, "runtime_ref": runtime_ref})
     return run
@@ -383,10 +395,15 @@ def _require_action_move(action: Action, to: str) -> None:
         )
 
 
+def _fenced_event(*, actor: str, run_id: str, conn: Connection, what: str, generation: int) -> dict[str, Any]:
+    return dict(actor=actor, action=f"{what}.fenced", entity_type="connection", entity_id=conn.pk, run_id=run_id,
+                connection_id=conn.pk, arguments={"generation": generation, "current_generation": conn.current_generation},
+                outcome="refused")
+
+
 def _audit_fenced(*, actor: str, run_id: str, conn: Connection, what: str, generation: int) -> None:
-    audit_record(actor=actor, action=f"{what}.fenced", entity_type="connection", entity_id=conn.pk, run_id=run_id,
-                 connection_id=conn.pk, arguments={"generation": generation, "current_generation": conn.current_generation},
-                 outcome="refused")
+    """A fenced write that answers instead of raising: its refusal commits with the answer."""
+    audit_record(**_fenced_event(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation))
 
 
 @transaction.atomic
@@ -494,8 +511,10 @@ def _locked_action(*, conn: Connection, run_id: str, action_key: str, generation
     """Lock the action for a write that must come from the worker holding the current generation."""
     _check_generation(conn, generation)
     if generation < conn.current_generation:
-        _audit_fenced(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation)
-        raise LeaseFenced(data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation})
+        raise refusal_attach(
+            LeaseFenced(data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation}),
+            **_fenced_event(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation),
+        )
     action = Action.objects.select_for_update().filter(run_id=run_id, action_key=action_key).first()
     if action is None:
         if not Run.objects.filter(pk=run_id).exists():
@@ -515,6 +534,7 @@ def _action_connection_id(run_id: str, action_key: str) -> str:
     return conn_id
 
 
+@refusals_kept
 @transaction.atomic
 def action_commit(*, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str) -> Action:
     """Record the outcome of an executed action. Committing the same action again is a no-op."""
@@ -524,12 +544,16 @@ def action_commit(*, run_id: str, action_key: str, generation: int, result: Any 
         return action
     _require_action_move(action, Action.State.COMMITTED)
     if action.generation != generation:
-        raise LeaseFenced("The action was claimed under another generation.", data={"action_generation": action.generation, "generation": generation})
+        raise refusal_attach(
+            LeaseFenced("The action was claimed under another generation.", data={"action_generation": action.generation, "generation": generation}),
+            **_fenced_event(actor=actor, run_id=run_id, conn=conn, what="commit", generation=generation),
+        )
     _action_transition(action, to=Action.State.COMMITTED, actor=actor, result=result, external_ref=external_ref or "",
                        lock_expires_at=None, arguments={"external_ref": external_ref})
     return action
 
 
+@refusals_kept
 @transaction.atomic
 def action_mark_ambiguous(*, run_id: str, action_key: str, generation: int, reason: str, actor: str) -> Action:
     """The worker lost track of an executing action's outcome (timeout, crash): it must be reconciled."""
@@ -542,6 +566,7 @@ def action_mark_ambiguous(*, run_id: str, action_key: str, generation: int, reas
     return action
 
 
+@refusals_kept
 @transaction.atomic
 def action_reconcile(
     *, run_id: str, action_key: str, found: bool, evidence: dict[str, Any], result: Any = None, external_ref: str = "",
@@ -596,6 +621,25 @@ class Outcome:
 
 
 OWNER_CLASSES = {FailureClass.DEAD_GRANT, FailureClass.INTERACTION_REQUIRED, FailureClass.RELINK_REQUIRED}
+
+# A case's class is the most actionable class of the reports joined to it, by this fixed order, whatever order
+# they arrive in: what the owner fixes comes first -- signing in again before re-linking a vault's upstream
+# account, which needs a live sign-in -- then what an operator must fix.
+CASE_CLASS_ORDER = (
+    FailureClass.DEAD_GRANT,
+    FailureClass.INTERACTION_REQUIRED,
+    FailureClass.RELINK_REQUIRED,
+    FailureClass.MISCONFIGURATION,
+    FailureClass.UNKNOWN,
+)
+
+
+def case_class_rank(failure_class: str) -> int:
+    """0 is the most actionable; a class outside ``CASE_CLASS_ORDER`` ranks last."""
+    try:
+        return CASE_CLASS_ORDER.index(FailureClass(failure_class))
+    except ValueError:
+        return len(CASE_CLASS_ORDER)
 
 
 @dataclass
@@ -711,7 +755,7 @@ def _case_open(*, conn: Connection, generation: int, c: Classification, status: 
                checkpoint: Checkpoint | None, action: Action | None, actor: str) -> RecoveryCase:
     owner_required = c.failure_class in OWNER_CLASSES
     case = RecoveryCase.objects.create(
-        connection=conn, rejected_generation=generation, failure_class=str(c.failure_class), provider=conn.provider,
+        namespace_id=conn.namespace_id, connection=conn, rejected_generation=generation, failure_class=str(c.failure_class), provider=conn.provider,
         provider_code=c.code[:80], provider_message=c.description, provider_error=_provider_error_record(c, status),
         owner_required=owner_required, run=run, checkpoint=checkpoint, action=action, state=CaseState.OPENED,
     )
@@ -754,9 +798,44 @@ def _handle_failure(*, c: Classification, status: int | None, run: Run, conn: Co
             case = _open_case_for(conn, generation)
             if case is None:
                 raise
+            case = _case_reclassify(case, c=c, status=status, actor=actor)
+    else:
+        case = _case_reclassify(case, c=c, status=status, actor=actor)
     if not CaseRun.objects.filter(case=case, run=run).exists():
         _case_join(case=case, run=run, checkpoint=checkpoint, action=action, actor=actor)
     return FailureAnswer(outcome=Outcome.PARKED, case_reference=case.reference, **base)
+
+
+def _case_reclassify(case: RecoveryCase, *, c: Classification, status: int | None, actor: str) -> RecoveryCase:
+    """A joining report more actionable than the case's class (``CASE_CLASS_ORDER``) becomes the case's class.
+
+    When it is the first report that needs the owner, the owner's link is issued here, in the same transaction.
+    The caller holds the connection's exclusive lock, so reports on one (connection, generation) come here one
+    at a time and the result does not depend on their order.
+    """
+    if case_class_rank(c.failure_class) >= case_class_rank(case.failure_class):
+        return case
+    case = case_lock(case.pk)
+    if case_class_rank(c.failure_class) >= case_class_rank(case.failure_class):
+        return case
+    before = {"failure_class": case.failure_class, "provider_code": case.provider_code, "owner_required": case.owner_required}
+    case.failure_class = str(c.failure_class)
+    case.provider_code = c.code[:80]
+    case.provider_message = c.description
+    case.provider_error = _provider_error_record(c, status)
+    newly_owner = c.failure_class in OWNER_CLASSES and not case.owner_required
+    case.owner_required = case.owner_required or c.failure_class in OWNER_CLASSES
+    case.save(update_fields=["failure_class", "provider_code", "provider_message", "provider_error", "owner_required"])
+    audit_record(actor=actor, action="case.reclassified", entity_type="case", entity_id=case.reference, case=case,
+                 run_id=case.run_id, connection_id=case.connection_id, before=before,
+                 after={"failure_class": case.failure_class, "provider_code": case.provider_code,
+                        "owner_required": case.owner_required},
+                 arguments={"provider_error": case.provider_error})
+    if newly_owner:
+        from reauth.services import reconnect_request_create  # here, not at the top: reauth.services imports this module
+
+        reconnect_request_create(case=case, actor=actor)  # the owner is notified on commit
+    return case
 
 
 def _classify(provider: str, provider_error: dict[str, Any]) -> Classification:
@@ -792,6 +871,7 @@ def _classify_and_lock(*, connection_id: str, generation: int, provider_error: d
     return c, conn, None
 
 
+@refusals_kept
 @transaction.atomic
 def action_fail(*, run_id: str, action_key: str, generation: int, provider_error: dict[str, Any], actor: str) -> FailureAnswer:
     """The provider refused the action and nothing happened: record it, classify it, and answer what the worker does next."""

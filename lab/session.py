@@ -70,7 +70,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
     server = None
     if revive_url is None:
         server, revive_url = serve_revive()
-    idp = timeline = None
+    idp = timeline = lab_key = None
     results: list[dict] = []
     try:
         out(heading("Recovery lab — break the credential, keep the execution"))
@@ -85,7 +85,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         idp = box["idp"]
         out(f"  identity     {idp.url}  (allauth OIDC provider, pid {idp.process.pid})")
         out(f"  mail + token {standin.url}  (provider stand-in)")
-        _, key = services.api_key_create(name=f"lab-{session.name}", actor="lab")
+        lab_key, key = services.api_key_create(name=f"lab-{session.name}", actor="lab")
         world = LabWorld(revive_url=revive_url, api_key=key, idp=idp, standin=standin, mailbox=session / "mail",
                          var_dir=session, vault=vault)
         world.export_env()
@@ -106,6 +106,9 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
                 out(f"  {(style.SUCCESS if style and result['ok'] else style.ERROR if style else str)(ok)}")
             timeline.stop()
     finally:
+        # First: the session's worker key dies with the session, however it ends (Ctrl-C raises KeyboardInterrupt here).
+        if lab_key is not None:
+            services.api_key_revoke(key_id=lab_key.pk, actor="lab")
         if timeline is not None:
             timeline.stop()
         if server is not None:

@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 
+from cases.console_access import namespaces_visible_to
 from revive_site.errors import DomainError
 
 from .models import ReconnectRequest
@@ -25,6 +26,11 @@ class ReconnectRequestAdmin(admin.ModelAdmin):
     ]
     readonly_fields = fields
     actions = ["resend_link"]
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request)
+        visible = namespaces_visible_to(request.user)
+        return qs if visible is None else qs.filter(case__namespace__in=visible)
 
     def has_add_permission(self, request):
         return False

@@ -197,6 +197,10 @@ def _on_entra_code(number: int) -> _Matcher:
     return lambda s: f"AADSTS{number}" if number in s.entra_codes else None
 
 
+def _on_error_with_status(value: str, status: int) -> _Matcher:
+    return lambda s: value if s.error == value and s.status == status else None
+
+
 def _on_suberror(value: str) -> _Matcher:
     return lambda s: value if s.suberror == value else None
 
@@ -449,6 +453,14 @@ _AUTH0_ROWS = (
         "auth0.access_denied.rate_limited",
         FailureClass.TRANSIENT,
         _on_error_with_message("access_denied", "limit has been reached"),
+    ),
+    # The token endpoint answers 401 access_denied ("Unauthorized") when the
+    # client itself failed to authenticate (wrong client id or secret): an
+    # operator fixes the application, a sign-in by the owner cannot.
+    _Row(
+        "auth0.access_denied.client_authentication",
+        FailureClass.MISCONFIGURATION,
+        _on_error_with_status("access_denied", 401),
     ),
     # Otherwise a Rule/Action or consent denial, decided at sign-in: the owner
     # has to go through it interactively.

@@ -176,8 +176,8 @@ def session_remember_refusal(request: HttpRequest, public_id, event_id: int) -> 
 def problem_response(request: HttpRequest, exc: ReconnectError, *, req: ReconnectRequest | None = None,
                      extra: dict[str, Any] | None = None) -> HttpResponse:
     context = {"error": exc, "code": exc.code, "message": exc.message, "req": req}
-    if req is not None and session_has_grant(request, req.public_id):
-        context["landing_public_id"] = str(req.public_id)
+    if req is not None and req.state == ReconnectRequest.State.ACTIVE and session_has_grant(request, req.public_id):
+        context["landing_public_id"] = str(req.public_id)  # "back" only where the reconnect page still works
     context.update(extra or {})
     response = render(request, getattr(exc, "template", "reauth/error.html"), context, status=exc.status)
     response["X-Revive-Code"] = exc.code
@@ -337,6 +337,18 @@ def done(request: HttpRequest, public_id) -> HttpResponse:
     return render(request, "reauth/done.html", context)
 
 
+def mismatch_differs(mismatched: list[str]) -> str:
+    """What the owner has to change, in their words: ``account`` (subject or issuer), else ``tenant``, else
+    ``organization``. The account comes first: with another account, tenant and organization do not matter yet."""
+    if "subject" in mismatched or "issuer" in mismatched:
+        return "account"
+    if "tenant" in mismatched:
+        return "tenant"
+    if "org" in mismatched:
+        return "organization"
+    return "account"
+
+
 @_page
 @_allow("GET")
 def refused(request: HttpRequest, public_id) -> HttpResponse:
@@ -350,18 +362,24 @@ def refused(request: HttpRequest, public_id) -> HttpResponse:
     if event is None:
         return redirect("reauth:landing", public_id=req.public_id)
     presented = (event.arguments or {}).get("presented") or {}
+    mismatched = (event.arguments or {}).get("mismatched") or []
     context = _summary(req)
     context.update({
         "signed_in_as": presented.get("label") or mask_identifier(presented.get("subject", "")),
         "signed_in_tenant": presented.get("tenant", ""),
         "signed_in_issuer": presented.get("issuer", ""),
-        "mismatched": (event.arguments or {}).get("mismatched") or [],
+        "signed_in_org": presented.get("org", ""),
+        "expected_org": req.connection.provider_org,
+        "mismatched": mismatched,
+        "differs": mismatch_differs(mismatched),
         "attempts_left": max(_max_refusals() - req.refusals, 0),
         "locked": req.state == ReconnectRequest.State.LOCKED,
         "can_retry": req.state == ReconnectRequest.State.ACTIVE,
     })
     exc = ReconnectLinkLocked() if context["locked"] else ReconnectIdentityMismatch()
-    context.update({"error": exc, "code": exc.code, "landing_public_id": str(req.public_id)})
+    context.update({"error": exc, "code": exc.code})
+    if context["can_retry"]:
+        context["landing_public_id"] = str(req.public_id)
     response = render(request, "reauth/mismatch.html", context, status=exc.status)
     response["X-Revive-Code"] = exc.code
     return response

@@ -9,6 +9,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from cases.api import router as worker_router
 from cases.doctor_api import router as doctor_router
+from cases.namespaces import unqualify_data
 from cases.restate.api import router as restate_router
 
 from .auth import OperatorKey, WorkerKey
@@ -19,10 +20,13 @@ def _error(api: NinjaAPI, request, status: int, code: str, message: str, data=No
     return api.create_response(request, {"code": code, "message": message, "data": data or {}}, status=status)
 
 
-def _install_error_handlers(api: NinjaAPI) -> None:
+def _install_error_handlers(api: NinjaAPI, *, unqualify_ids: bool = False) -> None:
     @api.exception_handler(DomainError)
     def domain_error(request, exc: DomainError):
-        return api.create_response(request, exc.as_body(), status=exc.status)
+        body = exc.as_body()
+        if unqualify_ids:  # the worker API answers with the ids the worker sent, never their stored form
+            body["data"] = unqualify_data(body["data"])
+        return api.create_response(request, body, status=exc.status)
 
     @api.exception_handler(ValidationError)
     def validation_error(request, exc: ValidationError):
@@ -63,7 +67,7 @@ worker_api = NinjaAPI(
     docs_url="/docs",
     docs=OFFLINE_DOCS,
 )
-_install_error_handlers(worker_api)
+_install_error_handlers(worker_api, unqualify_ids=True)
 worker_api.add_router("/", worker_router)
 
 operator_api = NinjaAPI(

@@ -56,3 +56,41 @@ class ApiBodyLimitMiddleware:
                     status=413,
                 )
         return self.get_response(request)
+
+
+API_STATUS_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+_API_STATUS_MESSAGES = {
+    400: "The request cannot be parsed.",
+    404: "Not found.",
+    405: "This method is not allowed on this path.",
+}
+
+
+class ApiErrorShapeMiddleware:
+    """Under ``/api/`` every 400, 404 and 405 is the JSON error shape ``{code, message, data}``.
+
+    django-ninja answers a wrong method with a plain-text 405, and a path no router knows is Django's
+    HTML 404; both happen before any exception handler of the API runs. A 405 keeps its ``Allow`` header.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            request.path.startswith("/api/")
+            and response.status_code in API_STATUS_CODES
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            status = response.status_code
+            shaped = JsonResponse(
+                {"code": API_STATUS_CODES[status], "message": _API_STATUS_MESSAGES[status],
+                 "data": {"method": request.method} if status == 405 else {}},
+                status=status,
+            )
+            for header in ("Allow", "X-Request-Id"):
+                if header in response:
+                    shaped[header] = response[header]
+            return shaped
+        return response

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("REVIVE_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -74,6 +75,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files in every mode, compressed and cached
     "revive_site.middleware.WorkContextMiddleware",  # request id, trace id and run id for logs and audit
     "audit.operations.OperationsAuditMiddleware",
+    "revive_site.middleware.ApiErrorShapeMiddleware",
     "revive_site.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -147,6 +149,19 @@ CSRF_COOKIE_HTTPONLY = False
 SESSION_COOKIE_SECURE = PRODUCTION
 CSRF_COOKIE_SECURE = PRODUCTION
 
+# --- HTTPS in production ------------------------------------------------------
+# Plain HTTP is redirected to HTTPS and browsers are told to stay on HTTPS (HSTS). Where TLS is terminated at a
+# proxy or load balancer, REVIVE_TLS_PROXY_HEADER names the header it sets on HTTPS requests (e.g.
+# "X-Forwarded-Proto"; the proxy must set it itself, never pass a client's through), so Django knows the request
+# was HTTPS and does not redirect it again.
+SECURE_SSL_REDIRECT = env.bool("REVIVE_SSL_REDIRECT", default=PRODUCTION)
+SECURE_HSTS_SECONDS = env.int("REVIVE_HSTS_SECONDS", default=31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("REVIVE_HSTS_INCLUDE_SUBDOMAINS", default=PRODUCTION)
+SECURE_HSTS_PRELOAD = env.bool("REVIVE_HSTS_PRELOAD", default=PRODUCTION)
+_tls_proxy_header = env.str("REVIVE_TLS_PROXY_HEADER", default="")
+if _tls_proxy_header:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _tls_proxy_header.upper().replace("-", "_"), "https")
+
 # --- Celery -----------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 CELERY_BROKER_URL = REDIS_URL or "memory://"
@@ -200,7 +215,6 @@ REVIVE_RESUME_SWEEP_AFTER = env.int("REVIVE_RESUME_SWEEP_AFTER", default=120)
 # `never`; `ambiguous` (an action of the case's runs was reconciled by hand or without evidence); `always`.
 REVIVE_RESUME_APPROVAL = env.str("REVIVE_RESUME_APPROVAL", default="ambiguous")
 if REVIVE_RESUME_APPROVAL not in ("never", "ambiguous", "always"):
-    from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured(f"REVIVE_RESUME_APPROVAL must be never, ambiguous or always, not {REVIVE_RESUME_APPROVAL!r}")
 REVIVE_RUNTIME_ADAPTERS = {
@@ -235,7 +249,6 @@ REVIVE_RECONNECT_WEBHOOK_URL = env.str("REVIVE_RECONNECT_WEBHOOK_URL", default="
 REVIVE_RECONNECT_WEBHOOK_SECRET = env.str("REVIVE_RECONNECT_WEBHOOK_SECRET", default="")
 REVIVE_RECONNECT_WEBHOOK_TIMEOUT = env.float("REVIVE_RECONNECT_WEBHOOK_TIMEOUT", default=5.0)
 if REVIVE_RECONNECT_WEBHOOK_URL and not REVIVE_RECONNECT_WEBHOOK_SECRET:
-    from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("REVIVE_RECONNECT_WEBHOOK_URL is set: REVIVE_RECONNECT_WEBHOOK_SECRET (the HMAC key) is required")
 REVIVE_CREDENTIAL_CUSTODY = env.str("REVIVE_CREDENTIAL_CUSTODY", default="reauth.custody.DatabaseCustody")
@@ -244,6 +257,12 @@ REVIVE_CREDENTIAL_CUSTODY = env.str("REVIVE_CREDENTIAL_CUSTODY", default="reauth
 REVIVE_AUTH0_TOKEN_VAULT = env.json("REVIVE_AUTH0_TOKEN_VAULT", default={})
 
 from reauth.provider_settings import socialaccount_providers  # noqa: E402  (pure: no models, no environment)
+
+if PRODUCTION and env.str("REVIVE_LAB_IDP_URL", default=""):
+    raise ImproperlyConfigured(
+        "REVIVE_LAB_IDP_URL is set with REVIVE_PRODUCTION=1: the lab's sign-in app is for the recovery lab only "
+        "and cannot be enabled in production"
+    )
 
 SOCIALACCOUNT_PROVIDERS = socialaccount_providers(
     entra_client_id=env.str("REVIVE_ENTRA_CLIENT_ID", default=""),

@@ -17,6 +17,14 @@ class RestateDeploymentNotFound(DomainError):
     default_message = "No registered Restate deployment has exactly this service URL."
 
 
+class RestateServiceNotFound(DomainError):
+    """An addition to the seed's codes: recover-stuck-workflow names a service no deployment registered."""
+
+    code = "RESTATE_SERVICE_NOT_FOUND"
+    status = 404
+    default_message = "Restate knows no service with this name."
+
+
 class RestateDeploymentRegistrationFailed(DomainError):
     """The admin API answered, but refused or failed the registration (e.g. it could not discover the service)."""
 

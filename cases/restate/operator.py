@@ -46,6 +46,7 @@ from .errors import (
     RestateAdminUnreachable,
     RestateDeploymentNotFound,
     RestateDeploymentRegistrationFailed,
+    RestateServiceNotFound,
     RestateWorkflowRetryBlocked,
 )
 
@@ -426,17 +427,6 @@ def restate_cleanup_stale_deployments(*, service_url: str, force_drain: bool = F
 # -- recover-stuck-workflow ---------------------------------------------------
 
 
-def _shared_handlers(admin: RestateAdminClient, service_name: str) -> set[str]:
-    """Names of the service's read-only (shared) handlers; their invocations are not workflow runs."""
-    try:
-        service = admin.get_service(service_name)
-    except RestateResponseError as exc:
-        if exc.status_code == 404:
-            return set()
-        raise
-    return {h.name for h in service.handlers if h.ty == "Shared"}
-
-
 def restate_recover_stuck_workflow(*, service_name: str, service_key: str) -> None:
     """Prepare one workflow key for a fresh run: purge its terminal failures, then clear its keyed state.
 
@@ -445,7 +435,8 @@ def restate_recover_stuck_workflow(*, service_name: str, service_key: str) -> No
     killed and cancelled, unknown ones included), or when a run of the key
     already succeeded (a shared handler's invocation, such as a status query,
     is not a run). A key with no invocation left is cleared and acknowledged,
-    so repeating a successful call is harmless.
+    so repeating a successful call is harmless. A service Restate does not know
+    is ``RESTATE_SERVICE_NOT_FOUND`` (404), not an acknowledgement.
     """
     for field, value in (("serviceName", service_name), ("serviceKey", service_key)):
         if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
@@ -455,6 +446,12 @@ def restate_recover_stuck_workflow(*, service_name: str, service_key: str) -> No
     admin_url = restate_admin_url_resolve(config.admin_url, timeout=config.probe_timeout)
     with RestateAdminClient(admin_url, timeout=config.admin_timeout) as admin:
         try:
+            try:
+                service = admin.get_service(service_name)
+            except RestateResponseError as exc:
+                if exc.status_code == 404:
+                    raise RestateServiceNotFound(data={"serviceName": service_name}) from None
+                raise
             rows = admin.query(
                 "SELECT id, target_handler_name, status, completion_result FROM sys_invocation "
                 f"WHERE target_service_name = {_sql_text(service_name)} "
@@ -465,7 +462,7 @@ def restate_recover_stuck_workflow(*, service_name: str, service_key: str) -> No
             active = [r["id"] for r in rows if r["status"] not in TERMINAL_STATUSES]
             if active:
                 raise blocked(blocked.ACTIVE_INVOCATION, active)
-            shared = _shared_handlers(admin, service_name) if rows else set()
+            shared = {h.name for h in service.handlers if h.ty == "Shared"}
         except RestateTransportError as exc:
             raise RestateAdminUnreachable(f"The Restate admin API cannot be reached: {exc.message}") from None
         except RestateResponseError as exc:

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from ninja import Field, Schema
+
+from cases.schemas import InputSchema
 from pydantic import AfterValidator, ConfigDict, StrictBool
 
 ComponentStatus = Literal["ok", "degraded", "unreachable"]
@@ -37,7 +39,7 @@ ServiceUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_LENGTH), Afte
 RestateName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[a-zA-Z0-9_-]+$")]
 
 
-class _Body(Schema):
+class _Body(InputSchema):
     model_config = ConfigDict(extra="forbid")
 
 

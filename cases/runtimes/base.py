@@ -14,6 +14,8 @@ import abc
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from cases.namespaces import unqualify
+
 if TYPE_CHECKING:
     from cases.models import RecoveryCase, Run
 
@@ -67,12 +69,13 @@ class ResumeRequest:
     """connection id -> the generation that was rejected (Restate keys its promises by it)."""
 
     def payload(self) -> dict[str, Any]:
+        """In the worker's own ids: run and connection ids without their namespace qualification."""
         return {
             "revive": RESUME_KIND,
-            "run_id": self.run_id,
+            "run_id": unqualify(self.run_id),
             "cases": list(self.case_ids),
-            "generations": dict(self.generations),
-            "rejected": dict(self.rejected),
+            "generations": {unqualify(conn): gen for conn, gen in self.generations.items()},
+            "rejected": {unqualify(conn): gen for conn, gen in self.rejected.items()},
         }
 
     @property

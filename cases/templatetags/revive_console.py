@@ -7,6 +7,7 @@ from datetime import timedelta
 from django import template
 from django.utils import timezone
 
+from cases.console_access import namespaces_visible_to
 from cases.selectors import console_case_detail, console_dashboard
 from cases.timeline import timeline_svg
 
@@ -20,9 +21,12 @@ def console_dashboard_for(context):
     request = context.get("request")
     if request is None or not request.user.has_perm("cases.view_recoverycase"):
         return None
-    data = console_dashboard()
+    visible = namespaces_visible_to(request.user)
+    data = console_dashboard(namespaces=visible)
     chosen = request.GET.get("case", "").strip()[:40]
     detail = console_case_detail(case_id=chosen) if chosen else None
+    if detail is not None and visible is not None and detail.case.namespace_id not in visible:
+        detail = None
     if detail is None and data["oldest"] is not None:
         detail = console_case_detail(case_id=data["oldest"].pk)
     data["selected"] = detail

@@ -47,7 +47,7 @@ def test_the_list_shows_the_triage_columns(operator_client, make_case):
     case = make_case(CaseState.OPENED)
     page = operator_client.get(LIST).content.decode()
     for header in ["case id", "state", "failure class", "provider / error", "connection", "tenant", "runs blocked",
-                   "age", "owner link pending"]:
+                   "age", "owner link"]:
         assert f">{header.capitalize()}<" in page or f">{header}<" in page.lower(), header
     assert case.reference in page and "AADSTS700082" in page and case.connection_id in page and "tid-contoso" in page
 
@@ -240,6 +240,25 @@ def test_reject_from_the_case_page(operator_client, operator, make_case):
     assert state(case) == CaseState.ABANDONED
     event = AuditEvent.objects.get(case_id=case.pk, action="case.abandoned")
     assert event.actor == f"operator:{operator.username}" and event.arguments["rejected"] is True
+
+
+def test_the_console_shows_a_locked_link_and_the_operator_resends_it(operator_client, operator, make_case, settings):
+    case = make_case(CaseState.AWAITING_OWNER)
+    old = ReconnectRequest.objects.get(case=case)
+    ReconnectRequest.objects.filter(pk=old.pk).update(state="locked", refusals=settings.REVIVE_RECONNECT_MAX_REFUSALS)
+    other = make_case(CaseState.AWAITING_OWNER)
+    listed = operator_client.get(LIST, {"link": "locked"})
+    page = listed.content.decode()
+    assert f">{case.reference}<" in page and f">{other.reference}<" not in page
+    assert 'class="owner-link-locked">locked</strong>' in page
+    detail = operator_client.get(case_url(case)).content.decode()
+    assert "locked" in detail and "Resend the owner link" in detail
+    response = operator_client.post(operate_url(case, "resend_link"), follow=True)
+    assert any("new owner link" in m for m in texts(response))
+    new = ReconnectRequest.objects.get(case=case, state="active")
+    old.refresh_from_db()
+    assert (old.state, old.replaced_by_id) == ("locked", new.pk)
+    assert "pending" in operator_client.get(LIST, {"q": case.reference}).content.decode()
 
 
 def test_resend_the_owner_link(operator_client, operator, make_case):

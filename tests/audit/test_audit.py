@@ -51,6 +51,10 @@ def test_audit_record_refuses_to_run_outside_a_transaction():
         ("https://token@example.com/p?q=1#f", f"https://{REDACTED}@example.com/p?q=1#f"),
         ("http://[::1]:8080/x", "http://[::1]:8080/x"),
         ("http://host/no-user", "http://host/no-user"),
+        ("http://User:Pw@MyHost.Example:9080/Path?", f"http://{REDACTED}@MyHost.Example:9080/Path?"),
+        ("https://Host.EXAMPLE/x", "https://Host.EXAMPLE/x"),
+        ("http://a@b@HoSt/p#", f"http://{REDACTED}@HoSt/p#"),
+        ("http://tok@[FE80::1]:9/x", f"http://{REDACTED}@[FE80::1]:9/x"),
     ],
 )
 def test_url_userinfo_is_redacted_keeping_host_path_query_fragment(value, expected):

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from cases.models import Connection
+from cases.services import connection_create
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 OID = "1b2c3d4e-0000-4000-8000-00000000abcd"
@@ -67,22 +68,26 @@ def test_command_accepts_good_input(values):
     code, out, err = _command("conn_good", values)
 
     assert code == 0, err
-    assert "registered at generation 1" in out
+    assert "at generation 1" in out
     assert Connection.objects.get(pk="conn_good").provider == values["provider"]
 
 
 @pytest.mark.django_db
-def test_admin_add_form_shows_each_problem_beside_its_field(client):
+def test_admin_identity_form_shows_each_problem_beside_its_field(client):
+    """Connections are added by the command; the admin changes an identity only through its reason form."""
+    conn = connection_create(connection_id="conn_entra_ok", provider="entra", owner_email="ops@contoso.com",
+                             provider_subject="1b2c3d4e-0000-4000-8000-00000000abcd",
+                             provider_tenant="72f988bf-86f1-41af-91ab-2d7cd011db47", actor="test")
     admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-root-1")
     client.force_login(admin)
-    response = client.post("/admin/cases/connection/add/", {
-        "id": "conn_placeholder", "provider": "entra", "owner_email": "not-an-email", "provider_subject": "<oid>",
-        "provider_tenant": "<tid>", "provider_issuer": "", "provider_org": "", "display_name": "", "owner_name": "",
-        "generations-TOTAL_FORMS": "0", "generations-INITIAL_FORMS": "0"})
+    response = client.post(f"/admin/cases/connection/{conn.pk}/identity/", {
+        "owner_email": "not-an-email", "provider_subject": "<oid>", "provider_tenant": "<tid>",
+        "provider_issuer": "", "provider_org": "", "reason": "placeholder test"})
 
     assert response.status_code == 200  # the form again, not a redirect
-    errors = response.context["adminform"].form.errors
+    errors = response.context["form"].errors
     assert "must be a GUID" in errors["provider_tenant"][0]
     assert "must be a GUID" in errors["provider_subject"][0]
     assert "email" in errors["owner_email"][0].lower()
-    assert not Connection.objects.filter(pk="conn_placeholder").exists()
+    conn.refresh_from_db()
+    assert conn.provider_tenant == "72f988bf-86f1-41af-91ab-2d7cd011db47"

@@ -34,7 +34,7 @@ def test_command_prints_the_key_once_and_stores_only_its_hash(client):
 def test_admin_creates_a_key_and_shows_it_once(client):
     User.objects.create_superuser("op", "op@example.com", "pw")
     client.login(username="op", password="pw")
-    resp = client.post("/admin/cases/apikey/add/", {"name": "fleet-b", "role": "worker"}, follow=True)
+    resp = client.post("/admin/cases/apikey/add/", {"name": "fleet-b", "namespace": "default", "role": "worker"}, follow=True)
     assert resp.status_code == 200
     raw = KEY.search(resp.content.decode()).group(0)
     key = ApiKey.objects.get(name="fleet-b")

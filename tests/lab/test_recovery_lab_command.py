@@ -106,3 +106,42 @@ def test_recovery_lab_with_the_typescript_worker(tmp_path):
     assert lost["brief_sent_by_pid"] not in (None, lost["notes"]["killed_pid"])
     assert by_name["wrong-account"]["notes"]["refused"]["presented"]
     assert "Bearer " not in proc.stdout + proc.stderr
+
+
+LAB_KEYS = ("import django; django.setup(); from cases.models import ApiKey; "
+            "print(ApiKey.objects.filter(name__startswith='lab-session-').count(), "
+            "ApiKey.objects.filter(name__startswith='lab-session-', revoked_at__isnull=True).count())")
+
+
+def lab_keys(env) -> tuple[int, int]:
+    """(lab session keys ever created, those still active) in the lab's SQLite database."""
+    proc = subprocess.run([sys.executable, "-c", LAB_KEYS], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "revive_site.settings"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    made, active = proc.stdout.split()
+    return int(made), int(active)
+
+
+def test_the_lab_revokes_its_worker_key_when_it_ends_and_after_ctrl_c(tmp_path):
+    import signal
+    import time
+
+    env = embedded_env(tmp_path)
+    assert manage(env, "migrate", "-v0").returncode == 0
+    assert manage(env, "recovery_lab", "--scenario", "revoked", "--json").returncode == 0
+    assert lab_keys(env) == (1, 0)
+
+    proc = subprocess.Popen([sys.executable, "manage.py", "recovery_lab", "--scenario", "revoked"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        seen = ""
+        while "▶" not in seen:  # the key exists before the first scenario starts
+            assert time.monotonic() < deadline and proc.poll() is None, seen[-2000:]
+            seen += proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert lab_keys(env) == (2, 0)

@@ -268,6 +268,11 @@ ROW_CASES = [
         body={"error": "access_denied", "error_description": "Global limit has been reached"},
     ),
     case(
+        "auth0.access_denied.client_authentication", MISCONFIG, "access_denied",
+        provider="auth0", status=401,
+        body={"error": "access_denied", "error_description": "Unauthorized"},
+    ),
+    case(
         "auth0.access_denied", INTERACTION, "access_denied",
         provider="auth0", status=403,
         body={"error": "access_denied", "error_description": "Please verify your email before continuing."},

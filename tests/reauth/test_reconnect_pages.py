@@ -276,3 +276,65 @@ def test_a_callback_for_an_unknown_provider_app_is_a_404(client):
 def test_allauth_login_and_signup_pages_do_not_exist(client):
     for path in ["/accounts/login/", "/accounts/signup/", "/accounts/oidc/lab-idp/login/", "/accounts/3rdparty/"]:
         assert client.get(path).status_code == 404, path
+
+
+# --------------------------------------------------------------------------- what differed, and the locked link
+
+
+def _refuse(client, oc, public_id: str, presented) -> None:
+    """A sign-in that proved ``presented``, settled as the adapter does, remembered in this browser's session."""
+    from reauth.custody import Grant
+    from reauth.services import reconnect_request_complete
+    from reauth.views import SESSION_KEY
+
+    done = reconnect_request_complete(public_id=public_id, presented=presented, grant=Grant(access_token="at"), actor="owner")
+    assert not done.consumed
+    session = client.session
+    state = session[SESSION_KEY]
+    state["refusals"][public_id] = done.refusal_event_id
+    session[SESSION_KEY] = state
+    session.save()
+
+
+@pytest.mark.parametrize("provider, expected, presented, differs, says", [
+    ("entra", dict(subject="oid-ada", tenant="tid-contoso"), dict(subject="oid-mallory", tenant="tid-contoso"),
+     "account", "That account does not own this connection"),
+    ("entra", dict(subject="oid-ada", tenant="tid-contoso"), dict(subject="oid-ada", tenant="tid-fabrikam"),
+     "tenant", 'You signed in to tenant <span class="mono">tid-fabrikam</span>'),
+    ("auth0", dict(subject="auth0|ada", issuer="https://t.example/", org="org_acme"),
+     dict(subject="auth0|ada", issuer="https://t.example/", org="org_other"),
+     "organization", 'you signed in to organization <span class="mono">org_other</span>'),
+])
+def test_the_refusal_names_what_differed(client, owner_case, issue_link, provider, expected, presented, differs, says):
+    from reauth.identity import ProviderIdentity
+
+    oc = owner_case(provider=provider, subject=expected["subject"], tenant=expected.get("tenant", ""),
+                    issuer=expected.get("issuer", ""), org=expected.get("org", ""))
+    link, _ = issue_link(oc)
+    public_id = open_link(client, link)
+    _refuse(client, oc, public_id, ProviderIdentity(label="someone@example.com", **presented))
+    response = client.get(f"/reconnect/r/{public_id}/refused")
+    assert_problem(response, 403, "RECONNECT_IDENTITY_MISMATCH")
+    html = response.content.decode()
+    assert f'data-differs="{differs}"' in html and says in html
+    if differs == "organization":
+        assert "org_acme" in html and "Sign in to organization org_acme" in html
+        assert "Sign in with that account" not in html
+    assert "Back to the reconnect page" in html  # the landing still works while the link is active
+
+
+def test_the_locked_page_says_ask_the_operator_and_offers_no_dead_back_link(client, owner_case, issue_link, settings):
+    from reauth.identity import ProviderIdentity
+
+    oc = owner_case()
+    link, _ = issue_link(oc)
+    public_id = open_link(client, link)
+    for _ in range(settings.REVIVE_RECONNECT_MAX_REFUSALS):
+        _refuse(client, oc, public_id, ProviderIdentity(subject="oid-mallory", tenant="3f6b1c2e-8d4a-4f1b-9c7e-2a5d0e9b1c01"))
+    for response, status in [(client.get(f"/reconnect/r/{public_id}/refused"), 423),
+                             (client.get(f"/reconnect/r/{public_id}/"), 423),
+                             (client.get(path_of(link)), 423)]:
+        assert_problem(response, status, "RECONNECT_LINK_LOCKED")
+        html = response.content.decode()
+        assert "Ask the operator for a new link" in html
+        assert "Back to the reconnect page" not in html and "<button" not in html

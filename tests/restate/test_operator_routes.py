@@ -323,6 +323,24 @@ def test_recover_a_key_with_no_invocations_is_acknowledged(op, restate):
     assert response.status_code == 200 and response.json() == {"acknowledged": True}
 
 
+def test_recover_a_service_restate_does_not_know_is_a_404(op, restate):
+    response = op.post("recover-stuck-workflow", {"serviceName": "NoSuchService", "serviceKey": "key_1"})
+
+    body = _error(response, 404, "RESTATE_SERVICE_NOT_FOUND")
+    assert body["data"] == {"serviceName": "NoSuchService"}
+    row = _only_audit_row(response)
+    assert (row.outcome, row.error_code) == ("failed", "RESTATE_SERVICE_NOT_FOUND")
+
+
+def test_the_audit_row_keeps_the_service_url_exactly_but_its_user_info(op, restate):
+    url = "http://Ops:Secret@Restate-Deploy.Example.COM:9080/V1/?"
+
+    response = op.post("cleanup-stale-deployments", {"serviceUrl": url})
+
+    _error(response, 404, "RESTATE_DEPLOYMENT_NOT_FOUND")
+    assert _only_audit_row(response).arguments["serviceUrl"] == "http://REDACTED@Restate-Deploy.Example.COM:9080/V1/?"
+
+
 # --------------------------------------------------------------------------- the engine unreachable
 
 

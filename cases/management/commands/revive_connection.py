@@ -1,6 +1,10 @@
+import re
+
 from django.core.management.base import BaseCommand
 
 from cases.forms import ConnectionForm
+from cases.models import DEFAULT_NAMESPACE
+from cases.namespaces import namespace_ensure, qualify
 from cases.services import connection_create
 from reauth.classification import Provider
 from revive_site.errors import DomainError
@@ -26,8 +30,14 @@ class Command(BaseCommand):
         parser.add_argument("--org", default="", help="Auth0: org_id, when the connection belongs to an organization.")
         parser.add_argument("--name", default="", help="A display name.")
         parser.add_argument("--owner-name", default="", help="The owner's name, for the reconnect message.")
+        parser.add_argument("--namespace", default=DEFAULT_NAMESPACE,
+                            help="The namespace whose worker keys use it (created if missing; default: default).")
 
     def handle(self, *args, **o):
+        if not re.fullmatch(r"[A-Za-z0-9_.:/@-]{1,200}", o["connection_id"]):
+            self.stderr.write("VALIDATION_ERROR: a connection id is 1-200 of A-Z a-z 0-9 _ . : / @ - (as the worker API "
+                              "accepts it).")
+            raise SystemExit(2)
         form = ConnectionForm(data={
             "id": o["connection_id"], "provider": o["provider"], "owner_email": o["owner_email"],
             "provider_subject": o["subject"], "provider_tenant": o["tenant"], "provider_issuer": o["issuer"],
@@ -41,8 +51,10 @@ class Command(BaseCommand):
             raise SystemExit(2)
         data = form.cleaned_data
         try:
+            namespace_ensure(name=o["namespace"], actor="cli")
             conn = connection_create(
-                connection_id=data["id"], provider=data["provider"], owner_email=data["owner_email"],
+                connection_id=qualify(o["namespace"], data["id"]), namespace=o["namespace"],
+                provider=data["provider"], owner_email=data["owner_email"],
                 provider_subject=data["provider_subject"], provider_tenant=data["provider_tenant"],
                 provider_issuer=data["provider_issuer"], provider_org=data["provider_org"],
                 display_name=data["display_name"], owner_name=data["owner_name"], actor="cli",
@@ -50,4 +62,5 @@ class Command(BaseCommand):
         except DomainError as exc:
             self.stderr.write(f"{exc.code}: {exc.message}")
             raise SystemExit(2)
-        self.stdout.write(f"Connection {conn.pk} ({conn.get_provider_display()}) registered at generation {conn.current_generation}.")
+        self.stdout.write(f"Connection {o['connection_id']} ({conn.get_provider_display()}) registered in namespace "
+                          f"{o['namespace']!r} at generation {conn.current_generation}.")
