@@ -161,6 +161,8 @@ def run_redrive(*, case_run_id: int, now: datetime | None = None, actor: str = W
     stall = timedelta(seconds=settings.REVIVE_RUN_STALL_SECONDS)
     case_run = CaseRun.objects.select_related("case", "run").get(pk=case_run_id)
     case = case_run.case
+    if case_run.resumed_at is not None or case_run.resume_sent_at is None or now - _last_progress(case_run) < stall:
+        return "moving"
     # Reaping and reconciling first: an action whose worker died is ``ambiguous`` and then, where a reconciler
     # exists, settled -- so the re-driven run replays or re-executes it instead of meeting ACTION_IN_PROGRESS.
     services.reap_stale_actions(now=now, actor=actor, run_id=case_run.run_id)
@@ -173,8 +175,9 @@ def run_redrive(*, case_run_id: int, now: datetime | None = None, actor: str = W
         Run.objects.select_for_update(no_key=True).filter(pk=case_run.run_id).values_list("pk", flat=True).first()
         locked = CaseRun.objects.select_for_update(no_key=True).select_related("case").get(pk=case_run_id)
         case = services.case_lock(locked.case_id)
-        if locked.resumed_at is not None or case.state != CaseState.RESUMING or locked.resume_sent_at is None \
-                or now - _last_progress(locked) < stall:
+        # Measured before our own reaping touched the ledger; a re-drive or a resume meanwhile moves the mark.
+        if locked.resumed_at is not None or case.state != CaseState.RESUMING \
+                or locked.resume_sent_at != case_run.resume_sent_at:
             return "moving"
         if locked.resume_attempts >= settings.REVIVE_RESUME_MAX_ATTEMPTS:
             services.run_park_after_failed_resume(run_id=locked.run_id, actor=actor,

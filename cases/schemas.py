@@ -64,6 +64,7 @@ class BeginOut(Schema):
     result: Any = None
     external_ref: str = ""
     case_id: str | None = None
+    lock_seconds: int | None = None
 
 
 class CommitIn(Schema):
@@ -98,6 +99,19 @@ class ProviderErrorIn(BaseModel):
 class FailIn(Schema):
     generation: int = Field(..., ge=1, le=2**31 - 1)
     error: ProviderErrorIn
+
+
+class HeartbeatIn(Schema):
+    generation: int = Field(..., ge=1, le=2**31 - 1)
+
+
+class HeartbeatOut(Schema):
+    run_id: str
+    action_key: str
+    state: str
+    generation: int
+    lock_expires_at: datetime
+    lock_seconds: int
 
 
 class AmbiguousIn(Schema):

@@ -356,6 +356,8 @@ class BeginResult:
     result: Any = None
     external_ref: str = ""
     case_reference: str | None = None
+    lock_seconds: int | None = None
+    """For ``execute``: how long the attempt's lock lasts without a heartbeat (the SDK beats at a third of it)."""
 
 
 def _action_snapshot(action: Action) -> dict[str, Any]:
@@ -442,6 +444,7 @@ def action_begin(
             result=action.result if action and decision == Decision.REPLAY else None,
             external_ref=action.external_ref if action and decision == Decision.REPLAY else "",
             case_reference=case.reference if case else None,
+            lock_seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT if decision == Decision.EXECUTE else None,
         )
 
     if generation < conn.current_generation:
@@ -464,6 +467,12 @@ def action_begin(
         if action.state == Action.State.AMBIGUOUS:
             return answer(Decision.RECONCILE, action)
         if action.state == Action.State.EXECUTING:
+            if action.lock_expires_at is not None and action.lock_expires_at < timezone.now():
+                # Its worker stopped beating: what the reaper would do next, done now, so the caller reconciles
+                # at once instead of waiting for the next sweep.
+                _action_transition(action, to=Action.State.AMBIGUOUS, actor="system:reaper", lock_expires_at=None,
+                                   arguments={"reason": "lock timeout expired", "noticed_by": actor})
+                return answer(Decision.RECONCILE, action)
             raise ActionInProgress(data={"action_key": action_key, "idempotency_key": key, **_lock_left(action)})
         return None
 

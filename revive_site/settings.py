@@ -173,8 +173,10 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- Revive -----------------------------------------------------------------
-# Seconds an `executing` action may run before the reaper may mark it ambiguous.
-REVIVE_ACTION_LOCK_TIMEOUT = env.int("REVIVE_ACTION_LOCK_TIMEOUT", default=300)
+# Seconds an `executing` action stays locked without a heartbeat: the SDK extends the lock every third of it while
+# `execute` runs (POST .../heartbeat), so a dead worker's action is known -- reaped to `ambiguous`, or noticed by the
+# next begin -- within this, and ACTION_IN_PROGRESS tells the others when to ask again (`retry_after`).
+REVIVE_ACTION_LOCK_TIMEOUT = env.int("REVIVE_ACTION_LOCK_TIMEOUT", default=60)
 # Largest JSON body the worker API accepts.
 REVIVE_MAX_BODY_BYTES = env.int("REVIVE_MAX_BODY_BYTES", default=256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REVIVE_MAX_BODY_BYTES
