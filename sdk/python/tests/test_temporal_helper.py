@@ -54,11 +54,11 @@ class Parks(revive_temporal.ReviveRecovery):
 RESUME = {"revive": "resume", "cases": ["CASERV-0001"], "generations": {"conn_a": 2}, "rejected": {"conn_a": 1}}
 
 
-async def _scenario(body):
+async def _scenario(body, *, workflows=(), activities=()):
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=server_path())
     try:
         with ThreadPoolExecutor(4) as executor:
-            async with Worker(env.client, task_queue="q", workflows=[Parks], activities=[send],
+            async with Worker(env.client, task_queue="q", workflows=[Parks, *workflows], activities=[send, *activities],
                               activity_executor=executor, workflow_runner=UnsandboxedWorkflowRunner()):
                 await body(env.client)
     finally:
@@ -160,16 +160,6 @@ def test_action_in_progress_backs_off_by_retry_after_under_the_default_policy():
         assert result["sent"] == f"sent {key}" and BUSY[key] == 3
         assert result["waited"] >= 90
 
-    async def scenario():
-        env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=server_path())
-        try:
-            with ThreadPoolExecutor(2) as executor:
-                async with Worker(env.client, task_queue="q", workflows=[Busy], activities=[busy_send],
-                                  activity_executor=executor, workflow_runner=UnsandboxedWorkflowRunner()):
-                    await body(env.client)
-        finally:
-            await env.shutdown()
-
-    asyncio.run(scenario())
+    asyncio.run(_scenario(body, workflows=[Busy], activities=[busy_send]))
     policy = revive_temporal.PROTECTED_ACTIVITY_RETRY
     assert policy.maximum_interval < timedelta(seconds=45) and revive_temporal.CREDENTIAL_REJECTED in policy.non_retryable_error_types
