@@ -560,6 +560,8 @@ def _run_went_past(*, run_id: str, action: Action, generation: int, actor: str, 
     Marks those case runs resumed and finishes each case whose runs are all past (``_case_finish_if_resumed``).
     Case runs are locked before their cases, in the module's lock order. Returns the cases that became resumed.
     """
+    if generation < 2:
+        return []  # no reconnect ever happened on this connection: nothing can be waiting for this run
     pending = list(
         CaseRun.objects.select_for_update(no_key=True)
         .filter(run_id=run_id, resumed_at__isnull=True, case__state__in=RELEASED_CASE_STATES,
