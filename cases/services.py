@@ -1223,6 +1223,7 @@ def _case_abandon_locked(case: RecoveryCase, *, actor: str, arguments: dict[str,
     return case
 
 
+@transaction.atomic
 def run_park_after_failed_resume(*, run_id: str, actor: str, reason: str) -> None:
     """A released run whose resume failed waits again (its case is ``resume_failed``): an operator's retry releases
     it with a fresh delivery, and the run coming back by itself proceeds (``_run_relive``). The caller holds the
