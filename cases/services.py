@@ -698,6 +698,10 @@ def action_reconcile(
     if found:
         changes.update(result=result, external_ref=external_ref or "")
     _action_transition(action, to=to, actor=actor, arguments={"found": found, "evidence": evidence}, **changes)
+    if found and generation is not None:
+        # The resumed worker found the effect under the new generation: the run is past that action (it goes on
+        # with its result, without a further begin).
+        _run_went_past(run_id=run_id, action=action, generation=generation, actor=actor, how="reconciled")
     return action
 
 

@@ -48,6 +48,29 @@ def held_outbox(monkeypatch):
     return Held
 
 
+@pytest.fixture
+def held_resumes(monkeypatch):
+    """Like ``held_outbox``, but only the resume deliveries are held: the owner is still notified, reconciliation
+    still runs."""
+    from cases import outbox
+    from cases.models import OutboxItem
+
+    real = outbox._enqueue
+
+    class Held:
+        @staticmethod
+        def resumes() -> list[tuple]:
+            return [(p["run_id"], p["case_id"], p["generation"]) for p in
+                    OutboxItem.objects.filter(kind=services.RESUME_RUN).order_by("pk").values_list("payload", flat=True)]
+
+    def enqueue(item_id, countdown=None):
+        if not OutboxItem.objects.filter(pk=item_id, kind=services.RESUME_RUN).exists():
+            real(item_id, countdown)
+
+    monkeypatch.setattr(outbox, "_enqueue", enqueue)
+    return Held
+
+
 def worker_passes(run_id: str, connection_id: str, action_key: str, *, checkpoint_id: str = "05") -> str:
     """What a resumed worker does at its parked action: begin it with the current generation and commit it."""
     from cases.models import Connection

@@ -26,9 +26,9 @@ pytestmark = [
 
 
 @pytest.fixture
-def enqueued(held_outbox):
+def enqueued(held_resumes):
     """The run resumes the console's approval owes (instead of a Celery worker delivering them)."""
-    return held_outbox
+    return held_resumes
 
 
 def shot(page, name: str) -> None:
