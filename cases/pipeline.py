@@ -42,7 +42,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -132,8 +132,10 @@ def _handle_deliver(item: OutboxItem) -> Done | Retry:
     delivery = step_deliver(run_id=p["run_id"], case_id=p["case_id"], generation=p["generation"],
                             attempt=item.attempts - 1, redrive=p.get("attempt", 0),
                             max_attempts=item.max_attempts - 1)
-    if delivery.outcome in ("retry", "busy"):
-        return Retry(error=f"{delivery.outcome}: {delivery.detail.get('message', '')}"[:1000], countdown=delivery.countdown)
+    if delivery.outcome == "retry":
+        return Retry(error=f"retry: {delivery.detail.get('message', '')}"[:1000], countdown=delivery.countdown)
+    # ``busy``: another delivery holds the run and covers it (if that one dies, its own row is swept); ``nothing``
+    # or ``stale``: not owed any more. A run left without its resume either way is the watchdog's.
     return Done(delivery.outcome)
 
 
@@ -149,9 +151,13 @@ class WatchReport:
 
 
 def _last_progress(case_run: CaseRun) -> datetime:
-    """The latest of the run's resume and its ledger's last write."""
+    """The latest of the run's resume (or its release, before any) and its ledger's last write."""
     ledger = Action.objects.filter(run_id=case_run.run_id).aggregate(at=Max("updated_at"))["at"]
-    return max(t for t in (case_run.resume_sent_at, ledger) if t is not None)
+    return max(t for t in (case_run.resume_sent_at or case_run.case.state_changed_at, ledger) if t is not None)
+
+
+def _delivery_owed(run_id: str) -> bool:
+    return OutboxItem.objects.filter(kind=services.RESUME_RUN, run_id=run_id, state=OutboxItem.State.PENDING).exists()
 
 
 def run_redrive(*, case_run_id: int, now: datetime | None = None, actor: str = WATCH_ACTOR) -> str:
@@ -161,7 +167,7 @@ def run_redrive(*, case_run_id: int, now: datetime | None = None, actor: str = W
     stall = timedelta(seconds=settings.REVIVE_RUN_STALL_SECONDS)
     case_run = CaseRun.objects.select_related("case", "run").get(pk=case_run_id)
     case = case_run.case
-    if case_run.resumed_at is not None or case_run.resume_sent_at is None or now - _last_progress(case_run) < stall:
+    if case_run.resumed_at is not None or now - _last_progress(case_run) < stall or _delivery_owed(case_run.run_id):
         return "moving"
     # Reaping and reconciling first: an action whose worker died is ``ambiguous`` and then, where a reconciler
     # exists, settled -- so the re-driven run replays or re-executes it instead of meeting ACTION_IN_PROGRESS.
@@ -203,8 +209,10 @@ def runs_watch(*, now: datetime | None = None, limit: int = 500) -> WatchReport:
     now = now or timezone.now()
     report = WatchReport()
     quiet = now - timedelta(seconds=settings.REVIVE_RUN_STALL_SECONDS)
-    watched = (CaseRun.objects.filter(resumed_at__isnull=True, case__state=CaseState.RESUMING,
-                                      resume_sent_at__lt=quiet, run__state=Run.State.ACTIVE)
+    # Resumed runs quiet since their resume, and released runs that never had one (a delivery that ended without
+    # reaching them) -- both re-driven the same way.
+    watched = (CaseRun.objects.filter(resumed_at__isnull=True, case__state=CaseState.RESUMING, run__state=Run.State.ACTIVE)
+               .filter(Q(resume_sent_at__lt=quiet) | Q(resume_sent_at__isnull=True, case__state_changed_at__lt=quiet))
                .order_by("run_id", "pk").values_list("pk", "run_id")[:limit])
     seen: set[str] = set()
     for pk, run_id in watched:

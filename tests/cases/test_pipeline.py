@@ -26,18 +26,24 @@ def parked_on_send(run, conn) -> RecoveryCase:
     return RecoveryCase.objects.get(reference=answer.case_reference)
 
 
+def delivered(case: RecoveryCase, at=None) -> None:
+    """Its owed resume deliveries happened (as the delivery step records them)."""
+    OutboxItem.objects.filter(case=case, kind=services.RESUME_RUN).update(state=OutboxItem.State.DONE)
+    CaseRun.objects.filter(case=case).update(resume_sent_at=at or timezone.now())
+
+
 def released(case: RecoveryCase) -> RecoveryCase:
-    """Reconnected and released, its resume delivered (as recorded by the delivery step)."""
+    """Reconnected and released, its resume delivered."""
     services.case_reauthorize(case_id=case.pk, actor="owner")
     services.case_resume_begin(case_id=case.pk, actor="system")
-    CaseRun.objects.filter(case=case).update(resume_sent_at=timezone.now())
+    delivered(case)
     return RecoveryCase.objects.get(pk=case.pk)
 
 
 def stalled(case: RecoveryCase, seconds: float) -> None:
-    """Nothing has happened for ``seconds``: move the last resume and the ledger back in time."""
+    """Delivered, then nothing happened for ``seconds``: move the last resume and the ledger back in time."""
     then = timezone.now() - timedelta(seconds=seconds)
-    CaseRun.objects.filter(case=case).update(resume_sent_at=then)
+    delivered(case, at=then)
     Action.objects.filter(run__case_runs__case=case).update(updated_at=then)
 
 
@@ -222,3 +228,18 @@ def test_a_run_parked_on_an_ambiguous_action_is_past_it_once_the_resumed_worker_
     services.action_reconcile(run_id=run.pk, action_key="send", found=True, evidence={"message": "msg-1"},
                               generation=2, actor="worker")
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
+
+
+@pytest.mark.django_db
+def test_a_released_run_whose_delivery_ended_without_reaching_it_is_redriven(make_run, make_connection, held_outbox):
+    run, conn = make_run(), make_connection()
+    case = parked_on_send(run, conn)
+    services.case_reauthorize(case_id=case.pk, actor="owner")
+    services.case_resume_begin(case_id=case.pk, actor="system")
+    assert pipeline.runs_watch().redriven == []  # its delivery is still owed: nothing to do
+    OutboxItem.objects.filter(kind=services.RESUME_RUN).update(state=OutboxItem.State.DONE)  # ended, e.g. "busy"
+    then = timezone.now() - timedelta(seconds=settings.REVIVE_RUN_STALL_SECONDS + 1)
+    RecoveryCase.objects.filter(pk=case.pk).update(state_changed_at=then)
+    Action.objects.filter(run=run).update(updated_at=then)
+    assert pipeline.runs_watch().redriven == [run.pk]
+    assert OutboxItem.objects.filter(kind=services.RESUME_RUN, state="pending").count() == 1
