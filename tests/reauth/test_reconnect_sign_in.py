@@ -106,10 +106,9 @@ def test_the_right_account_reconnects(client, owner_case, issue_link, lab_sign_i
     assert not any(s in logs for s in [grant.access_token, grant.refresh_token])
     assert repr(grant).count("redacted") == 2
 
-    dispatched = []
-    monkeypatch.setattr("cases.outbox._enqueue", lambda item_id, countdown=None: dispatched.append(item_id))
-    callbacks[0]()
-    assert dispatched == [owed.pk]
+    from cases import outbox
+
+    assert (callbacks[0].func, callbacks[0].args) == (outbox._enqueue, (owed.pk,))  # its dispatch, after commit
 
     # The grant is live at the provider, rotates, and once revoked answers invalid_grant -- a dead grant for Revive.
     refreshed = lab_sign_in.token(grant_type="refresh_token", refresh_token=grant.refresh_token)
