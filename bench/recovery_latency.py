@@ -4,8 +4,8 @@ Everything runs for real on loopback: Revive under gunicorn on a fresh PostgreSQ
 database, a Celery worker on Redis, LangGraph runs on the PostgreSQL checkpointer.
 Each run commits one effect, then its provider credential is rejected: it parks
 with ``interrupt``. The benchmark then plays the owner's callback (in one
-transaction: ``case_reauthorize`` advances the generation, ``case_after_reauthorize``
-enqueues reconcile-and-resume on commit) and waits for the run's node to start again
+transaction: ``pipeline.recovery_reauthorized`` advances the generation and owes
+reconcile-and-resume in the outbox, dispatched on commit) and waits for the run's node to start again
 inside the Celery worker (``Command(resume=...)`` on the run's own thread).
 
 1. latency: ``--cases`` runs, each on its own connection, resumed one at a time:
@@ -125,7 +125,7 @@ def main() -> int:
         from langgraph.checkpoint.postgres import PostgresSaver
 
         from audit.models import AuditEvent
-        from cases import resume, services
+        from cases import pipeline, services
         from cases.models import ApiKey, CaseRun, RecoveryCase
         from revive_sdk import langgraph as revive_lg
         from bench import recovery_graph
@@ -181,8 +181,7 @@ def main() -> int:
             (bench_dir / "revoked" / conn_id).unlink()  # the provider holds the owner's new grant
             t0 = time.time()
             with transaction.atomic():
-                services.case_reauthorize(case_id=case.pk, actor="owner:bench")
-                resume.case_after_reauthorize(case.pk)
+                pipeline.recovery_reauthorized(case_id=case.pk, actor="owner:bench")
             return t0
 
         # -- 1. latency, one case at a time ---------------------------------------------------------

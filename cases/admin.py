@@ -40,11 +40,13 @@ from .models import (
     Connection,
     CredentialGeneration,
     Namespace,
+    OutboxItem,
     RecoveryCase,
     Run,
 )
 from .admin_services import api_key_access_change, connection_identity_change
 from .forms import ApiKeyAccessForm, ConnectionIdentityForm
+from .outbox import outbox_retry
 from .selectors import console_case_detail, console_case_queryset, console_case_search, urgency_ranks
 from .services import LIVE_TRANSITIONS, api_key_create, api_key_revoke
 from .templatetags.revive_console import age as age_text
@@ -300,6 +302,46 @@ class ActionAdmin(NamespaceScopedMixin, admin.ModelAdmin):
     @admin.display(description="evidence")
     def evidence_redacted(self, obj):
         return redacted_json(obj.evidence)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(OutboxItem)
+class OutboxItemAdmin(admin.ModelAdmin):
+    """Every step Revive owes, read-only; ``failed`` rows (attempts used up) are an operator's to look at.
+
+    An operator with the console permission may give a failed row its attempts again.
+    """
+
+    list_display = ["kind", "key", "case", "run_id", "state", "attempts", "max_attempts", "due_at", "last_error_short"]
+    list_filter = ["state", "kind"]
+    search_fields = ["=key", "=run_id", "=case__reference"]
+    list_select_related = ["case"]
+    fields = ["kind", "key", "case", "run_id", "payload", "state", "attempts", "max_attempts", "due_at",
+              "claimed_until", "last_error", "created_at", "updated_at", "done_at"]
+    readonly_fields = fields
+    actions = ["retry_failed"]
+
+    @admin.display(description="last error")
+    def last_error_short(self, obj):
+        return obj.last_error[:160]
+
+    @admin.action(description="Retry the selected failed steps", permissions=["operate"])
+    def retry_failed(self, request, queryset):
+        actor = console.operator_actor(request.user)
+        retried = [outbox_retry(item_id=pk, actor=actor).key
+                   for pk in queryset.filter(state=OutboxItem.State.FAILED).values_list("pk", flat=True)]
+        self.message_user(request, f"{len(retried)} failed step(s) dispatched again.")
+
+    def has_operate_permission(self, request):
+        return request.user.has_perm(console.PERMISSION)
 
     def has_add_permission(self, request):
         return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from django.conf import settings
 from ninja import Path, Router
 
 from . import refresh, selectors, services
@@ -26,6 +27,8 @@ from .schemas import (
     ErrorOut,
     FailIn,
     FailureOut,
+    HeartbeatIn,
+    HeartbeatOut,
     LeaseOut,
     ReconcileIn,
     RecoveryStatusOut,
@@ -115,6 +118,16 @@ def commit_action(request, payload: CommitIn, run_id: str = ID, action_key: str 
                                         generation=payload.generation, result=payload.result,
                                         external_ref=payload.external_ref, actor=request.auth.actor)
     return _action_out(action)
+
+
+@router.post("/runs/{run_id}/actions/{action_key}/heartbeat", response={200: HeartbeatOut, **ERRORS},
+             summary="Extend an executing action's lock (the worker is alive)")
+def heartbeat_action(request, payload: HeartbeatIn, run_id: str = ID, action_key: str = ID):
+    action = services.action_heartbeat(run_id=qualify(_ns(request), run_id), action_key=action_key,
+                                       generation=payload.generation, actor=request.auth.actor)
+    return {"run_id": unqualify(action.run_id), "action_key": action.action_key, "state": action.state,
+            "generation": action.generation, "lock_expires_at": action.lock_expires_at,
+            "lock_seconds": settings.REVIVE_ACTION_LOCK_TIMEOUT}
 
 
 @router.post("/runs/{run_id}/actions/{action_key}/fail", response={200: FailureOut, **ERRORS}, summary="Report that the provider refused the action")

@@ -20,8 +20,9 @@ from django.db import transaction
 from audit.services import audit_record
 from revive_site.errors import DomainError
 
-from . import services
+from . import services, signals
 from .models import OPEN_CASE_STATES, Action, CaseState, RecoveryCase
+from .resume import case_resume_dispatch
 from .selectors import console_ambiguous_actions
 
 PERMISSION = "cases.operate_case"
@@ -136,16 +137,13 @@ def _abandon(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
 
 
 def _resend(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
-    from reauth.services import reconnect_request_resend
-
-    latest = case.reconnect_requests.order_by("-created_at", "-id").first()
-    new = reconnect_request_resend(public_id=latest.public_id, actor=actor)
-    return f"{case.reference}: a new owner link is on its way to {case.connection.owner_email} (request {new.public_id})."
+    # The owner's links belong to reauth, which answers this signal (cases does not import reauth).
+    answers = [answer for _, answer in signals.owner_link_resend.send(sender=RecoveryCase, case=case, actor=actor)]
+    request = answers[0] if answers else "none"
+    return f"{case.reference}: a new owner link is on its way to {case.connection.owner_email} (request {request})."
 
 
 def _retry(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
-    from .resume import case_resume_dispatch
-
     with transaction.atomic():
         runs = case_resume_dispatch(case_id=case.pk, actor=actor)
     case.refresh_from_db(fields=["state"])
@@ -154,8 +152,6 @@ def _retry(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
 
 def _reconcile(case: RecoveryCase, *, actor: str, form: forms.Form, done: set[int] | None = None) -> str:
     """Settle the chosen ambiguous actions of this case's runs; once none is left, continue the resume."""
-    from .resume import case_resume_dispatch
-
     found = form.cleaned_data["outcome"] == "found"
     note = form.cleaned_data["note"].strip()
     ref = form.cleaned_data.get("external_ref", "").strip()

@@ -238,17 +238,20 @@ def case_urgency() -> models.Case:
     )
 
 
-# A case in one of these states still blocks its runs.
+# A case in one of these states still blocks its runs: its release has not been decided. A ``resume_failed`` case
+# has released its runs (the reconnect is verified); it only failed to deliver the resume, so it blocks nothing:
+# a run that comes back with the new generation goes on (``cases.services.action_begin``).
 BLOCKING_CASE_STATES = (
     CaseState.OPENED,
     CaseState.AWAITING_OWNER,
     CaseState.REAUTHORIZED,
     CaseState.RECONCILING,
     CaseState.AWAITING_APPROVAL,
-    CaseState.RESUME_FAILED,
 )
+# A case released but not yet resumed: its runs are being resumed and watched (``cases.pipeline``).
+RELEASED_CASE_STATES = (CaseState.RESUMING, CaseState.RESUME_FAILED)
 # A case in one of these states is still open work (it may be joined).
-OPEN_CASE_STATES = BLOCKING_CASE_STATES + (CaseState.RESUMING,)
+OPEN_CASE_STATES = BLOCKING_CASE_STATES + (CaseState.RESUME_FAILED, CaseState.RESUMING)
 
 
 class RecoveryCase(models.Model):
@@ -296,13 +299,19 @@ class RecoveryCase(models.Model):
 
 
 class CaseRun(models.Model):
-    """A run blocked by a case, with where it stopped."""
+    """A run blocked by a case, with where it stopped.
+
+    ``resume_sent_at`` is when a resume was last delivered to (or re-driven for) the run; ``resumed_at`` is when
+    the run went past the action it was parked on under the new generation -- only then does it count as resumed.
+    """
 
     case = models.ForeignKey(RecoveryCase, on_delete=models.CASCADE, related_name="case_runs")
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="case_runs")
     checkpoint = models.ForeignKey(Checkpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     action = models.ForeignKey(Action, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     joined_at = models.DateTimeField(auto_now_add=True)
+    resume_sent_at = models.DateTimeField(null=True, blank=True)
+    resume_attempts = models.PositiveIntegerField(default=0)
     resumed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -339,3 +348,41 @@ class RefreshClaim(models.Model):
 
     def __str__(self) -> str:
         return f"{self.connection_id} gen {self.generation} round {self.round} ({self.state})"
+
+
+class OutboxItem(models.Model):
+    """One step Revive owes (notify the owner, reconcile, deliver a resume), written in the transaction that owes it.
+
+    Dispatched by the Celery task ``cases.outbox_dispatch`` right after that transaction commits; the beat task
+    ``cases.outbox_sweep`` dispatches again every row still ``pending`` after ``due_at`` (a lost message, a killed
+    worker). Each dispatch is an attempt; after ``max_attempts`` the row is ``failed`` with ``last_error`` and its
+    kind's exhaustion hook makes the failure visible on the case (see ``cases.outbox``).
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DONE = "done"
+        FAILED = "failed"
+
+    kind = models.CharField(max_length=60)
+    key = models.CharField(max_length=200, unique=True, help_text="One row per owed step: a repeated put is a no-op.")
+    payload = models.JSONField(default=dict, blank=True)
+    case = models.ForeignKey(RecoveryCase, on_delete=models.SET_NULL, null=True, blank=True, related_name="outbox_items")
+    run_id = models.CharField(max_length=200, blank=True, default="")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=10)
+    due_at = models.DateTimeField(help_text="Still pending after this: the sweep dispatches it again.")
+    claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "outbox item"
+        indexes = [models.Index(fields=["state", "due_at"], name="outbox_state_due_idx")]
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key} ({self.state})"

@@ -1,23 +1,16 @@
-"""After the owner reconnects: settle ambiguous actions, release the case, and resume each run in its runtime.
+"""The runtime side of a recovery: settle ambiguous actions with server-side reconcilers, and deliver one run's
+resume through its runtime adapter. ``cases.pipeline`` decides when each happens; this module does one of them.
 
-The path, each step its own transaction and each safe to repeat:
-
-1. ``case_after_reauthorize`` (called by ``reauth`` once ``case_reauthorize`` has
-   advanced the generation) enqueues ``cases.reconcile_case`` on commit.
-2. ``case_resume_start`` runs the server-side reconciler registered for each
-   ambiguous action of the case's runs (``REVIVE_RECONCILERS``) and records its
-   evidence; actions without one are left to the resumed worker's ``reconcile``
-   callback (``REVIVE_RECONCILE_IN_WORKER``) -- ``action_begin`` answers
-   ``reconcile`` for them, so none executes again while ambiguous. Then
-   ``case_resume_begin`` moves the case to ``resuming`` and unparks every run
-   that no other case still blocks; those runs get one ``cases.resume_run`` each.
-3. ``run_resume_deliver`` claims the run, delivers one resume naming every case
-   that released it (a run parked on two connections is resumed once, when the
-   second is reconnected) through the run's runtime adapter, and records the
-   delivery; the case becomes ``resumed`` when all its runs have theirs.
-   Transient failures are retried with backoff a bounded number of times; then,
-   or at once for a permanent failure, the run goes back to ``parked`` and the
-   case to ``resume_failed`` for an operator (``case_resume_dispatch`` retries).
+- ``case_reconcile`` runs the reconciler registered for each ambiguous action of a case's runs
+  (``REVIVE_RECONCILERS``) and records its evidence; actions without one are left to the resumed worker's
+  ``reconcile`` callback (``REVIVE_RECONCILE_IN_WORKER``) -- ``action_begin`` answers ``reconcile`` for them, so
+  none executes again while ambiguous.
+- ``run_resume_deliver`` claims the run, delivers one resume naming every released case still waiting for the
+  run (a run parked on two connections is resumed once, when the second is released) and records the delivery.
+  Delivering is not resuming: the case becomes ``resumed`` only when the run is past the action it was parked
+  on (``cases.services._run_went_past``), and the watchdog (``cases.pipeline.runs_watch``) re-drives a run that
+  makes no progress. A delivery that cannot be made is retried by its outbox row with backoff; a permanent
+  failure, or the last attempt, puts the run back to ``parked`` and its cases to ``resume_failed``.
 
 No row lock is held while a reconciler or a runtime is called.
 """
@@ -43,14 +36,14 @@ from audit.services import audit_record
 
 from . import services
 from .errors import ActionStateConflict, CaseNotFound
-from .models import Action, CaseRun, CaseState, RecoveryCase, Run
+from .models import RELEASED_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
 from .runtimes import ResumeRequest, RuntimeDeliveryError, RunNotWaiting, adapter_for
 
 log = logging.getLogger(__name__)
 
 ACTOR = "system:resume"
 # Cases whose released runs may still be receiving their resume.
-DELIVERING_STATES = (CaseState.RESUMING, CaseState.RESUME_FAILED)
+DELIVERING_STATES = RELEASED_CASE_STATES
 
 
 # --------------------------------------------------------------------------- reconcilers
@@ -140,8 +133,18 @@ def case_reconcile(*, case_id: str | int, generation: int, actor: str = "system:
     case = _case(case_id)
     if _moved_on(case, generation, (CaseState.REAUTHORIZED, CaseState.RECONCILING)):
         return ReconcileReport(stale=True)
-    report = ReconcileReport()
     ambiguous = Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).distinct().order_by("pk")
+    return actions_reconcile(ambiguous, case=case, actor=actor)
+
+
+def run_reconcile(*, run_id: str, case: RecoveryCase, actor: str = "system:watchdog") -> ReconcileReport:
+    """Settle the ambiguous actions of one run with their server-side reconcilers (the watchdog's re-drive)."""
+    ambiguous = Action.objects.filter(run_id=run_id, state=Action.State.AMBIGUOUS).order_by("pk")
+    return actions_reconcile(ambiguous, case=case, actor=actor)
+
+
+def actions_reconcile(ambiguous, *, case: RecoveryCase, actor: str) -> ReconcileReport:
+    report = ReconcileReport()
     for action in ambiguous:
         name = f"{action.run_id}/{action.action_key}"
         found = reconciler_for(action.action_key)
@@ -179,66 +182,15 @@ def case_reconcile(*, case_id: str | int, generation: int, actor: str = "system:
 # --------------------------------------------------------------------------- releasing the case
 
 
-def case_after_reauthorize(case_id: str | int) -> None:
-    """The entry point ``reauth`` calls after ``case_reauthorize``: reconcile and resume, on commit, in Celery."""
-    from .tasks import reconcile_case
-
-    case = _case(case_id)
-    if case.resumed_generation is None:
-        return
-    reconcile_case.delay_on_commit(case.pk, case.resumed_generation)
-
-
-def runs_awaiting_resume(case: RecoveryCase) -> list[str]:
-    """The runs of ``case`` that no case blocks any more and that have not had their resume."""
-    return list(
-        CaseRun.objects.filter(case=case, resumed_at__isnull=True, run__state=Run.State.ACTIVE)
-        .order_by("pk").values_list("run_id", flat=True)
-    )
-
-
-def case_resume_start(*, case_id: str | int, generation: int, actor: str = ACTOR) -> list[str]:
-    """Reconcile, then release the case; return the runs to deliver a resume to (none if the case moved on).
-
-    Raises ``ReconcilerUnavailable`` when a reconciler could not reach its provider.
-    """
-    report = case_reconcile(case_id=case_id, generation=generation)
-    if report.stale:
-        return []
-    defer = bool(report.deferred) and settings.REVIVE_RECONCILE_IN_WORKER and not report.unsettled
-    case = services.case_resume_begin(case_id=_case(case_id).pk, actor=actor, defer_ambiguous=defer)
-    if case.state != CaseState.RESUMING:
-        return []  # still reconciling: an operator settles the rest, then calls case_resume_dispatch
-    return runs_awaiting_resume(case)
-
-
-def case_continue_after_reconnect(*, case_id: str | int, generation: int, actor: str = ACTOR) -> list[str]:
-    """Reconcile, release, and enqueue one ``cases.resume_run`` per released run (what ``cases.reconcile_case`` runs).
-
-    For a caller that is already a Celery task enqueued for ``generation`` (e.g. ``reauth.continue_recovery``):
-    call this instead of enqueuing ``cases.reconcile_case``, and retry on ``ReconcilerUnavailable``.
-    """
-    from .tasks import resume_run
-
-    case = _case(case_id)
-    run_ids = case_resume_start(case_id=case.pk, generation=generation, actor=actor)
-    for run_id in run_ids:
-        resume_run.delay_on_commit(run_id, case.pk, generation)
-    return run_ids
-
-
 def case_resume_dispatch(*, case_id: str | int, actor: str) -> list[str]:
-    """An operator's resume (after reconciling by hand, or to retry a ``resume_failed`` case): release and enqueue."""
-    from .tasks import resume_run
-
-    case = _case(case_id)
-    case = services.case_resume_begin(case_id=case.pk, actor=actor)
-    if case.state != CaseState.RESUMING:
-        return []
-    run_ids = runs_awaiting_resume(case)
-    for run_id in run_ids:
-        resume_run.delay_on_commit(run_id, case.pk, case.resumed_generation)
-    return run_ids
+    """An operator's resume (after reconciling by hand, or to retry a ``resume_failed`` case): release the case and
+    owe each released run a new delivery. Returns those runs."""
+    with transaction.atomic():
+        case = services.case_resume_begin(case_id=_case(case_id).pk, actor=actor)
+        if case.state != CaseState.RESUMING:
+            return []
+        return list(OutboxItem.objects.filter(case=case, kind=services.RESUME_RUN, state=OutboxItem.State.PENDING)
+                    .order_by("run_id").values_list("run_id", flat=True).distinct())
 
 
 # --------------------------------------------------------------------------- delivering one run's resume
@@ -251,7 +203,6 @@ class Delivery:
     delivery holds the run), ``stale`` (the case moved on), ``retry`` or ``failed``."""
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)
     countdown: float | None = None
-    claim: str | None = None
 
 
 def _pending_case_runs(run_id: str):
@@ -259,29 +210,22 @@ def _pending_case_runs(run_id: str):
             .select_related("case", "case__connection").order_by("case_id"))
 
 
-def _claim(run_id: str, *, mine: str | None) -> datetime | None:
-    """Take the run's delivery claim if it is free, expired, or ours (``mine``, from the retry that set it)."""
+def _claim(run_id: str) -> datetime | None:
+    """Take the run's delivery claim if it is free or expired: one delivery to a run at a time."""
     now = timezone.now()
     until = now + timedelta(seconds=settings.REVIVE_RESUME_CLAIM_SECONDS)
     free = Q(resume_claimed_until__isnull=True) | Q(resume_claimed_until__lt=now)
-    if mine:
-        free |= Q(resume_claimed_until=datetime.fromisoformat(mine))
     taken = Run.objects.filter(free, pk=run_id).update(resume_claimed_until=until)
     return until if taken else None
-
-
-def _hold(run_id: str, claim: datetime, *, countdown: float) -> datetime:
-    """Keep the claim across a scheduled retry, so no second delivery starts meanwhile."""
-    until = timezone.now() + timedelta(seconds=countdown + settings.REVIVE_RESUME_CLAIM_SECONDS)
-    Run.objects.filter(pk=run_id, resume_claimed_until=claim).update(resume_claimed_until=until)
-    return until
 
 
 def _release(run_id: str, claim: datetime) -> None:
     Run.objects.filter(pk=run_id, resume_claimed_until=claim).update(resume_claimed_until=None)
 
 
-def _backoff(error: RuntimeDeliveryError, attempt: int) -> float:
+def resume_backoff(error: RuntimeDeliveryError, attempt: int) -> float:
+    """Seconds before delivery attempt ``attempt + 1``: short while the run has not reached its wait, longer while
+    the runtime is unreachable; capped at ``REVIVE_RESUME_BACKOFF_MAX``."""
     first = settings.REVIVE_RESUME_BACKOFF_FIRST * (1 if isinstance(error, RunNotWaiting) else 10)
     delay = min(settings.REVIVE_RESUME_BACKOFF_MAX, first * (2 ** attempt))
     return round(delay * random.uniform(0.8, 1.0), 3)
@@ -289,27 +233,19 @@ def _backoff(error: RuntimeDeliveryError, attempt: int) -> float:
 
 @transaction.atomic
 def _record_delivery(*, run: Run, case_run_ids: list[int], request: ResumeRequest, result_detail: dict[str, Any],
-                     already: bool, actor: str) -> list[str]:
-    """The run has its resume: mark its case runs resumed and finish every case whose runs all have theirs.
-
-    Case runs are locked before their cases (the order ``action_begin`` uses), and each case is checked for
-    stragglers only once its row lock is held, so of two last deliveries committing together one sees the other.
-    """
+                     already: bool, actor: str) -> None:
+    """The run has its resume: record when (the watchdog measures progress from it). The cases stay ``resuming``
+    until the run is past its parked action (``services._run_went_past``)."""
     now = timezone.now()
     locked = list(CaseRun.objects.select_for_update(no_key=True).filter(pk__in=case_run_ids).order_by("pk"))
-    newly = [cr for cr in locked if cr.resumed_at is None]
-    CaseRun.objects.filter(pk__in=[cr.pk for cr in newly]).update(resumed_at=now)
-    finished = []
+    CaseRun.objects.filter(pk__in=[cr.pk for cr in locked]).update(resume_sent_at=now)
     for case_pk in sorted({cr.case_id for cr in locked}):
-        case = services.case_lock(case_pk)
+        case = RecoveryCase.objects.get(pk=case_pk)
         audit_record(actor=actor, action="run.resume_delivered", entity_type="run", entity_id=run.pk, case=case,
                      run_id=run.pk, connection_id=case.connection_id,
-                     after={"generation": request.generations.get(case.connection_id), "already": already},
+                     after={"generation": request.generations.get(case.connection_id), "already": already,
+                            "attempt": request.attempt},
                      arguments={"runtime": run.runtime, "cases": list(request.case_ids), "delivery": result_detail})
-        if case.state == CaseState.RESUMING and not CaseRun.objects.filter(case=case, resumed_at__isnull=True).exists():
-            services.case_transition(case, to=CaseState.RESUMED, actor=actor)
-            finished.append(case.reference)
-    return finished
 
 
 @transaction.atomic
@@ -317,42 +253,40 @@ def _record_failure(*, run_id: str, case_pks: list[int], error: str, detail: dic
     """The resume could not be delivered: the run waits again and its cases show ``resume_failed`` to operators."""
     run = Run.objects.select_for_update(no_key=True).get(pk=run_id)
     for case_pk in sorted(case_pks):
-        case = services.case_lock(case_pk)
-        arguments = {"run_id": run_id, "runtime": run.runtime, "error": error[:500], "detail": detail}
-        if case.state == CaseState.RESUMING:
-            services.case_transition(case, to=CaseState.RESUME_FAILED, actor=actor, arguments=arguments)
-        else:
-            audit_record(actor=actor, action="run.resume_failed", entity_type="run", entity_id=run_id, case=case,
-                         run_id=run_id, connection_id=case.connection_id, arguments=arguments, outcome="error")
-    if run.state == Run.State.ACTIVE:
-        Run.objects.filter(pk=run_id).update(state=Run.State.PARKED, resume_claimed_until=None, updated_at=timezone.now())
-        audit_record(actor=actor, action="run.parked", entity_type="run", entity_id=run_id, run_id=run_id,
-                     before={"state": Run.State.ACTIVE}, after={"state": Run.State.PARKED},
-                     arguments={"reason": "resume could not be delivered"})
+        services.case_resume_fail(case_id=case_pk, actor=actor, reason=f"resume of {run_id} not delivered: {error}"[:1000],
+                                  detail={"run_id": run_id, "runtime": run.runtime, "detail": detail})
+    services.run_park_after_failed_resume(run_id=run_id, actor=actor, reason="resume could not be delivered")
 
 
 def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: int = 0, max_attempts: int | None = None,
-                       claim: str | None = None, actor: str = ACTOR) -> Delivery:
+                       redrive: int = 0, actor: str = ACTOR) -> Delivery:
     """Deliver the resume due to ``run_id`` once, through its runtime; say whether and when to retry.
 
-    ``case_id``/``generation`` are what the task was enqueued for: if that case moved on, nothing happens.
-    The resume names every case still waiting to release this run, so one delivery covers them all.
+    ``case_id``/``generation`` are what the delivery was owed for: if that case moved on, nothing happens.
+    The resume names every case still waiting for this run, with the generations the run may use *now*, so a
+    retried delivery carries what the run waits on at this moment. ``attempt`` (the outbox row's, or the
+    watchdog's re-drive number) goes into the runtime's idempotency key: a new attempt is a new delivery, a
+    repeated one the same. ``redrive``: the run was resumed before and stalled; an adapter that can continue a
+    run from its latest checkpoint does so (the ledger replays what it had committed).
     """
     case = RecoveryCase.objects.filter(pk=case_id).first()
     if case is None or _moved_on(case, generation, DELIVERING_STATES + (CaseState.RESUMED,)):
         return Delivery("stale")
     run = Run.objects.filter(pk=run_id).first()
     pending = list(_pending_case_runs(run_id))
-    if run is None or run.state != Run.State.ACTIVE or not pending:
+    # A first delivery is due once; a re-drive (the watchdog reset the mark) delivers again.
+    if run is None or run.state != Run.State.ACTIVE or not any(cr.resume_sent_at is None for cr in pending) and not redrive:
         return Delivery("nothing")
-    held = _claim(run_id, mine=claim)
+    held = _claim(run_id)
     if held is None:
-        return Delivery("busy")
+        return Delivery("busy", countdown=float(settings.REVIVE_RESUME_BACKOFF_FIRST) * 10)
     request = ResumeRequest(
         run_id=run_id,
         case_ids=tuple(cr.case.reference for cr in pending),
         generations={cr.case.connection_id: cr.case.connection.current_generation for cr in pending},
         rejected={cr.case.connection_id: cr.case.rejected_generation for cr in pending},
+        attempt=attempt,
+        redrive=redrive,
     )
     started = time.perf_counter()
     try:
@@ -365,14 +299,13 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
             log.exception("resume of %s failed unexpectedly", run_id)
             raise RuntimeDeliveryError(f"{type(exc).__name__}: {exc}"[:500], detail={"unexpected": True}) from exc
     except RuntimeDeliveryError as exc:
+        _release(run_id, held)
         limit = settings.REVIVE_RESUME_MAX_RETRIES if max_attempts is None else max_attempts
         detail = {"error": type(exc).__name__, **exc.detail}
         if exc.transient and attempt < limit:
-            countdown = _backoff(exc, attempt)
-            until = _hold(run_id, held, countdown=countdown)
+            countdown = resume_backoff(exc, attempt)
             log.info("resume of %s not delivered (%s); retry %d in %.2fs", run_id, exc, attempt + 1, countdown)
-            return Delivery("retry", detail={**detail, "message": str(exc)}, countdown=countdown, claim=until.isoformat())
-        _release(run_id, held)
+            return Delivery("retry", detail={**detail, "message": str(exc)}, countdown=countdown)
         _record_failure(run_id=run_id, case_pks=[cr.case_id for cr in pending], error=str(exc), detail=detail, actor=actor)
         return Delivery("failed", detail={**detail, "message": str(exc), "attempts": attempt + 1})
     except BaseException:
@@ -380,14 +313,14 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
         raise
     runtime_ms = (time.perf_counter() - started) * 1000
     try:
-        finished = _record_delivery(run=run, case_run_ids=[cr.pk for cr in pending], request=request,
-                                    result_detail=result.detail, already=result.already, actor=actor)
+        _record_delivery(run=run, case_run_ids=[cr.pk for cr in pending], request=request,
+                         result_detail=result.detail, already=result.already, actor=actor)
     finally:
         _release(run_id, held)
     log.info("resume of %s (%s) %s: runtime %.0f ms, total %.0f ms", run_id, run.runtime,
              "was already past its wait" if result.already else "delivered", runtime_ms,
              (time.perf_counter() - started) * 1000)
-    return Delivery("already" if result.already else "delivered", detail={**result.detail, "cases_resumed": finished})
+    return Delivery("already" if result.already else "delivered", detail=result.detail)
 
 
 def run_park_observe(*, run_id: str, case_id: str | int, actor: str = ACTOR) -> dict[str, Any]:
@@ -405,44 +338,3 @@ def run_runtime_status(*, run_id: str) -> dict[str, Any]:
     run = Run.objects.get(pk=run_id)
     status = adapter_for(run.runtime).status(run)
     return {"run_id": run_id, "runtime": run.runtime, "state": status.state, "detail": status.detail}
-
-
-# --------------------------------------------------------------------------- the sweep
-
-
-@dataclasses.dataclass
-class SweepReport:
-    reconciles: list[int] = dataclasses.field(default_factory=list)
-    deliveries: list[tuple[str, int]] = dataclasses.field(default_factory=list)
-    settled: list[str] = dataclasses.field(default_factory=list)
-
-
-def resume_sweep(*, now: datetime | None = None, actor: str = "system:resume_sweep", limit: int = 1000) -> SweepReport:
-    """Re-enqueue recovery work a lost task left behind (a killed worker's unacknowledged message).
-
-    Everything it enqueues is idempotent, so overlapping with a live task costs one no-op.
-    """
-    from .tasks import reconcile_case, resume_run
-
-    now = now or timezone.now()
-    quiet_since = now - timedelta(seconds=settings.REVIVE_RESUME_SWEEP_AFTER)
-    report = SweepReport()
-    for pk, generation in (RecoveryCase.objects.filter(state=CaseState.REAUTHORIZED, state_changed_at__lt=quiet_since)
-                           .values_list("pk", "resumed_generation")[:limit]):
-        reconcile_case.delay(pk, generation)
-        report.reconciles.append(pk)
-    waiting = (CaseRun.objects.filter(case__state=CaseState.RESUMING, case__state_changed_at__lt=quiet_since,
-                                      resumed_at__isnull=True, run__state=Run.State.ACTIVE)
-               .filter(Q(run__resume_claimed_until__isnull=True) | Q(run__resume_claimed_until__lt=now))
-               .values_list("run_id", "case_id", "case__resumed_generation")[:limit])
-    for run_id, case_pk, generation in waiting:
-        resume_run.delay(run_id, case_pk, generation)
-        report.deliveries.append((run_id, case_pk))
-    for pk in (RecoveryCase.objects.filter(state=CaseState.RESUMING, state_changed_at__lt=quiet_since)
-               .exclude(case_runs__resumed_at__isnull=True).values_list("pk", flat=True)[:limit]):
-        with transaction.atomic():
-            case = services.case_lock(pk)
-            if case.state == CaseState.RESUMING and not CaseRun.objects.filter(case=case, resumed_at__isnull=True).exists():
-                services.case_transition(case, to=CaseState.RESUMED, actor=actor)
-                report.settled.append(case.reference)
-    return report

@@ -118,6 +118,7 @@ class BeginOut(Schema):
     result: Any = None
     external_ref: str = ""
     case_id: str | None = None
+    lock_seconds: int | None = None
 
 
 class CommitIn(InputSchema):
@@ -152,6 +153,19 @@ class ProviderErrorIn(InputModel):
 class FailIn(InputSchema):
     generation: Generation
     error: ProviderErrorIn
+
+
+class HeartbeatIn(InputSchema):
+    generation: Generation
+
+
+class HeartbeatOut(Schema):
+    run_id: str
+    action_key: str
+    state: str
+    generation: int
+    lock_expires_at: datetime
+    lock_seconds: int
 
 
 class AmbiguousIn(InputSchema):

@@ -9,7 +9,6 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from reauth.models import ReconnectRequest
 
 from .errors import RunNotFound
 from .models import (
@@ -109,9 +108,14 @@ def console_case_queryset(*, now=None):
     )
     # A link is pending while the case waits for its owner and an active, unexpired link exists (a request left
     # active after its case moved on is revoked the next time anyone touches it).
-    link = (ReconnectRequest.objects.filter(case=OuterRef("pk"), state=ReconnectRequest.State.ACTIVE)
-            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).order_by().values("pk")[:1])
-    latest_link = ReconnectRequest.objects.filter(case=OuterRef("pk")).order_by("-created_at", "-id").values("state")[:1]
+    # Through the reverse relation reauth's requests declare: cases does not import reauth.
+    link = (RecoveryCase.objects.filter(Q(reconnect_requests__state="active")
+                                        & (Q(reconnect_requests__expires_at__isnull=True)
+                                           | Q(reconnect_requests__expires_at__gt=now)), pk=OuterRef("pk"))
+            .order_by().values("reconnect_requests__pk")[:1])
+    latest_link = (RecoveryCase.objects.filter(pk=OuterRef("pk"))
+                   .order_by("-reconnect_requests__created_at", "-reconnect_requests__id")
+                   .values("reconnect_requests__state")[:1])
     return RecoveryCase.objects.select_related("connection").annotate(
         urgency=case_urgency(),
         runs_blocked=Coalesce(Subquery(blocked, output_field=IntegerField()), Value(0)),
@@ -221,7 +225,7 @@ def console_case_detail(*, case_id: str | int) -> CaseDetail | None:
                                          action__in=["action.committed", "action.reconciled_committed", "action.executing"])
                .order_by("id").values_list("entity_id", "action"))
     duplicates = duplicate_effects(history)
-    requests = list(ReconnectRequest.objects.filter(case=case).order_by("-created_at", "-id"))
+    requests = list(case.reconnect_requests.order_by("-created_at", "-id"))
     approval = case_resume_approval(case) if case.state in ("reauthorized", "reconciling", "awaiting_approval") else None
     return CaseDetail(
         case=case,

@@ -1,8 +1,8 @@
 """Every write of the recovery contract.
 
 Each public function here is one transaction. Locks are always taken in the
-same order -- connection, then run, then action, then case -- so concurrent
-callers queue instead of deadlocking. A connection row is locked ``FOR SHARE``
+same order -- connection, then run, then action, then case run, then case --
+so concurrent callers queue instead of deadlocking. A connection row is locked ``FOR SHARE``
 by writers that only need its generation to stay put (``action_begin``,
 ``action_commit``) and ``FOR UPDATE`` by writers that change what a generation
 means (rejecting it, advancing it), so a begin can never interleave with the
@@ -15,16 +15,29 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Iterable
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection as db, transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from audit.models import AuditEvent
 from audit.services import audit_record, refusal_attach, refusals_kept
 from reauth.classification import Classification, FailureClass, classify
+from revive_site.errors import ValidationFailed
 
+from . import outbox, signals
+from .approval import (  # noqa: F401  (re-exported: the policy's public names stay importable from here)
+    RECONCILED_ACTIONS,
+    ApprovalDecision,
+    ApprovalPolicy,
+    Reconciliation,
+    evidence_missing,
+    reconciled_by_hand,
+    resume_approval_required,
+)
 from .errors import (
     ActionConnectionMismatch,
     ActionInProgress,
@@ -44,6 +57,7 @@ from .models import (
     BLOCKING_CASE_STATES,
     DEFAULT_NAMESPACE,
     OPEN_CASE_STATES,
+    RELEASED_CASE_STATES,
     Action,
     ApiKey,
     CaseRun,
@@ -51,11 +65,16 @@ from .models import (
     Checkpoint,
     Connection,
     CredentialGeneration,
+    OutboxItem,
     RecoveryCase,
     Run,
 )
 
 SYSTEM = "system"
+
+# The pipeline's outbox kinds (their handlers are registered by ``cases.pipeline``).
+RECONCILE_CASE = "case.reconcile"
+RESUME_RUN = "run.resume"
 
 # --------------------------------------------------------------------------- keys
 
@@ -349,6 +368,8 @@ class BeginResult:
     result: Any = None
     external_ref: str = ""
     case_reference: str | None = None
+    lock_seconds: int | None = None
+    """For ``execute``: how long the attempt's lock lasts without a heartbeat (the SDK beats at a third of it)."""
 
 
 def _action_snapshot(action: Action) -> dict[str, Any]:
@@ -440,13 +461,13 @@ def action_begin(
             result=action.result if action and decision == Decision.REPLAY else None,
             external_ref=action.external_ref if action and decision == Decision.REPLAY else "",
             case_reference=case.reference if case else None,
+            lock_seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT if decision == Decision.EXECUTE else None,
         )
 
     if generation < conn.current_generation:
         _audit_fenced(actor=actor, run_id=run_id, conn=conn, what="begin", generation=generation)
         return answer(Decision.FENCED)
 
-    _run_acknowledge_resume(run=run, conn=conn, actor=actor)
     if checkpoint is None:
         checkpoint = _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor)
     phash = params_hash_for(params)
@@ -458,12 +479,18 @@ def action_begin(
         if action.params_hash != phash:
             raise ActionParamsMismatch(data={"action_key": action_key, "idempotency_key": key})
         if action.state in (Action.State.COMMITTED, Action.State.RECONCILED_COMMITTED):
+            _run_went_past(run_id=run.pk, action=action, generation=generation, actor=actor, how="replayed")
             return answer(Decision.REPLAY, action)
         if action.state == Action.State.AMBIGUOUS:
             return answer(Decision.RECONCILE, action)
         if action.state == Action.State.EXECUTING:
-            raise ActionInProgress(data={"action_key": action_key, "idempotency_key": key,
-                                         "lock_expires_at": action.lock_expires_at.isoformat() if action.lock_expires_at else None})
+            if action.lock_expires_at is not None and action.lock_expires_at < timezone.now():
+                # Its worker stopped beating: what the reaper would do next, done now, so the caller reconciles
+                # at once instead of waiting for the next sweep.
+                _action_transition(action, to=Action.State.AMBIGUOUS, actor="system:reaper", lock_expires_at=None,
+                                   arguments={"reason": "lock timeout expired", "noticed_by": actor})
+                return answer(Decision.RECONCILE, action)
+            raise ActionInProgress(data={"action_key": action_key, "idempotency_key": key, **_lock_left(action)})
         return None
 
     action = Action.objects.select_for_update().filter(run=run, action_key=action_key).first()
@@ -471,12 +498,14 @@ def action_begin(
         return res
 
     blocking = _blocking_case(run) if run.state == Run.State.PARKED else None
+    if blocking is None and run.state == Run.State.PARKED:
+        _run_relive(run=run, actor=actor)
     if blocking is None and conn.current_generation_state == CredentialGeneration.State.REJECTED:
         blocking = _open_case_for(conn, generation)
     to = Action.State.BEGUN if blocking is not None else Action.State.EXECUTING
     changes = {} if blocking is not None else dict(
         generation=generation, attempts=(action.attempts if action else 0) + 1, checkpoint=checkpoint, error=None,
-        lock_expires_at=timezone.now() + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT),
+        lock_expires_at=_lock_deadline(),
     )
     if action is None:
         fresh = Action(run=run, action_key=action_key, idempotency_key=key, connection=conn, checkpoint=checkpoint,
@@ -505,6 +534,109 @@ def action_begin(
         return answer(Decision.PARKED, action, blocking)
     _action_transition(action, to=Action.State.EXECUTING, actor=actor, **changes)
     return answer(Decision.EXECUTE, action)
+
+
+def _lock_deadline() -> datetime:
+    """Until when an executing action is locked without a heartbeat (``REVIVE_ACTION_LOCK_TIMEOUT``)."""
+    return timezone.now() + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT)
+
+
+def _lock_left(action: Action) -> dict[str, Any]:
+    """When a worker that met an executing action should ask again: when its lock runs out (at least a second)."""
+    until = action.lock_expires_at
+    left = (until - timezone.now()).total_seconds() if until else 0.0
+    return {"lock_expires_at": until.isoformat() if until else None,
+            "retry_after": round(min(max(left, 1.0), float(settings.REVIVE_ACTION_LOCK_TIMEOUT)), 3)}
+
+
+def _run_relive(*, run: Run, actor: str) -> None:
+    """A parked run whose cases have all been released talks to Revive with a current generation: it is live again.
+
+    This is the case after a resume that was reported failed but reached the run anyway (a runtime that completed
+    a timed-out call later): the run proceeds, and each ``resume_failed`` case of the run follows it back to
+    ``resuming`` (it becomes ``resumed`` once the run is past its parked action).
+    """
+    if not Run.objects.filter(pk=run.pk, state=Run.State.PARKED).update(state=Run.State.ACTIVE, updated_at=timezone.now()):
+        return
+    run.state = Run.State.ACTIVE
+    audit_record(actor=actor, action="run.unparked", entity_type="run", entity_id=run.pk, run_id=run.pk,
+                 before={"state": Run.State.PARKED}, after={"state": Run.State.ACTIVE},
+                 arguments={"reason": "the run came back with a current generation after its cases were released"})
+    for case_pk in sorted(set(CaseRun.objects.filter(run=run, resumed_at__isnull=True, case__state=CaseState.RESUME_FAILED)
+                              .values_list("case_id", flat=True))):
+        case = case_lock(case_pk)
+        if case.state == CaseState.RESUME_FAILED:
+            case_transition(case, to=CaseState.RESUMING, actor=actor,
+                            arguments={"reason": f"run {run.pk} is live again with the new generation"})
+
+
+def _run_went_past(*, run_id: str, action: Action, generation: int, actor: str, how: str) -> list[str]:
+    """``action`` of a run committed (or replayed) with ``generation``: the run is past the action it was parked on
+    for each released case of that connection that parked it on this action (or on no action at all).
+
+    Marks those case runs resumed and finishes each case whose runs are all past (``_case_finish_if_resumed``).
+    Case runs are locked before their cases, in the module's lock order. Returns the cases that became resumed.
+    """
+    if generation < 2:
+        return []  # no reconnect ever happened on this connection: nothing can be waiting for this run
+    pending = list(
+        CaseRun.objects.select_for_update(no_key=True)
+        .filter(run_id=run_id, resumed_at__isnull=True, case__state__in=RELEASED_CASE_STATES,
+                case__connection_id=action.connection_id, case__resumed_generation__lte=generation)
+        .filter(Q(action=action) | Q(action__isnull=True))
+        .order_by("pk")
+    )
+    if not pending:
+        return []
+    now = timezone.now()
+    CaseRun.objects.filter(pk__in=[cr.pk for cr in pending]).update(resumed_at=now)
+    finished = []
+    for case_pk in sorted({cr.case_id for cr in pending}):
+        case = case_lock(case_pk)
+        audit_record(actor=actor, action="run.resumed", entity_type="run", entity_id=run_id, case=case, run_id=run_id,
+                     connection_id=case.connection_id,
+                     after={"generation": generation, "past": f"{run_id}/{action.action_key}", "how": how})
+        if case.state == CaseState.RESUME_FAILED:
+            case_transition(case, to=CaseState.RESUMING, actor=actor,
+                            arguments={"reason": f"run {run_id} went past its parked action"})
+        if _case_finish_if_resumed(case, actor=actor):
+            finished.append(case.reference)
+    return finished
+
+
+def _case_finish_if_resumed(case: RecoveryCase, *, actor: str) -> bool:
+    """The one rule of ``resumed``: a released case is resumed when every run it blocked is past the action it was
+    parked on under the new generation (``CaseRun.resumed_at``). The caller holds the case's row lock, so of two
+    last runs going past together one sees the other's mark."""
+    if case.state != CaseState.RESUMING or CaseRun.objects.filter(case=case, resumed_at__isnull=True).exists():
+        return False
+    case_transition(case, to=CaseState.RESUMED, actor=actor)
+    return True
+
+
+def case_finish_if_resumed(*, case_id: str | int, actor: str) -> bool:
+    """``_case_finish_if_resumed`` in its own transaction (the watchdog, after it settled a case's runs)."""
+    with transaction.atomic():
+        return _case_finish_if_resumed(case_lock(case_id), actor=actor)
+
+
+@transaction.atomic
+def action_heartbeat(*, run_id: str, action_key: str, generation: int, actor: str) -> Action:
+    """The worker executing an action is alive: extend its lock by ``REVIVE_ACTION_LOCK_TIMEOUT`` from now.
+
+    Only the current generation's executing attempt may extend it; any other state is a conflict (the reaper or
+    a reconciliation settled it meanwhile), so a worker that lost its action learns it at its next beat.
+    """
+    conn = _lock_connection(_action_connection_id(run_id, action_key), exclusive=False)
+    action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor,
+                            what="heartbeat")
+    if action.state != Action.State.EXECUTING or action.generation != generation:
+        raise ActionStateConflict(
+            f"An action in state '{action.state}' (generation {action.generation}) is not executing for generation {generation}.",
+            data={"run_id": run_id, "action_key": action_key, "state": action.state, "generation": action.generation})
+    action.lock_expires_at = _lock_deadline()
+    action.save(update_fields=["lock_expires_at", "updated_at"])
+    return action
 
 
 def _locked_action(*, conn: Connection, run_id: str, action_key: str, generation: int, actor: str, what: str) -> Action:
@@ -550,6 +682,7 @@ def action_commit(*, run_id: str, action_key: str, generation: int, result: Any 
         )
     _action_transition(action, to=Action.State.COMMITTED, actor=actor, result=result, external_ref=external_ref or "",
                        lock_expires_at=None, arguments={"external_ref": external_ref})
+    _run_went_past(run_id=run_id, action=action, generation=generation, actor=actor, how="committed")
     return action
 
 
@@ -590,14 +723,22 @@ def action_reconcile(
     if found:
         changes.update(result=result, external_ref=external_ref or "")
     _action_transition(action, to=to, actor=actor, arguments={"found": found, "evidence": evidence}, **changes)
+    if found and generation is not None:
+        # The resumed worker found the effect under the new generation: the run is past that action (it goes on
+        # with its result, without a further begin).
+        _run_went_past(run_id=run_id, action=action, generation=generation, actor=actor, how="reconciled")
     return action
 
 
-def reap_stale_actions(*, now=None, actor: str = "system:reaper", limit: int = 500) -> list[Action]:
-    """Mark every action still ``executing`` past its lock timeout as ``ambiguous`` (each in its own transaction)."""
+def reap_stale_actions(*, now=None, actor: str = "system:reaper", limit: int = 500, run_id: str | None = None) -> list[Action]:
+    """Mark every action still ``executing`` past its lock timeout as ``ambiguous`` (each in its own transaction);
+    only ``run_id``'s when given (the watchdog)."""
     now = now or timezone.now()
     reaped = []
-    ids = list(Action.objects.filter(state=Action.State.EXECUTING, lock_expires_at__lt=now).values_list("pk", flat=True)[:limit])
+    qs = Action.objects.filter(state=Action.State.EXECUTING, lock_expires_at__lt=now)
+    if run_id is not None:
+        qs = qs.filter(run_id=run_id)
+    ids = list(qs.values_list("pk", flat=True)[:limit])
     for pk in ids:
         with transaction.atomic():
             action = Action.objects.select_for_update(skip_locked=True).filter(pk=pk, state=Action.State.EXECUTING, lock_expires_at__lt=now).first()
@@ -742,7 +883,24 @@ def _case_connection_id(case_id: str | int) -> str:
 
 
 def _case_join(*, case: RecoveryCase, run: Run, checkpoint: Checkpoint | None, action: Action | None, actor: str) -> None:
+    """Block ``run`` on ``case``. A released case of the same connection whose new generation was rejected in turn
+    is over for this run: the run did come back with it, and this case takes over (so the older one can finish)."""
+    superseded = list(CaseRun.objects.filter(run=run, resumed_at__isnull=True, case__state__in=RELEASED_CASE_STATES,
+                                             case__connection_id=case.connection_id,
+                                             case__resumed_generation__lte=case.rejected_generation)
+                      .values_list("pk", "case_id"))
     CaseRun.objects.create(case=case, run=run, checkpoint=checkpoint, action=action)
+    if superseded:
+        CaseRun.objects.filter(pk__in=[pk for pk, _ in superseded]).update(resumed_at=timezone.now())
+        for case_pk in sorted({c for _, c in superseded}):
+            older = case_lock(case_pk)
+            audit_record(actor=actor, action="run.resumed", entity_type="run", entity_id=run.pk, case=older,
+                         run_id=run.pk, connection_id=older.connection_id,
+                         after={"generation": case.rejected_generation, "how": "rejected again", "next_case": case.reference})
+            if older.state == CaseState.RESUME_FAILED:
+                case_transition(older, to=CaseState.RESUMING, actor=actor,
+                                arguments={"reason": f"run {run.pk} came back and is now blocked by {case.reference}"})
+            _case_finish_if_resumed(older, actor=actor)
     if run.state != Run.State.PARKED:
         Run.objects.filter(pk=run.pk).update(state=Run.State.PARKED, updated_at=timezone.now())
         audit_record(actor=actor, action="run.parked", entity_type="run", entity_id=run.pk, case=case, run_id=run.pk,
@@ -771,10 +929,8 @@ def _case_open(*, conn: Connection, generation: int, c: Classification, status: 
                  arguments={"provider_error": case.provider_error,
                             "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
                             "action_key": action.action_key if action else None})
-    if owner_required:
-        from reauth.services import reconnect_request_create  # here, not at the top: reauth.services imports this module
-
-        reconnect_request_create(case=case, actor=actor)  # same transaction; the owner is notified on commit
+    # Same transaction: reauth's receiver creates the owner's reconnect request and owes its notification.
+    signals.case_opened.send(sender=RecoveryCase, case=case, actor=actor)
     return case
 
 
@@ -832,9 +988,7 @@ def _case_reclassify(case: RecoveryCase, *, c: Classification, status: int | Non
                         "owner_required": case.owner_required},
                  arguments={"provider_error": case.provider_error})
     if newly_owner:
-        from reauth.services import reconnect_request_create  # here, not at the top: reauth.services imports this module
-
-        reconnect_request_create(case=case, actor=actor)  # the owner is notified on commit
+        signals.case_needs_owner.send(sender=RecoveryCase, case=case, actor=actor)  # the link, notified on commit
     return case
 
 
@@ -878,6 +1032,13 @@ def action_fail(*, run_id: str, action_key: str, generation: int, provider_error
     c, conn, stale = _classify_and_lock(connection_id=_action_connection_id(run_id, action_key), generation=generation,
                                         provider_error=provider_error, run_id=run_id, actor=actor, what="fail")
     if stale is not None:
+        # The generation moved on while the action ran, but the provider's refusal is still a fact: settle the
+        # attempt (``failed``, nothing happened) so the retry with the new generation executes at once.
+        action = Action.objects.select_for_update().filter(run_id=run_id, action_key=action_key).first()
+        if action is not None and action.state == Action.State.EXECUTING and action.generation == generation:
+            _action_transition(action, to=Action.State.FAILED, actor=actor, lock_expires_at=None,
+                               error=_provider_error_record(c, provider_error.get("status")),
+                               arguments={"failure_class": str(c.failure_class), "code": c.code, "stale_generation": True})
         return stale
     run = _get_run(run_id)
     action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="fail")
@@ -940,6 +1101,21 @@ def case_reauthorize(*, case_id: str | int, actor: str, evidence: dict[str, Any]
     return case
 
 
+def _lock_case_runs_then_case(case_id: str | int) -> RecoveryCase:
+    """Lock every run of the case (by primary key), then the case.
+
+    Releasing a run blocked on several connections is decided with its runs locked: two cases released at the
+    same instant queue on their shared runs, so the second sees the first's release and unparks them (a case
+    lock alone let each see the other still blocking and leave the shared runs parked).
+    """
+    pk = _case_queryset(case_id).values_list("pk", flat=True).first()
+    if pk is None:
+        raise CaseNotFound(data={"case_id": str(case_id)})
+    run_ids = list(CaseRun.objects.filter(case_id=pk).order_by("run_id").values_list("run_id", flat=True))
+    list(Run.objects.select_for_update(no_key=True).filter(pk__in=run_ids).order_by("pk").values_list("pk", flat=True))
+    return case_lock(pk)
+
+
 @transaction.atomic
 def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool = False) -> RecoveryCase:
     """Release the case's runs: ambiguous actions first go to reconciliation, otherwise the case moves to ``resuming``.
@@ -952,16 +1128,18 @@ def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool =
     to the resumed worker's ``reconcile`` callback (``action_begin`` answers ``reconcile`` for an ambiguous
     action, so none of them can execute again before it is settled).
 
-    Each run whose every blocking case has been released goes back to ``active``.
+    Each run whose every blocking case has been released goes back to ``active`` and is owed one resume
+    delivery (an outbox row, in this transaction). A ``resume_failed`` case is released again the same way (the
+    operator's retry). Repeating the call changes nothing.
     """
-    case = case_lock(case_id)
+    case = _lock_case_runs_then_case(case_id)
     if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED):
         return case
     if case.state == CaseState.AWAITING_APPROVAL:
         return case  # only an operator's case_approve releases it
     ambiguous = list(Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS)
                      .values_list("run_id", "action_key"))
-    if ambiguous and not defer_ambiguous:
+    if ambiguous and not defer_ambiguous and case.state != CaseState.RESUME_FAILED:
         if case.state != CaseState.RECONCILING:
             case_transition(case, to=CaseState.RECONCILING, actor=actor)
         return case
@@ -970,106 +1148,72 @@ def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool =
         if approval.required:
             return case_transition(case, to=CaseState.AWAITING_APPROVAL, actor=actor,
                                    arguments={"policy": approval.policy, "reasons": list(approval.reasons)})
+    retry = case.state == CaseState.RESUME_FAILED
     case_transition(case, to=CaseState.RESUMING, actor=actor,
                     arguments={"reconcile_in_worker": [f"{r}/{k}" for r, k in ambiguous]} if ambiguous else None)
-    _case_release_runs(case, actor=actor)
+    _case_release_runs(case, actor=actor, retry=retry)
     return case
 
 
-def _case_release_runs(case: RecoveryCase, *, actor: str) -> None:
-    """Unpark each run of a case moving to ``resuming`` that no other case still blocks."""
-    for case_run in CaseRun.objects.filter(case=case).select_related("run"):
-        others = RecoveryCase.objects.filter(case_runs__run=case_run.run, case_runs__resumed_at__isnull=True,
+def _case_release_runs(case: RecoveryCase, *, actor: str, retry: bool = False) -> list[str]:
+    """Unpark each run of a case moving to ``resuming`` that no other case still blocks, and owe each released run
+    that has not had its resume (every one, for a ``retry``) one delivery. The caller holds the runs' locks
+    (``_lock_case_runs_then_case``). Returns the runs owed a delivery."""
+    owed = []
+    for case_run in CaseRun.objects.filter(case=case, resumed_at__isnull=True).select_related("run").order_by("run_id"):
+        run = case_run.run
+        others = RecoveryCase.objects.filter(case_runs__run=run, case_runs__resumed_at__isnull=True,
                                              state__in=BLOCKING_CASE_STATES).exclude(pk=case.pk).exists()
-        if not others and case_run.run.state == Run.State.PARKED:
-            Run.objects.filter(pk=case_run.run_id).update(state=Run.State.ACTIVE, updated_at=timezone.now())
-            audit_record(actor=actor, action="run.unparked", entity_type="run", entity_id=case_run.run_id, case=case,
-                         run_id=case_run.run_id, connection_id=case.connection_id, before={"state": Run.State.PARKED},
+        if others:
+            continue
+        was_parked = run.state == Run.State.PARKED
+        if was_parked:
+            Run.objects.filter(pk=run.pk).update(state=Run.State.ACTIVE, updated_at=timezone.now())
+            audit_record(actor=actor, action="run.unparked", entity_type="run", entity_id=run.pk, case=case,
+                         run_id=run.pk, connection_id=case.connection_id, before={"state": Run.State.PARKED},
                          after={"state": Run.State.ACTIVE})
+        elif run.state != Run.State.ACTIVE:
+            continue
+        # A run whose resume failed (it was parked again) gets a fresh delivery and a fresh count of re-drives.
+        if case_run.resume_sent_at is None or was_parked:
+            if was_parked and case_run.resume_sent_at is not None:
+                CaseRun.objects.filter(pk=case_run.pk).update(resume_sent_at=None, resume_attempts=0)
+            run_resume_owe(run_id=run.pk, case=case, attempt=0, retry=retry)
+            owed.append(run.pk)
+    return owed
 
 
-def _run_acknowledge_resume(*, run: Run, conn: Connection, actor: str) -> None:
-    """A run's worker talking to Revive again with the new generation acknowledges the resume of its cases."""
-    if conn.current_generation == 1:
-        return  # never advanced: nothing can be resuming on this connection
-    pending = list(
-        CaseRun.objects.select_for_update(no_key=True)
-        .filter(run=run, resumed_at__isnull=True, case__state=CaseState.RESUMING, case__connection=conn)
-        .select_related("case")
-    )
-    for case_run in pending:
-        CaseRun.objects.filter(pk=case_run.pk).update(resumed_at=timezone.now())
-        audit_record(actor=actor, action="run.resume_acknowledged", entity_type="run", entity_id=run.pk, case=case_run.case,
-                     run_id=run.pk, connection_id=conn.pk, after={"generation": conn.current_generation})
-        # Lock the case before counting what is left: two last acknowledgements racing then see each other's.
-        case = case_lock(case_run.case_id)
-        if case.state == CaseState.RESUMING and not CaseRun.objects.filter(case=case, resumed_at__isnull=True).exists():
-            case_transition(case, to=CaseState.RESUMED, actor=actor)
+@transaction.atomic
+def case_runs_release(*, case_id: str | int, actor: str) -> list[str]:
+    """Release again the runs of a ``resuming`` case that no case blocks any more (the watchdog's backstop of
+    ``case_resume_begin``); returns the runs owed a delivery."""
+    case = _lock_case_runs_then_case(case_id)
+    if case.state != CaseState.RESUMING:
+        return []
+    return _case_release_runs(case, actor=actor)
+
+
+def run_resume_owe(*, run_id: str, case: RecoveryCase, attempt: int, retry: bool = False) -> None:
+    """Owe ``run_id`` one resume delivery for ``case`` (re-drive ``attempt``): an outbox row in the caller's
+    transaction, so the delivery exists exactly when the release (or re-drive) that owes it commits. The row's
+    key names the release, so repeating one owes nothing twice; an operator's ``retry`` is a new release."""
+    generation = case.resumed_generation
+    key = f"{RESUME_RUN}:{run_id}:{case.pk}:g{generation}:a{attempt}"
+    if retry:
+        key += f":retry{OutboxItem.objects.filter(kind=RESUME_RUN, case=case, run_id=run_id).count()}"
+    outbox.outbox_put(kind=RESUME_RUN, key=key,
+                      payload={"run_id": run_id, "case_id": case.pk, "generation": generation, "attempt": attempt},
+                      case=case, run_id=run_id)
+
+
+def case_reconcile_owe(*, case: RecoveryCase) -> None:
+    """Owe the reconcile-and-release step of a reauthorized case (in the caller's transaction)."""
+    generation = case.resumed_generation
+    outbox.outbox_put(kind=RECONCILE_CASE, key=f"{RECONCILE_CASE}:{case.pk}:g{generation}",
+                      payload={"case_id": case.pk, "generation": generation}, case=case)
 
 
 # --------------------------------------------------------------------------- approvals and operator exits
-
-
-class ApprovalPolicy:
-    """``settings.REVIVE_RESUME_APPROVAL``: when a resume waits for an operator in ``awaiting_approval``."""
-
-    NEVER = "never"
-    AMBIGUOUS = "ambiguous"
-    ALWAYS = "always"
-    CHOICES = (NEVER, AMBIGUOUS, ALWAYS)
-
-
-RECONCILED_ACTIONS = ("action.reconciled_committed", "action.reconciled_absent")
-
-
-@dataclass(frozen=True)
-class Reconciliation:
-    """One settling of an ambiguous action, as the approval policy sees it."""
-
-    action: str
-    """``run_id/action_key``."""
-    actor: str
-    evidence: Any
-
-
-@dataclass(frozen=True)
-class ApprovalDecision:
-    policy: str
-    required: bool
-    reasons: tuple[str, ...] = ()
-
-
-def reconciled_by_hand(actor: str) -> bool:
-    """An operator (console user or operator API key) decided, not a reconciler or a worker's lookup."""
-    return actor.startswith("operator:")
-
-
-def evidence_missing(evidence: Any) -> bool:
-    """Nothing was recorded but who decided: no lookup result, reference or note."""
-    if not isinstance(evidence, dict):
-        return True
-    return all(value in (None, "", [], {}) for key, value in evidence.items() if key != "reconciler")
-
-
-def resume_approval_required(*, policy: str, reconciliations: Iterable[Reconciliation]) -> ApprovalDecision:
-    """Whether a case about to resume must wait for an operator's approval, and why. Pure: no database.
-
-    ``never``: no case waits. ``always``: every case waits. ``ambiguous``: a case waits when any action of its
-    runs was settled during the case by hand (an operator actor) or without evidence.
-    """
-    if policy not in ApprovalPolicy.CHOICES:
-        raise ValueError(f"unknown resume approval policy {policy!r}; expected one of {', '.join(ApprovalPolicy.CHOICES)}")
-    if policy == ApprovalPolicy.NEVER:
-        return ApprovalDecision(policy=policy, required=False)
-    if policy == ApprovalPolicy.ALWAYS:
-        return ApprovalDecision(policy=policy, required=True, reasons=("every resume is approved (policy 'always')",))
-    reasons = []
-    for rec in reconciliations:
-        if reconciled_by_hand(rec.actor):
-            reasons.append(f"{rec.action} was reconciled by hand ({rec.actor})")
-        elif evidence_missing(rec.evidence):
-            reasons.append(f"{rec.action} was reconciled without evidence ({rec.actor})")
-    return ApprovalDecision(policy=policy, required=bool(reasons), reasons=tuple(reasons))
 
 
 def case_resume_approval(case: RecoveryCase) -> ApprovalDecision:
@@ -1077,8 +1221,6 @@ def case_resume_approval(case: RecoveryCase) -> ApprovalDecision:
 
     Reconciliations from before the case opened belong to an earlier incident and do not count.
     """
-    from audit.models import AuditEvent
-
     policy = getattr(settings, "REVIVE_RESUME_APPROVAL", ApprovalPolicy.AMBIGUOUS)
     if policy != ApprovalPolicy.AMBIGUOUS:
         return resume_approval_required(policy=policy, reconciliations=())
@@ -1096,8 +1238,6 @@ def case_resume_approval(case: RecoveryCase) -> ApprovalDecision:
 
 
 def _required_text(value: str | None, *, name: str) -> str:
-    from revive_site.errors import ValidationFailed
-
     text = (value or "").strip()
     if not text:
         raise ValidationFailed(f"A {name} is required.", data={"field": name})
@@ -1105,19 +1245,17 @@ def _required_text(value: str | None, *, name: str) -> str:
 
 
 def _approved(case: RecoveryCase) -> bool:
-    from audit.models import AuditEvent
-
     return AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", arguments__approved=True).exists()
 
 
 @transaction.atomic
 def case_approve(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
     """An operator releases a case waiting in ``awaiting_approval``: it moves to ``resuming``, its runs are unparked,
-    and each released run's resume is enqueued on commit exactly as on the automatic path
-    (``cases.resume.case_resume_dispatch``). Approving an already approved case returns it unchanged.
+    and each released run is owed its resume in this transaction exactly as on the automatic path. Approving an
+    already approved case returns it unchanged.
     """
     reason = _required_text(reason, name="reason")
-    case = case_lock(case_id)
+    case = _lock_case_runs_then_case(case_id)
     if case.state != CaseState.AWAITING_APPROVAL:
         if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED, CaseState.RESUME_FAILED) and _approved(case):
             return case
@@ -1132,9 +1270,6 @@ def case_approve(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase
         arguments["reconcile_in_worker"] = ambiguous
     case_transition(case, to=CaseState.RESUMING, actor=actor, arguments=arguments)
     _case_release_runs(case, actor=actor)
-    from .resume import case_resume_dispatch  # here, not at the top: cases.resume imports this module
-
-    case_resume_dispatch(case_id=case.pk, actor=actor)
     return case
 
 
@@ -1165,7 +1300,31 @@ def case_abandon(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase
 
 def _case_abandon_locked(case: RecoveryCase, *, actor: str, arguments: dict[str, Any]) -> RecoveryCase:
     case_transition(case, to=CaseState.ABANDONED, actor=actor, arguments=arguments)
-    from reauth.services import reconnect_requests_revoke_for_case  # reauth.services imports this module
+    # Same transaction: reauth's receiver revokes the owner's active link.
+    signals.case_abandoned.send(sender=RecoveryCase, case=case, reason="case_abandoned", actor=actor)
+    return case
 
-    reconnect_requests_revoke_for_case(case=case, reason="case_abandoned", actor=actor)
+
+@transaction.atomic
+def run_park_after_failed_resume(*, run_id: str, actor: str, reason: str) -> None:
+    """A released run whose resume failed waits again (its case is ``resume_failed``): an operator's retry releases
+    it with a fresh delivery, and the run coming back by itself proceeds (``_run_relive``). The caller holds the
+    run's lock (or takes no case lock after this)."""
+    if Run.objects.filter(pk=run_id, state=Run.State.ACTIVE).update(state=Run.State.PARKED, resume_claimed_until=None,
+                                                                    updated_at=timezone.now()):
+        audit_record(actor=actor, action="run.parked", entity_type="run", entity_id=run_id, run_id=run_id,
+                     before={"state": Run.State.ACTIVE}, after={"state": Run.State.PARKED}, arguments={"reason": reason})
+
+
+@transaction.atomic
+def case_resume_fail(*, case_id: str | int, actor: str, reason: str, detail: dict[str, Any] | None = None) -> RecoveryCase:
+    """The resume of a released case could not be completed (delivery exhausted, a run stalled past its re-drives):
+    the case shows ``resume_failed`` with the reason, for an operator. Its runs stay released: a run that comes
+    back by itself proceeds (``_run_relive``). Repeating it on a failed case only records the reason."""
+    case = case_lock(case_id)
+    arguments = {"reason": reason[:1000], **(detail or {})}
+    if case.state == CaseState.RESUMING:
+        return case_transition(case, to=CaseState.RESUME_FAILED, actor=actor, arguments=arguments)
+    audit_record(actor=actor, action="case.resume_problem", entity_type="case", entity_id=case.reference, case=case,
+                 run_id=case.run_id, connection_id=case.connection_id, arguments=arguments, outcome="error")
     return case

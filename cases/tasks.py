@@ -1,8 +1,12 @@
-"""Celery tasks of the recovery path. Each takes ids (and the generation it was enqueued for) and calls one service.
+"""Celery tasks of the recovery pipeline: each takes ids and calls one service (see ``cases.pipeline``).
 
 Start a worker (with beat, on one machine) with:
 
     DATABASE_URL=postgres://... REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/celery -A revive_site worker -B -l info
+
+The steps that must survive a killed worker use late acknowledgement and reject-on-worker-lost, so Redis
+redelivers a task whose worker died; each is idempotent (its service finds the step done and does nothing), and
+the outbox sweep dispatches again whatever a lost message left pending.
 """
 
 import time
@@ -10,7 +14,29 @@ import time
 from celery import shared_task
 from django.conf import settings
 
-from . import resume, services
+from . import outbox, pipeline, resume, services
+
+DURABLE = dict(acks_late=True, reject_on_worker_lost=True)
+
+
+@shared_task(bind=True, name=outbox.DISPATCH_TASK, **DURABLE)
+def outbox_dispatch(self, item_id: int) -> str:
+    """One attempt at an owed step (an ``OutboxItem``); schedules the next attempt itself when it must retry."""
+    return outbox.outbox_run(item_id, eager=bool(self.request.is_eager))
+
+
+@shared_task(name="cases.outbox_sweep", acks_late=True)
+def outbox_sweep() -> int:
+    """Beat: dispatch again every owed step still pending after its deadline."""
+    return len(outbox.outbox_sweep())
+
+
+@shared_task(name="cases.pipeline_watch", acks_late=True)
+def pipeline_watch() -> dict:
+    """Beat: re-drive released runs that stalled before passing their parked action (``pipeline.runs_watch``)."""
+    report = pipeline.runs_watch()
+    return {"redriven": len(report.redriven), "failed": len(report.failed), "released": len(report.released),
+            "finished": len(report.finished)}
 
 
 @shared_task(name="cases.reap_stale_actions", acks_late=True)
@@ -19,49 +45,30 @@ def reap_stale_actions() -> int:
     return len(services.reap_stale_actions())
 
 
-@shared_task(bind=True, name="cases.reconcile_case", acks_late=True, max_retries=None)
+@shared_task(bind=True, name="cases.reconcile_case", max_retries=None, **DURABLE)
 def reconcile_case(self, case_id: int, generation: int) -> int:
-    """Reconcile the case's ambiguous actions, release it, and enqueue one resume per released run.
+    """Reconcile and release a reauthorized case by hand (the pipeline owes the same step as ``case.reconcile``).
 
-    Safe to run twice: a case that already moved on is left alone, and each run's resume is delivered once.
+    Safe to run twice: a case that already moved on is left alone, and each run's resume is owed once.
     """
     try:
-        return len(resume.case_continue_after_reconnect(case_id=case_id, generation=generation))
+        return len(pipeline.step_reconcile(case_id=case_id, generation=generation))
     except resume.ReconcilerUnavailable as exc:
         if self.request.retries >= settings.REVIVE_RESUME_MAX_RETRIES or self.request.is_eager:
-            raise  # the case stays reauthorized; the sweep and operators see it
-        countdown = min(settings.REVIVE_RESUME_BACKOFF_MAX, 2.0 ** self.request.retries)
-        raise self.retry(exc=exc, countdown=countdown)
+            raise
+        raise self.retry(exc=exc, countdown=min(settings.REVIVE_RESUME_BACKOFF_MAX, 2.0 ** self.request.retries))
 
 
-@shared_task(bind=True, name="cases.resume_run", acks_late=True, max_retries=None)
-def resume_run(self, run_id: str, case_id: int, generation: int, claim: str | None = None) -> str:
-    """Deliver one run's resume through its runtime adapter; retry transient failures with backoff, bounded.
-
-    ``claim`` is passed only by this task's own retries: the delivery claim it holds while waiting.
-    """
+@shared_task(bind=True, name="cases.resume_run", max_retries=None, **DURABLE)
+def resume_run(self, run_id: str, case_id: int, generation: int) -> str:
+    """Deliver one run's resume by hand (the pipeline owes the same step as ``run.resume``); retries transient
+    failures with backoff, bounded by ``REVIVE_RESUME_MAX_RETRIES``."""
     attempt = self.request.retries
     while True:
-        delivery = resume.run_resume_deliver(run_id=run_id, case_id=case_id, generation=generation,
-                                             attempt=attempt, claim=claim)
+        delivery = pipeline.step_deliver(run_id=run_id, case_id=case_id, generation=generation, attempt=attempt)
         if delivery.outcome != "retry":
             return delivery.outcome
         if not self.request.is_eager:
-            raise self.retry(countdown=delivery.countdown, args=(), kwargs={
-                "run_id": run_id, "case_id": case_id, "generation": generation, "claim": delivery.claim})
-        # Eager (the embedded default, no broker): retry inline, briefly; the bound still applies.
-        time.sleep(min(delivery.countdown, 1.0))
-        attempt, claim = attempt + 1, delivery.claim
-
-
-@shared_task(name="cases.expire_reconnect_requests", acks_late=True)
-def expire_reconnect_requests() -> int:
-    from reauth.services import reconnect_requests_expire  # reauth builds on cases: import at call time
-
-    return reconnect_requests_expire(actor="system:beat")
-
-
-@shared_task(name="cases.resume_sweep", acks_late=True)
-def resume_sweep() -> dict:
-    report = resume.resume_sweep()
-    return {"reconciles": len(report.reconciles), "deliveries": len(report.deliveries), "settled": len(report.settled)}
+            raise self.retry(countdown=delivery.countdown)
+        time.sleep(min(delivery.countdown or 0.0, 1.0))
+        attempt += 1

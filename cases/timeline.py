@@ -123,9 +123,9 @@ def _case_state(e) -> tuple[str, str, str]:
         pending = args.get("reconcile_in_worker")
         return (RUNTIME, "Resume sent", f"worker reconciles {', '.join(pending)}" if pending else "")
     if to == "resumed":
-        return (RUNTIME, "Execution resumed", "every blocked run acknowledged its resume")
+        return (RUNTIME, "Execution resumed", "every blocked run is past the action it was parked on")
     if to == "resume_failed":
-        return (RUNTIME, "Resume could not be delivered", _compact(args.get("error")))
+        return (RUNTIME, "Resume failed: an operator decides", _compact(args.get("reason") or args.get("error")))
     if to == "abandoned":
         verb = "Rejected" if args.get("rejected") else "Abandoned"
         return (REVIVE, f"{verb} by {e.actor}", _compact(args.get("reason")))
@@ -185,6 +185,15 @@ DESCRIBERS: dict[str, Describer] = {
                                               + (" (already past its wait)" if _d(e.after).get("already") else "")),
     "run.resume_acknowledged": _simple(RUNTIME, "Run {e.run_id} acknowledged the resume",
                                        lambda e: f"generation {_gen(_d(e.after).get('generation'))}"),
+    "run.resumed": _simple(RUNTIME, "Run {e.run_id} is past its parked action",
+                           lambda e: f"{_d(e.after).get('past') or ''} {_d(e.after).get('how') or ''}, "
+                                     f"generation {_gen(_d(e.after).get('generation'))}"),
+    "run.redriven": _simple(RUNTIME, "Run {e.run_id} stalled: re-driven",
+                            lambda e: f"re-drive {_d(e.arguments).get('re_drive')} of {_d(e.arguments).get('of')}"),
+    "case.resume_problem": _simple(RUNTIME, "Resume problem", lambda e: _compact(_d(e.arguments).get("reason"))),
+    "outbox.retried": _simple(REVIVE, "Failed step {e.entity_id} retried by {e.actor}"),
+    "reconnect.notify_exhausted": _simple(CREDENTIAL, "Owner could not be notified",
+                                          lambda e: _compact(_d(e.arguments).get("error"))),
     "run.resume_failed": _simple(RUNTIME, "Resume of {e.run_id} failed", lambda e: _compact(_d(e.arguments).get("error"))),
     "action.reconcile_failed": _simple(REVIVE, "Reconciler failed for {e.entity_id}",
                                        lambda e: _compact(_d(e.arguments).get("error"))),

@@ -21,7 +21,6 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -33,7 +32,9 @@ from django.utils import timezone
 from audit.services import audit_record
 from cases.errors import CaseTransitionNotAllowed, LeaseFenced
 from cases.models import CaseState, Connection, RecoveryCase
-from cases.services import case_await_owner, case_lock, case_reauthorize
+from cases.outbox import outbox_put
+from cases.pipeline import recovery_reauthorized
+from cases.services import case_await_owner, case_lock
 
 from . import notifications
 from .custody import Grant, get_custody
@@ -51,6 +52,8 @@ from .identity import ProviderIdentity, compare, expected_identity, mask_email, 
 from .models import ReconnectRequest
 
 SYSTEM = "system:reauth"
+NOTIFY_OWNER = "reauth.notify_owner"
+"""The outbox kind of the owner's notification (its handler is ``reauth.handlers``)."""
 TOKEN_PREFIX = "rvr_"
 TOKEN_BYTES = 32  # 256 bits of randomness
 _TOKEN_SHAPE = re.compile(r"^rvr_[A-Za-z0-9_-]{43}$")
@@ -139,10 +142,9 @@ def _settle(req: ReconnectRequest, *, case: RecoveryCase, actor: str, now=None, 
 
 
 def _enqueue_notification(req: ReconnectRequest) -> None:
-    """After commit, have the owner notified. ``robust``: a broker hiccup must not fail the write that opened the case."""
-    from .tasks import notify_owner
-
-    transaction.on_commit(partial(notify_owner.delay, req.pk), robust=True)
+    """Owe the owner's notification in the transaction that created the request (``cases.outbox``): dispatched
+    right after commit, and again by the outbox sweep if Redis loses the message or a worker dies sending it."""
+    outbox_put(kind=NOTIFY_OWNER, key=f"{NOTIFY_OWNER}:{req.pk}", payload={"request_id": req.pk}, case=req.case_id)
 
 
 # --------------------------------------------------------------------------- create, resend, revoke
@@ -442,8 +444,10 @@ def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: Pr
 
     _move(req, case=case, to=ReconnectRequest.State.CONSUMED, actor=actor, consumed_at=timezone.now(),
           arguments={"identity": presented.evidence(), "rule": verdict.rule})
-    case = case_reauthorize(case_id=case.pk, actor=actor,
-                            evidence={"reconnect_request": str(req.public_id), "identity": presented.evidence(), "rule": verdict.rule})
+    # The one hand-over to the recovery pipeline: the generation advances and the rest of the recovery is owed,
+    # in this transaction.
+    case = recovery_reauthorized(case_id=case.pk, actor=actor,
+                                 evidence={"reconnect_request": str(req.public_id), "identity": presented.evidence(), "rule": verdict.rule})
     generation = case.resumed_generation
     custody = get_custody()
     reference = custody.store(connection_id=conn.pk, generation=generation, grant=grant)
@@ -452,17 +456,4 @@ def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: Pr
                  after={"generation": generation, "custody": custody.name, "reference": reference,
                         "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
                         "renewable": bool(grant.refresh_token)})
-    transaction.on_commit(partial(recovery_continue_after_reconnect, case_id=case.pk), robust=True)
     return Completion(public_id=str(req.public_id), consumed=True, generation=generation)
-
-
-def recovery_continue_after_reconnect(*, case_id: int) -> None:
-    """After the reconnect commits: reconcile the case's ambiguous actions and resume its runs (``cases.resume``).
-
-    Runs from a ``robust`` on-commit hook, outside the reconnect's transaction: the resume is Celery's work
-    (queued here, run inline in the embedded eager mode), and nothing it does can undo the reconnect or fail
-    the owner's page; the resume sweep and the operator console pick up whatever did not get queued.
-    """
-    from cases.resume import case_after_reauthorize
-
-    case_after_reauthorize(case_id)

@@ -14,7 +14,14 @@ from .errors import NotificationDeliveryFailed
     acks_late=True,
 )
 def notify_owner(request_id: int) -> dict:
-    """Idempotent per request: each channel is delivered at most once, and a request that moved on is skipped."""
+    """Notify by hand (the pipeline owes the same step through the outbox kind ``reauth.notify_owner``).
+
+    Idempotent per request: each channel is delivered at most once, and a request that moved on is skipped."""
     outcome = services.reconnect_request_notify(request_id=request_id)
     return {"email": outcome.email, "webhook": outcome.webhook}
 
+
+@shared_task(name="reauth.expire_reconnect_requests", acks_late=True)
+def expire_reconnect_requests() -> int:
+    """Beat: settle links past their expiry or whose case moved on."""
+    return services.reconnect_requests_expire(actor="system:beat")

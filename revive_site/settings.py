@@ -181,13 +181,17 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBIL
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-actions": {"task": "cases.reap_stale_actions", "schedule": 60.0},
-    "expire-reconnect-requests": {"task": "cases.expire_reconnect_requests", "schedule": 60.0},
-    "resume-sweep": {"task": "cases.resume_sweep", "schedule": env.float("REVIVE_RESUME_SWEEP_INTERVAL", default=30.0)},
+    "expire-reconnect-requests": {"task": "reauth.expire_reconnect_requests", "schedule": 60.0},
+    # The transactional outbox's sweep (cases.outbox) and the watchdog of resumed runs (cases.pipeline).
+    "outbox-sweep": {"task": "cases.outbox_sweep", "schedule": env.float("REVIVE_OUTBOX_SWEEP_INTERVAL", default=15.0)},
+    "pipeline-watch": {"task": "cases.pipeline_watch", "schedule": env.float("REVIVE_WATCH_INTERVAL", default=15.0)},
 }
 
 # --- Revive -----------------------------------------------------------------
-# Seconds an `executing` action may run before the reaper may mark it ambiguous.
-REVIVE_ACTION_LOCK_TIMEOUT = env.int("REVIVE_ACTION_LOCK_TIMEOUT", default=300)
+# Seconds an `executing` action stays locked without a heartbeat: the SDK extends the lock every third of it while
+# `execute` runs (POST .../heartbeat), so a dead worker's action is known -- reaped to `ambiguous`, or noticed by the
+# next begin -- within this, and ACTION_IN_PROGRESS tells the others when to ask again (`retry_after`).
+REVIVE_ACTION_LOCK_TIMEOUT = env.int("REVIVE_ACTION_LOCK_TIMEOUT", default=60)
 # Largest JSON body the worker API accepts.
 REVIVE_MAX_BODY_BYTES = env.int("REVIVE_MAX_BODY_BYTES", default=256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REVIVE_MAX_BODY_BYTES
@@ -209,8 +213,15 @@ REVIVE_RESUME_BACKOFF_FIRST = env.float("REVIVE_RESUME_BACKOFF_FIRST", default=0
 REVIVE_RESUME_BACKOFF_MAX = env.float("REVIVE_RESUME_BACKOFF_MAX", default=60.0)
 # A delivery claim outlives the task's hard time limit, so a claim is only ever taken over from a dead holder.
 REVIVE_RESUME_CLAIM_SECONDS = env.int("REVIVE_RESUME_CLAIM_SECONDS", default=CELERY_TASK_TIME_LIMIT + 30)
-# The sweep re-enqueues recovery work older than this that a lost task left behind.
-REVIVE_RESUME_SWEEP_AFTER = env.int("REVIVE_RESUME_SWEEP_AFTER", default=120)
+# The outbox (cases.outbox): a step still pending this long after it was owed (or after its retry was due) is
+# dispatched again by the sweep; a dispatch holds its row this long (past the task's hard time limit).
+REVIVE_OUTBOX_GRACE_SECONDS = env.int("REVIVE_OUTBOX_GRACE_SECONDS", default=30)
+REVIVE_OUTBOX_CLAIM_SECONDS = env.int("REVIVE_OUTBOX_CLAIM_SECONDS", default=CELERY_TASK_TIME_LIMIT + 30)
+# The watchdog (cases.pipeline.runs_watch): a resumed run with no ledger progress for this long is re-driven
+# (expired actions reaped and reconciled, resume delivered again); after this many re-drives its case is
+# `resume_failed` with the reason.
+REVIVE_RUN_STALL_SECONDS = env.int("REVIVE_RUN_STALL_SECONDS", default=180)
+REVIVE_RESUME_MAX_ATTEMPTS = env.int("REVIVE_RESUME_MAX_ATTEMPTS", default=3)
 # When a resume waits for an operator in `awaiting_approval` (cases.services.resume_approval_required):
 # `never`; `ambiguous` (an action of the case's runs was reconciled by hand or without evidence); `always`.
 REVIVE_RESUME_APPROVAL = env.str("REVIVE_RESUME_APPROVAL", default="ambiguous")

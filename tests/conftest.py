@@ -29,6 +29,61 @@ def make_connection(db):
 
 
 @pytest.fixture
+def held_outbox(monkeypatch):
+    """Owed steps are written but not dispatched (as if Redis lost every message): ``held_outbox.resumes()`` lists
+    the owed resume deliveries as (run, case, generation); ``held_outbox.dispatched`` the row ids sent."""
+    from cases import outbox
+    from cases.models import OutboxItem
+
+    class Held:
+        dispatched: list[int] = []
+
+        @staticmethod
+        def resumes() -> list[tuple]:
+            return [(p["run_id"], p["case_id"], p["generation"]) for p in
+                    OutboxItem.objects.filter(kind=services.RESUME_RUN).order_by("pk").values_list("payload", flat=True)]
+
+    Held.dispatched = []
+    monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: Held.dispatched.append(item_id))
+    return Held
+
+
+@pytest.fixture
+def held_resumes(monkeypatch):
+    """Like ``held_outbox``, but only the resume deliveries are held: the owner is still notified, reconciliation
+    still runs."""
+    from cases import outbox
+    from cases.models import OutboxItem
+
+    real = outbox._enqueue
+
+    class Held:
+        @staticmethod
+        def resumes() -> list[tuple]:
+            return [(p["run_id"], p["case_id"], p["generation"]) for p in
+                    OutboxItem.objects.filter(kind=services.RESUME_RUN).order_by("pk").values_list("payload", flat=True)]
+
+    def enqueue(item_id, countdown=None):
+        if not OutboxItem.objects.filter(pk=item_id, kind=services.RESUME_RUN).exists():
+            real(item_id, countdown)
+
+    monkeypatch.setattr(outbox, "_enqueue", enqueue)
+    return Held
+
+
+def worker_passes(run_id: str, connection_id: str, action_key: str, *, checkpoint_id: str = "05") -> str:
+    """What a resumed worker does at its parked action: begin it with the current generation and commit it."""
+    from cases.models import Connection
+
+    generation = Connection.objects.get(pk=connection_id).current_generation
+    begun = services.action_begin(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id,
+                                  action_key=action_key, generation=generation, actor="worker:test")
+    if begun.decision == "execute":
+        services.action_commit(run_id=run_id, action_key=action_key, generation=generation, actor="worker:test")
+    return begun.decision
+
+
+@pytest.fixture
 def make_run(db):
     def make(run_id: str | None = None, **kw):
         return services.run_register(

@@ -67,6 +67,11 @@ class ResumeRequest:
     """connection id -> the generation the run may use now."""
     rejected: dict[str, int]
     """connection id -> the generation that was rejected (Restate keys its promises by it)."""
+    attempt: int = 0
+    """Which delivery of this resume this is (0 the first; retries and the watchdog's re-drives count up)."""
+    redrive: int = 0
+    """How many times the watchdog re-drove this run (0: the first delivery). A re-drive follows a stall: an
+    adapter continues the run from its latest checkpoint if it is no longer waiting."""
 
     def payload(self) -> dict[str, Any]:
         """In the worker's own ids: run and connection ids without their namespace qualification."""
@@ -80,9 +85,10 @@ class ResumeRequest:
 
     @property
     def idempotency_key(self) -> str:
-        """Stable for the same resume of the same run; a retried delivery reuses it."""
-        parts = ",".join(f"{conn}:g{gen}" for conn, gen in sorted(self.rejected.items()))
-        return f"revive-resume:{self.run_id}:{parts}"
+        """One key per generation and attempt: a duplicate of this delivery is deduplicated by the runtime, while a
+        later attempt (or a resume for a newer generation) is a new delivery and is not answered from a stored one."""
+        parts = ",".join(f"{conn}:g{self.rejected[conn]}-g{self.generations.get(conn)}" for conn in sorted(self.rejected))
+        return f"revive-resume:{self.run_id}:{parts}:r{self.redrive}:a{self.attempt}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -196,18 +196,26 @@ class LangGraphAdapter(RuntimeAdapter):
         with self.store().exclusive(thread_id):
             snapshot = graph.get_state(config)
             parked = [i for i in snapshot.interrupts if _is_parked(i.value)]
+            from_checkpoint = snapshot.config["configurable"].get("checkpoint_id")
+            targets: dict[str, Any] = {}
             if not parked:
                 if snapshot.created_at is not None and not snapshot.next:
                     # Finished: it went on by itself (its resume came before it reached the wait).
                     return ResumeResult(already=True, detail={"thread_id": thread_id, "outcome": "completed"})
-                raise RunNotWaiting(f"thread {thread_id} has not reached its wait", detail={"thread_id": thread_id})
-            targets = {i.id: request.payload() for i in parked if set(i.value.get("cases") or ()) <= released}
-            if not targets:
-                raise RunNotWaiting(f"thread {thread_id} waits on other cases",
-                                    detail={"thread_id": thread_id, "waiting_on": [i.value.get("cases") for i in parked]})
-            from_checkpoint = snapshot.config["configurable"].get("checkpoint_id")
+                if not (request.redrive and snapshot.next):
+                    raise RunNotWaiting(f"thread {thread_id} has not reached its wait", detail={"thread_id": thread_id})
+                # A re-drive: the run was resumed and stalled (the worker running it died mid-node; we hold the
+                # thread's lock, so nobody runs it now). Continue from its latest checkpoint: the nodes re-run, and
+                # their protected actions replay what had committed.
+                command: Any = None
+            else:
+                targets = {i.id: request.payload() for i in parked if set(i.value.get("cases") or ()) <= released}
+                if not targets:
+                    raise RunNotWaiting(f"thread {thread_id} waits on other cases",
+                                        detail={"thread_id": thread_id, "waiting_on": [i.value.get("cases") for i in parked]})
+                command = Command(resume=targets)
             try:
-                graph.invoke(Command(resume=targets), config)
+                graph.invoke(command, config)
             except Exception as exc:
                 if type(exc).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
                     raise

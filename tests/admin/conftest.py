@@ -125,8 +125,10 @@ def make_case(make_run, make_connection):
         if state == CaseState.RESUME_FAILED:
             _move(case, CaseState.RESUME_FAILED)
             return RecoveryCase.objects.get(pk=case.pk)
+        # Resumed once the run is past its parked action: it executes and commits it with the new generation.
         services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key=action_key,
                               generation=gen + 1, actor="worker:test")
+        services.action_commit(run_id=run.pk, action_key=action_key, generation=gen + 1, actor="worker:test")
         case = RecoveryCase.objects.get(pk=case.pk)
         assert case.state == CaseState.RESUMED
         if state == CaseState.CLOSED:

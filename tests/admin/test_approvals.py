@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import worker_passes
+
 from audit.models import AuditEvent
 from cases import services
 from cases.errors import CaseTransitionNotAllowed
@@ -106,7 +108,7 @@ def test_a_reconciliation_from_before_the_case_opened_does_not_count(make_run, m
     services.action_mark_ambiguous(run_id=run.pk, action_key="send", generation=1, reason="t", actor="w")
     services.action_reconcile(run_id=run.pk, action_key="send", found=False, evidence={}, generation=1, actor="w")
     services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
-    from tests.conftest import DEAD_GRANT
+    from tests.conftest import worker_passes, DEAD_GRANT
 
     ref = services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w").case_reference
     services.case_reauthorize(case_id=ref, actor="owner")
@@ -125,18 +127,15 @@ def test_resume_begin_and_dispatch_leave_a_case_awaiting_approval_alone(make_cas
 # --------------------------------------------------------------------------- approve
 
 
-def test_approve_releases_the_runs_and_enqueues_the_same_resume_as_the_automatic_path(
-        make_case, monkeypatch, django_capture_on_commit_callbacks):
-    from cases import tasks
-
-    sent = []
-    monkeypatch.setattr(tasks.resume_run, "delay", lambda *args, **kw: sent.append(args))
+def test_approve_releases_the_runs_and_owes_the_same_resume_as_the_automatic_path(
+        make_case, held_outbox, django_capture_on_commit_callbacks):
     case = make_case(CaseState.AWAITING_APPROVAL)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         approved = services.case_approve(case_id=case.reference, actor="operator:ann", reason="ticket T-1 verified")
     assert approved.state == CaseState.RESUMING
     assert Run.objects.get(pk=case.run_id).state == "active"
-    assert callbacks and sent == [(case.run_id, case.pk, 2)]  # (run, case, generation), as cases.reconcile_case enqueues
+    # (run, case, generation): the outbox row the automatic release writes, dispatched on commit
+    assert callbacks and held_outbox.resumes() == [(case.run_id, case.pk, 2)] and len(held_outbox.dispatched) == 1
     event = AuditEvent.objects.get(case_id=case.pk, action="case.resuming")
     assert (event.actor, event.arguments["approved"], event.arguments["reason"]) == ("operator:ann", True, "ticket T-1 verified")
     assert AuditEvent.objects.filter(case_id=case.pk, action="run.unparked", actor="operator:ann").count() == 1
@@ -168,20 +167,18 @@ def test_an_approved_case_is_resumed_through_its_runtime_adapter(make_case, sett
     finally:
         reset_adapters()
     assert RecordingAdapter.delivered == [(case.run_id, (case.reference,), 2)]
+    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMING  # delivered, not yet past its action
+    assert worker_passes(case.run_id, case.connection_id, "send_exec_05") == "execute"
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
 
 
-def test_approve_again_returns_the_case_and_enqueues_nothing_more(make_case, monkeypatch, django_capture_on_commit_callbacks):
-    from cases import tasks
-
-    sent = []
-    monkeypatch.setattr(tasks.resume_run, "delay", lambda *args, **kw: sent.append(args))
+def test_approve_again_returns_the_case_and_owes_nothing_more(make_case, held_outbox, django_capture_on_commit_callbacks):
     case = make_case(CaseState.AWAITING_APPROVAL)
     with django_capture_on_commit_callbacks(execute=True):
         services.case_approve(case_id=case.pk, actor="operator:ann", reason="ok")
     with django_capture_on_commit_callbacks(execute=True):
         again = services.case_approve(case_id=case.pk, actor="operator:bob", reason="ok too")
-    assert again.state == CaseState.RESUMING and len(sent) == 1
+    assert again.state == CaseState.RESUMING and len(held_outbox.resumes()) == 1 and len(held_outbox.dispatched) == 1
     assert AuditEvent.objects.filter(case_id=case.pk, action="case.resuming").count() == 1
 
 

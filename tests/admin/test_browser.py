@@ -26,13 +26,9 @@ pytestmark = [
 
 
 @pytest.fixture
-def enqueued(monkeypatch):
-    """The run resumes the console's approval enqueues (instead of a Celery worker delivering them)."""
-    from cases import tasks
-
-    sent: list[tuple] = []
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *args, **kw: sent.append(args))
-    return sent
+def enqueued(held_resumes):
+    """The run resumes the console's approval owes (instead of a Celery worker delivering them)."""
+    return held_resumes
 
 
 def shot(page, name: str) -> None:
@@ -96,7 +92,7 @@ def test_an_operator_filters_reads_and_approves_a_case(chromium, live_server, ma
     shot(page, "case-resuming")
 
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMING
-    assert enqueued == [(case.run_id, case.pk, 2)]
+    assert enqueued.resumes() == [(case.run_id, case.pk, 2)]
 
 
 def test_an_auditor_reads_a_case_but_cannot_act(chromium, live_server, make_case, auditor, enqueued):
@@ -118,4 +114,4 @@ def test_an_auditor_reads_a_case_but_cannot_act(chromium, live_server, make_case
     assert page.locator("a.addlink").count() == 0
 
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.AWAITING_APPROVAL
-    assert enqueued == []
+    assert enqueued.resumes() == []

@@ -210,11 +210,7 @@ def test_live_transition_four_of_four_when_resumed(operator_client, make_case):
 # --------------------------------------------------------------------------- acting on one case
 
 
-def test_approve_from_the_case_page(operator_client, operator, make_case, monkeypatch):
-    from cases import tasks
-
-    sent = []
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: sent.append(a))
+def test_approve_from_the_case_page(operator_client, operator, make_case, held_outbox):
     case = make_case(CaseState.AWAITING_APPROVAL)
     page = operator_client.get(case_url(case)).content.decode()
     assert 'id="op-approve"' in page and 'id="op-reject"' in page and 'id="op-retry_resume"' not in page
@@ -222,7 +218,7 @@ def test_approve_from_the_case_page(operator_client, operator, make_case, monkey
     assert response.status_code == 200
     assert state(case) == CaseState.RESUMING
     assert any("approved" in m for m in texts(response))
-    assert sent == [(case.run_id, case.pk, 2)]
+    assert held_outbox.resumes() == [(case.run_id, case.pk, 2)]
     event = AuditEvent.objects.get(case_id=case.pk, action="case.resuming")
     assert (event.actor, event.arguments["reason"]) == (f"operator:{operator.username}", "ticket T-1 checked")
 
@@ -295,14 +291,11 @@ def test_abandon_with_a_reason(operator_client, make_case):
     assert AuditEvent.objects.get(case_id=case.pk, action="case.abandoned").arguments == {"reason": "the owner left"}
 
 
-def test_retry_a_failed_resume(operator_client, operator, make_case, monkeypatch):
-    from cases import tasks
-
-    sent = []
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: sent.append(a))
+def test_retry_a_failed_resume(operator_client, operator, make_case, held_outbox):
     case = make_case(CaseState.RESUME_FAILED)
+    before = held_outbox.resumes()
     operator_client.post(operate_url(case, "retry_resume"))
-    assert state(case) == CaseState.RESUMING and sent == [(case.run_id, case.pk, 2)]
+    assert state(case) == CaseState.RESUMING and held_outbox.resumes()[len(before):] == [(case.run_id, case.pk, 2)]
     assert AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", actor=f"operator:{operator.username}").exists()
 
 
@@ -314,10 +307,7 @@ def select(client, action: str, cases, **extra):
     return client.post(LIST, data, follow=True)
 
 
-def test_approve_a_selection_with_one_reason(operator_client, make_case, monkeypatch):
-    from cases import tasks
-
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: None)
+def test_approve_a_selection_with_one_reason(operator_client, make_case, held_outbox):
     cases = [make_case(CaseState.AWAITING_APPROVAL) for _ in range(3)]
     confirm = select(operator_client, "approve", cases)
     assert confirm.status_code == 200 and b'name="reason"' in confirm.content
@@ -327,10 +317,7 @@ def test_approve_a_selection_with_one_reason(operator_client, make_case, monkeyp
     assert sum("approved" in m for m in texts(response)) == 3
 
 
-def test_a_selection_skips_the_cases_in_the_wrong_state(operator_client, make_case, monkeypatch):
-    from cases import tasks
-
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: None)
+def test_a_selection_skips_the_cases_in_the_wrong_state(operator_client, make_case, held_outbox):
     good, bad = make_case(CaseState.AWAITING_APPROVAL), make_case(CaseState.AWAITING_OWNER)
     confirm = select(operator_client, "approve", [good, bad])
     assert b"These are skipped" in confirm.content
@@ -339,10 +326,7 @@ def test_a_selection_skips_the_cases_in_the_wrong_state(operator_client, make_ca
     assert any(f"{bad.reference} is awaiting owner: only a case awaiting approval can be approved." == m for m in texts(response))
 
 
-def test_resend_and_retry_on_a_selection_need_no_form(operator_client, make_case, monkeypatch):
-    from cases import tasks
-
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: None)
+def test_resend_and_retry_on_a_selection_need_no_form(operator_client, make_case, held_outbox):
     opened = [make_case(CaseState.OPENED) for _ in range(2)]
     select(operator_client, "resend_link", opened)
     assert ReconnectRequest.objects.filter(case__in=opened, state="active", created_by__startswith="operator:").count() == 2

@@ -106,7 +106,7 @@ def test_reauthorize_advances_the_generation_by_exactly_one_and_is_idempotent(ma
     assert AuditEvent.objects.filter(action="lease.advanced").count() == 1
 
 
-def test_resume_unparks_the_run_and_the_workers_next_begin_acknowledges_it(make_run, make_connection):
+def test_a_case_is_resumed_only_once_its_run_is_past_the_action_it_was_parked_on(make_run, make_connection):
     run, conn = make_run(), make_connection()
     services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
     ans = services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w")
@@ -114,9 +114,16 @@ def test_resume_unparks_the_run_and_the_workers_next_begin_acknowledges_it(make_
     services.case_resume_begin(case_id=ans.case_reference, actor="system")
     assert Run.objects.get(pk=run.pk).state == "active"
     assert RecoveryCase.objects.get().state == "resuming"
+    # Another action committing, or the parked one merely beginning, is not "past" it.
+    other = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="log", generation=2, actor="w")
+    services.action_commit(run_id=run.pk, action_key="log", generation=2, actor="w")
     res = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2, actor="w")
-    assert res.decision == "execute"
+    assert (other.decision, res.decision) == ("execute", "execute")
+    assert RecoveryCase.objects.get().state == "resuming"
+    services.action_commit(run_id=run.pk, action_key="send", generation=2, actor="w")
     assert RecoveryCase.objects.get().state == "resumed"
+    assert AuditEvent.objects.filter(action="case.resumed").count() == 1
+    assert AuditEvent.objects.get(action="run.resumed").after["how"] == "committed"
 
 
 def test_run_blocked_on_two_connections_stays_parked_until_both_are_released(make_run, make_connection):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cases import services
+from cases import pipeline, services
 
 ACTOR = "conformance"
 
@@ -35,10 +35,7 @@ def owner_reconnected(*, case_id: str) -> dict[str, Any]:
     recovery runs (reconcile, release, deliver the resume through the run's runtime adapter -- the Temporal
     adapter signals ``revive_reauthorized``; Celery runs inline in this server).
     """
-    from cases.resume import case_after_reauthorize
-
-    case = services.case_reauthorize(case_id=case_id, actor="owner")
-    case_after_reauthorize(case.pk)
+    case = pipeline.recovery_reauthorized(case_id=case_id, actor="owner")  # the outbox dispatches on commit
     case.refresh_from_db()
     return {"case_id": case.reference, "state": case.state, "generation": case.resumed_generation}
 

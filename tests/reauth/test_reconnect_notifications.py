@@ -118,6 +118,47 @@ def test_a_failed_send_is_retried_with_a_new_token(owner_case, mailoutbox, monke
     assert failed.arguments == {"channel": "email", "error": "SMTPServerDisconnected"}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_notification_message_is_sent_by_the_outbox_sweep(owner_case, mailoutbox, held_outbox, settings):
+    """Redis lost the message enqueued on commit (``held_outbox`` drops it): the owed row is swept and the owner
+    gets the link all the same, once."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from cases import outbox
+    from cases.models import OutboxItem
+
+    oc = owner_case()
+    item = OutboxItem.objects.get(kind=services.NOTIFY_OWNER)
+    assert (item.case_id, item.payload, held_outbox.dispatched) == (oc.case.pk, {"request_id": oc.request.pk}, [item.pk])
+    assert mailoutbox == [] and oc.refresh().state == CaseState.OPENED
+    later = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS + 1)
+    assert outbox.outbox_sweep(now=later) == [item.pk]
+    assert outbox.outbox_dispatch(item.pk).outcome == "done"
+    assert outbox.outbox_dispatch(item.pk).outcome == "busy"  # done: a late duplicate does nothing
+    assert len(mailoutbox) == 1 and oc.refresh().state == CaseState.AWAITING_OWNER
+
+
+def test_failed_sends_are_retried_with_backoff_then_shown_to_operators(owner_case, mailoutbox, monkeypatch,
+                                                                          held_outbox):
+    from cases import outbox
+    from cases.models import OutboxItem
+
+    def broken(message, *, link):
+        raise smtplib.SMTPServerDisconnected("gone")
+
+    monkeypatch.setattr(notifications, "send_email", broken)
+    oc = owner_case()
+    item = OutboxItem.objects.get(kind=services.NOTIFY_OWNER)
+    outcomes = [outbox.outbox_dispatch(item.pk) for _ in range(item.max_attempts)]
+    assert [o.outcome for o in outcomes] == ["retry"] * (item.max_attempts - 1) + ["failed"]
+    assert outcomes[0].countdown < outcomes[2].countdown  # exponential backoff
+    assert OutboxItem.objects.get(pk=item.pk).state == "failed" and mailoutbox == []
+    exhausted = AuditEvent.objects.get(action="reconnect.notify_exhausted")
+    assert exhausted.case_id == oc.case.pk and exhausted.arguments["attempts"] == item.max_attempts
+
+
 def test_the_task_retries_delivery_failures(owner_case):
     assert NotificationDeliveryFailed in notify_owner.autoretry_for
     assert notify_owner.max_retries and notify_owner.name == "reauth.notify_owner"

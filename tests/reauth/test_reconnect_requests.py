@@ -162,7 +162,7 @@ def test_the_sweep_settles_expired_links_and_links_whose_case_moved_on(owner_cas
 
 
 def test_the_beat_entry_point_reaches_the_sweep(owner_case, issue_link):
-    from cases.tasks import expire_reconnect_requests
+    from reauth.tasks import expire_reconnect_requests
 
     oc = owner_case()
     issue_link(oc)

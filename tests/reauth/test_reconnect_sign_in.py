@@ -17,7 +17,7 @@ from allauth.socialaccount.models import SocialAccount, SocialToken
 from django.contrib.auth import get_user_model
 
 from audit.models import AuditEvent
-from cases.models import CaseState, Connection, CredentialGeneration
+from cases.models import OutboxItem, CaseState, Connection, CredentialGeneration
 from reauth.classification import FailureClass, classify
 from reauth.custody import get_custody
 from reauth.models import CustodyGrant, ReconnectRequest
@@ -79,7 +79,10 @@ def test_the_right_account_reconnects(client, owner_case, issue_link, lab_sign_i
     assert case.state == CaseState.REAUTHORIZED and case.resumed_generation == 2
     req = oc.request
     assert req.state == ReconnectRequest.State.CONSUMED and req.consumed_at is not None
-    assert len(callbacks) == 1  # reconciliation and resume, handed to cases.resume on commit
+    # One hand-over to the pipeline, owed in the reconnect's transaction and dispatched on commit.
+    owed = OutboxItem.objects.get(kind="case.reconcile")
+    assert (owed.case_id, owed.payload, owed.state) == (case.pk, {"case_id": case.pk, "generation": 2}, "pending")
+    assert len(callbacks) == 1
     assert_nothing_about_owners_kept()
 
     consumed = AuditEvent.objects.get(action="reconnect.consumed", entity_id=str(req.public_id))
@@ -103,10 +106,9 @@ def test_the_right_account_reconnects(client, owner_case, issue_link, lab_sign_i
     assert not any(s in logs for s in [grant.access_token, grant.refresh_token])
     assert repr(grant).count("redacted") == 2
 
-    handed_over = []
-    monkeypatch.setattr("cases.resume.case_after_reauthorize", handed_over.append)
-    callbacks[0]()
-    assert handed_over == [case.pk]
+    from cases import outbox
+
+    assert (callbacks[0].func, callbacks[0].args) == (outbox._enqueue, (owed.pk,))  # its dispatch, after commit
 
     # The grant is live at the provider, rotates, and once revoked answers invalid_grant -- a dead grant for Revive.
     refreshed = lab_sign_in.token(grant_type="refresh_token", refresh_token=grant.refresh_token)

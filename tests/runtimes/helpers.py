@@ -7,7 +7,7 @@ import uuid
 from django.db import transaction
 
 from audit.models import AuditEvent
-from cases import resume, services
+from cases import pipeline, services
 from cases.models import CaseRun, RecoveryCase, Run
 
 from .conftest import wait_for
@@ -36,8 +36,7 @@ def owner_reconnects(world, case: RecoveryCase) -> RecoveryCase:
     and reconcile-and-resume is enqueued on commit."""
     world.restore(case.connection_id)
     with transaction.atomic():
-        case = services.case_reauthorize(case_id=case.pk, actor="owner:test")
-        resume.case_after_reauthorize(case.pk)
+        case = pipeline.recovery_reauthorized(case_id=case.pk, actor="owner:test")
     return case
 
 

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from cases import services
-from cases.models import Action, CaseState, Run
+from cases.models import Action, CaseState, Run, OutboxItem
 from cases.runtimes import ResumeRequest, adapter_for, reset_adapters
 from cases.tasks import reconcile_case, resume_run
 
@@ -224,10 +224,10 @@ def test_a_resume_that_comes_before_the_run_reaches_its_wait_is_not_lost(runners
     runner = runners.start(graph="test-briefing", run_id=run_id, thread_id=thread_id,
                            payload={"run_id": run_id, "connection_id": conn})
     wait_for(lambda: world.marks("parked", run_id=run_id), "the run to be parked")
-    seen = len(celery_worker.log_path.read_text(errors="replace"))
     case = owner_reconnects(world, case_of(run_id))
-    wait_for(lambda: "cases.resume_run" in (tail := celery_worker.log_path.read_text(errors="replace")[seen:])
-             and "Retry in" in tail and case.__class__.objects.get(pk=case.pk).state == CaseState.RESUMING,
+    # The delivery is owed and being retried (its outbox row counts the attempts) while the run is not yet waiting.
+    wait_for(lambda: OutboxItem.objects.filter(kind="run.resume", run_id=run_id, state="pending", attempts__gte=2).exists()
+             and case.__class__.objects.get(pk=case.pk).state == CaseState.RESUMING,
              "the resume to be tried while the run is not yet waiting")
     world.open_gate(f"park.{run_id}")
 

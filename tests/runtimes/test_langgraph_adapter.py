@@ -166,3 +166,45 @@ def test_a_graph_that_lives_in_the_worker_is_released_not_loaded(settings):
     with pytest.raises(RuntimeMisconfigured):  # without the mark, an unregistered graph is still a clear failure
         adapter.resume(None, 2, run=SimpleNamespace(pk="run_py", runtime_ref={"thread_id": "t", "graph": "briefing"}),
                        request=request)
+
+
+CRASH: list[bool] = []
+
+
+def _next_step_crashes_once(state: State) -> dict:
+    RAN.append(("next", None))
+    if CRASH:
+        CRASH.pop()
+        raise RuntimeError("the worker running the resumed run died")
+    return {"log": ["next"]}
+
+
+def crashing_graph() -> StateGraph:
+    g = StateGraph(State)
+    g.add_node("parked", _parked)
+    g.add_node("next", _next_step_crashes_once)
+    g.add_edge(START, "parked")
+    g.add_edge("parked", "next")
+    g.add_edge("next", END)
+    return g
+
+
+def test_a_redrive_continues_a_stalled_thread_from_its_latest_checkpoint(postgres_adapter, settings):
+    """The watchdog's re-drive: the resume was delivered and the parked node finished, then the run died in its
+    next node. Nothing waits any more, so a plain resume is refused; a re-drive continues the thread from its
+    latest checkpoint (the parked node is not run again)."""
+    settings.REVIVE_LANGGRAPH_GRAPHS = {"crashing": "tests.runtimes.test_langgraph_adapter:crashing_graph"}
+    adapter = postgres_adapter
+    run = FakeRun(uuid.uuid4().hex[:10], graph="crashing")
+    config = {"configurable": {"thread_id": run.runtime_ref["thread_id"]}}
+    assert adapter.graph("crashing").invoke({"cases": ["CASERV-0001"]}, config)["__interrupt__"]
+    CRASH.append(True)
+    request = resume_request(run, "CASERV-0001")
+    with pytest.raises(Exception, match="died"):
+        adapter.resume(FakeCase(), 2, run=run, request=request)
+    with pytest.raises(RunNotWaiting):  # not waiting any more, and not a re-drive
+        adapter.resume(FakeCase(), 2, run=run, request=request)
+    redrive = ResumeRequest(**{**request.__dict__, "redrive": 1})
+    result = adapter.resume(FakeCase(), 2, run=run, request=redrive)
+    assert result.detail["outcome"] == "completed" and adapter.status(run).state == "completed"
+    assert [name for name, _ in RAN] == ["resumed", "next", "next"]

@@ -123,3 +123,32 @@ def test_delivery_failures_say_whether_a_retry_can_help(restate_settings, settin
     settings.RESTATE_INGRESS_URL = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(RuntimeUnavailable):  # nothing listens: retry with backoff
         adapter_for("restate").resume(None, 2, run=_Run(new_id("rs")), request=request)
+
+
+def test_a_resume_reported_failed_that_reaches_the_workflow_later_is_followed_not_parked(
+        restate_settings, world, celery_worker, held_outbox):
+    """The issue's Restate hole: the delivery timed out, the case went ``resume_failed``, and only then did Restate
+    complete the call and resolve the generation-1 promise. The workflow begins with generation 2: it must go on
+    (not be parked to wait on a generation-2 promise nobody resolves), and the case follows it to ``resumed``."""
+    from cases import services
+
+    conn = connection()
+    world.revoke(conn)
+    run_id, invocation_id = start(restate_settings, conn)
+    wait_parked(run_id)
+    case = case_of(run_id)
+    world.restore(conn)
+    services.case_reauthorize(case_id=case.pk, actor="owner:test")
+    services.case_resume_begin(case_id=case.pk, actor="system:test")  # its delivery is owed, and "times out":
+    services.run_park_after_failed_resume(run_id=run_id, actor="system:test", reason="ingress timed out")
+    services.case_resume_fail(case_id=case.pk, actor="system:test", reason="resume of the run not delivered: timeout")
+    assert (case.__class__.objects.get(pk=case.pk).state, Run.objects.get(pk=run_id).state) == (
+        CaseState.RESUME_FAILED, Run.State.PARKED)
+
+    # Restate completes the earlier call after all: the generation-1 promise resolves.
+    request = ResumeRequest(run_id=run_id, case_ids=(case.reference,), generations={conn: 2}, rejected={conn: 1})
+    adapter_for("restate").resume(case, 2, run=Run.objects.get(pk=run_id), request=request)
+    wait_completed(restate_settings, invocation_id)
+    assert len(world.effects("send", run_id=run_id)) == 1 and len(world.marks("finished", run_id=run_id)) == 1
+    wait_for(lambda: case.__class__.objects.get(pk=case.pk).state == CaseState.RESUMED, "the case to follow the run")
+    assert Run.objects.get(pk=run_id).state == Run.State.ACTIVE

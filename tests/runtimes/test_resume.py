@@ -13,13 +13,13 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from cases import resume, services
-from cases.models import Action, CaseRun, CaseState, RecoveryCase, Run
+from cases import outbox, pipeline, resume, services
+from cases.models import Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
 from cases.runtimes import RunGone, RunNotWaiting, RuntimeAdapter, RuntimeUnavailable, reset_adapters
 from cases.runtimes.base import ResumeResult, RunStatus
 from cases.tasks import reconcile_case, resume_run
 from revive_site.celery import app as celery_app
-from tests.conftest import DEAD_GRANT
+from tests.conftest import DEAD_GRANT, worker_passes
 
 
 class ScriptedAdapter(RuntimeAdapter):
@@ -69,10 +69,19 @@ def park(run, conn, *, checkpoint="05", action_key=None):
 def reconnect(case, django_capture_on_commit_callbacks):
     """The owner's callback: advance the generation and enqueue reconcile-and-resume (eager here)."""
     with django_capture_on_commit_callbacks(execute=True):
-        case = services.case_reauthorize(case_id=case.pk, actor="owner")
-        resume.case_after_reauthorize(case.pk)
+        case = pipeline.recovery_reauthorized(case_id=case.pk, actor="owner")
     case.refresh_from_db()
     return case
+
+
+def passes(run, conn) -> None:
+    """The resumed worker goes on: its next protected action commits with the new generation. (These runs were
+    parked by a report outside an action, so that is the point they were parked at.)"""
+    assert worker_passes(run.pk, conn.pk, f"after_resume_{conn.pk}") == "execute"
+
+
+def state_of(case) -> str:
+    return RecoveryCase.objects.get(pk=case.pk).state
 
 
 def delivered_runs():
@@ -101,9 +110,17 @@ def test_one_reconnect_resumes_every_run_of_the_connection_and_not_one_blocked_o
     case_b = reconnect(case_b, django_capture_on_commit_callbacks)
     # One delivery to the blocked run, naming both cases and the new generations of both connections.
     assert ScriptedAdapter.calls == [(blocked.pk, (case_a.reference, case_b.reference), {a.pk: 2, b.pk: 2})]
-    case_a.refresh_from_db()
-    assert (case_a.state, case_b.state) == (CaseState.RESUMED, CaseState.RESUMED)
+    # Delivered is not resumed: each case waits until its runs are past the point they were parked at.
+    assert (state_of(case_a), state_of(case_b)) == (CaseState.RESUMING, CaseState.RESUMING)
+    for run in runs:
+        passes(run, a)
+    assert (state_of(case_a), state_of(case_b)) == (CaseState.RESUMING, CaseState.RESUMING)
+    passes(blocked, a)
+    assert (state_of(case_a), state_of(case_b)) == (CaseState.RESUMED, CaseState.RESUMING)
+    passes(blocked, b)
+    assert (state_of(case_a), state_of(case_b)) == (CaseState.RESUMED, CaseState.RESUMED)
     assert CaseRun.objects.filter(resumed_at__isnull=True).count() == 0
+    assert AuditEvent.objects.filter(action="case.resumed").count() == 2
 
 
 @pytest.mark.django_db
@@ -111,7 +128,8 @@ def test_a_task_run_twice_or_for_a_case_that_moved_on_changes_nothing(make_conne
                                                                        django_capture_on_commit_callbacks):
     conn, run = make_connection(), make_run()
     case = reconnect(park(run, conn), django_capture_on_commit_callbacks)
-    assert delivered_runs() == [run.pk] and case.state == CaseState.RESUMED
+    passes(run, conn)
+    assert delivered_runs() == [run.pk] and state_of(case) == CaseState.RESUMED
 
     assert reconcile_case.delay(case.pk, 2).get() == 0
     assert resume_run.delay(run.pk, case.pk, 2).get() == "nothing"  # the run has had its resume
@@ -122,7 +140,7 @@ def test_a_task_run_twice_or_for_a_case_that_moved_on_changes_nothing(make_conne
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_deliveries_of_one_resume_reach_the_runtime_once(make_connection, make_run):
+def test_concurrent_deliveries_of_one_resume_reach_the_runtime_once(make_connection, make_run, held_outbox):
     conn, run = make_connection(), make_run()
     case = park(run, conn)
     services.case_reauthorize(case_id=case.pk, actor="owner")
@@ -142,14 +160,14 @@ def test_concurrent_deliveries_of_one_resume_reach_the_runtime_once(make_connect
         t.start()
     for t in threads:
         t.join()
-    assert delivered_runs() == [run.pk]
     assert outcomes.count("delivered") == 1 and set(outcomes) <= {"delivered", "busy", "nothing"}
-    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
+    assert delivered_runs() == [run.pk]
+    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMING
     assert Run.objects.get(pk=run.pk).resume_claimed_until is None
 
 
 @pytest.mark.django_db
-def test_transient_failures_retry_with_backoff_under_one_claim_then_deliver(make_connection, make_run):
+def test_transient_failures_retry_with_backoff_then_deliver(make_connection, make_run):
     conn, run = make_connection(), make_run()
     case = park(run, conn)
     services.case_reauthorize(case_id=case.pk, actor="owner")
@@ -158,15 +176,13 @@ def test_transient_failures_retry_with_backoff_under_one_claim_then_deliver(make
 
     first = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=0)
     assert first.outcome == "retry" and first.countdown <= settings.REVIVE_RESUME_BACKOFF_FIRST
-    # While the retry is scheduled the run stays claimed: a second delivery (the sweep, a duplicate) backs off.
-    assert resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2).outcome == "busy"
-    second = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=1, claim=first.claim)
-    third = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=2, claim=second.claim)
+    second = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=1)
+    third = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=2)
     assert (second.outcome, third.outcome) == ("retry", "retry")
     assert first.countdown < second.countdown < third.countdown  # exponential; "unavailable" starts higher
-    last = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=3, claim=third.claim)
+    last = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=3)
     assert last.outcome == "delivered" and len(ScriptedAdapter.calls) == 4
-    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
+    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMING
 
 
 @pytest.mark.django_db
@@ -184,16 +200,54 @@ def test_a_resume_that_keeps_failing_ends_in_resume_failed_and_an_operator_can_r
     assert case.state == CaseState.RESUME_FAILED
     assert Run.objects.get(pk=run.pk).state == Run.State.PARKED
     event = AuditEvent.objects.get(action="case.resume_failed")
-    assert event.arguments["run_id"] == run.pk and "temporal down" in event.arguments["error"]
-    begin = services.action_begin(run_id=run.pk, checkpoint_id="06", connection_id=conn.pk, action_key="x",
-                                  generation=2, actor="worker")
-    assert begin.decision == "parked"  # the worker of the failed run may not go on by itself
+    assert event.arguments["run_id"] == run.pk and "temporal down" in event.arguments["reason"]
 
     ScriptedAdapter.script[run.pk] = []
     with django_capture_on_commit_callbacks(execute=True):
         assert resume.case_resume_dispatch(case_id=case.reference, actor="operator:ada") == [run.pk]
-    case.refresh_from_db()
-    assert case.state == CaseState.RESUMED and delivered_runs().count(run.pk) == 5
+    assert state_of(case) == CaseState.RESUMING and delivered_runs().count(run.pk) == 5
+    passes(run, conn)
+    passes(other, conn)
+    assert state_of(case) == CaseState.RESUMED
+
+
+@pytest.mark.django_db
+def test_a_run_that_comes_back_after_its_resume_was_reported_failed_goes_on_and_the_case_follows(
+        make_connection, make_run, settings, django_capture_on_commit_callbacks):
+    """The Restate hole: the resume timed out (``resume_failed``), then the runtime completed it after all and the
+    run begins with the new generation. It is never answered ``parked`` for that: it proceeds, and the case
+    follows it back to ``resuming`` and on to ``resumed``."""
+    settings.REVIVE_RESUME_MAX_RETRIES = 0
+    conn, run = make_connection(), make_run()
+    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1,
+                          actor="worker")
+    answer = services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT,
+                                  actor="worker")
+    case = RecoveryCase.objects.get(reference=answer.case_reference)
+    ScriptedAdapter.script[run.pk] = [RuntimeUnavailable("restate: service down")]
+    case = reconnect(case, django_capture_on_commit_callbacks)
+    assert case.state == CaseState.RESUME_FAILED and Run.objects.get(pk=run.pk).state == Run.State.PARKED
+
+    begin = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
+                                  generation=2, actor="worker")
+    assert begin.decision == "execute"
+    assert Run.objects.get(pk=run.pk).state == Run.State.ACTIVE and state_of(case) == CaseState.RESUMING
+    services.action_commit(run_id=run.pk, action_key="send", generation=2, actor="worker")
+    assert state_of(case) == CaseState.RESUMED
+    # A stale worker is still fenced, and a case still waiting for its owner still parks.
+    assert services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="y",
+                                 generation=1, actor="worker").decision == "fenced"
+
+
+def test_each_delivery_attempt_and_generation_has_its_own_idempotency_key():
+    from cases.runtimes.base import ResumeRequest
+
+    def key(**kw):
+        base = dict(run_id="r", case_ids=("C-1",), generations={"c": 2}, rejected={"c": 1})
+        return ResumeRequest(**{**base, **kw}).idempotency_key
+
+    assert key() == key()  # a duplicate of one delivery is deduplicated by the runtime
+    assert len({key(), key(attempt=1), key(redrive=1), key(generations={"c": 3}, rejected={"c": 2})}) == 4
 
 
 @pytest.mark.django_db
@@ -205,7 +259,7 @@ def test_an_unforeseen_adapter_error_is_retried_not_lost(make_connection, make_r
     ScriptedAdapter.script[run.pk] = [ConnectionResetError("pool connection lost")]
     first = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2)
     assert first.outcome == "retry" and "ConnectionResetError" in first.detail["message"]
-    again = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=1, claim=first.claim)
+    again = resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, attempt=1)
     assert again.outcome == "delivered"
 
 
@@ -262,7 +316,7 @@ def test_a_registered_reconciler_settles_ambiguous_actions_before_the_run_resume
     assert action.state == state
     assert action.reconciled_by == f"reconciler:{reconciler}"
     assert action.evidence["reconciler"] == reconciler
-    assert case.state == CaseState.RESUMED and delivered_runs() == [run.pk]
+    assert case.state == CaseState.RESUMING and delivered_runs() == [run.pk]
     order = list(AuditEvent.objects.order_by("pk").values_list("action", flat=True))
     assert order.index(f"action.{state}") < order.index("case.resuming") < order.index("run.resume_delivered")
 
@@ -275,7 +329,7 @@ def test_a_reconciler_that_cannot_reach_the_provider_is_retried(make_connection,
     case = park(run, conn, action_key=action.action_key)
     services.case_reauthorize(case_id=case.pk, actor="owner")
     with pytest.raises(resume.ReconcilerUnavailable):
-        resume.case_resume_start(case_id=case.pk, generation=2)
+        pipeline.step_reconcile(case_id=case.pk, generation=2)
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.REAUTHORIZED
     assert Action.objects.get(pk=action.pk).state == Action.State.AMBIGUOUS and not delivered_runs()
 
@@ -298,7 +352,10 @@ def test_a_broken_reconciler_leaves_the_case_reconciling_for_an_operator(make_co
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.AWAITING_APPROVAL and not delivered_runs()
     with django_capture_on_commit_callbacks(execute=True):
         services.case_approve(case_id=case.pk, actor="operator:grace", reason="mailbox checked: nothing was sent")
-    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED and delivered_runs() == [run.pk]
+    assert state_of(case) == CaseState.RESUMING and delivered_runs() == [run.pk]
+    # The parked point was the ambiguous action, settled absent: the run re-executes and commits it.
+    assert worker_passes(run.pk, conn.pk, action.action_key) == "execute"
+    assert state_of(case) == CaseState.RESUMED
 
 
 @pytest.mark.django_db
@@ -310,7 +367,7 @@ def test_an_action_without_a_reconciler_is_left_to_the_worker_but_never_executes
     action = ambiguous_action(run, conn, key="notify_exec_05")
     case = reconnect(park(run, conn, action_key=action.action_key), django_capture_on_commit_callbacks)
     if in_worker:
-        assert case.state == CaseState.RESUMED and delivered_runs() == [run.pk]
+        assert case.state == CaseState.RESUMING and delivered_runs() == [run.pk]
         event = AuditEvent.objects.get(action="case.resuming")
         assert event.arguments["reconcile_in_worker"] == [f"{run.pk}/notify_exec_05"]
     else:
@@ -320,31 +377,74 @@ def test_an_action_without_a_reconciler_is_left_to_the_worker_but_never_executes
     assert begin.decision == "reconcile"
 
 
-# --------------------------------------------------------------------------- the sweep and the schedule
+# --------------------------------------------------------------------------- the outbox and the schedule
 
 
 @pytest.mark.django_db
-def test_the_sweep_picks_up_work_a_lost_task_left_behind(make_connection, make_run):
+def test_a_lost_message_loses_nothing_the_sweep_dispatches_every_owed_step(
+        make_connection, make_run, held_outbox, django_capture_on_commit_callbacks):
+    """Redis loses every message (``held_outbox``): the owed rows are still there, and the sweep -- run past their
+    deadline -- carries the recovery through reconcile, release and delivery."""
     conn, run = make_connection(), make_run()
-    case = park(run, conn)
-    services.case_reauthorize(case_id=case.pk, actor="owner")  # its reconcile task was lost with a worker
-    later = timezone.now() + timedelta(seconds=settings.REVIVE_RESUME_SWEEP_AFTER + 1)
-    assert resume.resume_sweep(now=timezone.now()).reconciles == []  # too recent: it may still be queued
-    report = resume.resume_sweep(now=later)
-    assert report.reconciles == [case.pk]
-    assert delivered_runs() == [run.pk] and RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
+    case = reconnect(park(run, conn), django_capture_on_commit_callbacks)
+    assert case.state == CaseState.REAUTHORIZED and not delivered_runs()
+    owed = OutboxItem.objects.get(kind=services.RECONCILE_CASE)
+    assert held_outbox.dispatched == [owed.pk]  # sent on commit, and lost
 
-    conn2, run2 = make_connection(), make_run()
-    case2 = park(run2, conn2)
-    services.case_reauthorize(case_id=case2.pk, actor="owner")
-    services.case_resume_begin(case_id=case2.pk, actor="system")  # its resume_run was lost
-    assert resume.resume_sweep(now=later).deliveries == [(run2.pk, case2.pk)]
-    assert delivered_runs() == [run.pk, run2.pk]
+    assert outbox.outbox_sweep() == []  # not yet due: the message may still be on its way
+    later = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS + 1)
+    for _ in range(2):  # reconcile-and-release owes the delivery; the next sweep sends that
+        for item_id in outbox.outbox_sweep(now=later):
+            assert outbox.outbox_dispatch(item_id).outcome == "done"
+    assert delivered_runs() == [run.pk] and state_of(case) == CaseState.RESUMING
+    assert set(OutboxItem.objects.exclude(kind="reauth.notify_owner").values_list("kind", "state")) == {
+        (services.RECONCILE_CASE, "done"), (services.RESUME_RUN, "done")}
+    passes(run, conn)
+    assert state_of(case) == CaseState.RESUMED
+
+
+@pytest.mark.django_db
+def test_a_dispatch_killed_mid_step_is_taken_over_once_its_claim_runs_out_and_attempts_are_bounded(
+        make_connection, make_run, held_outbox, settings, django_capture_on_commit_callbacks):
+    settings.REVIVE_RESUME_MAX_RETRIES = 2
+    conn, run = make_connection(), make_run()
+    case = reconnect(park(run, conn), django_capture_on_commit_callbacks)
+    reconcile = OutboxItem.objects.get(kind=services.RECONCILE_CASE)
+    assert outbox.outbox_dispatch(reconcile.pk).outcome == "done"
+    item = OutboxItem.objects.get(kind=services.RESUME_RUN)
+    # A worker took the row and died: its claim holds off a second dispatch until it runs out.
+    OutboxItem.objects.filter(pk=item.pk).update(attempts=1, claimed_until=timezone.now() + timedelta(seconds=60))
+    assert outbox.outbox_dispatch(item.pk).outcome == "busy"
+    OutboxItem.objects.filter(pk=item.pk).update(claimed_until=timezone.now() - timedelta(seconds=1))
+    ScriptedAdapter.script[run.pk] = [RuntimeUnavailable("down")] * 5
+    results = [outbox.outbox_dispatch(item.pk).outcome for _ in range(3)]
+    # 3 attempts in all (max retries 2): the step ends in a state an operator sees, and is not tried again
+    assert results == ["retry", "done", "busy"]
+    assert state_of(case) == CaseState.RESUME_FAILED
+    assert "down" in AuditEvent.objects.get(action="case.resume_failed").arguments["reason"]
+
+
+@pytest.mark.django_db
+def test_an_owed_step_whose_handler_keeps_crashing_ends_failed_in_the_admin_list(
+        make_connection, make_run, held_outbox, settings, admin_client, django_capture_on_commit_callbacks, monkeypatch):
+    settings.REVIVE_RESUME_MAX_RETRIES = 1
+    conn, run = make_connection(), make_run()
+    reconnect(park(run, conn), django_capture_on_commit_callbacks)
+    item = OutboxItem.objects.get(kind=services.RECONCILE_CASE)
+    monkeypatch.setattr(pipeline.resume, "case_reconcile", lambda **kw: 1 / 0)
+    assert [outbox.outbox_dispatch(item.pk).outcome for _ in range(2)] == ["retry", "failed"]
+    item.refresh_from_db()
+    assert item.state == "failed" and "ZeroDivisionError" in item.last_error
+    page = admin_client.get("/admin/cases/outboxitem/?state__exact=failed").content.decode()
+    assert item.key in page and "ZeroDivisionError" in page
+    case = RecoveryCase.objects.get(pk=item.case_id)
+    assert case.state == CaseState.RECONCILING  # an operator reconciles by hand from the console
 
 
 def test_the_beat_schedule_runs_the_recovery_tasks():
-    import cases.tasks  # noqa: F401  (registers the tasks)
-
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert scheduled == {"cases.reap_stale_actions", "cases.expire_reconnect_requests", "cases.resume_sweep"}
+    assert scheduled == {"cases.reap_stale_actions", "reauth.expire_reconnect_requests", "cases.outbox_sweep",
+                         "cases.pipeline_watch"}
     assert scheduled <= set(celery_app.tasks)
+    durable = [celery_app.tasks[name] for name in ("cases.outbox_dispatch", "cases.resume_run", "cases.reconcile_case")]
+    assert all(t.acks_late and t.reject_on_worker_lost for t in durable)

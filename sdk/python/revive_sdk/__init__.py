@@ -3,6 +3,7 @@
 from .client import AsyncRevive, Revive, SingleFlightCredential
 from .errors import (
     ActionAmbiguous,
+    ActionInProgress,
     ActionFailed,
     CredentialRejected,
     LeaseFenced,
@@ -18,6 +19,7 @@ from .flows import ActionContext, Committed, Reconciliation
 __all__ = [
     "ActionAmbiguous",
     "ActionContext",
+    "ActionInProgress",
     "ActionFailed",
     "AsyncRevive",
     "Committed",

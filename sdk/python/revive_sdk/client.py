@@ -5,13 +5,14 @@ import inspect
 import os
 import secrets
 import socket
+import threading
 import time
 from typing import Any, Callable
 
 import httpx
 
 from . import flows, tracecontext
-from .errors import LeaseFenced, ProviderError, ReviveError, ReviveUnavailable
+from .errors import ActionInProgress, LeaseFenced, ProviderError, ReviveError, ReviveUnavailable
 from .flows import ActionContext, Call, Flow, Http, RefreshMemo, Sleep
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -28,6 +29,8 @@ def _answer(response: httpx.Response) -> Any:
         data = body.get("data") or {}
         if body["code"] == "LEASE_FENCED":
             raise LeaseFenced(data.get("generation", 0), data.get("current_generation"))
+        if body["code"] == "ACTION_IN_PROGRESS":
+            raise ActionInProgress(body.get("message", ""), status=response.status_code, data=data)
         raise ReviveError(body["code"], body.get("message", ""), status=response.status_code, data=data)
     raise ReviveError("HTTP_ERROR", f"HTTP {response.status_code}", status=response.status_code)
 
@@ -119,7 +122,17 @@ class Revive:
 
     def _perform(self, step: Http | Call | Sleep, trace_id: str) -> Any:
         if isinstance(step, Call):
-            return step.fn(*step.args)
+            if step.heartbeat is None:
+                return step.fn(*step.args)
+            stop = threading.Event()
+            beat = threading.Thread(target=self._heartbeat, args=(step.heartbeat, step.every, stop), daemon=True,
+                                    name="revive-heartbeat")
+            beat.start()
+            try:
+                return step.fn(*step.args)
+            finally:
+                stop.set()
+                beat.join(timeout=5)
         if isinstance(step, Sleep):
             return time.sleep(step.seconds)
         try:
@@ -128,6 +141,15 @@ class Revive:
         except httpx.TransportError as exc:
             raise _unavailable(exc) from exc
         return _answer(response)
+
+    def _heartbeat(self, request: Http, every: float, stop: threading.Event) -> None:
+        """Extend the executing action's lock every ``every`` seconds until ``execute`` returns. A beat that fails
+        is skipped: the lock then runs out and the action is reconciled, never executed twice."""
+        while not stop.wait(every):
+            try:
+                _answer(self._http.request(request.method, request.path, json=request.json))
+            except Exception:
+                continue
 
     def _run(self, flow: Flow) -> Any:
         outcome: tuple[Any, BaseException | None] = (None, None)
@@ -211,8 +233,13 @@ class AsyncRevive:
 
     async def _perform(self, step: Http | Call | Sleep, trace_id: str) -> Any:
         if isinstance(step, Call):
-            result = step.fn(*step.args)
-            return await result if inspect.isawaitable(result) else result
+            beat = asyncio.create_task(self._heartbeat(step.heartbeat, step.every)) if step.heartbeat else None
+            try:
+                result = step.fn(*step.args)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                if beat is not None:
+                    beat.cancel()
         if isinstance(step, Sleep):
             return await asyncio.sleep(step.seconds)
         try:
@@ -221,6 +248,14 @@ class AsyncRevive:
         except httpx.TransportError as exc:
             raise _unavailable(exc) from exc
         return _answer(response)
+
+    async def _heartbeat(self, request: Http, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                _answer(await self._http.request(request.method, request.path, json=request.json))
+            except Exception:
+                continue
 
     async def _run(self, flow: Flow) -> Any:
         outcome: tuple[Any, BaseException | None] = (None, None)

@@ -20,6 +20,16 @@ class ReviveUnavailable(ReviveError):
     """Revive could not be reached; nothing is known to have been recorded."""
 
 
+class ActionInProgress(ReviveError):
+    """Another attempt of this action is executing (its worker heartbeats its lock): ask again after
+    ``retry_after`` seconds -- by then it has committed, or its lock ran out and it is to be reconciled.
+    The runtime helpers turn this into a backoff instead of spending their retry attempts."""
+
+    def __init__(self, message: str, *, status: int | None = None, data: Mapping[str, Any] | None = None) -> None:
+        super().__init__("ACTION_IN_PROGRESS", message, status=status, data=data)
+        self.retry_after = float(self.data.get("retry_after") or 1.0)
+
+
 class RunParked(Exception):
     """The run must pause until the account owner reconnects (or an operator settles the case)."""
 

@@ -36,6 +36,9 @@ class Http:
 class Call:
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
+    heartbeat: Http | None = None
+    """Sent every ``every`` seconds while ``fn`` runs (an executing action's lock extension)."""
+    every: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,12 @@ def protect_action(
                 "status": None, "body": {"error": "credential_unavailable", "error_description": type(exc).__name__}}})
             raise
         try:
-            outcome = yield Call(execute, (ActionContext(key, generation, ctx.attempt, cred),))
+            # The lock Revive holds for this attempt is short; while execute runs the driver extends it, so a
+            # dead worker's action is known within one lock period, not after a long fixed timeout.
+            lock = float(begun.get("lock_seconds") or 0)
+            beat = Http("POST", f"{base}/heartbeat", {"generation": generation}) if lock > 0 else None
+            outcome = yield Call(execute, (ActionContext(key, generation, ctx.attempt, cred),), heartbeat=beat,
+                                 every=max(lock / 3, 0.5))
         except ProviderError as exc:
             answer = yield Http("POST", f"{base}/fail", {"generation": generation, "error": exc.as_payload()})
             raise_for_failure(answer, connection_id=connection_id, generation=generation)

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 from langgraph.types import interrupt
 
 from .client import Revive
-from .errors import RunParked
+from .errors import ActionInProgress, RunParked
 from .flows import ActionContext
 
 PARKED_KIND = "parked"
@@ -44,6 +45,10 @@ RESUME_KIND = "resume"
 SETUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"revive-langgraph:__setup__").digest()[:8], "big", signed=True)
 """The PostgreSQL advisory lock under which checkpoint tables are set up (cases.runtimes.langgraph uses it too)."""
 MAX_PARKS = 32
+# An executing action's lock is short (``REVIVE_ACTION_LOCK_TIMEOUT``, default 60 s, extended by heartbeats), so
+# waiting out ``ACTION_IN_PROGRESS`` ``retry_after`` a few times always outlasts a dead attempt's lock.
+MAX_IN_PROGRESS_WAITS = 10
+IN_PROGRESS_WAIT_MAX = 120.0
 """A node that parks this often on one action is looping: stop instead of waiting forever."""
 
 
@@ -104,14 +109,22 @@ def protect_action(revive: Revive, *, run_id: str, checkpoint_id: str, connectio
     Each attempt leases the connection's current generation, so after the resume the action runs with the
     new one; a committed action replays its result instead of running again.
     """
-    for _ in range(MAX_PARKS):
+    parks = 0
+    for _ in range(MAX_PARKS + MAX_IN_PROGRESS_WAITS):
         try:
             return revive.protect_action(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id,
                                          action_key=action_key, execute=execute, credential=credential,
                                          reconcile=reconcile, params=params)
+        except ActionInProgress as busy:
+            # Another attempt (a worker that died mid-execute) holds the short lock: wait it out, then begin again
+            # -- it has committed (replay) or its lock ran out (reconcile).
+            time.sleep(min(busy.retry_after, IN_PROGRESS_WAIT_MAX))
         except RunParked as parked:
+            parks += 1
+            if parks > MAX_PARKS:
+                break
             wait_for_reauthorization(parked, run_id=run_id, revive=revive)
-    raise RuntimeError(f"action {action_key} of run {run_id} parked {MAX_PARKS} times")
+    raise RuntimeError(f"action {action_key} of run {run_id} parked {MAX_PARKS} times or stayed in progress")
 
 
 def register_run(revive: Revive, *, run_id: str, thread_id: str, graph: str, workflow_name: str) -> dict[str, Any]:

@@ -23,17 +23,20 @@ Only this module imports restate.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Callable
 
 import restate
 from restate.exceptions import TerminalError
 
-from .errors import ActionFailed, RunParked
+from .errors import ActionFailed, ActionInProgress, RunParked
 from .flows import ActionContext
 
 RESUME_HANDLER = "revive_reauthorized"
 RESUME_KIND = "resume"
 MAX_PARKS = 32
+MAX_IN_PROGRESS_WAITS = 10  # ACTION_IN_PROGRESS's retry_after is at most one short lock (REVIVE_ACTION_LOCK_TIMEOUT)
+IN_PROGRESS_WAIT_MAX = 120.0
 
 
 def promise_name(connection_id: str, generation: int) -> str:
@@ -92,18 +95,28 @@ async def protect_action(ctx: restate.WorkflowContext, revive: Any, *, action_ke
     The result must be JSON-serialisable (it is journaled). A failure Revive classifies as not recoverable by a
     reconnect becomes a ``TerminalError``; others propagate and Restate retries the step.
     """
-    for attempt in range(MAX_PARKS):
+    parks = 0
+    for attempt in range(MAX_PARKS + MAX_IN_PROGRESS_WAITS):
         async def step() -> dict:
             try:
                 return {"result": await revive.protect_action(action_key=action_key, execute=execute, **kwargs)}
             except RunParked as parked:
                 return {"parked": {"case_id": parked.case_id, "connection_id": parked.connection_id,
                                    "generation": parked.generation}}
+            except ActionInProgress as busy:
+                return {"in_progress": busy.retry_after}
             except ActionFailed as exc:
                 raise TerminalError(str(exc)) from None
 
         outcome = await ctx.run_typed(f"revive:{action_key}:{attempt}", step)
+        if "in_progress" in outcome:
+            # A dead attempt's short lock: a durable sleep until Revive said to ask again, not a burnt retry.
+            await ctx.sleep(timedelta(seconds=min(float(outcome["in_progress"]), IN_PROGRESS_WAIT_MAX)))
+            continue
         if "parked" not in outcome:
             return outcome["result"]
+        parks += 1
+        if parks > MAX_PARKS:
+            break
         await wait_for_reauthorization(ctx, outcome["parked"])
-    raise TerminalError(f"action {action_key} parked {MAX_PARKS} times")
+    raise TerminalError(f"action {action_key} parked {MAX_PARKS} times or stayed in progress")

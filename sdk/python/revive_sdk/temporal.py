@@ -27,14 +27,26 @@ Workflow code runs in Temporal's sandbox; import this module with
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Callable
 
 from temporalio import activity, workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from .errors import RunParked
+from .errors import ActionInProgress, RunParked
 
 CREDENTIAL_REJECTED = "CredentialRejected"
+ACTION_IN_PROGRESS = "ActionInProgress"
+# The retry policy for activities that protect actions, against Revive's timings: an activity whose worker died
+# mid-execute leaves its action ``executing`` under a lock of REVIVE_ACTION_LOCK_TIMEOUT (60 s by default, kept
+# alive by the SDK's heartbeats while it really runs). The next attempts get ACTION_IN_PROGRESS with
+# ``retry_after`` = the lock's remaining time and are delayed by exactly that (``next_retry_delay``); the first
+# begin after the lock ran out answers ``reconcile``. So a handful of attempts cover any dead attempt: unlimited
+# attempts are not needed and a capped interval keeps the recovery prompt.
+PROTECTED_ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                                       maximum_interval=timedelta(seconds=30), maximum_attempts=20,
+                                       non_retryable_error_types=[CREDENTIAL_REJECTED])
 SIGNAL = "revive_reauthorized"
 QUERY = "revive_parked"
 RESUME_KIND = "resume"
@@ -50,12 +62,21 @@ def credential_rejected(parked: RunParked) -> ApplicationError:
     )
 
 
+def action_in_progress(busy: ActionInProgress) -> ApplicationError:
+    """The activity failure for ``ACTION_IN_PROGRESS``: retryable, with Temporal's next retry delayed until
+    Revive said to ask again -- so the retry policy's attempts are not burnt while a dead attempt's lock runs out."""
+    return ApplicationError(f"action in progress; retry after {busy.retry_after:g}s", busy.data,
+                            type=ACTION_IN_PROGRESS, next_retry_delay=timedelta(seconds=busy.retry_after))
+
+
 def protect_action(revive: Any, **kwargs: Any) -> Any:
     """``Revive.protect_action`` inside a synchronous activity."""
     try:
         return revive.protect_action(**kwargs)
     except RunParked as parked:
         raise credential_rejected(parked) from None
+    except ActionInProgress as busy:
+        raise action_in_progress(busy) from None
 
 
 async def protect_action_async(revive: Any, **kwargs: Any) -> Any:
@@ -64,6 +85,8 @@ async def protect_action_async(revive: Any, **kwargs: Any) -> Any:
         return await revive.protect_action(**kwargs)
     except RunParked as parked:
         raise credential_rejected(parked) from None
+    except ActionInProgress as busy:
+        raise action_in_progress(busy) from None
 
 
 def register_run(revive: Any, *, workflow_name: str, run_id: str | None = None) -> dict[str, Any]:
@@ -135,9 +158,13 @@ class ReviveRecovery:
 
     async def revive_execute_activity(self, activity_fn: Callable[..., Any] | str, *args: Any, max_parks: int = 32,
                                       **kwargs: Any) -> Any:
-        """``workflow.execute_activity`` that parks on ``CredentialRejected`` and runs the activity again after."""
+        """``workflow.execute_activity`` that parks on ``CredentialRejected`` and runs the activity again after.
+
+        Without a ``retry_policy`` of the caller's, ``PROTECTED_ACTIVITY_RETRY`` applies (see there). Give the
+        activity a ``heartbeat_timeout`` only if it heartbeats itself; Revive's lock is kept by the SDK."""
         if len(args) > 1:
             kwargs["args"], args = list(args), ()
+        kwargs.setdefault("retry_policy", PROTECTED_ACTIVITY_RETRY)
         for _ in range(max_parks):
             try:
                 return await workflow.execute_activity(activity_fn, *args, **kwargs)

@@ -170,3 +170,41 @@ def test_register_run_and_checkpoint(setup):
     assert out["state"] == "active"
     cp = client.record_checkpoint(run_id="run_new", checkpoint_id="01", label="01 / collect")
     assert cp["label"] == "01 / collect"
+
+
+def test_a_long_execute_keeps_its_short_lock_alive_and_others_are_told_when_to_retry(setup, sink, settings, worker_key,
+                                                                                       revive_url):
+    """The lock lasts 2 s without a heartbeat; execute takes 3.5 s. The SDK's heartbeats keep it: a second worker
+    meanwhile gets ACTION_IN_PROGRESS with retry_after, the reaper finds nothing to reap, and the commit lands."""
+    import threading
+    import time
+
+    from cases.models import Action
+    from revive_sdk import ActionInProgress
+
+    settings.REVIVE_ACTION_LOCK_TIMEOUT = 2
+    client, *_ = setup
+    started, answers = threading.Event(), []
+
+    def slow(ctx):
+        started.set()
+        time.sleep(3.5)
+        return sink.send("ceo@example.com", ctx.idempotency_key)
+
+    def other_worker():
+        started.wait(10)
+        time.sleep(2.5)  # past the lock's first expiry: only the heartbeats keep it
+        assert services.reap_stale_actions() == []
+        with Revive(revive_url, worker_key) as second:
+            try:
+                protect(second, sink)
+            except ActionInProgress as busy:
+                answers.append(busy.retry_after)
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    result = protect(client, sink, execute=slow)
+    thread.join(20)
+    assert result == sink.accepted[0] and len(sink.accepted) == 1
+    assert len(answers) == 1 and 0 < answers[0] <= 2
+    assert Action.objects.get(action_key="send_exec_05").state == "committed"

@@ -54,11 +54,11 @@ class Parks(revive_temporal.ReviveRecovery):
 RESUME = {"revive": "resume", "cases": ["CASERV-0001"], "generations": {"conn_a": 2}, "rejected": {"conn_a": 1}}
 
 
-async def _scenario(body):
+async def _scenario(body, *, workflows=(), activities=()):
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=server_path())
     try:
         with ThreadPoolExecutor(4) as executor:
-            async with Worker(env.client, task_queue="q", workflows=[Parks], activities=[send],
+            async with Worker(env.client, task_queue="q", workflows=[Parks, *workflows], activities=[send, *activities],
                               activity_executor=executor, workflow_runner=UnsandboxedWorkflowRunner()):
                 await body(env.client)
     finally:
@@ -125,3 +125,41 @@ def test_the_rejection_is_a_non_retryable_application_error_naming_the_case():
     assert (error.type, error.non_retryable) == ("CredentialRejected", True)
     assert revive_temporal.parked_details(error) == {"case_id": "CASERV-0007", "connection_id": "conn_b", "generation": 3}
     assert revive_temporal.parked_details(ApplicationError("x", type="Other")) is None
+
+
+BUSY: dict[str, int] = {}
+
+
+@activity.defn(name="busy_send")
+def busy_send(key: str) -> str:
+    """What a protected activity meets after a worker died mid-execute: ACTION_IN_PROGRESS twice, then it goes on."""
+    from revive_sdk import ActionInProgress
+
+    BUSY[key] = BUSY.get(key, 0) + 1
+    if BUSY[key] <= 2:
+        raise revive_temporal.action_in_progress(ActionInProgress("executing", data={"retry_after": 45.0}))
+    return f"sent {key}"
+
+
+@workflow.defn(name="Busy")
+class Busy(revive_temporal.ReviveRecovery):
+    @workflow.run
+    async def run(self, key: str) -> dict:
+        started = workflow.now()
+        sent = await self.revive_execute_activity(busy_send, key, start_to_close_timeout=timedelta(seconds=30))
+        return {"sent": sent, "waited": (workflow.now() - started).total_seconds()}
+
+
+def test_action_in_progress_backs_off_by_retry_after_under_the_default_policy():
+    """With the helper's default retry policy (its interval caps at 30 s) the retries still wait out the 45 s Revive
+    asked for, twice: the activity is not failed by a dead attempt's lock, and no attempt is wasted early."""
+    key = f"busy-{uuid.uuid4().hex[:6]}"
+
+    async def body(client):
+        result = await client.execute_workflow(Busy.run, key, id=key, task_queue="q")
+        assert result["sent"] == f"sent {key}" and BUSY[key] == 3
+        assert result["waited"] >= 90
+
+    asyncio.run(_scenario(body, workflows=[Busy], activities=[busy_send]))
+    policy = revive_temporal.PROTECTED_ACTIVITY_RETRY
+    assert policy.maximum_interval < timedelta(seconds=45) and revive_temporal.CREDENTIAL_REJECTED in policy.non_retryable_error_types

@@ -1,0 +1,226 @@
+"""The transactional outbox: every step Revive owes is a row before it is a message.
+
+A service that owes a side effect (the owner's notification, a reconciliation, a resume delivery) calls
+``outbox_put`` inside the transaction that changes the state owing it, so the step exists exactly when the
+change commits. Right after the commit ``cases.outbox_dispatch`` is enqueued for it (low latency); if Redis
+loses that message or a worker dies running it, ``outbox_sweep`` (beat task ``cases.outbox_sweep``) dispatches
+every row still pending after its ``due_at``. Losing a message therefore delays a step; it never loses it.
+
+Each kind has one handler, registered with ``outbox_handler`` by the module that owns the step (``cases.pipeline``
+for reconcile and resume, ``reauth.handlers`` for the owner's notification); this module imports neither, so any
+app may owe a step without importing the app that performs it. A handler returns ``Done``/``None`` or ``Retry``
+(or raises: an unexpected error is retried like a transient one). Every dispatch is one attempt: a row is claimed
+by a conditional UPDATE, so two dispatches of one row never run its handler at the same time; after
+``max_attempts`` the row is ``failed`` with its last error and its kind's ``on_exhausted`` hook puts the failure
+where an operator sees it (the admin's outbox list always shows it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from datetime import timedelta
+from functools import partial
+from typing import Any, Callable
+
+from celery import current_app
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from audit.services import audit_record
+
+from .models import OutboxItem, RecoveryCase
+
+log = logging.getLogger(__name__)
+
+DISPATCH_TASK = "cases.outbox_dispatch"
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    """The step happened (or is no longer owed)."""
+
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """Not now: dispatch again after ``countdown`` seconds (None: the kind's backoff for this attempt)."""
+
+    error: str
+    countdown: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    name: str
+    handler: Callable[[OutboxItem], Done | Retry | None]
+    max_attempts: Callable[[], int]
+    backoff_first: float
+    backoff_max: float
+    on_exhausted: Callable[[OutboxItem], None] | None
+
+
+_KINDS: dict[str, Kind] = {}
+
+
+def outbox_handler(kind: str, *, max_attempts: Callable[[], int] | int = 10, backoff_first: float = 1.0,
+                   backoff_max: float = 300.0, on_exhausted: Callable[[OutboxItem], None] | None = None):
+    """Register the handler of ``kind`` (a decorator). ``on_exhausted`` runs in the transaction that fails the row."""
+    limit = max_attempts if callable(max_attempts) else (lambda: max_attempts)
+
+    def register(handler):
+        _KINDS[kind] = Kind(kind, handler, limit, backoff_first, backoff_max, on_exhausted)
+        return handler
+
+    return register
+
+
+def registered_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+def _kind(name: str) -> Kind:
+    kind = _KINDS.get(name)
+    if kind is None:
+        raise LookupError(f"no outbox handler is registered for {name!r}")
+    return kind
+
+
+def _enqueue(item_id: int, countdown: float | None = None) -> None:
+    """Send the dispatch task by its registered name: the tasks module builds on this one, not the reverse."""
+    current_app.tasks[DISPATCH_TASK].apply_async(args=[item_id], countdown=countdown)
+
+
+def outbox_put(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCase | int | None = None,
+               run_id: str = "") -> OutboxItem:
+    """Owe one step: write its row in the current transaction and dispatch it once that commits.
+
+    ``key`` names the step (``run.resume:<run>:<case>:g2:a0``): putting the same key again returns the existing row
+    and dispatches nothing new, so a repeated transition owes its step once.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("outbox_put must run inside the transaction that owes the step")
+    _kind(kind)  # fail loudly on a kind nobody handles, before anything is owed
+    existing = OutboxItem.objects.filter(key=key).first()
+    if existing is not None:
+        return existing
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            item = OutboxItem.objects.create(
+                kind=kind, key=key[:200], payload=payload, case_id=case.pk if isinstance(case, RecoveryCase) else case,
+                run_id=run_id, max_attempts=_kind(kind).max_attempts(),
+                due_at=now + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS),
+            )
+    except IntegrityError:  # a concurrent transaction owes the same step and committed first
+        return OutboxItem.objects.get(key=key)
+    transaction.on_commit(partial(_enqueue, item.pk), robust=True)
+    return item
+
+
+def _backoff(kind: Kind, attempt: int) -> float:
+    delay = min(kind.backoff_max, kind.backoff_first * (2 ** max(attempt - 1, 0)))
+    return round(delay * random.uniform(0.8, 1.0), 3)
+
+
+def _claim(item_id: int) -> OutboxItem | None:
+    """Take one attempt at a pending row whose previous claim (if any) has expired."""
+    now = timezone.now()
+    until = now + timedelta(seconds=settings.REVIVE_OUTBOX_CLAIM_SECONDS)
+    taken = (OutboxItem.objects.filter(pk=item_id, state=OutboxItem.State.PENDING)
+             .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+             .update(claimed_until=until, attempts=F("attempts") + 1, updated_at=now))
+    return OutboxItem.objects.select_related("case").get(pk=item_id) if taken else None
+
+
+@dataclasses.dataclass
+class DispatchResult:
+    outcome: str
+    """``done``, ``retry`` (``countdown`` seconds), ``failed`` (attempts exhausted), ``busy`` (claimed
+    elsewhere, or not pending any more) or ``missing``."""
+    countdown: float | None = None
+    error: str = ""
+
+
+def outbox_dispatch(item_id: int) -> DispatchResult:
+    """Run one attempt of a row's step (what ``cases.outbox_dispatch`` does); record how it went."""
+    if not OutboxItem.objects.filter(pk=item_id).exists():
+        return DispatchResult("missing")
+    item = _claim(item_id)
+    if item is None:
+        return DispatchResult("busy")
+    kind = _kind(item.kind)
+    try:
+        answer = kind.handler(item)
+    except Exception as exc:  # an unforeseen error (database blip, bug): retried, bounded, then visible
+        log.exception("outbox %s (%s) failed", item.key, item.kind)
+        answer = Retry(error=f"{type(exc).__name__}: {exc}"[:1000])
+    now = timezone.now()
+    if not isinstance(answer, Retry):
+        OutboxItem.objects.filter(pk=item.pk).update(state=OutboxItem.State.DONE, done_at=now, claimed_until=None,
+                                                    updated_at=now)
+        return DispatchResult("done")
+    if item.attempts >= item.max_attempts:
+        with transaction.atomic():
+            locked = OutboxItem.objects.select_for_update().get(pk=item.pk)
+            if locked.state != OutboxItem.State.PENDING:
+                return DispatchResult("busy")
+            locked.state, locked.last_error, locked.claimed_until = OutboxItem.State.FAILED, answer.error, None
+            locked.save(update_fields=["state", "last_error", "claimed_until", "updated_at"])
+            if kind.on_exhausted is not None:
+                kind.on_exhausted(locked)
+        log.warning("outbox %s failed after %d attempts: %s", item.key, item.attempts, answer.error)
+        return DispatchResult("failed", error=answer.error)
+    countdown = answer.countdown if answer.countdown is not None else _backoff(kind, item.attempts)
+    OutboxItem.objects.filter(pk=item.pk).update(
+        claimed_until=None, last_error=answer.error[:1000], updated_at=now,
+        due_at=now + timedelta(seconds=countdown + settings.REVIVE_OUTBOX_GRACE_SECONDS))
+    return DispatchResult("retry", countdown=countdown, error=answer.error)
+
+
+def outbox_run(item_id: int, *, eager: bool) -> str:
+    """Dispatch a row, then schedule its next attempt (the task's body).
+
+    With a broker the next attempt is a new message after its countdown (and the sweep if that is lost);
+    in eager mode (the embedded default, no broker) attempts run inline, each pause capped at a second.
+    """
+    while True:
+        result = outbox_dispatch(item_id)
+        if result.outcome != "retry":
+            return result.outcome
+        if not eager:
+            transaction.on_commit(partial(_enqueue, item_id, result.countdown), robust=True)
+            return result.outcome
+        time.sleep(min(result.countdown or 0.0, 1.0))
+
+
+def outbox_sweep(*, now=None, limit: int = 500) -> list[int]:
+    """Dispatch again every pending row past its ``due_at`` whose claim is free (the beat task's body)."""
+    now = now or timezone.now()
+    ids = list(OutboxItem.objects.filter(state=OutboxItem.State.PENDING, due_at__lt=now)
+               .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+               .order_by("due_at").values_list("pk", flat=True)[:limit])
+    for pk in ids:
+        _enqueue(pk)
+    return ids
+
+
+def outbox_retry(*, item_id: int, actor: str) -> OutboxItem:
+    """An operator gives a failed row its attempts again (admin action); a pending or done row is unchanged."""
+    with transaction.atomic():
+        item = OutboxItem.objects.select_for_update().get(pk=item_id)
+        if item.state != OutboxItem.State.FAILED:
+            return item
+        item.state, item.attempts, item.claimed_until = OutboxItem.State.PENDING, 0, None
+        item.due_at = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS)
+        item.save(update_fields=["state", "attempts", "claimed_until", "due_at", "updated_at"])
+        audit_record(actor=actor, action="outbox.retried", entity_type="outbox_item", entity_id=item.key,
+                     case=item.case, run_id=item.run_id or None, before={"state": OutboxItem.State.FAILED},
+                     after={"state": OutboxItem.State.PENDING}, arguments={"last_error": item.last_error[:500]})
+        transaction.on_commit(partial(_enqueue, item.pk), robust=True)
+    return item
