@@ -82,9 +82,10 @@ PROFILES: dict[str, dict[str, str]] = {
               "REVIVE_RESUME_SWEEP_AFTER": "15", "REVIVE_RESUME_MAX_RETRIES": "4", "REVIVE_RESUME_BACKOFF_MAX": "4",
               "REVIVE_RUN_STALL_SECONDS": "20", "REVIVE_RESUME_MAX_ATTEMPTS": "3"},
 }
-# How long a run may take to finish (or reach an operator-visible state) after the owner's reconnect. The default
-# profile allows for Revive's 300 s action lock and its 120 s sweep; a run later than this is stuck.
-DEADLINES = {"default": 480.0, "short": 150.0}
+# How long a whole trial may take, from its start to the run finished (or in an operator-visible state). The
+# default profile allows for Revive's 300 s action lock, the reaper behind it and the 120 s sweep; the runtime
+# worker's downtime comes on top. A run not done by then is stuck.
+DEADLINES = {"default": 600.0, "short": 180.0}
 # The runtime worker stays down this long in ``runtime_worker_down``: past the resume retries of the profile.
 DOWN_FOR = {"default": 420.0, "short": 40.0}
 _LINK = re.compile(r"/reconnect/l/(rvr_[A-Za-z0-9_-]+)")
@@ -325,8 +326,7 @@ class Stack:
     async def _temporal_ping(self) -> bool:
         from temporalio.client import Client
 
-        client = await Client.connect(self.temporal_address)
-        await client.count_workflows()
+        await asyncio.wait_for(Client.connect(self.temporal_address), 10)
         return True
 
     def stop(self) -> None:
@@ -491,9 +491,12 @@ class Trial:
 
     # -- the trial -------------------------------------------------------------------------
 
+    def left(self) -> float:
+        return max(self.deadline_at - time.monotonic(), 0.0)
+
     def run(self) -> TrialResult:
         started = time.monotonic()
-        deadline = DEADLINES[self.profile]
+        self.deadline_at = started + DEADLINES[self.profile] + (DOWN_FOR[self.profile] if self.kind == "runtime_worker_down" else 0)
         kind = self.kind
         try:
             pre_hold = {"kill_before_execute": "before_execute.send_1",
@@ -513,14 +516,14 @@ class Trial:
             self.stack.start_run(self.runtime, self.run_id, self.conn, self.faults)
 
             if pre_hold:
-                mark = self.held(pre_hold)
+                mark = self.held(pre_hold, self.left())
                 if mark is None:
                     return self.finish(started, "stuck", f"never reached {pre_hold}")
                 self.disarm(pre_hold)
                 self.workflow_process_killed(mark["pid"])
                 self.note(f"killed pid {mark['pid']} at {pre_hold}")
 
-            case = self.parked_case(deadline)
+            case = self.parked_case(self.left())
             if case is None:
                 return self.finish(started, "stuck", "the run never parked after the credential died")
 
@@ -529,7 +532,7 @@ class Trial:
                     wait_until(lambda: self.world.marks("runner_done", run_id=self.run_id), 120)
                     self.stack.stop_runner(self.run_id)  # nobody restarts it: Revive's worker resumes the thread
                 else:
-                    wait_until(lambda: False, 3)  # let the runtime reach its wait
+                    time.sleep(3)  # let the runtime reach its wait
                     self.workflow_process_killed(-1)
             elif kind in ("redis_restart_parked", "redis_loss_parked"):
                 with self.stack.fault_lock:
@@ -537,7 +540,7 @@ class Trial:
             if kind == "timeout_after_death":
                 self.world.open_gate("timeout.send_2")
 
-            token = self.owner_link(deadline)
+            token = self.owner_link(self.left())
             if token is None:
                 return self.finish(started, "stuck", f"no reconnect e-mail reached the owner (case {case.state})")
             if kind == "runtime_worker_down":
@@ -572,7 +575,7 @@ class Trial:
                 self.reconnect(token)
 
             if resume_hold:
-                mark = self.held(resume_hold, deadline)
+                mark = self.held(resume_hold, self.left())
                 if mark is None:
                     return self.finish(started, "stuck", f"the resumed run never reached {resume_hold}")
                 self.disarm(resume_hold)
@@ -589,7 +592,7 @@ class Trial:
                 self.world.open_gate(f"{resume_hold}.{self.run_id}")
                 self.note(f"{kind} at {resume_hold} (pid {mark['pid']})")
 
-            outcome = wait_until(self.outcome, deadline, 0.25)
+            outcome = wait_until(self.outcome, self.left(), 0.25)
             return self.finish(started, outcome or "stuck")
         except Exception as exc:
             return self.finish(started, "error", f"{exc!r}\n{traceback.format_exc()[-1500:]}")

@@ -2,8 +2,10 @@
 
     python -m tests.faults.support.lg_runner --run-id R --thread-id T --input '{...}' [--continue]
 
-A failed invoke (a send that timed out) is retried from the thread's last checkpoint, a few times, with a short
-pause -- the host's retry policy. After the run parks, the process stays up until the harness kills it or the
+A failed invoke (a send that timed out, an action still claimed by a killed process) is retried from the thread's
+last checkpoint -- the host's retry policy: after ``retry_after`` when Revive says when (``ACTION_IN_PROGRESS``),
+else with exponential backoff (1 s doubling to 30 s), for up to ``RETRY_FOR`` seconds, long enough for Revive's
+default 300 s action lock and the reaper behind it. After the run parks, the process stays up until the harness kills it or the
 run finishes elsewhere (Revive's Celery worker resumes it).
 """
 
@@ -23,7 +25,7 @@ from .graph import sends
 from .steps import world_for
 
 GRAPH = "faults-sends"
-RETRIES = 5
+RETRY_FOR = 480.0
 
 
 def main() -> int:
@@ -41,16 +43,19 @@ def main() -> int:
         graph = sends().compile(checkpointer=saver)
         config = revive_lg.run_config(args.thread_id)
         payload = None if args.cont else json.loads(args.input)
-        for attempt in range(RETRIES + 1):
+        give_up, attempt = time.monotonic() + RETRY_FOR, 0
+        while True:
             try:
                 result = graph.invoke(payload, config)
                 break
             except Exception as exc:  # the host retries the run from its checkpoint
                 world.mark("invoke_failed", run_id=args.run_id, error=repr(exc)[:300], attempt=attempt)
+                if time.monotonic() > give_up:
+                    return 3
                 payload = None
-                time.sleep(1.0)
-        else:
-            return 3
+                retry_after = (getattr(exc, "data", None) or {}).get("retry_after")
+                time.sleep(float(retry_after) if retry_after else min(2.0 ** attempt, 30.0))
+                attempt += 1
     world.mark("runner_done", run_id=args.run_id, interrupts=[i.value for i in result.get("__interrupt__", [])])
     while True:
         time.sleep(3600)
