@@ -150,6 +150,8 @@ CSRF_COOKIE_SECURE = PRODUCTION
 # --- Celery -----------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 CELERY_BROKER_URL = REDIS_URL or "memory://"
+# Kombu's Redis transport with the repair that keeps the worker alive through a Redis restart (revive_site/broker.py).
+CELERY_BROKER_TRANSPORT = "revive_site.broker:Transport" if REDIS_URL else None
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -160,7 +162,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A worker outlives a Redis restart: it reconnects for as long as Redis is away (Celery's default gives up after
 # 100 attempts and exits), and a channel error after a reconnect is retried like a connection error instead of
-# ending the worker. `scripts/serve` restarts a worker that dies anyway.
+# ending the worker (with CELERY_BROKER_TRANSPORT above). `scripts/serve` restarts a worker that dies anyway.
 CELERY_BROKER_CONNECTION_RETRY = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_CHANNEL_ERROR_RETRY = True

@@ -62,11 +62,11 @@ def revive_env(private_postgres, private_redis, tmp_path) -> dict[str, str]:
     return env
 
 
-def publish(env: dict[str, str], task: str = "cases.resume_sweep") -> str:
+def publish(env: dict[str, str], task: str = "cases.resume_sweep", countdown: float | None = None) -> str:
     """Publish a task by name, as Revive's web process does, to the worker's queue."""
     app = Celery(broker=env["REDIS_URL"])
     try:
-        return app.send_task(task, queue=env["REVIVE_CELERY_QUEUE"]).id
+        return app.send_task(task, queue=env["REVIVE_CELERY_QUEUE"], countdown=countdown).id
     finally:
         app.close()
 
@@ -88,6 +88,11 @@ def test_a_worker_started_as_the_readme_says_outlives_redis_restarts(revive_env,
         wait_for(lambda: processed(log, first), "a task before the restarts")
 
         for keep_data in (True, False):  # graceful (data kept), then with data loss
+            # The worker holds a task unacknowledged while it waits for its countdown (as every retry with backoff
+            # does): closing the broken connection restores it, which ended Celery 5.7's worker (broker.py).
+            held = publish(env, countdown=600)
+            wait_for(lambda held=held: re.search(rf"\[{held}\] received", log.read_text(errors="replace")),
+                     "the worker to hold the countdown task")
             private_redis.restart(keep_data=keep_data, down_for=3.0)
             task_id = publish(env)
             wait_for(lambda task_id=task_id: processed(log, task_id), f"a task after a restart (keep_data={keep_data})")
