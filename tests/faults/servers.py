@@ -20,13 +20,8 @@ from pathlib import Path
 
 import psycopg
 
+from bench.common import free_port
 from lab.processes import spawn, stop
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait(check, what: str, timeout: float = 60.0) -> None:

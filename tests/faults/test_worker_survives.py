@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,21 +21,11 @@ from celery import Celery
 
 from lab.processes import spawn, stop
 
+from tests.runtimes.conftest import wait_for
+
 from .servers import PrivatePostgres, PrivateRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-WAIT = 180.0
-
-
-def wait_for(check, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
