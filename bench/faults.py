@@ -81,14 +81,18 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
+        for crash in stack.crashes:
+            print(f"unexpected exit (restarted): {crash}", flush=True)
         print(f"\n{harness.table(results)}\n\n{len(results)} trial(s) in {time.monotonic() - began:.0f}s; "
+              f"{len(stack.crashes)} unexpected process exit(s); "
               f"stack directory {stack.root}{' (kept)' if args.keep else ' (removed)'}", flush=True)
         if args.json_path:
-            Path(args.json_path).write_text(json.dumps([{**asdict(r), "ok": r.ok} for r in results], indent=1))
+            Path(args.json_path).write_text(json.dumps({"trials": [{**asdict(r), "ok": r.ok} for r in results],
+                                                        "crashes": stack.crashes}, indent=1))
         harness.cleanup_root(stack, keep=args.keep)
     if interrupted:
         os._exit(130)  # trial threads may still wait on servers that are gone
-    return 0 if results and all(r.ok for r in results) else 1
+    return 0 if results and all(r.ok for r in results) and not stack.crashes else 1
 
 
 if __name__ == "__main__":

@@ -202,6 +202,8 @@ class Stack:
         self.redis: PrivateRedis | None = None
         self.restate_server: subprocess.Popen | None = None
         self.temporal_server: subprocess.Popen | None = None
+        self.crashes: list[str] = []
+        """Unexpected exits of the stack's processes (not caused by a fault), each restarted."""
 
     # ------------------------------------------------------------------ start and stop
 
@@ -683,23 +685,42 @@ def run_trials(stack: Stack, pairs: list[tuple[str, str]], *, concurrency: int =
     """Run the trials, ``concurrency`` at a time. Between trials the stack's processes are brought back up if a
     fault left one down (the job of a supervisor such as ``scripts/serve``)."""
     results: list[TrialResult] = []
-    lock = threading.Lock()
+    done = threading.Event()
+
+    def supervise() -> None:
+        """Like ``scripts/serve``: a process of the stack that exits when no fault is being injected is an
+        unexpected exit -- recorded (``stack.crashes``) and restarted."""
+        while not done.wait(1.0):
+            if stack.fault_lock.acquire(blocking=False):
+                try:
+                    for proc in stack.procs.values():
+                        if proc.process is not None and proc.process.poll() is not None:
+                            stack.crashes.append(f"{proc.name} exited {proc.process.returncode}: "
+                                                 + _log_tail(proc.log_path, 3).replace("\n", " | ")[-400:])
+                            stack.say(f"!! {stack.crashes[-1]}")
+                            with contextlib.suppress(Exception):
+                                proc.start()
+                finally:
+                    stack.fault_lock.release()
 
     def one(pair: tuple[str, str]) -> TrialResult:
-        with lock:
-            for proc in stack.procs.values():
-                proc.ensure()
         try:
             return Trial(stack, *pair).run()
         finally:
             _db_reset()
 
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(one, pair) for pair in pairs]
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            on_result(result, len(results), len(pairs))
+    watcher = threading.Thread(target=supervise, name="faults-supervisor", daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures = [pool.submit(one, pair) for pair in pairs]
+            for future in as_completed(futures):
+                result = future.result()
+                results.append(result)
+                on_result(result, len(results), len(pairs))
+    finally:
+        done.set()
+        watcher.join(5)
     return results
 
 

@@ -38,13 +38,23 @@ def fault_sample(tmp_path_factory) -> dict[tuple[str, str], dict]:
     if not report.exists():
         pytest.fail(f"bench/faults.py --sample produced no results:\n{log.read_text(errors='replace')[-4000:]}")
     print(log.read_text(errors="replace")[-6000:])
-    return {(r["runtime"], r["kind"]): r for r in json.loads(report.read_text())}
+    return json.loads(report.read_text())
+
+
+@pytest.fixture(scope="session")
+def fault_trials(fault_sample) -> dict[tuple[str, str], dict]:
+    return {(r["runtime"], r["kind"]): r for r in fault_sample["trials"]}
+
+
+def test_no_process_of_the_stack_exited_unless_a_fault_killed_it(fault_sample):
+    """A Celery worker (or web, beat, runtime worker) that dies on its own -- a Redis restart -- is a finding."""
+    assert not fault_sample["crashes"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_each_effect_once_and_no_run_silently_stuck(fault_sample, runtime, kind):
-    result = fault_sample.get((runtime, kind))
+def test_each_effect_once_and_no_run_silently_stuck(fault_trials, runtime, kind):
+    result = fault_trials.get((runtime, kind))
     assert result is not None, f"no trial ran for {runtime} × {kind}"
     assert result["duplicates"] == 0, f"duplicate effects: {result}"
     assert result["lost"] == 0, f"lost effects: {result}"
