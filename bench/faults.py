@@ -38,6 +38,10 @@ def main() -> int:
     ap.add_argument("--kinds", default=",".join(harness.KINDS), help="comma-separated subset of the fault kinds")
     ap.add_argument("--profile", choices=sorted(harness.PROFILES), default="default",
                     help="default: Revive's shipped timeouts; short: shortened locks, sweeps and retries")
+    ap.add_argument("--sign-in", choices=("idp", "service"), default=None,
+                    help="how the owner reconnects: at the lab identity provider through Revive's pages (idp, the "
+                         "default with --profile default) or through the verified-reconnect service (service, the "
+                         "default with --profile short)")
     ap.add_argument("--concurrency", type=int, default=4, help="trials in flight at once")
     ap.add_argument("--json", dest="json_path", help="write every trial's result here")
     ap.add_argument("--keep", action="store_true", help="keep the stack's directory (logs, worlds) afterwards")
@@ -55,13 +59,16 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stopped)
-    stack = harness.Stack(runtimes=runtimes, profile=args.profile, say=lambda line: print(line, flush=True))
+    sign_in = args.sign_in or ("idp" if args.profile == "default" else "service")
+    stack = harness.Stack(runtimes=runtimes, profile=args.profile, sign_in=sign_in,
+                          say=lambda line: print(line, flush=True))
     results: list[harness.TrialResult] = []
     began = time.monotonic()
     interrupted = False
     try:
         print(f"fault suite: {trials} trial(s), runtimes {', '.join(runtimes)}, {len(kinds)} kind(s), seed {args.seed}, "
-              f"profile {args.profile}, {args.concurrency} at a time; starting the stack ...", flush=True)
+              f"profile {args.profile}, owner sign-in {sign_in}, {args.concurrency} at a time; starting the stack ...",
+              flush=True)
         stack.start()
 
         def progress(result: harness.TrialResult, done: int, total: int) -> None:

@@ -190,9 +190,11 @@ class TrialResult:
 
 class Stack:
     def __init__(self, *, runtimes: Iterable[str] = RUNTIMES, profile: str = "default", root: Path | None = None,
-                 say: Callable[[str], None] = print) -> None:
+                 sign_in: str = "idp", say: Callable[[str], None] = print) -> None:
         self.runtimes = tuple(runtimes)
         self.profile = profile
+        self.sign_in = sign_in  # "idp": the owner signs in at the lab identity provider; "service": the service call
+        self.idp = None
         self.root = root or Path(tempfile.mkdtemp(prefix="revive-faults-"))
         self.say = say
         self.fault_lock = threading.Lock()
@@ -240,6 +242,15 @@ class Stack:
         env.update(REVIVE_URL=f"http://127.0.0.1:{web_port}", REVIVE_API_KEY=self.api_key,
                    REVIVE_PUBLIC_URL=f"http://127.0.0.1:{web_port}")
         logs = self.root / "logs"
+        if self.sign_in == "idp":
+            from lab.idp import LabIdp
+            from reauth.provider_settings import LAB_PROVIDER_ID
+
+            # Started from this (the main) thread: it dies with the harness (lab.processes).
+            self.idp = LabIdp.start(var_dir=self.root / "idp", redirect_uris=[
+                f"{env['REVIVE_URL']}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"])
+            env.update(REVIVE_LAB_IDP_URL=self.idp.url, REVIVE_LAB_IDP_CLIENT_ID=self.idp.client_id,
+                       REVIVE_LAB_IDP_CLIENT_SECRET=self.idp.client_secret)
         if "temporal" in self.runtimes:
             port = free_port()
             from tests.runtimes.conftest import temporal_test_server_path
@@ -342,6 +353,8 @@ class Stack:
         for server in (self.restate_server, self.temporal_server):
             if server is not None:
                 stop(server, grace=10)
+        if self.idp is not None:
+            self.idp.stop()
         _db_reset()
         if self.redis is not None:
             self.redis.stop()
@@ -401,8 +414,11 @@ class Trial:
         suffix = uuid.uuid4().hex[:10]
         self.run_id = f"run_{runtime[:2]}_{suffix}"
         self.conn = f"conn_{suffix}"
+        # With the real sign-in, the connection belongs to the lab provider's user who signs in (any number of
+        # connections may); the owner's mailbox is still the connection's own.
+        owner = stack.idp.users["right"] if stack.idp else {"oid": f"oid-{self.conn}", "tid": "tid-faults"}
         services.connection_create(connection_id=self.conn, provider="entra", owner_email=f"{self.conn}@example.com",
-                                   provider_subject=f"oid-{self.conn}", provider_tenant="tid-faults")
+                                   provider_subject=owner["oid"], provider_tenant=owner["tid"])
         self.world = stack.world(self.run_id)
         (self.world.root / "gates" / "revoke").touch()
         self.faults = {"revoke_at": "send_2"}
@@ -456,13 +472,36 @@ class Trial:
         return wait_until(find, timeout, 0.2)
 
     def reconnect(self, token: str) -> None:
-        """The owner's verified reconnect: the recorded identity signs in and hands over a new grant."""
+        """The owner's verified reconnect: the recorded identity signs in and hands over a new grant -- through
+        Revive's pages and the lab identity provider's real sign-in, or (``sign_in="service"``) through the
+        service the sign-in's callback calls."""
         from cases.models import Connection
         from reauth.custody import Grant
         from reauth.identity import expected_identity
+        from reauth.models import ReconnectRequest
         from reauth.services import reconnect_link_open, reconnect_request_complete
 
         self.world.restore(self.conn)
+        if self.stack.idp is not None:
+            from types import SimpleNamespace
+
+            from lab.scenarios import Owner
+
+            owner = Owner(SimpleNamespace(idp=self.stack.idp))
+            try:
+                owner.open_link(f"{self.stack.env['REVIVE_URL']}/reconnect/l/{token}")
+                outcome = owner.sign_in(self.stack.idp.users["right"]["username"])
+            finally:
+                owner.close()
+            _db_reset()
+            consumed = ReconnectRequest.objects.filter(connection_id=self.conn, state="consumed").exists()
+            if not consumed:
+                raise RuntimeError(f"the owner's sign-in did not reconnect: {outcome}")
+            if not outcome["consumed"]:
+                self.note(f"the owner's callback answered {outcome} after the reconnect committed")
+            self.reconnects += 1
+            self.reconnected_at = time.time()
+            return
         request = reconnect_link_open(token=token, actor="owner:faults")
         identity = expected_identity(Connection.objects.get(pk=self.conn))
         try:
