@@ -113,6 +113,21 @@ def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.1) 
         time.sleep(interval)
 
 
+def db_retry(fn: Callable[[], Any], timeout: float = 180.0) -> Any:
+    """Call ``fn`` (harness reads and writes), again while PostgreSQL restarts under it (a fault of a trial)."""
+    from django.db import InterfaceError, OperationalError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError):
+            _db_reset()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _db_reset() -> None:
     with contextlib.suppress(Exception):
         from django.db import close_old_connections, connection
@@ -417,8 +432,9 @@ class Trial:
         # With the real sign-in, the connection belongs to the lab provider's user who signs in (any number of
         # connections may); the owner's mailbox is still the connection's own.
         owner = stack.idp.users["right"] if stack.idp else {"oid": f"oid-{self.conn}", "tid": "tid-faults"}
-        services.connection_create(connection_id=self.conn, provider="entra", owner_email=f"{self.conn}@example.com",
-                                   provider_subject=owner["oid"], provider_tenant=owner["tid"])
+        db_retry(lambda: services.connection_create(
+            connection_id=self.conn, provider="entra", owner_email=f"{self.conn}@example.com",
+            provider_subject=owner["oid"], provider_tenant=owner["tid"]))
         self.world = stack.world(self.run_id)
         (self.world.root / "gates" / "revoke").touch()
         self.faults = {"revoke_at": "send_2"}
@@ -494,7 +510,8 @@ class Trial:
             finally:
                 owner.close()
             _db_reset()
-            consumed = ReconnectRequest.objects.filter(connection_id=self.conn, state="consumed").exists()
+            consumed = db_retry(lambda: ReconnectRequest.objects.filter(connection_id=self.conn,
+                                                                        state="consumed").exists())
             if not consumed:
                 raise RuntimeError(f"the owner's sign-in did not reconnect: {outcome}")
             if not outcome["consumed"]:
@@ -502,8 +519,8 @@ class Trial:
             self.reconnects += 1
             self.reconnected_at = time.time()
             return
-        request = reconnect_link_open(token=token, actor="owner:faults")
-        identity = expected_identity(Connection.objects.get(pk=self.conn))
+        request = db_retry(lambda: reconnect_link_open(token=token, actor="owner:faults"))
+        identity = db_retry(lambda: expected_identity(Connection.objects.get(pk=self.conn)))
         try:
             completion = reconnect_request_complete(public_id=request.public_id, presented=identity,
                                                     actor="owner:faults", grant=Grant(
@@ -513,7 +530,7 @@ class Trial:
         except Exception as exc:
             # The owner's callback failed. What counts is whether the reconnect committed before it did.
             _db_reset()
-            request.refresh_from_db()
+            db_retry(request.refresh_from_db)
             consumed = request.state == request.State.CONSUMED
             self.note(f"the owner's reconnect raised {exc!r}"[:300] + (" after it committed" if consumed else ""))
             if not consumed:
@@ -667,42 +684,45 @@ class Trial:
         return None
 
     def finish(self, started: float, outcome: str, detail: str = "") -> TrialResult:
+        result = TrialResult(self.runtime, self.kind, self.run_id, self.conn, outcome, detail="; ".join(
+            [*self.notes, detail]).strip("; "))
+        try:
+            db_retry(lambda: self._check(result))
+        except Exception as exc:  # the report must still come out
+            result.violations.append(f"could not check: {exc!r}")
+        return result
+
+    def _check(self, result: TrialResult) -> None:
+        """The invariants, read from the counting service and Revive's database (repeatable: it only assigns)."""
         from django.db.models import Count
 
         from cases.models import Action, Connection, RecoveryCase, Run
 
-        result = TrialResult(self.runtime, self.kind, self.run_id, self.conn, outcome, detail="; ".join(
-            [*self.notes, detail]).strip("; "))
-        try:
-            _db_reset()
-            effects = self.world.effects(run_id=self.run_id)
-            per_key: dict[str, set[str]] = {}
-            counts: dict[str, int] = {}
-            for e in effects:
-                counts[e["idempotency_key"]] = counts.get(e["idempotency_key"], 0) + 1
-                per_key.setdefault(e["effect"], set()).add(e["idempotency_key"])
-            result.duplicates = sum(n - 1 for n in counts.values())
-            if outcome == "finished":
-                result.lost = sum(1 for key in SENDS if key not in per_key)
-                if self.reconnects:
-                    result.recovery_seconds = self.world.marks("finished", run_id=self.run_id)[0]["t"] - self.reconnected_at
-            doubled = (RecoveryCase.objects.filter(connection_id=self.conn).values("rejected_generation")
-                       .annotate(n=Count("pk")).filter(n__gt=1))
-            for row in doubled:
-                result.violations.append(f"{row['n']} cases for generation {row['rejected_generation']}")
-            generation = Connection.objects.get(pk=self.conn).current_generation
-            if generation != 1 + self.reconnects:
-                result.violations.append(f"generation {generation} after {self.reconnects} reconnect(s)")
-            if outcome in ("stuck", "error"):
-                run = Run.objects.filter(pk=self.run_id).first()
-                actions = {a.action_key: a.state for a in Action.objects.filter(run_id=self.run_id)}
-                cases = [(c.reference, c.state) for c in self.cases()]
-                result.detail = "; ".join(filter(None, [result.detail, f"run {run.state if run else 'unregistered'}",
-                                                        f"cases {cases}", f"actions {actions}",
-                                                        f"effects {sorted(counts.values())}"]))
-        except Exception as exc:  # the report must still come out
-            result.violations.append(f"could not check: {exc!r}")
-        return result
+        _db_reset()
+        counts: dict[str, int] = {}
+        sent: set[str] = set()
+        for e in self.world.effects(run_id=self.run_id):
+            counts[e["idempotency_key"]] = counts.get(e["idempotency_key"], 0) + 1
+            sent.add(e["effect"])
+        result.duplicates = sum(n - 1 for n in counts.values())
+        if result.outcome == "finished":
+            result.lost = sum(1 for key in SENDS if key not in sent)
+            if self.reconnects:
+                result.recovery_seconds = self.world.marks("finished", run_id=self.run_id)[0]["t"] - self.reconnected_at
+        violations = [f"{row['n']} cases for generation {row['rejected_generation']}" for row in
+                      RecoveryCase.objects.filter(connection_id=self.conn).values("rejected_generation")
+                      .annotate(n=Count("pk")).filter(n__gt=1)]
+        generation = Connection.objects.get(pk=self.conn).current_generation
+        if generation != 1 + self.reconnects:
+            violations.append(f"generation {generation} after {self.reconnects} reconnect(s)")
+        result.violations = violations
+        if result.outcome in ("stuck", "error"):
+            run = Run.objects.filter(pk=self.run_id).first()
+            actions = {a.action_key: a.state for a in Action.objects.filter(run_id=self.run_id)}
+            cases = [(c.reference, c.state) for c in self.cases()]
+            result.detail = "; ".join(filter(None, [result.detail, f"run {run.state if run else 'unregistered'}",
+                                                    f"cases {cases}", f"actions {actions}",
+                                                    f"effects {sorted(counts.values())}"]))
 
 
 # ---------------------------------------------------------------------- many trials
