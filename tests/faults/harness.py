@@ -765,6 +765,8 @@ def run_trials(stack: Stack, pairs: list[tuple[str, str]], *, concurrency: int =
     def one(pair: tuple[str, str]) -> TrialResult:
         try:
             return Trial(stack, *pair).run()
+        except Exception as exc:  # a trial that could not even start is reported, not raised
+            return TrialResult(pair[0], pair[1], "", "", "error", detail=f"{exc!r}"[:500])
         finally:
             _db_reset()
 
