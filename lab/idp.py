@@ -10,13 +10,11 @@ owner page, or the lab's initial connect -- takes it from there.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +24,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+
+from .processes import Pidfile, spawn, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_ID = "revive-lab"
@@ -49,7 +49,10 @@ class LabIdp:
     issuer: str = ""
 
     @classmethod
-    def start(cls, *, var_dir: Path, redirect_uris: list[str], timeout: float = 120.0) -> "LabIdp":
+    def start(cls, *, var_dir: Path, redirect_uris: list[str], timeout: float = 120.0,
+              children: Pidfile | None = None) -> "LabIdp":
+        """Start the provider and wait until it serves. Call it from the thread that outlives the provider: the
+        process dies with that thread (``lab.processes``). ``children`` records it for the next run's reaper."""
         var_dir.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(24)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_SETTINGS_MODULE", "REVIVE_IDP_DATABASE_URL"))}
@@ -59,9 +62,10 @@ class LabIdp:
         for uri in redirect_uris:
             args += ["--redirect-uri", uri]
         log = open(var_dir / "idp.log", "ab")
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = spawn(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log)
         log.close()
+        if children is not None:
+            children.add(process, "lab identity provider")
         line: list[bytes] = []
         reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
         reader.start()
@@ -77,14 +81,7 @@ class LabIdp:
 
     @staticmethod
     def _kill(process: subprocess.Popen) -> None:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop(process)
 
     def stop(self) -> None:
         self._kill(self.process)

@@ -42,6 +42,7 @@ from reauth.custody import Grant, get_custody
 
 from . import briefing
 from .idp import IdpSession, LabIdp, expires_at
+from .processes import Pidfile, spawn, stop
 from .provider_standin import ProviderStandIn
 from .token_vault_standin import UPSTREAM_ACCOUNTS, TokenVaultStandIn
 
@@ -95,6 +96,8 @@ class LabWorld:
     """Environment of lab worker processes (scenario ``worker-lost``)."""
     vault: TokenVaultStandIn | None = None
     """Auth0 Token Vault and My Account API stand-in (provider ``auth0-token-vault``)."""
+    children: Pidfile | None = field(default=None, repr=False)
+    """Where the session records the processes it starts (``lab.session.reap_leftovers``)."""
 
     @property
     def callback_url(self) -> str:
@@ -309,9 +312,10 @@ class Scenario:
         args = [sys.executable, "-m", "lab.worker", "--run-id", self.run_id, "--thread-id", self.thread_id,
                 "--input", json.dumps(self.state())]
         log = open(self.world.var_dir / f"worker-{self.run_id}.log", "ab")
-        process = subprocess.Popen(args, cwd=ROOT, env=self.world.worker_environment(), stdout=subprocess.PIPE,
-                                   stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = spawn(args, cwd=ROOT, env=self.world.worker_environment(), stdout=subprocess.PIPE, stderr=log)
         log.close()
+        if self.world.children is not None:
+            self.world.children.add(process, f"lab worker {self.run_id}")
         return process
 
     def parked_case(self) -> str:
@@ -435,9 +439,9 @@ class Scenario:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(30)
+            stop(process, sig=signal.SIGKILL)
+            if self.world.children is not None:
+                self.world.children.discard(process)
             process.stdout.close()
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
 

@@ -20,9 +20,11 @@ from django.test.utils import override_settings
 
 from cases import services
 from cases.runtimes import adapter_for, reset_adapters
+from reauth.provider_settings import LAB_PROVIDER_ID
 
 from .briefing import GRAPH_NAME
 from .idp import LabIdp
+from .processes import Pidfile
 from .provider_standin import ProviderStandIn
 from .scenarios import ALL_SCENARIOS, LabWorld, run_scenario, socialaccount_providers_for, token_vault_settings
 from .token_vault_standin import TokenVaultStandIn
@@ -47,14 +49,29 @@ def serve_revive() -> tuple[ThreadedWSGIServer, str]:
     return server, f"http://{host}:{port}"
 
 
-def _start_idp(url: str, box: dict) -> None:
-    from reauth.provider_settings import LAB_PROVIDER_ID
-
+def _compile_briefing(box: dict) -> None:
     try:
-        box["idp"] = LabIdp.start(var_dir=Path(settings.VAR_DIR) / "lab-idp",
-                                  redirect_uris=[f"{url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"])
+        adapter_for("langgraph").graph(GRAPH_NAME)  # compile the briefing and open the checkpointer
     except Exception as exc:  # reported by the caller
         box["error"] = exc
+
+
+def children_dir() -> Path:
+    return Path(settings.VAR_DIR) / "lab" / "children"
+
+
+def reap_leftovers(out: Callable[[str], None] = lambda line: None) -> list[int]:
+    """Kill what earlier lab sessions started and left running because they were killed before their clean-up.
+
+    Every session lists its children (pid and kernel start time) in ``var/lab/children/<pid>.json``; a file whose
+    owner is gone is reaped, and a pid is killed only if it is still the process that was recorded."""
+    killed: list[int] = []
+    for path in sorted(children_dir().glob("*.json")):
+        pids = Pidfile.reap(path)
+        if pids:
+            out(f"  reaped {len(pids)} process(es) left by a lab run that was killed: {', '.join(map(str, pids))}")
+        killed += pids
+    return killed
 
 
 def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = False, out: Callable[[str], None],
@@ -65,6 +82,8 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
     heading = style.MIGRATE_HEADING if style else (lambda s: s)
     session = Path(settings.VAR_DIR) / "lab" / f"session-{os.getpid()}-{secrets.token_hex(2)}"
     (session / "mail").mkdir(parents=True, exist_ok=True)
+    reap_leftovers(out)
+    children = Pidfile(children_dir() / f"{os.getpid()}-{secrets.token_hex(2)}.json")
     standin = ProviderStandIn(provider=provider if provider in ("entra", "auth0") else "entra").start()
     vault = TokenVaultStandIn().start()
     server = None
@@ -76,18 +95,21 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         out(heading("Recovery lab — break the credential, keep the execution"))
         out(f"  Revive       {revive_url}")
         box: dict = {}
-        starter = threading.Thread(target=_start_idp, args=(revive_url, box))
-        starter.start()
-        adapter_for("langgraph").graph(GRAPH_NAME)  # compile the briefing and open the checkpointer meanwhile
-        starter.join()
+        compiler = threading.Thread(target=_compile_briefing, args=(box,))
+        compiler.start()
+        # Started from this thread, which runs the whole session: the provider dies with it (lab.processes).
+        try:
+            idp = LabIdp.start(var_dir=Path(settings.VAR_DIR) / "lab-idp", children=children,
+                               redirect_uris=[f"{revive_url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"])
+        finally:
+            compiler.join()
         if "error" in box:
-            raise RuntimeError(f"the lab identity provider did not start: {box['error']}")
-        idp = box["idp"]
+            raise box["error"]
         out(f"  identity     {idp.url}  (allauth OIDC provider, pid {idp.process.pid})")
         out(f"  mail + token {standin.url}  (provider stand-in)")
         lab_key, key = services.api_key_create(name=f"lab-{session.name}", actor="lab")
         world = LabWorld(revive_url=revive_url, api_key=key, idp=idp, standin=standin, mailbox=session / "mail",
-                         var_dir=session, vault=vault)
+                         var_dir=session, vault=vault, children=children)
         world.export_env()
         with override_settings(PUBLIC_BASE_URL=revive_url, SOCIALACCOUNT_PROVIDERS=socialaccount_providers_for(idp),
                                EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
@@ -118,6 +140,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         vault.stop()
         if idp is not None:
             idp.stop()
+        children.close()
         reset_adapters()
         shutil.rmtree(session, ignore_errors=True)
         SESSION_LOCK.release()

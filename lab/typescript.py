@@ -25,6 +25,7 @@ from django.db import close_old_connections
 from revive_sdk import ProviderError
 
 from . import briefing
+from .processes import spawn
 from .scenarios import ROOT, WAIT, Scenario, ScenarioFailed
 
 PACKAGE = ROOT / "sdk" / "typescript"
@@ -48,12 +49,14 @@ class NodeWorker:
         self.scenario = scenario
         self.reports: queue.Queue[dict] = queue.Queue()
         log = open(scenario.world.var_dir / f"ts-worker-{scenario.run_id}.log", "ab")
-        self.process = subprocess.Popen(
+        self.process = spawn(
             ["node", str(WORKER), "--run-id", scenario.run_id, "--thread-id", scenario.thread_id, "--mode", mode,
              "--state", json.dumps(scenario.state()), "--checkpoints", str(scenario.checkpoints)],
             cwd=PACKAGE, env=scenario.world.worker_environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log, text=True, bufsize=1, start_new_session=True)
+            stderr=log, text=True, bufsize=1)  # dies with the lab, in a process group of its own
         log.close()
+        if scenario.world.children is not None:
+            scenario.world.children.add(self.process, f"lab node worker {scenario.run_id}")
         threading.Thread(target=self._serve, name=f"ts-worker-{self.process.pid}", daemon=True).start()
 
     @property

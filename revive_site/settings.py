@@ -165,6 +165,8 @@ if _tls_proxy_header:
 # --- Celery -----------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 CELERY_BROKER_URL = REDIS_URL or "memory://"
+# Kombu's Redis transport with the repair that keeps the worker alive through a Redis restart (revive_site/broker.py).
+CELERY_BROKER_TRANSPORT = "revive_site.broker:Transport" if REDIS_URL else None
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -173,10 +175,18 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=90)
 CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker outlives a Redis restart: it reconnects for as long as Redis is away (Celery's default gives up after
+# 100 attempts and exits), and a channel error after a reconnect is retried like a connection error instead of
+# ending the worker (with CELERY_BROKER_TRANSPORT above). `scripts/serve` restarts a worker that dies anyway.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 # One named queue; the worker consumes it without -Q. Tests give each session its own.
 CELERY_TASK_DEFAULT_QUEUE = env.str("REVIVE_CELERY_QUEUE", default="revive")
 # Redis re-delivers an unacknowledged task only after this; the resume sweep (below) catches lost work sooner.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+# Keepalive and a periodic PING find a half-open connection to a restarted Redis instead of waiting on it forever.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+                                   "socket_keepalive": True, "health_check_interval": 10}
 # `celery -A revive_site beat` (or `worker -B` on a single machine) runs these; it keeps its state in var/.
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 CELERY_BEAT_SCHEDULE = {
