@@ -1,7 +1,7 @@
 """The recovery lab in the browser, at ``/lab/``: pick a scenario, inject the fault, watch the timeline.
 
-It injects faults (revokes grants, kills processes), so every view is for signed-in
-staff only, the one write is a CSRF-checked POST, and the pages do not exist when
+It injects faults (revokes grants, kills processes), so every view is for superusers and the
+"Revive lab" group only (``lab.access``; other staff get 403, audited as ``console.refused``), the one write is a CSRF-checked POST, and the pages do not exist when
 ``REVIVE_PRODUCTION`` is set. One session runs at a time per server process, in a
 thread, against this very server (its worker API and reconnect pages).
 """
@@ -13,14 +13,20 @@ import threading
 import time
 
 from django.conf import settings
+import functools
+
 from django.contrib.admin.views.decorators import staff_member_required
-from django.db import close_old_connections, connection
+from django.core.exceptions import PermissionDenied
+from django.db import close_old_connections, connection, transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import AuditEvent
+from audit.services import audit_record
+
+from .access import LAB_PERMISSION, may_use_lab
 
 from .scenarios import PROVIDERS, SCENARIOS
 from .session import SESSION_LOCK, run_lab
@@ -35,6 +41,25 @@ def _lab_enabled() -> None:
         raise Http404("the recovery lab is off in production")
 
 
+def lab_required(view):
+    """Staff sign-in first (else the admin login), then ``lab.use_lab``: a refusal is a 403 and an audit event."""
+
+    @staff_member_required
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs):
+        _lab_enabled()
+        if not may_use_lab(request.user):
+            with transaction.atomic():
+                audit_record(actor=f"operator:{request.user.get_username()}", action="console.refused",
+                             entity_type="lab", entity_id=request.path[:200], outcome="refused",
+                             arguments={"operation": "lab", "method": request.method,
+                                        "why": f"{LAB_PERMISSION} is required to use the recovery lab"})
+            raise PermissionDenied("the recovery lab needs the lab permission")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
 def _run(session: dict, *, scenario: str, provider: str, revive_url: str) -> None:
     try:
         run_lab([scenario], provider=provider, revive_url=revive_url, out=session["lines"].append,
@@ -47,10 +72,9 @@ def _run(session: dict, *, scenario: str, provider: str, revive_url: str) -> Non
         connection.close()
 
 
-@staff_member_required
+@lab_required
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    _lab_enabled()
     session_id = request.GET.get("session", "")
     with _sessions_lock:
         known = session_id in _sessions
@@ -60,10 +84,9 @@ def index(request: HttpRequest) -> HttpResponse:
     })
 
 
-@staff_member_required
+@lab_required
 @require_POST
 def start(request: HttpRequest) -> HttpResponse:
-    _lab_enabled()
     scenario, provider = request.POST.get("scenario", ""), request.POST.get("provider", "oidc")
     if scenario not in SCENARIOS or provider not in PROVIDERS:
         return HttpResponse("unknown scenario or provider", status=400)
@@ -82,10 +105,9 @@ def start(request: HttpRequest) -> HttpResponse:
     return redirect(f"{reverse('lab:index')}?session={session_id}")
 
 
-@staff_member_required
+@lab_required
 @require_GET
 def session_state(request: HttpRequest, session_id: str) -> JsonResponse:
-    _lab_enabled()
     with _sessions_lock:
         session = _sessions.get(session_id)
     if session is None:

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 
 import pytest
+from django.apps import apps
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.test import Client
 
+from audit.models import AuditEvent
 from cases.runtimes import reset_adapters
+from lab.access import LAB_GROUP, sync_lab_group
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def signed_in(chromium, live_server, *, staff: bool):
-    user = get_user_model().objects.create_user(f"operator-{staff}", password="x", is_staff=staff)
+def signed_in(chromium, live_server, *, staff: bool, lab: bool = True):
+    user = get_user_model().objects.create_user(f"operator-{staff}-{lab}", password="x", is_staff=staff)
+    if lab:
+        sync_lab_group(apps)
+        user.groups.add(Group.objects.get(name=LAB_GROUP))
     client = Client()
     client.force_login(user)
     context = chromium.new_context()
@@ -56,3 +63,25 @@ def test_the_lab_is_not_for_anyone_else(chromium, live_server):
     staff = Client(enforce_csrf_checks=True)
     staff.force_login(get_user_model().objects.create_user("op-csrf", password="x", is_staff=True))
     assert staff.post("/lab/run", {"scenario": "revoked"}).status_code == 403  # CSRF on
+
+
+def test_staff_without_the_lab_permission_get_403_and_the_refusal_is_audited(chromium, live_server):
+    context = signed_in(chromium, live_server, staff=True, lab=False)
+    page = context.new_page()
+    response = page.goto(f"{live_server.url}/lab/")
+    assert response.status == 403
+    assert page.locator("select[name=scenario]").count() == 0
+    context.close()
+    staff = Client()
+    staff.force_login(get_user_model().objects.get(username="operator-True-False"))
+    assert staff.post("/lab/run", {"scenario": "revoked"}).status_code == 403
+    refused = AuditEvent.objects.filter(action="console.refused", entity_type="lab")
+    assert [e.arguments["method"] for e in refused.order_by("id")] == ["GET", "POST"]
+    assert refused.first().actor == "operator:operator-True-False"
+    assert not AuditEvent.objects.filter(entity_type="case").exists()  # nothing started
+
+
+def test_superusers_use_the_lab_without_the_group(client):
+    root = get_user_model().objects.create_user("root-lab", password="x", is_staff=True, is_superuser=True)
+    client.force_login(root)
+    assert client.get("/lab/").status_code == 200
