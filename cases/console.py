@@ -145,6 +145,7 @@ def _resend(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
 
 def _retry(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
     with transaction.atomic():
+        services.case_retry_resume(case_id=case.pk, actor=actor)
         runs = case_resume_dispatch(case_id=case.pk, actor=actor)
     case.refresh_from_db(fields=["state"])
     return f"{case.reference} is {case.state}: resume re-sent to {len(runs)} run(s)."
@@ -209,6 +210,17 @@ def audit_refusal(case: RecoveryCase, *, op: Operation, actor: str, why: str) ->
                      arguments={"operation": op.name, "state": case.state, "why": why})
 
 
+def refusal_for(op: Operation, case: RecoveryCase) -> str | None:
+    """Why ``op`` does not apply to ``case``, naming the decision that last moved the case (who, when)."""
+    why = op.refusal(case)
+    if why is None:
+        return None
+    decision = services.case_last_decision(case)
+    if decision is not None:
+        why += f" It was {decision.what} by {decision.actor} at {decision.at:%Y-%m-%d %H:%M:%S} UTC."
+    return why
+
+
 def perform(op: Operation, cases: list[RecoveryCase], *, user, form: forms.Form) -> list[Outcome]:
     """Carry out ``op`` on each case (checked again, fresh from the database) and say what happened to each."""
     actor = operator_actor(user)
@@ -218,7 +230,7 @@ def perform(op: Operation, cases: list[RecoveryCase], *, user, form: forms.Form)
         case = RecoveryCase.objects.select_related("connection").filter(pk=stale.pk).first()
         if case is None:
             continue
-        why = op.refusal(case)
+        why = refusal_for(op, case)
         if why is not None:
             audit_refusal(case, op=op, actor=actor, why=why)
             outcomes.append(Outcome(case, False, why))

@@ -79,3 +79,19 @@ class RefreshClaimNotHeld(DomainError):
     code = "REFRESH_CLAIM_NOT_HELD"
     status = 409
     default_message = "This refresh claim round is not held by this holder (it expired and was taken over, or never was)."
+
+
+class CaseAlreadyDecided(CaseTransitionNotAllowed):
+    """Another operator's decision landed first; ``data`` says who decided what and when."""
+
+    code = "CASE_ALREADY_DECIDED"
+    status = 409
+    default_message = "Another operator already decided this case."
+
+
+class ActionAlreadyReconciled(DomainError):
+    """An operator's by-hand reconciliation lost to another's (or a reconciler's); ``data`` says whose and when."""
+
+    code = "ACTION_ALREADY_RECONCILED"
+    status = 409
+    default_message = "This action was already reconciled by someone else."

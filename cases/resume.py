@@ -35,7 +35,7 @@ from django.utils.module_loading import import_string
 from audit.services import audit_record
 
 from . import services
-from .errors import ActionStateConflict, CaseNotFound
+from .errors import ActionAlreadyReconciled, ActionStateConflict, CaseNotFound
 from .models import RELEASED_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
 from .runtimes import ResumeRequest, RuntimeDeliveryError, RunNotWaiting, adapter_for
 
@@ -173,7 +173,7 @@ def actions_reconcile(ambiguous, *, case: RecoveryCase, actor: str) -> Reconcile
                                       evidence=finding.evidence, result=finding.result,
                                       external_ref=finding.external_ref, generation=None,
                                       actor=f"reconciler:{path}"[:200])
-        except ActionStateConflict:
+        except (ActionStateConflict, ActionAlreadyReconciled):
             pass  # settled meanwhile (a worker's callback, an operator): the ledger has the answer
         report.settled.append(name)
     return report

@@ -39,11 +39,13 @@ from .approval import (  # noqa: F401  (re-exported: the policy's public names s
     resume_approval_required,
 )
 from .errors import (
+    ActionAlreadyReconciled,
     ActionConnectionMismatch,
     ActionInProgress,
     ActionNotFound,
     ActionParamsMismatch,
     ActionStateConflict,
+    CaseAlreadyDecided,
     CaseNotFound,
     CaseTransitionNotAllowed,
     ConnectionConflict,
@@ -716,6 +718,14 @@ def action_reconcile(
     else:
         action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="reconcile")
     to = Action.State.RECONCILED_COMMITTED if found else Action.State.RECONCILED_ABSENT
+    settled = (Action.State.RECONCILED_COMMITTED, Action.State.RECONCILED_ABSENT)
+    if generation is None and action.state in settled and action.reconciled_by and action.reconciled_by != actor:
+        raise ActionAlreadyReconciled(
+            f"{run_id}/{action_key} was already reconciled ({action.state}) by {action.reconciled_by} "
+            f"at {action.updated_at:%Y-%m-%d %H:%M:%S} UTC.",
+            data={"run_id": run_id, "action_key": action_key, "state": action.state,
+                  "decided_by": action.reconciled_by, "decided_at": action.updated_at.isoformat()},
+        )
     if action.state == to:
         return action
     _require_action_move(action, to)
@@ -1244,8 +1254,54 @@ def _required_text(value: str | None, *, name: str) -> str:
     return text[:2000]
 
 
-def _approved(case: RecoveryCase) -> bool:
-    return AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", arguments__approved=True).exists()
+@dataclass(frozen=True)
+class CaseDecision:
+    """Who moved a case by a decision (approve, reject, abandon, retry, reconcile by hand), and when."""
+
+    what: str
+    actor: str
+    at: Any
+
+    def refusal(self, case: RecoveryCase) -> CaseAlreadyDecided:
+        return CaseAlreadyDecided(
+            f"{case.reference} was already {self.what} by {self.actor} at {self.at:%Y-%m-%d %H:%M:%S} UTC.",
+            data={"case_id": case.reference, "state": case.state, "decision": self.what, "decided_by": self.actor,
+                  "decided_at": self.at.isoformat()},
+        )
+
+
+def case_last_decision(case: RecoveryCase) -> CaseDecision | None:
+    """The audited move that put ``case`` in its current state (the latest ``case.<state>`` event), if any."""
+    from audit.models import AuditEvent
+
+    event = (AuditEvent.objects.filter(case_id=case.pk, action=f"case.{case.state}")
+             .order_by("-occurred_at", "-id").only("actor", "occurred_at", "arguments").first())
+    if event is None:
+        return None
+    args = event.arguments or {}
+    what = ("approved" if args.get("approved") else "rejected" if args.get("rejected") else
+            "reopened" if args.get("reopened") else "abandoned" if case.state == CaseState.ABANDONED else
+            f"moved to {case.state}")
+    return CaseDecision(what=what, actor=event.actor, at=event.occurred_at)
+
+
+def _approval(case: RecoveryCase) -> CaseDecision | None:
+    from audit.models import AuditEvent
+
+    event = (AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", arguments__approved=True)
+             .order_by("-occurred_at", "-id").only("actor", "occurred_at").first())
+    return CaseDecision(what="approved", actor=event.actor, at=event.occurred_at) if event else None
+
+
+def _decided_elsewhere(case: RecoveryCase, decision: CaseDecision | None, *, actor: str) -> RecoveryCase:
+    """The conditional transition found its source state gone: the same actor repeating gets the case back
+    (every write path is safe to repeat); anyone else is told who decided and when."""
+    if decision is None:
+        raise CaseTransitionNotAllowed(f"Case {case.reference} is {case.state}.",
+                                       data={"case_id": case.reference, "state": case.state})
+    if decision.actor == actor:
+        return case
+    raise decision.refusal(case)
 
 
 @transaction.atomic
@@ -1253,16 +1309,19 @@ def case_approve(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase
     """An operator releases a case waiting in ``awaiting_approval``: it moves to ``resuming``, its runs are unparked,
     and each released run is owed its resume in this transaction exactly as on the automatic path. Approving an
     already approved case returns it unchanged.
+
+    The move is conditional on the state read under the row lock: of two operators approving at once, one
+    approves and the other gets ``CASE_ALREADY_DECIDED`` naming the first; the same operator repeating gets the
+    case back unchanged.
     """
     reason = _required_text(reason, name="reason")
     case = _lock_case_runs_then_case(case_id)
     if case.state != CaseState.AWAITING_APPROVAL:
-        if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED, CaseState.RESUME_FAILED) and _approved(case):
-            return case
-        raise CaseTransitionNotAllowed(
-            f"Case {case.reference} is {case.state}; only a case awaiting approval can be approved.",
-            data={"case_id": case.reference, "state": case.state, "to": CaseState.RESUMING},
-        )
+        if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED, CaseState.RESUME_FAILED):
+            approval = _approval(case)
+            if approval is not None:
+                return _decided_elsewhere(case, approval, actor=actor)
+        raise _not_allowed(case, "only a case awaiting approval can be approved", to=CaseState.RESUMING)
     ambiguous = [f"{r}/{k}" for r, k in Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS)
                  .values_list("run_id", "action_key")]
     arguments: dict[str, Any] = {"approved": True, "reason": reason}
@@ -1279,23 +1338,59 @@ def case_reject(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
     reason = _required_text(reason, name="reason")
     case = case_lock(case_id)
     if case.state == CaseState.ABANDONED:
-        return case
+        return _decided_elsewhere(case, case_last_decision(case), actor=actor)
     if case.state != CaseState.AWAITING_APPROVAL:
-        raise CaseTransitionNotAllowed(
-            f"Case {case.reference} is {case.state}; only a case awaiting approval can be rejected.",
-            data={"case_id": case.reference, "state": case.state, "to": CaseState.ABANDONED},
-        )
+        approval = _approval(case)
+        if approval is not None:
+            raise approval.refusal(case)
+        raise _not_allowed(case, "only a case awaiting approval can be rejected", to=CaseState.ABANDONED)
     return _case_abandon_locked(case, actor=actor, arguments={"rejected": True, "reason": reason})
 
 
 @transaction.atomic
 def case_abandon(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
-    """Give up on a case: it stops blocking its runs (they stay parked for their owners) and its owner link is revoked."""
+    """Give up on a case: it stops blocking its runs (they stay parked for their owners) and its owner link is revoked.
+    A case another operator abandoned (or rejected) meanwhile is refused with who did it."""
     reason = _required_text(reason, name="reason")
     case = case_lock(case_id)
     if case.state == CaseState.ABANDONED:
-        return case
+        return _decided_elsewhere(case, case_last_decision(case), actor=actor)
+    if CaseState.ABANDONED not in CASE_TRANSITIONS[case.state]:
+        raise_moved(case)
     return _case_abandon_locked(case, actor=actor, arguments={"reason": reason})
+
+
+def _not_allowed(case: RecoveryCase, rule: str, *, to: str) -> CaseTransitionNotAllowed:
+    """A wrong-state refusal that names the decision which last moved the case."""
+    data: dict[str, Any] = {"case_id": case.reference, "state": case.state, "to": to}
+    message = f"Case {case.reference} is {case.state}; {rule}."
+    decision = case_last_decision(case)
+    if decision is not None:
+        message += f" It was {decision.what} by {decision.actor} at {decision.at:%Y-%m-%d %H:%M:%S} UTC."
+        data.update(decided_by=decision.actor, decided_at=decision.at.isoformat())
+    return CaseTransitionNotAllowed(message, data=data)
+
+
+def raise_moved(case: RecoveryCase) -> None:
+    """Refuse a decision on a case whose state no longer allows it, naming the last decision that moved it."""
+    decision = case_last_decision(case)
+    if decision is not None:
+        raise decision.refusal(case)
+    raise CaseTransitionNotAllowed(f"Case {case.reference} is {case.state}.",
+                                   data={"case_id": case.reference, "state": case.state})
+
+
+@transaction.atomic
+def case_retry_resume(*, case_id: str | int, actor: str) -> RecoveryCase:
+    """An operator retries a ``resume_failed`` case; of two retrying at once, the second is told who retried.
+    The caller dispatches the resume (``cases.resume.case_resume_dispatch``) in the same transaction."""
+    case = case_lock(case_id)
+    if case.state != CaseState.RESUME_FAILED:
+        if case.state == CaseState.RESUMING:
+            decision = case_last_decision(case)
+            return _decided_elsewhere(case, decision, actor=actor)
+        raise_moved(case)
+    return case
 
 
 def _case_abandon_locked(case: RecoveryCase, *, actor: str, arguments: dict[str, Any]) -> RecoveryCase:

@@ -8,7 +8,7 @@ from tests.conftest import worker_passes
 
 from audit.models import AuditEvent
 from cases import services
-from cases.errors import CaseTransitionNotAllowed
+from cases.errors import CaseAlreadyDecided, CaseTransitionNotAllowed
 from cases.models import CaseState, RecoveryCase, Run
 from cases.runtimes import ResumeResult, RuntimeAdapter, RunStatus, reset_adapters
 from cases.services import Reconciliation, resume_approval_required
@@ -172,12 +172,18 @@ def test_an_approved_case_is_resumed_through_its_runtime_adapter(make_case, sett
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
 
 
-def test_approve_again_returns_the_case_and_owes_nothing_more(make_case, held_outbox, django_capture_on_commit_callbacks):
+def test_approve_again_returns_the_case_to_its_approver_and_names_them_to_anyone_else(
+        make_case, held_outbox, django_capture_on_commit_callbacks):
     case = make_case(CaseState.AWAITING_APPROVAL)
     with django_capture_on_commit_callbacks(execute=True):
         services.case_approve(case_id=case.pk, actor="operator:ann", reason="ok")
     with django_capture_on_commit_callbacks(execute=True):
-        again = services.case_approve(case_id=case.pk, actor="operator:bob", reason="ok too")
+        again = services.case_approve(case_id=case.pk, actor="operator:ann", reason="ok")
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(CaseAlreadyDecided) as refused:
+        services.case_approve(case_id=case.pk, actor="operator:bob", reason="ok too")
+    assert refused.value.code == "CASE_ALREADY_DECIDED" and refused.value.status == 409
+    assert refused.value.data["decided_by"] == "operator:ann" and refused.value.data["decision"] == "approved"
+    assert "already approved by operator:ann" in refused.value.message
     assert again.state == CaseState.RESUMING and len(held_outbox.resumes()) == 1 and len(held_outbox.dispatched) == 1
     assert AuditEvent.objects.filter(case_id=case.pk, action="case.resuming").count() == 1
 
