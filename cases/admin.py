@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
@@ -528,8 +529,8 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
             cases = cases[: self.list_max_show_all]
             self.message_user(request, f"Only the first {self.list_max_show_all} selected cases are acted on; "
                                        "narrow the filters and repeat for the rest.", messages.WARNING)
-        if "apply" in request.POST or op.form is console.ConfirmForm:
-            form = op.form_for(request.POST if "apply" in request.POST else {}, cases=cases)
+        if "apply" in request.POST:
+            form = op.form_for(request.POST, cases=cases)
             if form.is_valid():
                 self._report(request, console.perform(op, cases, user=request.user, form=form))
                 return None
@@ -539,9 +540,11 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         if not eligible:
             actor = console.operator_actor(request.user)
             for case, why in refused:
-                console.audit_refusal(case, op=op, actor=actor, why=why)
+                console.audit_refusal(case, operation=op.name, actor=actor, why=why)
                 self.message_user(request, why, messages.ERROR)
             return None
+        # Nothing is done until the operator confirms the page listing each case's effect; the skips shown there
+        # are audited when confirmed (``console.perform`` re-checks every case then).
         return self._confirm_page(request, op, eligible, refused, form, selection=True)
 
     # ---- the case page and acting on one case
@@ -613,18 +616,35 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
             raise Http404
         return HttpResponseRedirect(reverse("admin:audit_auditevent_changelist") + f"?q={case.reference}")
 
-    def operate_view(self, request, object_id, name):
-        if not self.has_operate_permission(request):
+    def _refuse_permission(self, request, cases, *, op_name: str) -> None:
+        """A staff user without ``cases.operate_case`` tried to act: audited per case, then 403 (or a message)."""
+        why = f"{console.PERMISSION} is required to {op_name.replace('_', ' ')} a case"
+        actor = console.operator_actor(request.user)
+        for case in cases:
+            console.audit_refusal(case, operation=op_name, actor=actor, why=why)
+
+    def changelist_view(self, request, extra_context=None):
+        name = request.POST.get("action", "") if request.method == "POST" else ""
+        if name.startswith("operate_") and not self.has_operate_permission(request):
+            ids = [i for i in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME) if i.isdigit()]
+            self._refuse_permission(request, RecoveryCase.objects.filter(pk__in=ids[:self.list_max_show_all]),
+                                    op_name=name.removeprefix("operate_"))
             raise PermissionDenied
+        return super().changelist_view(request, extra_context)
+
+    def operate_view(self, request, object_id, name):
         op = console.OPERATIONS.get(name)
         object_id = unquote(object_id)
         case = RecoveryCase.objects.select_related("connection").filter(pk=object_id).first() if object_id.isdigit() else None
         if op is None or case is None or not self._visible(request, case):
             raise Http404
+        if not self.has_operate_permission(request):
+            self._refuse_permission(request, [case], op_name=name)
+            raise PermissionDenied
         if request.method == "POST":
-            why = op.refusal(case)
+            why = console.refusal_for(op, case)
             if why is not None:
-                console.audit_refusal(case, op=op, actor=console.operator_actor(request.user), why=why)
+                console.audit_refusal(case, operation=op.name, actor=console.operator_actor(request.user), why=why)
                 self.message_user(request, why, messages.ERROR)
                 return HttpResponseRedirect(self._case_url(case))
             form = op.form_for(request.POST, cases=[case])
@@ -632,8 +652,9 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
                 self._report(request, console.perform(op, [case], user=request.user, form=form))
                 return HttpResponseRedirect(self._case_url(case))
         else:
-            why = op.refusal(case)
+            why = console.refusal_for(op, case)
             if why is not None:
+                console.audit_refusal(case, operation=op.name, actor=console.operator_actor(request.user), why=why)
                 self.message_user(request, why, messages.ERROR)
                 return HttpResponseRedirect(self._case_url(case))
             form = op.form_for(cases=[case])
@@ -646,7 +667,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
     def _partition(op, cases):
         eligible, refused = [], []
         for case in cases:
-            why = op.refusal(case)
+            why = console.refusal_for(op, case)
             if why is None:
                 eligible.append(case)
             else:
@@ -664,6 +685,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
             "title": op.label,
             "op": op,
             "cases": eligible,
+            "effects": [(case, op.effect_on(case)) for case in eligible],
             "refused": refused,
             "form": form,
             "selection": selection,

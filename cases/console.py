@@ -82,6 +82,11 @@ class Operation:
     refusal: Callable[[RecoveryCase], str | None]
     run: Callable[..., str]
     danger: bool = False
+    effect: Callable[[RecoveryCase], str] | None = None
+    """What carrying it out will do to one case, in words (the confirmation page lists it per case)."""
+
+    def effect_on(self, case: RecoveryCase) -> str:
+        return self.effect(case) if self.effect else self.label
 
     def form_for(self, data=None, *, cases: list[RecoveryCase]) -> forms.Form:
         actions = console_ambiguous_actions(case_ids=[c.pk for c in cases]) if self.form is ReconcileForm else None
@@ -180,18 +185,53 @@ def _reconcile(case: RecoveryCase, *, actor: str, form: forms.Form, done: set[in
     return f"{case.reference}: reconciled {summary} as {verdict}; {left} ambiguous left; the case is {case.state}."
 
 
+def _runs(case: RecoveryCase) -> int:
+    return case.case_runs.count()
+
+
+def _approve_effect(case: RecoveryCase) -> str:
+    return f"moves to resuming and sends the resume to its {_runs(case)} parked run(s)"
+
+
+def _abandon_effect(case: RecoveryCase) -> str:
+    live = case.reconnect_requests.filter(state="active").count()
+    links = f"; revokes its {live} live owner link(s)" if live else ""
+    return f"becomes abandoned; its {_runs(case)} run(s) stay parked{links}"
+
+
+def _resend_effect(case: RecoveryCase) -> str:
+    latest = case.reconnect_requests.order_by("-created_at", "-id").first()
+    old = f"revokes owner link {str(latest.public_id)[:8]}… ({latest.state})" if latest else "issues an owner link"
+    return f"{old} and e-mails a new link to {case.connection.owner_email}"
+
+
+def _reconcile_effect(case: RecoveryCase) -> str:
+    n = Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).count()
+    return f"settles the chosen ones of its {n} ambiguous action(s) with your note as evidence"
+
+
+def _retry_effect(case: RecoveryCase) -> str:
+    return f"moves to resuming and re-sends the resume to its {_runs(case)} run(s)"
+
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in [
         Operation("approve", "Approve resume", ReasonForm,
-                  _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be approved"), _approve),
+                  _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be approved"), _approve,
+                  effect=_approve_effect),
         Operation("reject", "Reject resume (abandon the case)", ReasonForm,
-                  _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be rejected"), _reject, danger=True),
-        Operation("resend_link", "Resend the owner link", ConfirmForm, _resend_refusal, _resend),
-        Operation("reconcile", "Reconcile ambiguous actions by hand", ReconcileForm, _reconcile_refusal, _reconcile),
-        Operation("abandon", "Abandon the case", ReasonForm, _abandon_refusal, _abandon, danger=True),
+                  _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be rejected"), _reject, danger=True,
+                  effect=_abandon_effect),
+        Operation("resend_link", "Resend the owner link", ConfirmForm, _resend_refusal, _resend,
+                  effect=_resend_effect),
+        Operation("reconcile", "Reconcile ambiguous actions by hand", ReconcileForm, _reconcile_refusal, _reconcile,
+                  effect=_reconcile_effect),
+        Operation("abandon", "Abandon the case", ReasonForm, _abandon_refusal, _abandon, danger=True,
+                  effect=_abandon_effect),
         Operation("retry_resume", "Retry the failed resume", ConfirmForm,
-                  _only(CaseState.RESUME_FAILED, what="only a case whose resume failed can be retried"), _retry),
+                  _only(CaseState.RESUME_FAILED, what="only a case whose resume failed can be retried"), _retry,
+                  effect=_retry_effect),
     ]
 }
 
@@ -203,11 +243,12 @@ class Outcome:
     message: str
 
 
-def audit_refusal(case: RecoveryCase, *, op: Operation, actor: str, why: str) -> None:
+def audit_refusal(case: RecoveryCase, *, operation: str, actor: str, why: str) -> None:
+    """Every refusal leaves a trace: wrong state, lost race, bulk skip, missing permission."""
     with transaction.atomic():
         audit_record(actor=actor, action="console.refused", entity_type="case", entity_id=case.reference or str(case.pk),
                      case=case, run_id=case.run_id, connection_id=case.connection_id, outcome="refused",
-                     arguments={"operation": op.name, "state": case.state, "why": why})
+                     arguments={"operation": operation, "state": case.state, "why": why})
 
 
 def refusal_for(op: Operation, case: RecoveryCase) -> str | None:
@@ -232,7 +273,7 @@ def perform(op: Operation, cases: list[RecoveryCase], *, user, form: forms.Form)
             continue
         why = refusal_for(op, case)
         if why is not None:
-            audit_refusal(case, op=op, actor=actor, why=why)
+            audit_refusal(case, operation=op.name, actor=actor, why=why)
             outcomes.append(Outcome(case, False, why))
             continue
         try:
@@ -240,7 +281,7 @@ def perform(op: Operation, cases: list[RecoveryCase], *, user, form: forms.Form)
             outcomes.append(Outcome(case, True, op.run(case, actor=actor, form=form, **kwargs)))
         except DomainError as exc:
             message = f"{case.reference}: {exc.message} ({exc.code})"
-            audit_refusal(case, op=op, actor=actor, why=message)
+            audit_refusal(case, operation=op.name, actor=actor, why=message)
             outcomes.append(Outcome(case, False, message))
     return outcomes
 

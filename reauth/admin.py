@@ -1,4 +1,7 @@
 from django.contrib import admin, messages
+from django.db import transaction
+
+from audit.services import audit_record
 
 from cases.console_access import namespaces_visible_to
 from revive_site.errors import DomainError
@@ -51,6 +54,11 @@ class ReconnectRequestAdmin(admin.ModelAdmin):
             try:
                 new = reconnect_request_resend(public_id=req.public_id, actor=actor)
             except DomainError as exc:
+                with transaction.atomic():  # every refusal leaves a trace (console.refused), as in the case console
+                    audit_record(actor=actor, action="console.refused", entity_type="reconnect_request",
+                                 entity_id=req.public_id, case=req.case, connection_id=req.connection_id,
+                                 outcome="refused", arguments={"operation": "resend_link", "why": exc.message,
+                                                               "code": exc.code})
                 messages.error(request, f"{req.case}: {exc.code}: {exc.message}")
             else:
                 messages.success(request, f"{req.case}: a new link is on its way to the owner ({new.public_id}).")

@@ -326,12 +326,17 @@ def test_a_selection_skips_the_cases_in_the_wrong_state(operator_client, make_ca
     assert any(m.startswith(f"{bad.reference} is awaiting owner: only a case awaiting approval can be approved. It was moved to awaiting_owner by test at ") for m in texts(response))
 
 
-def test_resend_and_retry_on_a_selection_need_no_form(operator_client, make_case, held_outbox):
+def test_resend_and_retry_on_a_selection_act_only_once_confirmed(operator_client, make_case, held_outbox):
     opened = [make_case(CaseState.OPENED) for _ in range(2)]
-    select(operator_client, "resend_link", opened)
+    confirm = select(operator_client, "resend_link", opened)
+    assert confirm.content.count(b'class="will-happen"') == 2 and b"e-mails a new link to" in confirm.content
+    assert not ReconnectRequest.objects.filter(case__in=opened, created_by__startswith="operator:").exists()
+    select(operator_client, "resend_link", opened, apply="1")
     assert ReconnectRequest.objects.filter(case__in=opened, state="active", created_by__startswith="operator:").count() == 2
     failed = [make_case(CaseState.RESUME_FAILED) for _ in range(2)]
-    select(operator_client, "retry_resume", failed)
+    confirm = select(operator_client, "retry_resume", failed)
+    assert [state(c) for c in failed] == [CaseState.RESUME_FAILED] * 2 and b"re-sends the resume" in confirm.content
+    select(operator_client, "retry_resume", failed, apply="1")
     assert [state(c) for c in failed] == [CaseState.RESUMING] * 2
 
 
@@ -447,9 +452,13 @@ def test_an_auditor_reads_but_cannot_act(auditor_client, make_case):
     assert auditor_client.get(operate_url(case, "approve")).status_code == 403
     assert auditor_client.post(operate_url(case, "approve"), {"reason": "x"}).status_code == 403
     response = select(auditor_client, "approve", [case], apply="1", reason="x")
-    assert response.status_code == 200 and state(case) == CaseState.AWAITING_APPROVAL
+    assert response.status_code == 403 and state(case) == CaseState.AWAITING_APPROVAL
     assert auditor_client.get("/admin/audit/auditevent/").status_code == 200
     assert not AuditEvent.objects.filter(case_id=case.pk, action="case.resuming").exists()
+    refusals = AuditEvent.objects.filter(case_id=case.pk, action="console.refused").order_by("id")
+    assert [e.arguments["operation"] for e in refusals] == ["approve"] * 3  # page, form post, list action
+    assert all(e.actor.startswith("operator:aud") and "cases.operate_case is required" in e.arguments["why"]
+               for e in refusals)
 
 
 def test_a_user_without_view_permission_sees_nothing(client, make_case, django_user_model):
@@ -614,3 +623,27 @@ def test_only_operators_may_resend_links_from_the_reconnect_admin(rf):
                                   Permission.objects.get(codename="operate_case"))
     request.user = User.objects.get(pk=operator.pk)
     assert "resend_link" in model_admin.get_actions(request)
+
+
+def test_a_refused_resend_in_the_reconnect_admin_is_audited(operator_client, make_case):
+    case = make_case(CaseState.RESUMING)  # moved on: its owner link is no longer needed
+    req = ReconnectRequest.objects.filter(case=case).first()
+    assert req is not None
+    operator_client.post("/admin/reauth/reconnectrequest/", {"action": "resend_link", "_selected_action": [req.pk],
+                                                             "index": 0, "select_across": 0}, follow=True)
+    refused = AuditEvent.objects.get(action="console.refused", entity_type="reconnect_request")
+    assert refused.case_id == case.pk and refused.actor.startswith("operator:ann")
+    assert refused.arguments["operation"] == "resend_link" and refused.arguments["code"]
+
+
+def test_the_skipped_cases_of_a_confirmed_selection_are_audited(operator_client, make_case, monkeypatch):
+    from cases import tasks
+
+    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: None)
+    good, bad = make_case(CaseState.AWAITING_APPROVAL), make_case(CaseState.OPENED)
+    confirm = select(operator_client, "approve", [good, bad]).content.decode()
+    assert 'class="skipped refused-row" data-case="%s"' % bad.reference in confirm
+    assert "moves to resuming and sends the resume to its 1 parked run(s)" in confirm
+    select(operator_client, "approve", [good, bad], apply="1", reason="checked")
+    refused = AuditEvent.objects.get(case_id=bad.pk, action="console.refused")
+    assert refused.arguments["operation"] == "approve" and "only a case awaiting approval" in refused.arguments["why"]
