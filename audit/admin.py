@@ -71,6 +71,33 @@ class ActorKindFilter(admin.SimpleListFilter):
 EVENT_SCOPES: list[Callable[[HttpRequest, QuerySet], QuerySet]] = []
 
 
+_case_scopes: list = []
+
+
+def register_case_scope(scope) -> None:
+    """The cases app hands over which events belong to a case (``scope(case_pk) -> Q | None``); audit imports
+    nothing above it."""
+    _case_scopes[:] = [scope]
+
+
+class CaseFilter(admin.SimpleListFilter):
+    """``?case=<pk>``: every event of one case (its runs' too), as its case page's timeline shows them. Offered
+    only when set (by the case page's "Audit log" link), so the sidebar lists no cases."""
+
+    title = "case"
+    parameter_name = "case"
+
+    def lookups(self, request, model_admin):
+        value = request.GET.get(self.parameter_name, "")
+        return [(value, f"case {value}")] if value.isdigit() else []
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        scope = _case_scopes[0](self.value()) if _case_scopes and self.value().isdigit() else None
+        return queryset.filter(scope) if scope is not None else queryset.none()
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
     """The audit log. Searching matches a case id, run id or entity id exactly, and an actor or action by prefix
@@ -78,7 +105,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     What is shown is redacted again on display (it was redacted when written)."""
 
     list_display = ["occurred_at", "actor", "action", "entity_type", "entity_id", "case_reference", "outcome"]
-    list_filter = [OutcomeFilter, ActorKindFilter, EntityTypeFilter]
+    list_filter = [CaseFilter, OutcomeFilter, ActorKindFilter, EntityTypeFilter]
     search_fields = ["case_reference", "actor", "action"]
     search_help_text = "Case id, run id, entity id, trace id, or the start of an actor or action (operator:, case.)."
     date_hierarchy = "occurred_at"

@@ -24,7 +24,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from audit import admin as audit_admin
-from audit.admin import redacted_json
+from audit.admin import redacted_json, register_case_scope
 from revive_site.errors import DomainError
 
 from . import console
@@ -48,7 +48,7 @@ from .models import (
 from .admin_services import api_key_access_change, connection_identity_change
 from .forms import ApiKeyAccessForm, ConnectionIdentityForm
 from .outbox import outbox_retry
-from .selectors import console_case_detail, console_case_queryset, console_case_search, urgency_ranks
+from .selectors import case_audit_q, console_case_detail, console_case_queryset, console_case_search, urgency_ranks
 from .services import LIVE_TRANSITIONS, api_key_create, api_key_revoke
 from .templatetags.revive_console import age as age_text
 from .timeline import timeline_svg
@@ -163,6 +163,14 @@ class NamespaceAdmin(admin.ModelAdmin):
     def save_related(self, request, form, formsets, change):
         namespace_operators_set(name=form.instance.pk, users=list(form.cleaned_data["operators"]),
                                 actor=console.operator_actor(request.user))
+
+
+def _case_scope(case_pk: str):
+    case = RecoveryCase.objects.select_related("checkpoint").filter(pk=int(case_pk)).first()
+    return case_audit_q(case) if case is not None else None
+
+
+register_case_scope(_case_scope)
 
 
 @admin.register(ApiKey)
@@ -604,7 +612,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
             ],
             "operations": operations,
             "can_operate": can_operate,
-            "audit_url": reverse("admin:audit_auditevent_changelist") + f"?q={case.reference}",
+            "audit_url": reverse("admin:audit_auditevent_changelist") + f"?case={case.pk}",
             "has_view_permission": True,
         }
         request.current_app = self.admin_site.name
@@ -614,7 +622,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         case = RecoveryCase.objects.filter(pk=unquote(object_id)).only("reference").first() if unquote(object_id).isdigit() else None
         if case is None:
             raise Http404
-        return HttpResponseRedirect(reverse("admin:audit_auditevent_changelist") + f"?q={case.reference}")
+        return HttpResponseRedirect(reverse("admin:audit_auditevent_changelist") + f"?case={case.pk}")
 
     def _refuse_permission(self, request, cases, *, op_name: str) -> None:
         """A staff user without ``cases.operate_case`` tried to act: audited per case, then 403 (or a message)."""

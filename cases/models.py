@@ -159,6 +159,16 @@ class Checkpoint(models.Model):
     def __str__(self) -> str:
         return self.label or self.checkpoint_id
 
+    @property
+    def display_name(self) -> str:
+        """``05 / prepare brief`` once, whether the worker's label repeats the checkpoint id or not."""
+        label = self.label.strip()
+        if not label or label == self.checkpoint_id:
+            return self.checkpoint_id
+        if label.startswith(f"{self.checkpoint_id} /"):
+            return label
+        return f"{self.checkpoint_id} / {label}"
+
 
 class Action(models.Model):
     """One mutating action of a run: the ledger entry that makes it at-most-once."""

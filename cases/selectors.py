@@ -204,6 +204,25 @@ def duplicate_effects(history) -> dict[str, int]:
     return duplicates
 
 
+def case_audit_q(case: RecoveryCase, *, run_ids: list[str] | None = None) -> Q:
+    """The audit events that belong to ``case``: its own, and its runs' events (actions reconciled by hand, their
+    checkpoints) since the run reached the case's checkpoint. The case page's timeline, the audit log's case
+    filter and the case's CSV export all read this one set."""
+    if run_ids is None:
+        run_ids = list(CaseRun.objects.filter(case=case).values_list("run_id", flat=True)) or [case.run_id]
+    checkpoint = case.checkpoint if case.checkpoint_id else None
+    since = min(filter(None, [case.opened_at, checkpoint.created_at if checkpoint else None]))
+    return Q(case_id=case.pk) | Q(run_id__in=run_ids, occurred_at__gte=since, case_id__isnull=True)
+
+
+def case_audit_events(*, case_id: str | int):
+    """The audit events of one case (``case_audit_q``), oldest first; None when there is no such case."""
+    case = RecoveryCase.objects.select_related("checkpoint").filter(pk=int(case_id)).first() if str(case_id).isdigit() else None
+    if case is None:
+        return None
+    return AuditEvent.objects.filter(case_audit_q(case)).order_by("occurred_at", "id")
+
+
 def console_case_detail(*, case_id: str | int) -> CaseDetail | None:
     """Everything the case page shows, in a fixed number of queries whatever the size of the case or the database."""
     qs = RecoveryCase.objects.select_related("connection", "run", "checkpoint", "action")
@@ -214,9 +233,8 @@ def console_case_detail(*, case_id: str | int) -> CaseDetail | None:
     case_runs = list(CaseRun.objects.filter(case=case).select_related("run", "checkpoint", "action").order_by("joined_at", "pk"))
     run_ids = [cr.run_id for cr in case_runs] or [case.run_id]
     ledger = list(Action.objects.filter(run_id__in=run_ids).select_related("checkpoint").order_by("run_id", "created_at", "pk"))
-    since = min(filter(None, [case.opened_at, case.checkpoint.created_at if case.checkpoint else None]))
     events = list(
-        AuditEvent.objects.filter(Q(case_id=case.pk) | Q(run_id__in=run_ids, occurred_at__gte=since, case_id__isnull=True))
+        AuditEvent.objects.filter(case_audit_q(case, run_ids=run_ids))
         .order_by("occurred_at", "id")[: TIMELINE_LIMIT + 1]
     )
     reached = (AuditEvent.objects.filter(case_id=case.pk, action__in=list(LIVE_TRANSITIONS)).order_by()

@@ -4,6 +4,10 @@ from django.urls import include, path
 from .api import operator_api, worker_api
 from .metrics import metrics_view
 
+admin.site.site_header = "Revive"
+admin.site.site_title = "Revive console"
+admin.site.index_title = "Recovery console"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", worker_api.urls),

@@ -6,13 +6,14 @@ import re
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db.models import Q
 from django.core import mail
 from django.core.management import call_command
 
 from audit.models import AuditEvent
 from cases import services
 from cases.console_access import AUDITORS, OPERATORS
-from cases.models import Action, CaseState, RecoveryCase, Run
+from cases.models import Action, CaseState, Checkpoint, RecoveryCase, Run
 from cases.selectors import duplicate_effects
 from cases.timeline import timeline_rows, timeline_svg
 from reauth.models import ReconnectRequest
@@ -647,3 +648,27 @@ def test_the_skipped_cases_of_a_confirmed_selection_are_audited(operator_client,
     select(operator_client, "approve", [good, bad], apply="1", reason="checked")
     refused = AuditEvent.objects.get(case_id=bad.pk, action="console.refused")
     assert refused.arguments["operation"] == "approve" and "only a case awaiting approval" in refused.arguments["why"]
+
+
+def test_the_case_pages_audit_log_link_lists_every_event_of_the_case(operator_client, make_case):
+    case = make_case(CaseState.AWAITING_APPROVAL)  # reconciled by hand: an action event with the run id, no case
+    page = operator_client.get(case_url(case)).content.decode()
+    link = f"/admin/audit/auditevent/?case={case.pk}"
+    assert link in page
+    timeline_rows = len(re.findall(r'<tr class="[^"]*" data-action="', page))
+    listing = operator_client.get(link).content.decode()
+    assert listing.count('class="action-checkbox"') == 0  # read-only, no actions
+    reconciled = AuditEvent.objects.get(action="action.reconciled_committed", run_id=case.run_id)
+    assert reconciled.case_id is None and f"/admin/audit/auditevent/{reconciled.pk}/change/" in listing
+    shown = len(set(re.findall(r'/admin/audit/auditevent/(\d+)/change/', listing)))
+    assert shown == timeline_rows == AuditEvent.objects.filter(
+        Q(case_id=case.pk) | Q(run_id=case.run_id, case_id__isnull=True, occurred_at__gte=case.checkpoint.created_at)).count()
+
+
+def test_the_checkpoint_reads_once_and_the_header_says_revive(operator_client, make_case):
+    case = make_case(CaseState.OPENED)
+    Checkpoint.objects.filter(pk=case.checkpoint_id).update(label="05 / prepare brief")  # as the lab labels it
+    page = operator_client.get(case_url(case)).content.decode()
+    assert '<dd id="checkpoint">05 / prepare brief</dd>' in page
+    assert "Django administration" not in page and "Revive" in page
+    assert "<title>" in page and "Revive console" in page
