@@ -9,14 +9,17 @@ shown redacted.
 
 from __future__ import annotations
 
+import csv
+import json
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -25,6 +28,7 @@ from django.utils.safestring import mark_safe
 
 from audit import admin as audit_admin
 from audit.admin import redacted_json, register_case_scope
+from audit.redaction import redact
 from revive_site.errors import DomainError
 
 from . import console
@@ -48,8 +52,12 @@ from .models import (
 from .admin_services import api_key_access_change, connection_identity_change
 from .forms import ApiKeyAccessForm, ConnectionIdentityForm
 from .outbox import outbox_retry
-from .selectors import case_audit_q, console_case_detail, console_case_queryset, console_case_search, urgency_ranks
-from .services import LIVE_TRANSITIONS, api_key_create, api_key_revoke
+from .selectors import (
+    case_audit_events, case_audit_q, case_links_out, console_case_detail, console_case_queryset, console_case_search,
+    urgency_ranks,
+)
+from . import services
+from .services import LIVE_TRANSITIONS, api_key_create, api_key_revoke, case_four_eyes
 from .templatetags.revive_console import age as age_text
 from .timeline import timeline_svg
 
@@ -440,6 +448,38 @@ class AgeFilter(admin.SimpleListFilter):
         return queryset
 
 
+class AssigneeFilter(admin.SimpleListFilter):
+    title = "owner"
+    parameter_name = "assignee"
+
+    def lookups(self, request, model_admin):
+        return [("me", "My cases"), ("none", "Unassigned")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "me":
+            return queryset.filter(assignee=request.user)
+        if self.value() == "none":
+            return queryset.filter(assignee__isnull=True)
+        return queryset
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+def _csv_response(rows, *, filename: str) -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+    response = StreamingHttpResponse((writer.writerow(row) for row in rows), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _json_cell(value) -> str:
+    """JSON for a CSV cell, redacted again on the way out (as the admin pages show it)."""
+    return "" if value in (None, {}, []) else json.dumps(redact(value), sort_keys=True, default=str)
+
+
 def _selection_action(op: console.Operation):
     def action(modeladmin, request, queryset):
         return modeladmin.operate_on_selection(request, queryset, op)
@@ -451,9 +491,9 @@ def _selection_action(op: console.Operation):
 @admin.register(RecoveryCase)
 class RecoveryCaseAdmin(admin.ModelAdmin):
     list_display = ["case_id", "state_badge", "failure_class", "provider_and_code", "connection_id_col", "tenant",
-                    "runs_blocked_col", "age", "owner_link"]
+                    "runs_blocked_col", "age", "owner_link", "assignee_col"]
     list_display_links = ["case_id"]
-    list_filter = [StateFilter, "failure_class", "provider", TenantFilter, OwnerLinkFilter, AgeFilter]
+    list_filter = [StateFilter, AssigneeFilter, "failure_class", "provider", TenantFilter, OwnerLinkFilter, AgeFilter]
     search_fields = ["reference"]
     search_help_text = "Exact case id, run id, connection id, owner e-mail or action key."
     list_per_page = 100
@@ -519,6 +559,10 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
     def age(self, obj):
         return age_text(obj.opened_at)
 
+    @admin.display(description="assignee", ordering="assignee__username")
+    def assignee_col(self, obj):
+        return obj.assignee.get_username() if obj.assignee_id else "—"
+
     @admin.display(description="owner link")
     def owner_link(self, obj):
         """``pending`` while the owner can use it; ``locked`` (the owner cannot go on: resend) while the case still
@@ -562,6 +606,11 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         return [
             path("<path:object_id>/operate/<str:name>/", self.admin_site.admin_view(self.operate_view),
                  name="%s_%s_operate" % info),
+            path("export.csv", self.admin_site.admin_view(self.export_cases_view), name="%s_%s_export" % info),
+            path("<path:object_id>/audit.csv", self.admin_site.admin_view(self.export_audit_view),
+                 name="%s_%s_audit_export" % info),
+            path("<path:object_id>/assign/", self.admin_site.admin_view(self.assign_view), name="%s_%s_assign" % info),
+            path("<path:object_id>/note/", self.admin_site.admin_view(self.note_view), name="%s_%s_note" % info),
         ] + super().get_urls()
 
     @staticmethod
@@ -612,7 +661,15 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
             ],
             "operations": operations,
             "can_operate": can_operate,
+            "notes": list(case.notes.all()),
+            "note_form": console.NoteForm(),
+            "assign_form": console.AssignForm(initial={"assignee": case.assignee_id}),
+            "assign_url": reverse("admin:cases_recoverycase_assign", args=[case.pk]),
+            "note_url": reverse("admin:cases_recoverycase_note", args=[case.pk]),
+            "four_eyes": case_four_eyes(case) if settings.REVIVE_FOUR_EYES and case.state == "awaiting_approval" else None,
+            "links_out": case_links_out(case, detail.case_runs),
             "audit_url": reverse("admin:audit_auditevent_changelist") + f"?case={case.pk}",
+            "audit_csv_url": reverse("admin:cases_recoverycase_audit_export", args=[case.pk]),
             "has_view_permission": True,
         }
         request.current_app = self.admin_site.name
@@ -623,6 +680,97 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         if case is None:
             raise Http404
         return HttpResponseRedirect(reverse("admin:audit_auditevent_changelist") + f"?case={case.pk}")
+
+    # ---- CSV exports: streamed, so a long list or trail never sits in memory
+
+    CASE_COLUMNS = ["case_id", "state", "failure_class", "provider", "provider_code", "connection", "tenant",
+                    "owner_email", "run", "runs_blocked", "assignee", "opened_at", "state_changed_at", "closed_at"]
+    AUDIT_COLUMNS = ["occurred_at", "actor", "action", "entity_type", "entity_id", "case_id", "run_id",
+                     "connection_id", "outcome", "before", "after", "arguments"]
+
+    def export_cases_view(self, request):
+        """The case list as filtered and searched on screen (the same query string), as CSV."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        params = request.GET.copy()
+        request.GET = params  # the changelist reads its filters from here
+        changelist = self.get_changelist_instance(request)
+        rows = changelist.get_queryset(request).iterator(chunk_size=500)
+
+        def lines():
+            yield self.CASE_COLUMNS
+            for c in rows:
+                yield [c.reference, c.state, c.failure_class, c.provider, c.provider_code, c.connection_id,
+                       c.connection.provider_tenant, c.connection.owner_email, c.run_id, c.runs_blocked,
+                       c.assignee.get_username() if c.assignee_id else "", c.opened_at.isoformat(),
+                       c.state_changed_at.isoformat(), c.closed_at.isoformat() if c.closed_at else ""]
+
+        return _csv_response(lines(), filename="revive-cases.csv")
+
+    def export_audit_view(self, request, object_id):
+        """One case's audit trail (the events its timeline shows), redacted, as CSV."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        case = self._case_or_404(object_id)
+        events = case_audit_events(case_id=case.pk).iterator(chunk_size=500)
+
+        def lines():
+            yield self.AUDIT_COLUMNS
+            for e in events:
+                yield [e.occurred_at.isoformat(), e.actor, e.action, e.entity_type, e.entity_id, e.case_reference,
+                       e.run_id, e.connection_id, e.outcome, _json_cell(e.before), _json_cell(e.after),
+                       _json_cell(e.arguments)]
+
+        return _csv_response(lines(), filename=f"{case.reference}-audit.csv")
+
+    def _case_or_404(self, object_id):
+        object_id = unquote(object_id)
+        case = RecoveryCase.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        if case is None:
+            raise Http404
+        return case
+
+    def assign_view(self, request, object_id):
+        """POST: assign the case (``assignee`` empty: to nobody), or ``take`` it yourself."""
+        case = self._case_or_404(object_id)
+        if request.method != "POST":
+            return HttpResponseRedirect(self._case_url(case))
+        if not self.has_operate_permission(request):
+            self._refuse_permission(request, [case], op_name="assign")
+            raise PermissionDenied
+        actor = console.operator_actor(request.user)
+        if "take" in request.POST:
+            assignee = request.user
+        else:
+            form = console.AssignForm(request.POST)
+            if not form.is_valid():
+                self.message_user(request, "Choose an operator to assign the case to.", messages.ERROR)
+                return HttpResponseRedirect(self._case_url(case))
+            assignee = form.cleaned_data["assignee"]
+        try:
+            case = services.case_assign(case_id=case.pk, assignee=assignee, actor=actor)
+        except DomainError as exc:
+            console.audit_refusal(case, operation="assign", actor=actor, why=exc.message)
+            self.message_user(request, exc.message, messages.ERROR)
+        else:
+            who = case.assignee.get_username() if case.assignee_id else "nobody"
+            self.message_user(request, f"{case.reference} is assigned to {who}.", messages.SUCCESS)
+        return HttpResponseRedirect(self._case_url(case))
+
+    def note_view(self, request, object_id):
+        case = self._case_or_404(object_id)
+        if request.method != "POST":
+            return HttpResponseRedirect(self._case_url(case))
+        if not self.has_operate_permission(request):
+            self._refuse_permission(request, [case], op_name="note")
+            raise PermissionDenied
+        form = console.NoteForm(request.POST)
+        if form.is_valid():
+            services.case_note_add(case_id=case.pk, body=form.cleaned_data["body"], actor=console.operator_actor(request.user))
+            self.message_user(request, f"Note added to {case.reference}.", messages.SUCCESS)
+        else:
+            self.message_user(request, "A note needs some text.", messages.ERROR)
+        return HttpResponseRedirect(self._case_url(case) + "#notes")
 
     def _refuse_permission(self, request, cases, *, op_name: str) -> None:
         """A staff user without ``cases.operate_case`` tried to act: audited per case, then 403 (or a message)."""

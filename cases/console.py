@@ -71,6 +71,34 @@ class ReconcileForm(forms.Form):
         return [self.ambiguous[pk] for pk in self.cleaned_data["actions"]]
 
 
+class NoteForm(forms.Form):
+    body = forms.CharField(label="Note", widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=4000,
+                           help_text="Shared with every operator and auditor; recorded in the audit log.")
+
+
+def operators():
+    """The users a case can be assigned to: active staff holding ``cases.operate_case`` (directly, by group, or as
+    superusers)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+    from django.db.models import Q
+
+    perm = Permission.objects.filter(content_type__app_label="cases", codename="operate_case").first()
+    User = get_user_model()
+    holders = Q(is_superuser=True)
+    if perm is not None:
+        holders |= Q(user_permissions=perm) | Q(groups__permissions=perm)
+    return User.objects.filter(holders, is_active=True, is_staff=True).distinct().order_by("username")
+
+
+class AssignForm(forms.Form):
+    assignee = forms.ModelChoiceField(queryset=None, required=False, empty_label="— nobody —", label="Assign to")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["assignee"].queryset = operators()
+
+
 # --------------------------------------------------------------------------- operations
 
 

@@ -95,3 +95,11 @@ class ActionAlreadyReconciled(DomainError):
     code = "ACTION_ALREADY_RECONCILED"
     status = 409
     default_message = "This action was already reconciled by someone else."
+
+
+class FourEyesRefused(DomainError):
+    """``REVIVE_FOUR_EYES``: this operator took part in the case and may not approve its resume."""
+
+    code = "CASE_FOUR_EYES"
+    status = 403
+    default_message = "Another operator must approve this resume."

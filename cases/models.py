@@ -286,6 +286,8 @@ class RecoveryCase(models.Model):
     state_changed_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     runs = models.ManyToManyField(Run, through="CaseRun", related_name="cases")
+    assignee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                 related_name="assigned_cases", help_text="The operator who owns this case now.")
 
     class Meta:
         constraints = [
@@ -306,6 +308,22 @@ class RecoveryCase(models.Model):
 
     def __str__(self) -> str:
         return self.reference or f"case {self.pk}"
+
+
+class CaseNote(models.Model):
+    """One note in a case's thread (each is also an audit event, ``case.noted``)."""
+
+    case = models.ForeignKey(RecoveryCase, on_delete=models.CASCADE, related_name="notes")
+    author = models.CharField(max_length=200)
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["case", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.case} · {self.author}"
 
 
 class CaseRun(models.Model):

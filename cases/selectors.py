@@ -116,7 +116,7 @@ def console_case_queryset(*, now=None):
     latest_link = (RecoveryCase.objects.filter(pk=OuterRef("pk"))
                    .order_by("-reconnect_requests__created_at", "-reconnect_requests__id")
                    .values("reconnect_requests__state")[:1])
-    return RecoveryCase.objects.select_related("connection").annotate(
+    return RecoveryCase.objects.select_related("connection", "assignee").annotate(
         urgency=case_urgency(),
         runs_blocked=Coalesce(Subquery(blocked, output_field=IntegerField()), Value(0)),
         pending_link_id=Case(When(state__in=OWNER_WAITING_STATES, then=Subquery(link)), default=None,
@@ -307,3 +307,38 @@ def console_dashboard(*, now=None, namespaces: list[str] | None = None) -> dict[
         "resume_failures_24h": events.filter(
             action__in=["case.resume_failed", "run.resume_failed"], occurred_at__gte=day_ago).count(),
     }
+
+
+def _format_link(template: str, fields: dict[str, Any]) -> str | None:
+    from urllib.parse import quote
+
+    try:
+        return template.format_map({k: quote(str(v), safe="") for k, v in fields.items()})
+    except (KeyError, IndexError, ValueError):
+        return None  # the template names a field this run does not have
+
+
+def case_links_out(case: RecoveryCase, case_runs: list[CaseRun]) -> list[tuple[str, str]]:
+    """Links to each blocked run in its runtime's own UI and to the connection in its provider's admin, from the
+    URL templates in ``REVIVE_RUNTIME_UI_URLS`` / ``REVIVE_PROVIDER_ADMIN_URLS``. Values are URL-quoted; a
+    template naming a field the run lacks yields no link. Runtime references are shown as links only, never
+    as JSON (they may hold more than ids)."""
+    from django.conf import settings
+
+    links = []
+    runtime_urls = getattr(settings, "REVIVE_RUNTIME_UI_URLS", {}) or {}
+    for cr in case_runs or []:
+        template = runtime_urls.get(cr.run.runtime)
+        ref = cr.run.runtime_ref if isinstance(cr.run.runtime_ref, dict) else {}
+        fields = {k: v for k, v in ref.items() if isinstance(v, (str, int))}
+        fields.update(run=cr.run_id, workflow_name=cr.run.workflow_name, runtime=cr.run.runtime)
+        url = _format_link(template, fields) if template else None
+        if url:
+            links.append((f"{cr.run.get_runtime_display()} · {cr.run_id}", url))
+    template = (getattr(settings, "REVIVE_PROVIDER_ADMIN_URLS", {}) or {}).get(case.provider)
+    conn = case.connection
+    url = _format_link(template, {"connection": conn.pk, "tenant": conn.provider_tenant, "subject": conn.provider_subject,
+                                  "provider": conn.provider}) if template else None
+    if url:
+        links.append((f"{case.get_provider_display()} admin · {conn.pk}", url))
+    return links

@@ -24,6 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from audit.redaction import redact
 from audit.services import audit_record, refusal_attach, refusals_kept
 from reauth.classification import Classification, FailureClass, classify
 from revive_site.errors import ValidationFailed
@@ -47,6 +48,7 @@ from .errors import (
     ActionStateConflict,
     CaseAlreadyDecided,
     CaseNotFound,
+    FourEyesRefused,
     CaseTransitionNotAllowed,
     ConnectionConflict,
     ConnectionNotFound,
@@ -62,6 +64,7 @@ from .models import (
     RELEASED_CASE_STATES,
     Action,
     ApiKey,
+    CaseNote,
     CaseRun,
     CaseState,
     Checkpoint,
@@ -1247,6 +1250,22 @@ def case_resume_approval(case: RecoveryCase) -> ApprovalDecision:
     )
 
 
+def case_four_eyes(case: RecoveryCase) -> dict[str, str]:
+    """The operators who may not approve ``case``'s resume under ``REVIVE_FOUR_EYES``, each with why: whoever
+    reconciled one of its runs' actions by hand, and whoever resent the owner link that was used."""
+    barred: dict[str, str] = {}
+    for actor in (AuditEvent.objects.filter(run_id__in=CaseRun.objects.filter(case=case).values("run_id"),
+                                            entity_type="action", action__in=RECONCILED_ACTIONS,
+                                            occurred_at__gte=case.opened_at, actor__startswith="operator:")
+                  .order_by().values_list("actor", flat=True).distinct()):
+        barred[actor] = "reconciled an action by hand"
+    # Through the reverse relation reauth's requests declare: cases does not import reauth.
+    for actor in case.reconnect_requests.filter(state="consumed", created_by__startswith="operator:").values_list(
+            "created_by", flat=True):
+        barred.setdefault(actor, "resent the owner link that was used")
+    return barred
+
+
 def _required_text(value: str | None, *, name: str) -> str:
     text = (value or "").strip()
     if not text:
@@ -1316,6 +1335,12 @@ def case_approve(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase
     """
     reason = _required_text(reason, name="reason")
     case = _lock_case_runs_then_case(case_id)
+    if case.state == CaseState.AWAITING_APPROVAL and settings.REVIVE_FOUR_EYES:
+        barred = case_four_eyes(case)
+        if actor in barred:
+            raise FourEyesRefused(
+                f"{actor} {barred[actor]} on {case.reference}: another operator must approve its resume.",
+                data={"case_id": case.reference, "barred": sorted(barred)})
     if case.state != CaseState.AWAITING_APPROVAL:
         if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED, CaseState.RESUME_FAILED):
             approval = _approval(case)
@@ -1423,3 +1448,39 @@ def case_resume_fail(*, case_id: str | int, actor: str, reason: str, detail: dic
     audit_record(actor=actor, action="case.resume_problem", entity_type="case", entity_id=case.reference, case=case,
                  run_id=case.run_id, connection_id=case.connection_id, arguments=arguments, outcome="error")
     return case
+
+
+# --------------------------------------------------------------------------- ownership and notes
+
+
+@transaction.atomic
+def case_assign(*, case_id: str | int, assignee, actor: str) -> RecoveryCase:
+    """Give ``case`` to an operator (``assignee``, a user holding ``cases.operate_case``) or to nobody (``None``).
+    Audited as ``case.assigned`` with who had it before; assigning to the current assignee changes nothing."""
+    from revive_site.errors import ValidationFailed
+
+    case = case_lock(case_id)
+    if assignee is not None and not assignee.has_perm("cases.operate_case"):
+        raise ValidationFailed(f"{assignee.get_username()} is not an operator; only operators take cases.",
+                               data={"field": "assignee"})
+    if case.assignee_id == getattr(assignee, "pk", None):
+        return case
+    before = case.assignee.get_username() if case.assignee_id else None
+    case.assignee = assignee
+    case.save(update_fields=["assignee"])
+    after = assignee.get_username() if assignee is not None else None
+    audit_record(actor=actor, action="case.assigned", entity_type="case", entity_id=case.reference, case=case,
+                 run_id=case.run_id, connection_id=case.connection_id, before={"assignee": before},
+                 after={"assignee": after})
+    return case
+
+
+@transaction.atomic
+def case_note_add(*, case_id: str | int, body: str, actor: str) -> CaseNote:
+    """Append a note to the case's thread; the note is an audit event too (``case.noted``, redacted)."""
+    body = _required_text(body, name="note")
+    case = case_lock(case_id)
+    note = CaseNote.objects.create(case=case, author=actor[:200], body=redact(body))
+    audit_record(actor=actor, action="case.noted", entity_type="case", entity_id=case.reference, case=case,
+                 run_id=case.run_id, connection_id=case.connection_id, arguments={"note": body, "note_id": note.pk})
+    return note

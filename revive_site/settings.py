@@ -254,6 +254,14 @@ TEMPORAL_ADDRESS = env.str("TEMPORAL_ADDRESS", default="127.0.0.1:7233")
 TEMPORAL_NAMESPACE = env.str("TEMPORAL_NAMESPACE", default="default")
 TEMPORAL_RPC_TIMEOUT = env.float("TEMPORAL_RPC_TIMEOUT", default=10.0)
 RESTATE_RESUME_TIMEOUT = env.float("RESTATE_RESUME_TIMEOUT", default=10.0)
+# Four eyes: the operator who reconciled a case's action by hand, or resent the owner link that was used, may not
+# approve that case's resume (cases.services.case_four_eyes).
+REVIVE_FOUR_EYES = env.bool("REVIVE_FOUR_EYES", default=False)
+# Links out from the case page: URL templates per runtime (langgraph, temporal, restate) and per provider (entra,
+# auth0, nango, ...), formatted with the run's and connection's fields, e.g.
+# {"temporal": "https://temporal.example/namespaces/default/workflows/{workflow_id}/{run_id}"}.
+REVIVE_RUNTIME_UI_URLS = env.json("REVIVE_RUNTIME_UI_URLS", default={})
+REVIVE_PROVIDER_ADMIN_URLS = env.json("REVIVE_PROVIDER_ADMIN_URLS", default={})
 
 # --- E-mail: the console backend unless EMAIL_URL is set (smtp+tls://user:pass@host:587) -----------------
 if env.str("EMAIL_URL", default=""):
