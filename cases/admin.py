@@ -589,14 +589,15 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         else:
             form = op.form_for(cases=cases)
         eligible, refused = self._partition(op, cases)
+        actor = console.operator_actor(request.user)
+        for case, why in refused:  # skipped now: audited now (the confirmation posts back only the others)
+            console.audit_refusal(case, operation=op.name, actor=actor, why=why)
         if not eligible:
-            actor = console.operator_actor(request.user)
             for case, why in refused:
-                console.audit_refusal(case, operation=op.name, actor=actor, why=why)
                 self.message_user(request, why, messages.ERROR)
             return None
-        # Nothing is done until the operator confirms the page listing each case's effect; the skips shown there
-        # are audited when confirmed (``console.perform`` re-checks every case then).
+        # Nothing is done until the operator confirms the page listing each case's effect; ``console.perform``
+        # checks every case again then.
         return self._confirm_page(request, op, eligible, refused, form, selection=True)
 
     # ---- the case page and acting on one case
