@@ -154,6 +154,26 @@ def _abandon_refusal(case: RecoveryCase) -> str | None:
     return f"{case.reference} is {case.get_state_display().lower()}: it can no longer be abandoned."
 
 
+def _reopen_refusal(case: RecoveryCase) -> str | None:
+    from .models import Run
+
+    if case.state != CaseState.ABANDONED:
+        return f"{case.reference} is {case.get_state_display().lower()}: only an abandoned or rejected case can be reopened."
+    if not Run.objects.filter(case_runs__case=case, state=Run.State.PARKED).exists():
+        return f"{case.reference} has no parked run left to reopen it for."
+    return None
+
+
+def _reopen(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
+    case = services.case_reopen(case_id=case.pk, actor=actor, reason=form.cleaned_data["reason"])
+    return f"{case.reference} reopened: it is {case.state}."
+
+
+def _reopen_effect(case: RecoveryCase) -> str:
+    again = "awaiting_approval" if case.connection.current_generation > case.rejected_generation else "awaiting_owner"
+    return f"goes back to {again}; its parked run(s) wait for it again"
+
+
 def _approve(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
     case = services.case_approve(case_id=case.pk, actor=actor, reason=form.cleaned_data["reason"])
     return f"{case.reference} approved: it is {case.state} and its runs' resume is on its way."
@@ -257,6 +277,7 @@ OPERATIONS: dict[str, Operation] = {
                   effect=_reconcile_effect),
         Operation("abandon", "Abandon the case", ReasonForm, _abandon_refusal, _abandon, danger=True,
                   effect=_abandon_effect),
+        Operation("reopen", "Reopen the case", ReasonForm, _reopen_refusal, _reopen, effect=_reopen_effect),
         Operation("retry_resume", "Retry the failed resume", ConfirmForm,
                   _only(CaseState.RESUME_FAILED, what="only a case whose resume failed can be retried"), _retry,
                   effect=_retry_effect),

@@ -838,7 +838,7 @@ CASE_TRANSITIONS: dict[str, set[str]] = {
     CaseState.RESUME_FAILED: {CaseState.RESUMING, CaseState.ABANDONED},
     CaseState.RESUMED: {CaseState.CLOSED},
     CaseState.CLOSED: set(),
-    CaseState.ABANDONED: set(),
+    CaseState.ABANDONED: {CaseState.AWAITING_OWNER, CaseState.AWAITING_APPROVAL},  # case_reopen only
 }
 
 # The four live transitions of the incident record.
@@ -1484,3 +1484,39 @@ def case_note_add(*, case_id: str | int, body: str, actor: str) -> CaseNote:
     audit_record(actor=actor, action="case.noted", entity_type="case", entity_id=case.reference, case=case,
                  run_id=case.run_id, connection_id=case.connection_id, arguments={"note": body, "note_id": note.pk})
     return note
+
+
+@transaction.atomic
+def case_reopen(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
+    """Undo a reject or abandon while the case's runs are still parked, so a mistaken click strands no run.
+
+    A case whose connection was never re-authorized goes back to ``awaiting_owner`` (resend the owner link from
+    there); one re-authorized before it was abandoned or rejected goes to ``awaiting_approval``, so an operator
+    decides its resume again. Refused once no run is parked any more, or while another case is open for the same
+    connection generation. Repeating it returns the reopened case.
+    """
+    from django.db import IntegrityError
+
+    reason = _required_text(reason, name="reason")
+    case = case_lock(case_id)
+    if case.state != CaseState.ABANDONED:
+        decision = case_last_decision(case)
+        if decision is not None and decision.what == "reopened":
+            return _decided_elsewhere(case, decision, actor=actor)
+        raise _not_allowed(case, "only an abandoned or rejected case can be reopened", to=CaseState.AWAITING_OWNER)
+    parked = list(Run.objects.filter(case_runs__case=case, state=Run.State.PARKED).values_list("pk", flat=True))
+    if not parked:
+        raise CaseTransitionNotAllowed(
+            f"Case {case.reference} has no parked run left; there is nothing to reopen it for.",
+            data={"case_id": case.reference, "state": case.state})
+    reauthorized = case.connection.current_generation > case.rejected_generation
+    to = CaseState.AWAITING_APPROVAL if reauthorized else CaseState.AWAITING_OWNER
+    try:
+        with transaction.atomic():
+            case_transition(case, to=to, actor=actor, closed_at=None,
+                            arguments={"reopened": True, "reason": reason, "parked_runs": parked})
+    except IntegrityError:
+        raise CaseTransitionNotAllowed(
+            f"Another case is open for {case.connection_id} generation {case.rejected_generation}; "
+            f"{case.reference} stays abandoned.", data={"case_id": case.reference, "state": CaseState.ABANDONED})
+    return case

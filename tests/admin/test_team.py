@@ -125,3 +125,32 @@ def test_no_export_without_view_permission(client, make_case, django_user_model)
     client.force_login(django_user_model.objects.create_user("nobody-csv", is_staff=True))
     assert client.get(LIST + "export.csv").status_code == 403
     assert client.get(f"{LIST}{case.pk}/audit.csv").status_code == 403
+
+
+def test_reopen_a_rejected_case_while_its_runs_are_parked(operator_client, make_case):
+    case = make_case(CaseState.AWAITING_APPROVAL)
+    services.case_reject(case_id=case.pk, actor="operator:bob", reason="misclick")
+    assert Run.objects.get(pk=case.run_id).state == Run.State.PARKED
+    confirm = operator_client.get(f"{LIST}{case.pk}/operate/reopen/").content.decode()
+    assert "goes back to awaiting_approval" in confirm
+    operator_client.post(f"{LIST}{case.pk}/operate/reopen/", {"apply": "1", "reason": "rejected by mistake"})
+    reopened = RecoveryCase.objects.get(pk=case.pk)
+    assert reopened.state == CaseState.AWAITING_APPROVAL and reopened.closed_at is None
+    event = AuditEvent.objects.filter(case_id=case.pk, action="case.awaiting_approval").latest("id")
+    assert event.arguments["reopened"] is True and event.arguments["reason"] == "rejected by mistake"
+
+
+def test_reopen_an_abandoned_case_goes_back_to_its_owner_and_needs_a_reason(make_case):
+    case = make_case(CaseState.ABANDONED)
+    with pytest.raises(Exception, match="reason is required"):
+        services.case_reopen(case_id=case.pk, actor="operator:ann", reason=" ")
+    assert services.case_reopen(case_id=case.pk, actor="operator:ann", reason="owner called back").state == CaseState.AWAITING_OWNER
+    assert services.case_reopen(case_id=case.pk, actor="operator:ann", reason="again").state == CaseState.AWAITING_OWNER
+
+
+def test_no_reopen_once_no_run_is_parked(make_case):
+    case = make_case(CaseState.ABANDONED)
+    Run.objects.filter(pk=case.run_id).update(state=Run.State.ACTIVE)
+    with pytest.raises(Exception, match="no parked run left"):
+        services.case_reopen(case_id=case.pk, actor="operator:ann", reason="too late")
+    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.ABANDONED
