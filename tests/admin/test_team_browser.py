@@ -97,3 +97,17 @@ def test_four_eyes_and_a_decision_already_taken(chromium, live_server, make_case
     assert AuditEvent.objects.filter(case_id=case.pk, action="console.refused",
                                      actor=f"operator:{operator.username}").exists()
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMING
+
+
+def test_reopen_a_case_rejected_by_mistake(chromium, live_server, make_case, operator):
+    case = make_case(CaseState.AWAITING_APPROVAL)
+    services.case_reject(case_id=case.pk, actor="operator:bob", reason="misclick")
+    page = log_in(chromium, live_server, operator)
+    page.goto(f"{live_server.url}{LIST}{case.pk}/change/")
+    assert page.inner_text("#case-state") == "abandoned"
+    page.fill("#op-reopen textarea[name=reason]", "Rejected by mistake; the ticket is fine.")
+    page.click("#op-reopen input[type=submit]")
+    page.wait_for_selector(".messagelist .success")
+    assert page.inner_text("#case-state") == "awaiting_approval"
+    assert page.locator("#op-approve").count() == 1
+    shot(page, "case-reopened")
