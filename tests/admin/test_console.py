@@ -645,9 +645,11 @@ def test_the_skipped_cases_of_a_confirmed_selection_are_audited(operator_client,
     confirm = select(operator_client, "approve", [good, bad]).content.decode()
     assert 'class="skipped refused-row" data-case="%s"' % bad.reference in confirm
     assert "moves to resuming and sends the resume to its 1 parked run(s)" in confirm
-    select(operator_client, "approve", [good, bad], apply="1", reason="checked")
-    refused = AuditEvent.objects.get(case_id=bad.pk, action="console.refused")
+    assert f'name="_selected_action" value="{bad.pk}"' not in confirm  # the confirmation posts back the others only
+    refused = AuditEvent.objects.get(case_id=bad.pk, action="console.refused")  # audited when the page skipped it
     assert refused.arguments["operation"] == "approve" and "only a case awaiting approval" in refused.arguments["why"]
+    select(operator_client, "approve", [good], apply="1", reason="checked")
+    assert state(good) == CaseState.RESUMING
 
 
 def test_the_case_pages_audit_log_link_lists_every_event_of_the_case(operator_client, make_case):
