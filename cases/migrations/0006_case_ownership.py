@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cases', '0004_refresh_claim_token_vault'),
+        ('cases', '0005_namespaces'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
