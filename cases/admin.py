@@ -683,7 +683,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
 
     # ---- CSV exports: streamed, so a long list or trail never sits in memory
 
-    CASE_COLUMNS = ["case_id", "state", "failure_class", "provider", "provider_code", "connection", "tenant",
+    CASE_COLUMNS = ["case_id", "namespace", "state", "failure_class", "provider", "provider_code", "connection", "tenant",
                     "owner_email", "run", "runs_blocked", "assignee", "opened_at", "state_changed_at", "closed_at"]
     AUDIT_COLUMNS = ["occurred_at", "actor", "action", "entity_type", "entity_id", "case_id", "run_id",
                      "connection_id", "outcome", "before", "after", "arguments"]
@@ -700,7 +700,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         def lines():
             yield self.CASE_COLUMNS
             for c in rows:
-                yield [c.reference, c.state, c.failure_class, c.provider, c.provider_code, c.connection_id,
+                yield [c.reference, c.namespace_id, c.state, c.failure_class, c.provider, c.provider_code, c.connection_id,
                        c.connection.provider_tenant, c.connection.owner_email, c.run_id, c.runs_blocked,
                        c.assignee.get_username() if c.assignee_id else "", c.opened_at.isoformat(),
                        c.state_changed_at.isoformat(), c.closed_at.isoformat() if c.closed_at else ""]
@@ -711,7 +711,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         """One case's audit trail (the events its timeline shows), redacted, as CSV."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        case = self._case_or_404(object_id)
+        case = self._case_or_404(request, object_id)
         events = case_audit_events(case_id=case.pk).iterator(chunk_size=500)
 
         def lines():
@@ -723,16 +723,16 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
 
         return _csv_response(lines(), filename=f"{case.reference}-audit.csv")
 
-    def _case_or_404(self, object_id):
+    def _case_or_404(self, request, object_id):
         object_id = unquote(object_id)
         case = RecoveryCase.objects.filter(pk=object_id).first() if object_id.isdigit() else None
-        if case is None:
+        if case is None or not self._visible(request, case):  # another namespace's case: as if it did not exist
             raise Http404
         return case
 
     def assign_view(self, request, object_id):
         """POST: assign the case (``assignee`` empty: to nobody), or ``take`` it yourself."""
-        case = self._case_or_404(object_id)
+        case = self._case_or_404(request, object_id)
         if request.method != "POST":
             return HttpResponseRedirect(self._case_url(case))
         if not self.has_operate_permission(request):
@@ -758,7 +758,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(self._case_url(case))
 
     def note_view(self, request, object_id):
-        case = self._case_or_404(object_id)
+        case = self._case_or_404(request, object_id)
         if request.method != "POST":
             return HttpResponseRedirect(self._case_url(case))
         if not self.has_operate_permission(request):

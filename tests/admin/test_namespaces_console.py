@@ -65,3 +65,15 @@ def test_limiting_an_operator_is_audited(admin_client, operator):
     assert list(Namespace.objects.get(pk="alpha").operators.all()) == [operator]
     event = AuditEvent.objects.get(action="namespace.operators_changed")
     assert (event.before, event.after) == ({"operators": []}, {"operators": [operator.username]})
+
+
+def test_team_tools_stay_inside_the_operators_namespaces(operator_client, operator):
+    mine, theirs = case_in("alpha", 5), case_in("beta", 6)
+    namespace_operators_set(name="alpha", users=[operator], actor="t")
+    assert operator_client.post(f"{LIST}{theirs.pk}/assign/", {"take": "1"}).status_code == 404
+    assert operator_client.post(f"{LIST}{theirs.pk}/note/", {"body": "hi"}).status_code == 404
+    assert operator_client.get(f"{LIST}{theirs.pk}/audit.csv").status_code == 404
+    assert RecoveryCase.objects.get(pk=theirs.pk).assignee is None and not theirs.notes.exists()
+    listing = b"".join(operator_client.get(f"{LIST}export.csv").streaming_content).decode()
+    assert mine.reference in listing and theirs.reference not in listing
+    assert operator_client.post(f"{LIST}{mine.pk}/assign/", {"take": "1"}).status_code == 302

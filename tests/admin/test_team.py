@@ -117,7 +117,7 @@ def test_links_out_render_from_the_url_templates(operator_client, make_case, set
 def test_csv_of_the_filtered_list_and_of_one_case_trail(operator_client, auditor_client, make_case):
     waiting, opened = make_case(CaseState.AWAITING_APPROVAL), make_case(CaseState.OPENED)
     rows = read_csv(auditor_client.get(LIST + "export.csv?state=awaiting_approval"))
-    assert rows[0][:2] == ["case_id", "state"] and [r[0] for r in rows[1:]] == [waiting.reference]
+    assert rows[0][:2] == ["case_id", "namespace"] and [r[0] for r in rows[1:]] == [waiting.reference]
     everything = read_csv(auditor_client.get(LIST + "export.csv"))
     assert {r[0] for r in everything[1:]} == {waiting.reference, opened.reference}
     trail = read_csv(auditor_client.get(f"{LIST}{waiting.pk}/audit.csv"))

@@ -67,7 +67,7 @@ def test_take_a_case_write_a_note_and_export(chromium, live_server, make_case, o
     with page.expect_download() as download:
         page.click("#export-csv")
     body = open(download.value.path()).read()
-    assert body.splitlines()[0].startswith("case_id,state") and case.reference in body and len(body.splitlines()) == 2
+    assert body.splitlines()[0].startswith("case_id,namespace,state") and case.reference in body and len(body.splitlines()) == 2
     with page.expect_download() as trail:
         page.goto(f"{live_server.url}{LIST}{case.pk}/change/")
         page.click("#audit-csv")
