@@ -637,10 +637,8 @@ def test_a_refused_resend_in_the_reconnect_admin_is_audited(operator_client, mak
     assert refused.arguments["operation"] == "resend_link" and refused.arguments["code"]
 
 
-def test_the_skipped_cases_of_a_confirmed_selection_are_audited(operator_client, make_case, monkeypatch):
-    from cases import tasks
-
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: None)
+def test_the_skipped_cases_of_a_confirmed_selection_are_audited(operator_client, make_case, held_outbox):
+    assert held_outbox is not None  # owed resumes are written, not dispatched
     good, bad = make_case(CaseState.AWAITING_APPROVAL), make_case(CaseState.OPENED)
     confirm = select(operator_client, "approve", [good, bad]).content.decode()
     assert 'class="skipped refused-row" data-case="%s"' % bad.reference in confirm

@@ -20,10 +20,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def no_delivery(monkeypatch):
-    from cases import tasks
-
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: None)
+def no_delivery(held_outbox):
+    """Owed resumes are written to the outbox, not dispatched."""
+    return held_outbox
 
 
 def _users(*names):

@@ -79,10 +79,8 @@ def test_an_auditor_cannot_assign_or_note_and_the_refusals_are_audited(auditor_c
                   .values_list("arguments__operation", flat=True)) == ["assign", "note"]
 
 
-def test_four_eyes_bars_the_by_hand_reconciler(make_case, settings, monkeypatch):
-    from cases import tasks
-
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: None)
+def test_four_eyes_bars_the_by_hand_reconciler(make_case, settings, held_outbox):
+    assert held_outbox is not None  # owed resumes are written, not dispatched
     settings.REVIVE_FOUR_EYES = True
     case = make_case(CaseState.AWAITING_APPROVAL)  # reconciled by hand by operator:seed
     assert services.case_four_eyes(case) == {"operator:seed": "reconciled an action by hand"}
@@ -93,10 +91,8 @@ def test_four_eyes_bars_the_by_hand_reconciler(make_case, settings, monkeypatch)
     assert services.case_approve(case_id=case.pk, actor="operator:other", reason="checked").state == CaseState.RESUMING
 
 
-def test_without_four_eyes_the_reconciler_may_approve(make_case, settings, monkeypatch):
-    from cases import tasks
-
-    monkeypatch.setattr(tasks.resume_run, "delay_on_commit", lambda *a, **kw: None)
+def test_without_four_eyes_the_reconciler_may_approve(make_case, settings, held_outbox):
+    assert held_outbox is not None  # owed resumes are written, not dispatched
     settings.REVIVE_FOUR_EYES = False
     case = make_case(CaseState.AWAITING_APPROVAL)
     assert services.case_approve(case_id=case.pk, actor="operator:seed", reason="ok").state == CaseState.RESUMING

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cases', '0005_namespaces'),
+        ('cases', '0006_pipeline_outbox'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
