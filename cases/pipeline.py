@@ -48,6 +48,7 @@ from django.utils import timezone
 from audit.services import audit_record
 
 from . import resume, services
+from .metrics import resume_finished
 from .models import BLOCKING_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
 from .outbox import Done, Retry, outbox_handler
 
@@ -114,9 +115,11 @@ def _handle_reconcile(item: OutboxItem) -> Done | Retry:
 
 def step_deliver(*, run_id: str, case_id: int, generation: int, attempt: int = 0, redrive: int = 0,
                  max_attempts: int | None = None) -> resume.Delivery:
-    """One delivery attempt of a run's resume (``resume.run_resume_deliver``)."""
-    return resume.run_resume_deliver(run_id=run_id, case_id=case_id, generation=generation, attempt=attempt,
-                                     redrive=redrive, max_attempts=max_attempts)
+    """One delivery attempt of a run's resume (``resume.run_resume_deliver``), counted by outcome for /metrics."""
+    delivery = resume.run_resume_deliver(run_id=run_id, case_id=case_id, generation=generation, attempt=attempt,
+                                         redrive=redrive, max_attempts=max_attempts)
+    resume_finished(delivery.outcome)
+    return delivery
 
 
 def _deliver_exhausted(item: OutboxItem) -> None:

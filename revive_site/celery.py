@@ -60,14 +60,6 @@ def _count_failure(sender=None, **_):
     celery_task_failed(getattr(sender, "name", "unknown"))
 
 
-@signals.task_success.connect
-def _count_resume(sender=None, result=None, **_):
-    if getattr(sender, "name", "") == "cases.resume_run" and isinstance(result, str):
-        from cases.metrics import resume_finished
-
-        resume_finished(result)
-
-
 @signals.worker_process_init.connect
 def _trace_worker_process(**_):
     """Each prefork child exports its own spans (the exporter's thread does not survive the fork)."""
