@@ -24,10 +24,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from django.db import transaction
 
 from audit.models import AuditEvent
-from cases import resume, services
+from cases import pipeline, services
 from cases.models import ApiKey, RecoveryCase
 from revive_site.celery import app as celery_app
 from tests.operable.conftest import base_env
@@ -143,9 +142,7 @@ def test_200_runs_resume_once_each_across_two_web_and_two_worker_processes(topol
 
         try:
             (bench_dir / "revoked" / conn).unlink()  # the provider holds the owner's new grant
-            with transaction.atomic():
-                services.case_reauthorize(case_id=cases[conn].pk, actor="owner:multi")
-                resume.case_after_reauthorize(cases[conn].pk)
+            pipeline.recovery_reauthorized(case_id=cases[conn].pk, actor="owner:multi")  # owed steps go on commit
         finally:
             db.close()
 
