@@ -170,26 +170,37 @@ def find_brief(mail_url: str, idempotency_key: str) -> dict | None:
 # --------------------------------------------------------------------------- the graph
 
 
-def _step(index: int):
+def run_step(index: int, state: BriefingState, protect) -> dict:
+    """Checkpoint ``index`` of the briefing through a runtime's ``protect_action`` (LangGraph, Temporal, Restate).
+
+    Returns the log entry of the step: its checkpoint, the worker's pid and the ledger's result.
+    """
     checkpoint, label, action_key = STEPS[index]
+    run_id, conn = state["run_id"], state["connection_id"]
+    if action_key == SEND_ACTION:
+        def reconcile(ctx):
+            credential(state)  # Graph's message lookup needs a token too
+            return find_brief(state["mail_url"], ctx.idempotency_key)
 
+        result = protect(revive(), run_id=run_id, checkpoint_id=checkpoint, connection_id=conn, action_key=action_key,
+                         credential=lambda: credential(state), execute=lambda ctx: send_brief(state, ctx),
+                         reconcile=reconcile)
+    else:
+        result = protect(revive(), run_id=run_id, checkpoint_id=checkpoint, connection_id=conn, action_key=action_key,
+                         execute=lambda ctx: {"step": f"{checkpoint} / {label}", "key": ctx.idempotency_key[-12:]})
+    return {"checkpoint": checkpoint, "pid": os.getpid(), "result": result}
+
+
+def record_checkpoints(run_id: str) -> None:
+    for checkpoint, label, _ in STEPS:
+        revive().record_checkpoint(run_id=run_id, checkpoint_id=checkpoint, label=f"{checkpoint} / {label}")
+
+
+def _step(index: int):
     def node(state: BriefingState) -> dict:
-        run_id, conn = state["run_id"], state["connection_id"]
-        if action_key == SEND_ACTION:
-            def reconcile(ctx):
-                credential(state)  # Graph's message lookup needs a token too
-                return find_brief(state["mail_url"], ctx.idempotency_key)
+        return {"log": [run_step(index, state, revive_lg.protect_action)]}
 
-            result = revive_lg.protect_action(
-                revive(), run_id=run_id, checkpoint_id=checkpoint, connection_id=conn, action_key=action_key,
-                credential=lambda: credential(state), execute=lambda ctx: send_brief(state, ctx), reconcile=reconcile)
-        else:
-            result = revive_lg.protect_action(
-                revive(), run_id=run_id, checkpoint_id=checkpoint, connection_id=conn, action_key=action_key,
-                execute=lambda ctx: {"step": f"{checkpoint} / {label}", "key": ctx.idempotency_key[-12:]})
-        return {"log": [{"checkpoint": checkpoint, "pid": os.getpid(), "result": result}]}
-
-    node.__name__ = action_key
+    node.__name__ = STEPS[index][2]
     return node
 
 
@@ -207,5 +218,4 @@ def briefing() -> StateGraph:
 
 def register(run_id: str, *, thread_id: str) -> None:
     revive_lg.register_run(revive(), run_id=run_id, thread_id=thread_id, graph=GRAPH_NAME, workflow_name=WORKFLOW)
-    for checkpoint, label, _ in STEPS:
-        revive().record_checkpoint(run_id=run_id, checkpoint_id=checkpoint, label=f"{checkpoint} / {label}")
+    record_checkpoints(run_id)

@@ -98,6 +98,8 @@ class LabWorld:
     """Auth0 Token Vault and My Account API stand-in (provider ``auth0-token-vault``)."""
     children: Pidfile | None = field(default=None, repr=False)
     """Where the session records the processes it starts (``lab.session.reap_leftovers``)."""
+    runtime_server: object | None = None
+    """The runtime's server the lab started (``lab.runtimes``), for runtimes other than LangGraph."""
 
     @property
     def callback_url(self) -> str:
@@ -233,6 +235,7 @@ class Scenario:
     case_reference: str = ""
     notes: dict = field(default_factory=dict)
     sdk = "python"
+    runtime = "langgraph"
 
     def __post_init__(self) -> None:
         suffix = secrets.token_hex(3)
@@ -348,7 +351,7 @@ class Scenario:
     def wait_finished(self) -> None:
         def done():
             case = RecoveryCase.objects.get(reference=self.case_reference)
-            return case.state == "resumed" and adapter_for("langgraph").status(Run.objects.get(pk=self.run_id)).state == "completed"
+            return case.state == "resumed" and adapter_for(self.runtime).status(Run.objects.get(pk=self.run_id)).state == "completed"
         wait_for(done, f"{self.run_id} to resume and finish")
 
     # -- the scenarios ----------------------------------------------------------------------
@@ -370,7 +373,7 @@ class Scenario:
         return [step["checkpoint"] for step in snapshot.values.get("log", [])]
 
     def _park_on_revoked_grant(self, *, resume_thread: bool = False) -> None:
-        self.say("  ✗ fault: the refresh token is revoked at the provider")
+        self.say("  ⚡ injected fault: the refresh token is revoked at the provider")
         self.revoke_refresh_token()
         result = self.invoke(None if resume_thread else self.state())
         if not result.get("__interrupt__"):
@@ -393,7 +396,7 @@ class Scenario:
                                      "mismatched": refused.arguments.get("mismatched")}
 
     def _timeout(self) -> None:
-        self.say("  ✗ fault: the mail service accepts the brief, then does not answer in time")
+        self.say("  ⚡ injected fault: the mail service accepts the brief, then does not answer in time")
         self.world.standin.time_out_next(briefing.MAIL_TIMEOUT + 0.5)
         try:
             self.invoke(self.state())
@@ -409,7 +412,7 @@ class Scenario:
 
     def _cae(self) -> None:
         """Microsoft Graph revokes the session mid-run (CAE): the brief's send gets a claims challenge."""
-        self.say("  ✗ fault: the mail API revokes the session mid-run: 401 insufficient_claims (continuous access evaluation)")
+        self.say("  ⚡ injected fault: the mail API revokes the session mid-run: 401 insufficient_claims (continuous access evaluation)")
         grant = get_custody().load(connection_id=self.connection_id)
         self.notes["challenge_claims"] = self.world.standin.cae_revoke(grant.refresh_token)
         result = self.invoke(self.state())
@@ -425,7 +428,7 @@ class Scenario:
         self.notes["idp_claims"] = received[-1]["claims"] if received else None
 
     def _worker_lost(self) -> None:
-        self.say("  ✗ fault: the refresh token is revoked at the provider")
+        self.say("  ⚡ injected fault: the refresh token is revoked at the provider")
         self.revoke_refresh_token()
         process = self.start_worker_process()
         try:
@@ -435,7 +438,7 @@ class Scenario:
                 raise ScenarioFailed(f"the worker process did not park the run (exit {process.poll()})")
             self.parked_case()
             self.notes["killed_pid"] = process.pid
-            self.say(f"  ✗ fault: worker process {process.pid} is killed (SIGKILL) while the run is parked")
+            self.say(f"  ⚡ injected fault: worker process {process.pid} is killed (SIGKILL) while the run is parked")
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
         finally:
@@ -467,7 +470,7 @@ class Scenario:
             "scenario": self.name,
             "title": ALL_SCENARIOS[self.name],
             "provider": self.provider,
-            "runtime": "langgraph",
+            "runtime": self.runtime,
             "sdk": self.sdk,
             "run_id": self.run_id,
             "thread_id": self.thread_id,
@@ -552,15 +555,17 @@ class Scenario:
 
 
 def run_scenario(name: str, world: LabWorld, *, provider: str = "oidc", interactive: bool = False,
-                 say: Callable[[str], None] = lambda line: None, sdk: str = "python") -> dict:
+                 say: Callable[[str], None] = lambda line: None, sdk: str = "python", runtime: str = "langgraph") -> dict:
     close_old_connections()
     kind = Scenario
     if sdk == "typescript":
         from .typescript import TypeScriptScenario as kind
+    elif runtime == "temporal":
+        from .runtimes import TemporalScenario as kind
     scenario = kind(name=name, world=world, provider=provider, interactive=interactive, say=say)
     try:
         return scenario.run()
     except Exception as exc:  # a misbehaving scenario is a result, with what is known so far
-        return {"scenario": name, "title": ALL_SCENARIOS[name], "provider": provider, "runtime": "langgraph",
+        return {"scenario": name, "title": ALL_SCENARIOS[name], "provider": provider, "runtime": runtime,
                 "run_id": scenario.run_id, "case_id": scenario.case_reference or None, "ok": False,
                 "problems": [f"{type(exc).__name__}: {exc}"], "notes": scenario.notes}

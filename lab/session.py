@@ -26,6 +26,7 @@ from .briefing import GRAPH_NAME
 from .idp import LabIdp
 from .processes import Pidfile
 from .provider_standin import ProviderStandIn
+from .runtimes import start_server
 from .scenarios import ALL_SCENARIOS, LabWorld, run_scenario, socialaccount_providers_for, token_vault_settings
 from .token_vault_standin import TokenVaultStandIn
 from .timeline import LiveTimeline
@@ -76,7 +77,7 @@ def reap_leftovers(out: Callable[[str], None] = lambda line: None) -> list[int]:
 
 def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = False, out: Callable[[str], None],
             style=None, revive_url: str | None = None,
-            on_result: Callable[[dict], None] | None = None, sdk: str = "python") -> list[dict]:
+            on_result: Callable[[dict], None] | None = None, sdk: str = "python", runtime: str = "langgraph") -> list[dict]:
     if not SESSION_LOCK.acquire(blocking=False):
         raise RuntimeError("a lab session is already running in this process")
     heading = style.MIGRATE_HEADING if style else (lambda s: s)
@@ -89,11 +90,14 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
     server = None
     if revive_url is None:
         server, revive_url = serve_revive()
-    idp = timeline = lab_key = None
+    idp = timeline = lab_key = runtime_server = None
     results: list[dict] = []
     try:
         out(heading("Recovery lab — break the credential, keep the execution"))
         out(f"  Revive       {revive_url}")
+        runtime_server = start_server(runtime, session)
+        if runtime_server is not None:
+            out(f"  {runtime:<12} {runtime_server.describe()}")
         box: dict = {}
         compiler = threading.Thread(target=_compile_briefing, args=(box,))
         compiler.start()
@@ -109,16 +113,18 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         out(f"  mail + token {standin.url}  (provider stand-in)")
         lab_key, key = services.api_key_create(name=f"lab-{session.name}", actor="lab")
         world = LabWorld(revive_url=revive_url, api_key=key, idp=idp, standin=standin, mailbox=session / "mail",
-                         var_dir=session, vault=vault, children=children)
+                         var_dir=session, vault=vault, children=children,
+                         runtime_server=runtime_server)
         world.export_env()
         with override_settings(PUBLIC_BASE_URL=revive_url, SOCIALACCOUNT_PROVIDERS=socialaccount_providers_for(idp),
                                EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
-                               EMAIL_FILE_PATH=str(session / "mail"), REVIVE_AUTH0_TOKEN_VAULT=token_vault_settings(vault)):
+                               EMAIL_FILE_PATH=str(session / "mail"), REVIVE_AUTH0_TOKEN_VAULT=token_vault_settings(vault),
+                               **(runtime_server.settings() if runtime_server is not None else {})):
             timeline = LiveTimeline(out, style=style).start()
             for name in names:
                 timeline.flush()
-                out(heading(f"\n▶ {ALL_SCENARIOS[name]}  ({name}, provider {provider}, {sdk} worker)"))
-                result = run_scenario(name, world, provider=provider, interactive=interactive, sdk=sdk,
+                out(heading(f"\n▶ {ALL_SCENARIOS[name]}  ({name}, provider {provider}, {runtime}, {sdk} worker)"))
+                result = run_scenario(name, world, provider=provider, interactive=interactive, sdk=sdk, runtime=runtime,
                                       say=lambda line: (timeline.flush(), out(line)))
                 timeline.flush()
                 results.append(result)
@@ -140,8 +146,10 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         vault.stop()
         if idp is not None:
             idp.stop()
-        children.close()
         reset_adapters()
+        if runtime_server is not None:
+            runtime_server.stop()
+        children.close()
         shutil.rmtree(session, ignore_errors=True)
         SESSION_LOCK.release()
     return results

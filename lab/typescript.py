@@ -151,7 +151,7 @@ class TypeScriptScenario(Scenario):
         return {"__interrupt__": report["interrupts"]}
 
     def _timeout(self) -> None:
-        self.say("  ✗ fault: the mail service accepts the brief, then does not answer in time")
+        self.say("  ⚡ injected fault: the mail service accepts the brief, then does not answer in time")
         self.world.standin.time_out_next(briefing.MAIL_TIMEOUT + 0.5)
         try:
             self.invoke(self.state())
@@ -168,14 +168,14 @@ class TypeScriptScenario(Scenario):
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
 
     def _worker_lost(self) -> None:
-        self.say("  ✗ fault: the refresh token is revoked at the provider")
+        self.say("  ⚡ injected fault: the refresh token is revoked at the provider")
         self.revoke_refresh_token()
         if not self.invoke(self.state()).get("__interrupt__"):
             raise ScenarioFailed("the TypeScript worker did not park the run")
         self.parked_case()
         killed = self.worker.pid
         self.notes["killed_pid"] = killed
-        self.say(f"  ✗ fault: worker process {killed} is killed (SIGKILL) while the run is parked")
+        self.say(f"  ⚡ injected fault: worker process {killed} is killed (SIGKILL) while the run is parked")
         self.worker.kill()
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
         self._start("resume")  # another process takes the same run id over from the checkpoint file

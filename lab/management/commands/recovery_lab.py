@@ -11,34 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from lab.scenarios import ALL_SCENARIOS, PROVIDERS, SCENARIO_PROVIDERS, SCENARIOS
+from lab.runtimes import RUNTIMES
 from lab.session import run_lab
-
-RUNTIMES = ("langgraph", "temporal", "restate")
-
-
-def runtime_server_note(runtime: str) -> str:
-    """Whether the runtime's server answers here, in one sentence."""
-    if runtime == "temporal":
-        host, _, port = settings.TEMPORAL_ADDRESS.rpartition(":")
-        where = settings.TEMPORAL_ADDRESS
-    else:
-        url = getattr(settings, "RESTATE_ADMIN_URL", "") or "http://127.0.0.1:9070"
-        host, port = url.split("//")[-1].split("/")[0].rsplit(":", 1) if ":" in url.split("//")[-1] else (url, "80")
-        where = url
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
-            up = f"a {runtime} server answers at {where}"
-    except (OSError, ValueError):
-        up = f"no {runtime} server answers at {where}"
-    return up
-
 
 class Command(BaseCommand):
     help = "Run the recovery lab: inject each credential fault for real and watch the original run resume."
@@ -47,8 +26,10 @@ class Command(BaseCommand):
         parser.add_argument("--scenario", choices=[*ALL_SCENARIOS, "all"], default="all",
                             help="One scenario, or the product page's four (all, default). cae (Entra continuous "
                                  "access evaluation) runs with --provider entra.")
-        parser.add_argument("--runtime", choices=RUNTIMES, default="langgraph",
-                            help="The durable runtime (langgraph; temporal and restate need their servers).")
+        parser.add_argument("--runtime", choices=[*RUNTIMES, "all"], default="langgraph",
+                            help="The durable runtime the briefing runs on: langgraph (in-process, default), temporal "
+                                 "(the lab starts the Temporal test server and worker processes), or all of them "
+                                 "one after the other, with one summary table.")
         parser.add_argument("--provider", choices=PROVIDERS, default="oidc",
                             help="Whose refusal the worker sees: the lab OIDC provider revoking the refresh token "
                                  "(oidc, default), the documented error of Microsoft Entra (AADSTS700082) / Auth0 "
@@ -68,13 +49,9 @@ class Command(BaseCommand):
         out = (lambda s: None) if as_json else self.stdout.write
         for name in ("celery", "kombu", "django.request"):  # the timeline is the lab's output; task chatter is not
             logging.getLogger(name).setLevel(logging.ERROR)
-        if runtime != "langgraph":
-            note = runtime_server_note(runtime)
-            message = (f"The lab's briefing runs on LangGraph only: it has no {runtime} workflow yet, so nothing was run "
-                       f"({note}). The {runtime} adapter is exercised by tests/runtimes against a real server.")
-            if as_json:
-                self.stdout.write(json.dumps({"ok": False, "runtime": runtime, "skipped": True, "reason": message}))
-            raise CommandError(message, returncode=2)
+        runtimes = list(RUNTIMES) if runtime == "all" else [runtime]
+        if sdk == "typescript" and runtimes != ["langgraph"]:
+            raise CommandError("--sdk typescript runs on --runtime langgraph only", returncode=2)
         allowed = SCENARIO_PROVIDERS.get(scenario)
         if allowed and provider not in allowed:
             raise CommandError(f"--scenario {scenario} needs --provider {' or '.join(allowed)}", returncode=2)
@@ -84,7 +61,9 @@ class Command(BaseCommand):
             if missing := worker_missing():
                 raise CommandError(missing)
         names = list(SCENARIOS) if scenario == "all" else [scenario]
-        results = self.run_lab(names, provider=provider, interactive=interactive, out=out, sdk=sdk)
+        results = []
+        for each in runtimes:
+            results += self.run_lab(names, provider=provider, interactive=interactive, out=out, sdk=sdk, runtime=each)
         elapsed = time.monotonic() - started
         ok = all(r["ok"] for r in results)
         if as_json:
@@ -92,20 +71,39 @@ class Command(BaseCommand):
                                           "runtime": runtime, "sdk": sdk, "scenarios": results}, indent=2, default=str))
         else:
             self.print_summary(results, elapsed)
+            if len(runtimes) > 1:
+                self.print_table(results, runtimes, names)
         if not ok:
             raise SystemExit(1)
 
     # ------------------------------------------------------------------------------------------
 
-    def run_lab(self, names: list[str], *, provider: str, interactive: bool, out, sdk: str = "python") -> list[dict]:
-        return run_lab(names, provider=provider, interactive=interactive, out=out, style=self.style, sdk=sdk)
+    def run_lab(self, names: list[str], *, provider: str, interactive: bool, out, sdk: str = "python",
+                runtime: str = "langgraph") -> list[dict]:
+        return run_lab(names, provider=provider, interactive=interactive, out=out, style=self.style, sdk=sdk,
+                       runtime=runtime)
+
+    def print_table(self, results: list[dict], runtimes: list[str], names: list[str]) -> None:
+        """One line per runtime, one column per scenario: OK or FAILED."""
+        out = self.stdout.write
+        by = {(r.get("runtime"), r["scenario"]): r for r in results}
+        width = max(len(n) for n in names) + 2
+        out(self.style.MIGRATE_HEADING("\nRuntime × scenario"))
+        out("  " + f"{'runtime':<12}" + "".join(f"{n:<{width}}" for n in names))
+        for each in runtimes:
+            cells = []
+            for n in names:
+                r = by.get((each, n))
+                cell = f"{'OK' if r and r['ok'] else 'FAILED':<{width}}"
+                cells.append(self.style.SUCCESS(cell) if r and r["ok"] else self.style.ERROR(cell))
+            out("  " + f"{each:<12}" + "".join(cells))
 
     def print_summary(self, results: list[dict], elapsed: float) -> None:
         out = self.stdout.write
         out(self.style.MIGRATE_HEADING("\nRecovery incident records"))
         for r in results:
             head = self.style.SUCCESS("OK ") if r["ok"] else self.style.ERROR("FAILED")
-            out(f"\n  {head} {r['title']} ({r['scenario']})")
+            out(f"\n  {head} {r['title']} ({r['scenario']}, {r.get('runtime', 'langgraph')})")
             rows = [("Run", r.get("run_id")), ("Case", r.get("case_id"))]
             if "checkpoint" in r:
                 rows += [

