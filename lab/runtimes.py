@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,9 @@ class TemporalServer:
             from temporalio.client import Client
 
             client = await Client.connect(self.address)
-            await client.start_workflow(WORKFLOW_NAME, state, id=workflow_id, task_queue=self.task_queue)
+            # A workflow task handed to a killed worker's poll is retried after task_timeout (worker-lost).
+            await client.start_workflow(WORKFLOW_NAME, state, id=workflow_id, task_queue=self.task_queue,
+                                        task_timeout=timedelta(seconds=5))
 
         asyncio.run(start())
 

@@ -36,11 +36,13 @@ def main() -> int:
 
     @activity.defn(name="lab_register")
     def lab_register(state: dict) -> None:
+        activity.heartbeat()
         revive_temporal.register_run(briefing.revive(), workflow_name=briefing.WORKFLOW, run_id=state["run_id"])
         briefing.record_checkpoints(state["run_id"])
 
     @activity.defn(name="lab_step")
     def lab_step(state: dict, index: int) -> dict:
+        activity.heartbeat()  # picked up by a live worker (see ACTIVITY's heartbeat timeout)
         entry = briefing.run_step(index, state, revive_temporal.protect_action)
         return {**entry, "worker": args.name}
 

@@ -44,7 +44,7 @@ def test_recovery_lab_runs_the_four_scenarios_and_prints_timeline_and_records(tm
     assert "Bearer " not in out + proc.stderr and "rvr_" not in out
 
 
-def test_recovery_lab_json_for_one_scenario_and_a_runtime_without_a_lab_workflow(tmp_path):
+def test_recovery_lab_json_for_one_scenario(tmp_path):
     env = embedded_env(tmp_path)
     assert manage(env, "migrate", "-v0").returncode == 0
     proc = manage(env, "recovery_lab", "--scenario", "revoked", "--provider", "entra", "--json")
@@ -57,9 +57,8 @@ def test_recovery_lab_json_for_one_scenario_and_a_runtime_without_a_lab_workflow
     assert r["live_transitions"] == [1, 2, 3, 4] and r["case_state"] == "resumed"
     assert r["checkpoints_completed"] == ["01", "02", "03", "04", "05"]
 
-    skipped = manage(env, "recovery_lab", "--runtime", "temporal")
-    assert skipped.returncode == 2
-    assert "LangGraph only" in skipped.stderr and "temporal" in skipped.stderr
+    typescript_elsewhere = manage(env, "recovery_lab", "--runtime", "temporal", "--sdk", "typescript")
+    assert typescript_elsewhere.returncode == 2 and "--runtime langgraph only" in typescript_elsewhere.stderr
 
 
 def test_recovery_lab_cae_and_token_vault_scenarios(tmp_path):
@@ -145,3 +144,26 @@ def test_the_lab_revokes_its_worker_key_when_it_ends_and_after_ctrl_c(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert lab_keys(env) == (2, 0)
+
+
+def test_recovery_lab_on_temporal_runs_the_four_scenarios_with_its_own_test_server(tmp_path):
+    """--runtime temporal: the lab starts the Temporal test server and its worker processes; the same records."""
+    env = embedded_env(tmp_path)
+    assert manage(env, "migrate", "-v0").returncode == 0
+    proc = manage(env, "recovery_lab", "--runtime", "temporal", "--json", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True and report["runtime"] == "temporal"
+    by = {r["scenario"]: r for r in report["scenarios"]}
+    assert list(by) == ["revoked", "wrong-account", "timeout", "worker-lost"]
+    for r in by.values():
+        assert r["runtime"] == "temporal" and r["case_state"] == "resumed", r
+        assert (r["generation_before"], r["generation_after"], r["duplicate_effects_observed"]) == (1, 2, 0)
+        assert r["checkpoints_completed"] == ["01", "02", "03", "04", "05"]
+        assert r["live_transitions"] == [1, 2, 3, 4]
+    assert by["timeout"]["notes"]["after_timeout"] == "ambiguous" and by["timeout"]["send_state"] == "reconciled_committed"
+    lost = by["worker-lost"]
+    assert lost["notes"]["workers"] == ["worker:lab-A", "worker:lab-B"]
+    assert lost["brief_sent_by_pid"] not in (None, lost["notes"]["killed_pid"])
+    for pid in (lost["notes"]["killed_pid"], lost["brief_sent_by_pid"]):  # the lab stopped its workers
+        assert not Path(f"/proc/{pid}").exists(), pid

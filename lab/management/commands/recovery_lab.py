@@ -47,7 +47,7 @@ class Command(BaseCommand):
                **options):
         started = time.monotonic()
         out = (lambda s: None) if as_json else self.stdout.write
-        for name in ("celery", "kombu", "django.request"):  # the timeline is the lab's output; task chatter is not
+        for name in ("celery", "kombu", "django.request", "cases"):  # the timeline is the lab's output; chatter is not
             logging.getLogger(name).setLevel(logging.ERROR)
         runtimes = list(RUNTIMES) if runtime == "all" else [runtime]
         if sdk == "typescript" and runtimes != ["langgraph"]:
