@@ -170,25 +170,25 @@ def find_brief(mail_url: str, idempotency_key: str) -> dict | None:
 # --------------------------------------------------------------------------- the graph
 
 
-def run_step(index: int, state: BriefingState, protect) -> dict:
-    """Checkpoint ``index`` of the briefing through a runtime's ``protect_action`` (LangGraph, Temporal, Restate).
-
-    Returns the log entry of the step: its checkpoint, the worker's pid and the ledger's result.
-    """
+def step_arguments(index: int, state: BriefingState) -> dict:
+    """The ``protect_action`` arguments of checkpoint ``index`` (for any runtime's helper and either SDK client)."""
     checkpoint, label, action_key = STEPS[index]
-    run_id, conn = state["run_id"], state["connection_id"]
+    arguments = dict(run_id=state["run_id"], checkpoint_id=checkpoint, connection_id=state["connection_id"],
+                     action_key=action_key)
     if action_key == SEND_ACTION:
         def reconcile(ctx):
             credential(state)  # Graph's message lookup needs a token too
             return find_brief(state["mail_url"], ctx.idempotency_key)
 
-        result = protect(revive(), run_id=run_id, checkpoint_id=checkpoint, connection_id=conn, action_key=action_key,
-                         credential=lambda: credential(state), execute=lambda ctx: send_brief(state, ctx),
-                         reconcile=reconcile)
-    else:
-        result = protect(revive(), run_id=run_id, checkpoint_id=checkpoint, connection_id=conn, action_key=action_key,
-                         execute=lambda ctx: {"step": f"{checkpoint} / {label}", "key": ctx.idempotency_key[-12:]})
-    return {"checkpoint": checkpoint, "pid": os.getpid(), "result": result}
+        return {**arguments, "credential": lambda: credential(state), "execute": lambda ctx: send_brief(state, ctx),
+                "reconcile": reconcile}
+    return {**arguments, "execute": lambda ctx: {"step": f"{checkpoint} / {label}", "key": ctx.idempotency_key[-12:]}}
+
+
+def run_step(index: int, state: BriefingState, protect) -> dict:
+    """Checkpoint ``index`` through a runtime's synchronous ``protect_action`` (LangGraph, Temporal): its log entry."""
+    result = protect(revive(), **step_arguments(index, state))
+    return {"checkpoint": STEPS[index][0], "pid": os.getpid(), "result": result}
 
 
 def record_checkpoints(run_id: str) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -27,13 +28,16 @@ from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from cases.models import Action
 
 from . import briefing
 from .scenarios import ROOT, Scenario, ScenarioFailed, wait_for
 
-RUNTIMES = ("langgraph", "temporal")
+RUNTIMES = ("langgraph", "temporal", "restate")
 """The runtimes the lab can run its briefing on."""
+RESTATE_WORKFLOW = "LabBriefing"  # lab.restate_app.WORKFLOW_NAME (that module sets Django up: not imported here)
 
 
 def free_port() -> int:
@@ -129,6 +133,16 @@ class TemporalServer:
 
         asyncio.run(start())
 
+    def result(self, workflow_id: str) -> dict:
+        """The workflow's result (it has completed)."""
+        async def result():
+            from temporalio.client import Client
+
+            client = await Client.connect(self.address)
+            return await client.get_workflow_handle(workflow_id).result()
+
+        return asyncio.run(asyncio.wait_for(result(), 30))
+
     def start_worker(self, name: str, env: dict[str, str], var_dir: Path, timeout: float = 120.0) -> subprocess.Popen:
         log_path = var_dir / f"{name.replace(':', '-')}.log"
         with open(log_path, "ab") as log:
@@ -149,25 +163,131 @@ class TemporalServer:
         stop_process(self.process)
 
 
+def restate_server_binary() -> Path:
+    """The platform binary of the npm package ``@restatedev/restate-server`` (so that signals reach the server)."""
+    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "")
+    native = ROOT / "node_modules" / "@restatedev" / f"restate-server-{sys.platform}-{arch}" / "bin" / "restate-server"
+    if native.exists():
+        return native
+    wrapper = ROOT / "node_modules" / ".bin" / "restate-server"
+    if not wrapper.exists():
+        raise RuntimeError(f"{wrapper} is missing: run scripts/setup (npm ci installs @restatedev/restate-server)")
+    return wrapper
+
+
+@dataclass
+class RestateServer:
+    """restate-server on free loopback ports, and the address the lab's workflow service is served at."""
+
+    process: subprocess.Popen
+    admin_url: str
+    ingress_url: str
+    log_path: Path
+    service_port: int = field(default_factory=free_port)
+    registered: bool = False
+
+    @classmethod
+    def start(cls, var_dir: Path, timeout: float = 90.0) -> "RestateServer":
+        admin, ingress, fabric = free_port(), free_port(), free_port()
+        data = var_dir / "restate-data"
+        data.mkdir(parents=True, exist_ok=True)
+        log_path = var_dir / "restate-server.log"
+        env = {**os.environ, "RESTATE_ADMIN__BIND_PORT": str(admin), "RESTATE_INGRESS__BIND_PORT": str(ingress),
+               "RESTATE_DISABLE_TELEMETRY": "true", "RESTATE_LOG_DISABLE_ANSI_CODES": "true"}
+        env.pop("RESTATE_CONFIG", None)
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [str(restate_server_binary()), "--no-logo", "--listen-mode=tcp", "--bind-ip=127.0.0.1",
+                 f"--bind-port={fabric}", f"--base-dir={data}", f"--node-name=revive-lab-{admin}",
+                 "--cluster-name=revive-lab"], cwd=var_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        server = cls(process, f"http://127.0.0.1:{admin}", f"http://127.0.0.1:{ingress}", log_path)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"restate-server exited {process.returncode}:\n{_tail(log_path)}")
+            try:
+                return (httpx.get(f"{server.admin_url}/health", timeout=2).status_code == 200
+                        and httpx.get(f"{server.ingress_url}/restate/health", timeout=2).status_code == 200)
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_for(ready, "restate-server", timeout=timeout, interval=0.2)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def settings(self) -> dict:
+        return {"RESTATE_ADMIN_URL": self.admin_url, "RESTATE_INGRESS_URL": self.ingress_url}
+
+    def describe(self) -> str:
+        return f"{self.ingress_url}  (restate-server, pid {self.process.pid}; admin {self.admin_url})"
+
+    def start_worker(self, name: str, env: dict[str, str], var_dir: Path, timeout: float = 120.0) -> subprocess.Popen:
+        """The workflow service (hypercorn) at the one address Restate knows: a restarted worker takes it over."""
+        from cases.restate.admin_client import RestateAdminClient
+
+        log_path = var_dir / f"{name.replace(':', '-')}.log"
+        url = f"http://127.0.0.1:{self.service_port}"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "hypercorn", "lab.restate_app:app", "--bind", f"127.0.0.1:{self.service_port}"],
+                cwd=ROOT, env={**env, "REVIVE_LAB_WORKER_NAME": name}, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise ScenarioFailed(f"{name} exited {process.returncode}:\n{_tail(log_path)}")
+            try:
+                return httpx.get(f"{url}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, f"{name} to serve the Restate workflow", timeout=timeout, interval=0.1)
+        if not self.registered:
+            with RestateAdminClient(self.admin_url, timeout=30) as admin:
+                admin.register_deployment(f"{url}/", force=True)
+            self.registered = True
+        return process
+
+    def start_workflow(self, workflow_id: str, state: dict) -> None:
+        response = httpx.post(f"{self.ingress_url}/{RESTATE_WORKFLOW}/{workflow_id}/run/send", json=state, timeout=30)
+        if response.status_code >= 300:
+            raise ScenarioFailed(f"Restate did not start the workflow: {response.status_code} {response.text[:200]}")
+
+    def result(self, workflow_id: str) -> dict:  # noqa: D102 (the workflow's output)
+        response = httpx.get(f"{self.ingress_url}/restate/workflow/{RESTATE_WORKFLOW}/{workflow_id}/output", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
 def start_server(runtime: str, var_dir: Path):
     """The server ``runtime`` needs, started on free loopback ports (``None`` for LangGraph: it runs in-process)."""
     if runtime == "temporal":
         return TemporalServer.start(var_dir)
+    if runtime == "restate":
+        return RestateServer.start(var_dir)
     return None
 
 
-# --------------------------------------------------------------------------- the scenarios on Temporal
+# --------------------------------------------------------------------------- the scenarios on Temporal and Restate
 
 
 @dataclass
-class TemporalScenario(Scenario):
-    """The four faults with the briefing as a Temporal workflow, run by ``worker:lab-A`` (and ``-B`` after a kill)."""
+class RuntimeScenario(Scenario):
+    """The four faults with the briefing as a workflow of the runtime's server, run by worker processes
+    ``worker:lab-A`` (and ``worker:lab-B`` after a kill) that are not the lab's process."""
 
-    runtime = "temporal"
+    runtime = ""
     workers: list = field(default_factory=list)
 
     @property
-    def server(self) -> TemporalServer:
+    def server(self):
         return self.world.runtime_server
 
     def run(self) -> dict:
@@ -181,7 +301,7 @@ class TemporalScenario(Scenario):
     def start_worker(self, name: str) -> subprocess.Popen:
         process = self.server.start_worker(name, self.world.worker_environment(), self.world.var_dir)
         self.workers.append((name, process))
-        self.say(f"  · {name} polls Temporal (pid {process.pid})")
+        self.say(f"  · {name} is up (pid {process.pid})")
         return process
 
     def register(self) -> None:
@@ -221,15 +341,17 @@ class TemporalScenario(Scenario):
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
 
     def checkpoints_completed(self) -> list[str]:
-        async def result():
-            from temporalio.client import Client
-
-            client = await Client.connect(self.server.address)
-            return await client.get_workflow_handle(self.run_id).result()
-
         try:
-            outcome = asyncio.run(asyncio.wait_for(result(), 30))
+            outcome = self.server.result(self.run_id)
         except Exception as exc:
             raise ScenarioFailed(f"the workflow's result could not be read: {exc}") from exc
         self.notes["workers"] = sorted({entry.get("worker", "") for entry in outcome.get("log", [])})
         return [entry["checkpoint"] for entry in outcome.get("log", [])]
+
+
+class TemporalScenario(RuntimeScenario):
+    runtime = "temporal"
+
+
+class RestateScenario(RuntimeScenario):
+    runtime = "restate"

@@ -562,6 +562,8 @@ def run_scenario(name: str, world: LabWorld, *, provider: str = "oidc", interact
         from .typescript import TypeScriptScenario as kind
     elif runtime == "temporal":
         from .runtimes import TemporalScenario as kind
+    elif runtime == "restate":
+        from .runtimes import RestateScenario as kind
     scenario = kind(name=name, world=world, provider=provider, interactive=interactive, say=say)
     try:
         return scenario.run()
