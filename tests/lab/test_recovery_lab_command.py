@@ -146,18 +146,18 @@ def test_the_lab_revokes_its_worker_key_when_it_ends_and_after_ctrl_c(tmp_path):
     assert lab_keys(env) == (2, 0)
 
 
-def test_recovery_lab_on_temporal_runs_the_four_scenarios_with_its_own_test_server(tmp_path):
-    """--runtime temporal: the lab starts the Temporal test server and its worker processes; the same records."""
+def assert_four_on(runtime: str, tmp_path) -> None:
+    """--runtime R: the lab starts R's server and its worker processes itself; the same records as on LangGraph."""
     env = embedded_env(tmp_path)
     assert manage(env, "migrate", "-v0").returncode == 0
-    proc = manage(env, "recovery_lab", "--runtime", "temporal", "--json", timeout=900)
+    proc = manage(env, "recovery_lab", "--runtime", runtime, "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     report = json.loads(proc.stdout)
-    assert report["ok"] is True and report["runtime"] == "temporal"
+    assert report["ok"] is True and report["runtime"] == runtime
     by = {r["scenario"]: r for r in report["scenarios"]}
     assert list(by) == ["revoked", "wrong-account", "timeout", "worker-lost"]
     for r in by.values():
-        assert r["runtime"] == "temporal" and r["case_state"] == "resumed", r
+        assert r["runtime"] == runtime and r["case_state"] == "resumed", r
         assert (r["generation_before"], r["generation_after"], r["duplicate_effects_observed"]) == (1, 2, 0)
         assert r["checkpoints_completed"] == ["01", "02", "03", "04", "05"]
         assert r["live_transitions"] == [1, 2, 3, 4]
@@ -167,3 +167,11 @@ def test_recovery_lab_on_temporal_runs_the_four_scenarios_with_its_own_test_serv
     assert lost["brief_sent_by_pid"] not in (None, lost["notes"]["killed_pid"])
     for pid in (lost["notes"]["killed_pid"], lost["brief_sent_by_pid"]):  # the lab stopped its workers
         assert not Path(f"/proc/{pid}").exists(), pid
+
+
+def test_recovery_lab_on_temporal_runs_the_four_scenarios_with_its_own_test_server(tmp_path):
+    assert_four_on("temporal", tmp_path)
+
+
+def test_recovery_lab_on_restate_runs_the_four_scenarios_with_its_own_restate_server(tmp_path):
+    assert_four_on("restate", tmp_path)
