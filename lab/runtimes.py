@@ -30,6 +30,9 @@ from pathlib import Path
 
 import httpx
 
+from django.db import transaction
+
+from cases import services
 from cases.models import Action
 
 from . import briefing
@@ -285,6 +288,7 @@ class RuntimeScenario(Scenario):
 
     runtime = ""
     workers: list = field(default_factory=list)
+    worker_keys: list = field(default_factory=list)
 
     @property
     def server(self):
@@ -297,11 +301,18 @@ class RuntimeScenario(Scenario):
         finally:
             for _, process in self.workers:
                 stop_process(process)
+            with transaction.atomic():
+                for key in self.worker_keys:
+                    services.api_key_revoke(key_id=key.pk, actor="lab")
 
     def start_worker(self, name: str) -> subprocess.Popen:
-        process = self.server.start_worker(name, self.world.worker_environment(), self.world.var_dir)
+        """A worker process with an API key of its own, so that the audit log names it (``worker:lab-A-…``)."""
+        key, raw = services.api_key_create(name=f"{name.split(':')[-1]}-{self.run_id[-6:]}", actor="lab")
+        self.worker_keys.append(key)
+        env = {**self.world.worker_environment(), "REVIVE_LAB_API_KEY": raw}
+        process = self.server.start_worker(name, env, self.world.var_dir)
         self.workers.append((name, process))
-        self.say(f"  · {name} is up (pid {process.pid})")
+        self.say(f"  · {name} is up (pid {process.pid}), as worker:{key.name} in the audit log")
         return process
 
     def register(self) -> None:

@@ -17,6 +17,14 @@ def _state(snapshot) -> str:
     return "—"
 
 
+def middle(value: str, width: int) -> str:
+    """``value`` in ``width`` characters: cut in the middle (the start and the end say the most), padded."""
+    if len(value) > width:
+        head = (width - 1) // 2
+        value = value[:head] + "…" + value[len(value) - (width - 1 - head):]
+    return f"{value:<{width}}"
+
+
 def describe(event: AuditEvent) -> dict:
     live = LIVE_TRANSITIONS.get(event.action)
     generation = None
@@ -59,6 +67,8 @@ class TimelinePrinter:
                 continue
             d = describe(event)
             new.append(d)
+            if d["action"] == "checkpoint.recorded":  # declared up front; shown when the run reaches it
+                continue
             self.write(self.format(d))
         self.events.extend(new)
         return new
@@ -67,7 +77,11 @@ class TimelinePrinter:
         move = f"{d['from'] or '·'} → {d['to']}"
         live = f"  LIVE TRANSITION {d['live_transition']:02d} / 04 ({d['live_label']})" if d["live_transition"] else ""
         gen = f"  gen {d['generation']}" if d["generation"] else ""
-        line = f"{d['at'][11:23]}  {d['actor'][:28]:<28} {d['action']:<26} {d['entity'][:44]:<44} {move}{gen}{live}"
+        reached = ""
+        if d["action"] == "action.committed" or d["to"] == "reconciled_committed":
+            reached = f"  ▸ checkpoint {d['entity'][-2:]} reached" if d["entity"][-2:].isdigit() else ""
+        line = (f"{d['at'][11:23]}  {middle(d['actor'], 24)} {middle(d['action'], 26)} {middle(d['entity'], 40)} "
+                f"{move}{gen}{live}{reached}")
         if self.style and d["live_transition"]:
             return self.style.SUCCESS(line)
         return line
