@@ -62,8 +62,14 @@ class Command(BaseCommand):
                 raise CommandError(missing)
         names = list(SCENARIOS) if scenario == "all" else [scenario]
         results = []
-        for each in runtimes:
-            results += self.run_lab(names, provider=provider, interactive=interactive, out=out, sdk=sdk, runtime=each)
+        try:
+            for each in runtimes:
+                results += self.run_lab(names, provider=provider, interactive=interactive, out=out, sdk=sdk,
+                                        runtime=each)
+        except KeyboardInterrupt:  # run_lab's cleanup has run on the way out: servers and workers are stopped
+            self.stderr.write(f"\nInterrupted after {time.monotonic() - started:.0f} s: the lab stopped its servers "
+                              "and worker processes.")
+            raise SystemExit(130) from None
         elapsed = time.monotonic() - started
         ok = all(r["ok"] for r in results)
         if as_json:
