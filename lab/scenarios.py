@@ -59,7 +59,7 @@ EXTRA_SCENARIOS = {
 }
 SCENARIO_PROVIDERS = {"cae": ("entra",)}
 ALL_SCENARIOS = {**SCENARIOS, **EXTRA_SCENARIOS}
-PROVIDERS = ("oidc", "entra", "auth0", "auth0-token-vault")
+PROVIDERS = ("entra", "oidc", "auth0", "auth0-token-vault")  # the first is the default (the product page's)
 TOKEN_VAULT = "auth0-token-vault"
 VAULT_CONNECTION = "google-oauth2"
 VAULT_USER = "auth0|ada"
@@ -73,14 +73,24 @@ class ScenarioFailed(RuntimeError):
     pass
 
 
+PROGRESS_EVERY = 10.0
+progress: Callable[[str], None] | None = None
+"""Where ``wait_for`` says that it is still waiting (set by ``lab.session.run_lab`` for its session)."""
+
+
 def wait_for(check: Callable[[], object], what: str, timeout: float = WAIT, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline, next_note = started + timeout, started + PROGRESS_EVERY
     while True:
         value = check()
         if value:
             return value
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise ScenarioFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+        if progress is not None and now >= next_note:
+            progress(f"  … still waiting for {what} ({now - started:.0f} s of at most {timeout:.0f} s)")
+            next_note = now + PROGRESS_EVERY
         time.sleep(interval)
 
 
@@ -438,7 +448,8 @@ class Scenario:
                 raise ScenarioFailed(f"the worker process did not park the run (exit {process.poll()})")
             self.parked_case()
             self.notes["killed_pid"] = process.pid
-            self.say(f"  ⚡ injected fault: worker process {process.pid} is killed (SIGKILL) while the run is parked")
+            self.say(f"  ⚡ injected fault: worker:lab-A (pid {process.pid}) is killed (SIGKILL) while the run is parked; "
+                     "Revive's worker (this process) resumes the run after the owner reconnects")
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
         finally:

@@ -26,6 +26,7 @@ from .briefing import GRAPH_NAME
 from .idp import LabIdp
 from .processes import Pidfile
 from .provider_standin import ProviderStandIn
+from . import scenarios
 from .runtimes import start_server
 from .scenarios import ALL_SCENARIOS, LabWorld, run_scenario, socialaccount_providers_for, token_vault_settings
 from .token_vault_standin import TokenVaultStandIn
@@ -95,6 +96,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
     try:
         out(heading("Recovery lab — break the credential, keep the execution"))
         out(f"  Revive       {revive_url}")
+        scenarios.progress = out
         runtime_server = start_server(runtime, session)
         if runtime_server is not None:
             out(f"  {runtime:<12} {runtime_server.describe()}")
@@ -121,6 +123,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
                                EMAIL_FILE_PATH=str(session / "mail"), REVIVE_AUTH0_TOKEN_VAULT=token_vault_settings(vault),
                                **(runtime_server.settings() if runtime_server is not None else {})):
             timeline = LiveTimeline(out, style=style).start()
+            scenarios.progress = lambda line: (timeline.flush(), out(line))
             for name in names:
                 timeline.flush()
                 out(heading(f"\n▶ {ALL_SCENARIOS[name]}  ({name}, provider {provider}, {runtime}, {sdk} worker)"))
@@ -134,6 +137,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
                 out(f"  {(style.SUCCESS if style and result['ok'] else style.ERROR if style else str)(ok)}")
             timeline.stop()
     finally:
+        scenarios.progress = None
         # First: the session's worker key dies with the session, however it ends (Ctrl-C raises KeyboardInterrupt here).
         if lab_key is not None:
             services.api_key_revoke(key_id=lab_key.pk, actor="lab")

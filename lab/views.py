@@ -27,7 +27,7 @@ from audit.models import AuditEvent
 from audit.services import audit_record
 
 from .access import LAB_PERMISSION, may_use_lab
-
+from .runtimes import RUNTIMES
 from .scenarios import PROVIDERS, SCENARIOS
 from .session import SESSION_LOCK, run_lab
 from .timeline import describe
@@ -60,9 +60,9 @@ def lab_required(view):
     return wrapped
 
 
-def _run(session: dict, *, scenario: str, provider: str, revive_url: str) -> None:
+def _run(session: dict, *, scenario: str, provider: str, revive_url: str, runtime: str = "langgraph") -> None:
     try:
-        run_lab([scenario], provider=provider, revive_url=revive_url, out=session["lines"].append,
+        run_lab([scenario], provider=provider, runtime=runtime, revive_url=revive_url, out=session["lines"].append,
                 on_result=session["results"].append)
     except Exception as exc:  # shown on the page
         session["error"] = f"{type(exc).__name__}: {exc}"
@@ -79,7 +79,7 @@ def index(request: HttpRequest) -> HttpResponse:
     with _sessions_lock:
         known = session_id in _sessions
     return render(request, "lab/index.html", {
-        "scenarios": SCENARIOS.items(), "providers": PROVIDERS, "session_id": session_id if known else "",
+        "scenarios": SCENARIOS.items(), "providers": PROVIDERS, "runtimes": RUNTIMES, "session_id": session_id if known else "",
         "busy": SESSION_LOCK.locked(),
     })
 
@@ -88,20 +88,21 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_POST
 def start(request: HttpRequest) -> HttpResponse:
     scenario, provider = request.POST.get("scenario", ""), request.POST.get("provider", "oidc")
-    if scenario not in SCENARIOS or provider not in PROVIDERS:
-        return HttpResponse("unknown scenario or provider", status=400)
+    runtime = request.POST.get("runtime", "langgraph")
+    if scenario not in SCENARIOS or provider not in PROVIDERS or runtime not in RUNTIMES:
+        return HttpResponse("unknown scenario, provider or runtime", status=400)
     if SESSION_LOCK.locked():
         return HttpResponse("a lab session is already running", status=409)
     session_id = secrets.token_urlsafe(8)
     first = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
-    session = {"scenario": scenario, "provider": provider, "first_event": first, "lines": [], "results": [],
+    session = {"scenario": scenario, "provider": provider, "runtime": runtime, "first_event": first, "lines": [], "results": [],
                "done": False, "error": "", "started": time.time(), "user": request.user.get_username()}
     with _sessions_lock:
         _sessions[session_id] = session
     revive_url = request.build_absolute_uri("/").rstrip("/")
     close_old_connections()
     threading.Thread(target=_run, kwargs={"session": session, "scenario": scenario, "provider": provider,
-                                          "revive_url": revive_url}, name=f"lab-{session_id}", daemon=True).start()
+                                          "revive_url": revive_url, "runtime": runtime}, name=f"lab-{session_id}", daemon=True).start()
     return redirect(f"{reverse('lab:index')}?session={session_id}")
 
 
@@ -120,5 +121,5 @@ def session_state(request: HttpRequest, session_id: str) -> JsonResponse:
             r["admin_url"] = reverse("admin:cases_recoverycase_change", args=[r["case_pk"]])
         results.append(r)
     return JsonResponse({"scenario": session["scenario"], "title": SCENARIOS[session["scenario"]],
-                         "provider": session["provider"], "done": session["done"], "error": session["error"],
+                         "provider": session["provider"], "runtime": session["runtime"], "done": session["done"], "error": session["error"],
                          "lines": session["lines"], "events": events, "results": results})

@@ -34,6 +34,9 @@ def test_recovery_lab_runs_the_four_scenarios_and_prints_timeline_and_records(tm
         assert out.count(f"LIVE TRANSITION {n:02d} / 04") == 4, n  # once per scenario
     assert out.count("Duplicate effects      0 observed (1 message(s) accepted by the mail service)") == 4
     assert out.count("Credential generation  01 → 02") == 4
+    assert out.count("Provider signal        dead_grant AADSTS700082") == 4  # the default provider: Entra
+    assert out.index("▸ checkpoint 01 reached") < out.index("▸ checkpoint 05 reached")
+    assert "Traceback" not in out + proc.stderr
     assert out.count("Checkpoint             05 / prepare brief") == 4
     assert "Refused identity" in out and "mallory@contoso.example" in out
     assert "ambiguous → reconciled_committed" in out

@@ -30,10 +30,11 @@ class Command(BaseCommand):
                             help="The durable runtime the briefing runs on: langgraph (in-process, default), temporal "
                                  "(the lab starts the Temporal test server and worker processes), or all of them "
                                  "one after the other, with one summary table.")
-        parser.add_argument("--provider", choices=PROVIDERS, default="oidc",
-                            help="Whose refusal the worker sees: the lab OIDC provider revoking the refresh token "
-                                 "(oidc, default), the documented error of Microsoft Entra (AADSTS700082) / Auth0 "
-                                 "served by the local token endpoint, or auth0-token-vault: the upstream grant behind "
+        parser.add_argument("--provider", choices=PROVIDERS, default="entra",
+                            help="Whose refusal the worker sees: Microsoft Entra's documented AADSTS700082 (entra, "
+                                 "default, the product page's story) or Auth0's, served by the local token endpoint; "
+                                 "the lab OIDC provider revoking the refresh token (oidc); or auth0-token-vault: the "
+                                 "upstream grant behind "
                                  "an Auth0 Token Vault connected account disappears and the owner re-links it.")
         parser.add_argument("--sdk", choices=("python", "typescript"), default="python",
                             help="The language of the workflow's worker: the Python SDK's LangGraph graph (default), or "
@@ -131,6 +132,8 @@ class Command(BaseCommand):
                                                       "(found by its idempotency key)"))
                 if notes.get("killed_pid"):
                     rows.append(("Worker process", f"{notes['killed_pid']} killed; brief sent by pid {r['brief_sent_by_pid']}"))
+                    if notes.get("workers"):
+                        rows.append(("Workers", " → ".join(notes["workers"])))
                 rows.append(("Took", f"{r['seconds']:.1f} s"))
             for name, value in rows:
                 out(f"    {name:<22} {value}")
