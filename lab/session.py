@@ -15,7 +15,7 @@ from typing import Callable
 
 from django.conf import settings
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
-from django.core.wsgi import get_wsgi_application
+from django.core.handlers.wsgi import WSGIHandler
 from django.test.utils import override_settings
 
 from cases import services
@@ -45,7 +45,9 @@ def serve_revive() -> tuple[ThreadedWSGIServer, str]:
     """This project's WSGI app on a free loopback port, in a thread."""
     server = ThreadedWSGIServer(("127.0.0.1", 0), _QuietHandler, allow_reuse_address=True)
     server.daemon_threads = True
-    server.set_app(get_wsgi_application())
+    # Not get_wsgi_application(): it runs django.setup() again, which reconfigures logging and undoes the
+    # command's quieting (stray log lines in the middle of the timeline).
+    server.set_app(WSGIHandler())
     threading.Thread(target=server.serve_forever, name="revive-http", daemon=True).start()
     host, port = server.server_address[:2]
     return server, f"http://{host}:{port}"
