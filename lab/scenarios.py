@@ -32,7 +32,7 @@ from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 from audit.models import AuditEvent
 from cases import services
@@ -321,11 +321,14 @@ class Scenario:
         """Run the briefing in this process (the worker), on its thread, with Revive's checkpointer."""
         return self.graph().invoke(payload, {"configurable": {"thread_id": self.thread_id}})
 
-    def start_worker_process(self) -> subprocess.Popen:
+    def start_worker_process(self, api_key: str | None = None) -> subprocess.Popen:
         args = [sys.executable, "-m", "lab.worker", "--run-id", self.run_id, "--thread-id", self.thread_id,
                 "--input", json.dumps(self.state())]
         log = open(self.world.var_dir / f"worker-{self.run_id}.log", "ab")
-        process = spawn(args, cwd=ROOT, env=self.world.worker_environment(), stdout=subprocess.PIPE, stderr=log)
+        env = self.world.worker_environment()
+        if api_key:
+            env["REVIVE_LAB_API_KEY"] = api_key
+        process = spawn(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log)
         log.close()
         if self.world.children is not None:
             self.world.children.add(process, f"lab worker {self.run_id}")
@@ -440,7 +443,10 @@ class Scenario:
     def _worker_lost(self) -> None:
         self.say("  ⚡ injected fault: the refresh token is revoked at the provider")
         self.revoke_refresh_token()
-        process = self.start_worker_process()
+        # The worker process has a key of its own, so that the audit log tells it from Revive's worker.
+        key, raw = services.api_key_create(name=f"lab-A-{self.run_id[-6:]}", actor="lab")
+        self.say(f"  · worker:lab-A starts the run (a process of its own, worker:{key.name} in the audit log)")
+        process = self.start_worker_process(api_key=raw)
         try:
             line = wait_for(lambda: process.stdout.readline() or (process.poll() is not None and b"{}"), "the worker to park")
             report = json.loads(line or b"{}")
@@ -457,6 +463,8 @@ class Scenario:
             if self.world.children is not None:
                 self.world.children.discard(process)
             process.stdout.close()
+            with transaction.atomic():
+                services.api_key_revoke(key_id=key.pk, actor="lab")
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
 
     # -- the record ---------------------------------------------------------------------------
