@@ -14,7 +14,6 @@ is visible.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import os
 import platform
@@ -36,6 +35,7 @@ from cases import services
 from cases.models import Action
 
 from . import briefing
+from .processes import Pidfile, spawn, stop
 from .scenarios import ROOT, Scenario, ScenarioFailed, wait_for
 
 RUNTIMES = ("langgraph", "temporal", "restate")
@@ -49,17 +49,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_process(process: subprocess.Popen, *, kill: bool = False, grace: float = 15.0) -> None:
-    """Stop a child started in its own process group (its children go with it)."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(grace)
+def stop_process(process: subprocess.Popen, *, kill: bool = False, children: Pidfile | None = None) -> None:
+    """Stop a child of the lab and its process group (``lab.processes.stop``); forget it in the session's list."""
+    stop(process, sig=signal.SIGKILL if kill else signal.SIGTERM)
+    if children is not None:
+        children.discard(process)
+
+
+def _started(process: subprocess.Popen, name: str, children: Pidfile | None) -> subprocess.Popen:
+    if children is not None:
+        children.add(process, name)
+    return process
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -87,14 +87,16 @@ class TemporalServer:
     log_path: Path
     task_queue: str = field(default_factory=lambda: f"revive-lab-{uuid.uuid4().hex[:8]}")
 
+    children: Pidfile | None = field(default=None, repr=False)
+
     @classmethod
-    def start(cls, var_dir: Path, timeout: float = 60.0) -> "TemporalServer":
+    def start(cls, var_dir: Path, children: Pidfile | None = None, timeout: float = 60.0) -> "TemporalServer":
         port = free_port()
         log_path = var_dir / "temporal-test-server.log"
         with open(log_path, "ab") as log:
-            process = subprocess.Popen([temporal_test_server_path(), str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        server = cls(process, f"127.0.0.1:{port}", log_path)
+            process = _started(spawn([temporal_test_server_path(), str(port)], stdout=log, stderr=subprocess.STDOUT),
+                               "temporal test server", children)
+        server = cls(process, f"127.0.0.1:{port}", log_path, children=children)
         try:
             wait_for(lambda: server._answers(), "the Temporal test server", timeout=timeout, interval=0.2)
         except BaseException:
@@ -149,10 +151,9 @@ class TemporalServer:
     def start_worker(self, name: str, env: dict[str, str], var_dir: Path, timeout: float = 120.0) -> subprocess.Popen:
         log_path = var_dir / f"{name.replace(':', '-')}.log"
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(
+            process = _started(spawn(
                 [sys.executable, "-m", "lab.temporal_worker", "--address", self.address, "--task-queue", self.task_queue,
-                 "--name", name], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                 "--name", name], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), name, self.children)
 
         def ready() -> bool:
             if process.poll() is not None:
@@ -163,7 +164,7 @@ class TemporalServer:
         return process
 
     def stop(self) -> None:
-        stop_process(self.process)
+        stop_process(self.process, children=self.children)
 
 
 def restate_server_binary() -> Path:
@@ -186,11 +187,12 @@ class RestateServer:
     admin_url: str
     ingress_url: str
     log_path: Path
+    children: Pidfile | None = field(default=None, repr=False)
     service_port: int = field(default_factory=free_port)
     registered: bool = False
 
     @classmethod
-    def start(cls, var_dir: Path, timeout: float = 90.0) -> "RestateServer":
+    def start(cls, var_dir: Path, children: Pidfile | None = None, timeout: float = 90.0) -> "RestateServer":
         admin, ingress, fabric = free_port(), free_port(), free_port()
         data = var_dir / "restate-data"
         data.mkdir(parents=True, exist_ok=True)
@@ -199,12 +201,12 @@ class RestateServer:
                "RESTATE_DISABLE_TELEMETRY": "true", "RESTATE_LOG_DISABLE_ANSI_CODES": "true"}
         env.pop("RESTATE_CONFIG", None)
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(
+            process = _started(spawn(
                 [str(restate_server_binary()), "--no-logo", "--listen-mode=tcp", "--bind-ip=127.0.0.1",
                  f"--bind-port={fabric}", f"--base-dir={data}", f"--node-name=revive-lab-{admin}",
-                 "--cluster-name=revive-lab"], cwd=var_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
-        server = cls(process, f"http://127.0.0.1:{admin}", f"http://127.0.0.1:{ingress}", log_path)
+                 "--cluster-name=revive-lab"], cwd=var_dir, env=env, stdout=log, stderr=subprocess.STDOUT),
+                "restate-server", children)
+        server = cls(process, f"http://127.0.0.1:{admin}", f"http://127.0.0.1:{ingress}", log_path, children=children)
 
         def ready() -> bool:
             if process.poll() is not None:
@@ -235,10 +237,10 @@ class RestateServer:
         log_path = var_dir / f"{name.replace(':', '-')}.log"
         url = f"http://127.0.0.1:{self.service_port}"
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(
+            process = _started(spawn(
                 [sys.executable, "-m", "hypercorn", "lab.restate_app:app", "--bind", f"127.0.0.1:{self.service_port}"],
-                cwd=ROOT, env={**env, "REVIVE_LAB_WORKER_NAME": name}, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+                cwd=ROOT, env={**env, "REVIVE_LAB_WORKER_NAME": name}, stdout=log, stderr=subprocess.STDOUT),
+                name, self.children)
 
         def ready() -> bool:
             if process.poll() is not None:
@@ -266,15 +268,17 @@ class RestateServer:
         return response.json()
 
     def stop(self) -> None:
-        stop_process(self.process)
+        stop_process(self.process, children=self.children)
 
 
-def start_server(runtime: str, var_dir: Path):
-    """The server ``runtime`` needs, started on free loopback ports (``None`` for LangGraph: it runs in-process)."""
+def start_server(runtime: str, var_dir: Path, children: Pidfile | None = None):
+    """The server ``runtime`` needs, started on free loopback ports (``None`` for LangGraph: it runs in-process).
+
+    Start it from the thread that runs the session: its processes die with that thread (``lab.processes``)."""
     if runtime == "temporal":
-        return TemporalServer.start(var_dir)
+        return TemporalServer.start(var_dir, children)
     if runtime == "restate":
-        return RestateServer.start(var_dir)
+        return RestateServer.start(var_dir, children)
     return None
 
 
@@ -300,7 +304,7 @@ class RuntimeScenario(Scenario):
             return super().run()
         finally:
             for _, process in self.workers:
-                stop_process(process)
+                stop_process(process, children=self.world.children)
             with transaction.atomic():
                 for key in self.worker_keys:
                     services.api_key_revoke(key_id=key.pk, actor="lab")
@@ -347,7 +351,7 @@ class RuntimeScenario(Scenario):
         self._park_on_revoked_grant()
         self.notes["killed_pid"] = process.pid
         self.say(f"  ⚡ injected fault: {name} (pid {process.pid}) is killed (SIGKILL) while the run is parked")
-        stop_process(process, kill=True)
+        stop_process(process, kill=True, children=self.world.children)
         self.start_worker("worker:lab-B")
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
 

@@ -99,7 +99,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         out(heading("Recovery lab — break the credential, keep the execution"))
         out(f"  Revive       {revive_url}")
         scenarios.progress = out
-        runtime_server = start_server(runtime, session)
+        runtime_server = start_server(runtime, session, children)
         if runtime_server is not None:
             out(f"  {runtime:<12} {runtime_server.describe()}")
         box: dict = {}
