@@ -1,8 +1,20 @@
-"""What the benchmarks share: percentiles and free loopback ports."""
+"""What the benchmarks share: percentiles, free loopback ports, a throw-away database and a gunicorn server."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -15,3 +27,88 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that ``finally`` blocks (servers, databases) run as on Ctrl-C."""
+    def raise_exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, raise_exit)
+
+
+@contextmanager
+def bench_database(*, migrate: bool = True, settings_module: str = "revive_site.settings") -> Iterator[str]:
+    """A fresh PostgreSQL database for one benchmark run, migrated, and always dropped afterwards
+    (also on failure and Ctrl-C). Yields its URL; Django in this process is set up on it."""
+    dbname = f"revive_bench_{os.getpid()}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{dbname}"')
+    url = f"{PG}/{dbname}"
+    try:
+        os.environ.update(DATABASE_URL=url, DATABASE_CONN_MAX_AGE="600", SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only"),
+                          DJANGO_SETTINGS_MODULE=settings_module, LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"))
+        if settings_module == "revive_site.settings":
+            os.environ.pop("REDIS_URL", None)  # Celery eager: nothing to queue in these benchmarks
+        if migrate:
+            print(f"bench: database {dbname}; migrating…", flush=True)
+            subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=dict(os.environ), check=True)
+        import django
+
+        django.setup()
+        yield url
+    finally:
+        try:
+            from django.db import connections
+
+            connections.close_all()
+        except Exception:  # noqa: BLE001 -- Django may not be set up yet; the drop below is what matters
+            pass
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        print(f"bench: database {dbname} dropped", flush=True)
+
+
+@contextmanager
+def gunicorn(*, workers: int = 2, threads: int = 4, start_timeout: float = 120.0) -> Iterator[str]:
+    """Revive under gunicorn on a free loopback port, with this process's environment; yields its URL.
+
+    Waits (up to ``start_timeout``: a loaded 2-core machine can take a while to import Django in every
+    worker) until every worker answers, and always stops it, its workers included.
+    """
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(ROOT / ".venv/bin/gunicorn"), "revive_site.wsgi:application", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads), "--log-level", "warning",
+         "--keep-alive", "30"],
+        cwd=ROOT, env=dict(os.environ), start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        answered = 0
+        while answered < workers * 4:  # several answers in a row: the workers have imported the project
+            try:
+                httpx.get(f"{url}/api/v1/openapi.json", timeout=5)
+                answered += 1
+            except httpx.TransportError:
+                if server.poll() is not None:
+                    raise SystemExit(f"bench: gunicorn exited with {server.returncode} while starting")
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"bench: gunicorn did not answer within {start_timeout:.0f}s")
+                time.sleep(0.2)
+        yield url
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(5)

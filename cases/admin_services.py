@@ -18,6 +18,7 @@ from revive_site.errors import ValidationFailed
 
 from .errors import ConnectionNotFound
 from .models import ApiKey, Connection, Namespace
+from .services import api_key_forget
 
 CONNECTION_IDENTITY_FIELDS = ("provider_subject", "provider_tenant", "provider_issuer", "provider_org", "owner_email")
 API_KEY_ACCESS_FIELDS = ("role", "system_operate", "namespace_id")
@@ -76,6 +77,7 @@ def api_key_access_change(*, key_id: int, actor: str, reason: str, **values: Any
     for name, value in after.items():
         setattr(key, name, value)
     key.save(update_fields=list(after))
+    api_key_forget()  # the cached key carries its role and namespace
     names = {"namespace_id": "namespace"}
     audit_record(actor=actor, action="api_key.access_changed", entity_type="api_key", entity_id=str(key.pk),
                  before={"name": key.name, **{names.get(k, k): v for k, v in before.items()}},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from audit.services import audit_record, refusal_attach, refusals_kept
 from reauth.classification import Classification, FailureClass, classify
 from revive_site.errors import ValidationFailed
 
-from . import outbox, signals
+from . import hotpath, outbox, signals
 from .approval import (  # noqa: F401  (re-exported: the policy's public names stay importable from here)
     RECONCILED_ACTIONS,
     ApprovalDecision,
@@ -121,25 +122,85 @@ def api_key_create(*, name: str, role: str = ApiKey.Role.WORKER, system_operate:
     return key, raw
 
 
+class _ApiKeyCache:
+    """Live API keys of this process by hash, each trusted for ``REVIVE_API_KEY_CACHE_SECONDS``.
+
+    Every worker API call authenticates, so a key found in the database is kept here for a few
+    seconds and the call costs no round trip. Only live keys are kept (a key created in another
+    process works at once); a key revoked or changed in another process is refused or re-read
+    once its entry expires, so revocation takes effect within that window everywhere, and at once
+    in the process that revoked it. The cache is bounded and forgets everything when full.
+    """
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[ApiKey, float]] = {}
+
+    def get(self, key_hash: str) -> ApiKey | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        key, expires = entry
+        if time.monotonic() >= expires:
+            self._entries.pop(key_hash, None)
+            return None
+        return key
+
+    def put(self, key: ApiKey) -> None:
+        ttl = settings.REVIVE_API_KEY_CACHE_SECONDS
+        if ttl <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key.key_hash] = (key, time.monotonic() + ttl)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+api_key_cache = _ApiKeyCache()
+
+
+def api_key_forget() -> None:
+    """A key's access changed (revoked, role, namespace, system operate): this process re-reads every key.
+
+    Cleared at once and again when the change commits, so a request of this process that read the key before the
+    change committed cannot keep the old access in the cache. Other processes re-read within
+    ``REVIVE_API_KEY_CACHE_SECONDS``.
+    """
+    api_key_cache.clear()
+    transaction.on_commit(api_key_cache.clear)
+
+
 def api_key_authenticate(raw: str | None) -> ApiKey | None:
+    """The live key whose hash matches ``raw``, or None. No database round trip while the key is cached."""
     if not raw or len(raw) > 200:
         return None
-    key = ApiKey.objects.filter(key_hash=_hash_api_key(raw), revoked_at__isnull=True).first()
+    key_hash = _hash_api_key(raw)
+    key = api_key_cache.get(key_hash)
+    if key is not None:
+        return key
+    key = ApiKey.objects.filter(key_hash=key_hash, revoked_at__isnull=True).first()
     if key is not None:
         now = timezone.now()
         if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
             ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            key.last_used_at = now
+        api_key_cache.put(key)
     return key
 
 
 @transaction.atomic
 def api_key_revoke(*, key_id: int, actor: str) -> ApiKey:
+    """Revoke a key: refused at once by this process, by every other within ``REVIVE_API_KEY_CACHE_SECONDS``."""
     key = ApiKey.objects.select_for_update().get(pk=key_id)
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
         audit_record(actor=actor, action="api_key.revoked", entity_type="api_key", entity_id=str(key.pk),
                      before={"revoked": False}, after={"revoked": True})
+    api_key_forget()
     return key
 
 
@@ -432,7 +493,6 @@ def _audit_fenced(*, actor: str, run_id: str, conn: Connection, what: str, gener
     audit_record(**_fenced_event(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation))
 
 
-@transaction.atomic
 def action_begin(
     *,
     run_id: str,
@@ -445,10 +505,32 @@ def action_begin(
 ) -> BeginResult:
     """Decide what a worker may do with one action: execute, replay, reconcile, fenced or parked.
 
-    This is the hot path of every protected action, so it reads what it needs in as few
-    round trips as it can: the connection with its current generation's state, and the
-    checkpoint with its run.
+    The common case (a fresh action, the current generation, a run nothing holds) is one statement
+    (``cases.hotpath``); every other case is decided under row locks by ``_action_begin_locked``.
     """
+    if hotpath.available():
+        key = idempotency_key_for(run_id=run_id, action_key=action_key)
+        if hotpath.begin_execute(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id, action_key=action_key,
+                                 generation=generation, idempotency_key=key, params_hash=params_hash_for(params), actor=actor):
+            return BeginResult(decision=Decision.EXECUTE, idempotency_key=key, generation=generation, current_generation=generation,
+                               action_state=Action.State.EXECUTING, attempt=1, lock_seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT)
+    return _action_begin_locked(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id, action_key=action_key,
+                                generation=generation, params=params, actor=actor)
+
+
+@transaction.atomic
+def _action_begin_locked(
+    *,
+    run_id: str,
+    checkpoint_id: str,
+    connection_id: str,
+    action_key: str,
+    generation: int,
+    params: Any = None,
+    actor: str,
+) -> BeginResult:
+    """``action_begin`` under row locks: reads the connection with its current generation's state, and the
+    checkpoint with its run."""
     conn = _lock_connection_for_begin(connection_id)
     checkpoint = Checkpoint.objects.select_related("run").filter(run_id=run_id, checkpoint_id=checkpoint_id).first()
     run = checkpoint.run if checkpoint is not None else _get_run(run_id)
@@ -671,10 +753,24 @@ def _action_connection_id(run_id: str, action_key: str) -> str:
     return conn_id
 
 
+def action_commit(*, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str) -> Action:
+    """Record the outcome of an executed action. Committing the same action again is a no-op.
+
+    The worker's own executing claim is committed in one statement (``cases.hotpath``); everything
+    else (a repeat, a stale generation, another state) is decided under row locks.
+    """
+    if hotpath.available():
+        action = hotpath.commit(run_id=run_id, action_key=action_key, generation=generation, result=result,
+                                external_ref=external_ref, actor=actor)
+        if action is not None:
+            return action
+    return _action_commit_locked(run_id=run_id, action_key=action_key, generation=generation, result=result,
+                                 external_ref=external_ref, actor=actor)
+
+
 @refusals_kept
 @transaction.atomic
-def action_commit(*, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str) -> Action:
-    """Record the outcome of an executed action. Committing the same action again is a no-op."""
+def _action_commit_locked(*, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str) -> Action:
     conn = _lock_connection(_action_connection_id(run_id, action_key), exclusive=False)
     action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="commit")
     if action.state == Action.State.COMMITTED and action.generation == generation:

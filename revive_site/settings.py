@@ -86,6 +86,18 @@ MIDDLEWARE = [
     "allauth.account.middleware.AccountMiddleware",
 ]
 
+# The worker API (/api/v1/, revive_site.wsgi) answers API keys only: it skips what serves browsers (static files,
+# sessions, CSRF, the signed-in user); request id and trace context, the error shape and the body limit stay.
+WORKER_API_SKIPPED_MIDDLEWARE = {
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+}
+
 ROOT_URLCONF = "revive_site.urls"
 WSGI_APPLICATION = "revive_site.wsgi.application"
 
@@ -205,6 +217,9 @@ REVIVE_ACTION_LOCK_TIMEOUT = env.int("REVIVE_ACTION_LOCK_TIMEOUT", default=60)
 # Largest JSON body the worker API accepts.
 REVIVE_MAX_BODY_BYTES = env.int("REVIVE_MAX_BODY_BYTES", default=256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REVIVE_MAX_BODY_BYTES
+# Seconds a process trusts an API key it has read (no database round trip per call meanwhile). A key revoked
+# or changed elsewhere is refused or re-read within this window; the process that revokes it refuses it at once.
+REVIVE_API_KEY_CACHE_SECONDS = env.float("REVIVE_API_KEY_CACHE_SECONDS", default=5.0)
 # Default backoff when a transient failure has no Retry-After.
 REVIVE_TRANSIENT_BACKOFF_SECONDS = env.float("REVIVE_TRANSIENT_BACKOFF_SECONDS", default=5.0)
 REVIVE_REFRESH_CLAIM_SECONDS = env.float("REVIVE_REFRESH_CLAIM_SECONDS", default=30.0)  # how long one refresh holds its claim

@@ -12,6 +12,14 @@ from cases.models import Runtime
 _seq = itertools.count(1)
 
 
+@pytest.fixture(autouse=True)
+def _forget_cached_api_keys():
+    """Each test starts with an empty API-key cache (keys live in each test's own database)."""
+    services.api_key_cache.clear()
+    yield
+    services.api_key_cache.clear()
+
+
 @pytest.fixture
 def make_connection(db):
     def make(connection_id: str | None = None, **kw):
