@@ -1,23 +1,29 @@
-"""Protected-action overhead: begin + commit through the SDK over HTTP, against PostgreSQL.
+"""Protected-action overhead: begin + commit through the SDK over HTTP to gunicorn, against PostgreSQL,
+beside the database floor measured in the same run, in alternating batches.
 
-Runs Revive under gunicorn on loopback against a fresh PostgreSQL database, drives
-``Revive.protect_action`` (with the worker's generation in hand, so exactly the two
-calls begin and commit), and measures, in the same run, the floor: the same two row
-writes (insert the ledger row, update it to committed) done directly with psycopg.
+Revive runs under gunicorn on loopback against a fresh PostgreSQL database. The client drives
+``Revive.protect_action`` with the worker's generation in hand, so exactly two calls: begin and commit.
+The floor is what any ledger must do at least: the same two row writes (insert the ledger row, update it
+to committed) sent directly with psycopg on one open connection. Batches alternate -- floor, Revive,
+floor, Revive, ... -- so both see the same machine load.
 
-    .venv/bin/python bench/protected_action.py [--actions 2000] [--workers 2]
+P1: one client, p50 / p99 per protected action, and the ratio to the floor's.
+P2: ``--clients`` concurrent clients (threads, each with its own HTTP connection, or its own database
+connection for the floor), protected actions per second against the floor's pairs per second.
 
-Targets: p50 <= 2 ms, p99 <= 8 ms, ratio (p50 / floor p50) <= 4. Prints figures; never fails on them.
+    .venv/bin/python bench/protected_action.py [--actions 2000] [--batch 100] [--clients 4] [--workers 2]
+
+Targets, printed, never asserted: P1 p50 <= 4x floor, p99 <= 8x floor; P2 >= 50 % of the floor's rate.
+The database and gunicorn are always removed, also on failure and Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
+import itertools
 import statistics
-import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,100 +31,152 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import free_port, pct  # noqa: E402
-PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+from bench.common import bench_database, gunicorn, pct, stop_on_sigterm  # noqa: E402
+
+FLOOR_TABLE = ("CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, run_id text NOT NULL, action_key text NOT NULL, "
+               "state text NOT NULL, generation int NOT NULL, result jsonb, UNIQUE (run_id, action_key))")
+
+
+class Floor:
+    """The two row writes of a protected action, on one psycopg connection (autocommit: one implicit transaction each)."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute(FLOOR_TABLE)
+
+    def action(self, key: str) -> None:
+        self.conn.execute("INSERT INTO bench_floor (run_id, action_key, state, generation) VALUES (%s, %s, 'executing', 1)",
+                          ("run_bench", key), prepare=True)
+        self.conn.execute("UPDATE bench_floor SET state = 'committed', result = %s WHERE run_id = %s AND action_key = %s",
+                          ('{"ok": true}', "run_bench", key), prepare=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Client:
+    """One SDK client (one HTTP keep-alive connection) protecting fresh actions."""
+
+    def __init__(self, url: str, key: str) -> None:
+        from revive_sdk import Revive
+
+        self.revive = Revive(url, key)
+
+    def action(self, key: str) -> None:
+        self.revive.protect_action(run_id="run_bench", checkpoint_id="01", connection_id="conn_bench", action_key=key,
+                                   generation=1, execute=lambda ctx: {"ok": True})
+
+    def close(self) -> None:
+        self.revive.close()
+
+
+def timed(fn, keys) -> list[float]:
+    out = []
+    for key in keys:
+        t0 = time.perf_counter()
+        fn(key)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def throughput(workers: list, keys, seconds: float) -> float:
+    """Actions per second with every worker looping over fresh keys for ``seconds``."""
+    done = [0] * len(workers)
+    stop = threading.Event()
+    start = threading.Barrier(len(workers) + 1)
+    lock = threading.Lock()
+
+    def loop(i, w):
+        start.wait()
+        while not stop.is_set():
+            with lock:
+                key = next(keys)
+            w.action(key)
+            done[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i, w)) for i, w in enumerate(workers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    return sum(done) / (time.perf_counter() - t0)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--actions", type=int, default=2000)
+    ap.add_argument("--actions", type=int, default=2000, help="P1: measured actions per side")
     ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=100, help="P1: actions per alternating batch")
+    ap.add_argument("--clients", type=int, default=4, help="P2: concurrent clients")
+    ap.add_argument("--rounds", type=int, default=6, help="P2: alternating rounds per side")
+    ap.add_argument("--round-seconds", type=float, default=3.0)
+    ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    ap.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     args = ap.parse_args()
+    stop_on_sigterm()
 
-    dbname = f"revive_bench_{os.getpid()}"
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{dbname}"')
-    database_url = f"{PG}/{dbname}"
-    env = dict(os.environ, DATABASE_URL=database_url, DATABASE_CONN_MAX_AGE="600", SECRET_KEY="bench-only",
-               DJANGO_SETTINGS_MODULE="revive_site.settings", LOG_LEVEL="WARNING")
-    env.pop("REDIS_URL", None)
-    server = None
-    try:
-        print(f"bench: database {dbname}; migrating…", flush=True)
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-        os.environ.update(DATABASE_URL=database_url, SECRET_KEY="bench-only", DJANGO_SETTINGS_MODULE="revive_site.settings", LOG_LEVEL="WARNING")
-        import django
-
-        django.setup()
+    with bench_database() as url:
         from cases import services
-        from revive_sdk import Revive
 
         services.connection_create(connection_id="conn_bench", provider="entra", owner_email="o@example.com", provider_subject="oid")
         services.run_register(run_id="run_bench", runtime="langgraph", runtime_ref={}, workflow_name="bench", actor="bench")
-        _, key = services.api_key_create(name="bench")
-
-        port = free_port()
-        server = subprocess.Popen(
-            [str(ROOT / ".venv/bin/gunicorn"), "revive_site.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", str(args.workers), "--worker-class", "gthread", "--threads", "4", "--log-level", "warning", "--keep-alive", "30"],
-            cwd=ROOT, env=env,
-        )
-        url = f"http://127.0.0.1:{port}"
-        import httpx
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/api/v1/docs", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("bench: gunicorn did not start")
-                time.sleep(0.2)
-
-        print(f"bench: gunicorn ({args.workers} workers) at {url}; {args.warmup} warm-up + {args.actions} protected actions…", flush=True)
-        sdk_ms: list[float] = []
-        with Revive(url, key) as revive:
-            for i in range(args.warmup + args.actions):
-                t0 = time.perf_counter()
-                revive.protect_action(run_id="run_bench", checkpoint_id="01", connection_id="conn_bench", action_key=f"a{i}",
-                                      generation=1, execute=lambda ctx: {"ok": True})
-                if i >= args.warmup:
-                    sdk_ms.append((time.perf_counter() - t0) * 1000)
-
-        floor_ms: list[float] = []
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE bench_floor (id bigserial PRIMARY KEY, run_id text NOT NULL, action_key text NOT NULL, "
-                         "state text NOT NULL, generation int NOT NULL, result jsonb, UNIQUE (run_id, action_key))")
-            for i in range(args.warmup + args.actions):
-                t0 = time.perf_counter()
-                conn.execute("INSERT INTO bench_floor (run_id, action_key, state, generation) VALUES (%s, %s, 'executing', 1)", ("run_bench", f"a{i}"))
-                conn.execute("UPDATE bench_floor SET state = 'committed', result = %s WHERE run_id = %s AND action_key = %s",
-                             ('{"ok": true}', "run_bench", f"a{i}"))
-                if i >= args.warmup:
-                    floor_ms.append((time.perf_counter() - t0) * 1000)
-
-        p50, p99 = pct(sdk_ms, 50), pct(sdk_ms, 99)
-        f50, f99 = pct(floor_ms, 50), pct(floor_ms, 99)
-        ratio = p50 / f50
-        print()
-        print(f"{'':<34}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
-        print(f"{'SDK begin+commit over HTTP':<34}{p50:>9.2f}{p99:>9.2f}{statistics.mean(sdk_ms):>9.2f}")
-        print(f"{'floor: 2 row writes via psycopg':<34}{f50:>9.2f}{f99:>9.2f}{statistics.mean(floor_ms):>9.2f}")
-        print(f"ratio p50 / floor p50: {ratio:.1f}")
-        print(f"targets: p50 <= 2 ms [{'met' if p50 <= 2 else 'MISSED'}], p99 <= 8 ms [{'met' if p99 <= 8 else 'MISSED'}], "
-              f"ratio <= 4 [{'met' if ratio <= 4 else 'MISSED'}]")
-        return 0
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(10)
+        _, api_key = services.api_key_create(name="bench")
         from django.db import connections
 
         connections.close_all()
-        with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        with gunicorn(workers=args.workers, threads=args.threads) as server:
+            print(f"bench: gunicorn ({args.workers} workers x {args.threads} threads) at {server}", flush=True)
+            seq = itertools.count()
+            floor, client = Floor(url), Client(server, api_key)
+            try:
+                timed(floor.action, (f"w{next(seq)}" for _ in range(args.warmup)))
+                timed(client.action, (f"w{next(seq)}" for _ in range(args.warmup)))
+                floor_ms: list[float] = []
+                revive_ms: list[float] = []
+                print(f"bench: P1, {args.actions} actions per side in alternating batches of {args.batch}…", flush=True)
+                while len(revive_ms) < args.actions:
+                    n = min(args.batch, args.actions - len(revive_ms))
+                    floor_ms += timed(floor.action, (f"a{next(seq)}" for _ in range(n)))
+                    revive_ms += timed(client.action, (f"a{next(seq)}" for _ in range(n)))
+            finally:
+                floor.close()
+                client.close()
+
+            print(f"bench: P2, {args.clients} concurrent clients, {args.rounds} alternating rounds of {args.round_seconds:.0f} s…", flush=True)
+            keys = (f"c{n}" for n in seq)
+            floors = [Floor(url) for _ in range(args.clients)]
+            clients = [Client(server, api_key) for _ in range(args.clients)]
+            try:
+                throughput(clients, keys, 1.0)  # warm every client's connection and every gunicorn thread
+                floor_rates, revive_rates = [], []
+                for _ in range(args.rounds):
+                    floor_rates.append(throughput(floors, keys, args.round_seconds))
+                    revive_rates.append(throughput(clients, keys, args.round_seconds))
+            finally:
+                for w in floors + clients:
+                    w.close()
+
+    p50, p99, f50, f99 = pct(revive_ms, 50), pct(revive_ms, 99), pct(floor_ms, 50), pct(floor_ms, 99)
+    r50, r99 = p50 / f50, p99 / f99
+    rate, floor_rate = statistics.median(revive_rates), statistics.median(floor_rates)
+    share = rate / floor_rate
+    print()
+    print("P1, one client (ms per protected action)")
+    print(f"{'':<40}{'p50':>8}{'p99':>8}{'mean':>8}")
+    print(f"{'Revive: SDK begin+commit over HTTP':<40}{p50:>8.2f}{p99:>8.2f}{statistics.mean(revive_ms):>8.2f}")
+    print(f"{'floor: 2 row writes via psycopg':<40}{f50:>8.2f}{f99:>8.2f}{statistics.mean(floor_ms):>8.2f}")
+    print(f"{'ratio to the floor':<40}{r50:>7.1f}x{r99:>7.1f}x")
+    print(f"P1 targets: p50 <= 4x floor [{'met' if r50 <= 4 else 'MISSED'}], p99 <= 8x floor [{'met' if r99 <= 8 else 'MISSED'}]")
+    print()
+    print(f"P2, {args.clients} concurrent clients (median of {args.rounds} rounds)")
+    print(f"  Revive: {rate:8.0f} protected actions/s   (rounds: {', '.join(f'{r:.0f}' for r in revive_rates)})")
+    print(f"  floor:  {floor_rate:8.0f} pairs of writes/s   (rounds: {', '.join(f'{r:.0f}' for r in floor_rates)})")
+    print(f"P2 target: >= 50 % of the floor [{'met' if share >= 0.5 else 'MISSED'}: {share:.0%}]")
+    return 0
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ from audit.redaction import redact
 
 from .models import Action
 
+PREPARE_ONLY_WHEN_ASKED = 2**31 - 1
+
 AUDIT_COLUMNS = ("occurred_at, actor, action, entity_type, entity_id, case_id, case_reference, run_id, connection_id, "
                  "before, after, arguments, outcome")
 
@@ -153,7 +155,13 @@ def _execute(sql: str, params: dict[str, Any]) -> tuple | None:
 
 def _execute_once(sql: str, params: dict[str, Any]) -> tuple | None:
     db.ensure_connection()
-    with db.wrap_database_errors, Cursor(db.connection) as cur:
+    raw = db.connection
+    if raw.prepare_threshold is None:
+        # Django turns psycopg's prepared statements off; planning these CTEs costs more than running them, so they
+        # are prepared once per connection (``prepare=True``). Django's own queries use client-side binding cursors,
+        # which never prepare, so this threshold changes nothing for them.
+        raw.prepare_threshold = PREPARE_ONLY_WHEN_ASKED
+    with db.wrap_database_errors, Cursor(raw) as cur:
         cur.execute(sql, params, prepare=True)
         row = cur.fetchone()
     db.health_check_done = True  # the connection just answered: a fallback in this request needs no SELECT 1

@@ -73,3 +73,32 @@ def test_connection_command_registers_generation_one():
     assert "generation 1" in out.getvalue()
     lease = services.lease_acquire(connection_id="conn_microsoft_ops")
     assert (lease.generation, lease.usable) == (1, True)
+
+
+def test_a_key_is_read_once_per_window_and_a_key_revoked_elsewhere_is_refused_after_it(api, settings, make_connection):
+    """Authentication costs no round trip while the key is cached; revocation by another process takes effect
+    within REVIVE_API_KEY_CACHE_SECONDS."""
+    import time
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.REVIVE_API_KEY_CACHE_SECONDS = 1.0
+    conn = make_connection()
+    assert api.post(f"/connections/{conn.pk}/lease").status_code == 200  # reads the key, caches it
+    with CaptureQueriesContext(connection) as queries:
+        assert api.post(f"/connections/{conn.pk}/lease").status_code == 200
+    assert not [q for q in queries if "cases_apikey" in q["sql"]]
+    # Revoked by another process (the admin of another web worker): this process has not heard of it.
+    ApiKey.objects.update(revoked_at=timezone.now())
+    time.sleep(1.2)  # the window is over
+    resp = api.post(f"/connections/{conn.pk}/lease")
+    assert (resp.status_code, resp.json()["code"]) == (401, "AUTHENTICATION_REQUIRED")
+
+
+def test_the_process_that_revokes_a_key_refuses_it_at_once(api, settings, make_connection):
+    settings.REVIVE_API_KEY_CACHE_SECONDS = 3600.0
+    conn = make_connection()
+    assert api.post(f"/connections/{conn.pk}/lease").status_code == 200
+    services.api_key_revoke(key_id=ApiKey.objects.get().pk, actor="operator:op")
+    assert api.post(f"/connections/{conn.pk}/lease").status_code == 401
