@@ -30,6 +30,7 @@ from audit import admin as audit_admin
 from audit.admin import redacted_json, register_case_scope
 from audit.redaction import redact
 from revive_site.errors import DomainError
+from audit.admin_scale import EstimatedCountPaginator, ExactSearchMixin, PlainActionCheckboxMixin
 
 from . import console
 from .console_access import namespaces_visible_to
@@ -239,10 +240,14 @@ class GenerationInline(ReadOnlyInline):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, admin.ModelAdmin):
+class ConnectionAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, ExactSearchMixin, admin.ModelAdmin):
     list_display = ["id", "provider", "owner_email", "provider_tenant", "current_generation", "updated_at"]
     list_filter = ["provider"]
     search_fields = ["id", "owner_email", "provider_subject", "provider_tenant"]
+    exact_search_fields = ("id", "owner_email__iexact", "provider_subject", "provider_tenant")
+    search_help_text = "Exact connection id, owner e-mail (any case), provider subject or tenant."
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
     fields = ["id", "provider", "display_name", "owner_email", "owner_name", "provider_subject", "provider_tenant",
               "provider_issuer", "provider_org", "current_generation", "created_at", "updated_at"]
     readonly_fields = fields  # the identity changes only through the reason form; connections are created by command
@@ -271,10 +276,14 @@ class CheckpointInline(ReadOnlyInline):
 
 
 @admin.register(Run)
-class RunAdmin(NamespaceScopedMixin, admin.ModelAdmin):
+class RunAdmin(NamespaceScopedMixin, ExactSearchMixin, admin.ModelAdmin):
     list_display = ["id", "workflow_name", "runtime", "state", "updated_at"]
     list_filter = ["runtime", "state"]
-    search_fields = ["=id", "workflow_name"]
+    search_fields = ["id", "workflow_name"]
+    exact_search_fields = ("id", "workflow_name")
+    search_help_text = "Exact run id or workflow name."
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
     fields = ["id", "runtime", "runtime_reference", "workflow_name", "state", "created_at", "updated_at"]
     readonly_fields = fields
     inlines = [CheckpointInline]
@@ -294,14 +303,20 @@ class RunAdmin(NamespaceScopedMixin, admin.ModelAdmin):
 
 
 @admin.register(Action)
-class ActionAdmin(NamespaceScopedMixin, admin.ModelAdmin):
-    namespace_path = "run__namespace"
+class ActionAdmin(NamespaceScopedMixin, ExactSearchMixin, admin.ModelAdmin):
+    """The ledger, read-only. Results, errors and evidence are shown redacted.
 
-    """The ledger, read-only. Results, errors and evidence are shown redacted."""
+    Millions of rows: searches are exact index lookups and page counts are estimated (``audit.admin_scale``)."""
+
+    namespace_path = "run__namespace"
 
     list_display = ["action_key", "run", "state", "generation", "attempts", "reconciled_by", "updated_at"]
     list_filter = ["state"]
-    search_fields = ["=action_key", "=run__id", "=idempotency_key"]
+    search_fields = ["action_key", "run_id", "idempotency_key"]
+    exact_search_fields = ("action_key", "run_id", "idempotency_key")
+    search_help_text = "Exact action key, run id or idempotency key."
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
     list_select_related = ["run"]
     fields = ["run", "action_key", "idempotency_key", "connection", "checkpoint", "state", "generation", "attempts",
               "external_ref", "result_redacted", "error_redacted", "evidence_redacted", "reconciled_by",
@@ -489,7 +504,7 @@ def _selection_action(op: console.Operation):
 
 
 @admin.register(RecoveryCase)
-class RecoveryCaseAdmin(admin.ModelAdmin):
+class RecoveryCaseAdmin(PlainActionCheckboxMixin, admin.ModelAdmin):
     list_display = ["case_id", "state_badge", "failure_class", "provider_and_code", "connection_id_col", "tenant",
                     "runs_blocked_col", "age", "owner_link"]
     list_display_links = ["case_id"]

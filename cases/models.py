@@ -91,7 +91,11 @@ class Connection(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        indexes = [models.Index(fields=["provider", "provider_tenant"]), models.Index(fields=["owner_email"])]
+        indexes = [
+            models.Index(fields=["provider", "provider_tenant"]),
+            models.Index(fields=["owner_email"]),
+            models.Index(fields=["provider_tenant"], name="connection_tenant_idx"),  # the console's tenant filter
+        ]
 
     def __str__(self) -> str:
         return self.id
@@ -139,7 +143,10 @@ class Run(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        indexes = [models.Index(fields=["state", "updated_at"])]
+        indexes = [
+            models.Index(fields=["state", "updated_at"]),
+            models.Index(fields=["workflow_name"], name="run_workflow_name_idx"),  # the console's exact search
+        ]
 
     def __str__(self) -> str:
         return self.id

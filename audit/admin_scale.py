@@ -1,0 +1,71 @@
+"""Console lists that stay fast on large tables: estimated page counts and exact, indexed search.
+
+Django's admin counts the whole filtered list on every page (``COUNT(*)``, a scan of the ledger or the
+audit log once they hold millions of rows) and turns a ``=field`` search into
+``UPPER(field) = UPPER(term)``, which no plain index serves. Lists of large tables here use:
+
+* ``EstimatedCountPaginator``: an exact count while the list is small (below ``EXACT_COUNT_UP_TO`` by the
+  planner's estimate), the planner's estimate above it -- pages stay reachable, and the count costs one
+  ``EXPLAIN`` instead of a scan;
+* ``PlainActionCheckboxMixin``: each row's selection checkbox without the form-widget templates;
+* ``ExactSearchMixin``: the search term compared with ``=`` to each of ``exact_search_fields`` (OR), so
+  each comparison is an index lookup.
+
+PostgreSQL only for the estimate; elsewhere (the embedded SQLite default) the count is exact.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib.admin import helpers
+from django.core.paginator import Paginator
+from django.db import connections
+from django.db.models import Q
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.translation import gettext as _
+
+EXACT_COUNT_UP_TO = 10_000
+
+
+class EstimatedCountPaginator(Paginator):
+    @cached_property
+    def count(self) -> int:
+        qs = self.object_list
+        db = connections[getattr(qs, "db", "default")]
+        if db.vendor != "postgresql" or not hasattr(qs, "query"):
+            return super().count
+        sql, params = qs.order_by().values("pk").query.sql_with_params()
+        with db.cursor() as cur:
+            cur.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+            plan = cur.fetchone()[0]
+        estimate = int((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
+        if estimate < EXACT_COUNT_UP_TO:
+            return super().count
+        return estimate
+
+
+class ExactSearchMixin:
+    """``get_search_results`` matching the term exactly (``=``, case-sensitive) on ``exact_search_fields``."""
+
+    exact_search_fields: tuple[str, ...] = ()
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term or not self.exact_search_fields:
+            return queryset, False
+        match = Q()
+        for field in self.exact_search_fields:
+            match |= Q(**{field: term})
+        return queryset.filter(match), False
+
+
+class PlainActionCheckboxMixin:
+    """The selection checkbox of each row written directly, not rendered through the form-widget templates
+    (about a quarter of a 100-row list page's time). Same markup as Django's ``ModelAdmin.action_checkbox``."""
+
+    def action_checkbox(self, obj):
+        label = format_html(_("Select this object for an action - {}"), str(obj))
+        return format_html('<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+                           helpers.ACTION_CHECKBOX_NAME, str(obj.pk), label)
