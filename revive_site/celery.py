@@ -69,3 +69,16 @@ def _trace_worker_process(**_):
         from revive_site.tracing import tracing_start
 
         tracing_start(celery=True)
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def reuse_database_connection(sender=None, **kwargs) -> None:
+    """Around each task, do what Django does around each request: keep the connection unless it is too old
+    (``CONN_MAX_AGE``), broken, or left in a transaction; the first query of the next task health-checks it
+    (``CONN_HEALTH_CHECKS``). With ``CELERY_DB_REUSE_MAX`` set, Celery's own fix-up no longer closes it per task."""
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

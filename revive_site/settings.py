@@ -193,6 +193,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_RETRY = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_CHANNEL_ERROR_RETRY = True
+# Celery's Django fix-up closes the database connection before and after every task unless this is set (then only
+# every N tasks); revive_site.celery closes it instead when Django would (CONN_MAX_AGE, errors, health checks), so a
+# worker keeps one connection across tasks instead of connecting for each.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # One named queue; the worker consumes it without -Q. Tests give each session its own.
 CELERY_TASK_DEFAULT_QUEUE = env.str("REVIVE_CELERY_QUEUE", default="revive")
 # Redis re-delivers an unacknowledged task only after this; the resume sweep (below) catches lost work sooner.
