@@ -65,9 +65,11 @@ class AuditEvent(AppendOnlyModel):
             models.Index(fields=["case_id", "occurred_at"]),
             models.Index(fields=["case_reference"]),
             models.Index(fields=["run_id"]),
-            models.Index(fields=["entity_type", "entity_id"]),
-            models.Index(fields=["actor"]),
-            models.Index(fields=["action"]),
+            # The console searches an entity id, an actor or action prefix (``operator:``) over the whole log: the
+            # entity id leads its index, and the prefix indexes compare bytes (LIKE 'x%' uses them in any collation).
+            models.Index(fields=["entity_id", "entity_type"], name="audit_entity_id_type_idx"),
+            models.Index(fields=["actor"], name="audit_actor_prefix_idx", opclasses=["varchar_pattern_ops"]),
+            models.Index(fields=["action"], name="audit_action_prefix_idx", opclasses=["varchar_pattern_ops"]),
             models.Index(fields=["trace_id"], name="audit_event_trace_idx", condition=~models.Q(trace_id="")),
         ]
 

@@ -211,7 +211,8 @@ class Action(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "action_key"], name="action_unique_per_run")]
         indexes = [
             models.Index(fields=["state", "lock_expires_at"]),
-            models.Index(fields=["action_key"]),
+            # A common key matches one row per run: the console lists them newest first straight off this index.
+            models.Index(fields=["action_key", "id"], name="action_key_id_idx"),
         ]
 
     def __str__(self) -> str:
