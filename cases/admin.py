@@ -514,6 +514,7 @@ class RecoveryCaseAdmin(PlainActionCheckboxMixin, admin.ModelAdmin):
     list_per_page = 100
     list_max_show_all = 1000
     show_full_result_count = False
+    paginator = EstimatedCountPaginator
     show_facets = admin.ShowFacets.NEVER  # per-choice counts would scan every case on each page view
     actions = [_selection_action(op) for op in console.OPERATIONS.values()]
 
