@@ -152,3 +152,21 @@ def test_releasing_runs_costs_the_same_whatever_their_number(make_run, make_conn
     if counts[8] != counts[2]:
         pytest.xfail(f"releasing runs: {counts[2]} statements for 2, {counts[8]} for 8: not constant "
                      "(issue 12, part 3; after the pipeline lands)")
+
+
+@pytest.mark.parametrize("model", ["cases.Action", "cases.Checkpoint", "audit.AuditEvent"])
+def test_the_one_statement_inserts_name_every_column_of_the_rows_they_write(model):
+    """cases/hotpath.py writes these rows in SQL: a field added to the model must be added there too (Django sets
+    defaults in Python, so a column the statement leaves out would be NULL or refused)."""
+    import re
+
+    from django.apps import apps
+
+    from cases import hotpath
+
+    table = apps.get_model(model)._meta.db_table
+    found = re.search(rf"INSERT INTO {table} \(([^)]*)\)", hotpath.BEGIN_SQL.replace("{AUDIT_COLUMNS}", hotpath.AUDIT_COLUMNS))
+    assert found, f"no INSERT INTO {table} in the begin statement"
+    named = {c.strip() for c in found.group(1).split(",")}
+    columns = {f.column for f in apps.get_model(model)._meta.concrete_fields if not f.primary_key}
+    assert named == columns, f"missing: {columns - named}, unknown: {named - columns}"
