@@ -74,7 +74,7 @@ def bench_database(*, migrate: bool = True, settings_module: str = "revive_site.
 
 
 @contextmanager
-def gunicorn(*, workers: int = 2, threads: int = 4, start_timeout: float = 120.0) -> Iterator[str]:
+def gunicorn(*, workers: int = 2, threads: int = 4, worker_class: str = "gthread", start_timeout: float = 120.0) -> Iterator[str]:
     """Revive under gunicorn on a free loopback port, with this process's environment; yields its URL.
 
     Waits (up to ``start_timeout``: a loaded 2-core machine can take a while to import Django in every
@@ -85,7 +85,7 @@ def gunicorn(*, workers: int = 2, threads: int = 4, start_timeout: float = 120.0
     port = free_port()
     server = subprocess.Popen(
         [str(ROOT / ".venv/bin/gunicorn"), "revive_site.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads), "--log-level", "warning",
+         "--workers", str(workers), "--worker-class", worker_class, "--threads", str(threads), "--log-level", "warning",
          "--keep-alive", "30"],
         cwd=ROOT, env=dict(os.environ), start_new_session=True,
     )

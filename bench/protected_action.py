@@ -116,6 +116,7 @@ def main() -> int:
     ap.add_argument("--round-seconds", type=float, default=3.0)
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     ap.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    ap.add_argument("--worker-class", default="gthread", help="gunicorn worker class (gthread keeps connections alive; sync does not)")
     args = ap.parse_args()
     stop_on_sigterm()
 
@@ -128,8 +129,8 @@ def main() -> int:
         from django.db import connections
 
         connections.close_all()
-        with gunicorn(workers=args.workers, threads=args.threads) as server:
-            print(f"bench: gunicorn ({args.workers} workers x {args.threads} threads) at {server}", flush=True)
+        with gunicorn(workers=args.workers, threads=args.threads, worker_class=args.worker_class) as server:
+            print(f"bench: gunicorn ({args.workers} {args.worker_class} workers x {args.threads} threads) at {server}", flush=True)
             seq = itertools.count()
             floor, client = Floor(url), Client(server, api_key)
             try:
