@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cases', '0004_refresh_claim_token_vault'),
+        ('cases', '0006_pipeline_outbox'),
     ]
 
     operations = [

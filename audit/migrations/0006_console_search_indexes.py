@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit', '0003_operations_panel'),
+        ('audit', '0005_namespaces'),
     ]
 
     operations = [
