@@ -19,9 +19,12 @@ What each clause keeps, by invariant (``../shared/DESIGN.md``):
     while we wait for the lock, PostgreSQL re-reads the connection row (read committed) and
     ``current_generation = %s`` no longer holds: no row, nothing written, the fallback answers ``fenced``.
     ``g.state = 'issued'``: a rejected generation must open or join a case -- fallback.
-  * ``run``: *same run (1), live until done (9)*. Only an ``active`` run that no case still holds
-    (every ``case_run`` released: not parked, not resuming-and-unacknowledged) may take this path;
-    acknowledging a resume and parking stay in the locked path. Depends on ``conn``: no connection
+  * ``run``: *same run (1), live until done (9), resumed only past the parked action (pipeline)*. Only an
+    ``active`` run with no ``case_run`` still waiting (``resumed_at IS NULL``: its case is open, or released
+    but the run is not yet past the action it was parked on) may take this path. A ``parked`` run (joining or
+    re-living, ``_run_relive``), a run of an open case, and a resumed run before it goes past its parked action
+    all take the locked path, which runs the pipeline's rules. A fresh action of such a run would change no
+    case there either; the fallback is wider than needed, never narrower. Depends on ``conn``: no connection
     row, no run row.
   * ``cp_old`` / ``cp_new``: the checkpoint is reused or recorded (``ON CONFLICT DO NOTHING``: a
     concurrent recorder wins and this statement inserts no action, so the fallback answers).
@@ -29,9 +32,12 @@ What each clause keeps, by invariant (``../shared/DESIGN.md``):
     (run, action key) and idempotency key: an existing entry -- committed, ambiguous, executing, failed,
     begun -- or a concurrent begin makes this insert nothing; the locked path then replays, asks to
     reconcile, refuses ``ACTION_IN_PROGRESS`` or re-executes with its own rules.
+  * ``act``'s values: ``lock_expires_at`` is now + ``REVIVE_ACTION_LOCK_TIMEOUT`` (``services._lock_deadline``),
+    and the caller answers ``lock_seconds`` as the locked path does; a heartbeat extends it there.
   * ``audit``: *every transition is evidence (7)*. The ``checkpoint.recorded`` event if the checkpoint is
     new, then the ``action.executing`` event if the row was written, in that order (ids follow
-    ``ORDER BY``), in the same implicit transaction, as ``checkpoint_record`` and the locked path write them.
+    ``ORDER BY``), in the same implicit transaction, as ``checkpoint_record`` and the locked path write them,
+    with the request's ``trace_id`` as ``audit_record`` stores it.
 
 ``commit``
   * ``conn``: *generation fencing (2)*. As in ``begin``: the action's connection, ``FOR SHARE``, at the
@@ -39,7 +45,17 @@ What each clause keeps, by invariant (``../shared/DESIGN.md``):
   * ``done``: *at most once (3)*. ``UPDATE … WHERE state = 'executing' AND generation = %s``: only the claim
     this worker holds moves to ``committed``; a repeated commit, a reaper that made it ``ambiguous``
     first (the row lock, then a re-check of ``state``), or a claim of another generation updates nothing.
-  * ``audit``: *every transition is evidence (7)*: the ``action.committed`` event, same statement.
+    *Resumed only past the parked action (pipeline)*: ``NOT EXISTS`` a ``case_run`` of the run with
+    ``resumed_at IS NULL``. Such a commit may be the run going past its parked action, which marks the case run
+    and may move its case to ``resumed`` (``services._run_went_past`` / ``_case_finish_if_resumed``), so it
+    takes the locked path (a superset of when the past-check acts: that one also needs a released case of this
+    connection at or below this generation, and skips connections never reconnected). Rows this statement's
+    snapshot cannot see (committed while ``conn`` waited for its lock) are no gap: a case takes runs only while its
+    rejected generation is the connection's current one (``_open_case_for``), i.e. before a reconnect advances
+    it, so such a case run belongs to a case not yet released, which the past-check ignores too. The case's
+    own state is not read here, so its later moves (``reauthorized`` -> ``resuming``) cannot race this test.
+  * ``audit``: *every transition is evidence (7)*: the ``action.committed`` event with the ``trace_id``, same
+    statement.
 
 The locked path is ``cases.services.action_begin`` / ``action_commit``; they call these first. SQLite
 (the embedded default) always takes the locked path.
@@ -56,6 +72,7 @@ from django.utils import timezone
 from psycopg import Cursor
 from psycopg.types.json import Jsonb
 
+from audit.context import work_context
 from audit.redaction import redact
 
 from .models import Action
@@ -63,7 +80,7 @@ from .models import Action
 PREPARE_ONLY_WHEN_ASKED = 2**31 - 1
 
 AUDIT_COLUMNS = ("occurred_at, actor, action, entity_type, entity_id, case_id, case_reference, run_id, connection_id, "
-                 "before, after, arguments, outcome")
+                 "before, after, arguments, outcome, trace_id")
 
 BEGIN_SQL = f"""
 WITH conn AS (
@@ -95,7 +112,7 @@ WITH conn AS (
 ), audit AS (
     INSERT INTO audit_auditevent ({AUDIT_COLUMNS})
     SELECT %(now)s, %(actor)s, e.action, e.entity_type, e.entity_id, NULL, '', %(run_id)s, e.connection_id, e.before, e.after,
-           '{{}}'::jsonb, 'ok'
+           '{{}}'::jsonb, 'ok', %(trace_id)s
     FROM (
         SELECT 1 AS nth, 'checkpoint.recorded' AS action, 'checkpoint' AS entity_type, %(checkpoint_entity)s AS entity_id,
                '' AS connection_id, NULL::jsonb AS before, %(checkpoint_after)s::jsonb AS after FROM cp_new
@@ -118,13 +135,14 @@ WITH conn AS (
     FROM conn
     WHERE a.run_id = %(run_id)s AND a.action_key = %(action_key)s AND a.connection_id = conn.id
       AND a.state = 'executing' AND a.generation = %(generation)s
+      AND NOT EXISTS (SELECT 1 FROM cases_caserun cr WHERE cr.run_id = a.run_id AND cr.resumed_at IS NULL)
     RETURNING a.id, a.idempotency_key, a.connection_id, a.checkpoint_id, a.params_hash, a.attempts, a.created_at
 ), audit AS (
     INSERT INTO audit_auditevent ({AUDIT_COLUMNS})
     SELECT %(now)s, %(actor)s, 'action.committed', 'action', %(action_entity)s, NULL, '', %(run_id)s, done.connection_id,
            jsonb_build_object('state', 'executing', 'generation', %(generation)s::int, 'attempts', done.attempts),
            jsonb_build_object('state', 'committed', 'generation', %(generation)s::int, 'attempts', done.attempts),
-           %(arguments)s, 'ok'
+           %(arguments)s, 'ok', %(trace_id)s
     FROM done
 )
 SELECT id, idempotency_key, connection_id, checkpoint_id, params_hash, attempts, created_at FROM done
@@ -184,6 +202,7 @@ def begin_execute(*, run_id: str, checkpoint_id: str, connection_id: str, action
         "checkpoint_after": Jsonb(redact({"checkpoint_id": checkpoint_id, "label": checkpoint_id, "runtime_ref": {}})),
         "action_entity": f"{run_id}/{action_key}"[:200],
         "before": _snapshot(None, generation, 0), "after": _snapshot(Action.State.EXECUTING, generation, 1),
+        "trace_id": work_context()["trace_id"],
     })
     return row is not None
 
@@ -197,6 +216,7 @@ def commit(*, run_id: str, action_key: str, generation: int, result: Any, extern
         "result": None if result is None else Jsonb(result), "external_ref": external_ref,
         "action_entity": f"{run_id}/{action_key}"[:200],
         "arguments": Jsonb(redact({"external_ref": external_ref})),
+        "trace_id": work_context()["trace_id"],
     })
     if row is None:
         return None
