@@ -109,18 +109,45 @@ def outbox_put(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCa
     existing = OutboxItem.objects.filter(key=key).first()
     if existing is not None:
         return existing
-    now = timezone.now()
     try:
         with transaction.atomic():
-            item = OutboxItem.objects.create(
-                kind=kind, key=key[:200], payload=payload, case_id=case.pk if isinstance(case, RecoveryCase) else case,
-                run_id=run_id, max_attempts=_kind(kind).max_attempts(),
-                due_at=now + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS),
-            )
+            item = _new_item(kind=kind, key=key, payload=payload, case=case, run_id=run_id)
+            item.save(force_insert=True)
     except IntegrityError:  # a concurrent transaction owes the same step and committed first
         return OutboxItem.objects.get(key=key)
     transaction.on_commit(partial(_enqueue, item.pk), robust=True)
     return item
+
+
+def outbox_put_many(*, kind: str, steps: list[tuple[str, dict[str, Any], str]], case: RecoveryCase | int | None = None) -> None:
+    """Owe several steps of one kind at once, ``(key, payload, run_id)`` each, with ``outbox_put``'s rules, in a
+    fixed number of statements whatever their number (releasing every run of a case): the keys already owed, one
+    INSERT of the others, their ids; one callback dispatches them all once the transaction commits. A step a
+    concurrent transaction owed first may be dispatched by both: a dispatch only claims a pending row, so it runs once.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("outbox_put must run inside the transaction that owes the step")
+    _kind(kind)
+    steps = [(key[:200], payload, run_id) for key, payload, run_id in steps]
+    owed = set(OutboxItem.objects.filter(key__in=[key for key, _, _ in steps]).values_list("key", flat=True)) if steps else set()
+    fresh = [_new_item(kind=kind, key=key, payload=payload, case=case, run_id=run_id)
+             for key, payload, run_id in steps if key not in owed]
+    if not fresh:
+        return
+    OutboxItem.objects.bulk_create(fresh, ignore_conflicts=True)
+    ids = list(OutboxItem.objects.filter(key__in=[item.key for item in fresh]).order_by("pk").values_list("pk", flat=True))
+    transaction.on_commit(partial(_enqueue_many, ids), robust=True)
+
+
+def _enqueue_many(item_ids: list[int]) -> None:
+    for item_id in item_ids:
+        _enqueue(item_id)
+
+
+def _new_item(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCase | int | None, run_id: str) -> OutboxItem:
+    return OutboxItem(kind=kind, key=key[:200], payload=payload, case_id=case.pk if isinstance(case, RecoveryCase) else case,
+                      run_id=run_id, max_attempts=_kind(kind).max_attempts(),
+                      due_at=timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS))
 
 
 def _backoff(kind: Kind, attempt: int) -> float:

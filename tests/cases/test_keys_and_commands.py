@@ -102,3 +102,18 @@ def test_the_process_that_revokes_a_key_refuses_it_at_once(api, settings, make_c
     assert api.post(f"/connections/{conn.pk}/lease").status_code == 200
     services.api_key_revoke(key_id=ApiKey.objects.get().pk, actor="operator:op")
     assert api.post(f"/connections/{conn.pk}/lease").status_code == 401
+
+
+def test_an_access_change_applies_at_once_in_the_process_that_makes_it(api, settings, make_connection):
+    """The cached key carries its namespace and role: moving it to another namespace through the admin's service
+    must not leave this process answering with the old namespace for the cache's window."""
+    from cases.admin_services import api_key_access_change
+    from cases.models import Namespace
+
+    settings.REVIVE_API_KEY_CACHE_SECONDS = 3600.0
+    conn = make_connection()
+    assert api.post(f"/connections/{conn.pk}/lease").status_code == 200  # cached, in the default namespace
+    Namespace.objects.create(name="team-a")
+    api_key_access_change(key_id=ApiKey.objects.get().pk, actor="operator:op", reason="moved to team A", namespace="team-a")
+    resp = api.post(f"/connections/{conn.pk}/lease")
+    assert (resp.status_code, resp.json()["code"]) == (404, "CONNECTION_NOT_FOUND")
