@@ -68,23 +68,41 @@ def test_begin_and_commit_over_the_worker_api_take_at_most_four_statements(persi
 
 
 def test_the_one_statement_path_writes_what_the_locked_path_writes(make_run, make_connection):
-    """Same ledger row and the same audit events, whichever path took the action."""
+    """Same answer (lock_seconds included), same ledger row (the lock's expiry too) and the same audit events (the
+    request's trace id too), whichever path took the action."""
+    from dataclasses import asdict
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from audit.context import work_context_bind, work_context_reset
     from audit.models import AuditEvent
 
+    trace = "0af7651916cd43dd8448eb211c80319c"
     conn = make_connection()
-    runs = {}
+    runs, answers, locks = {}, {}, {}
     for path in ("fast", "locked"):
         run = make_run()
         runs[path] = run
-        if path == "fast":
-            services.action_begin(run_id=run.pk, checkpoint_id="07", connection_id=conn.pk, action_key="send", generation=1,
-                                  params={"to": "ada"}, actor="worker:w")
-            services.action_commit(run_id=run.pk, action_key="send", generation=1, result={"id": 7}, external_ref="msg-7", actor="worker:w")
-        else:
-            services._action_begin_locked(run_id=run.pk, checkpoint_id="07", connection_id=conn.pk, action_key="send", generation=1,
-                                          params={"to": "ada"}, actor="worker:w")
-            services._action_commit_locked(run_id=run.pk, action_key="send", generation=1, result={"id": 7}, external_ref="msg-7",
-                                           actor="worker:w")
+        begin, commit = ((services.action_begin, services.action_commit) if path == "fast"
+                         else (services._action_begin_locked, services._action_commit_locked))
+        token = work_context_bind(trace_id=trace)
+        try:
+            before = timezone.now()
+            answers[path] = asdict(begin(run_id=run.pk, checkpoint_id="07", connection_id=conn.pk, action_key="send",
+                                         generation=1, params={"to": "ada"}, actor="worker:w"))
+            after = timezone.now()
+            until = Action.objects.get(run=run).lock_expires_at
+            locks[path] = before + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT) <= until <= \
+                after + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT)
+            commit(run_id=run.pk, action_key="send", generation=1, result={"id": 7}, external_ref="msg-7", actor="worker:w")
+        finally:
+            work_context_reset(token)
+
+    def answer(path):
+        a = answers[path]
+        return {**a, "idempotency_key": a["idempotency_key"] == services.idempotency_key_for(run_id=runs[path].pk, action_key="send")}
 
     def ledger(run):
         a = Action.objects.get(run=run)
@@ -94,12 +112,16 @@ def test_the_one_statement_path_writes_what_the_locked_path_writes(make_run, mak
 
     def events(run):
         return [(e.actor, e.action, e.entity_type, e.entity_id.replace(run.pk, "RUN"), e.case_id, e.case_reference, e.connection_id,
-                 e.before, e.after, e.arguments, e.outcome)
+                 e.before, e.after, e.arguments, e.outcome, e.trace_id)
                 for e in AuditEvent.objects.filter(run_id=run.pk).exclude(action="run.registered").order_by("id")]
 
+    assert answer("fast") == answer("locked")
+    assert answers["fast"]["lock_seconds"] == settings.REVIVE_ACTION_LOCK_TIMEOUT
+    assert locks == {"fast": True, "locked": True}
     assert ledger(runs["fast"]) == ledger(runs["locked"])
     assert events(runs["fast"]) == events(runs["locked"])
     assert [e[1] for e in events(runs["fast"])] == ["checkpoint.recorded", "action.executing", "action.committed"]
+    assert {e[-1] for e in events(runs["fast"])} == {trace}
 
 
 def test_failing_an_action_opens_a_case_within_budget(make_run, make_connection):
