@@ -85,15 +85,15 @@ def busy_worker(tmp_path, settings):
 def test_a_busy_worker_is_waited_for_and_a_short_window_says_so(busy_worker, settings):
     queue, log = busy_worker
     settings.REVIVE_RUNTIMES = []
-    idle = revive_doctor(probe_timeout=2.0, worker_reply_timeout=5.0)["celeryWorkers"]
+    idle = revive_doctor(probe_timeout=2.0, worker_reply_timeout=60.0)["celeryWorkers"]  # the first answer ends the wait
     assert idle["status"] == "ok" and [queue in item["queues"] for item in idle["items"]] == [True], idle
 
-    celery_app.send_task("tests.operable.busy", args=[6.0], queue=queue)
+    celery_app.send_task("tests.operable.busy", args=[20.0], queue=queue)  # busy well past the short window
     wait_for(lambda: "tests.operable.busy" in log.read_text(errors="replace"), "the worker to take the busy task")
     short = revive_doctor(probe_timeout=1.0, worker_reply_timeout=1.0)["celeryWorkers"]
     assert short["status"] == "unreachable"
     assert short["error"] == "no worker answered within 1 s (REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT).", short
 
     celery_app.send_task("tests.operable.busy", args=[3.0], queue=queue)  # still busy when the next doctor starts
-    patient = revive_doctor(probe_timeout=2.0, worker_reply_timeout=15.0)["celeryWorkers"]
+    patient = revive_doctor(probe_timeout=2.0, worker_reply_timeout=120.0)["celeryWorkers"]
     assert patient["status"] == "ok", patient
