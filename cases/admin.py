@@ -242,10 +242,16 @@ class GenerationInline(ReadOnlyInline):
 class ConnectionAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, admin.ModelAdmin):
     list_display = ["id", "provider", "owner_email", "provider_tenant", "current_generation", "updated_at"]
     list_filter = ["provider"]
-    search_fields = ["id", "owner_email", "provider_subject", "provider_tenant"]
-    fields = ["id", "provider", "display_name", "owner_email", "owner_name", "provider_subject", "provider_tenant",
-              "provider_issuer", "provider_org", "current_generation", "created_at", "updated_at"]
-    readonly_fields = fields  # the identity changes only through the reason form; connections are created by command
+    search_fields = ["id", "owner_email", "provider_subject", "provider_tenant", "broker_connection", "broker_account"]
+    fieldsets = [
+        (None, {"fields": ["id", "provider", "display_name", "owner_email", "owner_name"]}),
+        ("Recorded identity", {"fields": ["provider_subject", "provider_tenant", "provider_issuer", "provider_org"]}),
+        ("Held by a broker (Nango, Scalekit): Revive stores no token", {
+            "fields": ["upstream_provider", "broker_integration", "broker_connection", "broker_account"]}),
+        ("Generation", {"fields": ["current_generation", "created_at", "updated_at"]}),
+    ]
+    # the identity changes only through the reason form; connections are created by command
+    readonly_fields = [name for _, group in fieldsets for name in group["fields"]]
     inlines = [GenerationInline]
     change_form_template = "admin/cases/change_form_with_reason.html"
     reason_view_path = "identity"

@@ -1,0 +1,70 @@
+"""Registering broker-held connections: the service, ``revive_connection`` and the admin accept them and refuse
+half-filled ones with a clear error."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+
+from audit.models import AuditEvent
+from cases import services
+from cases.errors import ConnectionInvalid
+from cases.models import Connection, CredentialGeneration
+
+pytestmark = pytest.mark.django_db
+
+IDENTITY = dict(owner_email="ada@contoso.example", provider_subject="b1e2c3d4", provider_tenant="3f6b1c2e")
+
+
+def test_a_nango_and_a_scalekit_connection_are_registered_with_their_references():
+    nango = services.connection_create(connection_id="c_nango", provider="nango", upstream_provider="entra",
+                                       broker_integration="microsoft", broker_connection="nc-1", **IDENTITY)
+    scalekit = services.connection_create(connection_id="c_sk", provider="scalekit", upstream_provider="oidc",
+                                          provider_issuer="https://accounts.google.com", broker_integration="gmail",
+                                          broker_connection="user-42", broker_account="ca_123", **IDENTITY)
+    assert nango.broker_held and nango.identity_provider == "entra"
+    assert scalekit.broker_held and scalekit.identity_provider == "oidc"
+    assert CredentialGeneration.objects.filter(connection__in=[nango, scalekit], number=1).count() == 2
+    created = AuditEvent.objects.get(action="connection.created", connection_id="c_nango")
+    assert created.after["broker_connection"] == "nc-1" and created.after["upstream_provider"] == "entra"
+
+
+@pytest.mark.parametrize("fields, bad", [
+    (dict(provider="nango", upstream_provider="entra", broker_integration="microsoft"), "broker_connection"),
+    (dict(provider="nango", broker_integration="microsoft", broker_connection="x"), "upstream_provider"),
+    (dict(provider="nango", upstream_provider="nango", broker_integration="m", broker_connection="x"), "upstream_provider"),
+    (dict(provider="scalekit", upstream_provider="oidc", broker_connection="x"), "broker_integration"),
+    (dict(provider="entra", broker_connection="x"), "broker_connection"),
+    (dict(provider="entra", upstream_provider="oidc"), "upstream_provider"),
+])
+def test_half_filled_broker_references_are_refused(fields, bad):
+    with pytest.raises(ConnectionInvalid) as caught:
+        services.connection_create(connection_id="c_bad", **IDENTITY, **fields)
+    assert bad in caught.value.data["fields"]
+    assert caught.value.status == 422 and caught.value.code == "CONNECTION_INVALID"
+    assert not Connection.objects.filter(pk="c_bad").exists()
+
+
+def test_revive_connection_registers_a_nango_connection(capsys):
+    call_command("revive_connection", "c_cli", "--provider", "nango", "--owner-email", "ada@contoso.example",
+                 "--subject", "sub-1", "--issuer", "https://issuer.example", "--upstream", "oidc",
+                 "--integration", "google", "--broker-connection", "nc-9")
+    conn = Connection.objects.get(pk="c_cli")
+    assert (conn.broker_integration, conn.broker_connection, conn.upstream_provider) == ("google", "nc-9", "oidc")
+    with pytest.raises(SystemExit):
+        call_command("revive_connection", "c_cli2", "--provider", "nango", "--owner-email", "a@b.c", "--subject", "s")
+    assert "INVALID_INPUT --upstream" in capsys.readouterr().err
+
+
+def test_the_admin_adds_a_broker_held_connection_through_the_service(admin_client):
+    form = {"id": "c_admin", "provider": "nango", "owner_email": "ada@contoso.example", "provider_subject": "sub-1",
+            "provider_issuer": "https://issuer.example", "upstream_provider": "oidc", "broker_integration": "google",
+            "broker_connection": "nc-7", "generations-TOTAL_FORMS": "0", "generations-INITIAL_FORMS": "0"}
+    response = admin_client.post("/admin/cases/connection/add/", form)
+    assert response.status_code == 302, response.content[:2000]
+    conn = Connection.objects.get(pk="c_admin")
+    assert conn.broker_connection == "nc-7" and conn.current_generation == 1
+    assert CredentialGeneration.objects.filter(connection=conn, number=1).exists()
+    refused = admin_client.post("/admin/cases/connection/add/", {**form, "id": "c_admin2", "broker_connection": ""})
+    assert refused.status_code == 200 and "required for nango" in refused.content.decode()
+    assert not Connection.objects.filter(pk="c_admin2").exists()
