@@ -24,7 +24,9 @@ import httpx
 import jwt
 from django.conf import settings
 
+from ..errors import ReconnectProviderUnreachable, ReconnectSignInFailed
 from ..identity import ProviderIdentity, presented_from_claims, rule_for
+from ..upstream_identity import identity_from_userinfo
 
 logger = logging.getLogger(__name__)
 LEEWAY_SECONDS = 300
@@ -74,22 +76,6 @@ def _id_token_claims(id_token: str, issuer: str) -> dict[str, Any] | None:
     return claims
 
 
-def _userinfo_claims(access_token: str, issuer: str) -> dict[str, Any] | None:
-    endpoint = _discovery(issuer).get("userinfo_endpoint")
-    if not endpoint or not access_token:
-        return None
-    try:
-        response = httpx.get(endpoint, headers={"Authorization": f"Bearer {access_token}"}, timeout=settings.REVIVE_BROKER_TIMEOUT)
-    except httpx.HTTPError as exc:
-        raise IdentityUnavailable(type(exc).__name__) from None
-    if response.status_code >= 500:
-        raise IdentityUnavailable(f"userinfo {response.status_code}")
-    if response.status_code != 200:
-        return None
-    claims = response.json()
-    return {**claims, "iss": issuer} if isinstance(claims, dict) else None
-
-
 def identity_from_credentials(connection, credentials: dict[str, Any]) -> tuple[ProviderIdentity, str]:
     """The identity the broker's credentials prove, and how (``id_token``, ``userinfo`` or ``none``).
 
@@ -106,5 +92,15 @@ def identity_from_credentials(connection, credentials: dict[str, Any]) -> tuple[
         claims = _id_token_claims(id_token, issuer)
         return (presented_from_claims(claims, rule=rule, issuer=issuer), "id_token") if claims else (ProviderIdentity(), "none")
     access_token = credentials.get("access_token") or raw.get("access_token") or ""
-    claims = _userinfo_claims(access_token, issuer) if isinstance(access_token, str) else None
-    return (presented_from_claims(claims, rule=rule, issuer=issuer), "userinfo") if claims else (ProviderIdentity(), "none")
+    endpoint = _discovery(issuer).get("userinfo_endpoint")
+    if not endpoint or not isinstance(access_token, str) or not access_token:
+        return ProviderIdentity(), "none"
+    try:  # the one userinfo check, shared with the Token Vault re-link
+        presented = identity_from_userinfo(userinfo_url=endpoint, access_token=access_token, issuer=issuer,
+                                           connection_provider=connection.identity_provider,
+                                           timeout=settings.REVIVE_BROKER_TIMEOUT)
+    except ReconnectProviderUnreachable:
+        raise IdentityUnavailable("userinfo") from None
+    except ReconnectSignInFailed:
+        return ProviderIdentity(), "none"
+    return presented, "userinfo"

@@ -208,3 +208,30 @@ console.log(JSON.stringify({ good, tampered, otherKey }));
     assert json.loads(proc.stdout) == {"good": True, "tampered": False, "otherKey": False}
     assert nango.signature_valid(SIGNING_KEY, raw, nango.signature(SIGNING_KEY, raw))
     assert not nango.signature_valid(SIGNING_KEY, raw + b" ", nango.signature(SIGNING_KEY, raw))
+
+
+def test_without_an_id_token_the_identity_comes_from_the_issuers_userinfo(lab_idp, idp_browser, nango_port, nango_connection):
+    """The fallback: the provider gave no ID token, so the new access token asks the recorded issuer's userinfo."""
+    import base64
+    import hashlib
+    import secrets
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    import httpx
+
+    from reauth.brokers import identity
+
+    issuer = httpx.get(f"{lab_idp.url}/.well-known/openid-configuration", timeout=10).json()["issuer"]
+    conn = nango_connection(subject=lab_idp.users["right"]["sub"], issuer=issuer)
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    redirect_uri = f"http://127.0.0.1:{nango_port}/oauth/callback"
+    callback = idp_browser.authorize(f"{lab_idp.url}/identity/o/authorize?" + urlencode({
+        "response_type": "code", "client_id": lab_idp.client_id, "redirect_uri": redirect_uri, "state": "s",
+        "scope": "openid profile email", "code_challenge": challenge, "code_challenge_method": "S256"}), "ada")
+    code = parse_qs(urlsplit(callback).query)["code"][0]
+    access = lab_idp.token(grant_type="authorization_code", code=code, redirect_uri=redirect_uri,
+                           code_verifier=verifier).json()["access_token"]
+    presented, how = identity.identity_from_credentials(conn, {"type": "OAUTH2", "access_token": access, "raw": {}})
+    assert how == "userinfo" and presented.subject == lab_idp.users["right"]["sub"]
+    assert identity.identity_from_credentials(conn, {"access_token": "not-a-token", "raw": {}}) == (identity.ProviderIdentity(), "none")
