@@ -653,7 +653,7 @@ class RecoveryCaseAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
-            "title": f"{case.reference} · {case.run.workflow_name}",
+            "title": f"{case.reference} · {case.run.workflow_name if case.run_id else case.connection_id}",
             "subtitle": case.reference,
             "detail": detail,
             "case": case,

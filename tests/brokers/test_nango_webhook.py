@@ -235,3 +235,13 @@ def test_without_an_id_token_the_identity_comes_from_the_issuers_userinfo(lab_id
     presented, how = identity.identity_from_credentials(conn, {"type": "OAUTH2", "access_token": access, "raw": {}})
     assert how == "userinfo" and presented.subject == lab_idp.users["right"]["sub"]
     assert identity.identity_from_credentials(conn, {"access_token": "not-a-token", "raw": {}}) == (identity.ProviderIdentity(), "none")
+
+
+def test_the_console_shows_a_case_no_run_has_joined_yet(deliver, nango_connection, admin_client):
+    conn = nango_connection()
+    deliver(auth_event(conn, "refresh", success=False, error=DEAD))
+    case = RecoveryCase.objects.get(connection=conn)
+    page = admin_client.get(f"/admin/cases/recoverycase/{case.pk}/change/")
+    assert page.status_code == 200
+    assert "no run blocked yet" in page.content.decode() and case.reference in page.content.decode()
+    assert admin_client.get("/admin/cases/recoverycase/").status_code == 200
