@@ -71,9 +71,7 @@ def _broker_signal_exhausted(item: OutboxItem) -> None:
 @outbox_handler(brokers.BROKER_SIGNAL, max_attempts=lambda: settings.REVIVE_BROKER_MAX_ATTEMPTS, backoff_first=5.0,
                 backoff_max=600.0, on_exhausted=_broker_signal_exhausted)
 def _broker_signal(item: OutboxItem) -> Done | Retry:
-    signal_id = item.payload["signal_id"]
-    brokers.broker_signal_attempt(signal_id=signal_id)
     try:
-        return Done(brokers.broker_reauthorized(signal_id=signal_id))
+        return Done(brokers.broker_reauthorized(signal_id=item.payload["signal_id"]))
     except brokers.ProofUnavailable as exc:
         return Retry(error=f"identity proof unavailable: {exc}")

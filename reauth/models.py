@@ -106,7 +106,6 @@ class BrokerSignal(models.Model):
     payload = models.JSONField(default=dict, blank=True)
     state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
     outcome = models.CharField(max_length=60, blank=True, default="")
-    attempts = models.PositiveIntegerField(default=0)
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
 

@@ -254,7 +254,7 @@ def broker_reauthorized(*, signal_id: int) -> str:
 def broker_signal_give_up(*, signal_id: int, error: str) -> None:
     """Retries are exhausted: the signal is ``failed`` and on the connection's timeline for an operator."""
     with transaction.atomic():
-        signal = BrokerSignal.objects.select_for_update().select_related("connection").get(pk=signal_id)
+        signal = BrokerSignal.objects.select_for_update(of=("self",)).select_related("connection").get(pk=signal_id)
         if signal.state != BrokerSignal.State.PENDING:
             return
         _finish(signal, state=BrokerSignal.State.FAILED, outcome="proof_unavailable")

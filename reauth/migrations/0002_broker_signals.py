@@ -24,7 +24,6 @@ class Migration(migrations.Migration):
                 ('payload', models.JSONField(blank=True, default=dict)),
                 ('state', models.CharField(choices=[('pending', 'Pending'), ('processed', 'Processed'), ('ignored', 'Ignored'), ('failed', 'Failed')], default='pending', max_length=12)),
                 ('outcome', models.CharField(blank=True, default='', max_length=60)),
-                ('attempts', models.PositiveIntegerField(default=0)),
                 ('received_at', models.DateTimeField(auto_now_add=True)),
                 ('processed_at', models.DateTimeField(blank=True, null=True)),
                 ('connection', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='cases.connection')),

@@ -1,5 +1,5 @@
-"""Registering broker-held connections: the service, ``revive_connection`` and the admin accept them and refuse
-half-filled ones with a clear error."""
+"""Registering broker-held connections: the service and ``revive_connection`` accept them and refuse half-filled
+ones with a clear error; the admin shows their references and changes their identity by the upstream's rule."""
 
 from __future__ import annotations
 
@@ -56,15 +56,21 @@ def test_revive_connection_registers_a_nango_connection(capsys):
     assert "INVALID_INPUT --upstream" in capsys.readouterr().err
 
 
-def test_the_admin_adds_a_broker_held_connection_through_the_service(admin_client):
-    form = {"id": "c_admin", "provider": "nango", "owner_email": "ada@contoso.example", "provider_subject": "sub-1",
-            "provider_issuer": "https://issuer.example", "upstream_provider": "oidc", "broker_integration": "google",
-            "broker_connection": "nc-7", "generations-TOTAL_FORMS": "0", "generations-INITIAL_FORMS": "0"}
-    response = admin_client.post("/admin/cases/connection/add/", form)
-    assert response.status_code == 302, response.content[:2000]
-    conn = Connection.objects.get(pk="c_admin")
-    assert conn.broker_connection == "nc-7" and conn.current_generation == 1
-    assert CredentialGeneration.objects.filter(connection=conn, number=1).exists()
-    refused = admin_client.post("/admin/cases/connection/add/", {**form, "id": "c_admin2", "broker_connection": ""})
-    assert refused.status_code == 200 and "required for nango" in refused.content.decode()
-    assert not Connection.objects.filter(pk="c_admin2").exists()
+def test_the_admin_shows_the_broker_references_and_checks_identity_changes_by_the_upstream_rule(admin_client):
+    """Connections are added by ``revive_connection`` (the admin's add is off); a broker-held one's page shows the
+    broker's references, and its identity reason form applies the upstream provider's rule (Entra: GUIDs)."""
+    conn = services.connection_create(connection_id="c_admin", provider="nango", upstream_provider="entra",
+                                      broker_integration="microsoft", broker_connection="nc-7",
+                                      owner_email="ada@contoso.example",
+                                      provider_subject="1b2c3d4e-0000-4000-8000-00000000abcd",
+                                      provider_tenant="72f988bf-86f1-41af-91ab-2d7cd011db47")
+    assert admin_client.get("/admin/cases/connection/add/").status_code == 403
+    page = admin_client.get(f"/admin/cases/connection/{conn.pk}/change/").content.decode()
+    assert "Held by a broker" in page and "nc-7" in page and "microsoft" in page
+    refused = admin_client.post(f"/admin/cases/connection/{conn.pk}/identity/", {
+        "owner_email": "ada@contoso.example", "provider_subject": "<oid>", "provider_tenant": "<tid>",
+        "provider_issuer": "", "provider_org": "", "reason": "placeholder test"})
+    assert refused.status_code == 200
+    assert "must be a GUID" in refused.context["form"].errors["provider_tenant"][0]
+    conn.refresh_from_db()
+    assert conn.provider_tenant == "72f988bf-86f1-41af-91ab-2d7cd011db47"
