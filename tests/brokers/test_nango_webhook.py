@@ -91,11 +91,55 @@ def test_no_signing_key_configured_refuses_everything(deliver, nango_connection,
     assert response.status_code == 401 and response.json()["data"]["reason"] == "no_signing_key"
 
 
-def test_only_the_default_namespace_exists_for_now(deliver, nango_connection):
+def test_a_namespace_that_does_not_exist_is_404(deliver, nango_connection):
     conn = nango_connection()
     response = deliver(auth_event(conn, "refresh", success=False, error=DEAD), namespace="acme")
     assert response.status_code == 404 and response.json()["code"] == "NAMESPACE_NOT_FOUND"
     assert BrokerSignal.objects.count() == 0
+
+
+def test_another_namespace_has_its_own_signing_key_and_sees_only_its_connections(deliver, nango_connection, settings):
+    from cases.namespaces import namespace_ensure, qualify
+
+    namespace_ensure(name="acme", actor="test")
+    settings.REVIVE_NANGO_WEBHOOK_SIGNING_KEYS = {"acme": "acme-signing-key"}
+    default_conn = nango_connection()
+    event = auth_event(default_conn, "refresh", success=False, error=DEAD)
+    # default's key does not sign acme's webhooks
+    assert deliver(event, namespace="acme").status_code == 401
+    # acme's webhook naming default's Nango connection is not acme's: recorded, ignored, nothing opened
+    ignored = deliver(event, namespace="acme", key="acme-signing-key")
+    assert ignored.status_code == 200 and ignored.json()["outcome"] == "connection_not_registered"
+    assert not RecoveryCase.objects.exists()
+    acme_conn = case_services.connection_create(
+        connection_id=qualify("acme", "mailbox"), namespace="acme", provider="nango", upstream_provider="oidc",
+        owner_email="ada@acme.example", provider_subject="1", provider_issuer="http://127.0.0.1:9/idp",
+        broker_integration="microsoft-lab", broker_connection="acme-nango-1", actor="test")
+    opened = deliver(auth_event(acme_conn, "refresh", success=False, error=DEAD), namespace="acme", key="acme-signing-key")
+    assert opened.json()["outcome"] == "case_opened"
+    assert RecoveryCase.objects.get().namespace_id == "acme"
+
+
+def test_an_identity_proof_the_broker_cannot_answer_is_retried_then_failed_visibly(deliver, nango_connection, settings):
+    """The proof is an outbox step: Nango unreachable → retried with backoff, then the signal is ``failed`` and on
+    the connection's timeline, the row ``failed`` in the admin's outbox list; the generation stays rejected."""
+    from cases.models import OutboxItem
+
+    settings.REVIVE_NANGO_URL = "http://127.0.0.1:9"  # nothing listens
+    settings.REVIVE_BROKER_TIMEOUT = 2.0
+    settings.REVIVE_BROKER_MAX_ATTEMPTS = 2
+    conn = nango_connection()
+    deliver(auth_event(conn, "refresh", success=False, error=DEAD))
+    override = deliver(auth_event(conn, "override", success=True))
+    assert override.json()["outcome"] == "identity_proof_pending"
+    signal = BrokerSignal.objects.get(connection=conn, kind="auth.override")
+    assert (signal.state, signal.outcome) == (BrokerSignal.State.FAILED, "proof_unavailable")
+    item = OutboxItem.objects.get(kind="reauth.broker_signal")
+    assert (item.state, item.attempts) == (OutboxItem.State.FAILED, 2) and "proof unavailable" in item.last_error
+    assert AuditEvent.objects.filter(action="broker.signal", connection_id=conn.pk,
+                                     arguments__outcome="proof_unavailable", outcome="error").count() == 1
+    assert generation_state(conn) == CredentialGeneration.State.REJECTED
+    assert ReconnectRequest.objects.get(connection=conn).state == ReconnectRequest.State.ACTIVE
 
 
 def test_bad_bodies_and_methods_get_a_clear_4xx(deliver, client):
@@ -184,6 +228,13 @@ def test_a_success_with_runs_parked_releases_them_at_the_same_generation(deliver
     deliver(auth_event(conn, "refresh", success=True))
     case = RecoveryCase.objects.get(connection=conn)
     assert case.resumed_generation == 1 and case.state not in (CaseState.OPENED, CaseState.AWAITING_OWNER)
+    # handed to the pipeline like any reauthorized case: its reconcile-and-release step is owed, then done
+    from cases.models import OutboxItem
+
+    assert OutboxItem.objects.get(kind=case_services.RECONCILE_CASE, case=case).state == OutboxItem.State.DONE
+    # ... which released the parked run and owed it a resume delivery (this test's runtime has no endpoint, so
+    # that delivery's outcome is the pipeline's own business)
+    assert OutboxItem.objects.filter(kind=case_services.RESUME_RUN, case=case, run_id=run_id).exists()
     conn.refresh_from_db()
     assert conn.current_generation == 1
 
