@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cases', '0007_broker_connections'),
+        ('cases', '0008_broker_connections'),
         ('reauth', '0001_initial'),
     ]
 
