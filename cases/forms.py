@@ -54,7 +54,8 @@ class ConnectionForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         provider = data.get("provider")
-        identity_check(self, data, provider=provider)
+        # a broker-held connection (nango, scalekit) records its upstream's identity, under the upstream's rules
+        identity_check(self, data, provider=data.get("upstream_provider") or provider)
         from .errors import ConnectionInvalid
         from .services import connection_broker_check
 

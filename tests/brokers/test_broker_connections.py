@@ -56,6 +56,20 @@ def test_revive_connection_registers_a_nango_connection(capsys):
     assert "INVALID_INPUT --upstream" in capsys.readouterr().err
 
 
+def test_revive_connection_checks_a_broker_held_identity_by_its_upstreams_rules(capsys):
+    """A Nango connection holding an Entra grant records Entra ids: GUIDs, as for a direct Entra connection."""
+    with pytest.raises(SystemExit):
+        call_command("revive_connection", "c_entra_bad", "--provider", "nango", "--owner-email", "ada@contoso.example",
+                     "--subject", "<oid>", "--tenant", "<tid>", "--upstream", "entra", "--integration", "microsoft",
+                     "--broker-connection", "nc-3")
+    assert "must be a GUID" in capsys.readouterr().err
+    assert not Connection.objects.filter(pk="c_entra_bad").exists()
+    call_command("revive_connection", "c_entra_ok", "--provider", "nango", "--owner-email", "ada@contoso.example",
+                 "--subject", "1b2c3d4e-0000-4000-8000-00000000abcd", "--tenant", "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                 "--upstream", "entra", "--integration", "microsoft", "--broker-connection", "nc-4")
+    assert Connection.objects.get(pk="c_entra_ok").identity_provider == "entra"
+
+
 def test_the_admin_shows_the_broker_references_and_checks_identity_changes_by_the_upstream_rule(admin_client):
     """Connections are added by ``revive_connection`` (the admin's add is off); a broker-held one's page shows the
     broker's references, and its identity reason form applies the upstream provider's rule (Entra: GUIDs)."""
