@@ -248,9 +248,15 @@ class ConnectionAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, ExactSearchMi
     search_help_text = "Exact connection id, owner e-mail (any case), provider subject or tenant."
     paginator = EstimatedCountPaginator
     show_full_result_count = False
-    fields = ["id", "provider", "display_name", "owner_email", "owner_name", "provider_subject", "provider_tenant",
-              "provider_issuer", "provider_org", "current_generation", "created_at", "updated_at"]
-    readonly_fields = fields  # the identity changes only through the reason form; connections are created by command
+    fieldsets = [
+        (None, {"fields": ["id", "provider", "display_name", "owner_email", "owner_name"]}),
+        ("Recorded identity", {"fields": ["provider_subject", "provider_tenant", "provider_issuer", "provider_org"]}),
+        ("Held by a broker (Nango, Scalekit): Revive stores no token", {
+            "fields": ["upstream_provider", "broker_integration", "broker_connection", "broker_account"]}),
+        ("Generation", {"fields": ["current_generation", "created_at", "updated_at"]}),
+    ]
+    # the identity changes only through the reason form; connections are created by command
+    readonly_fields = [name for _, group in fieldsets for name in group["fields"]]
     inlines = [GenerationInline]
     change_form_template = "admin/cases/change_form_with_reason.html"
     reason_view_path = "identity"
@@ -663,7 +669,7 @@ class RecoveryCaseAdmin(PlainActionCheckboxMixin, admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
-            "title": f"{case.reference} · {case.run.workflow_name}",
+            "title": f"{case.reference} · {case.run.workflow_name if case.run_id else case.connection_id}",
             "subtitle": case.reference,
             "detail": detail,
             "case": case,

@@ -296,7 +296,7 @@ def audit_refusal(case: RecoveryCase, *, operation: str, actor: str, why: str) -
     """Every refusal leaves a trace: wrong state, lost race, bulk skip, missing permission."""
     with transaction.atomic():
         audit_record(actor=actor, action="console.refused", entity_type="case", entity_id=case.reference or str(case.pk),
-                     case=case, run_id=case.run_id, connection_id=case.connection_id, outcome="refused",
+                     case=case, run_id=case.run_id or "", connection_id=case.connection_id, outcome="refused",
                      arguments={"operation": operation, "state": case.state, "why": why})
 
 

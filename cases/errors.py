@@ -103,3 +103,9 @@ class FourEyesRefused(DomainError):
     code = "CASE_FOUR_EYES"
     status = 403
     default_message = "Another operator must approve this resume."
+
+
+class ConnectionInvalid(DomainError):
+    code = "CONNECTION_INVALID"
+    status = 422
+    default_message = "The connection's provider and broker references do not fit together."

@@ -4,6 +4,10 @@ from django.db.models import Q
 
 from reauth.classification import FailureClass, Provider
 
+# Connections whose grant a broker holds; Revive keeps references and the identity, never a token.
+BROKER_PROVIDERS = (Provider.NANGO, Provider.SCALEKIT)
+UPSTREAM_PROVIDERS = (Provider.ENTRA, Provider.AUTH0, Provider.OIDC)
+
 
 class Runtime(models.TextChoices):
     LANGGRAPH = "langgraph", "LangGraph"
@@ -86,6 +90,22 @@ class Connection(models.Model):
     provider_tenant = models.CharField(max_length=255, blank=True, default="", help_text="Entra: tid.")
     provider_issuer = models.CharField(max_length=500, blank=True, default="", help_text="Auth0/OIDC: iss.")
     provider_org = models.CharField(max_length=255, blank=True, default="", help_text="Auth0: org_id, if any.")
+    # A broker-held connection (provider ``nango`` or ``scalekit``): the broker keeps the grant, Revive keeps these
+    # references and the upstream identity above; it stores no token of such a connection.
+    upstream_provider = models.CharField(
+        max_length=20, blank=True, default="", choices=[(p.value, p.label) for p in Provider if p in UPSTREAM_PROVIDERS],
+        help_text="Broker-held connections: whose identity the broker holds (entra, auth0 or oidc); decides the identity rule.",
+    )
+    broker_integration = models.CharField(
+        max_length=200, blank=True, default="", help_text="Nango: the integration id (providerConfigKey). Scalekit: the connector.",
+    )
+    broker_connection = models.CharField(
+        max_length=200, blank=True, default="", help_text="Nango: the connection id. Scalekit: the identifier.",
+    )
+    broker_account = models.CharField(max_length=200, blank=True, default="", help_text="Scalekit: the connected account id.")
+    # Polled brokers (Scalekit): when the account's status is next due, and the failed reads in a row (backoff).
+    broker_next_check_at = models.DateTimeField(null=True, blank=True, editable=False)
+    broker_check_failures = models.PositiveIntegerField(default=0, editable=False)
     current_generation = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -95,10 +115,20 @@ class Connection(models.Model):
             models.Index(fields=["provider", "provider_tenant"]),
             models.Index(fields=["owner_email"]),
             models.Index(fields=["provider_tenant"], name="connection_tenant_idx"),  # the console's tenant filter
+            models.Index(fields=["provider", "broker_integration", "broker_connection"], name="connection_broker_ref_idx"),
         ]
 
     def __str__(self) -> str:
         return self.id
+
+    @property
+    def broker_held(self) -> bool:
+        return self.provider in BROKER_PROVIDERS
+
+    @property
+    def identity_provider(self) -> str:
+        """Whose identity rule applies: the upstream provider of a broker-held connection, else the provider."""
+        return self.upstream_provider if self.broker_held else self.provider
 
 
 class CredentialGeneration(models.Model):
@@ -287,7 +317,8 @@ class RecoveryCase(models.Model):
     provider_error = models.JSONField(default=dict, blank=True)
     owner_required = models.BooleanField(default=True)
     state = models.CharField(max_length=24, choices=CaseState.choices, default=CaseState.OPENED)
-    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="first_cases")
+    # The first run the case blocked; empty while a case a broker opened proactively has blocked no run yet.
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="first_cases", null=True, blank=True)
     checkpoint = models.ForeignKey(Checkpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     action = models.ForeignKey(Action, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     opened_at = models.DateTimeField(auto_now_add=True)

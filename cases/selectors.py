@@ -231,7 +231,7 @@ def console_case_detail(*, case_id: str | int) -> CaseDetail | None:
     if case is None:
         return None
     case_runs = list(CaseRun.objects.filter(case=case).select_related("run", "checkpoint", "action").order_by("joined_at", "pk"))
-    run_ids = [cr.run_id for cr in case_runs] or [case.run_id]
+    run_ids = [cr.run_id for cr in case_runs] or ([case.run_id] if case.run_id else [])
     ledger = list(Action.objects.filter(run_id__in=run_ids).select_related("checkpoint").order_by("run_id", "created_at", "pk"))
     events = list(
         AuditEvent.objects.filter(case_audit_q(case, run_ids=run_ids))

@@ -52,6 +52,7 @@ from .errors import (
     FourEyesRefused,
     CaseTransitionNotAllowed,
     ConnectionConflict,
+    ConnectionInvalid,
     ConnectionNotFound,
     GenerationUnknown,
     LeaseFenced,
@@ -60,7 +61,9 @@ from .errors import (
 )
 from .models import (
     BLOCKING_CASE_STATES,
+    BROKER_PROVIDERS,
     DEFAULT_NAMESPACE,
+    UPSTREAM_PROVIDERS,
     OPEN_CASE_STATES,
     RELEASED_CASE_STATES,
     Action,
@@ -260,6 +263,33 @@ def _blocking_case(run: Run) -> RecoveryCase | None:
 # --------------------------------------------------------------------------- connections
 
 
+def connection_broker_check(*, provider: str, upstream_provider: str = "", broker_integration: str = "",
+                            broker_connection: str = "", broker_account: str = "") -> None:
+    """A broker-held connection names its upstream provider and the broker's references; any other names none.
+
+    Shared by ``connection_create`` and the admin form, so both refuse the same shapes.
+    """
+    problems: dict[str, str] = {}
+    refs = {"broker_integration": broker_integration, "broker_connection": broker_connection, "broker_account": broker_account}
+    if provider in BROKER_PROVIDERS:
+        if upstream_provider not in UPSTREAM_PROVIDERS:
+            problems["upstream_provider"] = f"required for {provider}: one of {', '.join(p.value for p in UPSTREAM_PROVIDERS)}"
+        if provider == "nango":
+            for name in ("broker_integration", "broker_connection"):
+                if not refs[name]:
+                    problems[name] = "required for nango (integration id and connection id)"
+            if broker_account:
+                problems["broker_account"] = "scalekit only"
+        elif not broker_integration or not (broker_connection or broker_account):
+            problems["broker_integration"] = "required for scalekit: the connector, and the identifier or the connected-account id"
+    else:
+        if upstream_provider:
+            problems["upstream_provider"] = "only for broker-held connections (nango, scalekit)"
+        problems.update({name: "only for broker-held connections (nango, scalekit)" for name, value in refs.items() if value})
+    if problems:
+        raise ConnectionInvalid(data={"provider": provider, "fields": problems})
+
+
 @transaction.atomic
 def connection_create(
     *,
@@ -272,10 +302,17 @@ def connection_create(
     provider_org: str = "",
     display_name: str = "",
     owner_name: str = "",
+    upstream_provider: str = "",
+    broker_integration: str = "",
+    broker_connection: str = "",
+    broker_account: str = "",
     actor: str = SYSTEM,
     namespace: str = DEFAULT_NAMESPACE,
 ) -> Connection:
-    """Register a connection; ``connection_id`` is the stored id (``cases.namespaces.qualify``) in ``namespace``."""
+    """Register a connection at generation 1; ``connection_id`` is the stored id (``cases.namespaces.qualify``) in
+    ``namespace``. A broker-held one also carries the broker's references (see above)."""
+    connection_broker_check(provider=provider, upstream_provider=upstream_provider, broker_integration=broker_integration,
+                            broker_connection=broker_connection, broker_account=broker_account)
     try:
         with transaction.atomic():
             conn = Connection.objects.create(
@@ -289,6 +326,10 @@ def connection_create(
                 provider_tenant=provider_tenant,
                 provider_issuer=provider_issuer,
                 provider_org=provider_org,
+                upstream_provider=upstream_provider,
+                broker_integration=broker_integration,
+                broker_connection=broker_connection,
+                broker_account=broker_account,
                 current_generation=1,
             )
     except IntegrityError as exc:
@@ -300,7 +341,9 @@ def connection_create(
         entity_type="connection",
         entity_id=conn.pk,
         connection_id=conn.pk,
-        after={"provider": provider, "generation": 1, "subject": provider_subject, "tenant": provider_tenant},
+        after={"provider": provider, "generation": 1, "subject": provider_subject, "tenant": provider_tenant,
+               **({"upstream_provider": upstream_provider, "broker_integration": broker_integration,
+                   "broker_connection": broker_connection, "broker_account": broker_account} if conn.broker_held else {})},
     )
     return conn
 
@@ -925,8 +968,10 @@ def _open_case_for(conn: Connection, generation: int) -> RecoveryCase | None:
 
 
 CASE_TRANSITIONS: dict[str, set[str]] = {
-    CaseState.OPENED: {CaseState.AWAITING_OWNER, CaseState.REAUTHORIZED, CaseState.ABANDONED},
-    CaseState.AWAITING_OWNER: {CaseState.REAUTHORIZED, CaseState.ABANDONED},
+    # ``closed`` straight from a waiting state: the credential system recovered the grant itself (see
+    # ``case_recover_without_reconnect``) before anyone reconnected and before any run was blocked.
+    CaseState.OPENED: {CaseState.AWAITING_OWNER, CaseState.REAUTHORIZED, CaseState.ABANDONED, CaseState.CLOSED},
+    CaseState.AWAITING_OWNER: {CaseState.REAUTHORIZED, CaseState.ABANDONED, CaseState.CLOSED},
     CaseState.REAUTHORIZED: {CaseState.RECONCILING, CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.ABANDONED},
     CaseState.RECONCILING: {CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.ABANDONED},
     CaseState.AWAITING_APPROVAL: {CaseState.RESUMING, CaseState.ABANDONED},
@@ -964,7 +1009,7 @@ def case_transition(case: RecoveryCase, *, to: str, actor: str, arguments: dict[
         setattr(case, name, value)
     case.save()
     audit_record(actor=actor, action=f"case.{to}", entity_type="case", entity_id=case.reference, case=case,
-                 run_id=case.run_id, connection_id=case.connection_id, before={"state": before},
+                 run_id=case.run_id or "", connection_id=case.connection_id, before={"state": before},
                  after={"state": to, **{k: v for k, v in changes.items() if isinstance(v, (str, int, type(None)))}},
                  arguments=arguments)
     return case
@@ -999,6 +1044,9 @@ def _case_join(*, case: RecoveryCase, run: Run, checkpoint: Checkpoint | None, a
                                              case__resumed_generation__lte=case.rejected_generation)
                       .values_list("pk", "case_id"))
     CaseRun.objects.create(case=case, run=run, checkpoint=checkpoint, action=action)
+    if case.run_id is None:  # a case opened before any run hit it (a broker's signal): the first run to join is its run
+        RecoveryCase.objects.filter(pk=case.pk, run__isnull=True).update(run=run, checkpoint=checkpoint, action=action)
+        case.run, case.checkpoint, case.action = run, checkpoint, action
     if superseded:
         CaseRun.objects.filter(pk__in=[pk for pk, _ in superseded]).update(resumed_at=timezone.now())
         for case_pk in sorted({c for _, c in superseded}):
@@ -1018,8 +1066,9 @@ def _case_join(*, case: RecoveryCase, run: Run, checkpoint: Checkpoint | None, a
         run.state = Run.State.PARKED
 
 
-def _case_open(*, conn: Connection, generation: int, c: Classification, status: int | None, run: Run,
-               checkpoint: Checkpoint | None, action: Action | None, actor: str) -> RecoveryCase:
+def _case_open(*, conn: Connection, generation: int, c: Classification, status: int | None, run: Run | None,
+               checkpoint: Checkpoint | None, action: Action | None, actor: str,
+               signal: dict[str, Any] | None = None) -> RecoveryCase:
     owner_required = c.failure_class in OWNER_CLASSES
     case = RecoveryCase.objects.create(
         namespace_id=conn.namespace_id, connection=conn, rejected_generation=generation, failure_class=str(c.failure_class), provider=conn.provider,
@@ -1031,13 +1080,15 @@ def _case_open(*, conn: Connection, generation: int, c: Classification, status: 
     gen = CredentialGeneration.objects.filter(connection=conn, number=generation).first()
     if gen is not None and gen.state == CredentialGeneration.State.ISSUED:
         CredentialGeneration.objects.filter(pk=gen.pk).update(state=CredentialGeneration.State.REJECTED, rejected_at=timezone.now())
-    audit_record(actor=actor, action="case.opened", entity_type="case", entity_id=case.reference, case=case, run_id=run.pk,
+    audit_record(actor=actor, action="case.opened", entity_type="case", entity_id=case.reference, case=case,
+                 run_id=run.pk if run else "",
                  connection_id=conn.pk, before=None,
                  after={"state": CaseState.OPENED, "failure_class": case.failure_class, "provider": conn.provider,
                         "provider_code": case.provider_code, "rejected_generation": generation, "owner_required": owner_required},
                  arguments={"provider_error": case.provider_error,
                             "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
-                            "action_key": action.action_key if action else None})
+                            "action_key": action.action_key if action else None,
+                            **({"signal": signal} if signal else {})})
     # Same transaction: reauth's receiver creates the owner's reconnect request and owes its notification.
     signals.case_opened.send(sender=RecoveryCase, case=case, actor=actor)
     return case
@@ -1177,6 +1228,55 @@ def credential_failure_report(
                            checkpoint=checkpoint, action=action, actor=actor, open_case_for_unknown=True)
 
 
+@transaction.atomic
+def case_open_from_signal(*, connection_id: str, classification: Classification, signal: dict[str, Any],
+                          actor: str) -> tuple[RecoveryCase | None, bool]:
+    """A credential system (a broker's webhook or status) says the current grant is dead before any worker hit it.
+
+    For an owner class (dead grant, interaction required) the connection's current generation is marked
+    rejected and a case is opened with no run yet -- in the same transaction, under the connection's
+    exclusive lock, so the next ``action_begin`` on it parks and joins this case. Returns ``(case, opened)``;
+    a case already open for the generation is returned unchanged (``opened`` False), and any other class opens
+    nothing (``(None, False)``): the caller records it on the timeline.
+    """
+    conn = _lock_connection(connection_id, exclusive=True)
+    case = _open_case_for(conn, conn.current_generation)
+    if case is not None or classification.failure_class not in OWNER_CLASSES:
+        return case, False
+    try:
+        with transaction.atomic():
+            case = _case_open(conn=conn, generation=conn.current_generation, c=classification, status=None, run=None,
+                              checkpoint=None, action=None, actor=actor, signal=signal)
+    except IntegrityError:  # the partial unique index caught a concurrent opener
+        return _open_case_for(conn, conn.current_generation), False
+    return case, True
+
+
+@transaction.atomic
+def case_recover_without_reconnect(*, case_id: str | int, actor: str, evidence: dict[str, Any]) -> RecoveryCase:
+    """The credential system recovered the rejected grant by itself (Nango's retried refresh succeeded).
+
+    Only while nobody has reconnected: the case still waits for its owner and the connection is still at the
+    rejected generation. The generation is issued again (it works); a case no run has joined is closed as
+    recovered, and a case with parked runs is marked reauthorized *at the same generation* and owed the
+    pipeline's reconcile-and-release step (``cases.pipeline``), like any reauthorized case. Otherwise it returns the case unchanged.
+    """
+    conn = _lock_connection(_case_connection_id(case_id), exclusive=True)
+    case = case_lock(case_id)
+    if case.state not in (CaseState.OPENED, CaseState.AWAITING_OWNER) or conn.current_generation != case.rejected_generation:
+        return case
+    CredentialGeneration.objects.filter(connection=conn, number=case.rejected_generation,
+                                        state=CredentialGeneration.State.REJECTED).update(
+        state=CredentialGeneration.State.ISSUED, rejected_at=None)
+    arguments = {"recovered_by": "provider", "generation": case.rejected_generation, **evidence}
+    if not CaseRun.objects.filter(case=case).exists():
+        return case_transition(case, to=CaseState.CLOSED, actor=actor, arguments=arguments)
+    case = case_transition(case, to=CaseState.REAUTHORIZED, actor=actor, arguments=arguments,
+                           resumed_generation=case.rejected_generation)
+    case_reconcile_owe(case=case)  # the pipeline's usual reconcile-and-release, owed in this transaction
+    return case
+
+
 # --------------------------------------------------------------------------- case lifecycle
 
 
@@ -1261,6 +1361,8 @@ def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool =
     case_transition(case, to=CaseState.RESUMING, actor=actor,
                     arguments={"reconcile_in_worker": [f"{r}/{k}" for r, k in ambiguous]} if ambiguous else None)
     _case_release_runs(case, actor=actor, retry=retry)
+    if not CaseRun.objects.filter(case=case).exists():  # opened by a broker's signal; no run ever waited on it
+        case_transition(case, to=CaseState.RESUMED, actor=actor, arguments={"runs": 0})
     return case
 
 

@@ -148,9 +148,11 @@ def _reconnect(e) -> tuple[str, str, str]:
     if what in ("sign_in_started", "opened", "link_opened"):
         return (CREDENTIAL, "Owner opened the link", _compact(args.get("provider_app")))
     if what == "identity_mismatch":
+        held = (f"; {args['custody']} now holds this other account's grant: the connection stays blocked until the "
+                f"expected account reconnects") if args.get("custody") else ""
         return (CREDENTIAL, "Identity refused",
                 f"expected {_identity(args.get('expected'))}; presented {_identity(args.get('presented'))}"
-                f" (mismatched: {', '.join(args.get('mismatched') or []) or '?'})")
+                f" (mismatched: {', '.join(args.get('mismatched') or []) or '?'}){held}")
     if what == "consumed":
         return (CREDENTIAL, "Identity verified", _identity(args.get("identity")))
     if what == "notify_failed":
@@ -174,6 +176,13 @@ DESCRIBERS: dict[str, Describer] = {
                               lambda e: f"{_gen(_d(e.before).get('generation'))} → {_gen(_d(e.after).get('generation'))}"),
     "credential.custody_stored": _simple(CREDENTIAL, "New grant handed to custody",
                                          lambda e: f"{_d(e.after).get('custody', '')}, generation {_gen(_d(e.after).get('generation'))}"),
+    "credential.custody_broker": _simple(CREDENTIAL, "Grant stays with the broker",
+                                         lambda e: f"{_d(e.after).get('custody', '')} {_d(e.after).get('reference', '')}, "
+                                                   f"identity proved by {_d(e.after).get('proof', '?')}, "
+                                                   f"generation {_gen(_d(e.after).get('generation'))}"),
+    "broker.signal": _simple(CREDENTIAL, "Broker signal",
+                             lambda e: f"{_d(e.arguments).get('kind', '')}: {_d(e.arguments).get('outcome', '')}"
+                                       + (f" ({_d(e.arguments).get('code')})" if _d(e.arguments).get("code") else "")),
     "checkpoint.recorded": _simple(RUNTIME, "Checkpoint saved",
                                    lambda e: " / ".join(dict.fromkeys(str(v) for v in (_d(e.after).get("checkpoint_id"),
                                                                                         _d(e.after).get("label")) if v))),

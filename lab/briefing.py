@@ -51,6 +51,12 @@ class BriefingState(TypedDict, total=False):
     run_id: str
     connection_id: str
     token_url: str
+    nango_url: str
+    nango_integration: str
+    nango_connection: str
+    scalekit_url: str
+    scalekit_connector: str
+    scalekit_identifier: str
     mail_url: str
     recipient: str
     log: Annotated[list, operator.add]
@@ -74,6 +80,15 @@ _MEMOS: dict[str, RefreshMemo] = {}
 _MEMOS_LOCK = threading.Lock()
 
 
+def refusal(resp: httpx.Response) -> ProviderError:
+    """The provider's (or the broker's) refusal as the worker reports it: status, body, content type."""
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        body = resp.text
+    return ProviderError(resp.status_code, body, {"Content-Type": resp.headers.get("content-type", "")})
+
+
 def credential(state: BriefingState) -> str:
     """An access token for the connection, refreshed through Revive's single-flight refresh claim.
 
@@ -85,6 +100,10 @@ def credential(state: BriefingState) -> str:
     conn_id = state["connection_id"]
     if state.get("vault"):
         return token_vault_credential(state)
+    if state.get("nango_url"):  # held by a broker: the broker refreshes, Revive's custody holds nothing
+        return nango_credential(state)
+    if state.get("scalekit_url"):
+        return scalekit_credential(state)
     with _MEMOS_LOCK:
         memo = _MEMOS.setdefault(conn_id, RefreshMemo())
     helper = revive().single_flight_credential(conn_id, load=lambda: _stored_access_token(conn_id),
@@ -135,16 +154,42 @@ def refresh_grant(state: BriefingState) -> str:
         "client_id": os.environ.get("REVIVE_LAB_IDP_CLIENT_ID", "revive-lab"),
         "client_secret": os.environ.get("REVIVE_LAB_IDP_CLIENT_SECRET", "")})
     if resp.status_code != 200:
-        try:
-            body: Any = resp.json()
-        except ValueError:
-            body = resp.text
-        raise ProviderError(resp.status_code, body, {"Content-Type": resp.headers.get("content-type", "")})
+        raise refusal(resp)
     token = resp.json()
     custody.store(connection_id=conn_id, generation=generation, grant=Grant(
         access_token=token["access_token"], refresh_token=token.get("refresh_token") or grant.refresh_token,
         id_token=grant.id_token, expires_at=grant.expires_at, scope=grant.scope))
     return token["access_token"]
+
+
+def nango_credential(state: BriefingState) -> str:
+    """A broker-held connection: ask Nango (the lab's stand-in) for a fresh access token, as Nango's SDK does.
+
+    Nango refreshes at the provider; a refusal comes back as Nango's ``refresh_token_external_error`` with the
+    provider's body inside, raised as ``ProviderError`` for Revive to classify.
+    """
+    resp = httpx.get(f"{state['nango_url']}/connections/{state['nango_connection']}", timeout=15,
+                     params={"provider_config_key": state["nango_integration"], "force_refresh": "true"},
+                     headers={"Authorization": f"Bearer {os.environ.get('REVIVE_LAB_NANGO_SECRET_KEY', '')}"})
+    if resp.status_code != 200:
+        raise refusal(resp)
+    return resp.json()["credentials"]["access_token"]
+
+
+def scalekit_credential(state: BriefingState) -> str:
+    """A Scalekit connected account: its token, if the account is ``ACTIVE``; otherwise its status is the refusal."""
+    base = state["scalekit_url"]
+    env_token = httpx.post(f"{base}/oauth/token", timeout=15, data={
+        "grant_type": "client_credentials", "client_id": os.environ.get("REVIVE_LAB_SCALEKIT_CLIENT_ID", ""),
+        "client_secret": os.environ.get("REVIVE_LAB_SCALEKIT_CLIENT_SECRET", "")}).json()["access_token"]
+    resp = httpx.get(f"{base}/api/v1/connected_accounts/auth", timeout=15, headers={"Authorization": f"Bearer {env_token}"},
+                     params={"connector": state["scalekit_connector"], "identifier": state["scalekit_identifier"],
+                             "refresh": "true"})
+    account = resp.json().get("connected_account") if resp.status_code == 200 else None
+    if not account or account.get("status") != "ACTIVE":
+        raise ProviderError(resp.status_code if resp.status_code != 200 else 400,
+                            {"connected_account": {"status": (account or {}).get("status", "UNKNOWN")}}, {})
+    return account["authorization_details"]["oauth_token"]["access_token"]
 
 
 # --------------------------------------------------------------------------- the mail service

@@ -43,8 +43,10 @@ from reauth.custody import Grant, get_custody
 from . import briefing
 from .idp import IdpSession, LabIdp, expires_at
 from .processes import Pidfile, spawn, stop
+from .nango_standin import INTEGRATION as NANGO_INTEGRATION, NangoStandIn
 from .provider_standin import ProviderStandIn
 from .token_vault_standin import UPSTREAM_ACCOUNTS, TokenVaultStandIn
+from .scalekit_standin import CONNECTOR as SCALEKIT_CONNECTOR, ScalekitStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {
@@ -59,7 +61,7 @@ EXTRA_SCENARIOS = {
 }
 SCENARIO_PROVIDERS = {"cae": ("entra",)}
 ALL_SCENARIOS = {**SCENARIOS, **EXTRA_SCENARIOS}
-PROVIDERS = ("entra", "oidc", "auth0", "auth0-token-vault")  # the first is the default (the product page's)
+PROVIDERS = ("entra", "oidc", "auth0", "auth0-token-vault", "nango", "scalekit")  # the first is the default (the product page's)
 TOKEN_VAULT = "auth0-token-vault"
 VAULT_CONNECTION = "google-oauth2"
 VAULT_USER = "auth0|ada"
@@ -67,6 +69,7 @@ WAIT = float(os.environ.get("REVIVE_LAB_WAIT", "120"))
 _LINK = re.compile(r"(https?://\S+/reconnect/l/rvr_[A-Za-z0-9_-]+)")
 _CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 _START = re.compile(r'<form[^>]*method="post"[^>]*action="([^"]*/start[^"]*)"')
+_BROKER_LINK = re.compile(r'id="broker-link" href="([^"]+)"')
 
 
 class ScenarioFailed(RuntimeError):
@@ -110,6 +113,17 @@ class LabWorld:
     """Where the session records the processes it starts (``lab.session.reap_leftovers``)."""
     runtime_server: object | None = None
     """The runtime's server the lab started (``lab.runtimes``), for runtimes other than LangGraph."""
+    nango: NangoStandIn | None = None
+    """The Nango stand-in, for ``--provider nango`` (the broker holds the grant)."""
+    scalekit: ScalekitStandIn | None = None
+    """The Scalekit stand-in, for ``--provider scalekit``."""
+
+    def broker_env(self) -> dict[str, str]:
+        env = {"REVIVE_LAB_NANGO_SECRET_KEY": self.nango.secret_key} if self.nango else {}
+        if self.scalekit:
+            env.update(REVIVE_LAB_SCALEKIT_CLIENT_ID=self.scalekit.client_id,
+                       REVIVE_LAB_SCALEKIT_CLIENT_SECRET=self.scalekit.client_secret)
+        return env
 
     @property
     def callback_url(self) -> str:
@@ -121,7 +135,7 @@ class LabWorld:
         """What the briefing's worker code reads: Revive's address and key, the token client's credentials."""
         os.environ.update(REVIVE_LAB_URL=self.revive_url, REVIVE_LAB_API_KEY=self.api_key,
                           REVIVE_LAB_IDP_CLIENT_ID=self.idp.client_id, REVIVE_LAB_IDP_CLIENT_SECRET=self.idp.client_secret,
-                          **self._vault_env())
+                          **self._vault_env(), **self.broker_env())
 
     def _vault_env(self) -> dict[str, str]:
         if self.vault is None:
@@ -131,7 +145,7 @@ class LabWorld:
     def worker_environment(self) -> dict[str, str]:
         return {**os.environ, **self.worker_env, "REVIVE_LAB_URL": self.revive_url, "REVIVE_LAB_API_KEY": self.api_key,
                 "REVIVE_LAB_IDP_CLIENT_ID": self.idp.client_id, "REVIVE_LAB_IDP_CLIENT_SECRET": self.idp.client_secret,
-                "PYTHONUNBUFFERED": "1", **self._vault_env()}
+                "PYTHONUNBUFFERED": "1", **self._vault_env(), **self.broker_env()}
 
 
 def token_vault_settings(vault: TokenVaultStandIn) -> dict:
@@ -198,6 +212,8 @@ class Owner:
         if response.status_code != 302:
             raise ScenarioFailed(f"starting the sign-in answered {response.status_code}")
         self.authorize_urls.append(response.headers["location"])
+        if "/broker" in response.headers["location"]:
+            return self._through_broker(str(response.url.join(response.headers["location"])), username)
         if self.world.vault is not None and response.headers["location"].startswith(self.world.vault.url):
             callback = self._upstream_consent(response.headers["location"], username)
         else:
@@ -210,6 +226,32 @@ class Owner:
                 "code": page.headers.get("x-revive-code", ""),
                 "consumed": outcome.endswith("/done"), "refused": outcome.endswith("/refused"),
                 "claims": parse_qs(urlsplit(self.authorize_urls[-1]).query).get("claims", [""])[0]}
+
+
+    def _through_broker(self, waiting: str, username: str) -> dict:
+        """Revive's waiting page links to the broker's Connect UI; sign in there, then follow the waiting page."""
+        page = self.http.get(waiting)
+        link = _BROKER_LINK.search(page.text)
+        if page.status_code != 200 or not link:
+            raise ScenarioFailed(f"no broker link on {waiting}: {page.status_code}")
+        import html
+
+        with IdpSession(self.world.idp) as person:
+            callback = person.authorize(html.unescape(link.group(1)), username)
+            done = person.http.get(callback)  # the broker stores the grant and tells Revive (signed webhook)
+        if done.status_code != 200:
+            raise ScenarioFailed(f"the broker's callback answered {done.status_code}")
+
+        def outcome():
+            response = self.http.get(waiting)
+            location = response.headers.get("location", "") if response.is_redirect else ""
+            return location if location.endswith(("/done", "/refused")) else None
+
+        location = wait_for(outcome, "Revive to prove the identity behind the broker's reconnect")
+        page = self.http.get(str(httpx.URL(waiting).join(location)))
+        return {"status": 302, "location": location, "page_status": page.status_code,
+                "code": page.headers.get("x-revive-code", ""),
+                "consumed": location.endswith("/done"), "refused": location.endswith("/refused")}
 
 
 def reconnect_link(world: LabWorld, case_reference: str, *, timeout: float = WAIT) -> str:
@@ -259,13 +301,33 @@ class Scenario:
 
     @property
     def token_url(self) -> str:
-        return self.world.idp.token_url if self.provider == "oidc" else f"{self.world.standin.url}/oauth2/v2.0/token"
+        return self.world.idp.token_url if self.provider in ("oidc", "nango", "scalekit") else f"{self.world.standin.url}/oauth2/v2.0/token"
+
+    @property
+    def nango_connection(self) -> str:
+        return f"nango-{self.connection_id}"
 
     def connect(self) -> None:
         """Register the connection with the owner's identity and put its first grant in custody (generation 1)."""
         if self.provider == TOKEN_VAULT:
             return self._connect_token_vault()
         user, idp = self.owner_user, self.world.idp
+        if self.provider == "nango":  # the broker holds the grant; Revive records the references and the identity
+            services.connection_create(connection_id=self.connection_id, owner_email=user["email"], provider="nango",
+                                       upstream_provider="oidc", provider_subject=user["sub"], provider_issuer=idp.issuer,
+                                       broker_integration=NANGO_INTEGRATION, broker_connection=self.nango_connection,
+                                       display_name="Microsoft ops mailbox (Nango)", actor="lab")
+            self.world.nango.connect(self.nango_connection, user["username"])
+            self.standin_from = len(self.world.standin.messages)
+            return
+        if self.provider == "scalekit":  # the account exists at Scalekit before Revive is told about it
+            self.world.scalekit.connect(self.nango_connection, user["username"])
+            services.connection_create(connection_id=self.connection_id, owner_email=user["email"], provider="scalekit",
+                                       upstream_provider="oidc", provider_subject=user["sub"], provider_issuer=idp.issuer,
+                                       broker_integration=SCALEKIT_CONNECTOR, broker_connection=self.nango_connection,
+                                       display_name="Microsoft ops mailbox (Scalekit)", actor="lab")
+            self.standin_from = len(self.world.standin.messages)
+            return
         identity = {
             "entra": dict(provider="entra", provider_subject=user["oid"], provider_tenant=user["tid"]),
             "auth0": dict(provider="auth0", provider_subject=user["sub"], provider_issuer=idp.issuer),
@@ -295,6 +357,17 @@ class Scenario:
         """The fault: the refresh token in custody stops working at its provider."""
         if self.provider == TOKEN_VAULT:  # the upstream grant behind the connected account disappears
             self.world.vault.revoke_upstream(VAULT_USER, VAULT_CONNECTION)
+        if self.provider == "nango":
+            status = self.world.idp.revoke(self.world.nango.refresh_token(self.nango_connection))
+            if status != 200:
+                raise ScenarioFailed(f"the identity provider refused the revocation ({status})")
+            return
+        if self.provider == "scalekit":
+            status = self.world.idp.revoke(self.world.scalekit.refresh_token(self.nango_connection))
+            if status != 200:
+                raise ScenarioFailed(f"the identity provider refused the revocation ({status})")
+            # Scalekit's next refresh of the account (when the worker asks for its token at 05) fails: the account
+            # turns EXPIRED, which Revive's poll sees as well as the worker.
             return
         grant = get_custody().load(connection_id=self.connection_id)
         if self.provider == "oidc":
@@ -310,6 +383,12 @@ class Scenario:
                  "mail_url": self.world.standin.url, "recipient": "exec-team@contoso.example"}
         if self.provider == TOKEN_VAULT:
             state["vault"] = {"url": self.world.vault.url, "connection": VAULT_CONNECTION}
+        if self.provider == "nango":
+            state.update(nango_url=self.world.nango.url, nango_integration=NANGO_INTEGRATION,
+                         nango_connection=self.nango_connection)
+        if self.provider == "scalekit":
+            state.update(scalekit_url=self.world.scalekit.url, scalekit_connector=SCALEKIT_CONNECTOR,
+                         scalekit_identifier=self.nango_connection)
         return state
 
     # -- running the graph ----------------------------------------------------------------

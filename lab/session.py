@@ -6,6 +6,9 @@ Used by ``manage.py recovery_lab`` (Revive served from a thread of its own) and 
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 import os
 import secrets
 import shutil
@@ -25,6 +28,8 @@ from reauth.provider_settings import LAB_PROVIDER_ID
 from .briefing import GRAPH_NAME
 from .idp import LabIdp
 from .processes import Pidfile
+from .nango_standin import NangoStandIn
+from .scalekit_standin import ScalekitStandIn
 from .provider_standin import ProviderStandIn
 from . import scenarios
 from .runtimes import start_server
@@ -78,6 +83,38 @@ def reap_leftovers(out: Callable[[str], None] = lambda line: None) -> list[int]:
     return killed
 
 
+class ScalekitBeat:
+    """Runs ``reauth.scalekit_accounts_poll`` every half second, as the beat schedule does every minute."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self._stop = interval, threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scalekit-beat", daemon=True)
+
+    def start(self) -> "ScalekitBeat":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        from reauth.tasks import scalekit_accounts_poll
+
+        while not self._stop.wait(self.interval):
+            try:
+                started = time.monotonic()
+                result = scalekit_accounts_poll.apply()
+                if os.environ.get("REVIVE_LAB_DEBUG_BEAT"):
+                    print(f"beat {time.monotonic() - started:.2f}s {result.result}", file=sys.stderr)
+                if result.failed():
+                    logging.getLogger("lab").warning("scalekit poll failed: %r", result.result)
+            finally:
+                connection.close()  # a fresh connection (and snapshot) for each poll, as each beat task gets
+
+
 def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = False, out: Callable[[str], None],
             style=None, revive_url: str | None = None,
             on_result: Callable[[dict], None] | None = None, sdk: str = "python", runtime: str = "langgraph") -> list[dict]:
@@ -90,6 +127,9 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
     children = Pidfile(children_dir() / f"{os.getpid()}-{secrets.token_hex(2)}.json")
     standin = ProviderStandIn(provider=provider if provider in ("entra", "auth0") else "entra").start()
     vault = TokenVaultStandIn().start()
+    nango = NangoStandIn().start() if provider == "nango" else None
+    scalekit = ScalekitStandIn().start() if provider == "scalekit" else None
+    beat = None
     server = None
     if revive_url is None:
         server, revive_url = serve_revive()
@@ -108,24 +148,38 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         # Started from this thread, which runs the whole session: the provider dies with it (lab.processes).
         try:
             idp = LabIdp.start(var_dir=Path(settings.VAR_DIR) / "lab-idp", children=children,
-                               redirect_uris=[f"{revive_url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"])
+                               redirect_uris=[f"{revive_url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/",
+                                              *[s.callback_url for s in (nango, scalekit) if s]])
         finally:
             compiler.join()
         if "error" in box:
             raise box["error"]
         out(f"  identity     {idp.url}  (allauth OIDC provider, pid {idp.process.pid})")
         out(f"  mail + token {standin.url}  (provider stand-in)")
+        broker_settings = {}
+        if nango is not None:
+            nango.idp, nango.webhook_url = idp, f"{revive_url}/webhooks/nango/default"
+            broker_settings = dict(REVIVE_NANGO_URL=nango.url, REVIVE_NANGO_CONNECT_URL=nango.connect_url,
+                                   REVIVE_NANGO_SECRET_KEY=nango.secret_key, REVIVE_NANGO_WEBHOOK_SIGNING_KEY=nango.signing_key)
+            out(f"  nango        {nango.url}  (Nango stand-in: connect sessions, Connect UI, connections, signed webhooks)")
+        if scalekit is not None:
+            scalekit.idp = idp
+            broker_settings = dict(REVIVE_SCALEKIT_ENVIRONMENT_URL=scalekit.url, REVIVE_SCALEKIT_CLIENT_ID=scalekit.client_id,
+                                   REVIVE_SCALEKIT_CLIENT_SECRET=scalekit.client_secret)
+            out(f"  scalekit     {scalekit.url}  (Scalekit stand-in: connected accounts, magic links)")
         lab_key, key = services.api_key_create(name=f"lab-{session.name}", actor="lab")
         world = LabWorld(revive_url=revive_url, api_key=key, idp=idp, standin=standin, mailbox=session / "mail",
                          var_dir=session, vault=vault, children=children,
-                         runtime_server=runtime_server)
+                         runtime_server=runtime_server, nango=nango, scalekit=scalekit)
         world.export_env()
         with override_settings(PUBLIC_BASE_URL=revive_url, SOCIALACCOUNT_PROVIDERS=socialaccount_providers_for(idp),
                                EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
                                EMAIL_FILE_PATH=str(session / "mail"), REVIVE_AUTH0_TOKEN_VAULT=token_vault_settings(vault),
-                               **(runtime_server.settings() if runtime_server is not None else {})):
+                               **(runtime_server.settings() if runtime_server is not None else {}), **broker_settings):
             timeline = LiveTimeline(out, style=style).start()
             scenarios.progress = lambda line: (timeline.flush(), out(line))
+            if scalekit is not None:
+                beat = ScalekitBeat().start()  # what Celery beat does in production: poll the connected accounts
             for name in names:
                 timeline.flush()
                 out(heading(f"\n▶ {ALL_SCENARIOS[name]}  ({name}, provider {provider}, {runtime}, {sdk} worker)"))
@@ -143,6 +197,8 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         # First: the session's worker key dies with the session, however it ends (Ctrl-C raises KeyboardInterrupt here).
         if lab_key is not None:
             services.api_key_revoke(key_id=lab_key.pk, actor="lab")
+        if beat is not None:
+            beat.stop()
         if timeline is not None:
             timeline.stop()
         if server is not None:
@@ -150,6 +206,9 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
             server.server_close()
         standin.stop()
         vault.stop()
+        for broker in (nango, scalekit):
+            if broker is not None:
+                broker.stop()
         if idp is not None:
             idp.stop()
         reset_adapters()

@@ -6,10 +6,14 @@
 - ``cases.signals.owner_link_resend``: an operator's resend replaces the case's latest request.
 - the outbox kind ``reauth.notify_owner``: the owner's e-mail and webhook, retried with backoff; when the
   attempts are used up the failure is audited on the case and shown in the admin's outbox list.
+- the outbox kind ``reauth.broker_signal``: a broker's re-authorization is proved and settled
+  (``reauth.brokers.services.broker_reauthorized``), retried while the broker or the issuer cannot be reached;
+  when the attempts are used up the signal is ``failed`` on the connection's timeline.
 """
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.dispatch import receiver
 
 from audit.services import audit_record
@@ -18,6 +22,7 @@ from cases.models import OutboxItem, RecoveryCase
 from cases.outbox import Done, Retry, outbox_handler
 
 from . import services
+from .brokers import services as brokers
 from .errors import NotificationDeliveryFailed
 
 
@@ -57,3 +62,16 @@ def _notify_owner(item: OutboxItem) -> Done | Retry:
     if outcome.email == "in_progress":  # another attempt holds the claim; if it died, the claim runs out
         return Retry(error="another notification attempt holds the request")
     return Done(f"email {outcome.email}, webhook {outcome.webhook}")
+
+
+def _broker_signal_exhausted(item: OutboxItem) -> None:
+    brokers.broker_signal_give_up(signal_id=item.payload["signal_id"], error=item.last_error)
+
+
+@outbox_handler(brokers.BROKER_SIGNAL, max_attempts=lambda: settings.REVIVE_BROKER_MAX_ATTEMPTS, backoff_first=5.0,
+                backoff_max=600.0, on_exhausted=_broker_signal_exhausted)
+def _broker_signal(item: OutboxItem) -> Done | Retry:
+    try:
+        return Done(brokers.broker_reauthorized(signal_id=item.payload["signal_id"]))
+    except brokers.ProofUnavailable as exc:
+        return Retry(error=f"identity proof unavailable: {exc}")

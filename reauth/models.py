@@ -77,3 +77,42 @@ class CustodyGrant(models.Model):
 
     def __repr__(self) -> str:
         return f"<CustodyGrant {self.connection_id} g{self.generation}>"
+
+
+class BrokerSignal(models.Model):
+    """One signal from a broker (a Nango webhook delivery, a Scalekit status change), recorded once.
+
+    ``digest`` keys one delivery: the SHA-256 of its raw body (``body_digest``) together with where the connection
+    stood when it came -- its generation and the last different signal (Nango repeats identical bodies for two
+    separate events, e.g. two refresh failures with a recovery between them) and, for a re-authorization, the
+    owner's latest reconnect attempt. A retried or duplicated delivery finds its row and has no second effect. Only the non-secret fields of a delivery are
+    kept (``payload``); broker auth webhooks carry no token. ``state`` says what Revive still owes for it: a
+    ``pending`` signal is processed by a Celery task and, if that is lost, by the beat sweep, until it is
+    ``processed``, ``ignored``, or ``failed`` (then it is on the connection's timeline for an operator).
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        PROCESSED = "processed"
+        IGNORED = "ignored"
+        FAILED = "failed"
+
+    source = models.CharField(max_length=20)
+    namespace = models.CharField(max_length=64, default="default")
+    digest = models.CharField(max_length=64)
+    body_digest = models.CharField(max_length=64, blank=True, default="")
+    kind = models.CharField(max_length=60, help_text="type.operation (Nango) or status (Scalekit).")
+    connection = models.ForeignKey(Connection, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    payload = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
+    outcome = models.CharField(max_length=60, blank=True, default="")
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "namespace", "digest"], name="broker_signal_once")]
+        indexes = [models.Index(fields=["state", "received_at"])]
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.kind} ({self.state})"

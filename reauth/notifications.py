@@ -52,8 +52,9 @@ def message_context(*, req, case) -> dict[str, Any]:
         "provider_name": conn.get_provider_display(),
         "owner_email": conn.owner_email,
         "owner_name": conn.owner_name,
-        "workflow_name": run.workflow_name,
-        "run_id": run.pk,
+        # A case a broker opened before any run hit it names the connection until a run joins.
+        "workflow_name": run.workflow_name if run is not None else (conn.display_name or conn.pk),
+        "run_id": run.pk if run is not None else "",
         "checkpoint": (case.checkpoint.label or case.checkpoint.checkpoint_id) if case.checkpoint_id else "",
         "action_key": case.action.action_key if case.action_id else "",
         "provider_code": case.provider_code,

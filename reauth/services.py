@@ -83,7 +83,7 @@ def _audit(req: ReconnectRequest, *, case: RecoveryCase, actor: str, action: str
            after: dict | None = None, arguments: dict | None = None, outcome: str = "ok") -> Any:
     return audit_record(
         actor=actor, action=action, entity_type="reconnect_request", entity_id=str(req.public_id), case=case,
-        run_id=case.run_id, connection_id=req.connection_id, before=before, after=after, arguments=arguments, outcome=outcome,
+        run_id=case.run_id or "", connection_id=req.connection_id, before=before, after=after, arguments=arguments, outcome=outcome,
     )
 
 
@@ -388,8 +388,12 @@ class Completion:
     mismatched: tuple[str, ...] = ()
 
 
-def reconnect_request_complete(*, public_id: UUID | str, presented: ProviderIdentity, grant: Grant, actor: str) -> Completion:
+def reconnect_request_complete(*, public_id: UUID | str, presented: ProviderIdentity, grant: Grant | None, actor: str,
+                               proof: dict[str, Any] | None = None) -> Completion:
     """Settle a request with the identity a sign-in proved.
+
+    ``grant`` is ``None`` for a broker-held connection: the broker already holds the new grant, Revive stores
+    none and records only where custody is (``proof`` says how the identity was proved, for the audit log).
 
     The same identity (see ``reauth.identity``): the request is consumed,
     the connection's generation advances by exactly one (``case_reauthorize``),
@@ -410,7 +414,7 @@ def reconnect_request_complete(*, public_id: UUID | str, presented: ProviderIden
             req = _lock(row["pk"])
             problem = _settle(req, case=case, actor=actor)
             if problem is None:
-                result = _complete_locked(req=req, case=case, presented=presented, grant=grant, actor=actor)
+                result = _complete_locked(req=req, case=case, presented=presented, grant=grant, actor=actor, proof=proof or {})
     except (CaseTransitionNotAllowed, LeaseFenced):
         # The case or the generation moved between our read and case_reauthorize: the link no longer applies.
         with transaction.atomic():
@@ -422,10 +426,11 @@ def reconnect_request_complete(*, public_id: UUID | str, presented: ProviderIden
     return result
 
 
-def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: ProviderIdentity, grant: Grant, actor: str) -> Completion:
+def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: ProviderIdentity, grant: Grant | None, actor: str,
+                     proof: dict[str, Any]) -> Completion:
     conn = Connection.objects.get(pk=req.connection_id)
     expected = expected_identity(conn)
-    verdict = compare(rule=rule_for(conn.provider), expected=expected, presented=presented)
+    verdict = compare(rule=rule_for(conn.identity_provider), expected=expected, presented=presented)
     if not verdict.matches:
         limit = settings.REVIVE_RECONNECT_MAX_REFUSALS
         req.refusals += 1
@@ -434,7 +439,7 @@ def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: Pr
                        before={"state": req.state},
                        after={"refusals": req.refusals, "limit": limit},
                        arguments={"rule": verdict.rule, "mismatched": list(verdict.mismatched),
-                                  "expected": expected.evidence(), "presented": presented.evidence()})
+                                  "expected": expected.evidence(), "presented": presented.evidence(), **proof})
         locked = req.refusals >= limit
         if locked:
             _move(req, case=case, to=ReconnectRequest.State.LOCKED, actor=actor, locked_at=timezone.now(),
@@ -449,11 +454,17 @@ def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: Pr
     case = recovery_reauthorized(case_id=case.pk, actor=actor,
                                  evidence={"reconnect_request": str(req.public_id), "identity": presented.evidence(), "rule": verdict.rule})
     generation = case.resumed_generation
-    custody = get_custody()
-    reference = custody.store(connection_id=conn.pk, generation=generation, grant=grant)
-    audit_record(actor=actor, action="credential.custody_stored", entity_type="connection", entity_id=conn.pk, case=case,
-                 run_id=case.run_id, connection_id=conn.pk,
-                 after={"generation": generation, "custody": custody.name, "reference": reference,
-                        "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
-                        "renewable": bool(grant.refresh_token)})
+    if grant is None:  # broker-held: the broker keeps the grant the owner just gave it; Revive stores no token
+        audit_record(actor=actor, action="credential.custody_broker", entity_type="connection", entity_id=conn.pk, case=case,
+                     run_id=case.run_id or "", connection_id=conn.pk,
+                     after={**proof, "generation": generation, "custody": conn.provider, "integration": conn.broker_integration,
+                            "reference": conn.broker_connection or conn.broker_account})
+    else:
+        custody = get_custody()
+        reference = custody.store(connection_id=conn.pk, generation=generation, grant=grant)
+        audit_record(actor=actor, action="credential.custody_stored", entity_type="connection", entity_id=conn.pk, case=case,
+                     run_id=case.run_id or "", connection_id=conn.pk,
+                     after={"generation": generation, "custody": custody.name, "reference": reference,
+                            "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
+                            "renewable": bool(grant.refresh_token)})
     return Completion(public_id=str(req.public_id), consumed=True, generation=generation)

@@ -25,3 +25,11 @@ def notify_owner(request_id: int) -> dict:
 def expire_reconnect_requests() -> int:
     """Beat: settle links past their expiry or whose case moved on."""
     return services.reconnect_requests_expire(actor="system:beat")
+
+
+@shared_task(name="reauth.scalekit_accounts_poll")
+def scalekit_accounts_poll() -> dict:
+    """Beat: read the status of registered Scalekit connected accounts (bounded per run, with backoff per account)."""
+    from .brokers import scalekit
+
+    return scalekit.accounts_poll().as_dict()

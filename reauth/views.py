@@ -28,6 +28,7 @@ from audit.models import AuditEvent
 from cases.models import CaseState
 
 from . import providers, relink, selectors, services
+from .brokers import flows as broker_flows
 from .errors import (
     CsrfFailed,
     MethodNotAllowed,
@@ -36,6 +37,7 @@ from .errors import (
     ReconnectIdentityMismatch,
     ReconnectLinkInvalid,
     ReconnectLinkLocked,
+    ReconnectLinkUsed,
     ReconnectNextNotAllowed,
     ReconnectNotCompleted,
     ReconnectSessionRequired,
@@ -192,8 +194,9 @@ def _summary(req: ReconnectRequest) -> dict[str, Any]:
         "case": case,
         "connection": conn,
         "provider_name": provider,
-        "workflow_name": case.run.workflow_name,
-        "run_id": case.run_id,
+        "workflow_name": case.run.workflow_name if case.run_id else (conn.display_name or conn.pk),
+        "run_id": case.run_id or "",
+        "broker": conn.get_provider_display() if conn.broker_held else "",
         "checkpoint": (case.checkpoint.label or case.checkpoint.checkpoint_id) if case.checkpoint_id else "",
         "action_key": case.action.action_key if case.action_id else "",
         "failure_text": FAILURE_TEXT.get(case.failure_class, "{provider} refused the saved sign-in.").format(provider=provider),
@@ -245,8 +248,8 @@ def landing(request: HttpRequest, public_id) -> HttpResponse:
     req = selectors.reconnect_request_get(public_id)
     context = _summary(req)
     context["relink"] = _is_relink(req)
-    apps = [] if context["relink"] else providers.sign_in_apps(request, req.connection)
-    context["sign_in_app"] = apps[0] if apps else context["relink"]
+    apps = [] if context["relink"] or req.connection.broker_held else providers.sign_in_apps(request, req.connection)
+    context["sign_in_app"] = apps[0] if apps else (req.connection.provider if req.connection.broker_held else context["relink"])
     context["attempts_left"] = max(_max_refusals() - req.refusals, 0)
     context["refusals"] = req.refusals
     return render(request, "reauth/landing.html", context)
@@ -272,13 +275,20 @@ def start(request: HttpRequest, public_id) -> HttpResponse:
             if form.cleaned_data["next"]:
                 _remember_next(request, req, form.cleaned_data["next"])
             return redirect(target)
-        app = providers.sign_in_app_for(request, req.connection)
-        services.reconnect_sign_in_started(public_id=req.public_id, provider_app=app.provider_id,
-                                           claims=(req.case.provider_error or {}).get("claims", ""))
+        if req.connection.broker_held:
+            services.reconnect_sign_in_started(public_id=req.public_id, provider_app=req.connection.provider)
+            broker_url = broker_flows.reconnect_start(req.connection)
+        else:
+            app = providers.sign_in_app_for(request, req.connection)
+            services.reconnect_sign_in_started(public_id=req.public_id, provider_app=app.provider_id,
+                                               claims=(req.case.provider_error or {}).get("claims", ""))
     except ReconnectError as exc:
         return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
     if form.cleaned_data["next"]:
         _remember_next(request, req, form.cleaned_data["next"])
+    if req.connection.broker_held:
+        _session_broker_started(request, req, broker_url)
+        return redirect("reauth:broker", public_id=req.public_id)
     provider = get_social_adapter(request).get_provider(request, app.provider_id)
     auth_params = providers.sign_in_auth_params(provider, req.connection, req.case)
     return provider.redirect(
@@ -375,6 +385,7 @@ def refused(request: HttpRequest, public_id) -> HttpResponse:
         "attempts_left": max(_max_refusals() - req.refusals, 0),
         "locked": req.state == ReconnectRequest.State.LOCKED,
         "can_retry": req.state == ReconnectRequest.State.ACTIVE,
+        "broker_holds_other_account": req.connection.broker_held,
     })
     exc = ReconnectLinkLocked() if context["locked"] else ReconnectIdentityMismatch()
     context.update({"error": exc, "code": exc.code})
@@ -383,6 +394,53 @@ def refused(request: HttpRequest, public_id) -> HttpResponse:
     response = render(request, "reauth/mismatch.html", context, status=exc.status)
     response["X-Revive-Code"] = exc.code
     return response
+
+
+# --------------------------------------------------------------------------- broker-held connections
+
+
+def _session_broker_started(request: HttpRequest, req: ReconnectRequest, url: str) -> None:
+    """Remember the broker's page for this request and where the audit log stood, to see this attempt's outcome."""
+    state = _session_state(request)
+    since = AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    state.setdefault("broker", {})[str(req.public_id)] = {"url": url, "since": since}
+    request.session[SESSION_KEY] = state
+
+
+@_page
+@_allow("GET")
+def broker(request: HttpRequest, public_id) -> HttpResponse:
+    """While the owner re-authorizes at the broker: a link to the broker's page; this page follows the outcome.
+
+    The broker tells Revive by webhook (Nango) or status (Scalekit); Revive proves the identity and settles the
+    request. This page refreshes itself until then and moves to the done or the refused page.
+    """
+    try:
+        req = _bound_request(request, public_id)
+    except ReconnectError as exc:
+        return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
+    if req.state == ReconnectRequest.State.CONSUMED:
+        return redirect("reauth:done", public_id=req.public_id)
+    started = _session_state(request).get("broker", {}).get(str(req.public_id))
+    if not started:
+        return redirect("reauth:landing", public_id=req.public_id)
+    refusal = (AuditEvent.objects.filter(pk__gt=started["since"], action="reconnect.identity_mismatch",
+                                         entity_id=str(req.public_id)).order_by("-pk").values_list("pk", flat=True).first())
+    if refusal:
+        state = _session_state(request)
+        state["broker"][str(req.public_id)]["since"] = refusal
+        request.session[SESSION_KEY] = state
+        session_remember_refusal(request, req.public_id, refusal)
+        return redirect("reauth:refused", public_id=req.public_id)
+    try:
+        services.reconnect_request_check(public_id=req.public_id)
+    except ReconnectLinkUsed:  # consumed since we looked
+        return redirect("reauth:done", public_id=req.public_id)
+    except ReconnectError as exc:
+        return problem_response(request, exc, req=req)
+    context = _summary(req)
+    context["broker_url"] = started["url"]
+    return render(request, "reauth/broker.html", context)
 
 
 @_page

@@ -211,6 +211,7 @@ CELERY_BEAT_SCHEDULE = {
     # The transactional outbox's sweep (cases.outbox) and the watchdog of resumed runs (cases.pipeline).
     "outbox-sweep": {"task": "cases.outbox_sweep", "schedule": env.float("REVIVE_OUTBOX_SWEEP_INTERVAL", default=15.0)},
     "pipeline-watch": {"task": "cases.pipeline_watch", "schedule": env.float("REVIVE_WATCH_INTERVAL", default=15.0)},
+    "scalekit-accounts-poll": {"task": "reauth.scalekit_accounts_poll", "schedule": 60.0},
 }
 
 # --- Revive -----------------------------------------------------------------
@@ -299,6 +300,20 @@ REVIVE_RECONNECT_WEBHOOK_TIMEOUT = env.float("REVIVE_RECONNECT_WEBHOOK_TIMEOUT",
 if REVIVE_RECONNECT_WEBHOOK_URL and not REVIVE_RECONNECT_WEBHOOK_SECRET:
 
     raise ImproperlyConfigured("REVIVE_RECONNECT_WEBHOOK_URL is set: REVIVE_RECONNECT_WEBHOOK_SECRET (the HMAC key) is required")
+REVIVE_ENTRA_AUTHORITY = env.str("REVIVE_ENTRA_AUTHORITY", default="https://login.microsoftonline.com")
+# Broker-held connections (reauth.brokers): the broker keeps the grant; Revive keeps references and proves identity.
+REVIVE_NANGO_URL = env.str("REVIVE_NANGO_URL", default="https://api.nango.dev")
+REVIVE_NANGO_CONNECT_URL = env.str("REVIVE_NANGO_CONNECT_URL", default="https://connect.nango.dev")
+REVIVE_NANGO_SECRET_KEY = env.str("REVIVE_NANGO_SECRET_KEY", default="")
+REVIVE_NANGO_WEBHOOK_SIGNING_KEY = env.str("REVIVE_NANGO_WEBHOOK_SIGNING_KEY", default="")
+# {"<namespace>": "<signing key>"} for namespaces whose connections live in another Nango environment.
+REVIVE_NANGO_WEBHOOK_SIGNING_KEYS = env.json("REVIVE_NANGO_WEBHOOK_SIGNING_KEYS", default={})
+REVIVE_SCALEKIT_ENVIRONMENT_URL = env.str("REVIVE_SCALEKIT_ENVIRONMENT_URL", default="")
+REVIVE_SCALEKIT_CLIENT_ID = env.str("REVIVE_SCALEKIT_CLIENT_ID", default="")
+REVIVE_SCALEKIT_CLIENT_SECRET = env.str("REVIVE_SCALEKIT_CLIENT_SECRET", default="")
+REVIVE_SCALEKIT_POLL_BATCH = env.int("REVIVE_SCALEKIT_POLL_BATCH", default=100)
+REVIVE_BROKER_TIMEOUT = env.float("REVIVE_BROKER_TIMEOUT", default=10.0)
+REVIVE_BROKER_MAX_ATTEMPTS = env.int("REVIVE_BROKER_MAX_ATTEMPTS", default=8)
 REVIVE_CREDENTIAL_CUSTODY = env.str("REVIVE_CREDENTIAL_CUSTODY", default="reauth.custody.DatabaseCustody")
 # Auth0 Token Vault (connections of provider auth0_token_vault): {"domain", "client_id", "client_secret",
 # "connections": {"<auth0 connection>": {"userinfo_url", "issuer", "scopes": [...]}}} -- see reauth/relink.py.
@@ -316,7 +331,7 @@ SOCIALACCOUNT_PROVIDERS = socialaccount_providers(
     entra_client_id=env.str("REVIVE_ENTRA_CLIENT_ID", default=""),
     entra_client_secret=env.str("REVIVE_ENTRA_CLIENT_SECRET", default=""),
     entra_tenants=env.list("REVIVE_ENTRA_TENANTS", default=[]),
-    entra_authority=env.str("REVIVE_ENTRA_AUTHORITY", default="https://login.microsoftonline.com"),
+    entra_authority=REVIVE_ENTRA_AUTHORITY,
     entra_scope=env.list("REVIVE_ENTRA_SCOPE", default=[]),
     entra_client_capabilities=env.list("REVIVE_ENTRA_CLIENT_CAPABILITIES", default=["cp1"]),
     auth0_url=env.str("REVIVE_AUTH0_URL", default=""),

@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from reauth.webhooks import nango_webhook
+
 from .api import operator_api, worker_api
 from .metrics import metrics_view
 
@@ -13,6 +15,7 @@ urlpatterns = [
     path("api/v1/", worker_api.urls),
     path("api/v2/admin/operator/", operator_api.urls),
     path("reconnect/", include("reauth.urls")),
+    path("webhooks/nango/<str:namespace>", nango_webhook, name="nango-webhook"),  # signed; the one CSRF-exempt view
     path("accounts/", include("reauth.allauth_urls")),  # allauth's provider callbacks only
     path("lab/", include("lab.urls")),
     path("metrics", metrics_view, name="metrics"),  # Prometheus; off unless REVIVE_METRICS_TOKEN is set  # the recovery lab: staff only, off in production

@@ -178,3 +178,20 @@ def test_recovery_lab_on_temporal_runs_the_four_scenarios_with_its_own_test_serv
 
 def test_recovery_lab_on_restate_runs_the_four_scenarios_with_its_own_restate_server(tmp_path):
     assert_four_on("restate", tmp_path)
+
+
+def test_recovery_lab_with_the_grant_held_by_nango_and_by_scalekit(tmp_path):
+    """``--provider nango`` / ``scalekit``: the four scenarios with the broker stand-ins; Revive stores no token."""
+    env = embedded_env(tmp_path)
+    assert manage(env, "migrate", "-v0").returncode == 0
+    for broker in ("nango", "scalekit"):
+        proc = manage(env, "recovery_lab", "--provider", broker, "--json", timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+        report = json.loads(proc.stdout)
+        assert report["ok"] is True and len(report["scenarios"]) == 4, broker
+        for r in report["scenarios"]:
+            assert (r["generation_before"], r["generation_after"], r["duplicate_effects_observed"]) == (1, 2, 0), r
+            assert r["live_transitions"] == [1, 2, 3, 4] and r["case_state"] == "resumed", r
+            assert r["failure_class"] == "dead_grant", r
+        wrong = next(r for r in report["scenarios"] if r["scenario"] == "wrong-account")
+        assert wrong["notes"]["refused"]["presented"]["label"] == "mallory@contoso.example"

@@ -168,14 +168,37 @@ class LabIdp:
         return httpx.post(f"{self.url}/identity/o/api/token",
                           data={"client_id": self.client_id, "client_secret": self.client_secret, **data}, timeout=10)
 
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/identity/o/api/token"
+
     def revoke(self, token: str, hint: str = "refresh_token") -> httpx.Response:
         return httpx.post(f"{self.url}/identity/o/api/revoke",
                           data={"client_id": self.client_id, "client_secret": self.client_secret, "token": token,
                                 "token_type_hint": hint}, timeout=10)
 
 
+# The Nango stand-in of the broker tests (tests/brokers) listens here; the provider must know its callback.
+NANGO_SECRET_KEY = "nango-secret-key-for-tests"
+NANGO_SIGNING_KEY = "nango-webhook-signing-key-for-tests"
+
+
+SCALEKIT_CLIENT_ID = "skc_tests"
+SCALEKIT_CLIENT_SECRET = "scalekit-client-secret-for-tests"
+
+
 @pytest.fixture(scope="session")
-def lab_idp(tmp_path_factory) -> LabIdp:
+def nango_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def scalekit_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def lab_idp(tmp_path_factory, nango_port, scalekit_port) -> LabIdp:
     home = tmp_path_factory.mktemp("lab_idp")
     port, revive_port = free_port(), free_port()
     env = {
@@ -191,7 +214,9 @@ def lab_idp(tmp_path_factory) -> LabIdp:
     seeded = subprocess.run(
         [*manage, "idp_seed", "--client-id", LAB_CLIENT_ID, "--client-secret", LAB_CLIENT_SECRET, "--password", LAB_PASSWORD,
          "--redirect-uri", f"http://127.0.0.1:{revive_port}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/",
-         "--redirect-uri", f"http://testserver/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"],
+         "--redirect-uri", f"http://testserver/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/",
+         "--redirect-uri", f"http://127.0.0.1:{nango_port}/oauth/callback",
+         "--redirect-uri", f"http://127.0.0.1:{scalekit_port}/oauth/callback"],
         env=env, cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=120,
     )
     users = json.loads(seeded.stdout)["users"]
@@ -266,7 +291,7 @@ class ReviveServer:
 
 
 @pytest.fixture(scope="session")
-def revive_server(django_db_setup, django_db_blocker, lab_idp, tmp_path_factory) -> ReviveServer:
+def revive_server(django_db_setup, django_db_blocker, lab_idp, nango_port, scalekit_port, tmp_path_factory) -> ReviveServer:
     home = tmp_path_factory.mktemp("revive_server")
     db = db_connection.settings_dict
     url = f"http://127.0.0.1:{lab_idp.revive_port}"
@@ -283,6 +308,13 @@ def revive_server(django_db_setup, django_db_blocker, lab_idp, tmp_path_factory)
         "REVIVE_LAB_IDP_URL": lab_idp.url,
         "REVIVE_LAB_IDP_CLIENT_ID": lab_idp.client_id,
         "REVIVE_LAB_IDP_CLIENT_SECRET": lab_idp.client_secret,
+        "REVIVE_NANGO_URL": f"http://127.0.0.1:{nango_port}",
+        "REVIVE_NANGO_CONNECT_URL": f"http://127.0.0.1:{nango_port}/connect",
+        "REVIVE_NANGO_SECRET_KEY": NANGO_SECRET_KEY,
+        "REVIVE_NANGO_WEBHOOK_SIGNING_KEY": NANGO_SIGNING_KEY,
+        "REVIVE_SCALEKIT_ENVIRONMENT_URL": f"http://127.0.0.1:{scalekit_port}",
+        "REVIVE_SCALEKIT_CLIENT_ID": SCALEKIT_CLIENT_ID,
+        "REVIVE_SCALEKIT_CLIENT_SECRET": SCALEKIT_CLIENT_SECRET,
         "PYTHONUNBUFFERED": "1",
     }
     if db.get("PASSWORD"):
