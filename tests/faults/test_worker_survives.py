@@ -51,7 +51,7 @@ def revive_env(private_postgres, private_redis, tmp_path) -> dict[str, str]:
     return env
 
 
-def publish(env: dict[str, str], task: str = "cases.resume_sweep", countdown: float | None = None) -> str:
+def publish(env: dict[str, str], task: str = "cases.reap_stale_actions", countdown: float | None = None) -> str:
     """Publish a task by name, as Revive's web process does, to the worker's queue."""
     app = Celery(broker=env["REDIS_URL"])
     try:
