@@ -118,7 +118,8 @@ describe("LangGraph.js: RunParked becomes interrupt(), the same thread resumes w
     assert.equal(w.mail.sent.length, 0);
 
     const reconnected = await server.perform({ op: "owner_reconnected", case_id: parked.cases[0] });
-    assert.deepEqual([reconnected.generation, reconnected.state], [2, "resumed"], "Revive's own resume path released the run");
+    // Released: the case is `resuming` until the run is past the action it was parked on, then `resumed` (below).
+    assert.deepEqual([reconnected.generation, reconnected.state], [2, "resuming"], "Revive's own resume path released the run");
     w.vault.revoked = false;
     const attempt = await reviveLg.resumeIfReleased(revive, graph, { runId: w.runId, threadId: w.threadId });
     assert.equal(attempt.resumed, true);
