@@ -89,7 +89,8 @@ def test_a_busy_worker_is_waited_for_and_a_short_window_says_so(busy_worker, set
     assert idle["status"] == "ok" and [queue in item["queues"] for item in idle["items"]] == [True], idle
 
     celery_app.send_task("tests.operable.busy", args=[20.0], queue=queue)  # busy well past the short window
-    wait_for(lambda: "tests.operable.busy" in log.read_text(errors="replace"), "the worker to take the busy task")
+    wait_for(lambda: "tests.operable.busy[" in log.read_text(errors="replace"),  # "Task …[id] received", not the banner
+             "the worker to take the busy task", timeout=120)
     short = revive_doctor(probe_timeout=1.0, worker_reply_timeout=1.0)["celeryWorkers"]
     assert short["status"] == "unreachable"
     assert short["error"] == "no worker answered within 1 s (REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT).", short
