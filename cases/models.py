@@ -169,6 +169,8 @@ class Run(models.Model):
         null=True, blank=True, editable=False,
         help_text="A resume of this run is being delivered to its runtime until then (see cases.resume).",
     )
+    resume_claimed_by = models.CharField(max_length=64, blank=True, default="", editable=False,
+                                         help_text="The delivery (Celery message) holding that claim.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -441,6 +443,9 @@ class OutboxItem(models.Model):
     max_attempts = models.PositiveIntegerField(default=10)
     due_at = models.DateTimeField(help_text="Still pending after this: the sweep dispatches it again.")
     claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
+    claimed_by = models.CharField(max_length=64, blank=True, default="", editable=False,
+                                  help_text="The Celery message (task id) holding the claim: the same message "
+                                            "delivered again means its earlier worker was lost.")
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

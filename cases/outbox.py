@@ -155,13 +155,17 @@ def _backoff(kind: Kind, attempt: int) -> float:
     return round(delay * random.uniform(0.8, 1.0), 3)
 
 
-def _claim(item_id: int) -> OutboxItem | None:
-    """Take one attempt at a pending row whose previous claim (if any) has expired."""
+def _claim(item_id: int, delivery: str = "") -> OutboxItem | None:
+    """Take one attempt at a pending row whose previous claim (if any) has expired -- or is held by this very
+    message (``delivery``, the Celery task id): the broker hands a message out again only after the worker that had
+    it was lost (late acknowledgement, reject on worker lost), so that claim's holder is dead, not slow."""
     now = timezone.now()
     until = now + timedelta(seconds=settings.REVIVE_OUTBOX_CLAIM_SECONDS)
-    taken = (OutboxItem.objects.filter(pk=item_id, state=OutboxItem.State.PENDING)
-             .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-             .update(claimed_until=until, attempts=F("attempts") + 1, updated_at=now))
+    free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+    if delivery:
+        free |= Q(claimed_by=delivery)
+    taken = (OutboxItem.objects.filter(pk=item_id, state=OutboxItem.State.PENDING).filter(free)
+             .update(claimed_until=until, claimed_by=delivery, attempts=F("attempts") + 1, updated_at=now))
     return OutboxItem.objects.select_related("case").get(pk=item_id) if taken else None
 
 
@@ -174,11 +178,11 @@ class DispatchResult:
     error: str = ""
 
 
-def outbox_dispatch(item_id: int) -> DispatchResult:
+def outbox_dispatch(item_id: int, delivery: str = "") -> DispatchResult:
     """Run one attempt of a row's step (what ``cases.outbox_dispatch`` does); record how it went."""
     if not OutboxItem.objects.filter(pk=item_id).exists():
         return DispatchResult("missing")
-    item = _claim(item_id)
+    item = _claim(item_id, delivery)
     if item is None:
         return DispatchResult("busy")
     kind = _kind(item.kind)
@@ -210,14 +214,14 @@ def outbox_dispatch(item_id: int) -> DispatchResult:
     return DispatchResult("retry", countdown=countdown, error=answer.error)
 
 
-def outbox_run(item_id: int, *, eager: bool) -> str:
+def outbox_run(item_id: int, *, eager: bool, delivery: str = "") -> str:
     """Dispatch a row, then schedule its next attempt (the task's body).
 
     With a broker the next attempt is a new message after its countdown (and the sweep if that is lost);
     in eager mode (the embedded default, no broker) attempts run inline, each pause capped at a second.
     """
     while True:
-        result = outbox_dispatch(item_id)
+        result = outbox_dispatch(item_id, delivery)
         if result.outcome != "retry":
             return result.outcome
         if not eager:

@@ -114,10 +114,10 @@ def _handle_reconcile(item: OutboxItem) -> Done | Retry:
 
 
 def step_deliver(*, run_id: str, case_id: int, generation: int, attempt: int = 0, redrive: int = 0,
-                 max_attempts: int | None = None) -> resume.Delivery:
+                 max_attempts: int | None = None, holder: str = "") -> resume.Delivery:
     """One delivery attempt of a run's resume (``resume.run_resume_deliver``), counted by outcome for /metrics."""
     delivery = resume.run_resume_deliver(run_id=run_id, case_id=case_id, generation=generation, attempt=attempt,
-                                         redrive=redrive, max_attempts=max_attempts)
+                                         redrive=redrive, max_attempts=max_attempts, holder=holder)
     resume_finished(delivery.outcome)
     return delivery
 
@@ -134,7 +134,7 @@ def _handle_deliver(item: OutboxItem) -> Done | Retry:
     p = item.payload
     delivery = step_deliver(run_id=p["run_id"], case_id=p["case_id"], generation=p["generation"],
                             attempt=item.attempts - 1, redrive=p.get("attempt", 0),
-                            max_attempts=item.max_attempts - 1)
+                            max_attempts=item.max_attempts - 1, holder=item.claimed_by)
     if delivery.outcome == "retry":
         return Retry(error=f"retry: {delivery.detail.get('message', '')}"[:1000], countdown=delivery.countdown)
     # ``busy``: another delivery holds the run and covers it (if that one dies, its own row is swept); ``nothing``

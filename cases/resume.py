@@ -210,12 +210,15 @@ def _pending_case_runs(run_id: str):
             .select_related("case", "case__connection").order_by("case_id"))
 
 
-def _claim(run_id: str) -> datetime | None:
-    """Take the run's delivery claim if it is free or expired: one delivery to a run at a time."""
+def _claim(run_id: str, holder: str = "") -> datetime | None:
+    """Take the run's delivery claim if it is free or expired: one delivery to a run at a time. ``holder`` (the
+    delivering message, see ``outbox._claim``) takes over a claim it held itself in a worker that was lost."""
     now = timezone.now()
     until = now + timedelta(seconds=settings.REVIVE_RESUME_CLAIM_SECONDS)
     free = Q(resume_claimed_until__isnull=True) | Q(resume_claimed_until__lt=now)
-    taken = Run.objects.filter(free, pk=run_id).update(resume_claimed_until=until)
+    if holder:
+        free |= Q(resume_claimed_by=holder)
+    taken = Run.objects.filter(free, pk=run_id).update(resume_claimed_until=until, resume_claimed_by=holder)
     return until if taken else None
 
 
@@ -259,7 +262,7 @@ def _record_failure(*, run_id: str, case_pks: list[int], error: str, detail: dic
 
 
 def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: int = 0, max_attempts: int | None = None,
-                       redrive: int = 0, actor: str = ACTOR) -> Delivery:
+                       redrive: int = 0, holder: str = "", actor: str = ACTOR) -> Delivery:
     """Deliver the resume due to ``run_id`` once, through its runtime; say whether and when to retry.
 
     ``case_id``/``generation`` are what the delivery was owed for: if that case moved on, nothing happens.
@@ -267,7 +270,8 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     retried delivery carries what the run waits on at this moment. ``attempt`` (the outbox row's, or the
     watchdog's re-drive number) goes into the runtime's idempotency key: a new attempt is a new delivery, a
     repeated one the same. ``redrive``: the run was resumed before and stalled; an adapter that can continue a
-    run from its latest checkpoint does so (the ledger replays what it had committed).
+    run from its latest checkpoint does so (the ledger replays what it had committed). ``holder``: the delivering
+    message, for the run's claim.
     """
     case = RecoveryCase.objects.filter(pk=case_id).first()
     if case is None or _moved_on(case, generation, DELIVERING_STATES + (CaseState.RESUMED,)):
@@ -277,7 +281,7 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     # A first delivery is due once; a re-drive (the watchdog reset the mark) delivers again.
     if run is None or run.state != Run.State.ACTIVE or not any(cr.resume_sent_at is None for cr in pending) and not redrive:
         return Delivery("nothing")
-    held = _claim(run_id)
+    held = _claim(run_id, holder)
     if held is None:
         return Delivery("busy", countdown=float(settings.REVIVE_RESUME_BACKOFF_FIRST) * 10)
     request = ResumeRequest(

@@ -22,7 +22,8 @@ DURABLE = dict(acks_late=True, reject_on_worker_lost=True)
 @shared_task(bind=True, name=outbox.DISPATCH_TASK, **DURABLE)
 def outbox_dispatch(self, item_id: int) -> str:
     """One attempt at an owed step (an ``OutboxItem``); schedules the next attempt itself when it must retry."""
-    return outbox.outbox_run(item_id, eager=bool(self.request.is_eager))
+    eager = bool(self.request.is_eager)
+    return outbox.outbox_run(item_id, eager=eager, delivery="" if eager else (self.request.id or ""))
 
 
 @shared_task(name="cases.outbox_sweep", acks_late=True)

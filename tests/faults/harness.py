@@ -84,8 +84,9 @@ PROFILES: dict[str, dict[str, str]] = {
 }
 # How long a whole trial may take, from its start to the run finished (or in an operator-visible state). The
 # default profile allows for Revive's 300 s action lock, the reaper behind it and the 120 s sweep; the runtime
-# worker's downtime comes on top. A run not done by then is stuck.
-DEADLINES = {"default": 600.0, "short": 300.0}
+# worker's downtime comes on top. The short profile keeps the outbox claim (the task time limit + 30 s, what a
+# whole killed worker leaves behind) and leaves room for a loaded two-core CI machine. A run not done by then is stuck.
+DEADLINES = {"default": 600.0, "short": 480.0}
 # The runtime worker stays down this long in ``runtime_worker_down``: past the resume retries of the profile.
 DOWN_FOR = {"default": 420.0, "short": 40.0}
 _LINK = re.compile(r"/reconnect/l/(rvr_[A-Za-z0-9_-]+)")

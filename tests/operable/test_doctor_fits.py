@@ -81,6 +81,13 @@ def busy_worker(tmp_path, settings):
         stop_process(process)
 
 
+def _keep_busy(queue: str, seconds: float) -> None:
+    """Published on a connection of its own to the private Redis: the app's producer pool may already be bound to
+    the broker an earlier test published on."""
+    with celery_app.connection_for_write(PRIVATE_REDIS) as connection:
+        celery_app.send_task("tests.operable.busy", args=[seconds], queue=queue, connection=connection)
+
+
 @pytest.mark.django_db
 def test_a_busy_worker_is_waited_for_and_a_short_window_says_so(busy_worker, settings):
     queue, log = busy_worker
@@ -88,13 +95,13 @@ def test_a_busy_worker_is_waited_for_and_a_short_window_says_so(busy_worker, set
     idle = revive_doctor(probe_timeout=2.0, worker_reply_timeout=60.0)["celeryWorkers"]  # the first answer ends the wait
     assert idle["status"] == "ok" and [queue in item["queues"] for item in idle["items"]] == [True], idle
 
-    celery_app.send_task("tests.operable.busy", args=[20.0], queue=queue)  # busy well past the short window
+    _keep_busy(queue, 20.0)  # busy well past the short window
     wait_for(lambda: "tests.operable.busy[" in log.read_text(errors="replace"),  # "Task …[id] received", not the banner
              "the worker to take the busy task", timeout=120)
     short = revive_doctor(probe_timeout=1.0, worker_reply_timeout=1.0)["celeryWorkers"]
     assert short["status"] == "unreachable"
     assert short["error"] == "no worker answered within 1 s (REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT).", short
 
-    celery_app.send_task("tests.operable.busy", args=[3.0], queue=queue)  # still busy when the next doctor starts
+    _keep_busy(queue, 3.0)  # still busy when the next doctor starts
     patient = revive_doctor(probe_timeout=2.0, worker_reply_timeout=120.0)["celeryWorkers"]
     assert patient["status"] == "ok", patient

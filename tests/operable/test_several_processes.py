@@ -52,8 +52,10 @@ def topology(test_database_url, tmp_path, settings):
                           key_hash=hashlib.sha256(raw_key.encode()).hexdigest())
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
+    # A queue of its own: the session's Celery worker (tests/runtimes) consumes the session queue with other settings.
+    queue = f"revive-multi-{os.getpid()}-{secrets.token_hex(4)}"
     common = dict(DJANGO_SETTINGS_MODULE="bench.recovery_settings", REDIS_URL=settings.REDIS_URL,
-                  REVIVE_CELERY_QUEUE=settings.CELERY_TASK_DEFAULT_QUEUE, BENCH_DIR=str(bench_dir),
+                  REVIVE_CELERY_QUEUE=queue, BENCH_DIR=str(bench_dir),
                   REVIVE_API_KEY=raw_key, REVIVE_RESUME_APPROVAL="never", PROMETHEUS_MULTIPROC_DIR=str(multiproc),
                   REVIVE_METRICS_TOKEN=TOKEN, LOG_LEVEL="WARNING")
     processes: list[tuple[str, subprocess.Popen, Path]] = []
@@ -84,13 +86,15 @@ def topology(test_database_url, tmp_path, settings):
                     return False
 
             wait_for(up, f"{name} to be ready", timeout=180, interval=0.2)
-        eager = celery_app.conf.task_always_eager
-        celery_app.conf.task_always_eager = False  # this process publishes; the two workers consume
+        previous = (celery_app.conf.task_always_eager, celery_app.conf.task_default_queue)
+        # this process publishes on the private queue; the two workers consume
+        celery_app.conf.update(task_always_eager=False, task_default_queue=queue)
+        settings.CELERY_TASK_DEFAULT_QUEUE = queue
         os.environ["BENCH_DIR"] = str(bench_dir)
         try:
             yield {"urls": urls, "key": raw_key, "bench_dir": bench_dir, "processes": processes}
         finally:
-            celery_app.conf.task_always_eager = eager
+            celery_app.conf.update(task_always_eager=previous[0], task_default_queue=previous[1])
             os.environ.pop("BENCH_DIR", None)
     finally:
         for _, process, _ in processes:

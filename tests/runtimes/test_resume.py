@@ -412,8 +412,10 @@ def test_a_dispatch_killed_mid_step_is_taken_over_once_its_claim_runs_out_and_at
     reconcile = OutboxItem.objects.get(kind=services.RECONCILE_CASE)
     assert outbox.outbox_dispatch(reconcile.pk).outcome == "done"
     item = OutboxItem.objects.get(kind=services.RESUME_RUN)
-    # A worker took the row and died: its claim holds off a second dispatch until it runs out.
-    OutboxItem.objects.filter(pk=item.pk).update(attempts=1, claimed_until=timezone.now() + timedelta(seconds=60))
+    # A worker took the row (message "task-1") and died: its claim holds off another message until it runs out ...
+    OutboxItem.objects.filter(pk=item.pk).update(attempts=1, claimed_until=timezone.now() + timedelta(seconds=60),
+                                                 claimed_by="task-1")
+    assert outbox.outbox_dispatch(item.pk, delivery="task-2").outcome == "busy"
     assert outbox.outbox_dispatch(item.pk).outcome == "busy"
     OutboxItem.objects.filter(pk=item.pk).update(claimed_until=timezone.now() - timedelta(seconds=1))
     ScriptedAdapter.script[run.pk] = [RuntimeUnavailable("down")] * 5
@@ -422,6 +424,28 @@ def test_a_dispatch_killed_mid_step_is_taken_over_once_its_claim_runs_out_and_at
     assert results == ["retry", "done", "busy"]
     assert state_of(case) == CaseState.RESUME_FAILED
     assert "down" in AuditEvent.objects.get(action="case.resume_failed").arguments["reason"]
+
+
+@pytest.mark.django_db
+def test_the_same_message_delivered_again_takes_over_at_once_its_lost_workers_claim(
+        make_connection, make_run, held_outbox, django_capture_on_commit_callbacks):
+    """Late acknowledgement with reject-on-worker-lost: a pool process killed mid-dispatch makes the broker hand the
+    same message (same task id) out again. Its claim's holder is dead, so the redelivery does not wait it out."""
+    conn, run = make_connection(), make_run()
+    case = reconnect(park(run, conn), django_capture_on_commit_callbacks)
+    assert outbox.outbox_dispatch(OutboxItem.objects.get(kind=services.RECONCILE_CASE).pk).outcome == "done"
+    item = OutboxItem.objects.get(kind=services.RESUME_RUN)
+    # The lost worker held the row and, delivering, the run's own claim.
+    held = timezone.now() + timedelta(seconds=600)
+    OutboxItem.objects.filter(pk=item.pk).update(attempts=1, claimed_until=held, claimed_by="task-lost")
+    Run.objects.filter(pk=run.pk).update(resume_claimed_until=held, resume_claimed_by="task-lost")
+    assert outbox.outbox_dispatch(item.pk, delivery="task-other").outcome == "busy"  # a live holder is left alone
+    assert resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, holder="task-other").outcome == "busy"
+    assert outbox.outbox_dispatch(item.pk, delivery="task-lost").outcome == "done"
+    assert delivered_runs() == [run.pk] and state_of(case) == CaseState.RESUMING
+    taken = OutboxItem.objects.get(pk=item.pk)
+    assert (taken.state, taken.attempts, taken.claimed_until) == ("done", 2, None)
+    assert Run.objects.get(pk=run.pk).resume_claimed_until is None  # released after the delivery
 
 
 @pytest.mark.django_db
