@@ -522,20 +522,19 @@ class Trial:
             return
         request = db_retry(lambda: reconnect_link_open(token=token, actor="owner:faults"))
         identity = db_retry(lambda: expected_identity(Connection.objects.get(pk=self.conn)))
-        try:
-            completion = reconnect_request_complete(public_id=request.public_id, presented=identity,
-                                                    actor="owner:faults", grant=Grant(
-                                                        access_token=f"at-{uuid.uuid4().hex}",
-                                                        refresh_token=f"rt-{uuid.uuid4().hex}"))
-            consumed = completion.consumed
-        except Exception as exc:
-            # The owner's callback failed. What counts is whether the reconnect committed before it did.
-            _db_reset()
-            db_retry(request.refresh_from_db)
-            consumed = request.state == request.State.CONSUMED
-            self.note(f"the owner's reconnect raised {exc!r}"[:300] + (" after it committed" if consumed else ""))
-            if not consumed:
-                raise
+
+        def complete() -> bool:
+            """The owner's callback; a database error (another trial restarts PostgreSQL) is an error page the
+            owner answers by trying again -- unless the reconnect committed before it failed."""
+            request.refresh_from_db()
+            if request.state == request.State.CONSUMED:
+                self.note("the owner's callback failed after the reconnect committed")
+                return True
+            return reconnect_request_complete(public_id=request.public_id, presented=identity, actor="owner:faults",
+                                              grant=Grant(access_token=f"at-{uuid.uuid4().hex}",
+                                                          refresh_token=f"rt-{uuid.uuid4().hex}")).consumed
+
+        consumed = db_retry(complete)
         if not consumed:
             raise RuntimeError("the reconnect was refused")
         self.reconnects += 1
@@ -773,13 +772,19 @@ def run_trials(stack: Stack, pairs: list[tuple[str, str]], *, concurrency: int =
 
     watcher = threading.Thread(target=supervise, name="faults-supervisor", daemon=True)
     watcher.start()
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="trial")
     try:
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures = [pool.submit(one, pair) for pair in pairs]
-            for future in as_completed(futures):
-                result = future.result()
-                results.append(result)
-                on_result(result, len(results), len(pairs))
+        futures = [pool.submit(one, pair) for pair in pairs]
+        for future in as_completed(futures):
+            result = future.result()
+            results.append(result)
+            on_result(result, len(results), len(pairs))
+        pool.shutdown()
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM): trials not started are dropped and the ones in flight are not waited for
+        # (each may wait minutes on its deadline); the caller stops the stack, which ends them.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
         done.set()
         watcher.join(5)
