@@ -189,7 +189,7 @@ def run_redrive(*, case_run_id: int, now: datetime | None = None, actor: str = W
                 or locked.resume_sent_at != case_run.resume_sent_at:
             return "moving"
         if locked.resume_attempts >= settings.REVIVE_RESUME_MAX_ATTEMPTS:
-            services.run_park_after_failed_resume(run_id=locked.run_id, actor=actor,
+            services.run_park_again(run_id=locked.run_id, actor=actor,
                                                   reason="no progress after its resume and every re-drive")
             services.case_resume_fail(
                 case_id=case.pk, actor=actor,

@@ -258,7 +258,7 @@ def _record_failure(*, run_id: str, case_pks: list[int], error: str, detail: dic
     for case_pk in sorted(case_pks):
         services.case_resume_fail(case_id=case_pk, actor=actor, reason=f"resume of {run_id} not delivered: {error}"[:1000],
                                   detail={"run_id": run_id, "runtime": run.runtime, "detail": detail})
-    services.run_park_after_failed_resume(run_id=run_id, actor=actor, reason="resume could not be delivered")
+    services.run_park_again(run_id=run_id, actor=actor, reason="resume could not be delivered")
 
 
 def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: int = 0, max_attempts: int | None = None,

@@ -879,7 +879,34 @@ def action_reconcile(
         # The resumed worker found the effect under the new generation: the run is past that action (it goes on
         # with its result, without a further begin).
         _run_went_past(run_id=run_id, action=action, generation=generation, actor=actor, how="reconciled")
+    else:
+        _hold_for_approval(run_id=run_id, action=action, actor=actor, evidence=evidence)
     return action
+
+
+def _hold_for_approval(*, run_id: str, action: Action, actor: str, evidence: dict[str, Any]) -> list[RecoveryCase]:
+    """The approval policy, evaluated again as a reconciliation lands on a released run (the resumed worker's
+    reconcile callback, or an operator by hand): one settled by hand or without evidence (``{}`` is none) holds each
+    ``resuming`` case still waiting for the run in ``awaiting_approval`` and parks the run again, so ``begin`` answers
+    ``parked`` and nothing executes again before an operator approves (``case_approve`` owes a fresh resume).
+    Under ``never`` nothing waits. Lock order: action (held), run, case."""
+    if settings.REVIVE_RESUME_APPROVAL == ApprovalPolicy.NEVER:
+        return []
+    decision = resume_approval_required(policy=ApprovalPolicy.AMBIGUOUS, reconciliations=[
+        Reconciliation(action=f"{run_id}/{action.action_key}", actor=actor, evidence=evidence)])
+    if not decision.required:
+        return []
+    Run.objects.select_for_update(no_key=True).filter(pk=run_id).values_list("pk", flat=True).first()
+    held = []
+    for case_pk in sorted(set(CaseRun.objects.filter(run_id=run_id, resumed_at__isnull=True,
+                                                     case__state=CaseState.RESUMING).values_list("case_id", flat=True))):
+        case = case_lock(case_pk)
+        if case.state == CaseState.RESUMING:
+            held.append(case_transition(case, to=CaseState.AWAITING_APPROVAL, actor=actor, arguments={
+                "policy": settings.REVIVE_RESUME_APPROVAL, "reasons": list(decision.reasons), "held_run": run_id}))
+    if held:
+        run_park_again(run_id=run_id, actor=actor, reason="a reconciliation waits for an operator's approval")
+    return held
 
 
 def reap_stale_actions(*, now=None, actor: str = "system:reaper", limit: int = 500, run_id: str | None = None) -> list[Action]:
@@ -975,7 +1002,8 @@ CASE_TRANSITIONS: dict[str, set[str]] = {
     CaseState.REAUTHORIZED: {CaseState.RECONCILING, CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.ABANDONED},
     CaseState.RECONCILING: {CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.ABANDONED},
     CaseState.AWAITING_APPROVAL: {CaseState.RESUMING, CaseState.ABANDONED},
-    CaseState.RESUMING: {CaseState.RESUMED, CaseState.RESUME_FAILED},
+    # ``awaiting_approval`` from ``resuming``: a reconciliation landed by hand or without evidence (``_hold_for_approval``).
+    CaseState.RESUMING: {CaseState.RESUMED, CaseState.RESUME_FAILED, CaseState.AWAITING_APPROVAL},
     CaseState.RESUME_FAILED: {CaseState.RESUMING, CaseState.ABANDONED},
     CaseState.RESUMED: {CaseState.CLOSED},
     CaseState.CLOSED: set(),
@@ -1564,8 +1592,10 @@ def case_approve(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase
     arguments: dict[str, Any] = {"approved": True, "reason": reason}
     if ambiguous:
         arguments["reconcile_in_worker"] = ambiguous
+    # Held after a resume had been delivered (``_hold_for_approval``): the runs are owed a fresh delivery.
+    held_after_resume = OutboxItem.objects.filter(kind=RESUME_RUN, case=case).exists()
     case_transition(case, to=CaseState.RESUMING, actor=actor, arguments=arguments)
-    _case_release_runs(case, actor=actor)
+    _case_release_runs(case, actor=actor, retry=held_after_resume)
     return case
 
 
@@ -1638,10 +1668,10 @@ def _case_abandon_locked(case: RecoveryCase, *, actor: str, arguments: dict[str,
 
 
 @transaction.atomic
-def run_park_after_failed_resume(*, run_id: str, actor: str, reason: str) -> None:
-    """A released run whose resume failed waits again (its case is ``resume_failed``): an operator's retry releases
-    it with a fresh delivery, and the run coming back by itself proceeds (``_run_relive``). The caller holds the
-    run's lock (or takes no case lock after this)."""
+def run_park_again(*, run_id: str, actor: str, reason: str) -> None:
+    """A released run waits again: its resume failed (its case is ``resume_failed``; an operator's retry releases it
+    with a fresh delivery, and the run coming back by itself proceeds, ``_run_relive``), or a reconciliation held its
+    case for approval (``_hold_for_approval``). The caller holds the run's lock (or takes no case lock after this)."""
     if Run.objects.filter(pk=run_id, state=Run.State.ACTIVE).update(state=Run.State.PARKED, resume_claimed_until=None,
                                                                     updated_at=timezone.now()):
         audit_record(actor=actor, action="run.parked", entity_type="run", entity_id=run_id, run_id=run_id,

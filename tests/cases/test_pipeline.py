@@ -230,6 +230,72 @@ def test_a_run_parked_on_an_ambiguous_action_is_past_it_once_the_resumed_worker_
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
 
 
+def resuming_on_an_ambiguous_send(run, conn) -> RecoveryCase:
+    """The send timed out (ambiguous), the credential died, the owner reconnected: the case resumes with the
+    settling left to the worker, whose begin answers ``reconcile``."""
+    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1,
+                          actor="worker")
+    services.action_mark_ambiguous(run_id=run.pk, action_key="send", generation=1, reason="timeout", actor="worker")
+    answer = services.credential_failure_report(run_id=run.pk, connection_id=conn.pk, generation=1,
+                                                provider_error=DEAD_GRANT, checkpoint_id="05", action_key="send",
+                                                actor="worker")
+    case = RecoveryCase.objects.get(reference=answer.case_reference)
+    services.case_reauthorize(case_id=case.pk, actor="owner")
+    services.case_resume_begin(case_id=case.pk, actor="system", defer_ambiguous=True)
+    delivered(case)
+    begun = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
+                                  generation=2, actor="worker")
+    assert begun.decision == "reconcile"
+    return RecoveryCase.objects.get(pk=case.pk)
+
+
+@pytest.mark.django_db
+def test_a_reconciliation_without_evidence_holds_the_resume_for_approval_before_anything_executes_again(
+        api, make_run, make_connection, held_outbox, django_capture_on_commit_callbacks):
+    """Under the default policy ``ambiguous`` the worker's ``"evidence": {}`` is no evidence: the case waits for an
+    operator, ``begin`` answers ``parked``, and only the approval owes the run a fresh resume."""
+    run, conn = make_run("run_noev"), make_connection("conn_noev")
+    case = resuming_on_an_ambiguous_send(run, conn)
+    assert case.state == CaseState.RESUMING
+
+    settled = api.post("/runs/run_noev/actions/send/reconcile", {"found": False, "evidence": {}, "generation": 2})
+    assert settled.status_code == 200 and settled.json()["state"] == "reconciled_absent"
+    case.refresh_from_db()
+    assert case.state == CaseState.AWAITING_APPROVAL and Run.objects.get(pk=run.pk).state == "parked"
+    held = AuditEvent.objects.filter(case_id=case.pk, action="case.awaiting_approval").latest("id")
+    assert "without evidence" in held.arguments["reasons"][0] and held.arguments["held_run"] == "run_noev"
+    again = api.post("/runs/run_noev/actions/send/begin", {"checkpoint_id": "05", "connection_id": "conn_noev",
+                                                          "generation": 2})
+    assert again.json()["decision"] == "parked" and again.json()["case_id"] == case.reference
+    assert held_outbox.resumes() == [("run_noev", case.pk, 2)]  # the first delivery only
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.case_approve(case_id=case.pk, actor="operator:ann", reason="checked the mailbox: not sent")
+    assert held_outbox.resumes() == [("run_noev", case.pk, 2)] * 2  # a fresh delivery, not the spent one
+    run.refresh_from_db()
+    assert run.state == "active"
+    redo = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
+                                 generation=2, actor="worker")
+    assert redo.decision == "execute"
+    services.action_commit(run_id=run.pk, action_key="send", generation=2, result={"id": "m-2"}, actor="worker")
+    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("policy, evidence", [("ambiguous", {"mailbox": "no message with that key"}),
+                                              ("never", {})])
+def test_a_reconciliation_with_evidence_or_under_never_lets_the_resumed_run_go_on(
+        policy, evidence, settings, make_run, make_connection, held_outbox):
+    settings.REVIVE_RESUME_APPROVAL = policy
+    run, conn = make_run(), make_connection()
+    case = resuming_on_an_ambiguous_send(run, conn)
+    services.action_reconcile(run_id=run.pk, action_key="send", found=False, evidence=evidence, generation=2,
+                              actor="worker")
+    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMING
+    assert services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
+                                 generation=2, actor="worker").decision == "execute"
+
+
 @pytest.mark.django_db
 def test_a_released_run_whose_delivery_ended_without_reaching_it_is_redriven(make_run, make_connection, held_outbox):
     run, conn = make_run(), make_connection()

@@ -140,7 +140,7 @@ def test_a_resume_reported_failed_that_reaches_the_workflow_later_is_followed_no
     world.restore(conn)
     services.case_reauthorize(case_id=case.pk, actor="owner:test")
     services.case_resume_begin(case_id=case.pk, actor="system:test")  # its delivery is owed, and "times out":
-    services.run_park_after_failed_resume(run_id=run_id, actor="system:test", reason="ingress timed out")
+    services.run_park_again(run_id=run_id, actor="system:test", reason="ingress timed out")
     services.case_resume_fail(case_id=case.pk, actor="system:test", reason="resume of the run not delivered: timeout")
     assert (case.__class__.objects.get(pk=case.pk).state, Run.objects.get(pk=run_id).state) == (
         CaseState.RESUME_FAILED, Run.State.PARKED)
