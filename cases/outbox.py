@@ -22,7 +22,6 @@ import logging
 import random
 import time
 from datetime import timedelta
-from functools import partial
 from typing import Any, Callable
 
 from celery import current_app
@@ -115,7 +114,7 @@ def outbox_put(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCa
             item.save(force_insert=True)
     except IntegrityError:  # a concurrent transaction owes the same step and committed first
         return OutboxItem.objects.get(key=key)
-    transaction.on_commit(partial(_enqueue, item.pk), robust=True)
+    _dispatch_after_commit([item.pk])
     return item
 
 
@@ -136,12 +135,23 @@ def outbox_put_many(*, kind: str, steps: list[tuple[str, dict[str, Any], str]], 
         return
     OutboxItem.objects.bulk_create(fresh, ignore_conflicts=True)
     ids = list(OutboxItem.objects.filter(key__in=[item.key for item in fresh]).order_by("pk").values_list("pk", flat=True))
-    transaction.on_commit(partial(_enqueue_many, ids), robust=True)
+    _dispatch_after_commit(ids)
 
 
-def _enqueue_many(item_ids: list[int]) -> None:
-    for item_id in item_ids:
-        _enqueue(item_id)
+def _dispatch_after_commit(item_ids: list[int], countdown: float | None = None) -> None:
+    """Send the rows' dispatch once the current transaction commits. A send that fails (Redis down or restarting)
+    is logged and left to the sweep: the rows are committed, so nothing is lost, and the caller's commit -- an
+    owner's reconnect, a worker's report -- is not turned into an error after the fact."""
+
+    def send_dispatches() -> None:
+        for item_id in item_ids:
+            try:
+                _enqueue(item_id, countdown)
+            except Exception as exc:
+                log.warning("outbox item %s: dispatch not sent (%s: %s); the sweep sends it", item_id,
+                            type(exc).__name__, exc)
+
+    transaction.on_commit(send_dispatches)
 
 
 def _new_item(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCase | int | None, run_id: str) -> OutboxItem:
@@ -225,7 +235,7 @@ def outbox_run(item_id: int, *, eager: bool, delivery: str = "") -> str:
         if result.outcome != "retry":
             return result.outcome
         if not eager:
-            transaction.on_commit(partial(_enqueue, item_id, result.countdown), robust=True)
+            _dispatch_after_commit([item_id], result.countdown)
             return result.outcome
         time.sleep(min(result.countdown or 0.0, 1.0))
 
@@ -253,5 +263,5 @@ def outbox_retry(*, item_id: int, actor: str) -> OutboxItem:
         audit_record(actor=actor, action="outbox.retried", entity_type="outbox_item", entity_id=item.key,
                      case=item.case, run_id=item.run_id or None, before={"state": OutboxItem.State.FAILED},
                      after={"state": OutboxItem.State.PENDING}, arguments={"last_error": item.last_error[:500]})
-        transaction.on_commit(partial(_enqueue, item.pk), robust=True)
+        _dispatch_after_commit([item.pk])
     return item

@@ -67,8 +67,12 @@ INSTALLED_APPS = [
     "allauth.socialaccount.providers.openid_connect",
     "allauth.socialaccount.providers.auth0",
     "reauth",  # after allauth: its admin module takes allauth's models out of the console
-    "lab",
 ]
+# The recovery lab (fault injection, a local identity provider, demo keys) is a development tool, not part of the
+# product: with REVIVE_PRODUCTION=1 it is not installed and /lab/ does not exist.
+LAB_ENABLED = not PRODUCTION
+if LAB_ENABLED:
+    INSTALLED_APPS.append("lab")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

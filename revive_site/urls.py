@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
@@ -17,6 +18,7 @@ urlpatterns = [
     path("reconnect/", include("reauth.urls")),
     path("webhooks/nango/<str:namespace>", nango_webhook, name="nango-webhook"),  # signed; the one CSRF-exempt view
     path("accounts/", include("reauth.allauth_urls")),  # allauth's provider callbacks only
-    path("lab/", include("lab.urls")),
-    path("metrics", metrics_view, name="metrics"),  # Prometheus; off unless REVIVE_METRICS_TOKEN is set  # the recovery lab: staff only, off in production
+    path("metrics", metrics_view, name="metrics"),  # Prometheus; off unless REVIVE_METRICS_TOKEN is set
 ]
+if settings.LAB_ENABLED:  # the recovery lab: its permission only, absent in production
+    urlpatterns.append(path("lab/", include("lab.urls")))

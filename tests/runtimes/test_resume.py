@@ -472,3 +472,24 @@ def test_the_beat_schedule_runs_the_recovery_tasks():
     assert scheduled <= set(celery_app.tasks)
     durable = [celery_app.tasks[name] for name in ("cases.outbox_dispatch", "cases.resume_run", "cases.reconcile_case")]
     assert all(t.acks_late and t.reject_on_worker_lost for t in durable)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dispatch_that_cannot_be_sent_after_commit_leaves_the_commit_alone_and_the_row_to_the_sweep(
+        make_connection, make_run, monkeypatch, caplog):
+    """Redis down at publish: the step is committed and owed; the caller (an owner's reconnect) is not told an
+    error after its commit, and the sweep sends the row later."""
+    def broker_down(item_id, countdown=None):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(outbox, "_enqueue", broker_down)
+    conn, run = make_connection(), make_run()
+    case = park(run, conn)
+    pipeline.recovery_reauthorized(case_id=case.pk, actor="owner")  # commits, then its dispatch fails
+    owed = OutboxItem.objects.get(kind=services.RECONCILE_CASE)
+    assert owed.state == "pending" and state_of(case) == CaseState.REAUTHORIZED
+    assert f"outbox item {owed.pk}: dispatch not sent (ConnectionError" in caplog.text
+    sent: list[int] = []
+    monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: sent.append(item_id))  # Redis is back
+    later = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS + 1)
+    assert owed.pk in outbox.outbox_sweep(now=later) and owed.pk in sent

@@ -60,3 +60,13 @@ def test_production_redirects_plain_http_and_trusts_the_proxy_header(client, set
     assert client.get("/admin/login/").status_code == 301
     resp = client.get("/admin/login/", HTTP_X_FORWARDED_PROTO="https")
     assert resp.status_code == 200
+
+
+def test_the_lab_is_not_part_of_the_product_in_production(tmp_path):
+    """Not installed (no lab command, no lab permission), and /lab/ is not routed: a 404 for everyone."""
+    code = ("from django.conf import settings as s; from django.test import Client; "
+            "from django.core.management import get_commands; "
+            "print('lab' in s.INSTALLED_APPS, 'recovery_lab' in get_commands(), 'reconnect_lab_case' in get_commands(), "
+            "Client(SERVER_NAME='revive.example.com').get('/lab/', secure=True).status_code)")
+    result = manage("shell", "--no-imports", "-c", code, tmp_path=tmp_path)
+    assert result.stdout.strip().splitlines()[-1] == "False False False 404", result.stdout + result.stderr
