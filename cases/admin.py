@@ -18,6 +18,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.db.models import Q
 from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
@@ -34,7 +35,7 @@ from audit.admin_scale import EstimatedCountPaginator, ExactSearchMixin, PlainAc
 
 from . import console
 from .console_access import namespaces_visible_to
-from .namespaces import namespace_ensure, namespace_operators_set
+from .namespaces import namespace_ensure, namespace_notifications_set, namespace_operators_set
 from .restate import admin as restate_admin  # noqa: F401  (registers the doctor-and-recovery panel)
 from .models import (
     CASE_URGENCY,
@@ -148,8 +149,9 @@ class NamespaceAdmin(admin.ModelAdmin):
     """Namespaces and the console users limited to them; only superusers change them, each change audited."""
 
     list_display = ["name", "description", "created_at"]
-    fields = ["name", "description", "operators"]
+    fields = ["name", "description", "operators", "operator_emails", "operator_webhook_url"]
     filter_horizontal = ["operators"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def get_readonly_fields(self, request, obj=None):
         return ["name"] if obj is not None else []
@@ -167,6 +169,9 @@ class NamespaceAdmin(admin.ModelAdmin):
         namespace = namespace_ensure(name=obj.name, actor=console.operator_actor(request.user))
         if namespace.description != obj.description:
             Namespace.objects.filter(pk=namespace.pk).update(description=obj.description)
+        namespace_notifications_set(name=namespace.pk, operator_emails=obj.operator_emails,
+                                    operator_webhook_url=obj.operator_webhook_url,
+                                    actor=console.operator_actor(request.user))
         obj._state.adding = False
 
     def save_related(self, request, form, formsets, change):

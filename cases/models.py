@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.core.validators import URLValidator, validate_email
 from django.db import models
 from django.db.models import Q
 
@@ -18,6 +19,15 @@ class Runtime(models.TextChoices):
 DEFAULT_NAMESPACE = "default"
 
 
+def email_list_split(value: str) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def email_list_validate(value: str) -> None:
+    for address in email_list_split(value):
+        validate_email(address)
+
+
 class Namespace(models.Model):
     """A tenant of Revive (Temporal's word): its connections, runs, cases and worker keys see nothing of another's.
 
@@ -31,6 +41,16 @@ class Namespace(models.Model):
     operators = models.ManyToManyField(
         settings.AUTH_USER_MODEL, blank=True, related_name="revive_namespaces",
         help_text="Console users limited to this namespace (and any other they are listed in).",
+    )
+    # Operator notifications (``cases.notifications``): blank uses the global settings.
+    operator_emails = models.CharField(
+        max_length=1000, blank=True, default="", validators=[email_list_validate],
+        help_text="Comma-separated addresses notified about this namespace's cases instead of REVIVE_OPERATOR_EMAILS.",
+    )
+    operator_webhook_url = models.URLField(
+        max_length=500, blank=True, default="", validators=[URLValidator(schemes=["http", "https"])],
+        help_text="Webhook notified about this namespace's cases instead of REVIVE_OPERATOR_WEBHOOK_URL "
+                  "(signed with REVIVE_OPERATOR_WEBHOOK_SECRET).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -77,3 +77,24 @@ def namespace_operators_set(*, name: str, users: list, actor: str) -> None:
     if before != after:
         audit_record(actor=actor, action="namespace.operators_changed", entity_type="namespace", entity_id=name,
                      before={"operators": before}, after={"operators": after})
+
+
+@transaction.atomic
+def namespace_notifications_set(*, name: str, operator_emails: str, operator_webhook_url: str, actor: str) -> Namespace:
+    """Where this namespace's operator notifications go (blank: the global settings); audited. Only the webhook URL's
+    host is written to the audit log: a webhook URL may carry a token of its own."""
+    from urllib.parse import urlsplit
+
+    from .models import email_list_split
+
+    namespace = Namespace.objects.select_for_update().get(pk=name)
+    emails = ", ".join(email_list_split(operator_emails))
+    url = (operator_webhook_url or "").strip()
+    before = {"operator_emails": namespace.operator_emails, "webhook_host": urlsplit(namespace.operator_webhook_url).hostname or ""}
+    if (namespace.operator_emails, namespace.operator_webhook_url) == (emails, url):
+        return namespace
+    namespace.operator_emails, namespace.operator_webhook_url = emails, url
+    namespace.save(update_fields=["operator_emails", "operator_webhook_url"])
+    audit_record(actor=actor, action="namespace.notifications_changed", entity_type="namespace", entity_id=name,
+                 before=before, after={"operator_emails": emails, "webhook_host": urlsplit(url).hostname or ""})
+    return namespace

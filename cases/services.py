@@ -1040,6 +1040,7 @@ def case_transition(case: RecoveryCase, *, to: str, actor: str, arguments: dict[
                  run_id=case.run_id or "", connection_id=case.connection_id, before={"state": before},
                  after={"state": to, **{k: v for k, v in changes.items() if isinstance(v, (str, int, type(None)))}},
                  arguments=arguments)
+    signals.case_state_changed.send(sender=RecoveryCase, case=case, before=before, actor=actor)
     return case
 
 

@@ -23,3 +23,7 @@ case_abandoned = Signal()
 owner_link_resend = Signal()
 """An operator asks for a new owner link for ``case``. Kwargs: ``case``, ``actor``. A receiver returns a short
 description of what it sent; a domain error it raises reaches the operator."""
+
+case_state_changed = Signal()
+"""``case`` moved from ``before`` to ``case.state`` (sent by ``case_transition``, the one place a case changes state).
+Kwargs: ``case``, ``before``, ``actor``. Operator notifications (``cases.notifications``) listen to it."""

@@ -13,26 +13,19 @@ HMAC-SHA256 under ``REVIVE_RECONNECT_WEBHOOK_SECRET``::
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import time
 from typing import Any
 
-import httpx
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.template.loader import render_to_string
 from django.urls import reverse
 
+from cases.webhooks import SIGNATURE_TOLERANCE_SECONDS, WebhookTransientError, post_signed, sign, verify  # noqa: F401 (one scheme)
+
 from .identity import mask_email
 
 WEBHOOK_EVENT = "reconnect.requested"
-SIGNATURE_TOLERANCE_SECONDS = 300
-
-
-class WebhookTransientError(Exception):
-    """The receiver may accept a retry (timeout, connection error, 408, 429, 5xx)."""
 
 
 def link_for(raw_token: str) -> str:
@@ -90,39 +83,7 @@ def webhook_payload(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
-
-
-def verify(secret: str, body: bytes, header: str, *, now: float | None = None, tolerance: int = SIGNATURE_TOLERANCE_SECONDS) -> bool:
-    """Check an ``X-Revive-Signature`` header (for receivers, and the tests)."""
-    try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-        given = parts["v1"]
-    except (ValueError, KeyError):
-        return False
-    if abs((now or time.time()) - timestamp) > tolerance:
-        return False
-    expected = sign(secret, body, timestamp).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, given)
-
-
 def post_webhook(*, url: str, secret: str, message: dict[str, Any]) -> int:
     body = json.dumps(webhook_payload(message), separators=(",", ":"), sort_keys=True).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "Revive-Webhook/1",
-        "X-Revive-Event": WEBHOOK_EVENT,
-        "X-Revive-Delivery": message["delivery_id"],
-        "X-Revive-Signature": sign(secret, body, int(time.time())),
-    }
-    try:
-        response = httpx.post(url, content=body, headers=headers, timeout=settings.REVIVE_RECONNECT_WEBHOOK_TIMEOUT,
-                              follow_redirects=False)
-    except httpx.HTTPError as exc:
-        raise WebhookTransientError(type(exc).__name__) from None
-    if response.status_code in (408, 429) or response.status_code >= 500:
-        raise WebhookTransientError(f"http_{response.status_code}")
-    return response.status_code
+    return post_signed(url=url, secret=secret, body=body, timeout=settings.REVIVE_RECONNECT_WEBHOOK_TIMEOUT,
+                       headers={"X-Revive-Event": WEBHOOK_EVENT, "X-Revive-Delivery": message["delivery_id"]})

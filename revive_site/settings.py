@@ -216,6 +216,8 @@ CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {"task": "cases.outbox_sweep", "schedule": env.float("REVIVE_OUTBOX_SWEEP_INTERVAL", default=15.0)},
     "pipeline-watch": {"task": "cases.pipeline_watch", "schedule": env.float("REVIVE_WATCH_INTERVAL", default=15.0)},
     "scalekit-accounts-poll": {"task": "reauth.scalekit_accounts_poll", "schedule": 60.0},
+    # Operator notifications of cases open longer than REVIVE_CASE_STALE_MINUTES (cases.notifications).
+    "notify-stale-cases": {"task": "cases.notify_stale_cases", "schedule": env.float("REVIVE_CASE_STALE_SCAN_INTERVAL", default=60.0)},
 }
 
 # --- Revive -----------------------------------------------------------------
@@ -286,6 +288,21 @@ REVIVE_FOUR_EYES = env.bool("REVIVE_FOUR_EYES", default=False)
 # {"temporal": "https://temporal.example/namespaces/default/workflows/{workflow_id}/{run_id}"}.
 REVIVE_RUNTIME_UI_URLS = env.json("REVIVE_RUNTIME_UI_URLS", default={})
 REVIVE_PROVIDER_ADMIN_URLS = env.json("REVIVE_PROVIDER_ADMIN_URLS", default={})
+
+# --- Operator notifications (cases.notifications; docs/console.md "Notifications") -----------------------
+# A case awaiting approval, a resume that failed, and a case open longer than REVIVE_CASE_STALE_MINUTES (0: never)
+# are e-mailed to REVIVE_OPERATOR_EMAILS and POSTed to REVIVE_OPERATOR_WEBHOOK_URL (Slack-compatible JSON, signed
+# with HMAC-SHA256 under REVIVE_OPERATOR_WEBHOOK_SECRET). A namespace may name its own recipients and webhook URL.
+REVIVE_OPERATOR_EMAILS = env.list("REVIVE_OPERATOR_EMAILS", default=[])
+REVIVE_OPERATOR_WEBHOOK_URL = env.str("REVIVE_OPERATOR_WEBHOOK_URL", default="")
+REVIVE_OPERATOR_WEBHOOK_SECRET = env.str("REVIVE_OPERATOR_WEBHOOK_SECRET", default="")
+REVIVE_OPERATOR_WEBHOOK_TIMEOUT = env.float("REVIVE_OPERATOR_WEBHOOK_TIMEOUT", default=5.0)
+REVIVE_OPERATOR_NOTIFY_MAX_ATTEMPTS = env.int("REVIVE_OPERATOR_NOTIFY_MAX_ATTEMPTS", default=6)
+REVIVE_CASE_STALE_MINUTES = env.int("REVIVE_CASE_STALE_MINUTES", default=60)
+if REVIVE_OPERATOR_WEBHOOK_URL and not REVIVE_OPERATOR_WEBHOOK_SECRET:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("REVIVE_OPERATOR_WEBHOOK_URL is set: REVIVE_OPERATOR_WEBHOOK_SECRET (the HMAC key) is required")
 
 # --- E-mail: the console backend unless EMAIL_URL is set (smtp+tls://user:pass@host:587) -----------------
 if env.str("EMAIL_URL", default=""):

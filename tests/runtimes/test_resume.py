@@ -468,7 +468,7 @@ def test_an_owed_step_whose_handler_keeps_crashing_ends_failed_in_the_admin_list
 def test_the_beat_schedule_runs_the_recovery_tasks():
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert scheduled == {"cases.reap_stale_actions", "reauth.expire_reconnect_requests", "cases.outbox_sweep",
-                         "cases.pipeline_watch", "reauth.scalekit_accounts_poll"}
+                         "cases.pipeline_watch", "reauth.scalekit_accounts_poll", "cases.notify_stale_cases"}
     assert scheduled <= set(celery_app.tasks)
     durable = [celery_app.tasks[name] for name in ("cases.outbox_dispatch", "cases.resume_run", "cases.reconcile_case")]
     assert all(t.acks_late and t.reject_on_worker_lost for t in durable)
