@@ -142,6 +142,29 @@ def _handle_deliver(item: OutboxItem) -> Done | Retry:
     return Done(delivery.outcome)
 
 
+# --------------------------------------------------------------------------- an abandoned case's runs
+
+
+def _abandon_exhausted(item: OutboxItem) -> None:
+    """The runtime could not be told in time: the run is ``abandoned`` in Revive, and the case's timeline says
+    its runtime still waits (the failed row in the admin's outbox list can be retried)."""
+    case = RecoveryCase.objects.filter(pk=item.payload["case_id"]).first()
+    audit_record(actor=ACTOR, action="run.abandon_not_told", entity_type="run", entity_id=item.run_id, case=case,
+                 run_id=item.run_id, connection_id=case.connection_id if case else None, outcome="error",
+                 arguments={"error": f"not told after {item.attempts} attempts: {item.last_error}"[:1000],
+                            "outbox": item.key})
+
+
+@outbox_handler(services.ABANDON_RUN, max_attempts=lambda: settings.REVIVE_RESUME_MAX_RETRIES + 1,
+                backoff_first=1.0, backoff_max=60.0, on_exhausted=_abandon_exhausted)
+def _handle_abandon(item: OutboxItem) -> Done | Retry:
+    p = item.payload
+    told = resume.run_abandon_tell(run_id=p["run_id"], case_id=p["case_id"], reason=p.get("reason", ""))
+    if told.outcome == "retry":
+        return Retry(error=f"retry: {told.detail.get('message', '')}"[:1000])
+    return Done(told.outcome)
+
+
 # --------------------------------------------------------------------------- 5. watch
 
 
