@@ -285,13 +285,15 @@ class LangGraphAdapter(RuntimeAdapter):
                   "next": list(snapshot.next)}
         if snapshot.created_at is None:
             return RunStatus("unknown", detail)
+        errors = [t.error for t in snapshot.tasks if t.error]
+        if errors:  # a node that raised after its resume (``RunAbandoned``, a bug): its old interrupt waits no more
+            return RunStatus("failed", {**detail, "errors": [repr(e)[:200] for e in errors]})
         parked = [i.value for i in snapshot.interrupts if _is_parked(i.value)]
         if parked:
             return RunStatus("waiting", {**detail, "parked": parked})
         if not snapshot.next:
             return RunStatus("completed", detail)
-        errors = [t.error for t in snapshot.tasks if t.error]
-        return RunStatus("failed" if errors else "running", {**detail, "errors": [repr(e)[:200] for e in errors]})
+        return RunStatus("running", {**detail, "errors": []})
 
     def close(self) -> None:
         with self._lock:
