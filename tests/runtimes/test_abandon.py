@@ -1,6 +1,7 @@
 """An abandoned case's parked runs are told so through their runtime and end, instead of waiting forever: a
 Temporal workflow gets the ``revive_abandoned`` signal (its wait raises ``RunAbandoned``), a LangGraph thread is
-resumed with the ``abandoned`` value by Revive's Celery worker. A run another open case still holds is not told."""
+resumed with the ``abandoned`` value, a Restate workflow's promise is resolved with it -- each by Revive's Celery
+worker. A run another open case still holds is not told."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from cases.runtimes import adapter_for, reset_adapters
 from .conftest import wait_for
 from .helpers import case_of, connection, new_id, run_state
 from .test_langgraph import start_parked
+from .test_restate import start as restate_start
+from .test_restate import wait_parked as restate_wait_parked
 from .test_temporal import describe, start, wait_parked
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -80,3 +83,21 @@ def test_an_abandoned_langgraph_run_ends_and_one_still_held_by_another_case_stay
     assert not OutboxItem.objects.filter(kind=services.ABANDON_RUN, run_id=both).exists()
     assert run_state(both) == Run.State.PARKED and not told(both)
     assert lg.status(Run.objects.get(pk=both)).state == "waiting"
+
+
+def test_an_abandoned_restate_workflow_wakes_on_its_promise_and_ends_without_sending(restate_settings, world,
+                                                                                    celery_worker):
+    conn = connection()
+    world.revoke(conn)
+    run_id, invocation_id = restate_start(restate_settings, conn)
+    restate_wait_parked(run_id)
+    case = case_of(run_id)
+
+    services.case_abandon(case_id=case.pk, actor="operator:ann", reason="no owner")
+    row = wait_for(lambda: (r := restate_settings.invocation(invocation_id)) and r["status"] == "completed" and r,
+                   "the abandoned invocation to end")
+
+    assert row["completion_result"] == "success", row  # the workflow caught RunAbandoned and returned
+    assert not world.effects("send", run_id=run_id) and not world.marks("finished", run_id=run_id)
+    wait_for(lambda: told(run_id), "the notice to be recorded")
+    assert run_state(run_id) == Run.State.ABANDONED
