@@ -31,6 +31,10 @@ step and never loses it. The Celery tasks (``cases.tasks``) only call these serv
    whose cases have all been released is released again here (the backstop of step 3).
 6. done: the case is ``resumed`` when every run it blocked is past the action it was parked on under the new
    generation -- decided once, in ``services._case_finish_if_resumed``, when that action commits or replays.
+
+Off the main line: an abandoned (or rejected) case owes each run it leaves parked, and no other open case holds,
+``run.abandon`` (``_handle_abandon``, after ``REVIVE_ABANDON_NOTICE_DELAY_SECONDS``): the run is claimed
+(``abandoned``) and told through its runtime adapter (``resume.run_abandon_tell``), so it ends.
 """
 
 from __future__ import annotations

@@ -1812,6 +1812,10 @@ def case_reopen(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
     there); one re-authorized before it was abandoned or rejected goes to ``awaiting_approval``, so an operator
     decides its resume again. Refused once no run is parked any more, or while another case is open for the same
     connection generation. Repeating it returns the reopened case.
+
+    The abandonment's notices to the runs (``runs_abandon_owe``) wait ``REVIVE_ABANDON_NOTICE_DELAY_SECONDS``: a
+    reopen before then cancels them (each notice finds its case reopened and tells nothing). A run already told is
+    ``abandoned``, not parked -- it cannot be un-told -- so it neither counts here nor comes back.
     """
     from django.db import IntegrityError
 

@@ -62,7 +62,8 @@ def test_a_run_another_open_case_holds_is_owed_no_notice_and_stays_parked(make_c
 
 def test_a_runtime_that_cannot_be_told_leaves_the_run_parked_and_says_so(make_case, make_run, settings):
     settings.REVIVE_ABANDON_NOTICE_DELAY_SECONDS = 0
-    run = make_run(runtime=Runtime.RESTATE, runtime_ref={"service": "Briefing", "key": "k1"})
+    # A LangGraph.js graph lives in its worker, which resumes its own thread: Revive cannot reach it.
+    run = make_run(runtime=Runtime.LANGGRAPH, runtime_ref={"thread_id": "t-js", "graph": "briefing", "resumed_by": "worker"})
     case = make_case(CaseState.AWAITING_OWNER, run=run)
     services.case_abandon(case_id=case.pk, actor="operator:ann", reason="owner left")
     [notice] = notices(case)
