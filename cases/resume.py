@@ -349,8 +349,10 @@ def run_abandon_tell(*, run_id: str, case_id: int, reason: str, actor: str = ACT
         return Delivery("skipped", detail={"message": "no such run"})
     adapter = adapter_for(run.runtime)
     if not adapter.can_abandon(run):
-        claim_case = RecoveryCase.objects.filter(pk=case_id).first()
-        _abandon_not_told(run_id=run_id, case=claim_case, actor=actor,
+        case = RecoveryCase.objects.filter(pk=case_id).first()
+        if case is None or case.state != CaseState.ABANDONED or run.state != Run.State.PARKED:
+            return Delivery("skipped", detail={"message": "reopened or not parked"})
+        _abandon_not_told(run_id=run_id, case=case, actor=actor,
                           error=f"the {run.runtime} runtime cannot be told; the run stays parked")
         return Delivery("unsupported")
     claim = services.run_abandon_claim(run_id=run_id, case_id=case_id, actor=actor, reason=reason)
