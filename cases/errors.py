@@ -27,6 +27,14 @@ class RunConflict(DomainError):
     default_message = "A run with this id is already registered with a different runtime or workflow."
 
 
+class RunAbandoned(DomainError):
+    """The run was told its recovery case was abandoned: it ends, and Revive lets it take no further action."""
+
+    code = "RUN_ABANDONED"
+    status = 409
+    default_message = "This run's recovery case was abandoned; the run must end."
+
+
 class ConnectionConflict(DomainError):
     code = "CONNECTION_CONFLICT"
     status = 409

@@ -178,6 +178,8 @@ class Run(models.Model):
         PARKED = "parked"
         COMPLETED = "completed"
         FAILED = "failed"
+        ABANDONED = "abandoned"
+        """Its case was abandoned and the run was told so through its runtime: it ends, it is never resumed."""
 
     id = models.CharField(primary_key=True, max_length=QUALIFIED_ID_LENGTH)
     namespace = _namespace_fk("runs")
@@ -462,6 +464,8 @@ class OutboxItem(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=10)
     due_at = models.DateTimeField(help_text="Still pending after this: the sweep dispatches it again.")
+    not_before = models.DateTimeField(null=True, blank=True,
+                                      help_text="No attempt before this time (a step owed with a delay).")
     claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
     claimed_by = models.CharField(max_length=64, blank=True, default="", editable=False,
                                   help_text="The Celery message (task id) holding the claim: the same message "

@@ -96,11 +96,14 @@ def _enqueue(item_id: int, countdown: float | None = None) -> None:
 
 
 def outbox_put(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCase | int | None = None,
-               run_id: str = "") -> OutboxItem:
+               run_id: str = "", delay: float = 0.0) -> OutboxItem:
     """Owe one step: write its row in the current transaction and dispatch it once that commits.
 
     ``key`` names the step (``run.resume:<run>:<case>:g2:a0``): putting the same key again returns the existing row
-    and dispatches nothing new, so a repeated transition owes its step once.
+    and dispatches nothing new, so a repeated transition owes its step once. With ``delay`` (seconds) no attempt is
+    made before then (``not_before``): the dispatch is sent with that countdown, an earlier one finds the row busy,
+    and the sweep covers a lost message after ``due_at`` -- so a delayed step needs a broker and beat (the embedded
+    default, without either, runs it only once a worker with beat does).
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("outbox_put must run inside the transaction that owes the step")
@@ -111,10 +114,13 @@ def outbox_put(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCa
     try:
         with transaction.atomic():
             item = _new_item(kind=kind, key=key, payload=payload, case=case, run_id=run_id)
+            if delay > 0:
+                item.not_before = timezone.now() + timedelta(seconds=delay)
+                item.due_at += timedelta(seconds=delay)
             item.save(force_insert=True)
     except IntegrityError:  # a concurrent transaction owes the same step and committed first
         return OutboxItem.objects.get(key=key)
-    _dispatch_after_commit([item.pk])
+    _dispatch_after_commit([item.pk], delay if delay > 0 else None)
     return item
 
 
@@ -174,7 +180,8 @@ def _claim(item_id: int, delivery: str = "") -> OutboxItem | None:
     free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
     if delivery:
         free |= Q(claimed_by=delivery)
-    taken = (OutboxItem.objects.filter(pk=item_id, state=OutboxItem.State.PENDING).filter(free)
+    due = Q(not_before__isnull=True) | Q(not_before__lte=now)
+    taken = (OutboxItem.objects.filter(pk=item_id, state=OutboxItem.State.PENDING).filter(free).filter(due)
              .update(claimed_until=until, claimed_by=delivery, attempts=F("attempts") + 1, updated_at=now))
     return OutboxItem.objects.select_related("case").get(pk=item_id) if taken else None
 

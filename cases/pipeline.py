@@ -31,6 +31,10 @@ step and never loses it. The Celery tasks (``cases.tasks``) only call these serv
    whose cases have all been released is released again here (the backstop of step 3).
 6. done: the case is ``resumed`` when every run it blocked is past the action it was parked on under the new
    generation -- decided once, in ``services._case_finish_if_resumed``, when that action commits or replays.
+
+Off the main line: an abandoned (or rejected) case owes each run it leaves parked, and no other open case holds,
+``run.abandon`` (``_handle_abandon``, after ``REVIVE_ABANDON_NOTICE_DELAY_SECONDS``): the run is claimed
+(``abandoned``) and told through its runtime adapter (``resume.run_abandon_tell``), so it ends.
 """
 
 from __future__ import annotations
@@ -140,6 +144,29 @@ def _handle_deliver(item: OutboxItem) -> Done | Retry:
     # ``busy``: another delivery holds the run and covers it (if that one dies, its own row is swept); ``nothing``
     # or ``stale``: not owed any more. A run left without its resume either way is the watchdog's.
     return Done(delivery.outcome)
+
+
+# --------------------------------------------------------------------------- an abandoned case's runs
+
+
+def _abandon_exhausted(item: OutboxItem) -> None:
+    """The runtime could not be told in time: the run is ``abandoned`` in Revive, and the case's timeline says
+    its runtime still waits (the failed row in the admin's outbox list can be retried)."""
+    case = RecoveryCase.objects.filter(pk=item.payload["case_id"]).first()
+    audit_record(actor=ACTOR, action="run.abandon_not_told", entity_type="run", entity_id=item.run_id, case=case,
+                 run_id=item.run_id, connection_id=case.connection_id if case else None, outcome="error",
+                 arguments={"error": f"not told after {item.attempts} attempts: {item.last_error}"[:1000],
+                            "outbox": item.key})
+
+
+@outbox_handler(services.ABANDON_RUN, max_attempts=lambda: settings.REVIVE_RESUME_MAX_RETRIES + 1,
+                backoff_first=1.0, backoff_max=60.0, on_exhausted=_abandon_exhausted)
+def _handle_abandon(item: OutboxItem) -> Done | Retry:
+    p = item.payload
+    told = resume.run_abandon_tell(run_id=p["run_id"], case_id=p["case_id"], reason=p.get("reason", ""))
+    if told.outcome == "retry":
+        return Retry(error=f"retry: {told.detail.get('message', '')}"[:1000])
+    return Done(told.outcome)
 
 
 # --------------------------------------------------------------------------- 5. watch

@@ -37,7 +37,7 @@ from audit.services import audit_record
 from . import services
 from .errors import ActionAlreadyReconciled, ActionStateConflict, CaseNotFound
 from .models import RELEASED_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
-from .runtimes import ResumeRequest, RuntimeDeliveryError, RunNotWaiting, adapter_for
+from .runtimes import AbandonRequest, ResumeRequest, RuntimeDeliveryError, RunNotWaiting, adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +325,54 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
              "was already past its wait" if result.already else "delivered", runtime_ms,
              (time.perf_counter() - started) * 1000)
     return Delivery("already" if result.already else "delivered", detail=result.detail)
+
+
+def _abandon_not_told(*, run_id: str, case: RecoveryCase | None, error: str, actor: str) -> None:
+    with transaction.atomic():
+        audit_record(actor=actor, action="run.abandon_not_told", entity_type="run", entity_id=run_id, case=case,
+                     run_id=run_id, connection_id=case.connection_id if case else None,
+                     arguments={"error": error[:1000]}, outcome="error")
+
+
+def run_abandon_tell(*, run_id: str, case_id: int, reason: str, actor: str = ACTOR) -> Delivery:
+    """Tell a parked run, through its runtime adapter, that ``case_id`` was abandoned (one attempt of the
+    ``run.abandon`` notice). Outcomes: ``told``; ``already`` (the run was past its wait); ``retry`` (transient:
+    the runtime was unreachable or the run not at its wait yet); ``skipped`` (the case was reopened, the run is
+    not parked or another open case holds it); ``unsupported`` (its runtime cannot be told: it stays parked);
+    ``failed`` (a permanent delivery error: the run is ``abandoned`` in Revive, its runtime was not told).
+
+    The run is claimed first (``services.run_abandon_claim``, parked -> abandoned, audited ``run.abandoned``) and
+    the runtime called after, with no lock held; a delivery is recorded as ``run.abandoned_told``.
+    """
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        return Delivery("skipped", detail={"message": "no such run"})
+    adapter = adapter_for(run.runtime)
+    if not adapter.can_abandon(run):
+        case = RecoveryCase.objects.filter(pk=case_id).first()
+        if case is None or case.state != CaseState.ABANDONED or run.state != Run.State.PARKED:
+            return Delivery("skipped", detail={"message": "reopened or not parked"})
+        _abandon_not_told(run_id=run_id, case=case, actor=actor,
+                          error=f"the {run.runtime} runtime cannot be told; the run stays parked")
+        return Delivery("unsupported")
+    claim = services.run_abandon_claim(run_id=run_id, case_id=case_id, actor=actor, reason=reason)
+    if claim.outcome != "claimed":
+        return Delivery("skipped", detail={"message": claim.outcome, "held_by": claim.detail})
+    case = claim.case
+    request = AbandonRequest(run_id=run_id, case_id=case.reference, reason=reason,
+                             rejected={case.connection_id: case.rejected_generation})
+    try:
+        result = adapter.abandon(run=Run.objects.get(pk=run_id), request=request)
+    except RuntimeDeliveryError as exc:
+        if exc.transient:
+            return Delivery("retry", detail={"message": str(exc)[:500], **exc.detail})
+        _abandon_not_told(run_id=run_id, case=case, actor=actor, error=f"{type(exc).__name__}: {exc}")
+        return Delivery("failed", detail={"message": str(exc)[:500]})
+    with transaction.atomic():
+        audit_record(actor=actor, action="run.abandoned_told", entity_type="run", entity_id=run_id, case=case,
+                     run_id=run_id, connection_id=case.connection_id,
+                     arguments={"runtime": run.runtime, "already": result.already, **result.detail})
+    return Delivery("already" if result.already else "told", detail=result.detail)
 
 
 def run_park_observe(*, run_id: str, case_id: str | int, actor: str = ACTOR) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from .errors import (
     ConnectionNotFound,
     GenerationUnknown,
     LeaseFenced,
+    RunAbandoned,
     RunConflict,
     RunNotFound,
 )
@@ -84,6 +85,7 @@ SYSTEM = "system"
 # The pipeline's outbox kinds (their handlers are registered by ``cases.pipeline``).
 RECONCILE_CASE = "case.reconcile"
 RESUME_RUN = "run.resume"
+ABANDON_RUN = "run.abandon"
 
 # --------------------------------------------------------------------------- keys
 
@@ -627,6 +629,9 @@ def _action_begin_locked(
     if action is not None and (res := settled(action)) is not None:
         return res
 
+    if run.state == Run.State.ABANDONED:
+        raise RunAbandoned(data={"run_id": run_id, "action_key": action_key,
+                                 "case_id": _abandoned_by(run_id)})
     blocking = _blocking_case(run) if run.state == Run.State.PARKED else None
     if blocking is None and run.state == Run.State.PARKED:
         _run_relive(run=run, actor=actor)
@@ -1665,7 +1670,78 @@ def _case_abandon_locked(case: RecoveryCase, *, actor: str, arguments: dict[str,
     case_transition(case, to=CaseState.ABANDONED, actor=actor, arguments=arguments)
     # Same transaction: reauth's receiver revokes the owner's active link.
     signals.case_abandoned.send(sender=RecoveryCase, case=case, reason="case_abandoned", actor=actor)
+    runs_abandon_owe(case=case, reason=arguments.get("reason", ""))
     return case
+
+
+def runs_abandon_owe(*, case: RecoveryCase, reason: str) -> list[str]:
+    """Owe each run the abandoned ``case`` leaves parked, and that no other open case holds, the notice that its
+    case was abandoned (``run.abandon``, dispatched after ``REVIVE_ABANDON_NOTICE_DELAY_SECONDS``). A run another
+    open case still holds stays parked for that case. Returns the runs owed a notice.
+
+    In the abandoning transaction; a second abandon after a reopen owes a new notice (the key counts them).
+    """
+    held_elsewhere = (CaseRun.objects.filter(run_id=OuterRef("run_id"), resumed_at__isnull=True,
+                                             case__state__in=OPEN_CASE_STATES).exclude(case_id=case.pk))
+    run_ids = list(CaseRun.objects.filter(case=case, resumed_at__isnull=True, run__state=Run.State.PARKED)
+                   .annotate(held=Exists(held_elsewhere)).filter(held=False)
+                   .order_by("run_id").values_list("run_id", flat=True).distinct())
+    if not run_ids:
+        return []
+    earlier = dict(OutboxItem.objects.filter(kind=ABANDON_RUN, case=case, run_id__in=run_ids).order_by()
+                   .values_list("run_id").annotate(n=Count("pk")).values_list("run_id", "n"))
+    for run_id in run_ids:
+        outbox.outbox_put(kind=ABANDON_RUN, key=f"{ABANDON_RUN}:{run_id}:{case.pk}:n{earlier.get(run_id, 0)}",
+                          payload={"run_id": run_id, "case_id": case.pk, "reason": redact(reason)[:500]},
+                          case=case, run_id=run_id, delay=settings.REVIVE_ABANDON_NOTICE_DELAY_SECONDS)
+    return run_ids
+
+
+def _abandoned_by(run_id: str) -> str | None:
+    """The case whose abandonment a run was told (the reference of its ``run.abandoned`` event)."""
+    case_pk = (AuditEvent.objects.filter(run_id=run_id, action="run.abandoned").order_by("-occurred_at", "-id")
+               .values_list("case_id", flat=True).first())
+    return RecoveryCase.objects.filter(pk=case_pk).values_list("reference", flat=True).first() if case_pk else None
+
+
+@dataclass(frozen=True)
+class AbandonClaim:
+    """Whether a run may be told its case was abandoned: ``claimed`` (now ``abandoned`` in Revive, by this notice),
+    or why not (``reopened``, ``not parked``, ``held``: another open case still holds it, ``gone``)."""
+
+    outcome: str
+    case: RecoveryCase | None = None
+    detail: str = ""
+
+
+@transaction.atomic
+def run_abandon_claim(*, run_id: str, case_id: int, actor: str, reason: str = "") -> AbandonClaim:
+    """Take a parked run out of Revive's hands before its runtime is told that ``case_id`` was abandoned.
+
+    Under the run's and the case's locks (the module's order: run, then case), so a reopen and a claim never
+    both succeed: a reopened case is never told, and a run once claimed is ``abandoned`` -- no longer parked,
+    so no reopen brings it back. Claiming again (a retried notice) answers ``claimed`` without a second event.
+    """
+    run = Run.objects.select_for_update(no_key=True).filter(pk=run_id).first()
+    if run is None:
+        return AbandonClaim("gone")
+    case = case_lock(case_id)
+    if run.state == Run.State.ABANDONED:
+        told_for_us = AuditEvent.objects.filter(run_id=run_id, action="run.abandoned", case_id=case.pk).exists()
+        return AbandonClaim("claimed" if told_for_us else "not parked", case)
+    if case.state != CaseState.ABANDONED:
+        return AbandonClaim("reopened", case)
+    if run.state != Run.State.PARKED:
+        return AbandonClaim("not parked", case, run.state)
+    holder = (CaseRun.objects.filter(run_id=run_id, resumed_at__isnull=True, case__state__in=OPEN_CASE_STATES)
+              .exclude(case_id=case.pk).values_list("case__reference", flat=True).first())
+    if holder is not None:
+        return AbandonClaim("held", case, holder)
+    Run.objects.filter(pk=run_id).update(state=Run.State.ABANDONED, updated_at=timezone.now())
+    audit_record(actor=actor, action="run.abandoned", entity_type="run", entity_id=run_id, case=case, run_id=run_id,
+                 connection_id=case.connection_id, before={"state": Run.State.PARKED},
+                 after={"state": Run.State.ABANDONED}, arguments={"reason": reason, "case_id": case.reference})
+    return AbandonClaim("claimed", case)
 
 
 @transaction.atomic
@@ -1737,6 +1813,10 @@ def case_reopen(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
     there); one re-authorized before it was abandoned or rejected goes to ``awaiting_approval``, so an operator
     decides its resume again. Refused once no run is parked any more, or while another case is open for the same
     connection generation. Repeating it returns the reopened case.
+
+    The abandonment's notices to the runs (``runs_abandon_owe``) wait ``REVIVE_ABANDON_NOTICE_DELAY_SECONDS``: a
+    reopen before then cancels them (each notice finds its case reopened and tells nothing). A run already told is
+    ``abandoned``, not parked -- it cannot be un-told -- so it neither counts here nor comes back.
     """
     from django.db import IntegrityError
 

@@ -280,6 +280,11 @@ TEMPORAL_ADDRESS = env.str("TEMPORAL_ADDRESS", default="127.0.0.1:7233")
 TEMPORAL_NAMESPACE = env.str("TEMPORAL_NAMESPACE", default="default")
 TEMPORAL_RPC_TIMEOUT = env.float("TEMPORAL_RPC_TIMEOUT", default=10.0)
 RESTATE_RESUME_TIMEOUT = env.float("RESTATE_RESUME_TIMEOUT", default=10.0)
+# A run parked on a case that is abandoned (or rejected), and blocked by no other open case, is told so through its
+# runtime adapter (Temporal signal, LangGraph resume value) after this many seconds, so that it ends instead of
+# waiting forever. Until then `case_reopen` can take the case back and the run is never told; once told, it is
+# `abandoned` in Revive and no reopen brings it back. A delayed step needs the Celery worker with beat.
+REVIVE_ABANDON_NOTICE_DELAY_SECONDS = env.float("REVIVE_ABANDON_NOTICE_DELAY_SECONDS", default=900.0)
 # Four eyes: the operator who reconciled a case's action by hand, or resent the owner link that was used, may not
 # approve that case's resume (cases.services.case_four_eyes).
 REVIVE_FOUR_EYES = env.bool("REVIVE_FOUR_EYES", default=False)

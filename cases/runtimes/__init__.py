@@ -14,7 +14,10 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from .base import (
+    ABANDON_KIND,
     RESUME_KIND,
+    AbandonNotSupported,
+    AbandonRequest,
     ResumeRequest,
     ResumeResult,
     RunGone,
@@ -27,7 +30,10 @@ from .base import (
 )
 
 __all__ = [
+    "ABANDON_KIND",
     "RESUME_KIND",
+    "AbandonNotSupported",
+    "AbandonRequest",
     "ResumeRequest",
     "ResumeResult",
     "RunGone",

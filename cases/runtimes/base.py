@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 RESUME_KIND = "resume"
 """``payload["revive"]`` of every resume value Revive delivers (the SDK helpers check it)."""
+ABANDON_KIND = "abandoned"
+"""``payload["revive"]`` of the value that tells a parked run its case was abandoned (the SDK helpers end the wait)."""
 
 
 class RuntimeDeliveryError(Exception):
@@ -43,6 +45,12 @@ class RunNotWaiting(RuntimeDeliveryError):
 
 class RunGone(RuntimeDeliveryError):
     """The runtime no longer has the run in a resumable form (finished, terminated, unknown): retrying cannot help."""
+
+    transient = False
+
+
+class AbandonNotSupported(RuntimeDeliveryError):
+    """This runtime (or this run's form of it) cannot be told that its case was abandoned: the run stays parked."""
 
     transient = False
 
@@ -92,6 +100,34 @@ class ResumeRequest:
 
 
 @dataclasses.dataclass(frozen=True)
+class AbandonRequest:
+    """What tells one parked run that the case it waits on was abandoned (or rejected): its wait ends, never resumed.
+
+    ``payload()`` is the value the run's wait gets instead of a resume (the Temporal ``revive_abandoned`` signal's
+    argument, LangGraph's ``Command(resume=...)`` value); the SDK helpers raise ``RunAbandoned`` from it.
+    """
+
+    run_id: str
+    case_id: str
+    reason: str
+    rejected: dict[str, int]
+    """connection id -> the rejected generation the run waits on."""
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "revive": ABANDON_KIND,
+            "run_id": unqualify(self.run_id),
+            "cases": [self.case_id],
+            "reason": self.reason,
+            "rejected": {unqualify(conn): gen for conn, gen in self.rejected.items()},
+        }
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"revive-abandon:{self.run_id}:{self.case_id}"
+
+
+@dataclasses.dataclass(frozen=True)
 class ResumeResult:
     """A delivered resume. ``already`` when the run had already moved past its wait (nothing was sent)."""
 
@@ -128,6 +164,15 @@ class RuntimeAdapter(abc.ABC):
 
         Idempotent: delivering the same ``request`` again resumes the run at most once.
         """
+
+    def can_abandon(self, run: Run) -> bool:
+        """Whether ``abandon`` can reach ``run`` (checked before Revive stops treating the run as parked)."""
+        return False
+
+    def abandon(self, *, run: Run, request: AbandonRequest) -> ResumeResult:
+        """Tell ``run``, parked on ``request.case_id``, that its case was abandoned, so that it ends instead of
+        waiting forever. Idempotent, like ``resume``. ``ResumeResult.already``: the run was past its wait."""
+        raise AbandonNotSupported(f"the {self.runtime} adapter cannot tell a run that its case was abandoned")
 
     @abc.abstractmethod
     def status(self, run: Run) -> RunStatus:

@@ -9,6 +9,10 @@ pending writes of the interrupted super-step and re-running siblings that had
 already finished. ``Command(resume=...)`` answers exactly the pending
 ``interrupt`` and continues from the saved checkpoint.
 
+A run whose case was abandoned is resumed the same way with an ``abandoned`` value (``AbandonRequest``): the
+SDK's wait raises ``RunAbandoned`` in the node and the graph ends (the node may catch it and end cleanly).
+A graph that lives in the worker (LangGraph.js) cannot be told: it stays parked.
+
 Only one resume of a thread executes at a time: on PostgreSQL a session advisory
 lock keyed by the thread (released by the server if the process dies); on
 SQLite the run's delivery claim (``cases.resume``) is the only guard.
@@ -28,6 +32,8 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from .base import (
+    AbandonNotSupported,
+    AbandonRequest,
     ResumeRequest,
     ResumeResult,
     RunNotWaiting,
@@ -232,6 +238,44 @@ class LangGraphAdapter(RuntimeAdapter):
                                     "interrupts": sorted(targets), "outcome": outcome,
                                     "checkpoint_id": after.config["configurable"].get("checkpoint_id")})
 
+    def can_abandon(self, run) -> bool:
+        return not _resumed_by_worker(run)
+
+    def abandon(self, *, run, request: AbandonRequest) -> ResumeResult:
+        """Answer every parked interrupt of the thread with the ``abandoned`` value (the run is blocked by no other
+        case, so each of them waits on the abandoned one or on cases already settled). The SDK raises
+        ``RunAbandoned`` from it: the graph ending with that error, or handling it, both end the run."""
+        from langgraph.types import Command
+
+        thread_id, graph_name = self._address(run)
+        if _resumed_by_worker(run):
+            raise AbandonNotSupported(f"thread {thread_id} is resumed by its worker; Revive cannot reach it",
+                                      detail={"thread_id": thread_id})
+        graph = self.graph(graph_name)
+        config = self._config(thread_id)
+        with self.store().exclusive(thread_id):
+            snapshot = graph.get_state(config)
+            parked = [i for i in snapshot.interrupts if _is_parked(i.value)]
+            if not parked:
+                if snapshot.created_at is not None and not snapshot.next:
+                    return ResumeResult(already=True, detail={"thread_id": thread_id, "outcome": "completed"})
+                raise RunNotWaiting(f"thread {thread_id} has not reached its wait", detail={"thread_id": thread_id})
+            targets = {i.id: request.payload() for i in parked}
+            raised = ""
+            try:
+                graph.invoke(Command(resume=targets), config)
+            except Exception as exc:
+                if type(exc).__name__ != "RunAbandoned":
+                    if type(exc).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
+                        raise
+                    raise RuntimeDeliveryError(f"the abandoned graph failed: {type(exc).__name__}: {exc}"[:500],
+                                               detail={"thread_id": thread_id}) from exc
+                raised = "RunAbandoned"
+            after = graph.get_state(config)
+        outcome = "ended" if raised or not after.next else "running"
+        return ResumeResult(detail={"thread_id": thread_id, "interrupts": sorted(targets), "outcome": outcome,
+                                    "raised": raised})
+
     def status(self, run) -> RunStatus:
         thread_id, graph_name = self._address(run)
         if _resumed_by_worker(run):
@@ -241,13 +285,15 @@ class LangGraphAdapter(RuntimeAdapter):
                   "next": list(snapshot.next)}
         if snapshot.created_at is None:
             return RunStatus("unknown", detail)
+        errors = [t.error for t in snapshot.tasks if t.error]
+        if errors:  # a node that raised after its resume (``RunAbandoned``, a bug): its old interrupt waits no more
+            return RunStatus("failed", {**detail, "errors": [repr(e)[:200] for e in errors]})
         parked = [i.value for i in snapshot.interrupts if _is_parked(i.value)]
         if parked:
             return RunStatus("waiting", {**detail, "parked": parked})
         if not snapshot.next:
             return RunStatus("completed", detail)
-        errors = [t.error for t in snapshot.tasks if t.error]
-        return RunStatus("failed" if errors else "running", {**detail, "errors": [repr(e)[:200] for e in errors]})
+        return RunStatus("running", {**detail, "errors": []})
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,10 @@ the workflow awaits it (the value waits in Restate), so an early resume is not
 lost; the ingress call carries an ``idempotency-key`` derived from the resume,
 so a duplicate delivery is the same invocation, and the handler resolves a
 promise only once.
+
+A run whose case was abandoned is told through the same handler with an ``abandoned`` value (``AbandonRequest``,
+its own idempotency key): the handler resolves the promise with it, and the SDK's wait raises ``RunAbandoned``
+(a ``TerminalError``), which the workflow may catch; uncaught, the invocation ends failed instead of suspended.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from django.conf import settings
 from cases.restate.admin_client import RestateAdminClient, RestateAdminError, RestateTransportError
 
 from .base import (
+    AbandonRequest,
     ResumeRequest,
     ResumeResult,
     RunGone,
@@ -76,13 +81,13 @@ class RestateAdapter(RuntimeAdapter):
             raise RunGone(f"invocation {row['id']} is {row['status']}", detail={**address, "invocation_id": row["id"]})
         return {**address, "invocation_id": row["id"], "status": row["status"]}
 
-    def resume(self, case, new_generation: int, *, run, request: ResumeRequest) -> ResumeResult:
+    def _post(self, run, payload: dict[str, Any], idempotency_key: str) -> ResumeResult:
         address = self._address(run)
         url = (f"{settings.RESTATE_INGRESS_URL.rstrip('/')}/{quote(address['service'], safe='')}/"
                f"{quote(address['key'], safe='')}/{quote(address['resume_handler'], safe='')}")
         try:
-            response = httpx.post(url, json=request.payload(), timeout=settings.RESTATE_RESUME_TIMEOUT,
-                                  headers={"idempotency-key": request.idempotency_key})
+            response = httpx.post(url, json=payload, timeout=settings.RESTATE_RESUME_TIMEOUT,
+                                  headers={"idempotency-key": idempotency_key})
         except httpx.HTTPError as exc:
             raise RuntimeUnavailable(f"Restate ingress unreachable: {type(exc).__name__}", detail=address) from exc
         if response.status_code >= 500 or response.status_code in (408, 429):
@@ -91,13 +96,24 @@ class RestateAdapter(RuntimeAdapter):
             raise RuntimeMisconfigured(f"Restate has no handler {address['service']}/{address['resume_handler']}",
                                        detail=address)
         if response.status_code >= 400:
-            raise RunGone(f"Restate refused the resume: HTTP {response.status_code} {response.text[:200]}",
-                          detail=address)
+            raise RunGone(f"Restate refused the {payload.get('revive')}: HTTP {response.status_code} "
+                          f"{response.text[:200]}", detail=address)
         try:
             answer = response.json()
         except ValueError:
             answer = None
         return ResumeResult(detail={**address, "handler_answer": answer})
+
+    def resume(self, case, new_generation: int, *, run, request: ResumeRequest) -> ResumeResult:
+        return self._post(run, request.payload(), request.idempotency_key)
+
+    def can_abandon(self, run) -> bool:
+        return True
+
+    def abandon(self, *, run, request: AbandonRequest) -> ResumeResult:
+        """Resolve the run's promise with the ``abandoned`` value (a worker on an SDK without it answers 400:
+        ``RunGone``, recorded as not told)."""
+        return self._post(run, request.payload(), request.idempotency_key)
 
     def status(self, run) -> RunStatus:
         address = self._address(run)

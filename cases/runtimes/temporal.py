@@ -1,5 +1,8 @@
 """Temporal: signal ``revive_reauthorized`` to the run's workflow (by workflow id and run id); ``describe()`` for status.
 
+A run whose case was abandoned is signalled ``revive_abandoned`` instead: the SDK's wait raises ``RunAbandoned``
+in the workflow, which handles it (or fails with it, non-retryable) and ends.
+
 The workflow waits durably in ``revive_sdk.temporal.ReviveRecovery`` for a
 signal whose generation is newer than the rejected one. Temporal records a
 signal in the workflow's history whether or not the workflow has reached its
@@ -22,6 +25,7 @@ from typing import Any, Coroutine
 from django.conf import settings
 
 from .base import (
+    AbandonRequest,
     ResumeRequest,
     ResumeResult,
     RunGone,
@@ -33,6 +37,7 @@ from .base import (
 )
 
 SIGNAL = "revive_reauthorized"  # revive_sdk.temporal.SIGNAL
+ABANDON_SIGNAL = "revive_abandoned"  # revive_sdk.temporal.ABANDON_SIGNAL
 QUERY = "revive_parked"  # revive_sdk.temporal.QUERY
 
 
@@ -134,19 +139,31 @@ class TemporalAdapter(RuntimeAdapter):
                           detail={"workflow_id": desc.id})
         return {"workflow_id": desc.id, "run_id": desc.run_id, "history_length": desc.history_length}
 
-    def resume(self, case, new_generation: int, *, run, request: ResumeRequest) -> ResumeResult:
+    def _signal(self, run, name: str, payload: dict[str, Any]) -> ResumeResult:
         workflow_id, run_id = self._address(run)
         timeout = timedelta(seconds=settings.TEMPORAL_RPC_TIMEOUT)
 
         async def call(client):
-            await client.get_workflow_handle(workflow_id, run_id=run_id).signal(SIGNAL, request.payload(),
-                                                                                rpc_timeout=timeout)
+            await client.get_workflow_handle(workflow_id, run_id=run_id).signal(name, payload, rpc_timeout=timeout)
 
         try:
             self._run(call)
         except Exception as exc:
             raise self._rpc_error(exc, workflow_id) from exc
-        return ResumeResult(detail={"workflow_id": workflow_id, "run_id": run_id, "signal": SIGNAL})
+        return ResumeResult(detail={"workflow_id": workflow_id, "run_id": run_id, "signal": name})
+
+    def resume(self, case, new_generation: int, *, run, request: ResumeRequest) -> ResumeResult:
+        return self._signal(run, SIGNAL, request.payload())
+
+    def can_abandon(self, run) -> bool:
+        return True
+
+    def abandon(self, *, run, request: AbandonRequest) -> ResumeResult:
+        """Signal ``revive_abandoned``; a workflow that is no longer running (``RunGone``) has nothing to be told."""
+        try:
+            return self._signal(run, ABANDON_SIGNAL, request.payload())
+        except RunGone as gone:
+            return ResumeResult(already=True, detail={**gone.detail, "outcome": "not running"})
 
     def status(self, run) -> RunStatus:
         desc = self._describe(run)

@@ -12,6 +12,7 @@ from .errors import (
     RetryLater,
     ReviveError,
     ReviveUnavailable,
+    RunAbandoned,
     RunParked,
 )
 from .flows import ActionContext, Committed, Reconciliation
@@ -32,6 +33,7 @@ __all__ = [
     "Revive",
     "ReviveError",
     "ReviveUnavailable",
+    "RunAbandoned",
     "RunParked",
     "SingleFlightCredential",
 ]

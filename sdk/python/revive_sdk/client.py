@@ -12,7 +12,7 @@ from typing import Any, Callable
 import httpx
 
 from . import flows, tracecontext
-from .errors import ActionInProgress, LeaseFenced, ProviderError, ReviveError, ReviveUnavailable
+from .errors import ActionInProgress, LeaseFenced, ProviderError, ReviveError, ReviveUnavailable, RunAbandoned
 from .flows import ActionContext, Call, Flow, Http, RefreshMemo, Sleep
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -31,6 +31,8 @@ def _answer(response: httpx.Response) -> Any:
             raise LeaseFenced(data.get("generation", 0), data.get("current_generation"))
         if body["code"] == "ACTION_IN_PROGRESS":
             raise ActionInProgress(body.get("message", ""), status=response.status_code, data=data)
+        if body["code"] == "RUN_ABANDONED":
+            raise RunAbandoned(data.get("case_id"), run_id=data.get("run_id"))
         raise ReviveError(body["code"], body.get("message", ""), status=response.status_code, data=data)
     raise ReviveError("HTTP_ERROR", f"HTTP {response.status_code}", status=response.status_code)
 

@@ -40,6 +40,21 @@ class RunParked(Exception):
         self.generation = generation
 
 
+class RunAbandoned(Exception):
+    """The operator abandoned (or rejected) the recovery case the run waits on: it will never be resumed.
+
+    Raised by the runtime helpers' wait when Revive tells the run so (Temporal signal ``revive_abandoned``,
+    LangGraph resume value ``{"revive": "abandoned"}``), and by ``protect_action`` for a run already told.
+    Catch it to end the run your own way (clean up, report); left uncaught it ends the run as failed.
+    """
+
+    def __init__(self, case_id: str | None, *, reason: str = "", run_id: str | None = None) -> None:
+        super().__init__(f"recovery case {case_id} was abandoned" + (f": {reason}" if reason else ""))
+        self.case_id = case_id
+        self.reason = reason
+        self.run_id = run_id
+
+
 class LeaseFenced(Exception):
     """The generation this worker holds has been superseded; reacquire the lease and re-read state."""
 

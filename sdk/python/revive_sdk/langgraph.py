@@ -18,6 +18,11 @@ the *same* ``thread_id`` with ``Command(resume={...})`` (never ``update_state``)
 the node runs again from its start, committed actions replay their recorded
 results, and the rejected action runs with the new generation.
 
+If an operator abandons (or rejects) the case instead, Revive resumes the thread
+with an ``{"revive": "abandoned"}`` value: ``protect_action`` (and
+``wait_for_reauthorization``) raise ``RunAbandoned``. Catch it in the node to end
+the graph your own way; uncaught, the invoke ends with it.
+
 Register the run once, with the graph's name as Revive knows it
 (``REVIVE_LANGGRAPH_GRAPHS`` on the server)::
 
@@ -37,11 +42,12 @@ from typing import Any, Callable
 from langgraph.types import interrupt
 
 from .client import Revive
-from .errors import ActionInProgress, RunParked
+from .errors import ActionInProgress, RunAbandoned, RunParked
 from .flows import ActionContext
 
 PARKED_KIND = "parked"
 RESUME_KIND = "resume"
+ABANDON_KIND = "abandoned"
 SETUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"revive-langgraph:__setup__").digest()[:8], "big", signed=True)
 """The PostgreSQL advisory lock under which checkpoint tables are set up (cases.runtimes.langgraph uses it too)."""
 MAX_PARKS = 32
@@ -70,6 +76,10 @@ def _covers(value: Any, case_ids: set[str]) -> bool:
     return isinstance(value, dict) and value.get("revive") == RESUME_KIND and case_ids <= set(value.get("cases") or ())
 
 
+def _abandons(value: Any, case_ids: set[str]) -> bool:
+    return isinstance(value, dict) and value.get("revive") == ABANDON_KIND and bool(case_ids & set(value.get("cases") or ()))
+
+
 def _released_already(revive: Revive | None, run_id: str, case_ids: set[str]) -> bool:
     """True when none of ``case_ids`` still blocks the run: its resume came before the run reached its wait."""
     if revive is None:
@@ -82,6 +92,7 @@ def _released_already(revive: Revive | None, run_id: str, case_ids: set[str]) ->
 def wait_for_reauthorization(parked: RunParked | Sequence[RunParked], *, run_id: str,
                              revive: Revive | None = None) -> dict[str, Any]:
     """Pause the node until Revive resumes this run for every case in ``parked``; return the resume value.
+    Raise ``RunAbandoned`` if Revive answers instead that one of those cases was abandoned.
 
     LangGraph matches ``interrupt`` calls of a re-executed node by position, so a resume value meant for an
     earlier park of this node can come back here; one that does not name our cases is not ours, and the
@@ -97,6 +108,8 @@ def wait_for_reauthorization(parked: RunParked | Sequence[RunParked], *, run_id:
         value = interrupt(payload)
         if _covers(value, case_ids):
             return value
+        if _abandons(value, case_ids):
+            raise RunAbandoned((value.get("cases") or [None])[0], reason=str(value.get("reason") or ""), run_id=run_id)
     raise RuntimeError(f"run {run_id} was resumed {MAX_PARKS} times without a resume for {sorted(case_ids)}")
 
 

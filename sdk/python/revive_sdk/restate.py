@@ -8,7 +8,10 @@ the durable promise named after the connection and the *rejected* generation
 ``revive_reauthorized`` over the ingress (``install_resume_handler`` adds it).
 A promise resolved before the workflow reaches it keeps its value, so an early
 resume is not lost; the handler resolves each promise once, so a duplicate
-delivery changes nothing. Then the next attempt leases the new generation::
+delivery changes nothing. Then the next attempt leases the new generation.
+If an operator abandons (or rejects) the case instead, Revive resolves the promise
+with an ``abandoned`` value and the wait raises ``RunAbandoned`` (a ``TerminalError``
+and a ``revive_sdk.RunAbandoned``): catch it to end the workflow your own way::
 
     briefing = restate.Workflow("Briefing")
     install_resume_handler(briefing)
@@ -29,11 +32,22 @@ from typing import Any, Callable
 import restate
 from restate.exceptions import TerminalError
 
+from . import errors
 from .errors import ActionFailed, ActionInProgress, RunParked
 from .flows import ActionContext
 
 RESUME_HANDLER = "revive_reauthorized"
 RESUME_KIND = "resume"
+ABANDON_KIND = "abandoned"
+
+
+class RunAbandoned(errors.RunAbandoned, TerminalError):
+    """Raised by the wait of a workflow whose recovery case was abandoned: terminal, so Restate does not retry it."""
+
+    def __init__(self, case_id: str | None, *, reason: str = "", run_id: str | None = None) -> None:
+        TerminalError.__init__(self, f"recovery case {case_id} was abandoned" + (f": {reason}" if reason else ""),
+                               status_code=409)
+        self.case_id, self.reason, self.run_id = case_id, reason, run_id
 MAX_PARKS = 32
 MAX_IN_PROGRESS_WAITS = 10  # ACTION_IN_PROGRESS's retry_after is at most one short lock (REVIVE_ACTION_LOCK_TIMEOUT)
 IN_PROGRESS_WAIT_MAX = 120.0
@@ -48,7 +62,7 @@ def install_resume_handler(workflow: restate.Workflow, *, name: str = RESUME_HAN
     """Add the shared handler Revive calls to resume runs of ``workflow``."""
 
     async def revive_reauthorized(ctx: restate.WorkflowSharedContext, payload: dict) -> dict:
-        if not isinstance(payload, dict) or payload.get("revive") != RESUME_KIND:
+        if not isinstance(payload, dict) or payload.get("revive") not in (RESUME_KIND, ABANDON_KIND):
             raise TerminalError("not a Revive resume", status_code=400)
         resolved, already = [], []
         for connection_id, generation in sorted((payload.get("rejected") or {}).items()):
@@ -84,8 +98,13 @@ async def register_run(ctx: restate.WorkflowContext, revive: Any, *, workflow: r
 
 
 async def wait_for_reauthorization(ctx: restate.WorkflowContext, parked: dict) -> dict:
-    """Suspend on the durable promise of the rejected generation until Revive resolves it; return its value."""
-    return await ctx.promise(promise_name(parked["connection_id"], parked["generation"]), type_hint=dict).value()
+    """Suspend on the durable promise of the rejected generation until Revive resolves it; return its value.
+    Raise ``RunAbandoned`` if Revive resolved it to say the case was abandoned."""
+    value = await ctx.promise(promise_name(parked["connection_id"], parked["generation"]), type_hint=dict).value()
+    if isinstance(value, dict) and value.get("revive") == ABANDON_KIND:
+        raise RunAbandoned((value.get("cases") or [parked.get("case_id")])[0], reason=str(value.get("reason") or ""),
+                           run_id=value.get("run_id"))
+    return value
 
 
 async def protect_action(ctx: restate.WorkflowContext, revive: Any, *, action_key: str,

@@ -10,7 +10,10 @@ signal brings a generation newer than the rejected one, then schedules the
 activity again -- which leases the new generation, replays what was committed,
 and runs the rest. The signal handler keeps the highest generation per
 connection: a signal that arrives before the workflow reaches its wait is kept,
-and a duplicate changes nothing::
+and a duplicate changes nothing. When an operator abandons (or rejects) the case
+instead, Revive signals ``revive_abandoned``: the wait raises ``RunAbandoned``
+(a non-retryable ``ApplicationError`` of that type, and a ``revive_sdk.RunAbandoned``),
+which the workflow may catch to end its own way; uncaught, the workflow fails with it::
 
     @workflow.defn
     class Briefing(ReviveRecovery):
@@ -18,8 +21,11 @@ and a duplicate changes nothing::
         async def run(self, request: dict) -> dict:
             prepared = await self.revive_execute_activity(prepare_brief, request,
                                                           start_to_close_timeout=timedelta(seconds=30))
-            return await self.revive_execute_activity(send_brief, prepared,
-                                                      start_to_close_timeout=timedelta(seconds=30))
+            try:
+                return await self.revive_execute_activity(send_brief, prepared,
+                                                          start_to_close_timeout=timedelta(seconds=30))
+            except RunAbandoned as abandoned:
+                return {"abandoned": abandoned.case_id, "reason": abandoned.reason}
 
 Workflow code runs in Temporal's sandbox; import this module with
 ``workflow.unsafe.imports_passed_through()``. Only this module imports temporalio.
@@ -34,6 +40,7 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from . import errors
 from .errors import ActionInProgress, RunParked
 
 CREDENTIAL_REJECTED = "CredentialRejected"
@@ -48,8 +55,22 @@ PROTECTED_ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), ba
                                        maximum_interval=timedelta(seconds=30), maximum_attempts=20,
                                        non_retryable_error_types=[CREDENTIAL_REJECTED])
 SIGNAL = "revive_reauthorized"
+ABANDON_SIGNAL = "revive_abandoned"
 QUERY = "revive_parked"
 RESUME_KIND = "resume"
+ABANDON_KIND = "abandoned"
+RUN_ABANDONED = "RunAbandoned"
+
+
+class RunAbandoned(errors.RunAbandoned, ApplicationError):
+    """Raised by the wait of a workflow whose recovery case was abandoned: a ``revive_sdk.RunAbandoned`` that is
+    also a non-retryable ``ApplicationError``, so an uncaught one fails the workflow instead of its task."""
+
+    def __init__(self, case_id: str | None, *, reason: str = "", run_id: str | None = None) -> None:
+        message = f"recovery case {case_id} was abandoned" + (f": {reason}" if reason else "")
+        ApplicationError.__init__(self, message, {"case_id": case_id, "reason": reason}, type=RUN_ABANDONED,
+                                  non_retryable=True)
+        self.case_id, self.reason, self.run_id = case_id, reason, run_id
 
 
 def credential_rejected(parked: RunParked) -> ApplicationError:
@@ -120,8 +141,17 @@ class ReviveRecovery:
     def _revive_state(self) -> dict[str, Any]:
         state = self.__dict__.get("_revive")
         if state is None:
-            state = self.__dict__["_revive"] = {"generations": {}, "cases": set(), "parked": [], "resumes": 0}
+            state = self.__dict__["_revive"] = {"generations": {}, "cases": set(), "parked": [], "resumes": 0,
+                                                "abandoned": {}}
         return state
+
+    @workflow.signal(name=ABANDON_SIGNAL)
+    def revive_abandoned(self, payload: dict[str, Any]) -> None:
+        """Record that Revive abandoned a case this workflow waits (or will wait) on: its wait raises."""
+        if not isinstance(payload, dict) or payload.get("revive") != ABANDON_KIND:
+            return
+        for case_id in payload.get("cases") or ():
+            self._revive_state()["abandoned"].setdefault(case_id, str(payload.get("reason") or ""))
 
     @workflow.signal(name=SIGNAL)
     def revive_reauthorized(self, payload: dict[str, Any]) -> None:
@@ -147,13 +177,17 @@ class ReviveRecovery:
         return bool(connection_id) and generation is not None and state["generations"].get(connection_id, 0) > int(generation)
 
     async def revive_wait(self, parked: dict[str, Any]) -> None:
-        """Wait durably until Revive releases the case in ``parked`` (a signal received earlier counts)."""
+        """Wait durably until Revive releases the case in ``parked`` (a signal received earlier counts); raise
+        ``RunAbandoned`` if Revive says instead that the case was abandoned."""
         state = self._revive_state()
         state["parked"].append(parked)
+        case_id = parked.get("case_id")
         try:
-            await workflow.wait_condition(lambda: self.revive_released(parked))
+            await workflow.wait_condition(lambda: self.revive_released(parked) or case_id in state["abandoned"])
         finally:
             state["parked"].remove(parked)
+        if not self.revive_released(parked):
+            raise RunAbandoned(case_id, reason=state["abandoned"][case_id])
         state["resumes"] += 1
 
     async def revive_execute_activity(self, activity_fn: Callable[..., Any] | str, *args: Any, max_parks: int = 32,

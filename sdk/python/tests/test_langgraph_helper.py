@@ -142,3 +142,30 @@ def test_register_run_records_the_thread_and_graph(make_connection, client):
     run_id = f"run_{uuid.uuid4().hex[:8]}"
     out = revive_lg.register_run(client, run_id=run_id, thread_id="thread-9", graph="briefing", workflow_name="brief")
     assert (out["runtime"], out["runtime_ref"]) == ("langgraph", {"thread_id": "thread-9", "graph": "briefing"})
+
+
+def test_an_abandoned_value_raises_run_abandoned_in_the_node_and_another_cases_does_not():
+    from revive_sdk import RunAbandoned
+
+    seen = []
+
+    def wait(state):
+        try:
+            revive_lg.wait_for_reauthorization(RunParked("CASERV-0001", connection_id="c", generation=1), run_id="r1")
+        except RunAbandoned as abandoned:
+            seen.append((abandoned.case_id, abandoned.reason))
+            return {"sent": {"abandoned": abandoned.case_id}}
+        return {"sent": {"resumed": True}}
+
+    graph = StateGraph(State)
+    graph.add_node("wait", wait)
+    graph.add_edge(START, "wait")
+    graph.add_edge("wait", END)
+    app = graph.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+    assert app.invoke({}, config)["__interrupt__"]
+    other = app.invoke(Command(resume={"revive": "abandoned", "cases": ["OTHER"], "reason": "x"}), config)
+    assert other["__interrupt__"] and not seen  # not ours: it waits again
+    out = app.invoke(Command(resume={"revive": "abandoned", "cases": ["CASERV-0001"], "reason": "owner left"}), config)
+    assert out["sent"] == {"abandoned": "CASERV-0001"} and seen == [("CASERV-0001", "owner left")]
+    assert not app.get_state(config).next  # the graph ended

@@ -163,3 +163,27 @@ def test_action_in_progress_backs_off_by_retry_after_under_the_default_policy():
     asyncio.run(_scenario(body, workflows=[Busy], activities=[busy_send]))
     policy = revive_temporal.PROTECTED_ACTIVITY_RETRY
     assert policy.maximum_interval < timedelta(seconds=45) and revive_temporal.CREDENTIAL_REJECTED in policy.non_retryable_error_types
+
+
+def test_an_abandoned_case_ends_the_wait_with_a_non_retryable_run_abandoned():
+    key = f"k-{uuid.uuid4().hex[:6]}"
+
+    async def body(client):
+        handle = await client.start_workflow(Parks.run, key, id=key, task_queue="q")
+
+        async def parked():
+            return bool(await handle.query(revive_temporal.QUERY))
+
+        await _wait(parked)
+        await handle.signal(revive_temporal.ABANDON_SIGNAL, {"revive": "abandoned", "cases": ["OTHER"], "reason": "x"})
+        assert await handle.query(revive_temporal.QUERY)  # another case's abandonment is not ours
+        await handle.signal(revive_temporal.ABANDON_SIGNAL,
+                            {"revive": "abandoned", "cases": ["CASERV-0001"], "reason": "owner left"})
+        with pytest.raises(WorkflowFailureError) as failed:  # uncaught: the workflow fails, it does not wait on
+            await handle.result()
+        cause = failed.value.cause
+        assert isinstance(cause, ApplicationError) and cause.type == "RunAbandoned" and cause.non_retryable
+        assert cause.details[0] == {"case_id": "CASERV-0001", "reason": "owner left"}
+        assert ATTEMPTS[key] == 1  # the activity was not run again
+
+    asyncio.run(_scenario(body))

@@ -42,12 +42,15 @@ async def run(ctx: restate.WorkflowContext, request: dict) -> dict:
             world.mark("send", run_id=run_id)
             return world.lease(conn)
 
-        sent = await revive_restate.protect_action(
-            ctx, revive, run_id=run_id, checkpoint_id="05", connection_id=conn, action_key="send_exec_05",
-            credential=lease,
-            execute=lambda c: world.effect("send", run_id=run_id, idempotency_key=c.idempotency_key,
-                                           credential=c.credential),
-            reconcile=lambda c: world.find(c.idempotency_key))
+        try:
+            sent = await revive_restate.protect_action(
+                ctx, revive, run_id=run_id, checkpoint_id="05", connection_id=conn, action_key="send_exec_05",
+                credential=lease,
+                execute=lambda c: world.effect("send", run_id=run_id, idempotency_key=c.idempotency_key,
+                                               credential=c.credential),
+                reconcile=lambda c: world.find(c.idempotency_key))
+        except revive_restate.RunAbandoned as abandoned:  # the operator gave up on the case: end without sending
+            return {"prepared": prepared, "abandoned": abandoned.case_id, "reason": abandoned.reason}
         await ctx.run_typed("mark finished", mark, restate.RunOptions(), "finished")
         return {"prepared": prepared, "sent": sent}
     finally:
