@@ -521,7 +521,8 @@ class RecoveryCaseAdmin(PlainActionCheckboxMixin, admin.ModelAdmin):
     list_display_links = ["case_id"]
     list_filter = [StateFilter, AssigneeFilter, "failure_class", "provider", TenantFilter, OwnerLinkFilter, AgeFilter]
     search_fields = ["reference"]
-    search_help_text = "Exact case id, run id, connection id, owner e-mail or action key."
+    search_help_text = ("Case id, run id, connection id, owner e-mail or action key; when nothing matches exactly, "
+                        "part of a case id, run id, connection id or owner e-mail (3 characters or more).")
     list_per_page = 100
     list_max_show_all = 1000
     show_full_result_count = False

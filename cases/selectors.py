@@ -132,10 +132,11 @@ def urgency_ranks(states) -> list[int]:
 
 
 SEARCH_DIRECT_LIMIT = 5000
+PARTIAL_SEARCH_MIN = 3  # characters: a shorter term that matches nothing exactly matches nothing
 
 
 def console_case_search(queryset, term: str):
-    """Cases matching ``term`` exactly: case id, run id (the case's first run or any run it blocks), connection id,
+    """Cases matching ``term`` exactly -- or, when nothing does, partly (``_console_case_search_partial``): case id, run id (the case's first run or any run it blocks), connection id,
     owner e-mail (case-insensitive; a pass over the connections, which are far fewer than cases), or the key of
     the case's failed action or of any action of its runs.
 
@@ -158,12 +159,25 @@ def console_case_search(queryset, term: str):
     ]
     # UNION ALL streams, so the LIMIT stops the lookups early on a broad match; duplicates are dropped here.
     found = [pk for (pk,) in lookups[0].union(*lookups[1:], all=True)[: SEARCH_DIRECT_LIMIT + 1]]
+    if not found and len(term) >= PARTIAL_SEARCH_MIN:
+        return _console_case_search_partial(queryset, term)
     if len(found) <= SEARCH_DIRECT_LIMIT:
         return queryset.filter(pk__in=sorted(set(found)))
     return queryset.filter(
         Q(reference=term.upper()) | Q(run_id=term) | Q(connection_id__in=connections) | Q(action_id__in=actions.values("pk"))
         | Q(pk__in=CaseRun.objects.filter(run_id=term).values("case_id"))
         | Q(pk__in=CaseRun.objects.filter(run_id__in=actions.values("run_id")).values("case_id"))
+    )
+
+
+def _console_case_search_partial(queryset, term: str):
+    """Nothing matched exactly: cases whose id, run id (first or blocked), connection id or owner e-mail contains
+    ``term`` (any case). A scan of cases and connections -- the exact lookups above are what stays an index probe
+    at scale, so a partial term is only tried when they found nothing."""
+    connections = Connection.objects.filter(Q(pk__icontains=term) | Q(owner_email__icontains=term)).values("pk")
+    return queryset.filter(
+        Q(reference__icontains=term) | Q(run__id__icontains=term) | Q(connection_id__in=connections)
+        | Q(pk__in=CaseRun.objects.filter(run__id__icontains=term).values("case_id"))
     )
 
 

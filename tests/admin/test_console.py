@@ -97,6 +97,18 @@ def test_the_list_searches_case_run_connection_owner_and_action_key(operator_cli
     assert f">{case.reference}<" not in operator_client.get(LIST, {"q": "nothing-like-it"}).content.decode()
 
 
+def test_the_list_searches_partly_when_nothing_matches_exactly(operator_client, make_case, make_connection):
+    case = make_case(CaseState.OPENED, connection=make_connection("conn_fabrikam_mail", owner_email="Dana@Contoso.example"))
+    other = make_case(CaseState.OPENED)
+    for term in ["contoso", "FABRIKAM", case.run_id[-6:], case.reference[-4:]]:
+        page = operator_client.get(LIST, {"q": term}).content.decode()
+        assert f">{case.reference}<" in page and f">{other.reference}<" not in page, term
+    for term in ["co", "nothing-like-it"]:  # too short to be tried partly; no part matches
+        assert f">{case.reference}<" not in operator_client.get(LIST, {"q": term}).content.decode(), term
+    exact = operator_client.get(LIST, {"q": other.run_id}).content.decode()  # an exact match is never widened
+    assert f">{other.reference}<" in exact and f">{case.reference}<" not in exact
+
+
 def test_runs_blocked_and_owner_link_columns(operator_client, make_case, make_run):
     case = make_case(CaseState.OPENED)
     run = make_run()
