@@ -43,7 +43,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path

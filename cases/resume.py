@@ -373,20 +373,3 @@ def run_abandon_tell(*, run_id: str, case_id: int, reason: str, actor: str = ACT
                      run_id=run_id, connection_id=case.connection_id,
                      arguments={"runtime": run.runtime, "already": result.already, **result.detail})
     return Delivery("already" if result.already else "told", detail=result.detail)
-
-
-def run_park_observe(*, run_id: str, case_id: str | int, actor: str = ACTOR) -> dict[str, Any]:
-    """Ask the run's runtime where the run waits for ``case`` and record it (the timeline's saved checkpoint)."""
-    case = _case(case_id)
-    run = Run.objects.get(pk=run_id)
-    where = adapter_for(run.runtime).park(run, case)
-    with transaction.atomic():
-        audit_record(actor=actor, action="run.park_observed", entity_type="run", entity_id=run_id, case=case,
-                     run_id=run_id, connection_id=case.connection_id, after={"runtime": run.runtime, **where})
-    return where
-
-
-def run_runtime_status(*, run_id: str) -> dict[str, Any]:
-    run = Run.objects.get(pk=run_id)
-    status = adapter_for(run.runtime).status(run)
-    return {"run_id": run_id, "runtime": run.runtime, "state": status.state, "detail": status.detail}

@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from datetime import timedelta
 from dataclasses import dataclass, field

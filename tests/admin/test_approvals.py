@@ -108,7 +108,7 @@ def test_a_reconciliation_from_before_the_case_opened_does_not_count(make_run, m
     services.action_mark_ambiguous(run_id=run.pk, action_key="send", generation=1, reason="t", actor="w")
     services.action_reconcile(run_id=run.pk, action_key="send", found=False, evidence={}, generation=1, actor="w")
     services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
-    from tests.conftest import worker_passes, DEAD_GRANT
+    from tests.conftest import DEAD_GRANT
 
     ref = services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w").case_reference
     services.case_reauthorize(case_id=ref, actor="owner")

@@ -8,7 +8,7 @@ import pytest
 
 from audit.models import AuditEvent
 from cases import services
-from cases.models import CaseNote, CaseState, RecoveryCase, Run
+from cases.models import CaseNote, CaseState, RecoveryCase
 from reauth.models import ReconnectRequest
 
 from .test_browser import enqueued, log_in, shot  # noqa: F401  (fixture)

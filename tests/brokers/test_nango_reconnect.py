@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from audit.models import AuditEvent
-from cases.models import CaseState, Connection, CredentialGeneration
+from cases.models import CaseState, CredentialGeneration
 from reauth.models import BrokerSignal, CustodyGrant, ReconnectRequest
-from tests.reauth.conftest import LAB_PASSWORD, tables_containing
+from tests.reauth.conftest import tables_containing
 
 pytestmark = pytest.mark.django_db(transaction=True)
 _CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')

@@ -11,7 +11,7 @@ from django.test import Client
 
 from audit.models import AuditEvent
 from cases import services as case_services
-from cases.models import CaseState, Connection, CredentialGeneration, RecoveryCase, Runtime
+from cases.models import CaseState, CredentialGeneration, RecoveryCase, Runtime
 from lab.nango_standin import sign
 from reauth.brokers import nango
 from reauth.models import BrokerSignal, ReconnectRequest

@@ -176,7 +176,7 @@ def test_an_executing_action_whose_worker_stopped_beating_is_reconciled_at_the_n
 
 
 def test_the_heartbeat_route(api, make_run, make_connection):
-    run, conn = make_run("run_hb"), make_connection("conn_hb")
+    make_run("run_hb"), make_connection("conn_hb")
     begun = api.post("/runs/run_hb/actions/send/begin", {"checkpoint_id": "05", "connection_id": "conn_hb",
                                                          "generation": 1})
     assert begun.json()["lock_seconds"] == settings.REVIVE_ACTION_LOCK_TIMEOUT

@@ -16,7 +16,7 @@ from bench.pgtrace import count_statements
 from bench.profile_request import wsgi_call
 from cases import services
 from audit.models import AuditEvent
-from cases.models import Action, CaseState, RecoveryCase, Run
+from cases.models import Action, CaseState, RecoveryCase
 from tests.conftest import DEAD_GRANT
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -3,7 +3,6 @@ resumes the same thread with ``Command(resume=...)``."""
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pytest
