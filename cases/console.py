@@ -20,7 +20,7 @@ from django.db import transaction
 from audit.services import audit_record
 from revive_site.errors import DomainError
 
-from . import services, signals
+from . import selectors, services, signals
 from .models import OPEN_CASE_STATES, Action, CaseState, RecoveryCase
 from .resume import case_resume_dispatch
 from .selectors import console_ambiguous_actions
@@ -143,7 +143,7 @@ def _resend_refusal(case: RecoveryCase) -> str | None:
 def _reconcile_refusal(case: RecoveryCase) -> str | None:
     if case.state not in OPEN_CASE_STATES:
         return f"{case.reference} is {case.get_state_display().lower()}: only an open case's actions are reconciled here."
-    if not Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).exists():
+    if not selectors.case_ambiguous_actions(case).exists():
         return f"{case.reference} has no ambiguous action to reconcile."
     return None
 
@@ -212,7 +212,7 @@ def _reconcile(case: RecoveryCase, *, actor: str, form: forms.Form, done: set[in
     evidence: dict[str, Any] = {"by_hand": True, "note": note}
     if ref:
         evidence["external_ref"] = ref
-    mine = set(Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).values_list("pk", flat=True))
+    mine = set(selectors.case_ambiguous_actions(case).values_list("pk", flat=True))
     settled = []
     for action in form.chosen():
         if action.pk not in mine or (done is not None and action.pk in done):
@@ -223,7 +223,7 @@ def _reconcile(case: RecoveryCase, *, actor: str, form: forms.Form, done: set[in
         if done is not None:
             done.add(action.pk)
     case.refresh_from_db(fields=["state"])
-    left = Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).count()
+    left = selectors.case_ambiguous_actions(case).count()
     if not left and case.state in (CaseState.REAUTHORIZED, CaseState.RECONCILING):
         with transaction.atomic():
             case_resume_dispatch(case_id=case.pk, actor=actor)
@@ -254,7 +254,7 @@ def _resend_effect(case: RecoveryCase) -> str:
 
 
 def _reconcile_effect(case: RecoveryCase) -> str:
-    n = Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).count()
+    n = selectors.case_ambiguous_actions(case).count()
     return f"settles the chosen ones of its {n} ambiguous action(s) with your note as evidence"
 
 

@@ -34,7 +34,7 @@ from django.utils.module_loading import import_string
 
 from audit.services import audit_record
 
-from . import services
+from . import selectors, services
 from .errors import ActionAlreadyReconciled, ActionStateConflict, CaseNotFound
 from .models import RELEASED_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
 from .runtimes import AbandonRequest, ResumeRequest, RuntimeDeliveryError, RunNotWaiting, adapter_for
@@ -133,7 +133,7 @@ def case_reconcile(*, case_id: str | int, generation: int, actor: str = "system:
     case = _case(case_id)
     if _moved_on(case, generation, (CaseState.REAUTHORIZED, CaseState.RECONCILING)):
         return ReconcileReport(stale=True)
-    ambiguous = Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS).distinct().order_by("pk")
+    ambiguous = selectors.case_ambiguous_actions(case).order_by("pk")
     return actions_reconcile(ambiguous, case=case, actor=actor)
 
 

@@ -135,6 +135,14 @@ SEARCH_DIRECT_LIMIT = 5000
 PARTIAL_SEARCH_MIN = 3  # characters: a shorter term that matches nothing exactly matches nothing
 
 
+def case_ambiguous_actions(case: RecoveryCase | int | list[int]):
+    """The actions of a case's runs (or of several cases' runs) whose outcome is unknown (``ambiguous``): what
+    reconciliation settles before a resume, by a reconciler, by hand, or in the resumed worker. The one definition
+    of "a case's ambiguous actions"."""
+    cases = Q(run__case_runs__case_id__in=case) if isinstance(case, list) else Q(run__case_runs__case=case)
+    return Action.objects.filter(cases, state=Action.State.AMBIGUOUS).distinct()
+
+
 def console_case_search(queryset, term: str):
     """Cases matching ``term`` exactly -- or, when nothing does, partly (``_console_case_search_partial``): case id, run id (the case's first run or any run it blocks), connection id,
     owner e-mail (case-insensitive; a pass over the connections, which are far fewer than cases), or the key of
@@ -276,10 +284,7 @@ def console_case_detail(*, case_id: str | int) -> CaseDetail | None:
 
 def console_ambiguous_actions(*, case_ids: list[int]) -> list[Action]:
     """The ambiguous actions of the runs of these cases (what an operator may reconcile by hand)."""
-    return list(
-        Action.objects.filter(state=Action.State.AMBIGUOUS, run__case_runs__case_id__in=case_ids)
-        .select_related("run").distinct().order_by("run_id", "action_key")
-    )
+    return list(case_ambiguous_actions(case_ids).select_related("run").order_by("run_id", "action_key"))
 
 
 def console_dashboard(*, now=None, namespaces: list[str] | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from audit.services import audit_record, audit_record_many, refusal_attach, refu
 from reauth.classification import Classification, FailureClass, classify
 from revive_site.errors import ValidationFailed
 
-from . import hotpath, outbox, signals
+from . import hotpath, outbox, selectors, signals
 from .approval import (  # noqa: F401  (re-exported: the policy's public names stay importable from here)
     RECONCILED_ACTIONS,
     ApprovalDecision,
@@ -1380,7 +1380,7 @@ def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool =
         return case
     if case.state == CaseState.AWAITING_APPROVAL:
         return case  # only an operator's case_approve releases it
-    ambiguous = list(Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS)
+    ambiguous = list(selectors.case_ambiguous_actions(case)
                      .values_list("run_id", "action_key"))
     if ambiguous and not defer_ambiguous and case.state != CaseState.RESUME_FAILED:
         if case.state != CaseState.RECONCILING:
@@ -1593,7 +1593,7 @@ def case_approve(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase
             if approval is not None:
                 return _decided_elsewhere(case, approval, actor=actor)
         raise _not_allowed(case, "only a case awaiting approval can be approved", to=CaseState.RESUMING)
-    ambiguous = [f"{r}/{k}" for r, k in Action.objects.filter(run__case_runs__case=case, state=Action.State.AMBIGUOUS)
+    ambiguous = [f"{r}/{k}" for r, k in selectors.case_ambiguous_actions(case)
                  .values_list("run_id", "action_key")]
     arguments: dict[str, Any] = {"approved": True, "reason": reason}
     if ambiguous:
