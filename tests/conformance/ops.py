@@ -40,12 +40,26 @@ def owner_reconnected(*, case_id: str) -> dict[str, Any]:
     return {"case_id": case.reference, "state": case.state, "generation": case.resumed_generation}
 
 
+def abandoned(*, case_id: str, reason: str = "the operator gave up") -> dict[str, Any]:
+    """An operator abandoned the case and its reopen window passed: Revive takes each parked run back (what the
+    delayed ``run.abandon`` step does before it tells the runtime), so the run's next ``begin`` is refused."""
+    from django.db import transaction
+
+    case = services.case_abandon(case_id=case_id, actor="operator:conformance", reason=reason)
+    taken = []
+    for run_id in case.case_runs.values_list("run_id", flat=True):
+        with transaction.atomic():
+            taken.append(services.run_abandon_claim(run_id=run_id, case_id=case.pk, actor=ACTOR, reason=reason).outcome)
+    return {"case_id": case.reference, "state": case.state, "runs": taken}
+
+
 def api_key_create(*, name: str) -> str:
     _key, raw = services.api_key_create(name=name)
     return raw
 
 
-OPS = {"connection_create": connection_create, "reconnect": reconnect, "owner_reconnected": owner_reconnected}
+OPS = {"connection_create": connection_create, "reconnect": reconnect, "owner_reconnected": owner_reconnected,
+       "abandoned": abandoned}
 
 
 def perform(op: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import {
   ActionAmbiguous,
   ActionFailed,
   LeaseFenced,
+  RunAbandoned,
   ProviderError,
   RefreshRequired,
   RetryLater,
@@ -170,6 +171,9 @@ export class Revive {
       const { code, message, data } = answer as { code: string; message?: string; data?: Record<string, unknown> };
       if (code === "LEASE_FENCED") {
         throw new LeaseFenced(Number(data?.generation ?? 0), (data?.current_generation as number | undefined) ?? null);
+      }
+      if (code === "RUN_ABANDONED") {
+        throw new RunAbandoned((data?.case_id as string | undefined) ?? null, (data?.run_id as string | undefined) ?? null);
       }
       throw new ReviveError(code, message ?? "", response.status, data ?? {});
     }

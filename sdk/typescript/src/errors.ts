@@ -35,6 +35,21 @@ export class RunParked extends Error {
   }
 }
 
+/**
+ * The operator abandoned (or rejected) the recovery case the run waited on: it will never be resumed. Thrown by
+ * `protectAction` for a run Revive already told so (`RUN_ABANDONED`); catch it to end the run your own way.
+ */
+export class RunAbandoned extends Error {
+  override name = "RunAbandoned";
+  constructor(
+    readonly caseId: string | null,
+    readonly runId: string | null = null,
+    readonly reason: string = "",
+  ) {
+    super(`recovery case ${caseId} was abandoned${reason ? `: ${reason}` : ""}`);
+  }
+}
+
 /** The generation this worker holds has been superseded: reacquire the lease and re-read state. */
 export class LeaseFenced extends Error {
   override name = "LeaseFenced";

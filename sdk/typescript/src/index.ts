@@ -8,6 +8,7 @@ export {
   RetryLater,
   ReviveError,
   ReviveUnavailable,
+  RunAbandoned,
   RunParked,
 } from "./errors.js";
 export type { ErrorData, ProviderErrorKind } from "./errors.js";

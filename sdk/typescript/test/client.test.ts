@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 
-import { ProviderError, Revive, ReviveError, ReviveUnavailable, RunParked } from "../src/index.js";
+import { ProviderError, Revive, ReviveError, ReviveUnavailable, RunAbandoned, RunParked } from "../src/index.js";
 import { LiveServer } from "./support/live-server.js";
 
 const DEAD_GRANT = new ProviderError(400, { error: "invalid_grant", error_description: "AADSTS50173: The provided grant has expired due to it being revoked." });
@@ -49,6 +49,23 @@ describe("the client against a live Revive server", () => {
       (error: unknown) => error instanceof RunParked && error.caseId === answer.case_id && error.connectionId === connectionId);
     const lease = await revive.lease(connectionId);
     assert.deepEqual([lease.generation, lease.usable, lease.case_id], [1, false, answer.case_id]);
+  });
+
+  test("a run whose case was abandoned is refused with RunAbandoned and nothing executes", async () => {
+    const { connectionId, runId } = await fresh();
+    let effects = 0;
+    const send = () => revive.protectAction({
+      runId, checkpointId: "05", connectionId, actionKey: "send-briefing",
+      credential: () => { throw DEAD_GRANT; },
+      execute: async () => { effects += 1; return { id: "m-1" }; },
+    });
+    let caseId = "";
+    await assert.rejects(send(), (error: unknown) => error instanceof RunParked && Boolean((caseId = error.caseId)));
+    const abandoned = await server.perform({ op: "abandoned", case_id: caseId });
+    assert.deepEqual(abandoned.runs, ["claimed"]);
+    await assert.rejects(send(), (error: unknown) =>
+      error instanceof RunAbandoned && error.caseId === caseId && error.runId === runId);
+    assert.equal(effects, 0);
   });
 
   test("concurrent attempts at one action execute it once", async () => {
