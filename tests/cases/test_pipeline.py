@@ -206,30 +206,6 @@ def test_a_refusal_reported_with_a_stale_generation_still_settles_the_action(mak
     assert retry.decision == "execute"
 
 
-@pytest.mark.django_db
-def test_a_run_parked_on_an_ambiguous_action_is_past_it_once_the_resumed_worker_finds_the_effect(
-        make_run, make_connection, held_outbox):
-    """The lab's timeout scenario: the send timed out (ambiguous), then the credential died while looking it up.
-    After the reconnect the worker's reconcile callback finds the message with the new generation: that is the
-    run going past its parked action (no further begin follows)."""
-    run, conn = make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1,
-                          actor="worker")
-    services.action_mark_ambiguous(run_id=run.pk, action_key="send", generation=1, reason="timeout", actor="worker")
-    answer = services.credential_failure_report(run_id=run.pk, connection_id=conn.pk, generation=1,
-                                                provider_error=DEAD_GRANT, checkpoint_id="05", action_key="send",
-                                                actor="worker")
-    case = RecoveryCase.objects.get(reference=answer.case_reference)
-    services.case_reauthorize(case_id=case.pk, actor="owner")
-    assert services.case_resume_begin(case_id=case.pk, actor="system", defer_ambiguous=True).state == CaseState.RESUMING
-    begun = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                  generation=2, actor="worker")
-    assert begun.decision == "reconcile" and RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMING
-    services.action_reconcile(run_id=run.pk, action_key="send", found=True, evidence={"message": "msg-1"},
-                              generation=2, actor="worker")
-    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
-
-
 def resuming_on_an_ambiguous_send(run, conn) -> RecoveryCase:
     """The send timed out (ambiguous), the credential died, the owner reconnected: the case resumes with the
     settling left to the worker, whose begin answers ``reconcile``."""
@@ -247,6 +223,20 @@ def resuming_on_an_ambiguous_send(run, conn) -> RecoveryCase:
                                   generation=2, actor="worker")
     assert begun.decision == "reconcile"
     return RecoveryCase.objects.get(pk=case.pk)
+
+
+@pytest.mark.django_db
+def test_a_run_parked_on_an_ambiguous_action_is_past_it_once_the_resumed_worker_finds_the_effect(
+        make_run, make_connection, held_outbox):
+    """The lab's timeout scenario: the send timed out (ambiguous), then the credential died while looking it up.
+    After the reconnect the worker's reconcile callback finds the message with the new generation: that is the
+    run going past its parked action (no further begin follows)."""
+    run, conn = make_run(), make_connection()
+    case = resuming_on_an_ambiguous_send(run, conn)
+    assert case.state == CaseState.RESUMING
+    services.action_reconcile(run_id=run.pk, action_key="send", found=True, evidence={"message": "msg-1"},
+                              generation=2, actor="worker")
+    assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
 
 
 @pytest.mark.django_db

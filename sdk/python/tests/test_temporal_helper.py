@@ -72,16 +72,22 @@ async def _wait(check, timeout=60.0):
         await asyncio.sleep(0.05)
 
 
+async def _parked(client, key: str):
+    """Start ``Parks`` and wait until it says where it is parked."""
+    handle = await client.start_workflow(Parks.run, key, id=key, task_queue="q")
+
+    async def parked():
+        return bool(await handle.query(revive_temporal.QUERY))
+
+    await _wait(parked)
+    return handle
+
+
 def test_parks_on_credential_rejected_and_resumes_once_on_the_signal_even_if_duplicated():
     key = f"k-{uuid.uuid4().hex[:6]}"
 
     async def body(client):
-        handle = await client.start_workflow(Parks.run, key, id=key, task_queue="q")
-
-        async def parked():
-            return bool(await handle.query(revive_temporal.QUERY))
-
-        await _wait(parked)
+        handle = await _parked(client, key)
         (waiting,) = await handle.query(revive_temporal.QUERY)
         assert waiting == {"case_id": "CASERV-0001", "connection_id": "conn_a", "generation": 1}
         await handle.signal(revive_temporal.SIGNAL, {"revive": "resume", "cases": ["OTHER"], "generations": {}})
@@ -169,12 +175,7 @@ def test_an_abandoned_case_ends_the_wait_with_a_non_retryable_run_abandoned():
     key = f"k-{uuid.uuid4().hex[:6]}"
 
     async def body(client):
-        handle = await client.start_workflow(Parks.run, key, id=key, task_queue="q")
-
-        async def parked():
-            return bool(await handle.query(revive_temporal.QUERY))
-
-        await _wait(parked)
+        handle = await _parked(client, key)
         await handle.signal(revive_temporal.ABANDON_SIGNAL, {"revive": "abandoned", "cases": ["OTHER"], "reason": "x"})
         assert await handle.query(revive_temporal.QUERY)  # another case's abandonment is not ours
         await handle.signal(revive_temporal.ABANDON_SIGNAL,
