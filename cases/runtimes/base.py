@@ -19,10 +19,9 @@ from cases.namespaces import unqualify
 if TYPE_CHECKING:
     from cases.models import RecoveryCase, Run
 
-RESUME_KIND = "resume"
-"""``payload["revive"]`` of every resume value Revive delivers (the SDK helpers check it)."""
-ABANDON_KIND = "abandoned"
-"""``payload["revive"]`` of the value that tells a parked run its case was abandoned (the SDK helpers end the wait)."""
+# ``payload["revive"]`` of every resume value Revive delivers, and of the value that tells a parked run its case was
+# abandoned: the names the SDK helpers check, from the SDK itself.
+from revive_sdk.names import ABANDON_KIND, RESUME_KIND  # noqa: F401
 
 
 class RuntimeDeliveryError(Exception):

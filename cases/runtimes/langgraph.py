@@ -43,7 +43,7 @@ from .base import (
     RuntimeMisconfigured,
 )
 
-PARKED_KIND = "parked"  # revive_sdk.langgraph.PARKED_KIND
+from revive_sdk.names import PARKED_KIND
 RESUMED_BY_WORKER = "worker"
 """``runtime_ref["resumed_by"]`` of a run whose graph lives in the worker, not in Revive (LangGraph.js, through the
 TypeScript SDK's ``registerRun``): Revive cannot load that graph, so releasing the run is the delivery, and the worker

@@ -36,7 +36,7 @@ from .base import (
     RuntimeUnavailable,
 )
 
-RESUME_HANDLER = "revive_reauthorized"  # revive_sdk.restate.RESUME_HANDLER
+from revive_sdk.names import RESTATE_RESUME_HANDLER as RESUME_HANDLER
 TERMINAL = {"completed", "killed", "cancelled"}
 
 

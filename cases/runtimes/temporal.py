@@ -36,9 +36,9 @@ from .base import (
     RuntimeUnavailable,
 )
 
-SIGNAL = "revive_reauthorized"  # revive_sdk.temporal.SIGNAL
-ABANDON_SIGNAL = "revive_abandoned"  # revive_sdk.temporal.ABANDON_SIGNAL
-QUERY = "revive_parked"  # revive_sdk.temporal.QUERY
+from revive_sdk.names import TEMPORAL_ABANDON_SIGNAL as ABANDON_SIGNAL
+from revive_sdk.names import TEMPORAL_QUERY as QUERY
+from revive_sdk.names import TEMPORAL_SIGNAL as SIGNAL
 
 
 class _Loop:

@@ -45,9 +45,7 @@ from .client import Revive
 from .errors import ActionInProgress, RunAbandoned, RunParked
 from .flows import ActionContext
 
-PARKED_KIND = "parked"
-RESUME_KIND = "resume"
-ABANDON_KIND = "abandoned"
+from .names import ABANDON_KIND, PARKED_KIND, RESUME_KIND  # noqa: F401  (re-exported)
 SETUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"revive-langgraph:__setup__").digest()[:8], "big", signed=True)
 """The PostgreSQL advisory lock under which checkpoint tables are set up (cases.runtimes.langgraph uses it too)."""
 MAX_PARKS = 32

@@ -36,9 +36,8 @@ from . import errors
 from .errors import ActionFailed, ActionInProgress, RunParked
 from .flows import ActionContext
 
-RESUME_HANDLER = "revive_reauthorized"
-RESUME_KIND = "resume"
-ABANDON_KIND = "abandoned"
+from .names import ABANDON_KIND, RESUME_KIND  # noqa: F401  (re-exported)
+from .names import RESTATE_RESUME_HANDLER as RESUME_HANDLER
 
 
 class RunAbandoned(errors.RunAbandoned, TerminalError):

@@ -54,11 +54,10 @@ ACTION_IN_PROGRESS = "ActionInProgress"
 PROTECTED_ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                                        maximum_interval=timedelta(seconds=30), maximum_attempts=20,
                                        non_retryable_error_types=[CREDENTIAL_REJECTED])
-SIGNAL = "revive_reauthorized"
-ABANDON_SIGNAL = "revive_abandoned"
-QUERY = "revive_parked"
-RESUME_KIND = "resume"
-ABANDON_KIND = "abandoned"
+from .names import ABANDON_KIND, RESUME_KIND  # noqa: F401  (re-exported)
+from .names import TEMPORAL_ABANDON_SIGNAL as ABANDON_SIGNAL
+from .names import TEMPORAL_QUERY as QUERY
+from .names import TEMPORAL_SIGNAL as SIGNAL
 RUN_ABANDONED = "RunAbandoned"
 
 
