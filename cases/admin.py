@@ -13,7 +13,6 @@ import csv
 import json
 from datetime import timedelta
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
@@ -34,6 +33,7 @@ from revive_site.errors import DomainError
 from audit.admin_scale import EstimatedCountPaginator, ExactSearchMixin, PlainActionCheckboxMixin
 
 from . import console
+from .case_story import case_story_context
 from .console_access import namespaces_visible_to
 from .namespaces import namespace_ensure, namespace_notifications_set, namespace_operators_set
 from .restate import admin as restate_admin  # noqa: F401  (registers the doctor-and-recovery panel)
@@ -55,13 +55,12 @@ from .admin_services import api_key_access_change, connection_identity_change
 from .forms import ApiKeyAccessForm, ConnectionIdentityForm
 from .outbox import outbox_retry
 from .selectors import (
-    case_audit_events, case_audit_q, case_links_out, console_case_detail, console_case_queryset, console_case_search,
+    case_audit_events, case_audit_q, console_case_detail, console_case_queryset, console_case_search,
     urgency_ranks,
 )
 from . import services
-from .services import LIVE_TRANSITIONS, api_key_create, api_key_revoke, case_four_eyes
+from .services import api_key_create, api_key_revoke
 from .templatetags.revive_console import age as age_text
-from .timeline import timeline_svg
 
 
 class NamespaceScopedMixin:
@@ -664,29 +663,12 @@ class RecoveryCaseAdmin(PlainActionCheckboxMixin, admin.ModelAdmin):
             for op in console.available(case):
                 operations.append({"op": op, "form": op.form_for(cases=[case]),
                                    "url": reverse("admin:cases_recoverycase_operate", args=[case.pk, op.name])})
-        latest = detail.reconnect_requests[0] if detail.reconnect_requests else None
-        if latest is None:
-            owner_link = "none (this case does not need the owner)" if not case.owner_required else "none"
-        elif latest.state == "active" and case.state not in ("opened", "awaiting_owner"):
-            owner_link = "no longer needed (the case moved on)"
-        else:
-            owner_link = latest.state + (f" (expires {latest.expires_at:%H:%M} UTC)" if latest.state == "active" and latest.expires_at else "")
-        live_label = next((label for action, (n, label) in LIVE_TRANSITIONS.items() if n == detail.live_transition), "")
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": f"{case.reference} · {case.run.workflow_name if case.run_id else case.connection_id}",
             "subtitle": case.reference,
-            "detail": detail,
-            "case": case,
-            "live_label": live_label,
-            "owner_link": owner_link,
-            "timeline_svg": timeline_svg(detail.timeline, title=f"Recovery timeline of {case.reference}"),
-            "ledger": [
-                {"action": a, "evidence": redacted_json(a.evidence), "result": redacted_json(a.result),
-                 "error": redacted_json(a.error), "duplicate": f"{a.run_id}/{a.action_key}" in detail.duplicate_actions}
-                for a in detail.ledger
-            ],
+            **case_story_context(detail, audit_url=reverse("admin:audit_auditevent_changelist") + f"?case={case.pk}"),
             "operations": operations,
             "can_operate": can_operate,
             "notes": list(case.notes.all()),
@@ -694,9 +676,6 @@ class RecoveryCaseAdmin(PlainActionCheckboxMixin, admin.ModelAdmin):
             "assign_form": console.AssignForm(initial={"assignee": case.assignee_id}),
             "assign_url": reverse("admin:cases_recoverycase_assign", args=[case.pk]),
             "note_url": reverse("admin:cases_recoverycase_note", args=[case.pk]),
-            "four_eyes": case_four_eyes(case) if settings.REVIVE_FOUR_EYES and case.state == "awaiting_approval" else None,
-            "links_out": case_links_out(case, detail.case_runs),
-            "audit_url": reverse("admin:audit_auditevent_changelist") + f"?case={case.pk}",
             "audit_csv_url": reverse("admin:cases_recoverycase_audit_export", args=[case.pk]),
             "has_view_permission": True,
         }

@@ -117,6 +117,8 @@ class LabWorld:
     """The Nango stand-in, for ``--provider nango`` (the broker holds the grant)."""
     scalekit: ScalekitStandIn | None = None
     """The Scalekit stand-in, for ``--provider scalekit``."""
+    on_run: Callable[[str], None] | None = field(default=None, repr=False)
+    """Told each scenario's run id as the scenario starts (the ``/lab/`` page finds its case by it)."""
 
     def broker_env(self) -> dict[str, str]:
         env = {"REVIVE_LAB_NANGO_SECRET_KEY": self.nango.secret_key} if self.nango else {}
@@ -296,6 +298,8 @@ class Scenario:
         self.connection_id = f"conn_microsoft_ops_{suffix}"
         self.owner_user = self.world.idp.users["right"]
         self.first_event = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        if self.world.on_run is not None:
+            self.world.on_run(self.run_id)
 
     # -- set-up ---------------------------------------------------------------------------
 

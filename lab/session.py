@@ -117,7 +117,8 @@ class ScalekitBeat:
 
 def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = False, out: Callable[[str], None],
             style=None, revive_url: str | None = None,
-            on_result: Callable[[dict], None] | None = None, sdk: str = "python", runtime: str = "langgraph") -> list[dict]:
+            on_result: Callable[[dict], None] | None = None, sdk: str = "python", runtime: str = "langgraph",
+            on_run: Callable[[str], None] | None = None) -> list[dict]:
     if not SESSION_LOCK.acquire(blocking=False):
         raise RuntimeError("a lab session is already running in this process")
     heading = style.MIGRATE_HEADING if style else (lambda s: s)
@@ -170,7 +171,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         lab_key, key = services.api_key_create(name=f"lab-{session.name}", actor="lab")
         world = LabWorld(revive_url=revive_url, api_key=key, idp=idp, standin=standin, mailbox=session / "mail",
                          var_dir=session, vault=vault, children=children,
-                         runtime_server=runtime_server, nango=nango, scalekit=scalekit)
+                         runtime_server=runtime_server, nango=nango, scalekit=scalekit, on_run=on_run)
         world.export_env()
         with override_settings(PUBLIC_BASE_URL=revive_url, SOCIALACCOUNT_PROVIDERS=socialaccount_providers_for(idp),
                                EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",

@@ -15,6 +15,7 @@ import time
 from django.conf import settings
 import functools
 
+from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.db import close_old_connections, connection, transaction
@@ -25,6 +26,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import AuditEvent
 from audit.services import audit_record
+from cases.case_story import case_story_context
+from cases.console_access import namespaces_visible_to
+from cases.models import RecoveryCase
+from cases.selectors import console_case_detail
 
 from .access import LAB_PERMISSION, may_use_lab
 from .runtimes import RUNTIMES
@@ -63,7 +68,7 @@ def lab_required(view):
 def _run(session: dict, *, scenario: str, provider: str, revive_url: str, runtime: str = "langgraph") -> None:
     try:
         run_lab([scenario], provider=provider, runtime=runtime, revive_url=revive_url, out=session["lines"].append,
-                on_result=session["results"].append)
+                on_result=session["results"].append, on_run=session["run_ids"].append)
     except Exception as exc:  # shown on the page
         session["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -96,6 +101,7 @@ def start(request: HttpRequest) -> HttpResponse:
     session_id = secrets.token_urlsafe(8)
     first = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
     session = {"scenario": scenario, "provider": provider, "runtime": runtime, "first_event": first, "lines": [], "results": [],
+               "run_ids": [],
                "done": False, "error": "", "started": time.time(), "user": request.user.get_username()}
     with _sessions_lock:
         _sessions[session_id] = session
@@ -106,13 +112,23 @@ def start(request: HttpRequest) -> HttpResponse:
     return redirect(f"{reverse('lab:index')}?session={session_id}")
 
 
-@lab_required
-@require_GET
-def session_state(request: HttpRequest, session_id: str) -> JsonResponse:
+def _session(session_id: str) -> dict:
     with _sessions_lock:
         session = _sessions.get(session_id)
     if session is None:
         raise Http404("no such lab session")
+    return session
+
+
+def _session_cases(session: dict):
+    """The cases of the session's own runs: all the lab page shows of the console's data."""
+    return RecoveryCase.objects.filter(case_runs__run_id__in=list(session["run_ids"])).distinct().order_by("pk")
+
+
+@lab_required
+@require_GET
+def session_state(request: HttpRequest, session_id: str) -> JsonResponse:
+    session = _session(session_id)
     events = [describe(e) for e in AuditEvent.objects.filter(id__gt=session["first_event"]).order_by("id")[:500]]
     results = []
     for r in session["results"]:
@@ -120,6 +136,31 @@ def session_state(request: HttpRequest, session_id: str) -> JsonResponse:
         if r.get("case_pk"):
             r["admin_url"] = reverse("admin:cases_recoverycase_change", args=[r["case_pk"]])
         results.append(r)
+    case_pk = _session_cases(session).values_list("pk", flat=True).first()
     return JsonResponse({"scenario": session["scenario"], "title": SCENARIOS[session["scenario"]],
                          "provider": session["provider"], "runtime": session["runtime"], "done": session["done"], "error": session["error"],
-                         "lines": session["lines"], "events": events, "results": results})
+                         "lines": session["lines"], "events": events, "results": results, "case_pk": case_pk,
+                         "case_html": reverse("lab:case", args=[session_id, case_pk]) if case_pk else None})
+
+
+@lab_required
+@require_GET
+def session_case(request: HttpRequest, session_id: str, case_pk: int) -> HttpResponse:
+    """The session's case drawn as the console's case page draws it (``cases/_case_story.html``), as a fragment.
+
+    Only a case of the session's own runs (else 404). Links into the console appear only for a viewer who may
+    open those pages there: the lab permission alone does not give the console."""
+    session = _session(session_id)
+    if not _session_cases(session).filter(pk=case_pk).exists():
+        raise Http404("not a case of this lab session")
+    detail = console_case_detail(case_id=case_pk)
+    if detail is None:
+        raise Http404("no such case")
+    case = detail.case
+    visible = namespaces_visible_to(request.user)
+    case_url = audit_url = ""
+    if admin.site.get_model_admin(RecoveryCase).has_view_permission(request, case) and (visible is None or case.namespace_id in visible):
+        case_url = reverse("admin:cases_recoverycase_change", args=[case.pk])
+        if admin.site.get_model_admin(AuditEvent).has_view_permission(request):
+            audit_url = reverse("admin:audit_auditevent_changelist") + f"?case={case.pk}"
+    return render(request, "cases/_case_story.html", case_story_context(detail, case_url=case_url, audit_url=audit_url))

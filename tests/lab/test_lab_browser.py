@@ -1,5 +1,6 @@
-"""The recovery lab in a real browser: a staff member opens /lab/, injects one fault, and watches the four live
-transitions arrive on the timeline (Playwright + Debian's Chromium, against the live server on PostgreSQL)."""
+"""The recovery lab in a real browser: a staff member opens /lab/, injects one fault, and watches the case's incident
+record and recovery timeline (the console's own template) fill in up to the
+fourth live transition (Playwright + Debian's Chromium, against the live server on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -35,19 +36,28 @@ def test_staff_runs_a_scenario_and_sees_the_four_live_transitions(chromium, live
     context = signed_in(chromium, live_server, staff=True)
     page = context.new_page()
     page.goto(f"{live_server.url}/lab/")
-    assert page.locator("#record-title").inner_text() == "Nightly executive briefing"
+    assert page.locator("#case-story").inner_text() == ""
     page.select_option("select[name=scenario]", "revoked")
     page.click("button[type=submit]")
+    # While the scenario runs, the case's timeline fills in, drawn by the console's template.
+    page.wait_for_selector("#case-story #timeline-table tbody tr[data-action='case.opened']", timeout=120_000)
+    running = page.locator("#case-story #timeline-table tbody tr").count()
+    assert page.locator("#status.ok, #status.bad").count() == 0  # drawn while the scenario still runs
     page.wait_for_selector("#status.ok, #status.bad", timeout=180_000)
     assert "as expected" in page.locator("#status").inner_text(), page.locator("#lines").inner_text()
-    live = page.locator("tr.live")
-    assert [live.nth(i).get_attribute("data-live") for i in range(live.count())] == ["1", "2", "3", "4"]
-    assert "LIVE TRANSITION 04 / 04" in page.locator("#timeline").inner_text()
-    assert page.locator("#r-live").inner_text() == "04 / 04"
-    assert page.locator("#r-generation").inner_text() == "01 → 02"
-    assert page.locator("#r-dupes").inner_text() == "0 observed"
-    admin_link = page.locator("#r-case a").get_attribute("href")
-    assert admin_link.startswith("/admin/cases/recoverycase/")
+    story = page.locator("#case-story")
+    rows = story.locator("#timeline-table tbody tr")
+    assert rows.count() > running  # more rows arrived as the recovery went on
+    assert story.locator("svg.revive-timeline g.tl-row").count() == rows.count()
+    actions = [rows.nth(i).get_attribute("data-action") for i in range(rows.count())]
+    for done in ("case.opened", "case.reauthorized", "case.resumed"):
+        assert done in actions, actions
+    assert story.locator("#live-transition").inner_text().startswith("04 / 04")
+    assert story.locator("#generation").inner_text() == "01 rejected → 02 current"
+    assert story.locator("#duplicates").inner_text() == "0 observed"
+    assert story.locator("#case-state").inner_text() == "resumed"
+    assert story.locator("#case-id a").count() == 0  # the lab permission alone does not open the console
+    assert page.evaluate("getComputedStyle(document.querySelector('#incident-record dl')).display") == "grid"  # console CSS
     context.close()
     reset_adapters()
 
