@@ -111,3 +111,41 @@ def test_reopen_a_case_rejected_by_mistake(chromium, live_server, make_case, ope
     assert page.inner_text("#case-state") == "awaiting_approval"
     assert page.locator("#op-approve").count() == 1
     shot(page, "case-reopened")
+
+
+def test_a_namespace_webhook_set_in_the_console_is_signed_and_posted_when_a_case_waits(
+        chromium, live_server, superuser, make_case, settings):
+    """A superuser gives the namespace its own on-call address and webhook in the console; the next case that waits
+    for approval is POSTed there, signed with the global secret, and the case page shows the notification."""
+    import json
+
+    from cases import webhooks
+    from cases.namespaces import namespace_ensure
+    from tests.reauth.test_reconnect_notifications import Receiver
+    from tests.runtimes.conftest import wait_for
+
+    secret = "whsec-browser-test-not-a-real-secret"
+    settings.REVIVE_OPERATOR_WEBHOOK_SECRET = secret
+    namespace_ensure(name="default", actor="test")
+    receiver = Receiver()
+    try:
+        page = log_in(chromium, live_server, superuser)
+        page.goto(f"{live_server.url}/admin/cases/namespace/default/change/")
+        page.fill("#id_operator_emails", "oncall@revive.example")
+        page.fill("#id_operator_webhook_url", receiver.url)
+        page.click("input[name=_save]")
+        page.wait_for_selector(".messagelist .success")
+        changed = AuditEvent.objects.get(action="namespace.notifications_changed")
+        assert "/hooks/revive" not in json.dumps([changed.before, changed.after, changed.arguments])  # the host only
+
+        case = make_case(CaseState.AWAITING_APPROVAL)  # committed: the outbox dispatches (Celery eager here)
+        [(headers, body)] = wait_for(lambda: receiver.requests, "the namespace's webhook to be called", timeout=60)
+        assert webhooks.verify(secret, body, headers["X-Revive-Signature"])
+        payload = json.loads(body)
+        assert (payload["case"], payload["event"], payload["namespace"]) == (case.reference, "case.awaiting_approval",
+                                                                             "default")
+        page.goto(f"{live_server.url}{LIST}{case.pk}/change/")
+        wait_for(lambda: "case.notified" in page.content(), "the notification on the case page", timeout=60)
+        shot(page, "case-notified")
+    finally:
+        receiver.close()
