@@ -17,12 +17,14 @@ where an operator sees it (the admin's outbox list always shows it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
+import threading
 import time
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from celery import current_app
 from django.conf import settings
@@ -186,6 +188,38 @@ def _claim(item_id: int, delivery: str = "") -> OutboxItem | None:
     return OutboxItem.objects.select_related("case").get(pk=item_id) if taken else None
 
 
+@contextlib.contextmanager
+def claim_renewed(renew: Callable[[], int] | None, claim_seconds: float) -> Iterator[None]:
+    """Keep a claim alive while its holder works: ``renew`` (one UPDATE pushing the claim's end out) runs every
+    third of ``claim_seconds`` on a thread of its own until the block ends. So a claim can be short -- a worker
+    killed mid-step frees its claims within ``claim_seconds`` -- and still never expire under a live holder, however
+    long the step (a resumed LangGraph run executes inside its delivery). ``None``: nothing to renew (eager mode)."""
+    if renew is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        from django.db import connection
+
+        try:
+            while not stop.wait(claim_seconds / 3):
+                try:
+                    renew()
+                except Exception as exc:  # a database blip: the next beat tries again, well before the claim ends
+                    log.warning("claim renewal failed (%s: %s)", type(exc).__name__, exc)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name="claim-renewal", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=claim_seconds / 3)
+
+
 @dataclasses.dataclass
 class DispatchResult:
     outcome: str
@@ -203,8 +237,14 @@ def outbox_dispatch(item_id: int, delivery: str = "") -> DispatchResult:
     if item is None:
         return DispatchResult("busy")
     kind = _kind(item.kind)
+
+    def renew() -> int:
+        return (OutboxItem.objects.filter(pk=item.pk, state=OutboxItem.State.PENDING, claimed_by=delivery)
+                .update(claimed_until=timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_CLAIM_SECONDS)))
+
     try:
-        answer = kind.handler(item)
+        with claim_renewed(renew if delivery else None, settings.REVIVE_OUTBOX_CLAIM_SECONDS):
+            answer = kind.handler(item)
     except Exception as exc:  # an unforeseen error (database blip, bug): retried, bounded, then visible
         log.exception("outbox %s (%s) failed", item.key, item.kind)
         answer = Retry(error=f"{type(exc).__name__}: {exc}"[:1000])

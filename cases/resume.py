@@ -35,6 +35,7 @@ from django.utils.module_loading import import_string
 from audit.services import audit_record
 
 from . import selectors, services
+from .outbox import claim_renewed
 from .errors import ActionAlreadyReconciled, ActionStateConflict, CaseNotFound
 from .models import RELEASED_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
 from .runtimes import AbandonRequest, ResumeRequest, RuntimeDeliveryError, RunNotWaiting, adapter_for
@@ -222,8 +223,10 @@ def _claim(run_id: str, holder: str = "") -> datetime | None:
     return until if taken else None
 
 
-def _release(run_id: str, claim: datetime) -> None:
-    Run.objects.filter(pk=run_id, resume_claimed_until=claim).update(resume_claimed_until=None)
+def _release(run_id: str, claim: datetime, holder: str = "") -> None:
+    """Free the run's claim if it is still this delivery's (by its holder: a renewed claim's end has moved)."""
+    mine = Q(resume_claimed_by=holder) if holder else Q(resume_claimed_until=claim)
+    Run.objects.filter(mine, pk=run_id).update(resume_claimed_until=None)
 
 
 def resume_backoff(error: RuntimeDeliveryError, attempt: int) -> float:
@@ -293,17 +296,23 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
         redrive=redrive,
     )
     started = time.perf_counter()
+
+    def renew() -> int:
+        return Run.objects.filter(pk=run_id, resume_claimed_by=holder).update(
+            resume_claimed_until=timezone.now() + timedelta(seconds=settings.REVIVE_RESUME_CLAIM_SECONDS))
+
     try:
         adapter = adapter_for(run.runtime)
         try:
-            result = adapter.resume(case, generation, run=run, request=request)
+            with claim_renewed(renew if holder else None, settings.REVIVE_RESUME_CLAIM_SECONDS):
+                result = adapter.resume(case, generation, run=run, request=request)
         except (RuntimeDeliveryError, SoftTimeLimitExceeded):
             raise
         except Exception as exc:  # an adapter's unforeseen failure (driver, network): retried, then visible
             log.exception("resume of %s failed unexpectedly", run_id)
             raise RuntimeDeliveryError(f"{type(exc).__name__}: {exc}"[:500], detail={"unexpected": True}) from exc
     except RuntimeDeliveryError as exc:
-        _release(run_id, held)
+        _release(run_id, held, holder)
         limit = settings.REVIVE_RESUME_MAX_RETRIES if max_attempts is None else max_attempts
         detail = {"error": type(exc).__name__, **exc.detail}
         if exc.transient and attempt < limit:
@@ -313,14 +322,14 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
         _record_failure(run_id=run_id, case_pks=[cr.case_id for cr in pending], error=str(exc), detail=detail, actor=actor)
         return Delivery("failed", detail={**detail, "message": str(exc), "attempts": attempt + 1})
     except BaseException:
-        _release(run_id, held)
+        _release(run_id, held, holder)
         raise
     runtime_ms = (time.perf_counter() - started) * 1000
     try:
         _record_delivery(run=run, case_run_ids=[cr.pk for cr in pending], request=request,
                          result_detail=result.detail, already=result.already, actor=actor)
     finally:
-        _release(run_id, held)
+        _release(run_id, held, holder)
     log.info("resume of %s (%s) %s: runtime %.0f ms, total %.0f ms", run_id, run.runtime,
              "was already past its wait" if result.already else "delivered", runtime_ms,
              (time.perf_counter() - started) * 1000)

@@ -72,7 +72,8 @@ def resume_run(self, run_id: str, case_id: int, generation: int) -> str:
     failures with backoff, bounded by ``REVIVE_RESUME_MAX_RETRIES``."""
     attempt = self.request.retries
     while True:
-        delivery = pipeline.step_deliver(run_id=run_id, case_id=case_id, generation=generation, attempt=attempt)
+        delivery = pipeline.step_deliver(run_id=run_id, case_id=case_id, generation=generation, attempt=attempt,
+                                         holder="" if self.request.is_eager else (self.request.id or ""))
         if delivery.outcome != "retry":
             return delivery.outcome
         if not self.request.is_eager:

@@ -247,12 +247,13 @@ REVIVE_RECONCILE_IN_WORKER = env.bool("REVIVE_RECONCILE_IN_WORKER", default=True
 REVIVE_RESUME_MAX_RETRIES = env.int("REVIVE_RESUME_MAX_RETRIES", default=10)
 REVIVE_RESUME_BACKOFF_FIRST = env.float("REVIVE_RESUME_BACKOFF_FIRST", default=0.1)
 REVIVE_RESUME_BACKOFF_MAX = env.float("REVIVE_RESUME_BACKOFF_MAX", default=60.0)
-# A delivery claim outlives the task's hard time limit, so a claim is only ever taken over from a dead holder.
-REVIVE_RESUME_CLAIM_SECONDS = env.int("REVIVE_RESUME_CLAIM_SECONDS", default=CELERY_TASK_TIME_LIMIT + 30)
+# A delivery's claim on its run, renewed every third of this while the delivery runs (cases.outbox.claim_renewed):
+# a worker killed mid-delivery frees the run within this long; a live one keeps it however long the run takes.
+REVIVE_RESUME_CLAIM_SECONDS = env.int("REVIVE_RESUME_CLAIM_SECONDS", default=45)
 # The outbox (cases.outbox): a step still pending this long after it was owed (or after its retry was due) is
-# dispatched again by the sweep; a dispatch holds its row this long (past the task's hard time limit).
+# dispatched again by the sweep; a dispatch holds its row this long, renewed every third of it while it runs.
 REVIVE_OUTBOX_GRACE_SECONDS = env.int("REVIVE_OUTBOX_GRACE_SECONDS", default=30)
-REVIVE_OUTBOX_CLAIM_SECONDS = env.int("REVIVE_OUTBOX_CLAIM_SECONDS", default=CELERY_TASK_TIME_LIMIT + 30)
+REVIVE_OUTBOX_CLAIM_SECONDS = env.int("REVIVE_OUTBOX_CLAIM_SECONDS", default=45)
 # The watchdog (cases.pipeline.runs_watch): a resumed run with no ledger progress for this long is re-driven
 # (expired actions reaped and reconciled, resume delivered again); after this many re-drives its case is
 # `resume_failed` with the reason.
