@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from django import forms
 
-from reauth.classification import Provider
+from classifier import Provider
 
 from .models import ApiKey, Connection
 

@@ -3,7 +3,7 @@ from django.core.validators import URLValidator, validate_email
 from django.db import models
 from django.db.models import Q
 
-from reauth.classification import FailureClass, Provider
+from classifier import FailureClass, Provider
 
 # Connections whose grant a broker holds; Revive keeps references and the identity, never a token.
 BROKER_PROVIDERS = (Provider.NANGO, Provider.SCALEKIT)

@@ -2,8 +2,8 @@
 
     reauthorized -> reconcile -> approval -> deliver resume -> watch -> done
 
-Direction: ``reauth`` imports ``cases``; ``cases`` never imports ``reauth``. (``reauth.classification`` is the
-pure provider-error classifier, shared by both sides and holding no state of either.) ``reauth`` hands a
+Direction: ``reauth`` imports ``cases``; ``cases`` never imports ``reauth``. (``classifier``, a package of its own, is
+the pure provider-error classifier both use, holding no state of either.) ``reauth`` hands a
 recovery over exactly once: ``recovery_reauthorized``, called inside the transaction that consumes the owner's
 reconnect request. What ``cases`` needs from the owner's side goes through ``cases.signals`` (a case opened, a
 case abandoned, an operator's resend), which ``reauth`` connects in ``ReauthConfig.ready``.

@@ -27,7 +27,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from audit.redaction import redact
 from audit.services import audit_record, audit_record_many, refusal_attach, refusals_kept
-from reauth.classification import Classification, FailureClass, classify
+from classifier import Classification, FailureClass, classify
 from revive_site.errors import ValidationFailed
 
 from . import hotpath, outbox, selectors, signals

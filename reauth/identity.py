@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from reauth.classification import Provider
+from classifier import Provider
 
 ENTRA = "entra"
 ISSUER_SUBJECT = "issuer_subject"

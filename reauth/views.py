@@ -60,7 +60,7 @@ FAILURE_TEXT = {
                        "revoked or expired at the account's own provider.",
 }
 
-# What the owner must do, by the reason the classifier gave (``reauth.classification.Reason``).
+# What the owner must do, by the reason the classifier gave (``classifier.Reason``).
 OWNER_ACTIONS = {
     "mfa": "When you sign in, complete the multi-factor authentication prompt (for example approve the request in "
            "your authenticator app).",

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from cases.models import Connection
 
-from ..classification import Provider
+from classifier import Provider
 
 
 class ScalekitError(BrokerError):

@@ -34,7 +34,7 @@ from cases.outbox import outbox_put
 from cases.services import case_open_from_signal, case_recover_without_reconnect
 
 from .. import services as reconnect
-from ..classification import FailureClass, Provider, classify
+from classifier import FailureClass, Provider, classify
 from ..errors import ReconnectError
 from ..models import BrokerSignal, ReconnectRequest
 from . import BrokerError, identity, nango

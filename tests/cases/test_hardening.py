@@ -182,7 +182,7 @@ def test_the_case_class_is_the_most_actionable_whatever_the_order(make_connectio
 
 def test_the_class_order_puts_every_owner_class_before_every_operator_class():
     from cases.services import CASE_CLASS_ORDER, OWNER_CLASSES
-    from reauth.classification import FailureClass
+    from classifier import FailureClass
 
     owner = [c for c in CASE_CLASS_ORDER if c in OWNER_CLASSES]
     assert list(CASE_CLASS_ORDER[:len(owner)]) == owner and set(owner) == set(OWNER_CLASSES)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reauth import classification
-from reauth.classification import SIGNATURES, Classification, FailureClass, Provider, classify
+import classifier as classification
+from classifier import SIGNATURES, Classification, FailureClass, Provider, classify
 
 NOW = 1_750_000_000.0
 
@@ -930,7 +930,7 @@ def test_module_imports_without_django_settings():
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
     root = Path(__file__).resolve().parents[2]
     script = (
-        "from reauth.classification import classify;"
+        "from classifier import classify;"
         "print(classify(provider='entra', status=400, body={'error': 'invalid_grant'}).failure_class)"
     )
 

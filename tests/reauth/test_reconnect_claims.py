@@ -149,7 +149,7 @@ def test_admin_consent_goes_to_an_operator_not_the_owner(owner_case, code):
 
 
 def test_every_reason_an_owner_can_act_on_has_words():
-    from reauth.classification import Reason
+    from classifier import Reason
 
     operator_only = {"admin_consent", "account_disabled"}
     assert set(Reason.values) - operator_only == set(OWNER_ACTIONS)

@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 
 from audit.models import AuditEvent
 from cases.models import OutboxItem, CaseState, Connection, CredentialGeneration
-from reauth.classification import FailureClass, classify
+from classifier import FailureClass, classify
 from reauth.custody import get_custody
 from reauth.models import CustodyGrant, ReconnectRequest
 

@@ -6,7 +6,7 @@ from cases.forms import ConnectionForm
 from cases.models import DEFAULT_NAMESPACE
 from cases.namespaces import namespace_ensure, qualify
 from cases.services import connection_create
-from reauth.classification import Provider
+from classifier import Provider
 from revive_site.errors import DomainError
 
 # the command's options, by the form field each one fills
