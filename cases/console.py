@@ -21,7 +21,7 @@ from audit.services import audit_record
 from revive_site.errors import DomainError
 
 from . import selectors, services, signals
-from .models import OPEN_CASE_STATES, Action, CaseState, RecoveryCase
+from .models import OPEN_CASE_STATES, Action, CaseState, RecoveryCase, Run
 from .resume import case_resume_dispatch
 from .selectors import console_ambiguous_actions
 
@@ -155,8 +155,6 @@ def _abandon_refusal(case: RecoveryCase) -> str | None:
 
 
 def _reopen_refusal(case: RecoveryCase) -> str | None:
-    from .models import Run
-
     if case.state != CaseState.ABANDONED:
         return f"{case.reference} is {case.get_state_display().lower()}: only an abandoned or rejected case can be reopened."
     if not Run.objects.filter(case_runs__case=case, state=Run.State.PARKED).exists():

@@ -15,7 +15,9 @@ from django import forms
 
 from classifier import Provider
 
+from .errors import ConnectionInvalid
 from .models import ApiKey, Connection
+from .services import connection_broker_check
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -56,9 +58,6 @@ class ConnectionForm(forms.ModelForm):
         provider = data.get("provider")
         # a broker-held connection (nango, scalekit) records its upstream's identity, under the upstream's rules
         identity_check(self, data, provider=data.get("upstream_provider") or provider)
-        from .errors import ConnectionInvalid
-        from .services import connection_broker_check
-
         try:  # a broker-held connection (nango, scalekit) names its upstream provider and the broker's references
             connection_broker_check(provider=provider or "", upstream_provider=data.get("upstream_provider") or "",
                                     broker_integration=data.get("broker_integration") or "",

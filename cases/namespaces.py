@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import transaction
 
 from audit.services import audit_record
 
-from .models import DEFAULT_NAMESPACE, Namespace
+from .models import DEFAULT_NAMESPACE, Namespace, email_list_split
 
 SEPARATOR = "~"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -83,10 +84,6 @@ def namespace_operators_set(*, name: str, users: list, actor: str) -> None:
 def namespace_notifications_set(*, name: str, operator_emails: str, operator_webhook_url: str, actor: str) -> Namespace:
     """Where this namespace's operator notifications go (blank: the global settings); audited. Only the webhook URL's
     host is written to the audit log: a webhook URL may carry a token of its own."""
-    from urllib.parse import urlsplit
-
-    from .models import email_list_split
-
     namespace = Namespace.objects.select_for_update().get(pk=name)
     emails = ", ".join(email_list_split(operator_emails))
     url = (operator_webhook_url or "").strip()

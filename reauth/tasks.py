@@ -1,6 +1,7 @@
 from celery import shared_task
 
 from . import services
+from .brokers import services as broker_services
 from .errors import NotificationDeliveryFailed
 
 
@@ -30,6 +31,4 @@ def expire_reconnect_requests() -> int:
 @shared_task(name="reauth.scalekit_accounts_poll")
 def scalekit_accounts_poll() -> dict:
     """Beat: read the status of registered Scalekit connected accounts (bounded per run, with backoff per account)."""
-    from .brokers import scalekit
-
-    return scalekit.accounts_poll().as_dict()
+    return broker_services.scalekit_accounts_poll().as_dict()

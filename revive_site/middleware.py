@@ -1,10 +1,26 @@
+import json
+import logging
 import re
+from typing import Any
 
 from django.conf import settings
-from django.http import JsonResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 
 from audit.context import trace_id_from_traceparent, work_context_bind, work_context_reset
-from audit.operations import REQUEST_ID_HEADER, request_id_for
+from audit.models import OperationAudit
+from audit.operations import (
+    OPERATOR_PATH_PREFIX,
+    REASON_HEADER,
+    REQUEST_ID_HEADER,
+    operation_audit_record,
+    request_id_for,
+)
+from cases.models import ApiKey
+from cases.services import api_key_authenticate
+
+log = logging.getLogger(__name__)
 
 _RUN_PATH = re.compile(r"^/api/v1/runs/(?P<run>[A-Za-z0-9_.:@-]{1,200})(?:/|$)")
 
@@ -93,4 +109,105 @@ class ApiErrorShapeMiddleware:
                 if header in response:
                     shaped[header] = response[header]
             return shaped
+        return response
+
+
+# --------------------------------------------------------------------------- operations audit (audit.operations)
+
+
+def _arguments(request: HttpRequest) -> dict[str, Any]:
+    arguments: dict[str, Any] = {}
+    if request.GET:
+        arguments["query"] = {key: request.GET.getlist(key) for key in request.GET}
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return {**arguments, "body": "(larger than accepted; not stored)"}
+    if not body:
+        return arguments
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {**arguments, "body": "(not JSON; not stored)"}
+    if isinstance(parsed, dict):
+        return {**parsed, **arguments}
+    return {**arguments, "body": parsed}
+
+
+def _actor(request: HttpRequest) -> tuple[str, str]:
+    """The key that made the attempt, also when it was refused; ``anonymous`` without a valid key."""
+    key = getattr(request, "auth", None)
+    if not isinstance(key, ApiKey):
+        raw = request.headers.get("X-Api-Key")
+        key = api_key_authenticate(raw) if raw else None
+    if key is None:
+        return "anonymous", ""
+    return key.actor, key.role + ("+system_operate" if key.system_operate else "")
+
+
+def _error_body(response: HttpResponse) -> dict[str, Any] | None:
+    if response.streaming or "json" not in response.get("Content-Type", ""):
+        return None
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) and "code" in body else None
+
+
+def _error_code(status: int, error_body: dict[str, Any] | None) -> str:
+    if status < 400:
+        return ""
+    return str((error_body or {}).get("code") or f"HTTP_{status}")
+
+
+def _outcome(status: int) -> str:
+    if status < 400:
+        return OperationAudit.Outcome.SUCCEEDED
+    if status in (401, 403):
+        return OperationAudit.Outcome.REFUSED
+    return OperationAudit.Outcome.FAILED
+
+
+class OperationsAuditMiddleware:
+    """Records one operations audit row per operator-route request and tags it with a request id."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path.startswith(OPERATOR_PATH_PREFIX):
+            return self.get_response(request)
+        request_id = request_id_for(request)
+        request.request_id = request_id
+        started_at = timezone.now()
+        arguments = _arguments(request)
+        response = self.get_response(request)
+        finished_at = timezone.now()
+
+        error_body = _error_body(response) if response.status_code >= 400 else None
+        if error_body is not None:
+            error_body["requestId"] = request_id
+            response.content = json.dumps(error_body)
+            if response.has_header("Content-Length"):
+                response["Content-Length"] = str(len(response.content))
+        response[REQUEST_ID_HEADER] = request_id
+
+        try:
+            actor, role = _actor(request)
+            operation_audit_record(
+                request_id=request_id,
+                actor=actor,
+                role=role,
+                route=request.path,
+                arguments=arguments,
+                reason=request.headers.get(REASON_HEADER, "")[:2000],
+                started_at=started_at,
+                finished_at=finished_at,
+                outcome=_outcome(response.status_code),
+                error_code=_error_code(response.status_code, error_body),
+                error=str((error_body or {}).get("message") or ""),
+            )
+        except Exception:
+            log.exception("operations audit: could not record request %s on %s", request_id, request.path)
         return response

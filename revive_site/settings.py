@@ -78,7 +78,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files in every mode, compressed and cached
     "revive_site.middleware.WorkContextMiddleware",  # request id, trace id and run id for logs and audit
-    "audit.operations.OperationsAuditMiddleware",
+    "revive_site.middleware.OperationsAuditMiddleware",
     "revive_site.middleware.ApiErrorShapeMiddleware",
     "revive_site.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ReconnectProviderNotConfigured, ReconnectProviderUnreachable
-from . import BrokerError, nango
+from . import BrokerError, nango, scalekit
 
 
 def reconnect_start(connection) -> str:
@@ -12,8 +12,6 @@ def reconnect_start(connection) -> str:
     Nango: a reconnect session for this one connection, opened in Nango's Connect UI. Scalekit: a fresh magic
     link for the connected account. Called outside any transaction (it is a network call).
     """
-    from . import scalekit
-
     try:
         if connection.provider == "nango":
             return nango.connect_url(nango.reconnect_session(integration_id=connection.broker_integration,

@@ -6,26 +6,22 @@
 * ``POST /api/v1/connected_accounts/magic_link`` ``{"connector", "identifier"}`` → ``{"link", "expiry"}``.
 
 Status ``ACTIVE`` is the only usable one (``EXPIRED``, ``PENDING_AUTH``, ``PENDING_VERIFICATION``, ``DISCONNECTED``,
-``REVOKED``, ``ERROR`` are not). Scalekit documents no expiry webhook, so ``accounts_poll`` (Celery beat) reads the
+``REVOKED``, ``ERROR`` are not). Scalekit documents no expiry webhook, so ``services.scalekit_accounts_poll`` (Celery beat) reads the
 status of every registered Scalekit connection, a bounded batch per run, backing off per account after errors.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import httpx
 from django.conf import settings
+from django.core.cache import cache
 
 from . import BrokerError
-from django.core.cache import cache
-from django.utils import timezone
 
 from cases.models import Connection
 
-from classifier import Provider
 
 
 class ScalekitError(BrokerError):
@@ -34,6 +30,11 @@ class ScalekitError(BrokerError):
 
 def _base() -> str:
     return settings.REVIVE_SCALEKIT_ENVIRONMENT_URL.rstrip("/")
+
+
+def configured() -> bool:
+    """A Scalekit environment is configured (``REVIVE_SCALEKIT_ENVIRONMENT_URL``)."""
+    return bool(_base())
 
 
 def _token() -> str:
@@ -69,7 +70,7 @@ def _call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     return body
 
 
-def _account(conn: Connection) -> dict[str, Any]:
+def account_read(conn: Connection) -> dict[str, Any]:
     params = {"connector": conn.broker_integration, "identifier": conn.broker_connection}
     if conn.broker_account:
         params["id"] = conn.broker_account
@@ -81,7 +82,7 @@ def _account(conn: Connection) -> dict[str, Any]:
 
 def account_credentials(conn: Connection) -> dict[str, Any]:
     """The OAuth token Scalekit holds for the account, shaped like Nango's credentials (``access_token``, ``raw``)."""
-    details = (_account(conn).get("authorization_details") or {}).get("oauth_token") or {}
+    details = (account_read(conn).get("authorization_details") or {}).get("oauth_token") or {}
     return {"access_token": details.get("access_token", ""), "raw": {k: v for k, v in details.items() if k == "id_token"}}
 
 
@@ -91,53 +92,3 @@ def magic_link(conn: Connection) -> str:
     if not body.get("link"):
         raise ScalekitError(200, "malformed", "no link in the answer")
     return body["link"]
-
-
-# --------------------------------------------------------------------------- polling
-
-
-@dataclass
-class PollReport:
-    checked: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, list[str]]:
-        return asdict(self)
-
-
-def accounts_poll(*, limit: int | None = None) -> PollReport:
-    """Read the status of the registered Scalekit connections that are due; record a change once and act on it.
-
-    Bounded: at most ``REVIVE_SCALEKIT_POLL_BATCH`` accounts per run, the longest-waiting first, so every account
-    gets its turn. An account whose read failed waits 2^n minutes (capped at an hour) before its next turn, so one
-    broken account cannot hold the rest.
-    """
-    from django.db.models import F, Q
-
-    from . import services
-
-    report = PollReport()
-    if not _base():
-        return report
-    now = timezone.now()
-    due = (Connection.objects.filter(provider=Provider.SCALEKIT)
-           .filter(Q(broker_next_check_at__isnull=True) | Q(broker_next_check_at__lte=now))
-           .order_by(F("broker_next_check_at").asc(nulls_first=True), "pk"))
-    for conn in due[: limit or settings.REVIVE_SCALEKIT_POLL_BATCH]:
-        try:
-            account = _account(conn)
-        except ScalekitError as exc:
-            failures = conn.broker_check_failures + 1
-            Connection.objects.filter(pk=conn.pk).update(
-                broker_check_failures=failures, broker_next_check_at=timezone.now() + timedelta(minutes=min(60, 2 ** failures)))
-            report.errors.append(f"{conn.pk}: {exc.code or exc.status}")
-            continue
-        Connection.objects.filter(pk=conn.pk).update(broker_check_failures=0, broker_next_check_at=timezone.now())
-        report.checked.append(conn.pk)
-        status = str(account.get("status") or "").upper()
-        if services.scalekit_status_observed(connection_id=conn.pk, status=status,
-                                             account={"id": account.get("id"), "status": status,
-                                                      "updated_at": account.get("updated_at")}):
-            report.changed.append(conn.pk)
-    return report

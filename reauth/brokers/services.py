@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from audit.redaction import redact
@@ -37,7 +39,7 @@ from .. import services as reconnect
 from classifier import FailureClass, Provider, classify
 from ..errors import ReconnectError
 from ..models import BrokerSignal, ReconnectRequest
-from . import BrokerError, identity, nango
+from . import BrokerError, identity, nango, scalekit
 
 logger = logging.getLogger(__name__)
 NANGO_ACTOR = "broker:nango"
@@ -204,8 +206,6 @@ class ProofUnavailable(Exception):
 
 def _credentials(conn: Connection) -> dict[str, Any]:
     """What the broker holds for the connection now; ``{}`` (proves nobody) if the broker refuses to say."""
-    from . import scalekit
-
     try:
         if conn.provider == Provider.NANGO:
             return nango.connection_credentials(integration_id=conn.broker_integration, connection_id=conn.broker_connection)
@@ -307,3 +307,49 @@ def scalekit_status_observed(*, connection_id: str, status: str, account: dict[s
     _audit(signal, conn, outcome="identity_proof_pending")
     _enqueue(signal.pk)
     return True
+
+
+# --------------------------------------------------------------------------- polling
+
+
+@dataclass
+class PollReport:
+    checked: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return asdict(self)
+
+
+def scalekit_accounts_poll(*, limit: int | None = None) -> PollReport:
+    """Read the status of the registered Scalekit connections that are due; record a change once and act on it.
+
+    Bounded: at most ``REVIVE_SCALEKIT_POLL_BATCH`` accounts per run, the longest-waiting first, so every account
+    gets its turn. An account whose read failed waits 2^n minutes (capped at an hour) before its next turn, so one
+    broken account cannot hold the rest.
+    """
+    report = PollReport()
+    if not scalekit.configured():
+        return report
+    now = timezone.now()
+    due = (Connection.objects.filter(provider=Provider.SCALEKIT)
+           .filter(Q(broker_next_check_at__isnull=True) | Q(broker_next_check_at__lte=now))
+           .order_by(F("broker_next_check_at").asc(nulls_first=True), "pk"))
+    for conn in due[: limit or settings.REVIVE_SCALEKIT_POLL_BATCH]:
+        try:
+            account = scalekit.account_read(conn)
+        except scalekit.ScalekitError as exc:
+            failures = conn.broker_check_failures + 1
+            Connection.objects.filter(pk=conn.pk).update(
+                broker_check_failures=failures, broker_next_check_at=timezone.now() + timedelta(minutes=min(60, 2 ** failures)))
+            report.errors.append(f"{conn.pk}: {exc.code or exc.status}")
+            continue
+        Connection.objects.filter(pk=conn.pk).update(broker_check_failures=0, broker_next_check_at=timezone.now())
+        report.checked.append(conn.pk)
+        status = str(account.get("status") or "").upper()
+        if scalekit_status_observed(connection_id=conn.pk, status=status,
+                                             account={"id": account.get("id"), "status": status,
+                                                      "updated_at": account.get("updated_at")}):
+            report.changed.append(conn.pk)
+    return report

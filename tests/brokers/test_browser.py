@@ -75,22 +75,22 @@ def scalekit_case(scalekit_settings, scalekit_connection, scalekit_standin, revi
 
     from django.db import connection as db
 
-    from reauth.brokers import scalekit
+    from reauth.brokers import services as broker_services
     from tests.reauth.conftest import link_in
 
     settings.PUBLIC_BASE_URL = revive_server.url
     conn = scalekit_connection()
-    scalekit.accounts_poll()
+    broker_services.scalekit_accounts_poll()
     with scalekit_standin._lock:
         scalekit_standin.accounts[(conn.broker_integration, conn.broker_connection)]["status"] = "EXPIRED"
-    scalekit.accounts_poll()
+    broker_services.scalekit_accounts_poll()
     link, _ = link_in(mailoutbox[-1])
     stop = threading.Event()
 
     def beat():
         try:
             while not stop.wait(0.3):
-                scalekit.accounts_poll()
+                broker_services.scalekit_accounts_poll()
         finally:
             db.close()
 

@@ -12,7 +12,7 @@ import pytest
 
 from audit.models import AuditEvent
 from cases.models import CaseState, Connection, CredentialGeneration, RecoveryCase
-from reauth.brokers import scalekit
+from reauth.brokers import services as broker_services
 from reauth.models import BrokerSignal, ReconnectRequest
 from tests.reauth.conftest import tables_containing
 
@@ -30,15 +30,15 @@ def expire(standin, conn, status="EXPIRED"):
 def test_a_non_active_account_opens_the_case_once(scalekit_settings, scalekit_connection, scalekit_standin, status,
                                                   mailoutbox):
     conn = scalekit_connection()
-    assert conn.pk in scalekit.accounts_poll().checked
+    assert conn.pk in broker_services.scalekit_accounts_poll().checked
     assert not RecoveryCase.objects.filter(connection=conn).exists()
     expire(scalekit_standin, conn, status)
-    assert scalekit.accounts_poll().changed == [conn.pk]
+    assert broker_services.scalekit_accounts_poll().changed == [conn.pk]
     case = RecoveryCase.objects.get(connection=conn)
     assert (case.failure_class, case.rejected_generation, case.run_id) == ("dead_grant", 1, None)
     assert CredentialGeneration.objects.get(connection=conn, number=1).state == CredentialGeneration.State.REJECTED
     assert len(mailoutbox) == 1
-    assert scalekit.accounts_poll().changed == []  # the same status again is no new signal
+    assert broker_services.scalekit_accounts_poll().changed == []  # the same status again is no new signal
     assert RecoveryCase.objects.filter(connection=conn).count() == 1
     assert BrokerSignal.objects.filter(connection=conn).count() == 2  # ACTIVE, then the change
 
@@ -46,13 +46,13 @@ def test_a_non_active_account_opens_the_case_once(scalekit_settings, scalekit_co
 def test_the_poll_is_bounded_and_backs_off_from_an_account_it_cannot_read(scalekit_settings, scalekit_connection,
                                                                           scalekit_standin):
     conns = [scalekit_connection() for _ in range(3)]
-    assert len(scalekit.accounts_poll(limit=2).checked) == 2
+    assert len(broker_services.scalekit_accounts_poll(limit=2).checked) == 2
     broken = conns[0]
     with scalekit_standin._lock:
         scalekit_standin.accounts.pop((broken.broker_integration, broken.broker_connection))
-    first = scalekit.accounts_poll()
+    first = broker_services.scalekit_accounts_poll()
     assert any(e.startswith(broken.pk) for e in first.errors)
-    second = scalekit.accounts_poll()
+    second = broker_services.scalekit_accounts_poll()
     assert broken.pk not in second.checked and not any(e.startswith(broken.pk) for e in second.errors)
     assert {c.pk for c in conns[1:]} <= set(second.checked)
 
@@ -63,9 +63,9 @@ def _expired_case(scalekit_connection, scalekit_standin, revive_server, mailoutb
 
     settings.PUBLIC_BASE_URL = revive_server.url
     conn = scalekit_connection()
-    scalekit.accounts_poll()
+    broker_services.scalekit_accounts_poll()
     expire(scalekit_standin, conn)
-    scalekit.accounts_poll()
+    broker_services.scalekit_accounts_poll()
     return (conn, *link_in(mailoutbox[-1]))
 
 
@@ -93,7 +93,7 @@ def _owner_reconnects(link: str, idp_browser, username: str, poll) -> str:
 def test_active_again_with_the_right_identity_advances_the_generation_and_stores_no_token(
         scalekit_settings, scalekit_connection, scalekit_standin, idp_browser, revive_server, mailoutbox, settings):
     conn, link, link_token = _expired_case(scalekit_connection, scalekit_standin, revive_server, mailoutbox, settings)
-    assert _owner_reconnects(link, idp_browser, "ada", scalekit.accounts_poll).endswith("/done")
+    assert _owner_reconnects(link, idp_browser, "ada", broker_services.scalekit_accounts_poll).endswith("/done")
     conn.refresh_from_db()
     assert conn.current_generation == 2
     proof = AuditEvent.objects.get(action="credential.custody_broker", connection_id=conn.pk)
@@ -106,7 +106,7 @@ def test_active_again_with_the_right_identity_advances_the_generation_and_stores
 def test_active_again_with_another_account_is_refused_and_stays_blocked(
         scalekit_settings, scalekit_connection, scalekit_standin, idp_browser, revive_server, mailoutbox, settings):
     conn, link, _ = _expired_case(scalekit_connection, scalekit_standin, revive_server, mailoutbox, settings)
-    assert _owner_reconnects(link, idp_browser, "mallory", scalekit.accounts_poll).endswith("/refused")
+    assert _owner_reconnects(link, idp_browser, "mallory", broker_services.scalekit_accounts_poll).endswith("/refused")
     conn.refresh_from_db()
     assert conn.current_generation == 1
     case = RecoveryCase.objects.get(connection=conn)
