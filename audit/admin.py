@@ -20,7 +20,8 @@ def redacted_json(value) -> str:
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Evidence is read-only for everyone, superusers included."""
+    """Read-only for everyone, superusers included: evidence (the audit log), and the console's records, which
+    change only through Revive's services (its actions, each with its own permission)."""
 
     def has_add_permission(self, request):
         return False

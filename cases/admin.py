@@ -27,7 +27,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from audit import admin as audit_admin
-from audit.admin import redacted_json, register_case_scope
+from audit.admin import ReadOnlyAdmin, redacted_json, register_case_scope
 from audit.redaction import redact
 from revive_site.errors import DomainError
 from audit.admin_scale import EstimatedCountPaginator, ExactSearchMixin, PlainActionCheckboxMixin
@@ -286,7 +286,7 @@ class CheckpointInline(ReadOnlyInline):
 
 
 @admin.register(Run)
-class RunAdmin(NamespaceScopedMixin, ExactSearchMixin, admin.ModelAdmin):
+class RunAdmin(NamespaceScopedMixin, ExactSearchMixin, ReadOnlyAdmin):
     list_display = ["id", "workflow_name", "runtime", "state", "updated_at"]
     list_filter = ["runtime", "state"]
     search_fields = ["id", "workflow_name"]
@@ -302,18 +302,10 @@ class RunAdmin(NamespaceScopedMixin, ExactSearchMixin, admin.ModelAdmin):
     def runtime_reference(self, obj):
         return redacted_json(obj.runtime_ref)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Action)
-class ActionAdmin(NamespaceScopedMixin, ExactSearchMixin, admin.ModelAdmin):
+class ActionAdmin(NamespaceScopedMixin, ExactSearchMixin, ReadOnlyAdmin):
     """The ledger, read-only. Results, errors and evidence are shown redacted.
 
     Millions of rows: searches are exact index lookups and page counts are estimated (``audit.admin_scale``)."""
@@ -345,18 +337,10 @@ class ActionAdmin(NamespaceScopedMixin, ExactSearchMixin, admin.ModelAdmin):
     def evidence_redacted(self, obj):
         return redacted_json(obj.evidence)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(OutboxItem)
-class OutboxItemAdmin(admin.ModelAdmin):
+class OutboxItemAdmin(ReadOnlyAdmin):
     """Every step Revive owes, read-only; ``failed`` rows (attempts used up) are an operator's to look at.
 
     An operator with the console permission may give a failed row its attempts again.
@@ -385,14 +369,6 @@ class OutboxItemAdmin(admin.ModelAdmin):
     def has_operate_permission(self, request):
         return request.user.has_perm(console.PERMISSION)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # --------------------------------------------------------------------------- the case list
@@ -514,7 +490,7 @@ def _selection_action(op: console.Operation):
 
 
 @admin.register(RecoveryCase)
-class RecoveryCaseAdmin(PlainActionCheckboxMixin, admin.ModelAdmin):
+class RecoveryCaseAdmin(PlainActionCheckboxMixin, ReadOnlyAdmin):
     list_display = ["case_id", "state_badge", "failure_class", "provider_and_code", "connection_id_col", "tenant",
                     "runs_blocked_col", "age", "owner_link"]
     list_display_links = ["case_id"]
@@ -531,14 +507,6 @@ class RecoveryCaseAdmin(PlainActionCheckboxMixin, admin.ModelAdmin):
 
     # ---- permissions: the console reads for every staff user with view permission; only operators act
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_operate_permission(self, request):
         return request.user.has_perm(console.PERMISSION)

@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.db import transaction
 
+from audit.admin import ReadOnlyAdmin
 from audit.services import audit_record
 
 from cases.console_access import namespaces_visible_to
@@ -17,7 +18,7 @@ for _model in list(admin.site._registry):
 
 
 @admin.register(ReconnectRequest)
-class ReconnectRequestAdmin(admin.ModelAdmin):
+class ReconnectRequestAdmin(ReadOnlyAdmin):
     list_display = ["public_id", "case", "connection", "state", "expires_at", "email_sent_at", "refusals", "created_at"]
     list_filter = ["state"]
     search_fields = ["public_id", "case__reference", "connection__id"]
@@ -35,14 +36,6 @@ class ReconnectRequestAdmin(admin.ModelAdmin):
         visible = namespaces_visible_to(request.user)
         return qs if visible is None else qs.filter(case__namespace__in=visible)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_operate_permission(self, request):
         return request.user.has_perm("cases.operate_case")

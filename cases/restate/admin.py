@@ -34,6 +34,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
+from audit.admin import ReadOnlyAdmin
 from audit.models import OperationAudit, OperationsPanel
 from audit.operations import operation_audit_record
 from audit.redaction import redact_url
@@ -181,21 +182,13 @@ def _both_doctors() -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
 
 
 @admin.register(OperationsPanel)
-class OperationsPanelAdmin(admin.ModelAdmin):
+class OperationsPanelAdmin(ReadOnlyAdmin):
     def has_module_permission(self, request) -> bool:
         return can_view(request.user)
 
     def has_view_permission(self, request, obj=None) -> bool:
         return can_view(request.user)
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
