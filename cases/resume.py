@@ -281,8 +281,14 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
         return Delivery("stale")
     run = Run.objects.filter(pk=run_id).first()
     pending = list(_pending_case_runs(run_id))
+    # An earlier attempt of this delivery (``attempt`` > 0) died after the run it executes went past its parked
+    # action: the case is resumed, but the rest of the run was never run. Continue it from its latest checkpoint.
+    unfinished = (run is not None and run.state == Run.State.ACTIVE and not pending and attempt > 0
+                  and adapter_for(run.runtime).hosts(run))
+    if unfinished:
+        redrive = max(redrive, 1)
     # A first delivery is due once; a re-drive (the watchdog reset the mark) delivers again.
-    if run is None or run.state != Run.State.ACTIVE or not any(cr.resume_sent_at is None for cr in pending) and not redrive:
+    elif run is None or run.state != Run.State.ACTIVE or not any(cr.resume_sent_at is None for cr in pending) and not redrive:
         return Delivery("nothing")
     held = _claim(run_id, holder)
     if held is None:

@@ -164,6 +164,13 @@ class RuntimeAdapter(abc.ABC):
         Idempotent: delivering the same ``request`` again resumes the run at most once.
         """
 
+    def hosts(self, run: Run) -> bool:
+        """Whether the resume delivery itself executes ``run`` (LangGraph run in Revive's worker), rather than waking
+        a run its runtime executes (a Temporal signal, a Restate promise). A delivery of a hosted run that died is
+        continued from the run's latest checkpoint even after the run went past its parked action
+        (``resume.run_resume_deliver``): nobody else would run the rest."""
+        return False
+
     def can_abandon(self, run: Run) -> bool:
         """Whether ``abandon`` can reach ``run`` (checked before Revive stops treating the run as parked)."""
         return False

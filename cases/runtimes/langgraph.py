@@ -238,6 +238,9 @@ class LangGraphAdapter(RuntimeAdapter):
                                     "interrupts": sorted(targets), "outcome": outcome,
                                     "checkpoint_id": after.config["configurable"].get("checkpoint_id")})
 
+    def hosts(self, run) -> bool:
+        return not _resumed_by_worker(run)
+
     def can_abandon(self, run) -> bool:
         return not _resumed_by_worker(run)
 

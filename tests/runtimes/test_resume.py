@@ -46,6 +46,19 @@ class ScriptedAdapter(RuntimeAdapter):
         return RunStatus("waiting")
 
 
+class HostingAdapter(ScriptedAdapter):
+    """Like the LangGraph adapter with the graph in Revive's worker: the delivery executes the run."""
+
+    def hosts(self, run):
+        return True
+
+    def resume(self, case, new_generation, *, run, request):
+        HostingAdapter.redrives.append(request.redrive)
+        return super().resume(case, new_generation, run=run, request=request)
+
+    redrives: list = []
+
+
 @pytest.fixture(autouse=True)
 def scripted(settings):
     settings.REVIVE_RUNTIME_ADAPTERS = {**settings.REVIVE_RUNTIME_ADAPTERS,
@@ -493,3 +506,35 @@ def test_a_dispatch_that_cannot_be_sent_after_commit_leaves_the_commit_alone_and
     monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: sent.append(item_id))  # Redis is back
     later = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS + 1)
     assert owed.pk in outbox.outbox_sweep(now=later) and owed.pk in sent
+
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("hosted", [True, False], ids=["revive-hosts-the-run", "the-runtime-runs-it"])
+def test_a_delivery_that_died_after_the_run_went_past_its_action_continues_a_run_revive_hosts(
+        hosted, make_connection, make_run, held_outbox, settings, django_capture_on_commit_callbacks):
+    """The LangGraph run executes inside its delivery; the worker dies after the run went past its parked action
+    (the case is resumed) but before the rest of the run. The same message delivered again continues the run from
+    its latest checkpoint -- where Revive hosts it. A run its runtime executes (a signalled Temporal workflow) goes
+    on by itself, so nothing is delivered again."""
+    if hosted:
+        settings.REVIVE_RUNTIME_ADAPTERS = {**settings.REVIVE_RUNTIME_ADAPTERS,
+                                            "langgraph": "tests.runtimes.test_resume.HostingAdapter"}
+        reset_adapters()
+    HostingAdapter.redrives = []
+    conn, run = make_connection(), make_run()
+    case = reconnect(park(run, conn), django_capture_on_commit_callbacks)
+    assert outbox.outbox_dispatch(OutboxItem.objects.get(kind=services.RECONCILE_CASE).pk).outcome == "done"
+    item = OutboxItem.objects.get(kind=services.RESUME_RUN)
+    # The first attempt (message "task-lost") ran the run past its parked action, then its worker was killed.
+    OutboxItem.objects.filter(pk=item.pk).update(attempts=1, claimed_until=timezone.now() + timedelta(seconds=600),
+                                                 claimed_by="task-lost")
+    passes(run, conn)
+    assert state_of(case) == CaseState.RESUMED and not ScriptedAdapter.calls
+
+    assert outbox.outbox_dispatch(item.pk, delivery="task-lost").outcome == "done"
+    if hosted:
+        assert [c[0] for c in ScriptedAdapter.calls] == [run.pk] and HostingAdapter.redrives == [1]
+    else:
+        assert ScriptedAdapter.calls == []
+    assert OutboxItem.objects.get(pk=item.pk).state == "done"
