@@ -51,7 +51,9 @@ def test_an_abandoned_temporal_workflow_is_signalled_and_ends_without_sending(te
     assert not world.effects("send", run_id=run_id) and not world.marks("finished", run_id=run_id)
     wait_for(lambda: told(run_id), "the notice to be recorded")
     assert run_state(run_id) == Run.State.ABANDONED
-    assert OutboxItem.objects.get(kind=services.ABANDON_RUN, run_id=run_id).state == OutboxItem.State.DONE
+    # the step is recorded done just after its handler returns (the notice's audit row commits first)
+    wait_for(lambda: OutboxItem.objects.get(kind=services.ABANDON_RUN, run_id=run_id).state == OutboxItem.State.DONE,
+             "the notice's outbox row to be done")
     with pytest.raises(Exception, match="no parked run left"):  # told is final: no reopen brings the run back
         services.case_reopen(case_id=case.pk, actor="operator:ann", reason="too late")
 
