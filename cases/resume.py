@@ -255,13 +255,17 @@ def _record_delivery(*, run: Run, case_run_ids: list[int], request: ResumeReques
 
 
 @transaction.atomic
-def _record_failure(*, run_id: str, case_pks: list[int], error: str, detail: dict[str, Any], actor: str) -> None:
-    """The resume could not be delivered: the run waits again and its cases show ``resume_failed`` to operators."""
+def _record_failure(*, run_id: str, case_pks: list[int], error: str, detail: dict[str, Any], actor: str,
+                    park: bool = True) -> None:
+    """The resume could not be delivered: the run waits again and its cases show ``resume_failed`` to operators.
+    ``park=False``: the run was past its parked action (a continuation of a hosted run): no case would release it
+    again, so it is left as it is and the failure is written on the case for operators."""
     run = Run.objects.select_for_update(no_key=True).get(pk=run_id)
     for case_pk in sorted(case_pks):
         services.case_resume_fail(case_id=case_pk, actor=actor, reason=f"resume of {run_id} not delivered: {error}"[:1000],
                                   detail={"run_id": run_id, "runtime": run.runtime, "detail": detail})
-    services.run_park_again(run_id=run_id, actor=actor, reason="resume could not be delivered")
+    if park:
+        services.run_park_again(run_id=run_id, actor=actor, reason="resume could not be delivered")
 
 
 def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: int = 0, max_attempts: int | None = None,
@@ -325,7 +329,8 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
             countdown = resume_backoff(exc, attempt)
             log.info("resume of %s not delivered (%s); retry %d in %.2fs", run_id, exc, attempt + 1, countdown)
             return Delivery("retry", detail={**detail, "message": str(exc)}, countdown=countdown)
-        _record_failure(run_id=run_id, case_pks=[cr.case_id for cr in pending], error=str(exc), detail=detail, actor=actor)
+        _record_failure(run_id=run_id, case_pks=[cr.case_id for cr in pending] or [case.pk], error=str(exc),
+                        detail=detail, actor=actor, park=not unfinished)
         return Delivery("failed", detail={**detail, "message": str(exc), "attempts": attempt + 1})
     except BaseException:
         _release(run_id, held, holder)
