@@ -22,6 +22,9 @@ from .harness import KINDS, RUNTIMES
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_TIMEOUT = 1800
+# The first test waits for the whole sample (the session fixture): pytest.ini's 600 s per test would cut it short
+# on a loaded machine, where the sample takes longer than that.
+pytestmark = pytest.mark.timeout(SAMPLE_TIMEOUT + 300)
 
 
 @pytest.fixture(scope="session")
