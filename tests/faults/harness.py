@@ -520,7 +520,17 @@ class Trial:
             self.reconnects += 1
             self.reconnected_at = time.time()
             return
-        request = db_retry(lambda: reconnect_link_open(token=token, actor="owner:faults"))
+        try:
+            request = db_retry(lambda: reconnect_link_open(token=token, actor="owner:faults"))
+        except Exception as exc:
+            # A link already used: the owner's earlier attempt (or a re-sent e-mail's) reconnected -- nothing to redo.
+            if type(exc).__name__ == "ReconnectLinkUsed" and db_retry(
+                    lambda: ReconnectRequest.objects.filter(connection_id=self.conn, state="consumed").exists()):
+                self.note("the owner's link was already used by a reconnect that committed")
+                self.reconnects += 1
+                self.reconnected_at = time.time()
+                return
+            raise
         identity = db_retry(lambda: expected_identity(Connection.objects.get(pk=self.conn)))
 
         def complete() -> bool:
