@@ -70,8 +70,8 @@ class ActorKindFilter(admin.SimpleListFilter):
         return queryset.filter(actor__startswith=prefix) if prefix else queryset
 
 
-# Apps above ``audit`` narrow what a console user sees of the log by registering a scope here (``cases`` registers
-# the namespaces the user is limited to); ``audit`` itself knows nothing of them.
+# Apps above ``audit`` narrow what a console user sees of the log by registering a scope here (``console.admin``
+# registers the namespaces the user is limited to); ``audit`` itself knows nothing of them.
 EVENT_SCOPES: list[Callable[[HttpRequest, QuerySet], QuerySet]] = []
 
 
@@ -79,8 +79,8 @@ _case_scopes: list = []
 
 
 def register_case_scope(scope) -> None:
-    """The cases app hands over which events belong to a case (``scope(case_pk) -> Q | None``); audit imports
-    nothing above it."""
+    """The console (``console.admin.base``) hands over which events belong to a case (``scope(case_pk) -> Q | None``);
+    audit imports nothing above it."""
     _case_scopes[:] = [scope]
 
 

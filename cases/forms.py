@@ -1,7 +1,7 @@
-"""The console's connection forms: what an operator types, checked before anything is stored.
+"""The connection form and the identity rules: what an operator types, checked before anything is stored.
 
-Used by the admin (``ConnectionAdmin``) and by ``manage.py revive_connection``, so both refuse the same input
-with the same words: Entra tenant and object ids are GUIDs, an issuer is an https URL (http only on loopback,
+Used by ``manage.py revive_connection`` and, for the identity rules, by the console's change form
+(``console.forms.ConnectionIdentityForm``), so both refuse the same input with the same words: Entra tenant and object ids are GUIDs, an issuer is an https URL (http only on loopback,
 for a local identity provider), the owner's e-mail is an e-mail. A placeholder such as ``<tid>`` copied from the
 README never becomes the identity Revive insists on at reconnect.
 """
@@ -16,7 +16,7 @@ from django import forms
 from classifier import Provider
 
 from .errors import ConnectionInvalid
-from .models import ApiKey, Connection
+from .models import Connection
 from .services import connection_broker_check
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -86,35 +86,3 @@ def identity_check(form: forms.ModelForm, data: dict, *, provider: str | None) -
             form.add_error("provider_issuer", "Auth0 and OIDC connections need the issuer (iss), a URL.")
     if issuer and (problem := issuer_problem(issuer)):
         form.add_error("provider_issuer", problem)
-
-
-REASON_HELP = "Required: why this changes (ticket, incident). Stored in the audit event with your name."
-
-
-def _reason_field() -> forms.CharField:
-    return forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}), help_text=REASON_HELP)
-
-
-class ConnectionIdentityForm(forms.ModelForm):
-    """Validation only (the model's field rules); the view saves through ``connection_identity_change``."""
-
-    reason = _reason_field()
-
-    class Meta:
-        model = Connection
-        fields = ["provider_subject", "provider_tenant", "provider_issuer", "provider_org", "owner_email"]
-
-    def clean(self):
-        data = super().clean()
-        identity_check(self, data, provider=self.instance.identity_provider)  # a broker-held one: its upstream
-        return data
-
-
-class ApiKeyAccessForm(forms.ModelForm):
-    """Validation only; the view saves through ``api_key_access_change``."""
-
-    reason = _reason_field()
-
-    class Meta:
-        model = ApiKey
-        fields = ["role", "system_operate", "namespace"]

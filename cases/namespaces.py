@@ -68,6 +68,18 @@ def namespace_ensure(*, name: str, actor: str) -> Namespace:
     return namespace
 
 
+def namespaces_visible_to(user) -> list[str] | None:
+    """The namespaces a console user sees, or None for every one.
+
+    Superusers see every namespace; a staff user listed as an operator of some namespaces (``Namespace.operators``)
+    sees only those; one listed in none sees every namespace (the console before namespaces).
+    """
+    if user.is_superuser:
+        return None
+    names = list(user.revive_namespaces.values_list("name", flat=True))
+    return names or None
+
+
 @transaction.atomic
 def namespace_operators_set(*, name: str, users: list, actor: str) -> None:
     """Limit exactly ``users`` to this namespace in the console (each may be limited to others too); audited."""

@@ -26,10 +26,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit.models import AuditEvent
 from audit.services import audit_record
-from cases.case_story import case_story_context
-from cases.console_access import namespaces_visible_to
 from cases.models import RecoveryCase
+from cases.namespaces import namespaces_visible_to
 from cases.selectors import console_case_detail
+from console.case_story import case_story_context
 
 from .access import LAB_PERMISSION, may_use_lab
 from .runtimes import RUNTIMES

@@ -4,7 +4,7 @@ from django.db import transaction
 from audit.admin import ReadOnlyAdmin
 from audit.services import audit_record
 
-from cases.console_access import namespaces_visible_to
+from cases.namespaces import namespaces_visible_to
 from revive_site.errors import DomainError
 
 from .models import ReconnectRequest

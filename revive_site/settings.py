@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "ninja",  # its templates and static files: the API docs use the bundled Swagger UI, not a CDN
     "audit",
     "cases",
+    "console",  # the operator console: the admin of cases (which imports nothing of it)
     "allauth",
     "allauth.account",
     "allauth.socialaccount",

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from cases import services
-from cases.console_access import AUDITORS, OPERATORS, sync_console_groups
+from console.access import AUDITORS, OPERATORS, sync_console_groups
 from cases.models import Action, CaseRun, CaseState, Checkpoint, Connection, RecoveryCase, Run
 from reauth.models import ReconnectRequest
 from tests.conftest import DEAD_GRANT

@@ -12,10 +12,11 @@ from django.core.management import call_command
 
 from audit.models import AuditEvent
 from cases import services
-from cases.console_access import AUDITORS, OPERATORS
 from cases.models import Action, CaseState, Checkpoint, RecoveryCase, Run
 from cases.selectors import duplicate_effects
-from cases.timeline import timeline_rows, timeline_svg
+from cases.timeline import timeline_rows
+from console.access import AUDITORS, OPERATORS
+from console.timeline import timeline_svg
 from reauth.models import ReconnectRequest
 
 from .conftest import MISCONFIGURED
@@ -414,13 +415,13 @@ def test_every_action_refuses_a_wrong_state_on_a_selection(operator_client, make
 
 def test_a_service_refusal_after_the_check_is_a_message_not_a_500(operator_client, make_case, monkeypatch):
     """The case moved on between the console's check and the service's lock: the domain error becomes a message."""
-    from cases import console
     from cases.errors import CaseTransitionNotAllowed
+    from console import operate
 
     def moved_on(**kw):
         raise CaseTransitionNotAllowed("Case moved on meanwhile.")
 
-    monkeypatch.setattr(console.services, "case_approve", moved_on)
+    monkeypatch.setattr(operate.services, "case_approve", moved_on)
     case = make_case(CaseState.AWAITING_APPROVAL)
     response = operator_client.post(operate_url(case, "approve"), {"reason": "go"}, follow=True)
     assert response.status_code == 200

@@ -1,6 +1,6 @@
 """Decisions are single and attributed: two operators deciding one case at once, with real threads on PostgreSQL.
 
-Each pair goes through the console's own path (``cases.console.perform``, as the case page's and the list's forms
+Each pair goes through the console's own path (``console.operate.perform``, as the case page's and the list's forms
 do): one decision lands, the other is told who decided and when, and its refusal is in the audit log.
 """
 
@@ -12,8 +12,9 @@ import pytest
 from django.contrib.auth.models import User
 
 from audit.models import AuditEvent
-from cases import console, services
+from cases import services
 from cases.models import Action, CaseState, RecoveryCase
+from console import operate
 from tests.cases.test_concurrency import run_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,10 +31,10 @@ def _users(*names):
 
 
 def _decide(op_name, case, user, **data):
-    op = console.OPERATIONS[op_name]
+    op = operate.OPERATIONS[op_name]
     form = op.form_for(data, cases=[case])
     assert form.is_valid(), form.errors
-    return lambda: console.perform(op, [case], user=user, form=form)[0]
+    return lambda: operate.perform(op, [case], user=user, form=form)[0]
 
 
 def _race(op_a, op_b, case, **data):

@@ -14,7 +14,7 @@ from cases.selectors import case_audit_events
 from cases.models import CaseNote, CaseState, RecoveryCase, Run
 
 from .conftest import _staff
-from cases.console_access import AUDITORS, OPERATORS
+from console.access import AUDITORS, OPERATORS
 
 LIST = "/admin/cases/recoverycase/"
 

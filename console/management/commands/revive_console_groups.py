@@ -1,7 +1,7 @@
 from django.apps import apps
 from django.core.management.base import BaseCommand
 
-from cases.console_access import sync_console_groups
+from console.access import sync_console_groups
 
 
 class Command(BaseCommand):

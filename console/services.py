@@ -14,11 +14,10 @@ from typing import Any
 from django.db import transaction
 
 from audit.services import audit_record
+from cases.errors import ConnectionNotFound
+from cases.models import ApiKey, Connection, Namespace
+from cases.services import api_key_forget
 from revive_site.errors import ValidationFailed
-
-from .errors import ConnectionNotFound
-from .models import ApiKey, Connection, Namespace
-from .services import api_key_forget
 
 CONNECTION_IDENTITY_FIELDS = ("provider_subject", "provider_tenant", "provider_issuer", "provider_org", "owner_email")
 API_KEY_ACCESS_FIELDS = ("role", "system_operate", "namespace_id")

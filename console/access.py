@@ -1,7 +1,7 @@
 """Who may do what in the operator console: the two groups and the one custom permission.
 
 ``sync_console_groups`` creates (or brings up to date) the groups; it takes an
-app registry so the data migration (historical models) and the
+app registry so the console's data migration (``console/0001_console_groups``, historical models) and the
 ``revive_console_groups`` command (live models) share it. Both are safe to run
 again. Users still need ``is_staff`` to sign in to the admin.
 """
@@ -56,15 +56,3 @@ def sync_console_groups(apps) -> dict[str, list[str]]:
         group.permissions.set(perms)
         out[name] = sorted(p.codename for p in perms)
     return out
-
-
-def namespaces_visible_to(user) -> list[str] | None:
-    """The namespaces a console user sees, or None for every one.
-
-    Superusers see every namespace; a staff user listed as an operator of some namespaces (``Namespace.operators``)
-    sees only those; one listed in none sees every namespace (the console before namespaces).
-    """
-    if user.is_superuser:
-        return None
-    names = list(user.revive_namespaces.values_list("name", flat=True))
-    return names or None

@@ -1,7 +1,7 @@
 """What an operator can do to a case from the console, each through the same services as the API.
 
 An ``Operation`` says which cases it applies to (``refusal`` answers why not,
-in words an operator reads), what it asks for (a reason, a note, or nothing)
+in words an operator reads), what it asks for (a reason, a note, or nothing: ``console.forms``)
 and how it is carried out. The admin offers every operation on one case (its
 page) and on a selection (the list's actions); both call ``perform``, which
 re-checks the case, calls the service as ``operator:<username>`` and turns
@@ -18,85 +18,19 @@ from django import forms
 from django.db import transaction
 
 from audit.services import audit_record
+from cases import selectors, services, signals
+from cases.models import OPEN_CASE_STATES, CaseState, RecoveryCase, Run
+from cases.resume import case_resume_dispatch
+from cases.selectors import console_ambiguous_actions
 from revive_site.errors import DomainError
 
-from . import selectors, services, signals
-from .models import OPEN_CASE_STATES, Action, CaseState, RecoveryCase, Run
-from .resume import case_resume_dispatch
-from .selectors import console_ambiguous_actions
+from .forms import ConfirmForm, ReasonForm, ReconcileForm
 
 PERMISSION = "cases.operate_case"
 
 
 def operator_actor(user) -> str:
     return f"operator:{user.get_username()}"
-
-
-# --------------------------------------------------------------------------- forms
-
-
-class ConfirmForm(forms.Form):
-    """Nothing to ask: the confirmation page is the form."""
-
-    def __init__(self, *args, actions=None, **kwargs):
-        super().__init__(*args, **kwargs)
-
-
-class ReasonForm(ConfirmForm):
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000,
-                             help_text="Recorded in the audit log with your name.")
-
-
-class ReconcileForm(forms.Form):
-    actions = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple, label="Ambiguous actions")
-    outcome = forms.ChoiceField(
-        widget=forms.RadioSelect,
-        choices=[("found", "Found: the effect happened (it counts as committed and is never executed again)"),
-                 ("absent", "Absent: the effect did not happen (the action may execute again)")],
-    )
-    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000,
-                           help_text="Required: what you checked and where. Stored as the reconciliation's evidence.")
-    external_ref = forms.CharField(required=False, max_length=500, label="External reference",
-                                   help_text="For a found effect: the provider's id of it (message id, ticket number).")
-
-    def __init__(self, *args, actions: list[Action] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.ambiguous = {str(a.pk): a for a in actions or []}
-        self.fields["actions"].choices = [(pk, f"{a.run_id} / {a.action_key} (attempt {a.attempts}, generation {a.generation})")
-                                          for pk, a in self.ambiguous.items()]
-        if not self.is_bound:
-            self.initial.setdefault("actions", list(self.ambiguous))
-
-    def chosen(self) -> list[Action]:
-        return [self.ambiguous[pk] for pk in self.cleaned_data["actions"]]
-
-
-class NoteForm(forms.Form):
-    body = forms.CharField(label="Note", widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=4000,
-                           help_text="Shared with every operator and auditor; recorded in the audit log.")
-
-
-def operators():
-    """The users a case can be assigned to: active staff holding ``cases.operate_case`` (directly, by group, or as
-    superusers)."""
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Permission
-    from django.db.models import Q
-
-    perm = Permission.objects.filter(content_type__app_label="cases", codename="operate_case").first()
-    User = get_user_model()
-    holders = Q(is_superuser=True)
-    if perm is not None:
-        holders |= Q(user_permissions=perm) | Q(groups__permissions=perm)
-    return User.objects.filter(holders, is_active=True, is_staff=True).distinct().order_by("username")
-
-
-class AssignForm(forms.Form):
-    assignee = forms.ModelChoiceField(queryset=None, required=False, empty_label="— nobody —", label="Assign to")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["assignee"].queryset = operators()
 
 
 # --------------------------------------------------------------------------- operations

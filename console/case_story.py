@@ -1,6 +1,6 @@
 """The story of one case -- its incident record and its recovery timeline -- as the console draws it.
 
-``templates/cases/_case_story.html`` draws it; the console's case page (``cases.admin``) and the recovery lab's
+``templates/cases/_case_story.html`` draws it; the console's case page (``console.admin.cases``) and the recovery lab's
 page (``lab.views``) both render that template from ``case_story_context``, so the two cannot drift apart.
 The links to other admin pages are passed in by the caller, which knows what its viewer may open; none is
 drawn when a caller passes none.
@@ -11,9 +11,9 @@ from __future__ import annotations
 from django.conf import settings
 
 from audit.admin import redacted_json
+from cases.selectors import CaseDetail, case_links_out
+from cases.services import LIVE_TRANSITIONS, case_four_eyes
 
-from .selectors import CaseDetail, case_links_out
-from .services import LIVE_TRANSITIONS, case_four_eyes
 from .timeline import timeline_svg
 
 

@@ -7,9 +7,9 @@ from datetime import timedelta
 from django import template
 from django.utils import timezone
 
-from cases.console_access import namespaces_visible_to
+from cases.namespaces import namespaces_visible_to
 from cases.selectors import console_case_detail, console_dashboard
-from cases.timeline import timeline_svg
+from console.timeline import timeline_svg
 
 register = template.Library()
 
