@@ -35,7 +35,9 @@ from cases.models import Action
 
 from . import briefing
 from .processes import Pidfile, spawn, stop
-from .scenarios import ROOT, Scenario, ScenarioFailed, wait_for
+from .scenarios import Scenario
+from .waiting import ScenarioFailed, wait_for
+from .world import ROOT
 
 RUNTIMES = ("langgraph", "temporal", "restate")
 """The runtimes the lab can run its briefing on."""

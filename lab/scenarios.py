@@ -1,12 +1,7 @@
 """The four scenarios of the product page, each run end to end against real services.
 
-A ``LabWorld`` is what a scenario needs around Revive: the provider stand-in (mail
-API and, for ``entra``/``auth0``, the provider's token endpoint), the lab identity
-provider process, Revive's HTTP address, a worker API key, and a mailbox directory
-where Revive's reconnect e-mails land (Django's file e-mail backend, so it works
-whichever process sends them). ``recovery_lab`` builds one on the embedded default;
-the PostgreSQL tests build one around pytest-django's live server and a real Celery
-worker.
+A scenario runs in a ``lab.world.LabWorld`` (the stand-ins, the lab identity provider, Revive's address and key,
+the owner's mailbox); the owner acts through ``lab.owner``; the summary and its problems are ``lab.summary``'s.
 
 Each scenario breaks something for real (revokes the refresh token, signs in as
 someone else, makes the mail service time out after accepting, kills the worker
@@ -19,17 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from email import message_from_bytes
-from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from django.db import close_old_connections, transaction
@@ -41,243 +32,21 @@ from cases.runtimes import adapter_for
 from reauth.custody import Grant, get_custody
 
 from . import briefing
-from .idp import IdpSession, LabIdp, expires_at
-from .processes import Pidfile, spawn, stop
-from .nango_standin import INTEGRATION as NANGO_INTEGRATION, NangoStandIn
-from .provider_standin import ProviderStandIn
-from .token_vault_standin import UPSTREAM_ACCOUNTS, TokenVaultStandIn
-from .scalekit_standin import CONNECTOR as SCALEKIT_CONNECTOR, ScalekitStandIn
-
-ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = {
-    "revoked": "A refresh token is revoked",
-    "wrong-account": "A different account reconnects",
-    "timeout": "The worker times out after a mutation",
-    "worker-lost": "The original worker disappears",
-}
-# Scenarios beyond the product page's four, run by name only, each for the provider it belongs to.
-EXTRA_SCENARIOS = {
-    "cae": "A resource API revokes the session mid-run (Entra continuous access evaluation)",
-}
-SCENARIO_PROVIDERS = {"cae": ("entra",)}
-ALL_SCENARIOS = {**SCENARIOS, **EXTRA_SCENARIOS}
-PROVIDERS = ("entra", "oidc", "auth0", "auth0-token-vault", "nango", "scalekit")  # the first is the default (the product page's)
-TOKEN_VAULT = "auth0-token-vault"
-VAULT_CONNECTION = "google-oauth2"
-VAULT_USER = "auth0|ada"
-WAIT = float(os.environ.get("REVIVE_LAB_WAIT", "120"))
-_LINK = re.compile(r"(https?://\S+/reconnect/l/rvr_[A-Za-z0-9_-]+)")
-_CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
-_START = re.compile(r'<form[^>]*method="post"[^>]*action="([^"]*/start[^"]*)"')
-_BROKER_LINK = re.compile(r'id="broker-link" href="([^"]+)"')
-
-
-class ScenarioFailed(RuntimeError):
-    pass
-
-
-PROGRESS_EVERY = 10.0
-progress: Callable[[str], None] | None = None
-"""Where ``wait_for`` says that it is still waiting (set by ``lab.session.run_lab`` for its session)."""
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = WAIT, interval: float = 0.05):
-    started = time.monotonic()
-    deadline, next_note = started + timeout, started + PROGRESS_EVERY
-    while True:
-        value = check()
-        if value:
-            return value
-        now = time.monotonic()
-        if now > deadline:
-            raise ScenarioFailed(f"timed out after {timeout:.0f}s waiting for {what}")
-        if progress is not None and now >= next_note:
-            progress(f"  … still waiting for {what} ({now - started:.0f} s of at most {timeout:.0f} s)")
-            next_note = now + PROGRESS_EVERY
-        time.sleep(interval)
-
-
-@dataclass
-class LabWorld:
-    revive_url: str
-    api_key: str = field(repr=False)
-    idp: LabIdp
-    standin: ProviderStandIn
-    mailbox: Path
-    var_dir: Path
-    worker_env: dict[str, str] = field(default_factory=dict, repr=False)
-    """Environment of lab worker processes (scenario ``worker-lost``)."""
-    vault: TokenVaultStandIn | None = None
-    """Auth0 Token Vault and My Account API stand-in (provider ``auth0-token-vault``)."""
-    children: Pidfile | None = field(default=None, repr=False)
-    """Where the session records the processes it starts (``lab.session.reap_leftovers``)."""
-    runtime_server: object | None = None
-    """The runtime's server the lab started (``lab.runtimes``), for runtimes other than LangGraph."""
-    nango: NangoStandIn | None = None
-    """The Nango stand-in, for ``--provider nango`` (the broker holds the grant)."""
-    scalekit: ScalekitStandIn | None = None
-    """The Scalekit stand-in, for ``--provider scalekit``."""
-    on_run: Callable[[str], None] | None = field(default=None, repr=False)
-    """Told each scenario's run id as the scenario starts (the ``/lab/`` page finds its case by it)."""
-
-    def broker_env(self) -> dict[str, str]:
-        env = {"REVIVE_LAB_NANGO_SECRET_KEY": self.nango.secret_key} if self.nango else {}
-        if self.scalekit:
-            env.update(REVIVE_LAB_SCALEKIT_CLIENT_ID=self.scalekit.client_id,
-                       REVIVE_LAB_SCALEKIT_CLIENT_SECRET=self.scalekit.client_secret)
-        return env
-
-    @property
-    def callback_url(self) -> str:
-        from reauth.provider_settings import LAB_PROVIDER_ID
-
-        return f"{self.revive_url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"
-
-    def export_env(self) -> None:
-        """What the briefing's worker code reads: Revive's address and key, the token client's credentials."""
-        os.environ.update(REVIVE_LAB_URL=self.revive_url, REVIVE_LAB_API_KEY=self.api_key,
-                          REVIVE_LAB_IDP_CLIENT_ID=self.idp.client_id, REVIVE_LAB_IDP_CLIENT_SECRET=self.idp.client_secret,
-                          **self._vault_env(), **self.broker_env())
-
-    def _vault_env(self) -> dict[str, str]:
-        if self.vault is None:
-            return {}
-        return {"REVIVE_LAB_VAULT_CLIENT_ID": self.vault.client_id, "REVIVE_LAB_VAULT_CLIENT_SECRET": self.vault.client_secret}
-
-    def worker_environment(self) -> dict[str, str]:
-        return {**os.environ, **self.worker_env, "REVIVE_LAB_URL": self.revive_url, "REVIVE_LAB_API_KEY": self.api_key,
-                "REVIVE_LAB_IDP_CLIENT_ID": self.idp.client_id, "REVIVE_LAB_IDP_CLIENT_SECRET": self.idp.client_secret,
-                "PYTHONUNBUFFERED": "1", **self._vault_env(), **self.broker_env()}
-
-
-def token_vault_settings(vault: TokenVaultStandIn) -> dict:
-    """``REVIVE_AUTH0_TOKEN_VAULT`` pointing at the stand-in, its upstream ("Google") behind the connection."""
-    return {"domain": vault.url, "client_id": vault.client_id, "client_secret": vault.client_secret,
-            "connections": {VAULT_CONNECTION: {"userinfo_url": f"{vault.url}/upstream/userinfo",
-                                               "issuer": vault.upstream_issuer, "scopes": ["openid", "email"]}}}
-
-
-def socialaccount_providers_for(idp: LabIdp) -> dict:
-    """Revive's sign-in apps for the lab: the lab provider plays Entra (any tenant), an OIDC issuer and Auth0."""
-    from reauth.provider_settings import socialaccount_providers
-
-    providers = socialaccount_providers(lab_idp_url=idp.url, lab_client_id=idp.client_id, lab_client_secret=idp.client_secret)
-    for app in providers["openid_connect"]["APPS"]:
-        serves = app["settings"]["revive"]["serves"]
-        serves.append({"provider": "auth0", "issuer": idp.issuer})
-        if idp.issuer.rstrip("/") != idp.url.rstrip("/"):
-            serves.append({"provider": "oidc", "issuer": idp.issuer})
-    return providers
-
-
-# --------------------------------------------------------------------------- the owner
-
-
-class Owner:
-    """The account owner's browser on Revive's reconnect pages (the provider's pages through ``IdpSession``)."""
-
-    def __init__(self, world: LabWorld) -> None:
-        self.world = world
-        self.http = httpx.Client(timeout=WAIT, follow_redirects=False)
-        self.landing = ""
-        self.authorize_urls: list[str] = []
-
-    def close(self) -> None:
-        self.http.close()
-
-    def open_link(self, link: str) -> None:
-        response = self.http.get(link)
-        if response.status_code != 302:
-            raise ScenarioFailed(f"the reconnect link answered {response.status_code}")
-        self.landing = str(response.url.join(response.headers["location"]))
-
-    def _upstream_consent(self, connect_url: str, username: str) -> str:
-        """The upstream provider's page behind a Connected Accounts ``connect_uri``: choose the account."""
-        with httpx.Client(timeout=WAIT, follow_redirects=False) as upstream:
-            page = upstream.get(connect_url)
-            ticket = parse_qs(urlsplit(connect_url).query).get("ticket", [""])[0]
-            if page.status_code != 200:
-                raise ScenarioFailed(f"the upstream consent page answered {page.status_code}")
-            back = upstream.post(str(page.url.join("/upstream/authorize")), data={"ticket": ticket, "account": username})
-        if back.status_code != 302:
-            raise ScenarioFailed(f"the upstream consent answered {back.status_code}")
-        return back.headers["location"]
-
-    def sign_in(self, username: str) -> dict:
-        """Press the button on the landing page, sign in at the provider as ``username``, come back to Revive."""
-        page = self.http.get(self.landing)
-        csrf, start = _CSRF.search(page.text), _START.search(page.text)
-        if page.status_code != 200 or not csrf or not start:
-            raise ScenarioFailed(f"no reconnect button on {self.landing}: {page.status_code}")
-        response = self.http.post(str(page.url.join(start.group(1))), data={"csrfmiddlewaretoken": csrf.group(1)},
-                                  headers={"Referer": self.landing})
-        if response.status_code != 302:
-            raise ScenarioFailed(f"starting the sign-in answered {response.status_code}")
-        self.authorize_urls.append(response.headers["location"])
-        if "/broker" in response.headers["location"]:
-            return self._through_broker(str(response.url.join(response.headers["location"])), username)
-        if self.world.vault is not None and response.headers["location"].startswith(self.world.vault.url):
-            callback = self._upstream_consent(response.headers["location"], username)
-        else:
-            with IdpSession(self.world.idp) as person:
-                callback = person.authorize(response.headers["location"], username)
-        response = self.http.get(callback)  # Revive verifies the identity here (and, when it matches, resumes)
-        outcome = response.headers.get("location", "")
-        page = self.http.get(str(response.url.join(outcome))) if response.is_redirect else response
-        return {"status": response.status_code, "location": outcome, "page_status": page.status_code,
-                "code": page.headers.get("x-revive-code", ""),
-                "consumed": outcome.endswith("/done"), "refused": outcome.endswith("/refused"),
-                "claims": parse_qs(urlsplit(self.authorize_urls[-1]).query).get("claims", [""])[0]}
-
-
-    def _through_broker(self, waiting: str, username: str) -> dict:
-        """Revive's waiting page links to the broker's Connect UI; sign in there, then follow the waiting page."""
-        page = self.http.get(waiting)
-        link = _BROKER_LINK.search(page.text)
-        if page.status_code != 200 or not link:
-            raise ScenarioFailed(f"no broker link on {waiting}: {page.status_code}")
-        import html
-
-        with IdpSession(self.world.idp) as person:
-            callback = person.authorize(html.unescape(link.group(1)), username)
-            done = person.http.get(callback)  # the broker stores the grant and tells Revive (signed webhook)
-        if done.status_code != 200:
-            raise ScenarioFailed(f"the broker's callback answered {done.status_code}")
-
-        def outcome():
-            response = self.http.get(waiting)
-            location = response.headers.get("location", "") if response.is_redirect else ""
-            return location if location.endswith(("/done", "/refused")) else None
-
-        location = wait_for(outcome, "Revive to prove the identity behind the broker's reconnect")
-        page = self.http.get(str(httpx.URL(waiting).join(location)))
-        return {"status": 302, "location": location, "page_status": page.status_code,
-                "code": page.headers.get("x-revive-code", ""),
-                "consumed": location.endswith("/done"), "refused": location.endswith("/refused")}
-
-
-def reconnect_link(world: LabWorld, case_reference: str, *, timeout: float = WAIT) -> str:
-    """The link Revive e-mailed the owner for this case (the newest, if it was resent)."""
-
-    def find():
-        found = []
-        for path in sorted(world.mailbox.glob("*.log"), key=lambda p: p.stat().st_mtime):
-            for chunk in path.read_bytes().split(b"\n" + b"-" * 79 + b"\n"):
-                msg = message_from_bytes(chunk.strip())
-                if msg.get("X-Revive-Case") == case_reference:
-                    match = _LINK.search(chunk.decode(errors="replace"))
-                    if match:
-                        found.append(match.group(1))
-        return found[-1] if found else None
-
-    return wait_for(find, f"the reconnect e-mail of {case_reference}", timeout=timeout)
-
+from .idp import expires_at
+from .nango_standin import INTEGRATION as NANGO_INTEGRATION
+from .owner import Owner, reconnect_link
+from .processes import spawn, stop
+from .scalekit_standin import CONNECTOR as SCALEKIT_CONNECTOR
+from .summary import ScenarioSummary
+from .token_vault_standin import UPSTREAM_ACCOUNTS
+from .waiting import ScenarioFailed, wait_for
+from .world import ALL_SCENARIOS, ROOT, TOKEN_VAULT, VAULT_CONNECTION, VAULT_USER, LabWorld
 
 # --------------------------------------------------------------------------- one scenario
 
 
 @dataclass
-class Scenario:
+class Scenario(ScenarioSummary):
     name: str
     world: LabWorld
     provider: str = "oidc"
@@ -551,109 +320,6 @@ class Scenario:
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
 
     # -- the record ---------------------------------------------------------------------------
-
-    def events(self) -> list[AuditEvent]:
-        from django.db.models import Q
-
-        return list(AuditEvent.objects.filter(id__gt=self.first_event)
-                    .filter(Q(run_id=self.run_id) | Q(case_reference=self.case_reference) | Q(connection_id=self.connection_id))
-                    .order_by("id"))
-
-    def summary(self, generation_before: int, seconds: float) -> dict:
-        from .timeline import describe
-
-        case = RecoveryCase.objects.select_related("checkpoint", "action").get(reference=self.case_reference)
-        send = Action.objects.get(run_id=self.run_id, action_key=briefing.SEND_ACTION)
-        messages = self.world.standin.messages_for(self.run_id)
-        keys = [m["idempotency_key"] for m in messages]
-        events = [describe(e) for e in self.events()]
-        live = [e["live_transition"] for e in events if e["live_transition"]]
-        result = {
-            "scenario": self.name,
-            "title": ALL_SCENARIOS[self.name],
-            "provider": self.provider,
-            "runtime": self.runtime,
-            "sdk": self.sdk,
-            "run_id": self.run_id,
-            "thread_id": self.thread_id,
-            "case_id": case.reference,
-            "case_pk": case.pk,
-            "case_state": case.state,
-            "run_state": Run.objects.get(pk=self.run_id).state,
-            "checkpoint": case.checkpoint.label if case.checkpoint_id else "",
-            "action_key": case.action.action_key if case.action_id else "",
-            "failure_class": case.failure_class,
-            "provider_code": case.provider_code,
-            "generation_before": generation_before,
-            "generation_after": Connection.objects.get(pk=self.connection_id).current_generation,
-            "messages_accepted": len(messages),
-            "duplicate_effects_observed": len(keys) - len(set(keys)),
-            "send_state": send.state,
-            "send_attempts": send.attempts,
-            "brief_sent_by_pid": messages[-1].get("pid") if messages else None,
-            "checkpoints_completed": self.checkpoints_completed(),
-            "live_transitions": live,
-            "transitions": events,
-            "notes": self.notes,
-            "seconds": round(seconds, 2),
-        }
-        result["problems"] = self.problems(result)
-        result["ok"] = not result["problems"]
-        return result
-
-    def _cae_problems(self, notes: dict) -> list[str]:
-        problems = []
-        challenge = json.loads(notes.get("challenge_claims") or "{}")
-        if not challenge or json.loads(notes.get("case_claims") or "{}") != challenge:
-            problems.append("the case did not keep the claims the resource API asked for")
-        if notes.get("case_reason") != "claims_challenge":
-            problems.append(f"the case's reason was {notes.get('case_reason')!r}, not claims_challenge")
-        if self.interactive:
-            return problems
-        sent = json.loads((notes.get("sign_in") or [{}])[-1].get("claims") or "{}")
-        received = notes.get("idp_claims") or {}
-        for name, where in (("the owner's sign-in", sent), ("the identity provider", received)):
-            wanted = challenge.get("access_token", {})
-            if any((where.get("access_token") or {}).get(k) != v for k, v in wanted.items()):
-                problems.append(f"{name} did not carry the claims challenge")
-        return problems
-
-    def problems(self, r: dict) -> list[str]:
-        problems = []
-        if r["messages_accepted"] != 1 or r["duplicate_effects_observed"]:
-            problems.append(f"the mail service accepted {r['messages_accepted']} message(s) for the run, not exactly one")
-        if r["case_state"] != "resumed":
-            problems.append(f"the case ended {r['case_state']}, not resumed")
-        if r["generation_after"] != r["generation_before"] + 1:
-            problems.append(f"the generation went {r['generation_before']} → {r['generation_after']}, not up by one")
-        if r["live_transitions"] != [1, 2, 3, 4]:
-            problems.append(f"the live transitions were {r['live_transitions']}, not 1, 2, 3, 4 in order")
-        if not r["checkpoint"].startswith("05") or r["action_key"] != briefing.SEND_ACTION:
-            problems.append(f"the case points at {r['checkpoint']!r}/{r['action_key']!r}, not 05 / {briefing.SEND_ACTION}")
-        if r["checkpoints_completed"] != ["01", "02", "03", "04", "05"]:
-            problems.append(f"the run completed checkpoints {r['checkpoints_completed']}")
-        expected_class = ("interaction_required" if self.name == "cae" else
-                          "relink_required" if self.provider == TOKEN_VAULT else "dead_grant")
-        if r["failure_class"] != expected_class:
-            problems.append(f"the failure was classified {r['failure_class']}, not {expected_class}")
-        if self.name == "cae":
-            problems.extend(self._cae_problems(r["notes"]))
-        sign_ins = r["notes"].get("sign_in") or []
-        if not sign_ins or not sign_ins[-1].get("consumed"):
-            problems.append("the owner's sign-in did not reconnect")
-        if self.name == "wrong-account" and not self.interactive:
-            if not (sign_ins and sign_ins[0].get("refused") and r["notes"].get("refused")):
-                problems.append("the wrong account was not refused with both identities recorded")
-        if self.name == "timeout":
-            if r["notes"].get("after_timeout") != "ambiguous":
-                problems.append(f"after the timeout the send was {r['notes'].get('after_timeout')}, not ambiguous")
-            if r["send_state"] != "reconciled_committed":
-                problems.append(f"the send ended {r['send_state']}, not reconciled_committed")
-        if self.name == "worker-lost":
-            killed = r["notes"].get("killed_pid")
-            if not killed or r["brief_sent_by_pid"] in (None, killed):
-                problems.append("the brief was not sent by a process other than the killed worker")
-        return problems
 
 
 def run_scenario(name: str, world: LabWorld, *, provider: str = "oidc", interactive: bool = False,

@@ -31,9 +31,10 @@ from .processes import Pidfile
 from .nango_standin import NangoStandIn
 from .scalekit_standin import ScalekitStandIn
 from .provider_standin import ProviderStandIn
-from . import scenarios
+from . import waiting
 from .runtimes import start_server
-from .scenarios import ALL_SCENARIOS, LabWorld, run_scenario, socialaccount_providers_for, token_vault_settings
+from .scenarios import run_scenario
+from .world import ALL_SCENARIOS, LabWorld, socialaccount_providers_for, token_vault_settings
 from .token_vault_standin import TokenVaultStandIn
 from .timeline import LiveTimeline
 
@@ -139,7 +140,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
     try:
         out(heading("Recovery lab — break the credential, keep the execution"))
         out(f"  Revive       {revive_url}")
-        scenarios.progress = out
+        waiting.progress = out
         runtime_server = start_server(runtime, session, children)
         if runtime_server is not None:
             out(f"  {runtime:<12} {runtime_server.describe()}")
@@ -178,7 +179,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
                                EMAIL_FILE_PATH=str(session / "mail"), REVIVE_AUTH0_TOKEN_VAULT=token_vault_settings(vault),
                                **(runtime_server.settings() if runtime_server is not None else {}), **broker_settings):
             timeline = LiveTimeline(out, style=style).start()
-            scenarios.progress = lambda line: (timeline.flush(), out(line))
+            waiting.progress = lambda line: (timeline.flush(), out(line))
             if scalekit is not None:
                 beat = ScalekitBeat().start()  # what Celery beat does in production: poll the connected accounts
             for name in names:
@@ -194,7 +195,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
                 out(f"  {(style.SUCCESS if style and result['ok'] else style.ERROR if style else str)(ok)}")
             timeline.stop()
     finally:
-        scenarios.progress = None
+        waiting.progress = None
         # First: the session's worker key dies with the session, however it ends (Ctrl-C raises KeyboardInterrupt here).
         if lab_key is not None:
             services.api_key_revoke(key_id=lab_key.pk, actor="lab")

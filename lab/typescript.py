@@ -26,7 +26,9 @@ from revive_sdk import ProviderError
 
 from . import briefing
 from .processes import spawn
-from .scenarios import ROOT, WAIT, Scenario, ScenarioFailed
+from .scenarios import Scenario
+from .waiting import WAIT, ScenarioFailed
+from .world import ROOT
 
 PACKAGE = ROOT / "sdk" / "typescript"
 WORKER = PACKAGE / "lab" / "briefing-worker.mjs"
@@ -192,7 +194,7 @@ class TypeScriptScenario(Scenario):
             self.worker.stop()
         from cases.models import RecoveryCase
 
-        from .scenarios import wait_for
+        from .waiting import wait_for
 
         wait_for(lambda: RecoveryCase.objects.get(reference=self.case_reference).state == "resumed",
                  f"{self.case_reference} to be resumed")

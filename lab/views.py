@@ -33,7 +33,7 @@ from console.case_story import case_story_context
 
 from .access import LAB_PERMISSION, may_use_lab
 from .runtimes import RUNTIMES
-from .scenarios import PROVIDERS, SCENARIOS
+from .world import PROVIDERS, SCENARIOS
 from .session import SESSION_LOCK, run_lab
 from .timeline import describe
 

@@ -502,7 +502,7 @@ class Trial:
         if self.stack.idp is not None:
             from types import SimpleNamespace
 
-            from lab.scenarios import Owner
+            from lab.owner import Owner
 
             owner = Owner(SimpleNamespace(idp=self.stack.idp))
             try:

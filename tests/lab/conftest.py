@@ -13,7 +13,7 @@ from cases.runtimes import reset_adapters
 from lab import briefing
 from lab.idp import LabIdp
 from lab.provider_standin import ProviderStandIn
-from lab.scenarios import LabWorld, socialaccount_providers_for, token_vault_settings
+from lab.world import LabWorld, socialaccount_providers_for, token_vault_settings
 from lab.token_vault_standin import TokenVaultStandIn
 from reauth.provider_settings import LAB_PROVIDER_ID
 from revive_site.celery import app as celery_app

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from audit.models import AuditEvent
-from lab.scenarios import SCENARIOS, run_scenario
+from lab.scenarios import run_scenario
+from lab.world import SCENARIOS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

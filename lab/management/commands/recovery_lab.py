@@ -3,7 +3,7 @@
 It starts what the scenarios need on free loopback ports and stops it at the end:
 Revive's HTTP server (a thread of this process), the lab identity provider (allauth's
 OIDC server, a process of its own), and the provider stand-in (mail API, Entra / Auth0
-token endpoint). Then it runs each scenario of ``lab.scenarios``, printing every
+token endpoint). Then it runs each scenario of ``lab.scenarios`` (named in ``lab.world``), printing every
 transition as the audit log records it, and a summary per scenario.
 """
 
@@ -15,9 +15,9 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from lab.scenarios import ALL_SCENARIOS, PROVIDERS, SCENARIO_PROVIDERS, SCENARIOS
 from lab.runtimes import RUNTIMES
 from lab.session import run_lab
+from lab.world import ALL_SCENARIOS, PROVIDERS, SCENARIO_PROVIDERS, SCENARIOS
 
 class Command(BaseCommand):
     help = "Run the recovery lab: inject each credential fault for real and watch the original run resume."
