@@ -58,7 +58,7 @@ class BrokerStandIn:
     name = "broker"
 
     def __init__(self, *, handler: type[StandInHandler], host: str = "127.0.0.1", port: int = 0) -> None:
-        self.idp = None  # the upstream provider (lab.idp.LabIdp or the tests' LabIdp), set once it runs
+        self.idp = None  # the upstream provider (lab.idp.driver.LabIdp or the tests' LabIdp), set once it runs
         self.pending: dict[str, dict] = {}
         self._lock = threading.Lock()
         handler = type(handler.__name__, (handler,), {"standin": self})

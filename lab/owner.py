@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from .idp import IdpSession
+from .idp.driver import IdpSession
 from .waiting import WAIT, ScenarioFailed, wait_for
 from .world import LabWorld
 

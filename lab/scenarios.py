@@ -32,7 +32,7 @@ from cases.runtimes import adapter_for
 from reauth.custody import Grant, get_custody
 
 from . import briefing
-from .idp import expires_at
+from .idp.driver import expires_at
 from .nango_standin import INTEGRATION as NANGO_INTEGRATION
 from .owner import Owner, reconnect_link
 from .processes import spawn, stop

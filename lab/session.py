@@ -26,7 +26,7 @@ from cases.runtimes import adapter_for, reset_adapters
 from reauth.provider_settings import LAB_PROVIDER_ID
 
 from .briefing import GRAPH_NAME
-from .idp import LabIdp
+from .idp.driver import LabIdp
 from .processes import Pidfile
 from .nango_standin import NangoStandIn
 from .scalekit_standin import ScalekitStandIn

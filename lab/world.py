@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .idp import LabIdp
+from .idp.driver import LabIdp
 from .nango_standin import NangoStandIn
 from .processes import Pidfile
 from .provider_standin import ProviderStandIn

@@ -17,7 +17,7 @@ picks the app for a connection from these blocks.
   of the userinfo endpoint (which carries neither).
 * Any OIDC issuer: one ``openid_connect`` app each.
 * Auth0: allauth's ``auth0`` provider.
-* The lab identity provider (``revive_site.idp_settings``): one
+* The lab identity provider (``lab.idp.settings``): one
   ``openid_connect`` app that plays Entra for any tenant and is an OIDC issuer
   of its own.
 

@@ -69,8 +69,9 @@ INSTALLED_APPS = [
     "allauth.socialaccount.providers.auth0",
     "reauth",  # after allauth: its admin module takes allauth's models out of the console
 ]
-# The recovery lab (fault injection, a local identity provider, demo keys) is a development tool, not part of the
-# product: with REVIVE_PRODUCTION=1 it is not installed and /lab/ does not exist.
+# The recovery lab (fault injection, stand-ins, demo keys) is a development tool, not part of the product: with
+# REVIVE_PRODUCTION=1 it is not installed and /lab/ does not exist. Its identity provider (lab.idp) is never installed
+# here: it runs as a process of its own under lab.idp.settings.
 LAB_ENABLED = not PRODUCTION
 if LAB_ENABLED:
     INSTALLED_APPS.append("lab")

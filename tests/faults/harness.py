@@ -259,7 +259,7 @@ class Stack:
                    REVIVE_PUBLIC_URL=f"http://127.0.0.1:{web_port}")
         logs = self.root / "logs"
         if self.sign_in == "idp":
-            from lab.idp import LabIdp
+            from lab.idp.driver import LabIdp
             from reauth.provider_settings import LAB_PROVIDER_ID
 
             # Started from this (the main) thread: it dies with the harness (lab.processes).

@@ -11,7 +11,7 @@ import pytest
 
 from cases.runtimes import reset_adapters
 from lab import briefing
-from lab.idp import LabIdp
+from lab.idp.driver import LabIdp
 from lab.provider_standin import ProviderStandIn
 from lab.world import LabWorld, socialaccount_providers_for, token_vault_settings
 from lab.token_vault_standin import TokenVaultStandIn

@@ -3,7 +3,7 @@
 * ``owner_case`` opens a real ``dead_grant`` case through the worker services
   (which creates the reconnect request in the same transaction).
 * ``issue_link`` runs the notification service and returns the link it e-mailed.
-* ``lab_idp`` starts the lab identity provider (``revive_site.idp_settings``:
+* ``lab_idp`` starts the lab identity provider (``lab.idp.settings``:
   allauth's OIDC provider) as a real process on a free loopback port, with its
   own SQLite database, seeded by ``idp_seed``; ``lab_sign_in`` points this
   process's allauth at it.
@@ -203,7 +203,7 @@ def lab_idp(tmp_path_factory, nango_port, scalekit_port) -> LabIdp:
     port, revive_port = free_port(), free_port()
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "revive_site.idp_settings",
+        "DJANGO_SETTINGS_MODULE": "lab.idp.settings",
         "REVIVE_VAR_DIR": str(home),
         "REVIVE_IDP_DATABASE_URL": f"sqlite:///{home / 'idp.sqlite3'}",
         "REVIVE_IDP_FAST_PASSWORDS": "1",

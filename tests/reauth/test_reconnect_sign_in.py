@@ -244,7 +244,7 @@ def test_seeding_the_lab_provider_again_changes_nobody(lab_idp):
     from .conftest import LAB_PASSWORD, REPO_ROOT
 
     home = lab_idp.log.parent
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "revive_site.idp_settings", "REVIVE_VAR_DIR": str(home),
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "lab.idp.settings", "REVIVE_VAR_DIR": str(home),
            "REVIVE_IDP_DATABASE_URL": f"sqlite:///{home / 'idp.sqlite3'}", "REVIVE_IDP_FAST_PASSWORDS": "1"}
     again = subprocess.run([sys.executable, str(REPO_ROOT / "manage.py"), "idp_seed", "--client-id", lab_idp.client_id,
                             "--client-secret", lab_idp.client_secret, "--password", LAB_PASSWORD,

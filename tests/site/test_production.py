@@ -62,11 +62,23 @@ def test_production_redirects_plain_http_and_trusts_the_proxy_header(client, set
     assert resp.status_code == 200
 
 
+LAB_PARTS = ("from django.apps import apps; from django.test import Client; "
+             "from django.core.management import get_commands; "
+             "apps_ = [(c.label, c.name) for c in apps.get_app_configs()]; commands = get_commands(); "
+             "print(any(name == 'lab' for _, name in apps_), any(label == 'idp' or name == 'lab.idp' for label, name in apps_), "
+             "'recovery_lab' in commands, 'reconnect_lab_case' in commands, 'idp_seed' in commands, "
+             "Client(SERVER_NAME='revive.example.com').get('/lab/', secure=True).status_code)")
+
+
 def test_the_lab_is_not_part_of_the_product_in_production(tmp_path):
-    """Not installed (no lab command, no lab permission), and /lab/ is not routed: a 404 for everyone."""
-    code = ("from django.conf import settings as s; from django.test import Client; "
-            "from django.core.management import get_commands; "
-            "print('lab' in s.INSTALLED_APPS, 'recovery_lab' in get_commands(), 'reconnect_lab_case' in get_commands(), "
-            "Client(SERVER_NAME='revive.example.com').get('/lab/', secure=True).status_code)")
-    result = manage("shell", "--no-imports", "-c", code, tmp_path=tmp_path)
-    assert result.stdout.strip().splitlines()[-1] == "False False False 404", result.stdout + result.stderr
+    """Neither the lab nor its identity provider is installed (no lab command, no lab permission, no IdP app or
+    command), and /lab/ is not routed: a 404 for everyone."""
+    result = manage("shell", "--no-imports", "-c", LAB_PARTS, tmp_path=tmp_path)
+    assert result.stdout.strip().splitlines()[-1] == "False False False False False 404", result.stdout + result.stderr
+
+
+def test_the_lab_is_installed_outside_production_and_its_identity_provider_never_in_revive(tmp_path):
+    """The same readout without REVIVE_PRODUCTION: the lab and its commands are there and /lab/ asks for a staff
+    sign-in; the identity provider is still absent -- it runs as a process of its own (``lab.idp.settings``)."""
+    result = manage("shell", "--no-imports", "-c", LAB_PARTS, tmp_path=tmp_path, REVIVE_PRODUCTION="0")
+    assert result.stdout.strip().splitlines()[-1] == "True False True True False 302", result.stdout + result.stderr

@@ -2,7 +2,8 @@ from django.apps import AppConfig
 
 
 class IdpConfig(AppConfig):
-    name = "idp"
+    name = "lab.idp"
+    label = "idp"  # its tables and migrations were made as the top-level app ``idp``: they keep that label
     verbose_name = "Lab identity provider"
     default_auto_field = "django.db.models.BigAutoField"
 

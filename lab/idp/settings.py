@@ -1,13 +1,13 @@
 """The lab identity provider: django-allauth's own OpenID Connect provider (``allauth.idp.oidc``), run as a
 second settings module of this project on its own loopback port, with its own database.
 
-    export DJANGO_SETTINGS_MODULE=revive_site.idp_settings
+    export DJANGO_SETTINGS_MODULE=lab.idp.settings
     python manage.py migrate
     python manage.py idp_seed --redirect-uri http://127.0.0.1:8000/accounts/oidc/lab-idp/login/callback/ \\
         --client-secret "$REVIVE_LAB_IDP_CLIENT_SECRET"
     python manage.py runserver 127.0.0.1:8765
 
-It issues ID tokens carrying Entra's ``tid`` and ``oid`` (``idp.adapter``), rotates refresh tokens on use, and
+It issues ID tokens carrying Entra's ``tid`` and ``oid`` (``lab.idp.adapter``), rotates refresh tokens on use, and
 answers ``invalid_grant`` for a refresh token that was rotated away or revoked at ``/identity/o/api/revoke``.
 See docs/reconnect.md. The environment is read here and nowhere else for this process.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import environ
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 env = environ.Env()
 VAR_DIR = Path(env.str("REVIVE_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.idp.oidc",
-    "idp",
+    "lab.idp",  # only the provider: the recovery lab itself (``lab``) is Revive's, not installed here
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -67,10 +67,10 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
-    "idp.middleware.ClaimsRequestMiddleware",
-    "idp.middleware.SelectAccountMiddleware",
+    "lab.idp.middleware.ClaimsRequestMiddleware",
+    "lab.idp.middleware.SelectAccountMiddleware",
 ]
-ROOT_URLCONF = "revive_site.idp_urls"
+ROOT_URLCONF = "lab.idp.urls"
 WSGI_APPLICATION = None
 TEMPLATES = [
     {
@@ -100,7 +100,7 @@ CSRF_COOKIE_NAME = "revive_idp_csrftoken"
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "/"
 
-ACCOUNT_ADAPTER = "idp.adapter.LabAccountAdapter"
+ACCOUNT_ADAPTER = "lab.idp.adapter.LabAccountAdapter"
 ACCOUNT_LOGIN_METHODS = {"username"}
 ACCOUNT_SIGNUP_FIELDS = ["username*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "none"
@@ -109,7 +109,7 @@ if env.bool("REVIVE_IDP_FAST_PASSWORDS", default=False):  # tests: a cheap hashe
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 IDP_OIDC_PRIVATE_KEY = env.str("REVIVE_IDP_PRIVATE_KEY", default="") or _local_file("idp_private_key.pem", _private_key_pem)
-IDP_OIDC_ADAPTER = "idp.adapter.LabOIDCAdapter"
+IDP_OIDC_ADAPTER = "lab.idp.adapter.LabOIDCAdapter"
 IDP_OIDC_ROTATE_REFRESH_TOKEN = True
 IDP_OIDC_ACCESS_TOKEN_EXPIRES_IN = env.int("REVIVE_IDP_ACCESS_TOKEN_EXPIRES_IN", default=3600)
 IDP_OIDC_REFRESH_TOKEN_EXPIRES_IN = env.int("REVIVE_IDP_REFRESH_TOKEN_EXPIRES_IN", default=90 * 24 * 3600)

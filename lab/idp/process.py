@@ -1,8 +1,8 @@
 """The lab identity provider as one real process: migrate, seed, serve, in a single start-up.
 
-    python -m lab.idp_process --port 0 --redirect-uri http://127.0.0.1:8000/accounts/oidc/lab-idp/login/callback/
+    python -m lab.idp.process --port 0 --redirect-uri http://127.0.0.1:8000/accounts/oidc/lab-idp/login/callback/
 
-It runs under ``revive_site.idp_settings`` (allauth's OpenID Connect provider, see
+It runs under ``lab.idp.settings`` (allauth's OpenID Connect provider, see
 docs/reconnect.md) with its own SQLite file under ``REVIVE_VAR_DIR``, and prints one
 JSON line -- ``{"url": ..., "users": {...}}`` -- once it accepts connections. The
 client secret comes from ``REVIVE_LAB_IDP_CLIENT_SECRET`` so it never appears on a
@@ -27,7 +27,7 @@ def main() -> int:
     ap.add_argument("--password", default="lab-password-1")
     args = ap.parse_args()
 
-    os.environ["DJANGO_SETTINGS_MODULE"] = "revive_site.idp_settings"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "lab.idp.settings"
     os.environ.setdefault("REVIVE_IDP_FAST_PASSWORDS", "1")  # seeded lab users; nothing real signs in here
     import django
 

@@ -1,6 +1,6 @@
 """Seed the lab identity provider: three test users and one OIDC client for Revive.
 
-    DJANGO_SETTINGS_MODULE=revive_site.idp_settings python manage.py idp_seed \\
+    DJANGO_SETTINGS_MODULE=lab.idp.settings python manage.py idp_seed \\
         --redirect-uri http://127.0.0.1:8000/accounts/oidc/lab-idp/login/callback/ --client-secret <secret>
 
 * ``ada``          -- the right user: tenant Contoso, object id ADA_OID
@@ -23,7 +23,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from idp.models import LabIdentity
+from lab.idp.models import LabIdentity
 
 CONTOSO_TID = "3f6b1c2e-8d4a-4f1b-9c7e-2a5d0e9b1c01"
 FABRIKAM_TID = "9a0d4e7b-1c3f-4b2a-8e6d-5f7c2b1a0d02"

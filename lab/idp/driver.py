@@ -1,6 +1,6 @@
 """Driving the lab identity provider: start it, sign a user in through its real pages, connect, revoke.
 
-The provider is allauth's OpenID Connect server (``lab.idp_process``) on a free
+The provider is allauth's OpenID Connect server (``lab.idp.process``) on a free
 loopback port. ``IdpSession`` is a person at its sign-in page: it follows the
 authorization redirects, posts the user name and password, and stops at the first
 redirect that leaves the provider (the client's callback), so the caller -- Revive's
@@ -25,9 +25,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
-from .processes import Pidfile, spawn, stop
+from ..processes import Pidfile, spawn, stop
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "revive-lab"
 PASSWORD = "lab-password-1"
 _CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
@@ -58,7 +58,7 @@ class LabIdp:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_SETTINGS_MODULE", "REVIVE_IDP_DATABASE_URL"))}
         env.update(REVIVE_VAR_DIR=str(var_dir), REVIVE_LAB_IDP_CLIENT_SECRET=secret, PYTHONUNBUFFERED="1",
                    REVIVE_IDP_DATABASE_URL=f"sqlite:///{var_dir / 'idp.sqlite3'}")
-        args = [sys.executable, "-m", "lab.idp_process", "--client-id", CLIENT_ID]
+        args = [sys.executable, "-m", "lab.idp.process", "--client-id", CLIENT_ID]
         for uri in redirect_uris:
             args += ["--redirect-uri", uri]
         log = open(var_dir / "idp.log", "ab")

@@ -1,8 +1,8 @@
-"""URLs of the lab identity provider (``revive_site.idp_settings``): OIDC endpoints and the sign-in pages."""
+"""URLs of the lab identity provider (``lab.idp.settings``): OIDC endpoints and the sign-in pages."""
 
 from django.urls import include, path
 
-from idp.views import index
+from .views import index
 
 urlpatterns = [
     path("", index, name="index"),
