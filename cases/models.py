@@ -193,6 +193,15 @@ class Run(models.Model):
     )
     resume_claimed_by = models.CharField(max_length=64, blank=True, default="", editable=False,
                                          help_text="The delivery (Celery message) holding that claim.")
+    hosted_at = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="Revive itself started executing this run then (a runtime it hosts: LangGraph graphs in its worker) "
+                  "and that execution has not returned yet; the watchdog continues a run left so (cases.pipeline).",
+    )
+    continuations = models.PositiveSmallIntegerField(
+        default=0, editable=False,
+        help_text="How many times the watchdog continued this run since its last execution returned.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -200,6 +209,8 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["state", "updated_at"]),
             models.Index(fields=["workflow_name"], name="run_workflow_name_idx"),  # the console's exact search
+            # The watchdog's look for hosted runs whose execution stopped: few rows ever have it set.
+            models.Index(fields=["hosted_at"], name="run_hosted_idx", condition=models.Q(hosted_at__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -459,7 +470,7 @@ class OutboxItem(models.Model):
     key = models.CharField(max_length=200, unique=True, help_text="One row per owed step: a repeated put is a no-op.")
     payload = models.JSONField(default=dict, blank=True)
     case = models.ForeignKey(RecoveryCase, on_delete=models.SET_NULL, null=True, blank=True, related_name="outbox_items")
-    run_id = models.CharField(max_length=200, blank=True, default="")
+    run_id = models.CharField(max_length=QUALIFIED_ID_LENGTH, blank=True, default="")  # as stored: qualified
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=10)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from cases.namespaces import unqualify
 
@@ -79,6 +79,10 @@ class ResumeRequest:
     redrive: int = 0
     """How many times the watchdog re-drove this run (0: the first delivery). A re-drive follows a stall: an
     adapter continues the run from its latest checkpoint if it is no longer waiting."""
+    executing: Callable[[], None] | None = dataclasses.field(default=None, compare=False, repr=False)
+    """An adapter that executes the run itself (``RuntimeAdapter.hosts``) calls this right before it does, once it
+    knows the run will run here: from then until the delivery returns, the rest of the run is Revive's to finish
+    (``Run.hosted_at``, watched by ``cases.pipeline``)."""
 
     def payload(self) -> dict[str, Any]:
         """In the worker's own ids: run and connection ids without their namespace qualification."""

@@ -220,6 +220,8 @@ class LangGraphAdapter(RuntimeAdapter):
                     raise RunNotWaiting(f"thread {thread_id} waits on other cases",
                                         detail={"thread_id": thread_id, "waiting_on": [i.value.get("cases") for i in parked]})
                 command = Command(resume=targets)
+            if request.executing is not None:
+                request.executing()
             try:
                 graph.invoke(command, config)
             except Exception as exc:
