@@ -161,29 +161,28 @@ def _probe_admin(config: RestateConfig, admin_url: str) -> dict[str, Any]:
     return {"status": OK, "latencyMs": latency, "version": version, "error": None}
 
 
-def _probe_deployments(config: RestateConfig, admin_url: str) -> dict[str, Any]:
+def _probe_listing(config: RestateConfig, admin_url: str,
+                   listing: Callable[[RestateAdminClient], list[dict[str, Any]]]) -> dict[str, Any]:
     try:
         with RestateAdminClient(admin_url, timeout=config.probe_timeout) as admin:
-            deployments = admin.list_deployments()
+            items = listing(admin)
     except RestateAdminError as exc:
         status, error = _failure(exc)
         return {"status": status, "items": [], "error": error}
-    items = [
-        {"id": d.id, "serviceUrl": d.service_url, "createdAt": _iso_utc(d.created_at)}
-        for d in sorted(deployments, key=lambda d: (d.created_at, d.id), reverse=True)
-    ]
     return {"status": OK, "items": items, "error": None}
+
+
+def _probe_deployments(config: RestateConfig, admin_url: str) -> dict[str, Any]:
+    return _probe_listing(config, admin_url, lambda admin: [
+        {"id": d.id, "serviceUrl": d.service_url, "createdAt": _iso_utc(d.created_at)}
+        for d in sorted(admin.list_deployments(), key=lambda d: (d.created_at, d.id), reverse=True)
+    ])
 
 
 def _probe_services(config: RestateConfig, admin_url: str) -> dict[str, Any]:
-    try:
-        with RestateAdminClient(admin_url, timeout=config.probe_timeout) as admin:
-            services = admin.list_services()
-    except RestateAdminError as exc:
-        status, error = _failure(exc)
-        return {"status": status, "items": [], "error": error}
-    items = [{"name": s.name, "revision": s.revision} for s in sorted(services, key=lambda s: s.name)]
-    return {"status": OK, "items": items, "error": None}
+    return _probe_listing(config, admin_url, lambda admin: [
+        {"name": s.name, "revision": s.revision} for s in sorted(admin.list_services(), key=lambda s: s.name)
+    ])
 
 
 _BY_STATUS_SQL = "SELECT status, COUNT(*) AS count FROM sys_invocation GROUP BY status"
