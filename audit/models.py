@@ -106,7 +106,7 @@ class OperationAudit(AppendOnlyModel):
 
 
 class OperationsPanel(OperationAudit):
-    """The admin's doctor-and-recovery panel (``cases.restate.admin``), which also lists the latest attempts.
+    """The admin's doctor-and-recovery panel (``operations.admin``), which also lists the latest attempts.
 
     A proxy, so that the admin has a page of its own for the doctors' readouts
     and the recovery forms; it adds no table and no permission (who may see and

@@ -36,7 +36,6 @@ from . import console
 from .case_story import case_story_context
 from .console_access import namespaces_visible_to
 from .namespaces import namespace_ensure, namespace_notifications_set, namespace_operators_set
-from .restate import admin as restate_admin  # noqa: F401  (registers the doctor-and-recovery panel)
 from .models import (
     CASE_URGENCY,
     OPEN_CASE_STATES,

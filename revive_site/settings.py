@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "ninja",  # its templates and static files: the API docs use the bundled Swagger UI, not a CDN
     "audit",
     "cases",
+    "operations",  # what operators of the platform run: the doctor, the Restate recovery routes, their panel
     "allauth",
     "allauth.account",
     "allauth.socialaccount",

@@ -30,6 +30,14 @@ from audit.redaction import redact_text
 
 DEFAULT_TIMEOUT = 3.0
 
+TERMINAL_STATUSES = frozenset({"completed", "killed", "cancelled"})
+"""Invocation statuses (``sys_invocation.status``) that are over. Every other status, known or not, is active."""
+
+
+def sql_text(value: str) -> str:
+    """``value`` as a SQL string literal for :meth:`RestateAdminClient.query`."""
+    return "'" + value.replace("'", "''") + "'"
+
 
 class RestateAdminError(Exception):
     """Base of the two failure types below."""
