@@ -780,6 +780,13 @@ def _provider_of(value: object) -> Provider:
 
 
 def _read(*, status: object, body: object, headers: dict[str, str]) -> _Signals:
+    try:
+        return _read_all(status=status, body=body, headers=headers)
+    except Exception:  # noqa: BLE001 - a body that breaks when read says nothing; its status and headers still do
+        return _read_all(status=status, body=None, headers=headers)
+
+
+def _read_all(*, status: object, body: object, headers: dict[str, str]) -> _Signals:
     parsed, text = _parse_body(body)
     doc = _first_mapping(parsed)
     error = _token(doc.get("error")) if doc is not None else ""
