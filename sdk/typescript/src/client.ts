@@ -22,6 +22,7 @@ import {
   RunParked,
 } from "./errors.js";
 import type { components, paths } from "./generated/worker-api.js";
+import { singleFlightCredential, type SingleFlightCredential, type SingleFlightOptions } from "./refresh.js";
 
 type Schemas = components["schemas"];
 export type Lease = Schemas["LeaseOut"];
@@ -32,6 +33,7 @@ export type FailureAnswer = Schemas["FailureOut"];
 export type BeginAnswer = Schemas["BeginOut"];
 export type ActionRecord = Schemas["ActionOut"];
 export type Runtime = Schemas["RunIn"]["runtime"];
+export type RefreshClaimAnswer = Schemas["RefreshClaimOut"];
 
 type Json<R> = R extends { content: { "application/json": infer B } } ? B : never;
 type Method = "get" | "post";
@@ -225,6 +227,36 @@ export class Revive {
   /** The connection's current generation (`usable` is false while a reconnect is pending). */
   lease(connectionId: string): Promise<Lease> {
     return this.#request("post", "/api/v1/connections/{connection_id}/lease", { connection_id: connectionId }, undefined);
+  }
+
+  /**
+   * Claim the refresh of a generation's credential (single flight); `seenRound` is the refresh round of the
+   * credential that failed. The answer is a decision (`refresh` | `wait` | `reload` | `fenced`), never a token.
+   * `singleFlightCredential` drives this and `refreshRelease`; call them yourself only to build another helper.
+   */
+  refreshClaim(connectionId: string, { generation, holder, seenRound = 0 }: { generation: number; holder: string; seenRound?: number }): Promise<RefreshClaimAnswer> {
+    return this.#request("post", "/api/v1/connections/{connection_id}/refresh-claims", { connection_id: connectionId }, {
+      generation, holder, seen_round: seenRound,
+    });
+  }
+
+  /** The holder of a refresh claim says how its refresh went: waiters then reload (`refreshed`) or claim in turn (`failed`). */
+  refreshRelease(connectionId: string, { generation, holder, round, outcome }: {
+    generation: number; holder: string; round: number; outcome: "refreshed" | "failed";
+  }): Promise<RefreshClaimAnswer> {
+    return this.#request("post", "/api/v1/connections/{connection_id}/refresh-claims/release", { connection_id: connectionId }, {
+      generation, holder, round, outcome,
+    });
+  }
+
+  /**
+   * A `credential` callback for `protectAction` that refreshes once per (connection, generation) across every
+   * worker: when `load()`'s credential is not `isFresh` (or was `rejected()`), one worker runs `refresh()` (which
+   * refreshes at the provider and stores the new grant where the credential lives) while the others wait and
+   * `load()` its result. See `SingleFlightCredential`.
+   */
+  singleFlightCredential<C>(connectionId: string, options: SingleFlightOptions<C>): SingleFlightCredential<C> {
+    return singleFlightCredential(this, connectionId, options);
   }
 
   /** Register a run (idempotent): the runtime and its own reference (thread id, workflow id and run id, ...). */
