@@ -322,7 +322,7 @@ def outbox_retry(*, item_id: int, actor: str) -> OutboxItem:
         item.due_at = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS)
         item.save(update_fields=["state", "attempts", "claimed_until", "due_at", "updated_at"])
         audit_record(actor=actor, action="outbox.retried", entity_type="outbox_item", entity_id=item.key,
-                     case=item.case, run_id=item.run_id or None, before={"state": OutboxItem.State.FAILED},
+                     case=item.case, run_id=item.run_id, before={"state": OutboxItem.State.FAILED},
                      after={"state": OutboxItem.State.PENDING}, arguments={"last_error": item.last_error[:500]})
         _dispatch_after_commit([item.pk])
     return item

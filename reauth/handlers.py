@@ -45,10 +45,10 @@ def _owner_link_resend(sender, *, case: RecoveryCase, actor: str, **kwargs) -> s
 
 
 def _notify_exhausted(item: OutboxItem) -> None:
-    case = RecoveryCase.objects.filter(pk=item.case_id).first()
+    case = RecoveryCase.objects.filter(pk=item.case_id).first() if item.case_id is not None else None
     audit_record(actor=services.SYSTEM, action="reconnect.notify_exhausted", entity_type="case",
-                 entity_id=case.reference if case else "", case=case, run_id=case.run_id if case else None,
-                 connection_id=case.connection_id if case else None, outcome="failed",
+                 entity_id=(case.reference if case else "") or "", case=case, run_id=(case.run_id if case else "") or "",
+                 connection_id=case.connection_id if case else "", outcome="failed",
                  arguments={"attempts": item.attempts, "error": item.last_error[:500], "outbox": item.key})
 
 
