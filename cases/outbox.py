@@ -164,7 +164,9 @@ def _dispatch_after_commit(item_ids: list[int], countdown: float | None = None) 
     transaction.on_commit(send_dispatches)
 
 
-KEY_LENGTH = OutboxItem._meta.get_field("key").max_length
+_key_length = OutboxItem._meta.get_field("key").max_length
+assert _key_length is not None  # a CharField: its length is declared
+KEY_LENGTH: int = _key_length
 
 
 def _stored_key(key: str) -> str:

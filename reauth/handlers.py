@@ -40,6 +40,7 @@ def _case_abandoned(sender, *, case: RecoveryCase, reason: str, actor: str, **kw
 @receiver(signals.owner_link_resend, sender=RecoveryCase, dispatch_uid="reauth.owner_link_resend")
 def _owner_link_resend(sender, *, case: RecoveryCase, actor: str, **kwargs) -> str:
     latest = case.reconnect_requests.order_by("-created_at", "-id").first()
+    assert latest is not None  # the console offers a resend only to a case with a request (cases.console)
     new = services.reconnect_request_resend(public_id=latest.public_id, actor=actor)
     return str(new.public_id)
 
