@@ -12,7 +12,8 @@ class AppendOnlyQuerySet(models.QuerySet):
     def delete(self):
         raise AppendOnlyError(f"{self.model.__name__} rows are append-only")
 
-    _raw_delete = delete
+    def _raw_delete(self, using):  # the collector's fast delete (a cascade from a parent row)
+        raise AppendOnlyError(f"{self.model.__name__} rows are append-only")
 
 
 class AppendOnlyModel(models.Model):

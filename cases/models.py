@@ -58,7 +58,7 @@ class Namespace(models.Model):
         return self.name
 
 
-def _namespace_fk(related_name: str) -> models.ForeignKey:
+def _namespace_fk(related_name: str) -> "models.ForeignKey[Namespace, Namespace]":
     return models.ForeignKey(Namespace, on_delete=models.PROTECT, default=DEFAULT_NAMESPACE, related_name=related_name,
                              db_index=True)
 
@@ -359,7 +359,8 @@ class RecoveryCase(models.Model):
     opened_at = models.DateTimeField(auto_now_add=True)
     state_changed_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
-    runs = models.ManyToManyField(Run, through="CaseRun", related_name="cases")
+    # Annotated for the type checker, which cannot resolve the through model by name (a string: CaseRun comes later).
+    runs: "models.ManyToManyField[Run, CaseRun]" = models.ManyToManyField(Run, through="CaseRun", related_name="cases")
     assignee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                  related_name="assigned_cases", help_text="The operator who owns this case now.")
 

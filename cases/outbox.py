@@ -164,7 +164,9 @@ def _dispatch_after_commit(item_ids: list[int], countdown: float | None = None) 
     transaction.on_commit(send_dispatches)
 
 
-KEY_LENGTH = OutboxItem._meta.get_field("key").max_length
+_key_length = OutboxItem._meta.get_field("key").max_length
+assert _key_length is not None  # a CharField: its length is declared
+KEY_LENGTH: int = _key_length
 
 
 def _stored_key(key: str) -> str:
@@ -322,7 +324,7 @@ def outbox_retry(*, item_id: int, actor: str) -> OutboxItem:
         item.due_at = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS)
         item.save(update_fields=["state", "attempts", "claimed_until", "due_at", "updated_at"])
         audit_record(actor=actor, action="outbox.retried", entity_type="outbox_item", entity_id=item.key,
-                     case=item.case, run_id=item.run_id or None, before={"state": OutboxItem.State.FAILED},
+                     case=item.case, run_id=item.run_id, before={"state": OutboxItem.State.FAILED},
                      after={"state": OutboxItem.State.PENDING}, arguments={"last_error": item.last_error[:500]})
         _dispatch_after_commit([item.pk])
     return item

@@ -158,7 +158,7 @@ def _abandon_exhausted(item: OutboxItem) -> None:
     its runtime still waits (the failed row in the admin's outbox list can be retried)."""
     case = RecoveryCase.objects.filter(pk=item.payload["case_id"]).first()
     audit_record(actor=ACTOR, action="run.abandon_not_told", entity_type="run", entity_id=item.run_id, case=case,
-                 run_id=item.run_id, connection_id=case.connection_id if case else None, outcome="error",
+                 run_id=item.run_id, connection_id=case.connection_id if case else "", outcome="error",
                  arguments={"error": f"not told after {item.attempts} attempts: {item.last_error}"[:1000],
                             "outbox": item.key})
 

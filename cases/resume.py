@@ -294,15 +294,17 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     if case is None or _moved_on(case, generation, DELIVERING_STATES + (CaseState.RESUMED,)):
         return Delivery("stale")
     run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        return Delivery("nothing")
     pending = list(_pending_case_runs(run_id))
     # An earlier attempt of this delivery (``attempt`` > 0) died after the run it executes went past its parked
     # action: the case is resumed, but the rest of the run was never run. Continue it from its latest checkpoint.
-    hosted = run is not None and _hosted(run)
+    hosted = _hosted(run)
     unfinished = hosted and run.state == Run.State.ACTIVE and not pending and attempt > 0
     if unfinished:
         redrive = max(redrive, 1)
     # A first delivery is due once; a re-drive (the watchdog reset the mark) delivers again.
-    elif run is None or run.state != Run.State.ACTIVE or not any(cr.resume_sent_at is None for cr in pending) and not redrive:
+    elif run.state != Run.State.ACTIVE or not any(cr.resume_sent_at is None for cr in pending) and not redrive:
         return Delivery("nothing")
     held = _claim(run_id, holder)
     if held is None:
@@ -366,10 +368,10 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     return Delivery("already" if result.already else "delivered", detail=result.detail)
 
 
-def _abandon_not_told(*, run_id: str, case: RecoveryCase | None, error: str, actor: str) -> None:
+def _abandon_not_told(*, run_id: str, case: RecoveryCase, error: str, actor: str) -> None:
     with transaction.atomic():
         audit_record(actor=actor, action="run.abandon_not_told", entity_type="run", entity_id=run_id, case=case,
-                     run_id=run_id, connection_id=case.connection_id if case else None,
+                     run_id=run_id, connection_id=case.connection_id,
                      arguments={"error": error[:1000]}, outcome="error")
 
 
@@ -398,6 +400,7 @@ def run_abandon_tell(*, run_id: str, case_id: int, reason: str, actor: str = ACT
     if claim.outcome != "claimed":
         return Delivery("skipped", detail={"message": claim.outcome, "held_by": claim.detail})
     case = claim.case
+    assert case is not None and case.reference is not None  # a claimed abandon names its case (referenced when opened)
     request = AbandonRequest(run_id=run_id, case_id=case.reference, reason=reason,
                              rejected={case.connection_id: case.rejected_generation})
     try:

@@ -54,7 +54,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
@@ -999,6 +999,7 @@ def _embedded_json(value: object) -> Mapping | None:
 
 def _headers_of(value: object) -> dict[str, str]:
     """Lower-cased header names; anything that is not a name/value pair is skipped."""
+    pairs: Iterable[object]
     if isinstance(value, Mapping):
         pairs = value.items()
     elif isinstance(value, (list, tuple)):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import functools
 import math
 import os
 import socket
@@ -294,7 +295,9 @@ def _probe_langgraph(config: DoctorConfig) -> dict[str, Any]:
                 started = time.monotonic()
                 conn.execute("SELECT 1").fetchone()
                 latency = ms_since(started)
-                tables = conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL").fetchone()[0]
+                row = conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL").fetchone()
+                assert row is not None  # a SELECT of one expression answers one row
+                tables = row[0]
         except psycopg.OperationalError as exc:
             return {"status": UNREACHABLE, "target": target, "error": error_line(exc)}
         except psycopg.Error as exc:
@@ -313,11 +316,11 @@ def _probe_langgraph(config: DoctorConfig) -> dict[str, Any]:
         return {"status": OK, "target": target, "note": "No checkpoint file yet: the adapter creates it on first use."}
     try:
         started = time.monotonic()
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=config.probe_timeout)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=config.probe_timeout)
         try:
-            conn.execute("SELECT 1").fetchone()
+            db.execute("SELECT 1").fetchone()
         finally:
-            conn.close()
+            db.close()
     except sqlite3.Error as exc:
         return {"status": DEGRADED, "target": target, "error": error_line(exc)}
     return {"status": OK, "latencyMs": ms_since(started), "target": target}
@@ -443,7 +446,7 @@ def revive_doctor(*, probe_timeout: float | None = None, worker_reply_timeout: f
         "celeryWorkers": lambda: _probe_celery_workers(config),
     }
     for name, path in adapters.items():
-        probes[f"runtime:{name}"] = lambda name=name, path=path: _probe_runtime(name, path, config)
+        probes[f"runtime:{name}"] = functools.partial(_probe_runtime, name, path, config)
 
     results = probes_run(probes, budget=config.budget, unfinished=_unfinished, doctor="revive-doctor")
     items = [results[f"runtime:{name}"] for name in adapters]

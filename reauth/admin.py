@@ -29,11 +29,11 @@ class ReconnectRequestAdmin(ReadOnlyAdmin):
     list_filter = ["state"]
     search_fields = ["public_id", "case__reference", "connection__id"]
     list_select_related = ["case", "connection"]
-    fields = [
+    fields = (
         "public_id", "case", "connection", "rejected_generation", "state", "link_issued_at", "expires_at", "email_sent_at",
         "webhook_sent_at", "notify_attempts", "refusals", "consumed_at", "revoked_at", "revoked_reason", "locked_at",
         "replaced_by", "created_by", "created_at", "updated_at",
-    ]
+    )
     readonly_fields = fields
     actions = ["resend_link"]
 

@@ -212,9 +212,9 @@ class RestateAdminClient:
             deployment_id = _require(raw, "id", str, what)
             uri = raw.get("uri")
             pinned = tuple(
-                (str(s.get("name")), s.get("revision"))
+                (str(s.get("name")), revision)
                 for s in raw.get("services") or []
-                if isinstance(s, dict) and isinstance(s.get("revision"), int)
+                if isinstance(s, dict) and isinstance(revision := s.get("revision"), int)
             )
             deployments.append(
                 Deployment(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import re
 import socket
@@ -253,7 +254,7 @@ def restate_doctor() -> dict[str, Any]:
     config = restate_config()
     admin_url = restate_admin_url_resolve(config.admin_url, timeout=config.probe_timeout)
     return probes_run(
-        {name: (lambda probe=probe: probe(config, admin_url)) for name, probe in _PROBES.items()},
+        {name: functools.partial(probe, config, admin_url) for name, probe in _PROBES.items()},
         budget=2 * config.probe_timeout + 1.0,
         unfinished=lambda name, error: {"status": UNREACHABLE, **_EMPTY_READOUT[name], "error": error},
         doctor="restate-doctor",

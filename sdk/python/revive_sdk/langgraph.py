@@ -156,16 +156,19 @@ def checkpointer(url: str) -> Iterator[Any]:
     The tables are created on first use. Worker and Revive must point at the same store.
     """
     if url.startswith(("postgres://", "postgresql://")):
+        import psycopg
         from langgraph.checkpoint.postgres import PostgresSaver
 
         with PostgresSaver.from_conn_string(url) as saver:
+            conn = saver.conn
+            assert isinstance(conn, psycopg.Connection)  # from_conn_string gives the saver one connection, not a pool
             # setup() is idempotent, but two processes running it at once race on its migrations table:
             # serialise it under the advisory lock Revive's own worker takes for the same purpose.
-            saver.conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
             try:
                 saver.setup()
             finally:
-                saver.conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+                conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
             yield saver
         return
     if url.startswith("sqlite:///"):
