@@ -242,3 +242,19 @@ def owner_reconnects_without_delivery(world, case):
         services.case_reauthorize(case_id=case.pk, actor="owner:test")
         services.case_resume_begin(case_id=case.pk, actor="system:test")
     return case.__class__.objects.get(pk=case.pk)
+
+
+def test_the_doctor_probes_the_agent_server(lg_server, settings):
+    from cases.doctor import revive_doctor
+
+    def item() -> dict:
+        readout = revive_doctor(probe_timeout=3.0)
+        return next(i for i in readout["runtimes"]["items"] if i["name"] == RUNTIME)
+
+    settings.REVIVE_RUNTIMES = [RUNTIME]
+    up = item()
+    assert (up["status"], up["target"], up["error"]) == ("ok", lg_server.url, None)
+    assert up["version"] == lg_server.http.get("/info").json()["version"]
+    settings.REVIVE_LANGGRAPH_SERVER_URL = f"http://127.0.0.1:{free_port()}"
+    down = item()
+    assert down["status"] == "unreachable" and "ConnectError" in down["error"], down
