@@ -4,6 +4,7 @@ from django.db import models
 from django.db.models import Q
 
 from classifier import FailureClass, Provider
+from revive_sdk import names
 
 # Connections whose grant a broker holds; Revive keeps references and the identity, never a token.
 BROKER_PROVIDERS = (Provider.NANGO, Provider.SCALEKIT)
@@ -11,9 +12,10 @@ UPSTREAM_PROVIDERS = (Provider.ENTRA, Provider.AUTH0, Provider.OIDC)
 
 
 class Runtime(models.TextChoices):
-    LANGGRAPH = "langgraph", "LangGraph"
-    TEMPORAL = "temporal", "Temporal"
-    RESTATE = "restate", "Restate"
+    LANGGRAPH = names.RUNTIME_LANGGRAPH, "LangGraph"
+    LANGGRAPH_SERVER = names.RUNTIME_LANGGRAPH_SERVER, "LangGraph Agent Server"
+    TEMPORAL = names.RUNTIME_TEMPORAL, "Temporal"
+    RESTATE = names.RUNTIME_RESTATE, "Restate"
 
 
 DEFAULT_NAMESPACE = "default"

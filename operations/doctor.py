@@ -20,7 +20,8 @@ through :func:`operations.probes.probes_run`).
   by default the configured ones, none on the embedded default), whose adapter
   in ``REVIVE_RUNTIME_ADAPTERS`` must import: LangGraph's checkpointer database answers; Temporal
   answers at ``TEMPORAL_ADDRESS`` and knows ``TEMPORAL_NAMESPACE``; Restate is
-  summarised from :func:`restate_doctor` (one status per Restate component).
+  summarised from :func:`restate_doctor` (one status per Restate component); the LangGraph Agent Server
+  answers ``GET /ok`` at ``REVIVE_LANGGRAPH_SERVER_URL``.
   The group's status is the worst of its items.
 
 Bounded time: each probe runs on a daemon thread of its own and every network
@@ -35,6 +36,7 @@ timeouts; being a daemon thread, it never holds up the exit of a command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -47,6 +49,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from django.conf import settings
 from django.utils.module_loading import import_string
 
@@ -395,8 +398,33 @@ def _probe_restate(config: DoctorConfig) -> dict[str, Any]:
     }
 
 
+def _probe_langgraph_server(config: DoctorConfig) -> dict[str, Any]:
+    """The Agent Server answers ``GET /ok`` at ``REVIVE_LANGGRAPH_SERVER_URL``; ``GET /info`` gives its version."""
+    base = str(settings.REVIVE_LANGGRAPH_SERVER_URL or "").rstrip("/")
+    target = redact_url(base) or None
+    if not base:
+        return {"status": DEGRADED, "error": "REVIVE_LANGGRAPH_SERVER_URL is not set."}
+    key = settings.REVIVE_LANGGRAPH_SERVER_API_KEY
+    headers = {"x-api-key": key} if key else {}
+    try:
+        started = time.monotonic()
+        ok = httpx.get(f"{base}/ok", headers=headers, timeout=config.probe_timeout)
+        latency = ms_since(started)
+        info = httpx.get(f"{base}/info", headers=headers, timeout=config.probe_timeout) if ok.status_code == 200 else None
+    except httpx.HTTPError as exc:
+        return {"status": UNREACHABLE, "target": target, "error": error_line(exc)}
+    if ok.status_code != 200:
+        return {"status": DEGRADED, "target": target, "latencyMs": latency, "error": f"GET /ok answered {ok.status_code}."}
+    version = None
+    if info is not None and info.status_code == 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            version = info.json().get("version")
+    return {"status": OK, "target": target, "latencyMs": latency, "version": version}
+
+
 RUNTIME_PROBES: dict[str, Callable[[DoctorConfig], dict[str, Any]]] = {
     "langgraph": _probe_langgraph,
+    "langgraph-server": _probe_langgraph_server,
     "temporal": _probe_temporal,
     "restate": _probe_restate,
 }

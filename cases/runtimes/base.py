@@ -95,11 +95,17 @@ class ResumeRequest:
         }
 
     @property
+    def delivery_key(self) -> str:
+        """One key per generation and re-drive, whatever the attempt: what a runtime that records its deliveries (the
+        LangGraph Agent Server's run metadata) looks for, so that a retry never resumes the run twice."""
+        parts = ",".join(f"{conn}:g{self.rejected[conn]}-g{self.generations.get(conn)}" for conn in sorted(self.rejected))
+        return f"revive-resume:{self.run_id}:{parts}:r{self.redrive}"
+
+    @property
     def idempotency_key(self) -> str:
         """One key per generation and attempt: a duplicate of this delivery is deduplicated by the runtime, while a
         later attempt (or a resume for a newer generation) is a new delivery and is not answered from a stored one."""
-        parts = ",".join(f"{conn}:g{self.rejected[conn]}-g{self.generations.get(conn)}" for conn in sorted(self.rejected))
-        return f"revive-resume:{self.run_id}:{parts}:r{self.redrive}:a{self.attempt}"
+        return f"{self.delivery_key}:a{self.attempt}"
 
 
 @dataclasses.dataclass(frozen=True)
