@@ -412,7 +412,7 @@ def _probe_langgraph_server(config: DoctorConfig) -> dict[str, Any]:
         latency = ms_since(started)
         info = httpx.get(f"{base}/info", headers=headers, timeout=config.probe_timeout) if ok.status_code == 200 else None
     except httpx.HTTPError as exc:
-        return {"status": UNREACHABLE, "target": target, "error": error_line(exc)}
+        return {"status": UNREACHABLE, "target": target, "error": f"The Agent Server cannot be reached: {error_line(exc)}"}
     if ok.status_code != 200:
         return {"status": DEGRADED, "target": target, "latencyMs": latency, "error": f"GET /ok answered {ok.status_code}."}
     version = None
