@@ -130,8 +130,8 @@ class AuditEventAdmin(ReadOnlyAdmin):
     search_help_text = "Case id, run id, entity id, trace id, or the start of an actor or action (operator:, case.)."
     show_full_result_count = False
     paginator = EstimatedCountPaginator  # the log grows without bound: no COUNT(*) of it per page
-    fields = ["occurred_at", "actor", "action", "entity_type", "entity_id", "case_reference", "run_id", "connection_id",
-              "outcome", "trace_id", "before_redacted", "after_redacted", "arguments_redacted"]
+    fields = ("occurred_at", "actor", "action", "entity_type", "entity_id", "case_reference", "run_id", "connection_id",
+              "outcome", "trace_id", "before_redacted", "after_redacted", "arguments_redacted")
     readonly_fields = fields
 
     def get_queryset(self, request):
@@ -171,8 +171,8 @@ class OperationAuditAdmin(ExactSearchMixin, ReadOnlyAdmin):
     search_help_text = "Exact actor, route or request id."
     show_full_result_count = False
     paginator = EstimatedCountPaginator
-    fields = ["request_id", "actor", "role", "route", "arguments_redacted", "reason", "started_at", "finished_at",
-              "outcome", "error_code", "error"]
+    fields = ("request_id", "actor", "role", "route", "arguments_redacted", "reason", "started_at", "finished_at",
+              "outcome", "error_code", "error")
     readonly_fields = fields
 
     @admin.display(description="arguments")

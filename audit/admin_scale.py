@@ -22,7 +22,7 @@ from django.contrib.admin import helpers
 from django.core.exceptions import EmptyResultSet
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
@@ -34,8 +34,10 @@ class EstimatedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         qs = self.object_list
-        db = connections[getattr(qs, "db", "default")]
-        if db.vendor != "postgresql" or not hasattr(qs, "query"):
+        if not isinstance(qs, QuerySet):
+            return super().count
+        db = connections[qs.db]
+        if db.vendor != "postgresql":
             return super().count
         try:
             sql, params = qs.order_by().values("pk").query.sql_with_params()

@@ -12,7 +12,8 @@ class AppendOnlyQuerySet(models.QuerySet):
     def delete(self):
         raise AppendOnlyError(f"{self.model.__name__} rows are append-only")
 
-    _raw_delete = delete
+    def _raw_delete(self, using):  # the collector's fast delete (a cascade from a parent row)
+        raise AppendOnlyError(f"{self.model.__name__} rows are append-only")
 
 
 class AppendOnlyModel(models.Model):
@@ -106,7 +107,7 @@ class OperationAudit(AppendOnlyModel):
 
 
 class OperationsPanel(OperationAudit):
-    """The admin's doctor-and-recovery panel (``cases.restate.admin``), which also lists the latest attempts.
+    """The admin's doctor-and-recovery panel (``operations.admin``), which also lists the latest attempts.
 
     A proxy, so that the admin has a page of its own for the doctors' readouts
     and the recovery forms; it adds no table and no permission (who may see and

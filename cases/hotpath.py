@@ -182,7 +182,9 @@ def _execute_once(sql: str, params: dict[str, Any]) -> tuple | None:
     with db.wrap_database_errors, Cursor(raw) as cur:
         cur.execute(sql, params, prepare=True)
         row = cur.fetchone()
-    db.health_check_done = True  # the connection just answered: a fallback in this request needs no SELECT 1
+    # The connection just answered: a fallback in this request needs no SELECT 1. (django-stubs does not declare
+    # BaseDatabaseWrapper.health_check_done, which Django has had since 4.1.)
+    db.health_check_done = True  # type: ignore[attr-defined]
     return row
 
 

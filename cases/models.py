@@ -4,6 +4,7 @@ from django.db import models
 from django.db.models import Q
 
 from classifier import FailureClass, Provider
+from revive_sdk import names
 
 # Connections whose grant a broker holds; Revive keeps references and the identity, never a token.
 BROKER_PROVIDERS = (Provider.NANGO, Provider.SCALEKIT)
@@ -11,9 +12,10 @@ UPSTREAM_PROVIDERS = (Provider.ENTRA, Provider.AUTH0, Provider.OIDC)
 
 
 class Runtime(models.TextChoices):
-    LANGGRAPH = "langgraph", "LangGraph"
-    TEMPORAL = "temporal", "Temporal"
-    RESTATE = "restate", "Restate"
+    LANGGRAPH = names.RUNTIME_LANGGRAPH, "LangGraph"
+    LANGGRAPH_SERVER = names.RUNTIME_LANGGRAPH_SERVER, "LangGraph Agent Server"
+    TEMPORAL = names.RUNTIME_TEMPORAL, "Temporal"
+    RESTATE = names.RUNTIME_RESTATE, "Restate"
 
 
 DEFAULT_NAMESPACE = "default"
@@ -58,7 +60,7 @@ class Namespace(models.Model):
         return self.name
 
 
-def _namespace_fk(related_name: str) -> models.ForeignKey:
+def _namespace_fk(related_name: str) -> "models.ForeignKey[Namespace, Namespace]":
     return models.ForeignKey(Namespace, on_delete=models.PROTECT, default=DEFAULT_NAMESPACE, related_name=related_name,
                              db_index=True)
 
@@ -193,6 +195,15 @@ class Run(models.Model):
     )
     resume_claimed_by = models.CharField(max_length=64, blank=True, default="", editable=False,
                                          help_text="The delivery (Celery message) holding that claim.")
+    hosted_at = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="Revive itself started executing this run then (a runtime it hosts: LangGraph graphs in its worker) "
+                  "and that execution has not returned yet; the watchdog continues a run left so (cases.pipeline).",
+    )
+    continuations = models.PositiveSmallIntegerField(
+        default=0, editable=False,
+        help_text="How many times the watchdog continued this run since its last execution returned.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -200,6 +211,8 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["state", "updated_at"]),
             models.Index(fields=["workflow_name"], name="run_workflow_name_idx"),  # the console's exact search
+            # The watchdog's look for hosted runs whose execution stopped: few rows ever have it set.
+            models.Index(fields=["hosted_at"], name="run_hosted_idx", condition=models.Q(hosted_at__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -348,7 +361,8 @@ class RecoveryCase(models.Model):
     opened_at = models.DateTimeField(auto_now_add=True)
     state_changed_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
-    runs = models.ManyToManyField(Run, through="CaseRun", related_name="cases")
+    # Annotated for the type checker, which cannot resolve the through model by name (a string: CaseRun comes later).
+    runs: "models.ManyToManyField[Run, CaseRun]" = models.ManyToManyField(Run, through="CaseRun", related_name="cases")
     assignee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                  related_name="assigned_cases", help_text="The operator who owns this case now.")
 
@@ -459,7 +473,7 @@ class OutboxItem(models.Model):
     key = models.CharField(max_length=200, unique=True, help_text="One row per owed step: a repeated put is a no-op.")
     payload = models.JSONField(default=dict, blank=True)
     case = models.ForeignKey(RecoveryCase, on_delete=models.SET_NULL, null=True, blank=True, related_name="outbox_items")
-    run_id = models.CharField(max_length=200, blank=True, default="")
+    run_id = models.CharField(max_length=QUALIFIED_ID_LENGTH, blank=True, default="")  # as stored: qualified
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=10)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import random
 import threading
@@ -110,6 +111,7 @@ def outbox_put(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCa
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("outbox_put must run inside the transaction that owes the step")
     _kind(kind)  # fail loudly on a kind nobody handles, before anything is owed
+    key = _stored_key(key)
     existing = OutboxItem.objects.filter(key=key).first()
     if existing is not None:
         return existing
@@ -135,7 +137,7 @@ def outbox_put_many(*, kind: str, steps: list[tuple[str, dict[str, Any], str]], 
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("outbox_put must run inside the transaction that owes the step")
     _kind(kind)
-    steps = [(key[:200], payload, run_id) for key, payload, run_id in steps]
+    steps = [(_stored_key(key), payload, run_id) for key, payload, run_id in steps]
     owed = set(OutboxItem.objects.filter(key__in=[key for key, _, _ in steps]).values_list("key", flat=True)) if steps else set()
     fresh = [_new_item(kind=kind, key=key, payload=payload, case=case, run_id=run_id)
              for key, payload, run_id in steps if key not in owed]
@@ -162,8 +164,22 @@ def _dispatch_after_commit(item_ids: list[int], countdown: float | None = None) 
     transaction.on_commit(send_dispatches)
 
 
+_key_length = OutboxItem._meta.get_field("key").max_length
+assert _key_length is not None  # a CharField: its length is declared
+KEY_LENGTH: int = _key_length
+
+
+def _stored_key(key: str) -> str:
+    """The key as stored: a key longer than the column (a long qualified run id) keeps its head for reading and ends
+    in a digest of the whole, so two steps differing only at their end stay two steps."""
+    if len(key) <= KEY_LENGTH:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{key[:KEY_LENGTH - len(digest) - 1]}#{digest}"
+
+
 def _new_item(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCase | int | None, run_id: str) -> OutboxItem:
-    return OutboxItem(kind=kind, key=key[:200], payload=payload, case_id=case.pk if isinstance(case, RecoveryCase) else case,
+    return OutboxItem(kind=kind, key=key, payload=payload, case_id=case.pk if isinstance(case, RecoveryCase) else case,
                       run_id=run_id, max_attempts=_kind(kind).max_attempts(),
                       due_at=timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS))
 
@@ -308,7 +324,7 @@ def outbox_retry(*, item_id: int, actor: str) -> OutboxItem:
         item.due_at = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS)
         item.save(update_fields=["state", "attempts", "claimed_until", "due_at", "updated_at"])
         audit_record(actor=actor, action="outbox.retried", entity_type="outbox_item", entity_id=item.key,
-                     case=item.case, run_id=item.run_id or None, before={"state": OutboxItem.State.FAILED},
+                     case=item.case, run_id=item.run_id, before={"state": OutboxItem.State.FAILED},
                      after={"state": OutboxItem.State.PENDING}, arguments={"last_error": item.last_error[:500]})
         _dispatch_after_commit([item.pk])
     return item

@@ -28,7 +28,11 @@ step and never loses it. The Celery tasks (``cases.tasks``) only call these serv
    ``ambiguous``, those settled by their reconcilers, its resume delivered again (a new attempt; LangGraph
    continues from the latest checkpoint, and the ledger replays what had committed). After
    ``REVIVE_RESUME_MAX_ATTEMPTS`` re-drives the case goes to ``resume_failed`` with the reason. A parked run
-   whose cases have all been released is released again here (the backstop of step 3).
+   whose cases have all been released is released again here (the backstop of step 3). A run Revive executes
+   itself (``RuntimeAdapter.hosts``: a LangGraph graph in Revive's worker) stays watched past its parked action,
+   until its execution returns (``Run.hosted_at``): stopped -- its worker died and no delivery holds or owes it --
+   it is continued from its latest checkpoint (``run_continue``), and after ``REVIVE_RESUME_MAX_ATTEMPTS``
+   continuations its ``resumed`` case goes back to ``resume_failed``, whose retry continues it.
 6. done: the case is ``resumed`` when every run it blocked is past the action it was parked on under the new
    generation -- decided once, in ``services._case_finish_if_resumed``, when that action commits or replays.
 
@@ -46,14 +50,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import Exists, Max, OuterRef, Q
 from django.utils import timezone
 
 from audit.services import audit_record
 
 from . import resume, services
 from .metrics import resume_finished
-from .models import BLOCKING_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
+from .models import BLOCKING_CASE_STATES, RELEASED_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
 from .outbox import Done, Retry, outbox_handler
 
 log = logging.getLogger(__name__)
@@ -154,7 +158,7 @@ def _abandon_exhausted(item: OutboxItem) -> None:
     its runtime still waits (the failed row in the admin's outbox list can be retried)."""
     case = RecoveryCase.objects.filter(pk=item.payload["case_id"]).first()
     audit_record(actor=ACTOR, action="run.abandon_not_told", entity_type="run", entity_id=item.run_id, case=case,
-                 run_id=item.run_id, connection_id=case.connection_id if case else None, outcome="error",
+                 run_id=item.run_id, connection_id=case.connection_id if case else "", outcome="error",
                  arguments={"error": f"not told after {item.attempts} attempts: {item.last_error}"[:1000],
                             "outbox": item.key})
 
@@ -177,6 +181,7 @@ class WatchReport:
     redriven: list[str] = dataclasses.field(default_factory=list)
     failed: list[str] = dataclasses.field(default_factory=list)
     released: list[str] = dataclasses.field(default_factory=list)
+    continued: list[str] = dataclasses.field(default_factory=list)
     finished: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -234,6 +239,63 @@ def run_redrive(*, case_run_id: int, now: datetime | None = None, actor: str = W
     return "redriven"
 
 
+def _stopped_runs(now: datetime):
+    """Runs Revive executes whose execution started before the stall window and never returned (``Run.hosted_at``),
+    no delivery holding or owing them, past every parked action (a run still waiting on a case is ``run_redrive``'s),
+    and not already handed to an operator (a ``resume_failed`` case)."""
+    quiet = now - timedelta(seconds=settings.REVIVE_RUN_STALL_SECONDS)
+    waiting = CaseRun.objects.filter(run_id=OuterRef("pk"), resumed_at__isnull=True,
+                                     case__state__in=BLOCKING_CASE_STATES + RELEASED_CASE_STATES)
+    failed = CaseRun.objects.filter(run_id=OuterRef("pk"), case__state=CaseState.RESUME_FAILED)
+    owed = OutboxItem.objects.filter(kind=services.RESUME_RUN, run_id=OuterRef("pk"), state=OutboxItem.State.PENDING)
+    return (Run.objects.filter(state=Run.State.ACTIVE, hosted_at__lt=quiet)
+            .filter(Q(resume_claimed_until__isnull=True) | Q(resume_claimed_until__lt=now))
+            .exclude(Exists(waiting)).exclude(Exists(failed)).exclude(Exists(owed)))
+
+
+def run_continue(*, run_id: str, now: datetime | None = None, actor: str = WATCH_ACTOR) -> str:
+    """Continue a run Revive executes whose execution stopped after it went past its parked action (the worker
+    running it died, or the delivery ended without it) -- from its latest checkpoint, the ledger replaying what had
+    committed -- or, after ``REVIVE_RESUME_MAX_ATTEMPTS`` continuations without the execution returning, put its
+    case in ``resume_failed`` for an operator, whose retry continues it. Returns ``continued``, ``failed`` or
+    ``moving`` (it made progress, or is no longer stopped)."""
+    now = now or timezone.now()
+    stall = timedelta(seconds=settings.REVIVE_RUN_STALL_SECONDS)
+    case_run = (CaseRun.objects.filter(run_id=run_id, resumed_at__isnull=False).select_related("case")
+                .order_by("-resumed_at", "-pk").first())
+    stopped = _stopped_runs(now).filter(pk=run_id).values_list("hosted_at", flat=True).first()
+    ledger = Action.objects.filter(run_id=run_id).aggregate(at=Max("updated_at"))["at"]
+    if case_run is None or stopped is None or (ledger is not None and now - ledger < stall):
+        return "moving"
+    services.reap_stale_actions(now=now, actor=actor, run_id=run_id)
+    try:
+        resume.run_reconcile(run_id=run_id, case=case_run.case, actor=actor)
+    except resume.ReconcilerUnavailable:
+        pass  # the continued run's reconcile callback, or the next watch, settles it
+    with transaction.atomic():
+        # The module's lock order: run, then case.
+        run = Run.objects.select_for_update(no_key=True).filter(pk=run_id).first()
+        # Still stopped since the same moment: an execution meanwhile (a delivery, a continuation) moves the mark.
+        if run is None or run.hosted_at != stopped or not _stopped_runs(now).filter(pk=run_id).exists():
+            return "moving"
+        case = services.case_lock(case_run.case_id)
+        if run.continuations >= settings.REVIVE_RESUME_MAX_ATTEMPTS:
+            services.case_resume_fail(
+                case_id=case.pk, actor=actor, stopped_run=run_id,
+                reason=(f"run {run_id} stopped after it went past its parked action; {run.continuations} "
+                        f"continuation(s) from its latest checkpoint did not finish it"),
+                detail={"run_id": run_id, "continuations": run.continuations})
+            return "failed"
+        continuation = run.continuations + 1
+        audit_record(actor=actor, action="run.continued", entity_type="run", entity_id=run_id, case=case,
+                     run_id=run_id, connection_id=case.connection_id,
+                     arguments={"continuation": continuation, "of": settings.REVIVE_RESUME_MAX_ATTEMPTS,
+                                "stopped_since": run.hosted_at.isoformat()})
+        services.run_continue_owe(run_id=run_id, case=case, continuation=continuation)
+        Run.objects.filter(pk=run_id).update(continuations=continuation, hosted_at=now)
+    return "continued"
+
+
 def runs_watch(*, now: datetime | None = None, limit: int = 500) -> WatchReport:
     """Watch every released run until it is past its parked action (the beat task ``cases.pipeline_watch``)."""
     now = now or timezone.now()
@@ -261,6 +323,13 @@ def runs_watch(*, now: datetime | None = None, limit: int = 500) -> WatchReport:
                 .values_list("case_id", flat=True).distinct()[:limit])
     for case_pk in stranded:
         report.released.extend(services.case_runs_release(case_id=case_pk, actor=WATCH_ACTOR))
+    # Past their parked action, runs Revive executes itself are watched until their execution returns.
+    for run_id in _stopped_runs(now).order_by("hosted_at").values_list("pk", flat=True)[:limit]:
+        outcome = run_continue(run_id=run_id, now=now)
+        if outcome == "continued":
+            report.continued.append(run_id)
+        elif outcome == "failed":
+            report.failed.append(run_id)
     for case_pk in (RecoveryCase.objects.filter(state=CaseState.RESUMING)
                     .exclude(case_runs__resumed_at__isnull=True).values_list("pk", flat=True)[:limit]):
         if services.case_finish_if_resumed(case_id=case_pk, actor=WATCH_ACTOR):

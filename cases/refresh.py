@@ -61,14 +61,15 @@ class RefreshAnswer:
     current_generation: int | None = None
 
 
-def _locked_claim(connection_id: str, generation: int) -> tuple[RefreshClaim | None, RefreshAnswer | None]:
+def _locked_claim(connection_id: str, generation: int) -> RefreshClaim | RefreshAnswer:
+    """The claim row of this generation, locked; or the ``fenced`` answer when a reconnect superseded it."""
     conn = _lock_connection(connection_id, exclusive=False)
     _check_generation(conn, generation)
     if generation < conn.current_generation:
-        return None, RefreshAnswer(decision=Decision.FENCED, connection_id=conn.pk, generation=generation, round=0,
-                                   current_generation=conn.current_generation)
+        return RefreshAnswer(decision=Decision.FENCED, connection_id=conn.pk, generation=generation, round=0,
+                             current_generation=conn.current_generation)
     RefreshClaim.objects.bulk_create([RefreshClaim(connection=conn, generation=generation)], ignore_conflicts=True)
-    return RefreshClaim.objects.select_for_update().get(connection=conn, generation=generation), None
+    return RefreshClaim.objects.select_for_update().get(connection=conn, generation=generation)
 
 
 def _answer(claim: RefreshClaim, decision: str, **extra) -> RefreshAnswer:
@@ -79,9 +80,9 @@ def _answer(claim: RefreshClaim, decision: str, **extra) -> RefreshAnswer:
 @transaction.atomic
 def refresh_claim(*, connection_id: str, generation: int, holder: str, seen_round: int = 0, actor: str) -> RefreshAnswer:
     """Claim the refresh of this generation's credential; ``seen_round`` is the round of the credential that failed."""
-    claim, fenced = _locked_claim(connection_id, generation)
-    if fenced is not None:
-        return fenced
+    claim = _locked_claim(connection_id, generation)
+    if isinstance(claim, RefreshAnswer):
+        return claim  # fenced
     now = timezone.now()
     if claim.state == RefreshClaim.State.HELD and claim.held_until and claim.held_until > now:
         if claim.holder == holder:
@@ -107,9 +108,9 @@ def refresh_claim(*, connection_id: str, generation: int, holder: str, seen_roun
 @transaction.atomic
 def refresh_release(*, connection_id: str, generation: int, round: int, holder: str, outcome: str, actor: str) -> RefreshAnswer:
     """The holder says how its refresh went; waiters then reload (``refreshed``) or claim in turn (``failed``)."""
-    claim, fenced = _locked_claim(connection_id, generation)
-    if fenced is not None:
-        return fenced
+    claim = _locked_claim(connection_id, generation)
+    if isinstance(claim, RefreshAnswer):
+        return claim  # fenced
     if claim.round == round and claim.holder == holder and claim.state == outcome:
         return _answer(claim, Decision.RELEASED)  # a retried release
     if claim.round != round or claim.holder != holder or claim.state != RefreshClaim.State.HELD:

@@ -223,6 +223,15 @@ def _claim(run_id: str, holder: str = "") -> datetime | None:
     return until if taken else None
 
 
+def _hosted(run: Run) -> bool:
+    """Whether a delivery to ``run`` executes it here (``RuntimeAdapter.hosts``); a runtime without an adapter
+    does not (its delivery fails as misconfigured)."""
+    try:
+        return adapter_for(run.runtime).hosts(run)
+    except RuntimeDeliveryError:
+        return False
+
+
 def _release(run_id: str, claim: datetime, holder: str = "") -> None:
     """Free the run's claim if it is still this delivery's (by its holder: a renewed claim's end has moved)."""
     mine = Q(resume_claimed_by=holder) if holder else Q(resume_claimed_until=claim)
@@ -258,8 +267,9 @@ def _record_delivery(*, run: Run, case_run_ids: list[int], request: ResumeReques
 def _record_failure(*, run_id: str, case_pks: list[int], error: str, detail: dict[str, Any], actor: str,
                     park: bool = True) -> None:
     """The resume could not be delivered: the run waits again and its cases show ``resume_failed`` to operators.
-    ``park=False``: the run was past its parked action (a continuation of a hosted run): no case would release it
-    again, so it is left as it is and the failure is written on the case for operators."""
+    ``park=False``: a run Revive executes went past its parked action before it failed: no case would release it
+    again, so it is left as it is, the failure is written on its case, and the watchdog continues it
+    (``pipeline.run_continue``; its case shows ``resume_failed`` only once continuing cannot finish it)."""
     run = Run.objects.select_for_update(no_key=True).get(pk=run_id)
     for case_pk in sorted(case_pks):
         services.case_resume_fail(case_id=case_pk, actor=actor, reason=f"resume of {run_id} not delivered: {error}"[:1000],
@@ -284,19 +294,24 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     if case is None or _moved_on(case, generation, DELIVERING_STATES + (CaseState.RESUMED,)):
         return Delivery("stale")
     run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        return Delivery("nothing")
     pending = list(_pending_case_runs(run_id))
     # An earlier attempt of this delivery (``attempt`` > 0) died after the run it executes went past its parked
     # action: the case is resumed, but the rest of the run was never run. Continue it from its latest checkpoint.
-    unfinished = (run is not None and run.state == Run.State.ACTIVE and not pending and attempt > 0
-                  and adapter_for(run.runtime).hosts(run))
+    hosted = _hosted(run)
+    unfinished = hosted and run.state == Run.State.ACTIVE and not pending and attempt > 0
     if unfinished:
         redrive = max(redrive, 1)
     # A first delivery is due once; a re-drive (the watchdog reset the mark) delivers again.
-    elif run is None or run.state != Run.State.ACTIVE or not any(cr.resume_sent_at is None for cr in pending) and not redrive:
+    elif run.state != Run.State.ACTIVE or not any(cr.resume_sent_at is None for cr in pending) and not redrive:
         return Delivery("nothing")
     held = _claim(run_id, holder)
     if held is None:
         return Delivery("busy", countdown=float(settings.REVIVE_RESUME_BACKOFF_FIRST) * 10)
+    def executing() -> None:
+        Run.objects.filter(pk=run_id).update(hosted_at=timezone.now())
+
     request = ResumeRequest(
         run_id=run_id,
         case_ids=tuple(cr.case.reference for cr in pending),
@@ -304,6 +319,7 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
         rejected={cr.case.connection_id: cr.case.rejected_generation for cr in pending},
         attempt=attempt,
         redrive=redrive,
+        executing=executing if hosted else None,
     )
     started = time.perf_counter()
 
@@ -329,13 +345,18 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
             countdown = resume_backoff(exc, attempt)
             log.info("resume of %s not delivered (%s); retry %d in %.2fs", run_id, exc, attempt + 1, countdown)
             return Delivery("retry", detail={**detail, "message": str(exc)}, countdown=countdown)
+        # A run this delivery executed may have gone past its parked action before it failed: nothing would release
+        # it if it were parked again, so it is parked only while it still waits on one of its cases.
+        waits = _pending_case_runs(run_id).exists() if hosted else True
         _record_failure(run_id=run_id, case_pks=[cr.case_id for cr in pending] or [case.pk], error=str(exc),
-                        detail=detail, actor=actor, park=not unfinished)
+                        detail=detail, actor=actor, park=waits)
         return Delivery("failed", detail={**detail, "message": str(exc), "attempts": attempt + 1})
     except BaseException:
         _release(run_id, held, holder)
         raise
     runtime_ms = (time.perf_counter() - started) * 1000
+    if hosted:  # the execution returned (finished, parked again, or waiting on the graph's own interrupt)
+        Run.objects.filter(pk=run_id, hosted_at__isnull=False).update(hosted_at=None, continuations=0)
     try:
         _record_delivery(run=run, case_run_ids=[cr.pk for cr in pending], request=request,
                          result_detail=result.detail, already=result.already, actor=actor)
@@ -347,10 +368,10 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     return Delivery("already" if result.already else "delivered", detail=result.detail)
 
 
-def _abandon_not_told(*, run_id: str, case: RecoveryCase | None, error: str, actor: str) -> None:
+def _abandon_not_told(*, run_id: str, case: RecoveryCase, error: str, actor: str) -> None:
     with transaction.atomic():
         audit_record(actor=actor, action="run.abandon_not_told", entity_type="run", entity_id=run_id, case=case,
-                     run_id=run_id, connection_id=case.connection_id if case else None,
+                     run_id=run_id, connection_id=case.connection_id,
                      arguments={"error": error[:1000]}, outcome="error")
 
 
@@ -379,6 +400,7 @@ def run_abandon_tell(*, run_id: str, case_id: int, reason: str, actor: str = ACT
     if claim.outcome != "claimed":
         return Delivery("skipped", detail={"message": claim.outcome, "held_by": claim.detail})
     case = claim.case
+    assert case is not None and case.reference is not None  # a claimed abandon names its case (referenced when opened)
     request = AbandonRequest(run_id=run_id, case_id=case.reference, reason=reason,
                              rejected={case.connection_id: case.rejected_generation})
     try:

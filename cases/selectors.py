@@ -231,7 +231,9 @@ def case_audit_q(case: RecoveryCase, *, run_ids: list[str] | None = None) -> Q:
     checkpoints) since the run reached the case's checkpoint. The case page's timeline, the audit log's case
     filter and the case's CSV export all read this one set."""
     if run_ids is None:
-        run_ids = list(CaseRun.objects.filter(case=case).values_list("run_id", flat=True)) or [case.run_id]
+        run_ids = list(CaseRun.objects.filter(case=case).values_list("run_id", flat=True))
+        if not run_ids and case.run_id:
+            run_ids = [case.run_id]
     checkpoint = case.checkpoint if case.checkpoint_id else None
     since = min(filter(None, [case.opened_at, checkpoint.created_at if checkpoint else None]))
     return Q(case_id=case.pk) | Q(run_id__in=run_ids, occurred_at__gte=since, case_id__isnull=True)

@@ -1010,7 +1010,9 @@ CASE_TRANSITIONS: dict[str, set[str]] = {
     # ``awaiting_approval`` from ``resuming``: a reconciliation landed by hand or without evidence (``_hold_for_approval``).
     CaseState.RESUMING: {CaseState.RESUMED, CaseState.RESUME_FAILED, CaseState.AWAITING_APPROVAL},
     CaseState.RESUME_FAILED: {CaseState.RESUMING, CaseState.ABANDONED},
-    CaseState.RESUMED: {CaseState.CLOSED},
+    # ``resume_failed`` from ``resumed``: a run Revive executes itself stopped after it went past its parked action
+    # and could not be continued (``case_resume_fail`` with ``stopped_run``).
+    CaseState.RESUMED: {CaseState.CLOSED, CaseState.RESUME_FAILED},
     CaseState.CLOSED: set(),
     CaseState.ABANDONED: {CaseState.AWAITING_OWNER, CaseState.AWAITING_APPROVAL},  # case_reopen only
 }
@@ -1427,6 +1429,17 @@ def _case_release_runs(case: RecoveryCase, *, actor: str, retry: bool = False) -
         CaseRun.objects.filter(pk__in=again).update(resume_sent_at=None, resume_attempts=0)
     owed = [run_id for _, run_id, state, sent_at in rows if sent_at is None or state == Run.State.PARKED]
     run_resume_owe_many(run_ids=owed, case=case, attempt=0, retry=retry)
+    if retry:
+        # A run Revive executes that stopped after it went past its parked action (``case_resume_fail`` with
+        # ``stopped_run``): the retry continues it from its latest checkpoint, with a fresh count of continuations.
+        stopped = list(Run.objects.filter(case_runs__case=case, case_runs__resumed_at__isnull=False,
+                                          state=Run.State.ACTIVE, hosted_at__isnull=False)
+                       .order_by("pk").values_list("pk", flat=True).distinct())
+        if stopped:
+            Run.objects.filter(pk__in=stopped).update(continuations=0, hosted_at=timezone.now())
+            for run_id in stopped:
+                run_continue_owe(run_id=run_id, case=case, continuation=1, retry=True)
+            owed += stopped
     return owed
 
 
@@ -1463,6 +1476,21 @@ def run_resume_owe_many(*, run_ids: list[str], case: RecoveryCase, attempt: int,
             key += f":retry{earlier.get(run_id, 0)}"
         steps.append((key, {"run_id": run_id, "case_id": case.pk, "generation": generation, "attempt": attempt}, run_id))
     outbox.outbox_put_many(kind=RESUME_RUN, steps=steps, case=case)
+
+
+def run_continue_owe(*, run_id: str, case: RecoveryCase, continuation: int, retry: bool = False) -> None:
+    """Owe a run Revive executes, stopped after its parked action, one continuation from its latest checkpoint (a
+    ``run.resume`` row whose ``attempt`` is the continuation's number: the delivery continues the run, see
+    ``resume.run_resume_deliver``). Keyed by the stop (the run's ``hosted_at``) and the number, so each stop's
+    continuations are owed once; an operator's ``retry`` is a new one."""
+    run = Run.objects.only("hosted_at").get(pk=run_id)
+    stop = f"{run.hosted_at.timestamp():.6f}" if run.hosted_at else "-"
+    key = f"{RESUME_RUN}:{run_id}:{case.pk}:g{case.resumed_generation}:c{continuation}:{stop}"
+    if retry:
+        key += f":retry{OutboxItem.objects.filter(kind=RESUME_RUN, case=case, run_id=run_id).count()}"
+    outbox.outbox_put(kind=RESUME_RUN, key=key, run_id=run_id, case=case,
+                      payload={"run_id": run_id, "case_id": case.pk, "generation": case.resumed_generation,
+                               "attempt": continuation})
 
 
 def case_reconcile_owe(*, case: RecoveryCase) -> None:
@@ -1756,13 +1784,20 @@ def run_park_again(*, run_id: str, actor: str, reason: str) -> None:
 
 
 @transaction.atomic
-def case_resume_fail(*, case_id: str | int, actor: str, reason: str, detail: dict[str, Any] | None = None) -> RecoveryCase:
+def case_resume_fail(*, case_id: str | int, actor: str, reason: str, detail: dict[str, Any] | None = None,
+                     stopped_run: str | None = None) -> RecoveryCase:
     """The resume of a released case could not be completed (delivery exhausted, a run stalled past its re-drives):
     the case shows ``resume_failed`` with the reason, for an operator. Its runs stay released: a run that comes
-    back by itself proceeds (``_run_relive``). Repeating it on a failed case only records the reason."""
+    back by itself proceeds (``_run_relive``). Repeating it on a failed case only records the reason.
+
+    ``stopped_run``: a run Revive executes itself (``Run.hosted_at``) stopped after it went past its parked action
+    and could not be continued. Nobody else will run the rest of it, so a ``resumed`` case goes back to
+    ``resume_failed`` too; the operator's retry continues the run (``_case_release_runs``)."""
     case = case_lock(case_id)
     arguments = {"reason": reason[:1000], **(detail or {})}
-    if case.state == CaseState.RESUMING:
+    stopped = stopped_run is not None and case.state == CaseState.RESUMED and Run.objects.filter(
+        pk=stopped_run, state=Run.State.ACTIVE, hosted_at__isnull=False).exists()
+    if case.state == CaseState.RESUMING or stopped:
         return case_transition(case, to=CaseState.RESUME_FAILED, actor=actor, arguments=arguments)
     audit_record(actor=actor, action="case.resume_problem", entity_type="case", entity_id=case.reference, case=case,
                  run_id=case.run_id, connection_id=case.connection_id, arguments=arguments, outcome="error")

@@ -43,6 +43,7 @@ def pipeline_watch() -> dict:
     """Beat: re-drive released runs that stalled before passing their parked action (``pipeline.runs_watch``)."""
     report = pipeline.runs_watch()
     return {"redriven": len(report.redriven), "failed": len(report.failed), "released": len(report.released),
+            "continued": len(report.continued),
             "finished": len(report.finished)}
 
 

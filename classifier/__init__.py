@@ -54,7 +54,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 from email.utils import parsedate_to_datetime
@@ -780,6 +780,13 @@ def _provider_of(value: object) -> Provider:
 
 
 def _read(*, status: object, body: object, headers: dict[str, str]) -> _Signals:
+    try:
+        return _read_all(status=status, body=body, headers=headers)
+    except Exception:  # noqa: BLE001 - a body that breaks when read says nothing; its status and headers still do
+        return _read_all(status=status, body=None, headers=headers)
+
+
+def _read_all(*, status: object, body: object, headers: dict[str, str]) -> _Signals:
     parsed, text = _parse_body(body)
     doc = _first_mapping(parsed)
     error = _token(doc.get("error")) if doc is not None else ""
@@ -992,6 +999,7 @@ def _embedded_json(value: object) -> Mapping | None:
 
 def _headers_of(value: object) -> dict[str, str]:
     """Lower-cased header names; anything that is not a name/value pair is skipped."""
+    pairs: Iterable[object]
     if isinstance(value, Mapping):
         pairs = value.items()
     elif isinstance(value, (list, tuple)):

@@ -6,6 +6,8 @@ identity rules of ``cases.forms``); their views save through ``console.services`
 
 from __future__ import annotations
 
+from typing import cast
+
 from django import forms
 
 from cases.forms import identity_check
@@ -27,7 +29,7 @@ class ReasonForm(ConfirmForm):
                              help_text="Recorded in the audit log with your name.")
 
 
-class ReconcileForm(forms.Form):
+class ReconcileForm(ConfirmForm):
     actions = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple, label="Ambiguous actions")
     outcome = forms.ChoiceField(
         widget=forms.RadioSelect,
@@ -42,8 +44,9 @@ class ReconcileForm(forms.Form):
     def __init__(self, *args, actions: list[Action] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.ambiguous = {str(a.pk): a for a in actions or []}
-        self.fields["actions"].choices = [(pk, f"{a.run_id} / {a.action_key} (attempt {a.attempts}, generation {a.generation})")
-                                          for pk, a in self.ambiguous.items()]
+        field = cast(forms.MultipleChoiceField, self.fields["actions"])
+        field.choices = [(pk, f"{a.run_id} / {a.action_key} (attempt {a.attempts}, generation {a.generation})")
+                           for pk, a in self.ambiguous.items()]
         if not self.is_bound:
             self.initial.setdefault("actions", list(self.ambiguous))
 
@@ -72,7 +75,7 @@ def operators():
 
 
 class AssignForm(forms.Form):
-    assignee = forms.ModelChoiceField(queryset=None, required=False, empty_label="— nobody —", label="Assign to")
+    assignee: forms.ModelChoiceField = forms.ModelChoiceField(queryset=None, required=False, empty_label="— nobody —", label="Assign to")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -40,7 +40,7 @@ def operator_actor(user) -> str:
 class Operation:
     name: str
     label: str
-    form: type[forms.Form]
+    form: type[ConfirmForm]
     refusal: Callable[[RecoveryCase], str | None]
     run: Callable[..., str]
     danger: bool = False
@@ -50,7 +50,7 @@ class Operation:
     def effect_on(self, case: RecoveryCase) -> str:
         return self.effect(case) if self.effect else self.label
 
-    def form_for(self, data=None, *, cases: list[RecoveryCase]) -> forms.Form:
+    def form_for(self, data=None, *, cases: list[RecoveryCase]) -> ConfirmForm:
         actions = console_ambiguous_actions(case_ids=[c.pk for c in cases]) if self.form is ReconcileForm else None
         return self.form(data, actions=actions)
 
@@ -136,7 +136,7 @@ def _retry(case: RecoveryCase, *, actor: str, form: forms.Form) -> str:
     return f"{case.reference} is {case.state}: resume re-sent to {len(runs)} run(s)."
 
 
-def _reconcile(case: RecoveryCase, *, actor: str, form: forms.Form, done: set[int] | None = None) -> str:
+def _reconcile(case: RecoveryCase, *, actor: str, form: ReconcileForm, done: set[int] | None = None) -> str:
     """Settle the chosen ambiguous actions of this case's runs; once none is left, continue the resume."""
     found = form.cleaned_data["outcome"] == "found"
     note = form.cleaned_data["note"].strip()

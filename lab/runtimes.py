@@ -233,7 +233,7 @@ class RestateServer:
 
     def start_worker(self, name: str, env: dict[str, str], var_dir: Path, timeout: float = 120.0) -> subprocess.Popen:
         """The workflow service (hypercorn) at the one address Restate knows: a restarted worker takes it over."""
-        from cases.restate.admin_client import RestateAdminClient
+        from cases.runtimes.restate_admin import RestateAdminClient
 
         log_path = var_dir / f"{name.replace(':', '-')}.log"
         url = f"http://127.0.0.1:{self.service_port}"

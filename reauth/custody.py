@@ -11,7 +11,8 @@ The embedded default, :class:`DatabaseCustody`, keeps the grant encrypted at
 rest (Fernet: AES-128-CBC + HMAC-SHA256) in ``reauth_credential_custody``,
 with a key derived by HKDF-SHA256 from ``SECRET_KEY``; keys derived from
 ``SECRET_KEY_FALLBACKS`` still decrypt, so the secret key can be rotated.
-Only the newest generation's grant is kept.
+Only the newest generation's grant is kept. ``secret_seal`` / ``secret_open`` put other secrets Revive
+must keep (a namespace's Nango webhook signing key) under the same keys.
 """
 
 from __future__ import annotations
@@ -67,11 +68,29 @@ def _multi_fernet(secret: str, fallbacks: tuple[str, ...]) -> MultiFernet:
     return MultiFernet([Fernet(_fernet_key(s)) for s in (secret, *fallbacks)])
 
 
+def custody_fernet() -> MultiFernet:
+    """Encrypts with a key derived from ``SECRET_KEY``; decrypts with it or one from ``SECRET_KEY_FALLBACKS``."""
+    return _multi_fernet(settings.SECRET_KEY, tuple(getattr(settings, "SECRET_KEY_FALLBACKS", ()) or ()))
+
+
+def secret_seal(plaintext: str) -> str:
+    """A secret encrypted at rest as the custody keeps grants."""
+    return custody_fernet().encrypt(plaintext.encode()).decode()
+
+
+def secret_open(ciphertext: str) -> str | None:
+    """The secret ``secret_seal`` encrypted, or ``None`` when neither ``SECRET_KEY`` nor a fallback opens it."""
+    try:
+        return custody_fernet().decrypt(ciphertext.encode()).decode()
+    except InvalidToken:
+        return None
+
+
 class DatabaseCustody:
     name = "database"
 
     def _fernet(self) -> MultiFernet:
-        return _multi_fernet(settings.SECRET_KEY, tuple(getattr(settings, "SECRET_KEY_FALLBACKS", ()) or ()))
+        return custody_fernet()
 
     def store(self, *, connection_id: str, generation: int, grant: Grant) -> str:
         from .models import CustodyGrant

@@ -40,15 +40,16 @@ def _case_abandoned(sender, *, case: RecoveryCase, reason: str, actor: str, **kw
 @receiver(signals.owner_link_resend, sender=RecoveryCase, dispatch_uid="reauth.owner_link_resend")
 def _owner_link_resend(sender, *, case: RecoveryCase, actor: str, **kwargs) -> str:
     latest = case.reconnect_requests.order_by("-created_at", "-id").first()
+    assert latest is not None  # the console offers a resend only to a case with a request (console.operate)
     new = services.reconnect_request_resend(public_id=latest.public_id, actor=actor)
     return str(new.public_id)
 
 
 def _notify_exhausted(item: OutboxItem) -> None:
-    case = RecoveryCase.objects.filter(pk=item.case_id).first()
+    case = RecoveryCase.objects.filter(pk=item.case_id).first() if item.case_id is not None else None
     audit_record(actor=services.SYSTEM, action="reconnect.notify_exhausted", entity_type="case",
-                 entity_id=case.reference if case else "", case=case, run_id=case.run_id if case else None,
-                 connection_id=case.connection_id if case else None, outcome="failed",
+                 entity_id=(case.reference if case else "") or "", case=case, run_id=(case.run_id if case else "") or "",
+                 connection_id=case.connection_id if case else "", outcome="failed",
                  arguments={"attempts": item.attempts, "error": item.last_error[:500], "outbox": item.key})
 
 

@@ -3,7 +3,7 @@ import uuid
 from django.db import models
 from django.db.models import Q
 
-from cases.models import Connection, RecoveryCase
+from cases.models import Connection, Namespace, RecoveryCase
 
 
 class ReconnectRequest(models.Model):
@@ -116,3 +116,30 @@ class BrokerSignal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source} {self.kind} ({self.state})"
+
+
+class NangoSigningKey(models.Model):
+    """The Nango webhook signing key of one namespace, set in the console; encrypted at rest (``reauth.custody``).
+
+    Write-only: only ``reauth.brokers.services`` reads ``ciphertext``, to check a webhook's signature; the console
+    shows whether a key is set, when and by whom. ``ciphertext`` is empty once the key was cleared (the namespace
+    then falls back to the environment's keys).
+    """
+
+    namespace = models.OneToOneField(Namespace, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    ciphertext = models.TextField(blank=True, default="")
+    changed_at = models.DateTimeField()
+    changed_by = models.CharField(max_length=200)
+
+    class Meta:
+        verbose_name = "Nango webhook signing key"
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.ciphertext)
+
+    def __str__(self) -> str:
+        return f"Nango webhook signing key of {self.namespace_id}"
+
+    def __repr__(self) -> str:
+        return f"<NangoSigningKey {self.namespace_id} {'set' if self.is_set else 'cleared'}>"

@@ -21,7 +21,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict
 from uuid import UUID
 
 from django.conf import settings
@@ -102,10 +102,16 @@ def _lock(pk: int) -> ReconnectRequest:
     return ReconnectRequest.objects.select_for_update(no_key=True).get(pk=pk)
 
 
-def _locate(*, public_id: UUID | str | None = None, pk: int | None = None) -> dict[str, Any]:
-    qs = ReconnectRequest.objects.all()
+class RequestRow(TypedDict):
+    """A reconnect request's id and its case's, read unlocked: the case is locked first, then the request."""
+
+    pk: int
+    case_id: int
+
+
+def _locate(*, public_id: UUID | str) -> RequestRow:
     try:
-        row = (qs.filter(pk=pk) if pk is not None else qs.filter(public_id=public_id)).values("pk", "case_id").first()
+        row = ReconnectRequest.objects.filter(public_id=public_id).values("pk", "case_id").first()
     except (ValueError, TypeError):  # a malformed UUID
         row = None
     if row is None:
@@ -121,7 +127,7 @@ def _settle(req: ReconnectRequest, *, case: RecoveryCase, actor: str, now=None, 
     are recorded, so the caller commits before it raises the returned error.
     """
     now = now or timezone.now()
-    terminal = {
+    terminal: dict[str, type[ReconnectError]] = {
         ReconnectRequest.State.CONSUMED: ReconnectLinkUsed,
         ReconnectRequest.State.REVOKED: ReconnectLinkRevoked,
         ReconnectRequest.State.LOCKED: ReconnectLinkLocked,
@@ -302,7 +308,7 @@ def reconnect_request_notify(*, request_id: int) -> NotificationOutcome:
     return NotificationOutcome(email=email_state, webhook=_deliver_webhook(row=row, message=message))
 
 
-def _deliver_webhook(*, row: dict[str, Any], message: dict[str, Any]) -> str:
+def _deliver_webhook(*, row: RequestRow, message: dict[str, Any]) -> str:
     url = settings.REVIVE_RECONNECT_WEBHOOK_URL
     if not url:
         return "not_configured"
@@ -348,7 +354,7 @@ def reconnect_request_check(*, public_id: UUID | str, actor: str = "owner") -> R
     return _check(row=_locate(public_id=public_id), actor=actor)
 
 
-def _check(*, row: dict[str, Any], actor: str) -> ReconnectRequest:
+def _check(*, row: RequestRow, actor: str) -> ReconnectRequest:
     with transaction.atomic():
         case = case_lock(row["case_id"])
         req = _lock(row["pk"])
@@ -454,6 +460,7 @@ def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: Pr
     case = recovery_reauthorized(case_id=case.pk, actor=actor,
                                  evidence={"reconnect_request": str(req.public_id), "identity": presented.evidence(), "rule": verdict.rule})
     generation = case.resumed_generation
+    assert generation is not None  # a reauthorized case names the generation its runs resume under
     if grant is None:  # broker-held: the broker keeps the grant the owner just gave it; Revive stores no token
         audit_record(actor=actor, action="credential.custody_broker", entity_type="connection", entity_id=conn.pk, case=case,
                      run_id=case.run_id or "", connection_id=conn.pk,

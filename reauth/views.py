@@ -90,7 +90,7 @@ OWNER_ACTIONS = {
 }
 
 # What the done page says about the run once the owner's part is over (the case may already have moved on).
-RESUME_STATUS = {
+RESUME_STATUS: dict[str, str] = {
     CaseState.REAUTHORIZED: "Access restored; the run resumes next.",
     CaseState.RECONCILING: "Access restored; Revive is checking the action that was in flight, then the run resumes.",
     CaseState.AWAITING_APPROVAL: "Access restored; the run resumes once an operator approves.",
@@ -188,17 +188,18 @@ def problem_response(request: HttpRequest, exc: ReconnectError, *, req: Reconnec
 
 def _summary(req: ReconnectRequest) -> dict[str, Any]:
     case, conn = req.case, req.connection
+    run, checkpoint, action = case.run, case.checkpoint, case.action
     provider = conn.get_provider_display()
     return {
         "req": req,
         "case": case,
         "connection": conn,
         "provider_name": provider,
-        "workflow_name": case.run.workflow_name if case.run_id else (conn.display_name or conn.pk),
+        "workflow_name": run.workflow_name if run is not None else (conn.display_name or conn.pk),
         "run_id": case.run_id or "",
         "broker": conn.get_provider_display() if conn.broker_held else "",
-        "checkpoint": (case.checkpoint.label or case.checkpoint.checkpoint_id) if case.checkpoint_id else "",
-        "action_key": case.action.action_key if case.action_id else "",
+        "checkpoint": (checkpoint.label or checkpoint.checkpoint_id) if checkpoint is not None else "",
+        "action_key": action.action_key if action is not None else "",
         "failure_text": FAILURE_TEXT.get(case.failure_class, "{provider} refused the saved sign-in.").format(provider=provider),
         "provider_code": case.provider_code,
         "owner_action": OWNER_ACTIONS.get((case.provider_error or {}).get("reason", ""), ""),
@@ -245,7 +246,9 @@ def landing(request: HttpRequest, public_id) -> HttpResponse:
         services.reconnect_request_check(public_id=req.public_id)
     except ReconnectError as exc:
         return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
-    req = selectors.reconnect_request_get(public_id)
+    fresh = selectors.reconnect_request_get(public_id)  # as the check left it
+    assert fresh is not None  # it was just found, and requests are never deleted
+    req = fresh
     context = _summary(req)
     context["relink"] = _is_relink(req)
     apps = [] if context["relink"] or req.connection.broker_held else providers.sign_in_apps(request, req.connection)
@@ -325,6 +328,7 @@ def relinked(request: HttpRequest, public_id) -> HttpResponse:
         return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
     if completion.consumed:
         return redirect("reauth:done", public_id=req.public_id)
+    assert completion.refusal_event_id is not None  # a sign-in that did not consume the request was refused
     session_remember_refusal(request, req.public_id, completion.refusal_event_id)
     return redirect("reauth:refused", public_id=req.public_id)
 
@@ -387,12 +391,12 @@ def refused(request: HttpRequest, public_id) -> HttpResponse:
         "can_retry": req.state == ReconnectRequest.State.ACTIVE,
         "broker_holds_other_account": req.connection.broker_held,
     })
-    exc = ReconnectLinkLocked() if context["locked"] else ReconnectIdentityMismatch()
-    context.update({"error": exc, "code": exc.code})
+    error = ReconnectLinkLocked() if context["locked"] else ReconnectIdentityMismatch()
+    context.update({"error": error, "code": error.code})
     if context["can_retry"]:
         context["landing_public_id"] = str(req.public_id)
-    response = render(request, "reauth/mismatch.html", context, status=exc.status)
-    response["X-Revive-Code"] = exc.code
+    response = render(request, "reauth/mismatch.html", context, status=error.status)
+    response["X-Revive-Code"] = error.code
     return response
 
 

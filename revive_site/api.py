@@ -8,9 +8,8 @@ from ninja import NinjaAPI, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from cases.api import router as worker_router
-from cases.doctor_api import router as doctor_router
 from cases.namespaces import unqualify_data
-from cases.restate.api import router as restate_router
+from operations.api import operator_routers
 
 from .auth import OperatorKey, WorkerKey
 from .errors import DomainError
@@ -81,5 +80,5 @@ operator_api = NinjaAPI(
     docs=OFFLINE_DOCS,
 )
 _install_error_handlers(operator_api)
-operator_api.add_router("/restate/", restate_router)
-operator_api.add_router("/", doctor_router)
+for prefix, router in operator_routers:
+    operator_api.add_router(prefix, router)

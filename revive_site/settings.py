@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "audit",
     "cases",
     "console",  # the operator console: the admin of cases (which imports nothing of it)
+    "operations",  # what operators of the platform run: the doctor, the Restate recovery routes, their panel
     "allauth",
     "allauth.account",
     "allauth.socialaccount",
@@ -271,6 +272,7 @@ REVIVE_RUNTIME_ADAPTERS = {
     "langgraph": "cases.runtimes.langgraph.LangGraphAdapter",
     "temporal": "cases.runtimes.temporal.TemporalAdapter",
     "restate": "cases.runtimes.restate.RestateAdapter",
+    "langgraph-server": "cases.runtimes.langgraph_server.LangGraphServerAdapter",
 }
 # LangGraph graphs Revive resumes in its own worker, by the name runs register as runtime_ref["graph"]:
 # dotted paths ("package.module:attribute") to a StateGraph builder or a function returning one.
@@ -279,6 +281,12 @@ REVIVE_LANGGRAPH_GRAPHS: dict[str, str] = {
 }
 # Where checkpoints live: empty means the database above when it is PostgreSQL, else var/langgraph.sqlite3.
 REVIVE_LANGGRAPH_CHECKPOINT_URL = env.str("REVIVE_LANGGRAPH_CHECKPOINT_URL", default="")
+# The LangGraph Agent Server (langgraph-api: `langgraph dev`, a LangSmith deployment) whose threads runs registered as
+# runtime "langgraph-server" live on; Revive resumes them over its HTTP API (cases.runtimes.langgraph_server). The key
+# is sent as `x-api-key` when set (deployments that require one).
+REVIVE_LANGGRAPH_SERVER_URL = env.str("REVIVE_LANGGRAPH_SERVER_URL", default="http://127.0.0.1:2024")
+REVIVE_LANGGRAPH_SERVER_API_KEY = env.str("REVIVE_LANGGRAPH_SERVER_API_KEY", default="")
+REVIVE_LANGGRAPH_SERVER_TIMEOUT = env.float("REVIVE_LANGGRAPH_SERVER_TIMEOUT", default=10.0)
 TEMPORAL_ADDRESS = env.str("TEMPORAL_ADDRESS", default="127.0.0.1:7233")
 TEMPORAL_NAMESPACE = env.str("TEMPORAL_NAMESPACE", default="default")
 TEMPORAL_RPC_TIMEOUT = env.float("TEMPORAL_RPC_TIMEOUT", default=10.0)
@@ -388,11 +396,13 @@ RESTATE_ADMIN_TIMEOUT = env.float("RESTATE_ADMIN_TIMEOUT", default=30.0)
 
 # --- Doctor (manage.py revive_doctor, GET /api/v2/admin/operator/doctor, the console's panel) ----------------
 # The runtimes this deployment uses, which the doctor probes. Default: those configured here -- LangGraph with
-# REVIVE_LANGGRAPH_CHECKPOINT_URL, Temporal with TEMPORAL_ADDRESS, Restate with RESTATE_ADMIN_URL -- so none on the
+# REVIVE_LANGGRAPH_CHECKPOINT_URL, Temporal with TEMPORAL_ADDRESS, Restate with RESTATE_ADMIN_URL, the Agent Server with
+# REVIVE_LANGGRAPH_SERVER_URL -- so none on the
 # embedded default, and never a runtime nobody deployed.
 REVIVE_RUNTIMES = env.list("REVIVE_RUNTIMES", default=[
     name for name, variable in (("langgraph", "REVIVE_LANGGRAPH_CHECKPOINT_URL"), ("temporal", "TEMPORAL_ADDRESS"),
-                                ("restate", "RESTATE_ADMIN_URL")) if env.str(variable, default="")])
+                                ("restate", "RESTATE_ADMIN_URL"),
+                                ("langgraph-server", "REVIVE_LANGGRAPH_SERVER_URL")) if env.str(variable, default="")])
 # Seconds per probe call (connect, query); the doctor answers within twice that, or the worker window plus it.
 REVIVE_DOCTOR_PROBE_TIMEOUT = env.float("REVIVE_DOCTOR_PROBE_TIMEOUT", default=3.0)
 # How long the Celery probe waits for workers to answer its broadcast: busy workers answer between tasks.

@@ -54,5 +54,8 @@ def tracing_flush(timeout_millis: int = 5000) -> None:
     """Send what is buffered (a process about to exit, a test)."""
     if _started:
         from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
 
-        trace.get_tracer_provider().force_flush(timeout_millis)
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, TracerProvider):  # the SDK's, which tracing_start set (the API's has no buffer)
+            provider.force_flush(timeout_millis)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from cases.namespaces import unqualify
 
@@ -79,6 +79,10 @@ class ResumeRequest:
     redrive: int = 0
     """How many times the watchdog re-drove this run (0: the first delivery). A re-drive follows a stall: an
     adapter continues the run from its latest checkpoint if it is no longer waiting."""
+    executing: Callable[[], None] | None = dataclasses.field(default=None, compare=False, repr=False)
+    """An adapter that executes the run itself (``RuntimeAdapter.hosts``) calls this right before it does, once it
+    knows the run will run here: from then until the delivery returns, the rest of the run is Revive's to finish
+    (``Run.hosted_at``, watched by ``cases.pipeline``)."""
 
     def payload(self) -> dict[str, Any]:
         """In the worker's own ids: run and connection ids without their namespace qualification."""
@@ -91,11 +95,17 @@ class ResumeRequest:
         }
 
     @property
+    def delivery_key(self) -> str:
+        """One key per generation and re-drive, whatever the attempt: what a runtime that records its deliveries (the
+        LangGraph Agent Server's run metadata) looks for, so that a retry never resumes the run twice."""
+        parts = ",".join(f"{conn}:g{self.rejected[conn]}-g{self.generations.get(conn)}" for conn in sorted(self.rejected))
+        return f"revive-resume:{self.run_id}:{parts}:r{self.redrive}"
+
+    @property
     def idempotency_key(self) -> str:
         """One key per generation and attempt: a duplicate of this delivery is deduplicated by the runtime, while a
         later attempt (or a resume for a newer generation) is a new delivery and is not answered from a stored one."""
-        parts = ",".join(f"{conn}:g{self.rejected[conn]}-g{self.generations.get(conn)}" for conn in sorted(self.rejected))
-        return f"revive-resume:{self.run_id}:{parts}:r{self.redrive}:a{self.attempt}"
+        return f"{self.delivery_key}:a{self.attempt}"
 
 
 @dataclasses.dataclass(frozen=True)

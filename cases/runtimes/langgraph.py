@@ -26,7 +26,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -44,6 +44,14 @@ from .base import (
 )
 
 from revive_sdk.names import PARKED_KIND
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from psycopg import Connection
+    from psycopg.rows import DictRow
+    from psycopg_pool import ConnectionPool
+
 RESUMED_BY_WORKER = "worker"
 """``runtime_ref["resumed_by"]`` of a run whose graph lives in the worker, not in Revive (LangGraph.js, through the
 TypeScript SDK's ``registerRun``): Revive cannot load that graph, so releasing the run is the delivery, and the worker
@@ -81,7 +89,8 @@ class _Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.pool = None
+        self.pool: ConnectionPool[Connection[DictRow]] | None = None
+        self.saver: PostgresSaver | SqliteSaver
         if url.startswith(("postgres://", "postgresql://")) or "dbname=" in url:
             from langgraph.checkpoint.postgres import PostgresSaver
             from psycopg.rows import dict_row
@@ -113,7 +122,9 @@ class _Store:
             yield
             return
         with self.pool.connection() as conn:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (_lock_key(thread_id),)).fetchone()["got"]
+            row = conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (_lock_key(thread_id),)).fetchone()
+            assert row is not None  # a SELECT of one expression answers one row
+            got = row["got"]
             if not got:
                 raise RunNotWaiting(f"thread {thread_id} is being resumed by another worker",
                                     detail={"thread_id": thread_id, "busy": True})
@@ -220,6 +231,8 @@ class LangGraphAdapter(RuntimeAdapter):
                     raise RunNotWaiting(f"thread {thread_id} waits on other cases",
                                         detail={"thread_id": thread_id, "waiting_on": [i.value.get("cases") for i in parked]})
                 command = Command(resume=targets)
+            if request.executing is not None:
+                request.executing()
             try:
                 graph.invoke(command, config)
             except Exception as exc:

@@ -21,8 +21,7 @@ from urllib.parse import quote
 
 import httpx
 from django.conf import settings
-
-from cases.restate.admin_client import RestateAdminClient, RestateAdminError, RestateTransportError
+from revive_sdk.names import RESTATE_RESUME_HANDLER as RESUME_HANDLER
 
 from .base import (
     AbandonRequest,
@@ -35,13 +34,7 @@ from .base import (
     RuntimeMisconfigured,
     RuntimeUnavailable,
 )
-
-from revive_sdk.names import RESTATE_RESUME_HANDLER as RESUME_HANDLER
-TERMINAL = {"completed", "killed", "cancelled"}
-
-
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+from .restate_admin import TERMINAL_STATUSES, RestateAdminClient, RestateAdminError, RestateTransportError, sql_text
 
 
 class RestateAdapter(RuntimeAdapter):
@@ -59,9 +52,9 @@ class RestateAdapter(RuntimeAdapter):
     def _invocations(self, address: dict[str, str]) -> list[dict[str, Any]]:
         sql = (
             "SELECT id, status, completion_failure, created_at, modified_at FROM sys_invocation "
-            f"WHERE target_service_name = {_sql_text(address['service'])} "
-            f"AND target_service_key = {_sql_text(address['key'])} "
-            f"AND target_handler_name = {_sql_text(address['handler'])} ORDER BY created_at DESC"
+            f"WHERE target_service_name = {sql_text(address['service'])} "
+            f"AND target_service_key = {sql_text(address['key'])} "
+            f"AND target_handler_name = {sql_text(address['handler'])} ORDER BY created_at DESC"
         )
         try:
             with RestateAdminClient(settings.RESTATE_ADMIN_URL, timeout=settings.RESTATE_PROBE_TIMEOUT) as admin:
@@ -77,7 +70,7 @@ class RestateAdapter(RuntimeAdapter):
         if not rows:
             raise RunNotWaiting(f"no invocation of {address['service']}/{address['key']} yet", detail=address)
         row = rows[0]
-        if row["status"] in TERMINAL:
+        if row["status"] in TERMINAL_STATUSES:
             raise RunGone(f"invocation {row['id']} is {row['status']}", detail={**address, "invocation_id": row["id"]})
         return {**address, "invocation_id": row["id"], "status": row["status"]}
 

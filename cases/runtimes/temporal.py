@@ -20,7 +20,7 @@ import os
 import threading
 from concurrent.futures import Future
 from datetime import timedelta
-from typing import Any, Coroutine
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from django.conf import settings
 
@@ -39,6 +39,9 @@ from .base import (
 from revive_sdk.names import TEMPORAL_ABANDON_SIGNAL as ABANDON_SIGNAL
 from revive_sdk.names import TEMPORAL_QUERY as QUERY
 from revive_sdk.names import TEMPORAL_SIGNAL as SIGNAL
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 
 class _Loop:
@@ -64,7 +67,7 @@ class TemporalAdapter(RuntimeAdapter):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: _Loop | None = None
-        self._client = None
+        self._client: Client | None = None
         self._client_key: tuple[str, str] | None = None
         self._pid = os.getpid()
 

@@ -8,6 +8,8 @@ to holders of ``cases.operate_case``, and is audited as ``operator:<username>``;
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
@@ -18,10 +20,16 @@ from django.urls import reverse
 
 from cases import services
 from cases.models import RecoveryCase
+from cases.namespaces import namespaces_visible_to
 from revive_site.errors import DomainError
 
 from .. import operate
 from ..forms import AssignForm, NoteForm
+
+if TYPE_CHECKING:  # the type checker reads the mixin as what it becomes: part of a ModelAdmin
+    _ModelAdmin = admin.ModelAdmin
+else:
+    _ModelAdmin = object
 
 
 def selection_action(op: operate.Operation):
@@ -34,9 +42,28 @@ def selection_action(op: operate.Operation):
     return admin.action(description=op.label, permissions=["operate"])(action)
 
 
-class CaseOperateMixin:
-    """The writes of ``RecoveryCaseAdmin``; it provides ``has_operate_permission``, ``_visible``, ``_case_url`` and
-    ``_case_or_404``."""
+class CaseOperateMixin(_ModelAdmin):
+    """The writes of ``RecoveryCaseAdmin``, and who may make them on which case."""
+
+    # ---- permissions: the console reads for every staff user with view permission; only operators act
+
+    def has_operate_permission(self, request):
+        return request.user.has_perm(operate.PERMISSION)
+
+    @staticmethod
+    def _visible(request, case) -> bool:
+        visible = namespaces_visible_to(request.user)
+        return visible is None or case.namespace_id in visible
+
+    def _case_url(self, case) -> str:
+        return reverse("admin:cases_recoverycase_change", args=[case.pk])
+
+    def _case_or_404(self, request, object_id):
+        object_id = unquote(object_id)
+        case = RecoveryCase.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        if case is None or not self._visible(request, case):  # another namespace's case: as if it did not exist
+            raise Http404
+        return case
 
     # ---- acting on a selection
 

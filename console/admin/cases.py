@@ -46,8 +46,6 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
 
     # ---- permissions: the console reads for every staff user with view permission; only operators act
 
-    def has_operate_permission(self, request):
-        return request.user.has_perm(operate.PERMISSION)
 
     # ---- the list
 
@@ -118,14 +116,6 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
             path("<path:object_id>/assign/", self.admin_site.admin_view(self.assign_view), name="%s_%s_assign" % info),
             path("<path:object_id>/note/", self.admin_site.admin_view(self.note_view), name="%s_%s_note" % info),
         ] + super().get_urls()
-
-    @staticmethod
-    def _visible(request, case) -> bool:
-        visible = namespaces_visible_to(request.user)
-        return visible is None or case.namespace_id in visible
-
-    def _case_url(self, case) -> str:
-        return reverse("admin:cases_recoverycase_change", args=[case.pk])
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         detail = console_case_detail(case_id=unquote(object_id))
@@ -208,10 +198,3 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
                        json_cell(e.arguments)]
 
         return csv_response(lines(), filename=f"{case.reference}-audit.csv")
-
-    def _case_or_404(self, request, object_id):
-        object_id = unquote(object_id)
-        case = RecoveryCase.objects.filter(pk=object_id).first() if object_id.isdigit() else None
-        if case is None or not self._visible(request, case):  # another namespace's case: as if it did not exist
-            raise Http404
-        return case

@@ -17,6 +17,15 @@ class GenerationInline(ReadOnlyInline):
     readonly_fields = ["number", "state", "issued_at", "rejected_at", "superseded_at"]
 
 
+_SECTIONS: list[tuple[str | None, tuple[str, ...]]] = [
+    (None, ("id", "provider", "display_name", "owner_email", "owner_name")),
+    ("Recorded identity", ("provider_subject", "provider_tenant", "provider_issuer", "provider_org")),
+    ("Held by a broker (Nango, Scalekit): Revive stores no token",
+     ("upstream_provider", "broker_integration", "broker_connection", "broker_account")),
+    ("Generation", ("current_generation", "created_at", "updated_at")),
+]
+
+
 @admin.register(Connection)
 class ConnectionAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, ExactSearchMixin, admin.ModelAdmin):
     list_display = ["id", "provider", "owner_email", "provider_tenant", "current_generation", "updated_at"]
@@ -26,15 +35,9 @@ class ConnectionAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, ExactSearchMi
     search_help_text = "Exact connection id, owner e-mail (any case), provider subject or tenant."
     paginator = EstimatedCountPaginator
     show_full_result_count = False
-    fieldsets = [
-        (None, {"fields": ["id", "provider", "display_name", "owner_email", "owner_name"]}),
-        ("Recorded identity", {"fields": ["provider_subject", "provider_tenant", "provider_issuer", "provider_org"]}),
-        ("Held by a broker (Nango, Scalekit): Revive stores no token", {
-            "fields": ["upstream_provider", "broker_integration", "broker_connection", "broker_account"]}),
-        ("Generation", {"fields": ["current_generation", "created_at", "updated_at"]}),
-    ]
+    fieldsets = [(title, {"fields": names}) for title, names in _SECTIONS]
     # the identity changes only through the reason form; connections are created by command
-    readonly_fields = [name for _, group in fieldsets for name in group["fields"]]
+    readonly_fields = [name for _, names in _SECTIONS for name in names]
     inlines = [GenerationInline]
     change_form_template = "admin/cases/change_form_with_reason.html"
     reason_view_path = "identity"

@@ -18,8 +18,7 @@ from .base import NamespaceScopedMixin, ReadOnlyInline
 
 class CheckpointInline(ReadOnlyInline):
     model = Checkpoint
-    fields = ["checkpoint_id", "label", "runtime_reference", "created_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("checkpoint_id", "label", "runtime_reference", "created_at")
 
     @admin.display(description="runtime reference")
     def runtime_reference(self, obj):
@@ -35,8 +34,8 @@ class RunAdmin(NamespaceScopedMixin, ExactSearchMixin, ReadOnlyAdmin):
     search_help_text = "Exact run id or workflow name."
     paginator = EstimatedCountPaginator
     show_full_result_count = False
-    fields = ["id", "runtime", "runtime_reference", "workflow_name", "state", "created_at", "updated_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("id", "runtime", "runtime_reference", "workflow_name", "state", "created_at",
+                                "updated_at")
     inlines = [CheckpointInline]
 
     @admin.display(description="runtime reference")
@@ -61,10 +60,9 @@ class ActionAdmin(NamespaceScopedMixin, ExactSearchMixin, ReadOnlyAdmin):
     paginator = EstimatedCountPaginator
     show_full_result_count = False
     list_select_related = ["run"]
-    fields = ["run", "action_key", "idempotency_key", "connection", "checkpoint", "state", "generation", "attempts",
-              "external_ref", "result_redacted", "error_redacted", "evidence_redacted", "reconciled_by",
-              "lock_expires_at", "created_at", "updated_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("run", "action_key", "idempotency_key", "connection", "checkpoint", "state",
+                                "generation", "attempts", "external_ref", "result_redacted", "error_redacted",
+                                "evidence_redacted", "reconciled_by", "lock_expires_at", "created_at", "updated_at")
 
     @admin.display(description="result")
     def result_redacted(self, obj):
@@ -91,9 +89,8 @@ class OutboxItemAdmin(ReadOnlyAdmin):
     list_filter = ["state", "kind"]
     search_fields = ["=key", "=run_id", "=case__reference"]
     list_select_related = ["case"]
-    fields = ["kind", "key", "case", "run_id", "payload", "state", "attempts", "max_attempts", "due_at",
-              "claimed_until", "last_error", "created_at", "updated_at", "done_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("kind", "key", "case", "run_id", "payload", "state", "attempts", "max_attempts",
+                                "due_at", "claimed_until", "last_error", "created_at", "updated_at", "done_at")
     actions = ["retry_failed"]
 
     @admin.display(description="last error")

@@ -85,7 +85,8 @@ def identity_from_credentials(connection, credentials: dict[str, Any]) -> tuple[
     issuer = trusted_issuer(connection)
     if not issuer:
         return ProviderIdentity(), "none"
-    raw = credentials.get("raw") if isinstance(credentials.get("raw"), dict) else {}
+    found = credentials.get("raw")
+    raw: dict[str, Any] = found if isinstance(found, dict) else {}
     rule = rule_for(connection.identity_provider)
     id_token = raw.get("id_token") or credentials.get("id_token") or ""
     if isinstance(id_token, str) and id_token:

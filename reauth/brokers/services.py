@@ -31,14 +31,16 @@ from django.utils import timezone
 
 from audit.redaction import redact
 from audit.services import audit_record
-from cases.models import CaseState, Connection, Namespace, RecoveryCase
+from cases.models import DEFAULT_NAMESPACE, CaseState, Connection, Namespace, RecoveryCase
 from cases.outbox import outbox_put
 from cases.services import case_open_from_signal, case_recover_without_reconnect
 
 from .. import services as reconnect
 from classifier import FailureClass, Provider, classify
+from revive_site.errors import NotFound, ValidationFailed
+from ..custody import secret_open, secret_seal
 from ..errors import ReconnectError
-from ..models import BrokerSignal, ReconnectRequest
+from ..models import BrokerSignal, NangoSigningKey, ReconnectRequest
 from . import BrokerError, identity, nango, scalekit
 
 logger = logging.getLogger(__name__)
@@ -61,15 +63,75 @@ def digest_of(raw: bytes) -> str:
 
 
 def nango_signing_key(namespace: str) -> str | None:
-    """The webhook signing key of a namespace; ``None`` for a namespace that does not exist.
+    """The webhook signing key of a namespace (``""``: none); ``None`` for a namespace that does not exist.
 
-    ``REVIVE_NANGO_WEBHOOK_SIGNING_KEYS`` names a key per namespace (one Nango environment each); a namespace it
-    does not name uses ``REVIVE_NANGO_WEBHOOK_SIGNING_KEY`` (the ``default`` namespace's environment).
+    In order: the key set for the namespace in the console (``NangoSigningKey``), the namespace's entry in
+    ``REVIVE_NANGO_WEBHOOK_SIGNING_KEYS``, and for ``default`` only ``REVIVE_NANGO_WEBHOOK_SIGNING_KEY``. A stored
+    key that ``SECRET_KEY`` and its fallbacks cannot decrypt refuses every delivery rather than fall back to the
+    environment's key, which the console's key was set to replace.
     """
-    if not Namespace.objects.filter(name=namespace).exists():
+    stored = NangoSigningKey.objects.filter(namespace_id=namespace).first()
+    if stored is None and not Namespace.objects.filter(name=namespace).exists():
         return None
+    if stored is not None and stored.is_set:
+        key = secret_open(stored.ciphertext)
+        if key is None:
+            logger.error("The Nango webhook signing key of namespace %s cannot be decrypted (SECRET_KEY changed "
+                         "without SECRET_KEY_FALLBACKS?): set it again in the console", namespace)
+            return ""
+        return key
     keys = settings.REVIVE_NANGO_WEBHOOK_SIGNING_KEYS
-    return keys.get(namespace) or settings.REVIVE_NANGO_WEBHOOK_SIGNING_KEY
+    if keys.get(namespace):
+        return keys[namespace]
+    return settings.REVIVE_NANGO_WEBHOOK_SIGNING_KEY if namespace == DEFAULT_NAMESPACE else ""
+
+
+_SIGNING_KEY_MAX = 500
+
+
+@transaction.atomic
+def nango_signing_key_set(*, namespace: str, key: str, actor: str) -> NangoSigningKey:
+    """Set or replace a namespace's Nango webhook signing key, encrypted at rest; one audit event, never the key.
+
+    Setting the key it already has changes nothing and records nothing.
+    """
+    key = (key or "").strip()
+    if not key or len(key) > _SIGNING_KEY_MAX:
+        raise ValidationFailed(f"A Nango webhook signing key is 1-{_SIGNING_KEY_MAX} characters.",
+                               data={"field": "signing_key"})
+    stored = _signing_key_lock(namespace)
+    if stored is not None and stored.is_set and secret_open(stored.ciphertext) == key:
+        return stored
+    operation = "replaced" if stored is not None and stored.is_set else "set"
+    stored, _ = NangoSigningKey.objects.update_or_create(
+        namespace_id=namespace, defaults={"ciphertext": secret_seal(key), "changed_at": timezone.now(), "changed_by": actor})
+    _signing_key_audit(namespace, operation=operation, actor=actor)
+    return stored
+
+
+@transaction.atomic
+def nango_signing_key_clear(*, namespace: str, actor: str) -> NangoSigningKey | None:
+    """Clear a namespace's console key: its webhooks are checked against the environment's keys again. Audited once;
+    clearing a key that is not set changes nothing."""
+    stored = _signing_key_lock(namespace)
+    if stored is None or not stored.is_set:
+        return stored
+    stored.ciphertext, stored.changed_at, stored.changed_by = "", timezone.now(), actor
+    stored.save(update_fields=["ciphertext", "changed_at", "changed_by"])
+    _signing_key_audit(namespace, operation="cleared", actor=actor)
+    return stored
+
+
+def _signing_key_lock(namespace: str) -> NangoSigningKey | None:
+    """Lock the namespace (two console users changing its key at once take turns) and read its stored key."""
+    if not Namespace.objects.select_for_update().filter(name=namespace).exists():
+        raise NotFound("No namespace with this name exists.", data={"namespace": namespace[:64]})
+    return NangoSigningKey.objects.filter(namespace_id=namespace).first()
+
+
+def _signing_key_audit(namespace: str, *, operation: str, actor: str) -> None:
+    audit_record(actor=actor, action="namespace.nango_signing_key_changed", entity_type="namespace", entity_id=namespace,
+                 arguments={"operation": operation})
 
 
 def _kept(payload: dict[str, Any]) -> dict[str, Any]:

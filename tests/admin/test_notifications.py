@@ -131,6 +131,17 @@ def test_a_failing_webhook_is_retried_then_failed_and_visible(hook, make_case):
     assert AuditEvent.objects.filter(case_id=case.pk, action="case.notified", after__channel="webhook").count() == 1
 
 
+def test_an_operator_retries_a_failed_row_owed_for_no_run(db):
+    """A row no run is named on (a case a broker opened before any run joined it) gets its attempts again."""
+    item = OutboxItem.objects.create(kind=notifications.EMAIL, key="operator.email:no-run:case.stale", run_id="",
+                                     state=OutboxItem.State.FAILED, attempts=3, due_at=timezone.now(),
+                                     last_error="email not sent: SMTPServerDisconnected")
+    retried = outbox.outbox_retry(item_id=item.pk, actor="operator:ann")
+    assert (retried.state, retried.attempts) == (OutboxItem.State.PENDING, 0)
+    event = AuditEvent.objects.get(action="outbox.retried", entity_id=item.key)
+    assert (event.actor, event.run_id, event.before) == ("operator:ann", "", {"state": OutboxItem.State.FAILED})
+
+
 def test_a_webhook_answering_500_once_is_delivered_on_the_next_attempt(hook, make_case):
     hook.statuses = [500]
     [item] = owed(make_case(CaseState.RESUME_FAILED))[1:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import smtplib
 import subprocess
 from pathlib import Path
 
@@ -197,6 +198,28 @@ def test_a_worker_parks_at_its_next_begin_and_joins_the_proactive_case(deliver, 
     assert (begun.decision, begun.case_reference) == ("parked", case.reference)
     case.refresh_from_db()
     assert case.run_id == run_id and case.checkpoint.checkpoint_id == "05" and case.action.action_key == "send_exec_05"
+
+
+def test_the_owner_notice_of_a_case_no_run_has_joined_fails_visibly(deliver, nango_connection, monkeypatch):
+    """The owner's e-mail keeps failing for a case a broker opened: its exhaustion is audited, with no run."""
+    from cases import outbox
+    from cases.models import OutboxItem
+    from reauth import notifications
+    from reauth import services as reauth_services
+
+    def broken(message, *, link):
+        raise smtplib.SMTPServerDisconnected("gone")
+
+    monkeypatch.setattr(notifications, "send_email", broken)
+    conn = nango_connection()
+    assert deliver(auth_event(conn, "refresh", success=False, error=DEAD)).status_code == 200
+    case = RecoveryCase.objects.get(connection=conn)
+    item = OutboxItem.objects.get(kind=reauth_services.NOTIFY_OWNER, case=case)
+    for _ in range(item.max_attempts):  # the first attempt may have run on commit: the spare one finds it failed
+        outbox.outbox_dispatch(item.pk)
+    assert OutboxItem.objects.get(pk=item.pk).state == OutboxItem.State.FAILED
+    exhausted = AuditEvent.objects.get(action="reconnect.notify_exhausted", case_id=case.pk)
+    assert case.run_id is None and (exhausted.run_id, exhausted.connection_id) == ("", conn.pk)
 
 
 def test_a_later_success_for_the_same_generation_closes_the_case_as_recovered(deliver, nango_connection):

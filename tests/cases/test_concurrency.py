@@ -83,25 +83,34 @@ def test_generation_advance_racing_with_commits_never_lets_a_stale_commit_throug
     for r in runs:
         services.action_begin(run_id=r.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
 
+    advanced = threading.Event()
+    late = set(r.pk for r in runs[::2])  # these commit once the advance has committed: each must be fenced
+
     def commit(r):
-        return lambda: services.action_commit(run_id=r.pk, action_key="send", generation=1, actor="w").state
+        def go():
+            if r.pk in late:
+                assert advanced.wait(60)
+            return services.action_commit(run_id=r.pk, action_key="send", generation=1, actor="w").state
+        return go
 
     def advance():
-        return services.lease_advance(connection_id=conn.pk, from_generation=1, actor="owner")
+        try:
+            return services.lease_advance(connection_id=conn.pk, from_generation=1, actor="owner")
+        finally:
+            advanced.set()
 
     results, errors = run_concurrently([advance] + [commit(r) for r in runs])
     assert errors[0] is None and results[0] == 2
-    committed = fenced = 0
+    fenced = set()
     for r, res, err in zip(runs, results[1:], errors[1:]):
         state = Action.objects.get(run=r).state
         if err is None:
-            committed += 1
             assert state == "committed"
         else:
             assert getattr(err, "code", None) == "LEASE_FENCED", repr(err)
-            fenced += 1
-            assert state == "executing"
-    assert committed + fenced == len(runs)
+            fenced.add(r.pk)
+            assert state == "executing"  # a fenced commit wrote nothing
+    assert late <= fenced  # a stale commit after the advance never gets through
     # every commit that got through was serialised before the advance: its audit event precedes it
     from audit.models import AuditEvent
 

@@ -62,6 +62,7 @@ def routes():
         ("post", f"/runs/{RUN}/actions/new_key/begin", {"checkpoint_id": "05", "connection_id": CONN, "generation": 1}),
         ("post", f"/runs/{RUN}/actions/send/begin", {"checkpoint_id": "05", "connection_id": CONN, "generation": 1}),
         ("post", f"/runs/{RUN}/actions/send/commit", {"generation": 1, "result": {"forged": True}}),
+        ("post", f"/runs/{RUN}/actions/send/heartbeat", {"generation": 1}),
         ("post", f"/runs/{RUN}/actions/send/fail", {"generation": 1, "error": DEAD_GRANT}),
         ("post", f"/runs/{RUN}/actions/send/ambiguous", {"generation": 1, "reason": "x"}),
         ("post", f"/runs/{RUN}/actions/unsure/reconcile", {"generation": 1, "found": True, "evidence": {"x": 1}}),
@@ -87,6 +88,22 @@ def test_another_namespaces_data_answers_exactly_as_if_it_did_not_exist(keys, ca
     assert AuditEvent.objects.count() == events  # and nothing was written about it
     mine = call(keys["alpha"], method, path, body)
     assert mine.status_code != 404, mine.content  # the same call in alpha's own namespace reaches its data
+
+
+def test_the_list_above_is_every_worker_route():
+    """A route added to the worker API without a place in ``routes()`` fails here (registration is tested below)."""
+    import re
+
+    from revive_site.api import worker_api
+
+    served = {(method, path.removeprefix("/api/v1"))
+              for path, operations in worker_api.get_openapi_schema(path_prefix="/api/v1")["paths"].items()
+              for method in operations}
+    listed = {(method, re.sub(r"/actions/[^/]+", "/actions/{action_key}",
+                              path.replace(RUN, "{run_id}").replace(CONN, "{connection_id}")))
+              for method, path, _ in routes()}
+    assert served - listed == {("post", "/runs")}
+    assert listed <= served
 
 
 def test_a_key_of_b_with_a_connection_in_b_cannot_reach_as_run(keys, call):

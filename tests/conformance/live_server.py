@@ -66,6 +66,7 @@ def main() -> int:
     except (ValueError, OSError):
         pass  # stdin closed by SIGTERM
     finally:
+        ops.stop_standins()
         server.shutdown()
         server.server_close()
         connections.close_all()

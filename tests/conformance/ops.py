@@ -14,9 +14,11 @@ from cases import pipeline, services
 ACTOR = "conformance"
 
 
-def connection_create(*, connection_id: str) -> dict[str, Any]:
-    conn = services.connection_create(connection_id=connection_id, provider="entra", owner_email="owner@example.com",
-                                      provider_subject=f"oid-{connection_id}", provider_tenant="tid-conformance")
+def connection_create(*, connection_id: str, provider: str = "entra", provider_tenant: str = "tid-conformance",
+                      provider_issuer: str = "") -> dict[str, Any]:
+    conn = services.connection_create(connection_id=connection_id, provider=provider, owner_email="owner@example.com",
+                                      provider_subject=f"oid-{connection_id}", provider_tenant=provider_tenant,
+                                      provider_issuer=provider_issuer)
     return {"connection_id": conn.pk, "generation": conn.current_generation}
 
 
@@ -53,13 +55,88 @@ def abandoned(*, case_id: str, reason: str = "the operator gave up") -> dict[str
     return {"case_id": case.reference, "state": case.state, "runs": taken}
 
 
+# --------------------------------------------------------------------------- the lab's stand-ins
+# For the credential helpers' tests of another SDK: the stand-ins run in this process (real HTTP servers on
+# loopback); the runner talks to them over HTTP like a worker would and asks here only for set-up, faults and counts.
+
+_STANDINS: dict[str, Any] = {}
+
+
+def _replace(kind: str, server: Any) -> Any:
+    old = _STANDINS.pop(kind, None)
+    if old is not None:
+        old.stop()
+    _STANDINS[kind] = server.start()
+    return server
+
+
+def token_vault_start() -> dict[str, Any]:
+    """A new Auth0 Token Vault stand-in (``lab/token_vault_standin.py``), replacing the previous one."""
+    from lab.token_vault_standin import TokenVaultStandIn
+
+    vault = _replace("token_vault", TokenVaultStandIn())
+    return {"url": vault.url, "client_id": vault.client_id, "client_secret": vault.client_secret,
+            "upstream_issuer": vault.upstream_issuer}
+
+
+def token_vault_sign_in(*, user: str, connection: str, upstream: str) -> dict[str, Any]:
+    """The user's Auth0 session with ``upstream`` connected; its refresh token is the exchange's subject token."""
+    return {"subject_token": _STANDINS["token_vault"].sign_in(user, connection=connection, upstream=upstream)}
+
+
+def token_vault_revoke_upstream(*, user: str, connection: str) -> dict[str, Any]:
+    """The upstream grant behind the connected account is gone."""
+    _STANDINS["token_vault"].revoke_upstream(user, connection)
+    return {}
+
+
+def token_vault_counts() -> dict[str, Any]:
+    vault = _STANDINS["token_vault"]
+    return {"exchanges": vault.exchanges, "exchange_failures": vault.exchange_failures}
+
+
+def provider_start(*, provider: str = "auth0", rotating: bool = False, token_delay: float = 0.0) -> dict[str, Any]:
+    """A new provider stand-in (``lab/provider_standin.py``), replacing the previous one; with ``rotating``, refresh
+    tokens rotate as Auth0's do and a reused one revokes its family."""
+    from lab.provider_standin import ProviderStandIn
+
+    standin = ProviderStandIn(provider=provider, rotating=rotating)
+    standin.token_delay = token_delay
+    _replace("provider", standin)
+    return {"url": standin.url}
+
+
+def provider_issue_refresh_token() -> dict[str, Any]:
+    return {"refresh_token": _STANDINS["provider"].issue_refresh_token()}
+
+
+def provider_revoke_all() -> dict[str, Any]:
+    """The provider refuses every refresh from now on (its documented dead-grant answer)."""
+    _STANDINS["provider"].revoked = True
+    return {}
+
+
+def provider_counts() -> dict[str, Any]:
+    standin = _STANDINS["provider"]
+    return {"refreshes": standin.refreshes, "reuse_detected": standin.reuse_detected,
+            "token_requests": standin.token_requests}
+
+
+def stop_standins() -> None:
+    while _STANDINS:
+        _STANDINS.popitem()[1].stop()
+
+
 def api_key_create(*, name: str) -> str:
     _key, raw = services.api_key_create(name=name)
     return raw
 
 
 OPS = {"connection_create": connection_create, "reconnect": reconnect, "owner_reconnected": owner_reconnected,
-       "abandoned": abandoned}
+       "abandoned": abandoned, "token_vault_start": token_vault_start, "token_vault_sign_in": token_vault_sign_in,
+       "token_vault_revoke_upstream": token_vault_revoke_upstream, "token_vault_counts": token_vault_counts,
+       "provider_start": provider_start, "provider_issue_refresh_token": provider_issue_refresh_token,
+       "provider_revoke_all": provider_revoke_all, "provider_counts": provider_counts}
 
 
 def perform(op: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cases.doctor import revive_doctor
+from operations.doctor import revive_doctor
 from revive_site.celery import app as celery_app
 from tests.operable.conftest import base_env
 from tests.runtimes.conftest import REPO_ROOT, spawn, stop_process, wait_for

@@ -890,15 +890,30 @@ GARBAGE_HEADERS = [
 ]
 
 
+# A garbage body tells nothing, so the status decides as it would with no body at all -- even a body that breaks
+# when read. Two documented exceptions: any 4xx of a Token Vault exchange means "re-link the account", and a Nango
+# refresh failure whose embedded upstream error is unreadable goes to an operator whatever Nango's status.
+BY_STATUS = {None: UNKNOWN, 503: TRANSIENT, 401: REFRESHABLE}
+
+
+def _garbage_expected(provider, status, body) -> FailureClass:
+    if provider == Provider.AUTH0_TOKEN_VAULT and status == 401:
+        return RELINK
+    if provider == Provider.NANGO and type(body) is dict and body.get("type") == "refresh_token_external_error":
+        return UNKNOWN
+    return BY_STATUS[status]
+
+
+@pytest.mark.parametrize("status", list(BY_STATUS))
 @pytest.mark.parametrize("provider", [*Provider.values, "unknown-idp", None])
 @pytest.mark.parametrize("body", GARBAGE_BODIES, ids=lambda body: type(body).__name__)
-def test_garbage_body_never_raises(provider, body):
-    result = classify(provider=provider, body=body)
+def test_a_garbage_body_is_classified_by_its_status(provider, body, status):
+    result = classify(provider=provider, body=body, status=status)
 
     assert isinstance(result, Classification)
-    assert result.failure_class in FailureClass.values
+    assert result.failure_class == _garbage_expected(provider, status, body)
     assert isinstance(result.description, str) and len(result.description) <= 500
-    assert result.retry_after is None
+    assert result.retry_after is None  # no Retry-After header, and no row here hints one
 
 
 @pytest.mark.parametrize("headers", GARBAGE_HEADERS, ids=lambda headers: type(headers).__name__)

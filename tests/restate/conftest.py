@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cases.restate.admin_client import RestateAdminClient, RestateAdminError
+from cases.runtimes.restate_admin import RestateAdminClient, RestateAdminError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE_APP = f"{Path(__file__).with_name('restate_probe_service.py')}:app"

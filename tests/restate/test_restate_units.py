@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cases.restate.admin_client import RestateResponseError, RestateTransportError, _split_credentials
-from cases.restate.errors import RestateWorkflowRetryBlocked
-from cases.restate.operator import _iso_utc
-from cases.restate.schemas import ServicesReadout
+from cases.runtimes.restate_admin import RestateResponseError, RestateTransportError, _split_credentials
+from operations.restate.errors import RestateWorkflowRetryBlocked
+from operations.restate.operator import _iso_utc
+from operations.restate.schemas import ServicesReadout
 
 
 @pytest.mark.parametrize(

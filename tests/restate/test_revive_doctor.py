@@ -29,7 +29,7 @@ from django.db.migrations.recorder import MigrationRecorder
 
 from audit.models import OperationAudit
 from cases import services
-from cases.doctor import revive_doctor
+from operations.doctor import revive_doctor
 from cases.models import ApiKey
 from revive_site.celery import app as celery_app
 

@@ -11,6 +11,7 @@
   ``temporal_worker`` starts Temporal worker processes that tests may kill.
 * ``restate_runtime``: the ``restate-server`` that ``tests/restate/conftest.py`` launches
   (its ``restate_env`` fixture), plus a hypercorn process serving this suite's workflow.
+* ``langgraph_server`` (in ``test_langgraph_server.py``): ``langgraph dev`` from ``.venv-lgserver``.
 
 Every wait polls with a generous deadline: a slow machine makes the suite slower, never red.
 """
@@ -83,10 +84,10 @@ def without_django(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"}
 
 
-def spawn(args: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def spawn(args: list[str], *, env: dict[str, str], log_path: Path, cwd: Path = REPO_ROOT) -> subprocess.Popen:
     """A child in its own process group, so that killing it kills its children (Celery's pool) too."""
     with open(log_path, "ab") as log:
-        return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        return subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -228,6 +229,8 @@ def celery_worker(request, celery_manager, revive_http) -> Iterator[CeleryWorker
     if "restate_runtime" in request.fixturenames:
         rt = request.getfixturevalue("restate_runtime")
         extra.update(RESTATE_ADMIN_URL=rt.admin_url, RESTATE_INGRESS_URL=rt.ingress_url)
+    if "langgraph_server" in request.fixturenames:  # test_langgraph_server.py
+        extra["REVIVE_LANGGRAPH_SERVER_URL"] = request.getfixturevalue("langgraph_server").url
     celery_manager.ensure(**extra)
     eager = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = False

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from django import db
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -538,3 +539,17 @@ def test_a_delivery_that_died_after_the_run_went_past_its_action_continues_a_run
     else:
         assert ScriptedAdapter.calls == []
     assert OutboxItem.objects.get(pk=item.pk).state == "done"
+
+
+@pytest.mark.django_db
+def test_owed_steps_of_a_run_with_a_long_id_stay_distinct_and_owed_once(make_connection, make_run, held_outbox,
+                                                                        django_capture_on_commit_callbacks):
+    """Outbox keys name the run; with a run id near its 300-character limit the key is longer than its column. The
+    stored key keeps a digest of the whole, so the re-drive's delivery is not mistaken for the first one."""
+    conn, run = make_connection(), make_run(run_id="r" * 250)
+    case = reconnect(park(run, conn), django_capture_on_commit_callbacks)
+    with transaction.atomic():
+        for attempt in (0, 1, 1, 0):
+            services.run_resume_owe(run_id=run.pk, case=case, attempt=attempt)
+    keys = list(OutboxItem.objects.filter(kind=services.RESUME_RUN, run_id=run.pk).values_list("key", flat=True))
+    assert len(keys) == 2 and len(set(keys)) == 2 and all(len(k) <= 200 for k in keys)

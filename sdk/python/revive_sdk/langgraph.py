@@ -46,6 +46,7 @@ from .errors import ActionInProgress, RunAbandoned, RunParked
 from .flows import ActionContext
 
 from .names import ABANDON_KIND, PARKED_KIND, RESUME_KIND  # noqa: F401  (re-exported)
+from .names import RUNTIME_LANGGRAPH, RUNTIME_LANGGRAPH_SERVER
 SETUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"revive-langgraph:__setup__").digest()[:8], "big", signed=True)
 """The PostgreSQL advisory lock under which checkpoint tables are set up (cases.runtimes.langgraph uses it too)."""
 MAX_PARKS = 32
@@ -140,8 +141,17 @@ def protect_action(revive: Revive, *, run_id: str, checkpoint_id: str, connectio
 
 def register_run(revive: Revive, *, run_id: str, thread_id: str, graph: str, workflow_name: str) -> dict[str, Any]:
     """Tell Revive which thread holds the run and under which name its server knows the graph."""
-    return revive.register_run(run_id=run_id, runtime="langgraph", workflow_name=workflow_name,
+    return revive.register_run(run_id=run_id, runtime=RUNTIME_LANGGRAPH, workflow_name=workflow_name,
                                runtime_ref={"thread_id": thread_id, "graph": graph})
+
+
+def register_server_run(revive: Revive, *, run_id: str, thread_id: str, assistant_id: str,
+                        workflow_name: str) -> dict[str, Any]:
+    """For a graph deployed on a LangGraph Agent Server: tell Revive the run's thread and assistant there. Revive
+    resumes the thread through the server's API (``POST /threads/{thread_id}/runs`` with ``command.resume``), at
+    ``REVIVE_LANGGRAPH_SERVER_URL``; it never imports the graph. Inside the graph, ``protect_action`` is the same."""
+    return revive.register_run(run_id=run_id, runtime=RUNTIME_LANGGRAPH_SERVER, workflow_name=workflow_name,
+                               runtime_ref={"thread_id": thread_id, "assistant_id": assistant_id})
 
 
 def run_config(thread_id: str, **configurable: Any) -> dict[str, Any]:
@@ -156,16 +166,19 @@ def checkpointer(url: str) -> Iterator[Any]:
     The tables are created on first use. Worker and Revive must point at the same store.
     """
     if url.startswith(("postgres://", "postgresql://")):
+        import psycopg
         from langgraph.checkpoint.postgres import PostgresSaver
 
         with PostgresSaver.from_conn_string(url) as saver:
+            conn = saver.conn
+            assert isinstance(conn, psycopg.Connection)  # from_conn_string gives the saver one connection, not a pool
             # setup() is idempotent, but two processes running it at once race on its migrations table:
             # serialise it under the advisory lock Revive's own worker takes for the same purpose.
-            saver.conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_KEY,))
             try:
                 saver.setup()
             finally:
-                saver.conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+                conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
             yield saver
         return
     if url.startswith("sqlite:///"):

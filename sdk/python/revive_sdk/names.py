@@ -5,6 +5,13 @@ Dependency-free (no runtime SDK is imported), so Revive's server imports them as
 in ``sdk/typescript/src/temporal-names.ts``.
 """
 
+# The runtimes a run registers with (``Revive.register_run(runtime=...)``): LangGraph graphs Revive resumes in its
+# own worker, graphs on a LangGraph Agent Server (resumed over its HTTP API), Temporal workflows, Restate workflows.
+RUNTIME_LANGGRAPH = "langgraph"
+RUNTIME_LANGGRAPH_SERVER = "langgraph-server"
+RUNTIME_TEMPORAL = "temporal"
+RUNTIME_RESTATE = "restate"
+
 # Temporal: the signal that resumes a parked workflow, the one that tells it its case was abandoned, and the query
 # that says where it is parked.
 TEMPORAL_SIGNAL = "revive_reauthorized"

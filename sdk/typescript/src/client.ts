@@ -6,6 +6,9 @@
  * (`revive_sdk/flows.py`); the conformance suite (`sdk/conformance/`) holds both SDKs to them.
  */
 
+import { AsyncLocalStorage } from "node:async_hooks";
+import { randomBytes } from "node:crypto";
+
 import {
   ActionAmbiguous,
   ActionFailed,
@@ -19,6 +22,7 @@ import {
   RunParked,
 } from "./errors.js";
 import type { components, paths } from "./generated/worker-api.js";
+import { singleFlightCredential, type SingleFlightCredential, type SingleFlightOptions } from "./refresh.js";
 
 type Schemas = components["schemas"];
 export type Lease = Schemas["LeaseOut"];
@@ -29,6 +33,7 @@ export type FailureAnswer = Schemas["FailureOut"];
 export type BeginAnswer = Schemas["BeginOut"];
 export type ActionRecord = Schemas["ActionOut"];
 export type Runtime = Schemas["RunIn"]["runtime"];
+export type RefreshClaimAnswer = Schemas["RefreshClaimOut"];
 
 type Json<R> = R extends { content: { "application/json": infer B } } ? B : never;
 type Method = "get" | "post";
@@ -96,6 +101,45 @@ export interface ReviveOptions {
 
 const USER_AGENT = "revive-sdk-typescript/0.1";
 
+/*
+ * W3C Trace Context (`traceparent`) on every call to Revive, as the Python SDK sends it (`revive_sdk/tracecontext.py`):
+ * Revive stores the trace id with each audit event it writes and logs it with each line.
+ * - Inside an active OpenTelemetry span (the worker traces with `@opentelemetry/api`, an optional peer dependency
+ *   loaded only if installed), the span's context is sent: through the registered propagator (`tracestate` too),
+ *   or built from the span context when no propagator is registered.
+ * - Otherwise one trace id per SDK operation (a `protectAction` is one trace over its lease, begin, commit or fail
+ *   calls), a fresh parent id per request.
+ */
+const operationTrace = new AsyncLocalStorage<string>();
+type OpenTelemetryApi = typeof import("@opentelemetry/api");
+let openTelemetry: Promise<OpenTelemetryApi | null> | undefined;
+
+function randomHex(bytes: number): string {
+  for (;;) {
+    const hex = randomBytes(bytes).toString("hex");
+    if (/[^0]/.test(hex)) return hex; // all zeros is invalid in W3C Trace Context
+  }
+}
+
+async function traceHeaders(): Promise<Record<string, string>> {
+  const api = await (openTelemetry ??= import("@opentelemetry/api").catch(() => null));
+  const active = api?.context.active();
+  const span = api && active ? api.trace.getSpanContext(active) : undefined;
+  if (api && active && span && api.isSpanContextValid(span)) {
+    const carrier: Record<string, string> = {};
+    api.propagation.inject(active, carrier);
+    if (carrier.traceparent) return carrier;
+    const sampled = (span.traceFlags & api.TraceFlags.SAMPLED) === api.TraceFlags.SAMPLED;
+    return { traceparent: `00-${span.traceId}-${span.spanId}-${sampled ? "01" : "00"}` };
+  }
+  return { traceparent: `00-${operationTrace.getStore() ?? randomHex(16)}-${randomHex(8)}-01` };
+}
+
+/** Run `work` as one SDK operation (one trace id); an operation inside another joins the outer one's trace. */
+function asOperation<T>(work: () => Promise<T>): Promise<T> {
+  return operationTrace.getStore() ? work() : operationTrace.run(randomHex(16), work);
+}
+
 function jsonable(value: unknown): unknown {
   if (value === undefined) return null;
   try {
@@ -147,7 +191,7 @@ export class Revive {
     body: RequestBody<P, M>,
   ): Promise<Answer<P, M>> {
     const url = this.#base + String(path).replace(/\{(\w+)\}/g, (_, name: string) => encodeURIComponent(params[name] ?? ""));
-    const headers: Record<string, string> = { ...this.#headers };
+    const headers: Record<string, string> = { ...this.#headers, ...(await traceHeaders()) };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let response: Response;
     try {
@@ -183,6 +227,36 @@ export class Revive {
   /** The connection's current generation (`usable` is false while a reconnect is pending). */
   lease(connectionId: string): Promise<Lease> {
     return this.#request("post", "/api/v1/connections/{connection_id}/lease", { connection_id: connectionId }, undefined);
+  }
+
+  /**
+   * Claim the refresh of a generation's credential (single flight); `seenRound` is the refresh round of the
+   * credential that failed. The answer is a decision (`refresh` | `wait` | `reload` | `fenced`), never a token.
+   * `singleFlightCredential` drives this and `refreshRelease`; call them yourself only to build another helper.
+   */
+  refreshClaim(connectionId: string, { generation, holder, seenRound = 0 }: { generation: number; holder: string; seenRound?: number }): Promise<RefreshClaimAnswer> {
+    return this.#request("post", "/api/v1/connections/{connection_id}/refresh-claims", { connection_id: connectionId }, {
+      generation, holder, seen_round: seenRound,
+    });
+  }
+
+  /** The holder of a refresh claim says how its refresh went: waiters then reload (`refreshed`) or claim in turn (`failed`). */
+  refreshRelease(connectionId: string, { generation, holder, round, outcome }: {
+    generation: number; holder: string; round: number; outcome: "refreshed" | "failed";
+  }): Promise<RefreshClaimAnswer> {
+    return this.#request("post", "/api/v1/connections/{connection_id}/refresh-claims/release", { connection_id: connectionId }, {
+      generation, holder, round, outcome,
+    });
+  }
+
+  /**
+   * A `credential` callback for `protectAction` that refreshes once per (connection, generation) across every
+   * worker: when `load()`'s credential is not `isFresh` (or was `rejected()`), one worker runs `refresh()` (which
+   * refreshes at the provider and stores the new grant where the credential lives) while the others wait and
+   * `load()` its result. See `SingleFlightCredential`.
+   */
+  singleFlightCredential<C>(connectionId: string, options: SingleFlightOptions<C>): SingleFlightCredential<C> {
+    return singleFlightCredential(this, connectionId, options);
   }
 
   /** Register a run (idempotent): the runtime and its own reference (thread id, workflow id and run id, ...). */
@@ -233,7 +307,11 @@ export class Revive {
    * expired-token failures, `ActionAmbiguous` when the outcome is unknown and there is no `reconcile`. Anything
    * else `execute` throws marks the action ambiguous (it may have happened) and is rethrown.
    */
-  async protectAction<R = unknown, C = unknown>(options: ProtectActionOptions<R, C>): Promise<R> {
+  protectAction<R = unknown, C = unknown>(options: ProtectActionOptions<R, C>): Promise<R> {
+    return asOperation(() => this.#protectAction(options));
+  }
+
+  async #protectAction<R, C>(options: ProtectActionOptions<R, C>): Promise<R> {
     const { runId, checkpointId, connectionId, actionKey, credential, execute, reconcile, params = null } = options;
     const generation = options.generation ?? (await this.lease(connectionId)).generation;
     const ids = { run_id: runId, action_key: actionKey };

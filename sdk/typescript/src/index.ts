@@ -13,6 +13,8 @@ export {
 } from "./errors.js";
 export type { ErrorData, ProviderErrorKind } from "./errors.js";
 export { Committed, Reconciliation, Revive, raiseForFailure } from "./client.js";
+export { RefreshMemo, newHolder } from "./refresh.js";
+export type { SingleFlightCredential, SingleFlightOptions } from "./refresh.js";
 export type {
   ActionContext,
   ActionRecord,
@@ -21,6 +23,7 @@ export type {
   FailureAnswer,
   Lease,
   ProtectActionOptions,
+  RefreshClaimAnswer,
   RecoveryStatus,
   ReviveOptions,
   RunRecord,

@@ -1,12 +1,13 @@
 /** The TypeScript client's other methods and its error shapes, against a live Revive server. */
 
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 
 import { ProviderError, Revive, ReviveError, ReviveUnavailable, RunAbandoned, RunParked } from "../src/index.js";
 import { LiveServer } from "./support/live-server.js";
 
+const randomHex = (bytes: number) => randomBytes(bytes).toString("hex");
 const DEAD_GRANT = new ProviderError(400, { error: "invalid_grant", error_description: "AADSTS50173: The provided grant has expired due to it being revoked." });
 
 describe("the client against a live Revive server", () => {
@@ -115,6 +116,90 @@ describe("the client against a live Revive server", () => {
     });
     await assert.rejects(new Revive({ url: `http://127.0.0.1:${port}`, apiKey: "k" }).lease("conn"),
       (error: unknown) => error instanceof ReviveUnavailable && error.code === "REVIVE_UNAVAILABLE");
+  });
+
+  /** A Revive client whose requests reach the live server unchanged, with the `traceparent` of each recorded. */
+  function recorded() {
+    const sent: Array<{ path: string; traceparent: string | null; tracestate: string | null }> = [];
+    const client = new Revive({
+      url: server.url, apiKey: server.apiKey,
+      fetch: (input, init) => {
+        const headers = new Headers(init?.headers);
+        sent.push({ path: new URL(String(input)).pathname, traceparent: headers.get("traceparent"), tracestate: headers.get("tracestate") });
+        return fetch(input, init);
+      },
+    });
+    return { client, sent };
+  }
+
+  const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$/;
+
+  test("every call sends a W3C traceparent: one trace id per protectAction, a fresh parent id per request", async () => {
+    const { connectionId, runId } = await fresh();
+    const { client, sent } = recorded();
+    const send = (actionKey: string) => client.protectAction({
+      runId, checkpointId: "05", connectionId, actionKey, execute: ({ idempotencyKey }) => ({ id: idempotencyKey }),
+    });
+    await send("send-a");
+    const first = sent.splice(0);
+    await send("send-b");
+    const second = sent.splice(0);
+    await client.recoveryStatus(runId);
+    await client.recoveryStatus(runId);
+
+    assert.deepEqual(first.map((r) => r.path.split("/").pop()), ["lease", "begin", "commit"]);
+    const parsed = (rows: typeof first) => rows.map((r) => {
+      const match = TRACEPARENT.exec(r.traceparent ?? "");
+      assert.ok(match, `${r.path}: ${r.traceparent}`);
+      return { trace: match[1]!, parent: match[2]! };
+    });
+    const a = parsed(first);
+    const b = parsed(second);
+    assert.equal(new Set(a.map((x) => x.trace)).size, 1, "lease, begin and commit share the operation's trace id");
+    assert.equal(new Set(a.map((x) => x.parent)).size, a.length, "each request has its own parent id");
+    assert.equal(new Set(b.map((x) => x.trace)).size, 1);
+    assert.notEqual(a[0]!.trace, b[0]!.trace, "the next operation is another trace");
+    const [s1, s2] = parsed(sent);
+    assert.notEqual(s1!.trace, s2!.trace, "two single calls are two operations");
+  });
+
+  test("inside an active OpenTelemetry span the span's context is sent, through the registered propagator if any", async () => {
+    const api = await import("@opentelemetry/api");
+    const { AsyncLocalStorageContextManager } = await import("@opentelemetry/context-async-hooks");
+    const { W3CTraceContextPropagator } = await import("@opentelemetry/core");
+    const manager = new AsyncLocalStorageContextManager().enable();
+    assert.ok(api.context.setGlobalContextManager(manager));
+    try {
+      const { connectionId, runId } = await fresh();
+      const { client, sent } = recorded();
+      const spanContext = { traceId: randomHex(16), spanId: randomHex(8), traceFlags: api.TraceFlags.SAMPLED };
+      const inSpan = <T>(work: () => Promise<T>) =>
+        api.context.with(api.trace.setSpanContext(api.context.active(), spanContext), work);
+      const send = (actionKey: string) => client.protectAction({
+        runId, checkpointId: "05", connectionId, actionKey, execute: () => ({ sent: true }),
+      });
+
+      await inSpan(() => send("send-otel"));  // no propagator registered: built from the span context
+      assert.equal(sent.length, 3);
+      for (const r of sent.splice(0)) assert.equal(r.traceparent, `00-${spanContext.traceId}-${spanContext.spanId}-01`, r.path);
+
+      assert.ok(api.propagation.setGlobalPropagator(new W3CTraceContextPropagator()));
+      const withState = { ...spanContext, traceState: api.createTraceState("vendor=v1") };
+      await api.context.with(api.trace.setSpanContext(api.context.active(), withState), () => send("send-otel-2"));
+      assert.equal(sent.length, 3);
+      for (const r of sent.splice(0)) {
+        assert.equal(r.traceparent, `00-${spanContext.traceId}-${spanContext.spanId}-01`, r.path);
+        assert.equal(r.tracestate, "vendor=v1", r.path);
+      }
+
+      await send("send-after-the-span");  // outside the span: the SDK's own trace again
+      const own = sent.splice(0).map((r) => TRACEPARENT.exec(r.traceparent ?? "")?.[1]);
+      assert.equal(new Set(own).size, 1);
+      assert.notEqual(own[0], spanContext.traceId);
+    } finally {
+      api.propagation.disable();
+      api.context.disable();
+    }
   });
 
   test("Revive needs a url and an api key", () => {

@@ -30,6 +30,14 @@ from audit.redaction import redact_text
 
 DEFAULT_TIMEOUT = 3.0
 
+TERMINAL_STATUSES = frozenset({"completed", "killed", "cancelled"})
+"""Invocation statuses (``sys_invocation.status``) that are over. Every other status, known or not, is active."""
+
+
+def sql_text(value: str) -> str:
+    """``value`` as a SQL string literal for :meth:`RestateAdminClient.query`."""
+    return "'" + value.replace("'", "''") + "'"
+
 
 class RestateAdminError(Exception):
     """Base of the two failure types below."""
@@ -204,9 +212,9 @@ class RestateAdminClient:
             deployment_id = _require(raw, "id", str, what)
             uri = raw.get("uri")
             pinned = tuple(
-                (str(s.get("name")), s.get("revision"))
+                (str(s.get("name")), revision)
                 for s in raw.get("services") or []
-                if isinstance(s, dict) and isinstance(s.get("revision"), int)
+                if isinstance(s, dict) and isinstance(revision := s.get("revision"), int)
             )
             deployments.append(
                 Deployment(

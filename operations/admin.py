@@ -1,13 +1,13 @@
 """The admin's doctor-and-recovery panel: inspect, act once, verify, for people rather than API keys.
 
-``/admin/audit/operationspanel/`` shows Revive's doctor (``cases.doctor``)
+``/admin/audit/operationspanel/`` shows Revive's doctor (``operations.doctor``)
 and the Restate doctor side by side, and the latest operator attempts. Staff
 who hold ``cases.operate_case`` (the "Revive operators" group), and
 superusers, also get the three Restate write routes as forms under
 ``restate/<operation>/``: the form validates with the route's own schema,
 a second step shows what will change (from a fresh doctor readout) and asks
 for confirmation, and only the confirmed POST calls the service in
-``cases.restate.operator``, the very one the API route calls. Read-only staff
+``operations.restate.operator``, the very one the API route calls. Read-only staff
 (``audit.view_operationaudit``) see the panel, not the forms.
 
 Every confirmed attempt, and every refused POST, writes one operations audit
@@ -19,7 +19,6 @@ nothing and is not recorded. CSRF protection is the admin's.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
 import uuid
@@ -38,12 +37,18 @@ from audit.admin import ReadOnlyAdmin
 from audit.models import OperationAudit, OperationsPanel
 from audit.operations import operation_audit_record
 from audit.redaction import redact_url
-from cases.doctor import doctor_rows, revive_doctor, worst_status
 from revive_site.errors import DomainError
 
-from . import operator
-from .errors import RestateAdminUnreachable
-from .forms import CleanupStaleDeploymentsForm, ForceRedeployForm, RecoverStuckWorkflowForm, RestateOperationForm
+from .doctor import doctor_rows, revive_doctor
+from .probes import start, worst_status
+from .restate import operator
+from .restate.errors import RestateAdminUnreachable
+from .restate.forms import (
+    CleanupStaleDeploymentsForm,
+    ForceRedeployForm,
+    RecoverStuckWorkflowForm,
+    RestateOperationForm,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,13 +173,9 @@ def _restate_readout() -> tuple[dict[str, Any] | None, str | None]:
 
 def _both_doctors() -> tuple[dict[str, Any], dict[str, Any] | None, str | None]:
     """Revive's doctor and the Restate doctor at the same time: the page waits for the slower, not for the sum."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="panel-restate-doctor")
-    try:
-        restate = pool.submit(_restate_readout)
-        revive = revive_doctor()
-        readout, error = restate.result()
-    finally:
-        pool.shutdown(wait=False)
+    restate = start("panel-restate-doctor", _restate_readout)
+    revive = revive_doctor()
+    readout, error = restate.result()
     return revive, readout, error
 
 
@@ -248,7 +249,7 @@ class OperationsPanelAdmin(ReadOnlyAdmin):
             recent=list(OperationAudit.objects.all()[:RECENT_ATTEMPTS]),
             can_view_audit=request.user.has_perm(VIEW_PERMISSION),
         )
-        return TemplateResponse(request, "admin/revive/doctor_panel.html", context)
+        return TemplateResponse(request, "admin/operations/doctor_panel.html", context)
 
     # -- the forms ----------------------------------------------------------------
 
@@ -303,7 +304,7 @@ class OperationsPanelAdmin(ReadOnlyAdmin):
     def _render_form(self, request, op: RestateOperation, form, **extra) -> TemplateResponse:
         context = self._context(request, title=op.title, operation=op, form=form,
                                 action_url=self._operation_url(op.slug), **extra)
-        return TemplateResponse(request, "admin/revive/restate_operation.html", context)
+        return TemplateResponse(request, "admin/operations/restate_operation.html", context)
 
     def _audit(self, request, op: RestateOperation, form: RestateOperationForm, *, request_id: str, started_at,
                outcome: str, error_code: str = "", error: str = "") -> None:

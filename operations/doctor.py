@@ -1,8 +1,9 @@
 """Revive's own doctor: the health of Revive's parts, in the readout shape of the Restate doctor (seed ``002_…``).
 
-Read-only, like :func:`cases.restate.operator.restate_doctor`: every component
+Read-only, like :func:`operations.restate.operator.restate_doctor`: every component
 is ``{"status": "ok" | "degraded" | "unreachable", "latencyMs", ..., "error"}``
-and a failing probe marks only its own component.
+and a failing probe marks only its own component (both doctors run their probes
+through :func:`operations.probes.probes_run`).
 
 * ``database``: ``SELECT 1`` on a connection of the doctor's own (bounded
   connect and statement time, so a hung server cannot hold it), the vendor and
@@ -19,7 +20,8 @@ and a failing probe marks only its own component.
   by default the configured ones, none on the embedded default), whose adapter
   in ``REVIVE_RUNTIME_ADAPTERS`` must import: LangGraph's checkpointer database answers; Temporal
   answers at ``TEMPORAL_ADDRESS`` and knows ``TEMPORAL_NAMESPACE``; Restate is
-  summarised from :func:`restate_doctor` (one status per Restate component).
+  summarised from :func:`restate_doctor` (one status per Restate component); the LangGraph Agent Server
+  answers ``GET /ok`` at ``REVIVE_LANGGRAPH_SERVER_URL``.
   The group's status is the worst of its items.
 
 Bounded time: each probe runs on a daemon thread of its own and every network
@@ -34,31 +36,26 @@ timeouts; being a daemon thread, it never holds up the exit of a command.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import copy
 import dataclasses
-import logging
+import functools
 import math
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from django.conf import settings
 from django.utils.module_loading import import_string
 
 from audit.redaction import redact_text, redact_url
 
-logger = logging.getLogger(__name__)
-
-OK = "ok"
-DEGRADED = "degraded"
-UNREACHABLE = "unreachable"
-_SEVERITY = {OK: 0, DEGRADED: 1, UNREACHABLE: 2}
+from .probes import DEGRADED, OK, UNREACHABLE, error_line, ms_since, probes_run, worst_status
 
 MAX_LISTED_MIGRATIONS = 50
 
@@ -78,20 +75,6 @@ def doctor_config(*, probe_timeout: float | None = None, worker_reply_timeout: f
     timeout = probe_timeout if probe_timeout is not None else settings.REVIVE_DOCTOR_PROBE_TIMEOUT
     reply = worker_reply_timeout if worker_reply_timeout is not None else settings.REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT
     return DoctorConfig(probe_timeout=max(0.1, float(timeout)), worker_reply_timeout=max(0.1, float(reply)))
-
-
-def worst_status(statuses) -> str:
-    return max(statuses, key=lambda status: _SEVERITY.get(status, 2), default=OK)
-
-
-def _ms_since(started: float) -> int:
-    return round((time.monotonic() - started) * 1000)
-
-
-def _message(exc: BaseException) -> str:
-    """One redacted line for an exception, for the readout's ``error``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return redact_text(text)[:500]
 
 
 # -- database -------------------------------------------------------------------------------------------------------
@@ -123,15 +106,15 @@ def _probe_database(config: DoctorConfig) -> dict[str, Any]:
             with probe.cursor() as cursor:
                 cursor.execute("SELECT 1")
                 cursor.fetchone()
-            readout["latencyMs"] = _ms_since(started)
+            readout["latencyMs"] = ms_since(started)
             readout["version"] = ".".join(str(part) for part in probe.get_database_version())
         except DatabaseError as exc:
-            return {**readout, "status": UNREACHABLE, "error": _message(exc)}
+            return {**readout, "status": UNREACHABLE, "error": error_line(exc)}
         try:
             executor = MigrationExecutor(probe)
             plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
         except Exception as exc:  # a broken migration graph, or the table unreadable
-            return {**readout, "status": DEGRADED, "error": f"The migration state cannot be read: {_message(exc)}"}
+            return {**readout, "status": DEGRADED, "error": f"The migration state cannot be read: {error_line(exc)}"}
         pending = [f"{migration.app_label}.{migration.name}" for migration, backwards in plan if not backwards]
         readout["migrationsPending"] = pending[:MAX_LISTED_MIGRATIONS]
         if pending:
@@ -174,14 +157,14 @@ def _probe_redis(config: DoctorConfig) -> dict[str, Any]:
     try:
         started = time.monotonic()
         client.ping()
-        readout["latencyMs"] = _ms_since(started)
+        readout["latencyMs"] = ms_since(started)
         readout["version"] = str(client.info("server").get("redis_version") or "") or None
     except AuthenticationError as exc:  # it answered, and refused us
-        return {**readout, "status": DEGRADED, "error": _message(exc)}
+        return {**readout, "status": DEGRADED, "error": error_line(exc)}
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        return {**readout, "status": UNREACHABLE, "error": _message(exc)}
+        return {**readout, "status": UNREACHABLE, "error": error_line(exc)}
     except RedisError as exc:
-        return {**readout, "status": DEGRADED, "error": _message(exc)}
+        return {**readout, "status": DEGRADED, "error": error_line(exc)}
     finally:
         client.close()
     return readout
@@ -260,8 +243,8 @@ def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
             answers = _worker_answers(_control_mailbox(app)(connection), window=config.worker_reply_timeout,
                                       queue=queue)
     except Exception as exc:  # kombu raises its own OperationalError, socket errors, or the transport's
-        return {**readout, "status": UNREACHABLE, "error": f"The broker cannot be reached: {_message(exc)}"}
-    readout["latencyMs"] = _ms_since(started)
+        return {**readout, "status": UNREACHABLE, "error": f"The broker cannot be reached: {error_line(exc)}"}
+    readout["latencyMs"] = ms_since(started)
     replies: dict[str, Any] = {}
     for answer in answers:  # one {worker name: its queues} per worker that answered
         if isinstance(answer, dict):
@@ -314,12 +297,14 @@ def _probe_langgraph(config: DoctorConfig) -> dict[str, Any]:
                 conn.execute(f"SET statement_timeout = {int(config.probe_timeout * 1000)}")
                 started = time.monotonic()
                 conn.execute("SELECT 1").fetchone()
-                latency = _ms_since(started)
-                tables = conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL").fetchone()[0]
+                latency = ms_since(started)
+                row = conn.execute("SELECT to_regclass('checkpoints') IS NOT NULL").fetchone()
+                assert row is not None  # a SELECT of one expression answers one row
+                tables = row[0]
         except psycopg.OperationalError as exc:
-            return {"status": UNREACHABLE, "target": target, "error": _message(exc)}
+            return {"status": UNREACHABLE, "target": target, "error": error_line(exc)}
         except psycopg.Error as exc:
-            return {"status": DEGRADED, "target": target, "error": _message(exc)}
+            return {"status": DEGRADED, "target": target, "error": error_line(exc)}
         note = None if tables else "No checkpoint tables yet: the adapter creates them on first use."
         return {"status": OK, "latencyMs": latency, "target": target, "note": note}
 
@@ -334,14 +319,14 @@ def _probe_langgraph(config: DoctorConfig) -> dict[str, Any]:
         return {"status": OK, "target": target, "note": "No checkpoint file yet: the adapter creates it on first use."}
     try:
         started = time.monotonic()
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=config.probe_timeout)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=config.probe_timeout)
         try:
-            conn.execute("SELECT 1").fetchone()
+            db.execute("SELECT 1").fetchone()
         finally:
-            conn.close()
+            db.close()
     except sqlite3.Error as exc:
-        return {"status": DEGRADED, "target": target, "error": _message(exc)}
-    return {"status": OK, "latencyMs": _ms_since(started), "target": target}
+        return {"status": DEGRADED, "target": target, "error": error_line(exc)}
+    return {"status": OK, "latencyMs": ms_since(started), "target": target}
 
 
 def _probe_temporal(config: DoctorConfig) -> dict[str, Any]:
@@ -362,7 +347,7 @@ def _probe_temporal(config: DoctorConfig) -> dict[str, Any]:
         started = time.monotonic()
         await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace),
                                                          timeout=timedelta(seconds=timeout))
-        latency = _ms_since(started)
+        latency = ms_since(started)
         info = await client.workflow_service.get_system_info(GetSystemInfoRequest(), timeout=timedelta(seconds=timeout))
         return {"latencyMs": latency, "version": info.server_version or None}
 
@@ -374,7 +359,7 @@ def _probe_temporal(config: DoctorConfig) -> dict[str, Any]:
         return {"status": DEGRADED, "target": target, "error": "TEMPORAL_ADDRESS must be host:port."}
     except OSError as exc:
         return {"status": UNREACHABLE, "target": target,
-                "error": f"{address}: {exc.strerror or _message(exc)}" if not isinstance(exc, TimeoutError)
+                "error": f"{address}: {exc.strerror or error_line(exc)}" if not isinstance(exc, TimeoutError)
                 else f"{address}: no TCP connection within {timeout:g}s."}
     try:
         result = asyncio.run(asyncio.wait_for(check(), 2 * timeout))
@@ -385,15 +370,15 @@ def _probe_temporal(config: DoctorConfig) -> dict[str, Any]:
 
         if isinstance(exc, RPCError) and exc.status not in (RPCStatusCode.UNAVAILABLE,
                                                             RPCStatusCode.DEADLINE_EXCEEDED):
-            return {"status": DEGRADED, "target": target, "error": _message(exc)}
-        return {"status": UNREACHABLE, "target": target, "error": _message(exc)}
+            return {"status": DEGRADED, "target": target, "error": error_line(exc)}
+        return {"status": UNREACHABLE, "target": target, "error": error_line(exc)}
     return {"status": OK, "target": target, **result}
 
 
 def _probe_restate(config: DoctorConfig) -> dict[str, Any]:
     """The Restate doctor, summarised: one status per Restate component, the worst one for the runtime."""
-    from cases.restate.errors import RestateAdminUnreachable
-    from cases.restate.operator import restate_doctor
+    from .restate.errors import RestateAdminUnreachable
+    from .restate.operator import restate_doctor
 
     target = redact_url(str(getattr(settings, "RESTATE_ADMIN_URL", "") or "")) or None
     try:
@@ -413,8 +398,33 @@ def _probe_restate(config: DoctorConfig) -> dict[str, Any]:
     }
 
 
+def _probe_langgraph_server(config: DoctorConfig) -> dict[str, Any]:
+    """The Agent Server answers ``GET /ok`` at ``REVIVE_LANGGRAPH_SERVER_URL``; ``GET /info`` gives its version."""
+    base = str(settings.REVIVE_LANGGRAPH_SERVER_URL or "").rstrip("/")
+    target = redact_url(base) or None
+    if not base:
+        return {"status": DEGRADED, "error": "REVIVE_LANGGRAPH_SERVER_URL is not set."}
+    key = settings.REVIVE_LANGGRAPH_SERVER_API_KEY
+    headers = {"x-api-key": key} if key else {}
+    try:
+        started = time.monotonic()
+        ok = httpx.get(f"{base}/ok", headers=headers, timeout=config.probe_timeout)
+        latency = ms_since(started)
+        info = httpx.get(f"{base}/info", headers=headers, timeout=config.probe_timeout) if ok.status_code == 200 else None
+    except httpx.HTTPError as exc:
+        return {"status": UNREACHABLE, "target": target, "error": f"The Agent Server cannot be reached: {error_line(exc)}"}
+    if ok.status_code != 200:
+        return {"status": DEGRADED, "target": target, "latencyMs": latency, "error": f"GET /ok answered {ok.status_code}."}
+    version = None
+    if info is not None and info.status_code == 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            version = info.json().get("version")
+    return {"status": OK, "target": target, "latencyMs": latency, "version": version}
+
+
 RUNTIME_PROBES: dict[str, Callable[[DoctorConfig], dict[str, Any]]] = {
     "langgraph": _probe_langgraph,
+    "langgraph-server": _probe_langgraph_server,
     "temporal": _probe_temporal,
     "restate": _probe_restate,
 }
@@ -428,7 +438,7 @@ def _probe_runtime(name: str, adapter_path: str | None, config: DoctorConfig) ->
     try:
         import_string(adapter_path)
     except Exception as exc:
-        return {**item, "status": DEGRADED, "error": f"The adapter {adapter_path} cannot be imported: {_message(exc)}"}
+        return {**item, "status": DEGRADED, "error": f"The adapter {adapter_path} cannot be imported: {error_line(exc)}"}
     probe = RUNTIME_PROBES.get(name)
     if probe is None:
         return {**item, "note": "Revive has no reachability probe for this runtime; its adapter imports."}
@@ -436,26 +446,6 @@ def _probe_runtime(name: str, adapter_path: str | None, config: DoctorConfig) ->
 
 
 # -- the doctor -----------------------------------------------------------------------------------------------------
-
-
-def _start(name: str, fn: Callable[[], dict[str, Any]]) -> concurrent.futures.Future:
-    """Run ``fn`` on a daemon thread (a hung probe must not keep a process alive); its result lands in the future."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
-
-    def run() -> None:
-        from django.db import connections
-
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn())
-        except BaseException as exc:
-            future.set_exception(exc)
-        finally:
-            connections.close_all()  # whatever this thread opened, should a probe ever use the ORM
-
-    threading.Thread(target=run, name=f"revive-doctor-{name}", daemon=True).start()
-    return future
 
 
 def _unfinished(name: str, error: str) -> dict[str, Any]:
@@ -484,21 +474,9 @@ def revive_doctor(*, probe_timeout: float | None = None, worker_reply_timeout: f
         "celeryWorkers": lambda: _probe_celery_workers(config),
     }
     for name, path in adapters.items():
-        probes[f"runtime:{name}"] = lambda name=name, path=path: _probe_runtime(name, path, config)
+        probes[f"runtime:{name}"] = functools.partial(_probe_runtime, name, path, config)
 
-    futures = {name: _start(name, probe) for name, probe in probes.items()}
-    concurrent.futures.wait(futures.values(), timeout=config.budget)
-    results: dict[str, dict[str, Any]] = {}
-    for name, future in futures.items():
-        label = name.removeprefix("runtime:")
-        if not future.done():
-            results[name] = _unfinished(name, f"The {label} probe did not finish within {config.budget:g}s.")
-        elif future.exception() is not None:
-            logger.error("revive doctor: the %s probe crashed", label, exc_info=future.exception())
-            results[name] = _unfinished(name, f"The {label} probe failed unexpectedly: {_message(future.exception())}")
-        else:
-            results[name] = future.result()
-
+    results = probes_run(probes, budget=config.budget, unfinished=_unfinished, doctor="revive-doctor")
     items = [results[f"runtime:{name}"] for name in adapters]
     not_ok = [f"{item['name']}: {item['status']}" for item in items if item["status"] != OK]
     runtimes = {"status": worst_status(item["status"] for item in items), "items": items,

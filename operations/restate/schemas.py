@@ -12,11 +12,12 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from ninja import Field, Schema
-
-from cases.schemas import InputSchema
 from pydantic import AfterValidator, ConfigDict, StrictBool
 
-ComponentStatus = Literal["ok", "degraded", "unreachable"]
+from cases.schemas import InputSchema
+
+from ..schemas import ComponentStatus
+
 MAX_URL_LENGTH = 2048
 
 

@@ -2,7 +2,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from cases.doctor import DEGRADED, OK, UNREACHABLE, doctor_config, doctor_rows, revive_doctor
+from operations.doctor import doctor_config, doctor_rows, revive_doctor
+from operations.probes import DEGRADED, OK, UNREACHABLE
 
 EXIT_CODES = {OK: 0, DEGRADED: 1, UNREACHABLE: 2}
 

@@ -21,27 +21,31 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import re
 import socket
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 
 from audit.redaction import redact_text, redact_url
-from revive_site.errors import ValidationFailed
-
-from .admin_client import (
+from cases.runtimes.restate_admin import (
+    TERMINAL_STATUSES,
     RestateAdminClient,
     RestateAdminError,
     RestateIngressClient,
     RestateResponseError,
     RestateTransportError,
+    sql_text,
 )
+from revive_site.errors import ValidationFailed
+
+from ..probes import DEGRADED, OK, UNREACHABLE, ms_since, probes_run, start
 from .errors import (
     RestateAdminUnreachable,
     RestateDeploymentNotFound,
@@ -51,13 +55,6 @@ from .errors import (
 )
 
 logger = logging.getLogger(__name__)
-
-OK = "ok"
-DEGRADED = "degraded"
-UNREACHABLE = "unreachable"
-
-TERMINAL_STATUSES = frozenset({"completed", "killed", "cancelled"})
-"""Invocation statuses that are over. Every other status, known or not, is active."""
 
 RECENT_FAILURES_LIMIT = 20
 IDENTIFIER = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -84,15 +81,6 @@ def restate_config() -> RestateConfig:
     )
 
 
-def _bounded(fn: Callable[[], Any], timeout: float) -> Any:
-    """Run ``fn`` in a worker thread; give up waiting after ``timeout`` (the thread ends on its own)."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(fn).result(timeout=timeout)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 def restate_admin_url_resolve(admin_url: str, *, timeout: float) -> str:
     """Check that the admin URL is usable and its host resolves, before any probe or write.
 
@@ -110,7 +98,7 @@ def restate_admin_url_resolve(admin_url: str, *, timeout: float) -> str:
         raise RestateAdminUnreachable("RESTATE_ADMIN_URL must be an http(s) URL with a host.")
     host = parts.hostname
     try:
-        _bounded(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+        start("restate-resolve", lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)).result(timeout)
     except concurrent.futures.TimeoutError:
         raise RestateAdminUnreachable(f"Resolving the admin host {host!r} did not finish within {timeout:g}s.") from None
     except (OSError, UnicodeError) as exc:
@@ -135,10 +123,6 @@ def _iso_utc(value: Any) -> str | None:
     return parsed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}Z"
 
 
-def _ms_since(started: float) -> int:
-    return round((time.monotonic() - started) * 1000)
-
-
 def _failure(exc: RestateAdminError) -> tuple[str, str]:
     return (UNREACHABLE if isinstance(exc, RestateTransportError) else DEGRADED), exc.message
 
@@ -156,7 +140,7 @@ def _probe_ingress(config: RestateConfig, admin_url: str) -> dict[str, Any]:
             return {"status": UNREACHABLE, "latencyMs": None, "error": "No ingress URL is configured or advertised."}
         started = time.monotonic()
         RestateIngressClient(ingress_url, timeout=config.probe_timeout).health()
-        return {"status": OK, "latencyMs": _ms_since(started), "error": None}
+        return {"status": OK, "latencyMs": ms_since(started), "error": None}
     except RestateAdminError as exc:
         status, error = _failure(exc)
         return {"status": status, "latencyMs": None, "error": error}
@@ -170,7 +154,7 @@ def _probe_admin(config: RestateConfig, admin_url: str) -> dict[str, Any]:
         except RestateAdminError as exc:
             status, error = _failure(exc)
             return {"status": status, "latencyMs": None, "version": None, "error": error}
-        latency = _ms_since(started)
+        latency = ms_since(started)
         try:
             version = admin.version().version
         except RestateAdminError as exc:
@@ -178,29 +162,28 @@ def _probe_admin(config: RestateConfig, admin_url: str) -> dict[str, Any]:
     return {"status": OK, "latencyMs": latency, "version": version, "error": None}
 
 
-def _probe_deployments(config: RestateConfig, admin_url: str) -> dict[str, Any]:
+def _probe_listing(config: RestateConfig, admin_url: str,
+                   listing: Callable[[RestateAdminClient], list[dict[str, Any]]]) -> dict[str, Any]:
     try:
         with RestateAdminClient(admin_url, timeout=config.probe_timeout) as admin:
-            deployments = admin.list_deployments()
+            items = listing(admin)
     except RestateAdminError as exc:
         status, error = _failure(exc)
         return {"status": status, "items": [], "error": error}
-    items = [
-        {"id": d.id, "serviceUrl": d.service_url, "createdAt": _iso_utc(d.created_at)}
-        for d in sorted(deployments, key=lambda d: (d.created_at, d.id), reverse=True)
-    ]
     return {"status": OK, "items": items, "error": None}
+
+
+def _probe_deployments(config: RestateConfig, admin_url: str) -> dict[str, Any]:
+    return _probe_listing(config, admin_url, lambda admin: [
+        {"id": d.id, "serviceUrl": d.service_url, "createdAt": _iso_utc(d.created_at)}
+        for d in sorted(admin.list_deployments(), key=lambda d: (d.created_at, d.id), reverse=True)
+    ])
 
 
 def _probe_services(config: RestateConfig, admin_url: str) -> dict[str, Any]:
-    try:
-        with RestateAdminClient(admin_url, timeout=config.probe_timeout) as admin:
-            services = admin.list_services()
-    except RestateAdminError as exc:
-        status, error = _failure(exc)
-        return {"status": status, "items": [], "error": error}
-    items = [{"name": s.name, "revision": s.revision} for s in sorted(services, key=lambda s: s.name)]
-    return {"status": OK, "items": items, "error": None}
+    return _probe_listing(config, admin_url, lambda admin: [
+        {"name": s.name, "revision": s.revision} for s in sorted(admin.list_services(), key=lambda s: s.name)
+    ])
 
 
 _BY_STATUS_SQL = "SELECT status, COUNT(*) AS count FROM sys_invocation GROUP BY status"
@@ -270,25 +253,12 @@ def restate_doctor() -> dict[str, Any]:
     """
     config = restate_config()
     admin_url = restate_admin_url_resolve(config.admin_url, timeout=config.probe_timeout)
-    budget = 2 * config.probe_timeout + 1.0
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(_PROBES), thread_name_prefix="restate-doctor")
-    try:
-        futures = {name: pool.submit(probe, config, admin_url) for name, probe in _PROBES.items()}
-        concurrent.futures.wait(futures.values(), timeout=budget)
-        readout: dict[str, Any] = {}
-        for name, future in futures.items():
-            if future.done() and future.exception() is None:
-                readout[name] = future.result()
-                continue
-            if future.done():
-                logger.error("restate doctor: %s probe crashed", name, exc_info=future.exception())
-                error = f"The {name} probe failed unexpectedly."
-            else:
-                error = f"The {name} probe did not finish within {budget:g}s."
-            readout[name] = {"status": UNREACHABLE, **_EMPTY_READOUT[name], "error": error}
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    return readout
+    return probes_run(
+        {name: functools.partial(probe, config, admin_url) for name, probe in _PROBES.items()},
+        budget=2 * config.probe_timeout + 1.0,
+        unfinished=lambda name, error: {"status": UNREACHABLE, **_EMPTY_READOUT[name], "error": error},
+        doctor="restate-doctor",
+    )
 
 
 # -- force-redeploy -----------------------------------------------------------
@@ -324,14 +294,10 @@ def restate_force_redeploy(*, service_url: str, force: bool = True) -> str:
 # -- cleanup-stale-deployments ------------------------------------------------
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _pinned_unfinished(admin: RestateAdminClient, deployment_id: str) -> list[str]:
-    terminal = ", ".join(_sql_text(s) for s in sorted(TERMINAL_STATUSES))
+    terminal = ", ".join(sql_text(s) for s in sorted(TERMINAL_STATUSES))
     rows = admin.query(
-        f"SELECT id FROM sys_invocation WHERE pinned_deployment_id = {_sql_text(deployment_id)} "
+        f"SELECT id FROM sys_invocation WHERE pinned_deployment_id = {sql_text(deployment_id)} "
         f"AND status NOT IN ({terminal})"
     )
     return [str(row.get("id")) for row in rows]
@@ -454,8 +420,8 @@ def restate_recover_stuck_workflow(*, service_name: str, service_key: str) -> No
                 raise
             rows = admin.query(
                 "SELECT id, target_handler_name, status, completion_result FROM sys_invocation "
-                f"WHERE target_service_name = {_sql_text(service_name)} "
-                f"AND target_service_key = {_sql_text(service_key)} ORDER BY modified_at DESC"
+                f"WHERE target_service_name = {sql_text(service_name)} "
+                f"AND target_service_key = {sql_text(service_key)} ORDER BY modified_at DESC"
             )
             if not all(isinstance(r.get("id"), str) and isinstance(r.get("status"), str) for r in rows):
                 raise RestateResponseError("sys_invocation rows have an unexpected shape")

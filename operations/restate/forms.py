@@ -30,6 +30,7 @@ class RestateOperationForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        assert cleaned is not None  # Form.clean answers cleaned_data
         if any(name in self.errors for name in self.wire_names):
             return cleaned
         body = {wire: cleaned.get(field) for field, wire in self.wire_names.items()}

@@ -1,6 +1,7 @@
 """Response shape of Revive's doctor (``GET /api/v2/admin/operator/doctor``), in the Restate doctor's style.
 
-Wire names are camelCase like the Restate operator routes (seed ``002_…``).
+Wire names are camelCase like the Restate operator routes (seed ``002_…``, :mod:`operations.restate.schemas`),
+which share :data:`ComponentStatus`.
 """
 
 from __future__ import annotations

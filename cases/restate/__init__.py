@@ -1,1 +1,0 @@
-"""Revive's Restate runtime: the admin API client and the operator recovery services."""
