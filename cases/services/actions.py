@@ -170,16 +170,17 @@ def _action_begin_locked(
     blocking = _blocking_case(run) if run.state == Run.State.PARKED else None
     if blocking is None and run.state == Run.State.PARKED:
         _run_relive(run=run, actor=actor)
-    if blocking is None and conn.current_generation_state == CredentialGeneration.State.REJECTED:
+    # ``current_generation_state`` is read with the connection by ``_lock_connection_for_begin``'s raw query.
+    if blocking is None and conn.current_generation_state == CredentialGeneration.State.REJECTED:  # type: ignore[attr-defined]
         blocking = _open_case_for(conn, generation)
     to = Action.State.BEGUN if blocking is not None else Action.State.EXECUTING
-    changes = {} if blocking is not None else dict(
+    changes: dict[str, Any] = {} if blocking is not None else dict(
         generation=generation, attempts=(action.attempts if action else 0) + 1, checkpoint=checkpoint, error=None,
         lock_expires_at=_lock_deadline(),
     )
     if action is None:
         fresh = Action(run=run, action_key=action_key, idempotency_key=key, connection=conn, checkpoint=checkpoint,
-                       params_hash=phash, state=None, generation=generation)
+                       params_hash=phash, state=None, generation=generation)  # type: ignore[misc]  # no state until moved
         try:
             with transaction.atomic():
                 _action_transition(fresh, to=to, actor=actor, **changes)

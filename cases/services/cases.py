@@ -57,7 +57,7 @@ def case_transition(case: RecoveryCase, *, to: str, actor: str, arguments: dict[
     for name, value in changes.items():
         setattr(case, name, value)
     case.save()
-    audit_record(actor=actor, action=f"case.{to}", entity_type="case", entity_id=case.reference, case=case,
+    audit_record(actor=actor, action=f"case.{to}", entity_type="case", entity_id=case.reference or "", case=case,
                  run_id=case.run_id or "", connection_id=case.connection_id, before={"state": before},
                  after={"state": to, **{k: v for k, v in changes.items() if isinstance(v, (str, int, type(None)))}},
                  arguments=arguments)
@@ -249,6 +249,6 @@ def case_resume_fail(*, case_id: str | int, actor: str, reason: str, detail: dic
         pk=stopped_run, state=Run.State.ACTIVE, hosted_at__isnull=False).exists()
     if case.state == CaseState.RESUMING or stopped:
         return case_transition(case, to=CaseState.RESUME_FAILED, actor=actor, arguments=arguments)
-    audit_record(actor=actor, action="case.resume_problem", entity_type="case", entity_id=case.reference, case=case,
-                 run_id=case.run_id, connection_id=case.connection_id, arguments=arguments, outcome="error")
+    audit_record(actor=actor, action="case.resume_problem", entity_type="case", entity_id=case.reference or "", case=case,
+                 run_id=case.run_id or "", connection_id=case.connection_id, arguments=arguments, outcome="error")
     return case

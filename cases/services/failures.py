@@ -113,7 +113,7 @@ def _case_open(*, conn: Connection, generation: int, c: Classification, status: 
 
 def _handle_failure(*, c: Classification, status: int | None, run: Run, conn: Connection, generation: int,
                     checkpoint: Checkpoint | None, action: Action | None, actor: str, open_case_for_unknown: bool) -> FailureAnswer:
-    base = dict(failure_class=str(c.failure_class), code=c.code, message=c.description, signature=c.signature,
+    base: dict[str, Any] = dict(failure_class=str(c.failure_class), code=c.code, message=c.description, signature=c.signature,
                 current_generation=conn.current_generation)
     if c.failure_class == FailureClass.TRANSIENT:
         retry_after = c.retry_after if c.retry_after is not None else settings.REVIVE_TRANSIENT_BACKOFF_SECONDS
@@ -159,8 +159,8 @@ def _case_reclassify(case: RecoveryCase, *, c: Classification, status: int | Non
     newly_owner = c.failure_class in OWNER_CLASSES and not case.owner_required
     case.owner_required = case.owner_required or c.failure_class in OWNER_CLASSES
     case.save(update_fields=["failure_class", "provider_code", "provider_message", "provider_error", "owner_required"])
-    audit_record(actor=actor, action="case.reclassified", entity_type="case", entity_id=case.reference, case=case,
-                 run_id=case.run_id, connection_id=case.connection_id, before=before,
+    audit_record(actor=actor, action="case.reclassified", entity_type="case", entity_id=case.reference or "", case=case,
+                 run_id=case.run_id or "", connection_id=case.connection_id, before=before,
                  after={"failure_class": case.failure_class, "provider_code": case.provider_code,
                         "owner_required": case.owner_required},
                  arguments={"provider_error": case.provider_error})

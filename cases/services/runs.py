@@ -133,7 +133,7 @@ def _run_went_past(*, run_id: str, action: Action, generation: int, actor: str, 
             case_transition(case, to=CaseState.RESUMING, actor=actor,
                             arguments={"reason": f"run {run_id} went past its parked action"})
         if _case_finish_if_resumed(case, actor=actor):
-            finished.append(case.reference)
+            finished.append(case.reference or "")
     return finished
 
 

@@ -24,12 +24,12 @@ def case_assign(*, case_id: str | int, assignee, actor: str) -> RecoveryCase:
                                data={"field": "assignee"})
     if case.assignee_id == getattr(assignee, "pk", None):
         return case
-    before = case.assignee.get_username() if case.assignee_id else None
+    before = case.assignee.get_username() if case.assignee is not None else None
     case.assignee = assignee
     case.save(update_fields=["assignee"])
     after = assignee.get_username() if assignee is not None else None
-    audit_record(actor=actor, action="case.assigned", entity_type="case", entity_id=case.reference, case=case,
-                 run_id=case.run_id, connection_id=case.connection_id, before={"assignee": before},
+    audit_record(actor=actor, action="case.assigned", entity_type="case", entity_id=case.reference or "", case=case,
+                 run_id=case.run_id or "", connection_id=case.connection_id, before={"assignee": before},
                  after={"assignee": after})
     return case
 
@@ -40,6 +40,6 @@ def case_note_add(*, case_id: str | int, body: str, actor: str) -> CaseNote:
     body = _required_text(body, name="note")
     case = case_lock(case_id)
     note = CaseNote.objects.create(case=case, author=actor[:200], body=redact(body))
-    audit_record(actor=actor, action="case.noted", entity_type="case", entity_id=case.reference, case=case,
-                 run_id=case.run_id, connection_id=case.connection_id, arguments={"note": body, "note_id": note.pk})
+    audit_record(actor=actor, action="case.noted", entity_type="case", entity_id=case.reference or "", case=case,
+                 run_id=case.run_id or "", connection_id=case.connection_id, arguments={"note": body, "note_id": note.pk})
     return note
