@@ -35,7 +35,7 @@ from audit.services import audit_record
 
 from .errors import RefreshClaimNotHeld
 from .models import RefreshClaim
-from .services import _check_generation, _lock_connection
+from .services.common import _check_generation, _lock_connection
 
 
 class Decision:

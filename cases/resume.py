@@ -8,7 +8,7 @@ resume through its runtime adapter. ``cases.pipeline`` decides when each happens
 - ``run_resume_deliver`` claims the run, delivers one resume naming every released case still waiting for the
   run (a run parked on two connections is resumed once, when the second is released) and records the delivery.
   Delivering is not resuming: the case becomes ``resumed`` only when the run is past the action it was parked
-  on (``cases.services._run_went_past``), and the watchdog (``cases.pipeline.runs_watch``) re-drives a run that
+  on (``cases.services.runs._run_went_past``), and the watchdog (``cases.pipeline.runs_watch``) re-drives a run that
   makes no progress. A delivery that cannot be made is retried by its outbox row with backoff; a permanent
   failure, or the last attempt, puts the run back to ``parked`` and its cases to ``resume_failed``.
 

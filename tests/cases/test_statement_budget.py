@@ -86,7 +86,7 @@ def test_the_one_statement_path_writes_what_the_locked_path_writes(make_run, mak
         run = make_run()
         runs[path] = run
         begin, commit = ((services.action_begin, services.action_commit) if path == "fast"
-                         else (services._action_begin_locked, services._action_commit_locked))
+                         else (services.actions._action_begin_locked, services.actions._action_commit_locked))
         token = work_context_bind(trace_id=trace)
         try:
             before = timezone.now()
