@@ -19,7 +19,7 @@ from django.db import transaction
 
 from audit.services import audit_record
 from cases import selectors, services, signals
-from cases.models import OPEN_CASE_STATES, CaseState, RecoveryCase, Run
+from cases.models import OPEN_CASE_STATES, Action, CaseState, RecoveryCase, Run
 from cases.resume import case_resume_dispatch
 from cases.selectors import console_ambiguous_actions
 from revive_site.errors import DomainError
@@ -78,6 +78,11 @@ def _reconcile_refusal(case: RecoveryCase) -> str | None:
     if case.state not in OPEN_CASE_STATES:
         return f"{case.reference} is {case.get_state_display().lower()}: only an open case's actions are reconciled here."
     if not selectors.case_ambiguous_actions(case).exists():
+        # Of two operators reconciling at once, the second may only get here after the first committed: say who.
+        by = (Action.objects.filter(run__case_runs__case=case).exclude(reconciled_by="")
+              .order_by("-updated_at").values_list("reconciled_by", flat=True).first())
+        if by:
+            return f"{case.reference} has no ambiguous action left to reconcile: reconciled by {by}."
         return f"{case.reference} has no ambiguous action to reconcile."
     return None
 
@@ -145,6 +150,11 @@ def _reconcile(case: RecoveryCase, *, actor: str, form: ReconcileForm, done: set
     if ref:
         evidence["external_ref"] = ref
     mine = set(selectors.case_ambiguous_actions(case).values_list("pk", flat=True))
+    # An action another operator reconciled since this form was shown goes to the service too, which tells who
+    # (``ActionAlreadyReconciled``) instead of this operator being told "nothing left to settle".
+    mine |= set(Action.objects.filter(run__case_runs__case=case, state__in=(Action.State.RECONCILED_COMMITTED,
+                                                                            Action.State.RECONCILED_ABSENT))
+                .exclude(reconciled_by__in=("", actor)).values_list("pk", flat=True))
     settled = []
     for action in form.chosen():
         if action.pk not in mine or (done is not None and action.pk in done):
