@@ -16,4 +16,4 @@ class CasesConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_default_namespace, sender=self, dispatch_uid="cases.default_namespace")
-        from . import notifications, pipeline, tasks  # noqa: F401  (registers the outbox handlers, receivers and Celery tasks)
+        from . import pipeline, tasks  # noqa: F401  (registers the outbox handlers and Celery tasks)

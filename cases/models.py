@@ -44,7 +44,7 @@ class Namespace(models.Model):
         settings.AUTH_USER_MODEL, blank=True, related_name="revive_namespaces",
         help_text="Console users limited to this namespace (and any other they are listed in).",
     )
-    # Operator notifications (``cases.notifications``): blank uses the global settings.
+    # Operator notifications (``operations.notifications``): blank uses the global settings.
     operator_emails = models.CharField(
         max_length=1000, blank=True, default="", validators=[email_list_validate],
         help_text="Comma-separated addresses notified about this namespace's cases instead of REVIVE_OPERATOR_EMAILS.",

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.db import transaction
 
 from audit.services import audit_record
 
-from .models import DEFAULT_NAMESPACE, Namespace, email_list_split
+from .models import DEFAULT_NAMESPACE, Namespace
 
 SEPARATOR = "~"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -78,32 +77,3 @@ def namespaces_visible_to(user) -> list[str] | None:
         return None
     names = list(user.revive_namespaces.values_list("name", flat=True))
     return names or None
-
-
-@transaction.atomic
-def namespace_operators_set(*, name: str, users: list, actor: str) -> None:
-    """Limit exactly ``users`` to this namespace in the console (each may be limited to others too); audited."""
-    namespace = Namespace.objects.select_for_update().get(pk=name)
-    before = sorted(namespace.operators.values_list("username", flat=True))
-    namespace.operators.set(users)
-    after = sorted(u.get_username() for u in users)
-    if before != after:
-        audit_record(actor=actor, action="namespace.operators_changed", entity_type="namespace", entity_id=name,
-                     before={"operators": before}, after={"operators": after})
-
-
-@transaction.atomic
-def namespace_notifications_set(*, name: str, operator_emails: str, operator_webhook_url: str, actor: str) -> Namespace:
-    """Where this namespace's operator notifications go (blank: the global settings); audited. Only the webhook URL's
-    host is written to the audit log: a webhook URL may carry a token of its own."""
-    namespace = Namespace.objects.select_for_update().get(pk=name)
-    emails = ", ".join(email_list_split(operator_emails))
-    url = (operator_webhook_url or "").strip()
-    before = {"operator_emails": namespace.operator_emails, "webhook_host": urlsplit(namespace.operator_webhook_url).hostname or ""}
-    if (namespace.operator_emails, namespace.operator_webhook_url) == (emails, url):
-        return namespace
-    namespace.operator_emails, namespace.operator_webhook_url = emails, url
-    namespace.save(update_fields=["operator_emails", "operator_webhook_url"])
-    audit_record(actor=actor, action="namespace.notifications_changed", entity_type="namespace", entity_id=name,
-                 before=before, after={"operator_emails": emails, "webhook_host": urlsplit(url).hostname or ""})
-    return namespace

@@ -26,4 +26,4 @@ description of what it sent; a domain error it raises reaches the operator."""
 
 case_state_changed = Signal()
 """``case`` moved from ``before`` to ``case.state`` (sent by ``case_transition``, the one place a case changes state).
-Kwargs: ``case``, ``before``, ``actor``. Operator notifications (``cases.notifications``) listen to it."""
+Kwargs: ``case``, ``before``, ``actor``. Operator notifications (``operations.notifications``) listen to it."""

@@ -14,7 +14,7 @@ import time
 from celery import shared_task
 from django.conf import settings
 
-from . import notifications, outbox, pipeline, resume, services
+from . import outbox, pipeline, resume, services
 
 DURABLE = dict(acks_late=True, reject_on_worker_lost=True)
 
@@ -30,12 +30,6 @@ def outbox_dispatch(self, item_id: int) -> str:
 def outbox_sweep() -> int:
     """Beat: dispatch again every owed step still pending after its deadline."""
     return len(outbox.outbox_sweep())
-
-
-@shared_task(name="cases.notify_stale_cases", acks_late=True)
-def notify_stale_cases() -> int:
-    """Beat: owe the operators' notification of each case open longer than ``REVIVE_CASE_STALE_MINUTES`` (once)."""
-    return len(notifications.stale_cases_notify())
 
 
 @shared_task(name="cases.pipeline_watch", acks_late=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from audit.admin import redacted_json
-from cases.selectors import CaseDetail, case_links_out
+from .selectors import CaseDetail, case_links_out
 from cases.services import LIVE_TRANSITIONS, case_four_eyes
 
 from .timeline import timeline_svg

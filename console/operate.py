@@ -21,10 +21,10 @@ from audit.services import audit_record
 from cases import selectors, services, signals
 from cases.models import OPEN_CASE_STATES, Action, CaseState, RecoveryCase, Run
 from cases.resume import case_resume_dispatch
-from cases.selectors import console_ambiguous_actions
 from revive_site.errors import DomainError
 
 from .forms import ConfirmForm, ReasonForm, ReconcileForm
+from .selectors import console_ambiguous_actions
 
 PERMISSION = "cases.operate_case"
 

@@ -1,4 +1,4 @@
-"""The drawing of a case's recovery timeline (``cases.timeline``'s rows): an inline SVG, server-side.
+"""The drawing of a case's recovery timeline (the rows of ``console.timeline_rows``): an inline SVG, server-side.
 
 Every string in it is escaped. Pure: it reads only the rows given.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from cases.timeline import CREDENTIAL, LANES, REVIVE, RUNTIME, TimelineRow
+from .timeline_rows import CREDENTIAL, LANES, REVIVE, RUNTIME, TimelineRow
 
 _ROW = 30
 _TOP = 58

@@ -28,8 +28,8 @@ from audit.models import AuditEvent
 from audit.services import audit_record
 from cases.models import RecoveryCase
 from cases.namespaces import namespaces_visible_to
-from cases.selectors import console_case_detail
 from console.case_story import case_story_context
+from console.selectors import console_case_detail
 
 from .access import LAB_PERMISSION, may_use_lab
 from .runtimes import RUNTIMES

@@ -219,7 +219,7 @@ CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {"task": "cases.outbox_sweep", "schedule": env.float("REVIVE_OUTBOX_SWEEP_INTERVAL", default=15.0)},
     "pipeline-watch": {"task": "cases.pipeline_watch", "schedule": env.float("REVIVE_WATCH_INTERVAL", default=15.0)},
     "scalekit-accounts-poll": {"task": "reauth.scalekit_accounts_poll", "schedule": 60.0},
-    # Operator notifications of cases open longer than REVIVE_CASE_STALE_MINUTES (cases.notifications).
+    # Operator notifications of cases open longer than REVIVE_CASE_STALE_MINUTES (operations.notifications).
     "notify-stale-cases": {"task": "cases.notify_stale_cases", "schedule": env.float("REVIVE_CASE_STALE_SCAN_INTERVAL", default=60.0)},
 }
 
@@ -305,7 +305,7 @@ REVIVE_FOUR_EYES = env.bool("REVIVE_FOUR_EYES", default=False)
 REVIVE_RUNTIME_UI_URLS = env.json("REVIVE_RUNTIME_UI_URLS", default={})
 REVIVE_PROVIDER_ADMIN_URLS = env.json("REVIVE_PROVIDER_ADMIN_URLS", default={})
 
-# --- Operator notifications (cases.notifications; docs/console.md "Notifications") -----------------------
+# --- Operator notifications (operations.notifications; docs/console.md "Notifications") -----------------------
 # A case awaiting approval, a resume that failed, and a case open longer than REVIVE_CASE_STALE_MINUTES (0: never)
 # are e-mailed to REVIVE_OPERATOR_EMAILS and POSTed to REVIVE_OPERATOR_WEBHOOK_URL (Slack-compatible JSON, signed
 # with HMAC-SHA256 under REVIVE_OPERATOR_WEBHOOK_SECRET). A namespace may name its own recipients and webhook URL.

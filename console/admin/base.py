@@ -22,10 +22,10 @@ from audit.admin import register_case_scope
 from audit.redaction import redact
 from cases.models import Connection, RecoveryCase, Run
 from cases.namespaces import namespaces_visible_to
-from cases.selectors import case_audit_q
 from revive_site.errors import DomainError
 
 from ..operate import operator_actor
+from ..selectors import case_audit_q
 
 
 class NamespaceScopedMixin:

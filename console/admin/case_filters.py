@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from cases.models import CASE_URGENCY, OPEN_CASE_STATES, CaseState, Connection
 from cases.namespaces import namespaces_visible_to
-from cases.selectors import urgency_ranks
+
+from ..selectors import urgency_ranks
 
 
 class StateFilter(admin.SimpleListFilter):

@@ -17,11 +17,11 @@ from audit.admin import ReadOnlyAdmin
 from audit.admin_scale import EstimatedCountPaginator, PlainActionCheckboxMixin
 from cases.models import CaseState, RecoveryCase
 from cases.namespaces import namespaces_visible_to
-from cases.selectors import case_audit_events, console_case_detail, console_case_queryset, console_case_search
 
 from .. import operate
 from ..case_story import case_story_context
 from ..forms import AssignForm, NoteForm
+from ..selectors import case_audit_events, console_case_detail, console_case_queryset, console_case_search
 from ..templatetags.revive_console import age as age_text
 from .base import csv_response, json_cell
 from .case_filters import AgeFilter, AssigneeFilter, OwnerLinkFilter, StateFilter, TenantFilter

@@ -6,12 +6,12 @@ from django.contrib import admin, messages
 from django.db import models
 
 from cases.models import ApiKey, Namespace
-from cases.namespaces import namespace_ensure, namespace_notifications_set, namespace_operators_set
+from cases.namespaces import namespace_ensure
 from cases.services import api_key_create, api_key_revoke
 
 from ..forms import ApiKeyAccessForm
 from ..operate import operator_actor
-from ..services import api_key_access_change
+from ..services import api_key_access_change, namespace_notifications_set, namespace_operators_set
 from .base import ChangeWithReasonMixin, NamespaceScopedMixin
 
 

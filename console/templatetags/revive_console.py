@@ -8,7 +8,7 @@ from django import template
 from django.utils import timezone
 
 from cases.namespaces import namespaces_visible_to
-from cases.selectors import console_case_detail, console_dashboard
+from console.selectors import console_case_detail, console_dashboard
 from console.timeline import timeline_svg
 
 register = template.Library()

@@ -13,10 +13,10 @@ from django.core.management import call_command
 from audit.models import AuditEvent
 from cases import services
 from cases.models import Action, CaseState, Checkpoint, RecoveryCase, Run
-from cases.selectors import duplicate_effects
-from cases.timeline import timeline_rows
 from console.access import AUDITORS, OPERATORS
+from console.selectors import duplicate_effects
 from console.timeline import timeline_svg
+from console.timeline_rows import timeline_rows
 from reauth.models import ReconnectRequest
 
 from .conftest import MISCONFIGURED

@@ -7,7 +7,8 @@ import pytest
 from audit.models import AuditEvent
 from cases import services
 from cases.models import CaseState, Namespace, RecoveryCase
-from cases.namespaces import namespace_ensure, namespace_operators_set, qualify
+from cases.namespaces import namespace_ensure, qualify
+from console.services import namespace_operators_set
 from tests.conftest import DEAD_GRANT
 
 pytestmark = pytest.mark.django_db

@@ -15,9 +15,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from cases import notifications, outbox, services, webhooks
+from cases import outbox, services, webhooks
 from cases.models import CaseState, OutboxItem, RecoveryCase
-from cases.namespaces import namespace_ensure, namespace_notifications_set, qualify
+from cases.namespaces import namespace_ensure, qualify
+from console.services import namespace_notifications_set
+from operations import notifications
 from tests.reauth.test_reconnect_notifications import Receiver
 
 SECRET = "whsec-operator-test-not-a-real-secret"

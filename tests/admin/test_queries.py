@@ -80,7 +80,7 @@ def test_the_urgency_ordering_is_served_by_its_index(operator_client):
         bulk_cases(500)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE cases_recoverycase")
-    from cases.selectors import console_case_queryset
+    from console.selectors import console_case_queryset
 
     qs = console_case_queryset().order_by("urgency", "opened_at", "pk")[:100]
     plan = qs.explain()

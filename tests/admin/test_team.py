@@ -10,8 +10,8 @@ import pytest
 from audit.models import AuditEvent
 from cases import services
 from cases.errors import FourEyesRefused
-from cases.selectors import case_audit_events
 from cases.models import CaseNote, CaseState, RecoveryCase, Run
+from console.selectors import case_audit_events
 
 from .conftest import _staff
 from console.access import AUDITORS, OPERATORS

@@ -75,7 +75,7 @@ def test_take_a_case_write_a_note_and_export(chromium, live_server, make_case, o
 
 
 def services_case_events(case) -> int:
-    from cases.selectors import case_audit_events
+    from console.selectors import case_audit_events
 
     return case_audit_events(case_id=case.pk).count()
 

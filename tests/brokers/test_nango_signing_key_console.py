@@ -14,7 +14,8 @@ from django.test import Client
 
 from audit.models import AuditEvent
 from cases import services as case_services
-from cases.namespaces import namespace_ensure, namespace_operators_set, qualify
+from cases.namespaces import namespace_ensure, qualify
+from console.services import namespace_operators_set
 from reauth.brokers.services import nango_signing_key, nango_signing_key_clear, nango_signing_key_set
 from reauth.custody import secret_open
 from reauth.models import NangoSigningKey

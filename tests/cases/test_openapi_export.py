@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from cases.management.commands.export_openapi import DEFAULT_PATH
+from operations.management.commands.export_openapi import DEFAULT_PATH
 
 
 def test_committed_schema_is_the_live_servers(client):

@@ -10,9 +10,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from cases import pipeline, selectors, services
+from cases import pipeline, services
 from cases.errors import ActionInProgress, ActionStateConflict
 from cases.models import Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
+from console import selectors
 from tests.cases.test_concurrency import run_concurrently
 from tests.conftest import DEAD_GRANT, worker_passes
 

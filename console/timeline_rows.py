@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 from audit.redaction import redact
 
-from .services import LIVE_TRANSITIONS
+from cases.services import LIVE_TRANSITIONS
 
 CREDENTIAL, REVIVE, RUNTIME = "credential", "revive", "runtime"
 LANES = (

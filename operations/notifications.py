@@ -31,10 +31,10 @@ from django.utils import timezone
 
 from audit.services import audit_record
 
-from . import signals, webhooks
-from .models import OPEN_CASE_STATES, CaseState, Namespace, OutboxItem, RecoveryCase, email_list_split
-from .namespaces import unqualify
-from .outbox import Done, Retry, outbox_handler, outbox_put
+from cases import signals, webhooks
+from cases.models import OPEN_CASE_STATES, CaseState, Namespace, OutboxItem, RecoveryCase, email_list_split
+from cases.namespaces import unqualify
+from cases.outbox import Done, Retry, outbox_handler, outbox_put
 
 ACTOR = "system:notify"
 EMAIL = "operator.email"
@@ -83,7 +83,7 @@ def notification_owe(*, case: RecoveryCase, event: str) -> list[OutboxItem]:
             for kind in _case_targets(case).channels]
 
 
-@receiver(signals.case_state_changed, sender=RecoveryCase, dispatch_uid="cases.notifications.state_changed")
+@receiver(signals.case_state_changed, sender=RecoveryCase, dispatch_uid="operations.notifications.state_changed")
 def _case_state_changed(sender, *, case: RecoveryCase, before: str, actor: str, **kwargs) -> None:
     event = EVENT_OF_STATE.get(case.state)
     if event is not None:
