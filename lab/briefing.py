@@ -15,7 +15,9 @@ and resumes it in place. An ambiguous send is settled by the resumed worker's
 ``reconcile`` callback: the mail service is asked for the message by its
 idempotency key. The non-secret addresses travel in the graph's state; the
 worker's API key and the token client's secret come from the environment
-(``REVIVE_LAB_API_KEY``, ``REVIVE_LAB_IDP_CLIENT_SECRET``).
+(``REVIVE_LAB_API_KEY``, ``REVIVE_LAB_IDP_CLIENT_SECRET``). A worker without Django (the LangGraph Agent Server's
+process, ``--runtime langgraph-server``) is given ``REVIVE_LAB_CREDENTIAL_URL`` instead: it asks the lab process for
+the access token over loopback (``lab.langgraph_server.CredentialDesk``), as the TypeScript worker asks on its stdin.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Annotated, Any, TypedDict
 
 import httpx
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
 from revive_sdk import ProviderError, Revive
 from revive_sdk import langgraph as revive_lg
 from revive_sdk.flows import RefreshMemo
@@ -98,6 +101,8 @@ def credential(state: BriefingState) -> str:
     worker (Revive's own lab) reads and writes directly; Revive's worker API only answers who refreshes.
     """
     conn_id = state["connection_id"]
+    if os.environ.get("REVIVE_LAB_CREDENTIAL_URL"):  # a worker without custody: the lab process refreshes for it
+        return desk_credential(conn_id)
     if state.get("vault"):
         return token_vault_credential(state)
     if state.get("nango_url"):  # held by a broker: the broker refreshes, Revive's custody holds nothing
@@ -110,6 +115,20 @@ def credential(state: BriefingState) -> str:
                                                refresh=lambda: refresh_grant(state), is_fresh=lambda token: False)
     helper.memo = memo
     return helper()
+
+
+def desk_credential(connection_id: str) -> str:
+    """The access token from the lab process (``lab.langgraph_server.CredentialDesk``), which refreshes the grant in
+    custody as ``credential`` does there; a refusal comes back as the provider's answer and is raised as it."""
+    resp = httpx.post(os.environ["REVIVE_LAB_CREDENTIAL_URL"], json={"connection_id": connection_id}, timeout=60,
+                      headers={"Authorization": f"Bearer {os.environ.get('REVIVE_LAB_CREDENTIAL_TOKEN', '')}"})
+    resp.raise_for_status()
+    answer = resp.json()
+    if "error" in answer:
+        error = answer["error"]
+        raise ProviderError(error.get("status"), error.get("body"), error.get("headers") or {},
+                            error_kind=error.get("error_kind"))
+    return answer["token"]
 
 
 def token_vault_credential(state: BriefingState) -> str:
@@ -233,7 +252,10 @@ def step_arguments(index: int, state: BriefingState) -> dict:
 def run_step(index: int, state: BriefingState, protect) -> dict:
     """Checkpoint ``index`` through a runtime's synchronous ``protect_action`` (LangGraph, Temporal): its log entry."""
     result = protect(revive(), **step_arguments(index, state))
-    return {"checkpoint": STEPS[index][0], "pid": os.getpid(), "result": result}
+    entry = {"checkpoint": STEPS[index][0], "pid": os.getpid(), "result": result}
+    if worker := os.environ.get("REVIVE_LAB_WORKER_NAME"):  # a worker process of its own (worker:lab-A, -B)
+        entry["worker"] = worker
+    return entry
 
 
 def record_checkpoints(run_id: str) -> None:
@@ -249,12 +271,13 @@ def _step(index: int):
     return node
 
 
-def briefing() -> StateGraph:
+def briefing(retry_policy: RetryPolicy | None = None) -> StateGraph:
+    """The graph; ``retry_policy``: how the runtime retries a step that raised (none in Revive's own worker)."""
     graph = StateGraph(BriefingState)
     previous = START
     for i, (checkpoint, label, action_key) in enumerate(STEPS):
         name = f"{checkpoint}_{label.replace(' ', '_')}"
-        graph.add_node(name, _step(i))
+        graph.add_node(name, _step(i), retry_policy=retry_policy)
         graph.add_edge(previous, name)
         previous = name
     graph.add_edge(previous, END)

@@ -1,4 +1,4 @@
-"""The lab's briefing on Temporal and Restate: their servers on free loopback ports, their worker processes, and the
+"""The lab's briefing on Temporal and Restate (and, in ``lab.langgraph_server``, on a LangGraph Agent Server): their servers on free loopback ports, their worker processes, and the
 scenarios driven through them.
 
 ``RuntimeServers.start(runtime, var_dir)`` starts what a runtime needs (the Temporal test
@@ -39,8 +39,8 @@ from .scenarios import Scenario
 from .waiting import ScenarioFailed, wait_for
 from .world import ROOT
 
-RUNTIMES = ("langgraph", "temporal", "restate")
-"""The runtimes the lab can run its briefing on."""
+RUNTIMES = ("langgraph", "langgraph-server", "temporal", "restate")
+"""The runtimes the lab can run its briefing on (``langgraph-server``: ``lab.langgraph_server``)."""
 RESTATE_WORKFLOW = "LabBriefing"  # lab.restate_app.WORKFLOW_NAME (that module sets Django up: not imported here)
 
 
@@ -280,6 +280,10 @@ def start_server(runtime: str, var_dir: Path, children: Pidfile | None = None):
         return TemporalServer.start(var_dir, children)
     if runtime == "restate":
         return RestateServer.start(var_dir, children)
+    if runtime == "langgraph-server":
+        from .langgraph_server import AgentServer
+
+        return AgentServer.start(var_dir, children)
     return None
 
 

@@ -332,6 +332,8 @@ def run_scenario(name: str, world: LabWorld, *, provider: str = "oidc", interact
         from .runtimes import TemporalScenario as kind
     elif runtime == "restate":
         from .runtimes import RestateScenario as kind
+    elif runtime == "langgraph-server":
+        from .langgraph_server import LangGraphServerScenario as kind
     scenario = kind(name=name, world=world, provider=provider, interactive=interactive, say=say)
     try:
         return scenario.run()

@@ -143,7 +143,7 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         waiting.progress = out
         runtime_server = start_server(runtime, session, children)
         if runtime_server is not None:
-            out(f"  {runtime:<12} {runtime_server.describe()}")
+            out(f"  {getattr(runtime_server, 'label', runtime):<12} {runtime_server.describe()}")
         box: dict = {}
         compiler = threading.Thread(target=_compile_briefing, args=(box,))
         compiler.start()

@@ -6,9 +6,13 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+LANGGRAPH = ROOT / ".venv-lgserver" / "bin" / "langgraph"
 
 
 def embedded_env(tmp_path):
@@ -149,7 +153,7 @@ def test_the_lab_revokes_its_worker_key_when_it_ends_and_after_ctrl_c(tmp_path):
     assert lab_keys(env) == (2, 0)
 
 
-def assert_four_on(runtime: str, tmp_path) -> None:
+def assert_four_on(runtime: str, tmp_path) -> dict[str, dict]:
     """--runtime R: the lab starts R's server and its worker processes itself; the same records as on LangGraph."""
     env = embedded_env(tmp_path)
     assert manage(env, "migrate", "-v0").returncode == 0
@@ -170,6 +174,7 @@ def assert_four_on(runtime: str, tmp_path) -> None:
     assert lost["brief_sent_by_pid"] not in (None, lost["notes"]["killed_pid"])
     for pid in (lost["notes"]["killed_pid"], lost["brief_sent_by_pid"]):  # the lab stopped its workers
         assert not Path(f"/proc/{pid}").exists(), pid
+    return by
 
 
 def test_recovery_lab_on_temporal_runs_the_four_scenarios_with_its_own_test_server(tmp_path):
@@ -178,6 +183,18 @@ def test_recovery_lab_on_temporal_runs_the_four_scenarios_with_its_own_test_serv
 
 def test_recovery_lab_on_restate_runs_the_four_scenarios_with_its_own_restate_server(tmp_path):
     assert_four_on("restate", tmp_path)
+
+
+@pytest.mark.skipif(not LANGGRAPH.exists(), reason=f"the Agent Server's venv is absent ({LANGGRAPH} not found): "
+                                                  "run scripts/setup --test to create .venv-lgserver")
+def test_recovery_lab_on_the_langgraph_agent_server_runs_the_four_scenarios_with_its_own_langgraph_dev(tmp_path):
+    """``--runtime langgraph-server``: the lab starts ``langgraph dev`` as each scenario's worker; Revive resumes the
+    thread over the server's API. On the in-memory dev server the worker-lost kill is a clean shutdown (SIGTERM)."""
+    by = assert_four_on("langgraph-server", tmp_path)
+    lost = by["worker-lost"]["notes"]
+    assert lost["stop_signal"] == "SIGTERM"
+    for r in by.values():  # each run is a thread the server made
+        uuid.UUID(r["thread_id"])
 
 
 def test_recovery_lab_with_the_grant_held_by_nango_and_by_scalekit(tmp_path):

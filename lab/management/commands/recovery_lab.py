@@ -27,9 +27,11 @@ class Command(BaseCommand):
                             help="One scenario, or the product page's four (all, default). cae (Entra continuous "
                                  "access evaluation) runs with --provider entra.")
         parser.add_argument("--runtime", choices=[*RUNTIMES, "all"], default="langgraph",
-                            help="The durable runtime the briefing runs on: langgraph (in-process, default), temporal "
-                                 "(the lab starts the Temporal test server and worker processes), or all of them "
-                                 "one after the other, with one summary table.")
+                            help="The durable runtime the briefing runs on: langgraph (in-process, default), "
+                                 "langgraph-server (the lab starts a LangGraph Agent Server, `langgraph dev` from "
+                                 ".venv-lgserver, made by scripts/setup --test), temporal (the lab starts the Temporal "
+                                 "test server and worker processes), restate (restate-server and the service "
+                                 "process), or all of them one after the other, with one summary table.")
         parser.add_argument("--provider", choices=PROVIDERS, default="entra",
                             help="Whose refusal the worker sees: Microsoft Entra's documented AADSTS700082 (entra, "
                                  "default, the product page's story) or Auth0's, served by the local token endpoint; "
@@ -56,6 +58,11 @@ class Command(BaseCommand):
         allowed = SCENARIO_PROVIDERS.get(scenario)
         if allowed and provider not in allowed:
             raise CommandError(f"--scenario {scenario} needs --provider {' or '.join(allowed)}", returncode=2)
+        if "langgraph-server" in runtimes:
+            from lab.langgraph_server import server_missing
+
+            if missing := server_missing():
+                raise CommandError(missing, returncode=2)
         if sdk == "typescript":
             from lab.typescript import worker_missing
 
@@ -95,15 +102,16 @@ class Command(BaseCommand):
         out = self.stdout.write
         by = {(r.get("runtime"), r["scenario"]): r for r in results}
         width = max(len(n) for n in names) + 2
+        first = max(len(r) for r in ("runtime", *runtimes)) + 2
         out(self.style.MIGRATE_HEADING("\nRuntime × scenario"))
-        out("  " + f"{'runtime':<12}" + "".join(f"{n:<{width}}" for n in names))
+        out("  " + f"{'runtime':<{first}}" + "".join(f"{n:<{width}}" for n in names))
         for each in runtimes:
             cells = []
             for n in names:
                 r = by.get((each, n))
                 cell = f"{'OK' if r and r['ok'] else 'FAILED':<{width}}"
                 cells.append(self.style.SUCCESS(cell) if r and r["ok"] else self.style.ERROR(cell))
-            out("  " + f"{each:<12}" + "".join(cells))
+            out("  " + f"{each:<{first}}" + "".join(cells))
 
     def print_summary(self, results: list[dict], elapsed: float) -> None:
         out = self.stdout.write
@@ -131,7 +139,8 @@ class Command(BaseCommand):
                     rows.append(("After the timeout", f"{notes['after_timeout']} → {r['send_state']} "
                                                       "(found by its idempotency key)"))
                 if notes.get("killed_pid"):
-                    rows.append(("Worker process", f"{notes['killed_pid']} killed; brief sent by pid {r['brief_sent_by_pid']}"))
+                    how = f"stopped ({notes['stop_signal']})" if notes.get("stop_signal") else "killed"
+                    rows.append(("Worker process", f"{notes['killed_pid']} {how}; brief sent by pid {r['brief_sent_by_pid']}"))
                     if notes.get("workers"):
                         rows.append(("Workers", " → ".join(notes["workers"])))
                 rows.append(("Took", f"{r['seconds']:.1f} s"))
