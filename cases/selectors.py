@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Prefetch, Q
+from django.db.models import Q
 
 from .errors import RunNotFound
 from .models import BLOCKING_CASE_STATES, Action, CaseRun, RecoveryCase, Run
@@ -62,12 +62,6 @@ def run_recovery_status(*, run_id: str) -> dict[str, Any]:
         "cases": cases,
         "actions": actions,
     }
-
-
-def cases_for_connection(*, connection_id: str):
-    return RecoveryCase.objects.filter(connection_id=connection_id).prefetch_related(
-        Prefetch("case_runs", queryset=CaseRun.objects.select_related("run"))
-    )
 
 
 def case_ambiguous_actions(case: RecoveryCase | int | list[int]):

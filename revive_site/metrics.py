@@ -14,7 +14,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess
 
-from cases.metrics import CasesCollector
+from operations.metrics import CasesCollector
 from reauth.metrics import ReconnectCollector
 
 
