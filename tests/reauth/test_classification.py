@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import classifier as classification
+import classifier.reading
 from classifier import SIGNATURES, Classification, FailureClass, Provider, classify
 
 NOW = 1_750_000_000.0
@@ -17,7 +17,7 @@ NOW = 1_750_000_000.0
 
 @pytest.fixture(autouse=True)
 def fixed_clock(monkeypatch):
-    monkeypatch.setattr(classification, "_clock", lambda: NOW)
+    monkeypatch.setattr(classifier.reading, "_clock", lambda: NOW)
 
 
 def entra(error, code=None, text="", *, suberror=None, codes=True):
