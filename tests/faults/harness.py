@@ -730,7 +730,7 @@ class Trial:
         if generation != 1 + self.reconnects:
             violations.append(f"generation {generation} after {self.reconnects} reconnect(s)")
         result.violations = violations
-        if result.outcome in ("stuck", "error"):
+        if result.outcome in ("stuck", "error", "operator_visible"):  # what was left, and for whom
             run = Run.objects.filter(pk=self.run_id).first()
             actions = {a.action_key: a.state for a in Action.objects.filter(run_id=self.run_id)}
             cases = [(c.reference, c.state) for c in self.cases()]
