@@ -1,6 +1,6 @@
 import json
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable
 
 from django.contrib import admin
 from django.db.models import Q, QuerySet

@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 
@@ -99,9 +99,9 @@ def gunicorn(*, workers: int = 2, threads: int = 4, worker_class: str = "gthread
                 answered += 1
             except httpx.TransportError:
                 if server.poll() is not None:
-                    raise SystemExit(f"bench: gunicorn exited with {server.returncode} while starting")
+                    raise SystemExit(f"bench: gunicorn exited with {server.returncode} while starting") from None
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"bench: gunicorn did not answer within {start_timeout:.0f}s")
+                    raise SystemExit(f"bench: gunicorn did not answer within {start_timeout:.0f}s") from None
                 time.sleep(0.2)
         yield url
     finally:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import psycopg
 from django.db import connection as default_connection
 from django.db.backends.signals import connection_created
+
 
 @dataclass
 class Trace:

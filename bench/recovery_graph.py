@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import operator
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Annotated, TypedDict
 
-import operator
 from langgraph.graph import END, START, StateGraph
 
 from revive_sdk import ProviderError, Revive

@@ -38,6 +38,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import free_port, pct  # noqa: E402
+
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/14")
 
@@ -120,16 +121,15 @@ def main() -> int:
         import hashlib
 
         from django.db import transaction
+        from langgraph.checkpoint.postgres import PostgresSaver
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
-        from langgraph.checkpoint.postgres import PostgresSaver
-
         from audit.models import AuditEvent
+        from bench import recovery_graph
         from cases import pipeline, services
         from cases.models import ApiKey, CaseRun, RecoveryCase
         from revive_sdk import langgraph as revive_lg
-        from bench import recovery_graph
 
         ApiKey.objects.create(name="bench", prefix="bench", key_hash=hashlib.sha256(raw_key.encode()).hexdigest())
 

@@ -13,8 +13,8 @@ from ninja import Path, Router
 
 from . import refresh, selectors, services
 from .metrics import action_call_timed, protected_action_decided
-from .namespaces import qualify, unqualify
 from .models import Action, Checkpoint, Run
+from .namespaces import qualify, unqualify
 from .schemas import (
     ActionOut,
     AmbiguousIn,

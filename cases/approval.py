@@ -6,8 +6,9 @@ configured policy (``REVIVE_RESUME_APPROVAL``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 
 class ApprovalPolicy:

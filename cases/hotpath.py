@@ -67,7 +67,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection as db
+from django.db import InterfaceError, OperationalError
+from django.db import connection as db
 from django.utils import timezone
 from psycopg import Cursor
 from psycopg.types.json import Jsonb

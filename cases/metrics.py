@@ -17,7 +17,6 @@ from contextlib import contextmanager
 
 from prometheus_client import Counter, Histogram
 
-
 PROTECTED_ACTIONS = Counter(
     "revive_protected_actions", "Protected-action begins, by the decision Revive answered.", ["decision"])
 ACTION_CALL_SECONDS = Histogram(

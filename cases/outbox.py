@@ -24,8 +24,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from celery import current_app
 from django.conf import settings

@@ -57,7 +57,16 @@ from audit.services import audit_record
 
 from . import resume, services
 from .metrics import resume_finished
-from .models import BLOCKING_CASE_STATES, RELEASED_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
+from .models import (
+    BLOCKING_CASE_STATES,
+    RELEASED_CASE_STATES,
+    Action,
+    CaseRun,
+    CaseState,
+    OutboxItem,
+    RecoveryCase,
+    Run,
+)
 from .outbox import Done, Retry, outbox_handler
 
 log = logging.getLogger(__name__)

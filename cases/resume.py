@@ -22,8 +22,9 @@ import fnmatch
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -35,10 +36,10 @@ from django.utils.module_loading import import_string
 from audit.services import audit_record
 
 from . import selectors, services
-from .outbox import claim_renewed
 from .errors import ActionAlreadyReconciled, ActionStateConflict, CaseNotFound
 from .models import RELEASED_CASE_STATES, Action, CaseRun, CaseState, OutboxItem, RecoveryCase, Run
-from .runtimes import AbandonRequest, ResumeRequest, RuntimeDeliveryError, RunNotWaiting, adapter_for
+from .outbox import claim_renewed
+from .runtimes import AbandonRequest, ResumeRequest, RunNotWaiting, RuntimeDeliveryError, adapter_for
 
 log = logging.getLogger(__name__)
 

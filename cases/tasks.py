@@ -58,7 +58,7 @@ def reconcile_case(self, case_id: int, generation: int) -> int:
     except resume.ReconcilerUnavailable as exc:
         if self.request.retries >= settings.REVIVE_RESUME_MAX_RETRIES or self.request.is_eager:
             raise
-        raise self.retry(exc=exc, countdown=min(settings.REVIVE_RESUME_BACKOFF_MAX, 2.0 ** self.request.retries))
+        raise self.retry(exc=exc, countdown=min(settings.REVIVE_RESUME_BACKOFF_MAX, 2.0 ** self.request.retries)) from exc
 
 
 @shared_task(bind=True, name="cases.resume_run", max_retries=None, **DURABLE)

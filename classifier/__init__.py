@@ -57,7 +57,14 @@ from collections.abc import Mapping
 from .model import Classification, FailureClass, Provider, Reason, _Hit, _Signals
 from .reading import _headers_of, _provider_of, _read, _retry_after, _scrub, _token, _upstream_bodies
 from .tables import (
-    _NETWORK_ROWS, _OAUTH_ROWS, _PROVIDER_TABLES, _STATUS_ROWS, _UPSTREAM_TABLES, SIGNATURES, _first_match, _rows,
+    _NETWORK_ROWS,
+    _OAUTH_ROWS,
+    _PROVIDER_TABLES,
+    _STATUS_ROWS,
+    _UPSTREAM_TABLES,
+    SIGNATURES,
+    _first_match,
+    _rows,
 )
 
 __all__ = ["SIGNATURES", "Classification", "FailureClass", "Provider", "Reason", "classify"]

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from django.db import models
 
 
-
 class FailureClass(models.TextChoices):
     DEAD_GRANT = "dead_grant"
     INTERACTION_REQUIRED = "interaction_required"

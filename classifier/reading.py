@@ -8,15 +8,21 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl
 
-
-from .model import Provider, _EPOCH_THRESHOLD, _MAX_CLAIMS_CHARS, _MAX_DESCRIPTION_CHARS, _MAX_MESSAGE_CHARS, _MAX_PARSE_CHARS, _MAX_RETRY_AFTER_SECONDS, _PROVIDER_ALIASES, _Signals
-
-
-
+from .model import (
+    _EPOCH_THRESHOLD,
+    _MAX_CLAIMS_CHARS,
+    _MAX_DESCRIPTION_CHARS,
+    _MAX_MESSAGE_CHARS,
+    _MAX_PARSE_CHARS,
+    _MAX_RETRY_AFTER_SECONDS,
+    _PROVIDER_ALIASES,
+    Provider,
+    _Signals,
+)
 
 # Indirection so tests can pin "now" for HTTP-date and epoch reset headers.
 _clock: Callable[[], float] = time.time
@@ -136,7 +142,7 @@ def _message_of(doc: Mapping) -> str:
 
 _CHALLENGE_ERROR = re.compile(r'\berror="([^"]{1,100})"')
 _CHALLENGE_DESCRIPTION = re.compile(r'\berror_description="([^"]{1,1000})"')
-_CHALLENGE_CLAIMS = re.compile(r'\bclaims="([A-Za-z0-9+/=_-]{1,%d})"' % (4 * _MAX_CLAIMS_CHARS // 3 + 4))
+_CHALLENGE_CLAIMS = re.compile(r'\bclaims="([A-Za-z0-9+/=_-]{1,' + str(4 * _MAX_CLAIMS_CHARS // 3 + 4) + r'})"')
 
 
 def _bearer_challenge(header: str) -> tuple[str, str, str]:
@@ -284,9 +290,7 @@ def _header_text(value: object) -> str | None:
 def _status_of(value: object) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        number = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"\s*[0-9]{3}\s*", value):
+    if isinstance(value, int) or isinstance(value, str) and re.fullmatch(r"\s*[0-9]{3}\s*", value):
         number = int(value)
     else:
         return None
@@ -328,7 +332,7 @@ def _parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return max(moment.timestamp() - _clock(), 0.0)
 
 

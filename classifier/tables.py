@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
 from .model import FailureClass, Provider, Reason, _Hit, _Matcher, _Row, _Signals
-
-
-
 
 # --- matchers ---------------------------------------------------------------
 

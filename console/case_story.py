@@ -11,9 +11,9 @@ from __future__ import annotations
 from django.conf import settings
 
 from audit.admin import redacted_json
-from .selectors import CaseDetail, case_links_out
 from cases.services import LIVE_TRANSITIONS, case_four_eyes
 
+from .selectors import CaseDetail, case_links_out
 from .timeline import timeline_svg
 
 

@@ -13,7 +13,6 @@ from django import forms
 from cases.forms import identity_check
 from cases.models import Action, ApiKey, Connection
 
-
 # --------------------------------------------------------------------------- operations on a case
 
 

@@ -11,8 +11,9 @@ audited too, with the operator's identity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from django import forms
 from django.db import transaction

@@ -61,7 +61,7 @@ def timeline_svg(rows: list[TimelineRow], *, title: str = "Recovery timeline") -
         path = " ".join(f"{x},{y}" for x, y in points)
         out.append(f'<polyline points="{path}" fill="none" stroke="#8c959f" stroke-width="1.5"/>')
     previous_day = rows[0].at.date() if rows else None
-    for row, (x, y) in zip(rows, points):
+    for row, (x, y) in zip(rows, points, strict=False):
         colour = _colour(row)
         stamp = row.at.strftime("%H:%M:%S.%f")[:12]
         if row.at.date() != previous_day:  # a new day: say which

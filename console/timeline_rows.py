@@ -15,12 +15,12 @@ again here before it is shown.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from audit.redaction import redact
-
 from cases.services import LIVE_TRANSITIONS
 
 CREDENTIAL, REVIVE, RUNTIME = "credential", "revive", "runtime"

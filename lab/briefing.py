@@ -30,6 +30,7 @@ from typing import Annotated, Any, TypedDict
 import httpx
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
+
 from revive_sdk import ProviderError, Revive
 from revive_sdk import langgraph as revive_lg
 from revive_sdk.flows import RefreshMemo
@@ -275,7 +276,7 @@ def briefing(retry_policy: RetryPolicy | None = None) -> StateGraph:
     """The graph; ``retry_policy``: how the runtime retries a step that raised (none in Revive's own worker)."""
     graph = StateGraph(BriefingState)
     previous = START
-    for i, (checkpoint, label, action_key) in enumerate(STEPS):
+    for i, (checkpoint, label, _action_key) in enumerate(STEPS):
         name = f"{checkpoint}_{label.replace(' ', '_')}"
         graph.add_node(name, _step(i), retry_policy=retry_policy)
         graph.add_edge(previous, name)

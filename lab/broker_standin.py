@@ -12,7 +12,7 @@ import html
 import json
 import secrets
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode
 
@@ -20,7 +20,7 @@ import httpx
 
 
 class StandInHandler(BaseHTTPRequestHandler):
-    standin: "BrokerStandIn"
+    standin: BrokerStandIn
 
     def log_message(self, *args):
         pass
@@ -121,4 +121,4 @@ class BrokerStandIn:
 
 
 def expiry(token: dict) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=int(token.get("expires_in") or 3600))).isoformat()
+    return (datetime.now(UTC) + timedelta(seconds=int(token.get("expires_in") or 3600))).isoformat()

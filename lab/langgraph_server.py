@@ -32,8 +32,8 @@ from typing import Any, cast
 import httpx
 from django.db import close_old_connections
 
-from cases.runtimes import adapter_for
 from cases.models import Run
+from cases.runtimes import adapter_for
 from revive_sdk import ProviderError
 from revive_sdk import langgraph as revive_lg
 
@@ -131,7 +131,7 @@ class AgentServer:
     label = "agent server"
 
     @classmethod
-    def start(cls, var_dir: Path, children: Pidfile | None = None) -> "AgentServer":
+    def start(cls, var_dir: Path, children: Pidfile | None = None) -> AgentServer:
         """The server's place and the lab's credential desk; the server process starts with each scenario's worker."""
         if missing := server_missing():
             raise RuntimeError(missing)

@@ -23,7 +23,7 @@ import hmac
 import json
 import secrets
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -57,7 +57,7 @@ class NangoHandler(StandInHandler):
         if key not in nango.connections:
             return self.json(400, {"error": {"code": "invalid_body", "message": "Connection not found."}})
         token = "nango_connect_session_" + secrets.token_hex(32)
-        expires = datetime.now(timezone.utc) + timedelta(minutes=30)
+        expires = datetime.now(UTC) + timedelta(minutes=30)
         with nango._lock:
             nango.sessions[token] = {"integration": key[0], "connection_id": key[1], "expires": expires}
         return self.json(201, {"data": {"token": token, "expires_at": expires.isoformat()}})
@@ -85,7 +85,7 @@ class NangoHandler(StandInHandler):
         if parts.path in ("/connect", "/connect/"):
             with nango._lock:
                 session = nango.sessions.get(query.get("session_token", ""))
-            if session is None or session["expires"] < datetime.now(timezone.utc):
+            if session is None or session["expires"] < datetime.now(UTC):
                 return self.page(401, "Session expired", "This connect session is not valid any more.")
             return self.redirect(nango.authorize_url({**session, "token": query["session_token"]}))
         if parts.path == "/oauth/callback":
@@ -135,7 +135,7 @@ class NangoStandIn(BrokerStandIn):
         with self._lock:
             self.connections[(integration, connection_id)] = {
                 "id": len(self.connections) + 1, "connection_id": connection_id, "provider_config_key": integration,
-                "provider": PROVIDER, "created_at": datetime.now(timezone.utc).isoformat(), "failed": False,
+                "provider": PROVIDER, "created_at": datetime.now(UTC).isoformat(), "failed": False,
                 "credentials": {"type": "OAUTH2", "access_token": token["access_token"],
                                 "refresh_token": token.get("refresh_token", ""), "expires_at": expiry(token),
                                 "raw": dict(token)},

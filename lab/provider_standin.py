@@ -75,7 +75,7 @@ class ProviderStandIn:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "ProviderStandIn":
+    def start(self) -> ProviderStandIn:
         self._thread.start()
         return self
 

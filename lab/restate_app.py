@@ -48,7 +48,7 @@ async def run(ctx: restate.WorkflowContext, state: dict) -> dict:
         for index, (checkpoint, _, _) in enumerate(briefing.STEPS):
             result = await revive_restate.protect_action(ctx, revive, **briefing.step_arguments(index, state))
 
-            async def entry() -> dict:  # who ran the step, journaled once
+            async def entry(checkpoint: str = checkpoint) -> dict:  # who ran the step, journaled once
                 return {"checkpoint": checkpoint, "pid": os.getpid(), "worker": WORKER_NAME}
 
             log.append({**await ctx.run_typed(f"lab:log:{checkpoint}", entry), "result": result})

@@ -22,12 +22,11 @@ import socket
 import subprocess
 import sys
 import uuid
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
-
 from django.db import transaction
 
 from cases import services
@@ -91,7 +90,7 @@ class TemporalServer:
     children: Pidfile | None = field(default=None, repr=False)
 
     @classmethod
-    def start(cls, var_dir: Path, children: Pidfile | None = None, timeout: float = 60.0) -> "TemporalServer":
+    def start(cls, var_dir: Path, children: Pidfile | None = None, timeout: float = 60.0) -> TemporalServer:
         port = free_port()
         log_path = var_dir / "temporal-test-server.log"
         with open(log_path, "ab") as log:
@@ -193,7 +192,7 @@ class RestateServer:
     registered: bool = False
 
     @classmethod
-    def start(cls, var_dir: Path, children: Pidfile | None = None, timeout: float = 90.0) -> "RestateServer":
+    def start(cls, var_dir: Path, children: Pidfile | None = None, timeout: float = 90.0) -> RestateServer:
         admin, ingress, fabric = free_port(), free_port(), free_port()
         data = var_dir / "restate-data"
         data.mkdir(parents=True, exist_ok=True)

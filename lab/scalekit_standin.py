@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 from .broker_standin import BrokerStandIn, StandInHandler, expiry
@@ -50,7 +50,7 @@ class ScalekitHandler(StandInHandler):
             if key not in sk.accounts:
                 return self.json(404, {"error_code": "NOT_FOUND", "message": "Connected account not found."})
             token = secrets.token_urlsafe(24)
-            expires = datetime.now(timezone.utc) + timedelta(minutes=15)
+            expires = datetime.now(UTC) + timedelta(minutes=15)
             with sk._lock:
                 sk.links[token] = {"key": key, "expires": expires}
             return self.json(200, {"link": f"{sk.url}/magic/{token}", "expiry": expires.isoformat()})
@@ -72,7 +72,7 @@ class ScalekitHandler(StandInHandler):
         if parts.path.startswith("/magic/"):
             with sk._lock:
                 link = sk.links.get(parts.path.rsplit("/", 1)[1])
-            if link is None or link["expires"] < datetime.now(timezone.utc):
+            if link is None or link["expires"] < datetime.now(UTC):
                 return self.page(410, "Link expired", "Ask for a new link.")
             return self.redirect(sk.authorize_url({"key": list(link["key"])}))
         if parts.path == "/oauth/callback":
@@ -104,7 +104,7 @@ class ScalekitStandIn(BrokerStandIn):
             previous = self.accounts.get(key)
             self.accounts[key] = {
                 "id": previous["id"] if previous else "ca_" + secrets.token_hex(8), "connector": key[0],
-                "identifier": key[1], "status": "ACTIVE", "updated_at": datetime.now(timezone.utc).isoformat(),
+                "identifier": key[1], "status": "ACTIVE", "updated_at": datetime.now(UTC).isoformat(),
                 "token_expires_at": expiry(token),
                 "authorization_details": {"oauth_token": {
                     "access_token": token["access_token"], "refresh_token": token.get("refresh_token", ""),
@@ -132,5 +132,5 @@ class ScalekitStandIn(BrokerStandIn):
                 details = stored["authorization_details"]["oauth_token"]
                 details.update(access_token=token["access_token"], refresh_token=token.get("refresh_token") or details["refresh_token"])
                 stored["token_expires_at"] = expiry(token)
-            stored["updated_at"] = datetime.now(timezone.utc).isoformat()
+            stored["updated_at"] = datetime.now(UTC).isoformat()
             return stored["status"]

@@ -7,36 +7,36 @@ Used by ``manage.py recovery_lab`` (Revive served from a thread of its own) and 
 from __future__ import annotations
 
 import logging
-import sys
-import time
 import os
 import secrets
 import shutil
+import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from django.conf import settings
-from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.core.handlers.wsgi import WSGIHandler
+from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.test.utils import override_settings
 
 from cases import services
 from cases.runtimes import adapter_for, reset_adapters
 from reauth.provider_settings import LAB_PROVIDER_ID
 
+from . import waiting
 from .briefing import GRAPH_NAME
 from .idp.driver import LabIdp
-from .processes import Pidfile
 from .nango_standin import NangoStandIn
-from .scalekit_standin import ScalekitStandIn
+from .processes import Pidfile
 from .provider_standin import ProviderStandIn
-from . import waiting
 from .runtimes import start_server
+from .scalekit_standin import ScalekitStandIn
 from .scenarios import run_scenario
-from .world import ALL_SCENARIOS, LabWorld, socialaccount_providers_for, token_vault_settings
-from .token_vault_standin import TokenVaultStandIn
 from .timeline import LiveTimeline
+from .token_vault_standin import TokenVaultStandIn
+from .world import ALL_SCENARIOS, LabWorld, socialaccount_providers_for, token_vault_settings
 
 # One session at a time per process: it swaps process-wide settings (sign-in apps, e-mail backend) while it runs.
 SESSION_LOCK = threading.Lock()
@@ -91,7 +91,7 @@ class ScalekitBeat:
         self.interval, self._stop = interval, threading.Event()
         self._thread = threading.Thread(target=self._run, name="scalekit-beat", daemon=True)
 
-    def start(self) -> "ScalekitBeat":
+    def start(self) -> ScalekitBeat:
         self._thread.start()
         return self
 

@@ -104,9 +104,9 @@ class ScenarioSummary:
         sign_ins = r["notes"].get("sign_in") or []
         if not sign_ins or not sign_ins[-1].get("consumed"):
             problems.append("the owner's sign-in did not reconnect")
-        if self.name == "wrong-account" and not self.interactive:
-            if not (sign_ins and sign_ins[0].get("refused") and r["notes"].get("refused")):
-                problems.append("the wrong account was not refused with both identities recorded")
+        if self.name == "wrong-account" and not self.interactive and not (
+                sign_ins and sign_ins[0].get("refused") and r["notes"].get("refused")):
+            problems.append("the wrong account was not refused with both identities recorded")
         if self.name == "timeout":
             if r["notes"].get("after_timeout") != "ambiguous":
                 problems.append(f"after the timeout the send was {r['notes'].get('after_timeout')}, not ambiguous")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from audit.models import AuditEvent
 from cases.services import LIVE_TRANSITIONS
@@ -103,7 +103,7 @@ class LiveTimeline:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="lab-timeline", daemon=True)
 
-    def start(self) -> "LiveTimeline":
+    def start(self) -> LiveTimeline:
         self._thread.start()
         return self
 

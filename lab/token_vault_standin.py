@@ -80,7 +80,7 @@ class TokenVaultStandIn:
     def upstream_issuer(self) -> str:
         return f"{self.url}/upstream"
 
-    def start(self) -> "TokenVaultStandIn":
+    def start(self) -> TokenVaultStandIn:
         self._thread.start()
         return self
 

@@ -47,7 +47,7 @@ def worker_missing() -> str | None:
 class NodeWorker:
     """One Node process running the briefing; its reports are queued, its credential requests answered from custody."""
 
-    def __init__(self, scenario: "TypeScriptScenario", mode: str) -> None:
+    def __init__(self, scenario: TypeScriptScenario, mode: str) -> None:
         self.scenario = scenario
         self.reports: queue.Queue[dict] = queue.Queue()
         log = open(scenario.world.var_dir / f"ts-worker-{scenario.run_id}.log", "ab")

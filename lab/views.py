@@ -8,13 +8,12 @@ thread, against this very server (its worker API and reconnect pages).
 
 from __future__ import annotations
 
+import functools
 import secrets
 import threading
 import time
 
 from django.conf import settings
-import functools
-
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
@@ -33,9 +32,9 @@ from console.selectors import console_case_detail
 
 from .access import LAB_PERMISSION, may_use_lab
 from .runtimes import RUNTIMES
-from .world import PROVIDERS, SCENARIOS
 from .session import SESSION_LOCK, run_lab
 from .timeline import describe
+from .world import PROVIDERS, SCENARIOS
 
 _sessions: dict[str, dict] = {}
 _sessions_lock = threading.Lock()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 WAIT = float(os.environ.get("REVIVE_LAB_WAIT", "120"))
 

@@ -12,9 +12,9 @@ worker.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .idp.driver import LabIdp
 from .nango_standin import NangoStandIn

@@ -194,9 +194,9 @@ class OperationsPanelAdmin(ReadOnlyAdmin):
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         return [
-            path("", self.admin_site.admin_view(self.panel_view), name="%s_%s_changelist" % info),
+            path("", self.admin_site.admin_view(self.panel_view), name="{}_{}_changelist".format(*info)),
             path("restate/<slug:operation>/", self.admin_site.admin_view(self.operation_view),
-                 name="%s_%s_restate" % info),
+                 name="{}_{}_restate".format(*info)),
         ]
 
     def _operation_url(self, slug: str, **initial: str) -> str:

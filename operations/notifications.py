@@ -30,7 +30,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.services import audit_record
-
 from cases import signals, webhooks
 from cases.models import OPEN_CASE_STATES, CaseState, Namespace, OutboxItem, RecoveryCase, email_list_split
 from cases.namespaces import unqualify

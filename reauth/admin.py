@@ -6,7 +6,6 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from audit.admin import ReadOnlyAdmin
 from audit.services import audit_record
-
 from cases.namespaces import namespaces_visible_to
 from revive_site.errors import DomainError
 

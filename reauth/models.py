@@ -134,12 +134,12 @@ class NangoSigningKey(models.Model):
     class Meta:
         verbose_name = "Nango webhook signing key"
 
-    @property
-    def is_set(self) -> bool:
-        return bool(self.ciphertext)
-
     def __str__(self) -> str:
         return f"Nango webhook signing key of {self.namespace_id}"
 
     def __repr__(self) -> str:
         return f"<NangoSigningKey {self.namespace_id} {'set' if self.is_set else 'cleared'}>"
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.ciphertext)

@@ -21,7 +21,13 @@ from django.core.mail import EmailMultiAlternatives
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from cases.webhooks import SIGNATURE_TOLERANCE_SECONDS, WebhookTransientError, post_signed, sign, verify  # noqa: F401 (one scheme)
+from cases.webhooks import (  # noqa: F401 (one scheme)
+    SIGNATURE_TOLERANCE_SECONDS,
+    WebhookTransientError,
+    post_signed,
+    sign,
+    verify,
+)
 
 from .identity import mask_email
 

@@ -33,6 +33,7 @@ import httpx
 from django.conf import settings
 from django.http import HttpRequest
 from django.urls import reverse
+
 from revive_sdk.auth0 import TokenVault
 from revive_sdk.errors import ProviderError
 

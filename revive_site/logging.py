@@ -12,7 +12,7 @@ codes and states never reach a log line.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -53,7 +53,7 @@ class ReviveJsonFormatter(JsonFormatter):
         super().__init__("%(levelname)s %(name)s %(message)s", *args, **kwargs)
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
-        log_data["time"] = datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds")
+        log_data["time"] = datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
         super().add_fields(log_data, record, message_dict)
         for field in FIELDS:
             log_data.setdefault(field, getattr(record, field, ""))

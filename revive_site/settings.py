@@ -41,10 +41,8 @@ def _embedded_secret_key() -> str:
     return path.read_text().strip()
 
 
-if PRODUCTION:
-    SECRET_KEY = env.str("SECRET_KEY")  # no default in production
-else:
-    SECRET_KEY = env.str("SECRET_KEY", default="") or _embedded_secret_key()
+# No default in production.
+SECRET_KEY = env.str("SECRET_KEY") if PRODUCTION else env.str("SECRET_KEY", default="") or _embedded_secret_key()
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from cases.namespaces import unqualify
 
@@ -194,5 +195,5 @@ class RuntimeAdapter(abc.ABC):
     def status(self, run: Run) -> RunStatus:
         """The run's state in its runtime."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a hook: an adapter holding nothing has nothing to release)
         """Release process-wide resources (connections, event loops)."""

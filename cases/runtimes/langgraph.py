@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from revive_sdk.names import PARKED_KIND
+
 from .base import (
     AbandonNotSupported,
     AbandonRequest,
@@ -42,8 +44,6 @@ from .base import (
     RuntimeDeliveryError,
     RuntimeMisconfigured,
 )
-
-from revive_sdk.names import PARKED_KIND
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.postgres import PostgresSaver

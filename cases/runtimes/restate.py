@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 from django.conf import settings
+
 from revive_sdk.names import RESTATE_RESUME_HANDLER as RESUME_HANDLER
 
 from .base import (

@@ -18,11 +18,16 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+
+from revive_sdk.names import TEMPORAL_ABANDON_SIGNAL as ABANDON_SIGNAL
+from revive_sdk.names import TEMPORAL_QUERY as QUERY
+from revive_sdk.names import TEMPORAL_SIGNAL as SIGNAL
 
 from .base import (
     AbandonRequest,
@@ -35,10 +40,6 @@ from .base import (
     RuntimeMisconfigured,
     RuntimeUnavailable,
 )
-
-from revive_sdk.names import TEMPORAL_ABANDON_SIGNAL as ABANDON_SIGNAL
-from revive_sdk.names import TEMPORAL_QUERY as QUERY
-from revive_sdk.names import TEMPORAL_SIGNAL as SIGNAL
 
 if TYPE_CHECKING:
     from temporalio.client import Client

@@ -26,11 +26,6 @@ from ..approval import (
     resume_approval_required,
 )
 from ..transitions import ACTION_TRANSITIONS, CASE_TRANSITIONS
-from .common import SYSTEM, case_lock
-from .api_keys import api_key_authenticate, api_key_cache, api_key_create, api_key_forget, api_key_revoke
-from .connections import Lease, connection_broker_check, connection_create, lease_acquire, lease_advance
-from .runs import AbandonClaim, checkpoint_record, run_abandon_claim, run_park_again, run_register
-from .ledger import idempotency_key_for, params_hash_for
 from .actions import (
     BeginResult,
     Decision,
@@ -40,6 +35,30 @@ from .actions import (
     action_mark_ambiguous,
     action_reconcile,
     reap_stale_actions,
+)
+from .api_keys import api_key_authenticate, api_key_cache, api_key_create, api_key_forget, api_key_revoke
+from .approvals import case_four_eyes, case_resume_approval
+from .cases import (
+    LIVE_TRANSITIONS,
+    case_await_owner,
+    case_finish_if_resumed,
+    case_reauthorize,
+    case_resume_begin,
+    case_resume_fail,
+    case_runs_release,
+    case_transition,
+)
+from .common import SYSTEM, case_lock
+from .connections import Lease, connection_broker_check, connection_create, lease_acquire, lease_advance
+from .decisions import (
+    CaseDecision,
+    case_abandon,
+    case_approve,
+    case_last_decision,
+    case_reject,
+    case_reopen,
+    case_retry_resume,
+    raise_moved,
 )
 from .failures import (
     CASE_CLASS_ORDER,
@@ -52,16 +71,7 @@ from .failures import (
     case_recover_without_reconnect,
     credential_failure_report,
 )
-from .cases import (
-    LIVE_TRANSITIONS,
-    case_await_owner,
-    case_finish_if_resumed,
-    case_reauthorize,
-    case_resume_begin,
-    case_resume_fail,
-    case_runs_release,
-    case_transition,
-)
+from .ledger import idempotency_key_for, params_hash_for
 from .owed import (
     ABANDON_RUN,
     RECONCILE_CASE,
@@ -72,17 +82,7 @@ from .owed import (
     run_resume_owe_many,
     runs_abandon_owe,
 )
-from .approvals import case_four_eyes, case_resume_approval
-from .decisions import (
-    CaseDecision,
-    case_abandon,
-    case_approve,
-    case_last_decision,
-    case_reject,
-    case_reopen,
-    case_retry_resume,
-    raise_moved,
-)
+from .runs import AbandonClaim, checkpoint_record, run_abandon_claim, run_park_again, run_register
 from .team import case_assign, case_note_add
 
 __all__ = [

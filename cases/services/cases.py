@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connection as db, transaction
+from django.db import connection as db
+from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -29,7 +30,6 @@ from .approvals import case_resume_approval
 from .common import _case_connection_id, _lock_case_runs_then_case, _lock_connection, case_lock
 from .connections import lease_advance
 from .owed import run_continue_owe, run_resume_owe_many
-
 
 # The four live transitions of the incident record.
 LIVE_TRANSITIONS = {

@@ -9,7 +9,6 @@ from django.db import connection as db
 from ..errors import CaseNotFound, ConnectionNotFound, GenerationUnknown, RunNotFound
 from ..models import BLOCKING_CASE_STATES, OPEN_CASE_STATES, CaseRun, Connection, RecoveryCase, Run
 
-
 SYSTEM = "system"
 
 

@@ -215,8 +215,9 @@ def case_reopen(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
         with transaction.atomic():
             case_transition(case, to=to, actor=actor, closed_at=None,
                             arguments={"reopened": True, "reason": reason, "parked_runs": parked})
-    except IntegrityError:
+    except IntegrityError as exc:
         raise CaseTransitionNotAllowed(
             f"Another case is open for {case.connection_id} generation {case.rejected_generation}; "
-            f"{case.reference} stays abandoned.", data={"case_id": case.reference, "state": CaseState.ABANDONED})
+            f"{case.reference} stays abandoned.", data={"case_id": case.reference, "state": CaseState.ABANDONED},
+        ) from exc
     return case

@@ -12,7 +12,6 @@ from audit.redaction import redact
 from .. import outbox
 from ..models import OPEN_CASE_STATES, CaseRun, OutboxItem, RecoveryCase, Run
 
-
 # The pipeline's outbox kinds (their handlers are registered by ``cases.pipeline``).
 RECONCILE_CASE = "case.reconcile"
 RESUME_RUN = "run.resume"

@@ -85,7 +85,7 @@ class CaseOperateMixin(_ModelAdmin):
         for case, why in refused:  # skipped now: audited now (the confirmation posts back only the others)
             operate.audit_refusal(case, operation=op.name, actor=actor, why=why)
         if not eligible:
-            for case, why in refused:
+            for _case, why in refused:
                 self.message_user(request, why, messages.ERROR)
             return None
         # Nothing is done until the operator confirms the page listing each case's effect; ``operate.perform``

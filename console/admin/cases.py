@@ -109,12 +109,12 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
         info = self.opts.app_label, self.opts.model_name
         return [
             path("<path:object_id>/operate/<str:name>/", self.admin_site.admin_view(self.operate_view),
-                 name="%s_%s_operate" % info),
-            path("export.csv", self.admin_site.admin_view(self.export_cases_view), name="%s_%s_export" % info),
+                 name="{}_{}_operate".format(*info)),
+            path("export.csv", self.admin_site.admin_view(self.export_cases_view), name="{}_{}_export".format(*info)),
             path("<path:object_id>/audit.csv", self.admin_site.admin_view(self.export_audit_view),
-                 name="%s_%s_audit_export" % info),
-            path("<path:object_id>/assign/", self.admin_site.admin_view(self.assign_view), name="%s_%s_assign" % info),
-            path("<path:object_id>/note/", self.admin_site.admin_view(self.note_view), name="%s_%s_note" % info),
+                 name="{}_{}_audit_export".format(*info)),
+            path("<path:object_id>/assign/", self.admin_site.admin_view(self.assign_view), name="{}_{}_assign".format(*info)),
+            path("<path:object_id>/note/", self.admin_site.admin_view(self.note_view), name="{}_{}_note".format(*info)),
         ] + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):

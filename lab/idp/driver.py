@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -50,7 +50,7 @@ class LabIdp:
 
     @classmethod
     def start(cls, *, var_dir: Path, redirect_uris: list[str], timeout: float = 120.0,
-              children: Pidfile | None = None) -> "LabIdp":
+              children: Pidfile | None = None) -> LabIdp:
         """Start the provider and wait until it serves. Call it from the thread that outlives the provider: the
         process dies with that thread (``lab.processes``). ``children`` records it for the next run's reaper."""
         var_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ class IdpSession:
         self.idp = idp
         self.http = httpx.Client(timeout=15, follow_redirects=False)
 
-    def __enter__(self) -> "IdpSession":
+    def __enter__(self) -> IdpSession:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -159,4 +159,4 @@ class IdpSession:
 
 
 def expires_at(token: dict) -> datetime:
-    return datetime.now(timezone.utc) + timedelta(seconds=int(token.get("expires_in") or 3600))
+    return datetime.now(UTC) + timedelta(seconds=int(token.get("expires_in") or 3600))

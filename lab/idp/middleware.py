@@ -7,7 +7,6 @@ from django.contrib.auth import logout
 from django.http import HttpResponseRedirect, JsonResponse
 
 
-
 class SelectAccountMiddleware:
     """``prompt=select_account`` as Microsoft Entra ID does it: the user may sign in as another account.
 

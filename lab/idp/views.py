@@ -1,6 +1,6 @@
 from django.http import HttpResponse
-from django.utils.html import escape
 from django.urls import reverse
+from django.utils.html import escape
 
 
 def index(request):

@@ -18,10 +18,9 @@ import httpx
 from django.conf import settings
 from django.core.cache import cache
 
-from . import BrokerError
-
 from cases.models import Connection
 
+from . import BrokerError
 
 
 class ScalekitError(BrokerError):

@@ -34,10 +34,10 @@ from audit.services import audit_record
 from cases.models import DEFAULT_NAMESPACE, CaseState, Connection, Namespace, RecoveryCase
 from cases.outbox import outbox_put
 from cases.services import case_open_from_signal, case_recover_without_reconnect
-
-from .. import services as reconnect
 from classifier import FailureClass, Provider, classify
 from revive_site.errors import NotFound, ValidationFailed
+
+from .. import services as reconnect
 from ..custody import secret_open, secret_seal
 from ..errors import ReconnectError
 from ..models import BrokerSignal, NangoSigningKey, ReconnectRequest

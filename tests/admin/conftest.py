@@ -13,8 +13,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from cases import services
-from console.access import AUDITORS, OPERATORS, sync_console_groups
 from cases.models import Action, CaseRun, CaseState, Checkpoint, Connection, RecoveryCase, Run
+from console.access import AUDITORS, OPERATORS, sync_console_groups
 from reauth.models import ReconnectRequest
 from tests.conftest import DEAD_GRANT
 
@@ -160,11 +160,11 @@ def bulk_cases(n: int, *, prefix: str = "bulk") -> list[RecoveryCase]:
     actions = Action.objects.bulk_create([
         Action(run=r, action_key="send_exec_05", idempotency_key=services.idempotency_key_for(run_id=r.pk, action_key="send_exec_05"),
                connection=c, checkpoint=cp, state=Action.State.FAILED, generation=1, attempts=1)
-        for r, c, cp in zip(runs, conns, cps)])
+        for r, c, cp in zip(runs, conns, cps, strict=False)])
     cases = RecoveryCase.objects.bulk_create([
         RecoveryCase(connection=c, rejected_generation=1, failure_class="dead_grant", provider=c.provider,
                      provider_code="AADSTS700082", state=BULK_STATES[i % len(BULK_STATES)], run=r, checkpoint=cp, action=a)
-        for i, (c, r, cp, a) in enumerate(zip(conns, runs, cps, actions))])
+        for i, (c, r, cp, a) in enumerate(zip(conns, runs, cps, actions, strict=False))])
     for case in cases:
         case.reference = f"CASERV-{case.pk:04d}"
     RecoveryCase.objects.bulk_update(cases, ["reference"])

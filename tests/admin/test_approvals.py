@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import worker_passes
-
 from audit.models import AuditEvent
 from cases import services
 from cases.errors import CaseAlreadyDecided, CaseTransitionNotAllowed
 from cases.models import CaseState, RecoveryCase, Run
-from cases.runtimes import ResumeResult, RuntimeAdapter, RunStatus, reset_adapters
+from cases.runtimes import ResumeResult, RunStatus, RuntimeAdapter, reset_adapters
 from cases.services import Reconciliation, resume_approval_required
 from reauth.models import ReconnectRequest
 from revive_site.errors import ValidationFailed
+from tests.conftest import worker_passes
 
 pytestmark = pytest.mark.django_db
 

@@ -6,9 +6,9 @@ import re
 
 import pytest
 from django.contrib.auth.models import Group
-from django.db.models import Q
 from django.core import mail
 from django.core.management import call_command
+from django.db.models import Q
 
 from audit.models import AuditEvent
 from cases import services
@@ -165,6 +165,7 @@ def test_the_timeline_comes_from_the_audit_log_with_actor_and_time(operator_clie
 
 def test_the_timeline_shows_a_refused_identity_with_both_identities():
     from types import SimpleNamespace
+
     from django.utils import timezone
 
     event = SimpleNamespace(pk=1, occurred_at=timezone.now(), actor="owner", action="reconnect.identity_mismatch",
@@ -179,6 +180,7 @@ def test_the_timeline_shows_a_refused_identity_with_both_identities():
 
 def test_the_drawing_escapes_what_it_draws():
     from types import SimpleNamespace
+
     from django.utils import timezone
 
     event = SimpleNamespace(pk=1, occurred_at=timezone.now(), actor='operator:<script>alert(1)</script>',
@@ -206,6 +208,7 @@ def test_the_case_page_counts_a_duplicate_from_the_ledger(operator_client, make_
     services.action_commit(run_id=case.run_id, action_key="send_exec_05", generation=2, actor="worker:test")
     assert "0 observed" in operator_client.get(case_url(case)).content.decode()
     from django.db import transaction
+
     from audit.services import audit_record
 
     with transaction.atomic():  # what a broken worker would leave in the ledger's history
@@ -654,7 +657,7 @@ def test_the_skipped_cases_of_a_confirmed_selection_are_audited(operator_client,
     assert held_outbox is not None  # owed resumes are written, not dispatched
     good, bad = make_case(CaseState.AWAITING_APPROVAL), make_case(CaseState.OPENED)
     confirm = select(operator_client, "approve", [good, bad]).content.decode()
-    assert 'class="skipped refused-row" data-case="%s"' % bad.reference in confirm
+    assert f'class="skipped refused-row" data-case="{bad.reference}"' in confirm
     assert "moves to resuming and sends the resume to its 1 parked run(s)" in confirm
     assert f'name="_selected_action" value="{bad.pk}"' not in confirm  # the confirmation posts back the others only
     refused = AuditEvent.objects.get(case_id=bad.pk, action="console.refused")  # audited when the page skipped it

@@ -11,10 +11,10 @@ from audit.models import AuditEvent
 from cases import services
 from cases.errors import FourEyesRefused
 from cases.models import CaseNote, CaseState, RecoveryCase, Run
+from console.access import AUDITORS, OPERATORS
 from console.selectors import case_audit_events
 
 from .conftest import _staff
-from console.access import AUDITORS, OPERATORS
 
 LIST = "/admin/cases/recoverycase/"
 

@@ -15,13 +15,16 @@ from tests.reauth.conftest import (  # noqa: F401  (the lab identity provider an
     NANGO_SECRET_KEY,
     SCALEKIT_CLIENT_ID,
     SCALEKIT_CLIENT_SECRET,
-    scalekit_port,
-    NANGO_SIGNING_KEY as SIGNING_KEY,
     idp_browser,
     lab_idp,
     nango_port,
     revive_server,
+    scalekit_port,
 )
+from tests.reauth.conftest import (
+    NANGO_SIGNING_KEY as SIGNING_KEY,
+)
+
 INTEGRATION = "microsoft-lab"
 _seq = itertools.count(1)
 

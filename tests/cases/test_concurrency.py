@@ -62,7 +62,7 @@ def test_many_workers_with_mixed_generations_begin_and_commit_one_action(make_ru
     generations = [1, 2, 3] * 8
     results, errors = run_concurrently([attempt(g) for g in generations])
     outcomes = Counter()
-    for g, res, err in zip(generations, results, errors):
+    for g, res, err in zip(generations, results, errors, strict=False):
         if err is not None:
             assert isinstance(err, DomainError) and err.code == "ACTION_IN_PROGRESS", repr(err)
             assert g == 3
@@ -102,7 +102,7 @@ def test_generation_advance_racing_with_commits_never_lets_a_stale_commit_throug
     results, errors = run_concurrently([advance] + [commit(r) for r in runs])
     assert errors[0] is None and results[0] == 2
     fenced = set()
-    for r, res, err in zip(runs, results[1:], errors[1:]):
+    for r, err in zip(runs, errors[1:], strict=True):
         state = Action.objects.get(run=r).state
         if err is None:
             assert state == "committed"

@@ -107,8 +107,8 @@ def test_the_process_that_revokes_a_key_refuses_it_at_once(api, settings, make_c
 def test_an_access_change_applies_at_once_in_the_process_that_makes_it(api, settings, make_connection):
     """The cached key carries its namespace and role: moving it to another namespace through the admin's service
     must not leave this process answering with the old namespace for the cache's window."""
-    from console.services import api_key_access_change
     from cases.models import Namespace
+    from console.services import api_key_access_change
 
     settings.REVIVE_API_KEY_CACHE_SECONDS = 3600.0
     conn = make_connection()

@@ -4,7 +4,7 @@ answers exactly as one that does not exist, on every route; the same run id in t
 from __future__ import annotations
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from audit.models import AuditEvent
 from cases import services
@@ -160,7 +160,7 @@ def test_the_commands_create_keys_and_connections_in_a_namespace(capsys):
     assert Connection.objects.get(namespace_id="gamma").pk == "gamma~conn_g"
     call_command("revive_api_key", "fleet-default")
     assert ApiKey.objects.get(name="fleet-default").namespace_id == "default"
-    with pytest.raises(Exception):
+    with pytest.raises(CommandError, match="Not A Name|namespace"):
         call_command("revive_api_key", "fleet-bad", "--namespace", "Not A Name")
     with pytest.raises(SystemExit):
         call_command("revive_connection", "conn~forged", "--provider", "entra", "--owner-email", "o@g.example",

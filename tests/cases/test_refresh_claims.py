@@ -12,7 +12,6 @@ from audit.models import AuditEvent
 from cases import refresh, services
 from cases.models import RefreshClaim
 from revive_site.errors import DomainError
-
 from tests.cases.test_api import assert_error
 from tests.cases.test_concurrency import run_concurrently
 

@@ -12,10 +12,10 @@ import json
 import pytest
 from django.db import connection
 
+from audit.models import AuditEvent
 from bench.pgtrace import count_statements
 from bench.profile_request import wsgi_call
 from cases import services
-from audit.models import AuditEvent
 from cases.models import Action, CaseState, RecoveryCase
 from tests.conftest import DEAD_GRANT
 

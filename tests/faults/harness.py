@@ -141,7 +141,7 @@ class Managed:
     """One long-lived child of the stack (a server or worker) that faults may kill and the harness restarts."""
 
     def __init__(self, name: str, args: list[str], *, env: dict[str, str], log_dir: Path,
-                 ready: Callable[["Managed"], bool], sig: int = signal.SIGTERM) -> None:
+                 ready: Callable[[Managed], bool], sig: int = signal.SIGTERM) -> None:
         self.name, self.args, self.env, self.log_path, self.ready, self.sig = name, args, env, log_dir / f"{name}.log", ready, sig
         self.process: subprocess.Popen | None = None
         self.starts = 0
@@ -225,7 +225,7 @@ class Stack:
 
     # ------------------------------------------------------------------ start and stop
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         started = time.monotonic()
         for sub in ("logs", "world", "mail", "var"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -819,7 +819,7 @@ def table(results: list[TrialResult]) -> str:
                      str(sum(r.outcome == "error" for r in rs)), str(sum(len(r.violations) for r in rs)),
                      f"{statistics.median(times):.1f}" if times else "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -47,7 +47,7 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         log = open(self.dir / "redis.log", "ab")
         self.process = spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                               "--save", "", "--appendonly", "no", "--dbfilename", "dump.rdb", "--protected-mode", "no"],
@@ -119,7 +119,7 @@ class PrivatePostgres:
     def url(self, database: str = "postgres") -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
 
-    def init(self) -> "PrivatePostgres":
+    def init(self) -> PrivatePostgres:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.user:
             shutil.chown(self.dir, self.user[0], self.user[1])
@@ -131,7 +131,7 @@ class PrivatePostgres:
             raise RuntimeError(f"initdb failed:\n{(self.dir / 'initdb.log').read_text()[-2000:]}")
         return self
 
-    def start(self) -> "PrivatePostgres":
+    def start(self) -> PrivatePostgres:
         log = open(self.dir / "postgres.log", "ab")
         if self.user:
             os.fchown(log.fileno(), *self.user)

@@ -20,7 +20,6 @@ import pytest
 from celery import Celery
 
 from lab.processes import spawn, stop
-
 from tests.runtimes.conftest import wait_for
 
 from .servers import PrivatePostgres, PrivateRedis, free_port

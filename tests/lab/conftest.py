@@ -13,8 +13,8 @@ from cases.runtimes import reset_adapters
 from lab import briefing
 from lab.idp.driver import LabIdp
 from lab.provider_standin import ProviderStandIn
-from lab.world import LabWorld, socialaccount_providers_for, token_vault_settings
 from lab.token_vault_standin import TokenVaultStandIn
+from lab.world import LabWorld, socialaccount_providers_for, token_vault_settings
 from reauth.provider_settings import LAB_PROVIDER_ID
 from revive_site.celery import app as celery_app
 from tests.runtimes.conftest import (  # noqa: F401  (the shared process fixtures)

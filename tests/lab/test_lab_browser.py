@@ -4,7 +4,6 @@ fourth live transition (Playwright + Debian's Chromium, against the live server 
 
 from __future__ import annotations
 
-
 import pytest
 from django.apps import apps
 from django.contrib.auth import get_user_model

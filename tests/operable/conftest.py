@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtimes.conftest import REPO_ROOT, spawn, stop_process, test_database_url  # noqa: F401
 from tests.restate.conftest import free_port
+from tests.runtimes.conftest import REPO_ROOT, spawn, stop_process, test_database_url  # noqa: F401
 
 
 @dataclass

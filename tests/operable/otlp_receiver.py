@@ -79,7 +79,7 @@ class OtlpReceiver:
             self.requests += 1
             self.spans.extend(spans)
 
-    def __enter__(self) -> "OtlpReceiver":
+    def __enter__(self) -> OtlpReceiver:
         self._thread.start()
         return self
 

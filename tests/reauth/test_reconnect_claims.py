@@ -15,7 +15,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-
 from django.utils.html import escape
 
 from audit.models import AuditEvent

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from django.contrib import admin
@@ -19,7 +19,7 @@ def test_a_grant_round_trips_encrypted(make_connection):
     conn = make_connection()
     custody = get_custody()
     assert isinstance(custody, DatabaseCustody)
-    expires = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
     reference = custody.store(connection_id=conn.pk, generation=2, grant=Grant(access_token=ACCESS, refresh_token=REFRESH, expires_at=expires))
     row = CustodyGrant.objects.get(connection=conn)
     assert reference == f"database:{row.pk}"

@@ -17,7 +17,7 @@ from allauth.socialaccount.models import SocialAccount, SocialToken
 from django.contrib.auth import get_user_model
 
 from audit.models import AuditEvent
-from cases.models import OutboxItem, CaseState, Connection, CredentialGeneration
+from cases.models import CaseState, Connection, CredentialGeneration, OutboxItem
 from classifier import FailureClass, classify
 from reauth.custody import get_custody
 from reauth.models import CustodyGrant, ReconnectRequest

@@ -17,8 +17,8 @@ import pytest
 from audit.models import AuditEvent
 from cases import services as case_services
 from cases.models import CaseState, Connection, Runtime
-from lab.world import token_vault_settings
 from lab.token_vault_standin import UPSTREAM_ACCOUNTS
+from lab.world import token_vault_settings
 from reauth.custody import Grant, get_custody
 from reauth.models import ReconnectRequest
 

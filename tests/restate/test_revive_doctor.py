@@ -29,8 +29,8 @@ from django.db.migrations.recorder import MigrationRecorder
 
 from audit.models import OperationAudit
 from cases import services
-from operations.doctor import revive_doctor
 from cases.models import ApiKey
+from operations.doctor import revive_doctor
 from revive_site.celery import app as celery_app
 
 from .conftest import REPO_ROOT, free_port, silent_listener, wait_for

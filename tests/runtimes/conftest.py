@@ -39,8 +39,11 @@ import pytest
 from cases.models import ApiKey
 from lab.runtimes import temporal_test_server_path
 from revive_site.celery import app as celery_app
-from tests.restate.conftest import free_port, restate_env  # noqa: F401  (the shared Restate launcher)
-from tests.restate.conftest import RestateAdminClient
+from tests.restate.conftest import (  # noqa: F401  (the shared Restate launcher)
+    RestateAdminClient,
+    free_port,
+    restate_env,
+)
 from tests.runtimes.support.config import GRAPHS, RECONCILERS
 from tests.runtimes.support.world import World
 
@@ -175,7 +178,7 @@ class CeleryWorker:
         self.extra: dict[str, str] = {}
         self.starts = 0
 
-    def ensure(self, **extra: str) -> "CeleryWorker":
+    def ensure(self, **extra: str) -> CeleryWorker:
         if self.process is None or self.process.poll() is not None or extra != self.extra:
             self.stop()
             self.start(**extra)

@@ -111,7 +111,7 @@ def dies_mid_run(item: OutboxItem, run: Run) -> None:
     OutboxItem.objects.filter(pk=item.pk).update(claimed_until=timezone.now() - timedelta(seconds=1))
     ran = list(STEPS)
     assert outbox.outbox_dispatch(item.pk, delivery="task-sweep").outcome == "done"  # answered busy: run not touched
-    assert STEPS == ran and OutboxItem.objects.get(pk=item.pk).state == OutboxItem.State.DONE
+    assert ran == STEPS and OutboxItem.objects.get(pk=item.pk).state == OutboxItem.State.DONE
     Run.objects.filter(pk=run.pk).update(resume_claimed_until=timezone.now() - timedelta(seconds=1))  # it runs out
 
 

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from cases import services
-from cases.models import Action, CaseState, Run, OutboxItem
+from cases.models import Action, CaseState, OutboxItem, Run
 from cases.runtimes import ResumeRequest, adapter_for, reset_adapters
 from cases.tasks import reconcile_case, resume_run
 

@@ -100,7 +100,7 @@ def test_resumes_the_parked_thread_with_command_resume(adapter):
     assert adapter.park(run, FakeCase())["node"] == "parked"
     result = adapter.resume(FakeCase(), 2, run=run, request=resume_request(run, "CASERV-0001"))
     assert (result.already, result.detail["outcome"]) == (False, "completed")
-    assert RAN == [("resumed", resume_request(run, "CASERV-0001").payload())]
+    assert [("resumed", resume_request(run, "CASERV-0001").payload())] == RAN
     assert adapter.status(run).state == "completed"
     again = adapter.resume(FakeCase(), 2, run=run, request=resume_request(run, "CASERV-0001"))
     assert again.already and len(RAN) == 1  # past its wait: nothing is sent twice
@@ -146,7 +146,7 @@ def test_two_resumes_of_one_thread_at_once_run_it_once(postgres_adapter):
 def test_worker_and_revive_serialise_checkpoint_setup_under_one_lock():
     from revive_sdk.langgraph import PARKED_KIND, SETUP_LOCK_KEY
 
-    assert SETUP_LOCK_KEY == lg_adapter._lock_key("__setup__")
+    assert lg_adapter._lock_key("__setup__") == SETUP_LOCK_KEY
     assert PARKED_KIND == lg_adapter.PARKED_KIND
 
 

@@ -7,7 +7,6 @@ The test passes ``DATABASE_URL`` (pytest-django's test database), ``REDIS_URL``,
 import os
 
 from revive_site.settings import *  # noqa: F403
-
 from tests.runtimes.support.config import GRAPHS, RECONCILERS
 
 REVIVE_LANGGRAPH_GRAPHS = GRAPHS

@@ -19,6 +19,7 @@ from lab.runtimes import RUNTIMES
 from lab.session import run_lab
 from lab.world import ALL_SCENARIOS, PROVIDERS, SCENARIO_PROVIDERS, SCENARIOS
 
+
 class Command(BaseCommand):
     help = "Run the recovery lab: inject each credential fault for real and watch the original run resume."
 

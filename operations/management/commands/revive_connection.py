@@ -73,6 +73,6 @@ class Command(BaseCommand):
             )
         except DomainError as exc:
             self.stderr.write(f"{exc.code}: {exc.message} {exc.data.get('fields') or ''}".rstrip())
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         self.stdout.write(f"Connection {o['connection_id']} ({conn.get_provider_display()}) registered in namespace "
                           f"{o['namespace']!r} at generation {conn.current_generation}.")

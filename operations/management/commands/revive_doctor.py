@@ -58,7 +58,7 @@ class Command(BaseCommand):
             self.stdout.write("(no runtime configured: REVIVE_RUNTIMES is empty)")
         self.stdout.write(line(*header))
         indent = " " * (widths[0] + widths[1] + widths[2] + 6)
-        for row, (part, status, latency, detail) in zip(rows, cells):
+        for row, (part, status, latency, detail) in zip(rows, cells, strict=False):
             self.stdout.write(line(part, status, latency, detail, style.get(row.status, self.style.ERROR)))
             if row.error:
                 self.stdout.write(f"{indent}error: {row.error}")

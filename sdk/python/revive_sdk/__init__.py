@@ -3,8 +3,8 @@
 from .client import AsyncRevive, Revive, SingleFlightCredential
 from .errors import (
     ActionAmbiguous,
-    ActionInProgress,
     ActionFailed,
+    ActionInProgress,
     CredentialRejected,
     LeaseFenced,
     ProviderError,

@@ -21,8 +21,9 @@ refresh-token rotation off for the subject refresh token, so no single-flight re
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -154,7 +155,7 @@ class AsyncTokenVault(_Client):
             raise _network_error(exc) from exc
         return exchange_result(response, connection=connection)
 
-    def credential(self, *, connection: str, subject_token: Callable[[], "str | Awaitable[str]"],
+    def credential(self, *, connection: str, subject_token: Callable[[], str | Awaitable[str]],
                    subject_token_type: str = "refresh_token", login_hint: str | None = None,
                    scope: str | None = None) -> Callable[[], Awaitable[str]]:
         async def get() -> str:

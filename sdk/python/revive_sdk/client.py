@@ -7,7 +7,8 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -71,7 +72,7 @@ class SingleFlightCredential:
     one process that share a ``memo`` share what they know of the refresh rounds (e.g. one helper per thread).
     """
 
-    def __init__(self, revive: "Revive | AsyncRevive", *, connection_id: str, load: Callable[[], Any],
+    def __init__(self, revive: Revive | AsyncRevive, *, connection_id: str, load: Callable[[], Any],
                  refresh: Callable[[], Any], is_fresh: Callable[[Any], bool] = lambda credential: True,
                  holder: str | None = None, memo: RefreshMemo | None = None) -> None:
         self.revive = revive
@@ -116,7 +117,7 @@ class Revive:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Revive":
+    def __enter__(self) -> Revive:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -227,7 +228,7 @@ class AsyncRevive:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncRevive":
+    async def __aenter__(self) -> AsyncRevive:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

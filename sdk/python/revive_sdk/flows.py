@@ -9,8 +9,9 @@ of ``protect_action`` live only here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator
+from typing import Any
 from urllib.parse import quote
 
 from .errors import (

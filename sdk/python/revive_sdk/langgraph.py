@@ -36,17 +36,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from langgraph.types import interrupt
 
 from .client import Revive
 from .errors import ActionInProgress, RunAbandoned, RunParked
 from .flows import ActionContext
+from .names import (  # noqa: F401  (re-exported)
+    ABANDON_KIND,
+    PARKED_KIND,
+    RESUME_KIND,
+    RUNTIME_LANGGRAPH,
+    RUNTIME_LANGGRAPH_SERVER,
+)
 
-from .names import ABANDON_KIND, PARKED_KIND, RESUME_KIND  # noqa: F401  (re-exported)
-from .names import RUNTIME_LANGGRAPH, RUNTIME_LANGGRAPH_SERVER
 SETUP_LOCK_KEY = int.from_bytes(hashlib.sha256(b"revive-langgraph:__setup__").digest()[:8], "big", signed=True)
 """The PostgreSQL advisory lock under which checkpoint tables are set up (cases.runtimes.langgraph uses it too)."""
 MAX_PARKS = 32

@@ -26,8 +26,9 @@ Only this module imports restate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import restate
 from restate.exceptions import TerminalError
@@ -35,7 +36,6 @@ from restate.exceptions import TerminalError
 from . import errors
 from .errors import ActionFailed, ActionInProgress, RunParked
 from .flows import ActionContext
-
 from .names import ABANDON_KIND, RESUME_KIND  # noqa: F401  (re-exported)
 from .names import RESTATE_RESUME_HANDLER as RESUME_HANDLER
 

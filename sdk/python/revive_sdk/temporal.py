@@ -33,8 +33,9 @@ Workflow code runs in Temporal's sandbox; import this module with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
@@ -42,6 +43,10 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from . import errors
 from .errors import ActionInProgress, RunParked
+from .names import ABANDON_KIND, RESUME_KIND  # noqa: F401  (re-exported)
+from .names import TEMPORAL_ABANDON_SIGNAL as ABANDON_SIGNAL
+from .names import TEMPORAL_QUERY as QUERY
+from .names import TEMPORAL_SIGNAL as SIGNAL
 
 CREDENTIAL_REJECTED = "CredentialRejected"
 ACTION_IN_PROGRESS = "ActionInProgress"
@@ -54,10 +59,7 @@ ACTION_IN_PROGRESS = "ActionInProgress"
 PROTECTED_ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                                        maximum_interval=timedelta(seconds=30), maximum_attempts=20,
                                        non_retryable_error_types=[CREDENTIAL_REJECTED])
-from .names import ABANDON_KIND, RESUME_KIND  # noqa: F401  (re-exported)
-from .names import TEMPORAL_ABANDON_SIGNAL as ABANDON_SIGNAL
-from .names import TEMPORAL_QUERY as QUERY
-from .names import TEMPORAL_SIGNAL as SIGNAL
+
 RUN_ABANDONED = "RunAbandoned"
 
 

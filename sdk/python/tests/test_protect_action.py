@@ -154,13 +154,11 @@ def test_async_client_has_the_same_semantics(setup, sink, worker_key, revive_url
 
 
 def test_bad_key_and_unreachable_server_raise_clear_errors(setup, sink, revive_url):
-    with Revive(revive_url, "rvk_not_a_key") as bad:
-        with pytest.raises(ReviveError) as err:
-            protect(bad, sink)
+    with Revive(revive_url, "rvk_not_a_key") as bad, pytest.raises(ReviveError) as err:
+        protect(bad, sink)
     assert err.value.code == "AUTHENTICATION_REQUIRED" and err.value.status == 401
-    with Revive("http://127.0.0.1:9", "k", timeout=2) as down:
-        with pytest.raises(ReviveUnavailable):
-            protect(down, sink)
+    with Revive("http://127.0.0.1:9", "k", timeout=2) as down, pytest.raises(ReviveUnavailable):
+        protect(down, sink)
     assert sink.accepted == []
 
 

@@ -7,8 +7,8 @@ import os
 from typing import Annotated, TypedDict
 
 from langgraph.graph import END, START, StateGraph
-from revive_sdk import langgraph as revive_lg
 
+from revive_sdk import langgraph as revive_lg
 from tests.runtimes.support.clients import revive
 
 from . import steps

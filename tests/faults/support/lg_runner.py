@@ -18,7 +18,6 @@ import sys
 import time
 
 from revive_sdk import langgraph as revive_lg
-
 from tests.runtimes.support.clients import revive
 
 from .graph import sends

@@ -9,7 +9,6 @@ from datetime import timedelta
 import restate
 
 from revive_sdk import restate as revive_restate
-
 from tests.runtimes.support.clients import async_revive
 
 from . import steps

@@ -16,7 +16,6 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from revive_sdk import temporal as revive_temporal
-
 from tests.runtimes.support.clients import revive
 
 from . import steps

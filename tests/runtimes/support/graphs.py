@@ -16,6 +16,7 @@ import os
 from typing import Annotated, TypedDict
 
 from langgraph.graph import END, START, StateGraph
+
 from revive_sdk import ProviderError, RunParked
 from revive_sdk import langgraph as revive_lg
 
