@@ -60,7 +60,13 @@ class EntityTypeFilter(FixedChoicesFilter):
 class ActorKindFilter(admin.SimpleListFilter):
     title = "actor"
     parameter_name = "actor_kind"
-    KINDS = {"operator": "operator:", "owner": "owner", "system": "system", "reconciler": "reconciler:", "worker": "worker:"}
+    KINDS = {
+        "operator": "operator:",
+        "owner": "owner",
+        "system": "system",
+        "reconciler": "reconciler:",
+        "worker": "worker:",
+    }
 
     def lookups(self, request, model_admin):
         return [(k, k) for k in self.KINDS]
@@ -107,8 +113,12 @@ class OccurredFilter(admin.SimpleListFilter):
 
     title = "occurred"
     parameter_name = "occurred"
-    BANDS = {"1h": ("Last hour", timedelta(hours=1)), "24h": ("Last 24 hours", timedelta(hours=24)),
-             "7d": ("Last 7 days", timedelta(days=7)), "30d": ("Last 30 days", timedelta(days=30))}
+    BANDS = {
+        "1h": ("Last hour", timedelta(hours=1)),
+        "24h": ("Last 24 hours", timedelta(hours=24)),
+        "7d": ("Last 7 days", timedelta(days=7)),
+        "30d": ("Last 30 days", timedelta(days=30)),
+    }
 
     def lookups(self, request, model_admin):
         return [(key, label) for key, (label, _) in self.BANDS.items()]
@@ -130,8 +140,21 @@ class AuditEventAdmin(ReadOnlyAdmin):
     search_help_text = "Case id, run id, entity id, trace id, or the start of an actor or action (operator:, case.)."
     show_full_result_count = False
     paginator = EstimatedCountPaginator  # the log grows without bound: no COUNT(*) of it per page
-    fields = ("occurred_at", "actor", "action", "entity_type", "entity_id", "case_reference", "run_id", "connection_id",
-              "outcome", "trace_id", "before_redacted", "after_redacted", "arguments_redacted")
+    fields = (
+        "occurred_at",
+        "actor",
+        "action",
+        "entity_type",
+        "entity_id",
+        "case_reference",
+        "run_id",
+        "connection_id",
+        "outcome",
+        "trace_id",
+        "before_redacted",
+        "after_redacted",
+        "arguments_redacted",
+    )
     readonly_fields = fields
 
     def get_queryset(self, request):
@@ -145,8 +168,12 @@ class AuditEventAdmin(ReadOnlyAdmin):
         if not term:
             return queryset, False
         return queryset.filter(
-            Q(case_reference=term.upper()) | Q(run_id=term) | Q(entity_id=term) | Q(trace_id=term.lower())
-            | Q(actor__startswith=term) | Q(action__startswith=term)
+            Q(case_reference=term.upper())
+            | Q(run_id=term)
+            | Q(entity_id=term)
+            | Q(trace_id=term.lower())
+            | Q(actor__startswith=term)
+            | Q(action__startswith=term)
         ), False
 
     @admin.display(description="before")
@@ -171,8 +198,19 @@ class OperationAuditAdmin(ExactSearchMixin, ReadOnlyAdmin):
     search_help_text = "Exact actor, route or request id."
     show_full_result_count = False
     paginator = EstimatedCountPaginator
-    fields = ("request_id", "actor", "role", "route", "arguments_redacted", "reason", "started_at", "finished_at",
-              "outcome", "error_code", "error")
+    fields = (
+        "request_id",
+        "actor",
+        "role",
+        "route",
+        "arguments_redacted",
+        "reason",
+        "started_at",
+        "finished_at",
+        "outcome",
+        "error_code",
+        "error",
+    )
     readonly_fields = fields
 
     @admin.display(description="arguments")

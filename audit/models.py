@@ -51,7 +51,9 @@ class AuditEvent(AppendOnlyModel):
     entity_id = models.CharField(max_length=200)
     case_id = models.BigIntegerField(null=True, blank=True)
     case_reference = models.CharField(max_length=32, blank=True, default="")
-    run_id = models.CharField(max_length=300, blank=True, default="")  # as stored: qualified by namespace (cases.namespaces)
+    run_id = models.CharField(
+        max_length=300, blank=True, default=""
+    )  # as stored: qualified by namespace (cases.namespaces)
     connection_id = models.CharField(max_length=300, blank=True, default="")
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)

@@ -37,10 +37,10 @@ def redact_url(value: str) -> str:
     if "@" not in parts.netloc:
         return value
     start = value.find("//") + 2
-    if start < 2 or value[start:start + len(parts.netloc)] != parts.netloc:
+    if start < 2 or value[start : start + len(parts.netloc)] != parts.netloc:
         return _URL_USERINFO.sub(rf"\1{REDACTED}@", value)
     host_and_port = parts.netloc.rsplit("@", 1)[1]
-    return f"{value[:start]}{REDACTED}@{host_and_port}{value[start + len(parts.netloc):]}"
+    return f"{value[:start]}{REDACTED}@{host_and_port}{value[start + len(parts.netloc) :]}"
 
 
 def redact_text(value: str) -> str:

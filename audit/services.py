@@ -27,9 +27,21 @@ def audit_record(
 ) -> AuditEvent:
     """Append one audit event, redacted. Call inside the transaction of the change it records."""
     _require_transaction()
-    return AuditEvent.objects.create(**_event_fields(
-        actor=actor, action=action, entity_type=entity_type, entity_id=entity_id, before=before, after=after,
-        arguments=arguments, outcome=outcome, case=case, run_id=run_id, connection_id=connection_id))
+    return AuditEvent.objects.create(
+        **_event_fields(
+            actor=actor,
+            action=action,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            before=before,
+            after=after,
+            arguments=arguments,
+            outcome=outcome,
+            case=case,
+            run_id=run_id,
+            connection_id=connection_id,
+        )
+    )
 
 
 def audit_record_many(events: list[dict[str, Any]]) -> None:
@@ -45,9 +57,20 @@ def _require_transaction() -> None:
         raise RuntimeError("audit_record must run inside the transaction of the change it records")
 
 
-def _event_fields(*, actor: str, action: str, entity_type: str, entity_id: str, before: dict[str, Any] | None = None,
-                  after: dict[str, Any] | None = None, arguments: dict[str, Any] | None = None, outcome: str = "ok",
-                  case=None, run_id: str = "", connection_id: str = "") -> dict[str, Any]:
+def _event_fields(
+    *,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
+    outcome: str = "ok",
+    case=None,
+    run_id: str = "",
+    connection_id: str = "",
+) -> dict[str, Any]:
     return dict(
         actor=actor[:200],
         action=action,

@@ -34,6 +34,7 @@ PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 
 def stop_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so that ``finally`` blocks (servers, databases) run as on Ctrl-C."""
+
     def raise_exit(signum, frame):
         raise SystemExit(128 + signum)
 
@@ -50,8 +51,13 @@ def bench_database(*, migrate: bool = True, settings_module: str = "revive_site.
         admin.execute(f'CREATE DATABASE "{dbname}"')
     url = f"{PG}/{dbname}"
     try:
-        os.environ.update(DATABASE_URL=url, DATABASE_CONN_MAX_AGE="600", SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only"),
-                          DJANGO_SETTINGS_MODULE=settings_module, LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"))
+        os.environ.update(
+            DATABASE_URL=url,
+            DATABASE_CONN_MAX_AGE="600",
+            SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only"),
+            DJANGO_SETTINGS_MODULE=settings_module,
+            LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
+        )
         if settings_module == "revive_site.settings":
             os.environ.pop("REDIS_URL", None)  # Celery eager: nothing to queue in these benchmarks
         if migrate:
@@ -74,7 +80,9 @@ def bench_database(*, migrate: bool = True, settings_module: str = "revive_site.
 
 
 @contextmanager
-def gunicorn(*, workers: int = 2, threads: int = 4, worker_class: str = "gthread", start_timeout: float = 120.0) -> Iterator[str]:
+def gunicorn(
+    *, workers: int = 2, threads: int = 4, worker_class: str = "gthread", start_timeout: float = 120.0
+) -> Iterator[str]:
     """Revive under gunicorn on a free loopback port, with this process's environment; yields its URL.
 
     Waits (up to ``start_timeout``: a loaded 2-core machine can take a while to import Django in every
@@ -84,10 +92,25 @@ def gunicorn(*, workers: int = 2, threads: int = 4, worker_class: str = "gthread
 
     port = free_port()
     server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/gunicorn"), "revive_site.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(workers), "--worker-class", worker_class, "--threads", str(threads), "--log-level", "warning",
-         "--keep-alive", "30"],
-        cwd=ROOT, env=dict(os.environ), start_new_session=True,
+        [
+            str(ROOT / ".venv/bin/gunicorn"),
+            "revive_site.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            worker_class,
+            "--threads",
+            str(threads),
+            "--log-level",
+            "warning",
+            "--keep-alive",
+            "30",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

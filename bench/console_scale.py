@@ -145,8 +145,11 @@ def main() -> int:
 
         t0 = time.perf_counter()
         seed(args.cases, args.ledger)
-        print(f"bench: seeded in {time.perf_counter() - t0:.0f} s; {args.cases:,} cases, {args.ledger:,} ledger rows, "
-              f"{args.ledger:,} audit events", flush=True)
+        print(
+            f"bench: seeded in {time.perf_counter() - t0:.0f} s; {args.cases:,} cases, {args.ledger:,} ledger rows, "
+            f"{args.ledger:,} audit events",
+            flush=True,
+        )
         admin = User.objects.create_superuser("bench", "bench@example.com", "bench")
         client = Client()
         client.force_login(admin)

@@ -33,15 +33,26 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=None, help="how many trials (default: one per runtime × kind)")
     ap.add_argument("--sample", action="store_true", help="exactly one trial per runtime × kind (what CI runs)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--runtimes", default=",".join(harness.RUNTIMES), help="comma-separated subset of "
-                    + ", ".join(harness.RUNTIMES))
+    ap.add_argument(
+        "--runtimes",
+        default=",".join(harness.RUNTIMES),
+        help="comma-separated subset of " + ", ".join(harness.RUNTIMES),
+    )
     ap.add_argument("--kinds", default=",".join(harness.KINDS), help="comma-separated subset of the fault kinds")
-    ap.add_argument("--profile", choices=sorted(harness.PROFILES), default="default",
-                    help="default: Revive's shipped timeouts; short: shortened locks, sweeps and retries")
-    ap.add_argument("--sign-in", choices=("idp", "service"), default=None,
-                    help="how the owner reconnects: at the lab identity provider through Revive's pages (idp, the "
-                         "default with --profile default) or through the verified-reconnect service (service, the "
-                         "default with --profile short)")
+    ap.add_argument(
+        "--profile",
+        choices=sorted(harness.PROFILES),
+        default="default",
+        help="default: Revive's shipped timeouts; short: shortened locks, sweeps and retries",
+    )
+    ap.add_argument(
+        "--sign-in",
+        choices=("idp", "service"),
+        default=None,
+        help="how the owner reconnects: at the lab identity provider through Revive's pages (idp, the "
+        "default with --profile default) or through the verified-reconnect service (service, the "
+        "default with --profile short)",
+    )
     ap.add_argument("--concurrency", type=int, default=4, help="trials in flight at once")
     ap.add_argument("--json", dest="json_path", help="write every trial's result here")
     ap.add_argument("--keep", action="store_true", help="keep the stack's directory (logs, worlds) afterwards")
@@ -60,23 +71,29 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stopped)
     sign_in = args.sign_in or ("idp" if args.profile == "default" else "service")
-    stack = harness.Stack(runtimes=runtimes, profile=args.profile, sign_in=sign_in,
-                          say=lambda line: print(line, flush=True))
+    stack = harness.Stack(
+        runtimes=runtimes, profile=args.profile, sign_in=sign_in, say=lambda line: print(line, flush=True)
+    )
     results: list[harness.TrialResult] = []
     began = time.monotonic()
     interrupted = False
     try:
-        print(f"fault suite: {trials} trial(s), runtimes {', '.join(runtimes)}, {len(kinds)} kind(s), seed {args.seed}, "
-              f"profile {args.profile}, owner sign-in {sign_in}, {args.concurrency} at a time; starting the stack ...",
-              flush=True)
+        print(
+            f"fault suite: {trials} trial(s), runtimes {', '.join(runtimes)}, {len(kinds)} kind(s), seed {args.seed}, "
+            f"profile {args.profile}, owner sign-in {sign_in}, {args.concurrency} at a time; starting the stack ...",
+            flush=True,
+        )
         stack.start()
 
         def progress(result: harness.TrialResult, done: int, total: int) -> None:
             results.append(result)
             took = f"{result.recovery_seconds:.1f}s after the reconnect" if result.recovery_seconds is not None else ""
             flag = "ok " if result.ok else "BAD"
-            print(f"[{done}/{total} {time.monotonic() - began:.0f}s] {flag} {result.runtime:<9} {result.kind:<24} "
-                  f"{result.outcome:<16} dup {result.duplicates} lost {result.lost} {took}", flush=True)
+            print(
+                f"[{done}/{total} {time.monotonic() - began:.0f}s] {flag} {result.runtime:<9} {result.kind:<24} "
+                f"{result.outcome:<16} dup {result.duplicates} lost {result.lost} {took}",
+                flush=True,
+            )
             if not result.ok:
                 print(f"      {result.run_id}: {'; '.join(result.violations)} {result.detail}", flush=True)
 
@@ -90,12 +107,16 @@ def main() -> int:
         stack.stop()
         for crash in stack.crashes:
             print(f"unexpected exit (restarted): {crash}", flush=True)
-        print(f"\n{harness.table(results)}\n\n{len(results)} trial(s) in {time.monotonic() - began:.0f}s; "
-              f"{len(stack.crashes)} unexpected process exit(s); "
-              f"stack directory {stack.root}{' (kept)' if args.keep else ' (removed)'}", flush=True)
+        print(
+            f"\n{harness.table(results)}\n\n{len(results)} trial(s) in {time.monotonic() - began:.0f}s; "
+            f"{len(stack.crashes)} unexpected process exit(s); "
+            f"stack directory {stack.root}{' (kept)' if args.keep else ' (removed)'}",
+            flush=True,
+        )
         if args.json_path:
-            Path(args.json_path).write_text(json.dumps({"trials": [{**asdict(r), "ok": r.ok} for r in results],
-                                                        "crashes": stack.crashes}, indent=1))
+            Path(args.json_path).write_text(
+                json.dumps({"trials": [{**asdict(r), "ok": r.ok} for r in results], "crashes": stack.crashes}, indent=1)
+            )
         harness.cleanup_root(stack, keep=args.keep)
     if interrupted:
         os._exit(130)  # trial threads may still wait on servers that are gone

@@ -27,10 +27,23 @@ from bench.common import bench_database, stop_on_sigterm  # noqa: E402
 def wsgi_call(app, method: str, path: str, body: dict | None, key: str) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else b""
     environ = {
-        "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(data), "wsgi.errors": sys.stderr,
-        "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
-        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(data)), "HTTP_X_API_KEY": key, "REMOTE_ADDR": "127.0.0.1",
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(data),
+        "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(data)),
+        "HTTP_X_API_KEY": key,
+        "REMOTE_ADDR": "127.0.0.1",
     }
     status: list[str] = []
     chunks = app(environ, lambda s, h, exc_info=None: status.append(s))
@@ -51,23 +64,40 @@ def main() -> int:
         from cases import services
         from revive_site.wsgi import application
 
-        services.connection_create(connection_id="conn_bench", provider="entra", owner_email="o@example.com", provider_subject="oid")
-        services.run_register(run_id="run_bench", runtime="langgraph", runtime_ref={}, workflow_name="bench", actor="bench")
+        services.connection_create(
+            connection_id="conn_bench", provider="entra", owner_email="o@example.com", provider_subject="oid"
+        )
+        services.run_register(
+            run_id="run_bench", runtime="langgraph", runtime_ref={}, workflow_name="bench", actor="bench"
+        )
         services.checkpoint_record(run_id="run_bench", checkpoint_id="01", actor="bench")
         _, key = services.api_key_create(name="bench")
         base = "/api/v1/runs/run_bench/actions"
 
         def one(i: int) -> None:
-            status, body = wsgi_call(application, "POST", f"{base}/a{i}/begin",
-                                     {"checkpoint_id": "01", "connection_id": "conn_bench", "generation": 1}, key)
+            status, body = wsgi_call(
+                application,
+                "POST",
+                f"{base}/a{i}/begin",
+                {"checkpoint_id": "01", "connection_id": "conn_bench", "generation": 1},
+                key,
+            )
             assert status == 200 and json.loads(body)["decision"] == "execute", (status, body)
-            status, body = wsgi_call(application, "POST", f"{base}/a{i}/commit", {"generation": 1, "result": {"ok": True}}, key)
+            status, body = wsgi_call(
+                application, "POST", f"{base}/a{i}/commit", {"generation": 1, "result": {"ok": True}}, key
+            )
             assert status == 200, (status, body)
 
         for i in range(50):  # warm: imports, the key cache, the connection
             one(i)
         with count_statements() as trace:
-            wsgi_call(application, "POST", f"{base}/probe/begin", {"checkpoint_id": "01", "connection_id": "conn_bench", "generation": 1}, key)
+            wsgi_call(
+                application,
+                "POST",
+                f"{base}/probe/begin",
+                {"checkpoint_id": "01", "connection_id": "conn_bench", "generation": 1},
+                key,
+            )
         begin_trace = trace
         with count_statements() as trace:
             wsgi_call(application, "POST", f"{base}/probe/commit", {"generation": 1, "result": {"ok": True}}, key)

@@ -33,8 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import bench_database, gunicorn, pct, stop_on_sigterm  # noqa: E402
 
-FLOOR_TABLE = ("CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, run_id text NOT NULL, action_key text NOT NULL, "
-               "state text NOT NULL, generation int NOT NULL, result jsonb, UNIQUE (run_id, action_key))")
+FLOOR_TABLE = (
+    "CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, run_id text NOT NULL, action_key text NOT NULL, "
+    "state text NOT NULL, generation int NOT NULL, result jsonb, UNIQUE (run_id, action_key))"
+)
 
 
 class Floor:
@@ -45,10 +47,16 @@ class Floor:
         self.conn.execute(FLOOR_TABLE)
 
     def action(self, key: str) -> None:
-        self.conn.execute("INSERT INTO bench_floor (run_id, action_key, state, generation) VALUES (%s, %s, 'executing', 1)",
-                          ("run_bench", key), prepare=True)
-        self.conn.execute("UPDATE bench_floor SET state = 'committed', result = %s WHERE run_id = %s AND action_key = %s",
-                          ('{"ok": true}', "run_bench", key), prepare=True)
+        self.conn.execute(
+            "INSERT INTO bench_floor (run_id, action_key, state, generation) VALUES (%s, %s, 'executing', 1)",
+            ("run_bench", key),
+            prepare=True,
+        )
+        self.conn.execute(
+            "UPDATE bench_floor SET state = 'committed', result = %s WHERE run_id = %s AND action_key = %s",
+            ('{"ok": true}', "run_bench", key),
+            prepare=True,
+        )
 
     def close(self) -> None:
         self.conn.close()
@@ -63,8 +71,14 @@ class Client:
         self.revive = Revive(url, key)
 
     def action(self, key: str) -> None:
-        self.revive.protect_action(run_id="run_bench", checkpoint_id="01", connection_id="conn_bench", action_key=key,
-                                   generation=1, execute=lambda ctx: {"ok": True})
+        self.revive.protect_action(
+            run_id="run_bench",
+            checkpoint_id="01",
+            connection_id="conn_bench",
+            action_key=key,
+            generation=1,
+            execute=lambda ctx: {"ok": True},
+        )
 
     def close(self) -> None:
         self.revive.close()
@@ -116,21 +130,32 @@ def main() -> int:
     ap.add_argument("--round-seconds", type=float, default=3.0)
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     ap.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
-    ap.add_argument("--worker-class", default="gthread", help="gunicorn worker class (gthread keeps connections alive; sync does not)")
+    ap.add_argument(
+        "--worker-class",
+        default="gthread",
+        help="gunicorn worker class (gthread keeps connections alive; sync does not)",
+    )
     args = ap.parse_args()
     stop_on_sigterm()
 
     with bench_database() as url:
         from cases import services
 
-        services.connection_create(connection_id="conn_bench", provider="entra", owner_email="o@example.com", provider_subject="oid")
-        services.run_register(run_id="run_bench", runtime="langgraph", runtime_ref={}, workflow_name="bench", actor="bench")
+        services.connection_create(
+            connection_id="conn_bench", provider="entra", owner_email="o@example.com", provider_subject="oid"
+        )
+        services.run_register(
+            run_id="run_bench", runtime="langgraph", runtime_ref={}, workflow_name="bench", actor="bench"
+        )
         _, api_key = services.api_key_create(name="bench")
         from django.db import connections
 
         connections.close_all()
         with gunicorn(workers=args.workers, threads=args.threads, worker_class=args.worker_class) as server:
-            print(f"bench: gunicorn ({args.workers} {args.worker_class} workers x {args.threads} threads) at {server}", flush=True)
+            print(
+                f"bench: gunicorn ({args.workers} {args.worker_class} workers x {args.threads} threads) at {server}",
+                flush=True,
+            )
             seq = itertools.count()
             floor, client = Floor(url), Client(server, api_key)
             try:
@@ -147,7 +172,10 @@ def main() -> int:
                 floor.close()
                 client.close()
 
-            print(f"bench: P2, {args.clients} concurrent clients, {args.rounds} alternating rounds of {args.round_seconds:.0f} s…", flush=True)
+            print(
+                f"bench: P2, {args.clients} concurrent clients, {args.rounds} alternating rounds of {args.round_seconds:.0f} s…",
+                flush=True,
+            )
             keys = (f"c{n}" for n in seq)
             floors = [Floor(url) for _ in range(args.clients)]
             clients = [Client(server, api_key) for _ in range(args.clients)]
@@ -171,7 +199,9 @@ def main() -> int:
     print(f"{'Revive: SDK begin+commit over HTTP':<40}{p50:>8.2f}{p99:>8.2f}{statistics.mean(revive_ms):>8.2f}")
     print(f"{'floor: 2 row writes via psycopg':<40}{f50:>8.2f}{f99:>8.2f}{statistics.mean(floor_ms):>8.2f}")
     print(f"{'ratio to the floor':<40}{r50:>7.1f}x{r99:>7.1f}x")
-    print(f"P1 targets: p50 <= 4x floor [{'met' if r50 <= 4 else 'MISSED'}], p99 <= 8x floor [{'met' if r99 <= 8 else 'MISSED'}]")
+    print(
+        f"P1 targets: p50 <= 4x floor [{'met' if r50 <= 4 else 'MISSED'}], p99 <= 8x floor [{'met' if r99 <= 8 else 'MISSED'}]"
+    )
     print()
     print(f"P2, {args.clients} concurrent clients (median of {args.rounds} rounds)")
     print(f"  Revive: {rate:8.0f} protected actions/s   (rounds: {', '.join(f'{r:.0f}' for r in revive_rates)})")

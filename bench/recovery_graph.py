@@ -23,8 +23,11 @@ from langgraph.graph import END, START, StateGraph
 from revive_sdk import ProviderError, Revive
 from revive_sdk import langgraph as revive_lg
 
-DEAD = {"error": "invalid_grant", "error_description": "AADSTS700082: The refresh token has expired due to inactivity.",
-        "error_codes": [700082]}
+DEAD = {
+    "error": "invalid_grant",
+    "error_description": "AADSTS700082: The refresh token has expired due to inactivity.",
+    "error_codes": [700082],
+}
 _local = threading.local()
 
 
@@ -68,17 +71,29 @@ class State(TypedDict, total=False):
 
 def _prepare(state: State) -> dict:
     run_id, conn = state["run_id"], state["connection_id"]
-    revive_lg.protect_action(revive(), run_id=run_id, checkpoint_id="04", connection_id=conn, action_key="prepare",
-                             execute=lambda ctx: append("effects.jsonl", {"effect": "prepare", "run_id": run_id}) or "ok")
+    revive_lg.protect_action(
+        revive(),
+        run_id=run_id,
+        checkpoint_id="04",
+        connection_id=conn,
+        action_key="prepare",
+        execute=lambda ctx: append("effects.jsonl", {"effect": "prepare", "run_id": run_id}) or "ok",
+    )
     return {"log": ["prepare"]}
 
 
 def _send(state: State) -> dict:
     run_id, conn = state["run_id"], state["connection_id"]
     append("marks.jsonl", {"what": "send_start", "run_id": run_id})
-    revive_lg.protect_action(revive(), run_id=run_id, checkpoint_id="05", connection_id=conn, action_key="send",
-                             credential=lambda: lease(conn),
-                             execute=lambda ctx: append("effects.jsonl", {"effect": "send", "run_id": run_id}) or "ok")
+    revive_lg.protect_action(
+        revive(),
+        run_id=run_id,
+        checkpoint_id="05",
+        connection_id=conn,
+        action_key="send",
+        credential=lambda: lease(conn),
+        execute=lambda ctx: append("effects.jsonl", {"effect": "send", "run_id": run_id}) or "ok",
+    )
     return {"log": ["send"]}
 
 

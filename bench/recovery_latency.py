@@ -89,8 +89,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--mass", "--outage", dest="mass", type=int, default=1000,
-                    help="runs parked on one connection (0: skip); issue 12 asks for --outage 10000 on a quiet machine")
+    ap.add_argument(
+        "--mass",
+        "--outage",
+        dest="mass",
+        type=int,
+        default=1000,
+        help="runs parked on one connection (0: skip); issue 12 asks for --outage 10000 on a quiet machine",
+    )
     ap.add_argument("--concurrency", type=int, default=4, help="Celery worker processes")
     ap.add_argument("--http-workers", type=int, default=4, help="gunicorn workers")
     ap.add_argument("--park-threads", type=int, default=8)
@@ -106,10 +112,21 @@ def main() -> int:
     database_url = f"{PG}/{dbname}"
     raw_key = f"rvk_bench_{secrets.token_urlsafe(24)}"
     port = free_port()
-    env = dict(os.environ, DATABASE_URL=database_url, DATABASE_CONN_MAX_AGE="600", SECRET_KEY="bench-only",
-               DJANGO_SETTINGS_MODULE="bench.recovery_settings", LOG_LEVEL="WARNING", REDIS_URL=REDIS,
-               REVIVE_CELERY_QUEUE=queue, BENCH_DIR=str(bench_dir), REVIVE_VAR_DIR=str(bench_dir / "var"),
-               REVIVE_URL=f"http://127.0.0.1:{port}", REVIVE_API_KEY=raw_key, REVIVE_RESUME_APPROVAL="never")
+    env = dict(
+        os.environ,
+        DATABASE_URL=database_url,
+        DATABASE_CONN_MAX_AGE="600",
+        SECRET_KEY="bench-only",
+        DJANGO_SETTINGS_MODULE="bench.recovery_settings",
+        LOG_LEVEL="WARNING",
+        REDIS_URL=REDIS,
+        REVIVE_CELERY_QUEUE=queue,
+        BENCH_DIR=str(bench_dir),
+        REVIVE_VAR_DIR=str(bench_dir / "var"),
+        REVIVE_URL=f"http://127.0.0.1:{port}",
+        REVIVE_API_KEY=raw_key,
+        REVIVE_RESUME_APPROVAL="never",
+    )
     os.environ.update(env)
     procs: list[subprocess.Popen] = []
     try:
@@ -133,16 +150,59 @@ def main() -> int:
 
         ApiKey.objects.create(name="bench", prefix="bench", key_hash=hashlib.sha256(raw_key.encode()).hexdigest())
 
-        procs.append(subprocess.Popen(
-            [str(ROOT / ".venv/bin/gunicorn"), "revive_site.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", str(args.http_workers), "--worker-class", "gthread", "--threads", "8",
-             "--log-level", "warning", "--keep-alive", "30"], cwd=ROOT, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(ROOT / ".venv/bin/gunicorn"),
+                    "revive_site.wsgi:application",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    str(args.http_workers),
+                    "--worker-class",
+                    "gthread",
+                    "--threads",
+                    "8",
+                    "--log-level",
+                    "warning",
+                    "--keep-alive",
+                    "30",
+                ],
+                cwd=ROOT,
+                env=env,
+            )
+        )
         celery_log = bench_dir / "celery.log"
         with open(celery_log, "wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "revive_site", "worker", "-l", "INFO", "-P", "prefork",
-                 "-c", str(args.concurrency), "-O", "fair", "--without-gossip", "--without-mingle",
-                 "--without-heartbeat", "-n", f"{queue}@%h"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "revive_site",
+                        "worker",
+                        "-l",
+                        "INFO",
+                        "-P",
+                        "prefork",
+                        "-c",
+                        str(args.concurrency),
+                        "-O",
+                        "fair",
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--without-heartbeat",
+                        "-n",
+                        f"{queue}@%h",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         import httpx
 
         def http_up() -> bool:
@@ -154,8 +214,13 @@ def main() -> int:
         wait_until(http_up, "gunicorn", 60, 0.2)
         wait_until(lambda: b" ready." in celery_log.read_bytes(), "the Celery worker", 120, 0.2)
 
-        pool = ConnectionPool(database_url, min_size=2, max_size=args.park_threads + 2, open=True,
-                              kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
+        pool = ConnectionPool(
+            database_url,
+            min_size=2,
+            max_size=args.park_threads + 2,
+            open=True,
+            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        )
         saver = PostgresSaver(pool)
         saver.setup()
         graph = recovery_graph.briefing().compile(checkpointer=saver)
@@ -165,15 +230,25 @@ def main() -> int:
 
         def park(conn_id: str) -> str:
             run_id = f"run_{next(seq):06d}_{secrets.token_hex(3)}"
-            revive_lg.register_run(recovery_graph.revive(), run_id=run_id, thread_id=f"t_{run_id}", graph="bench-briefing",
-                                   workflow_name="bench briefing")
+            revive_lg.register_run(
+                recovery_graph.revive(),
+                run_id=run_id,
+                thread_id=f"t_{run_id}",
+                graph="bench-briefing",
+                workflow_name="bench briefing",
+            )
             out = graph.invoke({"run_id": run_id, "connection_id": conn_id}, revive_lg.run_config(f"t_{run_id}"))
             assert out["__interrupt__"], out
             return run_id
 
         def new_connection(name: str) -> str:
-            services.connection_create(connection_id=name, provider="entra", owner_email=f"{name}@example.com",
-                                       provider_subject=f"oid-{name}", provider_tenant="tid-bench")
+            services.connection_create(
+                connection_id=name,
+                provider="entra",
+                owner_email=f"{name}@example.com",
+                provider_subject=f"oid-{name}",
+                provider_tenant="tid-bench",
+            )
             (bench_dir / "revoked" / name).touch()
             return name
 
@@ -191,8 +266,11 @@ def main() -> int:
         t = time.perf_counter()
         with ThreadPoolExecutor(args.park_threads) as ex:
             runs = list(ex.map(lambda i: (c := new_connection(f"conn_lat_{i:04d}"), park(c)), range(total)))
-        print(f"bench: parked in {time.perf_counter() - t:.1f}s; resuming one at a time "
-              f"(celery -c {args.concurrency}, gunicorn {args.http_workers} workers)…", flush=True)
+        print(
+            f"bench: parked in {time.perf_counter() - t:.1f}s; resuming one at a time "
+            f"(celery -c {args.concurrency}, gunicorn {args.http_workers} workers)…",
+            flush=True,
+        )
         resumed_ms, finished_ms = [], []
         for i, (conn_id, run_id) in enumerate(runs):
             t0 = owner_callback(conn_id)
@@ -235,38 +313,59 @@ def main() -> int:
 
             wait_until(all_received, "every run to receive its resume", 1800, 0.05)
             all_received_s = last - t0
-            wait_until(lambda: (marks.poll(), all(marks.done_at(r) for r in mass_runs))[1], "every run to finish", 1800, 0.05)
+            wait_until(
+                lambda: (marks.poll(), all(marks.done_at(r) for r in mass_runs))[1], "every run to finish", 1800, 0.05
+            )
             all_done_s = max(marks.done_at(r) for r in mass_runs) - t0
-            wait_until(lambda: RecoveryCase.objects.get(pk=case.pk).state == "resumed", "the case to be resumed", 300, 0.1)
-            wait_until(lambda: AuditEvent.objects.filter(case_id=case.pk, action="run.resume_delivered").count() >= args.mass,
-                       "every delivery to be recorded", 300, 0.1)
+            wait_until(
+                lambda: RecoveryCase.objects.get(pk=case.pk).state == "resumed", "the case to be resumed", 300, 0.1
+            )
+            wait_until(
+                lambda: AuditEvent.objects.filter(case_id=case.pk, action="run.resume_delivered").count() >= args.mass,
+                "every delivery to be recorded",
+                300,
+                0.1,
+            )
             case_resumed_s = AuditEvent.objects.get(case_id=case.pk, action="case.resumed").occurred_at.timestamp() - t0
             effects = collections.Counter((e["run_id"], e["effect"]) for e in recovery_graph.read("effects.jsonl"))
-            resumes = collections.Counter(r for r in mass_runs for m in marks.by_run[r]
-                                          if m["what"] == "send_start" and m["pid"] != me)
+            resumes = collections.Counter(
+                r for r in mass_runs for m in marks.by_run[r] if m["what"] == "send_start" and m["pid"] != me
+            )
             deliveries = AuditEvent.objects.filter(case_id=case.pk, action="run.resume_delivered").count()
-            once = (all(effects[(r, "prepare")] == 1 and effects[(r, "send")] == 1 and resumes[r] == 1 for r in mass_runs)
-                    and deliveries == args.mass)
+            once = (
+                all(effects[(r, "prepare")] == 1 and effects[(r, "send")] == 1 and resumes[r] == 1 for r in mass_runs)
+                and deliveries == args.mass
+            )
             mass = (first - t0, all_received_s, all_done_s, case_resumed_s, once, deliveries)
 
         print()
         n = len(resumed_ms)
         print(f"recovery latency over {n} cases (after {args.warmup} warm-up), real Celery worker on Redis:")
         print(f"{'':<44}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'mean ms':>9}")
-        for label, values in (("owner callback -> run receives its resume", resumed_ms),
-                              ("owner callback -> run finished", finished_ms)):
-            print(f"{label:<44}{pct(values, 50):>9.1f}{pct(values, 90):>9.1f}{pct(values, 99):>9.1f}"
-                  f"{max(values):>9.1f}{statistics.mean(values):>9.1f}")
+        for label, values in (
+            ("owner callback -> run receives its resume", resumed_ms),
+            ("owner callback -> run finished", finished_ms),
+        ):
+            print(
+                f"{label:<44}{pct(values, 50):>9.1f}{pct(values, 90):>9.1f}{pct(values, 99):>9.1f}"
+                f"{max(values):>9.1f}{statistics.mean(values):>9.1f}"
+            )
         p50, p99 = pct(resumed_ms, 50), pct(resumed_ms, 99)
-        print(f"targets: p50 <= 300 ms [{'met' if p50 <= 300 else 'MISSED'}], p99 <= 1000 ms [{'met' if p99 <= 1000 else 'MISSED'}]")
+        print(
+            f"targets: p50 <= 300 ms [{'met' if p50 <= 300 else 'MISSED'}], p99 <= 1000 ms [{'met' if p99 <= 1000 else 'MISSED'}]"
+        )
         if mass:
             first_s, received_s, done_s, case_s, once, deliveries = mass
             print(f"\nmass outage: {args.mass} runs parked on one connection, one reconnect:")
-            print(f"  first run received its resume after {first_s:.2f}s; every run after {received_s:.2f}s "
-                  f"({args.mass / received_s:.0f} runs/s); every run finished after {done_s:.2f}s; "
-                  f"case resumed after {case_s:.2f}s")
-            print(f"  each effect once and each run resumed once: {'yes' if once else 'NO'} "
-                  f"({deliveries} deliveries recorded)")
+            print(
+                f"  first run received its resume after {first_s:.2f}s; every run after {received_s:.2f}s "
+                f"({args.mass / received_s:.0f} runs/s); every run finished after {done_s:.2f}s; "
+                f"case resumed after {case_s:.2f}s"
+            )
+            print(
+                f"  each effect once and each run resumed once: {'yes' if once else 'NO'} "
+                f"({deliveries} deliveries recorded)"
+            )
         return 0
     finally:
         for p in reversed(procs):

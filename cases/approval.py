@@ -59,7 +59,9 @@ def resume_approval_required(*, policy: str, reconciliations: Iterable[Reconcili
     runs was settled during the case by hand (an operator actor) or without evidence.
     """
     if policy not in ApprovalPolicy.CHOICES:
-        raise ValueError(f"unknown resume approval policy {policy!r}; expected one of {', '.join(ApprovalPolicy.CHOICES)}")
+        raise ValueError(
+            f"unknown resume approval policy {policy!r}; expected one of {', '.join(ApprovalPolicy.CHOICES)}"
+        )
     if policy == ApprovalPolicy.NEVER:
         return ApprovalDecision(policy=policy, required=False)
     if policy == ApprovalPolicy.ALWAYS:

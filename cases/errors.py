@@ -62,7 +62,9 @@ class ActionParamsMismatch(DomainError):
 class ActionInProgress(DomainError):
     code = "ACTION_IN_PROGRESS"
     status = 409
-    default_message = "This action is executing under another claim; it cannot be claimed until it completes or is marked ambiguous."
+    default_message = (
+        "This action is executing under another claim; it cannot be claimed until it completes or is marked ambiguous."
+    )
 
 
 class ActionStateConflict(DomainError):
@@ -86,7 +88,9 @@ class CaseTransitionNotAllowed(DomainError):
 class RefreshClaimNotHeld(DomainError):
     code = "REFRESH_CLAIM_NOT_HELD"
     status = 409
-    default_message = "This refresh claim round is not held by this holder (it expired and was taken over, or never was)."
+    default_message = (
+        "This refresh claim round is not held by this holder (it expired and was taken over, or never was)."
+    )
 
 
 class CaseAlreadyDecided(CaseTransitionNotAllowed):

@@ -49,9 +49,21 @@ def issuer_problem(value: str) -> str | None:
 class ConnectionForm(forms.ModelForm):
     class Meta:
         model = Connection
-        fields = ["id", "provider", "display_name", "owner_email", "owner_name", "provider_subject",
-                  "provider_tenant", "provider_issuer", "provider_org", "upstream_provider", "broker_integration",
-                  "broker_connection", "broker_account"]
+        fields = [
+            "id",
+            "provider",
+            "display_name",
+            "owner_email",
+            "owner_name",
+            "provider_subject",
+            "provider_tenant",
+            "provider_issuer",
+            "provider_org",
+            "upstream_provider",
+            "broker_integration",
+            "broker_connection",
+            "broker_account",
+        ]
 
     def clean(self):
         data = super().clean()
@@ -59,10 +71,13 @@ class ConnectionForm(forms.ModelForm):
         # a broker-held connection (nango, scalekit) records its upstream's identity, under the upstream's rules
         identity_check(self, data, provider=data.get("upstream_provider") or provider)
         try:  # a broker-held connection (nango, scalekit) names its upstream provider and the broker's references
-            connection_broker_check(provider=provider or "", upstream_provider=data.get("upstream_provider") or "",
-                                    broker_integration=data.get("broker_integration") or "",
-                                    broker_connection=data.get("broker_connection") or "",
-                                    broker_account=data.get("broker_account") or "")
+            connection_broker_check(
+                provider=provider or "",
+                upstream_provider=data.get("upstream_provider") or "",
+                broker_integration=data.get("broker_integration") or "",
+                broker_connection=data.get("broker_connection") or "",
+                broker_account=data.get("broker_account") or "",
+            )
         except ConnectionInvalid as exc:
             for name, text in exc.data["fields"].items():
                 self.add_error(name if name in self.fields else None, text)

@@ -80,8 +80,10 @@ from .models import Action
 
 PREPARE_ONLY_WHEN_ASKED = 2**31 - 1
 
-AUDIT_COLUMNS = ("occurred_at, actor, action, entity_type, entity_id, case_id, case_reference, run_id, connection_id, "
-                 "before, after, arguments, outcome, trace_id")
+AUDIT_COLUMNS = (
+    "occurred_at, actor, action, entity_type, entity_id, case_id, case_reference, run_id, connection_id, "
+    "before, after, arguments, outcome, trace_id"
+)
 
 BEGIN_SQL = f"""
 WITH conn AS (
@@ -193,38 +195,83 @@ def _snapshot(state: str | None, generation: int, attempts: int) -> Jsonb:
     return Jsonb(redact({"state": state, "generation": generation, "attempts": attempts}))
 
 
-def begin_execute(*, run_id: str, checkpoint_id: str, connection_id: str, action_key: str, generation: int,
-                  idempotency_key: str, params_hash: str, actor: str) -> bool:
+def begin_execute(
+    *,
+    run_id: str,
+    checkpoint_id: str,
+    connection_id: str,
+    action_key: str,
+    generation: int,
+    idempotency_key: str,
+    params_hash: str,
+    actor: str,
+) -> bool:
     """Claim a fresh action for execution in one statement; False means: nothing was written, take the locked path."""
     now = timezone.now()
-    row = _execute(BEGIN_SQL, {
-        "connection_id": connection_id, "generation": generation, "run_id": run_id, "checkpoint_id": checkpoint_id,
-        "action_key": action_key, "idempotency_key": idempotency_key, "params_hash": params_hash, "actor": actor[:200],
-        "now": now, "lock_expires_at": now + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT),
-        "checkpoint_entity": f"{run_id}/{checkpoint_id}"[:200],
-        "checkpoint_after": Jsonb(redact({"checkpoint_id": checkpoint_id, "label": checkpoint_id, "runtime_ref": {}})),
-        "action_entity": f"{run_id}/{action_key}"[:200],
-        "before": _snapshot(None, generation, 0), "after": _snapshot(Action.State.EXECUTING, generation, 1),
-        "trace_id": work_context()["trace_id"],
-    })
+    row = _execute(
+        BEGIN_SQL,
+        {
+            "connection_id": connection_id,
+            "generation": generation,
+            "run_id": run_id,
+            "checkpoint_id": checkpoint_id,
+            "action_key": action_key,
+            "idempotency_key": idempotency_key,
+            "params_hash": params_hash,
+            "actor": actor[:200],
+            "now": now,
+            "lock_expires_at": now + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT),
+            "checkpoint_entity": f"{run_id}/{checkpoint_id}"[:200],
+            "checkpoint_after": Jsonb(
+                redact({"checkpoint_id": checkpoint_id, "label": checkpoint_id, "runtime_ref": {}})
+            ),
+            "action_entity": f"{run_id}/{action_key}"[:200],
+            "before": _snapshot(None, generation, 0),
+            "after": _snapshot(Action.State.EXECUTING, generation, 1),
+            "trace_id": work_context()["trace_id"],
+        },
+    )
     return row is not None
 
 
-def commit(*, run_id: str, action_key: str, generation: int, result: Any, external_ref: str, actor: str) -> Action | None:
+def commit(
+    *, run_id: str, action_key: str, generation: int, result: Any, external_ref: str, actor: str
+) -> Action | None:
     """Commit the executing action this worker claimed, in one statement; None means: take the locked path."""
     now: datetime = timezone.now()
     external_ref = external_ref or ""
-    row = _execute(COMMIT_SQL, {
-        "run_id": run_id, "action_key": action_key, "generation": generation, "now": now, "actor": actor[:200],
-        "result": None if result is None else Jsonb(result), "external_ref": external_ref,
-        "action_entity": f"{run_id}/{action_key}"[:200],
-        "arguments": Jsonb(redact({"external_ref": external_ref})),
-        "trace_id": work_context()["trace_id"],
-    })
+    row = _execute(
+        COMMIT_SQL,
+        {
+            "run_id": run_id,
+            "action_key": action_key,
+            "generation": generation,
+            "now": now,
+            "actor": actor[:200],
+            "result": None if result is None else Jsonb(result),
+            "external_ref": external_ref,
+            "action_entity": f"{run_id}/{action_key}"[:200],
+            "arguments": Jsonb(redact({"external_ref": external_ref})),
+            "trace_id": work_context()["trace_id"],
+        },
+    )
     if row is None:
         return None
     pk, idempotency_key, connection_id, checkpoint_pk, params_hash, attempts, created_at = row
-    return Action(id=pk, run_id=run_id, action_key=action_key, idempotency_key=idempotency_key, connection_id=connection_id,
-                  checkpoint_id=checkpoint_pk, params_hash=params_hash, state=Action.State.COMMITTED, generation=generation,
-                  attempts=attempts, result=result, external_ref=external_ref, lock_expires_at=None, created_at=created_at,
-                  updated_at=now)
+    return Action(
+        id=pk,
+        run_id=run_id,
+        action_key=action_key,
+        idempotency_key=idempotency_key,
+        connection_id=connection_id,
+        checkpoint_id=checkpoint_pk,
+        params_hash=params_hash,
+        state=Action.State.COMMITTED,
+        generation=generation,
+        attempts=attempts,
+        result=result,
+        external_ref=external_ref,
+        lock_expires_at=None,
+        created_at=created_at,
+        updated_at=now,
+    )

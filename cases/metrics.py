@@ -18,14 +18,20 @@ from contextlib import contextmanager
 from prometheus_client import Counter, Histogram
 
 PROTECTED_ACTIONS = Counter(
-    "revive_protected_actions", "Protected-action begins, by the decision Revive answered.", ["decision"])
+    "revive_protected_actions", "Protected-action begins, by the decision Revive answered.", ["decision"]
+)
 ACTION_CALL_SECONDS = Histogram(
-    "revive_action_call_seconds", "Time Revive spent answering a protected action's begin or commit (server side).",
-    ["call"], buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0))
+    "revive_action_call_seconds",
+    "Time Revive spent answering a protected action's begin or commit (server side).",
+    ["call"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0),
+)
 RESUMES = Counter(
-    "revive_resumes", "Resume deliveries that finished, by outcome (delivered, already, failed, ...).", ["outcome"])
+    "revive_resumes", "Resume deliveries that finished, by outcome (delivered, already, failed, ...).", ["outcome"]
+)
 CELERY_TASK_FAILURES = Counter(
-    "revive_celery_task_failures", "Celery tasks that raised (after their own retries), by task name.", ["task"])
+    "revive_celery_task_failures", "Celery tasks that raised (after their own retries), by task name.", ["task"]
+)
 
 
 @contextmanager

@@ -41,18 +41,26 @@ class Namespace(models.Model):
     name = models.SlugField(primary_key=True, max_length=63)
     description = models.CharField(max_length=200, blank=True, default="")
     operators = models.ManyToManyField(
-        settings.AUTH_USER_MODEL, blank=True, related_name="revive_namespaces",
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="revive_namespaces",
         help_text="Console users limited to this namespace (and any other they are listed in).",
     )
     # Operator notifications (``operations.notifications``): blank uses the global settings.
     operator_emails = models.CharField(
-        max_length=1000, blank=True, default="", validators=[email_list_validate],
+        max_length=1000,
+        blank=True,
+        default="",
+        validators=[email_list_validate],
         help_text="Comma-separated addresses notified about this namespace's cases instead of REVIVE_OPERATOR_EMAILS.",
     )
     operator_webhook_url = models.URLField(
-        max_length=500, blank=True, default="", validators=[URLValidator(schemes=["http", "https"])],
+        max_length=500,
+        blank=True,
+        default="",
+        validators=[URLValidator(schemes=["http", "https"])],
         help_text="Webhook notified about this namespace's cases instead of REVIVE_OPERATOR_WEBHOOK_URL "
-                  "(signed with REVIVE_OPERATOR_WEBHOOK_SECRET).",
+        "(signed with REVIVE_OPERATOR_WEBHOOK_SECRET).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -61,8 +69,9 @@ class Namespace(models.Model):
 
 
 def _namespace_fk(related_name: str) -> "models.ForeignKey[Namespace, Namespace]":
-    return models.ForeignKey(Namespace, on_delete=models.PROTECT, default=DEFAULT_NAMESPACE, related_name=related_name,
-                             db_index=True)
+    return models.ForeignKey(
+        Namespace, on_delete=models.PROTECT, default=DEFAULT_NAMESPACE, related_name=related_name, db_index=True
+    )
 
 
 # Worker-facing ids are stored qualified by their namespace (``cases.namespaces``), so they need room for its name.
@@ -115,16 +124,27 @@ class Connection(models.Model):
     # A broker-held connection (provider ``nango`` or ``scalekit``): the broker keeps the grant, Revive keeps these
     # references and the upstream identity above; it stores no token of such a connection.
     upstream_provider = models.CharField(
-        max_length=20, blank=True, default="", choices=[(p.value, p.label) for p in Provider if p in UPSTREAM_PROVIDERS],
+        max_length=20,
+        blank=True,
+        default="",
+        choices=[(p.value, p.label) for p in Provider if p in UPSTREAM_PROVIDERS],
         help_text="Broker-held connections: whose identity the broker holds (entra, auth0 or oidc); decides the identity rule.",
     )
     broker_integration = models.CharField(
-        max_length=200, blank=True, default="", help_text="Nango: the integration id (providerConfigKey). Scalekit: the connector.",
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="Nango: the integration id (providerConfigKey). Scalekit: the connector.",
     )
     broker_connection = models.CharField(
-        max_length=200, blank=True, default="", help_text="Nango: the connection id. Scalekit: the identifier.",
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="Nango: the connection id. Scalekit: the identifier.",
     )
-    broker_account = models.CharField(max_length=200, blank=True, default="", help_text="Scalekit: the connected account id.")
+    broker_account = models.CharField(
+        max_length=200, blank=True, default="", help_text="Scalekit: the connected account id."
+    )
     # Polled brokers (Scalekit): when the account's status is next due, and the failed reads in a row (backoff).
     broker_next_check_at = models.DateTimeField(null=True, blank=True, editable=False)
     broker_check_failures = models.PositiveIntegerField(default=0, editable=False)
@@ -137,7 +157,9 @@ class Connection(models.Model):
             models.Index(fields=["provider", "provider_tenant"]),
             models.Index(fields=["owner_email"]),
             models.Index(fields=["provider_tenant"], name="connection_tenant_idx"),  # the console's tenant filter
-            models.Index(fields=["provider", "broker_integration", "broker_connection"], name="connection_broker_ref_idx"),
+            models.Index(
+                fields=["provider", "broker_integration", "broker_connection"], name="connection_broker_ref_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -167,7 +189,9 @@ class CredentialGeneration(models.Model):
     superseded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["connection", "number"], name="generation_unique_per_connection")]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "number"], name="generation_unique_per_connection")
+        ]
         ordering = ["connection", "number"]
 
     def __str__(self) -> str:
@@ -190,18 +214,28 @@ class Run(models.Model):
     workflow_name = models.CharField(max_length=200)
     state = models.CharField(max_length=20, choices=State.choices, default=State.ACTIVE)
     resume_claimed_until = models.DateTimeField(
-        null=True, blank=True, editable=False,
+        null=True,
+        blank=True,
+        editable=False,
         help_text="A resume of this run is being delivered to its runtime until then (see cases.resume).",
     )
-    resume_claimed_by = models.CharField(max_length=64, blank=True, default="", editable=False,
-                                         help_text="The delivery (Celery message) holding that claim.")
+    resume_claimed_by = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        editable=False,
+        help_text="The delivery (Celery message) holding that claim.",
+    )
     hosted_at = models.DateTimeField(
-        null=True, blank=True, editable=False,
+        null=True,
+        blank=True,
+        editable=False,
         help_text="Revive itself started executing this run then (a runtime it hosts: LangGraph graphs in its worker) "
-                  "and that execution has not returned yet; the watchdog continues a run left so (cases.pipeline).",
+        "and that execution has not returned yet; the watchdog continues a run left so (cases.pipeline).",
     )
     continuations = models.PositiveSmallIntegerField(
-        default=0, editable=False,
+        default=0,
+        editable=False,
         help_text="How many times the watchdog continued this run since its last execution returned.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -363,8 +397,14 @@ class RecoveryCase(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
     # Annotated for the type checker, which cannot resolve the through model by name (a string: CaseRun comes later).
     runs: "models.ManyToManyField[Run, CaseRun]" = models.ManyToManyField(Run, through="CaseRun", related_name="cases")
-    assignee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                 related_name="assigned_cases", help_text="The operator who owns this case now.")
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="assigned_cases",
+        help_text="The operator who owns this case now.",
+    )
 
     class Meta:
         constraints = [
@@ -449,7 +489,9 @@ class RefreshClaim(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["connection", "generation"], name="refresh_claim_per_generation")]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "generation"], name="refresh_claim_per_generation")
+        ]
 
     def __str__(self) -> str:
         return f"{self.connection_id} gen {self.generation} round {self.round} ({self.state})"
@@ -472,18 +514,26 @@ class OutboxItem(models.Model):
     kind = models.CharField(max_length=60)
     key = models.CharField(max_length=200, unique=True, help_text="One row per owed step: a repeated put is a no-op.")
     payload = models.JSONField(default=dict, blank=True)
-    case = models.ForeignKey(RecoveryCase, on_delete=models.SET_NULL, null=True, blank=True, related_name="outbox_items")
+    case = models.ForeignKey(
+        RecoveryCase, on_delete=models.SET_NULL, null=True, blank=True, related_name="outbox_items"
+    )
     run_id = models.CharField(max_length=QUALIFIED_ID_LENGTH, blank=True, default="")  # as stored: qualified
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=10)
     due_at = models.DateTimeField(help_text="Still pending after this: the sweep dispatches it again.")
-    not_before = models.DateTimeField(null=True, blank=True,
-                                      help_text="No attempt before this time (a step owed with a delay).")
+    not_before = models.DateTimeField(
+        null=True, blank=True, help_text="No attempt before this time (a step owed with a delay)."
+    )
     claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
-    claimed_by = models.CharField(max_length=64, blank=True, default="", editable=False,
-                                  help_text="The Celery message (task id) holding the claim: the same message "
-                                            "delivered again means its earlier worker was lost.")
+    claimed_by = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        editable=False,
+        help_text="The Celery message (task id) holding the claim: the same message "
+        "delivered again means its earlier worker was lost.",
+    )
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -59,11 +59,15 @@ def namespace_ensure(*, name: str, actor: str) -> Namespace:
     if not NAME.fullmatch(name or ""):
         from revive_site.errors import ValidationFailed
 
-        raise ValidationFailed("A namespace name is 1-63 lowercase letters, digits, '-' or '_', starting with a letter "
-                               "or digit.", data={"field": "namespace"})
+        raise ValidationFailed(
+            "A namespace name is 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.",
+            data={"field": "namespace"},
+        )
     namespace, created = Namespace.objects.get_or_create(name=name)
     if created:
-        audit_record(actor=actor, action="namespace.created", entity_type="namespace", entity_id=name, after={"name": name})
+        audit_record(
+            actor=actor, action="namespace.created", entity_type="namespace", entity_id=name, after={"name": name}
+        )
     return namespace
 
 

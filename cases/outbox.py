@@ -71,8 +71,14 @@ class Kind:
 _KINDS: dict[str, Kind] = {}
 
 
-def outbox_handler(kind: str, *, max_attempts: Callable[[], int] | int = 10, backoff_first: float = 1.0,
-                   backoff_max: float = 300.0, on_exhausted: Callable[[OutboxItem], None] | None = None):
+def outbox_handler(
+    kind: str,
+    *,
+    max_attempts: Callable[[], int] | int = 10,
+    backoff_first: float = 1.0,
+    backoff_max: float = 300.0,
+    on_exhausted: Callable[[OutboxItem], None] | None = None,
+):
     """Register the handler of ``kind`` (a decorator). ``on_exhausted`` runs in the transaction that fails the row."""
     limit = max_attempts if callable(max_attempts) else (lambda: max_attempts)
 
@@ -99,8 +105,15 @@ def _enqueue(item_id: int, countdown: float | None = None) -> None:
     current_app.tasks[DISPATCH_TASK].apply_async(args=[item_id], countdown=countdown)
 
 
-def outbox_put(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCase | int | None = None,
-               run_id: str = "", delay: float = 0.0) -> OutboxItem:
+def outbox_put(
+    *,
+    kind: str,
+    key: str,
+    payload: dict[str, Any],
+    case: RecoveryCase | int | None = None,
+    run_id: str = "",
+    delay: float = 0.0,
+) -> OutboxItem:
     """Owe one step: write its row in the current transaction and dispatch it once that commits.
 
     ``key`` names the step (``run.resume:<run>:<case>:g2:a0``): putting the same key again returns the existing row
@@ -129,7 +142,9 @@ def outbox_put(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCa
     return item
 
 
-def outbox_put_many(*, kind: str, steps: list[tuple[str, dict[str, Any], str]], case: RecoveryCase | int | None = None) -> None:
+def outbox_put_many(
+    *, kind: str, steps: list[tuple[str, dict[str, Any], str]], case: RecoveryCase | int | None = None
+) -> None:
     """Owe several steps of one kind at once, ``(key, payload, run_id)`` each, with ``outbox_put``'s rules, in a
     fixed number of statements whatever their number (releasing every run of a case): the keys already owed, one
     INSERT of the others, their ids; one callback dispatches them all once the transaction commits. A step a
@@ -139,13 +154,22 @@ def outbox_put_many(*, kind: str, steps: list[tuple[str, dict[str, Any], str]], 
         raise RuntimeError("outbox_put must run inside the transaction that owes the step")
     _kind(kind)
     steps = [(_stored_key(key), payload, run_id) for key, payload, run_id in steps]
-    owed = set(OutboxItem.objects.filter(key__in=[key for key, _, _ in steps]).values_list("key", flat=True)) if steps else set()
-    fresh = [_new_item(kind=kind, key=key, payload=payload, case=case, run_id=run_id)
-             for key, payload, run_id in steps if key not in owed]
+    owed = (
+        set(OutboxItem.objects.filter(key__in=[key for key, _, _ in steps]).values_list("key", flat=True))
+        if steps
+        else set()
+    )
+    fresh = [
+        _new_item(kind=kind, key=key, payload=payload, case=case, run_id=run_id)
+        for key, payload, run_id in steps
+        if key not in owed
+    ]
     if not fresh:
         return
     OutboxItem.objects.bulk_create(fresh, ignore_conflicts=True)
-    ids = list(OutboxItem.objects.filter(key__in=[item.key for item in fresh]).order_by("pk").values_list("pk", flat=True))
+    ids = list(
+        OutboxItem.objects.filter(key__in=[item.key for item in fresh]).order_by("pk").values_list("pk", flat=True)
+    )
     _dispatch_after_commit(ids)
 
 
@@ -159,8 +183,9 @@ def _dispatch_after_commit(item_ids: list[int], countdown: float | None = None) 
             try:
                 _enqueue(item_id, countdown)
             except Exception as exc:
-                log.warning("outbox item %s: dispatch not sent (%s: %s); the sweep sends it", item_id,
-                            type(exc).__name__, exc)
+                log.warning(
+                    "outbox item %s: dispatch not sent (%s: %s); the sweep sends it", item_id, type(exc).__name__, exc
+                )
 
     transaction.on_commit(send_dispatches)
 
@@ -176,13 +201,21 @@ def _stored_key(key: str) -> str:
     if len(key) <= KEY_LENGTH:
         return key
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"{key[:KEY_LENGTH - len(digest) - 1]}#{digest}"
+    return f"{key[: KEY_LENGTH - len(digest) - 1]}#{digest}"
 
 
-def _new_item(*, kind: str, key: str, payload: dict[str, Any], case: RecoveryCase | int | None, run_id: str) -> OutboxItem:
-    return OutboxItem(kind=kind, key=key, payload=payload, case_id=case.pk if isinstance(case, RecoveryCase) else case,
-                      run_id=run_id, max_attempts=_kind(kind).max_attempts(),
-                      due_at=timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS))
+def _new_item(
+    *, kind: str, key: str, payload: dict[str, Any], case: RecoveryCase | int | None, run_id: str
+) -> OutboxItem:
+    return OutboxItem(
+        kind=kind,
+        key=key,
+        payload=payload,
+        case_id=case.pk if isinstance(case, RecoveryCase) else case,
+        run_id=run_id,
+        max_attempts=_kind(kind).max_attempts(),
+        due_at=timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS),
+    )
 
 
 def _backoff(kind: Kind, attempt: int) -> float:
@@ -200,8 +233,12 @@ def _claim(item_id: int, delivery: str = "") -> OutboxItem | None:
     if delivery:
         free |= Q(claimed_by=delivery)
     due = Q(not_before__isnull=True) | Q(not_before__lte=now)
-    taken = (OutboxItem.objects.filter(pk=item_id, state=OutboxItem.State.PENDING).filter(free).filter(due)
-             .update(claimed_until=until, claimed_by=delivery, attempts=F("attempts") + 1, updated_at=now))
+    taken = (
+        OutboxItem.objects.filter(pk=item_id, state=OutboxItem.State.PENDING)
+        .filter(free)
+        .filter(due)
+        .update(claimed_until=until, claimed_by=delivery, attempts=F("attempts") + 1, updated_at=now)
+    )
     return OutboxItem.objects.select_related("case").get(pk=item_id) if taken else None
 
 
@@ -256,8 +293,9 @@ def outbox_dispatch(item_id: int, delivery: str = "") -> DispatchResult:
     kind = _kind(item.kind)
 
     def renew() -> int:
-        return (OutboxItem.objects.filter(pk=item.pk, state=OutboxItem.State.PENDING, claimed_by=delivery)
-                .update(claimed_until=timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_CLAIM_SECONDS)))
+        return OutboxItem.objects.filter(pk=item.pk, state=OutboxItem.State.PENDING, claimed_by=delivery).update(
+            claimed_until=timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_CLAIM_SECONDS)
+        )
 
     try:
         with claim_renewed(renew if delivery else None, settings.REVIVE_OUTBOX_CLAIM_SECONDS):
@@ -267,8 +305,9 @@ def outbox_dispatch(item_id: int, delivery: str = "") -> DispatchResult:
         answer = Retry(error=f"{type(exc).__name__}: {exc}"[:1000])
     now = timezone.now()
     if not isinstance(answer, Retry):
-        OutboxItem.objects.filter(pk=item.pk).update(state=OutboxItem.State.DONE, done_at=now, claimed_until=None,
-                                                    updated_at=now)
+        OutboxItem.objects.filter(pk=item.pk).update(
+            state=OutboxItem.State.DONE, done_at=now, claimed_until=None, updated_at=now
+        )
         return DispatchResult("done")
     if item.attempts >= item.max_attempts:
         with transaction.atomic():
@@ -283,8 +322,11 @@ def outbox_dispatch(item_id: int, delivery: str = "") -> DispatchResult:
         return DispatchResult("failed", error=answer.error)
     countdown = answer.countdown if answer.countdown is not None else _backoff(kind, item.attempts)
     OutboxItem.objects.filter(pk=item.pk).update(
-        claimed_until=None, last_error=answer.error[:1000], updated_at=now,
-        due_at=now + timedelta(seconds=countdown + settings.REVIVE_OUTBOX_GRACE_SECONDS))
+        claimed_until=None,
+        last_error=answer.error[:1000],
+        updated_at=now,
+        due_at=now + timedelta(seconds=countdown + settings.REVIVE_OUTBOX_GRACE_SECONDS),
+    )
     return DispatchResult("retry", countdown=countdown, error=answer.error)
 
 
@@ -307,9 +349,12 @@ def outbox_run(item_id: int, *, eager: bool, delivery: str = "") -> str:
 def outbox_sweep(*, now=None, limit: int = 500) -> list[int]:
     """Dispatch again every pending row past its ``due_at`` whose claim is free (the beat task's body)."""
     now = now or timezone.now()
-    ids = list(OutboxItem.objects.filter(state=OutboxItem.State.PENDING, due_at__lt=now)
-               .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-               .order_by("due_at").values_list("pk", flat=True)[:limit])
+    ids = list(
+        OutboxItem.objects.filter(state=OutboxItem.State.PENDING, due_at__lt=now)
+        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+        .order_by("due_at")
+        .values_list("pk", flat=True)[:limit]
+    )
     for pk in ids:
         _enqueue(pk)
     return ids
@@ -324,8 +369,16 @@ def outbox_retry(*, item_id: int, actor: str) -> OutboxItem:
         item.state, item.attempts, item.claimed_until = OutboxItem.State.PENDING, 0, None
         item.due_at = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS)
         item.save(update_fields=["state", "attempts", "claimed_until", "due_at", "updated_at"])
-        audit_record(actor=actor, action="outbox.retried", entity_type="outbox_item", entity_id=item.key,
-                     case=item.case, run_id=item.run_id, before={"state": OutboxItem.State.FAILED},
-                     after={"state": OutboxItem.State.PENDING}, arguments={"last_error": item.last_error[:500]})
+        audit_record(
+            actor=actor,
+            action="outbox.retried",
+            entity_type="outbox_item",
+            entity_id=item.key,
+            case=item.case,
+            run_id=item.run_id,
+            before={"state": OutboxItem.State.FAILED},
+            after={"state": OutboxItem.State.PENDING},
+            arguments={"last_error": item.last_error[:500]},
+        )
         _dispatch_after_commit([item.pk])
     return item

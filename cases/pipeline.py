@@ -105,20 +105,33 @@ def step_reconcile(*, case_id: int, generation: int, actor: str = resume.ACTOR) 
         case = services.case_resume_begin(case_id=case_id, actor=actor, defer_ambiguous=defer)
         if case.state != CaseState.RESUMING:
             return []  # reconciling (an operator settles the rest) or awaiting approval
-        return list(OutboxItem.objects.filter(case=case, kind=services.RESUME_RUN, state=OutboxItem.State.PENDING)
-                    .order_by("run_id").values_list("run_id", flat=True).distinct())
+        return list(
+            OutboxItem.objects.filter(case=case, kind=services.RESUME_RUN, state=OutboxItem.State.PENDING)
+            .order_by("run_id")
+            .values_list("run_id", flat=True)
+            .distinct()
+        )
 
 
 def _reconcile_exhausted(item: OutboxItem) -> None:
     """Reconcilers kept failing: the case waits in ``reconciling`` for an operator, with the reason."""
     case = services.case_lock(item.payload["case_id"])
     if case.state == CaseState.REAUTHORIZED:
-        services.case_transition(case, to=CaseState.RECONCILING, actor=ACTOR,
-                                 arguments={"reason": f"reconciliation failed {item.attempts} times: {item.last_error}"[:1000]})
+        services.case_transition(
+            case,
+            to=CaseState.RECONCILING,
+            actor=ACTOR,
+            arguments={"reason": f"reconciliation failed {item.attempts} times: {item.last_error}"[:1000]},
+        )
 
 
-@outbox_handler(services.RECONCILE_CASE, max_attempts=lambda: settings.REVIVE_RESUME_MAX_RETRIES + 1,
-                backoff_first=1.0, backoff_max=60.0, on_exhausted=_reconcile_exhausted)
+@outbox_handler(
+    services.RECONCILE_CASE,
+    max_attempts=lambda: settings.REVIVE_RESUME_MAX_RETRIES + 1,
+    backoff_first=1.0,
+    backoff_max=60.0,
+    on_exhausted=_reconcile_exhausted,
+)
 def _handle_reconcile(item: OutboxItem) -> Done | Retry:
     try:
         runs = step_reconcile(case_id=item.payload["case_id"], generation=item.payload["generation"])
@@ -130,28 +143,57 @@ def _handle_reconcile(item: OutboxItem) -> Done | Retry:
 # --------------------------------------------------------------------------- 4. deliver
 
 
-def step_deliver(*, run_id: str, case_id: int, generation: int, attempt: int = 0, redrive: int = 0,
-                 max_attempts: int | None = None, holder: str = "") -> resume.Delivery:
+def step_deliver(
+    *,
+    run_id: str,
+    case_id: int,
+    generation: int,
+    attempt: int = 0,
+    redrive: int = 0,
+    max_attempts: int | None = None,
+    holder: str = "",
+) -> resume.Delivery:
     """One delivery attempt of a run's resume (``resume.run_resume_deliver``), counted by outcome for /metrics."""
-    delivery = resume.run_resume_deliver(run_id=run_id, case_id=case_id, generation=generation, attempt=attempt,
-                                         redrive=redrive, max_attempts=max_attempts, holder=holder)
+    delivery = resume.run_resume_deliver(
+        run_id=run_id,
+        case_id=case_id,
+        generation=generation,
+        attempt=attempt,
+        redrive=redrive,
+        max_attempts=max_attempts,
+        holder=holder,
+    )
     resume_finished(delivery.outcome)
     return delivery
 
 
 def _deliver_exhausted(item: OutboxItem) -> None:
-    services.case_resume_fail(case_id=item.payload["case_id"], actor=ACTOR,
-                              reason=f"resume of {item.run_id} not delivered after {item.attempts} attempts: {item.last_error}",
-                              detail={"run_id": item.run_id, "outbox": item.key})
+    services.case_resume_fail(
+        case_id=item.payload["case_id"],
+        actor=ACTOR,
+        reason=f"resume of {item.run_id} not delivered after {item.attempts} attempts: {item.last_error}",
+        detail={"run_id": item.run_id, "outbox": item.key},
+    )
 
 
-@outbox_handler(services.RESUME_RUN, max_attempts=lambda: settings.REVIVE_RESUME_MAX_RETRIES + 1,
-                backoff_first=1.0, backoff_max=60.0, on_exhausted=_deliver_exhausted)
+@outbox_handler(
+    services.RESUME_RUN,
+    max_attempts=lambda: settings.REVIVE_RESUME_MAX_RETRIES + 1,
+    backoff_first=1.0,
+    backoff_max=60.0,
+    on_exhausted=_deliver_exhausted,
+)
 def _handle_deliver(item: OutboxItem) -> Done | Retry:
     p = item.payload
-    delivery = step_deliver(run_id=p["run_id"], case_id=p["case_id"], generation=p["generation"],
-                            attempt=item.attempts - 1, redrive=p.get("attempt", 0),
-                            max_attempts=item.max_attempts - 1, holder=item.claimed_by)
+    delivery = step_deliver(
+        run_id=p["run_id"],
+        case_id=p["case_id"],
+        generation=p["generation"],
+        attempt=item.attempts - 1,
+        redrive=p.get("attempt", 0),
+        max_attempts=item.max_attempts - 1,
+        holder=item.claimed_by,
+    )
     if delivery.outcome == "retry":
         return Retry(error=f"retry: {delivery.detail.get('message', '')}"[:1000], countdown=delivery.countdown)
     # ``busy``: another delivery holds the run and covers it (if that one dies, its own row is swept); ``nothing``
@@ -166,14 +208,26 @@ def _abandon_exhausted(item: OutboxItem) -> None:
     """The runtime could not be told in time: the run is ``abandoned`` in Revive, and the case's timeline says
     its runtime still waits (the failed row in the admin's outbox list can be retried)."""
     case = RecoveryCase.objects.filter(pk=item.payload["case_id"]).first()
-    audit_record(actor=ACTOR, action="run.abandon_not_told", entity_type="run", entity_id=item.run_id, case=case,
-                 run_id=item.run_id, connection_id=case.connection_id if case else "", outcome="error",
-                 arguments={"error": f"not told after {item.attempts} attempts: {item.last_error}"[:1000],
-                            "outbox": item.key})
+    audit_record(
+        actor=ACTOR,
+        action="run.abandon_not_told",
+        entity_type="run",
+        entity_id=item.run_id,
+        case=case,
+        run_id=item.run_id,
+        connection_id=case.connection_id if case else "",
+        outcome="error",
+        arguments={"error": f"not told after {item.attempts} attempts: {item.last_error}"[:1000], "outbox": item.key},
+    )
 
 
-@outbox_handler(services.ABANDON_RUN, max_attempts=lambda: settings.REVIVE_RESUME_MAX_RETRIES + 1,
-                backoff_first=1.0, backoff_max=60.0, on_exhausted=_abandon_exhausted)
+@outbox_handler(
+    services.ABANDON_RUN,
+    max_attempts=lambda: settings.REVIVE_RESUME_MAX_RETRIES + 1,
+    backoff_first=1.0,
+    backoff_max=60.0,
+    on_exhausted=_abandon_exhausted,
+)
 def _handle_abandon(item: OutboxItem) -> Done | Retry:
     p = item.payload
     told = resume.run_abandon_tell(run_id=p["run_id"], case_id=p["case_id"], reason=p.get("reason", ""))
@@ -226,24 +280,42 @@ def run_redrive(*, case_run_id: int, now: datetime | None = None, actor: str = W
         locked = CaseRun.objects.select_for_update(no_key=True).select_related("case").get(pk=case_run_id)
         case = services.case_lock(locked.case_id)
         # Measured before our own reaping touched the ledger; a re-drive or a resume meanwhile moves the mark.
-        if locked.resumed_at is not None or case.state != CaseState.RESUMING \
-                or locked.resume_sent_at != case_run.resume_sent_at:
+        if (
+            locked.resumed_at is not None
+            or case.state != CaseState.RESUMING
+            or locked.resume_sent_at != case_run.resume_sent_at
+        ):
             return "moving"
         if locked.resume_attempts >= settings.REVIVE_RESUME_MAX_ATTEMPTS:
-            services.run_park_again(run_id=locked.run_id, actor=actor,
-                                                  reason="no progress after its resume and every re-drive")
+            services.run_park_again(
+                run_id=locked.run_id, actor=actor, reason="no progress after its resume and every re-drive"
+            )
             services.case_resume_fail(
-                case_id=case.pk, actor=actor,
-                reason=(f"run {locked.run_id} made no progress past its parked action for "
-                        f"{settings.REVIVE_RUN_STALL_SECONDS} s after {locked.resume_attempts + 1} resume deliveries"),
-                detail={"run_id": locked.run_id, "re_drives": locked.resume_attempts})
+                case_id=case.pk,
+                actor=actor,
+                reason=(
+                    f"run {locked.run_id} made no progress past its parked action for "
+                    f"{settings.REVIVE_RUN_STALL_SECONDS} s after {locked.resume_attempts + 1} resume deliveries"
+                ),
+                detail={"run_id": locked.run_id, "re_drives": locked.resume_attempts},
+            )
             return "failed"
         attempt = locked.resume_attempts + 1
         CaseRun.objects.filter(pk=locked.pk).update(resume_attempts=attempt, resume_sent_at=now)
-        audit_record(actor=actor, action="run.redriven", entity_type="run", entity_id=locked.run_id, case=case,
-                     run_id=locked.run_id, connection_id=case.connection_id,
-                     arguments={"re_drive": attempt, "of": settings.REVIVE_RESUME_MAX_ATTEMPTS,
-                                "stalled_seconds": settings.REVIVE_RUN_STALL_SECONDS})
+        audit_record(
+            actor=actor,
+            action="run.redriven",
+            entity_type="run",
+            entity_id=locked.run_id,
+            case=case,
+            run_id=locked.run_id,
+            connection_id=case.connection_id,
+            arguments={
+                "re_drive": attempt,
+                "of": settings.REVIVE_RESUME_MAX_ATTEMPTS,
+                "stalled_seconds": settings.REVIVE_RUN_STALL_SECONDS,
+            },
+        )
         services.run_resume_owe(run_id=locked.run_id, case=case, attempt=attempt)
     return "redriven"
 
@@ -253,13 +325,18 @@ def _stopped_runs(now: datetime):
     no delivery holding or owing them, past every parked action (a run still waiting on a case is ``run_redrive``'s),
     and not already handed to an operator (a ``resume_failed`` case)."""
     quiet = now - timedelta(seconds=settings.REVIVE_RUN_STALL_SECONDS)
-    waiting = CaseRun.objects.filter(run_id=OuterRef("pk"), resumed_at__isnull=True,
-                                     case__state__in=BLOCKING_CASE_STATES + RELEASED_CASE_STATES)
+    waiting = CaseRun.objects.filter(
+        run_id=OuterRef("pk"), resumed_at__isnull=True, case__state__in=BLOCKING_CASE_STATES + RELEASED_CASE_STATES
+    )
     failed = CaseRun.objects.filter(run_id=OuterRef("pk"), case__state=CaseState.RESUME_FAILED)
     owed = OutboxItem.objects.filter(kind=services.RESUME_RUN, run_id=OuterRef("pk"), state=OutboxItem.State.PENDING)
-    return (Run.objects.filter(state=Run.State.ACTIVE, hosted_at__lt=quiet)
-            .filter(Q(resume_claimed_until__isnull=True) | Q(resume_claimed_until__lt=now))
-            .exclude(Exists(waiting)).exclude(Exists(failed)).exclude(Exists(owed)))
+    return (
+        Run.objects.filter(state=Run.State.ACTIVE, hosted_at__lt=quiet)
+        .filter(Q(resume_claimed_until__isnull=True) | Q(resume_claimed_until__lt=now))
+        .exclude(Exists(waiting))
+        .exclude(Exists(failed))
+        .exclude(Exists(owed))
+    )
 
 
 def run_continue(*, run_id: str, now: datetime | None = None, actor: str = WATCH_ACTOR) -> str:
@@ -270,8 +347,12 @@ def run_continue(*, run_id: str, now: datetime | None = None, actor: str = WATCH
     ``moving`` (it made progress, or is no longer stopped)."""
     now = now or timezone.now()
     stall = timedelta(seconds=settings.REVIVE_RUN_STALL_SECONDS)
-    case_run = (CaseRun.objects.filter(run_id=run_id, resumed_at__isnull=False).select_related("case")
-                .order_by("-resumed_at", "-pk").first())
+    case_run = (
+        CaseRun.objects.filter(run_id=run_id, resumed_at__isnull=False)
+        .select_related("case")
+        .order_by("-resumed_at", "-pk")
+        .first()
+    )
     stopped = _stopped_runs(now).filter(pk=run_id).values_list("hosted_at", flat=True).first()
     ledger = Action.objects.filter(run_id=run_id).aggregate(at=Max("updated_at"))["at"]
     if case_run is None or stopped is None or (ledger is not None and now - ledger < stall):
@@ -290,16 +371,31 @@ def run_continue(*, run_id: str, now: datetime | None = None, actor: str = WATCH
         case = services.case_lock(case_run.case_id)
         if run.continuations >= settings.REVIVE_RESUME_MAX_ATTEMPTS:
             services.case_resume_fail(
-                case_id=case.pk, actor=actor, stopped_run=run_id,
-                reason=(f"run {run_id} stopped after it went past its parked action; {run.continuations} "
-                        f"continuation(s) from its latest checkpoint did not finish it"),
-                detail={"run_id": run_id, "continuations": run.continuations})
+                case_id=case.pk,
+                actor=actor,
+                stopped_run=run_id,
+                reason=(
+                    f"run {run_id} stopped after it went past its parked action; {run.continuations} "
+                    f"continuation(s) from its latest checkpoint did not finish it"
+                ),
+                detail={"run_id": run_id, "continuations": run.continuations},
+            )
             return "failed"
         continuation = run.continuations + 1
-        audit_record(actor=actor, action="run.continued", entity_type="run", entity_id=run_id, case=case,
-                     run_id=run_id, connection_id=case.connection_id,
-                     arguments={"continuation": continuation, "of": settings.REVIVE_RESUME_MAX_ATTEMPTS,
-                                "stopped_since": run.hosted_at.isoformat()})
+        audit_record(
+            actor=actor,
+            action="run.continued",
+            entity_type="run",
+            entity_id=run_id,
+            case=case,
+            run_id=run_id,
+            connection_id=case.connection_id,
+            arguments={
+                "continuation": continuation,
+                "of": settings.REVIVE_RESUME_MAX_ATTEMPTS,
+                "stopped_since": run.hosted_at.isoformat(),
+            },
+        )
         services.run_continue_owe(run_id=run_id, case=case, continuation=continuation)
         Run.objects.filter(pk=run_id).update(continuations=continuation, hosted_at=now)
     return "continued"
@@ -312,9 +408,12 @@ def runs_watch(*, now: datetime | None = None, limit: int = 500) -> WatchReport:
     quiet = now - timedelta(seconds=settings.REVIVE_RUN_STALL_SECONDS)
     # Resumed runs quiet since their resume, and released runs that never had one (a delivery that ended without
     # reaching them) -- both re-driven the same way.
-    watched = (CaseRun.objects.filter(resumed_at__isnull=True, case__state=CaseState.RESUMING, run__state=Run.State.ACTIVE)
-               .filter(Q(resume_sent_at__lt=quiet) | Q(resume_sent_at__isnull=True, case__state_changed_at__lt=quiet))
-               .order_by("run_id", "pk").values_list("pk", "run_id")[:limit])
+    watched = (
+        CaseRun.objects.filter(resumed_at__isnull=True, case__state=CaseState.RESUMING, run__state=Run.State.ACTIVE)
+        .filter(Q(resume_sent_at__lt=quiet) | Q(resume_sent_at__isnull=True, case__state_changed_at__lt=quiet))
+        .order_by("run_id", "pk")
+        .values_list("pk", "run_id")[:limit]
+    )
     seen: set[str] = set()
     for pk, run_id in watched:
         if run_id in seen:
@@ -326,10 +425,12 @@ def runs_watch(*, now: datetime | None = None, limit: int = 500) -> WatchReport:
         elif outcome == "failed":
             report.failed.append(run_id)
     # The backstop of the release: a run still parked although none of its cases blocks it any more.
-    stranded = (CaseRun.objects.filter(resumed_at__isnull=True, case__state=CaseState.RESUMING,
-                                       run__state=Run.State.PARKED)
-                .exclude(run__case_runs__case__state__in=BLOCKING_CASE_STATES, run__case_runs__resumed_at__isnull=True)
-                .values_list("case_id", flat=True).distinct()[:limit])
+    stranded = (
+        CaseRun.objects.filter(resumed_at__isnull=True, case__state=CaseState.RESUMING, run__state=Run.State.PARKED)
+        .exclude(run__case_runs__case__state__in=BLOCKING_CASE_STATES, run__case_runs__resumed_at__isnull=True)
+        .values_list("case_id", flat=True)
+        .distinct()[:limit]
+    )
     for case_pk in stranded:
         report.released.extend(services.case_runs_release(case_id=case_pk, actor=WATCH_ACTOR))
     # Past their parked action, runs Revive executes itself are watched until their execution returns.
@@ -339,8 +440,11 @@ def runs_watch(*, now: datetime | None = None, limit: int = 500) -> WatchReport:
             report.continued.append(run_id)
         elif outcome == "failed":
             report.failed.append(run_id)
-    for case_pk in (RecoveryCase.objects.filter(state=CaseState.RESUMING)
-                    .exclude(case_runs__resumed_at__isnull=True).values_list("pk", flat=True)[:limit]):
+    for case_pk in (
+        RecoveryCase.objects.filter(state=CaseState.RESUMING)
+        .exclude(case_runs__resumed_at__isnull=True)
+        .values_list("pk", flat=True)[:limit]
+    ):
         if services.case_finish_if_resumed(case_id=case_pk, actor=WATCH_ACTOR):
             report.finished.append(str(case_pk))
     return report

@@ -66,19 +66,33 @@ def _locked_claim(connection_id: str, generation: int) -> RefreshClaim | Refresh
     conn = _lock_connection(connection_id, exclusive=False)
     _check_generation(conn, generation)
     if generation < conn.current_generation:
-        return RefreshAnswer(decision=Decision.FENCED, connection_id=conn.pk, generation=generation, round=0,
-                             current_generation=conn.current_generation)
+        return RefreshAnswer(
+            decision=Decision.FENCED,
+            connection_id=conn.pk,
+            generation=generation,
+            round=0,
+            current_generation=conn.current_generation,
+        )
     RefreshClaim.objects.bulk_create([RefreshClaim(connection=conn, generation=generation)], ignore_conflicts=True)
     return RefreshClaim.objects.select_for_update().get(connection=conn, generation=generation)
 
 
 def _answer(claim: RefreshClaim, decision: str, **extra) -> RefreshAnswer:
-    return RefreshAnswer(decision=decision, connection_id=claim.connection_id, generation=claim.generation,
-                         round=claim.round, holder=claim.holder, held_until=claim.held_until, **extra)
+    return RefreshAnswer(
+        decision=decision,
+        connection_id=claim.connection_id,
+        generation=claim.generation,
+        round=claim.round,
+        holder=claim.holder,
+        held_until=claim.held_until,
+        **extra,
+    )
 
 
 @transaction.atomic
-def refresh_claim(*, connection_id: str, generation: int, holder: str, seen_round: int = 0, actor: str) -> RefreshAnswer:
+def refresh_claim(
+    *, connection_id: str, generation: int, holder: str, seen_round: int = 0, actor: str
+) -> RefreshAnswer:
     """Claim the refresh of this generation's credential; ``seen_round`` is the round of the credential that failed."""
     claim = _locked_claim(connection_id, generation)
     if isinstance(claim, RefreshAnswer):
@@ -98,15 +112,23 @@ def refresh_claim(*, connection_id: str, generation: int, holder: str, seen_roun
     claim.held_until = now + timedelta(seconds=settings.REVIVE_REFRESH_CLAIM_SECONDS)
     claim.finished_at = None
     claim.save()
-    audit_record(actor=actor, action="refresh.claimed", entity_type="connection", entity_id=claim.connection_id,
-                 connection_id=claim.connection_id, before=before,
-                 after={"state": claim.state, "round": claim.round, "holder": holder, "generation": generation},
-                 arguments={"seen_round": seen_round, "taken_over": before["state"] == RefreshClaim.State.HELD})
+    audit_record(
+        actor=actor,
+        action="refresh.claimed",
+        entity_type="connection",
+        entity_id=claim.connection_id,
+        connection_id=claim.connection_id,
+        before=before,
+        after={"state": claim.state, "round": claim.round, "holder": holder, "generation": generation},
+        arguments={"seen_round": seen_round, "taken_over": before["state"] == RefreshClaim.State.HELD},
+    )
     return _answer(claim, Decision.REFRESH)
 
 
 @transaction.atomic
-def refresh_release(*, connection_id: str, generation: int, round: int, holder: str, outcome: str, actor: str) -> RefreshAnswer:
+def refresh_release(
+    *, connection_id: str, generation: int, round: int, holder: str, outcome: str, actor: str
+) -> RefreshAnswer:
     """The holder says how its refresh went; waiters then reload (``refreshed``) or claim in turn (``failed``)."""
     claim = _locked_claim(connection_id, generation)
     if isinstance(claim, RefreshAnswer):
@@ -114,13 +136,26 @@ def refresh_release(*, connection_id: str, generation: int, round: int, holder: 
     if claim.round == round and claim.holder == holder and claim.state == outcome:
         return _answer(claim, Decision.RELEASED)  # a retried release
     if claim.round != round or claim.holder != holder or claim.state != RefreshClaim.State.HELD:
-        raise RefreshClaimNotHeld(data={"connection_id": connection_id, "generation": generation, "round": round,
-                                        "current_round": claim.round, "state": claim.state})
+        raise RefreshClaimNotHeld(
+            data={
+                "connection_id": connection_id,
+                "generation": generation,
+                "round": round,
+                "current_round": claim.round,
+                "state": claim.state,
+            }
+        )
     claim.state = outcome
     claim.held_until = None
     claim.finished_at = timezone.now()
     claim.save()
-    audit_record(actor=actor, action=f"refresh.{outcome}", entity_type="connection", entity_id=claim.connection_id,
-                 connection_id=claim.connection_id, before={"state": RefreshClaim.State.HELD, "round": round},
-                 after={"state": outcome, "round": round, "holder": holder, "generation": generation})
+    audit_record(
+        actor=actor,
+        action=f"refresh.{outcome}",
+        entity_type="connection",
+        entity_id=claim.connection_id,
+        connection_id=claim.connection_id,
+        before={"state": RefreshClaim.State.HELD, "round": round},
+        after={"state": outcome, "round": round, "holder": holder, "generation": generation},
+    )
     return _answer(claim, Decision.RELEASED)

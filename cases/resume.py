@@ -99,8 +99,12 @@ def _finding(raw: Any, path: str, request: ReconcileRequest) -> ReconcilerFindin
         finding = ReconcilerFinding(found=False)
     else:
         finding = ReconcilerFinding(found=True, result=raw if raw is not True else None)
-    evidence = {"idempotency_key": request.idempotency_key, "found": finding.found, **finding.evidence,
-                "reconciler": path}
+    evidence = {
+        "idempotency_key": request.idempotency_key,
+        "found": finding.found,
+        **finding.evidence,
+        "reconciler": path,
+    }
     return dataclasses.replace(finding, evidence=evidence)
 
 
@@ -116,7 +120,11 @@ class ReconcileReport:
 
 def _case(case_id: str | int) -> RecoveryCase:
     qs = RecoveryCase.objects.select_related("connection")
-    case = qs.filter(reference=case_id).first() if isinstance(case_id, str) and not case_id.isdigit() else qs.filter(pk=int(case_id)).first()
+    case = (
+        qs.filter(reference=case_id).first()
+        if isinstance(case_id, str) and not case_id.isdigit()
+        else qs.filter(pk=int(case_id)).first()
+    )
     if case is None:
         raise CaseNotFound(data={"case_id": str(case_id)})
     return case
@@ -154,27 +162,46 @@ def actions_reconcile(ambiguous, *, case: RecoveryCase, actor: str) -> Reconcile
             report.deferred.append(name)
             continue
         path, reconciler = found
-        request = ReconcileRequest(run_id=action.run_id, action_key=action.action_key,
-                                   idempotency_key=action.idempotency_key, connection_id=action.connection_id,
-                                   generation=action.generation, attempts=action.attempts,
-                                   params_hash=action.params_hash, external_ref=action.external_ref)
+        request = ReconcileRequest(
+            run_id=action.run_id,
+            action_key=action.action_key,
+            idempotency_key=action.idempotency_key,
+            connection_id=action.connection_id,
+            generation=action.generation,
+            attempts=action.attempts,
+            params_hash=action.params_hash,
+            external_ref=action.external_ref,
+        )
         try:
             finding = _finding(reconciler(request), path, request)
         except ReconcilerUnavailable:
             raise
         except Exception as exc:  # a broken reconciler must not stall the other actions
             with transaction.atomic():
-                audit_record(actor=actor, action="action.reconcile_failed", entity_type="action", entity_id=name,
-                             case=case, run_id=action.run_id, connection_id=action.connection_id,
-                             arguments={"reconciler": path, "error": f"{type(exc).__name__}: {exc}"[:500]},
-                             outcome="error")
+                audit_record(
+                    actor=actor,
+                    action="action.reconcile_failed",
+                    entity_type="action",
+                    entity_id=name,
+                    case=case,
+                    run_id=action.run_id,
+                    connection_id=action.connection_id,
+                    arguments={"reconciler": path, "error": f"{type(exc).__name__}: {exc}"[:500]},
+                    outcome="error",
+                )
             report.unsettled.append(name)
             continue
         try:
-            services.action_reconcile(run_id=action.run_id, action_key=action.action_key, found=finding.found,
-                                      evidence=finding.evidence, result=finding.result,
-                                      external_ref=finding.external_ref, generation=None,
-                                      actor=f"reconciler:{path}"[:200])
+            services.action_reconcile(
+                run_id=action.run_id,
+                action_key=action.action_key,
+                found=finding.found,
+                evidence=finding.evidence,
+                result=finding.result,
+                external_ref=finding.external_ref,
+                generation=None,
+                actor=f"reconciler:{path}"[:200],
+            )
         except (ActionStateConflict, ActionAlreadyReconciled):
             pass  # settled meanwhile (a worker's callback, an operator): the ledger has the answer
         report.settled.append(name)
@@ -191,8 +218,12 @@ def case_resume_dispatch(*, case_id: str | int, actor: str) -> list[str]:
         case = services.case_resume_begin(case_id=_case(case_id).pk, actor=actor)
         if case.state != CaseState.RESUMING:
             return []
-        return list(OutboxItem.objects.filter(case=case, kind=services.RESUME_RUN, state=OutboxItem.State.PENDING)
-                    .order_by("run_id").values_list("run_id", flat=True).distinct())
+        return list(
+            OutboxItem.objects.filter(case=case, kind=services.RESUME_RUN, state=OutboxItem.State.PENDING)
+            .order_by("run_id")
+            .values_list("run_id", flat=True)
+            .distinct()
+        )
 
 
 # --------------------------------------------------------------------------- delivering one run's resume
@@ -208,8 +239,11 @@ class Delivery:
 
 
 def _pending_case_runs(run_id: str):
-    return (CaseRun.objects.filter(run_id=run_id, resumed_at__isnull=True, case__state__in=DELIVERING_STATES)
-            .select_related("case", "case__connection").order_by("case_id"))
+    return (
+        CaseRun.objects.filter(run_id=run_id, resumed_at__isnull=True, case__state__in=DELIVERING_STATES)
+        .select_related("case", "case__connection")
+        .order_by("case_id")
+    )
 
 
 def _claim(run_id: str, holder: str = "") -> datetime | None:
@@ -243,13 +277,20 @@ def resume_backoff(error: RuntimeDeliveryError, attempt: int) -> float:
     """Seconds before delivery attempt ``attempt + 1``: short while the run has not reached its wait, longer while
     the runtime is unreachable; capped at ``REVIVE_RESUME_BACKOFF_MAX``."""
     first = settings.REVIVE_RESUME_BACKOFF_FIRST * (1 if isinstance(error, RunNotWaiting) else 10)
-    delay = min(settings.REVIVE_RESUME_BACKOFF_MAX, first * (2 ** attempt))
+    delay = min(settings.REVIVE_RESUME_BACKOFF_MAX, first * (2**attempt))
     return round(delay * random.uniform(0.8, 1.0), 3)
 
 
 @transaction.atomic
-def _record_delivery(*, run: Run, case_run_ids: list[int], request: ResumeRequest, result_detail: dict[str, Any],
-                     already: bool, actor: str) -> None:
+def _record_delivery(
+    *,
+    run: Run,
+    case_run_ids: list[int],
+    request: ResumeRequest,
+    result_detail: dict[str, Any],
+    already: bool,
+    actor: str,
+) -> None:
     """The run has its resume: record when (the watchdog measures progress from it). The cases stay ``resuming``
     until the run is past its parked action (``services._run_went_past``)."""
     now = timezone.now()
@@ -257,30 +298,54 @@ def _record_delivery(*, run: Run, case_run_ids: list[int], request: ResumeReques
     CaseRun.objects.filter(pk__in=[cr.pk for cr in locked]).update(resume_sent_at=now)
     for case_pk in sorted({cr.case_id for cr in locked}):
         case = RecoveryCase.objects.get(pk=case_pk)
-        audit_record(actor=actor, action="run.resume_delivered", entity_type="run", entity_id=run.pk, case=case,
-                     run_id=run.pk, connection_id=case.connection_id,
-                     after={"generation": request.generations.get(case.connection_id), "already": already,
-                            "attempt": request.attempt},
-                     arguments={"runtime": run.runtime, "cases": list(request.case_ids), "delivery": result_detail})
+        audit_record(
+            actor=actor,
+            action="run.resume_delivered",
+            entity_type="run",
+            entity_id=run.pk,
+            case=case,
+            run_id=run.pk,
+            connection_id=case.connection_id,
+            after={
+                "generation": request.generations.get(case.connection_id),
+                "already": already,
+                "attempt": request.attempt,
+            },
+            arguments={"runtime": run.runtime, "cases": list(request.case_ids), "delivery": result_detail},
+        )
 
 
 @transaction.atomic
-def _record_failure(*, run_id: str, case_pks: list[int], error: str, detail: dict[str, Any], actor: str,
-                    park: bool = True) -> None:
+def _record_failure(
+    *, run_id: str, case_pks: list[int], error: str, detail: dict[str, Any], actor: str, park: bool = True
+) -> None:
     """The resume could not be delivered: the run waits again and its cases show ``resume_failed`` to operators.
     ``park=False``: a run Revive executes went past its parked action before it failed: no case would release it
     again, so it is left as it is, the failure is written on its case, and the watchdog continues it
     (``pipeline.run_continue``; its case shows ``resume_failed`` only once continuing cannot finish it)."""
     run = Run.objects.select_for_update(no_key=True).get(pk=run_id)
     for case_pk in sorted(case_pks):
-        services.case_resume_fail(case_id=case_pk, actor=actor, reason=f"resume of {run_id} not delivered: {error}"[:1000],
-                                  detail={"run_id": run_id, "runtime": run.runtime, "detail": detail})
+        services.case_resume_fail(
+            case_id=case_pk,
+            actor=actor,
+            reason=f"resume of {run_id} not delivered: {error}"[:1000],
+            detail={"run_id": run_id, "runtime": run.runtime, "detail": detail},
+        )
     if park:
         services.run_park_again(run_id=run_id, actor=actor, reason="resume could not be delivered")
 
 
-def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: int = 0, max_attempts: int | None = None,
-                       redrive: int = 0, holder: str = "", actor: str = ACTOR) -> Delivery:
+def run_resume_deliver(
+    *,
+    run_id: str,
+    case_id: int,
+    generation: int,
+    attempt: int = 0,
+    max_attempts: int | None = None,
+    redrive: int = 0,
+    holder: str = "",
+    actor: str = ACTOR,
+) -> Delivery:
     """Deliver the resume due to ``run_id`` once, through its runtime; say whether and when to retry.
 
     ``case_id``/``generation`` are what the delivery was owed for: if that case moved on, nothing happens.
@@ -310,6 +375,7 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     held = _claim(run_id, holder)
     if held is None:
         return Delivery("busy", countdown=float(settings.REVIVE_RESUME_BACKOFF_FIRST) * 10)
+
     def executing() -> None:
         Run.objects.filter(pk=run_id).update(hosted_at=timezone.now())
 
@@ -326,7 +392,8 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
 
     def renew() -> int:
         return Run.objects.filter(pk=run_id, resume_claimed_by=holder).update(
-            resume_claimed_until=timezone.now() + timedelta(seconds=settings.REVIVE_RESUME_CLAIM_SECONDS))
+            resume_claimed_until=timezone.now() + timedelta(seconds=settings.REVIVE_RESUME_CLAIM_SECONDS)
+        )
 
     try:
         adapter = adapter_for(run.runtime)
@@ -349,8 +416,14 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
         # A run this delivery executed may have gone past its parked action before it failed: nothing would release
         # it if it were parked again, so it is parked only while it still waits on one of its cases.
         waits = _pending_case_runs(run_id).exists() if hosted else True
-        _record_failure(run_id=run_id, case_pks=[cr.case_id for cr in pending] or [case.pk], error=str(exc),
-                        detail=detail, actor=actor, park=waits)
+        _record_failure(
+            run_id=run_id,
+            case_pks=[cr.case_id for cr in pending] or [case.pk],
+            error=str(exc),
+            detail=detail,
+            actor=actor,
+            park=waits,
+        )
         return Delivery("failed", detail={**detail, "message": str(exc), "attempts": attempt + 1})
     except BaseException:
         _release(run_id, held, holder)
@@ -359,21 +432,40 @@ def run_resume_deliver(*, run_id: str, case_id: int, generation: int, attempt: i
     if hosted:  # the execution returned (finished, parked again, or waiting on the graph's own interrupt)
         Run.objects.filter(pk=run_id, hosted_at__isnull=False).update(hosted_at=None, continuations=0)
     try:
-        _record_delivery(run=run, case_run_ids=[cr.pk for cr in pending], request=request,
-                         result_detail=result.detail, already=result.already, actor=actor)
+        _record_delivery(
+            run=run,
+            case_run_ids=[cr.pk for cr in pending],
+            request=request,
+            result_detail=result.detail,
+            already=result.already,
+            actor=actor,
+        )
     finally:
         _release(run_id, held, holder)
-    log.info("resume of %s (%s) %s: runtime %.0f ms, total %.0f ms", run_id, run.runtime,
-             "was already past its wait" if result.already else "delivered", runtime_ms,
-             (time.perf_counter() - started) * 1000)
+    log.info(
+        "resume of %s (%s) %s: runtime %.0f ms, total %.0f ms",
+        run_id,
+        run.runtime,
+        "was already past its wait" if result.already else "delivered",
+        runtime_ms,
+        (time.perf_counter() - started) * 1000,
+    )
     return Delivery("already" if result.already else "delivered", detail=result.detail)
 
 
 def _abandon_not_told(*, run_id: str, case: RecoveryCase, error: str, actor: str) -> None:
     with transaction.atomic():
-        audit_record(actor=actor, action="run.abandon_not_told", entity_type="run", entity_id=run_id, case=case,
-                     run_id=run_id, connection_id=case.connection_id,
-                     arguments={"error": error[:1000]}, outcome="error")
+        audit_record(
+            actor=actor,
+            action="run.abandon_not_told",
+            entity_type="run",
+            entity_id=run_id,
+            case=case,
+            run_id=run_id,
+            connection_id=case.connection_id,
+            arguments={"error": error[:1000]},
+            outcome="error",
+        )
 
 
 def run_abandon_tell(*, run_id: str, case_id: int, reason: str, actor: str = ACTOR) -> Delivery:
@@ -394,16 +486,21 @@ def run_abandon_tell(*, run_id: str, case_id: int, reason: str, actor: str = ACT
         case = RecoveryCase.objects.filter(pk=case_id).first()
         if case is None or case.state != CaseState.ABANDONED or run.state != Run.State.PARKED:
             return Delivery("skipped", detail={"message": "reopened or not parked"})
-        _abandon_not_told(run_id=run_id, case=case, actor=actor,
-                          error=f"the {run.runtime} runtime cannot be told; the run stays parked")
+        _abandon_not_told(
+            run_id=run_id,
+            case=case,
+            actor=actor,
+            error=f"the {run.runtime} runtime cannot be told; the run stays parked",
+        )
         return Delivery("unsupported")
     claim = services.run_abandon_claim(run_id=run_id, case_id=case_id, actor=actor, reason=reason)
     if claim.outcome != "claimed":
         return Delivery("skipped", detail={"message": claim.outcome, "held_by": claim.detail})
     case = claim.case
     assert case is not None and case.reference is not None  # a claimed abandon names its case (referenced when opened)
-    request = AbandonRequest(run_id=run_id, case_id=case.reference, reason=reason,
-                             rejected={case.connection_id: case.rejected_generation})
+    request = AbandonRequest(
+        run_id=run_id, case_id=case.reference, reason=reason, rejected={case.connection_id: case.rejected_generation}
+    )
     try:
         result = adapter.abandon(run=Run.objects.get(pk=run_id), request=request)
     except RuntimeDeliveryError as exc:
@@ -412,7 +509,14 @@ def run_abandon_tell(*, run_id: str, case_id: int, reason: str, actor: str = ACT
         _abandon_not_told(run_id=run_id, case=case, actor=actor, error=f"{type(exc).__name__}: {exc}")
         return Delivery("failed", detail={"message": str(exc)[:500]})
     with transaction.atomic():
-        audit_record(actor=actor, action="run.abandoned_told", entity_type="run", entity_id=run_id, case=case,
-                     run_id=run_id, connection_id=case.connection_id,
-                     arguments={"runtime": run.runtime, "already": result.already, **result.detail})
+        audit_record(
+            actor=actor,
+            action="run.abandoned_told",
+            entity_type="run",
+            entity_id=run_id,
+            case=case,
+            run_id=run_id,
+            connection_id=case.connection_id,
+            arguments={"runtime": run.runtime, "already": result.already, **result.detail},
+        )
     return Delivery("already" if result.already else "told", detail=result.detail)

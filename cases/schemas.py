@@ -243,8 +243,9 @@ class ErrorOut(Schema):
 class RefreshClaimIn(InputSchema):
     generation: Generation
     holder: str = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
-    seen_round: int = Field(0, ge=0, le=2**31 - 1, strict=True,
-                            description="The refresh round of the credential that failed (0: unknown).")
+    seen_round: int = Field(
+        0, ge=0, le=2**31 - 1, strict=True, description="The refresh round of the credential that failed (0: unknown)."
+    )
 
 
 class RefreshReleaseIn(InputSchema):

@@ -36,9 +36,13 @@ def outbox_sweep() -> int:
 def pipeline_watch() -> dict:
     """Beat: re-drive released runs that stalled before passing their parked action (``pipeline.runs_watch``)."""
     report = pipeline.runs_watch()
-    return {"redriven": len(report.redriven), "failed": len(report.failed), "released": len(report.released),
-            "continued": len(report.continued),
-            "finished": len(report.finished)}
+    return {
+        "redriven": len(report.redriven),
+        "failed": len(report.failed),
+        "released": len(report.released),
+        "continued": len(report.continued),
+        "finished": len(report.finished),
+    }
 
 
 @shared_task(name="cases.reap_stale_actions", acks_late=True)
@@ -58,7 +62,7 @@ def reconcile_case(self, case_id: int, generation: int) -> int:
     except resume.ReconcilerUnavailable as exc:
         if self.request.retries >= settings.REVIVE_RESUME_MAX_RETRIES or self.request.is_eager:
             raise
-        raise self.retry(exc=exc, countdown=min(settings.REVIVE_RESUME_BACKOFF_MAX, 2.0 ** self.request.retries)) from exc
+        raise self.retry(exc=exc, countdown=min(settings.REVIVE_RESUME_BACKOFF_MAX, 2.0**self.request.retries)) from exc
 
 
 @shared_task(bind=True, name="cases.resume_run", max_retries=None, **DURABLE)
@@ -67,8 +71,13 @@ def resume_run(self, run_id: str, case_id: int, generation: int) -> str:
     failures with backoff, bounded by ``REVIVE_RESUME_MAX_RETRIES``."""
     attempt = self.request.retries
     while True:
-        delivery = pipeline.step_deliver(run_id=run_id, case_id=case_id, generation=generation, attempt=attempt,
-                                         holder="" if self.request.is_eager else (self.request.id or ""))
+        delivery = pipeline.step_deliver(
+            run_id=run_id,
+            case_id=case_id,
+            generation=generation,
+            attempt=attempt,
+            holder="" if self.request.is_eager else (self.request.id or ""),
+        )
         if delivery.outcome != "retry":
             return delivery.outcome
         if not self.request.is_eager:

@@ -27,7 +27,12 @@ CASE_TRANSITIONS: dict[str, set[str]] = {
     # ``case_recover_without_reconnect``) before anyone reconnected and before any run was blocked.
     CaseState.OPENED: {CaseState.AWAITING_OWNER, CaseState.REAUTHORIZED, CaseState.ABANDONED, CaseState.CLOSED},
     CaseState.AWAITING_OWNER: {CaseState.REAUTHORIZED, CaseState.ABANDONED, CaseState.CLOSED},
-    CaseState.REAUTHORIZED: {CaseState.RECONCILING, CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.ABANDONED},
+    CaseState.REAUTHORIZED: {
+        CaseState.RECONCILING,
+        CaseState.AWAITING_APPROVAL,
+        CaseState.RESUMING,
+        CaseState.ABANDONED,
+    },
     CaseState.RECONCILING: {CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.ABANDONED},
     CaseState.AWAITING_APPROVAL: {CaseState.RESUMING, CaseState.ABANDONED},
     # ``awaiting_approval`` from ``resuming``: a reconciliation landed by hand or without evidence (``_hold_for_approval``).

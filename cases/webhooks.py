@@ -29,7 +29,9 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def verify(secret: str, body: bytes, header: str, *, now: float | None = None, tolerance: int = SIGNATURE_TOLERANCE_SECONDS) -> bool:
+def verify(
+    secret: str, body: bytes, header: str, *, now: float | None = None, tolerance: int = SIGNATURE_TOLERANCE_SECONDS
+) -> bool:
     """Check an ``X-Revive-Signature`` header (for receivers, and the tests)."""
     try:
         parts = dict(item.split("=", 1) for item in header.split(","))
@@ -47,8 +49,13 @@ def post_signed(*, url: str, secret: str, body: bytes, headers: dict[str, str], 
     """POST ``body`` signed with ``secret``; the receiver's status, or ``WebhookTransientError`` when a retry may
     succeed. Redirects are not followed (a signed body goes where it was configured to go, nowhere else)."""
     timestamp = int(time.time())
-    headers = {"Content-Type": "application/json", "User-Agent": "Revive-Webhook/1", **headers,
-               "X-Revive-Timestamp": str(timestamp), "X-Revive-Signature": sign(secret, body, timestamp)}
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Revive-Webhook/1",
+        **headers,
+        "X-Revive-Timestamp": str(timestamp),
+        "X-Revive-Signature": sign(secret, body, timestamp),
+    }
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=timeout, follow_redirects=False)
     except httpx.HTTPError as exc:

@@ -100,8 +100,9 @@ def _classify(
 ) -> Classification:
     network = _first_match(_NETWORK_ROWS, _Signals(error_kind=_token(error_kind)))
     if network is not None:
-        return _classification(provider, network.row.failure_class, code=network.code, signature=network.row.signature,
-                               description="")
+        return _classification(
+            provider, network.row.failure_class, code=network.code, signature=network.row.signature, description=""
+        )
     header_map = _headers_of(headers)
     signals = _read(status=status, body=body, headers=header_map)
     for table in (_PROVIDER_TABLES[provider], _rows(_OAUTH_ROWS), _rows(_STATUS_ROWS)):
@@ -153,7 +154,6 @@ def _classify_upstream(provider: Provider, outer: _Hit, signals: _Signals, heade
         signature=outer.row.signature,
         description=signals.message,
     )
-
 
 
 def _classification(

@@ -80,8 +80,6 @@ _MAX_CLAIMS_CHARS = 2048
 _EPOCH_THRESHOLD = 1_000_000_000
 
 
-
-
 @dataclass(frozen=True)
 class _Signals:
     """What the rows look at, extracted once from the raw inputs."""

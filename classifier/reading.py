@@ -152,8 +152,11 @@ def _bearer_challenge(header: str) -> tuple[str, str, str]:
         return "", "", ""
     description = _CHALLENGE_DESCRIPTION.search(header)
     claims = _CHALLENGE_CLAIMS.search(header)
-    return (_token(error.group(1)), description.group(1) if description else "",
-            _claims_from_base64(claims.group(1)) if claims else "")
+    return (
+        _token(error.group(1)),
+        description.group(1) if description else "",
+        _claims_from_base64(claims.group(1)) if claims else "",
+    )
 
 
 def _claims_from_base64(value: str) -> str:
@@ -368,7 +371,7 @@ def _scrub(text: str) -> str:
     """Make a provider message safe to store and show: no credentials, bounded."""
     if not isinstance(text, str) or not text:
         return ""
-    text = text[: _MAX_MESSAGE_CHARS]
+    text = text[:_MAX_MESSAGE_CHARS]
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     text = _JWT.sub(_REDACTED, text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {_REDACTED}", text)

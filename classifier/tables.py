@@ -76,8 +76,13 @@ _NETWORK_ROWS = (
 # admits (``invalid_grant`` + 50076 is an MFA prompt, not a dead grant), and after a suberror it may only
 # escalate to the operator (admin consent) or add the reason the owner is shown.
 
-_D, _I, _R, _T, _M = (FailureClass.DEAD_GRANT, FailureClass.INTERACTION_REQUIRED, FailureClass.REFRESHABLE,
-                      FailureClass.TRANSIENT, FailureClass.MISCONFIGURATION)
+_D, _I, _R, _T, _M = (
+    FailureClass.DEAD_GRANT,
+    FailureClass.INTERACTION_REQUIRED,
+    FailureClass.REFRESHABLE,
+    FailureClass.TRANSIENT,
+    FailureClass.MISCONFIGURATION,
+)
 
 # (code, class, reason); the group order is the tie-break when one response carries several known codes.
 _ENTRA_CODES: tuple[tuple[int, FailureClass, str], ...] = (
@@ -240,7 +245,8 @@ _ENTRA_ERROR_FAMILIES: dict[str, frozenset[FailureClass]] = {
 }
 
 _ENTRA_CODE_ROWS = tuple(
-    _Row(f"entra.error_code.{number}", cls, _on_entra_code(number), reason=reason) for number, cls, reason in _ENTRA_CODES
+    _Row(f"entra.error_code.{number}", cls, _on_entra_code(number), reason=reason)
+    for number, cls, reason in _ENTRA_CODES
 )
 _ENTRA_SUBERROR_ROWS = tuple(
     _Row(f"entra.suberror.{value}", cls, _on_suberror(value), reason=reason) for value, cls, reason in _ENTRA_SUBERRORS
@@ -256,8 +262,14 @@ def _entra_decide(s: _Signals) -> _Hit | None:
     suberror = _first_match(_ENTRA_SUBERROR_ROWS, s)
     if suberror is not None and family is not None and suberror.row.failure_class not in family:
         suberror = None
-    refined = next((hit for hit in (_first_match((row,), s) for row in _ENTRA_CODE_ROWS)
-                    if hit is not None and (family is None or hit.row.failure_class in family)), None)
+    refined = next(
+        (
+            hit
+            for hit in (_first_match((row,), s) for row in _ENTRA_CODE_ROWS)
+            if hit is not None and (family is None or hit.row.failure_class in family)
+        ),
+        None,
+    )
     if refined is None:
         return suberror if suberror is not None else _first_match(_ENTRA_ERROR_ROWS, s)
     if suberror is None or refined.row.failure_class in (suberror.row.failure_class, _M):
@@ -299,8 +311,11 @@ _AUTH0_ROWS = (
 # (My Account API, Connected Accounts). The Auth0 session's own refusal of the subject token ("Unknown or invalid
 # refresh token") is different: the owner signs in to Auth0 again (dead grant). Revive's own client being
 # refused is an operator's problem; 408/429 and 5xx fall through to the transient rows.
-_TOKEN_VAULT_RELINK_ERRORS = ("federated_connection_refresh_token_not_found", "failed_to_exchange_refresh_token",
-                              "missing_refresh_token")
+_TOKEN_VAULT_RELINK_ERRORS = (
+    "federated_connection_refresh_token_not_found",
+    "failed_to_exchange_refresh_token",
+    "missing_refresh_token",
+)
 
 
 def _on_exchange_4xx(s: _Signals) -> str | None:
@@ -310,12 +325,21 @@ def _on_exchange_4xx(s: _Signals) -> str | None:
 
 
 _TOKEN_VAULT_ROWS = (
-    *(_Row(f"auth0_token_vault.{code}", FailureClass.RELINK_REQUIRED, _on_error(code), reason=Reason.RELINK)
-      for code in _TOKEN_VAULT_RELINK_ERRORS),
-    _Row("auth0_token_vault.session_refresh_token_invalid", FailureClass.DEAD_GRANT,
-         _on_error_with_message("invalid_grant", "unknown or invalid refresh token"), reason=Reason.SIGN_IN),
-    _Row("auth0_token_vault.client_rejected", FailureClass.MISCONFIGURATION,
-         lambda s: s.error if s.error in ("invalid_client", "unauthorized_client", "unsupported_grant_type") else None),
+    *(
+        _Row(f"auth0_token_vault.{code}", FailureClass.RELINK_REQUIRED, _on_error(code), reason=Reason.RELINK)
+        for code in _TOKEN_VAULT_RELINK_ERRORS
+    ),
+    _Row(
+        "auth0_token_vault.session_refresh_token_invalid",
+        FailureClass.DEAD_GRANT,
+        _on_error_with_message("invalid_grant", "unknown or invalid refresh token"),
+        reason=Reason.SIGN_IN,
+    ),
+    _Row(
+        "auth0_token_vault.client_rejected",
+        FailureClass.MISCONFIGURATION,
+        lambda s: s.error if s.error in ("invalid_client", "unauthorized_client", "unsupported_grant_type") else None,
+    ),
     _Row("auth0_token_vault.exchange_4xx", FailureClass.RELINK_REQUIRED, _on_exchange_4xx, reason=Reason.RELINK),
 )
 
@@ -404,23 +428,47 @@ _OAUTH_ROWS = (
     _Row("oauth.error.invalid_request", FailureClass.MISCONFIGURATION, _on_error("invalid_request")),
     # RFC 6750 §3.1
     _Row("oauth.error.invalid_token", FailureClass.REFRESHABLE, _on_error("invalid_token")),
-    _Row("oauth.error.insufficient_scope", FailureClass.INTERACTION_REQUIRED, _on_error("insufficient_scope"),
-         reason=Reason.CONSENT),
+    _Row(
+        "oauth.error.insufficient_scope",
+        FailureClass.INTERACTION_REQUIRED,
+        _on_error("insufficient_scope"),
+        reason=Reason.CONSENT,
+    ),
     # A resource API's claims challenge (Microsoft Entra continuous access evaluation, "Claims challenges,
     # claims requests and client capabilities"): 401 with WWW-Authenticate error="insufficient_claims" and
     # claims="<base64 JSON>"; the owner signs in again with that JSON as the ``claims`` parameter.
-    _Row("oauth.error.insufficient_claims", FailureClass.INTERACTION_REQUIRED, _on_error("insufficient_claims"),
-         reason=Reason.CLAIMS_CHALLENGE),
+    _Row(
+        "oauth.error.insufficient_claims",
+        FailureClass.INTERACTION_REQUIRED,
+        _on_error("insufficient_claims"),
+        reason=Reason.CLAIMS_CHALLENGE,
+    ),
     # RFC 9470 (OAuth 2.0 Step Up Authentication Challenge) §3
-    _Row("oauth.error.insufficient_user_authentication", FailureClass.INTERACTION_REQUIRED,
-         _on_error("insufficient_user_authentication"), reason=Reason.STEP_UP),
+    _Row(
+        "oauth.error.insufficient_user_authentication",
+        FailureClass.INTERACTION_REQUIRED,
+        _on_error("insufficient_user_authentication"),
+        reason=Reason.STEP_UP,
+    ),
     # OIDC Core §3.1.2.6
-    _Row("oauth.error.interaction_required", FailureClass.INTERACTION_REQUIRED, _on_error("interaction_required"),
-         reason=Reason.SIGN_IN),
-    _Row("oauth.error.login_required", FailureClass.INTERACTION_REQUIRED, _on_error("login_required"),
-         reason=Reason.SIGN_IN),
-    _Row("oauth.error.consent_required", FailureClass.INTERACTION_REQUIRED, _on_error("consent_required"),
-         reason=Reason.CONSENT),
+    _Row(
+        "oauth.error.interaction_required",
+        FailureClass.INTERACTION_REQUIRED,
+        _on_error("interaction_required"),
+        reason=Reason.SIGN_IN,
+    ),
+    _Row(
+        "oauth.error.login_required",
+        FailureClass.INTERACTION_REQUIRED,
+        _on_error("login_required"),
+        reason=Reason.SIGN_IN,
+    ),
+    _Row(
+        "oauth.error.consent_required",
+        FailureClass.INTERACTION_REQUIRED,
+        _on_error("consent_required"),
+        reason=Reason.CONSENT,
+    ),
     _Row(
         "oauth.error.account_selection_required",
         FailureClass.INTERACTION_REQUIRED,
@@ -464,11 +512,22 @@ _UPSTREAM_TABLES: tuple[_Table, ...] = (_entra_decide, _rows(_OAUTH_ROWS))
 
 SIGNATURES: tuple[str, ...] = tuple(
     row.signature
-    for rows in (_NETWORK_ROWS, _ENTRA_CODE_ROWS, _ENTRA_SUBERROR_ROWS, _ENTRA_ERROR_ROWS, _AUTH0_ROWS, _TOKEN_VAULT_ROWS, _NANGO_ROWS,
-                 _SCALEKIT_ROWS, _OAUTH_ROWS, _STATUS_ROWS)
+    for rows in (
+        _NETWORK_ROWS,
+        _ENTRA_CODE_ROWS,
+        _ENTRA_SUBERROR_ROWS,
+        _ENTRA_ERROR_ROWS,
+        _AUTH0_ROWS,
+        _TOKEN_VAULT_ROWS,
+        _NANGO_ROWS,
+        _SCALEKIT_ROWS,
+        _OAUTH_ROWS,
+        _STATUS_ROWS,
+    )
     for row in rows
 )
 """Every row name, in table order (tests check each has a case)."""
+
 
 def _first_match(rows: tuple[_Row, ...], signals: _Signals) -> _Hit | None:
     for row in rows:

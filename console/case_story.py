@@ -24,7 +24,9 @@ def case_owner_link(detail: CaseDetail) -> str:
         return "none (this case does not need the owner)" if not case.owner_required else "none"
     if latest.state == "active" and case.state not in ("opened", "awaiting_owner"):
         return "no longer needed (the case moved on)"
-    return latest.state + (f" (expires {latest.expires_at:%H:%M} UTC)" if latest.state == "active" and latest.expires_at else "")
+    return latest.state + (
+        f" (expires {latest.expires_at:%H:%M} UTC)" if latest.state == "active" and latest.expires_at else ""
+    )
 
 
 def case_story_context(detail: CaseDetail, *, case_url: str = "", audit_url: str = "") -> dict:
@@ -40,8 +42,13 @@ def case_story_context(detail: CaseDetail, *, case_url: str = "", audit_url: str
         "owner_link": case_owner_link(detail),
         "timeline_svg": timeline_svg(detail.timeline, title=f"Recovery timeline of {case.reference}"),
         "ledger": [
-            {"action": a, "evidence": redacted_json(a.evidence), "result": redacted_json(a.result),
-             "error": redacted_json(a.error), "duplicate": f"{a.run_id}/{a.action_key}" in detail.duplicate_actions}
+            {
+                "action": a,
+                "evidence": redacted_json(a.evidence),
+                "result": redacted_json(a.result),
+                "error": redacted_json(a.error),
+                "duplicate": f"{a.run_id}/{a.action_key}" in detail.duplicate_actions,
+            }
             for a in detail.ledger
         ],
         "four_eyes": case_four_eyes(case) if settings.REVIVE_FOUR_EYES and case.state == "awaiting_approval" else None,

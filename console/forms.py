@@ -24,28 +24,42 @@ class ConfirmForm(forms.Form):
 
 
 class ReasonForm(ConfirmForm):
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000,
-                             help_text="Recorded in the audit log with your name.")
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        max_length=2000,
+        help_text="Recorded in the audit log with your name.",
+    )
 
 
 class ReconcileForm(ConfirmForm):
     actions = forms.MultipleChoiceField(widget=forms.CheckboxSelectMultiple, label="Ambiguous actions")
     outcome = forms.ChoiceField(
         widget=forms.RadioSelect,
-        choices=[("found", "Found: the effect happened (it counts as committed and is never executed again)"),
-                 ("absent", "Absent: the effect did not happen (the action may execute again)")],
+        choices=[
+            ("found", "Found: the effect happened (it counts as committed and is never executed again)"),
+            ("absent", "Absent: the effect did not happen (the action may execute again)"),
+        ],
     )
-    note = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=2000,
-                           help_text="Required: what you checked and where. Stored as the reconciliation's evidence.")
-    external_ref = forms.CharField(required=False, max_length=500, label="External reference",
-                                   help_text="For a found effect: the provider's id of it (message id, ticket number).")
+    note = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        max_length=2000,
+        help_text="Required: what you checked and where. Stored as the reconciliation's evidence.",
+    )
+    external_ref = forms.CharField(
+        required=False,
+        max_length=500,
+        label="External reference",
+        help_text="For a found effect: the provider's id of it (message id, ticket number).",
+    )
 
     def __init__(self, *args, actions: list[Action] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.ambiguous = {str(a.pk): a for a in actions or []}
         field = cast(forms.MultipleChoiceField, self.fields["actions"])
-        field.choices = [(pk, f"{a.run_id} / {a.action_key} (attempt {a.attempts}, generation {a.generation})")
-                           for pk, a in self.ambiguous.items()]
+        field.choices = [
+            (pk, f"{a.run_id} / {a.action_key} (attempt {a.attempts}, generation {a.generation})")
+            for pk, a in self.ambiguous.items()
+        ]
         if not self.is_bound:
             self.initial.setdefault("actions", list(self.ambiguous))
 
@@ -54,8 +68,12 @@ class ReconcileForm(ConfirmForm):
 
 
 class NoteForm(forms.Form):
-    body = forms.CharField(label="Note", widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=4000,
-                           help_text="Shared with every operator and auditor; recorded in the audit log.")
+    body = forms.CharField(
+        label="Note",
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        max_length=4000,
+        help_text="Shared with every operator and auditor; recorded in the audit log.",
+    )
 
 
 def operators():
@@ -74,7 +92,9 @@ def operators():
 
 
 class AssignForm(forms.Form):
-    assignee: forms.ModelChoiceField = forms.ModelChoiceField(queryset=None, required=False, empty_label="— nobody —", label="Assign to")
+    assignee: forms.ModelChoiceField = forms.ModelChoiceField(
+        queryset=None, required=False, empty_label="— nobody —", label="Assign to"
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

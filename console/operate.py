@@ -77,11 +77,18 @@ def _resend_refusal(case: RecoveryCase) -> str | None:
 
 def _reconcile_refusal(case: RecoveryCase) -> str | None:
     if case.state not in OPEN_CASE_STATES:
-        return f"{case.reference} is {case.get_state_display().lower()}: only an open case's actions are reconciled here."
+        return (
+            f"{case.reference} is {case.get_state_display().lower()}: only an open case's actions are reconciled here."
+        )
     if not selectors.case_ambiguous_actions(case).exists():
         # Of two operators reconciling at once, the second may only get here after the first committed: say who.
-        by = (Action.objects.filter(run__case_runs__case=case).exclude(reconciled_by="")
-              .order_by("-updated_at").values_list("reconciled_by", flat=True).first())
+        by = (
+            Action.objects.filter(run__case_runs__case=case)
+            .exclude(reconciled_by="")
+            .order_by("-updated_at")
+            .values_list("reconciled_by", flat=True)
+            .first()
+        )
         if by:
             return f"{case.reference} has no ambiguous action left to reconcile: reconciled by {by}."
         return f"{case.reference} has no ambiguous action to reconcile."
@@ -153,15 +160,26 @@ def _reconcile(case: RecoveryCase, *, actor: str, form: ReconcileForm, done: set
     mine = set(selectors.case_ambiguous_actions(case).values_list("pk", flat=True))
     # An action another operator reconciled since this form was shown goes to the service too, which tells who
     # (``ActionAlreadyReconciled``) instead of this operator being told "nothing left to settle".
-    mine |= set(Action.objects.filter(run__case_runs__case=case, state__in=(Action.State.RECONCILED_COMMITTED,
-                                                                            Action.State.RECONCILED_ABSENT))
-                .exclude(reconciled_by__in=("", actor)).values_list("pk", flat=True))
+    mine |= set(
+        Action.objects.filter(
+            run__case_runs__case=case, state__in=(Action.State.RECONCILED_COMMITTED, Action.State.RECONCILED_ABSENT)
+        )
+        .exclude(reconciled_by__in=("", actor))
+        .values_list("pk", flat=True)
+    )
     settled = []
     for action in form.chosen():
         if action.pk not in mine or (done is not None and action.pk in done):
             continue
-        services.action_reconcile(run_id=action.run_id, action_key=action.action_key, found=found, evidence=evidence,
-                                  external_ref=ref if found else "", generation=None, actor=actor)
+        services.action_reconcile(
+            run_id=action.run_id,
+            action_key=action.action_key,
+            found=found,
+            evidence=evidence,
+            external_ref=ref if found else "",
+            generation=None,
+            actor=actor,
+        )
         settled.append(f"{action.run_id}/{action.action_key}")
         if done is not None:
             done.add(action.pk)
@@ -208,22 +226,44 @@ def _retry_effect(case: RecoveryCase) -> str:
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in [
-        Operation("approve", "Approve resume", ReasonForm,
-                  _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be approved"), _approve,
-                  effect=_approve_effect),
-        Operation("reject", "Reject resume (abandon the case)", ReasonForm,
-                  _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be rejected"), _reject, danger=True,
-                  effect=_abandon_effect),
-        Operation("resend_link", "Resend the owner link", ConfirmForm, _resend_refusal, _resend,
-                  effect=_resend_effect),
-        Operation("reconcile", "Reconcile ambiguous actions by hand", ReconcileForm, _reconcile_refusal, _reconcile,
-                  effect=_reconcile_effect),
-        Operation("abandon", "Abandon the case", ReasonForm, _abandon_refusal, _abandon, danger=True,
-                  effect=_abandon_effect),
+        Operation(
+            "approve",
+            "Approve resume",
+            ReasonForm,
+            _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be approved"),
+            _approve,
+            effect=_approve_effect,
+        ),
+        Operation(
+            "reject",
+            "Reject resume (abandon the case)",
+            ReasonForm,
+            _only(CaseState.AWAITING_APPROVAL, what="only a case awaiting approval can be rejected"),
+            _reject,
+            danger=True,
+            effect=_abandon_effect,
+        ),
+        Operation("resend_link", "Resend the owner link", ConfirmForm, _resend_refusal, _resend, effect=_resend_effect),
+        Operation(
+            "reconcile",
+            "Reconcile ambiguous actions by hand",
+            ReconcileForm,
+            _reconcile_refusal,
+            _reconcile,
+            effect=_reconcile_effect,
+        ),
+        Operation(
+            "abandon", "Abandon the case", ReasonForm, _abandon_refusal, _abandon, danger=True, effect=_abandon_effect
+        ),
         Operation("reopen", "Reopen the case", ReasonForm, _reopen_refusal, _reopen, effect=_reopen_effect),
-        Operation("retry_resume", "Retry the failed resume", ConfirmForm,
-                  _only(CaseState.RESUME_FAILED, what="only a case whose resume failed can be retried"), _retry,
-                  effect=_retry_effect),
+        Operation(
+            "retry_resume",
+            "Retry the failed resume",
+            ConfirmForm,
+            _only(CaseState.RESUME_FAILED, what="only a case whose resume failed can be retried"),
+            _retry,
+            effect=_retry_effect,
+        ),
     ]
 }
 
@@ -238,9 +278,17 @@ class Outcome:
 def audit_refusal(case: RecoveryCase, *, operation: str, actor: str, why: str) -> None:
     """Every refusal leaves a trace: wrong state, lost race, bulk skip, missing permission."""
     with transaction.atomic():
-        audit_record(actor=actor, action="console.refused", entity_type="case", entity_id=case.reference or str(case.pk),
-                     case=case, run_id=case.run_id or "", connection_id=case.connection_id, outcome="refused",
-                     arguments={"operation": operation, "state": case.state, "why": why})
+        audit_record(
+            actor=actor,
+            action="console.refused",
+            entity_type="case",
+            entity_id=case.reference or str(case.pk),
+            case=case,
+            run_id=case.run_id or "",
+            connection_id=case.connection_id,
+            outcome="refused",
+            arguments={"operation": operation, "state": case.state, "why": why},
+        )
 
 
 def refusal_for(op: Operation, case: RecoveryCase) -> str | None:

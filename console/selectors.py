@@ -43,24 +43,35 @@ def console_case_queryset(*, now=None):
     """
     now = now or timezone.now()
     blocked = (
-        CaseRun.objects.filter(case=OuterRef("pk"), resumed_at__isnull=True).order_by().values("case")
-        .annotate(n=Count("pk")).values("n")[:1]
+        CaseRun.objects.filter(case=OuterRef("pk"), resumed_at__isnull=True)
+        .order_by()
+        .values("case")
+        .annotate(n=Count("pk"))
+        .values("n")[:1]
     )
     # A link is pending while the case waits for its owner and an active, unexpired link exists (a request left
     # active after its case moved on is revoked the next time anyone touches it).
     # Through the reverse relation reauth's requests declare: cases does not import reauth.
-    link = (RecoveryCase.objects.filter(Q(reconnect_requests__state="active")
-                                        & (Q(reconnect_requests__expires_at__isnull=True)
-                                           | Q(reconnect_requests__expires_at__gt=now)), pk=OuterRef("pk"))
-            .order_by().values("reconnect_requests__pk")[:1])
-    latest_link = (RecoveryCase.objects.filter(pk=OuterRef("pk"))
-                   .order_by("-reconnect_requests__created_at", "-reconnect_requests__id")
-                   .values("reconnect_requests__state")[:1])
+    link = (
+        RecoveryCase.objects.filter(
+            Q(reconnect_requests__state="active")
+            & (Q(reconnect_requests__expires_at__isnull=True) | Q(reconnect_requests__expires_at__gt=now)),
+            pk=OuterRef("pk"),
+        )
+        .order_by()
+        .values("reconnect_requests__pk")[:1]
+    )
+    latest_link = (
+        RecoveryCase.objects.filter(pk=OuterRef("pk"))
+        .order_by("-reconnect_requests__created_at", "-reconnect_requests__id")
+        .values("reconnect_requests__state")[:1]
+    )
     return RecoveryCase.objects.select_related("connection", "assignee").annotate(
         urgency=case_urgency(),
         runs_blocked=Coalesce(Subquery(blocked, output_field=IntegerField()), Value(0)),
-        pending_link_id=Case(When(state__in=OWNER_WAITING_STATES, then=Subquery(link)), default=None,
-                             output_field=BigIntegerField()),
+        pending_link_id=Case(
+            When(state__in=OWNER_WAITING_STATES, then=Subquery(link)), default=None, output_field=BigIntegerField()
+        ),
         # The state of the case's latest owner link (``locked`` after too many wrong sign-ins: the operator resends).
         owner_link_state=Subquery(latest_link, output_field=CharField()),
     )
@@ -104,7 +115,10 @@ def console_case_search(queryset, term: str):
     if len(found) <= SEARCH_DIRECT_LIMIT:
         return queryset.filter(pk__in=sorted(set(found)))
     return queryset.filter(
-        Q(reference=term.upper()) | Q(run_id=term) | Q(connection_id__in=connections) | Q(action_id__in=actions.values("pk"))
+        Q(reference=term.upper())
+        | Q(run_id=term)
+        | Q(connection_id__in=connections)
+        | Q(action_id__in=actions.values("pk"))
         | Q(pk__in=CaseRun.objects.filter(run_id=term).values("case_id"))
         | Q(pk__in=CaseRun.objects.filter(run_id__in=actions.values("run_id")).values("case_id"))
     )
@@ -116,7 +130,9 @@ def _console_case_search_partial(queryset, term: str):
     at scale, so a partial term is only tried when they found nothing."""
     connections = Connection.objects.filter(Q(pk__icontains=term) | Q(owner_email__icontains=term)).values("pk")
     return queryset.filter(
-        Q(reference__icontains=term) | Q(run__id__icontains=term) | Q(connection_id__in=connections)
+        Q(reference__icontains=term)
+        | Q(run__id__icontains=term)
+        | Q(connection_id__in=connections)
         | Q(pk__in=CaseRun.objects.filter(run__id__icontains=term).values("case_id"))
     )
 
@@ -173,7 +189,11 @@ def case_audit_q(case: RecoveryCase, *, run_ids: list[str] | None = None) -> Q:
 
 def case_audit_events(*, case_id: str | int):
     """The audit events of one case (``case_audit_q``), oldest first; None when there is no such case."""
-    case = RecoveryCase.objects.select_related("checkpoint").filter(pk=int(case_id)).first() if str(case_id).isdigit() else None
+    case = (
+        RecoveryCase.objects.select_related("checkpoint").filter(pk=int(case_id)).first()
+        if str(case_id).isdigit()
+        else None
+    )
     if case is None:
         return None
     return AuditEvent.objects.filter(case_audit_q(case)).order_by("occurred_at", "id")
@@ -186,21 +206,38 @@ def console_case_detail(*, case_id: str | int) -> CaseDetail | None:
     case = (qs.filter(pk=int(case_id)) if case_id.isdigit() else qs.filter(reference=case_id.upper())).first()
     if case is None:
         return None
-    case_runs = list(CaseRun.objects.filter(case=case).select_related("run", "checkpoint", "action").order_by("joined_at", "pk"))
-    run_ids = [cr.run_id for cr in case_runs] or ([case.run_id] if case.run_id else [])
-    ledger = list(Action.objects.filter(run_id__in=run_ids).select_related("checkpoint").order_by("run_id", "created_at", "pk"))
-    events = list(
-        AuditEvent.objects.filter(case_audit_q(case, run_ids=run_ids))
-        .order_by("occurred_at", "id")[: TIMELINE_LIMIT + 1]
+    case_runs = list(
+        CaseRun.objects.filter(case=case).select_related("run", "checkpoint", "action").order_by("joined_at", "pk")
     )
-    reached = (AuditEvent.objects.filter(case_id=case.pk, action__in=list(LIVE_TRANSITIONS)).order_by()
-               .values_list("action", flat=True).distinct())
-    history = (AuditEvent.objects.filter(run_id__in=run_ids, entity_type="action",
-                                         action__in=["action.committed", "action.reconciled_committed", "action.executing"])
-               .order_by("id").values_list("entity_id", "action"))
+    run_ids = [cr.run_id for cr in case_runs] or ([case.run_id] if case.run_id else [])
+    ledger = list(
+        Action.objects.filter(run_id__in=run_ids).select_related("checkpoint").order_by("run_id", "created_at", "pk")
+    )
+    events = list(
+        AuditEvent.objects.filter(case_audit_q(case, run_ids=run_ids)).order_by("occurred_at", "id")[
+            : TIMELINE_LIMIT + 1
+        ]
+    )
+    reached = (
+        AuditEvent.objects.filter(case_id=case.pk, action__in=list(LIVE_TRANSITIONS))
+        .order_by()
+        .values_list("action", flat=True)
+        .distinct()
+    )
+    history = (
+        AuditEvent.objects.filter(
+            run_id__in=run_ids,
+            entity_type="action",
+            action__in=["action.committed", "action.reconciled_committed", "action.executing"],
+        )
+        .order_by("id")
+        .values_list("entity_id", "action")
+    )
     duplicates = duplicate_effects(history)
     requests = list(case.reconnect_requests.order_by("-created_at", "-id"))
-    approval = case_resume_approval(case) if case.state in ("reauthorized", "reconciling", "awaiting_approval") else None
+    approval = (
+        case_resume_approval(case) if case.state in ("reauthorized", "reconciling", "awaiting_approval") else None
+    )
     return CaseDetail(
         case=case,
         case_runs=case_runs,
@@ -228,25 +265,34 @@ def console_dashboard(*, now=None, namespaces: list[str] | None = None) -> dict[
     """
     now = now or timezone.now()
     cases = RecoveryCase.objects.all() if namespaces is None else RecoveryCase.objects.filter(namespace__in=namespaces)
-    events = AuditEvent.objects.all() if namespaces is None else AuditEvent.objects.filter(
-        case_id__in=cases.values("pk"))
+    events = (
+        AuditEvent.objects.all() if namespaces is None else AuditEvent.objects.filter(case_id__in=cases.values("pk"))
+    )
     grid: dict[str, dict[str, int]] = {}
     providers: set[str] = set()
-    for state, provider, n in (cases.filter(state__in=OPEN_CASE_STATES).order_by()
-                               .values_list("state", "provider").annotate(n=Count("pk"))):
+    for state, provider, n in (
+        cases.filter(state__in=OPEN_CASE_STATES).order_by().values_list("state", "provider").annotate(n=Count("pk"))
+    ):
         grid.setdefault(state, {})[provider] = n
         providers.add(provider)
     providers_sorted = sorted(providers)
     rows = [
-        {"state": state.value, "label": state.label, "cells": [grid[state].get(p, 0) for p in providers_sorted],
-         "total": sum(grid[state].values())}
-        for state in CASE_URGENCY if state in grid
+        {
+            "state": state.value,
+            "label": state.label,
+            "cells": [grid[state].get(p, 0) for p in providers_sorted],
+            "total": sum(grid[state].values()),
+        }
+        for state in CASE_URGENCY
+        if state in grid
     ]
-    oldest = (cases.filter(state__in=BLOCKING_CASE_STATES).select_related("connection")
-              .order_by("opened_at", "pk").first())
+    oldest = (
+        cases.filter(state__in=BLOCKING_CASE_STATES).select_related("connection").order_by("opened_at", "pk").first()
+    )
     day_ago = now - timedelta(hours=24)
-    failures = list(cases.filter(state=CaseState.RESUME_FAILED).select_related("connection")
-                    .order_by("opened_at", "pk")[:10])
+    failures = list(
+        cases.filter(state=CaseState.RESUME_FAILED).select_related("connection").order_by("opened_at", "pk")[:10]
+    )
     return {
         "providers": providers_sorted,
         "rows": rows,
@@ -258,7 +304,8 @@ def console_dashboard(*, now=None, namespaces: list[str] | None = None) -> dict[
         "resume_failed_open": sum(grid.get(CaseState.RESUME_FAILED, {}).values()),
         "resume_failures": failures,
         "resume_failures_24h": events.filter(
-            action__in=["case.resume_failed", "run.resume_failed"], occurred_at__gte=day_ago).count(),
+            action__in=["case.resume_failed", "run.resume_failed"], occurred_at__gte=day_ago
+        ).count(),
     }
 
 
@@ -290,8 +337,19 @@ def case_links_out(case: RecoveryCase, case_runs: list[CaseRun]) -> list[tuple[s
             links.append((f"{cr.run.get_runtime_display()} · {cr.run_id}", url))
     template = (getattr(settings, "REVIVE_PROVIDER_ADMIN_URLS", {}) or {}).get(case.provider)
     conn = case.connection
-    url = _format_link(template, {"connection": conn.pk, "tenant": conn.provider_tenant, "subject": conn.provider_subject,
-                                  "provider": conn.provider}) if template else None
+    url = (
+        _format_link(
+            template,
+            {
+                "connection": conn.pk,
+                "tenant": conn.provider_tenant,
+                "subject": conn.provider_subject,
+                "provider": conn.provider,
+            },
+        )
+        if template
+        else None
+    )
     if url:
         links.append((f"{case.get_provider_display()} admin · {conn.pk}", url))
     return links

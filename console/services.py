@@ -55,8 +55,16 @@ def connection_identity_change(*, connection_id: str, actor: str, reason: str, *
     for name, value in after.items():
         setattr(conn, name, value)
     conn.save(update_fields=[*after, "updated_at"])
-    audit_record(actor=actor, action="connection.identity_changed", entity_type="connection", entity_id=conn.pk,
-                 connection_id=conn.pk, before=before, after=after, arguments={"reason": reason})
+    audit_record(
+        actor=actor,
+        action="connection.identity_changed",
+        entity_type="connection",
+        entity_id=conn.pk,
+        connection_id=conn.pk,
+        before=before,
+        after=after,
+        arguments={"reason": reason},
+    )
     return conn
 
 
@@ -81,9 +89,15 @@ def api_key_access_change(*, key_id: int, actor: str, reason: str, **values: Any
     key.save(update_fields=list(after))
     api_key_forget()  # the cached key carries its role and namespace
     names = {"namespace_id": "namespace"}
-    audit_record(actor=actor, action="api_key.access_changed", entity_type="api_key", entity_id=str(key.pk),
-                 before={"name": key.name, **{names.get(k, k): v for k, v in before.items()}},
-                 after={"name": key.name, **{names.get(k, k): v for k, v in after.items()}}, arguments={"reason": reason})
+    audit_record(
+        actor=actor,
+        action="api_key.access_changed",
+        entity_type="api_key",
+        entity_id=str(key.pk),
+        before={"name": key.name, **{names.get(k, k): v for k, v in before.items()}},
+        after={"name": key.name, **{names.get(k, k): v for k, v in after.items()}},
+        arguments={"reason": reason},
+    )
     return key
 
 
@@ -98,8 +112,14 @@ def namespace_operators_set(*, name: str, users: list, actor: str) -> None:
     namespace.operators.set(users)
     after = sorted(u.get_username() for u in users)
     if before != after:
-        audit_record(actor=actor, action="namespace.operators_changed", entity_type="namespace", entity_id=name,
-                     before={"operators": before}, after={"operators": after})
+        audit_record(
+            actor=actor,
+            action="namespace.operators_changed",
+            entity_type="namespace",
+            entity_id=name,
+            before={"operators": before},
+            after={"operators": after},
+        )
 
 
 @transaction.atomic
@@ -109,11 +129,20 @@ def namespace_notifications_set(*, name: str, operator_emails: str, operator_web
     namespace = Namespace.objects.select_for_update().get(pk=name)
     emails = ", ".join(email_list_split(operator_emails))
     url = (operator_webhook_url or "").strip()
-    before = {"operator_emails": namespace.operator_emails, "webhook_host": urlsplit(namespace.operator_webhook_url).hostname or ""}
+    before = {
+        "operator_emails": namespace.operator_emails,
+        "webhook_host": urlsplit(namespace.operator_webhook_url).hostname or "",
+    }
     if (namespace.operator_emails, namespace.operator_webhook_url) == (emails, url):
         return namespace
     namespace.operator_emails, namespace.operator_webhook_url = emails, url
     namespace.save(update_fields=["operator_emails", "operator_webhook_url"])
-    audit_record(actor=actor, action="namespace.notifications_changed", entity_type="namespace", entity_id=name,
-                 before=before, after={"operator_emails": emails, "webhook_host": urlsplit(url).hostname or ""})
+    audit_record(
+        actor=actor,
+        action="namespace.notifications_changed",
+        entity_type="namespace",
+        entity_id=name,
+        before=before,
+        after={"operator_emails": emails, "webhook_host": urlsplit(url).hostname or ""},
+    )
     return namespace

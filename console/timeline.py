@@ -50,8 +50,12 @@ def timeline_svg(rows: list[TimelineRow], *, title: str = "Recovery timeline") -
     for lane, (first, second) in LANES:
         x = _LANE_X[lane]
         for dy, word in ((20, first), (33, second)):
-            out.append(f'<text x="{x}" y="{dy}" text-anchor="middle" font-size="10" font-weight="600" fill="#57606a">{escape(word)}</text>')
-        out.append(f'<line x1="{x}" y1="{_TOP - 20}" x2="{x}" y2="{height - 8}" stroke="#d0d7de" stroke-dasharray="4 4"/>')
+            out.append(
+                f'<text x="{x}" y="{dy}" text-anchor="middle" font-size="10" font-weight="600" fill="#57606a">{escape(word)}</text>'
+            )
+        out.append(
+            f'<line x1="{x}" y1="{_TOP - 20}" x2="{x}" y2="{height - 8}" stroke="#d0d7de" stroke-dasharray="4 4"/>'
+        )
     out.append(f'<text x="{_TEXT_X}" y="20" font-size="10" font-weight="600" fill="#57606a">WHAT HAPPENED</text>')
     out.append(f'<text x="{_TEXT_X}" y="33" font-size="10" fill="#57606a">WHO — EVIDENCE</text>')
     if not rows:
@@ -69,16 +73,24 @@ def timeline_svg(rows: list[TimelineRow], *, title: str = "Recovery timeline") -
             previous_day = row.at.date()
         tip = f"{row.at.isoformat()} · {row.actor} · {row.action}" + (f" · {row.detail}" if row.detail else "")
         out.append(f'<g class="tl-row" data-action="{escape(row.action)}"><title>{escape(tip)}</title>')
-        out.append(f'<text x="12" y="{y + 4}" fill="#57606a" font-family="ui-monospace, monospace" font-size="11">{escape(stamp)}</text>')
+        out.append(
+            f'<text x="12" y="{y + 4}" fill="#57606a" font-family="ui-monospace, monospace" font-size="11">{escape(stamp)}</text>'
+        )
         if row.live:
             out.append(f'<circle cx="{x}" cy="{y}" r="11" fill="{colour}"/>')
-            out.append(f'<text x="{x}" y="{y + 4}" text-anchor="middle" fill="#fff" font-size="10" font-weight="700">{row.live:02d}</text>')
+            out.append(
+                f'<text x="{x}" y="{y + 4}" text-anchor="middle" fill="#fff" font-size="10" font-weight="700">{row.live:02d}</text>'
+            )
         elif row.by_operator:
-            out.append(f'<rect x="{x - 6}" y="{y - 6}" width="12" height="12" transform="rotate(45 {x} {y})" fill="{colour}"/>')
+            out.append(
+                f'<rect x="{x - 6}" y="{y - 6}" width="12" height="12" transform="rotate(45 {x} {y})" fill="{colour}"/>'
+            )
         else:
             out.append(f'<circle cx="{x}" cy="{y}" r="6" fill="{colour}"/>')
         weight = ' font-weight="600"' if row.live or row.refused else ""
-        out.append(f'<text x="{_TEXT_X}" y="{y}" fill="{colour if row.refused else "#1f2328"}"{weight}>{escape(_clip(row.label, 90))}</text>')
+        out.append(
+            f'<text x="{_TEXT_X}" y="{y}" fill="{colour if row.refused else "#1f2328"}"{weight}>{escape(_clip(row.label, 90))}</text>'
+        )
         sub = f"{row.actor}" + (f" — {row.detail}" if row.detail else "")
         out.append(f'<text x="{_TEXT_X}" y="{y + 13}" fill="#57606a" font-size="10.5">{escape(_clip(sub, 125))}</text>')
         out.append("</g>")

@@ -83,10 +83,13 @@ Describer = Callable[[Any], tuple[str, str, str]]
 def _case_opened(e) -> tuple[str, str, str]:
     after, args = _d(e.after), _d(e.arguments)
     code = after.get("provider_code") or "provider error"
-    return (CREDENTIAL, f"Provider signal: grant rejected ({code})",
-            f"{after.get('failure_class', '')}, generation {_gen(after.get('rejected_generation'))} rejected"
-            + (f"; checkpoint {args['checkpoint']}" if args.get("checkpoint") else "")
-            + (f", action {args['action_key']}" if args.get("action_key") else ""))
+    return (
+        CREDENTIAL,
+        f"Provider signal: grant rejected ({code})",
+        f"{after.get('failure_class', '')}, generation {_gen(after.get('rejected_generation'))} rejected"
+        + (f"; checkpoint {args['checkpoint']}" if args.get("checkpoint") else "")
+        + (f", action {args['action_key']}" if args.get("action_key") else ""),
+    )
 
 
 def _action_state(e) -> tuple[str, str, str]:
@@ -100,8 +103,11 @@ def _action_state(e) -> tuple[str, str, str]:
     if to == "failed":
         return (CREDENTIAL, f"Provider refused {e.entity_id}", _compact(args.get("failure_class")))
     if to == "executing":
-        return (REVIVE, f"Action {e.entity_id} executing",
-                f"attempt {after.get('attempts', '?')}, generation {_gen(after.get('generation'))}")
+        return (
+            REVIVE,
+            f"Action {e.entity_id} executing",
+            f"attempt {after.get('attempts', '?')}, generation {_gen(after.get('generation'))}",
+        )
     return (REVIVE, f"Action {e.entity_id} {to.replace('_', ' ')}", _compact(args))
 
 
@@ -110,10 +116,17 @@ def _case_state(e) -> tuple[str, str, str]:
     args, after = _d(e.arguments), _d(e.after)
     if to == "reauthorized":
         ident = _d(args.get("identity"))
-        return (CREDENTIAL, "Access restored: identity verified",
-                (f"{_identity(ident)}; " if ident else "") + f"next generation {_gen(after.get('resumed_generation'))}")
+        return (
+            CREDENTIAL,
+            "Access restored: identity verified",
+            (f"{_identity(ident)}; " if ident else "") + f"next generation {_gen(after.get('resumed_generation'))}",
+        )
     if to == "awaiting_approval":
-        return (REVIVE, "Waiting for an operator's approval", "; ".join(args.get("reasons") or []) or args.get("policy", ""))
+        return (
+            REVIVE,
+            "Waiting for an operator's approval",
+            "; ".join(args.get("reasons") or []) or args.get("policy", ""),
+        )
     if to == "resuming":
         if args.get("approved"):
             return (RUNTIME, f"Approved by {e.actor}: resume sent", _compact(args.get("reason")))
@@ -126,8 +139,11 @@ def _case_state(e) -> tuple[str, str, str]:
     if to == "abandoned":
         verb = "Rejected" if args.get("rejected") else "Abandoned"
         return (REVIVE, f"{verb} by {e.actor}", _compact(args.get("reason")))
-    labels = {"awaiting_owner": "Waiting for the owner to reconnect", "reconciling": "Reconciling ambiguous actions",
-              "closed": "Case closed"}
+    labels = {
+        "awaiting_owner": "Waiting for the owner to reconnect",
+        "reconciling": "Reconciling ambiguous actions",
+        "closed": "Case closed",
+    }
     return (REVIVE, labels.get(to, f"Case {to.replace('_', ' ')}"), "")
 
 
@@ -145,11 +161,20 @@ def _reconnect(e) -> tuple[str, str, str]:
     if what in ("sign_in_started", "opened", "link_opened"):
         return (CREDENTIAL, "Owner opened the link", _compact(args.get("provider_app")))
     if what == "identity_mismatch":
-        held = (f"; {args['custody']} now holds this other account's grant: the connection stays blocked until the "
-                f"expected account reconnects") if args.get("custody") else ""
-        return (CREDENTIAL, "Identity refused",
-                f"expected {_identity(args.get('expected'))}; presented {_identity(args.get('presented'))}"
-                f" (mismatched: {', '.join(args.get('mismatched') or []) or '?'}){held}")
+        held = (
+            (
+                f"; {args['custody']} now holds this other account's grant: the connection stays blocked until the "
+                f"expected account reconnects"
+            )
+            if args.get("custody")
+            else ""
+        )
+        return (
+            CREDENTIAL,
+            "Identity refused",
+            f"expected {_identity(args.get('expected'))}; presented {_identity(args.get('presented'))}"
+            f" (mismatched: {', '.join(args.get('mismatched') or []) or '?'}){held}",
+        )
     if what == "consumed":
         return (CREDENTIAL, "Identity verified", _identity(args.get("identity")))
     if what == "notify_failed":
@@ -169,40 +194,70 @@ def _simple(lane: str, label: str, detail: Callable[[Any], str] = lambda e: "") 
 
 DESCRIBERS: dict[str, Describer] = {
     "case.opened": _case_opened,
-    "lease.advanced": _simple(CREDENTIAL, "Generation advanced",
-                              lambda e: f"{_gen(_d(e.before).get('generation'))} → {_gen(_d(e.after).get('generation'))}"),
-    "credential.custody_stored": _simple(CREDENTIAL, "New grant handed to custody",
-                                         lambda e: f"{_d(e.after).get('custody', '')}, generation {_gen(_d(e.after).get('generation'))}"),
-    "credential.custody_broker": _simple(CREDENTIAL, "Grant stays with the broker",
-                                         lambda e: f"{_d(e.after).get('custody', '')} {_d(e.after).get('reference', '')}, "
-                                                   f"identity proved by {_d(e.after).get('proof', '?')}, "
-                                                   f"generation {_gen(_d(e.after).get('generation'))}"),
-    "broker.signal": _simple(CREDENTIAL, "Broker signal",
-                             lambda e: f"{_d(e.arguments).get('kind', '')}: {_d(e.arguments).get('outcome', '')}"
-                                       + (f" ({_d(e.arguments).get('code')})" if _d(e.arguments).get("code") else "")),
-    "checkpoint.recorded": _simple(RUNTIME, "Checkpoint saved",
-                                   lambda e: " / ".join(dict.fromkeys(str(v) for v in (_d(e.after).get("checkpoint_id"),
-                                                                                        _d(e.after).get("label")) if v))),
+    "lease.advanced": _simple(
+        CREDENTIAL,
+        "Generation advanced",
+        lambda e: f"{_gen(_d(e.before).get('generation'))} → {_gen(_d(e.after).get('generation'))}",
+    ),
+    "credential.custody_stored": _simple(
+        CREDENTIAL,
+        "New grant handed to custody",
+        lambda e: f"{_d(e.after).get('custody', '')}, generation {_gen(_d(e.after).get('generation'))}",
+    ),
+    "credential.custody_broker": _simple(
+        CREDENTIAL,
+        "Grant stays with the broker",
+        lambda e: f"{_d(e.after).get('custody', '')} {_d(e.after).get('reference', '')}, "
+        f"identity proved by {_d(e.after).get('proof', '?')}, "
+        f"generation {_gen(_d(e.after).get('generation'))}",
+    ),
+    "broker.signal": _simple(
+        CREDENTIAL,
+        "Broker signal",
+        lambda e: f"{_d(e.arguments).get('kind', '')}: {_d(e.arguments).get('outcome', '')}"
+        + (f" ({_d(e.arguments).get('code')})" if _d(e.arguments).get("code") else ""),
+    ),
+    "checkpoint.recorded": _simple(
+        RUNTIME,
+        "Checkpoint saved",
+        lambda e: " / ".join(
+            dict.fromkeys(str(v) for v in (_d(e.after).get("checkpoint_id"), _d(e.after).get("label")) if v)
+        ),
+    ),
     "run.parked": _run_parked,
     "run.park_observed": _simple(RUNTIME, "Runtime holds {e.run_id} at its wait", lambda e: _compact(e.after)),
     "run.unparked": _simple(RUNTIME, "Run {e.run_id} released"),
-    "run.resume_delivered": _simple(RUNTIME, "Resume delivered to {e.run_id}",
-                                    lambda e: f"{_d(e.arguments).get('runtime', '')}"
-                                              + (" (already past its wait)" if _d(e.after).get("already") else "")),
-    "run.resume_acknowledged": _simple(RUNTIME, "Run {e.run_id} acknowledged the resume",
-                                       lambda e: f"generation {_gen(_d(e.after).get('generation'))}"),
-    "run.resumed": _simple(RUNTIME, "Run {e.run_id} is past its parked action",
-                           lambda e: f"{_d(e.after).get('past') or ''} {_d(e.after).get('how') or ''}, "
-                                     f"generation {_gen(_d(e.after).get('generation'))}"),
-    "run.redriven": _simple(RUNTIME, "Run {e.run_id} stalled: re-driven",
-                            lambda e: f"re-drive {_d(e.arguments).get('re_drive')} of {_d(e.arguments).get('of')}"),
+    "run.resume_delivered": _simple(
+        RUNTIME,
+        "Resume delivered to {e.run_id}",
+        lambda e: f"{_d(e.arguments).get('runtime', '')}"
+        + (" (already past its wait)" if _d(e.after).get("already") else ""),
+    ),
+    "run.resume_acknowledged": _simple(
+        RUNTIME, "Run {e.run_id} acknowledged the resume", lambda e: f"generation {_gen(_d(e.after).get('generation'))}"
+    ),
+    "run.resumed": _simple(
+        RUNTIME,
+        "Run {e.run_id} is past its parked action",
+        lambda e: f"{_d(e.after).get('past') or ''} {_d(e.after).get('how') or ''}, "
+        f"generation {_gen(_d(e.after).get('generation'))}",
+    ),
+    "run.redriven": _simple(
+        RUNTIME,
+        "Run {e.run_id} stalled: re-driven",
+        lambda e: f"re-drive {_d(e.arguments).get('re_drive')} of {_d(e.arguments).get('of')}",
+    ),
     "case.resume_problem": _simple(RUNTIME, "Resume problem", lambda e: _compact(_d(e.arguments).get("reason"))),
     "outbox.retried": _simple(REVIVE, "Failed step {e.entity_id} retried by {e.actor}"),
-    "reconnect.notify_exhausted": _simple(CREDENTIAL, "Owner could not be notified",
-                                          lambda e: _compact(_d(e.arguments).get("error"))),
-    "run.resume_failed": _simple(RUNTIME, "Resume of {e.run_id} failed", lambda e: _compact(_d(e.arguments).get("error"))),
-    "action.reconcile_failed": _simple(REVIVE, "Reconciler failed for {e.entity_id}",
-                                       lambda e: _compact(_d(e.arguments).get("error"))),
+    "reconnect.notify_exhausted": _simple(
+        CREDENTIAL, "Owner could not be notified", lambda e: _compact(_d(e.arguments).get("error"))
+    ),
+    "run.resume_failed": _simple(
+        RUNTIME, "Resume of {e.run_id} failed", lambda e: _compact(_d(e.arguments).get("error"))
+    ),
+    "action.reconcile_failed": _simple(
+        REVIVE, "Reconciler failed for {e.entity_id}", lambda e: _compact(_d(e.arguments).get("error"))
+    ),
 }
 
 
@@ -219,17 +274,33 @@ def describe(event) -> TimelineRow:
         lane, label, detail = _reconnect(event)
     elif action.endswith(".fenced"):
         args = _d(event.arguments)
-        lane, label, detail = (CREDENTIAL, f"Stale generation {_gen(args.get('generation'))} fenced out",
-                               f"{action.split('.')[0]} from {event.run_id or 'a worker'}; current {_gen(args.get('current_generation'))}")
+        lane, label, detail = (
+            CREDENTIAL,
+            f"Stale generation {_gen(args.get('generation'))} fenced out",
+            f"{action.split('.')[0]} from {event.run_id or 'a worker'}; current {_gen(args.get('current_generation'))}",
+        )
     elif action.startswith("console."):
         args = _d(event.arguments)
-        lane, label, detail = (REVIVE, f"Operator call refused: {args.get('operation', '?')}", _compact(args.get("why")))
+        lane, label, detail = (
+            REVIVE,
+            f"Operator call refused: {args.get('operation', '?')}",
+            _compact(args.get("why")),
+        )
     else:
         lane, label, detail = (REVIVE, action, _compact(event.arguments))
     live = LIVE_TRANSITIONS.get(action)
-    return TimelineRow(event_id=event.pk, at=event.occurred_at, actor=event.actor, action=action, lane=lane, label=label,
-                       detail=detail, live=live[0] if live else None, outcome=event.outcome,
-                       trace_id=getattr(event, "trace_id", "") or "")
+    return TimelineRow(
+        event_id=event.pk,
+        at=event.occurred_at,
+        actor=event.actor,
+        action=action,
+        lane=lane,
+        label=label,
+        detail=detail,
+        live=live[0] if live else None,
+        outcome=event.outcome,
+        trace_id=getattr(event, "trace_id", "") or "",
+    )
 
 
 def timeline_rows(events: Iterable) -> list[TimelineRow]:

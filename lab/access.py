@@ -17,8 +17,9 @@ def sync_lab_group(apps) -> list[str]:
     Permission = apps.get_model("auth", "Permission")
     ContentType = apps.get_model("contenttypes", "ContentType")
     ct, _ = ContentType.objects.get_or_create(app_label="lab", model="lab")
-    perm, _ = Permission.objects.get_or_create(content_type=ct, codename="use_lab",
-                                               defaults={"name": "Can run recovery lab scenarios"})
+    perm, _ = Permission.objects.get_or_create(
+        content_type=ct, codename="use_lab", defaults={"name": "Can run recovery lab scenarios"}
+    )
     group, _ = Group.objects.get_or_create(name=LAB_GROUP)
     group.permissions.set([perm])
     return [perm.codename]

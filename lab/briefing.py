@@ -112,8 +112,12 @@ def credential(state: BriefingState) -> str:
         return scalekit_credential(state)
     with _MEMOS_LOCK:
         memo = _MEMOS.setdefault(conn_id, RefreshMemo())
-    helper = revive().single_flight_credential(conn_id, load=lambda: _stored_access_token(conn_id),
-                                               refresh=lambda: refresh_grant(state), is_fresh=lambda token: False)
+    helper = revive().single_flight_credential(
+        conn_id,
+        load=lambda: _stored_access_token(conn_id),
+        refresh=lambda: refresh_grant(state),
+        is_fresh=lambda token: False,
+    )
     helper.memo = memo
     return helper()
 
@@ -121,14 +125,19 @@ def credential(state: BriefingState) -> str:
 def desk_credential(connection_id: str) -> str:
     """The access token from the lab process (``lab.langgraph_server.CredentialDesk``), which refreshes the grant in
     custody as ``credential`` does there; a refusal comes back as the provider's answer and is raised as it."""
-    resp = httpx.post(os.environ["REVIVE_LAB_CREDENTIAL_URL"], json={"connection_id": connection_id}, timeout=60,
-                      headers={"Authorization": f"Bearer {os.environ.get('REVIVE_LAB_CREDENTIAL_TOKEN', '')}"})
+    resp = httpx.post(
+        os.environ["REVIVE_LAB_CREDENTIAL_URL"],
+        json={"connection_id": connection_id},
+        timeout=60,
+        headers={"Authorization": f"Bearer {os.environ.get('REVIVE_LAB_CREDENTIAL_TOKEN', '')}"},
+    )
     resp.raise_for_status()
     answer = resp.json()
     if "error" in answer:
         error = answer["error"]
-        raise ProviderError(error.get("status"), error.get("body"), error.get("headers") or {},
-                            error_kind=error.get("error_kind"))
+        raise ProviderError(
+            error.get("status"), error.get("body"), error.get("headers") or {}, error_kind=error.get("error_kind")
+        )
     return answer["token"]
 
 
@@ -138,8 +147,11 @@ def token_vault_credential(state: BriefingState) -> str:
     from reauth.custody import get_custody
     from revive_sdk.auth0 import TokenVault
 
-    vault = TokenVault(state["vault"]["url"], os.environ.get("REVIVE_LAB_VAULT_CLIENT_ID", "revive-lab-vault"),
-                       os.environ.get("REVIVE_LAB_VAULT_CLIENT_SECRET", ""))
+    vault = TokenVault(
+        state["vault"]["url"],
+        os.environ.get("REVIVE_LAB_VAULT_CLIENT_ID", "revive-lab-vault"),
+        os.environ.get("REVIVE_LAB_VAULT_CLIENT_SECRET", ""),
+    )
     try:
         grant = get_custody().load(connection_id=state["connection_id"])
         subject = grant.refresh_token if grant is not None else ""
@@ -169,16 +181,30 @@ def refresh_grant(state: BriefingState) -> str:
     grant = custody.load(connection_id=conn_id)
     if grant is None or not grant.refresh_token:
         raise ProviderError(400, {"error": "invalid_grant", "error_description": "no refresh token in custody"}, {})
-    resp = httpx.post(state["token_url"], timeout=10, data={
-        "grant_type": "refresh_token", "refresh_token": grant.refresh_token,
-        "client_id": os.environ.get("REVIVE_LAB_IDP_CLIENT_ID", "revive-lab"),
-        "client_secret": os.environ.get("REVIVE_LAB_IDP_CLIENT_SECRET", "")})
+    resp = httpx.post(
+        state["token_url"],
+        timeout=10,
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": grant.refresh_token,
+            "client_id": os.environ.get("REVIVE_LAB_IDP_CLIENT_ID", "revive-lab"),
+            "client_secret": os.environ.get("REVIVE_LAB_IDP_CLIENT_SECRET", ""),
+        },
+    )
     if resp.status_code != 200:
         raise refusal(resp)
     token = resp.json()
-    custody.store(connection_id=conn_id, generation=generation, grant=Grant(
-        access_token=token["access_token"], refresh_token=token.get("refresh_token") or grant.refresh_token,
-        id_token=grant.id_token, expires_at=grant.expires_at, scope=grant.scope))
+    custody.store(
+        connection_id=conn_id,
+        generation=generation,
+        grant=Grant(
+            access_token=token["access_token"],
+            refresh_token=token.get("refresh_token") or grant.refresh_token,
+            id_token=grant.id_token,
+            expires_at=grant.expires_at,
+            scope=grant.scope,
+        ),
+    )
     return token["access_token"]
 
 
@@ -188,9 +214,12 @@ def nango_credential(state: BriefingState) -> str:
     Nango refreshes at the provider; a refusal comes back as Nango's ``refresh_token_external_error`` with the
     provider's body inside, raised as ``ProviderError`` for Revive to classify.
     """
-    resp = httpx.get(f"{state['nango_url']}/connections/{state['nango_connection']}", timeout=15,
-                     params={"provider_config_key": state["nango_integration"], "force_refresh": "true"},
-                     headers={"Authorization": f"Bearer {os.environ.get('REVIVE_LAB_NANGO_SECRET_KEY', '')}"})
+    resp = httpx.get(
+        f"{state['nango_url']}/connections/{state['nango_connection']}",
+        timeout=15,
+        params={"provider_config_key": state["nango_integration"], "force_refresh": "true"},
+        headers={"Authorization": f"Bearer {os.environ.get('REVIVE_LAB_NANGO_SECRET_KEY', '')}"},
+    )
     if resp.status_code != 200:
         raise refusal(resp)
     return resp.json()["credentials"]["access_token"]
@@ -199,16 +228,32 @@ def nango_credential(state: BriefingState) -> str:
 def scalekit_credential(state: BriefingState) -> str:
     """A Scalekit connected account: its token, if the account is ``ACTIVE``; otherwise its status is the refusal."""
     base = state["scalekit_url"]
-    env_token = httpx.post(f"{base}/oauth/token", timeout=15, data={
-        "grant_type": "client_credentials", "client_id": os.environ.get("REVIVE_LAB_SCALEKIT_CLIENT_ID", ""),
-        "client_secret": os.environ.get("REVIVE_LAB_SCALEKIT_CLIENT_SECRET", "")}).json()["access_token"]
-    resp = httpx.get(f"{base}/api/v1/connected_accounts/auth", timeout=15, headers={"Authorization": f"Bearer {env_token}"},
-                     params={"connector": state["scalekit_connector"], "identifier": state["scalekit_identifier"],
-                             "refresh": "true"})
+    env_token = httpx.post(
+        f"{base}/oauth/token",
+        timeout=15,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": os.environ.get("REVIVE_LAB_SCALEKIT_CLIENT_ID", ""),
+            "client_secret": os.environ.get("REVIVE_LAB_SCALEKIT_CLIENT_SECRET", ""),
+        },
+    ).json()["access_token"]
+    resp = httpx.get(
+        f"{base}/api/v1/connected_accounts/auth",
+        timeout=15,
+        headers={"Authorization": f"Bearer {env_token}"},
+        params={
+            "connector": state["scalekit_connector"],
+            "identifier": state["scalekit_identifier"],
+            "refresh": "true",
+        },
+    )
     account = resp.json().get("connected_account") if resp.status_code == 200 else None
     if not account or account.get("status") != "ACTIVE":
-        raise ProviderError(resp.status_code if resp.status_code != 200 else 400,
-                            {"connected_account": {"status": (account or {}).get("status", "UNKNOWN")}}, {})
+        raise ProviderError(
+            resp.status_code if resp.status_code != 200 else 400,
+            {"connected_account": {"status": (account or {}).get("status", "UNKNOWN")}},
+            {},
+        )
     return account["authorization_details"]["oauth_token"]["access_token"]
 
 
@@ -216,10 +261,18 @@ def scalekit_credential(state: BriefingState) -> str:
 
 
 def send_brief(state: BriefingState, ctx) -> dict:
-    resp = httpx.post(f"{state['mail_url']}/v1.0/me/sendMail", timeout=MAIL_TIMEOUT,
-                      headers={"Authorization": f"Bearer {ctx.credential}", "Idempotency-Key": ctx.idempotency_key},
-                      json={"subject": WORKFLOW, "to": state.get("recipient", "exec-team@contoso.example"),
-                            "run_id": state["run_id"], "generation": ctx.generation, "pid": os.getpid()})
+    resp = httpx.post(
+        f"{state['mail_url']}/v1.0/me/sendMail",
+        timeout=MAIL_TIMEOUT,
+        headers={"Authorization": f"Bearer {ctx.credential}", "Idempotency-Key": ctx.idempotency_key},
+        json={
+            "subject": WORKFLOW,
+            "to": state.get("recipient", "exec-team@contoso.example"),
+            "run_id": state["run_id"],
+            "generation": ctx.generation,
+            "pid": os.getpid(),
+        },
+    )
     if resp.status_code >= 400:
         raise ProviderError(resp.status_code, resp.text, dict(resp.headers))
     return resp.json()
@@ -238,15 +291,21 @@ def find_brief(mail_url: str, idempotency_key: str) -> dict | None:
 def step_arguments(index: int, state: BriefingState) -> dict:
     """The ``protect_action`` arguments of checkpoint ``index`` (for any runtime's helper and either SDK client)."""
     checkpoint, label, action_key = STEPS[index]
-    arguments = dict(run_id=state["run_id"], checkpoint_id=checkpoint, connection_id=state["connection_id"],
-                     action_key=action_key)
+    arguments = dict(
+        run_id=state["run_id"], checkpoint_id=checkpoint, connection_id=state["connection_id"], action_key=action_key
+    )
     if action_key == SEND_ACTION:
+
         def reconcile(ctx):
             credential(state)  # Graph's message lookup needs a token too
             return find_brief(state["mail_url"], ctx.idempotency_key)
 
-        return {**arguments, "credential": lambda: credential(state), "execute": lambda ctx: send_brief(state, ctx),
-                "reconcile": reconcile}
+        return {
+            **arguments,
+            "credential": lambda: credential(state),
+            "execute": lambda ctx: send_brief(state, ctx),
+            "reconcile": reconcile,
+        }
     return {**arguments, "execute": lambda ctx: {"step": f"{checkpoint} / {label}", "key": ctx.idempotency_key[-12:]}}
 
 

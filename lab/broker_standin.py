@@ -38,8 +38,10 @@ class StandInHandler(BaseHTTPRequestHandler):
         self.send(status, json.dumps(body).encode(), "application/json")
 
     def page(self, status: int, title: str, text: str) -> None:
-        body = (f"<!doctype html><html><head><title>{html.escape(title)} · {self.standin.name} (lab stand-in)</title></head>"
-                f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>").encode()
+        body = (
+            f"<!doctype html><html><head><title>{html.escape(title)} · {self.standin.name} (lab stand-in)</title></head>"
+            f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>"
+        ).encode()
         self.send(status, body, "text/html; charset=utf-8")
 
     def redirect(self, location: str) -> None:
@@ -93,9 +95,17 @@ class BrokerStandIn:
         state = secrets.token_urlsafe(16)
         with self._lock:
             self.pending[state] = {**carry, "verifier": verifier}
-        return f"{self.idp.url}/identity/o/authorize?" + urlencode({
-            "response_type": "code", "client_id": self.idp.client_id, "redirect_uri": self.callback_url,
-            "scope": "openid profile email", "state": state, "code_challenge": challenge, "code_challenge_method": "S256"})
+        return f"{self.idp.url}/identity/o/authorize?" + urlencode(
+            {
+                "response_type": "code",
+                "client_id": self.idp.client_id,
+                "redirect_uri": self.callback_url,
+                "scope": "openid profile email",
+                "state": state,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            }
+        )
 
     def exchange(self, query: dict) -> tuple[dict, dict] | None:
         """The provider came back: exchange the code; ``(carry, token response)`` or ``None``."""
@@ -103,16 +113,32 @@ class BrokerStandIn:
             carry = self.pending.pop(query.get("state", ""), None)
         if carry is None or "code" not in query:
             return None
-        resp = httpx.post(self.idp.token_url, timeout=10, data={
-            "grant_type": "authorization_code", "code": query["code"], "redirect_uri": self.callback_url,
-            "client_id": self.idp.client_id, "client_secret": self.idp.client_secret, "code_verifier": carry["verifier"]})
+        resp = httpx.post(
+            self.idp.token_url,
+            timeout=10,
+            data={
+                "grant_type": "authorization_code",
+                "code": query["code"],
+                "redirect_uri": self.callback_url,
+                "client_id": self.idp.client_id,
+                "client_secret": self.idp.client_secret,
+                "code_verifier": carry["verifier"],
+            },
+        )
         return (carry, resp.json()) if resp.status_code == 200 else None
 
     def refresh_at_provider(self, refresh_token: str) -> tuple[bool, dict]:
         """Refresh a grant at the provider: ``(True, token response)`` or ``(False, the provider's error body)``."""
-        resp = httpx.post(self.idp.token_url, timeout=10, data={
-            "grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": self.idp.client_id,
-            "client_secret": self.idp.client_secret})
+        resp = httpx.post(
+            self.idp.token_url,
+            timeout=10,
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": self.idp.client_id,
+                "client_secret": self.idp.client_secret,
+            },
+        )
         try:
             body = resp.json()
         except ValueError:

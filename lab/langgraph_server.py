@@ -54,8 +54,10 @@ _NOT_INHERITED = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "SECRET
 def server_missing() -> str | None:
     """Why the lab cannot start the Agent Server here, or None."""
     if not LANGGRAPH.exists():
-        return (f"the LangGraph Agent Server's venv is missing ({LANGGRAPH} not found): run scripts/setup --test "
-                "to create .venv-lgserver (requirements-lgserver.txt)")
+        return (
+            f"the LangGraph Agent Server's venv is missing ({LANGGRAPH} not found): run scripts/setup --test "
+            "to create .venv-lgserver (requirements-lgserver.txt)"
+        )
     return None
 
 
@@ -74,8 +76,11 @@ class CredentialDesk:
                 pass
 
             def do_POST(self) -> None:
-                status, answer = desk.answer(self.path, self.headers.get("Authorization", ""),
-                                             self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                status, answer = desk.answer(
+                    self.path,
+                    self.headers.get("Authorization", ""),
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0)),
+                )
                 body = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -147,26 +152,54 @@ class AgentServer:
         return {"REVIVE_LANGGRAPH_SERVER_URL": self.url, "REVIVE_LANGGRAPH_SERVER_API_KEY": ""}
 
     def describe(self) -> str:
-        return (f"{self.url}  (langgraph dev from .venv-lgserver, in memory; started by each scenario as its worker; "
-                f"credentials over loopback from this process)")
+        return (
+            f"{self.url}  (langgraph dev from .venv-lgserver, in memory; started by each scenario as its worker; "
+            f"credentials over loopback from this process)"
+        )
 
     def start_worker(self, name: str, env: dict[str, str], var_dir: Path, timeout: float = 180.0) -> subprocess.Popen:
         """``langgraph dev`` as ``name``: the worker's Revive key, no Django, the credential desk's address."""
         log_path = var_dir / f"{name.replace(':', '-')}.log"
         child_env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED and not k.startswith("REVIVE_")}
         child_env.update(
-            REVIVE_LAB_URL=env["REVIVE_LAB_URL"], REVIVE_LAB_API_KEY=env["REVIVE_LAB_API_KEY"],
-            REVIVE_LAB_WORKER_NAME=name, REVIVE_LAB_MAIL_TIMEOUT=str(briefing.MAIL_TIMEOUT),
-            REVIVE_LAB_CREDENTIAL_URL=self.desk.url, REVIVE_LAB_CREDENTIAL_TOKEN=self.desk.secret,
+            REVIVE_LAB_URL=env["REVIVE_LAB_URL"],
+            REVIVE_LAB_API_KEY=env["REVIVE_LAB_API_KEY"],
+            REVIVE_LAB_WORKER_NAME=name,
+            REVIVE_LAB_MAIL_TIMEOUT=str(briefing.MAIL_TIMEOUT),
+            REVIVE_LAB_CREDENTIAL_URL=self.desk.url,
+            REVIVE_LAB_CREDENTIAL_TOKEN=self.desk.secret,
             # The graph is lab.agent_server.graph of this checkout, with this checkout's SDK.
-            PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "sdk" / "python")]), PYTHONUNBUFFERED="1",
-            LANGSMITH_TRACING="false", LANGCHAIN_TRACING_V2="false", LANGGRAPH_CLI_NO_ANALYTICS="1",
-            VIRTUAL_ENV=str(VENV), PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+            PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "sdk" / "python")]),
+            PYTHONUNBUFFERED="1",
+            LANGSMITH_TRACING="false",
+            LANGCHAIN_TRACING_V2="false",
+            LANGGRAPH_CLI_NO_ANALYTICS="1",
+            VIRTUAL_ENV=str(VENV),
+            PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
         with open(log_path, "ab") as log:
-            process = _started(spawn(
-                [str(LANGGRAPH), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--config", str(CONFIG)], cwd=self.workdir, env=child_env, stdout=log, stderr=subprocess.STDOUT),
-                name, self.children)
+            process = _started(
+                spawn(
+                    [
+                        str(LANGGRAPH),
+                        "dev",
+                        "--no-browser",
+                        "--no-reload",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(self.port),
+                        "--config",
+                        str(CONFIG),
+                    ],
+                    cwd=self.workdir,
+                    env=child_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                name,
+                self.children,
+            )
         self.process = process
 
         def ready() -> bool:
@@ -185,8 +218,9 @@ class AgentServer:
     def _call(self, method: str, path: str, **kwargs) -> Any:
         response = httpx.request(method, f"{self.url}{path}", timeout=30, **kwargs)
         if response.status_code >= 400:
-            raise ScenarioFailed(f"the Agent Server answered {method} {path} with {response.status_code}: "
-                                 f"{response.text[:200]}")
+            raise ScenarioFailed(
+                f"the Agent Server answered {method} {path} with {response.status_code}: {response.text[:200]}"
+            )
         return response.json()
 
     def assistant(self) -> str:
@@ -224,8 +258,13 @@ class LangGraphServerScenario(RuntimeScenario):
         self.thread_id = self.server.new_thread(self.run_id)
         self.assistant_id = self.server.assistant()
         self.server.desk.serve(self.state())
-        revive_lg.register_server_run(briefing.revive(), run_id=self.run_id, thread_id=self.thread_id,
-                                      assistant_id=self.assistant_id, workflow_name=briefing.WORKFLOW)
+        revive_lg.register_server_run(
+            briefing.revive(),
+            run_id=self.run_id,
+            thread_id=self.thread_id,
+            assistant_id=self.assistant_id,
+            workflow_name=briefing.WORKFLOW,
+        )
         briefing.record_checkpoints(self.run_id)
 
     def start_run(self) -> None:
@@ -234,25 +273,32 @@ class LangGraphServerScenario(RuntimeScenario):
     def parked_case(self) -> str:
         """The case, once the server holds the thread on its interrupt (Revive resumes only a waiting thread)."""
         reference = super().parked_case()
-        wait_for(lambda: adapter_for(self.runtime).status(Run.objects.get(pk=self.run_id)).state == "waiting",
-                 f"thread {self.thread_id} to wait on its interrupt", interval=0.2)
+        wait_for(
+            lambda: adapter_for(self.runtime).status(Run.objects.get(pk=self.run_id)).state == "waiting",
+            f"thread {self.thread_id} to wait on its interrupt",
+            interval=0.2,
+        )
         return reference
 
     def _worker_lost(self) -> None:
-        (name, process), = self.workers
+        ((name, process),) = self.workers
         self._park_on_revoked_grant()
         self.notes["killed_pid"] = process.pid
         self.notes["stop_signal"] = "SIGTERM"
-        self.say(f"  ⚡ injected fault: {name} (the Agent Server, pid {process.pid}) is stopped while the run is parked "
-                 "-- with SIGTERM: the in-memory dev server saves its threads only on a clean shutdown (a deployment on "
-                 "PostgreSQL loses nothing to a SIGKILL)")
+        self.say(
+            f"  ⚡ injected fault: {name} (the Agent Server, pid {process.pid}) is stopped while the run is parked "
+            "-- with SIGTERM: the in-memory dev server saves its threads only on a clean shutdown (a deployment on "
+            "PostgreSQL loses nothing to a SIGKILL)"
+        )
         stop_process(process, children=self.world.children)
         self.notes["stop_exit"] = process.returncode
         self.start_worker("worker:lab-B")
         status = adapter_for(self.runtime).status(Run.objects.get(pk=self.run_id))
         if status.state != "waiting":
-            raise ScenarioFailed(f"after the restart the Agent Server's thread {self.thread_id} is {status.state}, "
-                                 "not waiting on its interrupt")
+            raise ScenarioFailed(
+                f"after the restart the Agent Server's thread {self.thread_id} is {status.state}, "
+                "not waiting on its interrupt"
+            )
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
 
     def checkpoints_completed(self) -> list[str]:

@@ -97,7 +97,9 @@ class NangoHandler(StandInHandler):
             with nango._lock:
                 nango.sessions.pop(carry["token"], None)
             nango.send_webhook(nango.auth_event("override", carry["integration"], carry["connection_id"], success=True))
-            return self.page(200, "Connection updated", "You can close this window and return to the page you came from.")
+            return self.page(
+                200, "Connection updated", "You can close this window and return to the page you came from."
+            )
         return self.json(404, {"error": {"code": "not_found", "message": "Unknown route."}})
 
 
@@ -134,17 +136,36 @@ class NangoStandIn(BrokerStandIn):
     def store(self, integration: str, connection_id: str, token: dict) -> None:
         with self._lock:
             self.connections[(integration, connection_id)] = {
-                "id": len(self.connections) + 1, "connection_id": connection_id, "provider_config_key": integration,
-                "provider": PROVIDER, "created_at": datetime.now(UTC).isoformat(), "failed": False,
-                "credentials": {"type": "OAUTH2", "access_token": token["access_token"],
-                                "refresh_token": token.get("refresh_token", ""), "expires_at": expiry(token),
-                                "raw": dict(token)},
+                "id": len(self.connections) + 1,
+                "connection_id": connection_id,
+                "provider_config_key": integration,
+                "provider": PROVIDER,
+                "created_at": datetime.now(UTC).isoformat(),
+                "failed": False,
+                "credentials": {
+                    "type": "OAUTH2",
+                    "access_token": token["access_token"],
+                    "refresh_token": token.get("refresh_token", ""),
+                    "expires_at": expiry(token),
+                    "raw": dict(token),
+                },
             }
 
-    def auth_event(self, operation: str, integration: str, connection_id: str, *, success: bool, error: dict | None = None) -> dict:
-        event = {"from": "nango", "type": "auth", "operation": operation, "connectionId": connection_id,
-                 "providerConfigKey": integration, "provider": PROVIDER, "environment": "dev", "authMode": "OAUTH2",
-                 "success": success, "endUser": {"endUserId": connection_id}}
+    def auth_event(
+        self, operation: str, integration: str, connection_id: str, *, success: bool, error: dict | None = None
+    ) -> dict:
+        event = {
+            "from": "nango",
+            "type": "auth",
+            "operation": operation,
+            "connectionId": connection_id,
+            "providerConfigKey": integration,
+            "provider": PROVIDER,
+            "environment": "dev",
+            "authMode": "OAUTH2",
+            "success": success,
+            "endUser": {"endUserId": connection_id},
+        }
         if error:
             event["error"] = error
         return event
@@ -177,14 +198,33 @@ class NangoStandIn(BrokerStandIn):
         if not ok:
             with self._lock:
                 conn["failed"] = True
-            self.send_webhook(self.auth_event("refresh", integration, connection_id, success=False, error={
-                "type": "refresh_token_external_error", "description": f"{REFRESH_FAILED} {json.dumps(token)}"}))
-            return 400, {"error": {"code": "refresh_token_external_error", "message": REFRESH_FAILED,
-                                   "payload": {"dataMessage": token}}}
+            self.send_webhook(
+                self.auth_event(
+                    "refresh",
+                    integration,
+                    connection_id,
+                    success=False,
+                    error={
+                        "type": "refresh_token_external_error",
+                        "description": f"{REFRESH_FAILED} {json.dumps(token)}",
+                    },
+                )
+            )
+            return 400, {
+                "error": {
+                    "code": "refresh_token_external_error",
+                    "message": REFRESH_FAILED,
+                    "payload": {"dataMessage": token},
+                }
+            }
         with self._lock:
             was_failed, conn["failed"] = conn["failed"], False
-            conn["credentials"].update(access_token=token["access_token"], refresh_token=token.get("refresh_token") or refresh,
-                                       expires_at=expiry(token), raw=dict(token))
+            conn["credentials"].update(
+                access_token=token["access_token"],
+                refresh_token=token.get("refresh_token") or refresh,
+                expires_at=expiry(token),
+                raw=dict(token),
+            )
         if was_failed:
             self.send_webhook(self.auth_event("refresh", integration, connection_id, success=True))
         return 200, {}

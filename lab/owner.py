@@ -48,7 +48,9 @@ class Owner:
             ticket = parse_qs(urlsplit(connect_url).query).get("ticket", [""])[0]
             if page.status_code != 200:
                 raise ScenarioFailed(f"the upstream consent page answered {page.status_code}")
-            back = upstream.post(str(page.url.join("/upstream/authorize")), data={"ticket": ticket, "account": username})
+            back = upstream.post(
+                str(page.url.join("/upstream/authorize")), data={"ticket": ticket, "account": username}
+            )
         if back.status_code != 302:
             raise ScenarioFailed(f"the upstream consent answered {back.status_code}")
         return back.headers["location"]
@@ -59,8 +61,11 @@ class Owner:
         csrf, start = _CSRF.search(page.text), _START.search(page.text)
         if page.status_code != 200 or not csrf or not start:
             raise ScenarioFailed(f"no reconnect button on {self.landing}: {page.status_code}")
-        response = self.http.post(str(page.url.join(start.group(1))), data={"csrfmiddlewaretoken": csrf.group(1)},
-                                  headers={"Referer": self.landing})
+        response = self.http.post(
+            str(page.url.join(start.group(1))),
+            data={"csrfmiddlewaretoken": csrf.group(1)},
+            headers={"Referer": self.landing},
+        )
         if response.status_code != 302:
             raise ScenarioFailed(f"starting the sign-in answered {response.status_code}")
         self.authorize_urls.append(response.headers["location"])
@@ -74,11 +79,15 @@ class Owner:
         response = self.http.get(callback)  # Revive verifies the identity here (and, when it matches, resumes)
         outcome = response.headers.get("location", "")
         page = self.http.get(str(response.url.join(outcome))) if response.is_redirect else response
-        return {"status": response.status_code, "location": outcome, "page_status": page.status_code,
-                "code": page.headers.get("x-revive-code", ""),
-                "consumed": outcome.endswith("/done"), "refused": outcome.endswith("/refused"),
-                "claims": parse_qs(urlsplit(self.authorize_urls[-1]).query).get("claims", [""])[0]}
-
+        return {
+            "status": response.status_code,
+            "location": outcome,
+            "page_status": page.status_code,
+            "code": page.headers.get("x-revive-code", ""),
+            "consumed": outcome.endswith("/done"),
+            "refused": outcome.endswith("/refused"),
+            "claims": parse_qs(urlsplit(self.authorize_urls[-1]).query).get("claims", [""])[0],
+        }
 
     def _through_broker(self, waiting: str, username: str) -> dict:
         """Revive's waiting page links to the broker's Connect UI; sign in there, then follow the waiting page."""
@@ -101,9 +110,14 @@ class Owner:
 
         location = wait_for(outcome, "Revive to prove the identity behind the broker's reconnect")
         page = self.http.get(str(httpx.URL(waiting).join(location)))
-        return {"status": 302, "location": location, "page_status": page.status_code,
-                "code": page.headers.get("x-revive-code", ""),
-                "consumed": location.endswith("/done"), "refused": location.endswith("/refused")}
+        return {
+            "status": 302,
+            "location": location,
+            "page_status": page.status_code,
+            "code": page.headers.get("x-revive-code", ""),
+            "consumed": location.endswith("/done"),
+            "refused": location.endswith("/refused"),
+        }
 
 
 def reconnect_link(world: LabWorld, case_reference: str, *, timeout: float = WAIT) -> str:

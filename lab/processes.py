@@ -135,7 +135,9 @@ class Pidfile:
                     os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         deadline = time.monotonic() + grace
-        while killed and any(start_time(p) is not None and not _zombie(p) for p in killed) and time.monotonic() < deadline:
+        while (
+            killed and any(start_time(p) is not None and not _zombie(p) for p in killed) and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         path.unlink(missing_ok=True)
         return killed

@@ -30,22 +30,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 ERROR_BODIES = {
-    "entra": (400, {
-        "error": "invalid_grant",
-        "error_description": "AADSTS700082: The refresh token has expired due to inactivity. The token was issued on "
-                             "2026-05-09T10:00:00Z and was inactive for 90.00:00:00.",
-        "error_codes": [700082],
-        "timestamp": "2026-11-21 10:07:19Z",
-        "trace_id": "0b9c1c5e-2b4c-4a9e-9a1c-5f0d2e7c8a11",
-        "correlation_id": "6f27bbf4-582a-438c-9d1e-0a4b5c6d7e8f",
-    }),
+    "entra": (
+        400,
+        {
+            "error": "invalid_grant",
+            "error_description": "AADSTS700082: The refresh token has expired due to inactivity. The token was issued on "
+            "2026-05-09T10:00:00Z and was inactive for 90.00:00:00.",
+            "error_codes": [700082],
+            "timestamp": "2026-11-21 10:07:19Z",
+            "trace_id": "0b9c1c5e-2b4c-4a9e-9a1c-5f0d2e7c8a11",
+            "correlation_id": "6f27bbf4-582a-438c-9d1e-0a4b5c6d7e8f",
+        },
+    ),
     "auth0": (403, {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}),
     "oidc": (400, {"error": "invalid_grant", "error_description": "The refresh token is invalid or has been revoked."}),
 }
 
 
 class ProviderStandIn:
-    def __init__(self, *, provider: str = "entra", host: str = "127.0.0.1", port: int = 0, rotating: bool = False) -> None:
+    def __init__(
+        self, *, provider: str = "entra", host: str = "127.0.0.1", port: int = 0, rotating: bool = False
+    ) -> None:
         self.provider = provider
         self.rotating = rotating
         self.token_delay = 0.0
@@ -111,23 +116,26 @@ class ProviderStandIn:
 
     def cae_revoke(self, refresh_token: str, *, at: str = "resource") -> str:
         """A critical event for the session of ``refresh_token``; returns the claims (JSON text) it will ask for."""
-        claims = json.dumps({"access_token": {"nbf": {"essential": True, "value": str(int(time.time()))}}},
-                            separators=(",", ":"))
+        claims = json.dumps(
+            {"access_token": {"nbf": {"essential": True, "value": str(int(time.time()))}}}, separators=(",", ":")
+        )
         with self._lock:
             (self.cae_at_token if at == "token" else self.cae_revoked)[refresh_token] = claims
         return claims
 
     def _cae_challenge(self, authorization: str) -> str | None:
         """The WWW-Authenticate challenge for a bearer token whose session was revoked, else None."""
-        token = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else ""
+        token = authorization[len("Bearer ") :] if authorization.startswith("Bearer ") else ""
         with self._lock:
             claims = self.cae_revoked.get(self.minted_from.get(token, ""))
             if claims is None:
                 return None
             self.challenges += 1
         encoded = base64.b64encode(claims.encode()).decode()
-        return ('Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
-                f'client_id="00000003-0000-0000-c000-000000000000", error="insufficient_claims", claims="{encoded}"')
+        return (
+            'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
+            f'client_id="00000003-0000-0000-c000-000000000000", error="insufficient_claims", claims="{encoded}"'
+        )
 
     def time_out_next(self, seconds: float, count: int = 1) -> None:
         """Accept the next ``count`` messages, then answer only after ``seconds``."""
@@ -193,16 +201,28 @@ class ProviderStandIn:
                     if standin.rotating:
                         successor, reused = standin._rotate(refresh_token)
                         if successor is None:
-                            return self._json(403, {"error": "invalid_grant", "error_description":
-                                                    "Unknown or invalid refresh token." if not reused else
-                                                    "Reused rotating refresh token detected."})
+                            return self._json(
+                                403,
+                                {
+                                    "error": "invalid_grant",
+                                    "error_description": "Unknown or invalid refresh token."
+                                    if not reused
+                                    else "Reused rotating refresh token detected.",
+                                },
+                            )
                     if claims is not None:
-                        return self._json(400, {
-                            "error": "interaction_required",
-                            "error_description": "AADSTS50076: Due to a configuration change made by your administrator, "
-                                                 "or because you moved to a new location, you must use multi-factor "
-                                                 "authentication to access the resource.",
-                            "error_codes": [50076], "suberror": "basic_action", "claims": claims})
+                        return self._json(
+                            400,
+                            {
+                                "error": "interaction_required",
+                                "error_description": "AADSTS50076: Due to a configuration change made by your administrator, "
+                                "or because you moved to a new location, you must use multi-factor "
+                                "authentication to access the resource.",
+                                "error_codes": [50076],
+                                "suberror": "basic_action",
+                                "claims": claims,
+                            },
+                        )
                     access_token = secrets.token_urlsafe(24)
                     with standin._lock:
                         standin.minted_from[access_token] = refresh_token
@@ -213,21 +233,36 @@ class ProviderStandIn:
                     return self._json(200, answer)
                 if path == "/v1.0/me/sendMail":
                     if not (self.headers.get("Authorization") or "").startswith("Bearer "):
-                        return self._json(401, {"error": {"code": "InvalidAuthenticationToken", "message": "Access token is empty."}})
+                        return self._json(
+                            401, {"error": {"code": "InvalidAuthenticationToken", "message": "Access token is empty."}}
+                        )
                     challenge = standin._cae_challenge(self.headers.get("Authorization") or "")
                     if challenge is not None:
-                        return self._json(401, {"error": {"code": "InvalidAuthenticationToken",
-                                                          "message": "Continuous access evaluation resulted in challenge "
-                                                                     "with result: InteractionRequired and code: "
-                                                                     "TokenIssuedBeforeRevocationTimestamp"}},
-                                          headers={"WWW-Authenticate": challenge})
+                        return self._json(
+                            401,
+                            {
+                                "error": {
+                                    "code": "InvalidAuthenticationToken",
+                                    "message": "Continuous access evaluation resulted in challenge "
+                                    "with result: InteractionRequired and code: "
+                                    "TokenIssuedBeforeRevocationTimestamp",
+                                }
+                            },
+                            headers={"WWW-Authenticate": challenge},
+                        )
                     body = self._body()
                     key = self.headers.get("Idempotency-Key") or ""
                     with standin._lock:
-                        message = {"id": f"AAMk{len(standin.messages) + 1:04d}", "idempotency_key": key,
-                                   "subject": body.get("subject", ""), "to": body.get("to", ""),
-                                   "run_id": body.get("run_id", ""), "generation": body.get("generation"),
-                                   "pid": body.get("pid"), "at": time.time()}
+                        message = {
+                            "id": f"AAMk{len(standin.messages) + 1:04d}",
+                            "idempotency_key": key,
+                            "subject": body.get("subject", ""),
+                            "to": body.get("to", ""),
+                            "run_id": body.get("run_id", ""),
+                            "generation": body.get("generation"),
+                            "pid": body.get("pid"),
+                            "at": time.time(),
+                        }
                         standin.messages.append(message)
                         delay = standin.timeout_after_accept
                         if delay and standin.timeouts_left is not None:

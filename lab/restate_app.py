@@ -40,8 +40,9 @@ async def run(ctx: restate.WorkflowContext, state: dict) -> dict:
 
         async def checkpoints() -> None:
             for checkpoint, label, _ in briefing.STEPS:
-                await revive.record_checkpoint(run_id=state["run_id"], checkpoint_id=checkpoint,
-                                               label=f"{checkpoint} / {label}")
+                await revive.record_checkpoint(
+                    run_id=state["run_id"], checkpoint_id=checkpoint, label=f"{checkpoint} / {label}"
+                )
 
         await ctx.run_typed("lab:checkpoints", checkpoints)
         log = []

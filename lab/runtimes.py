@@ -94,8 +94,11 @@ class TemporalServer:
         port = free_port()
         log_path = var_dir / "temporal-test-server.log"
         with open(log_path, "ab") as log:
-            process = _started(spawn([temporal_test_server_path(), str(port)], stdout=log, stderr=subprocess.STDOUT),
-                               "temporal test server", children)
+            process = _started(
+                spawn([temporal_test_server_path(), str(port)], stdout=log, stderr=subprocess.STDOUT),
+                "temporal test server",
+                children,
+            )
         server = cls(process, f"127.0.0.1:{port}", log_path, children=children)
         try:
             wait_for(lambda: server._answers(), "the Temporal test server", timeout=timeout, interval=0.2)
@@ -133,13 +136,15 @@ class TemporalServer:
 
             client = await Client.connect(self.address)
             # A workflow task handed to a killed worker's poll is retried after task_timeout (worker-lost).
-            await client.start_workflow(WORKFLOW_NAME, state, id=workflow_id, task_queue=self.task_queue,
-                                        task_timeout=timedelta(seconds=5))
+            await client.start_workflow(
+                WORKFLOW_NAME, state, id=workflow_id, task_queue=self.task_queue, task_timeout=timedelta(seconds=5)
+            )
 
         asyncio.run(start())
 
     def result(self, workflow_id: str) -> dict:
         """The workflow's result (it has completed)."""
+
         async def result():
             from temporalio.client import Client
 
@@ -151,9 +156,27 @@ class TemporalServer:
     def start_worker(self, name: str, env: dict[str, str], var_dir: Path, timeout: float = 120.0) -> subprocess.Popen:
         log_path = var_dir / f"{name.replace(':', '-')}.log"
         with open(log_path, "ab") as log:
-            process = _started(spawn(
-                [sys.executable, "-m", "lab.temporal_worker", "--address", self.address, "--task-queue", self.task_queue,
-                 "--name", name], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), name, self.children)
+            process = _started(
+                spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "lab.temporal_worker",
+                        "--address",
+                        self.address,
+                        "--task-queue",
+                        self.task_queue,
+                        "--name",
+                        name,
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                name,
+                self.children,
+            )
 
         def ready() -> bool:
             if process.poll() is not None:
@@ -197,23 +220,45 @@ class RestateServer:
         data = var_dir / "restate-data"
         data.mkdir(parents=True, exist_ok=True)
         log_path = var_dir / "restate-server.log"
-        env = {**os.environ, "RESTATE_ADMIN__BIND_PORT": str(admin), "RESTATE_INGRESS__BIND_PORT": str(ingress),
-               "RESTATE_DISABLE_TELEMETRY": "true", "RESTATE_LOG_DISABLE_ANSI_CODES": "true"}
+        env = {
+            **os.environ,
+            "RESTATE_ADMIN__BIND_PORT": str(admin),
+            "RESTATE_INGRESS__BIND_PORT": str(ingress),
+            "RESTATE_DISABLE_TELEMETRY": "true",
+            "RESTATE_LOG_DISABLE_ANSI_CODES": "true",
+        }
         env.pop("RESTATE_CONFIG", None)
         with open(log_path, "ab") as log:
-            process = _started(spawn(
-                [str(restate_server_binary()), "--no-logo", "--listen-mode=tcp", "--bind-ip=127.0.0.1",
-                 f"--bind-port={fabric}", f"--base-dir={data}", f"--node-name=revive-lab-{admin}",
-                 "--cluster-name=revive-lab"], cwd=var_dir, env=env, stdout=log, stderr=subprocess.STDOUT),
-                "restate-server", children)
+            process = _started(
+                spawn(
+                    [
+                        str(restate_server_binary()),
+                        "--no-logo",
+                        "--listen-mode=tcp",
+                        "--bind-ip=127.0.0.1",
+                        f"--bind-port={fabric}",
+                        f"--base-dir={data}",
+                        f"--node-name=revive-lab-{admin}",
+                        "--cluster-name=revive-lab",
+                    ],
+                    cwd=var_dir,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                "restate-server",
+                children,
+            )
         server = cls(process, f"http://127.0.0.1:{admin}", f"http://127.0.0.1:{ingress}", log_path, children=children)
 
         def ready() -> bool:
             if process.poll() is not None:
                 raise RuntimeError(f"restate-server exited {process.returncode}:\n{_tail(log_path)}")
             try:
-                return (httpx.get(f"{server.admin_url}/health", timeout=2).status_code == 200
-                        and httpx.get(f"{server.ingress_url}/restate/health", timeout=2).status_code == 200)
+                return (
+                    httpx.get(f"{server.admin_url}/health", timeout=2).status_code == 200
+                    and httpx.get(f"{server.ingress_url}/restate/health", timeout=2).status_code == 200
+                )
             except httpx.HTTPError:
                 return False
 
@@ -237,10 +282,24 @@ class RestateServer:
         log_path = var_dir / f"{name.replace(':', '-')}.log"
         url = f"http://127.0.0.1:{self.service_port}"
         with open(log_path, "ab") as log:
-            process = _started(spawn(
-                [sys.executable, "-m", "hypercorn", "lab.restate_app:app", "--bind", f"127.0.0.1:{self.service_port}"],
-                cwd=ROOT, env={**env, "REVIVE_LAB_WORKER_NAME": name}, stdout=log, stderr=subprocess.STDOUT),
-                name, self.children)
+            process = _started(
+                spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "hypercorn",
+                        "lab.restate_app:app",
+                        "--bind",
+                        f"127.0.0.1:{self.service_port}",
+                    ],
+                    cwd=ROOT,
+                    env={**env, "REVIVE_LAB_WORKER_NAME": name},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                name,
+                self.children,
+            )
 
         def ready() -> bool:
             if process.poll() is not None:
@@ -343,15 +402,19 @@ class RuntimeScenario(Scenario):
         # While the send is unanswered, the grant dies too: settling it after the timeout needs the owner.
         self.say("  ⚡ injected fault: meanwhile the refresh token is revoked at the provider")
         self.revoke_refresh_token()
-        wait_for(lambda: Action.objects.filter(run_id=self.run_id, action_key=briefing.SEND_ACTION,
-                                               state="ambiguous").exists(), "the send to be recorded ambiguous")
+        wait_for(
+            lambda: Action.objects.filter(
+                run_id=self.run_id, action_key=briefing.SEND_ACTION, state="ambiguous"
+            ).exists(),
+            "the send to be recorded ambiguous",
+        )
         self.notes["after_timeout"] = "ambiguous"
         self.say(f"  · worker: the send timed out; the ledger holds {briefing.SEND_ACTION} as 'ambiguous'")
         self.parked_case()
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
 
     def _worker_lost(self) -> None:
-        (name, process), = self.workers
+        ((name, process),) = self.workers
         self._park_on_revoked_grant()
         self.notes["killed_pid"] = process.pid
         self.say(f"  ⚡ injected fault: {name} (pid {process.pid}) is killed (SIGKILL) while the run is parked")

@@ -37,7 +37,10 @@ class ScalekitHandler(StandInHandler):
             length = int(self.headers.get("Content-Length") or 0)
             form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
             if (form.get("grant_type"), form.get("client_id"), form.get("client_secret")) != (
-                    "client_credentials", sk.client_id, sk.client_secret):
+                "client_credentials",
+                sk.client_id,
+                sk.client_secret,
+            ):
                 return self.json(401, {"error": "invalid_client"})
             token = "sk_env_" + secrets.token_hex(16)
             sk.issued.add(token)
@@ -81,7 +84,9 @@ class ScalekitHandler(StandInHandler):
                 return self.page(400, "Connection failed", "The sign-in did not complete.")
             carry, token = done
             sk.store(tuple(carry["key"]), token)
-            return self.page(200, "Account connected", "You can close this window and return to the page you came from.")
+            return self.page(
+                200, "Account connected", "You can close this window and return to the page you came from."
+            )
         return self.json(404, {"error_code": "NOT_FOUND", "message": "Unknown route."})
 
 
@@ -103,12 +108,20 @@ class ScalekitStandIn(BrokerStandIn):
         with self._lock:
             previous = self.accounts.get(key)
             self.accounts[key] = {
-                "id": previous["id"] if previous else "ca_" + secrets.token_hex(8), "connector": key[0],
-                "identifier": key[1], "status": "ACTIVE", "updated_at": datetime.now(UTC).isoformat(),
+                "id": previous["id"] if previous else "ca_" + secrets.token_hex(8),
+                "connector": key[0],
+                "identifier": key[1],
+                "status": "ACTIVE",
+                "updated_at": datetime.now(UTC).isoformat(),
                 "token_expires_at": expiry(token),
-                "authorization_details": {"oauth_token": {
-                    "access_token": token["access_token"], "refresh_token": token.get("refresh_token", ""),
-                    "id_token": token.get("id_token", ""), "scopes": (token.get("scope") or "").split()}},
+                "authorization_details": {
+                    "oauth_token": {
+                        "access_token": token["access_token"],
+                        "refresh_token": token.get("refresh_token", ""),
+                        "id_token": token.get("id_token", ""),
+                        "scopes": (token.get("scope") or "").split(),
+                    }
+                },
             }
 
     def account(self, key: tuple[str, str]) -> dict:
@@ -130,7 +143,10 @@ class ScalekitStandIn(BrokerStandIn):
                 stored["status"] = "EXPIRED"
             else:
                 details = stored["authorization_details"]["oauth_token"]
-                details.update(access_token=token["access_token"], refresh_token=token.get("refresh_token") or details["refresh_token"])
+                details.update(
+                    access_token=token["access_token"],
+                    refresh_token=token.get("refresh_token") or details["refresh_token"],
+                )
                 stored["token_expires_at"] = expiry(token)
             stored["updated_at"] = datetime.now(UTC).isoformat()
             return stored["status"]

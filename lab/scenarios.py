@@ -74,7 +74,11 @@ class Scenario(ScenarioSummary):
 
     @property
     def token_url(self) -> str:
-        return self.world.idp.token_url if self.provider in ("oidc", "nango", "scalekit") else f"{self.world.standin.url}/oauth2/v2.0/token"
+        return (
+            self.world.idp.token_url
+            if self.provider in ("oidc", "nango", "scalekit")
+            else f"{self.world.standin.url}/oauth2/v2.0/token"
+        )
 
     @property
     def nango_connection(self) -> str:
@@ -86,19 +90,35 @@ class Scenario(ScenarioSummary):
             return self._connect_token_vault()
         user, idp = self.owner_user, self.world.idp
         if self.provider == "nango":  # the broker holds the grant; Revive records the references and the identity
-            services.connection_create(connection_id=self.connection_id, owner_email=user["email"], provider="nango",
-                                       upstream_provider="oidc", provider_subject=user["sub"], provider_issuer=idp.issuer,
-                                       broker_integration=NANGO_INTEGRATION, broker_connection=self.nango_connection,
-                                       display_name="Microsoft ops mailbox (Nango)", actor="lab")
+            services.connection_create(
+                connection_id=self.connection_id,
+                owner_email=user["email"],
+                provider="nango",
+                upstream_provider="oidc",
+                provider_subject=user["sub"],
+                provider_issuer=idp.issuer,
+                broker_integration=NANGO_INTEGRATION,
+                broker_connection=self.nango_connection,
+                display_name="Microsoft ops mailbox (Nango)",
+                actor="lab",
+            )
             self.world.nango.connect(self.nango_connection, user["username"])
             self.standin_from = len(self.world.standin.messages)
             return
         if self.provider == "scalekit":  # the account exists at Scalekit before Revive is told about it
             self.world.scalekit.connect(self.nango_connection, user["username"])
-            services.connection_create(connection_id=self.connection_id, owner_email=user["email"], provider="scalekit",
-                                       upstream_provider="oidc", provider_subject=user["sub"], provider_issuer=idp.issuer,
-                                       broker_integration=SCALEKIT_CONNECTOR, broker_connection=self.nango_connection,
-                                       display_name="Microsoft ops mailbox (Scalekit)", actor="lab")
+            services.connection_create(
+                connection_id=self.connection_id,
+                owner_email=user["email"],
+                provider="scalekit",
+                upstream_provider="oidc",
+                provider_subject=user["sub"],
+                provider_issuer=idp.issuer,
+                broker_integration=SCALEKIT_CONNECTOR,
+                broker_connection=self.nango_connection,
+                display_name="Microsoft ops mailbox (Scalekit)",
+                actor="lab",
+            )
             self.standin_from = len(self.world.standin.messages)
             return
         identity = {
@@ -106,24 +126,44 @@ class Scenario(ScenarioSummary):
             "auth0": dict(provider="auth0", provider_subject=user["sub"], provider_issuer=idp.issuer),
             "oidc": dict(provider="oidc", provider_subject=user["sub"], provider_issuer=idp.issuer),
         }[self.provider]
-        services.connection_create(connection_id=self.connection_id, owner_email=user["email"],
-                                   display_name="Microsoft ops mailbox", actor="lab", **identity)
+        services.connection_create(
+            connection_id=self.connection_id,
+            owner_email=user["email"],
+            display_name="Microsoft ops mailbox",
+            actor="lab",
+            **identity,
+        )
         token = idp.connect(user["username"], self.world.callback_url)
-        get_custody().store(connection_id=self.connection_id, generation=1, grant=Grant(
-            access_token=token["access_token"], refresh_token=token["refresh_token"], id_token=token.get("id_token", ""),
-            expires_at=expires_at(token)))
+        get_custody().store(
+            connection_id=self.connection_id,
+            generation=1,
+            grant=Grant(
+                access_token=token["access_token"],
+                refresh_token=token["refresh_token"],
+                id_token=token.get("id_token", ""),
+                expires_at=expires_at(token),
+            ),
+        )
         self.standin_from = len(self.world.standin.messages)
 
     def _connect_token_vault(self) -> None:
         """A Token Vault connection: the owner's upstream ("Google") account is connected in Auth0; custody keeps
         only the owner's Auth0 session grant (the exchange's subject token), never an upstream token."""
         vault, user = self.world.vault, self.owner_user
-        services.connection_create(connection_id=self.connection_id, owner_email=user["email"], provider="auth0_token_vault",
-                                   provider_subject=UPSTREAM_ACCOUNTS[user["username"]]["sub"],
-                                   provider_tenant=VAULT_CONNECTION, provider_issuer=vault.upstream_issuer,
-                                   display_name="Ops mailbox (Google, via Auth0 Token Vault)", actor="lab")
+        services.connection_create(
+            connection_id=self.connection_id,
+            owner_email=user["email"],
+            provider="auth0_token_vault",
+            provider_subject=UPSTREAM_ACCOUNTS[user["username"]]["sub"],
+            provider_tenant=VAULT_CONNECTION,
+            provider_issuer=vault.upstream_issuer,
+            display_name="Ops mailbox (Google, via Auth0 Token Vault)",
+            actor="lab",
+        )
         session = vault.sign_in(VAULT_USER, connection=VAULT_CONNECTION, upstream=user["username"])
-        get_custody().store(connection_id=self.connection_id, generation=1, grant=Grant(access_token="", refresh_token=session))
+        get_custody().store(
+            connection_id=self.connection_id, generation=1, grant=Grant(access_token="", refresh_token=session)
+        )
         self.standin_from = len(self.world.standin.messages)
 
     def revoke_refresh_token(self) -> None:
@@ -152,16 +192,27 @@ class Scenario(ScenarioSummary):
             self.world.standin.revoke(grant.refresh_token)
 
     def state(self) -> dict:
-        state = {"run_id": self.run_id, "connection_id": self.connection_id, "token_url": self.token_url,
-                 "mail_url": self.world.standin.url, "recipient": "exec-team@contoso.example"}
+        state = {
+            "run_id": self.run_id,
+            "connection_id": self.connection_id,
+            "token_url": self.token_url,
+            "mail_url": self.world.standin.url,
+            "recipient": "exec-team@contoso.example",
+        }
         if self.provider == TOKEN_VAULT:
             state["vault"] = {"url": self.world.vault.url, "connection": VAULT_CONNECTION}
         if self.provider == "nango":
-            state.update(nango_url=self.world.nango.url, nango_integration=NANGO_INTEGRATION,
-                         nango_connection=self.nango_connection)
+            state.update(
+                nango_url=self.world.nango.url,
+                nango_integration=NANGO_INTEGRATION,
+                nango_connection=self.nango_connection,
+            )
         if self.provider == "scalekit":
-            state.update(scalekit_url=self.world.scalekit.url, scalekit_connector=SCALEKIT_CONNECTOR,
-                         scalekit_identifier=self.nango_connection)
+            state.update(
+                scalekit_url=self.world.scalekit.url,
+                scalekit_connector=SCALEKIT_CONNECTOR,
+                scalekit_identifier=self.nango_connection,
+            )
         return state
 
     # -- running the graph ----------------------------------------------------------------
@@ -174,8 +225,17 @@ class Scenario(ScenarioSummary):
         return self.graph().invoke(payload, {"configurable": {"thread_id": self.thread_id}})
 
     def start_worker_process(self, api_key: str | None = None) -> subprocess.Popen:
-        args = [sys.executable, "-m", "lab.worker", "--run-id", self.run_id, "--thread-id", self.thread_id,
-                "--input", json.dumps(self.state())]
+        args = [
+            sys.executable,
+            "-m",
+            "lab.worker",
+            "--run-id",
+            self.run_id,
+            "--thread-id",
+            self.thread_id,
+            "--input",
+            json.dumps(self.state()),
+        ]
         log = open(self.world.var_dir / f"worker-{self.run_id}.log", "ab")
         env = self.world.worker_environment()
         if api_key:
@@ -187,8 +247,10 @@ class Scenario(ScenarioSummary):
         return process
 
     def parked_case(self) -> str:
-        case = wait_for(lambda: RecoveryCase.objects.filter(case_runs__run_id=self.run_id).order_by("-pk").first(),
-                        f"a recovery case for {self.run_id}")
+        case = wait_for(
+            lambda: RecoveryCase.objects.filter(case_runs__run_id=self.run_id).order_by("-pk").first(),
+            f"a recovery case for {self.run_id}",
+        )
         self.case_reference = case.reference
         return case.reference
 
@@ -197,10 +259,15 @@ class Scenario(ScenarioSummary):
     def owner_reconnects(self, *usernames: str) -> list[dict]:
         link = reconnect_link(self.world, self.case_reference)
         if self.interactive:
-            self.say(f"  Open the owner's link and sign in as '{self.owner_user['username']}' (password lab-password-1):")
+            self.say(
+                f"  Open the owner's link and sign in as '{self.owner_user['username']}' (password lab-password-1):"
+            )
             self.say(f"    {link}")
-            wait_for(lambda: Connection.objects.get(pk=self.connection_id).current_generation > 1,
-                     "the owner to reconnect", timeout=float(os.environ.get("REVIVE_LAB_INTERACTIVE_WAIT", "900")))
+            wait_for(
+                lambda: Connection.objects.get(pk=self.connection_id).current_generation > 1,
+                "the owner to reconnect",
+                timeout=float(os.environ.get("REVIVE_LAB_INTERACTIVE_WAIT", "900")),
+            )
             return [{"consumed": True, "interactive": True}]
         owner = Owner(self.world)
         try:
@@ -216,7 +283,11 @@ class Scenario(ScenarioSummary):
     def wait_finished(self) -> None:
         def done():
             case = RecoveryCase.objects.get(reference=self.case_reference)
-            return case.state == "resumed" and adapter_for(self.runtime).status(Run.objects.get(pk=self.run_id)).state == "completed"
+            return (
+                case.state == "resumed"
+                and adapter_for(self.runtime).status(Run.objects.get(pk=self.run_id)).state == "completed"
+            )
+
         wait_for(done, f"{self.run_id} to resume and finish")
 
     # -- the scenarios ----------------------------------------------------------------------
@@ -255,10 +326,15 @@ class Scenario(ScenarioSummary):
         self.notes["sign_in"] = self.owner_reconnects(wrong, self.owner_user["username"])
         if self.interactive:
             return
-        refused = AuditEvent.objects.filter(action="reconnect.identity_mismatch", case_reference=self.case_reference).first()
+        refused = AuditEvent.objects.filter(
+            action="reconnect.identity_mismatch", case_reference=self.case_reference
+        ).first()
         if refused is not None:
-            self.notes["refused"] = {"expected": refused.arguments.get("expected"), "presented": refused.arguments.get("presented"),
-                                     "mismatched": refused.arguments.get("mismatched")}
+            self.notes["refused"] = {
+                "expected": refused.arguments.get("expected"),
+                "presented": refused.arguments.get("presented"),
+                "mismatched": refused.arguments.get("mismatched"),
+            }
 
     def _timeout(self) -> None:
         self.say("  ⚡ injected fault: the mail service accepts the brief, then does not answer in time")
@@ -277,7 +353,9 @@ class Scenario(ScenarioSummary):
 
     def _cae(self) -> None:
         """Microsoft Graph revokes the session mid-run (CAE): the brief's send gets a claims challenge."""
-        self.say("  ⚡ injected fault: the mail API revokes the session mid-run: 401 insufficient_claims (continuous access evaluation)")
+        self.say(
+            "  ⚡ injected fault: the mail API revokes the session mid-run: 401 insufficient_claims (continuous access evaluation)"
+        )
         grant = get_custody().load(connection_id=self.connection_id)
         self.notes["challenge_claims"] = self.world.standin.cae_revoke(grant.refresh_token)
         result = self.invoke(self.state())
@@ -287,7 +365,9 @@ class Scenario(ScenarioSummary):
         case = RecoveryCase.objects.get(reference=self.case_reference)
         self.notes["case_claims"] = case.provider_error.get("claims", "")
         self.notes["case_reason"] = case.provider_error.get("reason", "")
-        self.say(f"  · Revive: {case.failure_class} ({case.provider_error.get('reason')}), claims kept on {case.reference}")
+        self.say(
+            f"  · Revive: {case.failure_class} ({case.provider_error.get('reason')}), claims kept on {case.reference}"
+        )
         self.notes["sign_in"] = self.owner_reconnects(self.owner_user["username"])
         received = httpx.get(f"{self.world.idp.url}/lab/claims-requests", timeout=10).json()["requests"]
         self.notes["idp_claims"] = received[-1]["claims"] if received else None
@@ -300,14 +380,18 @@ class Scenario(ScenarioSummary):
         self.say(f"  · worker:lab-A starts the run (a process of its own, worker:{key.name} in the audit log)")
         process = self.start_worker_process(api_key=raw)
         try:
-            line = wait_for(lambda: process.stdout.readline() or (process.poll() is not None and b"{}"), "the worker to park")
+            line = wait_for(
+                lambda: process.stdout.readline() or (process.poll() is not None and b"{}"), "the worker to park"
+            )
             report = json.loads(line or b"{}")
             if not report.get("interrupts"):
                 raise ScenarioFailed(f"the worker process did not park the run (exit {process.poll()})")
             self.parked_case()
             self.notes["killed_pid"] = process.pid
-            self.say(f"  ⚡ injected fault: worker:lab-A (pid {process.pid}) is killed (SIGKILL) while the run is parked; "
-                     "Revive's worker (this process) resumes the run after the owner reconnects")
+            self.say(
+                f"  ⚡ injected fault: worker:lab-A (pid {process.pid}) is killed (SIGKILL) while the run is parked; "
+                "Revive's worker (this process) resumes the run after the owner reconnects"
+            )
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
         finally:
@@ -322,8 +406,16 @@ class Scenario(ScenarioSummary):
     # -- the record ---------------------------------------------------------------------------
 
 
-def run_scenario(name: str, world: LabWorld, *, provider: str = "oidc", interactive: bool = False,
-                 say: Callable[[str], None] = lambda line: None, sdk: str = "python", runtime: str = "langgraph") -> dict:
+def run_scenario(
+    name: str,
+    world: LabWorld,
+    *,
+    provider: str = "oidc",
+    interactive: bool = False,
+    say: Callable[[str], None] = lambda line: None,
+    sdk: str = "python",
+    runtime: str = "langgraph",
+) -> dict:
     close_old_connections()
     kind = Scenario
     if sdk == "typescript":
@@ -338,6 +430,14 @@ def run_scenario(name: str, world: LabWorld, *, provider: str = "oidc", interact
     try:
         return scenario.run()
     except Exception as exc:  # a misbehaving scenario is a result, with what is known so far
-        return {"scenario": name, "title": ALL_SCENARIOS[name], "provider": provider, "runtime": runtime,
-                "run_id": scenario.run_id, "case_id": scenario.case_reference or None, "ok": False,
-                "problems": [f"{type(exc).__name__}: {exc}"], "notes": scenario.notes}
+        return {
+            "scenario": name,
+            "title": ALL_SCENARIOS[name],
+            "provider": provider,
+            "runtime": runtime,
+            "run_id": scenario.run_id,
+            "case_id": scenario.case_reference or None,
+            "ok": False,
+            "problems": [f"{type(exc).__name__}: {exc}"],
+            "notes": scenario.notes,
+        }

@@ -116,10 +116,19 @@ class ScalekitBeat:
                 connection.close()  # a fresh connection (and snapshot) for each poll, as each beat task gets
 
 
-def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = False, out: Callable[[str], None],
-            style=None, revive_url: str | None = None,
-            on_result: Callable[[dict], None] | None = None, sdk: str = "python", runtime: str = "langgraph",
-            on_run: Callable[[str], None] | None = None) -> list[dict]:
+def run_lab(
+    names: list[str],
+    *,
+    provider: str = "oidc",
+    interactive: bool = False,
+    out: Callable[[str], None],
+    style=None,
+    revive_url: str | None = None,
+    on_result: Callable[[dict], None] | None = None,
+    sdk: str = "python",
+    runtime: str = "langgraph",
+    on_run: Callable[[str], None] | None = None,
+) -> list[dict]:
     if not SESSION_LOCK.acquire(blocking=False):
         raise RuntimeError("a lab session is already running in this process")
     heading = style.MIGRATE_HEADING if style else (lambda s: s)
@@ -149,9 +158,14 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         compiler.start()
         # Started from this thread, which runs the whole session: the provider dies with it (lab.processes).
         try:
-            idp = LabIdp.start(var_dir=Path(settings.VAR_DIR) / "lab-idp", children=children,
-                               redirect_uris=[f"{revive_url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/",
-                                              *[s.callback_url for s in (nango, scalekit) if s]])
+            idp = LabIdp.start(
+                var_dir=Path(settings.VAR_DIR) / "lab-idp",
+                children=children,
+                redirect_uris=[
+                    f"{revive_url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/",
+                    *[s.callback_url for s in (nango, scalekit) if s],
+                ],
+            )
         finally:
             compiler.join()
         if "error" in box:
@@ -161,23 +175,48 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
         broker_settings = {}
         if nango is not None:
             nango.idp, nango.webhook_url = idp, f"{revive_url}/webhooks/nango/default"
-            broker_settings = dict(REVIVE_NANGO_URL=nango.url, REVIVE_NANGO_CONNECT_URL=nango.connect_url,
-                                   REVIVE_NANGO_SECRET_KEY=nango.secret_key, REVIVE_NANGO_WEBHOOK_SIGNING_KEY=nango.signing_key)
-            out(f"  nango        {nango.url}  (Nango stand-in: connect sessions, Connect UI, connections, signed webhooks)")
+            broker_settings = dict(
+                REVIVE_NANGO_URL=nango.url,
+                REVIVE_NANGO_CONNECT_URL=nango.connect_url,
+                REVIVE_NANGO_SECRET_KEY=nango.secret_key,
+                REVIVE_NANGO_WEBHOOK_SIGNING_KEY=nango.signing_key,
+            )
+            out(
+                f"  nango        {nango.url}  (Nango stand-in: connect sessions, Connect UI, connections, signed webhooks)"
+            )
         if scalekit is not None:
             scalekit.idp = idp
-            broker_settings = dict(REVIVE_SCALEKIT_ENVIRONMENT_URL=scalekit.url, REVIVE_SCALEKIT_CLIENT_ID=scalekit.client_id,
-                                   REVIVE_SCALEKIT_CLIENT_SECRET=scalekit.client_secret)
+            broker_settings = dict(
+                REVIVE_SCALEKIT_ENVIRONMENT_URL=scalekit.url,
+                REVIVE_SCALEKIT_CLIENT_ID=scalekit.client_id,
+                REVIVE_SCALEKIT_CLIENT_SECRET=scalekit.client_secret,
+            )
             out(f"  scalekit     {scalekit.url}  (Scalekit stand-in: connected accounts, magic links)")
         lab_key, key = services.api_key_create(name=f"lab-{session.name}", actor="lab")
-        world = LabWorld(revive_url=revive_url, api_key=key, idp=idp, standin=standin, mailbox=session / "mail",
-                         var_dir=session, vault=vault, children=children,
-                         runtime_server=runtime_server, nango=nango, scalekit=scalekit, on_run=on_run)
+        world = LabWorld(
+            revive_url=revive_url,
+            api_key=key,
+            idp=idp,
+            standin=standin,
+            mailbox=session / "mail",
+            var_dir=session,
+            vault=vault,
+            children=children,
+            runtime_server=runtime_server,
+            nango=nango,
+            scalekit=scalekit,
+            on_run=on_run,
+        )
         world.export_env()
-        with override_settings(PUBLIC_BASE_URL=revive_url, SOCIALACCOUNT_PROVIDERS=socialaccount_providers_for(idp),
-                               EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
-                               EMAIL_FILE_PATH=str(session / "mail"), REVIVE_AUTH0_TOKEN_VAULT=token_vault_settings(vault),
-                               **(runtime_server.settings() if runtime_server is not None else {}), **broker_settings):
+        with override_settings(
+            PUBLIC_BASE_URL=revive_url,
+            SOCIALACCOUNT_PROVIDERS=socialaccount_providers_for(idp),
+            EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+            EMAIL_FILE_PATH=str(session / "mail"),
+            REVIVE_AUTH0_TOKEN_VAULT=token_vault_settings(vault),
+            **(runtime_server.settings() if runtime_server is not None else {}),
+            **broker_settings,
+        ):
             timeline = LiveTimeline(out, style=style).start()
             waiting.progress = lambda line: (timeline.flush(), out(line))
             if scalekit is not None:
@@ -185,8 +224,15 @@ def run_lab(names: list[str], *, provider: str = "oidc", interactive: bool = Fal
             for name in names:
                 timeline.flush()
                 out(heading(f"\n▶ {ALL_SCENARIOS[name]}  ({name}, provider {provider}, {runtime}, {sdk} worker)"))
-                result = run_scenario(name, world, provider=provider, interactive=interactive, sdk=sdk, runtime=runtime,
-                                      say=lambda line: (timeline.flush(), out(line)))
+                result = run_scenario(
+                    name,
+                    world,
+                    provider=provider,
+                    interactive=interactive,
+                    sdk=sdk,
+                    runtime=runtime,
+                    say=lambda line: (timeline.flush(), out(line)),
+                )
                 timeline.flush()
                 results.append(result)
                 if on_result:

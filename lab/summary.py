@@ -18,9 +18,11 @@ class ScenarioSummary:
     def events(self) -> list[AuditEvent]:
         from django.db.models import Q
 
-        return list(AuditEvent.objects.filter(id__gt=self.first_event)
-                    .filter(Q(run_id=self.run_id) | Q(case_reference=self.case_reference) | Q(connection_id=self.connection_id))
-                    .order_by("id"))
+        return list(
+            AuditEvent.objects.filter(id__gt=self.first_event)
+            .filter(Q(run_id=self.run_id) | Q(case_reference=self.case_reference) | Q(connection_id=self.connection_id))
+            .order_by("id")
+        )
 
     def summary(self, generation_before: int, seconds: float) -> dict:
         from .timeline import describe
@@ -84,7 +86,9 @@ class ScenarioSummary:
     def problems(self, r: dict) -> list[str]:
         problems = []
         if r["messages_accepted"] != 1 or r["duplicate_effects_observed"]:
-            problems.append(f"the mail service accepted {r['messages_accepted']} message(s) for the run, not exactly one")
+            problems.append(
+                f"the mail service accepted {r['messages_accepted']} message(s) for the run, not exactly one"
+            )
         if r["case_state"] != "resumed":
             problems.append(f"the case ended {r['case_state']}, not resumed")
         if r["generation_after"] != r["generation_before"] + 1:
@@ -92,11 +96,18 @@ class ScenarioSummary:
         if r["live_transitions"] != [1, 2, 3, 4]:
             problems.append(f"the live transitions were {r['live_transitions']}, not 1, 2, 3, 4 in order")
         if not r["checkpoint"].startswith("05") or r["action_key"] != briefing.SEND_ACTION:
-            problems.append(f"the case points at {r['checkpoint']!r}/{r['action_key']!r}, not 05 / {briefing.SEND_ACTION}")
+            problems.append(
+                f"the case points at {r['checkpoint']!r}/{r['action_key']!r}, not 05 / {briefing.SEND_ACTION}"
+            )
         if r["checkpoints_completed"] != ["01", "02", "03", "04", "05"]:
             problems.append(f"the run completed checkpoints {r['checkpoints_completed']}")
-        expected_class = ("interaction_required" if self.name == "cae" else
-                          "relink_required" if self.provider == TOKEN_VAULT else "dead_grant")
+        expected_class = (
+            "interaction_required"
+            if self.name == "cae"
+            else "relink_required"
+            if self.provider == TOKEN_VAULT
+            else "dead_grant"
+        )
         if r["failure_class"] != expected_class:
             problems.append(f"the failure was classified {r['failure_class']}, not {expected_class}")
         if self.name == "cae":
@@ -104,8 +115,11 @@ class ScenarioSummary:
         sign_ins = r["notes"].get("sign_in") or []
         if not sign_ins or not sign_ins[-1].get("consumed"):
             problems.append("the owner's sign-in did not reconnect")
-        if self.name == "wrong-account" and not self.interactive and not (
-                sign_ins and sign_ins[0].get("refused") and r["notes"].get("refused")):
+        if (
+            self.name == "wrong-account"
+            and not self.interactive
+            and not (sign_ins and sign_ins[0].get("refused") and r["notes"].get("refused"))
+        ):
             problems.append("the wrong account was not refused with both identities recorded")
         if self.name == "timeout":
             if r["notes"].get("after_timeout") != "ambiguous":

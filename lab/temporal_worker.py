@@ -50,8 +50,14 @@ def main() -> int:
         client = await Client.connect(args.address)
         with ThreadPoolExecutor(max_workers=4) as executor:
             # No workflow cache: the test server never times out a killed worker's sticky queue.
-            worker = Worker(client, task_queue=args.task_queue, workflows=[LabBriefing],
-                            activities=[lab_register, lab_step], activity_executor=executor, max_cached_workflows=0)
+            worker = Worker(
+                client,
+                task_queue=args.task_queue,
+                workflows=[LabBriefing],
+                activities=[lab_register, lab_step],
+                activity_executor=executor,
+                max_cached_workflows=0,
+            )
             print(f"{args.name} ready", flush=True)
             await worker.run()
 

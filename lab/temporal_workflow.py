@@ -21,9 +21,11 @@ STEP_COUNT = 5
 # The retry interval is long enough for the timeout scenario to revoke the grant while the send is unanswered.
 # The heartbeat timeout bounds a task the test server handed to a killed worker's poll (worker-lost): it never
 # notices the dead poller, so without it the task would wait out the whole start-to-close timeout.
-ACTIVITY = {"start_to_close_timeout": timedelta(minutes=2), "heartbeat_timeout": timedelta(seconds=10),
-            "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=1.0,
-                                        maximum_attempts=20)}
+ACTIVITY = {
+    "start_to_close_timeout": timedelta(minutes=2),
+    "heartbeat_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=1.0, maximum_attempts=20),
+}
 
 
 @workflow.defn(name=WORKFLOW_NAME)

@@ -21,7 +21,7 @@ def middle(value: str, width: int) -> str:
     """``value`` in ``width`` characters: cut in the middle (the start and the end say the most), padded."""
     if len(value) > width:
         head = (width - 1) // 2
-        value = value[:head] + "…" + value[len(value) - (width - 1 - head):]
+        value = value[:head] + "…" + value[len(value) - (width - 1 - head) :]
     return f"{value:<{width}}"
 
 
@@ -80,8 +80,10 @@ class TimelinePrinter:
         reached = ""
         if d["action"] == "action.committed" or d["to"] == "reconciled_committed":
             reached = f"  ▸ checkpoint {d['entity'][-2:]} reached" if d["entity"][-2:].isdigit() else ""
-        line = (f"{d['at'][11:23]}  {middle(d['actor'], 24)} {middle(d['action'], 26)} {middle(d['entity'], 40)} "
-                f"{move}{gen}{live}{reached}")
+        line = (
+            f"{d['at'][11:23]}  {middle(d['actor'], 24)} {middle(d['action'], 26)} {middle(d['entity'], 40)} "
+            f"{move}{gen}{live}{reached}"
+        )
         if self.style and d["live_transition"]:
             return self.style.SUCCESS(line)
         return line

@@ -95,7 +95,9 @@ class TokenVaultStandIn:
         token = secrets.token_urlsafe(32)
         with self._lock:
             self.sessions[token] = user
-            self.accounts[(user, connection)] = ConnectedAccount(f"cac_{secrets.token_hex(8)}", user, connection, upstream)
+            self.accounts[(user, connection)] = ConnectedAccount(
+                f"cac_{secrets.token_hex(8)}", user, connection, upstream
+            )
         return token
 
     def revoke_upstream(self, user: str, connection: str) -> None:
@@ -182,39 +184,69 @@ class TokenVaultStandIn:
 
             def _token(self, form: dict) -> None:
                 if form.get("client_id") != vault.client_id or form.get("client_secret") != vault.client_secret:
-                    return self._json(401, {"error": "invalid_client", "error_description": "Client authentication failed."})
+                    return self._json(
+                        401, {"error": "invalid_client", "error_description": "Client authentication failed."}
+                    )
                 with vault._lock:
                     user = vault.sessions.get(form.get("subject_token") or form.get("refresh_token") or "")
                 if form.get("grant_type") == "refresh_token":
                     if user is None:
-                        return self._json(403, {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."})
+                        return self._json(
+                            403, {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}
+                        )
                     if form.get("audience", "").rstrip("/") != f"{vault.url}/me":
                         return self._json(403, {"error": "access_denied", "error_description": "Service not found"})
                     token = secrets.token_urlsafe(24)
                     with vault._lock:
                         vault.me_tokens[token] = user
-                    return self._json(200, {"access_token": token, "token_type": "Bearer", "expires_in": 600,
-                                            "scope": form.get("scope", "")})
+                    return self._json(
+                        200,
+                        {
+                            "access_token": token,
+                            "token_type": "Bearer",
+                            "expires_in": 600,
+                            "scope": form.get("scope", ""),
+                        },
+                    )
                 if form.get("grant_type") != EXCHANGE_GRANT:
                     return self._json(400, {"error": "unsupported_grant_type"})
                 with vault._lock:
                     vault.exchanges += 1
-                if (form.get("subject_token_type") not in SUBJECT_TYPES
-                        or form.get("requested_token_type") != FEDERATED_TOKEN_TYPE or not form.get("connection")):
-                    return self._json(400, {"error": "invalid_request", "error_description": "Invalid token exchange request."})
+                if (
+                    form.get("subject_token_type") not in SUBJECT_TYPES
+                    or form.get("requested_token_type") != FEDERATED_TOKEN_TYPE
+                    or not form.get("connection")
+                ):
+                    return self._json(
+                        400, {"error": "invalid_request", "error_description": "Invalid token exchange request."}
+                    )
                 if user is None:
-                    return self._json(403, {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."})
+                    return self._json(
+                        403, {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}
+                    )
                 with vault._lock:
                     account = vault.accounts.get((user, form["connection"]))
                     if account is None or not account.alive:
                         vault.exchange_failures += 1
-                        return self._json(401, {"error": "federated_connection_refresh_token_not_found",
-                                                "error_description": "Federated connection Refresh Token not found."})
+                        return self._json(
+                            401,
+                            {
+                                "error": "federated_connection_refresh_token_not_found",
+                                "error_description": "Federated connection Refresh Token not found.",
+                            },
+                        )
                     token = secrets.token_urlsafe(24)
                     vault.upstream_tokens[token] = account.upstream
-                return self._json(200, {"access_token": token, "token_type": "Bearer", "expires_in": 3599,
-                                        "scope": "openid email https://mail.example/send",
-                                        "issued_token_type": FEDERATED_TOKEN_TYPE})
+                return self._json(
+                    200,
+                    {
+                        "access_token": token,
+                        "token_type": "Bearer",
+                        "expires_in": 3599,
+                        "scope": "openid email https://mail.example/send",
+                        "issued_token_type": FEDERATED_TOKEN_TYPE,
+                    },
+                )
 
             # -- My Account API -------------------------------------------------------------
 
@@ -224,15 +256,30 @@ class TokenVaultStandIn:
                     return self._json(401, {"error": "invalid_token"})
                 needed = ("connection", "redirect_uri", "state", "code_challenge")
                 if any(not body.get(k) for k in needed) or body.get("code_challenge_method") != "S256":
-                    return self._json(400, {"error": "invalid_request", "error_description": "missing or invalid fields"})
+                    return self._json(
+                        400, {"error": "invalid_request", "error_description": "missing or invalid fields"}
+                    )
                 auth_session, ticket = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
                 with vault._lock:
-                    vault.connects[auth_session] = {"user": user, "ticket": ticket, "connection": body["connection"],
-                                                    "redirect_uri": body["redirect_uri"], "state": body["state"],
-                                                    "challenge": body["code_challenge"], "code": None,
-                                                    "scopes": body.get("scopes") or []}
-                return self._json(200, {"connect_uri": f"{vault.url}/upstream/authorize", "auth_session": auth_session,
-                                        "connect_params": {"ticket": ticket}, "expires_in": 300})
+                    vault.connects[auth_session] = {
+                        "user": user,
+                        "ticket": ticket,
+                        "connection": body["connection"],
+                        "redirect_uri": body["redirect_uri"],
+                        "state": body["state"],
+                        "challenge": body["code_challenge"],
+                        "code": None,
+                        "scopes": body.get("scopes") or [],
+                    }
+                return self._json(
+                    200,
+                    {
+                        "connect_uri": f"{vault.url}/upstream/authorize",
+                        "auth_session": auth_session,
+                        "connect_params": {"ticket": ticket},
+                        "expires_in": 300,
+                    },
+                )
 
             def _pending_by_ticket(self, ticket: str) -> dict | None:
                 with vault._lock:
@@ -241,11 +288,15 @@ class TokenVaultStandIn:
             def _upstream_page(self, ticket: str) -> None:
                 if self._pending_by_ticket(ticket) is None:
                     return self._send(400, b"<p>Unknown or expired ticket.</p>", "text/html")
-                options = "".join(f'<button name="account" value="{html.escape(n)}">{html.escape(a["email"])}</button>'
-                                  for n, a in UPSTREAM_ACCOUNTS.items())
-                page = (f"<!doctype html><title>Upstream sign-in</title><h1>Choose an account</h1>"
-                        f'<form method="post" action="/upstream/authorize"><input type="hidden" name="ticket" '
-                        f'value="{html.escape(ticket)}">{options}</form>')
+                options = "".join(
+                    f'<button name="account" value="{html.escape(n)}">{html.escape(a["email"])}</button>'
+                    for n, a in UPSTREAM_ACCOUNTS.items()
+                )
+                page = (
+                    f"<!doctype html><title>Upstream sign-in</title><h1>Choose an account</h1>"
+                    f'<form method="post" action="/upstream/authorize"><input type="hidden" name="ticket" '
+                    f'value="{html.escape(ticket)}">{options}</form>'
+                )
                 return self._send(200, page.encode(), "text/html; charset=utf-8")
 
             def _upstream_consent(self, form: dict) -> None:
@@ -264,20 +315,36 @@ class TokenVaultStandIn:
                     return self._json(401, {"error": "invalid_token"})
                 with vault._lock:
                     pending = vault.connects.get(body.get("auth_session", ""))
-                if pending is None or pending["user"] != user or not pending["code"] or pending["code"] != body.get("connect_code"):
-                    return self._json(400, {"error": "invalid_request", "error_description": "Invalid auth_session or connect_code."})
+                if (
+                    pending is None
+                    or pending["user"] != user
+                    or not pending["code"]
+                    or pending["code"] != body.get("connect_code")
+                ):
+                    return self._json(
+                        400, {"error": "invalid_request", "error_description": "Invalid auth_session or connect_code."}
+                    )
                 if body.get("redirect_uri") != pending["redirect_uri"]:
                     return self._json(400, {"error": "invalid_request", "error_description": "redirect_uri mismatch."})
                 verifier = body.get("code_verifier") or ""
                 challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
                 if challenge != pending["challenge"]:
                     return self._json(400, {"error": "invalid_grant", "error_description": "PKCE verification failed."})
-                account = ConnectedAccount(f"cac_{secrets.token_hex(8)}", user, pending["connection"], pending["upstream"])
+                account = ConnectedAccount(
+                    f"cac_{secrets.token_hex(8)}", user, pending["connection"], pending["upstream"]
+                )
                 with vault._lock:
                     vault.connects.pop(body["auth_session"], None)
                     vault.accounts[(user, pending["connection"])] = account
-                return self._json(201, {"id": account.id, "connection": account.connection, "access_type": "offline",
-                                        "scopes": pending["scopes"],
-                                        "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400))})
+                return self._json(
+                    201,
+                    {
+                        "id": account.id,
+                        "connection": account.connection,
+                        "access_type": "offline",
+                        "scopes": pending["scopes"],
+                        "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 86400)),
+                    },
+                )
 
         return Handler

@@ -39,7 +39,10 @@ def worker_missing() -> str | None:
     """Why the TypeScript worker cannot run here, or None."""
     if shutil.which("node") is None:
         return "node is not installed (Node >= 20 is needed for --sdk typescript)"
-    if not (PACKAGE / "dist" / "langgraph.js").exists() or not (PACKAGE / "node_modules" / "@langchain" / "langgraph").exists():
+    if (
+        not (PACKAGE / "dist" / "langgraph.js").exists()
+        or not (PACKAGE / "node_modules" / "@langchain" / "langgraph").exists()
+    ):
         return "the TypeScript SDK is not built: run `cd sdk/typescript && npm ci && npm run build`"
     return None
 
@@ -52,10 +55,28 @@ class NodeWorker:
         self.reports: queue.Queue[dict] = queue.Queue()
         log = open(scenario.world.var_dir / f"ts-worker-{scenario.run_id}.log", "ab")
         self.process = spawn(
-            ["node", str(WORKER), "--run-id", scenario.run_id, "--thread-id", scenario.thread_id, "--mode", mode,
-             "--state", json.dumps(scenario.state()), "--checkpoints", str(scenario.checkpoints)],
-            cwd=PACKAGE, env=scenario.world.worker_environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log, text=True, bufsize=1)  # dies with the lab, in a process group of its own
+            [
+                "node",
+                str(WORKER),
+                "--run-id",
+                scenario.run_id,
+                "--thread-id",
+                scenario.thread_id,
+                "--mode",
+                mode,
+                "--state",
+                json.dumps(scenario.state()),
+                "--checkpoints",
+                str(scenario.checkpoints),
+            ],
+            cwd=PACKAGE,
+            env=scenario.world.worker_environment(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            bufsize=1,
+        )  # dies with the lab, in a process group of its own
         log.close()
         if scenario.world.children is not None:
             scenario.world.children.add(self.process, f"lab node worker {scenario.run_id}")
@@ -130,8 +151,12 @@ class TypeScriptScenario(Scenario):
 
     def register(self) -> None:
         client = briefing.revive()
-        client.register_run(run_id=self.run_id, runtime="langgraph", workflow_name=briefing.WORKFLOW,
-                            runtime_ref={"thread_id": self.thread_id, "graph": GRAPH_NAME, "resumed_by": "worker"})
+        client.register_run(
+            run_id=self.run_id,
+            runtime="langgraph",
+            workflow_name=briefing.WORKFLOW,
+            runtime_ref={"thread_id": self.thread_id, "graph": GRAPH_NAME, "resumed_by": "worker"},
+        )
         for checkpoint, label, _ in briefing.STEPS:
             client.record_checkpoint(run_id=self.run_id, checkpoint_id=checkpoint, label=f"{checkpoint} / {label}")
 
@@ -196,8 +221,10 @@ class TypeScriptScenario(Scenario):
 
         from .waiting import wait_for
 
-        wait_for(lambda: RecoveryCase.objects.get(reference=self.case_reference).state == "resumed",
-                 f"{self.case_reference} to be resumed")
+        wait_for(
+            lambda: RecoveryCase.objects.get(reference=self.case_reference).state == "resumed",
+            f"{self.case_reference} to be resumed",
+        )
 
     def checkpoints_completed(self) -> list[str]:
         return [step["checkpoint"] for step in self.final_log]

@@ -54,10 +54,18 @@ def lab_required(view):
         _lab_enabled()
         if not may_use_lab(request.user):
             with transaction.atomic():
-                audit_record(actor=f"operator:{request.user.get_username()}", action="console.refused",
-                             entity_type="lab", entity_id=request.path[:200], outcome="refused",
-                             arguments={"operation": "lab", "method": request.method,
-                                        "why": f"{LAB_PERMISSION} is required to use the recovery lab"})
+                audit_record(
+                    actor=f"operator:{request.user.get_username()}",
+                    action="console.refused",
+                    entity_type="lab",
+                    entity_id=request.path[:200],
+                    outcome="refused",
+                    arguments={
+                        "operation": "lab",
+                        "method": request.method,
+                        "why": f"{LAB_PERMISSION} is required to use the recovery lab",
+                    },
+                )
             raise PermissionDenied("the recovery lab needs the lab permission")
         return view(request, *args, **kwargs)
 
@@ -66,8 +74,15 @@ def lab_required(view):
 
 def _run(session: dict, *, scenario: str, provider: str, revive_url: str, runtime: str = "langgraph") -> None:
     try:
-        run_lab([scenario], provider=provider, runtime=runtime, revive_url=revive_url, out=session["lines"].append,
-                on_result=session["results"].append, on_run=session["run_ids"].append)
+        run_lab(
+            [scenario],
+            provider=provider,
+            runtime=runtime,
+            revive_url=revive_url,
+            out=session["lines"].append,
+            on_result=session["results"].append,
+            on_run=session["run_ids"].append,
+        )
     except Exception as exc:  # shown on the page
         session["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -82,10 +97,17 @@ def index(request: HttpRequest) -> HttpResponse:
     session_id = request.GET.get("session", "")
     with _sessions_lock:
         known = session_id in _sessions
-    return render(request, "lab/index.html", {
-        "scenarios": SCENARIOS.items(), "providers": PROVIDERS, "runtimes": RUNTIMES, "session_id": session_id if known else "",
-        "busy": SESSION_LOCK.locked(),
-    })
+    return render(
+        request,
+        "lab/index.html",
+        {
+            "scenarios": SCENARIOS.items(),
+            "providers": PROVIDERS,
+            "runtimes": RUNTIMES,
+            "session_id": session_id if known else "",
+            "busy": SESSION_LOCK.locked(),
+        },
+    )
 
 
 @lab_required
@@ -99,15 +121,35 @@ def start(request: HttpRequest) -> HttpResponse:
         return HttpResponse("a lab session is already running", status=409)
     session_id = secrets.token_urlsafe(8)
     first = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
-    session = {"scenario": scenario, "provider": provider, "runtime": runtime, "first_event": first, "lines": [], "results": [],
-               "run_ids": [],
-               "done": False, "error": "", "started": time.time(), "user": request.user.get_username()}
+    session = {
+        "scenario": scenario,
+        "provider": provider,
+        "runtime": runtime,
+        "first_event": first,
+        "lines": [],
+        "results": [],
+        "run_ids": [],
+        "done": False,
+        "error": "",
+        "started": time.time(),
+        "user": request.user.get_username(),
+    }
     with _sessions_lock:
         _sessions[session_id] = session
     revive_url = request.build_absolute_uri("/").rstrip("/")
     close_old_connections()
-    threading.Thread(target=_run, kwargs={"session": session, "scenario": scenario, "provider": provider,
-                                          "revive_url": revive_url, "runtime": runtime}, name=f"lab-{session_id}", daemon=True).start()
+    threading.Thread(
+        target=_run,
+        kwargs={
+            "session": session,
+            "scenario": scenario,
+            "provider": provider,
+            "revive_url": revive_url,
+            "runtime": runtime,
+        },
+        name=f"lab-{session_id}",
+        daemon=True,
+    ).start()
     return redirect(f"{reverse('lab:index')}?session={session_id}")
 
 
@@ -136,10 +178,21 @@ def session_state(request: HttpRequest, session_id: str) -> JsonResponse:
             r["admin_url"] = reverse("admin:cases_recoverycase_change", args=[r["case_pk"]])
         results.append(r)
     case_pk = _session_cases(session).values_list("pk", flat=True).first()
-    return JsonResponse({"scenario": session["scenario"], "title": SCENARIOS[session["scenario"]],
-                         "provider": session["provider"], "runtime": session["runtime"], "done": session["done"], "error": session["error"],
-                         "lines": session["lines"], "events": events, "results": results, "case_pk": case_pk,
-                         "case_html": reverse("lab:case", args=[session_id, case_pk]) if case_pk else None})
+    return JsonResponse(
+        {
+            "scenario": session["scenario"],
+            "title": SCENARIOS[session["scenario"]],
+            "provider": session["provider"],
+            "runtime": session["runtime"],
+            "done": session["done"],
+            "error": session["error"],
+            "lines": session["lines"],
+            "events": events,
+            "results": results,
+            "case_pk": case_pk,
+            "case_html": reverse("lab:case", args=[session_id, case_pk]) if case_pk else None,
+        }
+    )
 
 
 @lab_required
@@ -158,7 +211,9 @@ def session_case(request: HttpRequest, session_id: str, case_pk: int) -> HttpRes
     case = detail.case
     visible = namespaces_visible_to(request.user)
     case_url = audit_url = ""
-    if admin.site.get_model_admin(RecoveryCase).has_view_permission(request, case) and (visible is None or case.namespace_id in visible):
+    if admin.site.get_model_admin(RecoveryCase).has_view_permission(request, case) and (
+        visible is None or case.namespace_id in visible
+    ):
         case_url = reverse("admin:cases_recoverycase_change", args=[case.pk])
         if admin.site.get_model_admin(AuditEvent).has_view_permission(request):
             audit_url = reverse("admin:audit_auditevent_changelist") + f"?case={case.pk}"

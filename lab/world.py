@@ -36,7 +36,14 @@ EXTRA_SCENARIOS = {
 }
 SCENARIO_PROVIDERS = {"cae": ("entra",)}
 ALL_SCENARIOS = {**SCENARIOS, **EXTRA_SCENARIOS}
-PROVIDERS = ("entra", "oidc", "auth0", "auth0-token-vault", "nango", "scalekit")  # the first is the default (the product page's)
+PROVIDERS = (
+    "entra",
+    "oidc",
+    "auth0",
+    "auth0-token-vault",
+    "nango",
+    "scalekit",
+)  # the first is the default (the product page's)
 TOKEN_VAULT = "auth0-token-vault"
 VAULT_CONNECTION = "google-oauth2"
 VAULT_USER = "auth0|ada"
@@ -68,8 +75,10 @@ class LabWorld:
     def broker_env(self) -> dict[str, str]:
         env = {"REVIVE_LAB_NANGO_SECRET_KEY": self.nango.secret_key} if self.nango else {}
         if self.scalekit:
-            env.update(REVIVE_LAB_SCALEKIT_CLIENT_ID=self.scalekit.client_id,
-                       REVIVE_LAB_SCALEKIT_CLIENT_SECRET=self.scalekit.client_secret)
+            env.update(
+                REVIVE_LAB_SCALEKIT_CLIENT_ID=self.scalekit.client_id,
+                REVIVE_LAB_SCALEKIT_CLIENT_SECRET=self.scalekit.client_secret,
+            )
         return env
 
     @property
@@ -80,33 +89,60 @@ class LabWorld:
 
     def export_env(self) -> None:
         """What the briefing's worker code reads: Revive's address and key, the token client's credentials."""
-        os.environ.update(REVIVE_LAB_URL=self.revive_url, REVIVE_LAB_API_KEY=self.api_key,
-                          REVIVE_LAB_IDP_CLIENT_ID=self.idp.client_id, REVIVE_LAB_IDP_CLIENT_SECRET=self.idp.client_secret,
-                          **self._vault_env(), **self.broker_env())
+        os.environ.update(
+            REVIVE_LAB_URL=self.revive_url,
+            REVIVE_LAB_API_KEY=self.api_key,
+            REVIVE_LAB_IDP_CLIENT_ID=self.idp.client_id,
+            REVIVE_LAB_IDP_CLIENT_SECRET=self.idp.client_secret,
+            **self._vault_env(),
+            **self.broker_env(),
+        )
 
     def _vault_env(self) -> dict[str, str]:
         if self.vault is None:
             return {}
-        return {"REVIVE_LAB_VAULT_CLIENT_ID": self.vault.client_id, "REVIVE_LAB_VAULT_CLIENT_SECRET": self.vault.client_secret}
+        return {
+            "REVIVE_LAB_VAULT_CLIENT_ID": self.vault.client_id,
+            "REVIVE_LAB_VAULT_CLIENT_SECRET": self.vault.client_secret,
+        }
 
     def worker_environment(self) -> dict[str, str]:
-        return {**os.environ, **self.worker_env, "REVIVE_LAB_URL": self.revive_url, "REVIVE_LAB_API_KEY": self.api_key,
-                "REVIVE_LAB_IDP_CLIENT_ID": self.idp.client_id, "REVIVE_LAB_IDP_CLIENT_SECRET": self.idp.client_secret,
-                "PYTHONUNBUFFERED": "1", **self._vault_env(), **self.broker_env()}
+        return {
+            **os.environ,
+            **self.worker_env,
+            "REVIVE_LAB_URL": self.revive_url,
+            "REVIVE_LAB_API_KEY": self.api_key,
+            "REVIVE_LAB_IDP_CLIENT_ID": self.idp.client_id,
+            "REVIVE_LAB_IDP_CLIENT_SECRET": self.idp.client_secret,
+            "PYTHONUNBUFFERED": "1",
+            **self._vault_env(),
+            **self.broker_env(),
+        }
 
 
 def token_vault_settings(vault: TokenVaultStandIn) -> dict:
     """``REVIVE_AUTH0_TOKEN_VAULT`` pointing at the stand-in, its upstream ("Google") behind the connection."""
-    return {"domain": vault.url, "client_id": vault.client_id, "client_secret": vault.client_secret,
-            "connections": {VAULT_CONNECTION: {"userinfo_url": f"{vault.url}/upstream/userinfo",
-                                               "issuer": vault.upstream_issuer, "scopes": ["openid", "email"]}}}
+    return {
+        "domain": vault.url,
+        "client_id": vault.client_id,
+        "client_secret": vault.client_secret,
+        "connections": {
+            VAULT_CONNECTION: {
+                "userinfo_url": f"{vault.url}/upstream/userinfo",
+                "issuer": vault.upstream_issuer,
+                "scopes": ["openid", "email"],
+            }
+        },
+    }
 
 
 def socialaccount_providers_for(idp: LabIdp) -> dict:
     """Revive's sign-in apps for the lab: the lab provider plays Entra (any tenant), an OIDC issuer and Auth0."""
     from reauth.provider_settings import socialaccount_providers
 
-    providers = socialaccount_providers(lab_idp_url=idp.url, lab_client_id=idp.client_id, lab_client_secret=idp.client_secret)
+    providers = socialaccount_providers(
+        lab_idp_url=idp.url, lab_client_id=idp.client_id, lab_client_secret=idp.client_secret
+    )
     for app in providers["openid_connect"]["APPS"]:
         serves = app["settings"]["revive"]["serves"]
         serves.append({"provider": "auth0", "issuer": idp.issuer})

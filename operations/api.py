@@ -26,8 +26,12 @@ from .schemas import ReviveDoctorOut
 router = Router(tags=["operator: doctor"])
 
 
-@router.get("/doctor", response={200: ReviveDoctorOut, 401: ErrorOut, 403: ErrorOut},
-            summary="Read the health of Revive's parts (changes nothing)", operation_id="cases_doctor_api_doctor")
+@router.get(
+    "/doctor",
+    response={200: ReviveDoctorOut, 401: ErrorOut, 403: ErrorOut},
+    summary="Read the health of Revive's parts (changes nothing)",
+    operation_id="cases_doctor_api_doctor",
+)
 def doctor(request):
     return revive_doctor()
 

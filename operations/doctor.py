@@ -96,8 +96,14 @@ def _probe_database(config: DoctorConfig) -> dict[str, Any]:
         options["options"] = f"{options.get('options', '')} {statement_timeout}".strip()
     elif live.vendor == "sqlite":
         options["timeout"] = config.probe_timeout
-    readout: dict[str, Any] = {"status": OK, "latencyMs": None, "vendor": live.vendor, "version": None,
-                               "migrationsPending": None, "error": None}
+    readout: dict[str, Any] = {
+        "status": OK,
+        "latencyMs": None,
+        "vendor": live.vendor,
+        "version": None,
+        "migrationsPending": None,
+        "error": None,
+    }
     probe = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, DEFAULT_DB_ALIAS)
     try:
         try:
@@ -143,17 +149,34 @@ def _probe_redis(config: DoctorConfig) -> dict[str, Any]:
     from redis.retry import Retry
 
     url = str(getattr(settings, "REDIS_URL", "") or "")
-    readout: dict[str, Any] = {"status": OK, "latencyMs": None, "version": None, "target": None, "note": None,
-                               "error": None}
+    readout: dict[str, Any] = {
+        "status": OK,
+        "latencyMs": None,
+        "version": None,
+        "target": None,
+        "note": None,
+        "error": None,
+    }
     if not url:
         if _celery_app().conf.task_always_eager:
-            return {**readout, "note": "REDIS_URL is not set: Celery runs tasks eagerly in the calling process "
-                                       "(the embedded default), so no broker is needed."}
-        return {**readout, "status": DEGRADED,
-                "error": "REDIS_URL is not set, yet Celery is not eager: no broker carries the tasks."}
+            return {
+                **readout,
+                "note": "REDIS_URL is not set: Celery runs tasks eagerly in the calling process "
+                "(the embedded default), so no broker is needed.",
+            }
+        return {
+            **readout,
+            "status": DEGRADED,
+            "error": "REDIS_URL is not set, yet Celery is not eager: no broker carries the tasks.",
+        }
     readout["target"] = redact_url(url)
-    client = Redis.from_url(url, socket_connect_timeout=config.probe_timeout, socket_timeout=config.probe_timeout,
-                            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+    client = Redis.from_url(
+        url,
+        socket_connect_timeout=config.probe_timeout,
+        socket_timeout=config.probe_timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
     try:
         started = time.monotonic()
         client.ping()
@@ -184,16 +207,26 @@ def _control_mailbox(app):
     from kombu.pidbox import Mailbox
 
     conf = app.conf
-    return Mailbox(conf.control_exchange, type="fanout", accept=conf.accept_content, serializer=conf.task_serializer,
-                   queue_ttl=conf.control_queue_ttl, reply_queue_ttl=conf.control_queue_ttl,
-                   queue_expires=conf.control_queue_expires, reply_queue_expires=conf.control_queue_expires,
-                   queue_exclusive=conf.control_queue_exclusive, queue_durable=conf.control_queue_durable)
+    return Mailbox(
+        conf.control_exchange,
+        type="fanout",
+        accept=conf.accept_content,
+        serializer=conf.task_serializer,
+        queue_ttl=conf.control_queue_ttl,
+        reply_queue_ttl=conf.control_queue_ttl,
+        queue_expires=conf.control_queue_expires,
+        reply_queue_expires=conf.control_queue_expires,
+        queue_exclusive=conf.control_queue_exclusive,
+        queue_durable=conf.control_queue_durable,
+    )
 
 
 def _consumes(answers: list, queue: str) -> bool:
-    return any(isinstance(answer, dict) and any(
-        isinstance(q, dict) and q.get("name") == queue for queues in answer.values() for q in queues or [])
-        for answer in answers)
+    return any(
+        isinstance(answer, dict)
+        and any(isinstance(q, dict) and q.get("name") == queue for queues in answer.values() for q in queues or [])
+        for answer in answers
+    )
 
 
 class _OwnQueueAnswered(Exception):
@@ -218,8 +251,7 @@ def _worker_answers(node, *, window: float, queue: str) -> list:
 
     channel = node.connection.default_channel
     try:
-        node._broadcast("active_queues", arguments={}, reply=True, timeout=window, callback=on_answer,
-                        channel=channel)
+        node._broadcast("active_queues", arguments={}, reply=True, timeout=window, callback=on_answer, channel=channel)
     except _OwnQueueAnswered:
         pass
     return answers
@@ -229,19 +261,31 @@ def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
     """Workers seen now: those that answer an ``active_queues`` broadcast within the reply window."""
     app = _celery_app()
     queue = str(app.conf.task_default_queue)
-    readout: dict[str, Any] = {"status": OK, "latencyMs": None, "eager": bool(app.conf.task_always_eager),
-                               "queue": queue, "items": [], "note": None, "error": None}
+    readout: dict[str, Any] = {
+        "status": OK,
+        "latencyMs": None,
+        "eager": bool(app.conf.task_always_eager),
+        "queue": queue,
+        "items": [],
+        "note": None,
+        "error": None,
+    }
     if readout["eager"]:
         return {**readout, "note": "Celery runs tasks eagerly in the calling process: no worker is needed."}
-    transport_options = {**(app.conf.broker_transport_options or {}),
-                         "socket_timeout": config.probe_timeout, "socket_connect_timeout": config.probe_timeout}
+    transport_options = {
+        **(app.conf.broker_transport_options or {}),
+        "socket_timeout": config.probe_timeout,
+        "socket_connect_timeout": config.probe_timeout,
+    }
     started = time.monotonic()
     try:
-        with app.connection_for_write(connect_timeout=config.probe_timeout,
-                                      transport_options=transport_options) as connection:
+        with app.connection_for_write(
+            connect_timeout=config.probe_timeout, transport_options=transport_options
+        ) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
-            answers = _worker_answers(_control_mailbox(app)(connection), window=config.worker_reply_timeout,
-                                      queue=queue)
+            answers = _worker_answers(
+                _control_mailbox(app)(connection), window=config.worker_reply_timeout, queue=queue
+            )
     except Exception as exc:  # kombu raises its own OperationalError, socket errors, or the transport's
         return {**readout, "status": UNREACHABLE, "error": f"The broker cannot be reached: {error_line(exc)}"}
     readout["latencyMs"] = ms_since(started)
@@ -257,19 +301,32 @@ def _probe_celery_workers(config: DoctorConfig) -> dict[str, Any]:
     if any(queue in item["queues"] for item in items):
         return readout
     if items:
-        return {**readout, "status": DEGRADED,
-                "error": f"{len(items)} worker(s) answered, none consumes the queue {queue!r}."}
-    return {**readout, "status": UNREACHABLE,
-            "error": f"no worker answered within {config.worker_reply_timeout:g} s "
-                     "(REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT)."}
+        return {
+            **readout,
+            "status": DEGRADED,
+            "error": f"{len(items)} worker(s) answered, none consumes the queue {queue!r}.",
+        }
+    return {
+        **readout,
+        "status": UNREACHABLE,
+        "error": f"no worker answered within {config.worker_reply_timeout:g} s (REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT).",
+    }
 
 
 # -- runtimes -------------------------------------------------------------------------------------------------------
 
 
 def _runtime_item(name: str) -> dict[str, Any]:
-    return {"name": name, "status": OK, "latencyMs": None, "target": None, "version": None, "components": None,
-            "note": None, "error": None}
+    return {
+        "name": name,
+        "status": OK,
+        "latencyMs": None,
+        "target": None,
+        "version": None,
+        "components": None,
+        "note": None,
+        "error": None,
+    }
 
 
 def _postgres_target(conninfo: str) -> str:
@@ -292,8 +349,7 @@ def _probe_langgraph(config: DoctorConfig) -> dict[str, Any]:
         except psycopg.Error:
             return {"status": DEGRADED, "error": "The checkpoint URL is not a valid PostgreSQL URL."}
         try:
-            with psycopg.connect(url, connect_timeout=max(1, math.ceil(config.probe_timeout)),
-                                 autocommit=True) as conn:
+            with psycopg.connect(url, connect_timeout=max(1, math.ceil(config.probe_timeout)), autocommit=True) as conn:
                 conn.execute(f"SET statement_timeout = {int(config.probe_timeout * 1000)}")
                 started = time.monotonic()
                 conn.execute("SELECT 1").fetchone()
@@ -310,7 +366,7 @@ def _probe_langgraph(config: DoctorConfig) -> dict[str, Any]:
 
     import sqlite3
 
-    path = Path(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)
+    path = Path(url[len("sqlite:///") :] if url.startswith("sqlite:///") else url)
     target = f"sqlite:///{path}"
     if not path.exists():
         directory = next((p for p in path.parents if p.exists()), None)
@@ -345,8 +401,9 @@ def _probe_temporal(config: DoctorConfig) -> dict[str, Any]:
 
         client = await asyncio.wait_for(Client.connect(address, namespace=namespace), timeout)
         started = time.monotonic()
-        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace),
-                                                         timeout=timedelta(seconds=timeout))
+        await client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=namespace), timeout=timedelta(seconds=timeout)
+        )
         latency = ms_since(started)
         info = await client.workflow_service.get_system_info(GetSystemInfoRequest(), timeout=timedelta(seconds=timeout))
         return {"latencyMs": latency, "version": info.server_version or None}
@@ -358,9 +415,13 @@ def _probe_temporal(config: DoctorConfig) -> dict[str, Any]:
     except ValueError:
         return {"status": DEGRADED, "target": target, "error": "TEMPORAL_ADDRESS must be host:port."}
     except OSError as exc:
-        return {"status": UNREACHABLE, "target": target,
-                "error": f"{address}: {exc.strerror or error_line(exc)}" if not isinstance(exc, TimeoutError)
-                else f"{address}: no TCP connection within {timeout:g}s."}
+        return {
+            "status": UNREACHABLE,
+            "target": target,
+            "error": f"{address}: {exc.strerror or error_line(exc)}"
+            if not isinstance(exc, TimeoutError)
+            else f"{address}: no TCP connection within {timeout:g}s.",
+        }
     try:
         result = asyncio.run(asyncio.wait_for(check(), 2 * timeout))
     except TimeoutError:
@@ -368,8 +429,7 @@ def _probe_temporal(config: DoctorConfig) -> dict[str, Any]:
     except Exception as exc:
         from temporalio.service import RPCError, RPCStatusCode
 
-        if isinstance(exc, RPCError) and exc.status not in (RPCStatusCode.UNAVAILABLE,
-                                                            RPCStatusCode.DEADLINE_EXCEEDED):
+        if isinstance(exc, RPCError) and exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
             return {"status": DEGRADED, "target": target, "error": error_line(exc)}
         return {"status": UNREACHABLE, "target": target, "error": error_line(exc)}
     return {"status": OK, "target": target, **result}
@@ -386,8 +446,9 @@ def _probe_restate(config: DoctorConfig) -> dict[str, Any]:
     except RestateAdminUnreachable as exc:
         return {"status": UNREACHABLE, "target": target, "error": exc.message}
     components = {name: part["status"] for name, part in readout.items()}
-    errors = [f"{name}: {part['error']}" for name, part in readout.items()
-              if part["status"] != OK and part.get("error")]
+    errors = [
+        f"{name}: {part['error']}" for name, part in readout.items() if part["status"] != OK and part.get("error")
+    ]
     return {
         "status": worst_status(components.values()),
         "latencyMs": readout["admin"].get("latencyMs"),
@@ -410,11 +471,22 @@ def _probe_langgraph_server(config: DoctorConfig) -> dict[str, Any]:
         started = time.monotonic()
         ok = httpx.get(f"{base}/ok", headers=headers, timeout=config.probe_timeout)
         latency = ms_since(started)
-        info = httpx.get(f"{base}/info", headers=headers, timeout=config.probe_timeout) if ok.status_code == 200 else None
+        info = (
+            httpx.get(f"{base}/info", headers=headers, timeout=config.probe_timeout) if ok.status_code == 200 else None
+        )
     except httpx.HTTPError as exc:
-        return {"status": UNREACHABLE, "target": target, "error": f"The Agent Server cannot be reached: {error_line(exc)}"}
+        return {
+            "status": UNREACHABLE,
+            "target": target,
+            "error": f"The Agent Server cannot be reached: {error_line(exc)}",
+        }
     if ok.status_code != 200:
-        return {"status": DEGRADED, "target": target, "latencyMs": latency, "error": f"GET /ok answered {ok.status_code}."}
+        return {
+            "status": DEGRADED,
+            "target": target,
+            "latencyMs": latency,
+            "error": f"GET /ok answered {ok.status_code}.",
+        }
     version = None
     if info is not None and info.status_code == 200:
         with contextlib.suppress(ValueError, AttributeError):
@@ -433,12 +505,19 @@ RUNTIME_PROBES: dict[str, Callable[[DoctorConfig], dict[str, Any]]] = {
 def _probe_runtime(name: str, adapter_path: str | None, config: DoctorConfig) -> dict[str, Any]:
     item = _runtime_item(name)
     if adapter_path is None:
-        return {**item, "status": DEGRADED,
-                "error": f"REVIVE_RUNTIMES names {name!r}, which has no adapter in REVIVE_RUNTIME_ADAPTERS."}
+        return {
+            **item,
+            "status": DEGRADED,
+            "error": f"REVIVE_RUNTIMES names {name!r}, which has no adapter in REVIVE_RUNTIME_ADAPTERS.",
+        }
     try:
         import_string(adapter_path)
     except Exception as exc:
-        return {**item, "status": DEGRADED, "error": f"The adapter {adapter_path} cannot be imported: {error_line(exc)}"}
+        return {
+            **item,
+            "status": DEGRADED,
+            "error": f"The adapter {adapter_path} cannot be imported: {error_line(exc)}",
+        }
     probe = RUNTIME_PROBES.get(name)
     if probe is None:
         return {**item, "note": "Revive has no reachability probe for this runtime; its adapter imports."}
@@ -479,10 +558,17 @@ def revive_doctor(*, probe_timeout: float | None = None, worker_reply_timeout: f
     results = probes_run(probes, budget=config.budget, unfinished=_unfinished, doctor="revive-doctor")
     items = [results[f"runtime:{name}"] for name in adapters]
     not_ok = [f"{item['name']}: {item['status']}" for item in items if item["status"] != OK]
-    runtimes = {"status": worst_status(item["status"] for item in items), "items": items,
-                "error": "; ".join(not_ok) or None}
-    return {"database": results["database"], "redis": results["redis"], "celeryWorkers": results["celeryWorkers"],
-            "runtimes": runtimes}
+    runtimes = {
+        "status": worst_status(item["status"] for item in items),
+        "items": items,
+        "error": "; ".join(not_ok) or None,
+    }
+    return {
+        "database": results["database"],
+        "redis": results["redis"],
+        "celeryWorkers": results["celeryWorkers"],
+        "runtimes": runtimes,
+    }
 
 
 # -- one line per part, for the command's table and the admin panel ---------------------------------------------
@@ -503,20 +589,43 @@ def doctor_rows(readout: dict[str, Any]) -> list[DoctorRow]:
     pending = database.get("migrationsPending")
     rows = [
         DoctorRow(
-            "database", database["status"], database["latencyMs"],
+            "database",
+            database["status"],
+            database["latencyMs"],
             " ".join(filter(None, [database.get("vendor"), database.get("version")]))
-            + ("" if pending is None else f"; {len(pending)} migration(s) pending" if pending else
-               "; no migration pending"),
+            + (
+                ""
+                if pending is None
+                else f"; {len(pending)} migration(s) pending"
+                if pending
+                else "; no migration pending"
+            ),
             database["error"],
         ),
-        DoctorRow("redis", redis["status"], redis["latencyMs"],
-                  redis.get("note") or " at ".join(filter(None, [f"redis {redis['version']}" if redis.get("version")
-                                                                 else None, redis.get("target")])),
-                  redis["error"]),
-        DoctorRow("celeryWorkers", workers["status"], workers["latencyMs"],
-                  workers.get("note") or (f"queue {workers['queue']!r}; " + (", ".join(
-                      f"{w['name']} [{', '.join(w['queues'])}]" for w in workers["items"]) or "no worker answered")),
-                  workers["error"]),
+        DoctorRow(
+            "redis",
+            redis["status"],
+            redis["latencyMs"],
+            redis.get("note")
+            or " at ".join(
+                filter(None, [f"redis {redis['version']}" if redis.get("version") else None, redis.get("target")])
+            ),
+            redis["error"],
+        ),
+        DoctorRow(
+            "celeryWorkers",
+            workers["status"],
+            workers["latencyMs"],
+            workers.get("note")
+            or (
+                f"queue {workers['queue']!r}; "
+                + (
+                    ", ".join(f"{w['name']} [{', '.join(w['queues'])}]" for w in workers["items"])
+                    or "no worker answered"
+                )
+            ),
+            workers["error"],
+        ),
     ]
     for item in readout["runtimes"]["items"]:
         detail = [item.get("target"), f"version {item['version']}" if item.get("version") else None]

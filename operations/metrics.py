@@ -17,10 +17,12 @@ class CasesCollector(Collector):
     """Case and outbox figures read from the database at scrape time."""
 
     def collect(self):
-        by_state = GaugeMetricFamily("revive_cases", "Recovery cases now, by state and failure class.",
-                                     labels=["state", "failure_class"])
-        opened = CounterMetricFamily("revive_cases_opened", "Recovery cases ever opened, by failure class.",
-                                     labels=["failure_class"])
+        by_state = GaugeMetricFamily(
+            "revive_cases", "Recovery cases now, by state and failure class.", labels=["state", "failure_class"]
+        )
+        opened = CounterMetricFamily(
+            "revive_cases_opened", "Recovery cases ever opened, by failure class.", labels=["failure_class"]
+        )
         counts = {(state, fc): 0 for state in CaseState.values for fc in FailureClass.values}
         for row in RecoveryCase.objects.values("state", "failure_class").annotate(n=Count("pk")).order_by():
             counts[(row["state"], row["failure_class"])] = row["n"]
@@ -34,8 +36,9 @@ class CasesCollector(Collector):
         yield opened
 
         oldest = RecoveryCase.objects.filter(state__in=OPEN_CASE_STATES).aggregate(at=Min("opened_at"))["at"]
-        age = GaugeMetricFamily("revive_case_oldest_open_age_seconds",
-                                "Age of the oldest case still open (0 when none is).")
+        age = GaugeMetricFamily(
+            "revive_case_oldest_open_age_seconds", "Age of the oldest case still open (0 when none is)."
+        )
         age.add_metric([], (timezone.now() - oldest).total_seconds() if oldest else 0.0)
         yield age
         yield from self._outbox()
@@ -51,11 +54,14 @@ class CasesCollector(Collector):
         except LookupError:  # no outbox in this schema yet: nothing to report
             return
         backlog = GaugeMetricFamily("revive_outbox_backlog", "Owed steps still pending, by kind.", labels=["kind"])
-        done = CounterMetricFamily("revive_outbox_done", "Owed steps done, by kind (run.resume: resumes delivered).",
-                                   labels=["kind"])
-        failed = GaugeMetricFamily("revive_outbox_failed",
-                                   "Owed steps that ran out of attempts, by kind (run.resume: resumes failed).",
-                                   labels=["kind"])
+        done = CounterMetricFamily(
+            "revive_outbox_done", "Owed steps done, by kind (run.resume: resumes delivered).", labels=["kind"]
+        )
+        failed = GaugeMetricFamily(
+            "revive_outbox_failed",
+            "Owed steps that ran out of attempts, by kind (run.resume: resumes failed).",
+            labels=["kind"],
+        )
         families = {"pending": backlog, "done": done, "failed": failed}
         rows = outbox.objects.values("state", "kind").annotate(n=Count("pk"), oldest=Min("created_at")).order_by()
         oldest = None
@@ -64,8 +70,9 @@ class CasesCollector(Collector):
                 families[row["state"]].add_metric([row["kind"]], row["n"])
             if row["state"] == "pending" and (oldest is None or row["oldest"] < oldest):
                 oldest = row["oldest"]
-        age = GaugeMetricFamily("revive_outbox_oldest_pending_age_seconds",
-                                "Age of the oldest owed step still pending (0 when none is).")
+        age = GaugeMetricFamily(
+            "revive_outbox_oldest_pending_age_seconds", "Age of the oldest owed step still pending (0 when none is)."
+        )
         age.add_metric([], (timezone.now() - oldest).total_seconds() if oldest else 0.0)
         yield backlog
         yield done

@@ -43,7 +43,10 @@ AWAITING_APPROVAL = "case.awaiting_approval"
 RESUME_FAILED = "case.resume_failed"
 STALE = "case.stale"
 
-EVENT_OF_STATE: dict[str, str] = {CaseState.AWAITING_APPROVAL: AWAITING_APPROVAL, CaseState.RESUME_FAILED: RESUME_FAILED}
+EVENT_OF_STATE: dict[str, str] = {
+    CaseState.AWAITING_APPROVAL: AWAITING_APPROVAL,
+    CaseState.RESUME_FAILED: RESUME_FAILED,
+}
 HEADLINE = {
     AWAITING_APPROVAL: "is waiting for an operator's approval",
     RESUME_FAILED: "failed to resume",
@@ -58,13 +61,16 @@ class Targets:
 
     @property
     def channels(self) -> list[str]:
-        return ([EMAIL] if self.emails else []) + ([WEBHOOK] if self.webhook_url and settings.REVIVE_OPERATOR_WEBHOOK_SECRET else [])
+        return ([EMAIL] if self.emails else []) + (
+            [WEBHOOK] if self.webhook_url and settings.REVIVE_OPERATOR_WEBHOOK_SECRET else []
+        )
 
 
 def targets_for(namespace_id: str) -> Targets:
     """Where the notifications of ``namespace_id``'s cases go: the namespace's own, else the global settings."""
     row: Mapping[str, Any] = (
-        Namespace.objects.filter(pk=namespace_id).values("operator_emails", "operator_webhook_url").first() or {})
+        Namespace.objects.filter(pk=namespace_id).values("operator_emails", "operator_webhook_url").first() or {}
+    )
     emails = email_list_split(row.get("operator_emails", "")) or list(settings.REVIVE_OPERATOR_EMAILS)
     return Targets(emails=emails, webhook_url=row.get("operator_webhook_url") or settings.REVIVE_OPERATOR_WEBHOOK_URL)
 
@@ -78,8 +84,10 @@ def _case_targets(case: RecoveryCase) -> Targets:
 def notification_owe(*, case: RecoveryCase, event: str) -> list[OutboxItem]:
     """Owe ``event``'s notification of ``case`` on every configured channel; call inside the transaction of the change."""
     payload = {"event": event, "state": case.state}
-    return [outbox_put(kind=kind, key=f"{kind}:{case.pk}:{event}", payload=payload, case=case, run_id=case.run_id or "")
-            for kind in _case_targets(case).channels]
+    return [
+        outbox_put(kind=kind, key=f"{kind}:{case.pk}:{event}", payload=payload, case=case, run_id=case.run_id or "")
+        for kind in _case_targets(case).channels
+    ]
 
 
 @receiver(signals.case_state_changed, sender=RecoveryCase, dispatch_uid="operations.notifications.state_changed")
@@ -155,18 +163,38 @@ def _load(item: OutboxItem) -> tuple[RecoveryCase | None, dict]:
 
 def _audit_sent(case: RecoveryCase, item: OutboxItem, after: dict) -> None:
     with transaction.atomic():
-        audit_record(actor=ACTOR, action="case.notified", entity_type="case", entity_id=case.reference or str(case.pk),
-                     case=case, run_id=case.run_id or "", connection_id=case.connection_id,
-                     after={"event": item.payload["event"], **after}, arguments={"outbox": item.key})
+        audit_record(
+            actor=ACTOR,
+            action="case.notified",
+            entity_type="case",
+            entity_id=case.reference or str(case.pk),
+            case=case,
+            run_id=case.run_id or "",
+            connection_id=case.connection_id,
+            after={"event": item.payload["event"], **after},
+            arguments={"outbox": item.key},
+        )
 
 
 def _exhausted(item: OutboxItem) -> None:
     case = _case_of(item)
-    audit_record(actor=ACTOR, action="case.notify_failed", entity_type="case",
-                 entity_id=(case.reference if case else "") or str(item.case_id), case=case,
-                 run_id=(case.run_id if case else "") or "", connection_id=case.connection_id if case else "",
-                 outcome="failed", arguments={"event": item.payload.get("event"), "channel": item.kind,
-                                              "attempts": item.attempts, "error": item.last_error[:500], "outbox": item.key})
+    audit_record(
+        actor=ACTOR,
+        action="case.notify_failed",
+        entity_type="case",
+        entity_id=(case.reference if case else "") or str(item.case_id),
+        case=case,
+        run_id=(case.run_id if case else "") or "",
+        connection_id=case.connection_id if case else "",
+        outcome="failed",
+        arguments={
+            "event": item.payload.get("event"),
+            "channel": item.kind,
+            "attempts": item.attempts,
+            "error": item.last_error[:500],
+            "outbox": item.key,
+        },
+    )
 
 
 def _attempts() -> int:
@@ -181,18 +209,22 @@ def _send_email(item: OutboxItem) -> Done | Retry:
     to = _case_targets(case).emails
     if not to:
         return Done("no recipients configured any more")
-    subject = f"[Revive] {message['case']} {HEADLINE[message['event']].format(minutes=settings.REVIVE_CASE_STALE_MINUTES)}"
-    body = "\n".join([
-        f"Case {message['case']} {HEADLINE[message['event']].format(minutes=settings.REVIVE_CASE_STALE_MINUTES)}.",
-        "",
-        f"State:      {message['current_state']}",
-        f"Connection: {message['connection']}",
-        f"Namespace:  {message['namespace']}",
-        f"Provider:   {message['provider']} ({message['failure_class']})",
-        f"Opened:     {message['opened_at']}",
-        "",
-        f"Open the case: {message['url']}",
-    ])
+    subject = (
+        f"[Revive] {message['case']} {HEADLINE[message['event']].format(minutes=settings.REVIVE_CASE_STALE_MINUTES)}"
+    )
+    body = "\n".join(
+        [
+            f"Case {message['case']} {HEADLINE[message['event']].format(minutes=settings.REVIVE_CASE_STALE_MINUTES)}.",
+            "",
+            f"State:      {message['current_state']}",
+            f"Connection: {message['connection']}",
+            f"Namespace:  {message['namespace']}",
+            f"Provider:   {message['provider']} ({message['failure_class']})",
+            f"Opened:     {message['opened_at']}",
+            "",
+            f"Open the case: {message['url']}",
+        ]
+    )
     email = EmailMessage(subject=subject, body=body, from_email=settings.DEFAULT_FROM_EMAIL, to=to)
     email.extra_headers["X-Revive-Case"] = message["case"]
     email.extra_headers["X-Revive-Event"] = message["event"]
@@ -215,8 +247,13 @@ def _post_webhook(item: OutboxItem) -> Done | Retry:
     body = json.dumps({**message, "delivery_id": item.key}, separators=(",", ":"), sort_keys=True).encode()
     host = urlsplit(url).hostname or ""
     try:
-        status = webhooks.post_signed(url=url, secret=secret, body=body, timeout=settings.REVIVE_OPERATOR_WEBHOOK_TIMEOUT,
-                                      headers={"X-Revive-Event": message["event"], "X-Revive-Delivery": item.key})
+        status = webhooks.post_signed(
+            url=url,
+            secret=secret,
+            body=body,
+            timeout=settings.REVIVE_OPERATOR_WEBHOOK_TIMEOUT,
+            headers={"X-Revive-Event": message["event"], "X-Revive-Delivery": item.key},
+        )
     except webhooks.WebhookTransientError as exc:
         return Retry(error=f"webhook to {host} not delivered: {exc}")
     if not 200 <= status < 300:  # refused (a wrong path, a receiver not deployed yet): retried, bounded, then visible

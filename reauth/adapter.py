@@ -86,7 +86,9 @@ class ReconnectSocialAccountAdapter(DefaultSocialAccountAdapter):
         sociallogin.token = None  # the grant goes to custody only
         actor = f"owner:{presented.label or presented.subject or 'unknown'}"
         try:
-            completion = services.reconnect_request_complete(public_id=req.public_id, presented=presented, grant=grant, actor=actor)
+            completion = services.reconnect_request_complete(
+                public_id=req.public_id, presented=presented, grant=grant, actor=actor
+            )
         except ReconnectError as exc:
             return views.problem_response(request, exc, req=req)
         if completion.consumed:
@@ -99,7 +101,11 @@ class ReconnectSocialAccountAdapter(DefaultSocialAccountAdapter):
         extra_context = extra_context or {}
         state = extra_context.get("state") or {}
         data = state.get("data") if isinstance(state, dict) else None
-        req = selectors.reconnect_request_get(data["reauth_request"]) if isinstance(data, dict) and data.get("reauth_request") else None
+        req = (
+            selectors.reconnect_request_get(data["reauth_request"])
+            if isinstance(data, dict) and data.get("reauth_request")
+            else None
+        )
         if error == AuthError.CANCELLED:
             exc: ReconnectError = ReconnectSignInCancelled()
         elif isinstance(exception, RequestException):

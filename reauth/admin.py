@@ -29,9 +29,25 @@ class ReconnectRequestAdmin(ReadOnlyAdmin):
     search_fields = ["public_id", "case__reference", "connection__id"]
     list_select_related = ["case", "connection"]
     fields = (
-        "public_id", "case", "connection", "rejected_generation", "state", "link_issued_at", "expires_at", "email_sent_at",
-        "webhook_sent_at", "notify_attempts", "refusals", "consumed_at", "revoked_at", "revoked_reason", "locked_at",
-        "replaced_by", "created_by", "created_at", "updated_at",
+        "public_id",
+        "case",
+        "connection",
+        "rejected_generation",
+        "state",
+        "link_issued_at",
+        "expires_at",
+        "email_sent_at",
+        "webhook_sent_at",
+        "notify_attempts",
+        "refusals",
+        "consumed_at",
+        "revoked_at",
+        "revoked_reason",
+        "locked_at",
+        "replaced_by",
+        "created_by",
+        "created_at",
+        "updated_at",
     )
     readonly_fields = fields
     actions = ["resend_link"]
@@ -40,7 +56,6 @@ class ReconnectRequestAdmin(ReadOnlyAdmin):
         qs = super().get_queryset(request)
         visible = namespaces_visible_to(request.user)
         return qs if visible is None else qs.filter(case__namespace__in=visible)
-
 
     def has_operate_permission(self, request):
         return request.user.has_perm("cases.operate_case")
@@ -53,10 +68,16 @@ class ReconnectRequestAdmin(ReadOnlyAdmin):
                 new = reconnect_request_resend(public_id=req.public_id, actor=actor)
             except DomainError as exc:
                 with transaction.atomic():  # every refusal leaves a trace (console.refused), as in the case console
-                    audit_record(actor=actor, action="console.refused", entity_type="reconnect_request",
-                                 entity_id=req.public_id, case=req.case, connection_id=req.connection_id,
-                                 outcome="refused", arguments={"operation": "resend_link", "why": exc.message,
-                                                               "code": exc.code})
+                    audit_record(
+                        actor=actor,
+                        action="console.refused",
+                        entity_type="reconnect_request",
+                        entity_id=req.public_id,
+                        case=req.case,
+                        connection_id=req.connection_id,
+                        outcome="refused",
+                        arguments={"operation": "resend_link", "why": exc.message, "code": exc.code},
+                    )
                 messages.error(request, f"{req.case}: {exc.code}: {exc.message}")
             else:
                 messages.success(request, f"{req.case}: a new link is on its way to the owner ({new.public_id}).")
@@ -114,8 +135,10 @@ class NangoSigningKeyAdmin(admin.ModelAdmin):
         if not obj.is_set:
             return f"Not set (cleared on {when}): the environment's key applies."
         if secret_open(obj.ciphertext) is None:
-            return f"Set on {when}, but SECRET_KEY and its fallbacks cannot decrypt it: every webhook is refused " \
-                   "until it is set again."
+            return (
+                f"Set on {when}, but SECRET_KEY and its fallbacks cannot decrypt it: every webhook is refused "
+                "until it is set again."
+            )
         return f"Set on {when}."
 
     @method_decorator(sensitive_post_parameters("signing_key"))

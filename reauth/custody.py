@@ -105,7 +105,8 @@ class DatabaseCustody:
         }
         ciphertext = self._fernet().encrypt(json.dumps(payload).encode()).decode()
         row, _ = CustodyGrant.objects.update_or_create(
-            connection_id=connection_id, generation=generation,
+            connection_id=connection_id,
+            generation=generation,
             defaults={"ciphertext": ciphertext, "expires_at": grant.expires_at},
         )
         CustodyGrant.objects.filter(connection_id=connection_id, generation__lt=generation).delete()
@@ -124,8 +125,12 @@ class DatabaseCustody:
             return None
         expires_at = datetime.fromisoformat(data["expires_at"]) if data.get("expires_at") else None
         return Grant(
-            access_token=data["access_token"], refresh_token=data.get("refresh_token", ""), id_token=data.get("id_token", ""),
-            token_type=data.get("token_type", "Bearer"), expires_at=expires_at, scope=data.get("scope", ""),
+            access_token=data["access_token"],
+            refresh_token=data.get("refresh_token", ""),
+            id_token=data.get("id_token", ""),
+            token_type=data.get("token_type", "Bearer"),
+            expires_at=expires_at,
+            scope=data.get("scope", ""),
         )
 
 

@@ -93,7 +93,9 @@ class ReconnectProviderUnreachable(ReconnectSignInFailed):
 class ReconnectProviderNotConfigured(ReconnectError):
     code = "RECONNECT_PROVIDER_NOT_CONFIGURED"
     status = 503
-    default_message = "Sign-in for this connection's provider is not set up on this Revive installation. Contact your operator."
+    default_message = (
+        "Sign-in for this connection's provider is not set up on this Revive installation. Contact your operator."
+    )
 
 
 class ReconnectIdentityMismatch(ReconnectError):

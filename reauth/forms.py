@@ -38,12 +38,18 @@ class NangoSigningKeyForm(forms.ModelForm):
     shown again, not even on a page that refuses the submission; a stored key is replaced or cleared."""
 
     signing_key = forms.CharField(
-        required=False, max_length=500, label="Signing key",
+        required=False,
+        max_length=500,
+        label="Signing key",
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Nango → Environment settings → Webhooks → webhook signing key (not the API key). "
-                  "It is stored encrypted and never shown again.")
-    clear = forms.BooleanField(required=False, label="Clear the key",
-                               help_text="Check this namespace's webhooks against the environment's keys again.")
+        "It is stored encrypted and never shown again.",
+    )
+    clear = forms.BooleanField(
+        required=False,
+        label="Clear the key",
+        help_text="Check this namespace's webhooks against the environment's keys again.",
+    )
 
     class Meta:
         model = NangoSigningKey
@@ -57,5 +63,7 @@ class NangoSigningKeyForm(forms.ModelForm):
         elif key and clear:
             raise forms.ValidationError("Type a new key or clear the key, not both.", code="key_and_clear")
         elif not key and not clear:
-            raise forms.ValidationError("Type a new key to replace the stored one, or clear it.", code="nothing_to_change")
+            raise forms.ValidationError(
+                "Type a new key to replace the stored one, or clear it.", code="nothing_to_change"
+            )
         return data

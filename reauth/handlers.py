@@ -47,14 +47,22 @@ def _owner_link_resend(sender, *, case: RecoveryCase, actor: str, **kwargs) -> s
 
 def _notify_exhausted(item: OutboxItem) -> None:
     case = RecoveryCase.objects.filter(pk=item.case_id).first() if item.case_id is not None else None
-    audit_record(actor=services.SYSTEM, action="reconnect.notify_exhausted", entity_type="case",
-                 entity_id=(case.reference if case else "") or "", case=case, run_id=(case.run_id if case else "") or "",
-                 connection_id=case.connection_id if case else "", outcome="failed",
-                 arguments={"attempts": item.attempts, "error": item.last_error[:500], "outbox": item.key})
+    audit_record(
+        actor=services.SYSTEM,
+        action="reconnect.notify_exhausted",
+        entity_type="case",
+        entity_id=(case.reference if case else "") or "",
+        case=case,
+        run_id=(case.run_id if case else "") or "",
+        connection_id=case.connection_id if case else "",
+        outcome="failed",
+        arguments={"attempts": item.attempts, "error": item.last_error[:500], "outbox": item.key},
+    )
 
 
-@outbox_handler(services.NOTIFY_OWNER, max_attempts=7, backoff_first=10.0, backoff_max=600.0,
-                on_exhausted=_notify_exhausted)
+@outbox_handler(
+    services.NOTIFY_OWNER, max_attempts=7, backoff_first=10.0, backoff_max=600.0, on_exhausted=_notify_exhausted
+)
 def _notify_owner(item: OutboxItem) -> Done | Retry:
     try:
         outcome = services.reconnect_request_notify(request_id=item.payload["request_id"])
@@ -69,8 +77,13 @@ def _broker_signal_exhausted(item: OutboxItem) -> None:
     brokers.broker_signal_give_up(signal_id=item.payload["signal_id"], error=item.last_error)
 
 
-@outbox_handler(brokers.BROKER_SIGNAL, max_attempts=lambda: settings.REVIVE_BROKER_MAX_ATTEMPTS, backoff_first=5.0,
-                backoff_max=600.0, on_exhausted=_broker_signal_exhausted)
+@outbox_handler(
+    brokers.BROKER_SIGNAL,
+    max_attempts=lambda: settings.REVIVE_BROKER_MAX_ATTEMPTS,
+    backoff_first=5.0,
+    backoff_max=600.0,
+    on_exhausted=_broker_signal_exhausted,
+)
 def _broker_signal(item: OutboxItem) -> Done | Retry:
     try:
         return Done(brokers.broker_reauthorized(signal_id=item.payload["signal_id"]))

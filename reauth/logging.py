@@ -13,8 +13,12 @@ import re
 
 _PATTERNS = (
     (re.compile(r"(/reconnect/l/)[^/\s?\"']+"), r"\1[redacted]"),
-    (re.compile(r"([?&](?:code|state|token|access_token|refresh_token|id_token|code_verifier|client_secret)=)[^&\s\"']+"),
-     r"\1[redacted]"),
+    (
+        re.compile(
+            r"([?&](?:code|state|token|access_token|refresh_token|id_token|code_verifier|client_secret)=)[^&\s\"']+"
+        ),
+        r"\1[redacted]",
+    ),
     (re.compile(r"\brvr_[A-Za-z0-9_-]{20,}"), "rvr_[redacted]"),
 )
 

@@ -14,8 +14,12 @@ from prometheus_client.registry import Collector
 from .models import ReconnectRequest
 
 OUTCOMES = ("matched", "refused", "expired", "locked", "revoked")
-_BY_STATE = {ReconnectRequest.State.CONSUMED: "matched", ReconnectRequest.State.EXPIRED: "expired",
-             ReconnectRequest.State.LOCKED: "locked", ReconnectRequest.State.REVOKED: "revoked"}
+_BY_STATE = {
+    ReconnectRequest.State.CONSUMED: "matched",
+    ReconnectRequest.State.EXPIRED: "expired",
+    ReconnectRequest.State.LOCKED: "locked",
+    ReconnectRequest.State.REVOKED: "revoked",
+}
 
 
 class ReconnectCollector(Collector):
@@ -24,9 +28,12 @@ class ReconnectCollector(Collector):
             "revive_reconnect_outcomes",
             "Owner reconnects by outcome: matched (same identity, link consumed), refused (another identity signed "
             "in; one per refusal), expired, locked (too many refusals), revoked (the case moved on).",
-            labels=["outcome"])
+            labels=["outcome"],
+        )
         figures = dict.fromkeys(OUTCOMES, 0)
-        for row in ReconnectRequest.objects.values("state").annotate(n=Count("pk"), refusals=Sum("refusals")).order_by():
+        for row in (
+            ReconnectRequest.objects.values("state").annotate(n=Count("pk"), refusals=Sum("refusals")).order_by()
+        ):
             figures["refused"] += row["refusals"] or 0
             if row["state"] in _BY_STATE:
                 figures[_BY_STATE[row["state"]]] += row["n"]

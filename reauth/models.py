@@ -46,7 +46,9 @@ class ReconnectRequest(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["case"], condition=Q(state="active"), name="one_active_reconnect_request_per_case"),
+            models.UniqueConstraint(
+                fields=["case"], condition=Q(state="active"), name="one_active_reconnect_request_per_case"
+            ),
         ]
         indexes = [models.Index(fields=["state", "expires_at"])]
         ordering = ["-created_at", "-id"]
@@ -70,7 +72,9 @@ class CustodyGrant(models.Model):
 
     class Meta:
         db_table = "reauth_credential_custody"
-        constraints = [models.UniqueConstraint(fields=["connection", "generation"], name="custody_grant_unique_per_generation")]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "generation"], name="custody_grant_unique_per_generation")
+        ]
 
     def __str__(self) -> str:
         return f"custody {self.connection_id} g{self.generation}"

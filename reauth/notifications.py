@@ -67,7 +67,9 @@ def send_email(message: dict[str, Any], *, link: str) -> None:
     subject = render_to_string("reauth/email/reconnect_subject.txt", context).strip()
     text = render_to_string("reauth/email/reconnect.txt", context)
     html = render_to_string("reauth/email/reconnect.html", context)
-    email = EmailMultiAlternatives(subject=subject, body=text, from_email=settings.DEFAULT_FROM_EMAIL, to=[message["owner_email"]])
+    email = EmailMultiAlternatives(
+        subject=subject, body=text, from_email=settings.DEFAULT_FROM_EMAIL, to=[message["owner_email"]]
+    )
     email.attach_alternative(html, "text/html")
     email.extra_headers["X-Revive-Case"] = message["case_id"] or ""
     email.send(fail_silently=False)
@@ -91,5 +93,10 @@ def webhook_payload(message: dict[str, Any]) -> dict[str, Any]:
 
 def post_webhook(*, url: str, secret: str, message: dict[str, Any]) -> int:
     body = json.dumps(webhook_payload(message), separators=(",", ":"), sort_keys=True).encode()
-    return post_signed(url=url, secret=secret, body=body, timeout=settings.REVIVE_RECONNECT_WEBHOOK_TIMEOUT,
-                       headers={"X-Revive-Event": WEBHOOK_EVENT, "X-Revive-Delivery": message["delivery_id"]})
+    return post_signed(
+        url=url,
+        secret=secret,
+        body=body,
+        timeout=settings.REVIVE_RECONNECT_WEBHOOK_TIMEOUT,
+        headers={"X-Revive-Event": WEBHOOK_EVENT, "X-Revive-Delivery": message["delivery_id"]},
+    )

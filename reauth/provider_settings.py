@@ -39,12 +39,24 @@ LAB_PROVIDER_ID = "lab-idp"
 
 def client_capabilities_claims(capabilities: list[str]) -> str:
     """Entra's claims request declaring client capabilities (``xms_cc``), as MSAL sends it."""
-    return json.dumps({"access_token": {"xms_cc": {"values": list(capabilities)}}}, separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        {"access_token": {"xms_cc": {"values": list(capabilities)}}}, separators=(",", ":"), sort_keys=True
+    )
 
 
-def _oidc_app(*, provider_id: str, name: str, client_id: str, secret: str, server_url: str, serves: list[dict[str, str]],
-              scope: list[str], uid_field: str = "sub", fetch_userinfo: bool = True,
-              auth_params: dict[str, str] | None = None) -> dict[str, Any]:
+def _oidc_app(
+    *,
+    provider_id: str,
+    name: str,
+    client_id: str,
+    secret: str,
+    server_url: str,
+    serves: list[dict[str, str]],
+    scope: list[str],
+    uid_field: str = "sub",
+    fetch_userinfo: bool = True,
+    auth_params: dict[str, str] | None = None,
+) -> dict[str, Any]:
     return {
         "provider_id": provider_id,
         "name": name,
@@ -87,28 +99,50 @@ def socialaccount_providers(
     if entra_client_id:
         authority = entra_authority.rstrip("/")
         for tenant in entra_tenants or []:
-            oidc.append(_oidc_app(
-                provider_id=f"entra-{tenant}", name="Microsoft Entra ID", client_id=entra_client_id,
-                secret=entra_client_secret, server_url=f"{authority}/{tenant}/v2.0",
-                serves=[{"provider": "entra", "tenant": tenant}], scope=entra_scope or ENTRA_DEFAULT_SCOPE,
-                uid_field="oid", fetch_userinfo=False, auth_params=dict(entra_params),
-            ))
+            oidc.append(
+                _oidc_app(
+                    provider_id=f"entra-{tenant}",
+                    name="Microsoft Entra ID",
+                    client_id=entra_client_id,
+                    secret=entra_client_secret,
+                    server_url=f"{authority}/{tenant}/v2.0",
+                    serves=[{"provider": "entra", "tenant": tenant}],
+                    scope=entra_scope or ENTRA_DEFAULT_SCOPE,
+                    uid_field="oid",
+                    fetch_userinfo=False,
+                    auth_params=dict(entra_params),
+                )
+            )
     for app in oidc_apps or []:
         issuer = app.get("issuer") or app["server_url"]
-        oidc.append(_oidc_app(
-            provider_id=app["provider_id"], name=app.get("name") or app["provider_id"], client_id=app["client_id"],
-            secret=app.get("secret", ""), server_url=app["server_url"],
-            serves=[{"provider": app.get("connection_provider", "oidc"), "issuer": issuer}],
-            scope=app.get("scope") or DEFAULT_SCOPE, auth_params=app.get("auth_params"),
-        ))
+        oidc.append(
+            _oidc_app(
+                provider_id=app["provider_id"],
+                name=app.get("name") or app["provider_id"],
+                client_id=app["client_id"],
+                secret=app.get("secret", ""),
+                server_url=app["server_url"],
+                serves=[{"provider": app.get("connection_provider", "oidc"), "issuer": issuer}],
+                scope=app.get("scope") or DEFAULT_SCOPE,
+                auth_params=app.get("auth_params"),
+            )
+        )
     if lab_idp_url and lab_client_id:
         url = lab_idp_url.rstrip("/")
-        oidc.append(_oidc_app(
-            provider_id=LAB_PROVIDER_ID, name="Revive lab identity provider", client_id=lab_client_id,
-            secret=lab_client_secret, server_url=url,
-            serves=[{"provider": "entra", "tenant": "*"}, {"provider": "oidc", "issuer": url}],
-            scope=DEFAULT_SCOPE, uid_field="oid", fetch_userinfo=False, auth_params=dict(entra_params),
-        ))
+        oidc.append(
+            _oidc_app(
+                provider_id=LAB_PROVIDER_ID,
+                name="Revive lab identity provider",
+                client_id=lab_client_id,
+                secret=lab_client_secret,
+                server_url=url,
+                serves=[{"provider": "entra", "tenant": "*"}, {"provider": "oidc", "issuer": url}],
+                scope=DEFAULT_SCOPE,
+                uid_field="oid",
+                fetch_userinfo=False,
+                auth_params=dict(entra_params),
+            )
+        )
 
     providers: dict[str, Any] = {"openid_connect": {"OAUTH_PKCE_ENABLED": True, "APPS": oidc}}
     if auth0_url and auth0_client_id:
@@ -117,10 +151,15 @@ def socialaccount_providers(
             "AUTH0_URL": url,
             "OAUTH_PKCE_ENABLED": True,
             "SCOPE": auth0_scope or DEFAULT_SCOPE,
-            "APPS": [{
-                "client_id": auth0_client_id,
-                "secret": auth0_client_secret,
-                "settings": {"oauth_pkce_enabled": True, "revive": {"serves": [{"provider": "auth0", "issuer": f"{url}/"}]}},
-            }],
+            "APPS": [
+                {
+                    "client_id": auth0_client_id,
+                    "secret": auth0_client_secret,
+                    "settings": {
+                        "oauth_pkce_enabled": True,
+                        "revive": {"serves": [{"provider": "auth0", "issuer": f"{url}/"}]},
+                    },
+                }
+            ],
         }
     return providers

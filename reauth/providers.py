@@ -39,13 +39,15 @@ def sign_in_apps(request, connection) -> list[SignInApp]:
                 want, have = serve.get("issuer", "*"), connection.provider_issuer
             if want != "*" and _norm(want) != _norm(have):
                 continue
-            found.append(SignInApp(
-                provider_id=app.provider_id or app.provider,
-                name=app.name or app.provider,
-                rule=rule_for(connection.provider),
-                issuer=serve.get("issuer", "") if serve.get("issuer", "*") != "*" else "",
-                exact=want != "*",
-            ))
+            found.append(
+                SignInApp(
+                    provider_id=app.provider_id or app.provider,
+                    name=app.name or app.provider,
+                    rule=rule_for(connection.provider),
+                    issuer=serve.get("issuer", "") if serve.get("issuer", "*") != "*" else "",
+                    exact=want != "*",
+                )
+            )
     found.sort(key=lambda a: not a.exact)
     return found
 

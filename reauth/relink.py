@@ -72,8 +72,12 @@ def vault_config() -> VaultConfig:
         raise ReconnectProviderNotConfigured(data={"provider": PROVIDER_APP})
     domain = raw["domain"]
     url = (domain if "://" in domain else f"https://{domain}").rstrip("/")
-    return VaultConfig(url=url, client_id=raw["client_id"], client_secret=raw.get("client_secret", ""),
-                       connections=dict(raw.get("connections") or {}))
+    return VaultConfig(
+        url=url,
+        client_id=raw["client_id"],
+        client_secret=raw.get("client_secret", ""),
+        connections=dict(raw.get("connections") or {}),
+    )
 
 
 def _upstream(config: VaultConfig, connection_name: str) -> dict[str, Any]:
@@ -98,9 +102,18 @@ def _call(method: str, url: str, **kwargs) -> httpx.Response:
 
 
 def _my_account_token(config: VaultConfig, grant: Grant) -> str:
-    response = _call("POST", f"{config.url}/oauth/token", data={
-        "grant_type": "refresh_token", "client_id": config.client_id, "client_secret": config.client_secret,
-        "refresh_token": grant.refresh_token, "audience": config.my_account_audience, "scope": MY_ACCOUNT_SCOPE})
+    response = _call(
+        "POST",
+        f"{config.url}/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": config.client_id,
+            "client_secret": config.client_secret,
+            "refresh_token": grant.refresh_token,
+            "audience": config.my_account_audience,
+            "scope": MY_ACCOUNT_SCOPE,
+        },
+    )
     if response.status_code != 200:
         logger.warning("relink: My Account token refused (%s)", response.status_code)
         raise ReconnectSignInFailed(data={"reason": "my_account_token", "status": response.status_code})
@@ -125,11 +138,19 @@ def relink_begin(request: HttpRequest, req: ReconnectRequest) -> str:
     token = _my_account_token(config, _auth0_grant(conn.pk))
     verifier, challenge = _pkce()
     state = secrets.token_urlsafe(24)
-    response = _call("POST", f"{config.url}/me/v1/connected-accounts/connect",
-                     headers={"Authorization": f"Bearer {token}"},
-                     json={"connection": conn.provider_tenant, "redirect_uri": _redirect_uri(req), "state": state,
-                           "scopes": list(upstream.get("scopes") or []), "code_challenge": challenge,
-                           "code_challenge_method": "S256"})
+    response = _call(
+        "POST",
+        f"{config.url}/me/v1/connected-accounts/connect",
+        headers={"Authorization": f"Bearer {token}"},
+        json={
+            "connection": conn.provider_tenant,
+            "redirect_uri": _redirect_uri(req),
+            "state": state,
+            "scopes": list(upstream.get("scopes") or []),
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        },
+    )
     if response.status_code not in (200, 201):
         raise ReconnectSignInFailed(data={"reason": "connect", "status": response.status_code})
     body = response.json()
@@ -142,7 +163,9 @@ def relink_begin(request: HttpRequest, req: ReconnectRequest) -> str:
     return f"{body['connect_uri']}{separator}{httpx.QueryParams({'ticket': ticket})}"
 
 
-def relink_complete(request: HttpRequest, req: ReconnectRequest, *, connect_code: str, state: str) -> services.Completion:
+def relink_complete(
+    request: HttpRequest, req: ReconnectRequest, *, connect_code: str, state: str
+) -> services.Completion:
     """Finish the Connected Accounts flow, prove the linked upstream account, settle the request."""
     stash = (request.session.get(SESSION_KEY) or {}).pop(str(req.public_id), None)
     request.session.modified = True
@@ -153,17 +176,25 @@ def relink_complete(request: HttpRequest, req: ReconnectRequest, *, connect_code
     upstream = _upstream(config, conn.provider_tenant)
     grant = _auth0_grant(conn.pk)
     my_account = _my_account_token(config, grant)
-    response = _call("POST", f"{config.url}/me/v1/connected-accounts/complete",
-                     headers={"Authorization": f"Bearer {my_account}"},
-                     json={"auth_session": stash["auth_session"], "connect_code": connect_code,
-                           "redirect_uri": _redirect_uri(req), "code_verifier": stash["verifier"]})
+    response = _call(
+        "POST",
+        f"{config.url}/me/v1/connected-accounts/complete",
+        headers={"Authorization": f"Bearer {my_account}"},
+        json={
+            "auth_session": stash["auth_session"],
+            "connect_code": connect_code,
+            "redirect_uri": _redirect_uri(req),
+            "code_verifier": stash["verifier"],
+        },
+    )
     if response.status_code not in (200, 201):
         raise ReconnectSignInFailed(data={"reason": "complete", "status": response.status_code})
     account = response.json()
     presented = prove_linked_account(config, conn, grant, upstream)
     actor = f"owner:{presented.label or presented.subject or 'unknown'}"
-    completion = services.reconnect_request_complete(public_id=req.public_id, presented=presented, grant=grant,
-                                                     actor=actor)
+    completion = services.reconnect_request_complete(
+        public_id=req.public_id, presented=presented, grant=grant, actor=actor
+    )
     if not completion.consumed:
         _delete_connected_account(config, my_account, account.get("id", ""))
     return completion
@@ -180,15 +211,22 @@ def prove_linked_account(config: VaultConfig, conn, grant: Grant, upstream: dict
         raise ReconnectSignInFailed(data={"reason": "token_exchange", "status": exc.status}) from exc
     finally:
         vault.close()
-    return identity_from_userinfo(userinfo_url=upstream["userinfo_url"], access_token=federated.access_token,
-                                  issuer=upstream["issuer"], connection_provider=conn.provider)
+    return identity_from_userinfo(
+        userinfo_url=upstream["userinfo_url"],
+        access_token=federated.access_token,
+        issuer=upstream["issuer"],
+        connection_provider=conn.provider,
+    )
 
 
 def _delete_connected_account(config: VaultConfig, token: str, account_id: str) -> None:
     if not account_id:
         return
     try:
-        httpx.delete(f"{config.url}/me/v1/connected-accounts/{account_id}", timeout=15.0,
-                     headers={"Authorization": f"Bearer {token}"})
+        httpx.delete(
+            f"{config.url}/me/v1/connected-accounts/{account_id}",
+            timeout=15.0,
+            headers={"Authorization": f"Bearer {token}"},
+        )
     except httpx.TransportError:
         logger.warning("relink: could not delete the wrongly linked connected account %s", account_id)

@@ -11,7 +11,9 @@ def reconnect_request_get(public_id: UUID | str) -> ReconnectRequest | None:
     """A request with everything its pages show, or ``None`` (also for a malformed id)."""
     try:
         return (
-            ReconnectRequest.objects.select_related("case", "case__run", "case__checkpoint", "case__action", "connection")
+            ReconnectRequest.objects.select_related(
+                "case", "case__run", "case__checkpoint", "case__action", "connection"
+            )
             .filter(public_id=public_id)
             .first()
         )

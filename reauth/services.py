@@ -79,23 +79,50 @@ def token_shape_ok(raw: str) -> bool:
 # --------------------------------------------------------------------------- helpers
 
 
-def _audit(req: ReconnectRequest, *, case: RecoveryCase, actor: str, action: str, before: dict | None = None,
-           after: dict | None = None, arguments: dict | None = None, outcome: str = "ok") -> Any:
+def _audit(
+    req: ReconnectRequest,
+    *,
+    case: RecoveryCase,
+    actor: str,
+    action: str,
+    before: dict | None = None,
+    after: dict | None = None,
+    arguments: dict | None = None,
+    outcome: str = "ok",
+) -> Any:
     return audit_record(
-        actor=actor, action=action, entity_type="reconnect_request", entity_id=str(req.public_id), case=case,
-        run_id=case.run_id or "", connection_id=req.connection_id, before=before, after=after, arguments=arguments, outcome=outcome,
+        actor=actor,
+        action=action,
+        entity_type="reconnect_request",
+        entity_id=str(req.public_id),
+        case=case,
+        run_id=case.run_id or "",
+        connection_id=req.connection_id,
+        before=before,
+        after=after,
+        arguments=arguments,
+        outcome=outcome,
     )
 
 
-def _move(req: ReconnectRequest, *, case: RecoveryCase, to: str, actor: str, arguments: dict | None = None, **changes: Any) -> None:
+def _move(
+    req: ReconnectRequest, *, case: RecoveryCase, to: str, actor: str, arguments: dict | None = None, **changes: Any
+) -> None:
     before = req.state
     req.state = to
     for name, value in changes.items():
         setattr(req, name, value)
     req.save()
-    _audit(req, case=case, actor=actor, action=f"reconnect.{to}", before={"state": before},
-           after={"state": to, **{k: v for k, v in changes.items() if isinstance(v, (str, int)) and k != "token_hash"}},
-           arguments=arguments, outcome="ok" if to == ReconnectRequest.State.CONSUMED else to)
+    _audit(
+        req,
+        case=case,
+        actor=actor,
+        action=f"reconnect.{to}",
+        before={"state": before},
+        after={"state": to, **{k: v for k, v in changes.items() if isinstance(v, (str, int)) and k != "token_hash"}},
+        arguments=arguments,
+        outcome="ok" if to == ReconnectRequest.State.CONSUMED else to,
+    )
 
 
 def _lock(pk: int) -> ReconnectRequest:
@@ -119,7 +146,9 @@ def _locate(*, public_id: UUID | str) -> RequestRow:
     return row
 
 
-def _settle(req: ReconnectRequest, *, case: RecoveryCase, actor: str, now=None, issued: bool = True) -> ReconnectError | None:
+def _settle(
+    req: ReconnectRequest, *, case: RecoveryCase, actor: str, now=None, issued: bool = True
+) -> ReconnectError | None:
     """Bring a locked request up to date with the clock and its case; return what stops it, if anything.
 
     A request whose case no longer waits for the owner (or whose generation
@@ -137,12 +166,24 @@ def _settle(req: ReconnectRequest, *, case: RecoveryCase, actor: str, now=None, 
         return terminal[req.state](data={"request": str(req.public_id)})
     generation = Connection.objects.filter(pk=req.connection_id).values_list("current_generation", flat=True).first()
     if case.state not in WAITING_STATES or generation != req.rejected_generation:
-        _move(req, case=case, to=ReconnectRequest.State.REVOKED, actor=actor, revoked_at=now, revoked_reason="case_moved_on",
-              arguments={"case_state": case.state, "current_generation": generation})
+        _move(
+            req,
+            case=case,
+            to=ReconnectRequest.State.REVOKED,
+            actor=actor,
+            revoked_at=now,
+            revoked_reason="case_moved_on",
+            arguments={"case_state": case.state, "current_generation": generation},
+        )
         return ReconnectLinkRevoked(data={"request": str(req.public_id)})
     if issued and (req.expires_at is None or req.expires_at <= now):
-        _move(req, case=case, to=ReconnectRequest.State.EXPIRED, actor=actor,
-              arguments={"expires_at": req.expires_at.isoformat() if req.expires_at else None})
+        _move(
+            req,
+            case=case,
+            to=ReconnectRequest.State.EXPIRED,
+            actor=actor,
+            arguments={"expires_at": req.expires_at.isoformat() if req.expires_at else None},
+        )
         return ReconnectLinkExpired(data={"request": str(req.public_id)})
     return None
 
@@ -170,12 +211,21 @@ def reconnect_request_create(*, case: RecoveryCase, actor: str) -> ReconnectRequ
     try:
         with transaction.atomic():
             req = ReconnectRequest.objects.create(
-                case=case, connection_id=case.connection_id, rejected_generation=case.rejected_generation, created_by=actor[:200],
+                case=case,
+                connection_id=case.connection_id,
+                rejected_generation=case.rejected_generation,
+                created_by=actor[:200],
             )
     except IntegrityError:  # a concurrent creator won: the partial unique index allows one active request per case
         return ReconnectRequest.objects.get(case=case, state=ReconnectRequest.State.ACTIVE)
-    _audit(req, case=case, actor=actor, action="reconnect.requested", before=None,
-           after={"state": req.state, "rejected_generation": req.rejected_generation})
+    _audit(
+        req,
+        case=case,
+        actor=actor,
+        action="reconnect.requested",
+        before=None,
+        after={"state": req.state, "rejected_generation": req.rejected_generation},
+    )
     _enqueue_notification(req)
     return req
 
@@ -200,13 +250,29 @@ def reconnect_request_resend(*, public_id: UUID | str, actor: str) -> ReconnectR
     if other is not None:
         return other
     if req.state == ReconnectRequest.State.ACTIVE:
-        _move(req, case=case, to=ReconnectRequest.State.REVOKED, actor=actor, revoked_at=timezone.now(), revoked_reason="resent")
+        _move(
+            req,
+            case=case,
+            to=ReconnectRequest.State.REVOKED,
+            actor=actor,
+            revoked_at=timezone.now(),
+            revoked_reason="resent",
+        )
     new = ReconnectRequest.objects.create(
-        case=case, connection_id=case.connection_id, rejected_generation=case.rejected_generation, created_by=actor[:200],
+        case=case,
+        connection_id=case.connection_id,
+        rejected_generation=case.rejected_generation,
+        created_by=actor[:200],
     )
     ReconnectRequest.objects.filter(pk=req.pk).update(replaced_by=new)
-    _audit(new, case=case, actor=actor, action="reconnect.requested", after={"state": new.state, "rejected_generation": new.rejected_generation},
-           arguments={"replaces": str(req.public_id)})
+    _audit(
+        new,
+        case=case,
+        actor=actor,
+        action="reconnect.requested",
+        after={"state": new.state, "rejected_generation": new.rejected_generation},
+        arguments={"replaces": str(req.public_id)},
+    )
     _enqueue_notification(new)
     return new
 
@@ -216,8 +282,17 @@ def reconnect_requests_revoke_for_case(*, case: RecoveryCase, reason: str, actor
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("reconnect_requests_revoke_for_case must run inside the case's transaction")
     revoked = 0
-    for req in ReconnectRequest.objects.select_for_update(no_key=True).filter(case=case, state=ReconnectRequest.State.ACTIVE):
-        _move(req, case=case, to=ReconnectRequest.State.REVOKED, actor=actor, revoked_at=timezone.now(), revoked_reason=reason[:40])
+    for req in ReconnectRequest.objects.select_for_update(no_key=True).filter(
+        case=case, state=ReconnectRequest.State.ACTIVE
+    ):
+        _move(
+            req,
+            case=case,
+            to=ReconnectRequest.State.REVOKED,
+            actor=actor,
+            revoked_at=timezone.now(),
+            revoked_reason=reason[:40],
+        )
         revoked += 1
     return revoked
 
@@ -229,14 +304,19 @@ def reconnect_requests_expire(*, actor: str = SYSTEM, now=None, limit: int = 500
     """
     now = now or timezone.now()
     moved_on = ~Q(case__state__in=WAITING_STATES) | ~Q(connection__current_generation=F("rejected_generation"))
-    rows = list(ReconnectRequest.objects.filter(state=ReconnectRequest.State.ACTIVE)
-                .filter(Q(expires_at__lte=now) | moved_on).values("pk", "case_id")[:limit])
+    rows = list(
+        ReconnectRequest.objects.filter(state=ReconnectRequest.State.ACTIVE)
+        .filter(Q(expires_at__lte=now) | moved_on)
+        .values("pk", "case_id")[:limit]
+    )
     settled = 0
     for row in rows:
         with transaction.atomic():
             case = case_lock(row["case_id"])
             req = _lock(row["pk"])
-            if req.state == ReconnectRequest.State.ACTIVE and _settle(req, case=case, actor=actor, now=now, issued=req.expires_at is not None):
+            if req.state == ReconnectRequest.State.ACTIVE and _settle(
+                req, case=case, actor=actor, now=now, issued=req.expires_at is not None
+            ):
                 settled += 1
     return settled
 
@@ -279,8 +359,13 @@ def reconnect_request_notify(*, request_id: int) -> NotificationOutcome:
             req.notify_claimed_until = now + timedelta(seconds=claim)
             req.notify_attempts += 1
             req.save()
-            _audit(req, case=case, actor=SYSTEM, action="reconnect.link_issued",
-                   after={"expires_at": req.expires_at.isoformat(), "attempt": req.notify_attempts})
+            _audit(
+                req,
+                case=case,
+                actor=SYSTEM,
+                action="reconnect.link_issued",
+                after={"expires_at": req.expires_at.isoformat(), "attempt": req.notify_attempts},
+            )
         message = notifications.message_context(req=req, case=case)
     if raw is not None:
         try:
@@ -291,8 +376,14 @@ def reconnect_request_notify(*, request_id: int) -> NotificationOutcome:
                 req = _lock(row["pk"])
                 req.notify_claimed_until = None
                 req.save(update_fields=["notify_claimed_until", "updated_at"])
-                _audit(req, case=case, actor=SYSTEM, action="reconnect.notify_failed", outcome="failed",
-                       arguments={"channel": "email", "error": type(exc).__name__})
+                _audit(
+                    req,
+                    case=case,
+                    actor=SYSTEM,
+                    action="reconnect.notify_failed",
+                    outcome="failed",
+                    arguments={"channel": "email", "error": type(exc).__name__},
+                )
             raise NotificationDeliveryFailed("email") from None
         with transaction.atomic():
             case = case_lock(row["case_id"])
@@ -302,8 +393,13 @@ def reconnect_request_notify(*, request_id: int) -> NotificationOutcome:
             req.email_sent_at = timezone.now()
             req.notify_claimed_until = None
             req.save(update_fields=["email_sent_at", "notify_claimed_until", "updated_at"])
-            _audit(req, case=case, actor=SYSTEM, action="reconnect.notified",
-                   after={"channel": "email", "to": mask_email(message["owner_email"])})
+            _audit(
+                req,
+                case=case,
+                actor=SYSTEM,
+                action="reconnect.notified",
+                after={"channel": "email", "to": mask_email(message["owner_email"])},
+            )
         email_state = "sent"
     return NotificationOutcome(email=email_state, webhook=_deliver_webhook(row=row, message=message))
 
@@ -320,8 +416,14 @@ def _deliver_webhook(*, row: RequestRow, message: dict[str, Any]) -> str:
         with transaction.atomic():
             case = case_lock(row["case_id"])
             req = _lock(row["pk"])
-            _audit(req, case=case, actor=SYSTEM, action="reconnect.notify_failed", outcome="failed",
-                   arguments={"channel": "webhook", "error": str(exc)})
+            _audit(
+                req,
+                case=case,
+                actor=SYSTEM,
+                action="reconnect.notify_failed",
+                outcome="failed",
+                arguments={"channel": "webhook", "error": str(exc)},
+            )
         raise NotificationDeliveryFailed("webhook") from None
     with transaction.atomic():
         case = case_lock(row["case_id"])
@@ -329,10 +431,22 @@ def _deliver_webhook(*, row: RequestRow, message: dict[str, Any]) -> str:
         if 200 <= status < 300:
             req.webhook_sent_at = timezone.now()
             req.save(update_fields=["webhook_sent_at", "updated_at"])
-            _audit(req, case=case, actor=SYSTEM, action="reconnect.webhook_delivered", after={"channel": "webhook", "status": status})
+            _audit(
+                req,
+                case=case,
+                actor=SYSTEM,
+                action="reconnect.webhook_delivered",
+                after={"channel": "webhook", "status": status},
+            )
             return "delivered"
-        _audit(req, case=case, actor=SYSTEM, action="reconnect.notify_failed", outcome="failed",
-               arguments={"channel": "webhook", "status": status})
+        _audit(
+            req,
+            case=case,
+            actor=SYSTEM,
+            action="reconnect.notify_failed",
+            outcome="failed",
+            arguments={"channel": "webhook", "status": status},
+        )
         return "rejected"
 
 
@@ -364,8 +478,9 @@ def _check(*, row: RequestRow, actor: str) -> ReconnectRequest:
     return req
 
 
-def reconnect_sign_in_started(*, public_id: UUID | str, provider_app: str, claims: str = "",
-                              actor: str = "owner") -> ReconnectRequest:
+def reconnect_sign_in_started(
+    *, public_id: UUID | str, provider_app: str, claims: str = "", actor: str = "owner"
+) -> ReconnectRequest:
     """The owner pressed the button; ``claims`` is the claims challenge the sign-in carries (audited, not secret)."""
     row = _locate(public_id=public_id)
     with transaction.atomic():
@@ -394,8 +509,14 @@ class Completion:
     mismatched: tuple[str, ...] = ()
 
 
-def reconnect_request_complete(*, public_id: UUID | str, presented: ProviderIdentity, grant: Grant | None, actor: str,
-                               proof: dict[str, Any] | None = None) -> Completion:
+def reconnect_request_complete(
+    *,
+    public_id: UUID | str,
+    presented: ProviderIdentity,
+    grant: Grant | None,
+    actor: str,
+    proof: dict[str, Any] | None = None,
+) -> Completion:
     """Settle a request with the identity a sign-in proved.
 
     ``grant`` is ``None`` for a broker-held connection: the broker already holds the new grant, Revive stores
@@ -420,7 +541,9 @@ def reconnect_request_complete(*, public_id: UUID | str, presented: ProviderIden
             req = _lock(row["pk"])
             problem = _settle(req, case=case, actor=actor)
             if problem is None:
-                result = _complete_locked(req=req, case=case, presented=presented, grant=grant, actor=actor, proof=proof or {})
+                result = _complete_locked(
+                    req=req, case=case, presented=presented, grant=grant, actor=actor, proof=proof or {}
+                )
     except (CaseTransitionNotAllowed, LeaseFenced):
         # The case or the generation moved between our read and case_reauthorize: the link no longer applies.
         with transaction.atomic():
@@ -432,8 +555,15 @@ def reconnect_request_complete(*, public_id: UUID | str, presented: ProviderIden
     return result
 
 
-def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: ProviderIdentity, grant: Grant | None, actor: str,
-                     proof: dict[str, Any]) -> Completion:
+def _complete_locked(
+    *,
+    req: ReconnectRequest,
+    case: RecoveryCase,
+    presented: ProviderIdentity,
+    grant: Grant | None,
+    actor: str,
+    proof: dict[str, Any],
+) -> Completion:
     conn = Connection.objects.get(pk=req.connection_id)
     expected = expected_identity(conn)
     verdict = compare(rule=rule_for(conn.identity_provider), expected=expected, presented=presented)
@@ -441,37 +571,93 @@ def _complete_locked(*, req: ReconnectRequest, case: RecoveryCase, presented: Pr
         limit = settings.REVIVE_RECONNECT_MAX_REFUSALS
         req.refusals += 1
         req.save(update_fields=["refusals", "updated_at"])
-        event = _audit(req, case=case, actor=actor, action="reconnect.identity_mismatch", outcome="refused",
-                       before={"state": req.state},
-                       after={"refusals": req.refusals, "limit": limit},
-                       arguments={"rule": verdict.rule, "mismatched": list(verdict.mismatched),
-                                  "expected": expected.evidence(), "presented": presented.evidence(), **proof})
+        event = _audit(
+            req,
+            case=case,
+            actor=actor,
+            action="reconnect.identity_mismatch",
+            outcome="refused",
+            before={"state": req.state},
+            after={"refusals": req.refusals, "limit": limit},
+            arguments={
+                "rule": verdict.rule,
+                "mismatched": list(verdict.mismatched),
+                "expected": expected.evidence(),
+                "presented": presented.evidence(),
+                **proof,
+            },
+        )
         locked = req.refusals >= limit
         if locked:
-            _move(req, case=case, to=ReconnectRequest.State.LOCKED, actor=actor, locked_at=timezone.now(),
-                  arguments={"refusals": req.refusals})
-        return Completion(public_id=str(req.public_id), consumed=False, refusal_event_id=event.pk, refusals=req.refusals,
-                          attempts_left=max(limit - req.refusals, 0), locked=locked, mismatched=verdict.mismatched)
+            _move(
+                req,
+                case=case,
+                to=ReconnectRequest.State.LOCKED,
+                actor=actor,
+                locked_at=timezone.now(),
+                arguments={"refusals": req.refusals},
+            )
+        return Completion(
+            public_id=str(req.public_id),
+            consumed=False,
+            refusal_event_id=event.pk,
+            refusals=req.refusals,
+            attempts_left=max(limit - req.refusals, 0),
+            locked=locked,
+            mismatched=verdict.mismatched,
+        )
 
-    _move(req, case=case, to=ReconnectRequest.State.CONSUMED, actor=actor, consumed_at=timezone.now(),
-          arguments={"identity": presented.evidence(), "rule": verdict.rule})
+    _move(
+        req,
+        case=case,
+        to=ReconnectRequest.State.CONSUMED,
+        actor=actor,
+        consumed_at=timezone.now(),
+        arguments={"identity": presented.evidence(), "rule": verdict.rule},
+    )
     # The one hand-over to the recovery pipeline: the generation advances and the rest of the recovery is owed,
     # in this transaction.
-    case = recovery_reauthorized(case_id=case.pk, actor=actor,
-                                 evidence={"reconnect_request": str(req.public_id), "identity": presented.evidence(), "rule": verdict.rule})
+    case = recovery_reauthorized(
+        case_id=case.pk,
+        actor=actor,
+        evidence={"reconnect_request": str(req.public_id), "identity": presented.evidence(), "rule": verdict.rule},
+    )
     generation = case.resumed_generation
     assert generation is not None  # a reauthorized case names the generation its runs resume under
     if grant is None:  # broker-held: the broker keeps the grant the owner just gave it; Revive stores no token
-        audit_record(actor=actor, action="credential.custody_broker", entity_type="connection", entity_id=conn.pk, case=case,
-                     run_id=case.run_id or "", connection_id=conn.pk,
-                     after={**proof, "generation": generation, "custody": conn.provider, "integration": conn.broker_integration,
-                            "reference": conn.broker_connection or conn.broker_account})
+        audit_record(
+            actor=actor,
+            action="credential.custody_broker",
+            entity_type="connection",
+            entity_id=conn.pk,
+            case=case,
+            run_id=case.run_id or "",
+            connection_id=conn.pk,
+            after={
+                **proof,
+                "generation": generation,
+                "custody": conn.provider,
+                "integration": conn.broker_integration,
+                "reference": conn.broker_connection or conn.broker_account,
+            },
+        )
     else:
         custody = get_custody()
         reference = custody.store(connection_id=conn.pk, generation=generation, grant=grant)
-        audit_record(actor=actor, action="credential.custody_stored", entity_type="connection", entity_id=conn.pk, case=case,
-                     run_id=case.run_id or "", connection_id=conn.pk,
-                     after={"generation": generation, "custody": custody.name, "reference": reference,
-                            "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
-                            "renewable": bool(grant.refresh_token)})
+        audit_record(
+            actor=actor,
+            action="credential.custody_stored",
+            entity_type="connection",
+            entity_id=conn.pk,
+            case=case,
+            run_id=case.run_id or "",
+            connection_id=conn.pk,
+            after={
+                "generation": generation,
+                "custody": custody.name,
+                "reference": reference,
+                "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
+                "renewable": bool(grant.refresh_token),
+            },
+        )
     return Completion(public_id=str(req.public_id), consumed=True, generation=generation)

@@ -15,13 +15,17 @@ from .errors import ReconnectProviderUnreachable, ReconnectSignInFailed
 from .identity import ProviderIdentity, presented_from_claims, rule_for
 
 
-def identity_from_userinfo(*, userinfo_url: str, access_token: str, issuer: str, connection_provider: str,
-                           timeout: float = 10.0) -> ProviderIdentity:
+def identity_from_userinfo(
+    *, userinfo_url: str, access_token: str, issuer: str, connection_provider: str, timeout: float = 10.0
+) -> ProviderIdentity:
     """The identity behind ``access_token`` according to the upstream's userinfo; ``issuer`` is the configured
     upstream issuer (userinfo does not carry one)."""
     try:
-        response = httpx.get(userinfo_url, headers={"Authorization": f"Bearer {access_token}",
-                                                    "Accept": "application/json"}, timeout=timeout)
+        response = httpx.get(
+            userinfo_url,
+            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+            timeout=timeout,
+        )
     except httpx.TransportError as exc:
         raise ReconnectProviderUnreachable(data={"step": "userinfo"}) from exc
     try:

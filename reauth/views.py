@@ -53,40 +53,40 @@ MAX_SESSION_GRANTS = 10
 
 FAILURE_TEXT = {
     "dead_grant": "{provider} stopped accepting the saved sign-in for this connection — for example after a password "
-                  "change, a revoked or long-unused sign-in, or withdrawn consent.",
+    "change, a revoked or long-unused sign-in, or withdrawn consent.",
     "interaction_required": "{provider} needs the account owner to sign in again — for example to complete multi-factor "
-                            "authentication or to give consent.",
+    "authentication or to give consent.",
     "relink_required": "{provider} no longer holds a working grant for the account connected to this workflow — it was "
-                       "revoked or expired at the account's own provider.",
+    "revoked or expired at the account's own provider.",
 }
 
 # What the owner must do, by the reason the classifier gave (``classifier.Reason``).
 OWNER_ACTIONS = {
     "mfa": "When you sign in, complete the multi-factor authentication prompt (for example approve the request in "
-           "your authenticator app).",
+    "your authenticator app).",
     "mfa_registration": "When you sign in, you will be asked to register a multi-factor authentication method "
-                        "(for example the Microsoft Authenticator app); finish the registration.",
+    "(for example the Microsoft Authenticator app); finish the registration.",
     "consent": "When you sign in, review the permissions the workflow asks for and accept them.",
     "compliant_device": "Sign in from a device your organisation manages and marks as compliant (enrolled, for "
-                        "example, in Intune); on another device the sign-in will be refused.",
+    "example, in Intune); on another device the sign-in will be refused.",
     "approved_app": "Sign in with a browser or app your organisation approves; your IT department can say which.",
     "conditional_access": "Your organisation's Conditional Access policy blocked the saved sign-in. Sign in from a "
-                          "place and device your organisation allows; if it is refused again, contact your IT department.",
+    "place and device your organisation allows; if it is refused again, contact your IT department.",
     "password_change": "Your password has expired or was changed. Sign in and set a new password when asked.",
     "account_locked": "Your account is locked after too many failed sign-ins. Wait a few minutes (or unlock it with "
-                      "your organisation's self-service reset), then sign in.",
+    "your organisation's self-service reset), then sign in.",
     "risk": "Your organisation blocked sign-ins for this account because of a security risk. Contact your IT "
-            "department to clear it, then sign in.",
+    "department to clear it, then sign in.",
     "additional_action": "Your organisation requires a step outside the sign-in (for example registering this "
-                         "device); the sign-in page explains it.",
+    "device); the sign-in page explains it.",
     "blocked": "Sign-in is blocked for the moment; the sign-in page says why. If it persists, contact your IT department.",
     "claims_challenge": "The service revoked the session mid-run (for example after a password change, a sign-out "
-                        "everywhere or a new location). Sign in again: your sign-in carries exactly what the "
-                        "service asked for.",
+    "everywhere or a new location). Sign in again: your sign-in carries exactly what the "
+    "service asked for.",
     "step_up": "The service asks for a stronger sign-in: sign in with multi-factor authentication when asked.",
     "sign_in": "Sign in again as the same account.",
     "relink": "Re-link the connected account: you will be sent to the account's provider to approve the connection "
-              "again. Choose the same account as before; another one will be refused.",
+    "again. Choose the same account as before; another one will be refused.",
 }
 
 # What the done page says about the run once the owner's part is over (the case may already have moved on).
@@ -175,8 +175,13 @@ def session_remember_refusal(request: HttpRequest, public_id, event_id: int) -> 
 # --------------------------------------------------------------------------- rendering
 
 
-def problem_response(request: HttpRequest, exc: ReconnectError, *, req: ReconnectRequest | None = None,
-                     extra: dict[str, Any] | None = None) -> HttpResponse:
+def problem_response(
+    request: HttpRequest,
+    exc: ReconnectError,
+    *,
+    req: ReconnectRequest | None = None,
+    extra: dict[str, Any] | None = None,
+) -> HttpResponse:
     context = {"error": exc, "code": exc.code, "message": exc.message, "req": req}
     if req is not None and req.state == ReconnectRequest.State.ACTIVE and session_has_grant(request, req.public_id):
         context["landing_public_id"] = str(req.public_id)  # "back" only where the reconnect page still works
@@ -200,7 +205,9 @@ def _summary(req: ReconnectRequest) -> dict[str, Any]:
         "broker": conn.get_provider_display() if conn.broker_held else "",
         "checkpoint": (checkpoint.label or checkpoint.checkpoint_id) if checkpoint is not None else "",
         "action_key": action.action_key if action is not None else "",
-        "failure_text": FAILURE_TEXT.get(case.failure_class, "{provider} refused the saved sign-in.").format(provider=provider),
+        "failure_text": FAILURE_TEXT.get(case.failure_class, "{provider} refused the saved sign-in.").format(
+            provider=provider
+        ),
         "provider_code": case.provider_code,
         "owner_action": OWNER_ACTIONS.get((case.provider_error or {}).get("reason", ""), ""),
         "expected_account": mask_email(conn.owner_email),
@@ -252,7 +259,9 @@ def landing(request: HttpRequest, public_id) -> HttpResponse:
     context = _summary(req)
     context["relink"] = _is_relink(req)
     apps = [] if context["relink"] or req.connection.broker_held else providers.sign_in_apps(request, req.connection)
-    context["sign_in_app"] = apps[0] if apps else (req.connection.provider if req.connection.broker_held else context["relink"])
+    context["sign_in_app"] = (
+        apps[0] if apps else (req.connection.provider if req.connection.broker_held else context["relink"])
+    )
     context["attempts_left"] = max(_max_refusals() - req.refusals, 0)
     context["refusals"] = req.refusals
     return render(request, "reauth/landing.html", context)
@@ -283,8 +292,11 @@ def start(request: HttpRequest, public_id) -> HttpResponse:
             broker_url = broker_flows.reconnect_start(req.connection)
         else:
             app = providers.sign_in_app_for(request, req.connection)
-            services.reconnect_sign_in_started(public_id=req.public_id, provider_app=app.provider_id,
-                                               claims=(req.case.provider_error or {}).get("claims", ""))
+            services.reconnect_sign_in_started(
+                public_id=req.public_id,
+                provider_app=app.provider_id,
+                claims=(req.case.provider_error or {}).get("claims", ""),
+            )
     except ReconnectError as exc:
         return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
     if form.cleaned_data["next"]:
@@ -320,10 +332,14 @@ def relinked(request: HttpRequest, public_id) -> HttpResponse:
     try:
         req = _bound_request(request, public_id)
         if request.GET.get("error"):
-            raise ReconnectSignInCancelled() if request.GET["error"] == "access_denied" else ReconnectSignInFailed(
-                data={"reason": "provider"})
-        completion = relink.relink_complete(request, req, connect_code=request.GET.get("connect_code", ""),
-                                            state=request.GET.get("state", ""))
+            raise (
+                ReconnectSignInCancelled()
+                if request.GET["error"] == "access_denied"
+                else ReconnectSignInFailed(data={"reason": "provider"})
+            )
+        completion = relink.relink_complete(
+            request, req, connect_code=request.GET.get("connect_code", ""), state=request.GET.get("state", "")
+        )
     except ReconnectError as exc:
         return problem_response(request, exc, req=selectors.reconnect_request_get(public_id))
     if completion.consumed:
@@ -372,25 +388,33 @@ def refused(request: HttpRequest, public_id) -> HttpResponse:
     except ReconnectError as exc:
         return problem_response(request, exc)
     event_id = _session_state(request)["refusals"].get(str(req.public_id))
-    event = AuditEvent.objects.filter(pk=event_id, action="reconnect.identity_mismatch", entity_id=str(req.public_id)).first() if event_id else None
+    event = (
+        AuditEvent.objects.filter(
+            pk=event_id, action="reconnect.identity_mismatch", entity_id=str(req.public_id)
+        ).first()
+        if event_id
+        else None
+    )
     if event is None:
         return redirect("reauth:landing", public_id=req.public_id)
     presented = (event.arguments or {}).get("presented") or {}
     mismatched = (event.arguments or {}).get("mismatched") or []
     context = _summary(req)
-    context.update({
-        "signed_in_as": presented.get("label") or mask_identifier(presented.get("subject", "")),
-        "signed_in_tenant": presented.get("tenant", ""),
-        "signed_in_issuer": presented.get("issuer", ""),
-        "signed_in_org": presented.get("org", ""),
-        "expected_org": req.connection.provider_org,
-        "mismatched": mismatched,
-        "differs": mismatch_differs(mismatched),
-        "attempts_left": max(_max_refusals() - req.refusals, 0),
-        "locked": req.state == ReconnectRequest.State.LOCKED,
-        "can_retry": req.state == ReconnectRequest.State.ACTIVE,
-        "broker_holds_other_account": req.connection.broker_held,
-    })
+    context.update(
+        {
+            "signed_in_as": presented.get("label") or mask_identifier(presented.get("subject", "")),
+            "signed_in_tenant": presented.get("tenant", ""),
+            "signed_in_issuer": presented.get("issuer", ""),
+            "signed_in_org": presented.get("org", ""),
+            "expected_org": req.connection.provider_org,
+            "mismatched": mismatched,
+            "differs": mismatch_differs(mismatched),
+            "attempts_left": max(_max_refusals() - req.refusals, 0),
+            "locked": req.state == ReconnectRequest.State.LOCKED,
+            "can_retry": req.state == ReconnectRequest.State.ACTIVE,
+            "broker_holds_other_account": req.connection.broker_held,
+        }
+    )
     error = ReconnectLinkLocked() if context["locked"] else ReconnectIdentityMismatch()
     context.update({"error": error, "code": error.code})
     if context["can_retry"]:
@@ -428,8 +452,14 @@ def broker(request: HttpRequest, public_id) -> HttpResponse:
     started = _session_state(request).get("broker", {}).get(str(req.public_id))
     if not started:
         return redirect("reauth:landing", public_id=req.public_id)
-    refusal = (AuditEvent.objects.filter(pk__gt=started["since"], action="reconnect.identity_mismatch",
-                                         entity_id=str(req.public_id)).order_by("-pk").values_list("pk", flat=True).first())
+    refusal = (
+        AuditEvent.objects.filter(
+            pk__gt=started["since"], action="reconnect.identity_mismatch", entity_id=str(req.public_id)
+        )
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
     if refusal:
         state = _session_state(request)
         state["broker"][str(req.public_id)]["since"] = refusal

@@ -36,10 +36,15 @@ def nango_webhook(request: HttpRequest, namespace: str) -> JsonResponse:
         return _error(413, "PAYLOAD_TOO_LARGE", "The webhook body is too large.", limit=settings.REVIVE_MAX_BODY_BYTES)
     raw = request.body
     if not nango.signature_valid(key, raw, request.headers.get(nango.SIGNATURE_HEADER)):
-        reason = "missing" if not request.headers.get(nango.SIGNATURE_HEADER) else "mismatch" if key else "no_signing_key"
-        return _error(401, "WEBHOOK_SIGNATURE_INVALID",
-                      "The X-Nango-Hmac-Sha256 signature is missing or does not match this namespace's signing key.",
-                      reason=reason)
+        reason = (
+            "missing" if not request.headers.get(nango.SIGNATURE_HEADER) else "mismatch" if key else "no_signing_key"
+        )
+        return _error(
+            401,
+            "WEBHOOK_SIGNATURE_INVALID",
+            "The X-Nango-Hmac-Sha256 signature is missing or does not match this namespace's signing key.",
+            reason=reason,
+        )
     try:
         payload = json.loads(raw)
     except ValueError:
@@ -47,4 +52,6 @@ def nango_webhook(request: HttpRequest, namespace: str) -> JsonResponse:
     if not isinstance(payload, dict):
         return _error(400, "WEBHOOK_BODY_INVALID", "The webhook body is not a JSON object.")
     receipt = nango_webhook_receive(namespace=namespace, raw=raw, payload=payload)
-    return JsonResponse({"received": True, "duplicate": receipt.duplicate, "state": receipt.state, "outcome": receipt.outcome})
+    return JsonResponse(
+        {"received": True, "duplicate": receipt.duplicate, "state": receipt.state, "outcome": receipt.outcome}
+    )

@@ -37,8 +37,9 @@ def _bind_work_context(task_id=None, task=None, args=None, kwargs=None, **_):
         kwargs = inspect.signature(task.run).bind_partial(*(args or ()), **(kwargs or {})).arguments
     except (TypeError, ValueError):
         kwargs = kwargs or {}
-    _WORK_CONTEXT_TOKENS[task_id] = work_context_bind(run_id=kwargs.get("run_id"), case_id=kwargs.get("case_id"),
-                                                      request_id=f"task_{task_id}" if task_id else None)
+    _WORK_CONTEXT_TOKENS[task_id] = work_context_bind(
+        run_id=kwargs.get("run_id"), case_id=kwargs.get("case_id"), request_id=f"task_{task_id}" if task_id else None
+    )
 
 
 @signals.task_postrun.connect

@@ -38,9 +38,11 @@ class WorkContextMiddleware:
     def __call__(self, request):
         request.request_id = request_id_for(request)
         run = _RUN_PATH.match(request.path)
-        token = work_context_bind(request_id=request.request_id,
-                                  trace_id=trace_id_from_traceparent(request.headers.get("traceparent")),
-                                  run_id=run["run"] if run else "")
+        token = work_context_bind(
+            request_id=request.request_id,
+            trace_id=trace_id_from_traceparent(request.headers.get("traceparent")),
+            run_id=run["run"] if run else "",
+        )
         try:
             response = self.get_response(request)
         finally:
@@ -67,8 +69,11 @@ class ApiBodyLimitMiddleware:
                 length = 0
             if length > settings.REVIVE_MAX_BODY_BYTES:
                 return JsonResponse(
-                    {"code": "PAYLOAD_TOO_LARGE", "message": "The request body is larger than this API accepts.",
-                     "data": {"max_bytes": settings.REVIVE_MAX_BODY_BYTES}},
+                    {
+                        "code": "PAYLOAD_TOO_LARGE",
+                        "message": "The request body is larger than this API accepts.",
+                        "data": {"max_bytes": settings.REVIVE_MAX_BODY_BYTES},
+                    },
                     status=413,
                 )
         return self.get_response(request)
@@ -101,8 +106,11 @@ class ApiErrorShapeMiddleware:
         ):
             status = response.status_code
             shaped = JsonResponse(
-                {"code": API_STATUS_CODES[status], "message": _API_STATUS_MESSAGES[status],
-                 "data": {"method": request.method} if status == 405 else {}},
+                {
+                    "code": API_STATUS_CODES[status],
+                    "message": _API_STATUS_MESSAGES[status],
+                    "data": {"method": request.method} if status == 405 else {},
+                },
                 status=status,
             )
             for header in ("Allow", "X-Request-Id"):

@@ -206,8 +206,11 @@ CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_TASK_DEFAULT_QUEUE = env.str("REVIVE_CELERY_QUEUE", default="revive")
 # Redis re-delivers an unacknowledged task only after this; the resume sweep (below) catches lost work sooner.
 # Keepalive and a periodic PING find a half-open connection to a restarted Redis instead of waiting on it forever.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
-                                   "socket_keepalive": True, "health_check_interval": 10}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+}
 # `celery -A revive_site beat` (or `worker -B` on a single machine) runs these; it keeps its state in var/.
 CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(VAR_DIR / "celerybeat-schedule"))
 CELERY_BEAT_SCHEDULE = {
@@ -218,7 +221,10 @@ CELERY_BEAT_SCHEDULE = {
     "pipeline-watch": {"task": "cases.pipeline_watch", "schedule": env.float("REVIVE_WATCH_INTERVAL", default=15.0)},
     "scalekit-accounts-poll": {"task": "reauth.scalekit_accounts_poll", "schedule": 60.0},
     # Operator notifications of cases open longer than REVIVE_CASE_STALE_MINUTES (operations.notifications).
-    "notify-stale-cases": {"task": "cases.notify_stale_cases", "schedule": env.float("REVIVE_CASE_STALE_SCAN_INTERVAL", default=60.0)},
+    "notify-stale-cases": {
+        "task": "cases.notify_stale_cases",
+        "schedule": env.float("REVIVE_CASE_STALE_SCAN_INTERVAL", default=60.0),
+    },
 }
 
 # --- Revive -----------------------------------------------------------------
@@ -234,8 +240,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = REVIVE_MAX_BODY_BYTES
 REVIVE_API_KEY_CACHE_SECONDS = env.float("REVIVE_API_KEY_CACHE_SECONDS", default=5.0)
 # Default backoff when a transient failure has no Retry-After.
 REVIVE_TRANSIENT_BACKOFF_SECONDS = env.float("REVIVE_TRANSIENT_BACKOFF_SECONDS", default=5.0)
-REVIVE_REFRESH_CLAIM_SECONDS = env.float("REVIVE_REFRESH_CLAIM_SECONDS", default=30.0)  # how long one refresh holds its claim
-REVIVE_REFRESH_POLL_SECONDS = env.float("REVIVE_REFRESH_POLL_SECONDS", default=0.2)  # how soon a waiting worker asks again
+REVIVE_REFRESH_CLAIM_SECONDS = env.float(
+    "REVIVE_REFRESH_CLAIM_SECONDS", default=30.0
+)  # how long one refresh holds its claim
+REVIVE_REFRESH_POLL_SECONDS = env.float(
+    "REVIVE_REFRESH_POLL_SECONDS", default=0.2
+)  # how soon a waiting worker asks again
 
 # --- Resume (cases.resume, cases.runtimes) ----------------------------------
 # Server-side reconcilers by action key (exact, or an fnmatch pattern such as "send_exec_*"): dotted paths to
@@ -264,8 +274,9 @@ REVIVE_RESUME_MAX_ATTEMPTS = env.int("REVIVE_RESUME_MAX_ATTEMPTS", default=3)
 # `never`; `ambiguous` (an action of the case's runs was reconciled by hand or without evidence); `always`.
 REVIVE_RESUME_APPROVAL = env.str("REVIVE_RESUME_APPROVAL", default="ambiguous")
 if REVIVE_RESUME_APPROVAL not in ("never", "ambiguous", "always"):
-
-    raise ImproperlyConfigured(f"REVIVE_RESUME_APPROVAL must be never, ambiguous or always, not {REVIVE_RESUME_APPROVAL!r}")
+    raise ImproperlyConfigured(
+        f"REVIVE_RESUME_APPROVAL must be never, ambiguous or always, not {REVIVE_RESUME_APPROVAL!r}"
+    )
 REVIVE_RUNTIME_ADAPTERS = {
     "langgraph": "cases.runtimes.langgraph.LangGraphAdapter",
     "temporal": "cases.runtimes.temporal.TemporalAdapter",
@@ -316,7 +327,9 @@ REVIVE_CASE_STALE_MINUTES = env.int("REVIVE_CASE_STALE_MINUTES", default=60)
 if REVIVE_OPERATOR_WEBHOOK_URL and not REVIVE_OPERATOR_WEBHOOK_SECRET:
     from django.core.exceptions import ImproperlyConfigured
 
-    raise ImproperlyConfigured("REVIVE_OPERATOR_WEBHOOK_URL is set: REVIVE_OPERATOR_WEBHOOK_SECRET (the HMAC key) is required")
+    raise ImproperlyConfigured(
+        "REVIVE_OPERATOR_WEBHOOK_URL is set: REVIVE_OPERATOR_WEBHOOK_SECRET (the HMAC key) is required"
+    )
 
 # --- E-mail: the console backend unless EMAIL_URL is set (smtp+tls://user:pass@host:587) -----------------
 if env.str("EMAIL_URL", default=""):
@@ -333,8 +346,9 @@ REVIVE_RECONNECT_WEBHOOK_URL = env.str("REVIVE_RECONNECT_WEBHOOK_URL", default="
 REVIVE_RECONNECT_WEBHOOK_SECRET = env.str("REVIVE_RECONNECT_WEBHOOK_SECRET", default="")
 REVIVE_RECONNECT_WEBHOOK_TIMEOUT = env.float("REVIVE_RECONNECT_WEBHOOK_TIMEOUT", default=5.0)
 if REVIVE_RECONNECT_WEBHOOK_URL and not REVIVE_RECONNECT_WEBHOOK_SECRET:
-
-    raise ImproperlyConfigured("REVIVE_RECONNECT_WEBHOOK_URL is set: REVIVE_RECONNECT_WEBHOOK_SECRET (the HMAC key) is required")
+    raise ImproperlyConfigured(
+        "REVIVE_RECONNECT_WEBHOOK_URL is set: REVIVE_RECONNECT_WEBHOOK_SECRET (the HMAC key) is required"
+    )
 REVIVE_ENTRA_AUTHORITY = env.str("REVIVE_ENTRA_AUTHORITY", default="https://login.microsoftonline.com")
 # Broker-held connections (reauth.brokers): the broker keeps the grant; Revive keeps references and proves identity.
 REVIVE_NANGO_URL = env.str("REVIVE_NANGO_URL", default="https://api.nango.dev")
@@ -397,10 +411,19 @@ RESTATE_ADMIN_TIMEOUT = env.float("RESTATE_ADMIN_TIMEOUT", default=30.0)
 # REVIVE_LANGGRAPH_CHECKPOINT_URL, Temporal with TEMPORAL_ADDRESS, Restate with RESTATE_ADMIN_URL, the Agent Server with
 # REVIVE_LANGGRAPH_SERVER_URL -- so none on the
 # embedded default, and never a runtime nobody deployed.
-REVIVE_RUNTIMES = env.list("REVIVE_RUNTIMES", default=[
-    name for name, variable in (("langgraph", "REVIVE_LANGGRAPH_CHECKPOINT_URL"), ("temporal", "TEMPORAL_ADDRESS"),
-                                ("restate", "RESTATE_ADMIN_URL"),
-                                ("langgraph-server", "REVIVE_LANGGRAPH_SERVER_URL")) if env.str(variable, default="")])
+REVIVE_RUNTIMES = env.list(
+    "REVIVE_RUNTIMES",
+    default=[
+        name
+        for name, variable in (
+            ("langgraph", "REVIVE_LANGGRAPH_CHECKPOINT_URL"),
+            ("temporal", "TEMPORAL_ADDRESS"),
+            ("restate", "RESTATE_ADMIN_URL"),
+            ("langgraph-server", "REVIVE_LANGGRAPH_SERVER_URL"),
+        )
+        if env.str(variable, default="")
+    ],
+)
 # Seconds per probe call (connect, query); the doctor answers within twice that, or the worker window plus it.
 REVIVE_DOCTOR_PROBE_TIMEOUT = env.float("REVIVE_DOCTOR_PROBE_TIMEOUT", default=3.0)
 # How long the Celery probe waits for workers to answer its broadcast: busy workers answer between tasks.
@@ -427,20 +450,31 @@ if REVIVE_LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-                   "json": {"()": "revive_site.logging.ReviveJsonFormatter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "revive_site.logging.ReviveJsonFormatter"},
+    },
     # redaction first: the work-context fields it adds are ids, never secrets
-    "filters": {"redact_credentials": {"()": "reauth.logging.RedactCredentialsFilter"},
-                "work_context": {"()": "revive_site.logging.WorkContextFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": REVIVE_LOG_FORMAT,
-                             "filters": ["redact_credentials", "work_context"]}},
+    "filters": {
+        "redact_credentials": {"()": "reauth.logging.RedactCredentialsFilter"},
+        "work_context": {"()": "revive_site.logging.WorkContextFilter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": REVIVE_LOG_FORMAT,
+            "filters": ["redact_credentials", "work_context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"},
-                # request lines carry reconnect link tokens and OAuth codes: through the redacting handler
-                "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
-                # gunicorn's own logs (revive_site.gunicorn_conf routes them here): the same handler
-                "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
-                "gunicorn.access": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO"),
-                                    "propagate": False},
-                "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # request lines carry reconnect link tokens and OAuth codes: through the redacting handler
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # gunicorn's own logs (revive_site.gunicorn_conf routes them here): the same handler
+        "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO"), "propagate": False},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }

@@ -48,8 +48,12 @@ def held_outbox(monkeypatch):
 
         @staticmethod
         def resumes() -> list[tuple]:
-            return [(p["run_id"], p["case_id"], p["generation"]) for p in
-                    OutboxItem.objects.filter(kind=services.RESUME_RUN).order_by("pk").values_list("payload", flat=True)]
+            return [
+                (p["run_id"], p["case_id"], p["generation"])
+                for p in OutboxItem.objects.filter(kind=services.RESUME_RUN)
+                .order_by("pk")
+                .values_list("payload", flat=True)
+            ]
 
     Held.dispatched = []
     monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: Held.dispatched.append(item_id))
@@ -68,8 +72,12 @@ def held_resumes(monkeypatch):
     class Held:
         @staticmethod
         def resumes() -> list[tuple]:
-            return [(p["run_id"], p["case_id"], p["generation"]) for p in
-                    OutboxItem.objects.filter(kind=services.RESUME_RUN).order_by("pk").values_list("payload", flat=True)]
+            return [
+                (p["run_id"], p["case_id"], p["generation"])
+                for p in OutboxItem.objects.filter(kind=services.RESUME_RUN)
+                .order_by("pk")
+                .values_list("payload", flat=True)
+            ]
 
     def enqueue(item_id, countdown=None):
         if not OutboxItem.objects.filter(pk=item_id, kind=services.RESUME_RUN).exists():
@@ -84,8 +92,14 @@ def worker_passes(run_id: str, connection_id: str, action_key: str, *, checkpoin
     from cases.models import Connection
 
     generation = Connection.objects.get(pk=connection_id).current_generation
-    begun = services.action_begin(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id,
-                                  action_key=action_key, generation=generation, actor="worker:test")
+    begun = services.action_begin(
+        run_id=run_id,
+        checkpoint_id=checkpoint_id,
+        connection_id=connection_id,
+        action_key=action_key,
+        generation=generation,
+        actor="worker:test",
+    )
     if begun.decision == "execute":
         services.action_commit(run_id=run_id, action_key=action_key, generation=generation, actor="worker:test")
     return begun.decision
@@ -120,7 +134,9 @@ def api(client, worker_key):
 
         def post(self, path, body=None, key=worker_key):
             headers = {"HTTP_X_API_KEY": key} if key else {}
-            return client.post(f"/api/v1{path}", data=body if body is not None else {}, content_type="application/json", **headers)
+            return client.post(
+                f"/api/v1{path}", data=body if body is not None else {}, content_type="application/json", **headers
+            )
 
         def get(self, path, key=worker_key):
             headers = {"HTTP_X_API_KEY": key} if key else {}
@@ -141,8 +157,15 @@ DEAD_GRANT = {
 
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")

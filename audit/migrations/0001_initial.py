@@ -4,55 +4,69 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('occurred_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('actor', models.CharField(max_length=200)),
-                ('action', models.CharField(max_length=80)),
-                ('entity_type', models.CharField(max_length=40)),
-                ('entity_id', models.CharField(max_length=200)),
-                ('case_id', models.BigIntegerField(blank=True, null=True)),
-                ('case_reference', models.CharField(blank=True, default='', max_length=32)),
-                ('run_id', models.CharField(blank=True, default='', max_length=200)),
-                ('connection_id', models.CharField(blank=True, default='', max_length=200)),
-                ('before', models.JSONField(blank=True, null=True)),
-                ('after', models.JSONField(blank=True, null=True)),
-                ('arguments', models.JSONField(blank=True, default=dict)),
-                ('outcome', models.CharField(default='ok', max_length=40)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("occurred_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("actor", models.CharField(max_length=200)),
+                ("action", models.CharField(max_length=80)),
+                ("entity_type", models.CharField(max_length=40)),
+                ("entity_id", models.CharField(max_length=200)),
+                ("case_id", models.BigIntegerField(blank=True, null=True)),
+                ("case_reference", models.CharField(blank=True, default="", max_length=32)),
+                ("run_id", models.CharField(blank=True, default="", max_length=200)),
+                ("connection_id", models.CharField(blank=True, default="", max_length=200)),
+                ("before", models.JSONField(blank=True, null=True)),
+                ("after", models.JSONField(blank=True, null=True)),
+                ("arguments", models.JSONField(blank=True, default=dict)),
+                ("outcome", models.CharField(default="ok", max_length=40)),
             ],
             options={
-                'ordering': ['occurred_at', 'id'],
-                'indexes': [models.Index(fields=['case_id', 'occurred_at'], name='audit_audit_case_id_40d269_idx'), models.Index(fields=['case_reference'], name='audit_audit_case_re_1cfc98_idx'), models.Index(fields=['run_id'], name='audit_audit_run_id_2da0df_idx'), models.Index(fields=['entity_type', 'entity_id'], name='audit_audit_entity__0bff9a_idx'), models.Index(fields=['actor'], name='audit_audit_actor_5626f5_idx'), models.Index(fields=['action'], name='audit_audit_action_203f66_idx')],
+                "ordering": ["occurred_at", "id"],
+                "indexes": [
+                    models.Index(fields=["case_id", "occurred_at"], name="audit_audit_case_id_40d269_idx"),
+                    models.Index(fields=["case_reference"], name="audit_audit_case_re_1cfc98_idx"),
+                    models.Index(fields=["run_id"], name="audit_audit_run_id_2da0df_idx"),
+                    models.Index(fields=["entity_type", "entity_id"], name="audit_audit_entity__0bff9a_idx"),
+                    models.Index(fields=["actor"], name="audit_audit_actor_5626f5_idx"),
+                    models.Index(fields=["action"], name="audit_audit_action_203f66_idx"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='OperationAudit',
+            name="OperationAudit",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('request_id', models.CharField(db_index=True, max_length=64)),
-                ('actor', models.CharField(max_length=200)),
-                ('role', models.CharField(blank=True, default='', max_length=60)),
-                ('route', models.CharField(max_length=200)),
-                ('arguments', models.JSONField(blank=True, default=dict)),
-                ('reason', models.TextField(blank=True, default='')),
-                ('started_at', models.DateTimeField()),
-                ('finished_at', models.DateTimeField()),
-                ('outcome', models.CharField(choices=[('succeeded', 'Succeeded'), ('failed', 'Failed'), ('refused', 'Refused')], max_length=20)),
-                ('error_code', models.CharField(blank=True, default='', max_length=80)),
-                ('error', models.TextField(blank=True, default='')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("request_id", models.CharField(db_index=True, max_length=64)),
+                ("actor", models.CharField(max_length=200)),
+                ("role", models.CharField(blank=True, default="", max_length=60)),
+                ("route", models.CharField(max_length=200)),
+                ("arguments", models.JSONField(blank=True, default=dict)),
+                ("reason", models.TextField(blank=True, default="")),
+                ("started_at", models.DateTimeField()),
+                ("finished_at", models.DateTimeField()),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[("succeeded", "Succeeded"), ("failed", "Failed"), ("refused", "Refused")],
+                        max_length=20,
+                    ),
+                ),
+                ("error_code", models.CharField(blank=True, default="", max_length=80)),
+                ("error", models.TextField(blank=True, default="")),
             ],
             options={
-                'ordering': ['-started_at', '-id'],
-                'indexes': [models.Index(fields=['actor', 'started_at'], name='audit_opera_actor_bd0e8f_idx'), models.Index(fields=['route', 'started_at'], name='audit_opera_route_3da17f_idx')],
+                "ordering": ["-started_at", "-id"],
+                "indexes": [
+                    models.Index(fields=["actor", "started_at"], name="audit_opera_actor_bd0e8f_idx"),
+                    models.Index(fields=["route", "started_at"], name="audit_opera_route_3da17f_idx"),
+                ],
             },
         ),
     ]

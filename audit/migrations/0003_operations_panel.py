@@ -4,24 +4,22 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0002_append_only_trigger'),
+        ("audit", "0002_append_only_trigger"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='OperationsPanel',
-            fields=[
-            ],
+            name="OperationsPanel",
+            fields=[],
             options={
-                'verbose_name': 'doctor and recovery',
-                'verbose_name_plural': 'doctor and recovery',
-                'proxy': True,
-                'default_permissions': (),
-                'indexes': [],
-                'constraints': [],
+                "verbose_name": "doctor and recovery",
+                "verbose_name_plural": "doctor and recovery",
+                "proxy": True,
+                "default_permissions": (),
+                "indexes": [],
+                "constraints": [],
             },
-            bases=('audit.operationaudit',),
+            bases=("audit.operationaudit",),
         ),
     ]

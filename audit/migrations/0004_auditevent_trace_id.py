@@ -4,19 +4,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0003_operations_panel'),
+        ("audit", "0003_operations_panel"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='auditevent',
-            name='trace_id',
-            field=models.CharField(blank=True, default='', max_length=32),
+            model_name="auditevent",
+            name="trace_id",
+            field=models.CharField(blank=True, default="", max_length=32),
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(condition=models.Q(('trace_id', ''), _negated=True), fields=['trace_id'], name='audit_event_trace_idx'),
+            model_name="auditevent",
+            index=models.Index(
+                condition=models.Q(("trace_id", ""), _negated=True), fields=["trace_id"], name="audit_event_trace_idx"
+            ),
         ),
     ]

@@ -4,34 +4,33 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0005_namespaces'),
+        ("audit", "0005_namespaces"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='auditevent',
-            name='audit_audit_entity__0bff9a_idx',
+            model_name="auditevent",
+            name="audit_audit_entity__0bff9a_idx",
         ),
         migrations.RemoveIndex(
-            model_name='auditevent',
-            name='audit_audit_actor_5626f5_idx',
+            model_name="auditevent",
+            name="audit_audit_actor_5626f5_idx",
         ),
         migrations.RemoveIndex(
-            model_name='auditevent',
-            name='audit_audit_action_203f66_idx',
+            model_name="auditevent",
+            name="audit_audit_action_203f66_idx",
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['entity_id', 'entity_type'], name='audit_entity_id_type_idx'),
+            model_name="auditevent",
+            index=models.Index(fields=["entity_id", "entity_type"], name="audit_entity_id_type_idx"),
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['actor'], name='audit_actor_prefix_idx', opclasses=['varchar_pattern_ops']),
+            model_name="auditevent",
+            index=models.Index(fields=["actor"], name="audit_actor_prefix_idx", opclasses=["varchar_pattern_ops"]),
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['action'], name='audit_action_prefix_idx', opclasses=['varchar_pattern_ops']),
+            model_name="auditevent",
+            index=models.Index(fields=["action"], name="audit_action_prefix_idx", opclasses=["varchar_pattern_ops"]),
         ),
     ]

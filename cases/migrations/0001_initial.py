@@ -5,208 +5,412 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('role', models.CharField(choices=[('worker', 'Worker'), ('operator', 'Operator')], default='worker', max_length=20)),
-                ('system_operate', models.BooleanField(default=False, help_text='May call the operator recovery routes (/api/v2/admin/operator/...).')),
-                ('prefix', models.CharField(editable=False, max_length=16)),
-                ('key_hash', models.CharField(editable=False, max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_used_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100, unique=True)),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[("worker", "Worker"), ("operator", "Operator")], default="worker", max_length=20
+                    ),
+                ),
+                (
+                    "system_operate",
+                    models.BooleanField(
+                        default=False, help_text="May call the operator recovery routes (/api/v2/admin/operator/...)."
+                    ),
+                ),
+                ("prefix", models.CharField(editable=False, max_length=16)),
+                ("key_hash", models.CharField(editable=False, max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_used_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'verbose_name': 'API key',
+                "verbose_name": "API key",
             },
         ),
         migrations.CreateModel(
-            name='Checkpoint',
+            name="Checkpoint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('checkpoint_id', models.CharField(max_length=200)),
-                ('label', models.CharField(blank=True, default='', max_length=200)),
-                ('runtime_ref', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("checkpoint_id", models.CharField(max_length=200)),
+                ("label", models.CharField(blank=True, default="", max_length=200)),
+                ("runtime_ref", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['run', 'created_at', 'id'],
+                "ordering": ["run", "created_at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Connection',
+            name="Connection",
             fields=[
-                ('id', models.CharField(max_length=120, primary_key=True, serialize=False)),
-                ('provider', models.CharField(choices=[('entra', 'Microsoft Entra ID'), ('auth0', 'Auth0'), ('nango', 'Nango'), ('scalekit', 'Scalekit'), ('oidc', 'Generic OIDC')], max_length=20)),
-                ('display_name', models.CharField(blank=True, default='', max_length=200)),
-                ('owner_email', models.EmailField(max_length=254)),
-                ('owner_name', models.CharField(blank=True, default='', max_length=200)),
-                ('provider_subject', models.CharField(help_text='Entra: oid; Auth0/OIDC: sub.', max_length=255)),
-                ('provider_tenant', models.CharField(blank=True, default='', help_text='Entra: tid.', max_length=255)),
-                ('provider_issuer', models.CharField(blank=True, default='', help_text='Auth0/OIDC: iss.', max_length=500)),
-                ('provider_org', models.CharField(blank=True, default='', help_text='Auth0: org_id, if any.', max_length=255)),
-                ('current_generation', models.PositiveIntegerField(default=1)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.CharField(max_length=120, primary_key=True, serialize=False)),
+                (
+                    "provider",
+                    models.CharField(
+                        choices=[
+                            ("entra", "Microsoft Entra ID"),
+                            ("auth0", "Auth0"),
+                            ("nango", "Nango"),
+                            ("scalekit", "Scalekit"),
+                            ("oidc", "Generic OIDC"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("display_name", models.CharField(blank=True, default="", max_length=200)),
+                ("owner_email", models.EmailField(max_length=254)),
+                ("owner_name", models.CharField(blank=True, default="", max_length=200)),
+                ("provider_subject", models.CharField(help_text="Entra: oid; Auth0/OIDC: sub.", max_length=255)),
+                ("provider_tenant", models.CharField(blank=True, default="", help_text="Entra: tid.", max_length=255)),
+                (
+                    "provider_issuer",
+                    models.CharField(blank=True, default="", help_text="Auth0/OIDC: iss.", max_length=500),
+                ),
+                (
+                    "provider_org",
+                    models.CharField(blank=True, default="", help_text="Auth0: org_id, if any.", max_length=255),
+                ),
+                ("current_generation", models.PositiveIntegerField(default=1)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['provider', 'provider_tenant'], name='cases_conne_provide_fb2207_idx'), models.Index(fields=['owner_email'], name='cases_conne_owner_e_0de1e7_idx')],
+                "indexes": [
+                    models.Index(fields=["provider", "provider_tenant"], name="cases_conne_provide_fb2207_idx"),
+                    models.Index(fields=["owner_email"], name="cases_conne_owner_e_0de1e7_idx"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Action',
+            name="Action",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('action_key', models.CharField(max_length=200)),
-                ('idempotency_key', models.CharField(max_length=64, unique=True)),
-                ('params_hash', models.CharField(blank=True, default='', max_length=64)),
-                ('state', models.CharField(choices=[('begun', 'Begun'), ('executing', 'Executing'), ('committed', 'Committed'), ('ambiguous', 'Ambiguous'), ('reconciled_committed', 'Reconciled Committed'), ('reconciled_absent', 'Reconciled Absent'), ('failed', 'Failed')], default='begun', max_length=24)),
-                ('generation', models.PositiveIntegerField()),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('external_ref', models.CharField(blank=True, default='', max_length=500)),
-                ('error', models.JSONField(blank=True, null=True)),
-                ('evidence', models.JSONField(blank=True, null=True)),
-                ('reconciled_by', models.CharField(blank=True, default='', max_length=200)),
-                ('lock_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('checkpoint', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='cases.checkpoint')),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='actions', to='cases.connection')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("action_key", models.CharField(max_length=200)),
+                ("idempotency_key", models.CharField(max_length=64, unique=True)),
+                ("params_hash", models.CharField(blank=True, default="", max_length=64)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("begun", "Begun"),
+                            ("executing", "Executing"),
+                            ("committed", "Committed"),
+                            ("ambiguous", "Ambiguous"),
+                            ("reconciled_committed", "Reconciled Committed"),
+                            ("reconciled_absent", "Reconciled Absent"),
+                            ("failed", "Failed"),
+                        ],
+                        default="begun",
+                        max_length=24,
+                    ),
+                ),
+                ("generation", models.PositiveIntegerField()),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("external_ref", models.CharField(blank=True, default="", max_length=500)),
+                ("error", models.JSONField(blank=True, null=True)),
+                ("evidence", models.JSONField(blank=True, null=True)),
+                ("reconciled_by", models.CharField(blank=True, default="", max_length=200)),
+                ("lock_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "checkpoint",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="cases.checkpoint",
+                    ),
+                ),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="actions", to="cases.connection"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='RecoveryCase',
+            name="RecoveryCase",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('reference', models.CharField(blank=True, max_length=32, null=True, unique=True)),
-                ('rejected_generation', models.PositiveIntegerField()),
-                ('resumed_generation', models.PositiveIntegerField(blank=True, null=True)),
-                ('failure_class', models.CharField(choices=[('dead_grant', 'Dead Grant'), ('interaction_required', 'Interaction Required'), ('refreshable', 'Refreshable'), ('transient', 'Transient'), ('misconfiguration', 'Misconfiguration'), ('unknown', 'Unknown')], max_length=24)),
-                ('provider', models.CharField(choices=[('entra', 'Microsoft Entra ID'), ('auth0', 'Auth0'), ('nango', 'Nango'), ('scalekit', 'Scalekit'), ('oidc', 'Generic OIDC')], max_length=20)),
-                ('provider_code', models.CharField(blank=True, default='', max_length=80)),
-                ('provider_message', models.TextField(blank=True, default='')),
-                ('provider_error', models.JSONField(blank=True, default=dict)),
-                ('owner_required', models.BooleanField(default=True)),
-                ('state', models.CharField(choices=[('opened', 'Opened'), ('awaiting_owner', 'Awaiting Owner'), ('reauthorized', 'Reauthorized'), ('reconciling', 'Reconciling'), ('awaiting_approval', 'Awaiting Approval'), ('resuming', 'Resuming'), ('resumed', 'Resumed'), ('closed', 'Closed'), ('abandoned', 'Abandoned'), ('resume_failed', 'Resume Failed')], default='opened', max_length=24)),
-                ('opened_at', models.DateTimeField(auto_now_add=True)),
-                ('state_changed_at', models.DateTimeField(auto_now_add=True)),
-                ('closed_at', models.DateTimeField(blank=True, null=True)),
-                ('action', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='cases.action')),
-                ('checkpoint', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='cases.checkpoint')),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='cases', to='cases.connection')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("reference", models.CharField(blank=True, max_length=32, null=True, unique=True)),
+                ("rejected_generation", models.PositiveIntegerField()),
+                ("resumed_generation", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "failure_class",
+                    models.CharField(
+                        choices=[
+                            ("dead_grant", "Dead Grant"),
+                            ("interaction_required", "Interaction Required"),
+                            ("refreshable", "Refreshable"),
+                            ("transient", "Transient"),
+                            ("misconfiguration", "Misconfiguration"),
+                            ("unknown", "Unknown"),
+                        ],
+                        max_length=24,
+                    ),
+                ),
+                (
+                    "provider",
+                    models.CharField(
+                        choices=[
+                            ("entra", "Microsoft Entra ID"),
+                            ("auth0", "Auth0"),
+                            ("nango", "Nango"),
+                            ("scalekit", "Scalekit"),
+                            ("oidc", "Generic OIDC"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("provider_code", models.CharField(blank=True, default="", max_length=80)),
+                ("provider_message", models.TextField(blank=True, default="")),
+                ("provider_error", models.JSONField(blank=True, default=dict)),
+                ("owner_required", models.BooleanField(default=True)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("opened", "Opened"),
+                            ("awaiting_owner", "Awaiting Owner"),
+                            ("reauthorized", "Reauthorized"),
+                            ("reconciling", "Reconciling"),
+                            ("awaiting_approval", "Awaiting Approval"),
+                            ("resuming", "Resuming"),
+                            ("resumed", "Resumed"),
+                            ("closed", "Closed"),
+                            ("abandoned", "Abandoned"),
+                            ("resume_failed", "Resume Failed"),
+                        ],
+                        default="opened",
+                        max_length=24,
+                    ),
+                ),
+                ("opened_at", models.DateTimeField(auto_now_add=True)),
+                ("state_changed_at", models.DateTimeField(auto_now_add=True)),
+                ("closed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "action",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="cases.action",
+                    ),
+                ),
+                (
+                    "checkpoint",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="cases.checkpoint",
+                    ),
+                ),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="cases", to="cases.connection"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='CaseRun',
+            name="CaseRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('joined_at', models.DateTimeField(auto_now_add=True)),
-                ('resumed_at', models.DateTimeField(blank=True, null=True)),
-                ('action', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='cases.action')),
-                ('checkpoint', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='cases.checkpoint')),
-                ('case', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='case_runs', to='cases.recoverycase')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("joined_at", models.DateTimeField(auto_now_add=True)),
+                ("resumed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "action",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="cases.action",
+                    ),
+                ),
+                (
+                    "checkpoint",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="cases.checkpoint",
+                    ),
+                ),
+                (
+                    "case",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="case_runs", to="cases.recoverycase"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Run',
+            name="Run",
             fields=[
-                ('id', models.CharField(max_length=200, primary_key=True, serialize=False)),
-                ('runtime', models.CharField(choices=[('langgraph', 'LangGraph'), ('temporal', 'Temporal'), ('restate', 'Restate')], max_length=20)),
-                ('runtime_ref', models.JSONField(blank=True, default=dict)),
-                ('workflow_name', models.CharField(max_length=200)),
-                ('state', models.CharField(choices=[('active', 'Active'), ('parked', 'Parked'), ('completed', 'Completed'), ('failed', 'Failed')], default='active', max_length=20)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.CharField(max_length=200, primary_key=True, serialize=False)),
+                (
+                    "runtime",
+                    models.CharField(
+                        choices=[("langgraph", "LangGraph"), ("temporal", "Temporal"), ("restate", "Restate")],
+                        max_length=20,
+                    ),
+                ),
+                ("runtime_ref", models.JSONField(blank=True, default=dict)),
+                ("workflow_name", models.CharField(max_length=200)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("active", "Active"),
+                            ("parked", "Parked"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed"),
+                        ],
+                        default="active",
+                        max_length=20,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['state', 'updated_at'], name='cases_run_state_026359_idx')],
+                "indexes": [models.Index(fields=["state", "updated_at"], name="cases_run_state_026359_idx")],
             },
         ),
         migrations.AddField(
-            model_name='recoverycase',
-            name='run',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='first_cases', to='cases.run'),
+            model_name="recoverycase",
+            name="run",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="first_cases", to="cases.run"
+            ),
         ),
         migrations.AddField(
-            model_name='recoverycase',
-            name='runs',
-            field=models.ManyToManyField(related_name='cases', through='cases.CaseRun', to='cases.run'),
+            model_name="recoverycase",
+            name="runs",
+            field=models.ManyToManyField(related_name="cases", through="cases.CaseRun", to="cases.run"),
         ),
         migrations.AddField(
-            model_name='checkpoint',
-            name='run',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='checkpoints', to='cases.run'),
+            model_name="checkpoint",
+            name="run",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="checkpoints", to="cases.run"
+            ),
         ),
         migrations.AddField(
-            model_name='caserun',
-            name='run',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='case_runs', to='cases.run'),
+            model_name="caserun",
+            name="run",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="case_runs", to="cases.run"
+            ),
         ),
         migrations.AddField(
-            model_name='action',
-            name='run',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='actions', to='cases.run'),
+            model_name="action",
+            name="run",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="actions", to="cases.run"
+            ),
         ),
         migrations.CreateModel(
-            name='CredentialGeneration',
+            name="CredentialGeneration",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('state', models.CharField(choices=[('issued', 'Issued'), ('rejected', 'Rejected'), ('superseded', 'Superseded')], default='issued', max_length=20)),
-                ('issued_at', models.DateTimeField(auto_now_add=True)),
-                ('rejected_at', models.DateTimeField(blank=True, null=True)),
-                ('superseded_at', models.DateTimeField(blank=True, null=True)),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='generations', to='cases.connection')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("number", models.PositiveIntegerField()),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[("issued", "Issued"), ("rejected", "Rejected"), ("superseded", "Superseded")],
+                        default="issued",
+                        max_length=20,
+                    ),
+                ),
+                ("issued_at", models.DateTimeField(auto_now_add=True)),
+                ("rejected_at", models.DateTimeField(blank=True, null=True)),
+                ("superseded_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="generations", to="cases.connection"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['connection', 'number'],
-                'constraints': [models.UniqueConstraint(fields=('connection', 'number'), name='generation_unique_per_connection')],
+                "ordering": ["connection", "number"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("connection", "number"), name="generation_unique_per_connection")
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='recoverycase',
-            index=models.Index(fields=['state', 'opened_at'], name='cases_recov_state_0836dc_idx'),
+            model_name="recoverycase",
+            index=models.Index(fields=["state", "opened_at"], name="cases_recov_state_0836dc_idx"),
         ),
         migrations.AddIndex(
-            model_name='recoverycase',
-            index=models.Index(fields=['provider', 'state'], name='cases_recov_provide_395732_idx'),
+            model_name="recoverycase",
+            index=models.Index(fields=["provider", "state"], name="cases_recov_provide_395732_idx"),
         ),
         migrations.AddIndex(
-            model_name='recoverycase',
-            index=models.Index(fields=['failure_class', 'state'], name='cases_recov_failure_cc1050_idx'),
+            model_name="recoverycase",
+            index=models.Index(fields=["failure_class", "state"], name="cases_recov_failure_cc1050_idx"),
         ),
         migrations.AddConstraint(
-            model_name='recoverycase',
-            constraint=models.UniqueConstraint(condition=models.Q(('state__in', ['opened', 'awaiting_owner', 'reauthorized', 'reconciling', 'awaiting_approval', 'resume_failed', 'resuming'])), fields=('connection', 'rejected_generation'), name='one_open_case_per_connection_generation'),
+            model_name="recoverycase",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(
+                    (
+                        "state__in",
+                        [
+                            "opened",
+                            "awaiting_owner",
+                            "reauthorized",
+                            "reconciling",
+                            "awaiting_approval",
+                            "resume_failed",
+                            "resuming",
+                        ],
+                    )
+                ),
+                fields=("connection", "rejected_generation"),
+                name="one_open_case_per_connection_generation",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='checkpoint',
-            constraint=models.UniqueConstraint(fields=('run', 'checkpoint_id'), name='checkpoint_unique_per_run'),
+            model_name="checkpoint",
+            constraint=models.UniqueConstraint(fields=("run", "checkpoint_id"), name="checkpoint_unique_per_run"),
         ),
         migrations.AddConstraint(
-            model_name='caserun',
-            constraint=models.UniqueConstraint(fields=('case', 'run'), name='case_run_unique'),
+            model_name="caserun",
+            constraint=models.UniqueConstraint(fields=("case", "run"), name="case_run_unique"),
         ),
         migrations.AddIndex(
-            model_name='action',
-            index=models.Index(fields=['state', 'lock_expires_at'], name='cases_actio_state_dd3bb1_idx'),
+            model_name="action",
+            index=models.Index(fields=["state", "lock_expires_at"], name="cases_actio_state_dd3bb1_idx"),
         ),
         migrations.AddIndex(
-            model_name='action',
-            index=models.Index(fields=['action_key'], name='cases_actio_action__564575_idx'),
+            model_name="action",
+            index=models.Index(fields=["action_key"], name="cases_actio_action__564575_idx"),
         ),
         migrations.AddConstraint(
-            model_name='action',
-            constraint=models.UniqueConstraint(fields=('run', 'action_key'), name='action_unique_per_run'),
+            model_name="action",
+            constraint=models.UniqueConstraint(fields=("run", "action_key"), name="action_unique_per_run"),
         ),
     ]

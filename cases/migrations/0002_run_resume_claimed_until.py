@@ -4,15 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0001_initial'),
+        ("cases", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='run',
-            name='resume_claimed_until',
-            field=models.DateTimeField(blank=True, editable=False, help_text='A resume of this run is being delivered to its runtime until then (see cases.resume).', null=True),
+            model_name="run",
+            name="resume_claimed_until",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="A resume of this run is being delivered to its runtime until then (see cases.resume).",
+                null=True,
+            ),
         ),
     ]

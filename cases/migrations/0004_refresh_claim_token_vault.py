@@ -5,42 +5,93 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0003_case_console'),
+        ("cases", "0003_case_console"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='connection',
-            name='provider',
-            field=models.CharField(choices=[('entra', 'Microsoft Entra ID'), ('auth0', 'Auth0'), ('auth0_token_vault', 'Auth0 Token Vault'), ('nango', 'Nango'), ('scalekit', 'Scalekit'), ('oidc', 'Generic OIDC')], max_length=20),
+            model_name="connection",
+            name="provider",
+            field=models.CharField(
+                choices=[
+                    ("entra", "Microsoft Entra ID"),
+                    ("auth0", "Auth0"),
+                    ("auth0_token_vault", "Auth0 Token Vault"),
+                    ("nango", "Nango"),
+                    ("scalekit", "Scalekit"),
+                    ("oidc", "Generic OIDC"),
+                ],
+                max_length=20,
+            ),
         ),
         migrations.AlterField(
-            model_name='recoverycase',
-            name='failure_class',
-            field=models.CharField(choices=[('dead_grant', 'Dead Grant'), ('interaction_required', 'Interaction Required'), ('refreshable', 'Refreshable'), ('transient', 'Transient'), ('misconfiguration', 'Misconfiguration'), ('relink_required', 'Relink Required'), ('unknown', 'Unknown')], max_length=24),
+            model_name="recoverycase",
+            name="failure_class",
+            field=models.CharField(
+                choices=[
+                    ("dead_grant", "Dead Grant"),
+                    ("interaction_required", "Interaction Required"),
+                    ("refreshable", "Refreshable"),
+                    ("transient", "Transient"),
+                    ("misconfiguration", "Misconfiguration"),
+                    ("relink_required", "Relink Required"),
+                    ("unknown", "Unknown"),
+                ],
+                max_length=24,
+            ),
         ),
         migrations.AlterField(
-            model_name='recoverycase',
-            name='provider',
-            field=models.CharField(choices=[('entra', 'Microsoft Entra ID'), ('auth0', 'Auth0'), ('auth0_token_vault', 'Auth0 Token Vault'), ('nango', 'Nango'), ('scalekit', 'Scalekit'), ('oidc', 'Generic OIDC')], max_length=20),
+            model_name="recoverycase",
+            name="provider",
+            field=models.CharField(
+                choices=[
+                    ("entra", "Microsoft Entra ID"),
+                    ("auth0", "Auth0"),
+                    ("auth0_token_vault", "Auth0 Token Vault"),
+                    ("nango", "Nango"),
+                    ("scalekit", "Scalekit"),
+                    ("oidc", "Generic OIDC"),
+                ],
+                max_length=20,
+            ),
         ),
         migrations.CreateModel(
-            name='RefreshClaim',
+            name="RefreshClaim",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('generation', models.PositiveIntegerField()),
-                ('round', models.PositiveIntegerField(default=0, help_text="How many times this generation's claim was taken.")),
-                ('state', models.CharField(choices=[('idle', 'Idle'), ('held', 'Held'), ('refreshed', 'Refreshed'), ('failed', 'Failed')], default='idle', max_length=16)),
-                ('holder', models.CharField(blank=True, default='', max_length=200)),
-                ('held_until', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='refresh_claims', to='cases.connection')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("generation", models.PositiveIntegerField()),
+                (
+                    "round",
+                    models.PositiveIntegerField(
+                        default=0, help_text="How many times this generation's claim was taken."
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[("idle", "Idle"), ("held", "Held"), ("refreshed", "Refreshed"), ("failed", "Failed")],
+                        default="idle",
+                        max_length=16,
+                    ),
+                ),
+                ("holder", models.CharField(blank=True, default="", max_length=200)),
+                ("held_until", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="refresh_claims",
+                        to="cases.connection",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('connection', 'generation'), name='refresh_claim_per_generation')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("connection", "generation"), name="refresh_claim_per_generation")
+                ],
             },
         ),
     ]

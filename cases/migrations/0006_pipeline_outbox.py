@@ -5,45 +5,65 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0005_namespaces'),
+        ("cases", "0005_namespaces"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='caserun',
-            name='resume_attempts',
+            model_name="caserun",
+            name="resume_attempts",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='caserun',
-            name='resume_sent_at',
+            model_name="caserun",
+            name="resume_sent_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.CreateModel(
-            name='OutboxItem',
+            name="OutboxItem",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=60)),
-                ('key', models.CharField(help_text='One row per owed step: a repeated put is a no-op.', max_length=200, unique=True)),
-                ('payload', models.JSONField(blank=True, default=dict)),
-                ('run_id', models.CharField(blank=True, default='', max_length=200)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('done', 'Done'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('max_attempts', models.PositiveIntegerField(default=10)),
-                ('due_at', models.DateTimeField(help_text='Still pending after this: the sweep dispatches it again.')),
-                ('claimed_until', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('last_error', models.TextField(blank=True, default='')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('done_at', models.DateTimeField(blank=True, null=True)),
-                ('case', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='outbox_items', to='cases.recoverycase')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("kind", models.CharField(max_length=60)),
+                (
+                    "key",
+                    models.CharField(
+                        help_text="One row per owed step: a repeated put is a no-op.", max_length=200, unique=True
+                    ),
+                ),
+                ("payload", models.JSONField(blank=True, default=dict)),
+                ("run_id", models.CharField(blank=True, default="", max_length=200)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("done", "Done"), ("failed", "Failed")],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("max_attempts", models.PositiveIntegerField(default=10)),
+                ("due_at", models.DateTimeField(help_text="Still pending after this: the sweep dispatches it again.")),
+                ("claimed_until", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("last_error", models.TextField(blank=True, default="")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("done_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "case",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="outbox_items",
+                        to="cases.recoverycase",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'outbox item',
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['state', 'due_at'], name='outbox_state_due_idx')],
+                "verbose_name": "outbox item",
+                "ordering": ["-created_at", "-id"],
+                "indexes": [models.Index(fields=["state", "due_at"], name="outbox_state_due_idx")],
             },
         ),
     ]

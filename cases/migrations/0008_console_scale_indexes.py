@@ -4,26 +4,25 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0007_case_ownership'),
+        ("cases", "0007_case_ownership"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='action',
-            name='cases_actio_action__564575_idx',
+            model_name="action",
+            name="cases_actio_action__564575_idx",
         ),
         migrations.AddIndex(
-            model_name='action',
-            index=models.Index(fields=['action_key', 'id'], name='action_key_id_idx'),
+            model_name="action",
+            index=models.Index(fields=["action_key", "id"], name="action_key_id_idx"),
         ),
         migrations.AddIndex(
-            model_name='connection',
-            index=models.Index(fields=['provider_tenant'], name='connection_tenant_idx'),
+            model_name="connection",
+            index=models.Index(fields=["provider_tenant"], name="connection_tenant_idx"),
         ),
         migrations.AddIndex(
-            model_name='run',
-            index=models.Index(fields=['workflow_name'], name='run_workflow_name_idx'),
+            model_name="run",
+            index=models.Index(fields=["workflow_name"], name="run_workflow_name_idx"),
         ),
     ]

@@ -5,9 +5,8 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0008_console_scale_indexes'),
+        ("cases", "0008_console_scale_indexes"),
     ]
 
     operations = [
@@ -22,32 +21,55 @@ class Migration(migrations.Migration):
             field=models.PositiveIntegerField(default=0, editable=False),
         ),
         migrations.AddField(
-            model_name='connection',
-            name='broker_account',
-            field=models.CharField(blank=True, default='', help_text='Scalekit: the connected account id.', max_length=200),
+            model_name="connection",
+            name="broker_account",
+            field=models.CharField(
+                blank=True, default="", help_text="Scalekit: the connected account id.", max_length=200
+            ),
         ),
         migrations.AddField(
-            model_name='connection',
-            name='broker_connection',
-            field=models.CharField(blank=True, default='', help_text='Nango: the connection id. Scalekit: the identifier.', max_length=200),
+            model_name="connection",
+            name="broker_connection",
+            field=models.CharField(
+                blank=True, default="", help_text="Nango: the connection id. Scalekit: the identifier.", max_length=200
+            ),
         ),
         migrations.AddField(
-            model_name='connection',
-            name='broker_integration',
-            field=models.CharField(blank=True, default='', help_text='Nango: the integration id (providerConfigKey). Scalekit: the connector.', max_length=200),
+            model_name="connection",
+            name="broker_integration",
+            field=models.CharField(
+                blank=True,
+                default="",
+                help_text="Nango: the integration id (providerConfigKey). Scalekit: the connector.",
+                max_length=200,
+            ),
         ),
         migrations.AddField(
-            model_name='connection',
-            name='upstream_provider',
-            field=models.CharField(blank=True, choices=[('entra', 'Microsoft Entra ID'), ('auth0', 'Auth0'), ('oidc', 'Generic OIDC')], default='', help_text='Broker-held connections: whose identity the broker holds (entra, auth0 or oidc); decides the identity rule.', max_length=20),
+            model_name="connection",
+            name="upstream_provider",
+            field=models.CharField(
+                blank=True,
+                choices=[("entra", "Microsoft Entra ID"), ("auth0", "Auth0"), ("oidc", "Generic OIDC")],
+                default="",
+                help_text="Broker-held connections: whose identity the broker holds (entra, auth0 or oidc); decides the identity rule.",
+                max_length=20,
+            ),
         ),
         migrations.AlterField(
-            model_name='recoverycase',
-            name='run',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='first_cases', to='cases.run'),
+            model_name="recoverycase",
+            name="run",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="first_cases",
+                to="cases.run",
+            ),
         ),
         migrations.AddIndex(
-            model_name='connection',
-            index=models.Index(fields=['provider', 'broker_integration', 'broker_connection'], name='connection_broker_ref_idx'),
+            model_name="connection",
+            index=models.Index(
+                fields=["provider", "broker_integration", "broker_connection"], name="connection_broker_ref_idx"
+            ),
         ),
     ]

@@ -4,20 +4,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0009_broker_connections'),
+        ("cases", "0009_broker_connections"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='outboxitem',
-            name='claimed_by',
-            field=models.CharField(blank=True, default='', editable=False, help_text='The Celery message (task id) holding the claim: the same message delivered again means its earlier worker was lost.', max_length=64),
+            model_name="outboxitem",
+            name="claimed_by",
+            field=models.CharField(
+                blank=True,
+                default="",
+                editable=False,
+                help_text="The Celery message (task id) holding the claim: the same message delivered again means its earlier worker was lost.",
+                max_length=64,
+            ),
         ),
         migrations.AddField(
-            model_name='run',
-            name='resume_claimed_by',
-            field=models.CharField(blank=True, default='', editable=False, help_text='The delivery (Celery message) holding that claim.', max_length=64),
+            model_name="run",
+            name="resume_claimed_by",
+            field=models.CharField(
+                blank=True,
+                default="",
+                editable=False,
+                help_text="The delivery (Celery message) holding that claim.",
+                max_length=64,
+            ),
         ),
     ]

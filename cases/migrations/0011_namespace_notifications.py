@@ -7,20 +7,31 @@ import cases.models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0010_delivery_claim_holders'),
+        ("cases", "0010_delivery_claim_holders"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='namespace',
-            name='operator_emails',
-            field=models.CharField(blank=True, default='', help_text="Comma-separated addresses notified about this namespace's cases instead of REVIVE_OPERATOR_EMAILS.", max_length=1000, validators=[cases.models.email_list_validate]),
+            model_name="namespace",
+            name="operator_emails",
+            field=models.CharField(
+                blank=True,
+                default="",
+                help_text="Comma-separated addresses notified about this namespace's cases instead of REVIVE_OPERATOR_EMAILS.",
+                max_length=1000,
+                validators=[cases.models.email_list_validate],
+            ),
         ),
         migrations.AddField(
-            model_name='namespace',
-            name='operator_webhook_url',
-            field=models.URLField(blank=True, default='', help_text="Webhook notified about this namespace's cases instead of REVIVE_OPERATOR_WEBHOOK_URL (signed with REVIVE_OPERATOR_WEBHOOK_SECRET).", max_length=500, validators=[django.core.validators.URLValidator(schemes=['http', 'https'])]),
+            model_name="namespace",
+            name="operator_webhook_url",
+            field=models.URLField(
+                blank=True,
+                default="",
+                help_text="Webhook notified about this namespace's cases instead of REVIVE_OPERATOR_WEBHOOK_URL (signed with REVIVE_OPERATOR_WEBHOOK_SECRET).",
+                max_length=500,
+                validators=[django.core.validators.URLValidator(schemes=["http", "https"])],
+            ),
         ),
     ]

@@ -4,20 +4,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0011_namespace_notifications'),
+        ("cases", "0011_namespace_notifications"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='outboxitem',
-            name='not_before',
-            field=models.DateTimeField(blank=True, help_text='No attempt before this time (a step owed with a delay).', null=True),
+            model_name="outboxitem",
+            name="not_before",
+            field=models.DateTimeField(
+                blank=True, help_text="No attempt before this time (a step owed with a delay).", null=True
+            ),
         ),
         migrations.AlterField(
-            model_name='run',
-            name='state',
-            field=models.CharField(choices=[('active', 'Active'), ('parked', 'Parked'), ('completed', 'Completed'), ('failed', 'Failed'), ('abandoned', 'Abandoned')], default='active', max_length=20),
+            model_name="run",
+            name="state",
+            field=models.CharField(
+                choices=[
+                    ("active", "Active"),
+                    ("parked", "Parked"),
+                    ("completed", "Completed"),
+                    ("failed", "Failed"),
+                    ("abandoned", "Abandoned"),
+                ],
+                default="active",
+                max_length=20,
+            ),
         ),
     ]

@@ -4,29 +4,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0012_abandon_notice'),
+        ("cases", "0012_abandon_notice"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='run',
-            name='continuations',
-            field=models.PositiveSmallIntegerField(default=0, editable=False, help_text='How many times the watchdog continued this run since its last execution returned.'),
+            model_name="run",
+            name="continuations",
+            field=models.PositiveSmallIntegerField(
+                default=0,
+                editable=False,
+                help_text="How many times the watchdog continued this run since its last execution returned.",
+            ),
         ),
         migrations.AddField(
-            model_name='run',
-            name='hosted_at',
-            field=models.DateTimeField(blank=True, editable=False, help_text='Revive itself started executing this run then (a runtime it hosts: LangGraph graphs in its worker) and that execution has not returned yet; the watchdog continues a run left so (cases.pipeline).', null=True),
+            model_name="run",
+            name="hosted_at",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="Revive itself started executing this run then (a runtime it hosts: LangGraph graphs in its worker) and that execution has not returned yet; the watchdog continues a run left so (cases.pipeline).",
+                null=True,
+            ),
         ),
         migrations.AlterField(
-            model_name='outboxitem',
-            name='run_id',
-            field=models.CharField(blank=True, default='', max_length=300),
+            model_name="outboxitem",
+            name="run_id",
+            field=models.CharField(blank=True, default="", max_length=300),
         ),
         migrations.AddIndex(
-            model_name='run',
-            index=models.Index(condition=models.Q(('hosted_at__isnull', False)), fields=['hosted_at'], name='run_hosted_idx'),
+            model_name="run",
+            index=models.Index(
+                condition=models.Q(("hosted_at__isnull", False)), fields=["hosted_at"], name="run_hosted_idx"
+            ),
         ),
     ]

@@ -4,15 +4,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0013_run_hosted'),
+        ("cases", "0013_run_hosted"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='run',
-            name='runtime',
-            field=models.CharField(choices=[('langgraph', 'LangGraph'), ('langgraph-server', 'LangGraph Agent Server'), ('temporal', 'Temporal'), ('restate', 'Restate')], max_length=20),
+            model_name="run",
+            name="runtime",
+            field=models.CharField(
+                choices=[
+                    ("langgraph", "LangGraph"),
+                    ("langgraph-server", "LangGraph Agent Server"),
+                    ("temporal", "Temporal"),
+                    ("restate", "Restate"),
+                ],
+                max_length=20,
+            ),
         ),
     ]

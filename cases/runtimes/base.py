@@ -99,7 +99,9 @@ class ResumeRequest:
     def delivery_key(self) -> str:
         """One key per generation and re-drive, whatever the attempt: what a runtime that records its deliveries (the
         LangGraph Agent Server's run metadata) looks for, so that a retry never resumes the run twice."""
-        parts = ",".join(f"{conn}:g{self.rejected[conn]}-g{self.generations.get(conn)}" for conn in sorted(self.rejected))
+        parts = ",".join(
+            f"{conn}:g{self.rejected[conn]}-g{self.generations.get(conn)}" for conn in sorted(self.rejected)
+        )
         return f"revive-resume:{self.run_id}:{parts}:r{self.redrive}"
 
     @property

@@ -70,8 +70,13 @@ def checkpoint_url(database: dict[str, Any] | None = None) -> str:
     if db["ENGINE"].endswith("postgresql"):
         from psycopg.conninfo import make_conninfo
 
-        params = {"dbname": db["NAME"], "user": db.get("USER") or None, "password": db.get("PASSWORD") or None,
-                  "host": db.get("HOST") or None, "port": str(db["PORT"]) if db.get("PORT") else None}
+        params = {
+            "dbname": db["NAME"],
+            "user": db.get("USER") or None,
+            "password": db.get("PASSWORD") or None,
+            "host": db.get("HOST") or None,
+            "port": str(db["PORT"]) if db.get("PORT") else None,
+        }
         return make_conninfo(**{k: v for k, v in params.items() if v})
     return f"sqlite:///{Path(settings.VAR_DIR) / 'langgraph.sqlite3'}"
 
@@ -96,8 +101,14 @@ class _Store:
             from psycopg.rows import dict_row
             from psycopg_pool import ConnectionPool
 
-            self.pool = ConnectionPool(url, min_size=1, max_size=8, open=True, name="revive-langgraph",
-                                       kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
+            self.pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=8,
+                open=True,
+                name="revive-langgraph",
+                kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+            )
             self.saver = PostgresSaver(self.pool)
             # setup() is idempotent but two processes running it at once race on its migration table.
             with self.pool.connection() as conn:
@@ -111,7 +122,7 @@ class _Store:
 
             from langgraph.checkpoint.sqlite import SqliteSaver
 
-            path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+            path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.saver = SqliteSaver(sqlite3.connect(path, check_same_thread=False))
             self.saver.setup()
@@ -126,8 +137,10 @@ class _Store:
             assert row is not None  # a SELECT of one expression answers one row
             got = row["got"]
             if not got:
-                raise RunNotWaiting(f"thread {thread_id} is being resumed by another worker",
-                                    detail={"thread_id": thread_id, "busy": True})
+                raise RunNotWaiting(
+                    f"thread {thread_id} is being resumed by another worker",
+                    detail={"thread_id": thread_id, "busy": True},
+                )
             try:
                 yield
             finally:
@@ -165,8 +178,9 @@ class LangGraphAdapter(RuntimeAdapter):
             return compiled
         path = settings.REVIVE_LANGGRAPH_GRAPHS.get(name)
         if not path:
-            raise RuntimeMisconfigured(f"no LangGraph graph is registered as '{name}' (REVIVE_LANGGRAPH_GRAPHS)",
-                                       detail={"graph": name})
+            raise RuntimeMisconfigured(
+                f"no LangGraph graph is registered as '{name}' (REVIVE_LANGGRAPH_GRAPHS)", detail={"graph": name}
+            )
         target = import_string(path.replace(":", "."))
         builder = target if hasattr(target, "compile") else target()
         compiled = builder.compile(checkpointer=self.store().saver)
@@ -179,8 +193,10 @@ class LangGraphAdapter(RuntimeAdapter):
         ref = run.runtime_ref or {}
         thread_id, graph = ref.get("thread_id"), ref.get("graph")
         if not thread_id or not graph:
-            raise RuntimeMisconfigured(f"run {run.pk} has no LangGraph thread_id and graph in its runtime reference",
-                                       detail={"runtime_ref": ref})
+            raise RuntimeMisconfigured(
+                f"run {run.pk} has no LangGraph thread_id and graph in its runtime reference",
+                detail={"runtime_ref": ref},
+            )
         return str(thread_id), str(graph)
 
     @staticmethod
@@ -197,8 +213,12 @@ class LangGraphAdapter(RuntimeAdapter):
         for task in snapshot.tasks:
             for intr in task.interrupts:
                 if _is_parked(intr.value) and case.reference in (intr.value.get("cases") or ()):
-                    return {"thread_id": thread_id, "checkpoint_id": snapshot.config["configurable"].get("checkpoint_id"),
-                            "node": task.name, "interrupt_id": intr.id}
+                    return {
+                        "thread_id": thread_id,
+                        "checkpoint_id": snapshot.config["configurable"].get("checkpoint_id"),
+                        "node": task.name,
+                        "interrupt_id": intr.id,
+                    }
         raise RunNotWaiting(f"thread {thread_id} is not waiting on {case.reference}", detail={"thread_id": thread_id})
 
     def resume(self, case, new_generation: int, *, run, request: ResumeRequest) -> ResumeResult:
@@ -228,8 +248,10 @@ class LangGraphAdapter(RuntimeAdapter):
             else:
                 targets = {i.id: request.payload() for i in parked if set(i.value.get("cases") or ()) <= released}
                 if not targets:
-                    raise RunNotWaiting(f"thread {thread_id} waits on other cases",
-                                        detail={"thread_id": thread_id, "waiting_on": [i.value.get("cases") for i in parked]})
+                    raise RunNotWaiting(
+                        f"thread {thread_id} waits on other cases",
+                        detail={"thread_id": thread_id, "waiting_on": [i.value.get("cases") for i in parked]},
+                    )
                 command = Command(resume=targets)
             if request.executing is not None:
                 request.executing()
@@ -238,8 +260,10 @@ class LangGraphAdapter(RuntimeAdapter):
             except Exception as exc:
                 if type(exc).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
                     raise
-                raise RuntimeDeliveryError(f"the resumed graph failed: {type(exc).__name__}: {exc}"[:500],
-                                           detail={"thread_id": thread_id, "from_checkpoint": from_checkpoint}) from exc
+                raise RuntimeDeliveryError(
+                    f"the resumed graph failed: {type(exc).__name__}: {exc}"[:500],
+                    detail={"thread_id": thread_id, "from_checkpoint": from_checkpoint},
+                ) from exc
             after = graph.get_state(config)
         if not after.next:
             outcome = "completed"
@@ -247,9 +271,15 @@ class LangGraphAdapter(RuntimeAdapter):
             outcome = "parked"
         else:
             outcome = "interrupted"
-        return ResumeResult(detail={"thread_id": thread_id, "from_checkpoint": from_checkpoint,
-                                    "interrupts": sorted(targets), "outcome": outcome,
-                                    "checkpoint_id": after.config["configurable"].get("checkpoint_id")})
+        return ResumeResult(
+            detail={
+                "thread_id": thread_id,
+                "from_checkpoint": from_checkpoint,
+                "interrupts": sorted(targets),
+                "outcome": outcome,
+                "checkpoint_id": after.config["configurable"].get("checkpoint_id"),
+            }
+        )
 
     def hosts(self, run) -> bool:
         return not _resumed_by_worker(run)
@@ -265,8 +295,9 @@ class LangGraphAdapter(RuntimeAdapter):
 
         thread_id, graph_name = self._address(run)
         if _resumed_by_worker(run):
-            raise AbandonNotSupported(f"thread {thread_id} is resumed by its worker; Revive cannot reach it",
-                                      detail={"thread_id": thread_id})
+            raise AbandonNotSupported(
+                f"thread {thread_id} is resumed by its worker; Revive cannot reach it", detail={"thread_id": thread_id}
+            )
         graph = self.graph(graph_name)
         config = self._config(thread_id)
         with self.store().exclusive(thread_id):
@@ -284,21 +315,27 @@ class LangGraphAdapter(RuntimeAdapter):
                 if type(exc).__name__ != "RunAbandoned":
                     if type(exc).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
                         raise
-                    raise RuntimeDeliveryError(f"the abandoned graph failed: {type(exc).__name__}: {exc}"[:500],
-                                               detail={"thread_id": thread_id}) from exc
+                    raise RuntimeDeliveryError(
+                        f"the abandoned graph failed: {type(exc).__name__}: {exc}"[:500],
+                        detail={"thread_id": thread_id},
+                    ) from exc
                 raised = "RunAbandoned"
             after = graph.get_state(config)
         outcome = "ended" if raised or not after.next else "running"
-        return ResumeResult(detail={"thread_id": thread_id, "interrupts": sorted(targets), "outcome": outcome,
-                                    "raised": raised})
+        return ResumeResult(
+            detail={"thread_id": thread_id, "interrupts": sorted(targets), "outcome": outcome, "raised": raised}
+        )
 
     def status(self, run) -> RunStatus:
         thread_id, graph_name = self._address(run)
         if _resumed_by_worker(run):
             return RunStatus("unknown", {"thread_id": thread_id, "resumed_by": RESUMED_BY_WORKER})
         snapshot = self.graph(graph_name).get_state(self._config(thread_id))
-        detail = {"thread_id": thread_id, "checkpoint_id": snapshot.config["configurable"].get("checkpoint_id"),
-                  "next": list(snapshot.next)}
+        detail = {
+            "thread_id": thread_id,
+            "checkpoint_id": snapshot.config["configurable"].get("checkpoint_id"),
+            "next": list(snapshot.next),
+        }
         if snapshot.created_at is None:
             return RunStatus("unknown", detail)
         errors = [t.error for t in snapshot.tasks if t.error]

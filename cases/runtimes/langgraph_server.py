@@ -79,8 +79,9 @@ def _failed_tasks(state: dict[str, Any]) -> list[str]:
 
 
 def _checkpoint_id(state: dict[str, Any]) -> str | None:
-    return ((state.get("checkpoint") or {}).get("checkpoint_id")
-            or ((state.get("config") or {}).get("configurable") or {}).get("checkpoint_id"))
+    return (state.get("checkpoint") or {}).get("checkpoint_id") or (
+        (state.get("config") or {}).get("configurable") or {}
+    ).get("checkpoint_id")
 
 
 class LangGraphServerAdapter(RuntimeAdapter):
@@ -95,7 +96,8 @@ class LangGraphServerAdapter(RuntimeAdapter):
         if not thread_id or not assistant_id:
             raise RuntimeMisconfigured(
                 f"run {run.pk} has no Agent Server thread_id and assistant_id in its runtime reference",
-                detail={"runtime_ref": ref})
+                detail={"runtime_ref": ref},
+            )
         return str(thread_id), str(assistant_id)
 
     @staticmethod
@@ -105,37 +107,63 @@ class LangGraphServerAdapter(RuntimeAdapter):
             raise RuntimeMisconfigured("REVIVE_LANGGRAPH_SERVER_URL is not set: Revive cannot reach the Agent Server")
         return url
 
-    def _call(self, method: str, path: str, *, thread_id: str, json: dict[str, Any] | None = None,
-              params: dict[str, Any] | None = None, missing: type[RuntimeDeliveryError] = RunGone) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        thread_id: str,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        missing: type[RuntimeDeliveryError] = RunGone,
+    ) -> Any:
         """One API call; a failure becomes the delivery error that says whether retrying helps. ``missing``: what a
         404 means for this call (an unknown thread: the run is gone)."""
-        headers = {"x-api-key": settings.REVIVE_LANGGRAPH_SERVER_API_KEY} if settings.REVIVE_LANGGRAPH_SERVER_API_KEY else {}
+        headers = (
+            {"x-api-key": settings.REVIVE_LANGGRAPH_SERVER_API_KEY} if settings.REVIVE_LANGGRAPH_SERVER_API_KEY else {}
+        )
         where = {"thread_id": thread_id}
         try:
-            response = httpx.request(method, f"{self._base()}{path}", json=json, params=params, headers=headers,
-                                     timeout=settings.REVIVE_LANGGRAPH_SERVER_TIMEOUT)
+            response = httpx.request(
+                method,
+                f"{self._base()}{path}",
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=settings.REVIVE_LANGGRAPH_SERVER_TIMEOUT,
+            )
         except httpx.HTTPError as exc:
-            raise RuntimeUnavailable(f"the LangGraph Agent Server is unreachable: {type(exc).__name__}",
-                                     detail=where) from exc
+            raise RuntimeUnavailable(
+                f"the LangGraph Agent Server is unreachable: {type(exc).__name__}", detail=where
+            ) from exc
         status = response.status_code
         if status >= 500 or status in (408, 429):
             raise RuntimeUnavailable(f"the LangGraph Agent Server answered {status}", detail=where)
         if status in (401, 403):
-            raise RuntimeMisconfigured(f"the LangGraph Agent Server refused Revive's key ({status}): "
-                                       "check REVIVE_LANGGRAPH_SERVER_API_KEY", detail=where)
+            raise RuntimeMisconfigured(
+                f"the LangGraph Agent Server refused Revive's key ({status}): check REVIVE_LANGGRAPH_SERVER_API_KEY",
+                detail=where,
+            )
         if status == 404:
-            raise missing(f"the LangGraph Agent Server has no {path.split('?')[0]} ({response.text[:200]})",
-                          detail=where)
+            raise missing(
+                f"the LangGraph Agent Server has no {path.split('?')[0]} ({response.text[:200]})", detail=where
+            )
         if status == 409:
-            raise RunNotWaiting(f"thread {thread_id} has a run pending or running on the Agent Server",
-                                detail={**where, "busy": True})
+            raise RunNotWaiting(
+                f"thread {thread_id} has a run pending or running on the Agent Server", detail={**where, "busy": True}
+            )
         if status >= 400:
-            raise RuntimeMisconfigured(f"the LangGraph Agent Server refused {method} {path.split('?')[0]}: "
-                                       f"HTTP {status} {response.text[:300]}", detail=where)
+            raise RuntimeMisconfigured(
+                f"the LangGraph Agent Server refused {method} {path.split('?')[0]}: "
+                f"HTTP {status} {response.text[:300]}",
+                detail=where,
+            )
         try:
             return response.json()
         except ValueError as exc:
-            raise RuntimeUnavailable(f"the LangGraph Agent Server answered {status} without JSON", detail=where) from exc
+            raise RuntimeUnavailable(
+                f"the LangGraph Agent Server answered {status} without JSON", detail=where
+            ) from exc
 
     def _thread(self, thread_id: str) -> dict[str, Any]:
         return self._call("GET", f"/threads/{quote(thread_id, safe='')}", thread_id=thread_id)
@@ -145,8 +173,9 @@ class LangGraphServerAdapter(RuntimeAdapter):
 
     def _earlier(self, thread_id: str, key: str) -> dict[str, Any] | None:
         """The newest of the server's runs on the thread that carries delivery ``key``, if any."""
-        runs = self._call("GET", f"/threads/{quote(thread_id, safe='')}/runs", thread_id=thread_id,
-                          params={"limit": RUN_PAGE})
+        runs = self._call(
+            "GET", f"/threads/{quote(thread_id, safe='')}/runs", thread_id=thread_id, params={"limit": RUN_PAGE}
+        )
         mine = [r for r in runs or () if (r.get("metadata") or {}).get(DELIVERY_KEY) == key]
         return max(mine, key=lambda r: str(r.get("created_at") or ""), default=None)
 
@@ -160,8 +189,13 @@ class LangGraphServerAdapter(RuntimeAdapter):
         if command is not None:
             body["command"] = command
         # A 404 here, after the thread answered: the assistant is unknown to the server.
-        return self._call("POST", f"/threads/{quote(thread_id, safe='')}/runs", thread_id=thread_id, json=body,
-                          missing=RuntimeMisconfigured)
+        return self._call(
+            "POST",
+            f"/threads/{quote(thread_id, safe='')}/runs",
+            thread_id=thread_id,
+            json=body,
+            missing=RuntimeMisconfigured,
+        )
 
     @staticmethod
     def _finished(thread: dict[str, Any], state: dict[str, Any]) -> bool:
@@ -174,8 +208,13 @@ class LangGraphServerAdapter(RuntimeAdapter):
         state = self._state(thread_id)
         for intr in [] if _failed_tasks(state) else _interrupts(state):
             if _is_parked(intr["value"]) and case.reference in (intr["value"].get("cases") or ()):
-                return {"thread_id": thread_id, "assistant_id": assistant_id, "checkpoint_id": _checkpoint_id(state),
-                        "node": intr["node"], "interrupt_id": intr["id"]}
+                return {
+                    "thread_id": thread_id,
+                    "assistant_id": assistant_id,
+                    "checkpoint_id": _checkpoint_id(state),
+                    "node": intr["node"],
+                    "interrupt_id": intr["id"],
+                }
         raise RunNotWaiting(f"thread {thread_id} is not waiting on {case.reference}", detail={"thread_id": thread_id})
 
     def resume(self, case, new_generation: int, *, run, request: ResumeRequest) -> ResumeResult:
@@ -185,17 +224,27 @@ class LangGraphServerAdapter(RuntimeAdapter):
         earlier = self._earlier(thread_id, key)
         if earlier is not None and earlier.get("status") in TAKEN:
             # An earlier attempt reached the server (its answer was lost, or it was recorded nowhere): never twice.
-            return ResumeResult(detail={"thread_id": thread_id, "assistant_id": assistant_id, "outcome": "accepted",
-                                        "server_run_id": earlier.get("run_id"), "server_run_status": earlier.get("status"),
-                                        "earlier_attempt": True})
+            return ResumeResult(
+                detail={
+                    "thread_id": thread_id,
+                    "assistant_id": assistant_id,
+                    "outcome": "accepted",
+                    "server_run_id": earlier.get("run_id"),
+                    "server_run_status": earlier.get("status"),
+                    "earlier_attempt": True,
+                }
+            )
         if earlier is not None and earlier.get("status") == "error":
             # The resumed node failed on the server (a bug, a crash): retried with backoff, then ``resume_failed``
             # for an operator; a watchdog re-drive (a new key) continues the thread from its latest checkpoint.
-            raise RuntimeDeliveryError(f"the resumed run {earlier.get('run_id')} failed on the Agent Server",
-                                       detail={"thread_id": thread_id, "server_run_id": earlier.get("run_id")})
+            raise RuntimeDeliveryError(
+                f"the resumed run {earlier.get('run_id')} failed on the Agent Server",
+                detail={"thread_id": thread_id, "server_run_id": earlier.get("run_id")},
+            )
         if thread.get("status") == "busy":
-            raise RunNotWaiting(f"thread {thread_id} is running on the Agent Server", detail={"thread_id": thread_id,
-                                                                                                "busy": True})
+            raise RunNotWaiting(
+                f"thread {thread_id} is running on the Agent Server", detail={"thread_id": thread_id, "busy": True}
+            )
         state = self._state(thread_id)
         released = set(request.case_ids)
         failed = _failed_tasks(state)
@@ -205,8 +254,10 @@ class LangGraphServerAdapter(RuntimeAdapter):
         if failed and not request.redrive:
             # The thread's last run failed in a node (its interrupts stay listed, but nothing waits on them): only a
             # re-drive continues it; until then the delivery is retried, then ``resume_failed`` for an operator.
-            raise RuntimeDeliveryError(f"the last run of thread {thread_id} failed on the Agent Server: {failed[0]}",
-                                       detail={"thread_id": thread_id, "errors": failed})
+            raise RuntimeDeliveryError(
+                f"the last run of thread {thread_id} failed on the Agent Server: {failed[0]}",
+                detail={"thread_id": thread_id, "errors": failed},
+            )
         if not parked:
             if self._finished(thread, state):
                 # Finished: it went on by itself (its resume came before it reached the wait).
@@ -220,13 +271,23 @@ class LangGraphServerAdapter(RuntimeAdapter):
         else:
             targets = {i["id"]: request.payload() for i in parked if set(i["value"].get("cases") or ()) <= released}
             if not targets:
-                raise RunNotWaiting(f"thread {thread_id} waits on other cases",
-                                    detail={"thread_id": thread_id, "waiting_on": [i["value"].get("cases") for i in parked]})
+                raise RunNotWaiting(
+                    f"thread {thread_id} waits on other cases",
+                    detail={"thread_id": thread_id, "waiting_on": [i["value"].get("cases") for i in parked]},
+                )
             command = {"resume": targets}
         created = self._send(thread_id, assistant_id, key=key, command=command)
-        return ResumeResult(detail={"thread_id": thread_id, "assistant_id": assistant_id, "outcome": "accepted",
-                                    "from_checkpoint": from_checkpoint, "interrupts": sorted(targets),
-                                    "server_run_id": created.get("run_id"), "server_run_status": created.get("status")})
+        return ResumeResult(
+            detail={
+                "thread_id": thread_id,
+                "assistant_id": assistant_id,
+                "outcome": "accepted",
+                "from_checkpoint": from_checkpoint,
+                "interrupts": sorted(targets),
+                "server_run_id": created.get("run_id"),
+                "server_run_status": created.get("status"),
+            }
+        )
 
     def can_abandon(self, run) -> bool:
         return True
@@ -240,24 +301,38 @@ class LangGraphServerAdapter(RuntimeAdapter):
         thread = self._thread(thread_id)
         earlier = self._earlier(thread_id, key)
         if earlier is not None and earlier.get("status") in (*TAKEN, "error"):  # error: the node raised RunAbandoned
-            return ResumeResult(detail={"thread_id": thread_id, "outcome": "told", "server_run_id": earlier.get("run_id"),
-                                        "earlier_attempt": True})
+            return ResumeResult(
+                detail={
+                    "thread_id": thread_id,
+                    "outcome": "told",
+                    "server_run_id": earlier.get("run_id"),
+                    "earlier_attempt": True,
+                }
+            )
         if thread.get("status") == "busy":
-            raise RunNotWaiting(f"thread {thread_id} is running on the Agent Server", detail={"thread_id": thread_id,
-                                                                                                "busy": True})
+            raise RunNotWaiting(
+                f"thread {thread_id} is running on the Agent Server", detail={"thread_id": thread_id, "busy": True}
+            )
         state = self._state(thread_id)
         parked = [i for i in _interrupts(state) if _is_parked(i["value"])]
         if _failed_tasks(state):  # it ended with an error already: nothing waits any more
-            return ResumeResult(already=True, detail={"thread_id": thread_id, "outcome": "failed",
-                                                      "errors": _failed_tasks(state)})
+            return ResumeResult(
+                already=True, detail={"thread_id": thread_id, "outcome": "failed", "errors": _failed_tasks(state)}
+            )
         if not parked:
             if self._finished(thread, state):
                 return ResumeResult(already=True, detail={"thread_id": thread_id, "outcome": "completed"})
             raise RunNotWaiting(f"thread {thread_id} has not reached its wait", detail={"thread_id": thread_id})
         targets = {i["id"]: request.payload() for i in parked}
         created = self._send(thread_id, assistant_id, key=key, command={"resume": targets})
-        return ResumeResult(detail={"thread_id": thread_id, "interrupts": sorted(targets), "outcome": "told",
-                                    "server_run_id": created.get("run_id")})
+        return ResumeResult(
+            detail={
+                "thread_id": thread_id,
+                "interrupts": sorted(targets),
+                "outcome": "told",
+                "server_run_id": created.get("run_id"),
+            }
+        )
 
     def status(self, run) -> RunStatus:
         thread_id, _ = self._address(run)
@@ -266,8 +341,12 @@ class LangGraphServerAdapter(RuntimeAdapter):
         except RunGone:
             return RunStatus("unknown", {"thread_id": thread_id})
         state = self._state(thread_id)
-        detail = {"thread_id": thread_id, "thread_status": thread.get("status"), "checkpoint_id": _checkpoint_id(state),
-                  "next": list(state.get("next") or ())}
+        detail = {
+            "thread_id": thread_id,
+            "thread_status": thread.get("status"),
+            "checkpoint_id": _checkpoint_id(state),
+            "next": list(state.get("next") or ()),
+        }
         if thread.get("status") == "busy":
             return RunStatus("running", detail)
         errors = _failed_tasks(state)

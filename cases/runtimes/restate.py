@@ -45,10 +45,15 @@ class RestateAdapter(RuntimeAdapter):
     def _address(run) -> dict[str, str]:
         ref = run.runtime_ref or {}
         if not ref.get("service") or not ref.get("key"):
-            raise RuntimeMisconfigured(f"run {run.pk} has no Restate service and key in its runtime reference",
-                                       detail={"runtime_ref": ref})
-        return {"service": str(ref["service"]), "key": str(ref["key"]), "handler": str(ref.get("handler") or "run"),
-                "resume_handler": str(ref.get("resume_handler") or RESUME_HANDLER)}
+            raise RuntimeMisconfigured(
+                f"run {run.pk} has no Restate service and key in its runtime reference", detail={"runtime_ref": ref}
+            )
+        return {
+            "service": str(ref["service"]),
+            "key": str(ref["key"]),
+            "handler": str(ref.get("handler") or "run"),
+            "resume_handler": str(ref.get("resume_handler") or RESUME_HANDLER),
+        }
 
     def _invocations(self, address: dict[str, str]) -> list[dict[str, Any]]:
         sql = (
@@ -77,21 +82,27 @@ class RestateAdapter(RuntimeAdapter):
 
     def _post(self, run, payload: dict[str, Any], idempotency_key: str) -> ResumeResult:
         address = self._address(run)
-        url = (f"{settings.RESTATE_INGRESS_URL.rstrip('/')}/{quote(address['service'], safe='')}/"
-               f"{quote(address['key'], safe='')}/{quote(address['resume_handler'], safe='')}")
+        url = (
+            f"{settings.RESTATE_INGRESS_URL.rstrip('/')}/{quote(address['service'], safe='')}/"
+            f"{quote(address['key'], safe='')}/{quote(address['resume_handler'], safe='')}"
+        )
         try:
-            response = httpx.post(url, json=payload, timeout=settings.RESTATE_RESUME_TIMEOUT,
-                                  headers={"idempotency-key": idempotency_key})
+            response = httpx.post(
+                url, json=payload, timeout=settings.RESTATE_RESUME_TIMEOUT, headers={"idempotency-key": idempotency_key}
+            )
         except httpx.HTTPError as exc:
             raise RuntimeUnavailable(f"Restate ingress unreachable: {type(exc).__name__}", detail=address) from exc
         if response.status_code >= 500 or response.status_code in (408, 429):
             raise RuntimeUnavailable(f"Restate ingress answered {response.status_code}", detail=address)
         if response.status_code == 404:
-            raise RuntimeMisconfigured(f"Restate has no handler {address['service']}/{address['resume_handler']}",
-                                       detail=address)
+            raise RuntimeMisconfigured(
+                f"Restate has no handler {address['service']}/{address['resume_handler']}", detail=address
+            )
         if response.status_code >= 400:
-            raise RunGone(f"Restate refused the {payload.get('revive')}: HTTP {response.status_code} "
-                          f"{response.text[:200]}", detail=address)
+            raise RunGone(
+                f"Restate refused the {payload.get('revive')}: HTTP {response.status_code} {response.text[:200]}",
+                detail=address,
+            )
         try:
             answer = response.json()
         except ValueError:

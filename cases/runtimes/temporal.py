@@ -102,8 +102,9 @@ class TemporalAdapter(RuntimeAdapter):
         ref = run.runtime_ref or {}
         workflow_id = ref.get("workflow_id")
         if not workflow_id:
-            raise RuntimeMisconfigured(f"run {run.pk} has no Temporal workflow_id in its runtime reference",
-                                       detail={"runtime_ref": ref})
+            raise RuntimeMisconfigured(
+                f"run {run.pk} has no Temporal workflow_id in its runtime reference", detail={"runtime_ref": ref}
+            )
         return str(workflow_id), (str(ref["run_id"]) if ref.get("run_id") else None)
 
     @staticmethod
@@ -114,8 +115,12 @@ class TemporalAdapter(RuntimeAdapter):
             detail = {"workflow_id": workflow_id, "status": exc.status.name}
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return RunGone(f"workflow {workflow_id} is not running: {exc.message}"[:300], detail=detail)
-            if exc.status in (RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.PERMISSION_DENIED,
-                              RPCStatusCode.UNAUTHENTICATED, RPCStatusCode.FAILED_PRECONDITION):
+            if exc.status in (
+                RPCStatusCode.INVALID_ARGUMENT,
+                RPCStatusCode.PERMISSION_DENIED,
+                RPCStatusCode.UNAUTHENTICATED,
+                RPCStatusCode.FAILED_PRECONDITION,
+            ):
                 return RuntimeMisconfigured(f"Temporal refused: {exc.message}"[:300], detail=detail)
             return RuntimeUnavailable(f"Temporal answered {exc.status.name}: {exc.message}"[:300], detail=detail)
         if isinstance(exc, RuntimeDeliveryError):
@@ -139,8 +144,10 @@ class TemporalAdapter(RuntimeAdapter):
     def park(self, run, case) -> dict[str, Any]:
         desc = self._describe(run)
         if desc.status is None or desc.status.name != "RUNNING":
-            raise RunGone(f"workflow {desc.id} is {desc.status.name if desc.status else 'unknown'}",
-                          detail={"workflow_id": desc.id})
+            raise RunGone(
+                f"workflow {desc.id} is {desc.status.name if desc.status else 'unknown'}",
+                detail={"workflow_id": desc.id},
+            )
         return {"workflow_id": desc.id, "run_id": desc.run_id, "history_length": desc.history_length}
 
     def _signal(self, run, name: str, payload: dict[str, Any]) -> ResumeResult:
@@ -179,7 +186,8 @@ class TemporalAdapter(RuntimeAdapter):
 
         async def query(client):
             return await client.get_workflow_handle(workflow_id, run_id=run_id).query(
-                QUERY, rpc_timeout=timedelta(seconds=2))
+                QUERY, rpc_timeout=timedelta(seconds=2)
+            )
 
         try:
             parked = self._run(query, timeout=5)

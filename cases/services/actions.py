@@ -90,12 +90,34 @@ def action_begin(
     """
     if hotpath.available():
         key = idempotency_key_for(run_id=run_id, action_key=action_key)
-        if hotpath.begin_execute(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id, action_key=action_key,
-                                 generation=generation, idempotency_key=key, params_hash=params_hash_for(params), actor=actor):
-            return BeginResult(decision=Decision.EXECUTE, idempotency_key=key, generation=generation, current_generation=generation,
-                               action_state=Action.State.EXECUTING, attempt=1, lock_seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT)
-    return _action_begin_locked(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id, action_key=action_key,
-                                generation=generation, params=params, actor=actor)
+        if hotpath.begin_execute(
+            run_id=run_id,
+            checkpoint_id=checkpoint_id,
+            connection_id=connection_id,
+            action_key=action_key,
+            generation=generation,
+            idempotency_key=key,
+            params_hash=params_hash_for(params),
+            actor=actor,
+        ):
+            return BeginResult(
+                decision=Decision.EXECUTE,
+                idempotency_key=key,
+                generation=generation,
+                current_generation=generation,
+                action_state=Action.State.EXECUTING,
+                attempt=1,
+                lock_seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT,
+            )
+    return _action_begin_locked(
+        run_id=run_id,
+        checkpoint_id=checkpoint_id,
+        connection_id=connection_id,
+        action_key=action_key,
+        generation=generation,
+        params=params,
+        actor=actor,
+    )
 
 
 @transaction.atomic
@@ -136,7 +158,9 @@ def _action_begin_locked(
         return answer(Decision.FENCED)
 
     if checkpoint is None:
-        checkpoint = _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor)
+        checkpoint = _checkpoint_get_or_create(
+            run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor
+        )
     phash = params_hash_for(params)
 
     def settled(action: Action) -> BeginResult | None:
@@ -154,8 +178,13 @@ def _action_begin_locked(
             if action.lock_expires_at is not None and action.lock_expires_at < timezone.now():
                 # Its worker stopped beating: what the reaper would do next, done now, so the caller reconciles
                 # at once instead of waiting for the next sweep.
-                _action_transition(action, to=Action.State.AMBIGUOUS, actor="system:reaper", lock_expires_at=None,
-                                   arguments={"reason": "lock timeout expired", "noticed_by": actor})
+                _action_transition(
+                    action,
+                    to=Action.State.AMBIGUOUS,
+                    actor="system:reaper",
+                    lock_expires_at=None,
+                    arguments={"reason": "lock timeout expired", "noticed_by": actor},
+                )
                 return answer(Decision.RECONCILE, action)
             raise ActionInProgress(data={"action_key": action_key, "idempotency_key": key, **_lock_left(action)})
         return None
@@ -165,8 +194,7 @@ def _action_begin_locked(
         return res
 
     if run.state == Run.State.ABANDONED:
-        raise RunAbandoned(data={"run_id": run_id, "action_key": action_key,
-                                 "case_id": _abandoned_by(run_id)})
+        raise RunAbandoned(data={"run_id": run_id, "action_key": action_key, "case_id": _abandoned_by(run_id)})
     blocking = _blocking_case(run) if run.state == Run.State.PARKED else None
     if blocking is None and run.state == Run.State.PARKED:
         _run_relive(run=run, actor=actor)
@@ -174,13 +202,28 @@ def _action_begin_locked(
     if blocking is None and conn.current_generation_state == CredentialGeneration.State.REJECTED:  # type: ignore[attr-defined]
         blocking = _open_case_for(conn, generation)
     to = Action.State.BEGUN if blocking is not None else Action.State.EXECUTING
-    changes: dict[str, Any] = {} if blocking is not None else dict(
-        generation=generation, attempts=(action.attempts if action else 0) + 1, checkpoint=checkpoint, error=None,
-        lock_expires_at=_lock_deadline(),
+    changes: dict[str, Any] = (
+        {}
+        if blocking is not None
+        else dict(
+            generation=generation,
+            attempts=(action.attempts if action else 0) + 1,
+            checkpoint=checkpoint,
+            error=None,
+            lock_expires_at=_lock_deadline(),
+        )
     )
     if action is None:
-        fresh = Action(run=run, action_key=action_key, idempotency_key=key, connection=conn, checkpoint=checkpoint,
-                       params_hash=phash, state=None, generation=generation)  # type: ignore[misc]  # no state until moved
+        fresh = Action(
+            run=run,
+            action_key=action_key,
+            idempotency_key=key,
+            connection=conn,
+            checkpoint=checkpoint,
+            params_hash=phash,
+            state=None,
+            generation=generation,
+        )  # type: ignore[misc]  # no state until moved
         try:
             with transaction.atomic():
                 _action_transition(fresh, to=to, actor=actor, **changes)
@@ -215,47 +258,77 @@ def action_heartbeat(*, run_id: str, action_key: str, generation: int, actor: st
     a reconciliation settled it meanwhile), so a worker that lost its action learns it at its next beat.
     """
     conn = _lock_connection(_action_connection_id(run_id, action_key), exclusive=False)
-    action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor,
-                            what="heartbeat")
+    action = _locked_action(
+        conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="heartbeat"
+    )
     if action.state != Action.State.EXECUTING or action.generation != generation:
         raise ActionStateConflict(
             f"An action in state '{action.state}' (generation {action.generation}) is not executing for generation {generation}.",
-            data={"run_id": run_id, "action_key": action_key, "state": action.state, "generation": action.generation})
+            data={"run_id": run_id, "action_key": action_key, "state": action.state, "generation": action.generation},
+        )
     action.lock_expires_at = _lock_deadline()
     action.save(update_fields=["lock_expires_at", "updated_at"])
     return action
 
 
-def action_commit(*, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str) -> Action:
+def action_commit(
+    *, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str
+) -> Action:
     """Record the outcome of an executed action. Committing the same action again is a no-op.
 
     The worker's own executing claim is committed in one statement (``cases.hotpath``); everything
     else (a repeat, a stale generation, another state) is decided under row locks.
     """
     if hotpath.available():
-        action = hotpath.commit(run_id=run_id, action_key=action_key, generation=generation, result=result,
-                                external_ref=external_ref, actor=actor)
+        action = hotpath.commit(
+            run_id=run_id,
+            action_key=action_key,
+            generation=generation,
+            result=result,
+            external_ref=external_ref,
+            actor=actor,
+        )
         if action is not None:
             return action
-    return _action_commit_locked(run_id=run_id, action_key=action_key, generation=generation, result=result,
-                                 external_ref=external_ref, actor=actor)
+    return _action_commit_locked(
+        run_id=run_id,
+        action_key=action_key,
+        generation=generation,
+        result=result,
+        external_ref=external_ref,
+        actor=actor,
+    )
 
 
 @refusals_kept
 @transaction.atomic
-def _action_commit_locked(*, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str) -> Action:
+def _action_commit_locked(
+    *, run_id: str, action_key: str, generation: int, result: Any = None, external_ref: str = "", actor: str
+) -> Action:
     conn = _lock_connection(_action_connection_id(run_id, action_key), exclusive=False)
-    action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="commit")
+    action = _locked_action(
+        conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="commit"
+    )
     if action.state == Action.State.COMMITTED and action.generation == generation:
         return action
     _require_action_move(action, Action.State.COMMITTED)
     if action.generation != generation:
         raise refusal_attach(
-            LeaseFenced("The action was claimed under another generation.", data={"action_generation": action.generation, "generation": generation}),
+            LeaseFenced(
+                "The action was claimed under another generation.",
+                data={"action_generation": action.generation, "generation": generation},
+            ),
             **_fenced_event(actor=actor, run_id=run_id, conn=conn, what="commit", generation=generation),
         )
-    _action_transition(action, to=Action.State.COMMITTED, actor=actor, result=result, external_ref=external_ref or "",
-                       lock_expires_at=None, arguments={"external_ref": external_ref})
+    _action_transition(
+        action,
+        to=Action.State.COMMITTED,
+        actor=actor,
+        result=result,
+        external_ref=external_ref or "",
+        lock_expires_at=None,
+        arguments={"external_ref": external_ref},
+    )
     _run_went_past(run_id=run_id, action=action, generation=generation, actor=actor, how="committed")
     return action
 
@@ -265,19 +338,30 @@ def _action_commit_locked(*, run_id: str, action_key: str, generation: int, resu
 def action_mark_ambiguous(*, run_id: str, action_key: str, generation: int, reason: str, actor: str) -> Action:
     """The worker lost track of an executing action's outcome (timeout, crash): it must be reconciled."""
     conn = _lock_connection(_action_connection_id(run_id, action_key), exclusive=False)
-    action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="ambiguous")
+    action = _locked_action(
+        conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="ambiguous"
+    )
     if action.state == Action.State.AMBIGUOUS:
         return action
     _require_action_move(action, Action.State.AMBIGUOUS)
-    _action_transition(action, to=Action.State.AMBIGUOUS, actor=actor, lock_expires_at=None, arguments={"reason": reason})
+    _action_transition(
+        action, to=Action.State.AMBIGUOUS, actor=actor, lock_expires_at=None, arguments={"reason": reason}
+    )
     return action
 
 
 @refusals_kept
 @transaction.atomic
 def action_reconcile(
-    *, run_id: str, action_key: str, found: bool, evidence: dict[str, Any], result: Any = None, external_ref: str = "",
-    generation: int | None = None, actor: str,
+    *,
+    run_id: str,
+    action_key: str,
+    found: bool,
+    evidence: dict[str, Any],
+    result: Any = None,
+    external_ref: str = "",
+    generation: int | None = None,
+    actor: str,
 ) -> Action:
     """Settle an ambiguous action: the effect was found (it counts as committed) or is absent (it may execute again).
 
@@ -288,15 +372,22 @@ def action_reconcile(
     if generation is None:
         action = Action.objects.select_for_update().get(run_id=run_id, action_key=action_key)
     else:
-        action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="reconcile")
+        action = _locked_action(
+            conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="reconcile"
+        )
     to = Action.State.RECONCILED_COMMITTED if found else Action.State.RECONCILED_ABSENT
     settled = (Action.State.RECONCILED_COMMITTED, Action.State.RECONCILED_ABSENT)
     if generation is None and action.state in settled and action.reconciled_by and action.reconciled_by != actor:
         raise ActionAlreadyReconciled(
             f"{run_id}/{action_key} was already reconciled ({action.state}) by {action.reconciled_by} "
             f"at {action.updated_at:%Y-%m-%d %H:%M:%S} UTC.",
-            data={"run_id": run_id, "action_key": action_key, "state": action.state,
-                  "decided_by": action.reconciled_by, "decided_at": action.updated_at.isoformat()},
+            data={
+                "run_id": run_id,
+                "action_key": action_key,
+                "state": action.state,
+                "decided_by": action.reconciled_by,
+                "decided_at": action.updated_at.isoformat(),
+            },
         )
     if action.state == to:
         return action
@@ -322,24 +413,43 @@ def _hold_for_approval(*, run_id: str, action: Action, actor: str, evidence: dic
     Under ``never`` nothing waits. Lock order: action (held), run, case."""
     if settings.REVIVE_RESUME_APPROVAL == ApprovalPolicy.NEVER:
         return []
-    decision = resume_approval_required(policy=ApprovalPolicy.AMBIGUOUS, reconciliations=[
-        Reconciliation(action=f"{run_id}/{action.action_key}", actor=actor, evidence=evidence)])
+    decision = resume_approval_required(
+        policy=ApprovalPolicy.AMBIGUOUS,
+        reconciliations=[Reconciliation(action=f"{run_id}/{action.action_key}", actor=actor, evidence=evidence)],
+    )
     if not decision.required:
         return []
     Run.objects.select_for_update(no_key=True).filter(pk=run_id).values_list("pk", flat=True).first()
     held = []
-    for case_pk in sorted(set(CaseRun.objects.filter(run_id=run_id, resumed_at__isnull=True,
-                                                     case__state=CaseState.RESUMING).values_list("case_id", flat=True))):
+    for case_pk in sorted(
+        set(
+            CaseRun.objects.filter(run_id=run_id, resumed_at__isnull=True, case__state=CaseState.RESUMING).values_list(
+                "case_id", flat=True
+            )
+        )
+    ):
         case = case_lock(case_pk)
         if case.state == CaseState.RESUMING:
-            held.append(case_transition(case, to=CaseState.AWAITING_APPROVAL, actor=actor, arguments={
-                "policy": settings.REVIVE_RESUME_APPROVAL, "reasons": list(decision.reasons), "held_run": run_id}))
+            held.append(
+                case_transition(
+                    case,
+                    to=CaseState.AWAITING_APPROVAL,
+                    actor=actor,
+                    arguments={
+                        "policy": settings.REVIVE_RESUME_APPROVAL,
+                        "reasons": list(decision.reasons),
+                        "held_run": run_id,
+                    },
+                )
+            )
     if held:
         run_park_again(run_id=run_id, actor=actor, reason="a reconciliation waits for an operator's approval")
     return held
 
 
-def reap_stale_actions(*, now=None, actor: str = "system:reaper", limit: int = 500, run_id: str | None = None) -> list[Action]:
+def reap_stale_actions(
+    *, now=None, actor: str = "system:reaper", limit: int = 500, run_id: str | None = None
+) -> list[Action]:
     """Mark every action still ``executing`` past its lock timeout as ``ambiguous`` (each in its own transaction);
     only ``run_id``'s when given (the watchdog)."""
     now = now or timezone.now()
@@ -350,10 +460,19 @@ def reap_stale_actions(*, now=None, actor: str = "system:reaper", limit: int = 5
     ids = list(qs.values_list("pk", flat=True)[:limit])
     for pk in ids:
         with transaction.atomic():
-            action = Action.objects.select_for_update(skip_locked=True).filter(pk=pk, state=Action.State.EXECUTING, lock_expires_at__lt=now).first()
+            action = (
+                Action.objects.select_for_update(skip_locked=True)
+                .filter(pk=pk, state=Action.State.EXECUTING, lock_expires_at__lt=now)
+                .first()
+            )
             if action is None:
                 continue
-            _action_transition(action, to=Action.State.AMBIGUOUS, actor=actor, lock_expires_at=None,
-                               arguments={"reason": "lock timeout expired"})
+            _action_transition(
+                action,
+                to=Action.State.AMBIGUOUS,
+                actor=actor,
+                lock_expires_at=None,
+                arguments={"reason": "lock timeout expired"},
+            )
             reaped.append(action)
     return reaped

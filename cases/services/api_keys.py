@@ -22,13 +22,23 @@ def _hash_api_key(raw: str) -> str:
 
 
 @transaction.atomic
-def api_key_create(*, name: str, role: str = ApiKey.Role.WORKER, system_operate: bool = False, actor: str = SYSTEM,
-                   namespace: str = DEFAULT_NAMESPACE) -> tuple[ApiKey, str]:
+def api_key_create(
+    *,
+    name: str,
+    role: str = ApiKey.Role.WORKER,
+    system_operate: bool = False,
+    actor: str = SYSTEM,
+    namespace: str = DEFAULT_NAMESPACE,
+) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value, which is never stored and cannot be shown again."""
     prefix = secrets.token_hex(4)
     raw = f"rvk_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(
-        name=name, role=role, system_operate=system_operate, prefix=prefix, key_hash=_hash_api_key(raw),
+        name=name,
+        role=role,
+        system_operate=system_operate,
+        prefix=prefix,
+        key_hash=_hash_api_key(raw),
         namespace_id=namespace,
     )
     audit_record(
@@ -117,7 +127,13 @@ def api_key_revoke(*, key_id: int, actor: str) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
-        audit_record(actor=actor, action="api_key.revoked", entity_type="api_key", entity_id=str(key.pk),
-                     before={"revoked": False}, after={"revoked": True})
+        audit_record(
+            actor=actor,
+            action="api_key.revoked",
+            entity_type="api_key",
+            entity_id=str(key.pk),
+            before={"revoked": False},
+            after={"revoked": True},
+        )
     api_key_forget()
     return key

@@ -19,15 +19,21 @@ def case_resume_approval(case: RecoveryCase) -> ApprovalDecision:
     if policy != ApprovalPolicy.AMBIGUOUS:
         return resume_approval_required(policy=policy, reconciliations=())
     events = (
-        AuditEvent.objects.filter(run_id__in=CaseRun.objects.filter(case=case).values("run_id"), entity_type="action",
-                                  action__in=RECONCILED_ACTIONS, occurred_at__gte=case.opened_at)
+        AuditEvent.objects.filter(
+            run_id__in=CaseRun.objects.filter(case=case).values("run_id"),
+            entity_type="action",
+            action__in=RECONCILED_ACTIONS,
+            occurred_at__gte=case.opened_at,
+        )
         .order_by("occurred_at", "id")
         .values_list("entity_id", "actor", "arguments")
     )
     return resume_approval_required(
         policy=policy,
-        reconciliations=[Reconciliation(action=entity, actor=actor, evidence=(arguments or {}).get("evidence"))
-                         for entity, actor, arguments in events],
+        reconciliations=[
+            Reconciliation(action=entity, actor=actor, evidence=(arguments or {}).get("evidence"))
+            for entity, actor, arguments in events
+        ],
     )
 
 
@@ -35,13 +41,22 @@ def case_four_eyes(case: RecoveryCase) -> dict[str, str]:
     """The operators who may not approve ``case``'s resume under ``REVIVE_FOUR_EYES``, each with why: whoever
     reconciled one of its runs' actions by hand, and whoever resent the owner link that was used."""
     barred: dict[str, str] = {}
-    for actor in (AuditEvent.objects.filter(run_id__in=CaseRun.objects.filter(case=case).values("run_id"),
-                                            entity_type="action", action__in=RECONCILED_ACTIONS,
-                                            occurred_at__gte=case.opened_at, actor__startswith="operator:")
-                  .order_by().values_list("actor", flat=True).distinct()):
+    for actor in (
+        AuditEvent.objects.filter(
+            run_id__in=CaseRun.objects.filter(case=case).values("run_id"),
+            entity_type="action",
+            action__in=RECONCILED_ACTIONS,
+            occurred_at__gte=case.opened_at,
+            actor__startswith="operator:",
+        )
+        .order_by()
+        .values_list("actor", flat=True)
+        .distinct()
+    ):
         barred[actor] = "reconciled an action by hand"
     # Through the reverse relation reauth's requests declare: cases does not import reauth.
     for actor in case.reconnect_requests.filter(state="consumed", created_by__startswith="operator:").values_list(
-            "created_by", flat=True):
+        "created_by", flat=True
+    ):
         barred.setdefault(actor, "resent the owner link that was used")
     return barred

@@ -40,7 +40,9 @@ LIVE_TRANSITIONS = {
 }
 
 
-def case_transition(case: RecoveryCase, *, to: str, actor: str, arguments: dict[str, Any] | None = None, **changes: Any) -> RecoveryCase:
+def case_transition(
+    case: RecoveryCase, *, to: str, actor: str, arguments: dict[str, Any] | None = None, **changes: Any
+) -> RecoveryCase:
     """Move a locked case; the caller holds its row lock inside the transaction."""
     if not db.in_atomic_block:
         raise RuntimeError("case_transition must run inside a transaction holding the case's row lock")
@@ -57,21 +59,36 @@ def case_transition(case: RecoveryCase, *, to: str, actor: str, arguments: dict[
     for name, value in changes.items():
         setattr(case, name, value)
     case.save()
-    audit_record(actor=actor, action=f"case.{to}", entity_type="case", entity_id=case.reference or "", case=case,
-                 run_id=case.run_id or "", connection_id=case.connection_id, before={"state": before},
-                 after={"state": to, **{k: v for k, v in changes.items() if isinstance(v, (str, int, type(None)))}},
-                 arguments=arguments)
+    audit_record(
+        actor=actor,
+        action=f"case.{to}",
+        entity_type="case",
+        entity_id=case.reference or "",
+        case=case,
+        run_id=case.run_id or "",
+        connection_id=case.connection_id,
+        before={"state": before},
+        after={"state": to, **{k: v for k, v in changes.items() if isinstance(v, (str, int, type(None)))}},
+        arguments=arguments,
+    )
     signals.case_state_changed.send(sender=RecoveryCase, case=case, before=before, actor=actor)
     return case
 
 
-def _case_join(*, case: RecoveryCase, run: Run, checkpoint: Checkpoint | None, action: Action | None, actor: str) -> None:
+def _case_join(
+    *, case: RecoveryCase, run: Run, checkpoint: Checkpoint | None, action: Action | None, actor: str
+) -> None:
     """Block ``run`` on ``case``. A released case of the same connection whose new generation was rejected in turn
     is over for this run: the run did come back with it, and this case takes over (so the older one can finish)."""
-    superseded = list(CaseRun.objects.filter(run=run, resumed_at__isnull=True, case__state__in=RELEASED_CASE_STATES,
-                                             case__connection_id=case.connection_id,
-                                             case__resumed_generation__lte=case.rejected_generation)
-                      .values_list("pk", "case_id"))
+    superseded = list(
+        CaseRun.objects.filter(
+            run=run,
+            resumed_at__isnull=True,
+            case__state__in=RELEASED_CASE_STATES,
+            case__connection_id=case.connection_id,
+            case__resumed_generation__lte=case.rejected_generation,
+        ).values_list("pk", "case_id")
+    )
     CaseRun.objects.create(case=case, run=run, checkpoint=checkpoint, action=action)
     if case.run_id is None:  # a case opened before any run hit it (a broker's signal): the first run to join is its run
         RecoveryCase.objects.filter(pk=case.pk, run__isnull=True).update(run=run, checkpoint=checkpoint, action=action)
@@ -80,18 +97,41 @@ def _case_join(*, case: RecoveryCase, run: Run, checkpoint: Checkpoint | None, a
         CaseRun.objects.filter(pk__in=[pk for pk, _ in superseded]).update(resumed_at=timezone.now())
         for case_pk in sorted({c for _, c in superseded}):
             older = case_lock(case_pk)
-            audit_record(actor=actor, action="run.resumed", entity_type="run", entity_id=run.pk, case=older,
-                         run_id=run.pk, connection_id=older.connection_id,
-                         after={"generation": case.rejected_generation, "how": "rejected again", "next_case": case.reference})
+            audit_record(
+                actor=actor,
+                action="run.resumed",
+                entity_type="run",
+                entity_id=run.pk,
+                case=older,
+                run_id=run.pk,
+                connection_id=older.connection_id,
+                after={"generation": case.rejected_generation, "how": "rejected again", "next_case": case.reference},
+            )
             if older.state == CaseState.RESUME_FAILED:
-                case_transition(older, to=CaseState.RESUMING, actor=actor,
-                                arguments={"reason": f"run {run.pk} came back and is now blocked by {case.reference}"})
+                case_transition(
+                    older,
+                    to=CaseState.RESUMING,
+                    actor=actor,
+                    arguments={"reason": f"run {run.pk} came back and is now blocked by {case.reference}"},
+                )
             _case_finish_if_resumed(older, actor=actor)
     if run.state != Run.State.PARKED:
         Run.objects.filter(pk=run.pk).update(state=Run.State.PARKED, updated_at=timezone.now())
-        audit_record(actor=actor, action="run.parked", entity_type="run", entity_id=run.pk, case=case, run_id=run.pk,
-                     connection_id=case.connection_id, before={"state": run.state}, after={"state": Run.State.PARKED},
-                     arguments={"checkpoint": checkpoint.checkpoint_id if checkpoint else None, "action_key": action.action_key if action else None})
+        audit_record(
+            actor=actor,
+            action="run.parked",
+            entity_type="run",
+            entity_id=run.pk,
+            case=case,
+            run_id=run.pk,
+            connection_id=case.connection_id,
+            before={"state": run.state},
+            after={"state": Run.State.PARKED},
+            arguments={
+                "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
+                "action_key": action.action_key if action else None,
+            },
+        )
         run.state = Run.State.PARKED
 
 
@@ -99,8 +139,10 @@ def _case_finish_if_resumed(case: RecoveryCase, *, actor: str) -> bool:
     """The one rule of ``resumed``: a released case is resumed when every run it blocked is past the action it was
     parked on under the new generation (``CaseRun.resumed_at``). The caller holds the case's row lock, so of two
     last runs going past together one sees the other's mark."""
-    if CaseState.RESUMED not in CASE_TRANSITIONS[case.state] or CaseRun.objects.filter(
-            case=case, resumed_at__isnull=True).exists():
+    if (
+        CaseState.RESUMED not in CASE_TRANSITIONS[case.state]
+        or CaseRun.objects.filter(case=case, resumed_at__isnull=True).exists()
+    ):
         return False
     case_transition(case, to=CaseState.RESUMED, actor=actor)
     return True
@@ -130,13 +172,21 @@ def case_reauthorize(*, case_id: str | int, actor: str, evidence: dict[str, Any]
     """
     _lock_connection(_case_connection_id(case_id), exclusive=True)
     case = case_lock(case_id)
-    if case.state == CaseState.REAUTHORIZED or (case.resumed_generation and case.state in (
-            CaseState.RECONCILING, CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED)):
+    if case.state == CaseState.REAUTHORIZED or (
+        case.resumed_generation
+        and case.state
+        in (CaseState.RECONCILING, CaseState.AWAITING_APPROVAL, CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED)
+    ):
         return case
     # 02 access restored (``case_transition`` refuses a state the table does not allow), then 03 lease advanced:
     # both in this one transaction.
-    case_transition(case, to=CaseState.REAUTHORIZED, actor=actor, arguments=evidence or {},
-                    resumed_generation=case.rejected_generation + 1)
+    case_transition(
+        case,
+        to=CaseState.REAUTHORIZED,
+        actor=actor,
+        arguments=evidence or {},
+        resumed_generation=case.rejected_generation + 1,
+    )
     lease_advance(connection_id=case.connection_id, from_generation=case.rejected_generation, actor=actor, case=case)
     return case
 
@@ -162,8 +212,7 @@ def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool =
         return case
     if case.state == CaseState.AWAITING_APPROVAL:
         return case  # only an operator's case_approve releases it
-    ambiguous = list(selectors.case_ambiguous_actions(case)
-                     .values_list("run_id", "action_key"))
+    ambiguous = list(selectors.case_ambiguous_actions(case).values_list("run_id", "action_key"))
     if ambiguous and not defer_ambiguous and case.state != CaseState.RESUME_FAILED:
         if case.state != CaseState.RECONCILING:
             case_transition(case, to=CaseState.RECONCILING, actor=actor)
@@ -171,11 +220,19 @@ def case_resume_begin(*, case_id: str | int, actor: str, defer_ambiguous: bool =
     if case.state in (CaseState.REAUTHORIZED, CaseState.RECONCILING):
         approval = case_resume_approval(case)
         if approval.required:
-            return case_transition(case, to=CaseState.AWAITING_APPROVAL, actor=actor,
-                                   arguments={"policy": approval.policy, "reasons": list(approval.reasons)})
+            return case_transition(
+                case,
+                to=CaseState.AWAITING_APPROVAL,
+                actor=actor,
+                arguments={"policy": approval.policy, "reasons": list(approval.reasons)},
+            )
     retry = case.state == CaseState.RESUME_FAILED
-    case_transition(case, to=CaseState.RESUMING, actor=actor,
-                    arguments={"reconcile_in_worker": [f"{r}/{k}" for r, k in ambiguous]} if ambiguous else None)
+    case_transition(
+        case,
+        to=CaseState.RESUMING,
+        actor=actor,
+        arguments={"reconcile_in_worker": [f"{r}/{k}" for r, k in ambiguous]} if ambiguous else None,
+    )
     _case_release_runs(case, actor=actor, retry=retry)
     if not CaseRun.objects.filter(case=case).exists():  # opened by a broker's signal; no run ever waited on it
         case_transition(case, to=CaseState.RESUMED, actor=actor, arguments={"runs": 0})
@@ -191,18 +248,38 @@ def _case_release_runs(case: RecoveryCase, *, actor: str, retry: bool = False) -
     one INSERT audits them, one UPDATE resets the re-drive count of those whose resume failed before, and the
     deliveries are owed together (``run_resume_owe_many``): the same statements for 10 runs as for 10,000.
     """
-    blocked_elsewhere = (CaseRun.objects.filter(run_id=OuterRef("run_id"), resumed_at__isnull=True,
-                                                case__state__in=BLOCKING_CASE_STATES).exclude(case_id=case.pk))
-    rows = list(CaseRun.objects.filter(case=case, resumed_at__isnull=True)
-                .annotate(blocked=Exists(blocked_elsewhere)).filter(blocked=False)
-                .filter(run__state__in=(Run.State.PARKED, Run.State.ACTIVE))
-                .order_by("run_id").values_list("pk", "run_id", "run__state", "resume_sent_at"))
+    blocked_elsewhere = CaseRun.objects.filter(
+        run_id=OuterRef("run_id"), resumed_at__isnull=True, case__state__in=BLOCKING_CASE_STATES
+    ).exclude(case_id=case.pk)
+    rows = list(
+        CaseRun.objects.filter(case=case, resumed_at__isnull=True)
+        .annotate(blocked=Exists(blocked_elsewhere))
+        .filter(blocked=False)
+        .filter(run__state__in=(Run.State.PARKED, Run.State.ACTIVE))
+        .order_by("run_id")
+        .values_list("pk", "run_id", "run__state", "resume_sent_at")
+    )
     parked = [run_id for _, run_id, state, _ in rows if state == Run.State.PARKED]
     if parked:
-        Run.objects.filter(pk__in=parked, state=Run.State.PARKED).update(state=Run.State.ACTIVE, updated_at=timezone.now())
-        audit_record_many([dict(actor=actor, action="run.unparked", entity_type="run", entity_id=run_id, case=case,
-                                run_id=run_id, connection_id=case.connection_id, before={"state": Run.State.PARKED},
-                                after={"state": Run.State.ACTIVE}) for run_id in parked])
+        Run.objects.filter(pk__in=parked, state=Run.State.PARKED).update(
+            state=Run.State.ACTIVE, updated_at=timezone.now()
+        )
+        audit_record_many(
+            [
+                dict(
+                    actor=actor,
+                    action="run.unparked",
+                    entity_type="run",
+                    entity_id=run_id,
+                    case=case,
+                    run_id=run_id,
+                    connection_id=case.connection_id,
+                    before={"state": Run.State.PARKED},
+                    after={"state": Run.State.ACTIVE},
+                )
+                for run_id in parked
+            ]
+        )
     # A run whose resume failed (it was parked again) gets a fresh delivery and a fresh count of re-drives.
     again = [pk for pk, _, state, sent_at in rows if state == Run.State.PARKED and sent_at is not None]
     if again:
@@ -212,9 +289,17 @@ def _case_release_runs(case: RecoveryCase, *, actor: str, retry: bool = False) -
     if retry:
         # A run Revive executes that stopped after it went past its parked action (``case_resume_fail`` with
         # ``stopped_run``): the retry continues it from its latest checkpoint, with a fresh count of continuations.
-        stopped = list(Run.objects.filter(case_runs__case=case, case_runs__resumed_at__isnull=False,
-                                          state=Run.State.ACTIVE, hosted_at__isnull=False)
-                       .order_by("pk").values_list("pk", flat=True).distinct())
+        stopped = list(
+            Run.objects.filter(
+                case_runs__case=case,
+                case_runs__resumed_at__isnull=False,
+                state=Run.State.ACTIVE,
+                hosted_at__isnull=False,
+            )
+            .order_by("pk")
+            .values_list("pk", flat=True)
+            .distinct()
+        )
         if stopped:
             Run.objects.filter(pk__in=stopped).update(continuations=0, hosted_at=timezone.now())
             for run_id in stopped:
@@ -234,8 +319,9 @@ def case_runs_release(*, case_id: str | int, actor: str) -> list[str]:
 
 
 @transaction.atomic
-def case_resume_fail(*, case_id: str | int, actor: str, reason: str, detail: dict[str, Any] | None = None,
-                     stopped_run: str | None = None) -> RecoveryCase:
+def case_resume_fail(
+    *, case_id: str | int, actor: str, reason: str, detail: dict[str, Any] | None = None, stopped_run: str | None = None
+) -> RecoveryCase:
     """The resume of a released case could not be completed (delivery exhausted, a run stalled past its re-drives):
     the case shows ``resume_failed`` with the reason, for an operator. Its runs stay released: a run that comes
     back by itself proceeds (``_run_relive``). Repeating it on a failed case only records the reason.
@@ -245,10 +331,22 @@ def case_resume_fail(*, case_id: str | int, actor: str, reason: str, detail: dic
     ``resume_failed`` too; the operator's retry continues the run (``_case_release_runs``)."""
     case = case_lock(case_id)
     arguments = {"reason": reason[:1000], **(detail or {})}
-    stopped = stopped_run is not None and case.state == CaseState.RESUMED and Run.objects.filter(
-        pk=stopped_run, state=Run.State.ACTIVE, hosted_at__isnull=False).exists()
+    stopped = (
+        stopped_run is not None
+        and case.state == CaseState.RESUMED
+        and Run.objects.filter(pk=stopped_run, state=Run.State.ACTIVE, hosted_at__isnull=False).exists()
+    )
     if case.state == CaseState.RESUMING or stopped:
         return case_transition(case, to=CaseState.RESUME_FAILED, actor=actor, arguments=arguments)
-    audit_record(actor=actor, action="case.resume_problem", entity_type="case", entity_id=case.reference or "", case=case,
-                 run_id=case.run_id or "", connection_id=case.connection_id, arguments=arguments, outcome="error")
+    audit_record(
+        actor=actor,
+        action="case.resume_problem",
+        entity_type="case",
+        entity_id=case.reference or "",
+        case=case,
+        run_id=case.run_id or "",
+        connection_id=case.connection_id,
+        arguments=arguments,
+        outcome="error",
+    )
     return case

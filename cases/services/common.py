@@ -18,7 +18,10 @@ def _lock_connection(connection_id: str, *, exclusive: bool) -> Connection:
     if exclusive:
         conn = qs.select_for_update().first()
     elif db.vendor == "postgresql":
-        conn = next(iter(Connection.objects.raw("SELECT * FROM cases_connection WHERE id = %s FOR SHARE", [connection_id])), None)
+        conn = next(
+            iter(Connection.objects.raw("SELECT * FROM cases_connection WHERE id = %s FOR SHARE", [connection_id])),
+            None,
+        )
     else:  # SQLite serialises writers with its database lock.
         conn = qs.first()
     if conn is None:
@@ -51,19 +54,25 @@ def _get_run(run_id: str, *, lock: bool = False) -> Run:
 
 def _check_generation(conn: Connection, generation: int) -> None:
     if generation > conn.current_generation or generation < 1:
-        raise GenerationUnknown(data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation})
+        raise GenerationUnknown(
+            data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation}
+        )
 
 
 def _blocking_case(run: Run) -> RecoveryCase | None:
     return (
-        RecoveryCase.objects.filter(case_runs__run=run, case_runs__resumed_at__isnull=True, state__in=BLOCKING_CASE_STATES)
+        RecoveryCase.objects.filter(
+            case_runs__run=run, case_runs__resumed_at__isnull=True, state__in=BLOCKING_CASE_STATES
+        )
         .order_by("opened_at")
         .first()
     )
 
 
 def _open_case_for(conn: Connection, generation: int) -> RecoveryCase | None:
-    return RecoveryCase.objects.filter(connection=conn, rejected_generation=generation, state__in=OPEN_CASE_STATES).first()
+    return RecoveryCase.objects.filter(
+        connection=conn, rejected_generation=generation, state__in=OPEN_CASE_STATES
+    ).first()
 
 
 def case_lock(case_id: str | int) -> RecoveryCase:

@@ -22,17 +22,29 @@ from ..models import (
 from .common import SYSTEM, _lock_connection
 
 
-def connection_broker_check(*, provider: str, upstream_provider: str = "", broker_integration: str = "",
-                            broker_connection: str = "", broker_account: str = "") -> None:
+def connection_broker_check(
+    *,
+    provider: str,
+    upstream_provider: str = "",
+    broker_integration: str = "",
+    broker_connection: str = "",
+    broker_account: str = "",
+) -> None:
     """A broker-held connection names its upstream provider and the broker's references; any other names none.
 
     Shared by ``connection_create`` and the admin form, so both refuse the same shapes.
     """
     problems: dict[str, str] = {}
-    refs = {"broker_integration": broker_integration, "broker_connection": broker_connection, "broker_account": broker_account}
+    refs = {
+        "broker_integration": broker_integration,
+        "broker_connection": broker_connection,
+        "broker_account": broker_account,
+    }
     if provider in BROKER_PROVIDERS:
         if upstream_provider not in UPSTREAM_PROVIDERS:
-            problems["upstream_provider"] = f"required for {provider}: one of {', '.join(p.value for p in UPSTREAM_PROVIDERS)}"
+            problems["upstream_provider"] = (
+                f"required for {provider}: one of {', '.join(p.value for p in UPSTREAM_PROVIDERS)}"
+            )
         if provider == "nango":
             for name in ("broker_integration", "broker_connection"):
                 if not refs[name]:
@@ -40,11 +52,15 @@ def connection_broker_check(*, provider: str, upstream_provider: str = "", broke
             if broker_account:
                 problems["broker_account"] = "scalekit only"
         elif not broker_integration or not (broker_connection or broker_account):
-            problems["broker_integration"] = "required for scalekit: the connector, and the identifier or the connected-account id"
+            problems["broker_integration"] = (
+                "required for scalekit: the connector, and the identifier or the connected-account id"
+            )
     else:
         if upstream_provider:
             problems["upstream_provider"] = "only for broker-held connections (nango, scalekit)"
-        problems.update({name: "only for broker-held connections (nango, scalekit)" for name, value in refs.items() if value})
+        problems.update(
+            {name: "only for broker-held connections (nango, scalekit)" for name, value in refs.items() if value}
+        )
     if problems:
         raise ConnectionInvalid(data={"provider": provider, "fields": problems})
 
@@ -70,8 +86,13 @@ def connection_create(
 ) -> Connection:
     """Register a connection at generation 1; ``connection_id`` is the stored id (``cases.namespaces.qualify``) in
     ``namespace``. A broker-held one also carries the broker's references (see above)."""
-    connection_broker_check(provider=provider, upstream_provider=upstream_provider, broker_integration=broker_integration,
-                            broker_connection=broker_connection, broker_account=broker_account)
+    connection_broker_check(
+        provider=provider,
+        upstream_provider=upstream_provider,
+        broker_integration=broker_integration,
+        broker_connection=broker_connection,
+        broker_account=broker_account,
+    )
     try:
         with transaction.atomic():
             conn = Connection.objects.create(
@@ -100,9 +121,22 @@ def connection_create(
         entity_type="connection",
         entity_id=conn.pk,
         connection_id=conn.pk,
-        after={"provider": provider, "generation": 1, "subject": provider_subject, "tenant": provider_tenant,
-               **({"upstream_provider": upstream_provider, "broker_integration": broker_integration,
-                   "broker_connection": broker_connection, "broker_account": broker_account} if conn.broker_held else {})},
+        after={
+            "provider": provider,
+            "generation": 1,
+            "subject": provider_subject,
+            "tenant": provider_tenant,
+            **(
+                {
+                    "upstream_provider": upstream_provider,
+                    "broker_integration": broker_integration,
+                    "broker_connection": broker_connection,
+                    "broker_account": broker_account,
+                }
+                if conn.broker_held
+                else {}
+            ),
+        },
     )
     return conn
 
@@ -121,11 +155,18 @@ def lease_acquire(*, connection_id: str) -> Lease:
     if conn is None:
         raise ConnectionNotFound(data={"connection_id": connection_id})
     case = (
-        RecoveryCase.objects.filter(connection=conn, rejected_generation=conn.current_generation, state__in=BLOCKING_CASE_STATES)
+        RecoveryCase.objects.filter(
+            connection=conn, rejected_generation=conn.current_generation, state__in=BLOCKING_CASE_STATES
+        )
         .only("reference")
         .first()
     )
-    return Lease(connection_id=conn.pk, generation=conn.current_generation, usable=case is None, case_reference=case.reference if case else None)
+    return Lease(
+        connection_id=conn.pk,
+        generation=conn.current_generation,
+        usable=case is None,
+        case_reference=case.reference if case else None,
+    )
 
 
 @transaction.atomic
@@ -140,10 +181,16 @@ def lease_advance(*, connection_id: str, from_generation: int, actor: str, case:
             return conn.current_generation  # already advanced by this same step
         raise LeaseFenced(
             "The generation to advance from is not the current one.",
-            data={"connection_id": connection_id, "from_generation": from_generation, "current_generation": conn.current_generation},
+            data={
+                "connection_id": connection_id,
+                "from_generation": from_generation,
+                "current_generation": conn.current_generation,
+            },
         )
     now = timezone.now()
-    CredentialGeneration.objects.filter(connection=conn, number=from_generation).update(state=CredentialGeneration.State.SUPERSEDED, superseded_at=now)
+    CredentialGeneration.objects.filter(connection=conn, number=from_generation).update(
+        state=CredentialGeneration.State.SUPERSEDED, superseded_at=now
+    )
     new = from_generation + 1
     CredentialGeneration.objects.create(connection=conn, number=new)
     Connection.objects.filter(pk=conn.pk).update(current_generation=new, updated_at=now)

@@ -38,8 +38,13 @@ class CaseDecision:
     def refusal(self, case: RecoveryCase) -> CaseAlreadyDecided:
         return CaseAlreadyDecided(
             f"{case.reference} was already {self.what} by {self.actor} at {self.at:%Y-%m-%d %H:%M:%S} UTC.",
-            data={"case_id": case.reference, "state": case.state, "decision": self.what, "decided_by": self.actor,
-                  "decided_at": self.at.isoformat()},
+            data={
+                "case_id": case.reference,
+                "state": case.state,
+                "decision": self.what,
+                "decided_by": self.actor,
+                "decided_at": self.at.isoformat(),
+            },
         )
 
 
@@ -47,22 +52,38 @@ def case_last_decision(case: RecoveryCase) -> CaseDecision | None:
     """The audited move that put ``case`` in its current state (the latest ``case.<state>`` event), if any."""
     from audit.models import AuditEvent
 
-    event = (AuditEvent.objects.filter(case_id=case.pk, action=f"case.{case.state}")
-             .order_by("-occurred_at", "-id").only("actor", "occurred_at", "arguments").first())
+    event = (
+        AuditEvent.objects.filter(case_id=case.pk, action=f"case.{case.state}")
+        .order_by("-occurred_at", "-id")
+        .only("actor", "occurred_at", "arguments")
+        .first()
+    )
     if event is None:
         return None
     args = event.arguments or {}
-    what = ("approved" if args.get("approved") else "rejected" if args.get("rejected") else
-            "reopened" if args.get("reopened") else "abandoned" if case.state == CaseState.ABANDONED else
-            f"moved to {case.state}")
+    what = (
+        "approved"
+        if args.get("approved")
+        else "rejected"
+        if args.get("rejected")
+        else "reopened"
+        if args.get("reopened")
+        else "abandoned"
+        if case.state == CaseState.ABANDONED
+        else f"moved to {case.state}"
+    )
     return CaseDecision(what=what, actor=event.actor, at=event.occurred_at)
 
 
 def _approval(case: RecoveryCase) -> CaseDecision | None:
     from audit.models import AuditEvent
 
-    event = (AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", arguments__approved=True)
-             .order_by("-occurred_at", "-id").only("actor", "occurred_at").first())
+    event = (
+        AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", arguments__approved=True)
+        .order_by("-occurred_at", "-id")
+        .only("actor", "occurred_at")
+        .first()
+    )
     return CaseDecision(what="approved", actor=event.actor, at=event.occurred_at) if event else None
 
 
@@ -70,8 +91,9 @@ def _decided_elsewhere(case: RecoveryCase, decision: CaseDecision | None, *, act
     """The conditional transition found its source state gone: the same actor repeating gets the case back
     (every write path is safe to repeat); anyone else is told who decided and when."""
     if decision is None:
-        raise CaseTransitionNotAllowed(f"Case {case.reference} is {case.state}.",
-                                       data={"case_id": case.reference, "state": case.state})
+        raise CaseTransitionNotAllowed(
+            f"Case {case.reference} is {case.state}.", data={"case_id": case.reference, "state": case.state}
+        )
     if decision.actor == actor:
         return case
     raise decision.refusal(case)
@@ -94,15 +116,15 @@ def case_approve(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase
         if actor in barred:
             raise FourEyesRefused(
                 f"{actor} {barred[actor]} on {case.reference}: another operator must approve its resume.",
-                data={"case_id": case.reference, "barred": sorted(barred)})
+                data={"case_id": case.reference, "barred": sorted(barred)},
+            )
     if case.state != CaseState.AWAITING_APPROVAL:
         if case.state in (CaseState.RESUMING, CaseState.RESUMED, CaseState.CLOSED, CaseState.RESUME_FAILED):
             approval = _approval(case)
             if approval is not None:
                 return _decided_elsewhere(case, approval, actor=actor)
         raise _not_allowed(case, "only a case awaiting approval can be approved", to=CaseState.RESUMING)
-    ambiguous = [f"{r}/{k}" for r, k in selectors.case_ambiguous_actions(case)
-                 .values_list("run_id", "action_key")]
+    ambiguous = [f"{r}/{k}" for r, k in selectors.case_ambiguous_actions(case).values_list("run_id", "action_key")]
     arguments: dict[str, Any] = {"approved": True, "reason": reason}
     if ambiguous:
         arguments["reconcile_in_worker"] = ambiguous
@@ -157,8 +179,9 @@ def raise_moved(case: RecoveryCase) -> None:
     decision = case_last_decision(case)
     if decision is not None:
         raise decision.refusal(case)
-    raise CaseTransitionNotAllowed(f"Case {case.reference} is {case.state}.",
-                                   data={"case_id": case.reference, "state": case.state})
+    raise CaseTransitionNotAllowed(
+        f"Case {case.reference} is {case.state}.", data={"case_id": case.reference, "state": case.state}
+    )
 
 
 @transaction.atomic
@@ -208,16 +231,23 @@ def case_reopen(*, case_id: str | int, actor: str, reason: str) -> RecoveryCase:
     if not parked:
         raise CaseTransitionNotAllowed(
             f"Case {case.reference} has no parked run left; there is nothing to reopen it for.",
-            data={"case_id": case.reference, "state": case.state})
+            data={"case_id": case.reference, "state": case.state},
+        )
     reauthorized = case.connection.current_generation > case.rejected_generation
     to = CaseState.AWAITING_APPROVAL if reauthorized else CaseState.AWAITING_OWNER
     try:
         with transaction.atomic():
-            case_transition(case, to=to, actor=actor, closed_at=None,
-                            arguments={"reopened": True, "reason": reason, "parked_runs": parked})
+            case_transition(
+                case,
+                to=to,
+                actor=actor,
+                closed_at=None,
+                arguments={"reopened": True, "reason": reason, "parked_runs": parked},
+            )
     except IntegrityError as exc:
         raise CaseTransitionNotAllowed(
             f"Another case is open for {case.connection_id} generation {case.rejected_generation}; "
-            f"{case.reference} stays abandoned.", data={"case_id": case.reference, "state": CaseState.ABANDONED},
+            f"{case.reference} stays abandoned.",
+            data={"case_id": case.reference, "state": CaseState.ABANDONED},
         ) from exc
     return case

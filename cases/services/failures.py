@@ -74,8 +74,13 @@ def _provider_error_record(c: Classification, status: int | None) -> dict[str, A
     ``reason`` says what the owner must do; ``claims`` is a claims challenge (Entra CAE) the owner's sign-in must
     carry. Neither is a secret: both are kept on the case and audited with it.
     """
-    record = {"status": status, "code": c.code, "message": c.description, "signature": c.signature,
-              "failure_class": str(c.failure_class)}
+    record = {
+        "status": status,
+        "code": c.code,
+        "message": c.description,
+        "signature": c.signature,
+        "failure_class": str(c.failure_class),
+    }
     if c.reason:
         record["reason"] = c.reason
     if c.claims:
@@ -83,38 +88,89 @@ def _provider_error_record(c: Classification, status: int | None) -> dict[str, A
     return record
 
 
-def _case_open(*, conn: Connection, generation: int, c: Classification, status: int | None, run: Run | None,
-               checkpoint: Checkpoint | None, action: Action | None, actor: str,
-               signal: dict[str, Any] | None = None) -> RecoveryCase:
+def _case_open(
+    *,
+    conn: Connection,
+    generation: int,
+    c: Classification,
+    status: int | None,
+    run: Run | None,
+    checkpoint: Checkpoint | None,
+    action: Action | None,
+    actor: str,
+    signal: dict[str, Any] | None = None,
+) -> RecoveryCase:
     owner_required = c.failure_class in OWNER_CLASSES
     case = RecoveryCase.objects.create(
-        namespace_id=conn.namespace_id, connection=conn, rejected_generation=generation, failure_class=str(c.failure_class), provider=conn.provider,
-        provider_code=c.code[:80], provider_message=c.description, provider_error=_provider_error_record(c, status),
-        owner_required=owner_required, run=run, checkpoint=checkpoint, action=action, state=CaseState.OPENED,
+        namespace_id=conn.namespace_id,
+        connection=conn,
+        rejected_generation=generation,
+        failure_class=str(c.failure_class),
+        provider=conn.provider,
+        provider_code=c.code[:80],
+        provider_message=c.description,
+        provider_error=_provider_error_record(c, status),
+        owner_required=owner_required,
+        run=run,
+        checkpoint=checkpoint,
+        action=action,
+        state=CaseState.OPENED,
     )
     case.reference = f"CASERV-{case.pk:04d}"
     RecoveryCase.objects.filter(pk=case.pk).update(reference=case.reference)
     gen = CredentialGeneration.objects.filter(connection=conn, number=generation).first()
     if gen is not None and gen.state == CredentialGeneration.State.ISSUED:
-        CredentialGeneration.objects.filter(pk=gen.pk).update(state=CredentialGeneration.State.REJECTED, rejected_at=timezone.now())
-    audit_record(actor=actor, action="case.opened", entity_type="case", entity_id=case.reference, case=case,
-                 run_id=run.pk if run else "",
-                 connection_id=conn.pk, before=None,
-                 after={"state": CaseState.OPENED, "failure_class": case.failure_class, "provider": conn.provider,
-                        "provider_code": case.provider_code, "rejected_generation": generation, "owner_required": owner_required},
-                 arguments={"provider_error": case.provider_error,
-                            "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
-                            "action_key": action.action_key if action else None,
-                            **({"signal": signal} if signal else {})})
+        CredentialGeneration.objects.filter(pk=gen.pk).update(
+            state=CredentialGeneration.State.REJECTED, rejected_at=timezone.now()
+        )
+    audit_record(
+        actor=actor,
+        action="case.opened",
+        entity_type="case",
+        entity_id=case.reference,
+        case=case,
+        run_id=run.pk if run else "",
+        connection_id=conn.pk,
+        before=None,
+        after={
+            "state": CaseState.OPENED,
+            "failure_class": case.failure_class,
+            "provider": conn.provider,
+            "provider_code": case.provider_code,
+            "rejected_generation": generation,
+            "owner_required": owner_required,
+        },
+        arguments={
+            "provider_error": case.provider_error,
+            "checkpoint": checkpoint.checkpoint_id if checkpoint else None,
+            "action_key": action.action_key if action else None,
+            **({"signal": signal} if signal else {}),
+        },
+    )
     # Same transaction: reauth's receiver creates the owner's reconnect request and owes its notification.
     signals.case_opened.send(sender=RecoveryCase, case=case, actor=actor)
     return case
 
 
-def _handle_failure(*, c: Classification, status: int | None, run: Run, conn: Connection, generation: int,
-                    checkpoint: Checkpoint | None, action: Action | None, actor: str, open_case_for_unknown: bool) -> FailureAnswer:
-    base: dict[str, Any] = dict(failure_class=str(c.failure_class), code=c.code, message=c.description, signature=c.signature,
-                current_generation=conn.current_generation)
+def _handle_failure(
+    *,
+    c: Classification,
+    status: int | None,
+    run: Run,
+    conn: Connection,
+    generation: int,
+    checkpoint: Checkpoint | None,
+    action: Action | None,
+    actor: str,
+    open_case_for_unknown: bool,
+) -> FailureAnswer:
+    base: dict[str, Any] = dict(
+        failure_class=str(c.failure_class),
+        code=c.code,
+        message=c.description,
+        signature=c.signature,
+        current_generation=conn.current_generation,
+    )
     if c.failure_class == FailureClass.TRANSIENT:
         retry_after = c.retry_after if c.retry_after is not None else settings.REVIVE_TRANSIENT_BACKOFF_SECONDS
         return FailureAnswer(outcome=Outcome.RETRY, retry_after=retry_after, **base)
@@ -126,7 +182,16 @@ def _handle_failure(*, c: Classification, status: int | None, run: Run, conn: Co
     if case is None:
         try:
             with transaction.atomic():
-                case = _case_open(conn=conn, generation=generation, c=c, status=status, run=run, checkpoint=checkpoint, action=action, actor=actor)
+                case = _case_open(
+                    conn=conn,
+                    generation=generation,
+                    c=c,
+                    status=status,
+                    run=run,
+                    checkpoint=checkpoint,
+                    action=action,
+                    actor=actor,
+                )
         except IntegrityError:  # the partial unique index caught a concurrent opener
             case = _open_case_for(conn, generation)
             if case is None:
@@ -151,7 +216,11 @@ def _case_reclassify(case: RecoveryCase, *, c: Classification, status: int | Non
     case = case_lock(case.pk)
     if case_class_rank(c.failure_class) >= case_class_rank(case.failure_class):
         return case
-    before = {"failure_class": case.failure_class, "provider_code": case.provider_code, "owner_required": case.owner_required}
+    before = {
+        "failure_class": case.failure_class,
+        "provider_code": case.provider_code,
+        "owner_required": case.owner_required,
+    }
     case.failure_class = str(c.failure_class)
     case.provider_code = c.code[:80]
     case.provider_message = c.description
@@ -159,11 +228,22 @@ def _case_reclassify(case: RecoveryCase, *, c: Classification, status: int | Non
     newly_owner = c.failure_class in OWNER_CLASSES and not case.owner_required
     case.owner_required = case.owner_required or c.failure_class in OWNER_CLASSES
     case.save(update_fields=["failure_class", "provider_code", "provider_message", "provider_error", "owner_required"])
-    audit_record(actor=actor, action="case.reclassified", entity_type="case", entity_id=case.reference or "", case=case,
-                 run_id=case.run_id or "", connection_id=case.connection_id, before=before,
-                 after={"failure_class": case.failure_class, "provider_code": case.provider_code,
-                        "owner_required": case.owner_required},
-                 arguments={"provider_error": case.provider_error})
+    audit_record(
+        actor=actor,
+        action="case.reclassified",
+        entity_type="case",
+        entity_id=case.reference or "",
+        case=case,
+        run_id=case.run_id or "",
+        connection_id=case.connection_id,
+        before=before,
+        after={
+            "failure_class": case.failure_class,
+            "provider_code": case.provider_code,
+            "owner_required": case.owner_required,
+        },
+        arguments={"provider_error": case.provider_error},
+    )
     if newly_owner:
         signals.case_needs_owner.send(sender=RecoveryCase, case=case, actor=actor)  # the link, notified on commit
     return case
@@ -183,8 +263,9 @@ def _exclusive_for(c: Classification) -> bool:
     return c.failure_class not in (FailureClass.TRANSIENT, FailureClass.REFRESHABLE)
 
 
-def _classify_and_lock(*, connection_id: str, generation: int, provider_error: dict[str, Any], run_id: str, actor: str,
-                       what: str) -> tuple[Classification, Connection, FailureAnswer | None]:
+def _classify_and_lock(
+    *, connection_id: str, generation: int, provider_error: dict[str, Any], run_id: str, actor: str, what: str
+) -> tuple[Classification, Connection, FailureAnswer | None]:
     """Classify a provider error and lock its connection in the mode the class needs.
 
     Returns a ``reacquire`` answer (and writes nothing but the refusal) when the generation is already superseded.
@@ -197,57 +278,121 @@ def _classify_and_lock(*, connection_id: str, generation: int, provider_error: d
     _check_generation(conn, generation)
     if generation < conn.current_generation:
         _audit_fenced(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation)
-        return c, conn, FailureAnswer(outcome=Outcome.REACQUIRE, failure_class=str(c.failure_class), code=c.code,
-                                      message=c.description, current_generation=conn.current_generation)
+        return (
+            c,
+            conn,
+            FailureAnswer(
+                outcome=Outcome.REACQUIRE,
+                failure_class=str(c.failure_class),
+                code=c.code,
+                message=c.description,
+                current_generation=conn.current_generation,
+            ),
+        )
     return c, conn, None
 
 
 @refusals_kept
 @transaction.atomic
-def action_fail(*, run_id: str, action_key: str, generation: int, provider_error: dict[str, Any], actor: str) -> FailureAnswer:
+def action_fail(
+    *, run_id: str, action_key: str, generation: int, provider_error: dict[str, Any], actor: str
+) -> FailureAnswer:
     """The provider refused the action and nothing happened: record it, classify it, and answer what the worker does next."""
-    c, conn, stale = _classify_and_lock(connection_id=_action_connection_id(run_id, action_key), generation=generation,
-                                        provider_error=provider_error, run_id=run_id, actor=actor, what="fail")
+    c, conn, stale = _classify_and_lock(
+        connection_id=_action_connection_id(run_id, action_key),
+        generation=generation,
+        provider_error=provider_error,
+        run_id=run_id,
+        actor=actor,
+        what="fail",
+    )
     if stale is not None:
         # The generation moved on while the action ran, but the provider's refusal is still a fact: settle the
         # attempt (``failed``, nothing happened) so the retry with the new generation executes at once.
         action = Action.objects.select_for_update().filter(run_id=run_id, action_key=action_key).first()
         if action is not None and action.state == Action.State.EXECUTING and action.generation == generation:
-            _action_transition(action, to=Action.State.FAILED, actor=actor, lock_expires_at=None,
-                               error=_provider_error_record(c, provider_error.get("status")),
-                               arguments={"failure_class": str(c.failure_class), "code": c.code, "stale_generation": True})
+            _action_transition(
+                action,
+                to=Action.State.FAILED,
+                actor=actor,
+                lock_expires_at=None,
+                error=_provider_error_record(c, provider_error.get("status")),
+                arguments={"failure_class": str(c.failure_class), "code": c.code, "stale_generation": True},
+            )
         return stale
     run = _get_run(run_id)
-    action = _locked_action(conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="fail")
+    action = _locked_action(
+        conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="fail"
+    )
     if action.state != Action.State.FAILED:
         _require_action_move(action, Action.State.FAILED)
-        _action_transition(action, to=Action.State.FAILED, actor=actor, lock_expires_at=None,
-                           error=_provider_error_record(c, provider_error.get("status")),
-                           arguments={"failure_class": str(c.failure_class), "code": c.code})
-    return _handle_failure(c=c, status=provider_error.get("status"), run=run, conn=conn, generation=generation,
-                           checkpoint=action.checkpoint, action=action, actor=actor, open_case_for_unknown=False)
+        _action_transition(
+            action,
+            to=Action.State.FAILED,
+            actor=actor,
+            lock_expires_at=None,
+            error=_provider_error_record(c, provider_error.get("status")),
+            arguments={"failure_class": str(c.failure_class), "code": c.code},
+        )
+    return _handle_failure(
+        c=c,
+        status=provider_error.get("status"),
+        run=run,
+        conn=conn,
+        generation=generation,
+        checkpoint=action.checkpoint,
+        action=action,
+        actor=actor,
+        open_case_for_unknown=False,
+    )
 
 
 @transaction.atomic
 def credential_failure_report(
-    *, run_id: str, connection_id: str, generation: int, provider_error: dict[str, Any], checkpoint_id: str | None = None,
-    action_key: str | None = None, actor: str,
+    *,
+    run_id: str,
+    connection_id: str,
+    generation: int,
+    provider_error: dict[str, Any],
+    checkpoint_id: str | None = None,
+    action_key: str | None = None,
+    actor: str,
 ) -> FailureAnswer:
     """A worker saw a credential failure outside a protected action (e.g. while refreshing)."""
-    c, conn, stale = _classify_and_lock(connection_id=connection_id, generation=generation, provider_error=provider_error,
-                                        run_id=run_id, actor=actor, what="report")
+    c, conn, stale = _classify_and_lock(
+        connection_id=connection_id,
+        generation=generation,
+        provider_error=provider_error,
+        run_id=run_id,
+        actor=actor,
+        what="report",
+    )
     if stale is not None:
         return stale
     run = _get_run(run_id)
-    checkpoint = _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor) if checkpoint_id else None
+    checkpoint = (
+        _checkpoint_get_or_create(run=run, checkpoint_id=checkpoint_id, label="", runtime_ref={}, actor=actor)
+        if checkpoint_id
+        else None
+    )
     action = Action.objects.filter(run=run, action_key=action_key).first() if action_key else None
-    return _handle_failure(c=c, status=provider_error.get("status"), run=run, conn=conn, generation=generation,
-                           checkpoint=checkpoint, action=action, actor=actor, open_case_for_unknown=True)
+    return _handle_failure(
+        c=c,
+        status=provider_error.get("status"),
+        run=run,
+        conn=conn,
+        generation=generation,
+        checkpoint=checkpoint,
+        action=action,
+        actor=actor,
+        open_case_for_unknown=True,
+    )
 
 
 @transaction.atomic
-def case_open_from_signal(*, connection_id: str, classification: Classification, signal: dict[str, Any],
-                          actor: str) -> tuple[RecoveryCase | None, bool]:
+def case_open_from_signal(
+    *, connection_id: str, classification: Classification, signal: dict[str, Any], actor: str
+) -> tuple[RecoveryCase | None, bool]:
     """A credential system (a broker's webhook or status) says the current grant is dead before any worker hit it.
 
     For an owner class (dead grant, interaction required) the connection's current generation is marked
@@ -262,8 +407,17 @@ def case_open_from_signal(*, connection_id: str, classification: Classification,
         return case, False
     try:
         with transaction.atomic():
-            case = _case_open(conn=conn, generation=conn.current_generation, c=classification, status=None, run=None,
-                              checkpoint=None, action=None, actor=actor, signal=signal)
+            case = _case_open(
+                conn=conn,
+                generation=conn.current_generation,
+                c=classification,
+                status=None,
+                run=None,
+                checkpoint=None,
+                action=None,
+                actor=actor,
+                signal=signal,
+            )
     except IntegrityError:  # the partial unique index caught a concurrent opener
         return _open_case_for(conn, conn.current_generation), False
     return case, True
@@ -280,15 +434,19 @@ def case_recover_without_reconnect(*, case_id: str | int, actor: str, evidence: 
     """
     conn = _lock_connection(_case_connection_id(case_id), exclusive=True)
     case = case_lock(case_id)
-    if case.state not in (CaseState.OPENED, CaseState.AWAITING_OWNER) or conn.current_generation != case.rejected_generation:
+    if (
+        case.state not in (CaseState.OPENED, CaseState.AWAITING_OWNER)
+        or conn.current_generation != case.rejected_generation
+    ):
         return case
-    CredentialGeneration.objects.filter(connection=conn, number=case.rejected_generation,
-                                        state=CredentialGeneration.State.REJECTED).update(
-        state=CredentialGeneration.State.ISSUED, rejected_at=None)
+    CredentialGeneration.objects.filter(
+        connection=conn, number=case.rejected_generation, state=CredentialGeneration.State.REJECTED
+    ).update(state=CredentialGeneration.State.ISSUED, rejected_at=None)
     arguments = {"recovered_by": "provider", "generation": case.rejected_generation, **evidence}
     if not CaseRun.objects.filter(case=case).exists():
         return case_transition(case, to=CaseState.CLOSED, actor=actor, arguments=arguments)
-    case = case_transition(case, to=CaseState.REAUTHORIZED, actor=actor, arguments=arguments,
-                           resumed_generation=case.rejected_generation)
+    case = case_transition(
+        case, to=CaseState.REAUTHORIZED, actor=actor, arguments=arguments, resumed_generation=case.rejected_generation
+    )
     case_reconcile_owe(case=case)  # the pipeline's usual reconcile-and-release, owed in this transaction
     return case

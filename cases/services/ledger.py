@@ -37,7 +37,9 @@ def _action_snapshot(action: Action) -> dict[str, Any]:
     return {"state": action.state, "generation": action.generation, "attempts": action.attempts}
 
 
-def _action_transition(action: Action, *, to: str, actor: str, arguments: dict[str, Any] | None = None, **changes: Any) -> None:
+def _action_transition(
+    action: Action, *, to: str, actor: str, arguments: dict[str, Any] | None = None, **changes: Any
+) -> None:
     """Move an action (or insert a new one, whose ``state`` is None) and audit it."""
     before = _action_snapshot(action)
     action.state = to
@@ -66,9 +68,16 @@ def _require_action_move(action: Action, to: str) -> None:
 
 
 def _fenced_event(*, actor: str, run_id: str, conn: Connection, what: str, generation: int) -> dict[str, Any]:
-    return dict(actor=actor, action=f"{what}.fenced", entity_type="connection", entity_id=conn.pk, run_id=run_id,
-                connection_id=conn.pk, arguments={"generation": generation, "current_generation": conn.current_generation},
-                outcome="refused")
+    return dict(
+        actor=actor,
+        action=f"{what}.fenced",
+        entity_type="connection",
+        entity_id=conn.pk,
+        run_id=run_id,
+        connection_id=conn.pk,
+        arguments={"generation": generation, "current_generation": conn.current_generation},
+        outcome="refused",
+    )
 
 
 def _audit_fenced(*, actor: str, run_id: str, conn: Connection, what: str, generation: int) -> None:
@@ -85,8 +94,10 @@ def _lock_left(action: Action) -> dict[str, Any]:
     """When a worker that met an executing action should ask again: when its lock runs out (at least a second)."""
     until = action.lock_expires_at
     left = (until - timezone.now()).total_seconds() if until else 0.0
-    return {"lock_expires_at": until.isoformat() if until else None,
-            "retry_after": round(min(max(left, 1.0), float(settings.REVIVE_ACTION_LOCK_TIMEOUT)), 3)}
+    return {
+        "lock_expires_at": until.isoformat() if until else None,
+        "retry_after": round(min(max(left, 1.0), float(settings.REVIVE_ACTION_LOCK_TIMEOUT)), 3),
+    }
 
 
 def _locked_action(*, conn: Connection, run_id: str, action_key: str, generation: int, actor: str, what: str) -> Action:
@@ -94,7 +105,9 @@ def _locked_action(*, conn: Connection, run_id: str, action_key: str, generation
     _check_generation(conn, generation)
     if generation < conn.current_generation:
         raise refusal_attach(
-            LeaseFenced(data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation}),
+            LeaseFenced(
+                data={"connection_id": conn.pk, "generation": generation, "current_generation": conn.current_generation}
+            ),
             **_fenced_event(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation),
         )
     action = Action.objects.select_for_update().filter(run_id=run_id, action_key=action_key).first()
@@ -108,7 +121,9 @@ def _locked_action(*, conn: Connection, run_id: str, action_key: str, generation
 
 
 def _action_connection_id(run_id: str, action_key: str) -> str:
-    conn_id = Action.objects.filter(run_id=run_id, action_key=action_key).values_list("connection_id", flat=True).first()
+    conn_id = (
+        Action.objects.filter(run_id=run_id, action_key=action_key).values_list("connection_id", flat=True).first()
+    )
     if conn_id is None:
         if not Run.objects.filter(pk=run_id).exists():
             raise RunNotFound(data={"run_id": run_id})

@@ -32,14 +32,21 @@ def run_resume_owe_many(*, run_ids: list[str], case: RecoveryCase, attempt: int,
     generation = case.resumed_generation
     earlier: dict[str, int] = {}
     if retry:
-        earlier = dict(OutboxItem.objects.filter(kind=RESUME_RUN, case=case, run_id__in=run_ids).order_by()
-                       .values_list("run_id").annotate(n=Count("pk")).values_list("run_id", "n"))
+        earlier = dict(
+            OutboxItem.objects.filter(kind=RESUME_RUN, case=case, run_id__in=run_ids)
+            .order_by()
+            .values_list("run_id")
+            .annotate(n=Count("pk"))
+            .values_list("run_id", "n")
+        )
     steps = []
     for run_id in run_ids:
         key = f"{RESUME_RUN}:{run_id}:{case.pk}:g{generation}:a{attempt}"
         if retry:
             key += f":retry{earlier.get(run_id, 0)}"
-        steps.append((key, {"run_id": run_id, "case_id": case.pk, "generation": generation, "attempt": attempt}, run_id))
+        steps.append(
+            (key, {"run_id": run_id, "case_id": case.pk, "generation": generation, "attempt": attempt}, run_id)
+        )
     outbox.outbox_put_many(kind=RESUME_RUN, steps=steps, case=case)
 
 
@@ -53,16 +60,24 @@ def run_continue_owe(*, run_id: str, case: RecoveryCase, continuation: int, retr
     key = f"{RESUME_RUN}:{run_id}:{case.pk}:g{case.resumed_generation}:c{continuation}:{stop}"
     if retry:
         key += f":retry{OutboxItem.objects.filter(kind=RESUME_RUN, case=case, run_id=run_id).count()}"
-    outbox.outbox_put(kind=RESUME_RUN, key=key, run_id=run_id, case=case,
-                      payload={"run_id": run_id, "case_id": case.pk, "generation": case.resumed_generation,
-                               "attempt": continuation})
+    outbox.outbox_put(
+        kind=RESUME_RUN,
+        key=key,
+        run_id=run_id,
+        case=case,
+        payload={"run_id": run_id, "case_id": case.pk, "generation": case.resumed_generation, "attempt": continuation},
+    )
 
 
 def case_reconcile_owe(*, case: RecoveryCase) -> None:
     """Owe the reconcile-and-release step of a reauthorized case (in the caller's transaction)."""
     generation = case.resumed_generation
-    outbox.outbox_put(kind=RECONCILE_CASE, key=f"{RECONCILE_CASE}:{case.pk}:g{generation}",
-                      payload={"case_id": case.pk, "generation": generation}, case=case)
+    outbox.outbox_put(
+        kind=RECONCILE_CASE,
+        key=f"{RECONCILE_CASE}:{case.pk}:g{generation}",
+        payload={"case_id": case.pk, "generation": generation},
+        case=case,
+    )
 
 
 def runs_abandon_owe(*, case: RecoveryCase, reason: str) -> list[str]:
@@ -72,17 +87,33 @@ def runs_abandon_owe(*, case: RecoveryCase, reason: str) -> list[str]:
 
     In the abandoning transaction; a second abandon after a reopen owes a new notice (the key counts them).
     """
-    held_elsewhere = (CaseRun.objects.filter(run_id=OuterRef("run_id"), resumed_at__isnull=True,
-                                             case__state__in=OPEN_CASE_STATES).exclude(case_id=case.pk))
-    run_ids = list(CaseRun.objects.filter(case=case, resumed_at__isnull=True, run__state=Run.State.PARKED)
-                   .annotate(held=Exists(held_elsewhere)).filter(held=False)
-                   .order_by("run_id").values_list("run_id", flat=True).distinct())
+    held_elsewhere = CaseRun.objects.filter(
+        run_id=OuterRef("run_id"), resumed_at__isnull=True, case__state__in=OPEN_CASE_STATES
+    ).exclude(case_id=case.pk)
+    run_ids = list(
+        CaseRun.objects.filter(case=case, resumed_at__isnull=True, run__state=Run.State.PARKED)
+        .annotate(held=Exists(held_elsewhere))
+        .filter(held=False)
+        .order_by("run_id")
+        .values_list("run_id", flat=True)
+        .distinct()
+    )
     if not run_ids:
         return []
-    earlier = dict(OutboxItem.objects.filter(kind=ABANDON_RUN, case=case, run_id__in=run_ids).order_by()
-                   .values_list("run_id").annotate(n=Count("pk")).values_list("run_id", "n"))
+    earlier = dict(
+        OutboxItem.objects.filter(kind=ABANDON_RUN, case=case, run_id__in=run_ids)
+        .order_by()
+        .values_list("run_id")
+        .annotate(n=Count("pk"))
+        .values_list("run_id", "n")
+    )
     for run_id in run_ids:
-        outbox.outbox_put(kind=ABANDON_RUN, key=f"{ABANDON_RUN}:{run_id}:{case.pk}:n{earlier.get(run_id, 0)}",
-                          payload={"run_id": run_id, "case_id": case.pk, "reason": redact(reason)[:500]},
-                          case=case, run_id=run_id, delay=settings.REVIVE_ABANDON_NOTICE_DELAY_SECONDS)
+        outbox.outbox_put(
+            kind=ABANDON_RUN,
+            key=f"{ABANDON_RUN}:{run_id}:{case.pk}:n{earlier.get(run_id, 0)}",
+            payload={"run_id": run_id, "case_id": case.pk, "reason": redact(reason)[:500]},
+            case=case,
+            run_id=run_id,
+            delay=settings.REVIVE_ABANDON_NOTICE_DELAY_SECONDS,
+        )
     return run_ids

@@ -74,8 +74,11 @@ class ChangeWithReasonMixin:
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         return [
-            path(f"<path:object_id>/{self.reason_view_path}/", self.admin_site.admin_view(self.change_with_reason_view),
-                 name=f"{info[0]}_{info[1]}_{self.reason_view_path}"),
+            path(
+                f"<path:object_id>/{self.reason_view_path}/",
+                self.admin_site.admin_view(self.change_with_reason_view),
+                name=f"{info[0]}_{info[1]}_{self.reason_view_path}",
+            ),
         ] + super().get_urls()
 
     def reason_change(self, obj, *, actor: str, reason: str, values: dict):
@@ -91,13 +94,18 @@ class ChangeWithReasonMixin:
         if request.method == "POST" and form.is_valid():
             values = {name: form.cleaned_data[name] for name in form.Meta.fields}
             try:
-                self.reason_change(obj, actor=operator_actor(request.user), reason=form.cleaned_data["reason"],
-                                   values=values)
+                self.reason_change(
+                    obj, actor=operator_actor(request.user), reason=form.cleaned_data["reason"], values=values
+                )
             except DomainError as exc:
                 form.add_error(None, exc.message)
             else:
-                self.message_user(request, f"{obj}: {self.reason_view_title.lower()} saved and audited.", messages.SUCCESS)
-                return HttpResponseRedirect(reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk]))
+                self.message_user(
+                    request, f"{obj}: {self.reason_view_title.lower()} saved and audited.", messages.SUCCESS
+                )
+                return HttpResponseRedirect(
+                    reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk])
+                )
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -110,9 +118,13 @@ class ChangeWithReasonMixin:
         return TemplateResponse(request, "admin/cases/change_with_reason.html", context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), "reason_change_url": reverse(
-            f"admin:{self.opts.app_label}_{self.opts.model_name}_{self.reason_view_path}", args=[unquote(object_id)]),
-            "reason_change_title": self.reason_view_title}
+        extra_context = {
+            **(extra_context or {}),
+            "reason_change_url": reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_{self.reason_view_path}", args=[unquote(object_id)]
+            ),
+            "reason_change_title": self.reason_view_title,
+        }
         return super().change_view(request, object_id, form_url, extra_context)
 
 

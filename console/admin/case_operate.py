@@ -71,8 +71,12 @@ class CaseOperateMixin(_ModelAdmin):
         cases = list(queryset.select_related("connection").order_by("pk")[: self.list_max_show_all + 1])
         if len(cases) > self.list_max_show_all:
             cases = cases[: self.list_max_show_all]
-            self.message_user(request, f"Only the first {self.list_max_show_all} selected cases are acted on; "
-                                       "narrow the filters and repeat for the rest.", messages.WARNING)
+            self.message_user(
+                request,
+                f"Only the first {self.list_max_show_all} selected cases are acted on; "
+                "narrow the filters and repeat for the rest.",
+                messages.WARNING,
+            )
         if "apply" in request.POST:
             form = op.form_for(request.POST, cases=cases)
             if form.is_valid():
@@ -130,7 +134,9 @@ class CaseOperateMixin(_ModelAdmin):
             raise PermissionDenied
         form = NoteForm(request.POST)
         if form.is_valid():
-            services.case_note_add(case_id=case.pk, body=form.cleaned_data["body"], actor=operate.operator_actor(request.user))
+            services.case_note_add(
+                case_id=case.pk, body=form.cleaned_data["body"], actor=operate.operator_actor(request.user)
+            )
             self.message_user(request, f"Note added to {case.reference}.", messages.SUCCESS)
         else:
             self.message_user(request, "A note needs some text.", messages.ERROR)
@@ -149,15 +155,22 @@ class CaseOperateMixin(_ModelAdmin):
         name = request.POST.get("action", "") if request.method == "POST" else ""
         if name.startswith("operate_") and not self.has_operate_permission(request):
             ids = [i for i in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME) if i.isdigit()]
-            self._refuse_permission(request, RecoveryCase.objects.filter(pk__in=ids[:self.list_max_show_all]),
-                                    op_name=name.removeprefix("operate_"))
+            self._refuse_permission(
+                request,
+                RecoveryCase.objects.filter(pk__in=ids[: self.list_max_show_all]),
+                op_name=name.removeprefix("operate_"),
+            )
             raise PermissionDenied
         return super().changelist_view(request, extra_context)
 
     def operate_view(self, request, object_id, name):
         op = operate.OPERATIONS.get(name)
         object_id = unquote(object_id)
-        case = RecoveryCase.objects.select_related("connection").filter(pk=object_id).first() if object_id.isdigit() else None
+        case = (
+            RecoveryCase.objects.select_related("connection").filter(pk=object_id).first()
+            if object_id.isdigit()
+            else None
+        )
         if op is None or case is None or not self._visible(request, case):
             raise Http404
         if not self.has_operate_permission(request):
@@ -212,8 +225,9 @@ class CaseOperateMixin(_ModelAdmin):
             "form": form,
             "selection": selection,
             "action_name": f"operate_{op.name}",
-            "post_url": request.get_full_path() if selection else reverse(
-                "admin:cases_recoverycase_operate", args=[eligible[0].pk, op.name]),
+            "post_url": request.get_full_path()
+            if selection
+            else reverse("admin:cases_recoverycase_operate", args=[eligible[0].pk, op.name]),
             "case_url": None if selection else self._case_url(eligible[0]),
         }
         request.current_app = self.admin_site.name

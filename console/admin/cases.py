@@ -30,13 +30,24 @@ from .case_operate import CaseOperateMixin, selection_action
 
 @admin.register(RecoveryCase)
 class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmin):
-    list_display = ["case_id", "state_badge", "failure_class", "provider_and_code", "connection_id_col", "tenant",
-                    "runs_blocked_col", "age", "owner_link"]
+    list_display = [
+        "case_id",
+        "state_badge",
+        "failure_class",
+        "provider_and_code",
+        "connection_id_col",
+        "tenant",
+        "runs_blocked_col",
+        "age",
+        "owner_link",
+    ]
     list_display_links = ["case_id"]
     list_filter = [StateFilter, AssigneeFilter, "failure_class", "provider", TenantFilter, OwnerLinkFilter, AgeFilter]
     search_fields = ["reference"]
-    search_help_text = ("Case id, run id, connection id, owner e-mail or action key; when nothing matches exactly, "
-                        "part of a case id, run id, connection id or owner e-mail (3 characters or more).")
+    search_help_text = (
+        "Case id, run id, connection id, owner e-mail or action key; when nothing matches exactly, "
+        "part of a case id, run id, connection id or owner e-mail (3 characters or more)."
+    )
     list_per_page = 100
     list_max_show_all = 1000
     show_full_result_count = False
@@ -45,7 +56,6 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
     actions = [selection_action(op) for op in operate.OPERATIONS.values()]
 
     # ---- permissions: the console reads for every staff user with view permission; only operators act
-
 
     # ---- the list
 
@@ -64,7 +74,9 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
     def case_id(self, obj):
         # The assignee rides under the case id: a column of its own would push the list past 1280 px.
         if obj.assignee_id:
-            return format_html('{}<br><small class="case-assignee">{}</small>', obj.reference, obj.assignee.get_username())
+            return format_html(
+                '{}<br><small class="case-assignee">{}</small>', obj.reference, obj.assignee.get_username()
+            )
         return obj.reference
 
     @admin.display(description="state", ordering="urgency")
@@ -108,12 +120,22 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         return [
-            path("<path:object_id>/operate/<str:name>/", self.admin_site.admin_view(self.operate_view),
-                 name="{}_{}_operate".format(*info)),
+            path(
+                "<path:object_id>/operate/<str:name>/",
+                self.admin_site.admin_view(self.operate_view),
+                name="{}_{}_operate".format(*info),
+            ),
             path("export.csv", self.admin_site.admin_view(self.export_cases_view), name="{}_{}_export".format(*info)),
-            path("<path:object_id>/audit.csv", self.admin_site.admin_view(self.export_audit_view),
-                 name="{}_{}_audit_export".format(*info)),
-            path("<path:object_id>/assign/", self.admin_site.admin_view(self.assign_view), name="{}_{}_assign".format(*info)),
+            path(
+                "<path:object_id>/audit.csv",
+                self.admin_site.admin_view(self.export_audit_view),
+                name="{}_{}_audit_export".format(*info),
+            ),
+            path(
+                "<path:object_id>/assign/",
+                self.admin_site.admin_view(self.assign_view),
+                name="{}_{}_assign".format(*info),
+            ),
             path("<path:object_id>/note/", self.admin_site.admin_view(self.note_view), name="{}_{}_note".format(*info)),
         ] + super().get_urls()
 
@@ -130,8 +152,13 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
         operations = []
         if can_operate:
             for op in operate.available(case):
-                operations.append({"op": op, "form": op.form_for(cases=[case]),
-                                   "url": reverse("admin:cases_recoverycase_operate", args=[case.pk, op.name])})
+                operations.append(
+                    {
+                        "op": op,
+                        "form": op.form_for(cases=[case]),
+                        "url": reverse("admin:cases_recoverycase_operate", args=[case.pk, op.name]),
+                    }
+                )
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -152,17 +179,48 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
         return TemplateResponse(request, "admin/cases/recoverycase/case_detail.html", context)
 
     def history_view(self, request, object_id, extra_context=None):
-        case = RecoveryCase.objects.filter(pk=unquote(object_id)).only("reference").first() if unquote(object_id).isdigit() else None
+        case = (
+            RecoveryCase.objects.filter(pk=unquote(object_id)).only("reference").first()
+            if unquote(object_id).isdigit()
+            else None
+        )
         if case is None:
             raise Http404
         return HttpResponseRedirect(reverse("admin:audit_auditevent_changelist") + f"?case={case.pk}")
 
     # ---- CSV exports: streamed, so a long list or trail never sits in memory
 
-    CASE_COLUMNS = ["case_id", "namespace", "state", "failure_class", "provider", "provider_code", "connection", "tenant",
-                    "owner_email", "run", "runs_blocked", "assignee", "opened_at", "state_changed_at", "closed_at"]
-    AUDIT_COLUMNS = ["occurred_at", "actor", "action", "entity_type", "entity_id", "case_id", "run_id",
-                     "connection_id", "outcome", "before", "after", "arguments"]
+    CASE_COLUMNS = [
+        "case_id",
+        "namespace",
+        "state",
+        "failure_class",
+        "provider",
+        "provider_code",
+        "connection",
+        "tenant",
+        "owner_email",
+        "run",
+        "runs_blocked",
+        "assignee",
+        "opened_at",
+        "state_changed_at",
+        "closed_at",
+    ]
+    AUDIT_COLUMNS = [
+        "occurred_at",
+        "actor",
+        "action",
+        "entity_type",
+        "entity_id",
+        "case_id",
+        "run_id",
+        "connection_id",
+        "outcome",
+        "before",
+        "after",
+        "arguments",
+    ]
 
     def export_cases_view(self, request):
         """The case list as filtered and searched on screen (the same query string), as CSV."""
@@ -176,10 +234,23 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
         def lines():
             yield self.CASE_COLUMNS
             for c in rows:
-                yield [c.reference, c.namespace_id, c.state, c.failure_class, c.provider, c.provider_code, c.connection_id,
-                       c.connection.provider_tenant, c.connection.owner_email, c.run_id, c.runs_blocked,
-                       c.assignee.get_username() if c.assignee_id else "", c.opened_at.isoformat(),
-                       c.state_changed_at.isoformat(), c.closed_at.isoformat() if c.closed_at else ""]
+                yield [
+                    c.reference,
+                    c.namespace_id,
+                    c.state,
+                    c.failure_class,
+                    c.provider,
+                    c.provider_code,
+                    c.connection_id,
+                    c.connection.provider_tenant,
+                    c.connection.owner_email,
+                    c.run_id,
+                    c.runs_blocked,
+                    c.assignee.get_username() if c.assignee_id else "",
+                    c.opened_at.isoformat(),
+                    c.state_changed_at.isoformat(),
+                    c.closed_at.isoformat() if c.closed_at else "",
+                ]
 
         return csv_response(lines(), filename="revive-cases.csv")
 
@@ -193,8 +264,19 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
         def lines():
             yield self.AUDIT_COLUMNS
             for e in events:
-                yield [e.occurred_at.isoformat(), e.actor, e.action, e.entity_type, e.entity_id, e.case_reference,
-                       e.run_id, e.connection_id, e.outcome, json_cell(e.before), json_cell(e.after),
-                       json_cell(e.arguments)]
+                yield [
+                    e.occurred_at.isoformat(),
+                    e.actor,
+                    e.action,
+                    e.entity_type,
+                    e.entity_id,
+                    e.case_reference,
+                    e.run_id,
+                    e.connection_id,
+                    e.outcome,
+                    json_cell(e.before),
+                    json_cell(e.after),
+                    json_cell(e.arguments),
+                ]
 
         return csv_response(lines(), filename=f"{case.reference}-audit.csv")

@@ -20,8 +20,10 @@ class GenerationInline(ReadOnlyInline):
 _SECTIONS: list[tuple[str | None, tuple[str, ...]]] = [
     (None, ("id", "provider", "display_name", "owner_email", "owner_name")),
     ("Recorded identity", ("provider_subject", "provider_tenant", "provider_issuer", "provider_org")),
-    ("Held by a broker (Nango, Scalekit): Revive stores no token",
-     ("upstream_provider", "broker_integration", "broker_connection", "broker_account")),
+    (
+        "Held by a broker (Nango, Scalekit): Revive stores no token",
+        ("upstream_provider", "broker_integration", "broker_connection", "broker_account"),
+    ),
     ("Generation", ("current_generation", "created_at", "updated_at")),
 ]
 

@@ -40,14 +40,18 @@ class NamespaceAdmin(admin.ModelAdmin):
         namespace = namespace_ensure(name=obj.name, actor=operator_actor(request.user))
         if namespace.description != obj.description:
             Namespace.objects.filter(pk=namespace.pk).update(description=obj.description)
-        namespace_notifications_set(name=namespace.pk, operator_emails=obj.operator_emails,
-                                    operator_webhook_url=obj.operator_webhook_url,
-                                    actor=operator_actor(request.user))
+        namespace_notifications_set(
+            name=namespace.pk,
+            operator_emails=obj.operator_emails,
+            operator_webhook_url=obj.operator_webhook_url,
+            actor=operator_actor(request.user),
+        )
         obj._state.adding = False
 
     def save_related(self, request, form, formsets, change):
-        namespace_operators_set(name=form.instance.pk, users=list(form.cleaned_data["operators"]),
-                                actor=operator_actor(request.user))
+        namespace_operators_set(
+            name=form.instance.pk, users=list(form.cleaned_data["operators"]), actor=operator_actor(request.user)
+        )
 
 
 @admin.register(ApiKey)
@@ -75,8 +79,13 @@ class ApiKeyAdmin(NamespaceScopedMixin, ChangeWithReasonMixin, admin.ModelAdmin)
     def save_model(self, request, obj, form, change):
         if change:
             return  # nothing is editable in place
-        key, raw = api_key_create(name=obj.name, role=obj.role, system_operate=obj.system_operate,
-                                  actor=operator_actor(request.user), namespace=obj.namespace_id)
+        key, raw = api_key_create(
+            name=obj.name,
+            role=obj.role,
+            system_operate=obj.system_operate,
+            actor=operator_actor(request.user),
+            namespace=obj.namespace_id,
+        )
         obj.pk = key.pk
         obj._state.adding = False
         messages.warning(request, f"Store this key now; it is shown only once: {raw}")

@@ -34,14 +34,20 @@ class RunAdmin(NamespaceScopedMixin, ExactSearchMixin, ReadOnlyAdmin):
     search_help_text = "Exact run id or workflow name."
     paginator = EstimatedCountPaginator
     show_full_result_count = False
-    fields = readonly_fields = ("id", "runtime", "runtime_reference", "workflow_name", "state", "created_at",
-                                "updated_at")
+    fields = readonly_fields = (
+        "id",
+        "runtime",
+        "runtime_reference",
+        "workflow_name",
+        "state",
+        "created_at",
+        "updated_at",
+    )
     inlines = [CheckpointInline]
 
     @admin.display(description="runtime reference")
     def runtime_reference(self, obj):
         return redacted_json(obj.runtime_ref)
-
 
 
 @admin.register(Action)
@@ -60,9 +66,24 @@ class ActionAdmin(NamespaceScopedMixin, ExactSearchMixin, ReadOnlyAdmin):
     paginator = EstimatedCountPaginator
     show_full_result_count = False
     list_select_related = ["run"]
-    fields = readonly_fields = ("run", "action_key", "idempotency_key", "connection", "checkpoint", "state",
-                                "generation", "attempts", "external_ref", "result_redacted", "error_redacted",
-                                "evidence_redacted", "reconciled_by", "lock_expires_at", "created_at", "updated_at")
+    fields = readonly_fields = (
+        "run",
+        "action_key",
+        "idempotency_key",
+        "connection",
+        "checkpoint",
+        "state",
+        "generation",
+        "attempts",
+        "external_ref",
+        "result_redacted",
+        "error_redacted",
+        "evidence_redacted",
+        "reconciled_by",
+        "lock_expires_at",
+        "created_at",
+        "updated_at",
+    )
 
     @admin.display(description="result")
     def result_redacted(self, obj):
@@ -77,7 +98,6 @@ class ActionAdmin(NamespaceScopedMixin, ExactSearchMixin, ReadOnlyAdmin):
         return redacted_json(obj.evidence)
 
 
-
 @admin.register(OutboxItem)
 class OutboxItemAdmin(ReadOnlyAdmin):
     """Every step Revive owes, read-only; ``failed`` rows (attempts used up) are an operator's to look at.
@@ -89,8 +109,22 @@ class OutboxItemAdmin(ReadOnlyAdmin):
     list_filter = ["state", "kind"]
     search_fields = ["=key", "=run_id", "=case__reference"]
     list_select_related = ["case"]
-    fields = readonly_fields = ("kind", "key", "case", "run_id", "payload", "state", "attempts", "max_attempts",
-                                "due_at", "claimed_until", "last_error", "created_at", "updated_at", "done_at")
+    fields = readonly_fields = (
+        "kind",
+        "key",
+        "case",
+        "run_id",
+        "payload",
+        "state",
+        "attempts",
+        "max_attempts",
+        "due_at",
+        "claimed_until",
+        "last_error",
+        "created_at",
+        "updated_at",
+        "done_at",
+    )
     actions = ["retry_failed"]
 
     @admin.display(description="last error")
@@ -100,8 +134,10 @@ class OutboxItemAdmin(ReadOnlyAdmin):
     @admin.action(description="Retry the selected failed steps", permissions=["operate"])
     def retry_failed(self, request, queryset):
         actor = operator_actor(request.user)
-        retried = [outbox_retry(item_id=pk, actor=actor).key
-                   for pk in queryset.filter(state=OutboxItem.State.FAILED).values_list("pk", flat=True)]
+        retried = [
+            outbox_retry(item_id=pk, actor=actor).key
+            for pk in queryset.filter(state=OutboxItem.State.FAILED).values_list("pk", flat=True)
+        ]
         self.message_user(request, f"{len(retried)} failed step(s) dispatched again.")
 
     def has_operate_permission(self, request):

@@ -14,7 +14,6 @@ def create_console_groups(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("cases", "0003_case_console"),
         ("auth", "0012_alter_user_first_name_max_length"),

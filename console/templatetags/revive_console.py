@@ -30,7 +30,9 @@ def console_dashboard_for(context):
     if detail is None and data["oldest"] is not None:
         detail = console_case_detail(case_id=data["oldest"].pk)
     data["selected"] = detail
-    data["selected_svg"] = timeline_svg(detail.timeline, title=f"Recovery timeline of {detail.case.reference}") if detail else None
+    data["selected_svg"] = (
+        timeline_svg(detail.timeline, title=f"Recovery timeline of {detail.case.reference}") if detail else None
+    )
     return data
 
 

@@ -14,7 +14,8 @@ from langgraph.types import RetryPolicy
 
 from lab import briefing
 
-RETRY = RetryPolicy(initial_interval=2.0, backoff_factor=1.0, jitter=False, max_attempts=5,
-                    retry_on=httpx.TimeoutException)
+RETRY = RetryPolicy(
+    initial_interval=2.0, backoff_factor=1.0, jitter=False, max_attempts=5, retry_on=httpx.TimeoutException
+)
 
 graph = briefing.briefing(retry_policy=RETRY).compile()

@@ -49,15 +49,24 @@ class LabIdp:
     issuer: str = ""
 
     @classmethod
-    def start(cls, *, var_dir: Path, redirect_uris: list[str], timeout: float = 120.0,
-              children: Pidfile | None = None) -> LabIdp:
+    def start(
+        cls, *, var_dir: Path, redirect_uris: list[str], timeout: float = 120.0, children: Pidfile | None = None
+    ) -> LabIdp:
         """Start the provider and wait until it serves. Call it from the thread that outlives the provider: the
         process dies with that thread (``lab.processes``). ``children`` records it for the next run's reaper."""
         var_dir.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_urlsafe(24)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_SETTINGS_MODULE", "REVIVE_IDP_DATABASE_URL"))}
-        env.update(REVIVE_VAR_DIR=str(var_dir), REVIVE_LAB_IDP_CLIENT_SECRET=secret, PYTHONUNBUFFERED="1",
-                   REVIVE_IDP_DATABASE_URL=f"sqlite:///{var_dir / 'idp.sqlite3'}")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DJANGO_SETTINGS_MODULE", "REVIVE_IDP_DATABASE_URL"))
+        }
+        env.update(
+            REVIVE_VAR_DIR=str(var_dir),
+            REVIVE_LAB_IDP_CLIENT_SECRET=secret,
+            PYTHONUNBUFFERED="1",
+            REVIVE_IDP_DATABASE_URL=f"sqlite:///{var_dir / 'idp.sqlite3'}",
+        )
         args = [sys.executable, "-m", "lab.idp.process", "--client-id", CLIENT_ID]
         for uri in redirect_uris:
             args += ["--redirect-uri", uri]
@@ -94,9 +103,16 @@ class LabIdp:
 
     def revoke(self, refresh_token: str) -> int:
         """Revoke a refresh token at the provider: from now on its token endpoint answers ``invalid_grant`` for it."""
-        resp = httpx.post(f"{self.url}/identity/o/api/revoke", timeout=10, data={
-            "client_id": self.client_id, "client_secret": self.client_secret, "token": refresh_token,
-            "token_type_hint": "refresh_token"})
+        resp = httpx.post(
+            f"{self.url}/identity/o/api/revoke",
+            timeout=10,
+            data={
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+                "token": refresh_token,
+                "token_type_hint": "refresh_token",
+            },
+        )
         return resp.status_code
 
     def connect(self, username: str, redirect_uri: str) -> dict:
@@ -104,17 +120,34 @@ class LabIdp:
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         state = secrets.token_urlsafe(16)
-        query = urlencode({"response_type": "code", "client_id": self.client_id, "redirect_uri": redirect_uri,
-                           "scope": "openid profile email", "state": state, "code_challenge": challenge,
-                           "code_challenge_method": "S256"})
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": self.client_id,
+                "redirect_uri": redirect_uri,
+                "scope": "openid profile email",
+                "state": state,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            }
+        )
         with IdpSession(self) as person:
             callback = person.authorize(f"{self.url}/identity/o/authorize?{query}", username)
         params = parse_qs(urlsplit(callback).query)
         if params.get("state", [""])[0] != state or "code" not in params:
             raise IdpError(f"the provider did not return a code: {callback[:200]}")
-        resp = httpx.post(self.token_url, timeout=10, data={
-            "grant_type": "authorization_code", "code": params["code"][0], "redirect_uri": redirect_uri,
-            "client_id": self.client_id, "client_secret": self.client_secret, "code_verifier": verifier})
+        resp = httpx.post(
+            self.token_url,
+            timeout=10,
+            data={
+                "grant_type": "authorization_code",
+                "code": params["code"][0],
+                "redirect_uri": redirect_uri,
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+                "code_verifier": verifier,
+            },
+        )
         if resp.status_code != 200:
             raise IdpError(f"code exchange failed: {resp.status_code} {resp.text[:300]}")
         return resp.json()
@@ -147,9 +180,11 @@ class IdpSession:
         match = _CSRF.search(response.text)
         if response.status_code != 200 or not match:
             raise IdpError(f"no sign-in form at the provider: {response.status_code} {response.text[:300]}")
-        response = self.http.post(str(response.url), data={"csrfmiddlewaretoken": match.group(1), "login": username,
-                                                           "password": password},
-                                  headers={"Referer": str(response.url)})
+        response = self.http.post(
+            str(response.url),
+            data={"csrfmiddlewaretoken": match.group(1), "login": username, "password": password},
+            headers={"Referer": str(response.url)},
+        )
         while response.is_redirect:
             location = str(response.url.join(response.headers["location"]))
             if not self._inside(location):

@@ -56,8 +56,13 @@ class ClaimsRequestMiddleware:
             except ValueError:
                 claims = None
             with self._lock:
-                self.requests.append({"client_id": request.GET.get("client_id", ""),
-                                      "login_hint": request.GET.get("login_hint", ""), "claims": claims})
+                self.requests.append(
+                    {
+                        "client_id": request.GET.get("client_id", ""),
+                        "login_hint": request.GET.get("login_hint", ""),
+                        "claims": claims,
+                    }
+                )
             query = request.GET.copy()
             query.pop("claims")
             return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")

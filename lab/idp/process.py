@@ -40,8 +40,16 @@ def main() -> int:
     out = io.StringIO()
     redirect_args = [a for uri in args.redirect_uris for a in ("--redirect-uri", uri)]
     # "--option=value": a generated secret may begin with "-", which argparse would read as an option
-    call_command("idp_seed", *redirect_args, "--client-id", args.client_id,
-                 f"--client-secret={os.environ['REVIVE_LAB_IDP_CLIENT_SECRET']}", "--password", args.password, stdout=out)
+    call_command(
+        "idp_seed",
+        *redirect_args,
+        "--client-id",
+        args.client_id,
+        f"--client-secret={os.environ['REVIVE_LAB_IDP_CLIENT_SECRET']}",
+        "--password",
+        args.password,
+        stdout=out,
+    )
     users = json.loads(out.getvalue())["users"]
 
     class Quiet(WSGIRequestHandler):

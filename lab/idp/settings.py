@@ -41,11 +41,16 @@ def _private_key_pem() -> str:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 DEBUG = env.bool("REVIVE_IDP_DEBUG", default=False)
-SECRET_KEY = env.str("REVIVE_IDP_SECRET_KEY", default="") or _local_file("idp_secret_key", lambda: secrets.token_urlsafe(50)).strip()
+SECRET_KEY = (
+    env.str("REVIVE_IDP_SECRET_KEY", default="")
+    or _local_file("idp_secret_key", lambda: secrets.token_urlsafe(50)).strip()
+)
 ALLOWED_HOSTS = env.list("REVIVE_IDP_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 
 INSTALLED_APPS = [
@@ -108,7 +113,9 @@ ACCOUNT_RATE_LIMITS = False
 if env.bool("REVIVE_IDP_FAST_PASSWORDS", default=False):  # tests: a cheap hasher for the seeded passwords
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-IDP_OIDC_PRIVATE_KEY = env.str("REVIVE_IDP_PRIVATE_KEY", default="") or _local_file("idp_private_key.pem", _private_key_pem)
+IDP_OIDC_PRIVATE_KEY = env.str("REVIVE_IDP_PRIVATE_KEY", default="") or _local_file(
+    "idp_private_key.pem", _private_key_pem
+)
 IDP_OIDC_ADAPTER = "lab.idp.adapter.LabOIDCAdapter"
 IDP_OIDC_ROTATE_REFRESH_TOKEN = True
 IDP_OIDC_ACCESS_TOKEN_EXPIRES_IN = env.int("REVIVE_IDP_ACCESS_TOKEN_EXPIRES_IN", default=3600)
@@ -119,7 +126,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "filters": {"redact_credentials": {"()": "reauth.logging.RedactCredentialsFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_credentials"]}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_credentials"]}
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.server": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }

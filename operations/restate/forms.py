@@ -22,7 +22,9 @@ class RestateOperationForm(forms.Form):
     """Form field -> request field of the route."""
 
     reason = forms.CharField(
-        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
         help_text="Optional: the incident or why. Stored in the operations audit with your name.",
     )
 
@@ -52,8 +54,9 @@ class RestateOperationForm(forms.Form):
 
 
 def _service_url_field(help_text: str) -> forms.CharField:
-    return forms.CharField(label="Service URL", max_length=MAX_URL_LENGTH, help_text=help_text,
-                           widget=forms.TextInput(attrs={"size": 70}))
+    return forms.CharField(
+        label="Service URL", max_length=MAX_URL_LENGTH, help_text=help_text, widget=forms.TextInput(attrs={"size": 70})
+    )
 
 
 class ForceRedeployForm(RestateOperationForm):
@@ -61,8 +64,9 @@ class ForceRedeployForm(RestateOperationForm):
     wire_names = {"service_url": "serviceUrl", "force": "force"}
 
     service_url = _service_url_field("The live durable workflow service URL to register (scheme, host, port, path).")
-    force = forms.BooleanField(required=False, initial=True,
-                               help_text="Forced registration (the default): overwrite what the engine knows.")
+    force = forms.BooleanField(
+        required=False, initial=True, help_text="Forced registration (the default): overwrite what the engine knows."
+    )
 
 
 class CleanupStaleDeploymentsForm(RestateOperationForm):
@@ -71,7 +75,9 @@ class CleanupStaleDeploymentsForm(RestateOperationForm):
 
     service_url = _service_url_field("Exactly the serviceUrl of the deployment to keep, as the doctor shows it.")
     force_drain = forms.BooleanField(
-        required=False, initial=False, label="Force drain",
+        required=False,
+        initial=False,
+        label="Force drain",
         help_text="Only for stale deployments that point to dead services: delete them even with pending invocations.",
     )
 

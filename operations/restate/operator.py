@@ -100,7 +100,9 @@ def restate_admin_url_resolve(admin_url: str, *, timeout: float) -> str:
     try:
         start("restate-resolve", lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)).result(timeout)
     except concurrent.futures.TimeoutError:
-        raise RestateAdminUnreachable(f"Resolving the admin host {host!r} did not finish within {timeout:g}s.") from None
+        raise RestateAdminUnreachable(
+            f"Resolving the admin host {host!r} did not finish within {timeout:g}s."
+        ) from None
     except (OSError, UnicodeError) as exc:
         raise RestateAdminUnreachable(f"The admin host {host!r} cannot be resolved: {exc}.") from None
     return admin_url
@@ -162,8 +164,9 @@ def _probe_admin(config: RestateConfig, admin_url: str) -> dict[str, Any]:
     return {"status": OK, "latencyMs": latency, "version": version, "error": None}
 
 
-def _probe_listing(config: RestateConfig, admin_url: str,
-                   listing: Callable[[RestateAdminClient], list[dict[str, Any]]]) -> dict[str, Any]:
+def _probe_listing(
+    config: RestateConfig, admin_url: str, listing: Callable[[RestateAdminClient], list[dict[str, Any]]]
+) -> dict[str, Any]:
     try:
         with RestateAdminClient(admin_url, timeout=config.probe_timeout) as admin:
             items = listing(admin)
@@ -174,16 +177,24 @@ def _probe_listing(config: RestateConfig, admin_url: str,
 
 
 def _probe_deployments(config: RestateConfig, admin_url: str) -> dict[str, Any]:
-    return _probe_listing(config, admin_url, lambda admin: [
-        {"id": d.id, "serviceUrl": d.service_url, "createdAt": _iso_utc(d.created_at)}
-        for d in sorted(admin.list_deployments(), key=lambda d: (d.created_at, d.id), reverse=True)
-    ])
+    return _probe_listing(
+        config,
+        admin_url,
+        lambda admin: [
+            {"id": d.id, "serviceUrl": d.service_url, "createdAt": _iso_utc(d.created_at)}
+            for d in sorted(admin.list_deployments(), key=lambda d: (d.created_at, d.id), reverse=True)
+        ],
+    )
 
 
 def _probe_services(config: RestateConfig, admin_url: str) -> dict[str, Any]:
-    return _probe_listing(config, admin_url, lambda admin: [
-        {"name": s.name, "revision": s.revision} for s in sorted(admin.list_services(), key=lambda s: s.name)
-    ])
+    return _probe_listing(
+        config,
+        admin_url,
+        lambda admin: [
+            {"name": s.name, "revision": s.revision} for s in sorted(admin.list_services(), key=lambda s: s.name)
+        ],
+    )
 
 
 _BY_STATUS_SQL = "SELECT status, COUNT(*) AS count FROM sys_invocation GROUP BY status"

@@ -14,8 +14,11 @@ def reconnect_start(connection) -> str:
     """
     try:
         if connection.provider == "nango":
-            return nango.connect_url(nango.reconnect_session(integration_id=connection.broker_integration,
-                                                             connection_id=connection.broker_connection))
+            return nango.connect_url(
+                nango.reconnect_session(
+                    integration_id=connection.broker_integration, connection_id=connection.broker_connection
+                )
+            )
         return scalekit.magic_link(connection)
     except BrokerError as exc:
         if exc.transient:

@@ -62,9 +62,16 @@ def _id_token_claims(id_token: str, issuer: str) -> dict[str, Any] | None:
     if not jwks_uri:
         return None
     try:
-        key = jwt.PyJWKClient(jwks_uri, cache_keys=True, timeout=int(settings.REVIVE_BROKER_TIMEOUT)).get_signing_key_from_jwt(id_token)
-        claims = jwt.decode(id_token, key.key, algorithms=_ALGORITHMS, leeway=LEEWAY_SECONDS,
-                            options={"verify_aud": False, "require": ["iss", "exp"]})
+        key = jwt.PyJWKClient(
+            jwks_uri, cache_keys=True, timeout=int(settings.REVIVE_BROKER_TIMEOUT)
+        ).get_signing_key_from_jwt(id_token)
+        claims = jwt.decode(
+            id_token,
+            key.key,
+            algorithms=_ALGORITHMS,
+            leeway=LEEWAY_SECONDS,
+            options={"verify_aud": False, "require": ["iss", "exp"]},
+        )
     except jwt.PyJWKClientConnectionError as exc:
         raise IdentityUnavailable(str(exc)[:100]) from None
     except jwt.PyJWTError as exc:
@@ -91,15 +98,23 @@ def identity_from_credentials(connection, credentials: dict[str, Any]) -> tuple[
     id_token = raw.get("id_token") or credentials.get("id_token") or ""
     if isinstance(id_token, str) and id_token:
         claims = _id_token_claims(id_token, issuer)
-        return (presented_from_claims(claims, rule=rule, issuer=issuer), "id_token") if claims else (ProviderIdentity(), "none")
+        return (
+            (presented_from_claims(claims, rule=rule, issuer=issuer), "id_token")
+            if claims
+            else (ProviderIdentity(), "none")
+        )
     access_token = credentials.get("access_token") or raw.get("access_token") or ""
     endpoint = _discovery(issuer).get("userinfo_endpoint")
     if not endpoint or not isinstance(access_token, str) or not access_token:
         return ProviderIdentity(), "none"
     try:  # the one userinfo check, shared with the Token Vault re-link
-        presented = identity_from_userinfo(userinfo_url=endpoint, access_token=access_token, issuer=issuer,
-                                           connection_provider=connection.identity_provider,
-                                           timeout=settings.REVIVE_BROKER_TIMEOUT)
+        presented = identity_from_userinfo(
+            userinfo_url=endpoint,
+            access_token=access_token,
+            issuer=issuer,
+            connection_provider=connection.identity_provider,
+            timeout=settings.REVIVE_BROKER_TIMEOUT,
+        )
     except ReconnectProviderUnreachable:
         raise IdentityUnavailable("userinfo") from None
     except ReconnectSignInFailed:

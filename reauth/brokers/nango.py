@@ -42,8 +42,11 @@ def signature_valid(key: str, raw: bytes, presented: str | None) -> bool:
 
 
 def _client() -> httpx.Client:
-    return httpx.Client(base_url=settings.REVIVE_NANGO_URL.rstrip("/"), timeout=settings.REVIVE_BROKER_TIMEOUT,
-                        headers={"Authorization": f"Bearer {settings.REVIVE_NANGO_SECRET_KEY}"})
+    return httpx.Client(
+        base_url=settings.REVIVE_NANGO_URL.rstrip("/"),
+        timeout=settings.REVIVE_BROKER_TIMEOUT,
+        headers={"Authorization": f"Bearer {settings.REVIVE_NANGO_SECRET_KEY}"},
+    )
 
 
 def _answer(response: httpx.Response) -> dict[str, Any]:
@@ -76,7 +79,9 @@ class ConnectSession:
 
 
 def reconnect_session(*, integration_id: str, connection_id: str) -> ConnectSession:
-    body = _call("POST", "/connect/sessions/reconnect", json={"connection_id": connection_id, "integration_id": integration_id})
+    body = _call(
+        "POST", "/connect/sessions/reconnect", json={"connection_id": connection_id, "integration_id": integration_id}
+    )
     data = body.get("data") or {}
     if not data.get("token"):
         raise NangoError(200, "malformed", "no session token in the answer")
@@ -90,8 +95,11 @@ def connect_url(session: ConnectSession) -> str:
 
 def connection_credentials(*, integration_id: str, connection_id: str) -> dict[str, Any]:
     """The connection's ``credentials`` as Nango holds them now (read, used for the identity proof, dropped)."""
-    body = _call("GET", f"/connections/{quote(connection_id, safe='')}",
-                 params={"provider_config_key": integration_id, "force_refresh": "false", "refresh_token": "false"})
+    body = _call(
+        "GET",
+        f"/connections/{quote(connection_id, safe='')}",
+        params={"provider_config_key": integration_id, "force_refresh": "false", "refresh_token": "false"},
+    )
     credentials = body.get("credentials")
     if not isinstance(credentials, dict):
         raise NangoError(200, "malformed", "no credentials in the connection")

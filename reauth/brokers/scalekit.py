@@ -41,9 +41,15 @@ def _token() -> str:
     if cached:
         return cached
     try:
-        response = httpx.post(f"{_base()}/oauth/token", timeout=settings.REVIVE_BROKER_TIMEOUT, data={
-            "grant_type": "client_credentials", "client_id": settings.REVIVE_SCALEKIT_CLIENT_ID,
-            "client_secret": settings.REVIVE_SCALEKIT_CLIENT_SECRET})
+        response = httpx.post(
+            f"{_base()}/oauth/token",
+            timeout=settings.REVIVE_BROKER_TIMEOUT,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": settings.REVIVE_SCALEKIT_CLIENT_ID,
+                "client_secret": settings.REVIVE_SCALEKIT_CLIENT_SECRET,
+            },
+        )
     except httpx.HTTPError as exc:
         raise ScalekitError(None, "network", type(exc).__name__) from None
     if response.status_code != 200:
@@ -55,8 +61,13 @@ def _token() -> str:
 
 def _call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     try:
-        response = httpx.request(method, f"{_base()}{path}", timeout=settings.REVIVE_BROKER_TIMEOUT,
-                                 headers={"Authorization": f"Bearer {_token()}"}, **kwargs)
+        response = httpx.request(
+            method,
+            f"{_base()}{path}",
+            timeout=settings.REVIVE_BROKER_TIMEOUT,
+            headers={"Authorization": f"Bearer {_token()}"},
+            **kwargs,
+        )
     except httpx.HTTPError as exc:
         raise ScalekitError(None, "network", type(exc).__name__) from None
     try:
@@ -64,8 +75,11 @@ def _call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     except ValueError:
         body = {}
     if response.status_code >= 400:
-        raise ScalekitError(response.status_code, str(body.get("error_code") or body.get("code") or ""),
-                            str(body.get("message") or "")[:200])
+        raise ScalekitError(
+            response.status_code,
+            str(body.get("error_code") or body.get("code") or ""),
+            str(body.get("message") or "")[:200],
+        )
     return body
 
 
@@ -82,12 +96,18 @@ def account_read(conn: Connection) -> dict[str, Any]:
 def account_credentials(conn: Connection) -> dict[str, Any]:
     """The OAuth token Scalekit holds for the account, shaped like Nango's credentials (``access_token``, ``raw``)."""
     details = (account_read(conn).get("authorization_details") or {}).get("oauth_token") or {}
-    return {"access_token": details.get("access_token", ""), "raw": {k: v for k, v in details.items() if k == "id_token"}}
+    return {
+        "access_token": details.get("access_token", ""),
+        "raw": {k: v for k, v in details.items() if k == "id_token"},
+    }
 
 
 def magic_link(conn: Connection) -> str:
-    body = _call("POST", "/api/v1/connected_accounts/magic_link",
-                 json={"connector": conn.broker_integration, "identifier": conn.broker_connection})
+    body = _call(
+        "POST",
+        "/api/v1/connected_accounts/magic_link",
+        json={"connector": conn.broker_integration, "identifier": conn.broker_connection},
+    )
     if not body.get("link"):
         raise ScalekitError(200, "malformed", "no link in the answer")
     return body["link"]

@@ -46,8 +46,17 @@ from . import BrokerError, identity, nango, scalekit
 logger = logging.getLogger(__name__)
 NANGO_ACTOR = "broker:nango"
 OWNER_CLASSES = (FailureClass.DEAD_GRANT, FailureClass.INTERACTION_REQUIRED)
-_NANGO_FIELDS = ("from", "type", "operation", "connectionId", "providerConfigKey", "provider", "environment", "authMode",
-                 "success")
+_NANGO_FIELDS = (
+    "from",
+    "type",
+    "operation",
+    "connectionId",
+    "providerConfigKey",
+    "provider",
+    "environment",
+    "authMode",
+    "success",
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,11 @@ def nango_signing_key(namespace: str) -> str | None:
     if stored is not None and stored.is_set:
         key = secret_open(stored.ciphertext)
         if key is None:
-            logger.error("The Nango webhook signing key of namespace %s cannot be decrypted (SECRET_KEY changed "
-                         "without SECRET_KEY_FALLBACKS?): set it again in the console", namespace)
+            logger.error(
+                "The Nango webhook signing key of namespace %s cannot be decrypted (SECRET_KEY changed "
+                "without SECRET_KEY_FALLBACKS?): set it again in the console",
+                namespace,
+            )
             return ""
         return key
     keys = settings.REVIVE_NANGO_WEBHOOK_SIGNING_KEYS
@@ -97,14 +109,17 @@ def nango_signing_key_set(*, namespace: str, key: str, actor: str) -> NangoSigni
     """
     key = (key or "").strip()
     if not key or len(key) > _SIGNING_KEY_MAX:
-        raise ValidationFailed(f"A Nango webhook signing key is 1-{_SIGNING_KEY_MAX} characters.",
-                               data={"field": "signing_key"})
+        raise ValidationFailed(
+            f"A Nango webhook signing key is 1-{_SIGNING_KEY_MAX} characters.", data={"field": "signing_key"}
+        )
     stored = _signing_key_lock(namespace)
     if stored is not None and stored.is_set and secret_open(stored.ciphertext) == key:
         return stored
     operation = "replaced" if stored is not None and stored.is_set else "set"
     stored, _ = NangoSigningKey.objects.update_or_create(
-        namespace_id=namespace, defaults={"ciphertext": secret_seal(key), "changed_at": timezone.now(), "changed_by": actor})
+        namespace_id=namespace,
+        defaults={"ciphertext": secret_seal(key), "changed_at": timezone.now(), "changed_by": actor},
+    )
     _signing_key_audit(namespace, operation=operation, actor=actor)
     return stored
 
@@ -130,8 +145,13 @@ def _signing_key_lock(namespace: str) -> NangoSigningKey | None:
 
 
 def _signing_key_audit(namespace: str, *, operation: str, actor: str) -> None:
-    audit_record(actor=actor, action="namespace.nango_signing_key_changed", entity_type="namespace", entity_id=namespace,
-                 arguments={"operation": operation})
+    audit_record(
+        actor=actor,
+        action="namespace.nango_signing_key_changed",
+        entity_type="namespace",
+        entity_id=namespace,
+        arguments={"operation": operation},
+    )
 
 
 def _kept(payload: dict[str, Any]) -> dict[str, Any]:
@@ -139,15 +159,32 @@ def _kept(payload: dict[str, Any]) -> dict[str, Any]:
     kept = {k: payload[k] for k in _NANGO_FIELDS if k in payload and isinstance(payload[k], (str, bool, int))}
     error = payload.get("error")
     if isinstance(error, dict):
-        kept["error"] = redact({"type": str(error.get("type", ""))[:80], "description": str(error.get("description", ""))[:500]})
+        kept["error"] = redact(
+            {"type": str(error.get("type", ""))[:80], "description": str(error.get("description", ""))[:500]}
+        )
     return kept
 
 
-def _audit(signal: BrokerSignal, conn: Connection, *, outcome: str, case: RecoveryCase | None = None,
-           extra: dict[str, Any] | None = None, result: str = "ok") -> None:
-    audit_record(actor=f"broker:{signal.source}", action="broker.signal", entity_type="connection", entity_id=conn.pk,
-                 connection_id=conn.pk, case=case, run_id=(case.run_id or "") if case else "",
-                 arguments={"signal": signal.pk, "kind": signal.kind, "outcome": outcome, **(extra or {})}, outcome=result)
+def _audit(
+    signal: BrokerSignal,
+    conn: Connection,
+    *,
+    outcome: str,
+    case: RecoveryCase | None = None,
+    extra: dict[str, Any] | None = None,
+    result: str = "ok",
+) -> None:
+    audit_record(
+        actor=f"broker:{signal.source}",
+        action="broker.signal",
+        entity_type="connection",
+        entity_id=conn.pk,
+        connection_id=conn.pk,
+        case=case,
+        run_id=(case.run_id or "") if case else "",
+        arguments={"signal": signal.pk, "kind": signal.kind, "outcome": outcome, **(extra or {})},
+        outcome=result,
+    )
 
 
 def _finish(signal: BrokerSignal, *, state: str, outcome: str) -> None:
@@ -166,8 +203,12 @@ def nango_webhook_receive(*, namespace: str, raw: bytes, payload: dict[str, Any]
     kind = f"{payload.get('type', '')}.{payload.get('operation', '')}"[:60]
     conn = None
     if payload.get("type") == "auth":
-        conn = Connection.objects.filter(namespace_id=namespace, provider=Provider.NANGO, broker_integration=str(payload.get("providerConfigKey", "")),
-                                         broker_connection=str(payload.get("connectionId", ""))).first()
+        conn = Connection.objects.filter(
+            namespace_id=namespace,
+            provider=Provider.NANGO,
+            broker_integration=str(payload.get("providerConfigKey", "")),
+            broker_connection=str(payload.get("connectionId", "")),
+        ).first()
     if conn is not None:
         conn = Connection.objects.select_for_update().get(pk=conn.pk)  # one delivery per connection at a time
     digest = digest_of(f"{body_digest}:{_delivery_context(conn, body_digest, payload)}".encode())
@@ -176,8 +217,15 @@ def nango_webhook_receive(*, namespace: str, raw: bytes, payload: dict[str, Any]
         return Receipt(existing.pk, True, existing.state, existing.outcome)
     try:
         with transaction.atomic():
-            signal = BrokerSignal.objects.create(source="nango", namespace=namespace, digest=digest, body_digest=body_digest,
-                                                 kind=kind, connection=conn, payload=_kept(payload))
+            signal = BrokerSignal.objects.create(
+                source="nango",
+                namespace=namespace,
+                digest=digest,
+                body_digest=body_digest,
+                kind=kind,
+                connection=conn,
+                payload=_kept(payload),
+            )
     except IntegrityError:  # the same delivery, concurrently: the other one applies it
         existing = BrokerSignal.objects.get(source="nango", namespace=namespace, digest=digest)
         return Receipt(existing.pk, True, existing.state, existing.outcome)
@@ -197,11 +245,20 @@ def _delivery_context(conn: Connection | None, body_digest: str, payload: dict[s
     if payload.get("operation") == "override":
         from audit.models import AuditEvent
 
-        attempt = (AuditEvent.objects.filter(connection_id=conn.pk, action="reconnect.sign_in_started")
-                   .order_by("-pk").values_list("pk", flat=True).first())
+        attempt = (
+            AuditEvent.objects.filter(connection_id=conn.pk, action="reconnect.sign_in_started")
+            .order_by("-pk")
+            .values_list("pk", flat=True)
+            .first()
+        )
         return f"{conn.current_generation}:attempt:{attempt or 0}"
-    last_other = (BrokerSignal.objects.filter(source="nango", connection=conn).exclude(body_digest=body_digest)
-                  .order_by("-pk").values_list("pk", flat=True).first())
+    last_other = (
+        BrokerSignal.objects.filter(source="nango", connection=conn)
+        .exclude(body_digest=body_digest)
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
     return f"{conn.current_generation}:after:{last_other or 0}"
 
 
@@ -224,8 +281,12 @@ def _refresh_failed(signal: BrokerSignal, conn: Connection, payload: dict[str, A
     c = classify(provider=Provider.NANGO, status=None, body=payload)
     extra = {"code": c.code, "failure_class": str(c.failure_class), "classification": c.signature}
     if c.failure_class in OWNER_CLASSES:
-        case, opened = case_open_from_signal(connection_id=conn.pk, classification=c, actor=NANGO_ACTOR,
-                                             signal={"source": "nango", "signal": signal.pk, "kind": signal.kind})
+        case, opened = case_open_from_signal(
+            connection_id=conn.pk,
+            classification=c,
+            actor=NANGO_ACTOR,
+            signal={"source": "nango", "signal": signal.pk, "kind": signal.kind},
+        )
         outcome = "case_opened" if opened else "case_already_open"
         _finish(signal, state=BrokerSignal.State.PROCESSED, outcome=outcome)
         _audit(signal, conn, outcome=outcome, case=case, extra=extra)
@@ -235,14 +296,18 @@ def _refresh_failed(signal: BrokerSignal, conn: Connection, payload: dict[str, A
 
 
 def _refresh_recovered(signal: BrokerSignal, conn: Connection) -> None:
-    case = (RecoveryCase.objects.filter(connection=conn, rejected_generation=conn.current_generation,
-                                        state__in=(CaseState.OPENED, CaseState.AWAITING_OWNER)).first())
+    case = RecoveryCase.objects.filter(
+        connection=conn,
+        rejected_generation=conn.current_generation,
+        state__in=(CaseState.OPENED, CaseState.AWAITING_OWNER),
+    ).first()
     if case is None:
         _finish(signal, state=BrokerSignal.State.PROCESSED, outcome="recorded")
         _audit(signal, conn, outcome="recorded", extra={"success": True})
         return
-    case = case_recover_without_reconnect(case_id=case.pk, actor=NANGO_ACTOR,
-                                          evidence={"signal": signal.pk, "kind": signal.kind})
+    case = case_recover_without_reconnect(
+        case_id=case.pk, actor=NANGO_ACTOR, evidence={"signal": signal.pk, "kind": signal.kind}
+    )
     if case.state in (CaseState.CLOSED, CaseState.REAUTHORIZED):
         reconnect.reconnect_requests_revoke_for_case(case=case, reason="recovered_by_provider", actor=NANGO_ACTOR)
     outcome = "case_recovered" if case.state in (CaseState.CLOSED, CaseState.REAUTHORIZED) else "recorded"
@@ -270,7 +335,9 @@ def _credentials(conn: Connection) -> dict[str, Any]:
     """What the broker holds for the connection now; ``{}`` (proves nobody) if the broker refuses to say."""
     try:
         if conn.provider == Provider.NANGO:
-            return nango.connection_credentials(integration_id=conn.broker_integration, connection_id=conn.broker_connection)
+            return nango.connection_credentials(
+                integration_id=conn.broker_integration, connection_id=conn.broker_connection
+            )
         return scalekit.account_credentials(conn)
     except BrokerError as exc:
         if exc.transient:
@@ -287,8 +354,13 @@ def broker_reauthorized(*, signal_id: int) -> str:
     if signal is None or signal.state != BrokerSignal.State.PENDING or signal.connection is None:
         return signal.outcome if signal else "missing"
     conn = signal.connection
-    req = (ReconnectRequest.objects.filter(connection=conn, state=ReconnectRequest.State.ACTIVE,
-                                           rejected_generation=conn.current_generation).order_by("-created_at").first())
+    req = (
+        ReconnectRequest.objects.filter(
+            connection=conn, state=ReconnectRequest.State.ACTIVE, rejected_generation=conn.current_generation
+        )
+        .order_by("-created_at")
+        .first()
+    )
     if req is None:
         with transaction.atomic():
             _finish(signal, state=BrokerSignal.State.PROCESSED, outcome="no_reconnect_waiting")
@@ -301,8 +373,9 @@ def broker_reauthorized(*, signal_id: int) -> str:
     proof = {"proof": how, "custody": conn.get_provider_display(), "signal": signal.pk}
     actor = f"owner:{presented.label or presented.subject or 'unknown'}"[:200]
     try:
-        completion = reconnect.reconnect_request_complete(public_id=req.public_id, presented=presented, grant=None,
-                                                          actor=actor, proof=proof)
+        completion = reconnect.reconnect_request_complete(
+            public_id=req.public_id, presented=presented, grant=None, actor=actor, proof=proof
+        )
         outcome = "reconnected" if completion.consumed else "identity_refused"
     except ReconnectError as exc:  # the link expired, was revoked or locked meanwhile
         outcome = exc.code.lower()[:60]
@@ -336,27 +409,36 @@ def scalekit_status_observed(*, connection_id: str, status: str, account: dict[s
     """
     conn = Connection.objects.select_for_update().get(pk=connection_id)
     last = BrokerSignal.objects.filter(source="scalekit", connection=conn).order_by("-pk").first()
-    waiting_request = ReconnectRequest.objects.filter(connection=conn, state=ReconnectRequest.State.ACTIVE,
-                                                      rejected_generation=conn.current_generation).exists()
+    waiting_request = ReconnectRequest.objects.filter(
+        connection=conn, state=ReconnectRequest.State.ACTIVE, rejected_generation=conn.current_generation
+    ).exists()
     updated = str(account.get("updated_at") or "")
     # A new grant for an account that stayed ACTIVE (the owner reconnected again after a refusal) shows as a new
     # ``updated_at``; it matters only while the owner's request waits.
-    reauthorized = (status == "ACTIVE" and waiting_request
-                    and (last is None or last.kind != status or last.payload.get("updated_at") != updated))
+    reauthorized = (
+        status == "ACTIVE"
+        and waiting_request
+        and (last is None or last.kind != status or last.payload.get("updated_at") != updated)
+    )
     if last is not None and last.kind == status and not reauthorized:
         return False
     marker = f"{conn.pk}:{conn.current_generation}:{last.pk if last else 0}:{status}:{updated}"
     digest = hashlib.sha256(marker.encode()).hexdigest()
     try:
         with transaction.atomic():
-            signal = BrokerSignal.objects.create(source="scalekit", digest=digest, kind=status[:60] or "UNKNOWN",
-                                                 connection=conn, payload=account)
+            signal = BrokerSignal.objects.create(
+                source="scalekit", digest=digest, kind=status[:60] or "UNKNOWN", connection=conn, payload=account
+            )
     except IntegrityError:
         return False
     if status != "ACTIVE":
         c = classify(provider=Provider.SCALEKIT, status=None, body={"connected_account": {"status": status}})
-        case, opened = case_open_from_signal(connection_id=conn.pk, classification=c, actor="broker:scalekit",
-                                             signal={"source": "scalekit", "signal": signal.pk, "kind": status})
+        case, opened = case_open_from_signal(
+            connection_id=conn.pk,
+            classification=c,
+            actor="broker:scalekit",
+            signal={"source": "scalekit", "signal": signal.pk, "kind": status},
+        )
         outcome = "case_opened" if opened else ("case_already_open" if case else "recorded")
         _finish(signal, state=BrokerSignal.State.PROCESSED, outcome=outcome)
         _audit(signal, conn, outcome=outcome, case=case, extra={"code": c.code, "failure_class": str(c.failure_class)})
@@ -395,23 +477,29 @@ def scalekit_accounts_poll(*, limit: int | None = None) -> PollReport:
     if not scalekit.configured():
         return report
     now = timezone.now()
-    due = (Connection.objects.filter(provider=Provider.SCALEKIT)
-           .filter(Q(broker_next_check_at__isnull=True) | Q(broker_next_check_at__lte=now))
-           .order_by(F("broker_next_check_at").asc(nulls_first=True), "pk"))
+    due = (
+        Connection.objects.filter(provider=Provider.SCALEKIT)
+        .filter(Q(broker_next_check_at__isnull=True) | Q(broker_next_check_at__lte=now))
+        .order_by(F("broker_next_check_at").asc(nulls_first=True), "pk")
+    )
     for conn in due[: limit or settings.REVIVE_SCALEKIT_POLL_BATCH]:
         try:
             account = scalekit.account_read(conn)
         except scalekit.ScalekitError as exc:
             failures = conn.broker_check_failures + 1
             Connection.objects.filter(pk=conn.pk).update(
-                broker_check_failures=failures, broker_next_check_at=timezone.now() + timedelta(minutes=min(60, 2 ** failures)))
+                broker_check_failures=failures,
+                broker_next_check_at=timezone.now() + timedelta(minutes=min(60, 2**failures)),
+            )
             report.errors.append(f"{conn.pk}: {exc.code or exc.status}")
             continue
         Connection.objects.filter(pk=conn.pk).update(broker_check_failures=0, broker_next_check_at=timezone.now())
         report.checked.append(conn.pk)
         status = str(account.get("status") or "").upper()
-        if scalekit_status_observed(connection_id=conn.pk, status=status,
-                                             account={"id": account.get("id"), "status": status,
-                                                      "updated_at": account.get("updated_at")}):
+        if scalekit_status_observed(
+            connection_id=conn.pk,
+            status=status,
+            account={"id": account.get("id"), "status": status, "updated_at": account.get("updated_at")},
+        ):
             report.changed.append(conn.pk)
     return report

@@ -7,59 +7,109 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('cases', '0001_initial'),
+        ("cases", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='CustodyGrant',
+            name="CustodyGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('generation', models.PositiveIntegerField()),
-                ('ciphertext', models.TextField()),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('stored_at', models.DateTimeField(auto_now=True)),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='cases.connection')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("generation", models.PositiveIntegerField()),
+                ("ciphertext", models.TextField()),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("stored_at", models.DateTimeField(auto_now=True)),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="cases.connection"
+                    ),
+                ),
             ],
             options={
-                'db_table': 'reauth_credential_custody',
-                'constraints': [models.UniqueConstraint(fields=('connection', 'generation'), name='custody_grant_unique_per_generation')],
+                "db_table": "reauth_credential_custody",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("connection", "generation"), name="custody_grant_unique_per_generation"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ReconnectRequest',
+            name="ReconnectRequest",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
-                ('rejected_generation', models.PositiveIntegerField()),
-                ('state', models.CharField(choices=[('active', 'Active'), ('consumed', 'Consumed'), ('expired', 'Expired'), ('revoked', 'Revoked'), ('locked', 'Locked')], default='active', max_length=16)),
-                ('token_hash', models.CharField(blank=True, editable=False, max_length=64, null=True, unique=True)),
-                ('link_issued_at', models.DateTimeField(blank=True, null=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('email_sent_at', models.DateTimeField(blank=True, null=True)),
-                ('webhook_sent_at', models.DateTimeField(blank=True, null=True)),
-                ('notify_claimed_until', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('notify_attempts', models.PositiveIntegerField(default=0)),
-                ('refusals', models.PositiveIntegerField(default=0)),
-                ('consumed_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_reason', models.CharField(blank=True, default='', max_length=40)),
-                ('locked_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.CharField(default='system', max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('case', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='reconnect_requests', to='cases.recoverycase')),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='reconnect_requests', to='cases.connection')),
-                ('replaced_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='reauth.reconnectrequest')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("public_id", models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
+                ("rejected_generation", models.PositiveIntegerField()),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("active", "Active"),
+                            ("consumed", "Consumed"),
+                            ("expired", "Expired"),
+                            ("revoked", "Revoked"),
+                            ("locked", "Locked"),
+                        ],
+                        default="active",
+                        max_length=16,
+                    ),
+                ),
+                ("token_hash", models.CharField(blank=True, editable=False, max_length=64, null=True, unique=True)),
+                ("link_issued_at", models.DateTimeField(blank=True, null=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("email_sent_at", models.DateTimeField(blank=True, null=True)),
+                ("webhook_sent_at", models.DateTimeField(blank=True, null=True)),
+                ("notify_claimed_until", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("notify_attempts", models.PositiveIntegerField(default=0)),
+                ("refusals", models.PositiveIntegerField(default=0)),
+                ("consumed_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_reason", models.CharField(blank=True, default="", max_length=40)),
+                ("locked_at", models.DateTimeField(blank=True, null=True)),
+                ("created_by", models.CharField(default="system", max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "case",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="reconnect_requests",
+                        to="cases.recoverycase",
+                    ),
+                ),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="reconnect_requests",
+                        to="cases.connection",
+                    ),
+                ),
+                (
+                    "replaced_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="reauth.reconnectrequest",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['state', 'expires_at'], name='reauth_reco_state_23ea35_idx')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('state', 'active')), fields=('case',), name='one_active_reconnect_request_per_case')],
+                "ordering": ["-created_at", "-id"],
+                "indexes": [models.Index(fields=["state", "expires_at"], name="reauth_reco_state_23ea35_idx")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("state", "active")),
+                        fields=("case",),
+                        name="one_active_reconnect_request_per_case",
+                    )
+                ],
             },
         ),
     ]

@@ -5,33 +5,55 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0009_broker_connections'),
-        ('reauth', '0001_initial'),
+        ("cases", "0009_broker_connections"),
+        ("reauth", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='BrokerSignal',
+            name="BrokerSignal",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source', models.CharField(max_length=20)),
-                ('namespace', models.CharField(default='default', max_length=64)),
-                ('digest', models.CharField(max_length=64)),
-                ('body_digest', models.CharField(blank=True, default='', max_length=64)),
-                ('kind', models.CharField(help_text='type.operation (Nango) or status (Scalekit).', max_length=60)),
-                ('payload', models.JSONField(blank=True, default=dict)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('processed', 'Processed'), ('ignored', 'Ignored'), ('failed', 'Failed')], default='pending', max_length=12)),
-                ('outcome', models.CharField(blank=True, default='', max_length=60)),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('processed_at', models.DateTimeField(blank=True, null=True)),
-                ('connection', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='cases.connection')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("source", models.CharField(max_length=20)),
+                ("namespace", models.CharField(default="default", max_length=64)),
+                ("digest", models.CharField(max_length=64)),
+                ("body_digest", models.CharField(blank=True, default="", max_length=64)),
+                ("kind", models.CharField(help_text="type.operation (Nango) or status (Scalekit).", max_length=60)),
+                ("payload", models.JSONField(blank=True, default=dict)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("processed", "Processed"),
+                            ("ignored", "Ignored"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=12,
+                    ),
+                ),
+                ("outcome", models.CharField(blank=True, default="", max_length=60)),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                ("processed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="cases.connection",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-received_at', '-id'],
-                'indexes': [models.Index(fields=['state', 'received_at'], name='reauth_brok_state_8cca3b_idx')],
-                'constraints': [models.UniqueConstraint(fields=('source', 'namespace', 'digest'), name='broker_signal_once')],
+                "ordering": ["-received_at", "-id"],
+                "indexes": [models.Index(fields=["state", "received_at"], name="reauth_brok_state_8cca3b_idx")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("source", "namespace", "digest"), name="broker_signal_once")
+                ],
             },
         ),
     ]

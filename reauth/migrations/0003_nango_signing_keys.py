@@ -5,23 +5,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cases', '0013_run_hosted'),
-        ('reauth', '0002_broker_signals'),
+        ("cases", "0013_run_hosted"),
+        ("reauth", "0002_broker_signals"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='NangoSigningKey',
+            name="NangoSigningKey",
             fields=[
-                ('namespace', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='+', serialize=False, to='cases.namespace')),
-                ('ciphertext', models.TextField(blank=True, default='')),
-                ('changed_at', models.DateTimeField()),
-                ('changed_by', models.CharField(max_length=200)),
+                (
+                    "namespace",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="+",
+                        serialize=False,
+                        to="cases.namespace",
+                    ),
+                ),
+                ("ciphertext", models.TextField(blank=True, default="")),
+                ("changed_at", models.DateTimeField()),
+                ("changed_by", models.CharField(max_length=200)),
             ],
             options={
-                'verbose_name': 'Nango webhook signing key',
+                "verbose_name": "Nango webhook signing key",
             },
         ),
     ]

@@ -59,9 +59,14 @@ def auditor_client(client, auditor):
     return client
 
 
-MISCONFIGURED = {"status": 401, "body": {"error": "invalid_client",
-                                         "error_description": "AADSTS7000215: Invalid client secret provided.",
-                                         "error_codes": [7000215]}}
+MISCONFIGURED = {
+    "status": 401,
+    "body": {
+        "error": "invalid_client",
+        "error_description": "AADSTS7000215: Invalid client secret provided.",
+        "error_codes": [7000215],
+    },
+}
 
 
 def _move(case: RecoveryCase, to: str) -> None:
@@ -78,22 +83,47 @@ def make_case(make_run, make_connection):
     for approval).
     """
 
-    def make(state: str = CaseState.OPENED, *, ambiguous: bool = False, connection: Connection | None = None,
-             run: Run | None = None, failure: dict | None = None, action_key: str = "send_exec_05") -> RecoveryCase:
+    def make(
+        state: str = CaseState.OPENED,
+        *,
+        ambiguous: bool = False,
+        connection: Connection | None = None,
+        run: Run | None = None,
+        failure: dict | None = None,
+        action_key: str = "send_exec_05",
+    ) -> RecoveryCase:
         conn = connection or make_connection()
         run = run or make_run(workflow_name="Nightly executive briefing")
         gen = conn.current_generation
         services.checkpoint_record(run_id=run.pk, checkpoint_id="05", label="prepare brief", actor="worker:test")
         needs_ambiguity = ambiguous or state in (CaseState.RECONCILING, CaseState.AWAITING_APPROVAL)
         if needs_ambiguity:
-            services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="ticket_04",
-                                  generation=gen, actor="worker:test")
-            services.action_mark_ambiguous(run_id=run.pk, action_key="ticket_04", generation=gen, reason="timeout",
-                                           actor="worker:test")
-        services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key=action_key,
-                              generation=gen, actor="worker:test")
-        answer = services.action_fail(run_id=run.pk, action_key=action_key, generation=gen,
-                                      provider_error=failure or DEAD_GRANT, actor="worker:test")
+            services.action_begin(
+                run_id=run.pk,
+                checkpoint_id="05",
+                connection_id=conn.pk,
+                action_key="ticket_04",
+                generation=gen,
+                actor="worker:test",
+            )
+            services.action_mark_ambiguous(
+                run_id=run.pk, action_key="ticket_04", generation=gen, reason="timeout", actor="worker:test"
+            )
+        services.action_begin(
+            run_id=run.pk,
+            checkpoint_id="05",
+            connection_id=conn.pk,
+            action_key=action_key,
+            generation=gen,
+            actor="worker:test",
+        )
+        answer = services.action_fail(
+            run_id=run.pk,
+            action_key=action_key,
+            generation=gen,
+            provider_error=failure or DEAD_GRANT,
+            actor="worker:test",
+        )
         case = RecoveryCase.objects.get(reference=answer.case_reference)
         if state == CaseState.OPENED:
             return case
@@ -109,15 +139,25 @@ def make_case(make_run, make_connection):
             assert case.state == CaseState.RECONCILING
             return case
         if state == CaseState.AWAITING_APPROVAL:
-            services.action_reconcile(run_id=run.pk, action_key="ticket_04", found=True,
-                                      evidence={"note": "ticket T-1 exists", "by_hand": True}, external_ref="T-1",
-                                      actor="operator:seed")
+            services.action_reconcile(
+                run_id=run.pk,
+                action_key="ticket_04",
+                found=True,
+                evidence={"note": "ticket T-1 exists", "by_hand": True},
+                external_ref="T-1",
+                actor="operator:seed",
+            )
             case = services.case_resume_begin(case_id=case.pk, actor="system:test")
             assert case.state == CaseState.AWAITING_APPROVAL, case.state
             return case
         if needs_ambiguity:
-            services.action_reconcile(run_id=run.pk, action_key="ticket_04", found=False,
-                                      evidence={"looked_up": "ticket_04"}, actor="reconciler:test")
+            services.action_reconcile(
+                run_id=run.pk,
+                action_key="ticket_04",
+                found=False,
+                evidence={"looked_up": "ticket_04"},
+                actor="reconciler:test",
+            )
             case = services.case_resume_begin(case_id=case.pk, actor="system:test")
         assert case.state == CaseState.RESUMING, case.state
         if state == CaseState.RESUMING:
@@ -129,8 +169,14 @@ def make_case(make_run, make_connection):
                 _move(case, CaseState.RESUME_FAILED)
             return RecoveryCase.objects.get(pk=case.pk)
         # Resumed once the run is past its parked action: it executes and commits it with the new generation.
-        services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key=action_key,
-                              generation=gen + 1, actor="worker:test")
+        services.action_begin(
+            run_id=run.pk,
+            checkpoint_id="05",
+            connection_id=conn.pk,
+            action_key=action_key,
+            generation=gen + 1,
+            actor="worker:test",
+        )
         services.action_commit(run_id=run.pk, action_key=action_key, generation=gen + 1, actor="worker:test")
         case = RecoveryCase.objects.get(pk=case.pk)
         assert case.state == CaseState.RESUMED
@@ -142,8 +188,15 @@ def make_case(make_run, make_connection):
     return make
 
 
-BULK_STATES = [CaseState.OPENED, CaseState.AWAITING_OWNER, CaseState.AWAITING_APPROVAL, CaseState.RESUME_FAILED,
-               CaseState.RECONCILING, CaseState.RESUMED, CaseState.CLOSED]
+BULK_STATES = [
+    CaseState.OPENED,
+    CaseState.AWAITING_OWNER,
+    CaseState.AWAITING_APPROVAL,
+    CaseState.RESUME_FAILED,
+    CaseState.RECONCILING,
+    CaseState.RESUMED,
+    CaseState.CLOSED,
+]
 
 
 def bulk_cases(n: int, *, prefix: str = "bulk") -> list[RecoveryCase]:
@@ -151,26 +204,74 @@ def bulk_cases(n: int, *, prefix: str = "bulk") -> list[RecoveryCase]:
     written with bulk inserts (the query-count tests need volume, not the path that produced it)."""
     tag = f"{prefix}{next(_seq)}"
     now = timezone.now()
-    conns = Connection.objects.bulk_create([
-        Connection(id=f"conn_{tag}_{i}", provider=["entra", "auth0"][i % 2], owner_email=f"o{i}@{tag}.example",
-                   provider_subject=f"sub-{i}", provider_tenant=f"tid-{i % 5}") for i in range(n)])
-    runs = Run.objects.bulk_create([Run(id=f"run_{tag}_{i}", runtime="langgraph", workflow_name="Nightly executive briefing",
-                                        state=Run.State.PARKED) for i in range(n)])
+    conns = Connection.objects.bulk_create(
+        [
+            Connection(
+                id=f"conn_{tag}_{i}",
+                provider=["entra", "auth0"][i % 2],
+                owner_email=f"o{i}@{tag}.example",
+                provider_subject=f"sub-{i}",
+                provider_tenant=f"tid-{i % 5}",
+            )
+            for i in range(n)
+        ]
+    )
+    runs = Run.objects.bulk_create(
+        [
+            Run(
+                id=f"run_{tag}_{i}",
+                runtime="langgraph",
+                workflow_name="Nightly executive briefing",
+                state=Run.State.PARKED,
+            )
+            for i in range(n)
+        ]
+    )
     cps = Checkpoint.objects.bulk_create([Checkpoint(run=r, checkpoint_id="05", label="prepare brief") for r in runs])
-    actions = Action.objects.bulk_create([
-        Action(run=r, action_key="send_exec_05", idempotency_key=services.idempotency_key_for(run_id=r.pk, action_key="send_exec_05"),
-               connection=c, checkpoint=cp, state=Action.State.FAILED, generation=1, attempts=1)
-        for r, c, cp in zip(runs, conns, cps, strict=False)])
-    cases = RecoveryCase.objects.bulk_create([
-        RecoveryCase(connection=c, rejected_generation=1, failure_class="dead_grant", provider=c.provider,
-                     provider_code="AADSTS700082", state=BULK_STATES[i % len(BULK_STATES)], run=r, checkpoint=cp, action=a)
-        for i, (c, r, cp, a) in enumerate(zip(conns, runs, cps, actions, strict=False))])
+    actions = Action.objects.bulk_create(
+        [
+            Action(
+                run=r,
+                action_key="send_exec_05",
+                idempotency_key=services.idempotency_key_for(run_id=r.pk, action_key="send_exec_05"),
+                connection=c,
+                checkpoint=cp,
+                state=Action.State.FAILED,
+                generation=1,
+                attempts=1,
+            )
+            for r, c, cp in zip(runs, conns, cps, strict=False)
+        ]
+    )
+    cases = RecoveryCase.objects.bulk_create(
+        [
+            RecoveryCase(
+                connection=c,
+                rejected_generation=1,
+                failure_class="dead_grant",
+                provider=c.provider,
+                provider_code="AADSTS700082",
+                state=BULK_STATES[i % len(BULK_STATES)],
+                run=r,
+                checkpoint=cp,
+                action=a,
+            )
+            for i, (c, r, cp, a) in enumerate(zip(conns, runs, cps, actions, strict=False))
+        ]
+    )
     for case in cases:
         case.reference = f"CASERV-{case.pk:04d}"
     RecoveryCase.objects.bulk_update(cases, ["reference"])
     RecoveryCase.objects.filter(pk__in=[c.pk for c in cases]).update(opened_at=now - timedelta(hours=3))
-    CaseRun.objects.bulk_create([CaseRun(case=case, run=case.run, checkpoint=case.checkpoint, action=case.action) for case in cases])
-    ReconnectRequest.objects.bulk_create([
-        ReconnectRequest(case=case, connection=case.connection, rejected_generation=1,
-                         expires_at=now + timedelta(hours=1)) for case in cases])
+    CaseRun.objects.bulk_create(
+        [CaseRun(case=case, run=case.run, checkpoint=case.checkpoint, action=case.action) for case in cases]
+    )
+    ReconnectRequest.objects.bulk_create(
+        [
+            ReconnectRequest(
+                case=case, connection=case.connection, rejected_generation=1, expires_at=now + timedelta(hours=1)
+            )
+            for case in cases
+        ]
+    )
     return cases

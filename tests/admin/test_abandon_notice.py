@@ -63,7 +63,9 @@ def test_a_run_another_open_case_holds_is_owed_no_notice_and_stays_parked(make_c
 def test_a_runtime_that_cannot_be_told_leaves_the_run_parked_and_says_so(make_case, make_run, settings):
     settings.REVIVE_ABANDON_NOTICE_DELAY_SECONDS = 0
     # A LangGraph.js graph lives in its worker, which resumes its own thread: Revive cannot reach it.
-    run = make_run(runtime=Runtime.LANGGRAPH, runtime_ref={"thread_id": "t-js", "graph": "briefing", "resumed_by": "worker"})
+    run = make_run(
+        runtime=Runtime.LANGGRAPH, runtime_ref={"thread_id": "t-js", "graph": "briefing", "resumed_by": "worker"}
+    )
     case = make_case(CaseState.AWAITING_OWNER, run=run)
     services.case_abandon(case_id=case.pk, actor="operator:ann", reason="owner left")
     [notice] = notices(case)
@@ -71,7 +73,10 @@ def test_a_runtime_that_cannot_be_told_leaves_the_run_parked_and_says_so(make_ca
     assert Run.objects.get(pk=run.pk).state == Run.State.PARKED
     [event] = events(run.pk, "run.abandon_not_told")
     assert event.outcome == "error" and "cannot be told" in event.arguments["error"]
-    assert services.case_reopen(case_id=case.pk, actor="operator:ann", reason="owner is back").state == CaseState.AWAITING_OWNER
+    assert (
+        services.case_reopen(case_id=case.pk, actor="operator:ann", reason="owner is back").state
+        == CaseState.AWAITING_OWNER
+    )
 
 
 def test_a_notice_that_cannot_be_delivered_is_retried_with_bounds_then_visible(make_case, make_run, settings):
@@ -82,7 +87,9 @@ def test_a_notice_that_cannot_be_delivered_is_retried_with_bounds_then_visible(m
     from cases.runtimes import reset_adapters
 
     reset_adapters()
-    run = make_run(runtime=Runtime.LANGGRAPH, runtime_ref={"thread_id": f"t-{uuid.uuid4().hex[:8]}", "graph": "adapter-test"})
+    run = make_run(
+        runtime=Runtime.LANGGRAPH, runtime_ref={"thread_id": f"t-{uuid.uuid4().hex[:8]}", "graph": "adapter-test"}
+    )
     case = make_case(CaseState.AWAITING_OWNER, run=run)
     services.case_abandon(case_id=case.pk, actor="operator:ann", reason="owner left")
     [notice] = notices(case)
@@ -93,11 +100,15 @@ def test_a_notice_that_cannot_be_delivered_is_retried_with_bounds_then_visible(m
     finally:
         reset_adapters()
     notice.refresh_from_db()
-    assert (notice.state, notice.attempts) == (OutboxItem.State.FAILED, 2) and "not reached its wait" in notice.last_error
+    assert (notice.state, notice.attempts) == (
+        OutboxItem.State.FAILED,
+        2,
+    ) and "not reached its wait" in notice.last_error
     # Claimed before the runtime was asked: Revive holds it abandoned, and the timeline says the runtime was not told.
     assert Run.objects.get(pk=run.pk).state == Run.State.ABANDONED
-    assert [e.action for e in AuditEvent.objects.filter(run_id=run.pk, action__startswith="run.abandon")
-            .order_by("pk")] == ["run.abandoned", "run.abandon_not_told"]
+    assert [
+        e.action for e in AuditEvent.objects.filter(run_id=run.pk, action__startswith="run.abandon").order_by("pk")
+    ] == ["run.abandoned", "run.abandon_not_told"]
     assert not events(run.pk, "run.abandoned_told")
 
 
@@ -110,8 +121,10 @@ def test_a_run_told_abandoned_takes_no_further_action_and_cannot_be_reopened(mak
     assert services.run_abandon_claim(run_id=case.run_id, case_id=case.pk, actor="system:resume").outcome == "claimed"
     assert len(events(case.run_id, "run.abandoned")) == 1
 
-    answer = api.post(f"/runs/{case.run_id}/actions/send_exec_05/begin",
-                      {"checkpoint_id": "05", "connection_id": case.connection_id, "generation": 1})
+    answer = api.post(
+        f"/runs/{case.run_id}/actions/send_exec_05/begin",
+        {"checkpoint_id": "05", "connection_id": case.connection_id, "generation": 1},
+    )
     assert answer.status_code == 409
     assert answer.json()["code"] == "RUN_ABANDONED" and answer.json()["data"]["case_id"] == case.reference
     with pytest.raises(Exception, match="no parked run left"):

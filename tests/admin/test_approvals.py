@@ -17,12 +17,18 @@ from tests.conftest import worker_passes
 pytestmark = pytest.mark.django_db
 
 BY_HAND = Reconciliation(action="run_7f2/ticket_04", actor="operator:ann", evidence={"note": "found T-1"})
-BY_RECONCILER = Reconciliation(action="run_7f2/send_exec_05", actor="reconciler:cases.x:find",
-                               evidence={"reconciler": "cases.x:find", "message_id": "m-1"})
-BY_WORKER = Reconciliation(action="run_7f2/send_exec_05", actor="worker:w1",
-                           evidence={"source": "sdk reconcile callback", "found": False})
+BY_RECONCILER = Reconciliation(
+    action="run_7f2/send_exec_05",
+    actor="reconciler:cases.x:find",
+    evidence={"reconciler": "cases.x:find", "message_id": "m-1"},
+)
+BY_WORKER = Reconciliation(
+    action="run_7f2/send_exec_05", actor="worker:w1", evidence={"source": "sdk reconcile callback", "found": False}
+)
 NO_EVIDENCE = Reconciliation(action="run_7f2/send_exec_05", actor="worker:w1", evidence={})
-ONLY_WHO = Reconciliation(action="run_7f2/send_exec_05", actor="reconciler:cases.x:find", evidence={"reconciler": "cases.x:find"})
+ONLY_WHO = Reconciliation(
+    action="run_7f2/send_exec_05", actor="reconciler:cases.x:find", evidence={"reconciler": "cases.x:find"}
+)
 NULL_EVIDENCE = Reconciliation(action="run_7f2/send_exec_05", actor="system", evidence=None)
 
 
@@ -51,8 +57,10 @@ def test_approval_policy_table(policy, reconciliations, required):
 
 def test_the_reasons_name_the_action_and_who_settled_it():
     decision = resume_approval_required(policy="ambiguous", reconciliations=[BY_HAND, NO_EVIDENCE])
-    assert decision.reasons == ("run_7f2/ticket_04 was reconciled by hand (operator:ann)",
-                                "run_7f2/send_exec_05 was reconciled without evidence (worker:w1)")
+    assert decision.reasons == (
+        "run_7f2/ticket_04 was reconciled by hand (operator:ann)",
+        "run_7f2/send_exec_05 was reconciled without evidence (worker:w1)",
+    )
 
 
 def test_an_unknown_policy_is_refused():
@@ -92,8 +100,10 @@ def test_resume_begin_applies_the_policy_after_reconciliation(settings, make_cas
         assert event.arguments["policy"] == policy and event.arguments["reasons"]
 
 
-@pytest.mark.parametrize("policy, expected", [("never", CaseState.RESUMING), ("ambiguous", CaseState.RESUMING),
-                                              ("always", CaseState.AWAITING_APPROVAL)])
+@pytest.mark.parametrize(
+    "policy, expected",
+    [("never", CaseState.RESUMING), ("ambiguous", CaseState.RESUMING), ("always", CaseState.AWAITING_APPROVAL)],
+)
 def test_a_case_with_nothing_reconciled_waits_only_under_always(settings, make_case, policy, expected):
     settings.REVIVE_RESUME_APPROVAL = policy
     case = make_case(CaseState.REAUTHORIZED)
@@ -103,13 +113,19 @@ def test_a_case_with_nothing_reconciled_waits_only_under_always(settings, make_c
 def test_a_reconciliation_from_before_the_case_opened_does_not_count(make_run, make_connection):
     """The ambiguous detour of an earlier incident, settled without evidence, does not hold this case."""
     run, conn = make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w"
+    )
     services.action_mark_ambiguous(run_id=run.pk, action_key="send", generation=1, reason="t", actor="w")
     services.action_reconcile(run_id=run.pk, action_key="send", found=False, evidence={}, generation=1, actor="w")
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w"
+    )
     from tests.conftest import DEAD_GRANT
 
-    ref = services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w").case_reference
+    ref = services.action_fail(
+        run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w"
+    ).case_reference
     services.case_reauthorize(case_id=ref, actor="owner")
     assert services.case_resume_begin(case_id=ref, actor="system").state == CaseState.RESUMING
 
@@ -118,7 +134,10 @@ def test_resume_begin_and_dispatch_leave_a_case_awaiting_approval_alone(make_cas
     from cases.resume import case_resume_dispatch
 
     case = make_case(CaseState.AWAITING_APPROVAL)
-    assert services.case_resume_begin(case_id=case.pk, actor="system", defer_ambiguous=True).state == CaseState.AWAITING_APPROVAL
+    assert (
+        services.case_resume_begin(case_id=case.pk, actor="system", defer_ambiguous=True).state
+        == CaseState.AWAITING_APPROVAL
+    )
     assert case_resume_dispatch(case_id=case.pk, actor="operator:x") == []
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.AWAITING_APPROVAL
 
@@ -127,7 +146,8 @@ def test_resume_begin_and_dispatch_leave_a_case_awaiting_approval_alone(make_cas
 
 
 def test_approve_releases_the_runs_and_owes_the_same_resume_as_the_automatic_path(
-        make_case, held_outbox, django_capture_on_commit_callbacks):
+    make_case, held_outbox, django_capture_on_commit_callbacks
+):
     case = make_case(CaseState.AWAITING_APPROVAL)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         approved = services.case_approve(case_id=case.reference, actor="operator:ann", reason="ticket T-1 verified")
@@ -136,7 +156,11 @@ def test_approve_releases_the_runs_and_owes_the_same_resume_as_the_automatic_pat
     # (run, case, generation): the outbox row the automatic release writes, dispatched on commit
     assert callbacks and held_outbox.resumes() == [(case.run_id, case.pk, 2)] and len(held_outbox.dispatched) == 1
     event = AuditEvent.objects.get(case_id=case.pk, action="case.resuming")
-    assert (event.actor, event.arguments["approved"], event.arguments["reason"]) == ("operator:ann", True, "ticket T-1 verified")
+    assert (event.actor, event.arguments["approved"], event.arguments["reason"]) == (
+        "operator:ann",
+        True,
+        "ticket T-1 verified",
+    )
     assert AuditEvent.objects.filter(case_id=case.pk, action="run.unparked", actor="operator:ann").count() == 1
 
 
@@ -155,7 +179,9 @@ class RecordingAdapter(RuntimeAdapter):
         return RunStatus(state="waiting")
 
 
-def test_an_approved_case_is_resumed_through_its_runtime_adapter(make_case, settings, django_capture_on_commit_callbacks):
+def test_an_approved_case_is_resumed_through_its_runtime_adapter(
+    make_case, settings, django_capture_on_commit_callbacks
+):
     settings.REVIVE_RUNTIME_ADAPTERS = {**settings.REVIVE_RUNTIME_ADAPTERS, "langgraph": f"{__name__}.RecordingAdapter"}
     reset_adapters()
     RecordingAdapter.delivered = []
@@ -172,7 +198,8 @@ def test_an_approved_case_is_resumed_through_its_runtime_adapter(make_case, sett
 
 
 def test_approve_again_returns_the_case_to_its_approver_and_names_them_to_anyone_else(
-        make_case, held_outbox, django_capture_on_commit_callbacks):
+    make_case, held_outbox, django_capture_on_commit_callbacks
+):
     case = make_case(CaseState.AWAITING_APPROVAL)
     with django_capture_on_commit_callbacks(execute=True):
         services.case_approve(case_id=case.pk, actor="operator:ann", reason="ok")
@@ -187,8 +214,17 @@ def test_approve_again_returns_the_case_to_its_approver_and_names_them_to_anyone
     assert AuditEvent.objects.filter(case_id=case.pk, action="case.resuming").count() == 1
 
 
-@pytest.mark.parametrize("state", [CaseState.OPENED, CaseState.REAUTHORIZED, CaseState.RECONCILING, CaseState.RESUMING,
-                                   CaseState.RESUME_FAILED, CaseState.ABANDONED])
+@pytest.mark.parametrize(
+    "state",
+    [
+        CaseState.OPENED,
+        CaseState.REAUTHORIZED,
+        CaseState.RECONCILING,
+        CaseState.RESUMING,
+        CaseState.RESUME_FAILED,
+        CaseState.ABANDONED,
+    ],
+)
 def test_approve_refuses_a_case_not_awaiting_approval(make_case, state):
     case = make_case(state)
     with pytest.raises(CaseTransitionNotAllowed, match="only a case awaiting approval"):
@@ -230,14 +266,25 @@ def test_abandon_revokes_the_owner_link(make_case):
     assert ReconnectRequest.objects.filter(case=case, state="active").count() == 1
     services.case_abandon(case_id=case.pk, actor="operator:ann", reason="owner left the company")
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.ABANDONED
-    assert list(ReconnectRequest.objects.filter(case=case).values_list("state", "revoked_reason")) == [("revoked", "case_abandoned")]
+    assert list(ReconnectRequest.objects.filter(case=case).values_list("state", "revoked_reason")) == [
+        ("revoked", "case_abandoned")
+    ]
 
 
-@pytest.mark.parametrize("state, allowed", [
-    (CaseState.OPENED, True), (CaseState.AWAITING_OWNER, True), (CaseState.REAUTHORIZED, True),
-    (CaseState.RECONCILING, True), (CaseState.AWAITING_APPROVAL, True), (CaseState.RESUME_FAILED, True),
-    (CaseState.RESUMING, False), (CaseState.RESUMED, False), (CaseState.CLOSED, False),
-])
+@pytest.mark.parametrize(
+    "state, allowed",
+    [
+        (CaseState.OPENED, True),
+        (CaseState.AWAITING_OWNER, True),
+        (CaseState.REAUTHORIZED, True),
+        (CaseState.RECONCILING, True),
+        (CaseState.AWAITING_APPROVAL, True),
+        (CaseState.RESUME_FAILED, True),
+        (CaseState.RESUMING, False),
+        (CaseState.RESUMED, False),
+        (CaseState.CLOSED, False),
+    ],
+)
 def test_abandon_follows_the_transition_table(make_case, state, allowed):
     case = make_case(state)
     if allowed:

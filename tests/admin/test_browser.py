@@ -66,8 +66,14 @@ def read_timeline(page, case):
     assert page.inner_text("#duplicates") == "0 observed"
     assert page.inner_text("#live-transition").startswith("03 / 04")
     timeline = page.inner_text("#timeline-table")
-    for expected in ["Provider signal: grant rejected (AADSTS700082)", "Owner link sent", "Generation advanced",
-                     "Reconciled ", "operator:seed", "Waiting for an operator's approval"]:
+    for expected in [
+        "Provider signal: grant rejected (AADSTS700082)",
+        "Owner link sent",
+        "Generation advanced",
+        "Reconciled ",
+        "operator:seed",
+        "Waiting for an operator's approval",
+    ]:
         assert expected in timeline, expected
     drawn = page.locator("svg.revive-timeline g.tl-row")
     assert drawn.count() == page.locator("#timeline-table tbody tr").count() > 0

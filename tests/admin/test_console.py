@@ -48,19 +48,41 @@ def state(case) -> str:
 def test_the_list_shows_the_triage_columns(operator_client, make_case):
     case = make_case(CaseState.OPENED)
     page = operator_client.get(LIST).content.decode()
-    for header in ["case id", "state", "failure class", "provider / error", "connection", "tenant", "runs blocked",
-                   "age", "owner link"]:
+    for header in [
+        "case id",
+        "state",
+        "failure class",
+        "provider / error",
+        "connection",
+        "tenant",
+        "runs blocked",
+        "age",
+        "owner link",
+    ]:
         assert f">{header.capitalize()}<" in page or f">{header}<" in page.lower(), header
     assert case.reference in page and "AADSTS700082" in page and case.connection_id in page and "tid-contoso" in page
 
 
 def test_the_list_is_ordered_by_urgency_then_age(operator_client, make_case):
-    made = {s: make_case(s) for s in [CaseState.CLOSED, CaseState.AWAITING_OWNER, CaseState.RESUME_FAILED,
-                                       CaseState.AWAITING_APPROVAL, CaseState.RECONCILING]}
+    made = {
+        s: make_case(s)
+        for s in [
+            CaseState.CLOSED,
+            CaseState.AWAITING_OWNER,
+            CaseState.RESUME_FAILED,
+            CaseState.AWAITING_APPROVAL,
+            CaseState.RECONCILING,
+        ]
+    }
     page = operator_client.get(LIST).content.decode()
     order = sorted(made, key=lambda s: page.index(f">{made[s].reference}<"))
-    assert order == [CaseState.RESUME_FAILED, CaseState.AWAITING_APPROVAL, CaseState.RECONCILING,
-                     CaseState.AWAITING_OWNER, CaseState.CLOSED]
+    assert order == [
+        CaseState.RESUME_FAILED,
+        CaseState.AWAITING_APPROVAL,
+        CaseState.RECONCILING,
+        CaseState.AWAITING_OWNER,
+        CaseState.CLOSED,
+    ]
 
 
 def test_awaiting_approval_has_its_own_filter(operator_client, make_case):
@@ -72,14 +94,17 @@ def test_awaiting_approval_has_its_own_filter(operator_client, make_case):
     assert f">{waiting.reference}<" in filtered and f">{other.reference}<" not in filtered
 
 
-@pytest.mark.parametrize("params, expect", [
-    ({"failure_class": "misconfiguration"}, "misconfigured"),
-    ({"provider": "auth0"}, "auth0"),
-    ({"tenant": "tid-fabrikam"}, "auth0"),
-    ({"state": "open"}, "both"),
-    ({"age": "1h"}, "both"),
-    ({"age": "older"}, "none"),
-])
+@pytest.mark.parametrize(
+    "params, expect",
+    [
+        ({"failure_class": "misconfiguration"}, "misconfigured"),
+        ({"provider": "auth0"}, "auth0"),
+        ({"tenant": "tid-fabrikam"}, "auth0"),
+        ({"state": "open"}, "both"),
+        ({"age": "1h"}, "both"),
+        ({"age": "older"}, "none"),
+    ],
+)
 def test_the_list_filters(operator_client, make_case, make_connection, params, expect):
     entra = make_case(CaseState.OPENED, failure=MISCONFIGURED)
     auth0 = make_case(CaseState.OPENED, connection=make_connection(provider="auth0", provider_tenant="tid-fabrikam"))
@@ -89,17 +114,27 @@ def test_the_list_filters(operator_client, make_case, make_connection, params, e
 
 
 def test_the_list_searches_case_run_connection_owner_and_action_key(operator_client, make_case, make_connection):
-    case = make_case(CaseState.OPENED, connection=make_connection(owner_email="Dana@Contoso.example"), action_key="send_exec_77")
+    case = make_case(
+        CaseState.OPENED, connection=make_connection(owner_email="Dana@Contoso.example"), action_key="send_exec_77"
+    )
     other = make_case(CaseState.OPENED)
-    for term in [case.reference, case.reference.lower(), case.run_id, case.connection_id, "dana@contoso.example",
-                 "send_exec_77"]:
+    for term in [
+        case.reference,
+        case.reference.lower(),
+        case.run_id,
+        case.connection_id,
+        "dana@contoso.example",
+        "send_exec_77",
+    ]:
         page = operator_client.get(LIST, {"q": term}).content.decode()
         assert f">{case.reference}<" in page and f">{other.reference}<" not in page, term
     assert f">{case.reference}<" not in operator_client.get(LIST, {"q": "nothing-like-it"}).content.decode()
 
 
 def test_the_list_searches_partly_when_nothing_matches_exactly(operator_client, make_case, make_connection):
-    case = make_case(CaseState.OPENED, connection=make_connection("conn_fabrikam_mail", owner_email="Dana@Contoso.example"))
+    case = make_case(
+        CaseState.OPENED, connection=make_connection("conn_fabrikam_mail", owner_email="Dana@Contoso.example")
+    )
     other = make_case(CaseState.OPENED)
     for term in ["contoso", "FABRIKAM", case.run_id[-6:], case.reference[-4:]]:
         page = operator_client.get(LIST, {"q": term}).content.decode()
@@ -115,8 +150,9 @@ def test_runs_blocked_and_owner_link_columns(operator_client, make_case, make_ru
     run = make_run()
     from tests.conftest import DEAD_GRANT
 
-    services.credential_failure_report(run_id=run.pk, connection_id=case.connection_id, generation=1,
-                                       provider_error=DEAD_GRANT, actor="worker:test")
+    services.credential_failure_report(
+        run_id=run.pk, connection_id=case.connection_id, generation=1, provider_error=DEAD_GRANT, actor="worker:test"
+    )
     misconfigured = make_case(CaseState.OPENED, failure=MISCONFIGURED)
     moved_on = make_case(CaseState.AWAITING_APPROVAL)  # its link is still "active" until reauth settles it
     rows = {r.pk: r for r in operator_client.get(LIST).context["cl"].result_list}
@@ -131,7 +167,7 @@ def test_runs_blocked_and_owner_link_columns(operator_client, make_case, make_ru
 def test_the_case_page_shows_the_incident_record(operator_client, make_case):
     case = make_case(CaseState.AWAITING_APPROVAL)
     page = operator_client.get(case_url(case)).content.decode()
-    record = page[page.index('id="incident-record"'):page.index("</section>")]
+    record = page[page.index('id="incident-record"') : page.index("</section>")]
     assert "Nightly executive briefing" in record
     assert f'id="case-id">{case.reference}<' in record
     assert f'id="run">{case.run_id}' in record
@@ -151,11 +187,22 @@ def test_the_timeline_comes_from_the_audit_log_with_actor_and_time(operator_clie
     events = {e.pk: e for e in AuditEvent.objects.filter(pk__in=[r.event_id for r in rows])}
     assert len(events) == len(rows) >= 10
     for row in rows:
-        assert (row.actor, row.at, row.action) == (events[row.event_id].actor, events[row.event_id].occurred_at, events[row.event_id].action)
+        assert (row.actor, row.at, row.action) == (
+            events[row.event_id].actor,
+            events[row.event_id].occurred_at,
+            events[row.event_id].action,
+        )
     labels = [r.label for r in rows]
-    for expected in ["Checkpoint saved", "Provider signal: grant rejected (AADSTS700082)", "Owner link requested",
-                     "Access restored: identity verified", "Generation advanced", "Action run_", "Reconciled ",
-                     "Waiting for an operator's approval"]:
+    for expected in [
+        "Checkpoint saved",
+        "Provider signal: grant rejected (AADSTS700082)",
+        "Owner link requested",
+        "Access restored: identity verified",
+        "Generation advanced",
+        "Action run_",
+        "Reconciled ",
+        "Waiting for an operator's approval",
+    ]:
         assert any(label.startswith(expected) for label in labels), expected
     page = response.content.decode()
     assert '<svg xmlns="http://www.w3.org/2000/svg" class="revive-timeline"' in page
@@ -168,11 +215,24 @@ def test_the_timeline_shows_a_refused_identity_with_both_identities():
 
     from django.utils import timezone
 
-    event = SimpleNamespace(pk=1, occurred_at=timezone.now(), actor="owner", action="reconnect.identity_mismatch",
-                            entity_type="reconnect_request", entity_id="x", run_id="", outcome="refused", before=None,
-                            after={"refusals": 1},
-                            arguments={"rule": "entra", "mismatched": ["subject"], "expected": {"subject": "oid-1", "tenant": "tid"},
-                                       "presented": {"subject": "oid-2", "tenant": "tid"}})
+    event = SimpleNamespace(
+        pk=1,
+        occurred_at=timezone.now(),
+        actor="owner",
+        action="reconnect.identity_mismatch",
+        entity_type="reconnect_request",
+        entity_id="x",
+        run_id="",
+        outcome="refused",
+        before=None,
+        after={"refusals": 1},
+        arguments={
+            "rule": "entra",
+            "mismatched": ["subject"],
+            "expected": {"subject": "oid-1", "tenant": "tid"},
+            "presented": {"subject": "oid-2", "tenant": "tid"},
+        },
+    )
     (row,) = timeline_rows([event])
     assert row.label == "Identity refused" and row.refused
     assert "expected subject=oid-1, tenant=tid; presented subject=oid-2, tenant=tid" in row.detail
@@ -183,21 +243,37 @@ def test_the_drawing_escapes_what_it_draws():
 
     from django.utils import timezone
 
-    event = SimpleNamespace(pk=1, occurred_at=timezone.now(), actor='operator:<script>alert(1)</script>',
-                            action="case.abandoned", entity_type="case", entity_id="CASERV-1", run_id="", outcome="ok",
-                            before={"state": "opened"}, after={"state": "abandoned"}, arguments={"reason": '"><img src=x>'})
+    event = SimpleNamespace(
+        pk=1,
+        occurred_at=timezone.now(),
+        actor="operator:<script>alert(1)</script>",
+        action="case.abandoned",
+        entity_type="case",
+        entity_id="CASERV-1",
+        run_id="",
+        outcome="ok",
+        before={"state": "opened"},
+        after={"state": "abandoned"},
+        arguments={"reason": '"><img src=x>'},
+    )
     svg = str(timeline_svg(timeline_rows([event])))
     assert "<script>" not in svg and "<img" not in svg
     assert "&lt;script&gt;" in svg
 
 
-@pytest.mark.parametrize("history, expected", [
-    ([], {}),
-    ([("r/a", "action.executing"), ("r/a", "action.committed")], {}),
-    ([("r/a", "action.executing"), ("r/a", "action.committed"), ("r/a", "action.executing")], {"r/a": 1}),
-    ([("r/a", "action.reconciled_committed"), ("r/a", "action.executing"), ("r/a", "action.executing")], {"r/a": 2}),
-    ([("r/a", "action.executing"), ("r/b", "action.committed"), ("r/a", "action.executing")], {}),
-])
+@pytest.mark.parametrize(
+    "history, expected",
+    [
+        ([], {}),
+        ([("r/a", "action.executing"), ("r/a", "action.committed")], {}),
+        ([("r/a", "action.executing"), ("r/a", "action.committed"), ("r/a", "action.executing")], {"r/a": 1}),
+        (
+            [("r/a", "action.reconciled_committed"), ("r/a", "action.executing"), ("r/a", "action.executing")],
+            {"r/a": 2},
+        ),
+        ([("r/a", "action.executing"), ("r/b", "action.committed"), ("r/a", "action.executing")], {}),
+    ],
+)
 def test_duplicate_effects_count_executions_after_the_effect_was_recorded(history, expected):
     assert duplicate_effects(history) == expected
 
@@ -212,8 +288,13 @@ def test_the_case_page_counts_a_duplicate_from_the_ledger(operator_client, make_
     from audit.services import audit_record
 
     with transaction.atomic():  # what a broken worker would leave in the ledger's history
-        audit_record(actor="worker:rogue", action="action.executing", entity_type="action",
-                     entity_id=f"{case.run_id}/send_exec_05", run_id=case.run_id)
+        audit_record(
+            actor="worker:rogue",
+            action="action.executing",
+            entity_type="action",
+            entity_id=f"{case.run_id}/send_exec_05",
+            run_id=case.run_id,
+        )
     page = operator_client.get(case_url(case)).content.decode()
     assert 'class="bad">1 observed<' in page
     assert f"Executed again after their effect was recorded: {case.run_id}/send_exec_05" in page
@@ -288,14 +369,27 @@ def test_resend_the_owner_link(operator_client, operator, make_case):
 def test_reconcile_by_hand_needs_a_note_then_waits_for_approval(operator_client, operator, make_case):
     case = make_case(CaseState.RECONCILING)
     action = Action.objects.get(run_id=case.run_id, action_key="ticket_04")
-    response = operator_client.post(operate_url(case, "reconcile"), {"actions": [action.pk], "outcome": "absent", "note": ""})
+    response = operator_client.post(
+        operate_url(case, "reconcile"), {"actions": [action.pk], "outcome": "absent", "note": ""}
+    )
     assert response.status_code == 200 and b"This field is required" in response.content
     assert Action.objects.get(pk=action.pk).state == "ambiguous"
-    response = operator_client.post(operate_url(case, "reconcile"), {
-        "actions": [action.pk], "outcome": "found", "note": "ticket T-9 exists in the service desk", "external_ref": "T-9"},
-        follow=True)
+    response = operator_client.post(
+        operate_url(case, "reconcile"),
+        {
+            "actions": [action.pk],
+            "outcome": "found",
+            "note": "ticket T-9 exists in the service desk",
+            "external_ref": "T-9",
+        },
+        follow=True,
+    )
     action.refresh_from_db()
-    assert (action.state, action.reconciled_by, action.external_ref) == ("reconciled_committed", f"operator:{operator.username}", "T-9")
+    assert (action.state, action.reconciled_by, action.external_ref) == (
+        "reconciled_committed",
+        f"operator:{operator.username}",
+        "T-9",
+    )
     assert action.evidence["note"] == "ticket T-9 exists in the service desk"
     assert state(case) == CaseState.AWAITING_APPROVAL  # reconciled by hand: the default policy asks for approval
     assert any("reconciled" in m for m in texts(response))
@@ -312,15 +406,23 @@ def test_retry_a_failed_resume(operator_client, operator, make_case, held_outbox
     case = make_case(CaseState.RESUME_FAILED)
     before = held_outbox.resumes()
     operator_client.post(operate_url(case, "retry_resume"))
-    assert state(case) == CaseState.RESUMING and held_outbox.resumes()[len(before):] == [(case.run_id, case.pk, 2)]
-    assert AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", actor=f"operator:{operator.username}").exists()
+    assert state(case) == CaseState.RESUMING and held_outbox.resumes()[len(before) :] == [(case.run_id, case.pk, 2)]
+    assert AuditEvent.objects.filter(
+        case_id=case.pk, action="case.resuming", actor=f"operator:{operator.username}"
+    ).exists()
 
 
 # --------------------------------------------------------------------------- acting on a selection
 
 
 def select(client, action: str, cases, **extra):
-    data = {"action": f"operate_{action}", "_selected_action": [c.pk for c in cases], "index": 0, "select_across": 0, **extra}
+    data = {
+        "action": f"operate_{action}",
+        "_selected_action": [c.pk for c in cases],
+        "index": 0,
+        "select_across": 0,
+        **extra,
+    }
     return client.post(LIST, data, follow=True)
 
 
@@ -340,7 +442,12 @@ def test_a_selection_skips_the_cases_in_the_wrong_state(operator_client, make_ca
     assert b"These are skipped" in confirm.content
     response = select(operator_client, "approve", [good, bad], apply="1", reason="checked")
     assert (state(good), state(bad)) == (CaseState.RESUMING, CaseState.AWAITING_OWNER)
-    assert any(m.startswith(f"{bad.reference} is awaiting owner: only a case awaiting approval can be approved. It was moved to awaiting_owner by test at ") for m in texts(response))
+    assert any(
+        m.startswith(
+            f"{bad.reference} is awaiting owner: only a case awaiting approval can be approved. It was moved to awaiting_owner by test at "
+        )
+        for m in texts(response)
+    )
 
 
 def test_resend_and_retry_on_a_selection_act_only_once_confirmed(operator_client, make_case, held_outbox):
@@ -349,7 +456,10 @@ def test_resend_and_retry_on_a_selection_act_only_once_confirmed(operator_client
     assert confirm.content.count(b'class="will-happen"') == 2 and b"e-mails a new link to" in confirm.content
     assert not ReconnectRequest.objects.filter(case__in=opened, created_by__startswith="operator:").exists()
     select(operator_client, "resend_link", opened, apply="1")
-    assert ReconnectRequest.objects.filter(case__in=opened, state="active", created_by__startswith="operator:").count() == 2
+    assert (
+        ReconnectRequest.objects.filter(case__in=opened, state="active", created_by__startswith="operator:").count()
+        == 2
+    )
     failed = [make_case(CaseState.RESUME_FAILED) for _ in range(2)]
     confirm = select(operator_client, "retry_resume", failed)
     assert [state(c) for c in failed] == [CaseState.RESUME_FAILED] * 2 and b"re-sends the resume" in confirm.content
@@ -362,9 +472,18 @@ def test_reconcile_a_selection_by_hand(operator_client, make_case):
     confirm = select(operator_client, "reconcile", cases)
     assert confirm.content.count(b'name="actions"') == 2
     actions = Action.objects.filter(run__case_runs__case__in=cases, state="ambiguous")
-    select(operator_client, "reconcile", cases, apply="1", actions=[a.pk for a in actions], outcome="absent",
-           note="no ticket in the service desk")
-    assert set(Action.objects.filter(pk__in=[a.pk for a in actions]).values_list("state", flat=True)) == {"reconciled_absent"}
+    select(
+        operator_client,
+        "reconcile",
+        cases,
+        apply="1",
+        actions=[a.pk for a in actions],
+        outcome="absent",
+        note="no ticket in the service desk",
+    )
+    assert set(Action.objects.filter(pk__in=[a.pk for a in actions]).values_list("state", flat=True)) == {
+        "reconciled_absent"
+    }
     assert [state(c) for c in cases] == [CaseState.AWAITING_APPROVAL] * 2
 
 
@@ -377,7 +496,12 @@ WRONG = [
     ("reject", CaseState.RESUMING, {"reason": "no"}, "only a case awaiting approval can be rejected"),
     ("resend_link", CaseState.AWAITING_APPROVAL, {}, "only a case waiting for its owner gets a new link"),
     ("resend_link", "misconfigured", {}, "it has no owner link to resend"),
-    ("reconcile", CaseState.CLOSED, {"outcome": "found", "note": "n"}, "only an open case's actions are reconciled here"),
+    (
+        "reconcile",
+        CaseState.CLOSED,
+        {"outcome": "found", "note": "n"},
+        "only an open case's actions are reconciled here",
+    ),
     ("reconcile", CaseState.AWAITING_OWNER, {"outcome": "found", "note": "n"}, "has no ambiguous action to reconcile"),
     ("abandon", CaseState.RESUMED, {"reason": "r"}, "it can no longer be abandoned"),
     ("abandon", CaseState.ABANDONED, {"reason": "r"}, "it can no longer be abandoned"),
@@ -393,7 +517,9 @@ def _wrong_case(make_case, start):
 
 
 @pytest.mark.parametrize("name, start, data, why", WRONG)
-def test_every_action_refuses_a_wrong_state_on_the_case_page(operator_client, operator, make_case, name, start, data, why):
+def test_every_action_refuses_a_wrong_state_on_the_case_page(
+    operator_client, operator, make_case, name, start, data, why
+):
     case = _wrong_case(make_case, start)
     before = state(case)
     get = operator_client.get(operate_url(case, name), follow=True)
@@ -403,7 +529,11 @@ def test_every_action_refuses_a_wrong_state_on_the_case_page(operator_client, op
     assert any(why in m for m in texts(response)), texts(response)
     assert state(case) == before
     refusal = AuditEvent.objects.filter(case_id=case.pk, action="console.refused").latest("id")
-    assert (refusal.actor, refusal.outcome, refusal.arguments["operation"]) == (f"operator:{operator.username}", "refused", name)
+    assert (refusal.actor, refusal.outcome, refusal.arguments["operation"]) == (
+        f"operator:{operator.username}",
+        "refused",
+        name,
+    )
 
 
 @pytest.mark.parametrize("name, start, data, why", WRONG)
@@ -435,7 +565,9 @@ def test_an_unknown_operation_or_case_is_a_404(operator_client, make_case):
     case = make_case(CaseState.OPENED)
     assert operator_client.post(operate_url(case, "delete_everything")).status_code == 404
     assert operator_client.post(f"{LIST}999999/operate/approve/", {"reason": "x"}).status_code == 404
-    assert operator_client.get(f"{LIST}999999/change/", follow=True).status_code == 200  # admin's "does not exist" redirect
+    assert (
+        operator_client.get(f"{LIST}999999/change/", follow=True).status_code == 200
+    )  # admin's "does not exist" redirect
 
 
 # --------------------------------------------------------------------------- who may do what
@@ -474,8 +606,9 @@ def test_an_auditor_reads_but_cannot_act(auditor_client, make_case):
     assert not AuditEvent.objects.filter(case_id=case.pk, action="case.resuming").exists()
     refusals = AuditEvent.objects.filter(case_id=case.pk, action="console.refused").order_by("id")
     assert [e.arguments["operation"] for e in refusals] == ["approve"] * 3  # page, form post, list action
-    assert all(e.actor.startswith("operator:aud") and "cases.operate_case is required" in e.arguments["why"]
-               for e in refusals)
+    assert all(
+        e.actor.startswith("operator:aud") and "cases.operate_case is required" in e.arguments["why"] for e in refusals
+    )
 
 
 def test_a_user_without_view_permission_sees_nothing(client, make_case, django_user_model):
@@ -540,23 +673,28 @@ def test_the_dashboard_on_the_admin_index(operator_client, make_case, make_conne
     make_case(CaseState.CLOSED)
     page = operator_client.get("/admin/").content.decode()
     assert 'id="recovery-dashboard"' in page
-    table = page[page.index('id="open-by-state-provider"'):]
+    table = page[page.index('id="open-by-state-provider"') :]
     table = table[: table.index("</table>")]
-    assert "awaiting_owner" in table and "awaiting_approval" in table and "resume_failed" in table and "closed" not in table
+    assert (
+        "awaiting_owner" in table
+        and "awaiting_approval" in table
+        and "resume_failed" in table
+        and "closed" not in table
+    )
     assert re.search(r'id="tile-open"><div class="n">3<', page)
     assert re.search(r'id="tile-24h"><div class="n">4<', page)
     assert re.search(r'id="tile-failures"><div class="n">1<', page)
     assert f">{oldest.reference}</a> (awaiting_owner)" in page
     assert 'id="resume-failures"' in page
     assert 'id="dashboard-timeline"' in page and 'class="revive-timeline"' in page
-    assert f"Timeline of <a href=\"/admin/cases/recoverycase/{oldest.pk}/change/\">{oldest.reference}</a>" in page
+    assert f'Timeline of <a href="/admin/cases/recoverycase/{oldest.pk}/change/">{oldest.reference}</a>' in page
 
 
 def test_the_dashboard_draws_the_chosen_case(operator_client, make_case):
     make_case(CaseState.AWAITING_OWNER)
     chosen = make_case(CaseState.RESUMED)
     page = operator_client.get("/admin/", {"case": chosen.reference}).content.decode()
-    assert f"Timeline of <a href=\"/admin/cases/recoverycase/{chosen.pk}/change/\">{chosen.reference}</a>" in page
+    assert f'Timeline of <a href="/admin/cases/recoverycase/{chosen.pk}/change/">{chosen.reference}</a>' in page
     assert "live transition 04 / 04" in page
 
 
@@ -568,8 +706,13 @@ def test_no_admin_page_shows_a_token(client, superuser, make_case, make_run, mak
     from reauth.custody import Grant, get_custody
     from reauth.services import reconnect_request_notify
 
-    secrets = ["at-SECRET-in-result", "rt-SECRET-in-evidence", "rk-SECRET-in-runtime-ref", "at-SECRET-in-custody",
-               "rt-SECRET-in-custody"]
+    secrets = [
+        "at-SECRET-in-result",
+        "rt-SECRET-in-evidence",
+        "rk-SECRET-in-runtime-ref",
+        "at-SECRET-in-custody",
+        "rt-SECRET-in-custody",
+    ]
     case = make_case(CaseState.OPENED)
     req = ReconnectRequest.objects.get(case=case)
     reconnect_request_notify(request_id=req.pk)
@@ -580,13 +723,24 @@ def test_no_admin_page_shows_a_token(client, superuser, make_case, make_run, mak
     secrets.append(raw_key)
     run = make_run(runtime_ref={"thread_id": "t-9", "api_key": "rk-SECRET-in-runtime-ref"})
     conn = make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="01", connection_id=conn.pk, action_key="mail", generation=1, actor="w")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="01", connection_id=conn.pk, action_key="mail", generation=1, actor="w"
+    )
     services.action_mark_ambiguous(run_id=run.pk, action_key="mail", generation=1, reason="t", actor="w")
-    services.action_reconcile(run_id=run.pk, action_key="mail", found=True, generation=None, actor="operator:x",
-                              evidence={"refresh_token": "rt-SECRET-in-evidence", "note": "Bearer at-SECRET-in-result"},
-                              result={"access_token": "at-SECRET-in-result", "id": "m-1"})
-    get_custody().store(connection_id=conn.pk, generation=1,
-                        grant=Grant(access_token="at-SECRET-in-custody", refresh_token="rt-SECRET-in-custody"))
+    services.action_reconcile(
+        run_id=run.pk,
+        action_key="mail",
+        found=True,
+        generation=None,
+        actor="operator:x",
+        evidence={"refresh_token": "rt-SECRET-in-evidence", "note": "Bearer at-SECRET-in-result"},
+        result={"access_token": "at-SECRET-in-result", "id": "m-1"},
+    )
+    get_custody().store(
+        connection_id=conn.pk,
+        generation=1,
+        grant=Grant(access_token="at-SECRET-in-custody", refresh_token="rt-SECRET-in-custody"),
+    )
 
     from django.contrib import admin
 
@@ -636,8 +790,9 @@ def test_only_operators_may_resend_links_from_the_reconnect_admin(rf):
     request.user = User.objects.get(pk=viewer.pk)
     assert "resend_link" not in model_admin.get_actions(request)
     operator = User.objects.create_user("operator", is_staff=True)
-    operator.user_permissions.add(Permission.objects.get(codename="view_reconnectrequest"),
-                                  Permission.objects.get(codename="operate_case"))
+    operator.user_permissions.add(
+        Permission.objects.get(codename="view_reconnectrequest"), Permission.objects.get(codename="operate_case")
+    )
     request.user = User.objects.get(pk=operator.pk)
     assert "resend_link" in model_admin.get_actions(request)
 
@@ -646,8 +801,11 @@ def test_a_refused_resend_in_the_reconnect_admin_is_audited(operator_client, mak
     case = make_case(CaseState.RESUMING)  # moved on: its owner link is no longer needed
     req = ReconnectRequest.objects.filter(case=case).first()
     assert req is not None
-    operator_client.post("/admin/reauth/reconnectrequest/", {"action": "resend_link", "_selected_action": [req.pk],
-                                                             "index": 0, "select_across": 0}, follow=True)
+    operator_client.post(
+        "/admin/reauth/reconnectrequest/",
+        {"action": "resend_link", "_selected_action": [req.pk], "index": 0, "select_across": 0},
+        follow=True,
+    )
     refused = AuditEvent.objects.get(action="console.refused", entity_type="reconnect_request")
     assert refused.case_id == case.pk and refused.actor.startswith("operator:ann")
     assert refused.arguments["operation"] == "resend_link" and refused.arguments["code"]
@@ -676,9 +834,15 @@ def test_the_case_pages_audit_log_link_lists_every_event_of_the_case(operator_cl
     assert listing.count('class="action-checkbox"') == 0  # read-only, no actions
     reconciled = AuditEvent.objects.get(action="action.reconciled_committed", run_id=case.run_id)
     assert reconciled.case_id is None and f"/admin/audit/auditevent/{reconciled.pk}/change/" in listing
-    shown = len(set(re.findall(r'/admin/audit/auditevent/(\d+)/change/', listing)))
-    assert shown == timeline_rows == AuditEvent.objects.filter(
-        Q(case_id=case.pk) | Q(run_id=case.run_id, case_id__isnull=True, occurred_at__gte=case.checkpoint.created_at)).count()
+    shown = len(set(re.findall(r"/admin/audit/auditevent/(\d+)/change/", listing)))
+    assert (
+        shown
+        == timeline_rows
+        == AuditEvent.objects.filter(
+            Q(case_id=case.pk)
+            | Q(run_id=case.run_id, case_id__isnull=True, occurred_at__gte=case.checkpoint.created_at)
+        ).count()
+    )
 
 
 def test_the_checkpoint_reads_once_and_the_header_says_revive(operator_client, make_case):

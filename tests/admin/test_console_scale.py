@@ -20,7 +20,9 @@ def ledger(make_run, make_connection):
     runs = [make_run(f"run_scale_{i}") for i in range(3)]
     for run in runs:
         for key in ("send_exec_05", "archive_05"):
-            services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key=key, generation=1, actor="w")
+            services.action_begin(
+                run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key=key, generation=1, actor="w"
+            )
     return runs
 
 

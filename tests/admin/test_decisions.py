@@ -46,14 +46,17 @@ def _race(op_a, op_b, case, **data):
 
 @pytest.mark.parametrize("first,second", [("approve", "approve"), ("approve", "reject"), ("reject", "approve")])
 def test_two_operators_deciding_one_waiting_case_get_one_decision_and_one_attributed_refusal(
-        make_case, no_delivery, first, second):
+    make_case, no_delivery, first, second
+):
     case = make_case(CaseState.AWAITING_APPROVAL)
     results = _race(first, second, case, reason="checked the ticket")
     assert sorted(o.ok for o in results) == [False, True]
     winner = "operator:ann" if results[0].ok else "operator:bob"
     loser = "operator:bob" if results[0].ok else "operator:ann"
     lost = next(o for o in results if not o.ok)
-    assert re.search(rf"(approved|rejected|abandoned) by {winner} at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC", lost.message), lost.message
+    assert re.search(
+        rf"(approved|rejected|abandoned) by {winner} at \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC", lost.message
+    ), lost.message
     decisions = AuditEvent.objects.filter(case_id=case.pk, action__in=["case.resuming", "case.abandoned"])
     assert [e.actor for e in decisions] == [winner]
     refused = AuditEvent.objects.get(case_id=case.pk, action="console.refused")
@@ -87,14 +90,23 @@ def test_two_retries_resend_once(make_case, no_delivery):
     assert sorted(o.ok for o in results) == [False, True]
     winner = "operator:ann" if results[0].ok else "operator:bob"
     assert f"by {winner}" in next(o for o in results if not o.ok).message
-    assert AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", actor__startswith="operator:").count() == 1
+    assert (
+        AuditEvent.objects.filter(case_id=case.pk, action="case.resuming", actor__startswith="operator:").count() == 1
+    )
 
 
 def test_two_by_hand_reconciliations_settle_once(make_case, no_delivery):
     case = make_case(CaseState.RECONCILING)
     ambiguous = Action.objects.get(run__case_runs__case=case, state=Action.State.AMBIGUOUS)
-    results = _race("reconcile", "reconcile", case, actions=[str(ambiguous.pk)], outcome="found",
-                    note="ticket T-9 exists", external_ref="T-9")
+    results = _race(
+        "reconcile",
+        "reconcile",
+        case,
+        actions=[str(ambiguous.pk)],
+        outcome="found",
+        note="ticket T-9 exists",
+        external_ref="T-9",
+    )
     assert sorted(o.ok for o in results) == [False, True]
     winner = "operator:ann" if results[0].ok else "operator:bob"
     assert f"by {winner}" in next(o for o in results if not o.ok).message

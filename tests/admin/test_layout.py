@@ -32,8 +32,10 @@ selectors => selectors.flatMap(sel => [...document.querySelectorAll(sel)].map(e 
 
 
 def _overlap(a: dict, b: dict) -> bool:
-    return min(a["right"], b["right"]) - max(a["left"], b["left"]) > 1 and \
-        min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) > 1
+    return (
+        min(a["right"], b["right"]) - max(a["left"], b["left"]) > 1
+        and min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) > 1
+    )
 
 
 def _no_sideways_scroll(page) -> tuple[int, int]:
@@ -43,15 +45,21 @@ def _no_sideways_scroll(page) -> tuple[int, int]:
 @pytest.fixture
 def crowded_case(make_case, make_connection, make_run):
     """A case awaiting approval, with long ids and a second run joined, and a dozen other cases for the list."""
-    conn = make_connection("conn_microsoft_exchange_online_operations_mailbox_emea_0042",
-                           provider_tenant="72f988bf-86f1-41af-91ab-2d7cd011db47",
-                           owner_email="executive.assistant.operations@contoso-international.example")
+    conn = make_connection(
+        "conn_microsoft_exchange_online_operations_mailbox_emea_0042",
+        provider_tenant="72f988bf-86f1-41af-91ab-2d7cd011db47",
+        owner_email="executive.assistant.operations@contoso-international.example",
+    )
     run = make_run("run_7f2c9e1d4b8a4f6e9c3d2b1a0f9e8d7c_nightly_executive_briefing")
     case = make_case(CaseState.AWAITING_APPROVAL, connection=conn, run=run)
     for n in range(12):
-        make_case([CaseState.OPENED, CaseState.AWAITING_OWNER, CaseState.RESUME_FAILED][n % 3],
-                  connection=make_connection(f"conn_tenant_{n:02d}_shared_mailbox_with_a_long_name",
-                                             owner_email=f"owner.{n}.with.a.long.address@contoso-international.example"))
+        make_case(
+            [CaseState.OPENED, CaseState.AWAITING_OWNER, CaseState.RESUME_FAILED][n % 3],
+            connection=make_connection(
+                f"conn_tenant_{n:02d}_shared_mailbox_with_a_long_name",
+                owner_email=f"owner.{n}.with.a.long.address@contoso-international.example",
+            ),
+        )
     assert services.case_lock  # the fixture went through the services
     return case
 
@@ -73,10 +81,14 @@ def test_case_page_and_list_fit_without_overlap(chromium, live_server, superuser
         page.screenshot(path=str(shots / f"case-page-{width}.png"), full_page=True)
         boxes = page.evaluate(BOXES, CASE_SECTIONS)
         assert {b["sel"] for b in boxes} == set(CASE_SECTIONS), boxes
-        clashes = [(a["sel"], b["sel"]) for i, a in enumerate(boxes) for b in boxes[i + 1:] if _overlap(a, b)]
+        clashes = [(a["sel"], b["sel"]) for i, a in enumerate(boxes) for b in boxes[i + 1 :] if _overlap(a, b)]
         assert clashes == [], f"sections overlap at {width}px: {clashes}"
-        for table, section in (("#timeline-table", "#timeline"), ("#ledger-table", "#ledger"),
-                               ("#runs-table", "#ledger"), ("#links-table", "#ledger")):
+        for table, section in (
+            ("#timeline-table", "#timeline"),
+            ("#ledger-table", "#ledger"),
+            ("#runs-table", "#ledger"),
+            ("#links-table", "#ledger"),
+        ):
             [inner], [outer] = page.evaluate(BOXES, [table]), page.evaluate(BOXES, [section])
             assert inner["right"] <= outer["right"] + 1, f"{table} spills out of {section} at {width}px"
         spilling = [b for b in page.evaluate(BOXES, ["#incident-record dd"]) if b["scrollW"] > b["clientW"] + 1]
@@ -90,8 +102,10 @@ def test_case_page_and_list_fit_without_overlap(chromium, live_server, superuser
         scroll_width, client_width = _no_sideways_scroll(page)
         assert scroll_width <= client_width, f"the case list scrolls sideways at {width}px ({scroll_width})"
         [results] = page.evaluate(BOXES, ["#changelist .results"])  # Django scrolls the table inside this box
-        columns = page.evaluate("() => [...document.querySelectorAll('#result_list thead th')].map("
-                                "th => [th.className, Math.round(th.getBoundingClientRect().width)])")
+        columns = page.evaluate(
+            "() => [...document.querySelectorAll('#result_list thead th')].map("
+            "th => [th.className, Math.round(th.getBoundingClientRect().width)])"
+        )
         assert results["scrollW"] <= results["clientW"] + 1, f"the case table scrolls sideways at {width}px: {columns}"
         [result_list] = page.evaluate(BOXES, ["#result_list"])
         assert result_list["right"] <= results["right"] + 1 <= client_width + 1

@@ -19,11 +19,18 @@ LIST = "/admin/cases/recoverycase/"
 def case_in(ns: str, n: int) -> RecoveryCase:
     namespace_ensure(name=ns, actor="t")
     conn, run = qualify(ns, f"conn_{n}"), qualify(ns, f"run_{n}")
-    services.connection_create(connection_id=conn, namespace=ns, provider="entra", owner_email=f"o{n}@{ns}.example",
-                               provider_subject=f"oid-{n}", provider_tenant=f"tid-{ns}")
+    services.connection_create(
+        connection_id=conn,
+        namespace=ns,
+        provider="entra",
+        owner_email=f"o{n}@{ns}.example",
+        provider_subject=f"oid-{n}",
+        provider_tenant=f"tid-{ns}",
+    )
     services.run_register(run_id=run, namespace=ns, runtime="langgraph", runtime_ref={}, workflow_name="W", actor="t")
-    answer = services.credential_failure_report(run_id=run, connection_id=conn, generation=1, provider_error=DEAD_GRANT,
-                                                actor="t")
+    answer = services.credential_failure_report(
+        run_id=run, connection_id=conn, generation=1, provider_error=DEAD_GRANT, actor="t"
+    )
     return RecoveryCase.objects.get(reference=answer.case_reference)
 
 
@@ -61,7 +68,9 @@ def test_superusers_and_unlimited_operators_see_every_namespace(admin_client, op
 
 def test_limiting_an_operator_is_audited(admin_client, operator):
     namespace_ensure(name="alpha", actor="t")
-    resp = admin_client.post("/admin/cases/namespace/alpha/change/", {"description": "Team A", "operators": [operator.pk]})
+    resp = admin_client.post(
+        "/admin/cases/namespace/alpha/change/", {"description": "Team A", "operators": [operator.pk]}
+    )
     assert resp.status_code == 302, resp.content.decode()[:2000]
     assert list(Namespace.objects.get(pk="alpha").operators.all()) == [operator]
     event = AuditEvent.objects.get(action="namespace.operators_changed")

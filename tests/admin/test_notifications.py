@@ -60,7 +60,8 @@ def test_a_case_awaiting_approval_is_emailed_and_posted_signed(hook, make_case):
     items = owed(case)
     assert [(i.kind, i.key) for i in items] == [
         (notifications.EMAIL, f"operator.email:{case.pk}:case.awaiting_approval"),
-        (notifications.WEBHOOK, f"operator.webhook:{case.pk}:case.awaiting_approval")]
+        (notifications.WEBHOOK, f"operator.webhook:{case.pk}:case.awaiting_approval"),
+    ]
     assert dispatch_all(items) == ["done", "done"]
 
     [message] = to_ops(mail.outbox)
@@ -81,8 +82,10 @@ def test_a_case_awaiting_approval_is_emailed_and_posted_signed(hook, make_case):
     assert SECRET not in body.decode() and SECRET not in json.dumps(headers).replace(headers["X-Revive-Signature"], "")
 
     sent = AuditEvent.objects.filter(case_id=case.pk, action="case.notified").order_by("pk")
-    assert [(e.after["channel"], e.after["event"]) for e in sent] == [("email", "case.awaiting_approval"),
-                                                                     ("webhook", "case.awaiting_approval")]
+    assert [(e.after["channel"], e.after["event"]) for e in sent] == [
+        ("email", "case.awaiting_approval"),
+        ("webhook", "case.awaiting_approval"),
+    ]
     assert sent[1].after["host"] == "127.0.0.1"
     every_row = json.dumps(list(AuditEvent.objects.values("before", "after", "arguments")))
     assert SECRET not in every_row and "/hooks/revive" not in every_row
@@ -135,9 +138,15 @@ def test_a_failing_webhook_is_retried_then_failed_and_visible(hook, make_case):
 
 def test_an_operator_retries_a_failed_row_owed_for_no_run(db):
     """A row no run is named on (a case a broker opened before any run joined it) gets its attempts again."""
-    item = OutboxItem.objects.create(kind=notifications.EMAIL, key="operator.email:no-run:case.stale", run_id="",
-                                     state=OutboxItem.State.FAILED, attempts=3, due_at=timezone.now(),
-                                     last_error="email not sent: SMTPServerDisconnected")
+    item = OutboxItem.objects.create(
+        kind=notifications.EMAIL,
+        key="operator.email:no-run:case.stale",
+        run_id="",
+        state=OutboxItem.State.FAILED,
+        attempts=3,
+        due_at=timezone.now(),
+        last_error="email not sent: SMTPServerDisconnected",
+    )
     retried = outbox.outbox_retry(item_id=item.pk, actor="operator:ann")
     assert (retried.state, retried.attempts) == (OutboxItem.State.PENDING, 0)
     event = AuditEvent.objects.get(action="outbox.retried", entity_id=item.key)
@@ -184,20 +193,38 @@ def test_a_namespace_overrides_recipients_and_webhook(hook, settings, make_case)
     team_hook = Receiver()
     try:
         namespace_ensure(name="team-a", actor="test")
-        namespace_notifications_set(name="team-a", operator_emails="a1@team-a.example, a2@team-a.example",
-                                    operator_webhook_url=team_hook.url, actor="operator:root")
-        conn = services.connection_create(connection_id=qualify("team-a", "conn_mail"), namespace="team-a",
-                                          provider="entra", owner_email="o@team-a.example", provider_subject="s-a",
-                                          provider_tenant="tid-a")
-        run = services.run_register(run_id=qualify("team-a", "run_a"), namespace="team-a", runtime="langgraph",
-                                    runtime_ref={"thread_id": "a"}, workflow_name="Brief", actor="test")
+        namespace_notifications_set(
+            name="team-a",
+            operator_emails="a1@team-a.example, a2@team-a.example",
+            operator_webhook_url=team_hook.url,
+            actor="operator:root",
+        )
+        conn = services.connection_create(
+            connection_id=qualify("team-a", "conn_mail"),
+            namespace="team-a",
+            provider="entra",
+            owner_email="o@team-a.example",
+            provider_subject="s-a",
+            provider_tenant="tid-a",
+        )
+        run = services.run_register(
+            run_id=qualify("team-a", "run_a"),
+            namespace="team-a",
+            runtime="langgraph",
+            runtime_ref={"thread_id": "a"},
+            workflow_name="Brief",
+            actor="test",
+        )
         theirs = make_case(CaseState.AWAITING_APPROVAL, connection=conn, run=run)
         ours = make_case(CaseState.AWAITING_APPROVAL)
         assert dispatch_all(owed(theirs) + owed(ours)) == ["done"] * 4
 
-        recipients = sorted((tuple(m.to), m.extra_headers["X-Revive-Case"]) for m in mail.outbox if "X-Revive-Event" in m.extra_headers)
-        assert recipients == sorted([(("a1@team-a.example", "a2@team-a.example"), theirs.reference),
-                                     (tuple(OPS), ours.reference)])
+        recipients = sorted(
+            (tuple(m.to), m.extra_headers["X-Revive-Case"]) for m in mail.outbox if "X-Revive-Event" in m.extra_headers
+        )
+        assert recipients == sorted(
+            [(("a1@team-a.example", "a2@team-a.example"), theirs.reference), (tuple(OPS), ours.reference)]
+        )
         [(_, team_body)] = team_hook.requests
         [(_, our_body)] = hook.requests
         assert json.loads(team_body)["case"] == theirs.reference and json.loads(team_body)["namespace"] == "team-a"
@@ -209,9 +236,12 @@ def test_a_namespace_overrides_recipients_and_webhook(hook, settings, make_case)
 
 def test_a_namespace_change_is_audited_without_the_webhook_url(db):
     namespace_ensure(name="team-b", actor="test")
-    namespace_notifications_set(name="team-b", operator_emails=" b@team-b.example ,",
-                                operator_webhook_url="https://hooks.slack.example/services/T000/B000/XXXXSECRETXXXX",
-                                actor="operator:root")
+    namespace_notifications_set(
+        name="team-b",
+        operator_emails=" b@team-b.example ,",
+        operator_webhook_url="https://hooks.slack.example/services/T000/B000/XXXXSECRETXXXX",
+        actor="operator:root",
+    )
     event = AuditEvent.objects.get(action="namespace.notifications_changed", entity_id="team-b")
     assert event.after == {"operator_emails": "b@team-b.example", "webhook_host": "hooks.slack.example"}
     assert "XXXXSECRETXXXX" not in json.dumps([event.before, event.after, event.arguments])
@@ -220,19 +250,30 @@ def test_a_namespace_change_is_audited_without_the_webhook_url(db):
 def test_the_namespace_form_refuses_a_bad_address(client, superuser):
     client.force_login(superuser)
     namespace_ensure(name="team-c", actor="test")
-    answer = client.post("/admin/cases/namespace/team-c/change/",
-                         {"description": "", "operator_emails": "ops@team-c.example, not-an-address",
-                          "operator_webhook_url": "ftp://hooks.example/x"})
+    answer = client.post(
+        "/admin/cases/namespace/team-c/change/",
+        {
+            "description": "",
+            "operator_emails": "ops@team-c.example, not-an-address",
+            "operator_webhook_url": "ftp://hooks.example/x",
+        },
+    )
     assert answer.status_code == 200  # the form again, with its errors
     errors = answer.context["adminform"].form.errors
     assert "operator_emails" in errors and "operator_webhook_url" in errors
 
 
 def test_a_webhook_url_without_a_secret_is_refused_at_startup(tmp_path):
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "revive_site.settings", "REVIVE_VAR_DIR": str(tmp_path),
-           "REVIVE_OPERATOR_WEBHOOK_URL": "https://hooks.example/revive", "REVIVE_OPERATOR_WEBHOOK_SECRET": ""}
-    done = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "revive_site.settings",
+        "REVIVE_VAR_DIR": str(tmp_path),
+        "REVIVE_OPERATOR_WEBHOOK_URL": "https://hooks.example/revive",
+        "REVIVE_OPERATOR_WEBHOOK_SECRET": "",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0 and "REVIVE_OPERATOR_WEBHOOK_SECRET" in done.stderr
 
 

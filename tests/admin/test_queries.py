@@ -24,8 +24,15 @@ def queries(client, url: str) -> tuple[int, bytes]:
     return len(ctx.captured_queries), response.content
 
 
-@pytest.mark.parametrize("url", [LIST_ALL, LIST_ALL + "&state=open", LIST_ALL + "&q=CASERV-0001",
-                                 LIST_ALL + "&provider=entra&tenant=tid-1&age=24h&o=8"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        LIST_ALL,
+        LIST_ALL + "&state=open",
+        LIST_ALL + "&q=CASERV-0001",
+        LIST_ALL + "&provider=entra&tenant=tid-1&age=24h&o=8",
+    ],
+)
 def test_the_case_list_runs_the_same_queries_for_10_and_500_cases(operator_client, url):
     bulk_cases(10)
     small, page = queries(operator_client, url)
@@ -55,10 +62,22 @@ def test_the_case_page_runs_the_same_queries_for_a_case_blocking_1_or_20_runs(op
     one, _ = queries(operator_client, url)
     for _ in range(19):
         run = make_run()
-        services.credential_failure_report(run_id=run.pk, connection_id=case.connection_id, generation=1,
-                                           provider_error=DEAD_GRANT, checkpoint_id="07", actor="worker:test")
-        services.action_begin(run_id=run.pk, checkpoint_id="07", connection_id=case.connection_id, action_key="send_exec_07",
-                              generation=1, actor="worker:test")
+        services.credential_failure_report(
+            run_id=run.pk,
+            connection_id=case.connection_id,
+            generation=1,
+            provider_error=DEAD_GRANT,
+            checkpoint_id="07",
+            actor="worker:test",
+        )
+        services.action_begin(
+            run_id=run.pk,
+            checkpoint_id="07",
+            connection_id=case.connection_id,
+            action_key="send_exec_07",
+            generation=1,
+            actor="worker:test",
+        )
     twenty, page = queries(operator_client, url)
     assert case.runs.count() == 20
     assert one == twenty

@@ -42,7 +42,9 @@ def test_take_assign_and_the_my_cases_and_unassigned_filters(operator_client, op
     assert RecoveryCase.objects.get(pk=other.pk).assignee == bob
     events = AuditEvent.objects.filter(action="case.assigned").order_by("id")
     assert [(e.case_id, e.before["assignee"], e.after["assignee"]) for e in events] == [
-        (mine.pk, None, operator.username), (other.pk, None, "bob-team")]
+        (mine.pk, None, operator.username),
+        (other.pk, None, "bob-team"),
+    ]
     listing = operator_client.get(LIST + "?assignee=me").content.decode()
     assert listed(listing, mine) and not listed(listing, other)
     assert f'{mine.reference}<br><small class="case-assignee">{operator.username}</small>' in listing
@@ -75,8 +77,11 @@ def test_an_auditor_cannot_assign_or_note_and_the_refusals_are_audited(auditor_c
     assert auditor_client.post(f"{LIST}{case.pk}/assign/", {"take": "1"}).status_code == 403
     assert auditor_client.post(f"{LIST}{case.pk}/note/", {"body": "hi"}).status_code == 403
     assert not CaseNote.objects.exists() and RecoveryCase.objects.get(pk=case.pk).assignee is None
-    assert sorted(AuditEvent.objects.filter(case_id=case.pk, action="console.refused")
-                  .values_list("arguments__operation", flat=True)) == ["assign", "note"]
+    assert sorted(
+        AuditEvent.objects.filter(case_id=case.pk, action="console.refused").values_list(
+            "arguments__operation", flat=True
+        )
+    ) == ["assign", "note"]
 
 
 def test_four_eyes_bars_the_by_hand_reconciler(make_case, settings, held_outbox):
@@ -101,8 +106,10 @@ def test_without_four_eyes_the_reconciler_may_approve(make_case, settings, held_
 def test_links_out_render_from_the_url_templates(operator_client, make_case, settings):
     case = make_case(CaseState.OPENED)
     Run.objects.filter(pk=case.run_id).update(runtime="temporal", runtime_ref={"workflow_id": "wf 1", "run_id": "r-9"})
-    settings.REVIVE_RUNTIME_UI_URLS = {"temporal": "https://temporal.example/workflows/{workflow_id}/{run_id}",
-                                       "langgraph": "https://studio.example/{missing}"}
+    settings.REVIVE_RUNTIME_UI_URLS = {
+        "temporal": "https://temporal.example/workflows/{workflow_id}/{run_id}",
+        "langgraph": "https://studio.example/{missing}",
+    }
     settings.REVIVE_PROVIDER_ADMIN_URLS = {case.provider: "https://admin.example/{tenant}/users/{subject}"}
     page = operator_client.get(case_url(case)).content.decode()
     assert 'href="https://temporal.example/workflows/wf%201/r-9"' in page
@@ -146,7 +153,10 @@ def test_reopen_an_abandoned_case_goes_back_to_its_owner_and_needs_a_reason(make
     case = make_case(CaseState.ABANDONED)
     with pytest.raises(Exception, match="reason is required"):
         services.case_reopen(case_id=case.pk, actor="operator:ann", reason=" ")
-    assert services.case_reopen(case_id=case.pk, actor="operator:ann", reason="owner called back").state == CaseState.AWAITING_OWNER
+    assert (
+        services.case_reopen(case_id=case.pk, actor="operator:ann", reason="owner called back").state
+        == CaseState.AWAITING_OWNER
+    )
     assert services.case_reopen(case_id=case.pk, actor="operator:ann", reason="again").state == CaseState.AWAITING_OWNER
 
 

@@ -35,7 +35,10 @@ def test_a_bulk_resend_lists_each_case_and_waits_for_confirmation(chromium, live
     assert not ReconnectRequest.objects.filter(created_by__startswith="operator:").exists()  # nothing yet
     page.click("input[name=confirm]")
     page.wait_for_selector(".messagelist")
-    assert ReconnectRequest.objects.filter(case__in=waiting, state="active", created_by__startswith="operator:").count() == 2
+    assert (
+        ReconnectRequest.objects.filter(case__in=waiting, state="active", created_by__startswith="operator:").count()
+        == 2
+    )
     assert AuditEvent.objects.filter(case_id=skipped.pk, action="console.refused").exists()
 
 
@@ -67,7 +70,11 @@ def test_take_a_case_write_a_note_and_export(chromium, live_server, make_case, o
     with page.expect_download() as download:
         page.click("#export-csv")
     body = open(download.value.path()).read()
-    assert body.splitlines()[0].startswith("case_id,namespace,state") and case.reference in body and len(body.splitlines()) == 2
+    assert (
+        body.splitlines()[0].startswith("case_id,namespace,state")
+        and case.reference in body
+        and len(body.splitlines()) == 2
+    )
     with page.expect_download() as trail:
         page.goto(f"{live_server.url}{LIST}{case.pk}/change/")
         page.click("#audit-csv")
@@ -94,8 +101,9 @@ def test_four_eyes_and_a_decision_already_taken(chromium, live_server, make_case
     message = page.inner_text(".messagelist")
     assert "approved by operator:bob at" in message, message
     shot(page, "already-approved")
-    assert AuditEvent.objects.filter(case_id=case.pk, action="console.refused",
-                                     actor=f"operator:{operator.username}").exists()
+    assert AuditEvent.objects.filter(
+        case_id=case.pk, action="console.refused", actor=f"operator:{operator.username}"
+    ).exists()
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMING
 
 
@@ -114,7 +122,8 @@ def test_reopen_a_case_rejected_by_mistake(chromium, live_server, make_case, ope
 
 
 def test_a_namespace_webhook_set_in_the_console_is_signed_and_posted_when_a_case_waits(
-        chromium, live_server, superuser, make_case, settings):
+    chromium, live_server, superuser, make_case, settings
+):
     """A superuser gives the namespace its own on-call address and webhook in the console; the next case that waits
     for approval is POSTed there, signed with the global secret, and the case page shows the notification."""
     import json
@@ -142,8 +151,11 @@ def test_a_namespace_webhook_set_in_the_console_is_signed_and_posted_when_a_case
         [(headers, body)] = wait_for(lambda: receiver.requests, "the namespace's webhook to be called", timeout=60)
         assert webhooks.verify(secret, body, headers["X-Revive-Signature"])
         payload = json.loads(body)
-        assert (payload["case"], payload["event"], payload["namespace"]) == (case.reference, "case.awaiting_approval",
-                                                                             "default")
+        assert (payload["case"], payload["event"], payload["namespace"]) == (
+            case.reference,
+            "case.awaiting_approval",
+            "default",
+        )
         page.goto(f"{live_server.url}{LIST}{case.pk}/change/")
         wait_for(lambda: "case.notified" in page.content(), "the notification on the case page", timeout=60)
         shot(page, "case-notified")

@@ -63,11 +63,16 @@ def test_url_userinfo_is_redacted_keeping_host_path_query_fragment(value, expect
 
 
 def test_secret_keys_and_secret_looking_values_are_redacted():
-    out = redact({
-        "refresh_token": "rt-123", "client_secret": "cs", "nested": [{"Authorization": "Bearer abc.def"}],
-        "note": "sent with Bearer abcdef123 and eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
-        "error_codes": [700082], "state": "opened",
-    })
+    out = redact(
+        {
+            "refresh_token": "rt-123",
+            "client_secret": "cs",
+            "nested": [{"Authorization": "Bearer abc.def"}],
+            "note": "sent with Bearer abcdef123 and eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+            "error_codes": [700082],
+            "state": "opened",
+        }
+    )
     assert out["refresh_token"] == out["client_secret"] == REDACTED
     assert out["nested"][0]["Authorization"] == REDACTED
     assert "abcdef123" not in out["note"] and "eyJhbGci" not in out["note"]
@@ -83,14 +88,38 @@ def test_every_transition_writes_exactly_one_audit_event(make_run, make_connecti
         fn()
         return AuditEvent.objects.count() - before
 
-    begin = lambda g=1, key="send": services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk,  # noqa: E731
-                                                           action_key=key, generation=g, actor="w")
+    def begin(g=1, key="send"):
+        return services.action_begin(
+            run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key=key, generation=g, actor="w"
+        )
+
     assert delta(begin) == 2  # checkpoint recorded + action executing
-    assert delta(lambda: services.action_mark_ambiguous(run_id=run.pk, action_key="send", generation=1, reason="t", actor="w")) == 1
-    assert delta(lambda: services.action_reconcile(run_id=run.pk, action_key="send", found=False, evidence={}, generation=1, actor="w")) == 1
+    assert (
+        delta(
+            lambda: services.action_mark_ambiguous(
+                run_id=run.pk, action_key="send", generation=1, reason="t", actor="w"
+            )
+        )
+        == 1
+    )
+    assert (
+        delta(
+            lambda: services.action_reconcile(
+                run_id=run.pk, action_key="send", found=False, evidence={}, generation=1, actor="w"
+            )
+        )
+        == 1
+    )
     assert delta(begin) == 1  # reconciled_absent -> executing
     # fail: action.failed + case.opened + reconnect.requested (the owner's link) + run.parked
-    assert delta(lambda: services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w")) == 4
+    assert (
+        delta(
+            lambda: services.action_fail(
+                run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w"
+            )
+        )
+        == 4
+    )
     ref = run.first_cases.get().reference
     # reauthorize: lease.advanced + case.reauthorized
     assert delta(lambda: services.case_reauthorize(case_id=ref, actor="owner")) == 2
@@ -102,5 +131,12 @@ def test_every_transition_writes_exactly_one_audit_event(make_run, make_connecti
     assert delta(lambda: services.action_commit(run_id=run.pk, action_key="send", generation=2, actor="w")) == 3
     assert delta(lambda: begin(2)) == 0  # a replay changes nothing
     actions = list(AuditEvent.objects.values_list("action", flat=True))
-    for name in ["case.opened", "case.reauthorized", "lease.advanced", "case.resuming", "case.resumed", "action.committed"]:
+    for name in [
+        "case.opened",
+        "case.reauthorized",
+        "lease.advanced",
+        "case.resuming",
+        "case.resumed",
+        "action.committed",
+    ]:
         assert actions.count(name) == 1, name

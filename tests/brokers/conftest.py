@@ -40,26 +40,44 @@ def nango_connection(db):
     def make(*, subject: str = "1", issuer: str = "http://127.0.0.1:9/idp", upstream: str = "oidc"):
         n = next(_seq)
         return case_services.connection_create(
-            connection_id=f"conn_nango_{n}_{os.getpid()}", provider="nango", upstream_provider=upstream,
-            owner_email="ada@contoso.example", provider_subject=subject, provider_issuer=issuer,
-            broker_integration=INTEGRATION, broker_connection=f"nango-conn-{n}-{os.getpid()}", display_name="Ops mailbox",
-            actor="test")
+            connection_id=f"conn_nango_{n}_{os.getpid()}",
+            provider="nango",
+            upstream_provider=upstream,
+            owner_email="ada@contoso.example",
+            provider_subject=subject,
+            provider_issuer=issuer,
+            broker_integration=INTEGRATION,
+            broker_connection=f"nango-conn-{n}-{os.getpid()}",
+            display_name="Ops mailbox",
+            actor="test",
+        )
 
     return make
 
 
 def auth_event(conn, operation: str, *, success: bool, error: dict | None = None) -> dict:
-    event = {"from": "nango", "type": "auth", "operation": operation, "connectionId": conn.broker_connection,
-             "providerConfigKey": conn.broker_integration, "provider": "microsoft", "environment": "prod",
-             "authMode": "OAUTH2", "success": success, "endUser": {"endUserId": "u1"}}
+    event = {
+        "from": "nango",
+        "type": "auth",
+        "operation": operation,
+        "connectionId": conn.broker_connection,
+        "providerConfigKey": conn.broker_integration,
+        "provider": "microsoft",
+        "environment": "prod",
+        "authMode": "OAUTH2",
+        "success": success,
+        "endUser": {"endUserId": "u1"},
+    }
     if error is not None:
         event["error"] = error
     return event
 
 
-DEAD = {"type": "refresh_token_external_error",
-        "description": 'The external API returned an error when trying to refresh the access token. '
-                       '{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired."}'}
+DEAD = {
+    "type": "refresh_token_external_error",
+    "description": "The external API returned an error when trying to refresh the access token. "
+    '{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired."}',
+}
 TRANSIENT = {"type": "refresh_token_lock_timeout", "description": "Another refresh is in progress."}
 
 
@@ -70,8 +88,14 @@ def deliver(client, nango_settings, django_capture_on_commit_callbacks):
     The on-commit work (the owner's notification) runs as it would after the request's commit.
     """
 
-    def post(event: dict | bytes, *, namespace: str = "default", signature: str | None = None, key: str = SIGNING_KEY,
-             raw: bytes | None = None):
+    def post(
+        event: dict | bytes,
+        *,
+        namespace: str = "default",
+        signature: str | None = None,
+        key: str = SIGNING_KEY,
+        raw: bytes | None = None,
+    ):
         body = raw if raw is not None else json.dumps(event).encode()
         headers = {} if signature == "" else {"HTTP_X_NANGO_HMAC_SHA256": signature or sign(key, body)}
         with django_capture_on_commit_callbacks(execute=True):
@@ -101,8 +125,11 @@ def nango_owner_case(nango_standin, nango_connection, deliver, lab_idp, mailoutb
     settings.PUBLIC_BASE_URL = revive_server.url
     issuer = httpx.get(f"{lab_idp.url}/.well-known/openid-configuration", timeout=10).json()["issuer"]
     conn = nango_connection(subject=lab_idp.users["right"]["sub"], issuer=issuer)
-    nango_standin.store(conn.broker_integration, conn.broker_connection,
-                        {"access_token": "first-access-token-of-ada", "refresh_token": "first-refresh-token-of-ada"})
+    nango_standin.store(
+        conn.broker_integration,
+        conn.broker_connection,
+        {"access_token": "first-access-token-of-ada", "refresh_token": "first-refresh-token-of-ada"},
+    )
     assert deliver(auth_event(conn, "refresh", success=False, error=DEAD)).json()["outcome"] == "case_opened"
     link, token = link_in(mailoutbox[-1])
     return conn, RecoveryCase.objects.get(connection=conn), link, token
@@ -110,7 +137,9 @@ def nango_owner_case(nango_standin, nango_connection, deliver, lab_idp, mailoutb
 
 @pytest.fixture(scope="session")
 def scalekit_standin(scalekit_port, lab_idp):
-    standin = ScalekitStandIn(port=scalekit_port, client_id=SCALEKIT_CLIENT_ID, client_secret=SCALEKIT_CLIENT_SECRET).start()
+    standin = ScalekitStandIn(
+        port=scalekit_port, client_id=SCALEKIT_CLIENT_ID, client_secret=SCALEKIT_CLIENT_SECRET
+    ).start()
     standin.idp = lab_idp
     yield standin
     standin.stop()
@@ -137,11 +166,20 @@ def scalekit_connection(db, scalekit_standin, lab_idp):
     def make():
         n = next(_seq)
         identifier = f"user-{n}-{os.getpid()}"
-        scalekit_standin.store(("lab-idp", identifier), {"access_token": f"sk-first-access-{n}",
-                                                        "refresh_token": f"sk-first-refresh-{n}"})
+        scalekit_standin.store(
+            ("lab-idp", identifier), {"access_token": f"sk-first-access-{n}", "refresh_token": f"sk-first-refresh-{n}"}
+        )
         return case_services.connection_create(
-            connection_id=f"conn_sk_{n}_{os.getpid()}", provider="scalekit", upstream_provider="oidc",
-            owner_email="ada@contoso.example", provider_subject=lab_idp.users["right"]["sub"], provider_issuer=issuer,
-            broker_integration="lab-idp", broker_connection=identifier, display_name="Ops mailbox", actor="test")
+            connection_id=f"conn_sk_{n}_{os.getpid()}",
+            provider="scalekit",
+            upstream_provider="oidc",
+            owner_email="ada@contoso.example",
+            provider_subject=lab_idp.users["right"]["sub"],
+            provider_issuer=issuer,
+            broker_integration="lab-idp",
+            broker_connection=identifier,
+            display_name="Ops mailbox",
+            actor="test",
+        )
 
     return make

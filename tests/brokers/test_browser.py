@@ -102,7 +102,9 @@ def scalekit_case(scalekit_settings, scalekit_connection, scalekit_standin, revi
 
 
 @pytest.mark.parametrize("username, generation, outcome", [("ada", 2, "done"), ("mallory", 1, "refused")])
-def test_the_scalekit_reconnect_in_a_browser(owner_context, scalekit_case, lab_idp, tmp_path, username, generation, outcome):
+def test_the_scalekit_reconnect_in_a_browser(
+    owner_context, scalekit_case, lab_idp, tmp_path, username, generation, outcome
+):
     conn, link = scalekit_case
     page = reconnect_at_nango(owner_context, link, lab_idp, username, tmp_path, broker="Scalekit")
     assert page.url.endswith(f"/{outcome}")

@@ -32,8 +32,11 @@ class Owner:
         assert landing.status_code == 302, landing.text[:300]
         page = self.http.get(str(landing.url.join(landing.headers["location"])))
         assert "Reconnect your Nango account" in page.text
-        started = self.http.post(str(page.url).rstrip("/") + "/start", data={"csrfmiddlewaretoken": _CSRF.search(page.text).group(1)},
-                                 headers={"Referer": str(page.url)})
+        started = self.http.post(
+            str(page.url).rstrip("/") + "/start",
+            data={"csrfmiddlewaretoken": _CSRF.search(page.text).group(1)},
+            headers={"Referer": str(page.url)},
+        )
         assert started.status_code == 302 and started.headers["location"].endswith("/broker"), started.text[:300]
         return str(started.url.join(started.headers["location"]))
 
@@ -53,8 +56,9 @@ class Owner:
         pytest.fail("Revive never settled the broker's reconnect")
 
 
-def test_the_right_account_advances_the_generation_and_no_token_is_stored_anywhere(nango_owner_case, nango_standin,
-                                                                                    idp_browser, revive_server):
+def test_the_right_account_advances_the_generation_and_no_token_is_stored_anywhere(
+    nango_owner_case, nango_standin, idp_browser, revive_server
+):
     conn, case, link, link_token = nango_owner_case
     owner = Owner()
     outcome = owner.at_broker(owner.start(link), idp_browser, "ada")
@@ -66,18 +70,28 @@ def test_the_right_account_advances_the_generation_and_no_token_is_stored_anywhe
     assert ReconnectRequest.objects.get(case=case).state == ReconnectRequest.State.CONSUMED
     custody = AuditEvent.objects.get(action="credential.custody_broker", connection_id=conn.pk)
     assert (custody.after["custody"], custody.after["proof"], custody.after["reference"]) == (
-        "nango", "id_token", conn.broker_connection)
+        "nango",
+        "id_token",
+        conn.broker_connection,
+    )
     assert not CustodyGrant.objects.filter(connection=conn).exists()
 
     held = nango_standin.credentials(conn.broker_connection, conn.broker_integration)
-    values = [held["access_token"], held["refresh_token"], held["raw"]["id_token"], link_token, "first-access-token-of-ada"]
+    values = [
+        held["access_token"],
+        held["refresh_token"],
+        held["raw"]["id_token"],
+        link_token,
+        "first-access-token-of-ada",
+    ]
     assert all(values)
     assert tables_containing(values, exclude=()) == []  # not in custody either: Nango keeps the grant
     assert not any(v in revive_server.log.read_text() for v in values)
 
 
-def test_the_wrong_account_is_refused_and_the_connection_stays_blocked(nango_owner_case, nango_standin, idp_browser,
-                                                                       lab_idp):
+def test_the_wrong_account_is_refused_and_the_connection_stays_blocked(
+    nango_owner_case, nango_standin, idp_browser, lab_idp
+):
     conn, case, link, _ = nango_owner_case
     owner = Owner()
     waiting = owner.start(link)
@@ -108,7 +122,10 @@ def test_the_wrong_account_is_refused_and_the_connection_stays_blocked(nango_own
 def _restart(owner: Owner, waiting: str) -> str:
     """Press the refused page's button again (a new Nango reconnect session)."""
     refused = owner.http.get(waiting.replace("/broker", "/refused"))
-    started = owner.http.post(waiting.replace("/broker", "/start"),
-                              data={"csrfmiddlewaretoken": _CSRF.search(refused.text).group(1)}, headers={"Referer": waiting})
+    started = owner.http.post(
+        waiting.replace("/broker", "/start"),
+        data={"csrfmiddlewaretoken": _CSRF.search(refused.text).group(1)},
+        headers={"Referer": waiting},
+    )
     assert started.status_code == 302 and started.headers["location"].endswith("/broker")
     return waiting

@@ -59,9 +59,17 @@ def acme(nango_settings):
     namespace_ensure(name="acme", actor="test")
     nango_settings.REVIVE_NANGO_WEBHOOK_SIGNING_KEYS = {"acme": ENV_KEY}
     return case_services.connection_create(
-        connection_id=qualify("acme", "mailbox"), namespace="acme", provider="nango", upstream_provider="oidc",
-        owner_email="ada@acme.example", provider_subject="1", provider_issuer="http://127.0.0.1:9/idp",
-        broker_integration="microsoft-lab", broker_connection="acme-nango-1", actor="test")
+        connection_id=qualify("acme", "mailbox"),
+        namespace="acme",
+        provider="nango",
+        upstream_provider="oidc",
+        owner_email="ada@acme.example",
+        provider_subject="1",
+        provider_issuer="http://127.0.0.1:9/idp",
+        broker_integration="microsoft-lab",
+        broker_connection="acme-nango-1",
+        actor="test",
+    )
 
 
 @pytest.fixture
@@ -124,10 +132,13 @@ def test_a_key_set_in_the_console_signs_the_namespaces_webhooks_until_it_is_clea
         assert nothing_of((CONSOLE_KEY, NEW_KEY), text)
 
 
-@pytest.mark.parametrize("data, error", [
-    ({"signing_key": NEW_KEY, "clear": "on"}, "not both"),
-    ({}, "Type a new key to replace the stored one, or clear it."),
-])
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        ({"signing_key": NEW_KEY, "clear": "on"}, "not both"),
+        ({}, "Type a new key to replace the stored one, or clear it."),
+    ],
+)
 def test_a_refused_change_shows_no_key_back_and_changes_nothing(acme, console, data, error):
     nango_signing_key_set(namespace="acme", key=CONSOLE_KEY, actor="test")
     before = len(key_events())
@@ -157,11 +168,14 @@ def test_setting_the_same_key_again_and_clearing_twice_record_one_event_each(acm
     assert [e.arguments["operation"] for e in key_events()] == ["set", "cleared"]
 
 
-@pytest.mark.parametrize("namespace, key, code", [
-    ("acme", "", "VALIDATION_ERROR"),
-    ("acme", "x" * 501, "VALIDATION_ERROR"),
-    ("nowhere", CONSOLE_KEY, "NOT_FOUND"),
-])
+@pytest.mark.parametrize(
+    "namespace, key, code",
+    [
+        ("acme", "", "VALIDATION_ERROR"),
+        ("acme", "x" * 501, "VALIDATION_ERROR"),
+        ("nowhere", CONSOLE_KEY, "NOT_FOUND"),
+    ],
+)
 def test_bad_input_to_the_service_is_a_clear_error(acme, namespace, key, code):
     from revive_site.errors import DomainError
 

@@ -39,7 +39,11 @@ def test_a_signed_refresh_failure_opens_one_case_and_rejects_the_generation(deli
     assert response.json()["outcome"] == "case_opened"
     case = RecoveryCase.objects.get(connection=conn)
     assert (case.state, case.failure_class, case.rejected_generation, case.run_id) == (
-        CaseState.AWAITING_OWNER, "dead_grant", 1, None)  # the owner was notified on commit (eager Celery)
+        CaseState.AWAITING_OWNER,
+        "dead_grant",
+        1,
+        None,
+    )  # the owner was notified on commit (eager Celery)
     assert generation_state(conn) == CredentialGeneration.State.REJECTED
     assert ReconnectRequest.objects.filter(case=case, state=ReconnectRequest.State.ACTIVE).count() == 1
     assert len(mailoutbox) == 1 and case.reference in mailoutbox[0].extra_headers["X-Revive-Case"]
@@ -59,12 +63,15 @@ def test_the_same_delivery_twice_has_one_effect(deliver, nango_connection, mailo
     assert len(mailoutbox) == 1
 
 
-@pytest.mark.parametrize("signature, reason", [
-    ("", "missing"),
-    ("0" * 64, "mismatch"),
-    (sign("another-environments-key", b"{}"), "mismatch"),
-    ("not hex at all", "mismatch"),
-])
+@pytest.mark.parametrize(
+    "signature, reason",
+    [
+        ("", "missing"),
+        ("0" * 64, "mismatch"),
+        (sign("another-environments-key", b"{}"), "mismatch"),
+        ("not hex at all", "mismatch"),
+    ],
+)
 def test_a_bad_or_missing_signature_is_401_and_records_nothing(deliver, nango_connection, signature, reason):
     conn = nango_connection()
     before = counts()
@@ -113,10 +120,20 @@ def test_another_namespace_has_its_own_signing_key_and_sees_only_its_connections
     assert ignored.status_code == 200 and ignored.json()["outcome"] == "connection_not_registered"
     assert not RecoveryCase.objects.exists()
     acme_conn = case_services.connection_create(
-        connection_id=qualify("acme", "mailbox"), namespace="acme", provider="nango", upstream_provider="oidc",
-        owner_email="ada@acme.example", provider_subject="1", provider_issuer="http://127.0.0.1:9/idp",
-        broker_integration="microsoft-lab", broker_connection="acme-nango-1", actor="test")
-    opened = deliver(auth_event(acme_conn, "refresh", success=False, error=DEAD), namespace="acme", key="acme-signing-key")
+        connection_id=qualify("acme", "mailbox"),
+        namespace="acme",
+        provider="nango",
+        upstream_provider="oidc",
+        owner_email="ada@acme.example",
+        provider_subject="1",
+        provider_issuer="http://127.0.0.1:9/idp",
+        broker_integration="microsoft-lab",
+        broker_connection="acme-nango-1",
+        actor="test",
+    )
+    opened = deliver(
+        auth_event(acme_conn, "refresh", success=False, error=DEAD), namespace="acme", key="acme-signing-key"
+    )
     assert opened.json()["outcome"] == "case_opened"
     assert RecoveryCase.objects.get().namespace_id == "acme"
 
@@ -137,8 +154,12 @@ def test_an_identity_proof_the_broker_cannot_answer_is_retried_then_failed_visib
     assert (signal.state, signal.outcome) == (BrokerSignal.State.FAILED, "proof_unavailable")
     item = OutboxItem.objects.get(kind="reauth.broker_signal")
     assert (item.state, item.attempts) == (OutboxItem.State.FAILED, 2) and "proof unavailable" in item.last_error
-    assert AuditEvent.objects.filter(action="broker.signal", connection_id=conn.pk,
-                                     arguments__outcome="proof_unavailable", outcome="error").count() == 1
+    assert (
+        AuditEvent.objects.filter(
+            action="broker.signal", connection_id=conn.pk, arguments__outcome="proof_unavailable", outcome="error"
+        ).count()
+        == 1
+    )
     assert generation_state(conn) == CredentialGeneration.State.REJECTED
     assert ReconnectRequest.objects.get(connection=conn).state == ReconnectRequest.State.ACTIVE
 
@@ -174,8 +195,12 @@ def test_the_webhook_needs_no_csrf_token_but_the_owner_forms_still_do(nango_conn
     conn = nango_connection()
     strict = Client(enforce_csrf_checks=True)
     raw = json.dumps(auth_event(conn, "refresh", success=False, error=TRANSIENT)).encode()
-    ok = strict.post("/webhooks/nango/default", data=raw, content_type="application/json",
-                     HTTP_X_NANGO_HMAC_SHA256=sign(SIGNING_KEY, raw))
+    ok = strict.post(
+        "/webhooks/nango/default",
+        data=raw,
+        content_type="application/json",
+        HTTP_X_NANGO_HMAC_SHA256=sign(SIGNING_KEY, raw),
+    )
     assert ok.status_code == 200
     refused = strict.post("/reconnect/r/00000000-0000-0000-0000-000000000000/start", data={})
     assert refused.status_code == 403 and refused["X-Revive-Code"] == "CSRF_FAILED"
@@ -183,8 +208,13 @@ def test_the_webhook_needs_no_csrf_token_but_the_owner_forms_still_do(nango_conn
 
 def _parked_run(conn, n: str) -> str:
     run_id = f"run_nango_{conn.pk}_{n}"
-    case_services.run_register(run_id=run_id, runtime=Runtime.LANGGRAPH, runtime_ref={"thread_id": run_id},
-                               workflow_name="Nightly executive briefing", actor="test")
+    case_services.run_register(
+        run_id=run_id,
+        runtime=Runtime.LANGGRAPH,
+        runtime_ref={"thread_id": run_id},
+        workflow_name="Nightly executive briefing",
+        actor="test",
+    )
     return run_id
 
 
@@ -193,8 +223,9 @@ def test_a_worker_parks_at_its_next_begin_and_joins_the_proactive_case(deliver, 
     deliver(auth_event(conn, "refresh", success=False, error=DEAD))
     case = RecoveryCase.objects.get(connection=conn)
     run_id = _parked_run(conn, "a")
-    begun = case_services.action_begin(run_id=run_id, checkpoint_id="05", connection_id=conn.pk, action_key="send_exec_05",
-                                       generation=1, actor="test")
+    begun = case_services.action_begin(
+        run_id=run_id, checkpoint_id="05", connection_id=conn.pk, action_key="send_exec_05", generation=1, actor="test"
+    )
     assert (begun.decision, begun.case_reference) == ("parked", case.reference)
     case.refresh_from_db()
     assert case.run_id == run_id and case.checkpoint.checkpoint_id == "05" and case.action.action_key == "send_exec_05"
@@ -234,8 +265,14 @@ def test_a_later_success_for_the_same_generation_closes_the_case_as_recovered(de
     closed = AuditEvent.objects.get(action="case.closed", case_reference=case.reference)
     assert closed.actor == "broker:nango" and closed.arguments["recovered_by"] == "provider"
     assert not ReconnectRequest.objects.filter(case=case, state=ReconnectRequest.State.ACTIVE).exists()
-    begun = case_services.action_begin(run_id=_parked_run(conn, "b"), checkpoint_id="05", connection_id=conn.pk,
-                                       action_key="send_exec_05", generation=1, actor="test")
+    begun = case_services.action_begin(
+        run_id=_parked_run(conn, "b"),
+        checkpoint_id="05",
+        connection_id=conn.pk,
+        action_key="send_exec_05",
+        generation=1,
+        actor="test",
+    )
     assert begun.decision == "execute"
     # The same failure body again, after the recovery, is a new event: a new case.
     assert deliver(auth_event(conn, "refresh", success=False, error=DEAD)).json()["outcome"] == "case_opened"
@@ -246,8 +283,17 @@ def test_a_success_with_runs_parked_releases_them_at_the_same_generation(deliver
     conn = nango_connection()
     deliver(auth_event(conn, "refresh", success=False, error=DEAD))
     run_id = _parked_run(conn, "c")
-    assert case_services.action_begin(run_id=run_id, checkpoint_id="05", connection_id=conn.pk, action_key="send_exec_05",
-                                      generation=1, actor="test").decision == "parked"
+    assert (
+        case_services.action_begin(
+            run_id=run_id,
+            checkpoint_id="05",
+            connection_id=conn.pk,
+            action_key="send_exec_05",
+            generation=1,
+            actor="test",
+        ).decision
+        == "parked"
+    )
     deliver(auth_event(conn, "refresh", success=True))
     case = RecoveryCase.objects.get(connection=conn)
     assert case.resumed_generation == 1 and case.state not in (CaseState.OPENED, CaseState.AWAITING_OWNER)
@@ -264,8 +310,17 @@ def test_a_success_with_runs_parked_releases_them_at_the_same_generation(deliver
 
 def test_revives_signature_is_the_one_nangos_node_sdk_verifies(tmp_path):
     """``@nangohq/node``'s own ``verifyIncomingWebhookRequest`` from npm checks what Revive and the stand-in sign."""
-    raw = json.dumps({"from": "nango", "type": "auth", "operation": "refresh", "connectionId": "c-1",
-                      "providerConfigKey": "microsoft", "success": False, "error": DEAD}).encode()
+    raw = json.dumps(
+        {
+            "from": "nango",
+            "type": "auth",
+            "operation": "refresh",
+            "connectionId": "c-1",
+            "providerConfigKey": "microsoft",
+            "success": False,
+            "error": DEAD,
+        }
+    ).encode()
     assert nango.signature(SIGNING_KEY, raw) == sign(SIGNING_KEY, raw)
     script = """
 const { Nango } = require('@nangohq/node');
@@ -276,15 +331,22 @@ const tampered = nango.verifyIncomingWebhookRequest(body + ' ', { 'X-Nango-Hmac-
 const otherKey = new Nango({ secretKey: 'x', webhookSigningKey: key + 'x' }).verifyIncomingWebhookRequest(body, { 'x-nango-hmac-sha256': signature });
 console.log(JSON.stringify({ good, tampered, otherKey }));
 """
-    proc = subprocess.run(["node", "-e", script, SIGNING_KEY, raw.decode(), nango.signature(SIGNING_KEY, raw)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["node", "-e", script, SIGNING_KEY, raw.decode(), nango.signature(SIGNING_KEY, raw)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"good": True, "tampered": False, "otherKey": False}
     assert nango.signature_valid(SIGNING_KEY, raw, nango.signature(SIGNING_KEY, raw))
     assert not nango.signature_valid(SIGNING_KEY, raw + b" ", nango.signature(SIGNING_KEY, raw))
 
 
-def test_without_an_id_token_the_identity_comes_from_the_issuers_userinfo(lab_idp, idp_browser, nango_port, nango_connection):
+def test_without_an_id_token_the_identity_comes_from_the_issuers_userinfo(
+    lab_idp, idp_browser, nango_port, nango_connection
+):
     """The fallback: the provider gave no ID token, so the new access token asks the recorded issuer's userinfo."""
     import base64
     import hashlib
@@ -300,15 +362,31 @@ def test_without_an_id_token_the_identity_comes_from_the_issuers_userinfo(lab_id
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     redirect_uri = f"http://127.0.0.1:{nango_port}/oauth/callback"
-    callback = idp_browser.authorize(f"{lab_idp.url}/identity/o/authorize?" + urlencode({
-        "response_type": "code", "client_id": lab_idp.client_id, "redirect_uri": redirect_uri, "state": "s",
-        "scope": "openid profile email", "code_challenge": challenge, "code_challenge_method": "S256"}), "ada")
+    callback = idp_browser.authorize(
+        f"{lab_idp.url}/identity/o/authorize?"
+        + urlencode(
+            {
+                "response_type": "code",
+                "client_id": lab_idp.client_id,
+                "redirect_uri": redirect_uri,
+                "state": "s",
+                "scope": "openid profile email",
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            }
+        ),
+        "ada",
+    )
     code = parse_qs(urlsplit(callback).query)["code"][0]
-    access = lab_idp.token(grant_type="authorization_code", code=code, redirect_uri=redirect_uri,
-                           code_verifier=verifier).json()["access_token"]
+    access = lab_idp.token(
+        grant_type="authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=verifier
+    ).json()["access_token"]
     presented, how = identity.identity_from_credentials(conn, {"type": "OAUTH2", "access_token": access, "raw": {}})
     assert how == "userinfo" and presented.subject == lab_idp.users["right"]["sub"]
-    assert identity.identity_from_credentials(conn, {"access_token": "not-a-token", "raw": {}}) == (identity.ProviderIdentity(), "none")
+    assert identity.identity_from_credentials(conn, {"access_token": "not-a-token", "raw": {}}) == (
+        identity.ProviderIdentity(),
+        "none",
+    )
 
 
 def test_the_console_shows_a_case_no_run_has_joined_yet(deliver, nango_connection, admin_client):

@@ -27,8 +27,9 @@ def expire(standin, conn, status="EXPIRED"):
 
 
 @pytest.mark.parametrize("status", ["EXPIRED", "PENDING_AUTH", "DISCONNECTED", "REVOKED", "ERROR"])
-def test_a_non_active_account_opens_the_case_once(scalekit_settings, scalekit_connection, scalekit_standin, status,
-                                                  mailoutbox):
+def test_a_non_active_account_opens_the_case_once(
+    scalekit_settings, scalekit_connection, scalekit_standin, status, mailoutbox
+):
     conn = scalekit_connection()
     assert conn.pk in broker_services.scalekit_accounts_poll().checked
     assert not RecoveryCase.objects.filter(connection=conn).exists()
@@ -43,8 +44,9 @@ def test_a_non_active_account_opens_the_case_once(scalekit_settings, scalekit_co
     assert BrokerSignal.objects.filter(connection=conn).count() == 2  # ACTIVE, then the change
 
 
-def test_the_poll_is_bounded_and_backs_off_from_an_account_it_cannot_read(scalekit_settings, scalekit_connection,
-                                                                          scalekit_standin):
+def test_the_poll_is_bounded_and_backs_off_from_an_account_it_cannot_read(
+    scalekit_settings, scalekit_connection, scalekit_standin
+):
     conns = [scalekit_connection() for _ in range(3)]
     assert len(broker_services.scalekit_accounts_poll(limit=2).checked) == 2
     broken = conns[0]
@@ -73,8 +75,11 @@ def _owner_reconnects(link: str, idp_browser, username: str, poll) -> str:
     owner = httpx.Client(timeout=30, follow_redirects=False)
     landing = owner.get(link)
     page = owner.get(str(landing.url.join(landing.headers["location"])))
-    started = owner.post(str(page.url).rstrip("/") + "/start", data={"csrfmiddlewaretoken": _CSRF.search(page.text).group(1)},
-                         headers={"Referer": str(page.url)})
+    started = owner.post(
+        str(page.url).rstrip("/") + "/start",
+        data={"csrfmiddlewaretoken": _CSRF.search(page.text).group(1)},
+        headers={"Referer": str(page.url)},
+    )
     waiting = str(started.url.join(started.headers["location"]))
     magic = _BROKER_LINK.search(owner.get(waiting).text).group(1)
     assert "/magic/" in magic
@@ -91,20 +96,24 @@ def _owner_reconnects(link: str, idp_browser, username: str, poll) -> str:
 
 
 def test_active_again_with_the_right_identity_advances_the_generation_and_stores_no_token(
-        scalekit_settings, scalekit_connection, scalekit_standin, idp_browser, revive_server, mailoutbox, settings):
+    scalekit_settings, scalekit_connection, scalekit_standin, idp_browser, revive_server, mailoutbox, settings
+):
     conn, link, link_token = _expired_case(scalekit_connection, scalekit_standin, revive_server, mailoutbox, settings)
     assert _owner_reconnects(link, idp_browser, "ada", broker_services.scalekit_accounts_poll).endswith("/done")
     conn.refresh_from_db()
     assert conn.current_generation == 2
     proof = AuditEvent.objects.get(action="credential.custody_broker", connection_id=conn.pk)
     assert (proof.after["custody"], proof.after["proof"]) == ("scalekit", "id_token")
-    details = scalekit_standin.account((conn.broker_integration, conn.broker_connection))["authorization_details"]["oauth_token"]
+    details = scalekit_standin.account((conn.broker_integration, conn.broker_connection))["authorization_details"][
+        "oauth_token"
+    ]
     values = [details["access_token"], details["refresh_token"], details["id_token"], link_token]
     assert all(values) and tables_containing(values, exclude=()) == []
 
 
 def test_active_again_with_another_account_is_refused_and_stays_blocked(
-        scalekit_settings, scalekit_connection, scalekit_standin, idp_browser, revive_server, mailoutbox, settings):
+    scalekit_settings, scalekit_connection, scalekit_standin, idp_browser, revive_server, mailoutbox, settings
+):
     conn, link, _ = _expired_case(scalekit_connection, scalekit_standin, revive_server, mailoutbox, settings)
     assert _owner_reconnects(link, idp_browser, "mallory", broker_services.scalekit_accounts_poll).endswith("/refused")
     conn.refresh_from_db()

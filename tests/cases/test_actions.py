@@ -23,8 +23,15 @@ pytestmark = pytest.mark.django_db
 
 
 def begin(run, conn, key="send_exec_05", generation=1, params=None, checkpoint="05"):
-    return services.action_begin(run_id=run.pk, checkpoint_id=checkpoint, connection_id=conn.pk, action_key=key,
-                                 generation=generation, params=params, actor="test")
+    return services.action_begin(
+        run_id=run.pk,
+        checkpoint_id=checkpoint,
+        connection_id=conn.pk,
+        action_key=key,
+        generation=generation,
+        params=params,
+        actor="test",
+    )
 
 
 def test_first_begin_executes_with_a_stable_idempotency_key(make_run, make_connection):
@@ -40,8 +47,14 @@ def test_first_begin_executes_with_a_stable_idempotency_key(make_run, make_conne
 def test_committed_action_replays_its_result_and_never_executes_again(make_run, make_connection):
     run, conn = make_run(), make_connection()
     begin(run, conn)
-    services.action_commit(run_id=run.pk, action_key="send_exec_05", generation=1, result={"message_id": "m-1"},
-                           external_ref="m-1", actor="test")
+    services.action_commit(
+        run_id=run.pk,
+        action_key="send_exec_05",
+        generation=1,
+        result={"message_id": "m-1"},
+        external_ref="m-1",
+        actor="test",
+    )
     for _ in range(3):
         res = begin(run, conn)
         assert res.decision == "replay"
@@ -68,11 +81,19 @@ def test_executing_action_cannot_be_claimed_twice(make_run, make_connection):
 def test_ambiguous_action_demands_reconciliation_then_absent_executes_exactly_once_more(make_run, make_connection):
     run, conn = make_run(), make_connection()
     begin(run, conn)
-    services.action_mark_ambiguous(run_id=run.pk, action_key="send_exec_05", generation=1, reason="timeout", actor="test")
+    services.action_mark_ambiguous(
+        run_id=run.pk, action_key="send_exec_05", generation=1, reason="timeout", actor="test"
+    )
     assert begin(run, conn).decision == "reconcile"
     assert begin(run, conn).decision == "reconcile"
-    services.action_reconcile(run_id=run.pk, action_key="send_exec_05", found=False, evidence={"searched": "mailbox"},
-                              generation=1, actor="test")
+    services.action_reconcile(
+        run_id=run.pk,
+        action_key="send_exec_05",
+        found=False,
+        evidence={"searched": "mailbox"},
+        generation=1,
+        actor="test",
+    )
     assert begin(run, conn).decision == "execute"
     with pytest.raises(ActionInProgress):
         begin(run, conn)
@@ -83,9 +104,18 @@ def test_ambiguous_action_demands_reconciliation_then_absent_executes_exactly_on
 def test_reconciled_found_replays_the_found_result(make_run, make_connection):
     run, conn = make_run(), make_connection()
     begin(run, conn)
-    services.action_mark_ambiguous(run_id=run.pk, action_key="send_exec_05", generation=1, reason="timeout", actor="test")
-    services.action_reconcile(run_id=run.pk, action_key="send_exec_05", found=True, evidence={"message_id": "m-7"},
-                              result={"message_id": "m-7"}, generation=1, actor="test")
+    services.action_mark_ambiguous(
+        run_id=run.pk, action_key="send_exec_05", generation=1, reason="timeout", actor="test"
+    )
+    services.action_reconcile(
+        run_id=run.pk,
+        action_key="send_exec_05",
+        found=True,
+        evidence={"message_id": "m-7"},
+        result={"message_id": "m-7"},
+        generation=1,
+        actor="test",
+    )
     res = begin(run, conn)
     assert (res.decision, res.result) == ("replay", {"message_id": "m-7"})
 
@@ -94,7 +124,9 @@ def test_reconcile_refuses_an_action_that_is_not_ambiguous(make_run, make_connec
     run, conn = make_run(), make_connection()
     begin(run, conn)
     with pytest.raises(ActionStateConflict):
-        services.action_reconcile(run_id=run.pk, action_key="send_exec_05", found=True, evidence={}, generation=1, actor="t")
+        services.action_reconcile(
+            run_id=run.pk, action_key="send_exec_05", found=True, evidence={}, generation=1, actor="t"
+        )
 
 
 def test_same_key_with_different_params_is_refused(make_run, make_connection):
@@ -126,7 +158,9 @@ def test_generation_from_the_future_is_refused(make_run, make_connection):
 def test_unknown_run_and_action_are_refused(make_run, make_connection):
     run, conn = make_run(), make_connection()
     with pytest.raises(RunNotFound):
-        services.action_begin(run_id="nope", checkpoint_id="01", connection_id=conn.pk, action_key="a", generation=1, actor="t")
+        services.action_begin(
+            run_id="nope", checkpoint_id="01", connection_id=conn.pk, action_key="a", generation=1, actor="t"
+        )
     with pytest.raises(ActionNotFound):
         services.action_commit(run_id=run.pk, action_key="never-begun", generation=1, actor="t")
 
@@ -147,8 +181,13 @@ def test_reaper_marks_only_expired_executing_actions_ambiguous(make_run, make_co
 def test_failed_action_may_execute_again(make_run, make_connection):
     run, conn = make_run(), make_connection()
     begin(run, conn)
-    ans = services.action_fail(run_id=run.pk, action_key="send_exec_05", generation=1,
-                               provider_error={"status": 503, "body": "unavailable"}, actor="test")
+    ans = services.action_fail(
+        run_id=run.pk,
+        action_key="send_exec_05",
+        generation=1,
+        provider_error={"status": 503, "body": "unavailable"},
+        actor="test",
+    )
     assert ans.outcome == "retry"
     assert Action.objects.get(run=run).state == "failed"
     assert begin(run, conn).decision == "execute"
@@ -157,7 +196,9 @@ def test_failed_action_may_execute_again(make_run, make_connection):
 def test_dead_grant_failure_parks_the_run_and_begin_answers_parked(make_run, make_connection):
     run, conn = make_run(), make_connection()
     begin(run, conn)
-    ans = services.action_fail(run_id=run.pk, action_key="send_exec_05", generation=1, provider_error=DEAD_GRANT, actor="test")
+    ans = services.action_fail(
+        run_id=run.pk, action_key="send_exec_05", generation=1, provider_error=DEAD_GRANT, actor="test"
+    )
     assert (ans.outcome, ans.failure_class, ans.code) == ("parked", "dead_grant", "AADSTS700082")
     assert ans.case_reference.startswith("CASERV-")
     res = begin(run, conn)

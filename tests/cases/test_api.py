@@ -26,7 +26,11 @@ def endpoints():
         ("post", f"/runs/{RUN}/checkpoints", {"checkpoint_id": "05", "label": "05 / prepare brief"}),
         ("get", f"/runs/{RUN}/recovery", None),
         ("post", f"/connections/{CONN}/lease", {}),
-        ("post", f"/runs/{RUN}/actions/send_exec_05/begin", {"checkpoint_id": "05", "connection_id": CONN, "generation": 1}),
+        (
+            "post",
+            f"/runs/{RUN}/actions/send_exec_05/begin",
+            {"checkpoint_id": "05", "connection_id": CONN, "generation": 1},
+        ),
         ("post", f"/runs/{RUN}/actions/send_exec_05/commit", {"generation": 1, "result": {"id": "m1"}}),
         ("post", f"/runs/{RUN}/actions/send_exec_05/fail", {"generation": 1, "error": {"status": 503}}),
         ("post", f"/runs/{RUN}/actions/send_exec_05/ambiguous", {"generation": 1, "reason": "timeout"}),
@@ -70,8 +74,17 @@ def test_missing_fields_are_422(api, world, method, path, body):
 
 
 WRONG_TYPES = {
-    "run_id": 12, "runtime": "cron", "workflow_name": "", "checkpoint_id": "has spaces", "connection_id": ["x"],
-    "generation": "one", "found": "maybe", "evidence": "text", "error": "boom", "reason": "", "label": 5,
+    "run_id": 12,
+    "runtime": "cron",
+    "workflow_name": "",
+    "checkpoint_id": "has spaces",
+    "connection_id": ["x"],
+    "generation": "one",
+    "found": "maybe",
+    "evidence": "text",
+    "error": "boom",
+    "reason": "",
+    "label": 5,
 }
 
 
@@ -109,15 +122,40 @@ def test_oversized_body_is_413(api, client, world, settings, method, path, body)
         ("post", "/runs/nope/checkpoints", {"checkpoint_id": "05"}, "RUN_NOT_FOUND"),
         ("get", "/runs/nope/recovery", None, "RUN_NOT_FOUND"),
         ("post", "/connections/nope/lease", {}, "CONNECTION_NOT_FOUND"),
-        ("post", "/runs/nope/actions/a/begin", {"checkpoint_id": "05", "connection_id": CONN, "generation": 1}, "RUN_NOT_FOUND"),
-        ("post", f"/runs/{RUN}/actions/a/begin", {"checkpoint_id": "05", "connection_id": "nope", "generation": 1}, "CONNECTION_NOT_FOUND"),
+        (
+            "post",
+            "/runs/nope/actions/a/begin",
+            {"checkpoint_id": "05", "connection_id": CONN, "generation": 1},
+            "RUN_NOT_FOUND",
+        ),
+        (
+            "post",
+            f"/runs/{RUN}/actions/a/begin",
+            {"checkpoint_id": "05", "connection_id": "nope", "generation": 1},
+            "CONNECTION_NOT_FOUND",
+        ),
         ("post", f"/runs/{RUN}/actions/never/commit", {"generation": 1}, "ACTION_NOT_FOUND"),
         ("post", "/runs/nope/actions/never/commit", {"generation": 1}, "RUN_NOT_FOUND"),
         ("post", f"/runs/{RUN}/actions/never/fail", {"generation": 1, "error": {"status": 500}}, "ACTION_NOT_FOUND"),
         ("post", f"/runs/{RUN}/actions/never/ambiguous", {"generation": 1, "reason": "x"}, "ACTION_NOT_FOUND"),
-        ("post", f"/runs/{RUN}/actions/never/reconcile", {"generation": 1, "found": True, "evidence": {}}, "ACTION_NOT_FOUND"),
-        ("post", "/runs/nope/credential-failures", {"connection_id": CONN, "generation": 1, "error": DEAD_GRANT}, "RUN_NOT_FOUND"),
-        ("post", f"/runs/{RUN}/credential-failures", {"connection_id": "nope", "generation": 1, "error": DEAD_GRANT}, "CONNECTION_NOT_FOUND"),
+        (
+            "post",
+            f"/runs/{RUN}/actions/never/reconcile",
+            {"generation": 1, "found": True, "evidence": {}},
+            "ACTION_NOT_FOUND",
+        ),
+        (
+            "post",
+            "/runs/nope/credential-failures",
+            {"connection_id": CONN, "generation": 1, "error": DEAD_GRANT},
+            "RUN_NOT_FOUND",
+        ),
+        (
+            "post",
+            f"/runs/{RUN}/credential-failures",
+            {"connection_id": "nope", "generation": 1, "error": DEAD_GRANT},
+            "CONNECTION_NOT_FOUND",
+        ),
     ],
 )
 def test_unknown_ids_are_404(api, world, method, path, body, code):
@@ -132,26 +170,41 @@ def test_unknown_route_and_wrong_method_are_4xx(api, world, client):
 
 
 def test_conflicts_are_409(api, world):
-    assert_error(api.post("/runs", {"run_id": RUN, "runtime": "temporal", "workflow_name": "Nightly executive briefing"}), 409, "RUN_CONFLICT")
+    assert_error(
+        api.post("/runs", {"run_id": RUN, "runtime": "temporal", "workflow_name": "Nightly executive briefing"}),
+        409,
+        "RUN_CONFLICT",
+    )
     begin = {"checkpoint_id": "05", "connection_id": CONN, "generation": 1, "params": {"to": "a"}}
     assert api.post(f"/runs/{RUN}/actions/send/begin", begin).json()["decision"] == "execute"
     assert_error(api.post(f"/runs/{RUN}/actions/send/begin", begin), 409, "ACTION_IN_PROGRESS")
-    assert_error(api.post(f"/runs/{RUN}/actions/send/begin", dict(begin, params={"to": "b"})), 409, "ACTION_PARAMS_MISMATCH")
+    assert_error(
+        api.post(f"/runs/{RUN}/actions/send/begin", dict(begin, params={"to": "b"})), 409, "ACTION_PARAMS_MISMATCH"
+    )
     assert_error(api.post(f"/runs/{RUN}/actions/send/begin", dict(begin, generation=9)), 409, "GENERATION_UNKNOWN")
-    assert_error(api.post(f"/runs/{RUN}/actions/send/reconcile", {"generation": 1, "found": True, "evidence": {}}), 409, "ACTION_TRANSITION_NOT_ALLOWED")
+    assert_error(
+        api.post(f"/runs/{RUN}/actions/send/reconcile", {"generation": 1, "found": True, "evidence": {}}),
+        409,
+        "ACTION_TRANSITION_NOT_ALLOWED",
+    )
     services.lease_advance(connection_id=CONN, from_generation=1, actor="t")
     assert_error(api.post(f"/runs/{RUN}/actions/send/commit", {"generation": 1}), 409, "LEASE_FENCED")
 
 
 def test_the_whole_contract_over_http(api, world):
     begin = {"checkpoint_id": "05", "connection_id": CONN, "generation": 1}
-    assert api.post(f"/runs/{RUN}/checkpoints", {"checkpoint_id": "05", "label": "05 / prepare brief"}).json()["label"] == "05 / prepare brief"
+    assert (
+        api.post(f"/runs/{RUN}/checkpoints", {"checkpoint_id": "05", "label": "05 / prepare brief"}).json()["label"]
+        == "05 / prepare brief"
+    )
     lease = api.post(f"/connections/{CONN}/lease").json()
     assert lease == {"connection_id": CONN, "generation": 1, "usable": True, "case_id": None}
     first = api.post(f"/runs/{RUN}/actions/send_exec_05/begin", begin).json()
     assert first["decision"] == "execute" and first["idempotency_key"].startswith("rv1_")
     failed = api.post(f"/runs/{RUN}/actions/send_exec_05/fail", {"generation": 1, "error": DEAD_GRANT}).json()
-    assert failed["outcome"] == "parked" and failed["failure_class"] == "dead_grant" and failed["code"] == "AADSTS700082"
+    assert (
+        failed["outcome"] == "parked" and failed["failure_class"] == "dead_grant" and failed["code"] == "AADSTS700082"
+    )
     assert api.post(f"/runs/{RUN}/actions/send_exec_05/begin", begin).json()["decision"] == "parked"
     status = api.get(f"/runs/{RUN}/recovery").json()
     assert status["state"] == "parked"
@@ -162,7 +215,9 @@ def test_the_whole_contract_over_http(api, world):
     assert api.post(f"/runs/{RUN}/actions/send_exec_05/begin", begin).json()["decision"] == "fenced"
     again = api.post(f"/runs/{RUN}/actions/send_exec_05/begin", dict(begin, generation=2)).json()
     assert again["decision"] == "execute" and again["idempotency_key"] == first["idempotency_key"]
-    committed = api.post(f"/runs/{RUN}/actions/send_exec_05/commit", {"generation": 2, "result": {"id": "m1"}, "external_ref": "m1"}).json()
+    committed = api.post(
+        f"/runs/{RUN}/actions/send_exec_05/commit", {"generation": 2, "result": {"id": "m1"}, "external_ref": "m1"}
+    ).json()
     assert committed["state"] == "committed"
     replay = api.post(f"/runs/{RUN}/actions/send_exec_05/begin", dict(begin, generation=2)).json()
     assert (replay["decision"], replay["result"], replay["external_ref"]) == ("replay", {"id": "m1"}, "m1")
@@ -170,7 +225,11 @@ def test_the_whole_contract_over_http(api, world):
 
 
 def test_no_credential_crosses_the_worker_api(api, world):
-    error = dict(DEAD_GRANT, body=dict(DEAD_GRANT["body"], refresh_token="rt-SECRET-123"), headers={"Authorization": "Bearer AT-SECRET-456"})
+    error = dict(
+        DEAD_GRANT,
+        body=dict(DEAD_GRANT["body"], refresh_token="rt-SECRET-123"),
+        headers={"Authorization": "Bearer AT-SECRET-456"},
+    )
     api.post(f"/runs/{RUN}/actions/send/begin", {"checkpoint_id": "05", "connection_id": CONN, "generation": 1})
     out = api.post(f"/runs/{RUN}/actions/send/fail", {"generation": 1, "error": error}).content
     out += api.get(f"/runs/{RUN}/recovery").content

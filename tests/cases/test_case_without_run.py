@@ -14,16 +14,22 @@ from tests.conftest import DEAD_GRANT
 
 pytestmark = pytest.mark.django_db
 
-INTERACTION = Classification(failure_class=FailureClass.INTERACTION_REQUIRED, provider="entra",
-                             code="interaction_required", description="The owner must sign in again.",
-                             retry_after=None, signature="entra:interaction_required")
+INTERACTION = Classification(
+    failure_class=FailureClass.INTERACTION_REQUIRED,
+    provider="entra",
+    code="interaction_required",
+    description="The owner must sign in again.",
+    retry_after=None,
+    signature="entra:interaction_required",
+)
 
 
 @pytest.fixture
 def signalled_case(make_connection):
     conn = make_connection()
-    case, opened = services.case_open_from_signal(connection_id=conn.pk, classification=INTERACTION,
-                                                  signal={"source": "test"}, actor="broker:test")
+    case, opened = services.case_open_from_signal(
+        connection_id=conn.pk, classification=INTERACTION, signal={"source": "test"}, actor="broker:test"
+    )
     assert opened and case.run_id is None
     return case
 
@@ -41,8 +47,13 @@ def test_an_operator_assigns_and_notes_a_case_no_run_has_joined(signalled_case):
 
 def test_a_more_actionable_report_reclassifies_a_case_no_run_has_joined(signalled_case, make_run):
     run = make_run()
-    answer = services.credential_failure_report(run_id=run.pk, connection_id=signalled_case.connection_id,
-                                                generation=1, provider_error=DEAD_GRANT, actor="worker:w")
+    answer = services.credential_failure_report(
+        run_id=run.pk,
+        connection_id=signalled_case.connection_id,
+        generation=1,
+        provider_error=DEAD_GRANT,
+        actor="worker:w",
+    )
 
     assert answer.outcome == services.Outcome.PARKED and answer.case_reference == signalled_case.reference
     signalled_case.refresh_from_db()

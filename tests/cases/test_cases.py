@@ -12,8 +12,14 @@ pytestmark = pytest.mark.django_db
 
 
 def report(run, conn, error, generation=1):
-    return services.credential_failure_report(run_id=run.pk, connection_id=conn.pk, generation=generation,
-                                              provider_error=error, checkpoint_id="05", actor="test")
+    return services.credential_failure_report(
+        run_id=run.pk,
+        connection_id=conn.pk,
+        generation=generation,
+        provider_error=error,
+        checkpoint_id="05",
+        actor="test",
+    )
 
 
 def test_dead_grant_opens_a_case_rejects_the_generation_and_parks_the_run(make_run, make_connection):
@@ -21,7 +27,12 @@ def test_dead_grant_opens_a_case_rejects_the_generation_and_parks_the_run(make_r
     ans = report(run, conn, DEAD_GRANT)
     case = RecoveryCase.objects.get()
     assert ans.outcome == "parked" and ans.case_reference == case.reference == f"CASERV-{case.pk:04d}"
-    assert (case.state, case.failure_class, case.provider_code, case.owner_required) == ("opened", "dead_grant", "AADSTS700082", True)
+    assert (case.state, case.failure_class, case.provider_code, case.owner_required) == (
+        "opened",
+        "dead_grant",
+        "AADSTS700082",
+        True,
+    )
     assert CredentialGeneration.objects.get(connection=conn, number=1).state == "rejected"
     assert Run.objects.get(pk=run.pk).state == "parked"
     lease = services.lease_acquire(connection_id=conn.pk)
@@ -41,7 +52,9 @@ def test_a_run_beginning_with_a_rejected_generation_joins_the_case(make_run, mak
     conn = make_connection()
     first, second = make_run(), make_run()
     ans = report(first, conn, DEAD_GRANT)
-    res = services.action_begin(run_id=second.pk, checkpoint_id="01", connection_id=conn.pk, action_key="a", generation=1, actor="t")
+    res = services.action_begin(
+        run_id=second.pk, checkpoint_id="01", connection_id=conn.pk, action_key="a", generation=1, actor="t"
+    )
     assert (res.decision, res.case_reference) == ("parked", ans.case_reference)
     assert CaseRun.objects.filter(run=second).exists()
 
@@ -73,7 +86,18 @@ def test_transient_and_refreshable_failures_open_no_case(make_run, make_connecti
 
 def test_misconfiguration_opens_an_operator_only_case(make_run, make_connection):
     run, conn = make_run(), make_connection()
-    ans = report(run, conn, {"status": 401, "body": {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided.", "error_codes": [7000215]}})
+    ans = report(
+        run,
+        conn,
+        {
+            "status": 401,
+            "body": {
+                "error": "invalid_client",
+                "error_description": "AADSTS7000215: Invalid client secret provided.",
+                "error_codes": [7000215],
+            },
+        },
+    )
     case = RecoveryCase.objects.get()
     assert ans.outcome == "parked"
     assert (case.failure_class, case.owner_required) == ("misconfiguration", False)
@@ -81,14 +105,28 @@ def test_misconfiguration_opens_an_operator_only_case(make_run, make_connection)
 
 def test_interaction_required_opens_an_owner_case(make_run, make_connection):
     run, conn = make_run(), make_connection()
-    report(run, conn, {"status": 400, "body": {"error": "interaction_required", "error_description": "AADSTS50076: MFA required", "error_codes": [50076]}})
+    report(
+        run,
+        conn,
+        {
+            "status": 400,
+            "body": {
+                "error": "interaction_required",
+                "error_description": "AADSTS50076: MFA required",
+                "error_codes": [50076],
+            },
+        },
+    )
     assert RecoveryCase.objects.get().failure_class == "interaction_required"
 
 
 def test_provider_error_keeps_no_body_headers_or_token(make_run, make_connection):
     run, conn = make_run(), make_connection()
-    error = dict(DEAD_GRANT, headers={"Authorization": "Bearer sekrit-token-value"},
-                 body=dict(DEAD_GRANT["body"], refresh_token="rt-sekrit-value"))
+    error = dict(
+        DEAD_GRANT,
+        headers={"Authorization": "Bearer sekrit-token-value"},
+        body=dict(DEAD_GRANT["body"], refresh_token="rt-sekrit-value"),
+    )
     report(run, conn, error)
     dump = str(list(AuditEvent.objects.values())) + str(list(RecoveryCase.objects.values()))
     assert "sekrit" not in dump
@@ -102,22 +140,31 @@ def test_reauthorize_advances_the_generation_by_exactly_one_and_is_idempotent(ma
     conn.refresh_from_db()
     assert conn.current_generation == 2
     assert (case.state, case.resumed_generation) == ("reauthorized", 2)
-    assert list(CredentialGeneration.objects.filter(connection=conn).values_list("number", "state")) == [(1, "superseded"), (2, "issued")]
+    assert list(CredentialGeneration.objects.filter(connection=conn).values_list("number", "state")) == [
+        (1, "superseded"),
+        (2, "issued"),
+    ]
     assert AuditEvent.objects.filter(action="lease.advanced").count() == 1
 
 
 def test_a_case_is_resumed_only_once_its_run_is_past_the_action_it_was_parked_on(make_run, make_connection):
     run, conn = make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w"
+    )
     ans = services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="w")
     services.case_reauthorize(case_id=ans.case_reference, actor="owner")
     services.case_resume_begin(case_id=ans.case_reference, actor="system")
     assert Run.objects.get(pk=run.pk).state == "active"
     assert RecoveryCase.objects.get().state == "resuming"
     # Another action committing, or the parked one merely beginning, is not "past" it.
-    other = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="log", generation=2, actor="w")
+    other = services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="log", generation=2, actor="w"
+    )
     services.action_commit(run_id=run.pk, action_key="log", generation=2, actor="w")
-    res = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2, actor="w")
+    res = services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2, actor="w"
+    )
     assert (other.decision, res.decision) == ("execute", "execute")
     assert RecoveryCase.objects.get().state == "resuming"
     services.action_commit(run_id=run.pk, action_key="send", generation=2, actor="w")
@@ -142,13 +189,17 @@ def test_run_blocked_on_two_connections_stays_parked_until_both_are_released(mak
 def test_ambiguous_actions_send_the_case_to_reconciling_first(make_run, make_connection, settings):
     settings.REVIVE_RESUME_APPROVAL = "never"  # a hand reconciliation waits for approval by default (tests/admin)
     run, conn = make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="04", connection_id=conn.pk, action_key="ticket", generation=1, actor="w")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="04", connection_id=conn.pk, action_key="ticket", generation=1, actor="w"
+    )
     services.action_mark_ambiguous(run_id=run.pk, action_key="ticket", generation=1, reason="timeout", actor="w")
     ref = report(run, conn, DEAD_GRANT).case_reference
     services.case_reauthorize(case_id=ref, actor="owner")
     assert services.case_resume_begin(case_id=ref, actor="system").state == "reconciling"
     assert Run.objects.get(pk=run.pk).state == "parked"
-    services.action_reconcile(run_id=run.pk, action_key="ticket", found=True, evidence={"ticket": "T-1"}, actor="operator:ann")
+    services.action_reconcile(
+        run_id=run.pk, action_key="ticket", found=True, evidence={"ticket": "T-1"}, actor="operator:ann"
+    )
     assert services.case_resume_begin(case_id=ref, actor="system").state == "resuming"
 
 

@@ -69,8 +69,9 @@ def test_a_claim_nobody_renews_ends_after_the_claim_length(settings, monkeypatch
     settings.REVIVE_OUTBOX_CLAIM_SECONDS = 3
     monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: None)
     item = owe()
-    OutboxItem.objects.filter(pk=item.pk).update(attempts=1, claimed_by="task-dead",
-                                                 claimed_until=timezone.now() + timedelta(seconds=3))
+    OutboxItem.objects.filter(pk=item.pk).update(
+        attempts=1, claimed_by="task-dead", claimed_until=timezone.now() + timedelta(seconds=3)
+    )
     RELEASE.set()  # the step itself is quick this time
     assert outbox.outbox_dispatch(item.pk, delivery="task-B").outcome == "busy"
     deadline = time.monotonic() + 60

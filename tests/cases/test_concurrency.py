@@ -52,11 +52,20 @@ def test_many_workers_with_mixed_generations_begin_and_commit_one_action(make_ru
 
     def attempt(generation):
         def go():
-            res = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                        generation=generation, actor=f"w{generation}")
+            res = services.action_begin(
+                run_id=run.pk,
+                checkpoint_id="05",
+                connection_id=conn.pk,
+                action_key="send",
+                generation=generation,
+                actor=f"w{generation}",
+            )
             if res.decision == "execute":
-                services.action_commit(run_id=run.pk, action_key="send", generation=generation, result={"by": generation}, actor="w")
+                services.action_commit(
+                    run_id=run.pk, action_key="send", generation=generation, result={"by": generation}, actor="w"
+                )
             return res.decision
+
         return go
 
     generations = [1, 2, 3] * 8
@@ -81,7 +90,9 @@ def test_generation_advance_racing_with_commits_never_lets_a_stale_commit_throug
     conn = make_connection()
     runs = [make_run() for _ in range(12)]
     for r in runs:
-        services.action_begin(run_id=r.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
+        services.action_begin(
+            run_id=r.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w"
+        )
 
     advanced = threading.Event()
     late = set(r.pk for r in runs[::2])  # these commit once the advance has committed: each must be fenced
@@ -91,6 +102,7 @@ def test_generation_advance_racing_with_commits_never_lets_a_stale_commit_throug
             if r.pk in late:
                 assert advanced.wait(60)
             return services.action_commit(run_id=r.pk, action_key="send", generation=1, actor="w").state
+
         return go
 
     def advance():
@@ -115,7 +127,9 @@ def test_generation_advance_racing_with_commits_never_lets_a_stale_commit_throug
     from audit.models import AuditEvent
 
     advance_id = AuditEvent.objects.get(action="lease.advanced").pk
-    assert all(e < advance_id for e in AuditEvent.objects.filter(action="action.committed").values_list("pk", flat=True))
+    assert all(
+        e < advance_id for e in AuditEvent.objects.filter(action="action.committed").values_list("pk", flat=True)
+    )
 
 
 def test_concurrent_failure_reports_on_one_generation_open_exactly_one_case(make_run, make_connection):
@@ -123,8 +137,9 @@ def test_concurrent_failure_reports_on_one_generation_open_exactly_one_case(make
     runs = [make_run() for _ in range(16)]
 
     def report(r):
-        return lambda: services.credential_failure_report(run_id=r.pk, connection_id=conn.pk, generation=1,
-                                                          provider_error=DEAD_GRANT, checkpoint_id="05", actor="w")
+        return lambda: services.credential_failure_report(
+            run_id=r.pk, connection_id=conn.pk, generation=1, provider_error=DEAD_GRANT, checkpoint_id="05", actor="w"
+        )
 
     results, errors = run_concurrently([report(r) for r in runs])
     assert errors == [None] * len(runs)
@@ -137,8 +152,9 @@ def test_concurrent_first_begins_of_one_action_execute_it_once(make_run, make_co
     run, conn = make_run(), make_connection()
 
     def begin():
-        return services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                     generation=1, actor="w").decision
+        return services.action_begin(
+            run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w"
+        ).decision
 
     results, errors = run_concurrently([begin] * 12)
     assert results.count("execute") == 1
@@ -156,7 +172,9 @@ def _wait_for_a_lock_wait(timeout=60.0):
     deadline = time.monotonic() + timeout
     with connection.cursor() as cur:
         while time.monotonic() < deadline:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
             if cur.fetchone()[0]:
                 return
             time.sleep(0.05)
@@ -173,6 +191,7 @@ def _hold_generation_advance(conn_id, advanced, release):
             advanced.set()
             assert release.wait(120)
         return "advanced"
+
     return go
 
 
@@ -180,12 +199,16 @@ def test_a_fast_begin_waiting_on_a_generation_advance_is_fenced_and_writes_nothi
     """The one-statement begin reads the generation under the connection's share lock: when an advance holds the
     connection, the begin waits, and once the advance commits it re-reads the row and takes no claim."""
     run, conn = make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="warm", generation=1, actor="w")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="warm", generation=1, actor="w"
+    )
     advanced, release = threading.Event(), threading.Event()
 
     def begin():
         assert advanced.wait(120)
-        return services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
+        return services.action_begin(
+            run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w"
+        )
 
     def let_go():
         assert advanced.wait(120)
@@ -201,8 +224,12 @@ def test_a_fast_begin_waiting_on_a_generation_advance_is_fenced_and_writes_nothi
 
 def test_a_fast_commit_waiting_on_a_generation_advance_is_fenced_and_leaves_the_claim(make_run, make_connection):
     run, conn = make_run(), make_connection()
-    assert services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1,
-                                 actor="w").decision == "execute"
+    assert (
+        services.action_begin(
+            run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w"
+        ).decision
+        == "execute"
+    )
     advanced, release = threading.Event(), threading.Event()
 
     def commit():
@@ -236,12 +263,19 @@ def test_fast_begins_racing_a_generation_advance_claim_only_under_the_old_genera
             seen = []
             for i in range(400):
                 started = time.monotonic()
-                res = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key=f"w{w}-{i}",
-                                            generation=1, actor=f"w{w}")
+                res = services.action_begin(
+                    run_id=run.pk,
+                    checkpoint_id="05",
+                    connection_id=conn.pk,
+                    action_key=f"w{w}-{i}",
+                    generation=1,
+                    actor=f"w{w}",
+                )
                 seen.append((started, f"w{w}-{i}", res.decision))
                 if res.decision == "fenced":
                     break
             return seen
+
         return go
 
     def advance():
@@ -266,16 +300,25 @@ def test_fast_begins_racing_a_generation_advance_claim_only_under_the_old_genera
 def test_the_hot_path_survives_a_connection_the_server_dropped(make_run, make_connection):
     """The one-statement path stands in for Django's per-request health check: a dead reused connection is replaced."""
     run, conn = make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="warm", generation=1, actor="w")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="warm", generation=1, actor="w"
+    )
     import psycopg
     from django.conf import settings as django_settings
 
     pid = connection.connection.info.backend_pid
     dsn = connection.get_connection_params()
-    with psycopg.connect(host=dsn.get("host"), port=dsn.get("port"), user=dsn.get("user"), dbname=dsn["dbname"], autocommit=True) as other:
+    with psycopg.connect(
+        host=dsn.get("host"), port=dsn.get("port"), user=dsn.get("user"), dbname=dsn["dbname"], autocommit=True
+    ) as other:
         other.execute("SELECT pg_terminate_backend(%s)", [pid])
     assert django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
-    res = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w")
+    res = services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="w"
+    )
     assert res.decision == "execute"
     assert connection.connection.info.backend_pid != pid
-    assert services.action_commit(run_id=run.pk, action_key="send", generation=1, result={"ok": 1}, actor="w").state == "committed"
+    assert (
+        services.action_commit(run_id=run.pk, action_key="send", generation=1, result={"ok": 1}, actor="w").state
+        == "committed"
+    )

@@ -22,22 +22,67 @@ BAD = [
     pytest.param({**ENTRA_OK, "tenant": ""}, "--tenant", "need the tenant id", id="entra-tenant-missing"),
     pytest.param({**ENTRA_OK, "tenant": "{" + TENANT + "}"}, "--tenant", "8-4-4-4-12", id="entra-tenant-braced"),
     pytest.param({**ENTRA_OK, "owner_email": "ops-at-contoso"}, "--owner-email", "valid email", id="email"),
-    pytest.param({"provider": "auth0", "owner_email": "o@example.com", "subject": "auth0|1", "tenant": "",
-                  "issuer": "tenant.auth0.com"}, "--issuer", "must be a URL", id="issuer-not-a-url"),
-    pytest.param({"provider": "oidc", "owner_email": "o@example.com", "subject": "s", "tenant": "",
-                  "issuer": "http://idp.example.com/"}, "--issuer", "must use https", id="issuer-plain-http"),
-    pytest.param({"provider": "oidc", "owner_email": "o@example.com", "subject": "s", "tenant": "",
-                  "issuer": "https://user:pw@idp.example.com/"}, "--issuer", "user-info", id="issuer-userinfo"),
-    pytest.param({"provider": "auth0", "owner_email": "o@example.com", "subject": "auth0|1", "tenant": "",
-                  "issuer": ""}, "--issuer", "need the issuer", id="issuer-missing"),
+    pytest.param(
+        {
+            "provider": "auth0",
+            "owner_email": "o@example.com",
+            "subject": "auth0|1",
+            "tenant": "",
+            "issuer": "tenant.auth0.com",
+        },
+        "--issuer",
+        "must be a URL",
+        id="issuer-not-a-url",
+    ),
+    pytest.param(
+        {
+            "provider": "oidc",
+            "owner_email": "o@example.com",
+            "subject": "s",
+            "tenant": "",
+            "issuer": "http://idp.example.com/",
+        },
+        "--issuer",
+        "must use https",
+        id="issuer-plain-http",
+    ),
+    pytest.param(
+        {
+            "provider": "oidc",
+            "owner_email": "o@example.com",
+            "subject": "s",
+            "tenant": "",
+            "issuer": "https://user:pw@idp.example.com/",
+        },
+        "--issuer",
+        "user-info",
+        id="issuer-userinfo",
+    ),
+    pytest.param(
+        {"provider": "auth0", "owner_email": "o@example.com", "subject": "auth0|1", "tenant": "", "issuer": ""},
+        "--issuer",
+        "need the issuer",
+        id="issuer-missing",
+    ),
 ]
 
 
 def _command(connection_id: str, values: dict) -> tuple[int, str, str]:
     out, err = StringIO(), StringIO()
-    args = ["revive_connection", connection_id, "--provider", values["provider"], "--owner-email",
-            values["owner_email"], "--subject", values["subject"], "--tenant", values["tenant"], "--issuer",
-            values["issuer"]]
+    args = [
+        "revive_connection",
+        connection_id,
+        "--provider",
+        values["provider"],
+        "--owner-email",
+        values["owner_email"],
+        "--subject",
+        values["subject"],
+        "--tenant",
+        values["tenant"],
+        "--issuer",
+        values["issuer"],
+    ]
     try:
         call_command(*args, stdout=out, stderr=err)
     except SystemExit as exc:
@@ -56,14 +101,28 @@ def test_command_refuses_bad_input_and_stores_nothing(values, option, words):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("values", [
-    ENTRA_OK,
-    {**ENTRA_OK, "tenant": TENANT.upper(), "subject": OID.upper()},
-    {"provider": "auth0", "owner_email": "o@example.com", "subject": "auth0|1", "tenant": "",
-     "issuer": "https://tenant.eu.auth0.com/"},
-    {"provider": "oidc", "owner_email": "o@example.com", "subject": "ada", "tenant": "",
-     "issuer": "http://127.0.0.1:8123/idp"},  # a local identity provider, as the lab runs
-], ids=["entra", "entra-upper-case", "auth0", "oidc-loopback"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        ENTRA_OK,
+        {**ENTRA_OK, "tenant": TENANT.upper(), "subject": OID.upper()},
+        {
+            "provider": "auth0",
+            "owner_email": "o@example.com",
+            "subject": "auth0|1",
+            "tenant": "",
+            "issuer": "https://tenant.eu.auth0.com/",
+        },
+        {
+            "provider": "oidc",
+            "owner_email": "o@example.com",
+            "subject": "ada",
+            "tenant": "",
+            "issuer": "http://127.0.0.1:8123/idp",
+        },  # a local identity provider, as the lab runs
+    ],
+    ids=["entra", "entra-upper-case", "auth0", "oidc-loopback"],
+)
 def test_command_accepts_good_input(values):
     code, out, err = _command("conn_good", values)
 
@@ -75,14 +134,27 @@ def test_command_accepts_good_input(values):
 @pytest.mark.django_db
 def test_admin_identity_form_shows_each_problem_beside_its_field(client):
     """Connections are added by the command; the admin changes an identity only through its reason form."""
-    conn = connection_create(connection_id="conn_entra_ok", provider="entra", owner_email="ops@contoso.com",
-                             provider_subject="1b2c3d4e-0000-4000-8000-00000000abcd",
-                             provider_tenant="72f988bf-86f1-41af-91ab-2d7cd011db47", actor="test")
+    conn = connection_create(
+        connection_id="conn_entra_ok",
+        provider="entra",
+        owner_email="ops@contoso.com",
+        provider_subject="1b2c3d4e-0000-4000-8000-00000000abcd",
+        provider_tenant="72f988bf-86f1-41af-91ab-2d7cd011db47",
+        actor="test",
+    )
     admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-root-1")
     client.force_login(admin)
-    response = client.post(f"/admin/cases/connection/{conn.pk}/identity/", {
-        "owner_email": "not-an-email", "provider_subject": "<oid>", "provider_tenant": "<tid>",
-        "provider_issuer": "", "provider_org": "", "reason": "placeholder test"})
+    response = client.post(
+        f"/admin/cases/connection/{conn.pk}/identity/",
+        {
+            "owner_email": "not-an-email",
+            "provider_subject": "<oid>",
+            "provider_tenant": "<tid>",
+            "provider_issuer": "",
+            "provider_org": "",
+            "reason": "placeholder test",
+        },
+    )
 
     assert response.status_code == 200  # the form again, not a redirect
     errors = response.context["form"].errors

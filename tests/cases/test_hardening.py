@@ -76,18 +76,37 @@ UNSTORABLE = ["a\u0000b", "a\ud800b", "\udfff"]
 # (path, body) with one text field replaced by each unstorable string; the field the 422 must name.
 TEXT_FIELDS = [
     ("/runs", lambda v: {"run_id": "r2", "runtime": "langgraph", "workflow_name": v}, "workflow_name"),
-    ("/runs", lambda v: {"run_id": "r2", "runtime": "langgraph", "workflow_name": "w", "runtime_ref": {"thread": v}}, "runtime_ref"),
-    ("/runs", lambda v: {"run_id": "r2", "runtime": "langgraph", "workflow_name": "w", "runtime_ref": {v: 1}}, "runtime_ref"),
+    (
+        "/runs",
+        lambda v: {"run_id": "r2", "runtime": "langgraph", "workflow_name": "w", "runtime_ref": {"thread": v}},
+        "runtime_ref",
+    ),
+    (
+        "/runs",
+        lambda v: {"run_id": "r2", "runtime": "langgraph", "workflow_name": "w", "runtime_ref": {v: 1}},
+        "runtime_ref",
+    ),
     (f"/runs/{RUN}/checkpoints", lambda v: {"checkpoint_id": "05", "label": v}, "label"),
     (f"/runs/{RUN}/checkpoints", lambda v: {"checkpoint_id": "05", "runtime_ref": {"a": [1, {"b": v}]}}, "runtime_ref"),
     (f"/runs/{RUN}/actions/send/begin", lambda v: dict(BEGIN, params={"to": v}), "params"),
     (f"/runs/{RUN}/actions/send/commit", lambda v: {"generation": 1, "result": {"id": v}}, "result"),
     (f"/runs/{RUN}/actions/send/commit", lambda v: {"generation": 1, "external_ref": v}, "external_ref"),
     (f"/runs/{RUN}/actions/send/ambiguous", lambda v: {"generation": 1, "reason": v}, "reason"),
-    (f"/runs/{RUN}/actions/send/reconcile", lambda v: {"generation": 1, "found": True, "evidence": {"note": v}}, "evidence"),
-    (f"/runs/{RUN}/actions/send/fail", lambda v: {"generation": 1, "error": {"status": 400, "body": {"error": v}}}, "error"),
-    (f"/runs/{RUN}/credential-failures",
-     lambda v: {"connection_id": CONN, "generation": 1, "error": {"status": 400, "body": {"error_description": v}}}, "error"),
+    (
+        f"/runs/{RUN}/actions/send/reconcile",
+        lambda v: {"generation": 1, "found": True, "evidence": {"note": v}},
+        "evidence",
+    ),
+    (
+        f"/runs/{RUN}/actions/send/fail",
+        lambda v: {"generation": 1, "error": {"status": 400, "body": {"error": v}}},
+        "error",
+    ),
+    (
+        f"/runs/{RUN}/credential-failures",
+        lambda v: {"connection_id": CONN, "generation": 1, "error": {"status": 400, "body": {"error_description": v}}},
+        "error",
+    ),
 ]
 
 
@@ -109,8 +128,13 @@ def test_text_the_database_cannot_store_is_a_422_naming_the_field(api, client, w
 @pytest.mark.parametrize("generation", [True, False, "1", 1.0, 1.5, None, [1], {"n": 1}])
 @pytest.mark.parametrize("route", ["begin", "commit", "fail", "ambiguous", "reconcile"])
 def test_generation_is_a_strict_integer(api, world, route, generation):
-    body = {"begin": dict(BEGIN), "commit": {}, "fail": {"error": {"status": 503}}, "ambiguous": {"reason": "x"},
-            "reconcile": {"found": False, "evidence": {}}}[route]
+    body = {
+        "begin": dict(BEGIN),
+        "commit": {},
+        "fail": {"error": {"status": 503}},
+        "ambiguous": {"reason": "x"},
+        "reconcile": {"found": False, "evidence": {}},
+    }[route]
     body["generation"] = generation
     resp = api.post(f"/runs/{RUN}/actions/send/{route}", body)
     assert_error(resp, 422, "VALIDATION_ERROR")
@@ -120,8 +144,11 @@ def test_generation_is_a_strict_integer(api, world, route, generation):
 @pytest.mark.django_db
 @pytest.mark.parametrize("found", ["true", 1, None])
 def test_found_is_a_strict_boolean(api, world, found):
-    assert_error(api.post(f"/runs/{RUN}/actions/send/reconcile", {"generation": 1, "found": found, "evidence": {}}),
-                 422, "VALIDATION_ERROR")
+    assert_error(
+        api.post(f"/runs/{RUN}/actions/send/reconcile", {"generation": 1, "found": found, "evidence": {}}),
+        422,
+        "VALIDATION_ERROR",
+    )
 
 
 @pytest.mark.django_db
@@ -145,21 +172,29 @@ def test_a_wrong_method_is_a_json_405_with_allow(client, api, world, method, pat
 @pytest.mark.django_db
 @pytest.mark.parametrize("raw", ["{not json", "", "[1, 2", "\u00ff\u00fe", "null"])
 def test_an_unparseable_body_is_a_json_400_or_422(client, api, world, raw):
-    resp = client.post(f"/api/v1/runs/{RUN}/actions/send/begin", data=raw, content_type="application/json",
-                       HTTP_X_API_KEY=api.key)
+    resp = client.post(
+        f"/api/v1/runs/{RUN}/actions/send/begin", data=raw, content_type="application/json", HTTP_X_API_KEY=api.key
+    )
     assert resp.status_code in (400, 422), resp.content
     assert resp.json()["code"] == {400: "BAD_REQUEST", 422: "VALIDATION_ERROR"}[resp.status_code]
 
 
 # --------------------------------------------------------------------------- the case's class, by rule
 
-MISCONFIGURED = {"status": 401, "body": {"error": "invalid_client", "error_codes": [7000215],
-                                         "error_description": "AADSTS7000215: Invalid client secret provided."}}
+MISCONFIGURED = {
+    "status": 401,
+    "body": {
+        "error": "invalid_client",
+        "error_codes": [7000215],
+        "error_description": "AADSTS7000215: Invalid client secret provided.",
+    },
+}
 
 
 def _report(run_id, conn_id, error):
-    return services.credential_failure_report(run_id=run_id, connection_id=conn_id, generation=1, provider_error=error,
-                                              actor="worker:t")
+    return services.credential_failure_report(
+        run_id=run_id, connection_id=conn_id, generation=1, provider_error=error, actor="worker:t"
+    )
 
 
 @pytest.mark.django_db
@@ -185,7 +220,7 @@ def test_the_class_order_puts_every_owner_class_before_every_operator_class():
     from classifier import FailureClass
 
     owner = [c for c in CASE_CLASS_ORDER if c in OWNER_CLASSES]
-    assert list(CASE_CLASS_ORDER[:len(owner)]) == owner and set(owner) == set(OWNER_CLASSES)
+    assert list(CASE_CLASS_ORDER[: len(owner)]) == owner and set(owner) == set(OWNER_CLASSES)
     case_classes = set(FailureClass) - {FailureClass.TRANSIENT, FailureClass.REFRESHABLE}  # these open no case
     assert set(CASE_CLASS_ORDER) == case_classes
 

@@ -34,7 +34,9 @@ def test_command_prints_the_key_once_and_stores_only_its_hash(client):
 def test_admin_creates_a_key_and_shows_it_once(client):
     User.objects.create_superuser("op", "op@example.com", "pw")
     client.login(username="op", password="pw")
-    resp = client.post("/admin/cases/apikey/add/", {"name": "fleet-b", "namespace": "default", "role": "worker"}, follow=True)
+    resp = client.post(
+        "/admin/cases/apikey/add/", {"name": "fleet-b", "namespace": "default", "role": "worker"}, follow=True
+    )
     assert resp.status_code == 200
     raw = KEY.search(resp.content.decode()).group(0)
     key = ApiKey.objects.get(name="fleet-b")
@@ -57,7 +59,9 @@ def test_admin_forms_keep_csrf_on(client):
 
 def test_reap_command_marks_expired_executing_actions_ambiguous(make_run, make_connection):
     run, conn = make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="01", connection_id=conn.pk, action_key="a", generation=1, actor="w")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="01", connection_id=conn.pk, action_key="a", generation=1, actor="w"
+    )
     Action.objects.update(lock_expires_at=timezone.now() - timedelta(seconds=5))
     out = StringIO()
     call_command("reap_stale_actions", stdout=out)
@@ -67,9 +71,19 @@ def test_reap_command_marks_expired_executing_actions_ambiguous(make_run, make_c
 
 def test_connection_command_registers_generation_one():
     out = StringIO()
-    call_command("revive_connection", "conn_microsoft_ops", "--provider", "entra", "--owner-email", "o@contoso.com",
-                 "--subject", "00000000-0000-0000-0000-0000000000a1", "--tenant", "72f988bf-86f1-41af-91ab-2d7cd011db47",
-                 stdout=out)
+    call_command(
+        "revive_connection",
+        "conn_microsoft_ops",
+        "--provider",
+        "entra",
+        "--owner-email",
+        "o@contoso.com",
+        "--subject",
+        "00000000-0000-0000-0000-0000000000a1",
+        "--tenant",
+        "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        stdout=out,
+    )
     assert "generation 1" in out.getvalue()
     lease = services.lease_acquire(connection_id="conn_microsoft_ops")
     assert (lease.generation, lease.usable) == (1, True)
@@ -114,6 +128,8 @@ def test_an_access_change_applies_at_once_in_the_process_that_makes_it(api, sett
     conn = make_connection()
     assert api.post(f"/connections/{conn.pk}/lease").status_code == 200  # cached, in the default namespace
     Namespace.objects.create(name="team-a")
-    api_key_access_change(key_id=ApiKey.objects.get().pk, actor="operator:op", reason="moved to team A", namespace="team-a")
+    api_key_access_change(
+        key_id=ApiKey.objects.get().pk, actor="operator:op", reason="moved to team A", namespace="team-a"
+    )
     resp = api.post(f"/connections/{conn.pk}/lease")
     assert (resp.status_code, resp.json()["code"]) == (404, "CONNECTION_NOT_FOUND")

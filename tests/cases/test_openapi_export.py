@@ -12,7 +12,8 @@ from operations.management.commands.export_openapi import DEFAULT_PATH
 def test_committed_schema_is_the_live_servers(client):
     served = client.get("/api/v1/openapi.json").json()
     assert json.loads(DEFAULT_PATH.read_text()) == served, (
-        "sdk/openapi/worker-api.json is stale: run `.venv/bin/python manage.py export_openapi` and commit it")
+        "sdk/openapi/worker-api.json is stale: run `.venv/bin/python manage.py export_openapi` and commit it"
+    )
 
 
 def test_check_refuses_a_stale_file(tmp_path: Path):

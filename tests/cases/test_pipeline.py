@@ -20,10 +20,17 @@ from tests.conftest import DEAD_GRANT, worker_passes
 
 def parked_on_send(run, conn) -> RecoveryCase:
     """The seed's shape: ``send`` is begun, the provider rejects the credential, the run parks on ``send``."""
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                          generation=conn.current_generation, actor="worker")
-    answer = services.action_fail(run_id=run.pk, action_key="send", generation=conn.current_generation,
-                                  provider_error=DEAD_GRANT, actor="worker")
+    services.action_begin(
+        run_id=run.pk,
+        checkpoint_id="05",
+        connection_id=conn.pk,
+        action_key="send",
+        generation=conn.current_generation,
+        actor="worker",
+    )
+    answer = services.action_fail(
+        run_id=run.pk, action_key="send", generation=conn.current_generation, provider_error=DEAD_GRANT, actor="worker"
+    )
     return RecoveryCase.objects.get(reference=answer.case_reference)
 
 
@@ -52,14 +59,16 @@ def stalled(case: RecoveryCase, seconds: float) -> None:
 
 
 @pytest.mark.django_db
-def test_a_resumed_run_that_stalls_is_redriven_then_its_case_fails_visibly(make_run, make_connection, held_outbox,
-                                                                            settings):
+def test_a_resumed_run_that_stalls_is_redriven_then_its_case_fails_visibly(
+    make_run, make_connection, held_outbox, settings
+):
     settings.REVIVE_RESUME_MAX_ATTEMPTS = 2
     run, conn = make_run(), make_connection()
     case = released(parked_on_send(run, conn))
     # The resumed worker began the parked action again, then died: it stays executing until its lock runs out.
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2,
-                          actor="worker")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2, actor="worker"
+    )
     assert pipeline.runs_watch().redriven == []  # still within REVIVE_RUN_STALL_SECONDS: not stalled
 
     stall = settings.REVIVE_RUN_STALL_SECONDS + 1
@@ -104,7 +113,8 @@ def test_a_run_that_moves_is_not_redriven_and_its_case_finishes_when_it_is_past(
 
 @pytest.mark.django_db(transaction=True)
 def test_two_connections_reconnected_at_the_same_instant_never_strand_a_run_blocked_on_both(
-        make_run, make_connection, held_outbox):
+    make_run, make_connection, held_outbox
+):
     """50 times: two owners reconnect two connections at once, and both pipelines release their cases at once.
     Every run blocked on both connections must come out active with one resume owed (the issue's race)."""
     for trial in range(50):
@@ -113,24 +123,36 @@ def test_two_connections_reconnected_at_the_same_instant_never_strand_a_run_bloc
         cases = {}
         for conn in (a, b):
             for run in runs:
-                answer = services.credential_failure_report(run_id=run.pk, connection_id=conn.pk, generation=1,
-                                                            provider_error=DEAD_GRANT, checkpoint_id="05",
-                                                            action_key=None, actor="worker")
+                answer = services.credential_failure_report(
+                    run_id=run.pk,
+                    connection_id=conn.pk,
+                    generation=1,
+                    provider_error=DEAD_GRANT,
+                    checkpoint_id="05",
+                    action_key=None,
+                    actor="worker",
+                )
                 cases[conn.pk] = answer.case_reference
 
         def reconnect_and_release(conn_id):
             case = pipeline.recovery_reauthorized(case_id=cases[conn_id], actor=f"owner:{conn_id}")
             return pipeline.step_reconcile(case_id=case.pk, generation=2)
 
-        results, errors = run_concurrently([lambda c=a.pk: reconnect_and_release(c),
-                                            lambda c=b.pk: reconnect_and_release(c)])
+        results, errors = run_concurrently(
+            [lambda c=a.pk: reconnect_and_release(c), lambda c=b.pk: reconnect_and_release(c)]
+        )
         assert errors == [None, None], (trial, errors)
         states = dict(Run.objects.filter(pk__in=[r.pk for r in runs]).values_list("pk", "state"))
         assert set(states.values()) == {Run.State.ACTIVE}, (trial, states)
         assert set(RecoveryCase.objects.filter(reference__in=cases.values()).values_list("state", flat=True)) == {
-            CaseState.RESUMING}
-        owed = sorted(p["run_id"] for p in OutboxItem.objects.filter(kind=services.RESUME_RUN, run_id__in=states)
-                      .values_list("payload", flat=True))
+            CaseState.RESUMING
+        }
+        owed = sorted(
+            p["run_id"]
+            for p in OutboxItem.objects.filter(kind=services.RESUME_RUN, run_id__in=states).values_list(
+                "payload", flat=True
+            )
+        )
         assert owed == sorted(states), (trial, owed)  # each run owed exactly one delivery, by whichever came last
 
 
@@ -150,12 +172,14 @@ def test_the_watchdog_releases_a_run_left_parked_although_no_case_blocks_it(make
 @pytest.mark.django_db
 def test_a_heartbeat_extends_the_lock_and_in_progress_says_when_to_retry(make_run, make_connection):
     run, conn = make_run(), make_connection()
-    begun = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                  generation=1, actor="worker")
+    begun = services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="worker"
+    )
     assert (begun.decision, begun.lock_seconds) == ("execute", settings.REVIVE_ACTION_LOCK_TIMEOUT)
     with pytest.raises(ActionInProgress) as busy:
-        services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                              generation=1, actor="worker-2")
+        services.action_begin(
+            run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="worker-2"
+        )
     assert 1 <= busy.value.data["retry_after"] <= settings.REVIVE_ACTION_LOCK_TIMEOUT
 
     Action.objects.filter(run=run).update(lock_expires_at=timezone.now() + timedelta(seconds=2))
@@ -166,11 +190,13 @@ def test_a_heartbeat_extends_the_lock_and_in_progress_says_when_to_retry(make_ru
 @pytest.mark.django_db
 def test_an_executing_action_whose_worker_stopped_beating_is_reconciled_at_the_next_begin(make_run, make_connection):
     run, conn = make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1,
-                          actor="worker")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="worker"
+    )
     Action.objects.filter(run=run).update(lock_expires_at=timezone.now() - timedelta(seconds=1))
-    again = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                  generation=1, actor="worker-2")
+    again = services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="worker-2"
+    )
     assert again.decision == "reconcile" and Action.objects.get(run=run).state == Action.State.AMBIGUOUS
     with pytest.raises(ActionStateConflict):  # the dead attempt's worker learns it at its next beat
         services.action_heartbeat(run_id=run.pk, action_key="send", generation=1, actor="worker")
@@ -178,8 +204,9 @@ def test_an_executing_action_whose_worker_stopped_beating_is_reconciled_at_the_n
 
 def test_the_heartbeat_route(api, make_run, make_connection):
     make_run("run_hb"), make_connection("conn_hb")
-    begun = api.post("/runs/run_hb/actions/send/begin", {"checkpoint_id": "05", "connection_id": "conn_hb",
-                                                         "generation": 1})
+    begun = api.post(
+        "/runs/run_hb/actions/send/begin", {"checkpoint_id": "05", "connection_id": "conn_hb", "generation": 1}
+    )
     assert begun.json()["lock_seconds"] == settings.REVIVE_ACTION_LOCK_TIMEOUT
     beat = api.post("/runs/run_hb/actions/send/heartbeat", {"generation": 1})
     assert beat.status_code == 200 and beat.json()["state"] == "executing"
@@ -196,53 +223,67 @@ def test_a_refusal_reported_with_a_stale_generation_still_settles_the_action(mak
     connection: it is told to reacquire, and ``send`` is ``failed`` (nothing happened), so the retry with
     generation 2 executes at once instead of meeting ACTION_IN_PROGRESS for a whole lock period."""
     run, other, conn = make_run(), make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1,
-                          actor="worker")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="worker"
+    )
     services.case_reauthorize(case_id=parked_on_send(other, conn).pk, actor="owner")
-    answer = services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT,
-                                  actor="worker")
+    answer = services.action_fail(
+        run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="worker"
+    )
     assert answer.outcome == "reacquire" and Action.objects.get(run=run).state == Action.State.FAILED
-    retry = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                  generation=2, actor="worker")
+    retry = services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2, actor="worker"
+    )
     assert retry.decision == "execute"
 
 
 def resuming_on_an_ambiguous_send(run, conn) -> RecoveryCase:
     """The send timed out (ambiguous), the credential died, the owner reconnected: the case resumes with the
     settling left to the worker, whose begin answers ``reconcile``."""
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1,
-                          actor="worker")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="worker"
+    )
     services.action_mark_ambiguous(run_id=run.pk, action_key="send", generation=1, reason="timeout", actor="worker")
-    answer = services.credential_failure_report(run_id=run.pk, connection_id=conn.pk, generation=1,
-                                                provider_error=DEAD_GRANT, checkpoint_id="05", action_key="send",
-                                                actor="worker")
+    answer = services.credential_failure_report(
+        run_id=run.pk,
+        connection_id=conn.pk,
+        generation=1,
+        provider_error=DEAD_GRANT,
+        checkpoint_id="05",
+        action_key="send",
+        actor="worker",
+    )
     case = RecoveryCase.objects.get(reference=answer.case_reference)
     services.case_reauthorize(case_id=case.pk, actor="owner")
     services.case_resume_begin(case_id=case.pk, actor="system", defer_ambiguous=True)
     delivered(case)
-    begun = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                  generation=2, actor="worker")
+    begun = services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2, actor="worker"
+    )
     assert begun.decision == "reconcile"
     return RecoveryCase.objects.get(pk=case.pk)
 
 
 @pytest.mark.django_db
 def test_a_run_parked_on_an_ambiguous_action_is_past_it_once_the_resumed_worker_finds_the_effect(
-        make_run, make_connection, held_outbox):
+    make_run, make_connection, held_outbox
+):
     """The lab's timeout scenario: the send timed out (ambiguous), then the credential died while looking it up.
     After the reconnect the worker's reconcile callback finds the message with the new generation: that is the
     run going past its parked action (no further begin follows)."""
     run, conn = make_run(), make_connection()
     case = resuming_on_an_ambiguous_send(run, conn)
     assert case.state == CaseState.RESUMING
-    services.action_reconcile(run_id=run.pk, action_key="send", found=True, evidence={"message": "msg-1"},
-                              generation=2, actor="worker")
+    services.action_reconcile(
+        run_id=run.pk, action_key="send", found=True, evidence={"message": "msg-1"}, generation=2, actor="worker"
+    )
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
 
 
 @pytest.mark.django_db
 def test_a_reconciliation_without_evidence_holds_the_resume_for_approval_before_anything_executes_again(
-        api, make_run, make_connection, held_outbox, django_capture_on_commit_callbacks):
+    api, make_run, make_connection, held_outbox, django_capture_on_commit_callbacks
+):
     """Under the default policy ``ambiguous`` the worker's ``"evidence": {}`` is no evidence: the case waits for an
     operator, ``begin`` answers ``parked``, and only the approval owes the run a fresh resume."""
     run, conn = make_run("run_noev"), make_connection("conn_noev")
@@ -255,8 +296,9 @@ def test_a_reconciliation_without_evidence_holds_the_resume_for_approval_before_
     assert case.state == CaseState.AWAITING_APPROVAL and Run.objects.get(pk=run.pk).state == "parked"
     held = AuditEvent.objects.filter(case_id=case.pk, action="case.awaiting_approval").latest("id")
     assert "without evidence" in held.arguments["reasons"][0] and held.arguments["held_run"] == "run_noev"
-    again = api.post("/runs/run_noev/actions/send/begin", {"checkpoint_id": "05", "connection_id": "conn_noev",
-                                                          "generation": 2})
+    again = api.post(
+        "/runs/run_noev/actions/send/begin", {"checkpoint_id": "05", "connection_id": "conn_noev", "generation": 2}
+    )
     assert again.json()["decision"] == "parked" and again.json()["case_id"] == case.reference
     assert held_outbox.resumes() == [("run_noev", case.pk, 2)]  # the first delivery only
 
@@ -265,26 +307,32 @@ def test_a_reconciliation_without_evidence_holds_the_resume_for_approval_before_
     assert held_outbox.resumes() == [("run_noev", case.pk, 2)] * 2  # a fresh delivery, not the spent one
     run.refresh_from_db()
     assert run.state == "active"
-    redo = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                 generation=2, actor="worker")
+    redo = services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2, actor="worker"
+    )
     assert redo.decision == "execute"
     services.action_commit(run_id=run.pk, action_key="send", generation=2, result={"id": "m-2"}, actor="worker")
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMED
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("policy, evidence", [("ambiguous", {"mailbox": "no message with that key"}),
-                                              ("never", {})])
+@pytest.mark.parametrize("policy, evidence", [("ambiguous", {"mailbox": "no message with that key"}), ("never", {})])
 def test_a_reconciliation_with_evidence_or_under_never_lets_the_resumed_run_go_on(
-        policy, evidence, settings, make_run, make_connection, held_outbox):
+    policy, evidence, settings, make_run, make_connection, held_outbox
+):
     settings.REVIVE_RESUME_APPROVAL = policy
     run, conn = make_run(), make_connection()
     case = resuming_on_an_ambiguous_send(run, conn)
-    services.action_reconcile(run_id=run.pk, action_key="send", found=False, evidence=evidence, generation=2,
-                              actor="worker")
+    services.action_reconcile(
+        run_id=run.pk, action_key="send", found=False, evidence=evidence, generation=2, actor="worker"
+    )
     assert RecoveryCase.objects.get(pk=case.pk).state == CaseState.RESUMING
-    assert services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                 generation=2, actor="worker").decision == "execute"
+    assert (
+        services.action_begin(
+            run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2, actor="worker"
+        ).decision
+        == "execute"
+    )
 
 
 @pytest.mark.django_db

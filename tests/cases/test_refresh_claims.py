@@ -19,13 +19,20 @@ pytestmark = pytest.mark.django_db
 
 
 def claim(conn, holder, *, generation=1, seen_round=0):
-    return refresh.refresh_claim(connection_id=conn.pk, generation=generation, holder=holder, seen_round=seen_round,
-                                 actor=f"worker:{holder}")
+    return refresh.refresh_claim(
+        connection_id=conn.pk, generation=generation, holder=holder, seen_round=seen_round, actor=f"worker:{holder}"
+    )
 
 
 def release(conn, holder, round, outcome="refreshed", *, generation=1):
-    return refresh.refresh_release(connection_id=conn.pk, generation=generation, round=round, holder=holder,
-                                   outcome=outcome, actor=f"worker:{holder}")
+    return refresh.refresh_release(
+        connection_id=conn.pk,
+        generation=generation,
+        round=round,
+        holder=holder,
+        outcome=outcome,
+        actor=f"worker:{holder}",
+    )
 
 
 def test_the_first_claimant_refreshes_and_the_others_wait(make_connection):
@@ -111,7 +118,9 @@ def test_the_audit_holds_no_token_and_no_waiting(make_connection):
         claim(conn, "w2")
     release(conn, "w1", 1)
 
-    actions = list(AuditEvent.objects.filter(connection_id=conn.pk, action__startswith="refresh.").values_list("action", flat=True))
+    actions = list(
+        AuditEvent.objects.filter(connection_id=conn.pk, action__startswith="refresh.").values_list("action", flat=True)
+    )
     assert actions == ["refresh.claimed", "refresh.refreshed"]
 
 
@@ -133,35 +142,51 @@ def test_claim_and_release_over_the_worker_api(api, make_connection):
     conn = make_connection()
 
     got = api.post(f"/connections/{conn.pk}/refresh-claims", {"generation": 1, "holder": "host:1:ab"})
-    done = api.post(f"/connections/{conn.pk}/refresh-claims/release",
-                    {"generation": 1, "holder": "host:1:ab", "round": 1, "outcome": "refreshed"})
+    done = api.post(
+        f"/connections/{conn.pk}/refresh-claims/release",
+        {"generation": 1, "holder": "host:1:ab", "round": 1, "outcome": "refreshed"},
+    )
 
     assert got.status_code == 200 and got.json()["decision"] == "refresh"
-    assert set(got.json()) == {"decision", "connection_id", "generation", "round", "holder", "held_until", "retry_after",
-                               "current_generation"}  # a decision, never a credential
+    assert set(got.json()) == {
+        "decision",
+        "connection_id",
+        "generation",
+        "round",
+        "holder",
+        "held_until",
+        "retry_after",
+        "current_generation",
+    }  # a decision, never a credential
     assert done.status_code == 200 and done.json()["decision"] == "released"
 
 
-@pytest.mark.parametrize("body", [
-    {},
-    {"generation": 1},
-    {"generation": 0, "holder": "w"},
-    {"generation": 1, "holder": ""},
-    {"generation": 1, "holder": "has space"},
-    {"generation": 1, "holder": "w", "seen_round": -1},
-    {"generation": "one", "holder": "w"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"generation": 1},
+        {"generation": 0, "holder": "w"},
+        {"generation": 1, "holder": ""},
+        {"generation": 1, "holder": "has space"},
+        {"generation": 1, "holder": "w", "seen_round": -1},
+        {"generation": "one", "holder": "w"},
+    ],
+)
 def test_bad_claims_are_4xx_with_a_stable_code(api, make_connection, body):
     conn = make_connection()
 
     assert_error(api.post(f"/connections/{conn.pk}/refresh-claims", body), 422, "VALIDATION_ERROR")
 
 
-@pytest.mark.parametrize("body", [
-    {"generation": 1, "holder": "w", "round": 1},
-    {"generation": 1, "holder": "w", "round": 0, "outcome": "refreshed"},
-    {"generation": 1, "holder": "w", "round": 1, "outcome": "maybe"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"generation": 1, "holder": "w", "round": 1},
+        {"generation": 1, "holder": "w", "round": 0, "outcome": "refreshed"},
+        {"generation": 1, "holder": "w", "round": 1, "outcome": "maybe"},
+    ],
+)
 def test_bad_releases_are_4xx_with_a_stable_code(api, make_connection, body):
     conn = make_connection()
 
@@ -171,9 +196,22 @@ def test_bad_releases_are_4xx_with_a_stable_code(api, make_connection, body):
 def test_claim_errors_over_http(api, make_connection):
     conn = make_connection()
 
-    assert_error(api.post("/connections/nope/refresh-claims", {"generation": 1, "holder": "w"}), 404, "CONNECTION_NOT_FOUND")
-    assert_error(api.post(f"/connections/{conn.pk}/refresh-claims", {"generation": 5, "holder": "w"}), 409, "GENERATION_UNKNOWN")
-    assert_error(api.post(f"/connections/{conn.pk}/refresh-claims/release",
-                          {"generation": 1, "holder": "w", "round": 1, "outcome": "refreshed"}), 409, "REFRESH_CLAIM_NOT_HELD")
-    assert_error(api.post(f"/connections/{conn.pk}/refresh-claims", {"generation": 1, "holder": "w"}, key=None), 401,
-                 "AUTHENTICATION_REQUIRED")
+    assert_error(
+        api.post("/connections/nope/refresh-claims", {"generation": 1, "holder": "w"}), 404, "CONNECTION_NOT_FOUND"
+    )
+    assert_error(
+        api.post(f"/connections/{conn.pk}/refresh-claims", {"generation": 5, "holder": "w"}), 409, "GENERATION_UNKNOWN"
+    )
+    assert_error(
+        api.post(
+            f"/connections/{conn.pk}/refresh-claims/release",
+            {"generation": 1, "holder": "w", "round": 1, "outcome": "refreshed"},
+        ),
+        409,
+        "REFRESH_CLAIM_NOT_HELD",
+    )
+    assert_error(
+        api.post(f"/connections/{conn.pk}/refresh-claims", {"generation": 1, "holder": "w"}, key=None),
+        401,
+        "AUTHENTICATION_REQUIRED",
+    )

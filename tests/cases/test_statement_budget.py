@@ -35,34 +35,58 @@ def persistent_connections():
 
 def own_transaction(trace) -> list[str]:
     """The statements up to the first COMMIT: the operation's own transaction, not what its on-commit hooks start."""
-    return trace.statements[: trace.statements.index("COMMIT") + 1] if "COMMIT" in trace.statements else trace.statements
+    return (
+        trace.statements[: trace.statements.index("COMMIT") + 1] if "COMMIT" in trace.statements else trace.statements
+    )
 
 
-def begin_and_commit(app, key: str, run_id: str, conn_id: str, action_key: str, generation: int = 1) -> tuple[dict, dict]:
+def begin_and_commit(
+    app, key: str, run_id: str, conn_id: str, action_key: str, generation: int = 1
+) -> tuple[dict, dict]:
     base = f"/api/v1/runs/{run_id}/actions/{action_key}"
-    status, begun = wsgi_call(app, "POST", f"{base}/begin", {"checkpoint_id": "01", "connection_id": conn_id, "generation": generation}, key)
+    status, begun = wsgi_call(
+        app, "POST", f"{base}/begin", {"checkpoint_id": "01", "connection_id": conn_id, "generation": generation}, key
+    )
     assert status == 200, begun
-    status, committed = wsgi_call(app, "POST", f"{base}/commit", {"generation": generation, "result": {"sent": action_key}}, key)
+    status, committed = wsgi_call(
+        app, "POST", f"{base}/commit", {"generation": generation, "result": {"sent": action_key}}, key
+    )
     assert status == 200, committed
     return json.loads(begun), json.loads(committed)
 
 
-def test_begin_and_commit_over_the_worker_api_take_at_most_four_statements(persistent_connections, make_run, make_connection, worker_key):
+def test_begin_and_commit_over_the_worker_api_take_at_most_four_statements(
+    persistent_connections, make_run, make_connection, worker_key
+):
     from revive_site.wsgi import application  # what gunicorn serves: the worker API's lean handler
 
     run, conn = make_run(), make_connection()
-    begin_and_commit(application, worker_key, run.pk, conn.pk, "warm")  # the key cache, the connection, the prepared statements
+    begin_and_commit(
+        application, worker_key, run.pk, conn.pk, "warm"
+    )  # the key cache, the connection, the prepared statements
     with count_statements() as begin_trace:
-        status, begun = wsgi_call(application, "POST", f"/api/v1/runs/{run.pk}/actions/send/begin",
-                                  {"checkpoint_id": "01", "connection_id": conn.pk, "generation": 1}, worker_key)
+        status, begun = wsgi_call(
+            application,
+            "POST",
+            f"/api/v1/runs/{run.pk}/actions/send/begin",
+            {"checkpoint_id": "01", "connection_id": conn.pk, "generation": 1},
+            worker_key,
+        )
     with count_statements() as commit_trace:
-        status, committed = wsgi_call(application, "POST", f"/api/v1/runs/{run.pk}/actions/send/commit",
-                                      {"generation": 1, "result": {"sent": True}}, worker_key)
+        status, committed = wsgi_call(
+            application,
+            "POST",
+            f"/api/v1/runs/{run.pk}/actions/send/commit",
+            {"generation": 1, "result": {"sent": True}},
+            worker_key,
+        )
     assert json.loads(begun)["decision"] == "execute" and json.loads(committed)["state"] == "committed"
     total = len(begin_trace) + len(commit_trace)
     assert total <= 4, f"begin:\n{begin_trace.summary()}\ncommit:\n{commit_trace.summary()}"
     # Today: one statement each, no BEGIN/COMMIT, no health check, no API-key lookup.
-    assert (len(begin_trace), len(commit_trace)) == (1, 1), f"begin:\n{begin_trace.summary()}\ncommit:\n{commit_trace.summary()}"
+    assert (len(begin_trace), len(commit_trace)) == (1, 1), (
+        f"begin:\n{begin_trace.summary()}\ncommit:\n{commit_trace.summary()}"
+    )
     action = Action.objects.get(run=run, action_key="send")
     assert (action.state, action.generation, action.attempts, action.result) == ("committed", 1, 1, {"sent": True})
 
@@ -85,35 +109,84 @@ def test_the_one_statement_path_writes_what_the_locked_path_writes(make_run, mak
     for path in ("fast", "locked"):
         run = make_run()
         runs[path] = run
-        begin, commit = ((services.action_begin, services.action_commit) if path == "fast"
-                         else (services.actions._action_begin_locked, services.actions._action_commit_locked))
+        begin, commit = (
+            (services.action_begin, services.action_commit)
+            if path == "fast"
+            else (services.actions._action_begin_locked, services.actions._action_commit_locked)
+        )
         token = work_context_bind(trace_id=trace)
         try:
             before = timezone.now()
-            answers[path] = asdict(begin(run_id=run.pk, checkpoint_id="07", connection_id=conn.pk, action_key="send",
-                                         generation=1, params={"to": "ada"}, actor="worker:w"))
+            answers[path] = asdict(
+                begin(
+                    run_id=run.pk,
+                    checkpoint_id="07",
+                    connection_id=conn.pk,
+                    action_key="send",
+                    generation=1,
+                    params={"to": "ada"},
+                    actor="worker:w",
+                )
+            )
             after = timezone.now()
             until = Action.objects.get(run=run).lock_expires_at
-            locks[path] = before + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT) <= until <= \
-                after + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT)
-            commit(run_id=run.pk, action_key="send", generation=1, result={"id": 7}, external_ref="msg-7", actor="worker:w")
+            locks[path] = (
+                before + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT)
+                <= until
+                <= after + timedelta(seconds=settings.REVIVE_ACTION_LOCK_TIMEOUT)
+            )
+            commit(
+                run_id=run.pk, action_key="send", generation=1, result={"id": 7}, external_ref="msg-7", actor="worker:w"
+            )
         finally:
             work_context_reset(token)
 
     def answer(path):
         a = answers[path]
-        return {**a, "idempotency_key": a["idempotency_key"] == services.idempotency_key_for(run_id=runs[path].pk, action_key="send")}
+        return {
+            **a,
+            "idempotency_key": a["idempotency_key"]
+            == services.idempotency_key_for(run_id=runs[path].pk, action_key="send"),
+        }
 
     def ledger(run):
         a = Action.objects.get(run=run)
-        return (a.action_key, a.idempotency_key == services.idempotency_key_for(run_id=run.pk, action_key="send"), a.connection_id,
-                a.checkpoint.checkpoint_id, a.checkpoint.label, a.params_hash, a.state, a.generation, a.attempts, a.result,
-                a.external_ref, a.error, a.evidence, a.reconciled_by, a.lock_expires_at)
+        return (
+            a.action_key,
+            a.idempotency_key == services.idempotency_key_for(run_id=run.pk, action_key="send"),
+            a.connection_id,
+            a.checkpoint.checkpoint_id,
+            a.checkpoint.label,
+            a.params_hash,
+            a.state,
+            a.generation,
+            a.attempts,
+            a.result,
+            a.external_ref,
+            a.error,
+            a.evidence,
+            a.reconciled_by,
+            a.lock_expires_at,
+        )
 
     def events(run):
-        return [(e.actor, e.action, e.entity_type, e.entity_id.replace(run.pk, "RUN"), e.case_id, e.case_reference, e.connection_id,
-                 e.before, e.after, e.arguments, e.outcome, e.trace_id)
-                for e in AuditEvent.objects.filter(run_id=run.pk).exclude(action="run.registered").order_by("id")]
+        return [
+            (
+                e.actor,
+                e.action,
+                e.entity_type,
+                e.entity_id.replace(run.pk, "RUN"),
+                e.case_id,
+                e.case_reference,
+                e.connection_id,
+                e.before,
+                e.after,
+                e.arguments,
+                e.outcome,
+                e.trace_id,
+            )
+            for e in AuditEvent.objects.filter(run_id=run.pk).exclude(action="run.registered").order_by("id")
+        ]
 
     assert answer("fast") == answer("locked")
     assert answers["fast"]["lock_seconds"] == settings.REVIVE_ACTION_LOCK_TIMEOUT
@@ -126,14 +199,23 @@ def test_the_one_statement_path_writes_what_the_locked_path_writes(make_run, mak
 
 def test_failing_an_action_opens_a_case_within_budget(make_run, make_connection):
     run, conn = make_run(), make_connection()
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="t")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="t"
+    )
     with count_statements() as trace:
-        answer = services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="t")
-    assert answer.outcome == "parked" and RecoveryCase.objects.get().state in (CaseState.OPENED, CaseState.AWAITING_OWNER)
+        answer = services.action_fail(
+            run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="t"
+        )
+    assert answer.outcome == "parked" and RecoveryCase.objects.get().state in (
+        CaseState.OPENED,
+        CaseState.AWAITING_OWNER,
+    )
     own = own_transaction(trace)
     if len(own) > 12:
-        pytest.xfail(f"fail opening a case: {len(own)} statements, budget 12 (issue 12, part 3; after the pipeline lands)\n"
-                     + "\n".join(f"  {s[:140]}" for s in own))
+        pytest.xfail(
+            f"fail opening a case: {len(own)} statements, budget 12 (issue 12, part 3; after the pipeline lands)\n"
+            + "\n".join(f"  {s[:140]}" for s in own)
+        )
 
 
 def test_reconnect_completion_within_budget(make_run, make_connection):
@@ -144,18 +226,26 @@ def test_reconnect_completion_within_budget(make_run, make_connection):
 
     run = make_run()
     conn = make_connection(provider_subject="oid-ada", provider_tenant="tid-contoso")
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="t")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="t"
+    )
     services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="t")
     request = ReconnectRequest.objects.get()
     with count_statements() as trace:
-        reconnect_request_complete(public_id=request.public_id, presented=ProviderIdentity(subject="oid-ada", tenant="tid-contoso"),
-                                   grant=Grant(access_token="at"), actor="owner:ada")
+        reconnect_request_complete(
+            public_id=request.public_id,
+            presented=ProviderIdentity(subject="oid-ada", tenant="tid-contoso"),
+            grant=Grant(access_token="at"),
+            actor="owner:ada",
+        )
     # The reconnect's own transaction; what its on-commit hook then starts (reconcile, resume) is counted elsewhere.
     own = own_transaction(trace)
     assert RecoveryCase.objects.get().resumed_generation == 2
     if len(own) > 12:
-        pytest.xfail(f"reconnect completion: {len(own)} statements, budget 12 (issue 12, part 3; after the pipeline lands)\n"
-                     + "\n".join(f"  {s[:140]}" for s in own))
+        pytest.xfail(
+            f"reconnect completion: {len(own)} statements, budget 12 (issue 12, part 3; after the pipeline lands)\n"
+            + "\n".join(f"  {s[:140]}" for s in own)
+        )
 
 
 def test_releasing_runs_costs_the_same_whatever_their_number(make_run, make_connection):
@@ -167,8 +257,14 @@ def test_releasing_runs_costs_the_same_whatever_their_number(make_run, make_conn
     for runs in (2, 8):
         conn = make_connection()
         for _ in range(runs):
-            services.credential_failure_report(run_id=make_run().pk, connection_id=conn.pk, generation=1, provider_error=DEAD_GRANT,
-                                               checkpoint_id="05", actor="t")
+            services.credential_failure_report(
+                run_id=make_run().pk,
+                connection_id=conn.pk,
+                generation=1,
+                provider_error=DEAD_GRANT,
+                checkpoint_id="05",
+                actor="t",
+            )
         case = RecoveryCase.objects.get(connection=conn)
         services.case_reauthorize(case_id=case.pk, actor="t")
         with count_statements() as trace:
@@ -194,7 +290,9 @@ def test_the_one_statement_inserts_name_every_column_of_the_rows_they_write(mode
     from cases import hotpath
 
     table = apps.get_model(model)._meta.db_table
-    found = re.search(rf"INSERT INTO {table} \(([^)]*)\)", hotpath.BEGIN_SQL.replace("{AUDIT_COLUMNS}", hotpath.AUDIT_COLUMNS))
+    found = re.search(
+        rf"INSERT INTO {table} \(([^)]*)\)", hotpath.BEGIN_SQL.replace("{AUDIT_COLUMNS}", hotpath.AUDIT_COLUMNS)
+    )
     assert found, f"no INSERT INTO {table} in the begin statement"
     named = {c.strip() for c in found.group(1).split(",")}
     columns = {f.column for f in apps.get_model(model)._meta.concrete_fields if not f.primary_key}

@@ -53,8 +53,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.stdin.close())
     try:
         api_key = ops.api_key_create(name=f"conformance-{os.getpid()}")
-        protocol.write(json.dumps({"url": f"http://127.0.0.1:{server.server_port}", "api_key": api_key,
-                                   "database": test_db}) + "\n")
+        protocol.write(
+            json.dumps({"url": f"http://127.0.0.1:{server.server_port}", "api_key": api_key, "database": test_db})
+            + "\n"
+        )
         for line in sys.stdin:
             if not line.strip():
                 continue

@@ -14,11 +14,17 @@ from cases import pipeline, services
 ACTOR = "conformance"
 
 
-def connection_create(*, connection_id: str, provider: str = "entra", provider_tenant: str = "tid-conformance",
-                      provider_issuer: str = "") -> dict[str, Any]:
-    conn = services.connection_create(connection_id=connection_id, provider=provider, owner_email="owner@example.com",
-                                      provider_subject=f"oid-{connection_id}", provider_tenant=provider_tenant,
-                                      provider_issuer=provider_issuer)
+def connection_create(
+    *, connection_id: str, provider: str = "entra", provider_tenant: str = "tid-conformance", provider_issuer: str = ""
+) -> dict[str, Any]:
+    conn = services.connection_create(
+        connection_id=connection_id,
+        provider=provider,
+        owner_email="owner@example.com",
+        provider_subject=f"oid-{connection_id}",
+        provider_tenant=provider_tenant,
+        provider_issuer=provider_issuer,
+    )
     return {"connection_id": conn.pk, "generation": conn.current_generation}
 
 
@@ -75,8 +81,12 @@ def token_vault_start() -> dict[str, Any]:
     from lab.token_vault_standin import TokenVaultStandIn
 
     vault = _replace("token_vault", TokenVaultStandIn())
-    return {"url": vault.url, "client_id": vault.client_id, "client_secret": vault.client_secret,
-            "upstream_issuer": vault.upstream_issuer}
+    return {
+        "url": vault.url,
+        "client_id": vault.client_id,
+        "client_secret": vault.client_secret,
+        "upstream_issuer": vault.upstream_issuer,
+    }
 
 
 def token_vault_sign_in(*, user: str, connection: str, upstream: str) -> dict[str, Any]:
@@ -118,8 +128,11 @@ def provider_revoke_all() -> dict[str, Any]:
 
 def provider_counts() -> dict[str, Any]:
     standin = _STANDINS["provider"]
-    return {"refreshes": standin.refreshes, "reuse_detected": standin.reuse_detected,
-            "token_requests": standin.token_requests}
+    return {
+        "refreshes": standin.refreshes,
+        "reuse_detected": standin.reuse_detected,
+        "token_requests": standin.token_requests,
+    }
 
 
 def stop_standins() -> None:
@@ -132,11 +145,20 @@ def api_key_create(*, name: str) -> str:
     return raw
 
 
-OPS = {"connection_create": connection_create, "reconnect": reconnect, "owner_reconnected": owner_reconnected,
-       "abandoned": abandoned, "token_vault_start": token_vault_start, "token_vault_sign_in": token_vault_sign_in,
-       "token_vault_revoke_upstream": token_vault_revoke_upstream, "token_vault_counts": token_vault_counts,
-       "provider_start": provider_start, "provider_issue_refresh_token": provider_issue_refresh_token,
-       "provider_revoke_all": provider_revoke_all, "provider_counts": provider_counts}
+OPS = {
+    "connection_create": connection_create,
+    "reconnect": reconnect,
+    "owner_reconnected": owner_reconnected,
+    "abandoned": abandoned,
+    "token_vault_start": token_vault_start,
+    "token_vault_sign_in": token_vault_sign_in,
+    "token_vault_revoke_upstream": token_vault_revoke_upstream,
+    "token_vault_counts": token_vault_counts,
+    "provider_start": provider_start,
+    "provider_issue_refresh_token": provider_issue_refresh_token,
+    "provider_revoke_all": provider_revoke_all,
+    "provider_counts": provider_counts,
+}
 
 
 def perform(op: dict[str, Any]) -> dict[str, Any]:

@@ -55,32 +55,39 @@ from .support.steps import SENDS
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIMES = ("langgraph", "temporal", "restate")
 KINDS = (
-    "kill_before_execute",      # SIGKILL of the workflow process between begin and the provider call (send_1)
-    "kill_after_accept",        # SIGKILL after the provider accepted send_1, before the commit
-    "kill_parked",              # SIGKILL of the workflow process while the run is parked
-    "pool_kill_resume",         # SIGKILL of a Celery pool process during the resume
-    "worker_kill_resume",       # SIGKILL of the whole Celery worker during the resume, then a restart
-    "redis_restart_parked",     # Redis restarted (data kept) while the run is parked
-    "redis_loss_parked",        # Redis restarted with its data lost while the run is parked
+    "kill_before_execute",  # SIGKILL of the workflow process between begin and the provider call (send_1)
+    "kill_after_accept",  # SIGKILL after the provider accepted send_1, before the commit
+    "kill_parked",  # SIGKILL of the workflow process while the run is parked
+    "pool_kill_resume",  # SIGKILL of a Celery pool process during the resume
+    "worker_kill_resume",  # SIGKILL of the whole Celery worker during the resume, then a restart
+    "redis_restart_parked",  # Redis restarted (data kept) while the run is parked
+    "redis_loss_parked",  # Redis restarted with its data lost while the run is parked
     "redis_restart_reconnect",  # Redis restarted (data kept) right as the owner reconnects
-    "redis_loss_reconnect",     # ... with data loss
-    "redis_restart_resume",     # Redis restarted (data kept) while the resumed run sends
-    "redis_loss_resume",        # ... with data loss
-    "postgres_restart",         # PostgreSQL restarted while the resumed run sends
-    "timeout_before_death",     # send_1 times out after the provider accepted it (ambiguous), before the credential dies
-    "timeout_after_death",      # the resumed send_2 times out after the provider accepted it
-    "runtime_worker_down",      # the runtime's worker is down, across the resume retries, then back
+    "redis_loss_reconnect",  # ... with data loss
+    "redis_restart_resume",  # Redis restarted (data kept) while the resumed run sends
+    "redis_loss_resume",  # ... with data loss
+    "postgres_restart",  # PostgreSQL restarted while the resumed run sends
+    "timeout_before_death",  # send_1 times out after the provider accepted it (ambiguous), before the credential dies
+    "timeout_after_death",  # the resumed send_2 times out after the provider accepted it
+    "runtime_worker_down",  # the runtime's worker is down, across the resume retries, then back
 )
 GLOBAL_FAULTS = {k for k in KINDS if k.startswith(("redis_", "postgres_", "worker_kill", "runtime_worker"))} | {
-    "pool_kill_resume"}
+    "pool_kill_resume"
+}
 OPERATOR_VISIBLE = ("resume_failed", "awaiting_approval")
 
 # "default" is Revive's configuration as shipped; "short" shortens the locks, sweeps and retries for quick runs.
 PROFILES: dict[str, dict[str, str]] = {
     "default": {},
-    "short": {"REVIVE_ACTION_LOCK_TIMEOUT": "20", "REVIVE_RESUME_SWEEP_INTERVAL": "5",
-              "REVIVE_RESUME_SWEEP_AFTER": "15", "REVIVE_RESUME_MAX_RETRIES": "4", "REVIVE_RESUME_BACKOFF_MAX": "4",
-              "REVIVE_RUN_STALL_SECONDS": "20", "REVIVE_RESUME_MAX_ATTEMPTS": "3"},
+    "short": {
+        "REVIVE_ACTION_LOCK_TIMEOUT": "20",
+        "REVIVE_RESUME_SWEEP_INTERVAL": "5",
+        "REVIVE_RESUME_SWEEP_AFTER": "15",
+        "REVIVE_RESUME_MAX_RETRIES": "4",
+        "REVIVE_RESUME_BACKOFF_MAX": "4",
+        "REVIVE_RUN_STALL_SECONDS": "20",
+        "REVIVE_RESUME_MAX_ATTEMPTS": "3",
+    },
 }
 # How long a whole trial may take, from its start to the run finished (or in an operator-visible state). The
 # default profile allows for Revive's 300 s action lock, the reaper behind it and the 120 s sweep; the runtime
@@ -140,9 +147,24 @@ def _db_reset() -> None:
 class Managed:
     """One long-lived child of the stack (a server or worker) that faults may kill and the harness restarts."""
 
-    def __init__(self, name: str, args: list[str], *, env: dict[str, str], log_dir: Path,
-                 ready: Callable[[Managed], bool], sig: int = signal.SIGTERM) -> None:
-        self.name, self.args, self.env, self.log_path, self.ready, self.sig = name, args, env, log_dir / f"{name}.log", ready, sig
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        log_dir: Path,
+        ready: Callable[[Managed], bool],
+        sig: int = signal.SIGTERM,
+    ) -> None:
+        self.name, self.args, self.env, self.log_path, self.ready, self.sig = (
+            name,
+            args,
+            env,
+            log_dir / f"{name}.log",
+            ready,
+            sig,
+        )
         self.process: subprocess.Popen | None = None
         self.starts = 0
         self.lock = threading.Lock()
@@ -201,12 +223,24 @@ class TrialResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("finished", "operator_visible") and not self.duplicates and not self.lost and not self.violations
+        return (
+            self.outcome in ("finished", "operator_visible")
+            and not self.duplicates
+            and not self.lost
+            and not self.violations
+        )
 
 
 class Stack:
-    def __init__(self, *, runtimes: Iterable[str] = RUNTIMES, profile: str = "default", root: Path | None = None,
-                 sign_in: str = "idp", say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        *,
+        runtimes: Iterable[str] = RUNTIMES,
+        profile: str = "default",
+        root: Path | None = None,
+        sign_in: str = "idp",
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.runtimes = tuple(runtimes)
         self.profile = profile
         self.sign_in = sign_in  # "idp": the owner signs in at the lab identity provider; "service": the service call
@@ -234,12 +268,20 @@ class Stack:
         self.redis = PrivateRedis(self.root / "redis").start()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "REVIVE_", "DJANGO_", "CELERY_"))}
         env.update(PROFILES[self.profile])
-        env.update(DJANGO_SETTINGS_MODULE="tests.faults.support.settings", DATABASE_URL=database,
-                   DATABASE_CONN_MAX_AGE="0", REDIS_URL=f"{self.redis.url}/0", REVIVE_CELERY_QUEUE="revive-faults",
-                   SECRET_KEY="revive-faults-only-not-a-secret", REVIVE_VAR_DIR=str(self.root / "var"),
-                   REVIVE_TEST_WORLD=str(self.root / "world"), REVIVE_FAULTS_MAILBOX=str(self.root / "mail"),
-                   PYTHONUNBUFFERED="1", LOG_LEVEL="INFO",
-                   PYTHONPATH=os.pathsep.join([str(ROOT / "sdk" / "python"), str(ROOT)]))
+        env.update(
+            DJANGO_SETTINGS_MODULE="tests.faults.support.settings",
+            DATABASE_URL=database,
+            DATABASE_CONN_MAX_AGE="0",
+            REDIS_URL=f"{self.redis.url}/0",
+            REVIVE_CELERY_QUEUE="revive-faults",
+            SECRET_KEY="revive-faults-only-not-a-secret",
+            REVIVE_VAR_DIR=str(self.root / "var"),
+            REVIVE_TEST_WORLD=str(self.root / "world"),
+            REVIVE_FAULTS_MAILBOX=str(self.root / "mail"),
+            PYTHONUNBUFFERED="1",
+            LOG_LEVEL="INFO",
+            PYTHONPATH=os.pathsep.join([str(ROOT / "sdk" / "python"), str(ROOT)]),
+        )
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         # The LangGraph checkpoint tables, once: runners that set them up at the same moment on a fresh database
         # deadlock (CREATE INDEX CONCURRENTLY waits for the session that waits for the setup lock).
@@ -255,28 +297,39 @@ class Stack:
 
         _, self.api_key = services.api_key_create(name=f"faults-{uuid.uuid4().hex[:6]}", actor="faults")
         web_port = free_port()
-        env.update(REVIVE_URL=f"http://127.0.0.1:{web_port}", REVIVE_API_KEY=self.api_key,
-                   REVIVE_PUBLIC_URL=f"http://127.0.0.1:{web_port}")
+        env.update(
+            REVIVE_URL=f"http://127.0.0.1:{web_port}",
+            REVIVE_API_KEY=self.api_key,
+            REVIVE_PUBLIC_URL=f"http://127.0.0.1:{web_port}",
+        )
         logs = self.root / "logs"
         if self.sign_in == "idp":
             from lab.idp.driver import LabIdp
             from reauth.provider_settings import LAB_PROVIDER_ID
 
             # Started from this (the main) thread: it dies with the harness (lab.processes).
-            self.idp = LabIdp.start(var_dir=self.root / "idp", redirect_uris=[
-                f"{env['REVIVE_URL']}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"])
-            env.update(REVIVE_LAB_IDP_URL=self.idp.url, REVIVE_LAB_IDP_CLIENT_ID=self.idp.client_id,
-                       REVIVE_LAB_IDP_CLIENT_SECRET=self.idp.client_secret)
+            self.idp = LabIdp.start(
+                var_dir=self.root / "idp",
+                redirect_uris=[f"{env['REVIVE_URL']}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"],
+            )
+            env.update(
+                REVIVE_LAB_IDP_URL=self.idp.url,
+                REVIVE_LAB_IDP_CLIENT_ID=self.idp.client_id,
+                REVIVE_LAB_IDP_CLIENT_SECRET=self.idp.client_secret,
+            )
         if "temporal" in self.runtimes:
             port = free_port()
             from tests.runtimes.conftest import temporal_test_server_path
 
             with open(logs / "temporal-server.log", "ab") as log:
-                self.temporal_server = spawn([temporal_test_server_path(), str(port)], stdout=log,
-                                             stderr=subprocess.STDOUT)
+                self.temporal_server = spawn(
+                    [temporal_test_server_path(), str(port)], stdout=log, stderr=subprocess.STDOUT
+                )
             env["TEMPORAL_ADDRESS"] = self.temporal_address = f"127.0.0.1:{port}"
             if not wait_until(lambda: asyncio.run(self._temporal_ping()), 120, 0.5):
-                raise RuntimeError(f"the Temporal test server did not answer:\n{_log_tail(logs / 'temporal-server.log')}")
+                raise RuntimeError(
+                    f"the Temporal test server did not answer:\n{_log_tail(logs / 'temporal-server.log')}"
+                )
         if "restate" in self.runtimes:
             self._start_restate_server(env, logs)
         self.env = env
@@ -290,42 +343,118 @@ class Stack:
                 return httpx.get(f"{env['REVIVE_URL']}/api/v1/docs", timeout=3).status_code == 200
             return False
 
-        self.procs["web"] = Managed("web", [sys.executable, "-m", "gunicorn", "revive_site.wsgi", "--bind",
-                                            f"127.0.0.1:{web_port}", "--workers", "3", "--timeout", "120"],
-                                    env=env, log_dir=logs, ready=web_ready)
-        self.procs["celery"] = Managed("celery", [sys.executable, "-m", "celery", "-A", "revive_site", "worker", "-l",
-                                                  "INFO", "-c", "3", "-n", f"faults-{os.getpid()}@%h",
-                                                  "--without-gossip", "--without-mingle"],
-                                       env=env, log_dir=logs, ready=log_says(" ready."))
-        self.procs["beat"] = Managed("beat", [sys.executable, "-m", "celery", "-A", "revive_site", "beat", "-l", "INFO",
-                                              "-s", str(self.root / "var" / "beat-schedule")],
-                                     env=env, log_dir=logs, ready=log_says("beat: Starting"))
+        self.procs["web"] = Managed(
+            "web",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "revive_site.wsgi",
+                "--bind",
+                f"127.0.0.1:{web_port}",
+                "--workers",
+                "3",
+                "--timeout",
+                "120",
+            ],
+            env=env,
+            log_dir=logs,
+            ready=web_ready,
+        )
+        self.procs["celery"] = Managed(
+            "celery",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "revive_site",
+                "worker",
+                "-l",
+                "INFO",
+                "-c",
+                "3",
+                "-n",
+                f"faults-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=env,
+            log_dir=logs,
+            ready=log_says(" ready."),
+        )
+        self.procs["beat"] = Managed(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "revive_site",
+                "beat",
+                "-l",
+                "INFO",
+                "-s",
+                str(self.root / "var" / "beat-schedule"),
+            ],
+            env=env,
+            log_dir=logs,
+            ready=log_says("beat: Starting"),
+        )
         if "temporal" in self.runtimes:
             self.task_queue = f"faults-{uuid.uuid4().hex[:6]}"
             self.procs["temporal_worker"] = Managed(
-                "temporal_worker", [sys.executable, "-m", "tests.faults.support.temporal_app", "--address",
-                                    self.temporal_address, "--task-queue", self.task_queue],
-                env=runtime_env, log_dir=logs, ready=log_says("worker ready"))
+                "temporal_worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.faults.support.temporal_app",
+                    "--address",
+                    self.temporal_address,
+                    "--task-queue",
+                    self.task_queue,
+                ],
+                env=runtime_env,
+                log_dir=logs,
+                ready=log_says("worker ready"),
+            )
         if "restate" in self.runtimes:
             self.restate_service_port = free_port()
 
             def service_ready(m: Managed) -> bool:
                 with contextlib.suppress(httpx.HTTPError):
-                    return httpx.get(f"http://127.0.0.1:{self.restate_service_port}/health", timeout=2).status_code == 200
+                    return (
+                        httpx.get(f"http://127.0.0.1:{self.restate_service_port}/health", timeout=2).status_code == 200
+                    )
                 return False
 
             self.procs["restate_service"] = Managed(
-                "restate_service", [sys.executable, "-m", "hypercorn", "tests.faults.support.restate_app:app", "--bind",
-                                    f"127.0.0.1:{self.restate_service_port}"],
-                env=runtime_env, log_dir=logs, ready=service_ready)
+                "restate_service",
+                [
+                    sys.executable,
+                    "-m",
+                    "hypercorn",
+                    "tests.faults.support.restate_app:app",
+                    "--bind",
+                    f"127.0.0.1:{self.restate_service_port}",
+                ],
+                env=runtime_env,
+                log_dir=logs,
+                ready=service_ready,
+            )
         self.runtime_env = runtime_env
         for proc in self.procs.values():
             proc.start()
         if "restate" in self.runtimes:
-            httpx.post(f"{self.restate_admin}/deployments", timeout=60, json={
-                "uri": f"http://127.0.0.1:{self.restate_service_port}/", "force": True}).raise_for_status()
-        self.say(f"stack up in {time.monotonic() - started:.0f}s ({', '.join(self.runtimes)}; profile {self.profile}; "
-                 f"logs in {logs})")
+            httpx.post(
+                f"{self.restate_admin}/deployments",
+                timeout=60,
+                json={"uri": f"http://127.0.0.1:{self.restate_service_port}/", "force": True},
+            ).raise_for_status()
+        self.say(
+            f"stack up in {time.monotonic() - started:.0f}s ({', '.join(self.runtimes)}; profile {self.profile}; "
+            f"logs in {logs})"
+        )
         return self
 
     def _start_restate_server(self, env: dict[str, str], logs: Path) -> None:
@@ -334,20 +463,39 @@ class Stack:
         admin, ingress, fabric = free_port(), free_port(), free_port()
         data = self.root / "restate"
         data.mkdir(exist_ok=True)
-        renv = {**os.environ, "RESTATE_ADMIN__BIND_PORT": str(admin), "RESTATE_INGRESS__BIND_PORT": str(ingress),
-                "RESTATE_DISABLE_TELEMETRY": "true", "RESTATE_LOG_DISABLE_ANSI_CODES": "true"}
+        renv = {
+            **os.environ,
+            "RESTATE_ADMIN__BIND_PORT": str(admin),
+            "RESTATE_INGRESS__BIND_PORT": str(ingress),
+            "RESTATE_DISABLE_TELEMETRY": "true",
+            "RESTATE_LOG_DISABLE_ANSI_CODES": "true",
+        }
         renv.pop("RESTATE_CONFIG", None)
         with open(logs / "restate-server.log", "ab") as log:
-            self.restate_server = spawn([str(restate_server_binary()), "--no-logo", "--listen-mode=tcp",
-                                         "--bind-ip=127.0.0.1", f"--bind-port={fabric}", f"--base-dir={data}",
-                                         f"--node-name=faults-{admin}", "--cluster-name=revive-faults"],
-                                        cwd=data, env=renv, stdout=log, stderr=subprocess.STDOUT)
+            self.restate_server = spawn(
+                [
+                    str(restate_server_binary()),
+                    "--no-logo",
+                    "--listen-mode=tcp",
+                    "--bind-ip=127.0.0.1",
+                    f"--bind-port={fabric}",
+                    f"--base-dir={data}",
+                    f"--node-name=faults-{admin}",
+                    "--cluster-name=revive-faults",
+                ],
+                cwd=data,
+                env=renv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.restate_admin, self.restate_ingress = f"http://127.0.0.1:{admin}", f"http://127.0.0.1:{ingress}"
         env.update(RESTATE_ADMIN_URL=self.restate_admin, RESTATE_INGRESS_URL=self.restate_ingress)
 
         def ready() -> bool:
-            return (httpx.get(f"{self.restate_admin}/health", timeout=2).status_code == 200
-                    and httpx.get(f"{self.restate_ingress}/restate/health", timeout=2).status_code == 200)
+            return (
+                httpx.get(f"{self.restate_admin}/health", timeout=2).status_code == 200
+                and httpx.get(f"{self.restate_ingress}/restate/health", timeout=2).status_code == 200
+            )
 
         if not wait_until(ready, 120, 0.3):
             raise RuntimeError(f"restate-server did not answer:\n{_log_tail(logs / 'restate-server.log')}")
@@ -389,8 +537,9 @@ class Stack:
         elif runtime == "temporal":
             asyncio.run(self._temporal_start(run_id, payload))
         else:
-            httpx.post(f"{self.restate_ingress}/FaultSends/{run_id}/run/send", json=payload,
-                       timeout=30).raise_for_status()
+            httpx.post(
+                f"{self.restate_ingress}/FaultSends/{run_id}/run/send", json=payload, timeout=30
+            ).raise_for_status()
 
     def start_runner(self, run_id: str, payload: dict | None = None) -> None:
         args = [sys.executable, "-m", "tests.faults.support.lg_runner", "--run-id", run_id, "--thread-id", run_id]
@@ -433,9 +582,15 @@ class Trial:
         # With the real sign-in, the connection belongs to the lab provider's user who signs in (any number of
         # connections may); the owner's mailbox is still the connection's own.
         owner = stack.idp.users["right"] if stack.idp else {"oid": f"oid-{self.conn}", "tid": "tid-faults"}
-        db_retry(lambda: services.connection_create(
-            connection_id=self.conn, provider="entra", owner_email=f"{self.conn}@example.com",
-            provider_subject=owner["oid"], provider_tenant=owner["tid"]))
+        db_retry(
+            lambda: services.connection_create(
+                connection_id=self.conn,
+                provider="entra",
+                owner_email=f"{self.conn}@example.com",
+                provider_subject=owner["oid"],
+                provider_tenant=owner["tid"],
+            )
+        )
         self.world = stack.world(self.run_id)
         (self.world.root / "gates" / "revoke").touch()
         self.faults = {"revoke_at": "send_2"}
@@ -511,8 +666,9 @@ class Trial:
             finally:
                 owner.close()
             _db_reset()
-            consumed = db_retry(lambda: ReconnectRequest.objects.filter(connection_id=self.conn,
-                                                                        state="consumed").exists())
+            consumed = db_retry(
+                lambda: ReconnectRequest.objects.filter(connection_id=self.conn, state="consumed").exists()
+            )
             if not consumed:
                 raise RuntimeError(f"the owner's sign-in did not reconnect: {outcome}")
             if not outcome["consumed"]:
@@ -525,7 +681,8 @@ class Trial:
         except Exception as exc:
             # A link already used: the owner's earlier attempt (or a re-sent e-mail's) reconnected -- nothing to redo.
             if type(exc).__name__ == "ReconnectLinkUsed" and db_retry(
-                    lambda: ReconnectRequest.objects.filter(connection_id=self.conn, state="consumed").exists()):
+                lambda: ReconnectRequest.objects.filter(connection_id=self.conn, state="consumed").exists()
+            ):
                 self.note("the owner's link was already used by a reconnect that committed")
                 self.reconnects += 1
                 self.reconnected_at = time.time()
@@ -540,9 +697,12 @@ class Trial:
             if request.state == request.State.CONSUMED:
                 self.note("the owner's callback failed after the reconnect committed")
                 return True
-            return reconnect_request_complete(public_id=request.public_id, presented=identity, actor="owner:faults",
-                                              grant=Grant(access_token=f"at-{uuid.uuid4().hex}",
-                                                          refresh_token=f"rt-{uuid.uuid4().hex}")).consumed
+            return reconnect_request_complete(
+                public_id=request.public_id,
+                presented=identity,
+                actor="owner:faults",
+                grant=Grant(access_token=f"at-{uuid.uuid4().hex}", refresh_token=f"rt-{uuid.uuid4().hex}"),
+            ).consumed
 
         consumed = db_retry(complete)
         if not consumed:
@@ -579,18 +739,24 @@ class Trial:
 
     def run(self) -> TrialResult:
         started = time.monotonic()
-        self.deadline_at = started + DEADLINES[self.profile] + (DOWN_FOR[self.profile] if self.kind == "runtime_worker_down" else 0)
+        self.deadline_at = (
+            started + DEADLINES[self.profile] + (DOWN_FOR[self.profile] if self.kind == "runtime_worker_down" else 0)
+        )
         kind = self.kind
         try:
-            pre_hold = {"kill_before_execute": "before_execute.send_1",
-                        "kill_after_accept": "after_accept.send_1"}.get(kind)
+            pre_hold = {"kill_before_execute": "before_execute.send_1", "kill_after_accept": "after_accept.send_1"}.get(
+                kind
+            )
             # In LangGraph the resumed run executes in a Celery pool process: the kill hits it mid-send. Elsewhere
             # Celery only delivers the resume (a signal, a promise): the kill hits the delivery (see below).
             celery_runs_it = self.runtime == "langgraph"
-            resume_hold = {"pool_kill_resume": "after_accept.send_2" if celery_runs_it else None,
-                           "worker_kill_resume": "after_accept.send_2" if celery_runs_it else None,
-                           "redis_restart_resume": "before_execute.send_2", "redis_loss_resume": "before_execute.send_2",
-                           "postgres_restart": "before_execute.send_2"}.get(kind)
+            resume_hold = {
+                "pool_kill_resume": "after_accept.send_2" if celery_runs_it else None,
+                "worker_kill_resume": "after_accept.send_2" if celery_runs_it else None,
+                "redis_restart_resume": "before_execute.send_2",
+                "redis_loss_resume": "before_execute.send_2",
+                "postgres_restart": "before_execute.send_2",
+            }.get(kind)
             for point in (pre_hold, resume_hold):
                 if point:
                     self.world.hold(point, self.run_id)
@@ -680,7 +846,12 @@ class Trial:
         except Exception as exc:
             return self.finish(started, "error", f"{exc!r}\n{traceback.format_exc()[-1500:]}")
         finally:
-            for point in ("before_execute.send_1", "after_accept.send_1", "before_execute.send_2", "after_accept.send_2"):
+            for point in (
+                "before_execute.send_1",
+                "after_accept.send_1",
+                "before_execute.send_2",
+                "after_accept.send_2",
+            ):
                 self.world.open_gate(f"{point}.{self.run_id}")
             if self.runtime == "langgraph":
                 self.stack.stop_runner(self.run_id)
@@ -698,8 +869,14 @@ class Trial:
         return None
 
     def finish(self, started: float, outcome: str, detail: str = "") -> TrialResult:
-        result = TrialResult(self.runtime, self.kind, self.run_id, self.conn, outcome, detail="; ".join(
-            [*self.notes, detail]).strip("; "))
+        result = TrialResult(
+            self.runtime,
+            self.kind,
+            self.run_id,
+            self.conn,
+            outcome,
+            detail="; ".join([*self.notes, detail]).strip("; "),
+        )
         try:
             db_retry(lambda: self._check(result))
         except Exception as exc:  # the report must still come out
@@ -723,9 +900,13 @@ class Trial:
             result.lost = sum(1 for key in SENDS if key not in sent)
             if self.reconnects:
                 result.recovery_seconds = self.world.marks("finished", run_id=self.run_id)[0]["t"] - self.reconnected_at
-        violations = [f"{row['n']} cases for generation {row['rejected_generation']}" for row in
-                      RecoveryCase.objects.filter(connection_id=self.conn).values("rejected_generation")
-                      .annotate(n=Count("pk")).filter(n__gt=1)]
+        violations = [
+            f"{row['n']} cases for generation {row['rejected_generation']}"
+            for row in RecoveryCase.objects.filter(connection_id=self.conn)
+            .values("rejected_generation")
+            .annotate(n=Count("pk"))
+            .filter(n__gt=1)
+        ]
         generation = Connection.objects.get(pk=self.conn).current_generation
         if generation != 1 + self.reconnects:
             violations.append(f"generation {generation} after {self.reconnects} reconnect(s)")
@@ -734,9 +915,18 @@ class Trial:
             run = Run.objects.filter(pk=self.run_id).first()
             actions = {a.action_key: a.state for a in Action.objects.filter(run_id=self.run_id)}
             cases = [(c.reference, c.state) for c in self.cases()]
-            result.detail = "; ".join(filter(None, [result.detail, f"run {run.state if run else 'unregistered'}",
-                                                    f"cases {cases}", f"actions {actions}",
-                                                    f"effects {sorted(counts.values())}"]))
+            result.detail = "; ".join(
+                filter(
+                    None,
+                    [
+                        result.detail,
+                        f"run {run.state if run else 'unregistered'}",
+                        f"cases {cases}",
+                        f"actions {actions}",
+                        f"effects {sorted(counts.values())}",
+                    ],
+                )
+            )
 
 
 # ---------------------------------------------------------------------- many trials
@@ -753,8 +943,13 @@ def plan(runtimes: Iterable[str], kinds: Iterable[str], trials: int, seed: int) 
     return chosen
 
 
-def run_trials(stack: Stack, pairs: list[tuple[str, str]], *, concurrency: int = 4,
-               on_result: Callable[[TrialResult, int, int], None] = lambda r, i, n: None) -> list[TrialResult]:
+def run_trials(
+    stack: Stack,
+    pairs: list[tuple[str, str]],
+    *,
+    concurrency: int = 4,
+    on_result: Callable[[TrialResult, int, int], None] = lambda r, i, n: None,
+) -> list[TrialResult]:
     """Run the trials, ``concurrency`` at a time. Between trials the stack's processes are brought back up if a
     fault left one down (the job of a supervisor such as ``scripts/serve``)."""
     results: list[TrialResult] = []
@@ -768,8 +963,10 @@ def run_trials(stack: Stack, pairs: list[tuple[str, str]], *, concurrency: int =
                 try:
                     for proc in stack.procs.values():
                         if proc.process is not None and proc.process.poll() is not None:
-                            stack.crashes.append(f"{proc.name} exited {proc.process.returncode}: "
-                                                 + _log_tail(proc.log_path, 3).replace("\n", " | ")[-400:])
+                            stack.crashes.append(
+                                f"{proc.name} exited {proc.process.returncode}: "
+                                + _log_tail(proc.log_path, 3).replace("\n", " | ")[-400:]
+                            )
                             stack.say(f"!! {stack.crashes[-1]}")
                             with contextlib.suppress(Exception):
                                 proc.start()
@@ -811,13 +1008,23 @@ def table(results: list[TrialResult]) -> str:
     groups: dict[tuple[str, str], list[TrialResult]] = {}
     for r in results:
         groups.setdefault((r.runtime, r.kind), []).append(r)
-    for (runtime, kind) in sorted(groups, key=lambda rk: (RUNTIMES.index(rk[0]), KINDS.index(rk[1]))):
+    for runtime, kind in sorted(groups, key=lambda rk: (RUNTIMES.index(rk[0]), KINDS.index(rk[1]))):
         rs = groups[(runtime, kind)]
         times = [r.recovery_seconds for r in rs if r.recovery_seconds is not None]
-        rows.append((runtime, kind, str(len(rs)), str(sum(r.duplicates for r in rs)), str(sum(r.lost for r in rs)),
-                     str(sum(r.outcome == "stuck" for r in rs)), str(sum(r.outcome == "operator_visible" for r in rs)),
-                     str(sum(r.outcome == "error" for r in rs)), str(sum(len(r.violations) for r in rs)),
-                     f"{statistics.median(times):.1f}" if times else "-"))
+        rows.append(
+            (
+                runtime,
+                kind,
+                str(len(rs)),
+                str(sum(r.duplicates for r in rs)),
+                str(sum(r.lost for r in rs)),
+                str(sum(r.outcome == "stuck" for r in rs)),
+                str(sum(r.outcome == "operator_visible" for r in rs)),
+                str(sum(r.outcome == "error" for r in rs)),
+                str(sum(len(r.violations) for r in rs)),
+                f"{statistics.median(times):.1f}" if times else "-",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

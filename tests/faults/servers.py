@@ -49,9 +49,27 @@ class PrivateRedis:
 
     def start(self) -> PrivateRedis:
         log = open(self.dir / "redis.log", "ab")
-        self.process = spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                              "--save", "", "--appendonly", "no", "--dbfilename", "dump.rdb", "--protected-mode", "no"],
-                             stdout=log, stderr=subprocess.STDOUT)
+        self.process = spawn(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         _wait(self.ping, f"redis on {self.port}")
         return self
@@ -124,8 +142,13 @@ class PrivatePostgres:
         if self.user:
             shutil.chown(self.dir, self.user[0], self.user[1])
         log = open(self.dir / "initdb.log", "ab")
-        process = spawn([postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                         "--no-sync"], user=self.user, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        process = spawn(
+            [postgres_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            user=self.user,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+        )
         log.close()
         if process.wait(120) != 0:
             raise RuntimeError(f"initdb failed:\n{(self.dir / 'initdb.log').read_text()[-2000:]}")
@@ -135,10 +158,31 @@ class PrivatePostgres:
         log = open(self.dir / "postgres.log", "ab")
         if self.user:
             os.fchown(log.fileno(), *self.user)
-        self.process = spawn([postgres_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1",
-                              "-k", str(self.dir), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                              "-c", "full_page_writes=off", "-c", "max_connections=200"],
-                             user=self.user, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self.process = spawn(
+            [
+                postgres_bin("postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.dir),
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ],
+            user=self.user,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+        )
         log.close()
         _wait(self.ready, f"postgres on {self.port}", timeout=120)
         return self

@@ -32,8 +32,22 @@ def fault_sample(tmp_path_factory) -> dict[tuple[str, str], dict]:
     out = tmp_path_factory.mktemp("faults")
     report, log = out / "results.json", out / "faults.log"
     with open(log, "wb") as sink:
-        process = spawn([sys.executable, "bench/faults.py", "--sample", "--profile", "short", "--concurrency", "5",
-                         "--json", str(report)], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        process = spawn(
+            [
+                sys.executable,
+                "bench/faults.py",
+                "--sample",
+                "--profile",
+                "short",
+                "--concurrency",
+                "5",
+                "--json",
+                str(report),
+            ],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     try:
         process.wait(SAMPLE_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -63,4 +77,5 @@ def test_each_effect_once_and_no_run_silently_stuck(fault_trials, runtime, kind)
     assert result["lost"] == 0, f"lost effects: {result}"
     assert not result["violations"], f"invariants broken: {result}"
     assert result["outcome"] in ("finished", "operator_visible"), (
-        f"{runtime} × {kind}: run {result['run_id']} is {result['outcome']}: {result['detail']}")
+        f"{runtime} × {kind}: run {result['run_id']} is {result['outcome']}: {result['detail']}"
+    )

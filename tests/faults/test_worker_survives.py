@@ -45,8 +45,14 @@ def private_redis(tmp_path) -> Iterator[PrivateRedis]:
 def revive_env(private_postgres, private_redis, tmp_path) -> dict[str, str]:
     database = private_postgres.create_database(f"revive_{uuid.uuid4().hex[:8]}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DJANGO_SETTINGS_MODULE", "REVIVE_"))}
-    env.update(DATABASE_URL=database, REDIS_URL=f"{private_redis.url}/0", REVIVE_CELERY_QUEUE="revive-faults",
-               REVIVE_VAR_DIR=str(tmp_path / "var"), SECRET_KEY="revive-tests-only-not-a-secret", PYTHONUNBUFFERED="1")
+    env.update(
+        DATABASE_URL=database,
+        REDIS_URL=f"{private_redis.url}/0",
+        REVIVE_CELERY_QUEUE="revive-faults",
+        REVIVE_VAR_DIR=str(tmp_path / "var"),
+        SECRET_KEY="revive-tests-only-not-a-secret",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -68,8 +74,27 @@ def test_a_worker_started_as_the_readme_says_outlives_redis_restarts(revive_env,
     assert subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env).returncode == 0
     log = tmp_path / "worker.log"
     with open(log, "ab") as out:
-        worker = spawn([sys.executable, "-m", "celery", "-A", "revive_site", "worker", "-B", "-l", "INFO", "-c", "1",
-                        "-s", str(tmp_path / "beat-schedule")], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        worker = spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "revive_site",
+                "worker",
+                "-B",
+                "-l",
+                "INFO",
+                "-c",
+                "1",
+                "-s",
+                str(tmp_path / "beat-schedule"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for(lambda: " ready." in log.read_text(errors="replace"), "the worker to be ready")
         first = publish(env)
@@ -79,8 +104,10 @@ def test_a_worker_started_as_the_readme_says_outlives_redis_restarts(revive_env,
             # The worker holds a task unacknowledged while it waits for its countdown (as every retry with backoff
             # does): closing the broken connection restores it, which ended Celery 5.7's worker (broker.py).
             held = publish(env, countdown=600)
-            wait_for(lambda held=held: re.search(rf"\[{held}\] received", log.read_text(errors="replace")),
-                     "the worker to hold the countdown task")
+            wait_for(
+                lambda held=held: re.search(rf"\[{held}\] received", log.read_text(errors="replace")),
+                "the worker to hold the countdown task",
+            )
             private_redis.restart(keep_data=keep_data, down_for=3.0)
             task_id = publish(env)
             wait_for(lambda task_id=task_id: processed(log, task_id), f"a task after a restart (keep_data={keep_data})")
@@ -93,16 +120,21 @@ def test_a_worker_started_as_the_readme_says_outlives_redis_restarts(revive_env,
 
 
 def test_scripts_serve_restarts_a_killed_worker_and_it_processes_tasks(revive_env, tmp_path):
-    env = {**revive_env, "REVIVE_SERVE_BIND": f"127.0.0.1:{free_port()}", "REVIVE_SERVE_CONCURRENCY": "1",
-           "REVIVE_SERVE_WEB_WORKERS": "1"}
+    env = {
+        **revive_env,
+        "REVIVE_SERVE_BIND": f"127.0.0.1:{free_port()}",
+        "REVIVE_SERVE_CONCURRENCY": "1",
+        "REVIVE_SERVE_WEB_WORKERS": "1",
+    }
     serve_dir = Path(env["REVIVE_VAR_DIR"]) / "serve"
     worker_log = serve_dir / "worker.log"
     with open(tmp_path / "serve.out", "ab") as out:
         serve = spawn(["scripts/serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def ctl(*args: str) -> str:
-        return subprocess.run(["scripts/serve", "ctl", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=60).stdout.strip()
+        return subprocess.run(
+            ["scripts/serve", "ctl", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        ).stdout.strip()
 
     def running_pid(program: str) -> int | None:
         status = ctl("status", program)
@@ -110,6 +142,7 @@ def test_scripts_serve_restarts_a_killed_worker_and_it_processes_tasks(revive_en
         return int(match.group(1)) if match else None
 
     try:
+
         def web_up() -> bool:
             try:
                 return httpx.get(f"http://{env['REVIVE_SERVE_BIND']}/api/v1/docs", timeout=5).status_code == 200

@@ -44,8 +44,10 @@ def lab_vault() -> Iterator[TokenVaultStandIn]:
 
 @pytest.fixture(scope="session")
 def lab_idp_process(live_server, tmp_path_factory) -> Iterator[LabIdp]:
-    idp = LabIdp.start(var_dir=tmp_path_factory.mktemp("lab-idp"),
-                       redirect_uris=[f"{live_server.url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"])
+    idp = LabIdp.start(
+        var_dir=tmp_path_factory.mktemp("lab-idp"),
+        redirect_uris=[f"{live_server.url}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/"],
+    )
     yield idp
     idp.stop()
 
@@ -56,8 +58,20 @@ def lab_mailbox(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def lab_world(revive_http, raw_worker_key, lab_idp_process, lab_standin, lab_vault, lab_mailbox, test_database_url,
-              world_dir, celery_manager, settings, tmp_path, monkeypatch) -> Iterator[LabWorld]:
+def lab_world(
+    revive_http,
+    raw_worker_key,
+    lab_idp_process,
+    lab_standin,
+    lab_vault,
+    lab_mailbox,
+    test_database_url,
+    world_dir,
+    celery_manager,
+    settings,
+    tmp_path,
+    monkeypatch,
+) -> Iterator[LabWorld]:
     """The lab around the live server; resumes run in a real Celery worker on Redis (eager mode off)."""
     idp = lab_idp_process
     settings.REVIVE_LANGGRAPH_GRAPHS = {**GRAPHS, briefing.GRAPH_NAME: "lab.briefing:briefing"}
@@ -84,10 +98,21 @@ def lab_world(revive_http, raw_worker_key, lab_idp_process, lab_standin, lab_vau
     for name, value in processes.items():
         if name != "DJANGO_SETTINGS_MODULE":
             monkeypatch.setenv(name, value)
-    world = LabWorld(revive_url=revive_http, api_key=raw_worker_key, idp=idp, standin=lab_standin, vault=lab_vault,
-                     mailbox=lab_mailbox,
-                     var_dir=tmp_path, worker_env={**celery_manager.base_env, **processes,
-                                                   "DATABASE_URL": test_database_url, "REVIVE_VAR_DIR": str(world_dir / "var")})
+    world = LabWorld(
+        revive_url=revive_http,
+        api_key=raw_worker_key,
+        idp=idp,
+        standin=lab_standin,
+        vault=lab_vault,
+        mailbox=lab_mailbox,
+        var_dir=tmp_path,
+        worker_env={
+            **celery_manager.base_env,
+            **processes,
+            "DATABASE_URL": test_database_url,
+            "REVIVE_VAR_DIR": str(world_dir / "var"),
+        },
+    )
     world.export_env()
     reset_adapters()
     eager = celery_app.conf.task_always_eager

@@ -22,9 +22,11 @@ def test_without_the_agent_servers_venv_the_lab_says_how_to_make_it_and_exits_2(
 def test_the_credential_desk_answers_only_its_secret_and_only_for_the_scenarios_connections():
     desk = langgraph_server.CredentialDesk()
     try:
+
         def ask(authorization: str, connection_id: str = "conn_x") -> httpx.Response:
-            return httpx.post(desk.url, json={"connection_id": connection_id}, headers={"Authorization": authorization},
-                              timeout=10)
+            return httpx.post(
+                desk.url, json={"connection_id": connection_id}, headers={"Authorization": authorization}, timeout=10
+            )
 
         assert ask("").status_code == 401
         assert ask(f"Bearer {desk.secret[:-1]}x").status_code == 401

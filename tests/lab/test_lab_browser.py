@@ -56,7 +56,9 @@ def test_staff_runs_a_scenario_and_sees_the_four_live_transitions(chromium, live
     assert story.locator("#duplicates").inner_text() == "0 observed"
     assert story.locator("#case-state").inner_text() == "resumed"
     assert story.locator("#case-id a").count() == 0  # the lab permission alone does not open the console
-    assert page.evaluate("getComputedStyle(document.querySelector('#incident-record dl')).display") == "grid"  # console CSS
+    assert (
+        page.evaluate("getComputedStyle(document.querySelector('#incident-record dl')).display") == "grid"
+    )  # console CSS
     context.close()
     reset_adapters()
 

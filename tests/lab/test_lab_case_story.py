@@ -33,15 +33,26 @@ def lab_user(username: str, *, lab: bool = True):
 @pytest.fixture
 def lab_session(monkeypatch):
     """A lab session as ``views.start`` records it, whose scenario's run is ``run_ids``."""
-    session = {"scenario": "revoked", "provider": "oidc", "runtime": "langgraph", "first_event": 0, "lines": [],
-               "results": [], "run_ids": [], "done": False, "error": "", "started": 0.0, "user": "x"}
+    session = {
+        "scenario": "revoked",
+        "provider": "oidc",
+        "runtime": "langgraph",
+        "first_event": 0,
+        "lines": [],
+        "results": [],
+        "run_ids": [],
+        "done": False,
+        "error": "",
+        "started": 0.0,
+        "user": "x",
+    }
     monkeypatch.setitem(views._sessions, SESSION, session)
     return session
 
 
 def between(html: str, start: str, end: str) -> str:
     a = html.index(start)
-    return html[a:html.index(end, a) + len(end)]
+    return html[a : html.index(end, a) + len(end)]
 
 
 def without_ages(html: str) -> str:  # "(3s ago)" ticks between two renders
@@ -65,7 +76,9 @@ def test_the_lab_draws_the_sessions_case_as_the_console_does(client, superuser, 
     assert between(lab, '<table id="timeline-table">', "</table>") == table  # the same event rows
     drawing = '<svg xmlns="http://www.w3.org/2000/svg" class="revive-timeline"'
     assert between(lab, drawing, "</svg>") == between(console, drawing, "</svg>")  # the same drawing
-    assert between(lab, '<table id="ledger-table">', "</table>") == between(console, '<table id="ledger-table">', "</table>")
+    assert between(lab, '<table id="ledger-table">', "</table>") == between(
+        console, '<table id="ledger-table">', "</table>"
+    )
     record = without_ages(between(console, '<section class="incident" id="incident-record"', "</section>"))
     assert f'id="case-id">{case.reference}<' in record and 'id="live-transition">03 / 04' in record
     assert without_ages(between(lab, '<section class="incident" id="incident-record"', "</section>")) == record

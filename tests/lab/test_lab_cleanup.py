@@ -48,9 +48,15 @@ def test_sigkill_of_the_lab_mid_run_leaves_no_process(tmp_path):
     assert manage(env, "migrate", "-v0").returncode == 0
     out_path = tmp_path / "lab.out"
     with open(out_path, "wb") as out:
-        lab = subprocess.Popen([sys.executable, "manage.py", "recovery_lab", "--scenario", "worker-lost"], cwd=ROOT,
-                               env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True)
+        lab = subprocess.Popen(
+            [sys.executable, "manage.py", "recovery_lab", "--scenario", "worker-lost"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 300
         children: set[int] = set()
@@ -72,8 +78,9 @@ def test_sigkill_of_the_lab_mid_run_leaves_no_process(tmp_path):
         deadline = time.monotonic() + 60
         while any(alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200]
-                for pid in children if alive(pid)}
+        left = {
+            pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for pid in children if alive(pid)
+        }
         assert not left, f"left behind after SIGKILL of the lab: {left}"
     finally:
         if lab.poll() is None:
@@ -93,10 +100,18 @@ def test_the_next_run_reaps_only_the_processes_a_killed_run_recorded(tmp_path):
         with override_settings(VAR_DIR=str(tmp_path)):
             folder = children_dir()
             folder.mkdir(parents=True)
-            (folder / "crashed.json").write_text(json.dumps({
-                "owner": dead_owner.pid, "owner_start": 1,
-                "children": [{"pid": leftover.pid, "start": start_time(leftover.pid), "name": "idp"},
-                             {"pid": stranger.pid, "start": start_time(stranger.pid) + 1, "name": "reused pid"}]}))
+            (folder / "crashed.json").write_text(
+                json.dumps(
+                    {
+                        "owner": dead_owner.pid,
+                        "owner_start": 1,
+                        "children": [
+                            {"pid": leftover.pid, "start": start_time(leftover.pid), "name": "idp"},
+                            {"pid": stranger.pid, "start": start_time(stranger.pid) + 1, "name": "reused pid"},
+                        ],
+                    }
+                )
+            )
             running = Pidfile(folder / "running.json")
             running.add(owner_alive, "a child of a run in progress")  # owner: this process, alive
             reaped_lines: list[str] = []
@@ -113,8 +128,10 @@ def test_the_next_run_reaps_only_the_processes_a_killed_run_recorded(tmp_path):
 
 
 def test_a_child_dies_with_its_parent_even_when_the_parent_is_killed(tmp_path):
-    script = ("import sys, time; from lab.processes import spawn; "
-              "p = spawn(['sleep', '600']); print(p.pid, flush=True); time.sleep(600)")
+    script = (
+        "import sys, time; from lab.processes import spawn; "
+        "p = spawn(['sleep', '600']); print(p.pid, flush=True); time.sleep(600)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
     try:
         child = int(parent.stdout.readline())

@@ -80,7 +80,7 @@ def test_ctrl_c_ends_the_lab_with_one_line_and_no_process_left(tmp_path):
     finally:
         os.close(fd)
     text = output.decode(errors="replace")
-    tail = text[text.index("injected fault"):]
+    tail = text[text.index("injected fault") :]
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 130, (status, tail[-3000:])
     assert "Traceback" not in tail and "KeyboardInterrupt" not in tail, tail[-3000:]
     assert "Interrupted after" in tail and "stopped its servers and worker processes" in tail

@@ -16,15 +16,20 @@ LANGGRAPH = ROOT / ".venv-lgserver" / "bin" / "langgraph"
 
 
 def embedded_env(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "SECRET_KEY") and not k.startswith(("PYTEST_", "REVIVE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "SECRET_KEY")
+        and not k.startswith(("PYTEST_", "REVIVE_"))
+    }
     env["REVIVE_VAR_DIR"] = str(tmp_path)
     return env
 
 
 def manage(env, *args, timeout=600):
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_recovery_lab_runs_the_four_scenarios_and_prints_timeline_and_records(tmp_path):
@@ -74,7 +79,11 @@ def test_recovery_lab_cae_and_token_vault_scenarios(tmp_path):
     proc = manage(env, "recovery_lab", "--scenario", "cae", "--provider", "entra", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     r = json.loads(proc.stdout)["scenarios"][0]
-    assert (r["failure_class"], r["provider_code"], r["case_state"]) == ("interaction_required", "insufficient_claims", "resumed")
+    assert (r["failure_class"], r["provider_code"], r["case_state"]) == (
+        "interaction_required",
+        "insufficient_claims",
+        "resumed",
+    )
     assert (r["generation_before"], r["generation_after"], r["duplicate_effects_observed"]) == (1, 2, 0)
     assert json.loads(r["notes"]["case_claims"]) == json.loads(r["notes"]["challenge_claims"])
 
@@ -84,7 +93,10 @@ def test_recovery_lab_cae_and_token_vault_scenarios(tmp_path):
     vault = manage(env, "recovery_lab", "--scenario", "wrong-account", "--provider", "auth0-token-vault", "--json")
     assert vault.returncode == 0, vault.stderr[-3000:] + vault.stdout[-3000:]
     r = json.loads(vault.stdout)["scenarios"][0]
-    assert (r["failure_class"], r["provider_code"]) == ("relink_required", "federated_connection_refresh_token_not_found")
+    assert (r["failure_class"], r["provider_code"]) == (
+        "relink_required",
+        "federated_connection_refresh_token_not_found",
+    )
     assert r["notes"]["sign_in"][0]["refused"] and r["notes"]["sign_in"][1]["consumed"]
     assert (r["generation_before"], r["generation_after"], r["duplicate_effects_observed"]) == (1, 2, 0)
 
@@ -107,22 +119,33 @@ def test_recovery_lab_with_the_typescript_worker(tmp_path):
         assert r["live_transitions"] == [1, 2, 3, 4] and r["case_state"] == "resumed"
         assert r["checkpoints_completed"] == ["01", "02", "03", "04", "05"]
         assert (r["checkpoint"], r["action_key"]) == ("05 / prepare brief", "send_exec_05")
-    assert (by_name["timeout"]["notes"]["after_timeout"], by_name["timeout"]["send_state"]) == ("ambiguous", "reconciled_committed")
+    assert (by_name["timeout"]["notes"]["after_timeout"], by_name["timeout"]["send_state"]) == (
+        "ambiguous",
+        "reconciled_committed",
+    )
     lost = by_name["worker-lost"]
     assert lost["brief_sent_by_pid"] not in (None, lost["notes"]["killed_pid"])
     assert by_name["wrong-account"]["notes"]["refused"]["presented"]
     assert "Bearer " not in proc.stdout + proc.stderr
 
 
-LAB_KEYS = ("import django; django.setup(); from cases.models import ApiKey; "
-            "print(ApiKey.objects.filter(name__startswith='lab-session-').count(), "
-            "ApiKey.objects.filter(name__startswith='lab-session-', revoked_at__isnull=True).count())")
+LAB_KEYS = (
+    "import django; django.setup(); from cases.models import ApiKey; "
+    "print(ApiKey.objects.filter(name__startswith='lab-session-').count(), "
+    "ApiKey.objects.filter(name__startswith='lab-session-', revoked_at__isnull=True).count())"
+)
 
 
 def lab_keys(env) -> tuple[int, int]:
     """(lab session keys ever created, those still active) in the lab's SQLite database."""
-    proc = subprocess.run([sys.executable, "-c", LAB_KEYS], cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "revive_site.settings"},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", LAB_KEYS],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "revive_site.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     made, active = proc.stdout.split()
     return int(made), int(active)
@@ -137,8 +160,14 @@ def test_the_lab_revokes_its_worker_key_when_it_ends_and_after_ctrl_c(tmp_path):
     assert manage(env, "recovery_lab", "--scenario", "revoked", "--json").returncode == 0
     assert lab_keys(env) == (1, 0)
 
-    proc = subprocess.Popen([sys.executable, "manage.py", "recovery_lab", "--scenario", "revoked"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "recovery_lab", "--scenario", "revoked"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         seen = ""
@@ -168,7 +197,9 @@ def assert_four_on(runtime: str, tmp_path) -> dict[str, dict]:
         assert (r["generation_before"], r["generation_after"], r["duplicate_effects_observed"]) == (1, 2, 0)
         assert r["checkpoints_completed"] == ["01", "02", "03", "04", "05"]
         assert r["live_transitions"] == [1, 2, 3, 4]
-    assert by["timeout"]["notes"]["after_timeout"] == "ambiguous" and by["timeout"]["send_state"] == "reconciled_committed"
+    assert (
+        by["timeout"]["notes"]["after_timeout"] == "ambiguous" and by["timeout"]["send_state"] == "reconciled_committed"
+    )
     lost = by["worker-lost"]
     assert lost["notes"]["workers"] == ["worker:lab-A", "worker:lab-B"]
     assert lost["brief_sent_by_pid"] not in (None, lost["notes"]["killed_pid"])
@@ -185,8 +216,11 @@ def test_recovery_lab_on_restate_runs_the_four_scenarios_with_its_own_restate_se
     assert_four_on("restate", tmp_path)
 
 
-@pytest.mark.skipif(not LANGGRAPH.exists(), reason=f"the Agent Server's venv is absent ({LANGGRAPH} not found): "
-                                                  "run scripts/setup --test to create .venv-lgserver")
+@pytest.mark.skipif(
+    not LANGGRAPH.exists(),
+    reason=f"the Agent Server's venv is absent ({LANGGRAPH} not found): "
+    "run scripts/setup --test to create .venv-lgserver",
+)
 def test_recovery_lab_on_the_langgraph_agent_server_runs_the_four_scenarios_with_its_own_langgraph_dev(tmp_path):
     """``--runtime langgraph-server``: the lab starts ``langgraph dev`` as each scenario's worker; Revive resumes the
     thread over the server's API. On the in-memory dev server the worker-lost kill is a clean shutdown (SIGTERM)."""

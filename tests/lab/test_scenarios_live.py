@@ -46,7 +46,6 @@ def test_scenario_runs_end_to_end_with_one_message_per_action(name, lab_world, c
         assert result["brief_sent_by_pid"] != result["notes"]["killed_pid"]
 
 
-
 def test_a_cae_challenge_parks_the_run_and_the_owner_signs_in_with_the_claims(lab_world, celery_manager):
     """Entra continuous access evaluation: the mail API revokes the session mid-run with a claims challenge."""
     challenges_before = lab_world.standin.challenges
@@ -58,7 +57,9 @@ def test_a_cae_challenge_parks_the_run_and_the_owner_signs_in_with_the_claims(la
     notes = result["notes"]
     challenge = json.loads(notes["challenge_claims"])
     assert json.loads(notes["case_claims"]) == challenge and notes["case_reason"] == "claims_challenge"
-    assert notes["idp_claims"]["access_token"]["nbf"] == challenge["access_token"]["nbf"]  # what the owner signed in with
+    assert (
+        notes["idp_claims"]["access_token"]["nbf"] == challenge["access_token"]["nbf"]
+    )  # what the owner signed in with
     assert notes["idp_claims"]["access_token"]["xms_cc"] == {"values": ["cp1"]}
     opened = AuditEvent.objects.get(action="case.opened", case_reference=result["case_id"])
     assert json.loads(opened.arguments["provider_error"]["claims"]) == challenge
@@ -73,7 +74,10 @@ def test_token_vault_relink_resumes_the_run(name, lab_world, celery_manager):
     result = run_scenario(name, lab_world, provider="auth0-token-vault")
 
     assert result["ok"], (result["problems"], celery_manager.log()[-3000:])
-    assert (result["failure_class"], result["provider_code"]) == ("relink_required", "federated_connection_refresh_token_not_found")
+    assert (result["failure_class"], result["provider_code"]) == (
+        "relink_required",
+        "federated_connection_refresh_token_not_found",
+    )
     assert live_actions(result) == LIVE_ORDER
     messages = lab_world.standin.messages_for(result["run_id"])
     assert len(messages) == 1 and messages[0]["generation"] == 2 and messages[0]["pid"] in celery_manager.pids

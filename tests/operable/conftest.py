@@ -34,9 +34,16 @@ class Served:
 
 def base_env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DJANGO_SETTINGS_MODULE", "OTEL_"))}
-    env.update(DJANGO_SETTINGS_MODULE="revive_site.settings", DATABASE_URL=database_url, DATABASE_CONN_MAX_AGE="0",
-               SECRET_KEY="revive-tests-only-not-a-secret", REVIVE_VAR_DIR=str(var_dir), DEBUG="false",
-               PYTHONUNBUFFERED="1", REDIS_URL="")
+    env.update(
+        DJANGO_SETTINGS_MODULE="revive_site.settings",
+        DATABASE_URL=database_url,
+        DATABASE_CONN_MAX_AGE="0",
+        SECRET_KEY="revive-tests-only-not-a-secret",
+        REVIVE_VAR_DIR=str(var_dir),
+        DEBUG="false",
+        PYTHONUNBUFFERED="1",
+        REDIS_URL="",
+    )
     env.update(extra)
     return env
 
@@ -53,8 +60,13 @@ def superuser(username: str, password: str):
 
 
 def collectstatic(env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=REPO_ROOT, env=env,
-                   check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -68,8 +80,11 @@ def served(test_database_url, tmp_path, transactional_db) -> Iterator:  # noqa: 
             collectstatic(env)
         port = free_port()
         log_path = tmp_path / f"gunicorn-{len(started)}.log"
-        process = spawn([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
-                        env=env, log_path=log_path)
+        process = spawn(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
+            env=env,
+            log_path=log_path,
+        )
         server = Served(f"http://127.0.0.1:{port}", process, log_path, env)
         started.append(server)
         deadline = time.monotonic() + 120

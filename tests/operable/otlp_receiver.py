@@ -72,9 +72,17 @@ class OtlpReceiver:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     attributes = {a.key: json_format.MessageToDict(a.value) for a in span.attributes}
-                    spans.append(Span(resource.get("service.name", ""), span.name, span.kind, span.trace_id.hex(),
-                                      span.span_id.hex(), span.parent_span_id.hex(),
-                                      {k: next(iter(v.values()), None) for k, v in attributes.items()}))
+                    spans.append(
+                        Span(
+                            resource.get("service.name", ""),
+                            span.name,
+                            span.kind,
+                            span.trace_id.hex(),
+                            span.span_id.hex(),
+                            span.parent_span_id.hex(),
+                            {k: next(iter(v.values()), None) for k, v in attributes.items()},
+                        )
+                    )
         with self._lock:
             self.requests += 1
             self.spans.extend(spans)

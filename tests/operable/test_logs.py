@@ -25,12 +25,15 @@ def json_log():
     stream = io.StringIO()
     config = copy.deepcopy(settings.LOGGING)  # the configurator pops the factories out of what it is given
     handler = logging.StreamHandler(stream)
-    filters = [logging.config.DictConfigurator({"version": 1}).configure_filter(config["filters"][name])
-               for name in config["handlers"]["console"]["filters"]]
+    filters = [
+        logging.config.DictConfigurator({"version": 1}).configure_filter(config["filters"][name])
+        for name in config["handlers"]["console"]["filters"]
+    ]
     for log_filter in filters:
         handler.addFilter(log_filter)
-    handler.setFormatter(logging.config.DictConfigurator({"version": 1}).configure_formatter(
-        config["formatters"]["json"]))
+    handler.setFormatter(
+        logging.config.DictConfigurator({"version": 1}).configure_formatter(config["formatters"]["json"])
+    )
     logger = logging.getLogger("revive.test.json")
     logger.addHandler(handler)
     logger.propagate = False
@@ -45,8 +48,9 @@ def _lines(stream) -> list[dict]:
 
 def test_one_object_per_line_with_the_work_context(json_log):
     logger, stream = json_log
-    with work_context_bound(request_id="req_abc12345", trace_id="0af7651916cd43dd8448eb211c80319c",
-                            run_id="run_7f2", case_id="CASERV-0248"):
+    with work_context_bound(
+        request_id="req_abc12345", trace_id="0af7651916cd43dd8448eb211c80319c", run_id="run_7f2", case_id="CASERV-0248"
+    ):
         logger.info("resume delivered to %s", "run_7f2", extra={"attempt": 2})
     logger.warning("outside any request")
 
@@ -55,7 +59,12 @@ def test_one_object_per_line_with_the_work_context(json_log):
     assert first["level"] == "INFO" and first["logger"] == "revive.test.json"
     assert first["message"] == "resume delivered to run_7f2" and first["attempt"] == 2
     assert (first["request_id"], first["trace_id"], first["run_id"], first["case_id"], first["namespace"]) == (
-        "req_abc12345", "0af7651916cd43dd8448eb211c80319c", "run_7f2", "CASERV-0248", "")
+        "req_abc12345",
+        "0af7651916cd43dd8448eb211c80319c",
+        "run_7f2",
+        "CASERV-0248",
+        "",
+    )
     assert first["time"].endswith("+00:00")
     assert (second["request_id"], second["run_id"], second["case_id"]) == ("", "", "")
 
@@ -72,8 +81,9 @@ def test_a_token_bearing_url_is_redacted_in_every_field(json_log):
     text = stream.getvalue()
     assert TOKEN not in text and CODE not in text
     opened, failed = _lines(stream)
-    assert opened["message"] == ("owner opened https://revive.example.com/reconnect/l/[redacted]?code=[redacted]"
-                                 "&state=[redacted]")
+    assert opened["message"] == (
+        "owner opened https://revive.example.com/reconnect/l/[redacted]?code=[redacted]&state=[redacted]"
+    )
     assert opened["callback"] == opened["nested"]["link"] == opened["message"].removeprefix("owner opened ")
     assert "RuntimeError: callback failed for https://revive.example.com/reconnect/l/[redacted]" in failed["exc_info"]
 
@@ -86,8 +96,11 @@ def test_gunicorn_access_and_app_logs_are_json_lines_without_queries_or_tokens(s
     assert api.headers["X-Request-Id"] == "req-from-client-1"
 
     def access_lines():
-        return [json.loads(line) for line in server.log().splitlines()
-                if line.startswith("{") and '"gunicorn.access"' in line]
+        return [
+            json.loads(line)
+            for line in server.log().splitlines()
+            if line.startswith("{") and '"gunicorn.access"' in line
+        ]
 
     import time
 

@@ -18,8 +18,13 @@ from tests.reauth.conftest import ADA_OID, CONTOSO_TID, MALLORY_OID, issue_link,
 
 TOKEN = "metrics-" + secrets.token_urlsafe(16)
 DOCUMENTED = [
-    "revive_protected_actions_total", "revive_action_call_seconds", "revive_cases", "revive_cases_opened_total",
-    "revive_case_oldest_open_age_seconds", "revive_reconnect_outcomes_total", "revive_resumes_total",
+    "revive_protected_actions_total",
+    "revive_action_call_seconds",
+    "revive_cases",
+    "revive_cases_opened_total",
+    "revive_case_oldest_open_age_seconds",
+    "revive_reconnect_outcomes_total",
+    "revive_resumes_total",
     "revive_celery_task_failures_total",
 ]
 
@@ -90,17 +95,25 @@ def test_cases_and_reconnect_outcomes_are_read_from_the_database(scrape, owner_c
     issue_link(refused_case), issue_link(matched_case)
     wrong = ProviderIdentity(subject=MALLORY_OID, tenant=CONTOSO_TID)
     right = ProviderIdentity(subject=ADA_OID, tenant=CONTOSO_TID)
-    completion = reauth_services.reconnect_request_complete(public_id=refused_case.request.public_id, presented=wrong,
-                                                            grant=Grant(access_token="at-1"), actor="owner:mallory")
+    completion = reauth_services.reconnect_request_complete(
+        public_id=refused_case.request.public_id,
+        presented=wrong,
+        grant=Grant(access_token="at-1"),
+        actor="owner:mallory",
+    )
     assert not completion.consumed
-    completion = reauth_services.reconnect_request_complete(public_id=matched_case.request.public_id, presented=right,
-                                                            grant=Grant(access_token="at-2"), actor="owner:ada")
+    completion = reauth_services.reconnect_request_complete(
+        public_id=matched_case.request.public_id, presented=right, grant=Grant(access_token="at-2"), actor="owner:ada"
+    )
     assert completion.consumed
     text = scrape()
 
     assert value(text, "revive_cases_opened_total", failure_class="dead_grant") == 2
-    assert value(text, "revive_cases", state="awaiting_owner", failure_class="dead_grant") + value(
-        text, "revive_cases", state="opened", failure_class="dead_grant") == 1
+    assert (
+        value(text, "revive_cases", state="awaiting_owner", failure_class="dead_grant")
+        + value(text, "revive_cases", state="opened", failure_class="dead_grant")
+        == 1
+    )
     assert value(text, "revive_case_oldest_open_age_seconds") > 0
     assert value(text, "revive_reconnect_outcomes_total", outcome="matched") == 1
     assert value(text, "revive_reconnect_outcomes_total", outcome="refused") == 1
@@ -115,10 +128,16 @@ def test_counts_are_summed_over_processes(served, tmp_path, api_key_raw):
     """
     multiproc = tmp_path / "prometheus"
     multiproc.mkdir()
-    servers = [served(collect=False, PROMETHEUS_MULTIPROC_DIR=str(multiproc), REVIVE_METRICS_TOKEN=TOKEN)
-               for _ in range(2)]
-    conn = services.connection_create(connection_id="conn_metrics_mp", provider="entra", owner_email="o@example.com",
-                                      provider_subject="s", provider_tenant="t")
+    servers = [
+        served(collect=False, PROMETHEUS_MULTIPROC_DIR=str(multiproc), REVIVE_METRICS_TOKEN=TOKEN) for _ in range(2)
+    ]
+    conn = services.connection_create(
+        connection_id="conn_metrics_mp",
+        provider="entra",
+        owner_email="o@example.com",
+        provider_subject="s",
+        provider_tenant="t",
+    )
     headers = {"X-Api-Key": api_key_raw}
     n, threads = 40, 4
 
@@ -126,10 +145,19 @@ def test_counts_are_summed_over_processes(served, tmp_path, api_key_raw):
         with httpx.Client(base_url=servers[k % 2].url, headers=headers, timeout=60) as http:
             for i in range(k, n, threads):
                 run = f"run_mp_{i}"
-                http.post("/api/v1/runs", json={"run_id": run, "runtime": "langgraph", "runtime_ref": {"thread_id": run},
-                                                "workflow_name": "wf"}).raise_for_status()
-                answer = http.post(f"/api/v1/runs/{run}/actions/a/begin",
-                                   json={"checkpoint_id": "01", "connection_id": conn.pk, "generation": 1})
+                http.post(
+                    "/api/v1/runs",
+                    json={
+                        "run_id": run,
+                        "runtime": "langgraph",
+                        "runtime_ref": {"thread_id": run},
+                        "workflow_name": "wf",
+                    },
+                ).raise_for_status()
+                answer = http.post(
+                    f"/api/v1/runs/{run}/actions/a/begin",
+                    json={"checkpoint_id": "01", "connection_id": conn.pk, "generation": 1},
+                )
                 assert answer.json()["decision"] == "execute"
                 http.post(f"/api/v1/runs/{run}/actions/a/commit", json={"generation": 1}).raise_for_status()
 
@@ -139,8 +167,10 @@ def test_counts_are_summed_over_processes(served, tmp_path, api_key_raw):
     for t in workers:
         t.join(timeout=300)
     pids = {p.stem.split("_")[-1] for p in multiproc.glob("counter_*.db")}
-    texts = [httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).text
-             for server in servers]
+    texts = [
+        httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).text
+        for server in servers
+    ]
 
     assert len(pids) == 2, f"both processes counted: {sorted(p.name for p in multiproc.iterdir())}"
     for text in texts:  # either process answers with the sum
@@ -152,8 +182,6 @@ def test_counts_are_summed_over_processes(served, tmp_path, api_key_raw):
 def api_key_raw(transactional_db):
     _, raw = services.api_key_create(name="metrics-mp")
     return raw
-
-
 
 
 def test_a_failing_celery_task_is_counted_by_name():
@@ -182,9 +210,15 @@ def test_outbox_backlog_and_resume_deliveries_are_read_from_the_outbox(scrape):
     except LookupError:
         pytest.skip("the outbox model (issue 10) is not in this schema yet")
     now = timezone.now()
-    for n, (kind, state, age) in enumerate([("run.resume", "done", 0), ("run.resume", "done", 0),
-                                            ("run.resume", "failed", 0), ("run.resume", "pending", 120),
-                                            ("reauth.notify_owner", "pending", 30)]):
+    for n, (kind, state, age) in enumerate(
+        [
+            ("run.resume", "done", 0),
+            ("run.resume", "done", 0),
+            ("run.resume", "failed", 0),
+            ("run.resume", "pending", 120),
+            ("reauth.notify_owner", "pending", 30),
+        ]
+    ):
         row = outbox.objects.create(kind=kind, key=f"metrics-{n}", state=state, due_at=now)
         outbox.objects.filter(pk=row.pk).update(created_at=now - timedelta(seconds=age))
     text = scrape()

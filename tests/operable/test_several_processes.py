@@ -48,16 +48,24 @@ def topology(test_database_url, tmp_path, settings):
     multiproc = tmp_path / "prometheus"
     multiproc.mkdir()
     raw_key = f"rvk_multi_{secrets.token_urlsafe(24)}"
-    ApiKey.objects.create(name="several-processes", prefix="multi",
-                          key_hash=hashlib.sha256(raw_key.encode()).hexdigest())
+    ApiKey.objects.create(
+        name="several-processes", prefix="multi", key_hash=hashlib.sha256(raw_key.encode()).hexdigest()
+    )
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     # A queue of its own: the session's Celery worker (tests/runtimes) consumes the session queue with other settings.
     queue = f"revive-multi-{os.getpid()}-{secrets.token_hex(4)}"
-    common = dict(DJANGO_SETTINGS_MODULE="bench.recovery_settings", REDIS_URL=settings.REDIS_URL,
-                  REVIVE_CELERY_QUEUE=queue, BENCH_DIR=str(bench_dir),
-                  REVIVE_API_KEY=raw_key, REVIVE_RESUME_APPROVAL="never", PROMETHEUS_MULTIPROC_DIR=str(multiproc),
-                  REVIVE_METRICS_TOKEN=TOKEN, LOG_LEVEL="WARNING")
+    common = dict(
+        DJANGO_SETTINGS_MODULE="bench.recovery_settings",
+        REDIS_URL=settings.REDIS_URL,
+        REVIVE_CELERY_QUEUE=queue,
+        BENCH_DIR=str(bench_dir),
+        REVIVE_API_KEY=raw_key,
+        REVIVE_RESUME_APPROVAL="never",
+        PROMETHEUS_MULTIPROC_DIR=str(multiproc),
+        REVIVE_METRICS_TOKEN=TOKEN,
+        LOG_LEVEL="WARNING",
+    )
     processes: list[tuple[str, subprocess.Popen, Path]] = []
 
     def start(name: str, args: list[str], **extra: str) -> None:
@@ -71,11 +79,34 @@ def topology(test_database_url, tmp_path, settings):
             start(f"web{n}", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1"])
         for n in range(2):
             beat = ["-B", "-s", str(tmp_path / "celerybeat-schedule")] if n == 0 else []
-            start(f"celery{n}", [sys.executable, "-m", "celery", "-A", "revive_site", "worker", "-l", "INFO", "-P",
-                                 "prefork", "-c", "2", "-O", "fair", "-n", f"multi-{n}-{os.getpid()}@%h",
-                                 "--without-gossip", "--without-mingle", "--without-heartbeat", *beat],
-                  REVIVE_URL=urls[1 - n])  # each worker resumes through the other web process
+            start(
+                f"celery{n}",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "revive_site",
+                    "worker",
+                    "-l",
+                    "INFO",
+                    "-P",
+                    "prefork",
+                    "-c",
+                    "2",
+                    "-O",
+                    "fair",
+                    "-n",
+                    f"multi-{n}-{os.getpid()}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    *beat,
+                ],
+                REVIVE_URL=urls[1 - n],
+            )  # each worker resumes through the other web process
         for name, process, log in processes:
+
             def up(name=name, process=process, log=log) -> bool:
                 assert process.poll() is None, f"{name} exited:\n{log.read_text(errors='replace')[-3000:]}"
                 if name.startswith("celery"):
@@ -113,12 +144,22 @@ def test_200_runs_resume_once_each_across_two_web_and_two_worker_processes(topol
     urls, bench_dir = topology["urls"], topology["bench_dir"]
     connections = [f"conn_multi_{n:02d}" for n in range(CONNECTIONS)]
     for conn in connections:
-        services.connection_create(connection_id=conn, provider="entra", owner_email=f"{conn}@example.com",
-                                   provider_subject=f"oid-{conn}", provider_tenant="tid-multi")
+        services.connection_create(
+            connection_id=conn,
+            provider="entra",
+            owner_email=f"{conn}@example.com",
+            provider_subject=f"oid-{conn}",
+            provider_tenant="tid-multi",
+        )
         (bench_dir / "revoked" / conn).touch()
 
-    pool = ConnectionPool(test_database_url, min_size=1, max_size=THREADS + 1, open=True,
-                          kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
+    pool = ConnectionPool(
+        test_database_url,
+        min_size=1,
+        max_size=THREADS + 1,
+        open=True,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+    )
     try:
         saver = PostgresSaver(pool)
         saver.setup()
@@ -127,10 +168,16 @@ def test_200_runs_resume_once_each_across_two_web_and_two_worker_processes(topol
         def park(i: int) -> str:
             recovery_graph._local.client = Revive(urls[i % 2], topology["key"])  # this thread's web process
             run_id = f"run_multi_{i:03d}"
-            revive_lg.register_run(recovery_graph.revive(), run_id=run_id, thread_id=f"t_{run_id}",
-                                   graph="bench-briefing", workflow_name="several processes")
-            out = graph.invoke({"run_id": run_id, "connection_id": connections[i % CONNECTIONS]},
-                               revive_lg.run_config(f"t_{run_id}"))
+            revive_lg.register_run(
+                recovery_graph.revive(),
+                run_id=run_id,
+                thread_id=f"t_{run_id}",
+                graph="bench-briefing",
+                workflow_name="several processes",
+            )
+            out = graph.invoke(
+                {"run_id": run_id, "connection_id": connections[i % CONNECTIONS]}, revive_lg.run_config(f"t_{run_id}")
+            )
             assert out["__interrupt__"], out
             return run_id
 
@@ -157,16 +204,22 @@ def test_200_runs_resume_once_each_across_two_web_and_two_worker_processes(topol
         return {m["run_id"] for m in recovery_graph.read("marks.jsonl") if m["what"] == "done"} >= set(runs)
 
     wait_for(every_run_done, "every run to finish after its resume", timeout=600, interval=0.5)
-    wait_for(lambda: RecoveryCase.objects.filter(pk__in=[c.pk for c in cases.values()], state="resumed").count()
-             == CONNECTIONS, "every case to be resumed", timeout=300, interval=0.5)
+    wait_for(
+        lambda: RecoveryCase.objects.filter(pk__in=[c.pk for c in cases.values()], state="resumed").count()
+        == CONNECTIONS,
+        "every case to be resumed",
+        timeout=300,
+        interval=0.5,
+    )
 
     me = os.getpid()
     effects = collections.Counter((e["run_id"], e["effect"]) for e in recovery_graph.read("effects.jsonl"))
     marks = recovery_graph.read("marks.jsonl")
     resumes = collections.Counter(m["run_id"] for m in marks if m["what"] == "send_start" and m["pid"] != me)
     done = collections.Counter(m["run_id"] for m in marks if m["what"] == "done")
-    deliveries = collections.Counter(AuditEvent.objects.filter(action="run.resume_delivered")
-                                     .values_list("run_id", flat=True))
+    deliveries = collections.Counter(
+        AuditEvent.objects.filter(action="run.resume_delivered").values_list("run_id", flat=True)
+    )
     assert [r for r in runs if effects[(r, "prepare")] != 1] == [], "a prepare effect ran twice (or never)"
     assert [r for r in runs if effects[(r, "send")] != 1] == [], "a send effect ran twice (or never)"
     assert sum(effects.values()) == 2 * RUNS, "duplicate effects"
@@ -174,10 +227,18 @@ def test_200_runs_resume_once_each_across_two_web_and_two_worker_processes(topol
 
     # the work was spread: both web processes served the runs, both Celery workers delivered resumes
     workers = {name: process for name, process, _ in topology["processes"] if name.startswith("celery")}
-    pids = {name: {int(p) for p in subprocess.run(["ps", "-o", "pid=", "-g", str(process.pid)], capture_output=True,
-                                                  text=True).stdout.split()} for name, process in workers.items()}
-    by_worker = {name: sum(1 for m in marks if m["what"] == "send_start" and m["pid"] in group)
-                 for name, group in pids.items()}
+    pids = {
+        name: {
+            int(p)
+            for p in subprocess.run(
+                ["ps", "-o", "pid=", "-g", str(process.pid)], capture_output=True, text=True
+            ).stdout.split()
+        }
+        for name, process in workers.items()
+    }
+    by_worker = {
+        name: sum(1 for m in marks if m["what"] == "send_start" and m["pid"] in group) for name, group in pids.items()
+    }
     assert all(n > 0 for n in by_worker.values()) and sum(by_worker.values()) == RUNS, by_worker
 
     metrics = httpx.get(f"{urls[0]}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).text

@@ -29,19 +29,35 @@ def _wait_for(check, what: str, timeout: float = 60.0):
 
 def test_a_protected_action_is_traced_from_the_sdk_through_django_into_postgresql(served):
     _, raw = services.api_key_create(name="tracing")
-    services.connection_create(connection_id="conn_traced", provider="entra", owner_email="o@example.com",
-                               provider_subject="s", provider_tenant="t")
+    services.connection_create(
+        connection_id="conn_traced",
+        provider="entra",
+        owner_email="o@example.com",
+        provider_subject="s",
+        provider_tenant="t",
+    )
     with OtlpReceiver() as receiver:
-        server = served(collect=False, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_SERVICE_NAME="revive-test",
-                        OTEL_BSP_SCHEDULE_DELAY="100")
+        server = served(
+            collect=False,
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+            OTEL_SERVICE_NAME="revive-test",
+            OTEL_BSP_SCHEDULE_DELAY="100",
+        )
         with Revive(server.url, raw) as revive:
-            revive.register_run(run_id="run_traced", runtime="langgraph", workflow_name="wf",
-                                runtime_ref={"thread_id": "t"})
-            revive.protect_action(run_id="run_traced", checkpoint_id="05", connection_id="conn_traced",
-                                  action_key="send_exec_05", execute=lambda ctx: {"sent": True})
+            revive.register_run(
+                run_id="run_traced", runtime="langgraph", workflow_name="wf", runtime_ref={"thread_id": "t"}
+            )
+            revive.protect_action(
+                run_id="run_traced",
+                checkpoint_id="05",
+                connection_id="conn_traced",
+                action_key="send_exec_05",
+                execute=lambda ctx: {"sent": True},
+            )
 
-        [trace_id] = set(AuditEvent.objects.filter(run_id="run_traced", entity_type="action")
-                         .values_list("trace_id", flat=True))
+        [trace_id] = set(
+            AuditEvent.objects.filter(run_id="run_traced", entity_type="action").values_list("trace_id", flat=True)
+        )
 
         def begin_and_commit():
             names = {s.name for s in receiver.spans if s.trace_id == trace_id and s.kind == SERVER}
@@ -77,8 +93,9 @@ middleware = [m for m in settings.MIDDLEWARE if 'opentelemetry' in m]
 provider = type(sys.modules['opentelemetry.trace'].get_tracer_provider()).__name__ if 'opentelemetry.trace' in sys.modules else '-'
 print(loaded, middleware, provider)
 """
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() in (["[]", "[]", "ProxyTracerProvider"], ["[]", "[]", "-"]), done.stdout
 
@@ -95,8 +112,12 @@ def test_the_case_page_shows_the_trace_the_worker_sent(api, client, make_connect
     headers = {"HTTP_X_API_KEY": api.key, "HTTP_TRACEPARENT": f"00-{trace}-00f067aa0ba902b7-01"}
     body = {"checkpoint_id": "05", "connection_id": conn.pk, "generation": 1}
     client.post(f"/api/v1/runs/{run.pk}/actions/send/begin", body, content_type="application/json", **headers)
-    answer = client.post(f"/api/v1/runs/{run.pk}/actions/send/fail", {"generation": 1, "error": DEAD_GRANT},
-                         content_type="application/json", **headers).json()
+    answer = client.post(
+        f"/api/v1/runs/{run.pk}/actions/send/fail",
+        {"generation": 1, "error": DEAD_GRANT},
+        content_type="application/json",
+        **headers,
+    ).json()
     assert answer["outcome"] == "parked"
     case = RecoveryCase.objects.get(reference=answer["case_id"])
     assert AuditEvent.objects.get(case_id=case.pk, action="case.opened").trace_id == trace

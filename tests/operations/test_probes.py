@@ -26,15 +26,20 @@ def test_a_hung_probe_and_a_crashed_one_mark_only_their_own_component_within_the
     try:
         readouts = probes_run(
             {"fine": lambda: {"status": DEGRADED, "error": "slow"}, "runtime:hung": hung, "crashed": crashed},
-            budget=0.5, unfinished=_unfinished, doctor="test-doctor",
+            budget=0.5,
+            unfinished=_unfinished,
+            doctor="test-doctor",
         )
     finally:
         release.set()
     assert time.monotonic() - started < 30  # the budget, not the hung probe's 60 s
     assert list(readouts) == ["fine", "runtime:hung", "crashed"]
     assert readouts["fine"] == {"status": DEGRADED, "error": "slow"}
-    assert readouts["runtime:hung"] == {"status": UNREACHABLE, "name": "runtime:hung",
-                                        "error": "The hung probe did not finish within 0.5s."}
+    assert readouts["runtime:hung"] == {
+        "status": UNREACHABLE,
+        "name": "runtime:hung",
+        "error": "The hung probe did not finish within 0.5s.",
+    }
     crash = readouts["crashed"]
     assert crash["status"] == UNREACHABLE and crash["error"].startswith("The crashed probe failed unexpectedly: ")
     assert "hunter2" not in crash["error"] and "REDACTED@db.internal" in crash["error"]

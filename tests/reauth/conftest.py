@@ -46,8 +46,11 @@ READY_TIMEOUT = 60.0
 
 DEAD_GRANT = {
     "status": 400,
-    "body": {"error": "invalid_grant", "error_description": "AADSTS700082: The refresh token has expired due to inactivity.",
-             "error_codes": [700082]},
+    "body": {
+        "error": "invalid_grant",
+        "error_description": "AADSTS700082: The refresh token has expired due to inactivity.",
+        "error_codes": [700082],
+    },
 }
 
 _seq = itertools.count(1)
@@ -105,24 +108,56 @@ class OwnerCase:
 def owner_case(db):
     """Open an owner case on a new Entra connection whose owner is the lab's ``ada`` (Contoso)."""
 
-    def make(*, provider: str = "entra", subject: str = ADA_OID, tenant: str = CONTOSO_TID, issuer: str = "", org: str = "",
-             owner_email: str = "ada@contoso.example", provider_error: dict | None = None) -> OwnerCase:
+    def make(
+        *,
+        provider: str = "entra",
+        subject: str = ADA_OID,
+        tenant: str = CONTOSO_TID,
+        issuer: str = "",
+        org: str = "",
+        owner_email: str = "ada@contoso.example",
+        provider_error: dict | None = None,
+    ) -> OwnerCase:
         n = next(_seq)
         conn = case_services.connection_create(
-            connection_id=f"conn_reauth_{n}_{os.getpid()}", provider=provider, owner_email=owner_email, provider_subject=subject,
-            provider_tenant=tenant, provider_issuer=issuer, provider_org=org, display_name="Ops mailbox", actor="test",
+            connection_id=f"conn_reauth_{n}_{os.getpid()}",
+            provider=provider,
+            owner_email=owner_email,
+            provider_subject=subject,
+            provider_tenant=tenant,
+            provider_issuer=issuer,
+            provider_org=org,
+            display_name="Ops mailbox",
+            actor="test",
         )
         run_id = f"run_reauth_{n}_{os.getpid()}"
-        case_services.run_register(run_id=run_id, runtime=Runtime.LANGGRAPH, runtime_ref={"thread_id": run_id},
-                                   workflow_name="Nightly executive briefing", actor="test")
+        case_services.run_register(
+            run_id=run_id,
+            runtime=Runtime.LANGGRAPH,
+            runtime_ref={"thread_id": run_id},
+            workflow_name="Nightly executive briefing",
+            actor="test",
+        )
         case_services.checkpoint_record(run_id=run_id, checkpoint_id="05", label="05 / prepare brief", actor="test")
-        case_services.action_begin(run_id=run_id, checkpoint_id="05", connection_id=conn.pk, action_key="send_exec_05",
-                                   generation=1, actor="test")
-        answer = case_services.action_fail(run_id=run_id, action_key="send_exec_05", generation=1,
-                                           provider_error=provider_error or DEAD_GRANT,
-                                           actor="test")
+        case_services.action_begin(
+            run_id=run_id,
+            checkpoint_id="05",
+            connection_id=conn.pk,
+            action_key="send_exec_05",
+            generation=1,
+            actor="test",
+        )
+        answer = case_services.action_fail(
+            run_id=run_id,
+            action_key="send_exec_05",
+            generation=1,
+            provider_error=provider_error or DEAD_GRANT,
+            actor="test",
+        )
         assert answer.outcome == "parked", answer
-        return OwnerCase(case=RecoveryCase.objects.get(reference=answer.case_reference), connection_id=conn.pk, run_id=run_id)
+        return OwnerCase(
+            case=RecoveryCase.objects.get(reference=answer.case_reference), connection_id=conn.pk, run_id=run_id
+        )
 
     return make
 
@@ -165,17 +200,27 @@ class LabIdp:
     client_secret: str = LAB_CLIENT_SECRET
 
     def token(self, **data) -> httpx.Response:
-        return httpx.post(f"{self.url}/identity/o/api/token",
-                          data={"client_id": self.client_id, "client_secret": self.client_secret, **data}, timeout=10)
+        return httpx.post(
+            f"{self.url}/identity/o/api/token",
+            data={"client_id": self.client_id, "client_secret": self.client_secret, **data},
+            timeout=10,
+        )
 
     @property
     def token_url(self) -> str:
         return f"{self.url}/identity/o/api/token"
 
     def revoke(self, token: str, hint: str = "refresh_token") -> httpx.Response:
-        return httpx.post(f"{self.url}/identity/o/api/revoke",
-                          data={"client_id": self.client_id, "client_secret": self.client_secret, "token": token,
-                                "token_type_hint": hint}, timeout=10)
+        return httpx.post(
+            f"{self.url}/identity/o/api/revoke",
+            data={
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+                "token": token,
+                "token_type_hint": hint,
+            },
+            timeout=10,
+        )
 
 
 # The Nango stand-in of the broker tests (tests/brokers) listens here; the provider must know its callback.
@@ -212,18 +257,41 @@ def lab_idp(tmp_path_factory, nango_port, scalekit_port) -> LabIdp:
     manage = [sys.executable, str(REPO_ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)
     seeded = subprocess.run(
-        [*manage, "idp_seed", "--client-id", LAB_CLIENT_ID, "--client-secret", LAB_CLIENT_SECRET, "--password", LAB_PASSWORD,
-         "--redirect-uri", f"http://127.0.0.1:{revive_port}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/",
-         "--redirect-uri", f"http://testserver/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/",
-         "--redirect-uri", f"http://127.0.0.1:{nango_port}/oauth/callback",
-         "--redirect-uri", f"http://127.0.0.1:{scalekit_port}/oauth/callback"],
-        env=env, cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=120,
+        [
+            *manage,
+            "idp_seed",
+            "--client-id",
+            LAB_CLIENT_ID,
+            "--client-secret",
+            LAB_CLIENT_SECRET,
+            "--password",
+            LAB_PASSWORD,
+            "--redirect-uri",
+            f"http://127.0.0.1:{revive_port}/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/",
+            "--redirect-uri",
+            f"http://testserver/accounts/oidc/{LAB_PROVIDER_ID}/login/callback/",
+            "--redirect-uri",
+            f"http://127.0.0.1:{nango_port}/oauth/callback",
+            "--redirect-uri",
+            f"http://127.0.0.1:{scalekit_port}/oauth/callback",
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     users = json.loads(seeded.stdout)["users"]
     log = home / "idp.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([*manage, "runserver", f"127.0.0.1:{port}", "--noreload"], env=env, cwd=REPO_ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     idp = LabIdp(url=f"http://127.0.0.1:{port}", revive_port=revive_port, users=users, log=log, proc=proc)
     try:
         wait_until_up(f"{idp.url}/.well-known/openid-configuration", proc, log, "the lab identity provider")
@@ -236,7 +304,9 @@ def lab_idp(tmp_path_factory, nango_port, scalekit_port) -> LabIdp:
 def lab_sign_in(settings, lab_idp):
     """Point this process's allauth at the lab provider (the Django test client is ``http://testserver``)."""
     settings.SOCIALACCOUNT_PROVIDERS = socialaccount_providers(
-        lab_idp_url=lab_idp.url, lab_client_id=lab_idp.client_id, lab_client_secret=lab_idp.client_secret,
+        lab_idp_url=lab_idp.url,
+        lab_client_id=lab_idp.client_id,
+        lab_client_secret=lab_idp.client_secret,
     )
     settings.PUBLIC_BASE_URL = "http://testserver"
     return lab_idp
@@ -246,7 +316,9 @@ def lab_sign_in(settings, lab_idp):
 def sign_in_configured(settings):
     """A lab app that serves every Entra tenant, for tests that do not talk to a provider (its URL is never fetched)."""
     settings.SOCIALACCOUNT_PROVIDERS = socialaccount_providers(
-        lab_idp_url="http://127.0.0.1:9", lab_client_id=LAB_CLIENT_ID, lab_client_secret=LAB_CLIENT_SECRET,
+        lab_idp_url="http://127.0.0.1:9",
+        lab_client_id=LAB_CLIENT_ID,
+        lab_client_secret=LAB_CLIENT_SECRET,
     )
 
 
@@ -264,8 +336,11 @@ class IdpBrowser:
             response = self.http.get(httpx.URL(str(response.url)).join(response.headers["location"]))
         assert response.status_code == 200, response.text[:500]
         csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.text).group(1)
-        response = self.http.post(str(response.url), data={"csrfmiddlewaretoken": csrf, "login": username, "password": LAB_PASSWORD},
-                                  headers={"Referer": str(response.url)})
+        response = self.http.post(
+            str(response.url),
+            data={"csrfmiddlewaretoken": csrf, "login": username, "password": LAB_PASSWORD},
+            headers={"Referer": str(response.url)},
+        )
         while response.status_code in (301, 302, 303):
             location = str(httpx.URL(str(response.url)).join(response.headers["location"]))
             if not location.startswith(self.idp.url):
@@ -291,7 +366,9 @@ class ReviveServer:
 
 
 @pytest.fixture(scope="session")
-def revive_server(django_db_setup, django_db_blocker, lab_idp, nango_port, scalekit_port, tmp_path_factory) -> ReviveServer:
+def revive_server(
+    django_db_setup, django_db_blocker, lab_idp, nango_port, scalekit_port, tmp_path_factory
+) -> ReviveServer:
     home = tmp_path_factory.mktemp("revive_server")
     db = db_connection.settings_dict
     url = f"http://127.0.0.1:{lab_idp.revive_port}"
@@ -321,8 +398,20 @@ def revive_server(django_db_setup, django_db_blocker, lab_idp, nango_port, scale
         env["DATABASE_URL"] = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     log = home / "revive.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "manage.py"), "runserver", f"127.0.0.1:{lab_idp.revive_port}",
-                                 "--noreload", "--skip-checks"], env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO_ROOT / "manage.py"),
+                "runserver",
+                f"127.0.0.1:{lab_idp.revive_port}",
+                "--noreload",
+                "--skip-checks",
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until_up(f"{url}/reconnect/", proc, log, "Revive")
         yield ReviveServer(url=url, log=log)

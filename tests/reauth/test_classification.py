@@ -79,11 +79,23 @@ ENTRA_CODE_CASES = [
     (700027, "invalid_client", MISCONFIG, "", "client assertion failed signature validation"),
     (50012, "invalid_client", MISCONFIG, "", "AuthenticationFailed: signing certificate / client assertion"),
     (50146, "invalid_client", MISCONFIG, "", "MissingCustomSigningKey"),
-    (700016, "unauthorized_client", MISCONFIG, "", "UnauthorizedClient_DoesNotMatchRequest: app not found in the tenant"),
+    (
+        700016,
+        "unauthorized_client",
+        MISCONFIG,
+        "",
+        "UnauthorizedClient_DoesNotMatchRequest: app not found in the tenant",
+    ),
     (700011, "unauthorized_client", MISCONFIG, "", "UnauthorizedClientAppNotFoundInOrgIdTenant"),
     (70001, "unauthorized_client", MISCONFIG, "", "UnauthorizedClient: the application is disabled"),
     (7000112, "unauthorized_client", MISCONFIG, "", "UnauthorizedClientApplicationDisabled"),
-    (1000031, "unauthorized_client", MISCONFIG, "", "application can't be accessed at this time, contact the administrator"),
+    (
+        1000031,
+        "unauthorized_client",
+        MISCONFIG,
+        "",
+        "application can't be accessed at this time, contact the administrator",
+    ),
     (7000114, "unauthorized_client", MISCONFIG, "", "application not allowed to make on-behalf-of calls"),
     (50011, "invalid_request", MISCONFIG, "", "InvalidReplyTo: reply address mismatch"),
     (50194, "invalid_request", MISCONFIG, "", "app not multitenant: /common not supported"),
@@ -106,10 +118,34 @@ ENTRA_CODE_CASES = [
     (650057, "invalid_resource", MISCONFIG, "", "invalid resource, not in the app registration's permissions"),
     (65002, "invalid_request", MISCONFIG, "", "first-party preauthorization required"),
     (90094, "interaction_required", MISCONFIG, "admin_consent", "AdminConsentRequired"),
-    (90095, "interaction_required", MISCONFIG, "admin_consent", "AdminConsentRequiredRequestAccess: ask the admin for consent"),
-    (90008, "interaction_required", MISCONFIG, "admin_consent", "TokenForItselfRequiresGraphPermission: nobody consented to sign-in"),
-    (650056, "invalid_request", MISCONFIG, "admin_consent", "misconfigured application or no admin consent in the tenant"),
-    (90099, "interaction_required", MISCONFIG, "admin_consent", "app not authorized in the tenant for delegated admins"),
+    (
+        90095,
+        "interaction_required",
+        MISCONFIG,
+        "admin_consent",
+        "AdminConsentRequiredRequestAccess: ask the admin for consent",
+    ),
+    (
+        90008,
+        "interaction_required",
+        MISCONFIG,
+        "admin_consent",
+        "TokenForItselfRequiresGraphPermission: nobody consented to sign-in",
+    ),
+    (
+        650056,
+        "invalid_request",
+        MISCONFIG,
+        "admin_consent",
+        "misconfigured application or no admin consent in the tenant",
+    ),
+    (
+        90099,
+        "interaction_required",
+        MISCONFIG,
+        "admin_consent",
+        "app not authorized in the tenant for delegated admins",
+    ),
     (50057, "invalid_grant", MISCONFIG, "account_disabled", "UserDisabled"),
     (50034, "invalid_grant", MISCONFIG, "", "UserAccountNotFound: the account is not in the directory"),
     (50020, "invalid_grant", MISCONFIG, "", "UserUnauthorized: the account does not exist in the tenant"),
@@ -152,12 +188,24 @@ ENTRA_CODE_CASES = [
     (50127, "invalid_grant", INTERACTION, "approved_app", "BrokerAppNotInstalled"),
     (53003, "interaction_required", INTERACTION, "conditional_access", "BlockedByConditionalAccess"),
     (50131, "invalid_grant", INTERACTION, "conditional_access", "ConditionalAccessFailed"),
-    (50005, "invalid_grant", INTERACTION, "conditional_access", "DevicePolicyError: platform not supported by Conditional Access"),
+    (
+        50005,
+        "invalid_grant",
+        INTERACTION,
+        "conditional_access",
+        "DevicePolicyError: platform not supported by Conditional Access",
+    ),
     (50055, "invalid_grant", INTERACTION, "password_change", "InvalidPasswordExpiredPassword"),
     (50144, "invalid_grant", INTERACTION, "password_change", "InvalidPasswordExpiredOnPremPassword"),
     (50135, "invalid_grant", INTERACTION, "password_change", "PasswordChangeCompromisedPassword"),
     (50125, "invalid_grant", INTERACTION, "password_change", "PasswordResetRegistrationRequiredInterrupt"),
-    (50053, "interaction_required", INTERACTION, "account_locked", "IdsLocked: too many failed sign-ins, or a malicious IP"),
+    (
+        50053,
+        "interaction_required",
+        INTERACTION,
+        "account_locked",
+        "IdsLocked: too many failed sign-ins, or a malicious IP",
+    ),
     (53011, "invalid_grant", INTERACTION, "risk", "user blocked due to risk on home tenant"),
     (700020, "invalid_grant", INTERACTION, "sign_in", "InteractionRequired: the access grant requires interaction"),
     (50058, "login_required", INTERACTION, "sign_in", "UserInformationNotProvided: no single-sign-on session"),
@@ -195,141 +243,291 @@ ROW_CASES = [
     case("network.connection_error", TRANSIENT, "connection_error", provider="nango", error_kind="connection_error"),
     # --- Entra: one case per AADSTS row (ENTRA_CODE_CASES, below), then suberrors and error values
     *(
-        case(f"entra.error_code.{number}", expected, f"AADSTS{number}", reason=reason,
-             provider="entra", status=400, body=entra(error, number, text))
+        case(
+            f"entra.error_code.{number}",
+            expected,
+            f"AADSTS{number}",
+            reason=reason,
+            provider="entra",
+            status=400,
+            body=entra(error, number, text),
+        )
         for number, error, expected, reason, text in ENTRA_CODE_CASES
     ),
     # suberrors, with codes Revive has no row for, so the suberror decides
     case(
-        "entra.suberror.basic_action", INTERACTION, "basic_action", reason="sign_in",
-        provider="entra", status=400, body=entra("invalid_grant", 9900001, "User confirmation is required.", suberror="basic_action"),
+        "entra.suberror.basic_action",
+        INTERACTION,
+        "basic_action",
+        reason="sign_in",
+        provider="entra",
+        status=400,
+        body=entra("invalid_grant", 9900001, "User confirmation is required.", suberror="basic_action"),
     ),
     case(
-        "entra.suberror.additional_action", INTERACTION, "additional_action", reason="additional_action",
-        provider="entra", status=400,
-        body=entra("interaction_required", 9900002, "Remediation needed outside sign-in.", suberror="additional_action"),
+        "entra.suberror.additional_action",
+        INTERACTION,
+        "additional_action",
+        reason="additional_action",
+        provider="entra",
+        status=400,
+        body=entra(
+            "interaction_required", 9900002, "Remediation needed outside sign-in.", suberror="additional_action"
+        ),
     ),
     case(
-        "entra.suberror.message_only", INTERACTION, "message_only", reason="blocked",
-        provider="entra", status=400, body=entra("invalid_grant", 9900003, "Sign-in blocked.", suberror="message_only"),
+        "entra.suberror.message_only",
+        INTERACTION,
+        "message_only",
+        reason="blocked",
+        provider="entra",
+        status=400,
+        body=entra("invalid_grant", 9900003, "Sign-in blocked.", suberror="message_only"),
     ),
     case(
-        "entra.suberror.user_password_expired", INTERACTION, "user_password_expired", reason="password_change",
-        provider="entra", status=400,
+        "entra.suberror.user_password_expired",
+        INTERACTION,
+        "user_password_expired",
+        reason="password_change",
+        provider="entra",
+        status=400,
         body=entra("invalid_grant", 9900004, "The password has expired.", suberror="user_password_expired"),
     ),
     case(
-        "entra.suberror.consent_required", INTERACTION, "consent_required", reason="consent",
-        provider="entra", status=400, body=entra("invalid_grant", 9900005, "Consent is required.", suberror="consent_required"),
+        "entra.suberror.consent_required",
+        INTERACTION,
+        "consent_required",
+        reason="consent",
+        provider="entra",
+        status=400,
+        body=entra("invalid_grant", 9900005, "Consent is required.", suberror="consent_required"),
     ),
     case(
-        "entra.suberror.device_authentication_failed", INTERACTION, "device_authentication_failed", reason="compliant_device",
-        provider="entra", status=400,
+        "entra.suberror.device_authentication_failed",
+        INTERACTION,
+        "device_authentication_failed",
+        reason="compliant_device",
+        provider="entra",
+        status=400,
         body=entra("invalid_grant", None, "Device authentication failed.", suberror="device_authentication_failed"),
     ),
     case(
-        "entra.suberror.bad_token", DEAD, "bad_token",
-        provider="entra", status=400, body=entra("invalid_grant", 9900006, "The refresh token isn't valid.", suberror="bad_token"),
+        "entra.suberror.bad_token",
+        DEAD,
+        "bad_token",
+        provider="entra",
+        status=400,
+        body=entra("invalid_grant", 9900006, "The refresh token isn't valid.", suberror="bad_token"),
     ),
     case(
-        "entra.suberror.token_expired", DEAD, "token_expired",
-        provider="entra", status=400, body=entra("invalid_grant", None, "The token has expired.", suberror="token_expired"),
+        "entra.suberror.token_expired",
+        DEAD,
+        "token_expired",
+        provider="entra",
+        status=400,
+        body=entra("invalid_grant", None, "The token has expired.", suberror="token_expired"),
     ),
     case(
-        "entra.suberror.protection_policy_required", MISCONFIG, "protection_policy_required",
-        provider="entra", status=400,
-        body=entra("unauthorized_client", 9900007, "Application needs to enforce Intune protection policies.",
-                   suberror="protection_policy_required"),
+        "entra.suberror.protection_policy_required",
+        MISCONFIG,
+        "protection_policy_required",
+        provider="entra",
+        status=400,
+        body=entra(
+            "unauthorized_client",
+            9900007,
+            "Application needs to enforce Intune protection policies.",
+            suberror="protection_policy_required",
+        ),
     ),
     case(
-        "entra.suberror.client_mismatch", MISCONFIG, "client_mismatch",
-        provider="entra", status=400,
-        body=entra("invalid_grant", None, "The refresh token was issued to a different client.", suberror="client_mismatch"),
+        "entra.suberror.client_mismatch",
+        MISCONFIG,
+        "client_mismatch",
+        provider="entra",
+        status=400,
+        body=entra(
+            "invalid_grant", None, "The refresh token was issued to a different client.", suberror="client_mismatch"
+        ),
     ),
     case(
-        "entra.error.invalid_resource", MISCONFIG, "invalid_resource",
-        provider="entra", status=400, body=entra("invalid_resource", 9900008, "The resource principal was not found."),
+        "entra.error.invalid_resource",
+        MISCONFIG,
+        "invalid_resource",
+        provider="entra",
+        status=400,
+        body=entra("invalid_resource", 9900008, "The resource principal was not found."),
     ),
     # --- Auth0
     case(
-        "auth0.invalid_grant.unknown_refresh_token", DEAD, "invalid_grant",
-        provider="auth0", status=403,
+        "auth0.invalid_grant.unknown_refresh_token",
+        DEAD,
+        "invalid_grant",
+        provider="auth0",
+        status=403,
         body={"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."},
     ),
     case(
-        "auth0.mfa_required", INTERACTION, "mfa_required",
-        provider="auth0", status=403,
-        body={"error": "mfa_required", "error_description": "Multifactor authentication required", "mfa_token": "Fe26.2*abc"},
+        "auth0.mfa_required",
+        INTERACTION,
+        "mfa_required",
+        provider="auth0",
+        status=403,
+        body={
+            "error": "mfa_required",
+            "error_description": "Multifactor authentication required",
+            "mfa_token": "Fe26.2*abc",
+        },
     ),
     case(
-        "auth0.access_denied.rate_limited", TRANSIENT, "access_denied",
-        provider="auth0", status=500,
+        "auth0.access_denied.rate_limited",
+        TRANSIENT,
+        "access_denied",
+        provider="auth0",
+        status=500,
         headers={"X-RateLimit-Limit": "30", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(NOW) + 12)},
         body={"error": "access_denied", "error_description": "Global limit has been reached"},
     ),
     case(
-        "auth0.access_denied.client_authentication", MISCONFIG, "access_denied",
-        provider="auth0", status=401,
+        "auth0.access_denied.client_authentication",
+        MISCONFIG,
+        "access_denied",
+        provider="auth0",
+        status=401,
         body={"error": "access_denied", "error_description": "Unauthorized"},
     ),
     case(
-        "auth0.access_denied", INTERACTION, "access_denied",
-        provider="auth0", status=403,
+        "auth0.access_denied",
+        INTERACTION,
+        "access_denied",
+        provider="auth0",
+        status=403,
         body={"error": "access_denied", "error_description": "Please verify your email before continuing."},
     ),
     # --- Auth0 Token Vault (the federated-connection token exchange)
-    case("auth0_token_vault.federated_connection_refresh_token_not_found", RELINK,
-         "federated_connection_refresh_token_not_found", reason="relink", provider="auth0_token_vault", status=401,
-         body={"error": "federated_connection_refresh_token_not_found",
-               "error_description": "Federated connection Refresh Token not found."}),
-    case("auth0_token_vault.failed_to_exchange_refresh_token", RELINK, "failed_to_exchange_refresh_token",
-         reason="relink", provider="auth0_token_vault", status=400,
-         body={"error": "failed_to_exchange_refresh_token", "error_description": "Failed to exchange the refresh token."}),
-    case("auth0_token_vault.missing_refresh_token", RELINK, "missing_refresh_token", reason="relink",
-         provider="auth0_token_vault", status=400,
-         body={"error": "missing_refresh_token", "error_description": "A refresh token is required."}),
-    case("auth0_token_vault.session_refresh_token_invalid", DEAD, "invalid_grant", reason="sign_in",
-         provider="auth0_token_vault", status=403,
-         body={"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}),
-    case("auth0_token_vault.client_rejected", MISCONFIG, "invalid_client", provider="auth0_token_vault", status=401,
-         body={"error": "invalid_client", "error_description": "Client authentication failed."}),
-    case("auth0_token_vault.exchange_4xx", RELINK, "invalid_request", reason="relink", provider="auth0_token_vault",
-         status=400, body={"error": "invalid_request", "error_description": "The connection is not enabled for this client."}),
+    case(
+        "auth0_token_vault.federated_connection_refresh_token_not_found",
+        RELINK,
+        "federated_connection_refresh_token_not_found",
+        reason="relink",
+        provider="auth0_token_vault",
+        status=401,
+        body={
+            "error": "federated_connection_refresh_token_not_found",
+            "error_description": "Federated connection Refresh Token not found.",
+        },
+    ),
+    case(
+        "auth0_token_vault.failed_to_exchange_refresh_token",
+        RELINK,
+        "failed_to_exchange_refresh_token",
+        reason="relink",
+        provider="auth0_token_vault",
+        status=400,
+        body={
+            "error": "failed_to_exchange_refresh_token",
+            "error_description": "Failed to exchange the refresh token.",
+        },
+    ),
+    case(
+        "auth0_token_vault.missing_refresh_token",
+        RELINK,
+        "missing_refresh_token",
+        reason="relink",
+        provider="auth0_token_vault",
+        status=400,
+        body={"error": "missing_refresh_token", "error_description": "A refresh token is required."},
+    ),
+    case(
+        "auth0_token_vault.session_refresh_token_invalid",
+        DEAD,
+        "invalid_grant",
+        reason="sign_in",
+        provider="auth0_token_vault",
+        status=403,
+        body={"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."},
+    ),
+    case(
+        "auth0_token_vault.client_rejected",
+        MISCONFIG,
+        "invalid_client",
+        provider="auth0_token_vault",
+        status=401,
+        body={"error": "invalid_client", "error_description": "Client authentication failed."},
+    ),
+    case(
+        "auth0_token_vault.exchange_4xx",
+        RELINK,
+        "invalid_request",
+        reason="relink",
+        provider="auth0_token_vault",
+        status=400,
+        body={"error": "invalid_request", "error_description": "The connection is not enabled for this client."},
+    ),
     # --- Nango
     case(
-        "nango.connection_refresh_exhausted", DEAD, "connection_refresh_exhausted",
-        provider="nango", status=424,
+        "nango.connection_refresh_exhausted",
+        DEAD,
+        "connection_refresh_exhausted",
+        provider="nango",
+        status=424,
         body=nango("connection_refresh_exhausted", "The refresh limit has been reached for this connection."),
     ),
     case(
-        "nango.invalid_credentials", DEAD, "invalid_credentials",
-        provider="nango", status=424,
-        body={"error": {"message": "An error occurred during an HTTP call", "payload": {"error": {
-            "code": "invalid_credentials", "payload": {}, "message": "The refresh limit has been reached for this connection.",
-        }}}},
+        "nango.invalid_credentials",
+        DEAD,
+        "invalid_credentials",
+        provider="nango",
+        status=424,
+        body={
+            "error": {
+                "message": "An error occurred during an HTTP call",
+                "payload": {
+                    "error": {
+                        "code": "invalid_credentials",
+                        "payload": {},
+                        "message": "The refresh limit has been reached for this connection.",
+                    }
+                },
+            }
+        },
     ),
     case(
-        "nango.connection_refresh_backoff", TRANSIENT, "connection_refresh_backoff",
-        provider="nango", status=424,
+        "nango.connection_refresh_backoff",
+        TRANSIENT,
+        "connection_refresh_backoff",
+        provider="nango",
+        status=424,
         body=nango("connection_refresh_backoff", "A recent refresh attempt failed. Backing off before retrying."),
     ),
     case(
-        "nango.refresh_token_lock_timeout", TRANSIENT, "refresh_token_lock_timeout",
-        provider="nango", status=503,
+        "nango.refresh_token_lock_timeout",
+        TRANSIENT,
+        "refresh_token_lock_timeout",
+        provider="nango",
+        status=503,
         body=nango("refresh_token_lock_timeout", "Timed out waiting for the refresh lock."),
     ),
     case(
-        "nango.refresh_token_external_error/oauth.error.invalid_grant", DEAD, "invalid_grant",
-        provider="nango", status=400,
+        "nango.refresh_token_external_error/oauth.error.invalid_grant",
+        DEAD,
+        "invalid_grant",
+        provider="nango",
+        status=400,
         body=nango(
             "refresh_token_external_error",
             "The external API returned an error when trying to refresh the access token. Please try again later.",
-            payload={"dataMessage": {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}},
+            payload={
+                "dataMessage": {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
+            },
         ),
     ),
     case(
-        "nango.refresh_token_external_error", UNKNOWN, "refresh_token_external_error",
-        provider="nango", status=400,
+        "nango.refresh_token_external_error",
+        UNKNOWN,
+        "refresh_token_external_error",
+        provider="nango",
+        status=400,
         body=nango(
             "refresh_token_external_error",
             "The external API returned an error when trying to refresh the access token. Please try again later.",
@@ -337,65 +535,183 @@ ROW_CASES = [
         ),
     ),
     case(
-        "nango.api_credentials_rejected", MISCONFIG, "invalid_secret_key",
-        provider="nango", status=401,
+        "nango.api_credentials_rejected",
+        MISCONFIG,
+        "invalid_secret_key",
+        provider="nango",
+        status=401,
         body=nango("invalid_secret_key", "Authentication failed. The provided secret key is invalid."),
     ),
     # --- Scalekit
     case(
-        "scalekit.connected_account.inactive", DEAD, "EXPIRED",
-        provider="scalekit", status=200,
+        "scalekit.connected_account.inactive",
+        DEAD,
+        "EXPIRED",
+        provider="scalekit",
+        status=200,
         body={"connected_account": {"id": "ca_1", "identifier": "user_123", "connector": "gmail", "status": "EXPIRED"}},
     ),
     case(
-        "scalekit.connected_account.active_401", REFRESHABLE, "ACTIVE",
-        provider="scalekit", status=401, body={"connected_account": {"status": "ACTIVE"}},
+        "scalekit.connected_account.active_401",
+        REFRESHABLE,
+        "ACTIVE",
+        provider="scalekit",
+        status=401,
+        body={"connected_account": {"status": "ACTIVE"}},
     ),
     # --- RFC 6749 / 6750 / OIDC (generic provider)
     case(
-        "oauth.error.invalid_grant", DEAD, "invalid_grant",
-        provider="oidc", status=400,
+        "oauth.error.invalid_grant",
+        DEAD,
+        "invalid_grant",
+        provider="oidc",
+        status=400,
         body={"error": "invalid_grant", "error_description": "The refresh token is invalid, expired or revoked."},
     ),
-    case("oauth.error.invalid_client", MISCONFIG, "invalid_client", provider="auth0", status=401,
-         body={"error": "invalid_client", "error_description": "Client authentication failed."}),
-    case("oauth.error.unauthorized_client", MISCONFIG, "unauthorized_client", provider="auth0", status=403,
-         body={"error": "unauthorized_client", "error_description": "Grant type 'refresh_token' not allowed for the client."}),
-    case("oauth.error.unsupported_grant_type", MISCONFIG, "unsupported_grant_type", provider="oidc", status=400,
-         body={"error": "unsupported_grant_type"}),
-    case("oauth.error.invalid_scope", MISCONFIG, "invalid_scope", provider="oidc", status=400,
-         body={"error": "invalid_scope", "error_description": "Unknown scope"}),
-    case("oauth.error.invalid_request", MISCONFIG, "invalid_request", provider="oidc", status=400,
-         body={"error": "invalid_request", "error_description": "Missing parameter: refresh_token"}),
-    case("oauth.error.invalid_token", REFRESHABLE, "invalid_token", provider="oidc", status=401,
-         headers={"WWW-Authenticate": 'Bearer realm="api", error="invalid_token", error_description="The access token expired"'}),
-    case("oauth.error.insufficient_scope", INTERACTION, "insufficient_scope", provider="oidc", status=403,
-         body={"error": "insufficient_scope", "error_description": "Requires scope mail.send"}),
-    case("oauth.error.insufficient_claims", INTERACTION, "insufficient_claims", reason="claims_challenge",
-         provider="entra", status=401, headers={"WWW-Authenticate": CAE_CHALLENGE}),
-    case("oauth.error.insufficient_user_authentication", INTERACTION, "insufficient_user_authentication",
-         reason="step_up", provider="oidc", status=401,
-         headers={"WWW-Authenticate": 'Bearer error="insufficient_user_authentication", '
-                                      'error_description="A different authentication level is required", acr_values="myACR"'}),
-    case("oauth.error.interaction_required", INTERACTION, "interaction_required", provider="entra", status=400,
-         body=entra("interaction_required", None, "The request requires user interaction.")),
-    case("oauth.error.login_required", INTERACTION, "login_required", provider="oidc", status=400,
-         body={"error": "login_required"}),
-    case("oauth.error.consent_required", INTERACTION, "consent_required", provider="auth0", status=400,
-         body={"error": "consent_required", "error_description": "Consent required"}),
-    case("oauth.error.account_selection_required", INTERACTION, "account_selection_required", provider="oidc",
-         status=400, body={"error": "account_selection_required"}),
-    case("oauth.error.temporarily_unavailable", TRANSIENT, "temporarily_unavailable", provider="entra", status=400,
-         body=entra("temporarily_unavailable", None, "The server is temporarily too busy.")),
-    case("oauth.error.server_error", TRANSIENT, "server_error", provider="oidc", status=400,
-         body={"error": "server_error"}),
+    case(
+        "oauth.error.invalid_client",
+        MISCONFIG,
+        "invalid_client",
+        provider="auth0",
+        status=401,
+        body={"error": "invalid_client", "error_description": "Client authentication failed."},
+    ),
+    case(
+        "oauth.error.unauthorized_client",
+        MISCONFIG,
+        "unauthorized_client",
+        provider="auth0",
+        status=403,
+        body={
+            "error": "unauthorized_client",
+            "error_description": "Grant type 'refresh_token' not allowed for the client.",
+        },
+    ),
+    case(
+        "oauth.error.unsupported_grant_type",
+        MISCONFIG,
+        "unsupported_grant_type",
+        provider="oidc",
+        status=400,
+        body={"error": "unsupported_grant_type"},
+    ),
+    case(
+        "oauth.error.invalid_scope",
+        MISCONFIG,
+        "invalid_scope",
+        provider="oidc",
+        status=400,
+        body={"error": "invalid_scope", "error_description": "Unknown scope"},
+    ),
+    case(
+        "oauth.error.invalid_request",
+        MISCONFIG,
+        "invalid_request",
+        provider="oidc",
+        status=400,
+        body={"error": "invalid_request", "error_description": "Missing parameter: refresh_token"},
+    ),
+    case(
+        "oauth.error.invalid_token",
+        REFRESHABLE,
+        "invalid_token",
+        provider="oidc",
+        status=401,
+        headers={
+            "WWW-Authenticate": 'Bearer realm="api", error="invalid_token", error_description="The access token expired"'
+        },
+    ),
+    case(
+        "oauth.error.insufficient_scope",
+        INTERACTION,
+        "insufficient_scope",
+        provider="oidc",
+        status=403,
+        body={"error": "insufficient_scope", "error_description": "Requires scope mail.send"},
+    ),
+    case(
+        "oauth.error.insufficient_claims",
+        INTERACTION,
+        "insufficient_claims",
+        reason="claims_challenge",
+        provider="entra",
+        status=401,
+        headers={"WWW-Authenticate": CAE_CHALLENGE},
+    ),
+    case(
+        "oauth.error.insufficient_user_authentication",
+        INTERACTION,
+        "insufficient_user_authentication",
+        reason="step_up",
+        provider="oidc",
+        status=401,
+        headers={
+            "WWW-Authenticate": 'Bearer error="insufficient_user_authentication", '
+            'error_description="A different authentication level is required", acr_values="myACR"'
+        },
+    ),
+    case(
+        "oauth.error.interaction_required",
+        INTERACTION,
+        "interaction_required",
+        provider="entra",
+        status=400,
+        body=entra("interaction_required", None, "The request requires user interaction."),
+    ),
+    case(
+        "oauth.error.login_required",
+        INTERACTION,
+        "login_required",
+        provider="oidc",
+        status=400,
+        body={"error": "login_required"},
+    ),
+    case(
+        "oauth.error.consent_required",
+        INTERACTION,
+        "consent_required",
+        provider="auth0",
+        status=400,
+        body={"error": "consent_required", "error_description": "Consent required"},
+    ),
+    case(
+        "oauth.error.account_selection_required",
+        INTERACTION,
+        "account_selection_required",
+        provider="oidc",
+        status=400,
+        body={"error": "account_selection_required"},
+    ),
+    case(
+        "oauth.error.temporarily_unavailable",
+        TRANSIENT,
+        "temporarily_unavailable",
+        provider="entra",
+        status=400,
+        body=entra("temporarily_unavailable", None, "The server is temporarily too busy."),
+    ),
+    case(
+        "oauth.error.server_error",
+        TRANSIENT,
+        "server_error",
+        provider="oidc",
+        status=400,
+        body={"error": "server_error"},
+    ),
     case("oauth.error.slow_down", TRANSIENT, "slow_down", provider="oidc", status=400, body={"error": "slow_down"}),
     # --- HTTP status fallbacks
     case("http.401", REFRESHABLE, "http_401", provider="oidc", status=401, body={"message": "Unauthorized"}),
     case("http.403", UNKNOWN, "http_403", provider="auth0", status=403, body={"message": "Forbidden"}),
     case("http.408", TRANSIENT, "http_408", provider="oidc", status=408, body=""),
-    case("http.429", TRANSIENT, "http_429", provider="auth0", status=429, headers={"Retry-After": "7"},
-         body={"error": "too_many_requests", "error_description": "Too Many Requests"}),
+    case(
+        "http.429",
+        TRANSIENT,
+        "http_429",
+        provider="auth0",
+        status=429,
+        headers={"Retry-After": "7"},
+        body={"error": "too_many_requests", "error_description": "Too Many Requests"},
+    ),
     case("http.5xx", TRANSIENT, "http_502", provider="entra", status=502, body="<html><h1>502 Bad Gateway</h1></html>"),
 ]
 
@@ -442,15 +758,25 @@ def test_entra_code_escalates_a_suberror_to_the_operator():
 
     result = classify(provider="entra", status=400, body=body)
 
-    assert (result.failure_class, result.signature, result.reason) == (MISCONFIG, "entra.error_code.90094", "admin_consent")
+    assert (result.failure_class, result.signature, result.reason) == (
+        MISCONFIG,
+        "entra.error_code.90094",
+        "admin_consent",
+    )
 
 
 def test_entra_code_agreeing_with_the_suberror_names_the_row():
-    body = entra("invalid_grant", 53003, "Access has been blocked by Conditional Access policies.", suberror="message_only")
+    body = entra(
+        "invalid_grant", 53003, "Access has been blocked by Conditional Access policies.", suberror="message_only"
+    )
 
     result = classify(provider="entra", status=400, body=body)
 
-    assert (result.failure_class, result.signature, result.reason) == (INTERACTION, "entra.error_code.53003", "conditional_access")
+    assert (result.failure_class, result.signature, result.reason) == (
+        INTERACTION,
+        "entra.error_code.53003",
+        "conditional_access",
+    )
 
 
 @pytest.mark.parametrize(
@@ -469,7 +795,9 @@ def test_entra_code_outside_the_errors_family_does_not_decide(error, code, expec
 
 
 def test_entra_suberror_outside_the_errors_family_is_ignored():
-    result = classify(provider="entra", status=503, body=entra("temporarily_unavailable", None, "Busy.", suberror="bad_token"))
+    result = classify(
+        provider="entra", status=503, body=entra("temporarily_unavailable", None, "Busy.", suberror="bad_token")
+    )
 
     assert (result.failure_class, result.signature) == (TRANSIENT, "oauth.error.temporarily_unavailable")
 
@@ -646,7 +974,9 @@ def test_nango_wrapped_body_as_json_text():
 
 def test_nango_log_operation_shape():
     body = {
-        "payload": {"dataMessage": {"error_description": "Token has been expired or revoked.", "error": "invalid_grant"}},
+        "payload": {
+            "dataMessage": {"error_description": "Token has been expired or revoked.", "error": "invalid_grant"}
+        },
         "type": "refresh_token_external_error",
         "status": 400,
     }
@@ -756,7 +1086,10 @@ JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJ1c2VyIiwiZXhwIjoxfQ.c2lnbmF
         ("password: correct-horse-battery", "correct-horse-battery"),
         ("client_assertion=abc.def.ghi rejected", "abc.def.ghi"),
         ("redirect https://app.example/cb?code=SplxlOBeZQQYbYS6WxSbIA&state=x", "SplxlOBeZQQYbYS6WxSbIA"),
-        ("opaque 0.ARwA6WgJ0rDf2kSGvb4bBpaXD5yUJYkIWoNEq2j2QmBdGB0cAN4 blob", "ARwA6WgJ0rDf2kSGvb4bBpaXD5yUJYkIWoNEq2j2QmBdGB0cAN4"),
+        (
+            "opaque 0.ARwA6WgJ0rDf2kSGvb4bBpaXD5yUJYkIWoNEq2j2QmBdGB0cAN4 blob",
+            "ARwA6WgJ0rDf2kSGvb4bBpaXD5yUJYkIWoNEq2j2QmBdGB0cAN4",
+        ),
     ],
 )
 def test_description_never_echoes_secrets(message, secret):
@@ -930,7 +1263,11 @@ def test_garbage_status_and_headers_never_raise(status, headers):
 def test_garbage_error_kind_never_raises(error_kind):
     result = classify(provider="oidc", error_kind=error_kind)
 
-    expected = TRANSIENT if isinstance(error_kind, str) and error_kind.strip().lower() in ("timeout", "connection_error") else UNKNOWN
+    expected = (
+        TRANSIENT
+        if isinstance(error_kind, str) and error_kind.strip().lower() in ("timeout", "connection_error")
+        else UNKNOWN
+    )
     assert result.failure_class == expected
 
 

@@ -52,7 +52,9 @@ def open_and_start(page, link: str, tmp_path: Path, shot: str) -> None:
     page.goto(link)
     assert re.search(r"/reconnect/r/[0-9a-f-]{36}/$", page.url)
     assert page.get_by_role("heading", level=1).inner_text().startswith("Reconnect your Microsoft Entra ID account")
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling on a phone
+    assert page.evaluate(
+        "document.documentElement.scrollWidth <= window.innerWidth"
+    )  # no sideways scrolling on a phone
     page.screenshot(path=str(tmp_path / f"{shot}-landing.png"), full_page=True)
     page.seen.append(page.content())
     buttons = page.get_by_role("button")
@@ -91,7 +93,9 @@ def test_the_owner_reconnects_in_a_browser(owner_browser, emailed_link, revive_s
     assert "already been used" in page.content()
 
 
-@pytest.mark.parametrize("username, reason", [("mallory", "the wrong user"), ("ada-fabrikam", "the right subject in another tenant")])
+@pytest.mark.parametrize(
+    "username, reason", [("mallory", "the wrong user"), ("ada-fabrikam", "the right subject in another tenant")]
+)
 def test_another_account_is_refused_in_a_browser(owner_browser, emailed_link, lab_idp, tmp_path, username, reason):
     oc, link, _ = emailed_link
     page = owner_browser
@@ -101,7 +105,10 @@ def test_another_account_is_refused_in_a_browser(owner_browser, emailed_link, la
     page.screenshot(path=str(tmp_path / f"{username}-refused.png"), full_page=True)
     page.seen.append(page.content())
 
-    heading = {"mallory": "That account does not own this connection", "ada-fabrikam": "You signed in to another tenant"}
+    heading = {
+        "mallory": "That account does not own this connection",
+        "ada-fabrikam": "You signed in to another tenant",
+    }
     assert page.get_by_role("heading", level=1).inner_text() == heading[username]  # it names what differed
     alert = page.get_by_role("alert").inner_text()
     if username == "mallory":  # another account: named; the right account in another tenant: the tenant is named
@@ -113,4 +120,3 @@ def test_another_account_is_refused_in_a_browser(owner_browser, emailed_link, la
     req = oc.request
     assert (req.state, req.refusals) == (ReconnectRequest.State.ACTIVE, 1)
     assert page.get_by_role("button").count() == 1  # try again with the right account
-

@@ -32,14 +32,24 @@ CAE_CLAIMS = {"access_token": {"nbf": {"essential": True, "value": "1764669600"}
 
 def cae_error(claims=CAE_CLAIMS) -> dict:
     encoded = base64.b64encode(json.dumps(claims).encode()).decode()
-    return {"status": 401, "body": "", "headers": {"WWW-Authenticate": (
-        'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
-        f'client_id="00000003-0000-0000-c000-000000000000", error="insufficient_claims", claims="{encoded}"')}}
+    return {
+        "status": 401,
+        "body": "",
+        "headers": {
+            "WWW-Authenticate": (
+                'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
+                f'client_id="00000003-0000-0000-c000-000000000000", error="insufficient_claims", claims="{encoded}"'
+            )
+        },
+    }
 
 
 def entra_error(code: int, error: str = "invalid_grant", suberror: str | None = None) -> dict:
-    body = {"error": error, "error_description": f"AADSTS{code}: see https://login.microsoftonline.com/error",
-            "error_codes": [code]}
+    body = {
+        "error": error,
+        "error_description": f"AADSTS{code}: see https://login.microsoftonline.com/error",
+        "error_codes": [code],
+    }
     if suberror:
         body["suberror"] = suberror
     return {"status": 400, "body": body}
@@ -61,8 +71,9 @@ def test_a_cae_challenge_keeps_its_claims_on_the_case_and_in_the_audit(owner_cas
     assert oc.request is not None  # the owner is asked, not an operator
 
 
-def test_the_owner_signs_in_with_the_claims_and_the_reconnect_completes(client, owner_case, issue_link, lab_sign_in,
-                                                                        idp_browser):
+def test_the_owner_signs_in_with_the_claims_and_the_reconnect_completes(
+    client, owner_case, issue_link, lab_sign_in, idp_browser
+):
     oc = owner_case(provider_error=cae_error())
     link, _ = issue_link(oc)
     owner = Owner(client, idp_browser, link)
@@ -72,7 +83,9 @@ def test_the_owner_signs_in_with_the_claims_and_the_reconnect_completes(client, 
 
     assert start.status_code == 302
     params = authorize_params(start["Location"])
-    assert json.loads(params["claims"]) == {"access_token": {**CAE_CLAIMS["access_token"], "xms_cc": {"values": ["cp1"]}}}
+    assert json.loads(params["claims"]) == {
+        "access_token": {**CAE_CLAIMS["access_token"], "xms_cc": {"values": ["cp1"]}}
+    }
     started = AuditEvent.objects.get(action="reconnect.sign_in_started", entity_id=str(oc.request.public_id))
     assert json.loads(started.arguments["claims"]) == CAE_CLAIMS
     callback = urlsplit(idp_browser.authorize(start["Location"], "ada"))
@@ -84,20 +97,24 @@ def test_the_owner_signs_in_with_the_claims_and_the_reconnect_completes(client, 
     assert oc.refresh().state == CaseState.REAUTHORIZED and oc.refresh().resumed_generation == 2
 
 
-def test_without_a_challenge_the_sign_in_carries_only_the_client_capabilities(client, owner_case, issue_link, lab_sign_in,
-                                                                              idp_browser):
+def test_without_a_challenge_the_sign_in_carries_only_the_client_capabilities(
+    client, owner_case, issue_link, lab_sign_in, idp_browser
+):
     oc = owner_case()
     owner = Owner(client, idp_browser, issue_link(oc)[0])
 
     start = client.post(f"/reconnect/r/{owner.public_id}/start")
 
-    assert json.loads(authorize_params(start["Location"])["claims"]) == {"access_token": {"xms_cc": {"values": ["cp1"]}}}
+    assert json.loads(authorize_params(start["Location"])["claims"]) == {
+        "access_token": {"xms_cc": {"values": ["cp1"]}}
+    }
     started = AuditEvent.objects.get(action="reconnect.sign_in_started", entity_id=str(oc.request.public_id))
     assert "claims" not in started.arguments
 
 
-def test_a_claims_challenge_is_not_sent_to_a_provider_other_than_entra(client, owner_case, issue_link, lab_sign_in,
-                                                                       idp_browser):
+def test_a_claims_challenge_is_not_sent_to_a_provider_other_than_entra(
+    client, owner_case, issue_link, lab_sign_in, idp_browser
+):
     oc = owner_case(provider="oidc", subject="sub-ada", tenant="", issuer=lab_sign_in.url, provider_error=cae_error())
     owner = Owner(client, idp_browser, issue_link(oc)[0])
 
@@ -107,22 +124,26 @@ def test_a_claims_challenge_is_not_sent_to_a_provider_other_than_entra(client, o
     assert CAE_CLAIMS["access_token"]["nbf"]["value"] not in start["Location"]
 
 
-@pytest.mark.parametrize(("provider_error", "reason"), [
-    (entra_error(50076), "mfa"),
-    (entra_error(50079, "interaction_required"), "mfa_registration"),
-    (entra_error(65001, "consent_required"), "consent"),
-    (entra_error(53000, "interaction_required"), "compliant_device"),
-    (entra_error(53002, "interaction_required"), "approved_app"),
-    (entra_error(53003, "invalid_grant", "message_only"), "conditional_access"),
-    (entra_error(50055), "password_change"),
-    (entra_error(9999999, "invalid_grant", "user_password_expired"), "password_change"),
-    (entra_error(50053, "interaction_required"), "account_locked"),
-    (entra_error(53011), "risk"),
-    (entra_error(9999999, "interaction_required", "additional_action"), "additional_action"),
-    (cae_error(), "claims_challenge"),
-])
-def test_the_landing_page_says_what_the_owner_must_do(client, owner_case, issue_link, sign_in_configured, idp_browser,
-                                                      provider_error, reason):
+@pytest.mark.parametrize(
+    ("provider_error", "reason"),
+    [
+        (entra_error(50076), "mfa"),
+        (entra_error(50079, "interaction_required"), "mfa_registration"),
+        (entra_error(65001, "consent_required"), "consent"),
+        (entra_error(53000, "interaction_required"), "compliant_device"),
+        (entra_error(53002, "interaction_required"), "approved_app"),
+        (entra_error(53003, "invalid_grant", "message_only"), "conditional_access"),
+        (entra_error(50055), "password_change"),
+        (entra_error(9999999, "invalid_grant", "user_password_expired"), "password_change"),
+        (entra_error(50053, "interaction_required"), "account_locked"),
+        (entra_error(53011), "risk"),
+        (entra_error(9999999, "interaction_required", "additional_action"), "additional_action"),
+        (cae_error(), "claims_challenge"),
+    ],
+)
+def test_the_landing_page_says_what_the_owner_must_do(
+    client, owner_case, issue_link, sign_in_configured, idp_browser, provider_error, reason
+):
     oc = owner_case(provider_error=provider_error)
     assert oc.refresh().provider_error["reason"] == reason
 
@@ -131,7 +152,9 @@ def test_the_landing_page_says_what_the_owner_must_do(client, owner_case, issue_
     assert "What you need to do" in page and escape(OWNER_ACTIONS[reason]) in page
 
 
-def test_a_dead_grant_without_a_reason_has_no_instruction(client, owner_case, issue_link, sign_in_configured, idp_browser):
+def test_a_dead_grant_without_a_reason_has_no_instruction(
+    client, owner_case, issue_link, sign_in_configured, idp_browser
+):
     page = Owner(client, idp_browser, issue_link(owner_case())[0]).pages[0]
 
     assert "What you need to do" not in page
@@ -143,7 +166,10 @@ def test_admin_consent_goes_to_an_operator_not_the_owner(owner_case, code):
 
     case = oc.refresh()
     assert (case.failure_class, case.provider_error["reason"], case.owner_required) == (
-        "misconfiguration", "admin_consent", False)
+        "misconfiguration",
+        "admin_consent",
+        False,
+    )
     assert oc.request is None  # no owner link: an administrator has to consent
 
 
@@ -159,17 +185,23 @@ def test_entra_apps_declare_client_capabilities_and_the_setting_turns_it_off():
     off = socialaccount_providers(entra_client_id="app", entra_tenants=["t1"], entra_client_capabilities=[])
 
     assert json.loads(on["openid_connect"]["APPS"][0]["settings"]["auth_params"]["claims"]) == {
-        "access_token": {"xms_cc": {"values": ["cp1"]}}}
+        "access_token": {"xms_cc": {"values": ["cp1"]}}
+    }
     assert "claims" not in off["openid_connect"]["APPS"][0]["settings"]["auth_params"]
 
 
-@pytest.mark.parametrize(("requests", "expected"), [
-    (("", ""), ""),
-    (('{"access_token":{"xms_cc":{"values":["cp1"]}}}', '{"access_token":{"nbf":{"essential":true}}}'),
-     {"access_token": {"xms_cc": {"values": ["cp1"]}, "nbf": {"essential": True}}}),
-    (('{"id_token":{"acrs":{"essential":true}}}', "not json"), {"id_token": {"acrs": {"essential": True}}}),
-    (("[1]", '{"access_token":{"acrs":{"values":["c1"]}}}'), {"access_token": {"acrs": {"values": ["c1"]}}}),
-])
+@pytest.mark.parametrize(
+    ("requests", "expected"),
+    [
+        (("", ""), ""),
+        (
+            ('{"access_token":{"xms_cc":{"values":["cp1"]}}}', '{"access_token":{"nbf":{"essential":true}}}'),
+            {"access_token": {"xms_cc": {"values": ["cp1"]}, "nbf": {"essential": True}}},
+        ),
+        (('{"id_token":{"acrs":{"essential":true}}}', "not json"), {"id_token": {"acrs": {"essential": True}}}),
+        (("[1]", '{"access_token":{"acrs":{"values":["c1"]}}}'), {"access_token": {"acrs": {"values": ["c1"]}}}),
+    ],
+)
 def test_merge_claims(requests, expected):
     merged = merge_claims(*requests)
 

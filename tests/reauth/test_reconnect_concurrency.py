@@ -43,8 +43,14 @@ def test_racing_callbacks_consume_the_request_exactly_once(owner_case, mailoutbo
     public_id = oc.request.public_id
     right = ProviderIdentity(subject=ADA_OID, tenant=CONTOSO_TID, label="ada@contoso.example")
 
-    outcomes = race(lambda i: services.reconnect_request_complete(
-        public_id=public_id, presented=right, grant=Grant(access_token=f"at-race-{i}", refresh_token=f"rt-race-{i}"), actor=f"owner:racer{i}"))
+    outcomes = race(
+        lambda i: services.reconnect_request_complete(
+            public_id=public_id,
+            presented=right,
+            grant=Grant(access_token=f"at-race-{i}", refresh_token=f"rt-race-{i}"),
+            actor=f"owner:racer{i}",
+        )
+    )
 
     won = [o for o in outcomes if isinstance(o, services.Completion) and o.consumed]
     lost = [o for o in outcomes if isinstance(o, ReconnectLinkUsed)]
@@ -63,8 +69,11 @@ def test_racing_refusals_are_counted_exactly_and_lock_at_five(owner_case, mailou
     public_id = oc.request.public_id
     wrong = ProviderIdentity(subject=MALLORY_OID, tenant=CONTOSO_TID, label="mallory@contoso.example")
 
-    outcomes = race(lambda i: services.reconnect_request_complete(public_id=public_id, presented=wrong,
-                                                                  grant=Grant(access_token=f"at-{i}"), actor="owner:mallory"))
+    outcomes = race(
+        lambda i: services.reconnect_request_complete(
+            public_id=public_id, presented=wrong, grant=Grant(access_token=f"at-{i}"), actor="owner:mallory"
+        )
+    )
 
     refused = [o for o in outcomes if isinstance(o, services.Completion) and not o.consumed]
     locked_out = [o for o in outcomes if isinstance(o, ReconnectLinkLocked)]
@@ -86,7 +95,9 @@ def test_a_reconnect_racing_a_resend_never_uses_the_revoked_link(owner_case, mai
     def either(i):
         if i % 2:
             return services.reconnect_request_resend(public_id=public_id, actor="operator:ops")
-        return services.reconnect_request_complete(public_id=public_id, presented=right, grant=Grant(access_token="at"), actor="owner:ada")
+        return services.reconnect_request_complete(
+            public_id=public_id, presented=right, grant=Grant(access_token="at"), actor="owner:ada"
+        )
 
     outcomes = race(either, n=4)
     consumed = [o for o in outcomes if isinstance(o, services.Completion) and o.consumed]

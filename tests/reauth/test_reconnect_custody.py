@@ -20,7 +20,9 @@ def test_a_grant_round_trips_encrypted(make_connection):
     custody = get_custody()
     assert isinstance(custody, DatabaseCustody)
     expires = datetime(2030, 1, 1, tzinfo=UTC)
-    reference = custody.store(connection_id=conn.pk, generation=2, grant=Grant(access_token=ACCESS, refresh_token=REFRESH, expires_at=expires))
+    reference = custody.store(
+        connection_id=conn.pk, generation=2, grant=Grant(access_token=ACCESS, refresh_token=REFRESH, expires_at=expires)
+    )
     row = CustodyGrant.objects.get(connection=conn)
     assert reference == f"database:{row.pk}"
     assert ACCESS not in row.ciphertext and REFRESH not in row.ciphertext and row.ciphertext.startswith("gAAAA")
@@ -79,9 +81,13 @@ def test_custody_is_pluggable(settings, owner_case, issue_link):
 
     oc = owner_case()
     issue_link(oc)
-    reconnect_request_complete(public_id=oc.request.public_id, presented=ProviderIdentity(subject=ADA_OID, tenant=CONTOSO_TID),
-                               grant=Grant(access_token=ACCESS), actor="owner:ada")
-    (connection_id, generation, grant), = stored
+    reconnect_request_complete(
+        public_id=oc.request.public_id,
+        presented=ProviderIdentity(subject=ADA_OID, tenant=CONTOSO_TID),
+        grant=Grant(access_token=ACCESS),
+        actor="owner:ada",
+    )
+    ((connection_id, generation, grant),) = stored
     assert (connection_id, generation, grant.access_token) == (oc.connection_id, 2, ACCESS)
     assert CustodyGrant.objects.count() == 0
     assert AuditEvent.objects.get(action="credential.custody_stored").after["reference"] == "vault:1"

@@ -35,8 +35,10 @@ def test_two_real_callbacks_race_and_exactly_one_reconnects(live, lab_idp, owner
     csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', landing.text).group(1)
     start_path = re.search(r'<form class="action" method="post" action="([^"]+)"', landing.text).group(1)
     # The owner pressed the button in two tabs; both sign-ins complete at the provider.
-    starts = [owner.post(live.url + start_path, data={"csrfmiddlewaretoken": csrf}, headers={"Referer": str(landing.url)})
-              for _ in range(2)]
+    starts = [
+        owner.post(live.url + start_path, data={"csrfmiddlewaretoken": csrf}, headers={"Referer": str(landing.url)})
+        for _ in range(2)
+    ]
     assert all(s.status_code == 302 and s.headers["location"].startswith(lab_idp.url) for s in starts)
     idp = IdpBrowser(lab_idp)
     callbacks = [idp.authorize(s.headers["location"], "ada") for s in starts]
@@ -56,7 +58,9 @@ def test_two_real_callbacks_race_and_exactly_one_reconnects(live, lab_idp, owner
     for t in threads:
         t.join(timeout=60)
 
-    outcomes = sorted((r.status_code, r.headers.get("location", ""), r.headers.get("x-revive-code", "")) for r in results)
+    outcomes = sorted(
+        (r.status_code, r.headers.get("location", ""), r.headers.get("x-revive-code", "")) for r in results
+    )
     assert outcomes[0][0] == 302 and outcomes[0][1].endswith("/done"), outcomes
     assert outcomes[1][0] == 410 and outcomes[1][2] == "RECONNECT_LINK_USED", outcomes
     assert Connection.objects.get(pk=oc.connection_id).current_generation == 2

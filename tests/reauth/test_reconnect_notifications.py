@@ -131,7 +131,11 @@ def test_a_lost_notification_message_is_sent_by_the_outbox_sweep(owner_case, mai
 
     oc = owner_case()
     item = OutboxItem.objects.get(kind=services.NOTIFY_OWNER)
-    assert (item.case_id, item.payload, held_outbox.dispatched) == (oc.case.pk, {"request_id": oc.request.pk}, [item.pk])
+    assert (item.case_id, item.payload, held_outbox.dispatched) == (
+        oc.case.pk,
+        {"request_id": oc.request.pk},
+        [item.pk],
+    )
     assert mailoutbox == [] and oc.refresh().state == CaseState.OPENED
     later = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS + 1)
     assert outbox.outbox_sweep(now=later) == [item.pk]
@@ -140,8 +144,9 @@ def test_a_lost_notification_message_is_sent_by_the_outbox_sweep(owner_case, mai
     assert len(mailoutbox) == 1 and oc.refresh().state == CaseState.AWAITING_OWNER
 
 
-def test_failed_sends_are_retried_with_backoff_then_shown_to_operators(owner_case, mailoutbox, monkeypatch,
-                                                                          held_outbox):
+def test_failed_sends_are_retried_with_backoff_then_shown_to_operators(
+    owner_case, mailoutbox, monkeypatch, held_outbox
+):
     from cases import outbox
     from cases.models import OutboxItem
 
@@ -168,7 +173,7 @@ def test_the_webhook_is_signed_and_carries_no_link(owner_case, receiver, mailout
     oc = owner_case()
     outcome = services.reconnect_request_notify(request_id=oc.request.pk)
     assert outcome.webhook == "delivered"
-    (headers, body), = receiver.requests
+    ((headers, body),) = receiver.requests
     assert headers["X-Revive-Event"] == "reconnect.requested"
     assert headers["X-Revive-Delivery"] == str(oc.request.public_id)
     assert notifications.verify(WEBHOOK_SECRET, body, headers["X-Revive-Signature"])
@@ -211,7 +216,14 @@ def test_a_webhook_url_without_a_secret_is_refused_at_startup(tmp_path):
     import subprocess
     import sys
 
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "revive_site.settings", "REVIVE_VAR_DIR": str(tmp_path),
-           "REVIVE_RECONNECT_WEBHOOK_URL": "https://hooks.example/revive", "REVIVE_RECONNECT_WEBHOOK_SECRET": ""}
-    done = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "revive_site.settings",
+        "REVIVE_VAR_DIR": str(tmp_path),
+        "REVIVE_RECONNECT_WEBHOOK_URL": "https://hooks.example/revive",
+        "REVIVE_RECONNECT_WEBHOOK_SECRET": "",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0 and "REVIVE_RECONNECT_WEBHOOK_SECRET" in done.stderr

@@ -55,8 +55,18 @@ def test_the_landing_page_says_what_stopped_and_offers_one_button(client, owner_
     response = client.get(f"/reconnect/r/{public_id}/")
     assert response.status_code == 200
     html = response.content.decode()
-    for fact in ["Nightly executive briefing", oc.run_id, "05 / prepare brief", "send_exec_05", "Microsoft Entra ID",
-                 "AADSTS700082", "a•••@contoso.example", "3f6b1c2e-8d4a-4f1b-9c7e-2a5d0e9b1c01", oc.case.reference, "UTC"]:
+    for fact in [
+        "Nightly executive briefing",
+        oc.run_id,
+        "05 / prepare brief",
+        "send_exec_05",
+        "Microsoft Entra ID",
+        "AADSTS700082",
+        "a•••@contoso.example",
+        "3f6b1c2e-8d4a-4f1b-9c7e-2a5d0e9b1c01",
+        oc.case.reference,
+        "UTC",
+    ]:
         assert fact in html, fact
     assert re.search(r"expires in (59|60) minutes", html.replace("\xa0", " "))
     assert "ada@contoso.example" not in html  # the expected account is masked
@@ -69,7 +79,9 @@ def test_the_landing_page_says_what_stopped_and_offers_one_button(client, owner_
     assert response["X-Frame-Options"] == "DENY"
 
 
-@pytest.mark.parametrize("path", ["/reconnect/r/{public_id}/", "/reconnect/r/{public_id}/done", "/reconnect/r/{public_id}/refused"])
+@pytest.mark.parametrize(
+    "path", ["/reconnect/r/{public_id}/", "/reconnect/r/{public_id}/done", "/reconnect/r/{public_id}/refused"]
+)
 def test_pages_need_the_session_that_opened_the_link(client, owner_case, issue_link, path):
     oc = owner_case()
     issue_link(oc)
@@ -104,8 +116,12 @@ def test_a_reused_link_shows_the_used_page(client, owner_case, issue_link):
 
     oc = owner_case()
     link, _ = issue_link(oc)
-    reconnect_request_complete(public_id=oc.request.public_id, presented=ProviderIdentity(subject=ADA_OID, tenant=CONTOSO_TID),
-                               grant=Grant(access_token="at-test-1"), actor="owner:test")
+    reconnect_request_complete(
+        public_id=oc.request.public_id,
+        presented=ProviderIdentity(subject=ADA_OID, tenant=CONTOSO_TID),
+        grant=Grant(access_token="at-test-1"),
+        actor="owner:test",
+    )
     response = client.get(path_of(link))
     assert_problem(response, 410, "RECONNECT_LINK_USED")
     assert "already been used" in response.content.decode()
@@ -129,13 +145,16 @@ def test_a_link_whose_case_moved_on_shows_the_revoked_page(client, owner_case, i
     assert_problem(client.get(path_of(link)), 410, "RECONNECT_LINK_REVOKED")
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda t: t[:-1] + ("B" if t[-1] == "A" else "A"),
-    lambda t: t[:-5],
-    lambda t: t + "x",
-    lambda t: "rvr_" + "A" * 43,
-    lambda t: t.upper(),
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-1] + ("B" if t[-1] == "A" else "A"),
+        lambda t: t[:-5],
+        lambda t: t + "x",
+        lambda t: "rvr_" + "A" * 43,
+        lambda t: t.upper(),
+    ],
+)
 def test_a_tampered_link_shows_the_invalid_page(client, owner_case, issue_link, mangle):
     oc = owner_case()
     _, token = issue_link(oc)
@@ -143,8 +162,15 @@ def test_a_tampered_link_shows_the_invalid_page(client, owner_case, issue_link, 
     assert oc.request.state == ReconnectRequest.State.ACTIVE
 
 
-@pytest.mark.parametrize("path", ["/reconnect/r/not-a-uuid/", "/reconnect/r/00000000-0000-0000-0000-000000000000/",
-                                  "/reconnect/l/", "/reconnect/nothing-here"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/reconnect/r/not-a-uuid/",
+        "/reconnect/r/00000000-0000-0000-0000-000000000000/",
+        "/reconnect/l/",
+        "/reconnect/nothing-here",
+    ],
+)
 def test_unknown_pages_are_a_404_with_a_code(client, path):
     assert_problem(client.get(path), 404, "RECONNECT_LINK_INVALID")
 
@@ -171,11 +197,21 @@ def test_the_start_form_refuses_a_post_without_csrf(owner_case, issue_link):
     assert not AuditEvent.objects.filter(action="reconnect.sign_in_started").exists()
 
 
-@pytest.mark.parametrize("next_url", [
-    "https://evil.example/phish", "//evil.example/", "///evil.example", "http:evil.example", "javascript:alert(1)",
-    "https://testserver.evil.example/", "https://evil.example@testserver/", "/\\evil.example", "\\\\evil.example",
-    "https://evil.example/%0d%0aSet-Cookie:x=1",
-])
+@pytest.mark.parametrize(
+    "next_url",
+    [
+        "https://evil.example/phish",
+        "//evil.example/",
+        "///evil.example",
+        "http:evil.example",
+        "javascript:alert(1)",
+        "https://testserver.evil.example/",
+        "https://evil.example@testserver/",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "https://evil.example/%0d%0aSet-Cookie:x=1",
+    ],
+)
 def test_an_open_redirect_next_on_the_link_is_refused(client, owner_case, issue_link, next_url):
     oc = owner_case()
     link, _ = issue_link(oc)
@@ -251,7 +287,9 @@ def test_a_callback_with_a_forged_state_changes_nothing(client, owner_case, issu
     link, _ = issue_link(oc)
     public_id = open_link(client, link)
     client.post(f"/reconnect/r/{public_id}/start")
-    response = client.get("/accounts/oidc/lab-idp/login/callback/", {"code": "stolen-code", "state": "forged-state-0001"})
+    response = client.get(
+        "/accounts/oidc/lab-idp/login/callback/", {"code": "stolen-code", "state": "forged-state-0001"}
+    )
     assert_problem(response, 400, "RECONNECT_SIGN_IN_FAILED")
     assert oc.request.state == ReconnectRequest.State.ACTIVE
     assert oc.refresh().connection.current_generation == 1
@@ -287,7 +325,9 @@ def _refuse(client, oc, public_id: str, presented) -> None:
     from reauth.services import reconnect_request_complete
     from reauth.views import SESSION_KEY
 
-    done = reconnect_request_complete(public_id=public_id, presented=presented, grant=Grant(access_token="at"), actor="owner")
+    done = reconnect_request_complete(
+        public_id=public_id, presented=presented, grant=Grant(access_token="at"), actor="owner"
+    )
     assert not done.consumed
     session = client.session
     state = session[SESSION_KEY]
@@ -296,20 +336,42 @@ def _refuse(client, oc, public_id: str, presented) -> None:
     session.save()
 
 
-@pytest.mark.parametrize("provider, expected, presented, differs, says", [
-    ("entra", dict(subject="oid-ada", tenant="tid-contoso"), dict(subject="oid-mallory", tenant="tid-contoso"),
-     "account", "That account does not own this connection"),
-    ("entra", dict(subject="oid-ada", tenant="tid-contoso"), dict(subject="oid-ada", tenant="tid-fabrikam"),
-     "tenant", 'You signed in to tenant <span class="mono">tid-fabrikam</span>'),
-    ("auth0", dict(subject="auth0|ada", issuer="https://t.example/", org="org_acme"),
-     dict(subject="auth0|ada", issuer="https://t.example/", org="org_other"),
-     "organization", 'you signed in to organization <span class="mono">org_other</span>'),
-])
+@pytest.mark.parametrize(
+    "provider, expected, presented, differs, says",
+    [
+        (
+            "entra",
+            dict(subject="oid-ada", tenant="tid-contoso"),
+            dict(subject="oid-mallory", tenant="tid-contoso"),
+            "account",
+            "That account does not own this connection",
+        ),
+        (
+            "entra",
+            dict(subject="oid-ada", tenant="tid-contoso"),
+            dict(subject="oid-ada", tenant="tid-fabrikam"),
+            "tenant",
+            'You signed in to tenant <span class="mono">tid-fabrikam</span>',
+        ),
+        (
+            "auth0",
+            dict(subject="auth0|ada", issuer="https://t.example/", org="org_acme"),
+            dict(subject="auth0|ada", issuer="https://t.example/", org="org_other"),
+            "organization",
+            'you signed in to organization <span class="mono">org_other</span>',
+        ),
+    ],
+)
 def test_the_refusal_names_what_differed(client, owner_case, issue_link, provider, expected, presented, differs, says):
     from reauth.identity import ProviderIdentity
 
-    oc = owner_case(provider=provider, subject=expected["subject"], tenant=expected.get("tenant", ""),
-                    issuer=expected.get("issuer", ""), org=expected.get("org", ""))
+    oc = owner_case(
+        provider=provider,
+        subject=expected["subject"],
+        tenant=expected.get("tenant", ""),
+        issuer=expected.get("issuer", ""),
+        org=expected.get("org", ""),
+    )
     link, _ = issue_link(oc)
     public_id = open_link(client, link)
     _refuse(client, oc, public_id, ProviderIdentity(label="someone@example.com", **presented))
@@ -330,10 +392,17 @@ def test_the_locked_page_says_ask_the_operator_and_offers_no_dead_back_link(clie
     link, _ = issue_link(oc)
     public_id = open_link(client, link)
     for _ in range(settings.REVIVE_RECONNECT_MAX_REFUSALS):
-        _refuse(client, oc, public_id, ProviderIdentity(subject="oid-mallory", tenant="3f6b1c2e-8d4a-4f1b-9c7e-2a5d0e9b1c01"))
-    for response, status in [(client.get(f"/reconnect/r/{public_id}/refused"), 423),
-                             (client.get(f"/reconnect/r/{public_id}/"), 423),
-                             (client.get(path_of(link)), 423)]:
+        _refuse(
+            client,
+            oc,
+            public_id,
+            ProviderIdentity(subject="oid-mallory", tenant="3f6b1c2e-8d4a-4f1b-9c7e-2a5d0e9b1c01"),
+        )
+    for response, status in [
+        (client.get(f"/reconnect/r/{public_id}/refused"), 423),
+        (client.get(f"/reconnect/r/{public_id}/"), 423),
+        (client.get(path_of(link)), 423),
+    ]:
         assert_problem(response, status, "RECONNECT_LINK_LOCKED")
         html = response.content.decode()
         assert "Ask the operator for a new link" in html

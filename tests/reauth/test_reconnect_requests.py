@@ -20,8 +20,11 @@ pytestmark = pytest.mark.django_db
 
 
 def actions_for(req) -> list[str]:
-    return list(AuditEvent.objects.filter(entity_type="reconnect_request", entity_id=str(req.public_id))
-                .order_by("id").values_list("action", flat=True))
+    return list(
+        AuditEvent.objects.filter(entity_type="reconnect_request", entity_id=str(req.public_id))
+        .order_by("id")
+        .values_list("action", flat=True)
+    )
 
 
 def test_an_owner_case_creates_one_request_in_the_same_transaction(owner_case, django_capture_on_commit_callbacks):
@@ -42,9 +45,16 @@ def test_an_owner_case_creates_one_request_in_the_same_transaction(owner_case, d
 def test_a_case_without_the_owner_gets_no_request(owner_case, make_connection, make_run):
     conn = make_connection()
     run = make_run()
-    case_services.action_begin(run_id=run.pk, checkpoint_id="01", connection_id=conn.pk, action_key="a", generation=1, actor="t")
-    answer = case_services.action_fail(run_id=run.pk, action_key="a", generation=1, actor="t",
-                                       provider_error={"status": 401, "body": {"error": "invalid_client"}})
+    case_services.action_begin(
+        run_id=run.pk, checkpoint_id="01", connection_id=conn.pk, action_key="a", generation=1, actor="t"
+    )
+    answer = case_services.action_fail(
+        run_id=run.pk,
+        action_key="a",
+        generation=1,
+        actor="t",
+        provider_error={"status": 401, "body": {"error": "invalid_client"}},
+    )
     assert answer.outcome == "parked"
     assert not ReconnectRequest.objects.filter(case__reference=answer.case_reference).exists()
 
@@ -87,7 +97,9 @@ def test_an_expired_link_is_refused_and_the_expiry_is_recorded(owner_case, issue
     assert actions_for(req)[-1] == "reconnect.expired"
 
 
-@pytest.mark.parametrize("token", ["", "rvr_", "rvr_short", "x" * 47, "rvr_" + "A" * 43, "rvr_" + "A" * 42 + "!", "../../etc/passwd"])
+@pytest.mark.parametrize(
+    "token", ["", "rvr_", "rvr_short", "x" * 47, "rvr_" + "A" * 43, "rvr_" + "A" * 42 + "!", "../../etc/passwd"]
+)
 def test_a_tampered_or_unknown_token_is_invalid(owner_case, issue_link, token):
     oc = owner_case()
     issue_link(oc)
@@ -103,7 +115,9 @@ def test_a_token_with_one_character_changed_is_invalid(owner_case, issue_link):
         services.reconnect_link_open(token=tampered)
 
 
-def test_resend_revokes_the_old_link_and_is_idempotent_per_request(owner_case, issue_link, mailoutbox, django_capture_on_commit_callbacks):
+def test_resend_revokes_the_old_link_and_is_idempotent_per_request(
+    owner_case, issue_link, mailoutbox, django_capture_on_commit_callbacks
+):
     oc = owner_case()
     _, old_token = issue_link(oc)
     old = oc.request
@@ -111,7 +125,9 @@ def test_resend_revokes_the_old_link_and_is_idempotent_per_request(owner_case, i
         new = services.reconnect_request_resend(public_id=old.public_id, actor="operator:ops")
     assert new.pk != old.pk
     old.refresh_from_db()
-    assert old.state == ReconnectRequest.State.REVOKED and old.revoked_reason == "resent" and old.replaced_by_id == new.pk
+    assert (
+        old.state == ReconnectRequest.State.REVOKED and old.revoked_reason == "resent" and old.replaced_by_id == new.pk
+    )
     with pytest.raises(ReconnectLinkRevoked):
         services.reconnect_link_open(token=old_token)
     assert len(mailoutbox) == 2  # the new link went out on commit
@@ -120,7 +136,12 @@ def test_resend_revokes_the_old_link_and_is_idempotent_per_request(owner_case, i
     assert again.pk == new.pk
     assert len(mailoutbox) == 2
     assert ReconnectRequest.objects.filter(case=oc.case, state="active").count() == 1
-    assert actions_for(old) == ["reconnect.requested", "reconnect.link_issued", "reconnect.notified", "reconnect.revoked"]
+    assert actions_for(old) == [
+        "reconnect.requested",
+        "reconnect.link_issued",
+        "reconnect.notified",
+        "reconnect.revoked",
+    ]
 
 
 def test_the_link_is_revoked_when_the_case_moves_on(owner_case, issue_link):
@@ -141,7 +162,9 @@ def test_revoke_for_case_is_offered_to_case_transitions(owner_case, issue_link):
     with transaction.atomic():
         case = case_services.case_lock(oc.case.pk)
         case_services.case_transition(case, to=CaseState.ABANDONED, actor="operator:ops")
-        assert services.reconnect_requests_revoke_for_case(case=case, reason="case_abandoned", actor="operator:ops") == 1
+        assert (
+            services.reconnect_requests_revoke_for_case(case=case, reason="case_abandoned", actor="operator:ops") == 1
+        )
     assert oc.request.revoked_reason == "case_abandoned"
     with pytest.raises(ReconnectLinkRevoked):
         services.reconnect_link_open(token=token)
@@ -156,7 +179,10 @@ def test_the_sweep_settles_expired_links_and_links_whose_case_moved_on(owner_cas
 
     assert services.reconnect_requests_expire(actor="system:beat") == 2
     assert expired.request.state == ReconnectRequest.State.EXPIRED
-    assert (moved_on.request.state, moved_on.request.revoked_reason) == (ReconnectRequest.State.REVOKED, "case_moved_on")
+    assert (moved_on.request.state, moved_on.request.revoked_reason) == (
+        ReconnectRequest.State.REVOKED,
+        "case_moved_on",
+    )
     assert fresh.request.state == unsent.request.state == ReconnectRequest.State.ACTIVE
     assert services.reconnect_requests_expire(actor="system:beat") == 0
 
@@ -179,5 +205,8 @@ def test_the_lab_command_parks_a_run_for_its_owner(mailoutbox, django_capture_on
     with django_capture_on_commit_callbacks(execute=True):
         call_command("reconnect_lab_case", stdout=out)
     req = ReconnectRequest.objects.get()
-    assert req.case.reference in out.getvalue() and req.connection.provider_tenant == "3f6b1c2e-8d4a-4f1b-9c7e-2a5d0e9b1c01"
+    assert (
+        req.case.reference in out.getvalue()
+        and req.connection.provider_tenant == "3f6b1c2e-8d4a-4f1b-9c7e-2a5d0e9b1c01"
+    )
     assert len(mailoutbox) == 1 and "/reconnect/l/rvr_" in mailoutbox[0].body

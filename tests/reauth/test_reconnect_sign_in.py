@@ -60,8 +60,17 @@ def assert_nothing_about_owners_kept():
     assert EmailAddress.objects.count() == 0
 
 
-def test_the_right_account_reconnects(client, owner_case, issue_link, lab_sign_in, idp_browser, caplog, capfd, monkeypatch,
-                                      django_capture_on_commit_callbacks):
+def test_the_right_account_reconnects(
+    client,
+    owner_case,
+    issue_link,
+    lab_sign_in,
+    idp_browser,
+    caplog,
+    capfd,
+    monkeypatch,
+    django_capture_on_commit_callbacks,
+):
     caplog.set_level(logging.DEBUG)
     oc = owner_case()
     link, link_token = issue_link(oc)
@@ -74,7 +83,10 @@ def test_the_right_account_reconnects(client, owner_case, issue_link, lab_sign_i
     assert "reconnected" in html and 'data-generation="2"' in html and "1 → 2" in html
     conn = Connection.objects.get(pk=oc.connection_id)
     assert conn.current_generation == 2
-    assert list(CredentialGeneration.objects.filter(connection=conn).values_list("number", "state")) == [(1, "superseded"), (2, "issued")]
+    assert list(CredentialGeneration.objects.filter(connection=conn).values_list("number", "state")) == [
+        (1, "superseded"),
+        (2, "issued"),
+    ]
     case = oc.refresh()
     assert case.state == CaseState.REAUTHORIZED and case.resumed_generation == 2
     req = oc.request
@@ -86,16 +98,22 @@ def test_the_right_account_reconnects(client, owner_case, issue_link, lab_sign_i
     assert_nothing_about_owners_kept()
 
     consumed = AuditEvent.objects.get(action="reconnect.consumed", entity_id=str(req.public_id))
-    assert consumed.arguments["identity"]["tenant"] == CONTOSO_TID and consumed.arguments["identity"]["subject"] == ADA_OID
+    assert (
+        consumed.arguments["identity"]["tenant"] == CONTOSO_TID and consumed.arguments["identity"]["subject"] == ADA_OID
+    )
     assert AuditEvent.objects.filter(action="lease.advanced", connection_id=conn.pk).count() == 1
     stored = AuditEvent.objects.get(action="credential.custody_stored", connection_id=conn.pk)
-    assert stored.after["custody"] == "database" and stored.after["generation"] == 2 and stored.after["renewable"] is True
+    assert (
+        stored.after["custody"] == "database" and stored.after["generation"] == 2 and stored.after["renewable"] is True
+    )
 
     grant = get_custody().load(connection_id=conn.pk)
     assert grant.access_token and grant.refresh_token
     secrets_ = [grant.access_token, grant.refresh_token, link_token]
     row = CustodyGrant.objects.get(connection=conn)
-    assert row.generation == 2 and grant.access_token not in row.ciphertext and grant.refresh_token not in row.ciphertext
+    assert (
+        row.generation == 2 and grant.access_token not in row.ciphertext and grant.refresh_token not in row.ciphertext
+    )
     assert tables_containing(secrets_) == []
     audit_text = str(list(AuditEvent.objects.values_list("before", "after", "arguments", "actor")))
     assert not any(s in audit_text for s in secrets_)
@@ -125,12 +143,16 @@ def test_the_right_account_reconnects(client, owner_case, issue_link, lab_sign_i
     assert classify(provider="oidc", status=400, body=revoked.json()).failure_class == FailureClass.DEAD_GRANT
 
 
-@pytest.mark.parametrize("username, mismatched, tenant", [
-    ("mallory", ["subject"], CONTOSO_TID),
-    ("ada-fabrikam", ["tenant"], FABRIKAM_TID),
-])
-def test_another_account_is_refused_and_the_link_stays_usable(client, owner_case, issue_link, lab_sign_in, idp_browser, caplog,
-                                                              username, mismatched, tenant):
+@pytest.mark.parametrize(
+    "username, mismatched, tenant",
+    [
+        ("mallory", ["subject"], CONTOSO_TID),
+        ("ada-fabrikam", ["tenant"], FABRIKAM_TID),
+    ],
+)
+def test_another_account_is_refused_and_the_link_stays_usable(
+    client, owner_case, issue_link, lab_sign_in, idp_browser, caplog, username, mismatched, tenant
+):
     oc = owner_case()
     link, link_token = issue_link(oc)
     owner = Owner(client, idp_browser, link)
@@ -222,7 +244,9 @@ def test_a_callback_in_another_browser_is_refused(client, owner_case, issue_link
     callback = urlsplit(idp_browser.authorize(start["Location"], "ada"))
     attacker = Client()
     response = attacker.get(f"{callback.path}?{callback.query}")
-    assert response.status_code == 400 and response["X-Revive-Code"] == "RECONNECT_SIGN_IN_FAILED"  # the state lives in the owner's session
+    assert (
+        response.status_code == 400 and response["X-Revive-Code"] == "RECONNECT_SIGN_IN_FAILED"
+    )  # the state lives in the owner's session
     assert Connection.objects.get(pk=oc.connection_id).current_generation == 1
     assert oc.request.state == ReconnectRequest.State.ACTIVE
 
@@ -244,11 +268,34 @@ def test_seeding_the_lab_provider_again_changes_nobody(lab_idp):
     from .conftest import LAB_PASSWORD, REPO_ROOT
 
     home = lab_idp.log.parent
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "lab.idp.settings", "REVIVE_VAR_DIR": str(home),
-           "REVIVE_IDP_DATABASE_URL": f"sqlite:///{home / 'idp.sqlite3'}", "REVIVE_IDP_FAST_PASSWORDS": "1"}
-    again = subprocess.run([sys.executable, str(REPO_ROOT / "manage.py"), "idp_seed", "--client-id", lab_idp.client_id,
-                            "--client-secret", lab_idp.client_secret, "--password", LAB_PASSWORD,
-                            "--redirect-uri", f"http://127.0.0.1:{lab_idp.revive_port}/accounts/oidc/lab-idp/login/callback/",
-                            "--redirect-uri", "http://testserver/accounts/oidc/lab-idp/login/callback/"],
-                           env=env, cwd=REPO_ROOT, check=True, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "lab.idp.settings",
+        "REVIVE_VAR_DIR": str(home),
+        "REVIVE_IDP_DATABASE_URL": f"sqlite:///{home / 'idp.sqlite3'}",
+        "REVIVE_IDP_FAST_PASSWORDS": "1",
+    }
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "manage.py"),
+            "idp_seed",
+            "--client-id",
+            lab_idp.client_id,
+            "--client-secret",
+            lab_idp.client_secret,
+            "--password",
+            LAB_PASSWORD,
+            "--redirect-uri",
+            f"http://127.0.0.1:{lab_idp.revive_port}/accounts/oidc/lab-idp/login/callback/",
+            "--redirect-uri",
+            "http://testserver/accounts/oidc/lab-idp/login/callback/",
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert json.loads(again.stdout)["users"] == lab_idp.users

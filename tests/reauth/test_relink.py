@@ -38,28 +38,54 @@ def vault_case(settings, vault):
     settings.REVIVE_AUTH0_TOKEN_VAULT = token_vault_settings(vault)
     n = len(vault.sessions)
     conn_id, run_id = f"conn_vault_{n}", f"run_vault_{n}"
-    case_services.connection_create(connection_id=conn_id, provider="auth0_token_vault", owner_email="ada@contoso.example",
-                                    provider_subject=UPSTREAM_ACCOUNTS["ada"]["sub"], provider_tenant=CONNECTION,
-                                    provider_issuer=vault.upstream_issuer, display_name="Ops mailbox", actor="test")
+    case_services.connection_create(
+        connection_id=conn_id,
+        provider="auth0_token_vault",
+        owner_email="ada@contoso.example",
+        provider_subject=UPSTREAM_ACCOUNTS["ada"]["sub"],
+        provider_tenant=CONNECTION,
+        provider_issuer=vault.upstream_issuer,
+        display_name="Ops mailbox",
+        actor="test",
+    )
     session = vault.sign_in(USER, connection=CONNECTION, upstream="ada")
     get_custody().store(connection_id=conn_id, generation=1, grant=Grant(access_token="", refresh_token=session))
     vault.revoke_upstream(USER, CONNECTION)
-    case_services.run_register(run_id=run_id, runtime=Runtime.LANGGRAPH, runtime_ref={"thread_id": run_id},
-                               workflow_name="Nightly executive briefing", actor="test")
-    case_services.action_begin(run_id=run_id, checkpoint_id="05", connection_id=conn_id, action_key="send_exec_05",
-                               generation=1, actor="test")
-    refused = httpx.post(f"{vault.url}/oauth/token", data={
-        "grant_type": "urn:auth0:params:oauth:grant-type:token-exchange:federated-connection-access-token",
-        "client_id": vault.client_id, "client_secret": vault.client_secret, "subject_token": session,
-        "subject_token_type": "urn:ietf:params:oauth:token-type:refresh_token",
-        "requested_token_type": "http://auth0.com/oauth/token-type/federated-connection-access-token",
-        "connection": CONNECTION})
-    answer = case_services.action_fail(run_id=run_id, action_key="send_exec_05", generation=1, actor="test",
-                                       provider_error={"status": refused.status_code, "body": refused.json()})
+    case_services.run_register(
+        run_id=run_id,
+        runtime=Runtime.LANGGRAPH,
+        runtime_ref={"thread_id": run_id},
+        workflow_name="Nightly executive briefing",
+        actor="test",
+    )
+    case_services.action_begin(
+        run_id=run_id, checkpoint_id="05", connection_id=conn_id, action_key="send_exec_05", generation=1, actor="test"
+    )
+    refused = httpx.post(
+        f"{vault.url}/oauth/token",
+        data={
+            "grant_type": "urn:auth0:params:oauth:grant-type:token-exchange:federated-connection-access-token",
+            "client_id": vault.client_id,
+            "client_secret": vault.client_secret,
+            "subject_token": session,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:refresh_token",
+            "requested_token_type": "http://auth0.com/oauth/token-type/federated-connection-access-token",
+            "connection": CONNECTION,
+        },
+    )
+    answer = case_services.action_fail(
+        run_id=run_id,
+        action_key="send_exec_05",
+        generation=1,
+        actor="test",
+        provider_error={"status": refused.status_code, "body": refused.json()},
+    )
     assert answer.outcome == "parked" and answer.failure_class == "relink_required"
     from cases.models import RecoveryCase
 
-    return OwnerCase(case=RecoveryCase.objects.get(reference=answer.case_reference), connection_id=conn_id, run_id=run_id)
+    return OwnerCase(
+        case=RecoveryCase.objects.get(reference=answer.case_reference), connection_id=conn_id, run_id=run_id
+    )
 
 
 def upstream_tokens(vault) -> list[str]:
@@ -84,8 +110,9 @@ def relink_until_return(client, link: str, vault, account: str):
 
 
 @pytest.mark.django_db
-def test_relink_with_the_recorded_account_advances_the_generation_and_keeps_no_upstream_token(client, vault_case,
-                                                                                              issue_link, vault):
+def test_relink_with_the_recorded_account_advances_the_generation_and_keeps_no_upstream_token(
+    client, vault_case, issue_link, vault
+):
     link, link_token = issue_link(vault_case)
     callback, page = relink_until_return(client, link, vault, "ada")
     assert "Re-link the connected account" in page and "no longer holds a working grant" in page
@@ -98,11 +125,16 @@ def test_relink_with_the_recorded_account_advances_the_generation_and_keeps_no_u
     linked = vault.connected(USER, CONNECTION)
     assert linked.alive and linked.upstream == "ada"
     consumed = AuditEvent.objects.get(action="reconnect.consumed", entity_id=str(vault_case.request.public_id))
-    assert consumed.arguments["identity"] == {"issuer": vault.upstream_issuer, "subject": UPSTREAM_ACCOUNTS["ada"]["sub"],
-                                              "label": "ada@contoso.example"}
+    assert consumed.arguments["identity"] == {
+        "issuer": vault.upstream_issuer,
+        "subject": UPSTREAM_ACCOUNTS["ada"]["sub"],
+        "label": "ada@contoso.example",
+    }
     tokens = upstream_tokens(vault)
     assert tokens  # the proof used the exchange...
-    assert tables_containing(tokens + [link_token], exclude=()) == []  # ...and no upstream token was kept, custody included
+    assert (
+        tables_containing(tokens + [link_token], exclude=()) == []
+    )  # ...and no upstream token was kept, custody included
     audit_text = str(list(AuditEvent.objects.values_list("before", "after", "arguments")))
     assert not any(t in audit_text for t in tokens)
 
@@ -141,7 +173,11 @@ def test_a_tampered_or_replayed_return_changes_nothing(client, vault_case, issue
     response = client.get(back.path, params)
 
     assert response.status_code in (400, 410), response.content[:300]
-    assert response["X-Revive-Code"] in ("RECONNECT_SIGN_IN_FAILED", "RECONNECT_SIGN_IN_CANCELLED", "RECONNECT_LINK_USED")
+    assert response["X-Revive-Code"] in (
+        "RECONNECT_SIGN_IN_FAILED",
+        "RECONNECT_SIGN_IN_CANCELLED",
+        "RECONNECT_LINK_USED",
+    )
     expected_generation = 2 if tamper == "replay" else 1
     assert Connection.objects.get(pk=vault_case.connection_id).current_generation == expected_generation
 
@@ -185,8 +221,9 @@ def relink_in_browser(page, link: str, account_email: str) -> None:
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
-def test_the_owner_relinks_the_right_account_in_a_browser(owner_page, live_server, settings, vault_case, mailoutbox,
-                                                          vault, tmp_path):
+def test_the_owner_relinks_the_right_account_in_a_browser(
+    owner_page, live_server, settings, vault_case, mailoutbox, vault, tmp_path
+):
     link, _ = browser_link(live_server, mailoutbox, settings)
 
     relink_in_browser(owner_page, link, "ada@contoso.example")
@@ -200,8 +237,9 @@ def test_the_owner_relinks_the_right_account_in_a_browser(owner_page, live_serve
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
-def test_the_wrong_upstream_account_is_refused_in_a_browser_then_the_right_one_relinks(owner_page, live_server, settings,
-                                                                                      vault_case, mailoutbox, vault):
+def test_the_wrong_upstream_account_is_refused_in_a_browser_then_the_right_one_relinks(
+    owner_page, live_server, settings, vault_case, mailoutbox, vault
+):
     link, _ = browser_link(live_server, mailoutbox, settings)
 
     relink_in_browser(owner_page, link, "mallory@contoso.example")

@@ -84,7 +84,9 @@ def restate_server_binary() -> Path:
     # The wrapper is a node script that spawns the platform binary; start that
     # binary directly so that our signals reach the server itself.
     arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "")
-    native = REPO_ROOT / "node_modules" / "@restatedev" / f"restate-server-{sys.platform}-{arch}" / "bin" / "restate-server"
+    native = (
+        REPO_ROOT / "node_modules" / "@restatedev" / f"restate-server-{sys.platform}-{arch}" / "bin" / "restate-server"
+    )
     return native if native.exists() else wrapper
 
 
@@ -197,8 +199,18 @@ def start_probe_service(log_dir: Path) -> ProbeService:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             # --workers 0 serves in this very process (no spawned worker that could outlive a kill).
-            [sys.executable, "-m", "hypercorn", PROBE_APP, "--bind", f"127.0.0.1:{port}", "--workers", "0",
-             "--graceful-timeout", "2"],
+            [
+                sys.executable,
+                "-m",
+                "hypercorn",
+                PROBE_APP,
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "0",
+                "--graceful-timeout",
+                "2",
+            ],
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -398,4 +410,3 @@ def silent_listener() -> Iterator[str]:
 def hung_endpoint() -> Iterator[str]:
     with silent_listener() as url:
         yield url
-

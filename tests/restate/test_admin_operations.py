@@ -98,13 +98,18 @@ def test_read_only_staff_see_the_panel_but_not_the_forms(auditor_client, restate
     assert "restate/force-redeploy/" not in page.content.decode()
 
     assert auditor_client.get(form_url("force-redeploy")).status_code == 403
-    refused = auditor_client.post(form_url("force-redeploy"),
-                                  {"service_url": restate.primary.url, "force": "True", "confirm": "yes"})
+    refused = auditor_client.post(
+        form_url("force-redeploy"), {"service_url": restate.primary.url, "force": "True", "confirm": "yes"}
+    )
 
     assert refused.status_code == 403
     row = _only_row()
-    assert (row.actor, row.role, row.outcome, row.error_code) == ("operator:arne", "staff", "refused",
-                                                                  "PERMISSION_DENIED")
+    assert (row.actor, row.role, row.outcome, row.error_code) == (
+        "operator:arne",
+        "staff",
+        "refused",
+        "PERMISSION_DENIED",
+    )
     assert row.route == form_url("force-redeploy")
     assert row.arguments == {"serviceUrl": restate.primary.url, "force": True}
 
@@ -130,15 +135,20 @@ def test_force_redeploy_registers_only_after_confirmation(operator_client, resta
     assert f'value="{second.url}"' in prefilled.content.decode()
 
     review, confirmed = review_then_confirm(
-        operator_client, "force-redeploy", {"service_url": second.url, "force": "on", "reason": "INC-42"})
+        operator_client, "force-redeploy", {"service_url": second.url, "force": "on", "reason": "INC-42"}
+    )
 
     assert f"Stays registered, neither drained nor deleted: {primary_id}" in review.content.decode()
     assert confirmed.status_code == 302 and confirmed.url == PANEL
     urls = restate.deployment_urls()
     assert second.url in urls.values() and urls[primary_id] == restate.primary.url
     row = _only_row()
-    assert (row.actor, row.role, row.outcome, row.reason) == ("operator:olga", "staff+operate_case", "succeeded",
-                                                              "INC-42")
+    assert (row.actor, row.role, row.outcome, row.reason) == (
+        "operator:olga",
+        "staff+operate_case",
+        "succeeded",
+        "INC-42",
+    )
     assert row.arguments == {"serviceUrl": second.url, "force": True}
     assert row.route == form_url("force-redeploy") and row.finished_at >= row.started_at
     after = operator_client.get(PANEL).content.decode()
@@ -158,8 +168,9 @@ def test_cleanup_keeps_the_matching_deployment_and_removes_the_other(operator_cl
     primary_id = restate.admin.register_deployment(restate.primary.url, force=False).id
     stale_id = restate.register(restate.start_service())
 
-    review, confirmed = review_then_confirm(operator_client, "cleanup-stale-deployments",
-                                            {"service_url": restate.primary.url})
+    review, confirmed = review_then_confirm(
+        operator_client, "cleanup-stale-deployments", {"service_url": restate.primary.url}
+    )
 
     page = review.content.decode()
     assert f"Keep: {primary_id}" in page
@@ -174,8 +185,9 @@ def test_cleanup_with_a_url_that_matches_none_shows_the_error_and_records_it(ope
     primary_id = restate.admin.register_deployment(restate.primary.url, force=False).id
     unknown = f"http://127.0.0.1:{free_port()}/unknown"
 
-    review, confirmed = review_then_confirm(operator_client, "cleanup-stale-deployments",
-                                            {"service_url": unknown, "force_drain": "on"})
+    review, confirmed = review_then_confirm(
+        operator_client, "cleanup-stale-deployments", {"service_url": unknown, "force_drain": "on"}
+    )
 
     assert "the call will fail with RESTATE_DEPLOYMENT_NOT_FOUND" in review.content.decode()
     assert confirmed.status_code == 200
@@ -191,11 +203,12 @@ def test_recover_a_terminal_failed_workflow_from_the_panel(operator_client, rest
     key = restate.new_key("invitation")
     failed_id = restate.wait_status(restate.submit(key, "fail"), "completed")["id"]
     panel = operator_client.get(PANEL).content.decode()
-    link = f'{form_url("recover-stuck-workflow")}?service_name={WORKFLOW}&amp;service_key={key}'
+    link = f"{form_url('recover-stuck-workflow')}?service_name={WORKFLOW}&amp;service_key={key}"
     assert link in panel
 
-    review, confirmed = review_then_confirm(operator_client, "recover-stuck-workflow",
-                                            {"service_name": WORKFLOW, "service_key": key})
+    review, confirmed = review_then_confirm(
+        operator_client, "recover-stuck-workflow", {"service_name": WORKFLOW, "service_key": key}
+    )
 
     assert f"Recent terminal failure of this key: {failed_id}" in review.content.decode()
     assert confirmed.status_code == 302, confirmed.content
@@ -211,8 +224,9 @@ def test_recover_a_running_workflow_shows_why_it_is_blocked(operator_client, res
     invocation_id = restate.submit(key, "hang")
     restate.wait_pinned(invocation_id)
 
-    _, confirmed = review_then_confirm(operator_client, "recover-stuck-workflow",
-                                       {"service_name": WORKFLOW, "service_key": key})
+    _, confirmed = review_then_confirm(
+        operator_client, "recover-stuck-workflow", {"service_name": WORKFLOW, "service_key": key}
+    )
 
     assert confirmed.status_code == 200
     page = confirmed.content.decode()

@@ -86,8 +86,10 @@ def _aim_at_the_world(case) -> None:
     if zlib.crc32(repr((case.path_parameters, case.body)).encode()) % 2:
         return
     if case.path_parameters:
-        case.path_parameters = {**case.path_parameters, **{k: v for k, v in (("run_id", RUN), ("connection_id", CONN))
-                                                           if k in case.path_parameters}}
+        case.path_parameters = {
+            **case.path_parameters,
+            **{k: v for k, v in (("run_id", RUN), ("connection_id", CONN)) if k in case.path_parameters},
+        }
     if isinstance(case.body, dict) and "connection_id" in case.body:
         case.body = {**case.body, "connection_id": CONN}
 

@@ -27,9 +27,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def operator_key(db) -> str:
-    _, raw = services.api_key_create(
-        name=f"operator-{next(_seq)}", role=ApiKey.Role.OPERATOR, system_operate=True
-    )
+    _, raw = services.api_key_create(name=f"operator-{next(_seq)}", role=ApiKey.Role.OPERATOR, system_operate=True)
     return raw
 
 
@@ -358,7 +356,12 @@ def test_doctor_with_the_admin_api_stopped_reports_unreachable_components(op, se
     for component in ("ingress", "admin", "deployments", "services", "invocations"):
         assert readout[component]["status"] == "unreachable", component
         assert readout[component]["error"], component
-    assert readout["admin"] == {"status": "unreachable", "latencyMs": None, "version": None, "error": readout["admin"]["error"]}
+    assert readout["admin"] == {
+        "status": "unreachable",
+        "latencyMs": None,
+        "version": None,
+        "error": readout["admin"]["error"],
+    }
     assert readout["deployments"]["items"] == [] and readout["invocations"]["recentFailures"] == []
     assert _only_audit_row(response).outcome == "succeeded"
 
@@ -505,7 +508,9 @@ def test_credentials_in_a_service_url_are_redacted_in_the_audit_row(op, restate,
     caplog.set_level(logging.DEBUG)
     secret_url = "http://user:secret@host:9080/v1"
 
-    response = op.post("force-redeploy", {"serviceUrl": secret_url, "force": True}, x_operator_reason="INC-42 re-register")
+    response = op.post(
+        "force-redeploy", {"serviceUrl": secret_url, "force": True}, x_operator_reason="INC-42 re-register"
+    )
 
     _error(response, 502, "RESTATE_DEPLOYMENT_REGISTRATION_FAILED")  # the engine cannot resolve "host"
     row = _only_audit_row(response)
@@ -535,8 +540,16 @@ def test_every_attempt_writes_one_audit_row(op, restate, client):
     attempts = [
         (op.post("doctor", {}), "succeeded", ""),
         (op.post("force-redeploy", {"serviceUrl": restate.primary.url}), "succeeded", ""),
-        (op.post("cleanup-stale-deployments", {"serviceUrl": "http://nowhere:1/"}), "failed", "RESTATE_DEPLOYMENT_NOT_FOUND"),
-        (op.post("recover-stuck-workflow", {"serviceName": "bad name", "serviceKey": "k"}), "failed", "VALIDATION_ERROR"),
+        (
+            op.post("cleanup-stale-deployments", {"serviceUrl": "http://nowhere:1/"}),
+            "failed",
+            "RESTATE_DEPLOYMENT_NOT_FOUND",
+        ),
+        (
+            op.post("recover-stuck-workflow", {"serviceName": "bad name", "serviceKey": "k"}),
+            "failed",
+            "VALIDATION_ERROR",
+        ),
         (op.post("doctor", {}, key=None), "refused", "AUTHENTICATION_REQUIRED"),
         (op.post("doctor", {}, key=worker_raw), "refused", "PERMISSION_DENIED"),
     ]

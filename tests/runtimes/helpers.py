@@ -19,8 +19,13 @@ def new_id(prefix: str) -> str:
 
 def connection(prefix: str = "conn") -> str:
     conn_id = new_id(prefix)
-    services.connection_create(connection_id=conn_id, provider="entra", owner_email=f"{conn_id}@example.com",
-                               provider_subject=f"oid-{conn_id}", provider_tenant="tid-contoso")
+    services.connection_create(
+        connection_id=conn_id,
+        provider="entra",
+        owner_email=f"{conn_id}@example.com",
+        provider_subject=f"oid-{conn_id}",
+        provider_tenant="tid-contoso",
+    )
     return conn_id
 
 

@@ -34,8 +34,9 @@ def told(run_id: str) -> bool:
     return AuditEvent.objects.filter(run_id=run_id, action="run.abandoned_told").exists()
 
 
-def test_an_abandoned_temporal_workflow_is_signalled_and_ends_without_sending(temporal_env, temporal_workers, world,
-                                                                             celery_worker):
+def test_an_abandoned_temporal_workflow_is_signalled_and_ends_without_sending(
+    temporal_env, temporal_workers, world, celery_worker
+):
     conn = connection()
     world.revoke(conn)
     temporal_workers.start()
@@ -52,8 +53,10 @@ def test_an_abandoned_temporal_workflow_is_signalled_and_ends_without_sending(te
     wait_for(lambda: told(run_id), "the notice to be recorded")
     assert run_state(run_id) == Run.State.ABANDONED
     # the step is recorded done just after its handler returns (the notice's audit row commits first)
-    wait_for(lambda: OutboxItem.objects.get(kind=services.ABANDON_RUN, run_id=run_id).state == OutboxItem.State.DONE,
-             "the notice's outbox row to be done")
+    wait_for(
+        lambda: OutboxItem.objects.get(kind=services.ABANDON_RUN, run_id=run_id).state == OutboxItem.State.DONE,
+        "the notice's outbox row to be done",
+    )
     with pytest.raises(Exception, match="no parked run left"):  # told is final: no reopen brings the run back
         services.case_reopen(case_id=case.pk, actor="operator:ann", reason="too late")
 
@@ -64,8 +67,12 @@ def test_an_abandoned_langgraph_run_ends_and_one_still_held_by_another_case_stay
     world.revoke(conn_b)
     only_a = start_parked(runners, world, conn=conn_a)[0]
     both = new_id("run")
-    runners.start(graph="test-two-connections", run_id=both, thread_id=new_id("thread"),
-                  payload={"run_id": both, "connections": [conn_a, conn_b]})
+    runners.start(
+        graph="test-two-connections",
+        run_id=both,
+        thread_id=new_id("thread"),
+        payload={"run_id": both, "connections": [conn_a, conn_b]},
+    )
     wait_for(lambda: world.marks("runner_done", run_id=both), "the two-connection run to park")
     case_a = case_of(both, conn_a)
     assert case_of(only_a).pk == case_a.pk
@@ -87,8 +94,9 @@ def test_an_abandoned_langgraph_run_ends_and_one_still_held_by_another_case_stay
     assert lg.status(Run.objects.get(pk=both)).state == "waiting"
 
 
-def test_an_abandoned_restate_workflow_wakes_on_its_promise_and_ends_without_sending(restate_settings, world,
-                                                                                    celery_worker):
+def test_an_abandoned_restate_workflow_wakes_on_its_promise_and_ends_without_sending(
+    restate_settings, world, celery_worker
+):
     conn = connection()
     world.revoke(conn)
     run_id, invocation_id = restate_start(restate_settings, conn)
@@ -96,8 +104,10 @@ def test_an_abandoned_restate_workflow_wakes_on_its_promise_and_ends_without_sen
     case = case_of(run_id)
 
     services.case_abandon(case_id=case.pk, actor="operator:ann", reason="no owner")
-    row = wait_for(lambda: (r := restate_settings.invocation(invocation_id)) and r["status"] == "completed" and r,
-                   "the abandoned invocation to end")
+    row = wait_for(
+        lambda: (r := restate_settings.invocation(invocation_id)) and r["status"] == "completed" and r,
+        "the abandoned invocation to end",
+    )
 
     assert row["completion_result"] == "success", row  # the workflow caught RunAbandoned and returned
     assert not world.effects("send", run_id=run_id) and not world.marks("finished", run_id=run_id)

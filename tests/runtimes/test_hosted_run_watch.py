@@ -89,7 +89,8 @@ def hosted(settings, transactional_db, make_connection, make_run, held_outbox, d
     # The worker's own process ran the graph up to its wait and ended there.
     adapter_for("langgraph").graph("hosted-watch").invoke(
         {"cases": [case.reference], "run_id": run.pk, "conn": conn.pk},
-        {"configurable": {"thread_id": run.runtime_ref["thread_id"]}})
+        {"configurable": {"thread_id": run.runtime_ref["thread_id"]}},
+    )
     case = reconnect(case, django_capture_on_commit_callbacks)
     assert outbox.outbox_dispatch(OutboxItem.objects.get(kind=services.RECONCILE_CASE).pk).outcome == "done"
     yield run, case
@@ -107,7 +108,9 @@ def dies_mid_run(item: OutboxItem, run: Run) -> None:
     with pytest.raises(ProcessDied):
         outbox.outbox_dispatch(item.pk, delivery="task-dead")
     held = timezone.now() + timedelta(seconds=45)
-    Run.objects.filter(pk=run.pk).update(resume_claimed_until=held, resume_claimed_by="task-dead")  # a kill frees nothing
+    Run.objects.filter(pk=run.pk).update(
+        resume_claimed_until=held, resume_claimed_by="task-dead"
+    )  # a kill frees nothing
     OutboxItem.objects.filter(pk=item.pk).update(claimed_until=timezone.now() - timedelta(seconds=1))
     ran = list(STEPS)
     assert outbox.outbox_dispatch(item.pk, delivery="task-sweep").outcome == "done"  # answered busy: run not touched

@@ -38,8 +38,9 @@ def _fresh_adapters():
 
 def start_parked(runners, world, *, conn: str, graph: str = "test-briefing", payload: dict | None = None):
     run_id, thread_id = new_id("run"), new_id("thread")
-    process = runners.start(graph=graph, run_id=run_id, thread_id=thread_id,
-                            payload=payload or {"run_id": run_id, "connection_id": conn})
+    process = runners.start(
+        graph=graph, run_id=run_id, thread_id=thread_id, payload=payload or {"run_id": run_id, "connection_id": conn}
+    )
     done = wait_for(lambda: world.marks("runner_done", run_id=run_id), f"{run_id} to park")
     assert done[0]["interrupts"] and done[0]["interrupts"][0]["revive"] == "parked"
     return run_id, thread_id, process
@@ -112,14 +113,20 @@ def test_a_fresh_process_resumes_the_run_after_the_worker_that_ran_it_is_killed(
     assert case.state == CaseState.RESUMED
 
 
-def test_one_reconnect_resumes_every_run_on_the_connection_and_none_still_blocked_elsewhere(runners, world, celery_worker):
+def test_one_reconnect_resumes_every_run_on_the_connection_and_none_still_blocked_elsewhere(
+    runners, world, celery_worker
+):
     conn_a, conn_b = connection("conn_a"), connection("conn_b")
     world.revoke(conn_a)
     world.revoke(conn_b)
     only_a = [start_parked(runners, world, conn=conn_a)[0] for _ in range(2)]
     both = new_id("run")
-    runners.start(graph="test-two-connections", run_id=both, thread_id=new_id("thread"),
-                  payload={"run_id": both, "connections": [conn_a, conn_b]})
+    runners.start(
+        graph="test-two-connections",
+        run_id=both,
+        thread_id=new_id("thread"),
+        payload={"run_id": both, "connections": [conn_a, conn_b]},
+    )
     wait_for(lambda: world.marks("runner_done", run_id=both), "the two-connection run to park")
     case_a, case_b = case_of(both, conn_a), case_of(both, conn_b)
     assert case_a.pk != case_b.pk and all(case_of(r).pk == case_a.pk for r in only_a)
@@ -138,11 +145,14 @@ def test_one_reconnect_resumes_every_run_on_the_connection_and_none_still_blocke
     wait_for(lambda: world.marks("finished", run_id=both), "the two-connection run to finish")
     assert len(world.marks("check", run_id=both)) == 2  # the parked attempt, then exactly one resumed one
     assert sorted(e["idempotency_key"] for e in world.effects("send", run_id=both)) == sorted(
-        {e["idempotency_key"] for e in world.effects("send", run_id=both)})
+        {e["idempotency_key"] for e in world.effects("send", run_id=both)}
+    )
     assert len(world.effects("send", run_id=both)) == 2  # one per connection, each once
     for case in (case_a, case_b):
-        wait_for(lambda case=case: case.__class__.objects.get(pk=case.pk).state == CaseState.RESUMED,
-                 f"{case.reference} to be resumed")
+        wait_for(
+            lambda case=case: case.__class__.objects.get(pk=case.pk).state == CaseState.RESUMED,
+            f"{case.reference} to be resumed",
+        )
     wait_for(lambda: deliveries(both) == 2, "one delivery, recorded on each of the two cases it released")
 
 
@@ -161,8 +171,11 @@ def test_a_duplicate_resume_and_a_task_run_twice_change_nothing(runners, world, 
         wait_for(lambda result=result: task_done(celery_worker, result.id), f"task {result.id}")
     # And the runtime signal itself, delivered once more: the thread is past its wait.
     redelivered = adapter_for("langgraph").resume(
-        case, 2, run=Run.objects.get(pk=run_id),
-        request=ResumeRequest(run_id=run_id, case_ids=(case.reference,), generations={conn: 2}, rejected={conn: 1}))
+        case,
+        2,
+        run=Run.objects.get(pk=run_id),
+        request=ResumeRequest(run_id=run_id, case_ids=(case.reference,), generations={conn: 2}, rejected={conn: 1}),
+    )
     assert redelivered.already
 
     assert len(world.marks("send", run_id=run_id)) == 2  # the parked attempt and the resumed one
@@ -173,12 +186,16 @@ def test_a_duplicate_resume_and_a_task_run_twice_change_nothing(runners, world, 
     assert case.state == CaseState.RESUMED
 
 
-@pytest.mark.parametrize("action_key, settled_by", [
-    ("send_exec_05", "reconciler:tests.runtimes.support.world:reconcile_by_idempotency_key"),
-    ("notify_exec_05", None),  # no server-side reconciler: the resumed worker's reconcile callback settles it
-])
-def test_an_action_left_ambiguous_by_a_killed_worker_is_reconciled_not_repeated(runners, world, celery_worker,
-                                                                                  action_key, settled_by):
+@pytest.mark.parametrize(
+    "action_key, settled_by",
+    [
+        ("send_exec_05", "reconciler:tests.runtimes.support.world:reconcile_by_idempotency_key"),
+        ("notify_exec_05", None),  # no server-side reconciler: the resumed worker's reconcile callback settles it
+    ],
+)
+def test_an_action_left_ambiguous_by_a_killed_worker_is_reconciled_not_repeated(
+    runners, world, celery_worker, action_key, settled_by
+):
     conn = connection()
     run_id, thread_id = new_id("run"), new_id("thread")
     payload = {"run_id": run_id, "connection_id": conn, "send_key": action_key}
@@ -212,7 +229,7 @@ def test_an_action_left_ambiguous_by_a_killed_worker_is_reconciled_not_repeated(
     else:
         assert action.evidence["source"] == "sdk reconcile callback"
         assert actions.index("run.unparked") < actions.index("action.reconciled_committed")
-    assert "action.executing" not in actions[actions.index("action.ambiguous"):]
+    assert "action.executing" not in actions[actions.index("action.ambiguous") :]
 
 
 def test_a_resume_that_comes_before_the_run_reaches_its_wait_is_not_lost(runners, world, celery_worker):
@@ -220,14 +237,17 @@ def test_a_resume_that_comes_before_the_run_reaches_its_wait_is_not_lost(runners
     world.revoke(conn)
     run_id, thread_id = new_id("run"), new_id("thread")
     world.hold_after_park(run_id)  # the worker stops between being parked and calling interrupt()
-    runner = runners.start(graph="test-briefing", run_id=run_id, thread_id=thread_id,
-                           payload={"run_id": run_id, "connection_id": conn})
+    runner = runners.start(
+        graph="test-briefing", run_id=run_id, thread_id=thread_id, payload={"run_id": run_id, "connection_id": conn}
+    )
     wait_for(lambda: world.marks("parked", run_id=run_id), "the run to be parked")
     case = owner_reconnects(world, case_of(run_id))
     # The delivery is owed and being retried (its outbox row counts the attempts) while the run is not yet waiting.
-    wait_for(lambda: OutboxItem.objects.filter(kind="run.resume", run_id=run_id, state="pending", attempts__gte=2).exists()
-             and case.__class__.objects.get(pk=case.pk).state == CaseState.RESUMING,
-             "the resume to be tried while the run is not yet waiting")
+    wait_for(
+        lambda: OutboxItem.objects.filter(kind="run.resume", run_id=run_id, state="pending", attempts__gte=2).exists()
+        and case.__class__.objects.get(pk=case.pk).state == CaseState.RESUMING,
+        "the resume to be tried while the run is not yet waiting",
+    )
     world.open_gate(f"park.{run_id}")
 
     wait_for(lambda: world.marks("finished", run_id=run_id), "the run to finish")

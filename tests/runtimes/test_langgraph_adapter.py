@@ -53,9 +53,11 @@ class FakeCase:
 def resume_request(run: FakeRun, *cases: str, **extra) -> ResumeRequest:
     req = ResumeRequest(run_id=run.pk, case_ids=cases, generations={"conn_a": 2}, rejected={"conn_a": 1})
     if extra:
+
         class Extra(ResumeRequest):
             def payload(self):
                 return {**super().payload(), **extra}
+
         req = Extra(**req.__dict__)
     return req
 
@@ -82,7 +84,9 @@ def postgres_adapter(settings, transactional_db):
 
 def park(adapter, *cases: str) -> FakeRun:
     run = FakeRun(uuid.uuid4().hex[:10])
-    out = adapter.graph("adapter-test").invoke({"cases": list(cases)}, {"configurable": {"thread_id": run.runtime_ref["thread_id"]}})
+    out = adapter.graph("adapter-test").invoke(
+        {"cases": list(cases)}, {"configurable": {"thread_id": run.runtime_ref["thread_id"]}}
+    )
     assert out["__interrupt__"]
     return run
 
@@ -130,7 +134,9 @@ def test_two_resumes_of_one_thread_at_once_run_it_once(postgres_adapter):
 
     def resume():
         try:
-            outcomes.append(adapter.resume(FakeCase(), 2, run=run, request=resume_request(run, "CASERV-0001", slow=True)))
+            outcomes.append(
+                adapter.resume(FakeCase(), 2, run=run, request=resume_request(run, "CASERV-0001", slow=True))
+            )
         except RunNotWaiting as exc:
             outcomes.append(exc)
 
@@ -140,7 +146,9 @@ def test_two_resumes_of_one_thread_at_once_run_it_once(postgres_adapter):
     for t in threads:
         t.join()
     assert len(RAN) == 1
-    assert sum(isinstance(o, RunNotWaiting) for o in outcomes) + sum(getattr(o, "already", False) for o in outcomes) == 1
+    assert (
+        sum(isinstance(o, RunNotWaiting) for o in outcomes) + sum(getattr(o, "already", False) for o in outcomes) == 1
+    )
 
 
 def test_worker_and_revive_serialise_checkpoint_setup_under_one_lock():
@@ -160,12 +168,19 @@ def test_a_graph_that_lives_in_the_worker_is_released_not_loaded(settings):
     adapter = lg_adapter.LangGraphAdapter()
     request = ResumeRequest(run_id="run_js", case_ids=("CASERV-0001",), generations={"conn": 2}, rejected={"conn": 1})
     result = adapter.resume(None, 2, run=run, request=request)
-    assert (result.already, result.detail) == (False, {"thread_id": "t-js", "resumed_by": "worker", "outcome": "released"})
+    assert (result.already, result.detail) == (
+        False,
+        {"thread_id": "t-js", "resumed_by": "worker", "outcome": "released"},
+    )
     assert adapter.status(run).state == "unknown"
     assert adapter.park(run, None) == {"thread_id": "t-js", "resumed_by": "worker"}
     with pytest.raises(RuntimeMisconfigured):  # without the mark, an unregistered graph is still a clear failure
-        adapter.resume(None, 2, run=SimpleNamespace(pk="run_py", runtime_ref={"thread_id": "t", "graph": "briefing"}),
-                       request=request)
+        adapter.resume(
+            None,
+            2,
+            run=SimpleNamespace(pk="run_py", runtime_ref={"thread_id": "t", "graph": "briefing"}),
+            request=request,
+        )
 
 
 CRASH: list[bool] = []

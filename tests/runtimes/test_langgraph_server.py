@@ -43,8 +43,11 @@ RUNTIME = "langgraph-server"
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not LANGGRAPH.exists(), reason=f"the Agent Server's venv is absent ({LANGGRAPH} not found): "
-                                                      "run scripts/setup --test to create .venv-lgserver"),
+    pytest.mark.skipif(
+        not LANGGRAPH.exists(),
+        reason=f"the Agent Server's venv is absent ({LANGGRAPH} not found): "
+        "run scripts/setup --test to create .venv-lgserver",
+    ),
 ]
 
 
@@ -62,8 +65,11 @@ class AgentServer:
         return self.http.post("/threads", json={}).raise_for_status().json()["thread_id"]
 
     def start(self, thread_id: str, assistant_id: str, payload: dict) -> dict:
-        return self.http.post(f"/threads/{thread_id}/runs",
-                              json={"assistant_id": assistant_id, "input": payload}).raise_for_status().json()
+        return (
+            self.http.post(f"/threads/{thread_id}/runs", json={"assistant_id": assistant_id, "input": payload})
+            .raise_for_status()
+            .json()
+        )
 
     def thread(self, thread_id: str) -> dict:
         return self.http.get(f"/threads/{thread_id}").raise_for_status().json()
@@ -89,11 +95,29 @@ def langgraph_server(worker_env_base, tmp_path_factory) -> Iterator[AgentServer]
     env.update(
         # The graph module imports the suite's support code and this tree's SDK.
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "sdk" / "python")]),
-        LANGSMITH_TRACING="false", LANGCHAIN_TRACING_V2="false", LANGGRAPH_CLI_NO_ANALYTICS="1",
-        VIRTUAL_ENV=str(VENV), PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        LANGSMITH_TRACING="false",
+        LANGCHAIN_TRACING_V2="false",
+        LANGGRAPH_CLI_NO_ANALYTICS="1",
+        VIRTUAL_ENV=str(VENV),
+        PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
     )
-    process = spawn([str(LANGGRAPH), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port),
-                     "--config", str(CONFIG)], env=env, log_path=log_path, cwd=workdir)
+    process = spawn(
+        [
+            str(LANGGRAPH),
+            "dev",
+            "--no-browser",
+            "--no-reload",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--config",
+            str(CONFIG),
+        ],
+        env=env,
+        log_path=log_path,
+        cwd=workdir,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -126,17 +150,23 @@ def start_parked(server: AgentServer, revive_url: str, api_key: str, world) -> t
     world.revoke(conn)
     run_id, thread_id, assistant_id = new_id("lgs"), server.new_thread(), server.assistant(GRAPH)
     with Revive(revive_url, api_key) as client:
-        revive_lg.register_server_run(client, run_id=run_id, thread_id=thread_id, assistant_id=assistant_id,
-                                      workflow_name="Server briefing")
+        revive_lg.register_server_run(
+            client, run_id=run_id, thread_id=thread_id, assistant_id=assistant_id, workflow_name="Server briefing"
+        )
     server.start(thread_id, assistant_id, {"run_id": run_id, "connection_id": conn})
     wait_for(lambda: Run.objects.filter(pk=run_id, state="parked").exists(), f"{run_id} to be parked")
-    wait_for(lambda: adapter_for(RUNTIME).status(Run.objects.get(pk=run_id)).state == "waiting",
-             f"thread {thread_id} to wait on its interrupt", timeout=180, interval=0.2)
+    wait_for(
+        lambda: adapter_for(RUNTIME).status(Run.objects.get(pk=run_id)).state == "waiting",
+        f"thread {thread_id} to wait on its interrupt",
+        timeout=180,
+        interval=0.2,
+    )
     return run_id, thread_id, assistant_id, conn
 
 
 def test_a_parked_thread_is_resumed_over_the_servers_api_and_each_effect_happens_once(
-        lg_server, revive_http, raw_worker_key, world, celery_worker):
+    lg_server, revive_http, raw_worker_key, world, celery_worker
+):
     run_id, thread_id, assistant_id, conn = start_parked(lg_server, revive_http, raw_worker_key, world)
     run = Run.objects.get(pk=run_id)
     assert run.runtime == RUNTIME and run.runtime_ref == {"thread_id": thread_id, "assistant_id": assistant_id}
@@ -149,8 +179,11 @@ def test_a_parked_thread_is_resumed_over_the_servers_api_and_each_effect_happens
 
     owner_reconnects(world, case)  # Revive's Celery worker delivers the resume to the server
     wait_for(lambda: world.marks("finished", run_id=run_id), f"{run_id} to finish on the server", interval=0.2)
-    wait_for(lambda: lg_server.settled(thread_id) and lg_server.thread(thread_id)["status"] == "idle",
-             f"thread {thread_id} to be idle", interval=0.2)
+    wait_for(
+        lambda: lg_server.settled(thread_id) and lg_server.thread(thread_id)["status"] == "idle",
+        f"thread {thread_id} to be idle",
+        interval=0.2,
+    )
 
     assert len(world.effects("prepare", run_id=run_id)) == 1
     sends = world.effects("send", run_id=run_id)
@@ -169,8 +202,9 @@ def test_a_parked_thread_is_resumed_over_the_servers_api_and_each_effect_happens
 
     # The same resume delivered again (a retry whose first answer was lost): the server already took it, nothing is
     # sent; the thread has the same two runs and the action still happened once.
-    request = ResumeRequest(run_id=run_id, case_ids=(case.reference,), generations={conn: 2}, rejected={conn: 1},
-                            attempt=1)
+    request = ResumeRequest(
+        run_id=run_id, case_ids=(case.reference,), generations={conn: 2}, rejected={conn: 1}, attempt=1
+    )
     assert request.delivery_key == resumes[0]["metadata"]["revive_delivery"]
     again = adapter_for(RUNTIME).resume(case, 2, run=Run.objects.get(pk=run_id), request=request)
     assert again.detail["earlier_attempt"] and again.detail["server_run_id"] == resumes[0]["run_id"]
@@ -178,7 +212,8 @@ def test_a_parked_thread_is_resumed_over_the_servers_api_and_each_effect_happens
 
 
 def test_a_retried_delivery_while_the_resume_runs_does_not_resume_twice(
-        lg_server, revive_http, raw_worker_key, world, held_outbox):
+    lg_server, revive_http, raw_worker_key, world, held_outbox
+):
     """Two deliveries of one resume back to back (no Celery worker: the test is the deliverer). The second finds the
     run the first created, in whatever state it is, and sends nothing."""
     run_id, thread_id, _, conn = start_parked(lg_server, revive_http, raw_worker_key, world)
@@ -222,8 +257,9 @@ def test_delivery_failures_say_whether_a_retry_can_help(lg_server, settings):
     adapter = adapter_for(RUNTIME)
     assistant = lg_server.assistant(GRAPH)
     with pytest.raises(RunGone):  # the server knows no such thread: retrying cannot help
-        adapter.resume(None, 2, run=_Run(thread_id="6f0c1f8e-0000-4000-8000-000000000000", assistant_id=assistant),
-                       request=request)
+        adapter.resume(
+            None, 2, run=_Run(thread_id="6f0c1f8e-0000-4000-8000-000000000000", assistant_id=assistant), request=request
+        )
     with pytest.raises(RuntimeMisconfigured):  # no address in the run's reference: an operator must fix it
         adapter.resume(None, 2, run=_Run(thread_id=lg_server.new_thread()), request=request)
     settings.REVIVE_LANGGRAPH_SERVER_URL = f"http://127.0.0.1:{free_port()}"

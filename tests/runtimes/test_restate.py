@@ -30,16 +30,20 @@ def start(restate_settings, conn: str) -> tuple[str, str]:
 
 
 def wait_completed(restate_settings, invocation_id: str) -> dict:
-    row = wait_for(lambda: (r := restate_settings.invocation(invocation_id)) and r["status"] == "completed" and r,
-                   f"invocation {invocation_id} to complete")
+    row = wait_for(
+        lambda: (r := restate_settings.invocation(invocation_id)) and r["status"] == "completed" and r,
+        f"invocation {invocation_id} to complete",
+    )
     assert row["completion_result"] == "success" and not row.get("completion_failure"), row
     return row
 
 
 def wait_parked(run_id: str) -> None:
     wait_for(lambda: Run.objects.filter(pk=run_id, state="parked").exists(), f"{run_id} to be parked")
-    wait_for(lambda: adapter_for("restate").status(Run.objects.get(pk=run_id)).state == "waiting",
-             f"{run_id} to suspend on its promise")
+    wait_for(
+        lambda: adapter_for("restate").status(Run.objects.get(pk=run_id)).state == "waiting",
+        f"{run_id} to suspend on its promise",
+    )
 
 
 def test_parked_workflow_resumes_on_its_promise_and_each_effect_happens_once(restate_settings, world, celery_worker):
@@ -83,8 +87,9 @@ def test_a_duplicate_resume_and_a_task_run_twice_resolve_the_promise_once(restat
     again = adapter_for("restate").resume(case, 2, run=Run.objects.get(pk=run_id), request=request)
     assert again.detail["handler_answer"] == {"resolved": [promise], "already": []}
     # A resume that bypasses that key reaches the handler, which finds the promise already resolved.
-    direct = httpx.post(f"{restate_settings.ingress_url}/{WORKFLOW}/{run_id}/revive_reauthorized",
-                        json=request.payload(), timeout=30)
+    direct = httpx.post(
+        f"{restate_settings.ingress_url}/{WORKFLOW}/{run_id}/revive_reauthorized", json=request.payload(), timeout=30
+    )
     assert direct.status_code == 200 and direct.json() == {"resolved": [], "already": [promise]}
 
     assert len(world.marks("send", run_id=run_id)) == 2
@@ -126,7 +131,8 @@ def test_delivery_failures_say_whether_a_retry_can_help(restate_settings, settin
 
 
 def test_a_resume_reported_failed_that_reaches_the_workflow_later_is_followed_not_parked(
-        restate_settings, world, celery_worker, held_outbox):
+    restate_settings, world, celery_worker, held_outbox
+):
     """The issue's Restate hole: the delivery timed out, the case went ``resume_failed``, and only then did Restate
     complete the call and resolve the generation-1 promise. The workflow begins with generation 2: it must go on
     (not be parked to wait on a generation-2 promise nobody resolves), and the case follows it to ``resumed``."""
@@ -143,7 +149,9 @@ def test_a_resume_reported_failed_that_reaches_the_workflow_later_is_followed_no
     services.run_park_again(run_id=run_id, actor="system:test", reason="ingress timed out")
     services.case_resume_fail(case_id=case.pk, actor="system:test", reason="resume of the run not delivered: timeout")
     assert (case.__class__.objects.get(pk=case.pk).state, Run.objects.get(pk=run_id).state) == (
-        CaseState.RESUME_FAILED, Run.State.PARKED)
+        CaseState.RESUME_FAILED,
+        Run.State.PARKED,
+    )
 
     # Restate completes the earlier call after all: the generation-1 promise resolves.
     request = ResumeRequest(run_id=run_id, case_ids=(case.reference,), generations={conn: 2}, rejected={conn: 1})

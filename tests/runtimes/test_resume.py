@@ -62,8 +62,10 @@ class HostingAdapter(ScriptedAdapter):
 
 @pytest.fixture(autouse=True)
 def scripted(settings):
-    settings.REVIVE_RUNTIME_ADAPTERS = {**settings.REVIVE_RUNTIME_ADAPTERS,
-                                        "langgraph": "tests.runtimes.test_resume.ScriptedAdapter"}
+    settings.REVIVE_RUNTIME_ADAPTERS = {
+        **settings.REVIVE_RUNTIME_ADAPTERS,
+        "langgraph": "tests.runtimes.test_resume.ScriptedAdapter",
+    }
     settings.REVIVE_RECONCILERS = {}
     reset_adapters()
     ScriptedAdapter.calls, ScriptedAdapter.script, ScriptedAdapter.delay = [], {}, 0.0
@@ -73,9 +75,15 @@ def scripted(settings):
 
 
 def park(run, conn, *, checkpoint="05", action_key=None):
-    answer = services.credential_failure_report(run_id=run.pk, connection_id=conn.pk, generation=conn.current_generation,
-                                                provider_error=DEAD_GRANT, checkpoint_id=checkpoint,
-                                                action_key=action_key, actor="worker")
+    answer = services.credential_failure_report(
+        run_id=run.pk,
+        connection_id=conn.pk,
+        generation=conn.current_generation,
+        provider_error=DEAD_GRANT,
+        checkpoint_id=checkpoint,
+        action_key=action_key,
+        actor="worker",
+    )
     assert answer.outcome == "parked"
     return RecoveryCase.objects.get(reference=answer.case_reference)
 
@@ -104,7 +112,8 @@ def delivered_runs():
 
 @pytest.mark.django_db
 def test_one_reconnect_resumes_every_run_of_the_connection_and_not_one_blocked_on_another(
-        make_connection, make_run, django_capture_on_commit_callbacks):
+    make_connection, make_run, django_capture_on_commit_callbacks
+):
     a, b = make_connection(), make_connection()
     runs = [make_run() for _ in range(3)]
     blocked = make_run()
@@ -138,8 +147,9 @@ def test_one_reconnect_resumes_every_run_of_the_connection_and_not_one_blocked_o
 
 
 @pytest.mark.django_db
-def test_a_task_run_twice_or_for_a_case_that_moved_on_changes_nothing(make_connection, make_run,
-                                                                       django_capture_on_commit_callbacks):
+def test_a_task_run_twice_or_for_a_case_that_moved_on_changes_nothing(
+    make_connection, make_run, django_capture_on_commit_callbacks
+):
     conn, run = make_connection(), make_run()
     case = reconnect(park(run, conn), django_capture_on_commit_callbacks)
     passes(run, conn)
@@ -201,7 +211,8 @@ def test_transient_failures_retry_with_backoff_then_deliver(make_connection, mak
 
 @pytest.mark.django_db
 def test_a_resume_that_keeps_failing_ends_in_resume_failed_and_an_operator_can_retry(
-        make_connection, make_run, settings, django_capture_on_commit_callbacks):
+    make_connection, make_run, settings, django_capture_on_commit_callbacks
+):
     settings.REVIVE_RESUME_MAX_RETRIES = 3
     conn, run, other = make_connection(), make_run(), make_run()
     case = park(run, conn)
@@ -227,30 +238,38 @@ def test_a_resume_that_keeps_failing_ends_in_resume_failed_and_an_operator_can_r
 
 @pytest.mark.django_db
 def test_a_run_that_comes_back_after_its_resume_was_reported_failed_goes_on_and_the_case_follows(
-        make_connection, make_run, settings, django_capture_on_commit_callbacks):
+    make_connection, make_run, settings, django_capture_on_commit_callbacks
+):
     """The Restate hole: the resume timed out (``resume_failed``), then the runtime completed it after all and the
     run begins with the new generation. It is never answered ``parked`` for that: it proceeds, and the case
     follows it back to ``resuming`` and on to ``resumed``."""
     settings.REVIVE_RESUME_MAX_RETRIES = 0
     conn, run = make_connection(), make_run()
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1,
-                          actor="worker")
-    answer = services.action_fail(run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT,
-                                  actor="worker")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=1, actor="worker"
+    )
+    answer = services.action_fail(
+        run_id=run.pk, action_key="send", generation=1, provider_error=DEAD_GRANT, actor="worker"
+    )
     case = RecoveryCase.objects.get(reference=answer.case_reference)
     ScriptedAdapter.script[run.pk] = [RuntimeUnavailable("restate: service down")]
     case = reconnect(case, django_capture_on_commit_callbacks)
     assert case.state == CaseState.RESUME_FAILED and Run.objects.get(pk=run.pk).state == Run.State.PARKED
 
-    begin = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send",
-                                  generation=2, actor="worker")
+    begin = services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send", generation=2, actor="worker"
+    )
     assert begin.decision == "execute"
     assert Run.objects.get(pk=run.pk).state == Run.State.ACTIVE and state_of(case) == CaseState.RESUMING
     services.action_commit(run_id=run.pk, action_key="send", generation=2, actor="worker")
     assert state_of(case) == CaseState.RESUMED
     # A stale worker is still fenced, and a case still waiting for its owner still parks.
-    assert services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="y",
-                                 generation=1, actor="worker").decision == "fenced"
+    assert (
+        services.action_begin(
+            run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="y", generation=1, actor="worker"
+        ).decision
+        == "fenced"
+    )
 
 
 def test_each_delivery_attempt_and_generation_has_its_own_idempotency_key():
@@ -289,8 +308,9 @@ def test_a_permanent_failure_fails_at_once(make_connection, make_run, django_cap
 
 
 def ambiguous_action(run, conn, key="send_exec_05"):
-    services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key=key, generation=1,
-                          actor="worker")
+    services.action_begin(
+        run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key=key, generation=1, actor="worker"
+    )
     return services.action_mark_ambiguous(run_id=run.pk, action_key=key, generation=1, reason="killed", actor="worker")
 
 
@@ -299,8 +319,9 @@ FOUND = []
 
 def found_reconciler(request):
     FOUND.append(request)
-    return resume.ReconcilerFinding(found=True, evidence={"message": "msg-1"}, result={"id": "msg-1"},
-                                    external_ref="msg-1")
+    return resume.ReconcilerFinding(
+        found=True, evidence={"message": "msg-1"}, result={"id": "msg-1"}, external_ref="msg-1"
+    )
 
 
 def absent_reconciler(request):
@@ -316,12 +337,16 @@ def broken_reconciler(request):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("reconciler, state", [
-    ("tests.runtimes.test_resume.found_reconciler", Action.State.RECONCILED_COMMITTED),
-    ("tests.runtimes.test_resume:absent_reconciler", Action.State.RECONCILED_ABSENT),
-])
+@pytest.mark.parametrize(
+    "reconciler, state",
+    [
+        ("tests.runtimes.test_resume.found_reconciler", Action.State.RECONCILED_COMMITTED),
+        ("tests.runtimes.test_resume:absent_reconciler", Action.State.RECONCILED_ABSENT),
+    ],
+)
 def test_a_registered_reconciler_settles_ambiguous_actions_before_the_run_resumes(
-        make_connection, make_run, settings, django_capture_on_commit_callbacks, reconciler, state):
+    make_connection, make_run, settings, django_capture_on_commit_callbacks, reconciler, state
+):
     settings.REVIVE_RECONCILERS = {"send_exec_*": reconciler}
     conn, run = make_connection(), make_run()
     action = ambiguous_action(run, conn)
@@ -349,8 +374,9 @@ def test_a_reconciler_that_cannot_reach_the_provider_is_retried(make_connection,
 
 
 @pytest.mark.django_db
-def test_a_broken_reconciler_leaves_the_case_reconciling_for_an_operator(make_connection, make_run, settings,
-                                                                          django_capture_on_commit_callbacks):
+def test_a_broken_reconciler_leaves_the_case_reconciling_for_an_operator(
+    make_connection, make_run, settings, django_capture_on_commit_callbacks
+):
     settings.REVIVE_RECONCILERS = {"send_exec_05": "tests.runtimes.test_resume.broken_reconciler"}
     conn, run = make_connection(), make_run()
     action = ambiguous_action(run, conn)
@@ -358,8 +384,9 @@ def test_a_broken_reconciler_leaves_the_case_reconciling_for_an_operator(make_co
     assert case.state == CaseState.RECONCILING and not delivered_runs()
     assert AuditEvent.objects.get(action="action.reconcile_failed").arguments["error"].startswith("KeyError")
 
-    services.action_reconcile(run_id=run.pk, action_key=action.action_key, found=False,
-                              evidence={"checked": "mailbox"}, actor="operator:ada")
+    services.action_reconcile(
+        run_id=run.pk, action_key=action.action_key, found=False, evidence={"checked": "mailbox"}, actor="operator:ada"
+    )
     with django_capture_on_commit_callbacks(execute=True):
         assert resume.case_resume_dispatch(case_id=case.pk, actor="operator:ada") == []
     # Reconciled by hand: the approval policy ("ambiguous") makes an operator approve the resume.
@@ -375,7 +402,8 @@ def test_a_broken_reconciler_leaves_the_case_reconciling_for_an_operator(make_co
 @pytest.mark.django_db
 @pytest.mark.parametrize("in_worker", [True, False])
 def test_an_action_without_a_reconciler_is_left_to_the_worker_but_never_executes_while_ambiguous(
-        make_connection, make_run, settings, django_capture_on_commit_callbacks, in_worker):
+    make_connection, make_run, settings, django_capture_on_commit_callbacks, in_worker
+):
     settings.REVIVE_RECONCILE_IN_WORKER = in_worker
     conn, run = make_connection(), make_run()
     action = ambiguous_action(run, conn, key="notify_exec_05")
@@ -386,8 +414,14 @@ def test_an_action_without_a_reconciler_is_left_to_the_worker_but_never_executes
         assert event.arguments["reconcile_in_worker"] == [f"{run.pk}/notify_exec_05"]
     else:
         assert case.state == CaseState.RECONCILING and not delivered_runs()
-    begin = services.action_begin(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="notify_exec_05",
-                                  generation=2, actor="worker")
+    begin = services.action_begin(
+        run_id=run.pk,
+        checkpoint_id="05",
+        connection_id=conn.pk,
+        action_key="notify_exec_05",
+        generation=2,
+        actor="worker",
+    )
     assert begin.decision == "reconcile"
 
 
@@ -396,7 +430,8 @@ def test_an_action_without_a_reconciler_is_left_to_the_worker_but_never_executes
 
 @pytest.mark.django_db
 def test_a_lost_message_loses_nothing_the_sweep_dispatches_every_owed_step(
-        make_connection, make_run, held_outbox, django_capture_on_commit_callbacks):
+    make_connection, make_run, held_outbox, django_capture_on_commit_callbacks
+):
     """Redis loses every message (``held_outbox``): the owed rows are still there, and the sweep -- run past their
     deadline -- carries the recovery through reconcile, release and delivery."""
     conn, run = make_connection(), make_run()
@@ -412,14 +447,17 @@ def test_a_lost_message_loses_nothing_the_sweep_dispatches_every_owed_step(
             assert outbox.outbox_dispatch(item_id).outcome == "done"
     assert delivered_runs() == [run.pk] and state_of(case) == CaseState.RESUMING
     assert set(OutboxItem.objects.exclude(kind="reauth.notify_owner").values_list("kind", "state")) == {
-        (services.RECONCILE_CASE, "done"), (services.RESUME_RUN, "done")}
+        (services.RECONCILE_CASE, "done"),
+        (services.RESUME_RUN, "done"),
+    }
     passes(run, conn)
     assert state_of(case) == CaseState.RESUMED
 
 
 @pytest.mark.django_db
 def test_a_dispatch_killed_mid_step_is_taken_over_once_its_claim_runs_out_and_attempts_are_bounded(
-        make_connection, make_run, held_outbox, settings, django_capture_on_commit_callbacks):
+    make_connection, make_run, held_outbox, settings, django_capture_on_commit_callbacks
+):
     settings.REVIVE_RESUME_MAX_RETRIES = 2
     conn, run = make_connection(), make_run()
     case = reconnect(park(run, conn), django_capture_on_commit_callbacks)
@@ -427,8 +465,9 @@ def test_a_dispatch_killed_mid_step_is_taken_over_once_its_claim_runs_out_and_at
     assert outbox.outbox_dispatch(reconcile.pk).outcome == "done"
     item = OutboxItem.objects.get(kind=services.RESUME_RUN)
     # A worker took the row (message "task-1") and died: its claim holds off another message until it runs out ...
-    OutboxItem.objects.filter(pk=item.pk).update(attempts=1, claimed_until=timezone.now() + timedelta(seconds=60),
-                                                 claimed_by="task-1")
+    OutboxItem.objects.filter(pk=item.pk).update(
+        attempts=1, claimed_until=timezone.now() + timedelta(seconds=60), claimed_by="task-1"
+    )
     assert outbox.outbox_dispatch(item.pk, delivery="task-2").outcome == "busy"
     assert outbox.outbox_dispatch(item.pk).outcome == "busy"
     OutboxItem.objects.filter(pk=item.pk).update(claimed_until=timezone.now() - timedelta(seconds=1))
@@ -442,7 +481,8 @@ def test_a_dispatch_killed_mid_step_is_taken_over_once_its_claim_runs_out_and_at
 
 @pytest.mark.django_db
 def test_the_same_message_delivered_again_takes_over_at_once_its_lost_workers_claim(
-        make_connection, make_run, held_outbox, django_capture_on_commit_callbacks):
+    make_connection, make_run, held_outbox, django_capture_on_commit_callbacks
+):
     """Late acknowledgement with reject-on-worker-lost: a pool process killed mid-dispatch makes the broker hand the
     same message (same task id) out again. Its claim's holder is dead, so the redelivery does not wait it out."""
     conn, run = make_connection(), make_run()
@@ -454,7 +494,9 @@ def test_the_same_message_delivered_again_takes_over_at_once_its_lost_workers_cl
     OutboxItem.objects.filter(pk=item.pk).update(attempts=1, claimed_until=held, claimed_by="task-lost")
     Run.objects.filter(pk=run.pk).update(resume_claimed_until=held, resume_claimed_by="task-lost")
     assert outbox.outbox_dispatch(item.pk, delivery="task-other").outcome == "busy"  # a live holder is left alone
-    assert resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, holder="task-other").outcome == "busy"
+    assert (
+        resume.run_resume_deliver(run_id=run.pk, case_id=case.pk, generation=2, holder="task-other").outcome == "busy"
+    )
     assert outbox.outbox_dispatch(item.pk, delivery="task-lost").outcome == "done"
     assert delivered_runs() == [run.pk] and state_of(case) == CaseState.RESUMING
     taken = OutboxItem.objects.get(pk=item.pk)
@@ -464,7 +506,8 @@ def test_the_same_message_delivered_again_takes_over_at_once_its_lost_workers_cl
 
 @pytest.mark.django_db
 def test_an_owed_step_whose_handler_keeps_crashing_ends_failed_in_the_admin_list(
-        make_connection, make_run, held_outbox, settings, admin_client, django_capture_on_commit_callbacks, monkeypatch):
+    make_connection, make_run, held_outbox, settings, admin_client, django_capture_on_commit_callbacks, monkeypatch
+):
     settings.REVIVE_RESUME_MAX_RETRIES = 1
     conn, run = make_connection(), make_run()
     reconnect(park(run, conn), django_capture_on_commit_callbacks)
@@ -481,8 +524,14 @@ def test_an_owed_step_whose_handler_keeps_crashing_ends_failed_in_the_admin_list
 
 def test_the_beat_schedule_runs_the_recovery_tasks():
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert scheduled == {"cases.reap_stale_actions", "reauth.expire_reconnect_requests", "cases.outbox_sweep",
-                         "cases.pipeline_watch", "reauth.scalekit_accounts_poll", "cases.notify_stale_cases"}
+    assert scheduled == {
+        "cases.reap_stale_actions",
+        "reauth.expire_reconnect_requests",
+        "cases.outbox_sweep",
+        "cases.pipeline_watch",
+        "reauth.scalekit_accounts_poll",
+        "cases.notify_stale_cases",
+    }
     assert scheduled <= set(celery_app.tasks)
     durable = [celery_app.tasks[name] for name in ("cases.outbox_dispatch", "cases.resume_run", "cases.reconcile_case")]
     assert all(t.acks_late and t.reject_on_worker_lost for t in durable)
@@ -490,9 +539,11 @@ def test_the_beat_schedule_runs_the_recovery_tasks():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_dispatch_that_cannot_be_sent_after_commit_leaves_the_commit_alone_and_the_row_to_the_sweep(
-        make_connection, make_run, monkeypatch, caplog):
+    make_connection, make_run, monkeypatch, caplog
+):
     """Redis down at publish: the step is committed and owed; the caller (an owner's reconnect) is not told an
     error after its commit, and the sweep sends the row later."""
+
     def broker_down(item_id, countdown=None):
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
@@ -509,18 +560,20 @@ def test_a_dispatch_that_cannot_be_sent_after_commit_leaves_the_commit_alone_and
     assert owed.pk in outbox.outbox_sweep(now=later) and owed.pk in sent
 
 
-
 @pytest.mark.django_db
 @pytest.mark.parametrize("hosted", [True, False], ids=["revive-hosts-the-run", "the-runtime-runs-it"])
 def test_a_delivery_that_died_after_the_run_went_past_its_action_continues_a_run_revive_hosts(
-        hosted, make_connection, make_run, held_outbox, settings, django_capture_on_commit_callbacks):
+    hosted, make_connection, make_run, held_outbox, settings, django_capture_on_commit_callbacks
+):
     """The LangGraph run executes inside its delivery; the worker dies after the run went past its parked action
     (the case is resumed) but before the rest of the run. The same message delivered again continues the run from
     its latest checkpoint -- where Revive hosts it. A run its runtime executes (a signalled Temporal workflow) goes
     on by itself, so nothing is delivered again."""
     if hosted:
-        settings.REVIVE_RUNTIME_ADAPTERS = {**settings.REVIVE_RUNTIME_ADAPTERS,
-                                            "langgraph": "tests.runtimes.test_resume.HostingAdapter"}
+        settings.REVIVE_RUNTIME_ADAPTERS = {
+            **settings.REVIVE_RUNTIME_ADAPTERS,
+            "langgraph": "tests.runtimes.test_resume.HostingAdapter",
+        }
         reset_adapters()
     HostingAdapter.redrives = []
     conn, run = make_connection(), make_run()
@@ -528,8 +581,9 @@ def test_a_delivery_that_died_after_the_run_went_past_its_action_continues_a_run
     assert outbox.outbox_dispatch(OutboxItem.objects.get(kind=services.RECONCILE_CASE).pk).outcome == "done"
     item = OutboxItem.objects.get(kind=services.RESUME_RUN)
     # The first attempt (message "task-lost") ran the run past its parked action, then its worker was killed.
-    OutboxItem.objects.filter(pk=item.pk).update(attempts=1, claimed_until=timezone.now() + timedelta(seconds=600),
-                                                 claimed_by="task-lost")
+    OutboxItem.objects.filter(pk=item.pk).update(
+        attempts=1, claimed_until=timezone.now() + timedelta(seconds=600), claimed_by="task-lost"
+    )
     passes(run, conn)
     assert state_of(case) == CaseState.RESUMED and not ScriptedAdapter.calls
 
@@ -542,8 +596,9 @@ def test_a_delivery_that_died_after_the_run_went_past_its_action_continues_a_run
 
 
 @pytest.mark.django_db
-def test_owed_steps_of_a_run_with_a_long_id_stay_distinct_and_owed_once(make_connection, make_run, held_outbox,
-                                                                        django_capture_on_commit_callbacks):
+def test_owed_steps_of_a_run_with_a_long_id_stay_distinct_and_owed_once(
+    make_connection, make_run, held_outbox, django_capture_on_commit_callbacks
+):
     """Outbox keys name the run; with a run id near its 300-character limit the key is longer than its column. The
     stored key keeps a digest of the whole, so the re-drive's delivery is not mistaken for the first one."""
     conn, run = make_connection(), make_run(run_id="r" * 250)

@@ -24,8 +24,11 @@ def _fresh_adapters():
 
 def start(temporal_env, workers, conn: str):
     run_id = new_id("wf")
-    handle = temporal_env.loop.run(temporal_env.client.start_workflow(
-        "BriefingWorkflow", {"run_id": run_id, "connection_id": conn}, id=run_id, task_queue=workers.task_queue))
+    handle = temporal_env.loop.run(
+        temporal_env.client.start_workflow(
+            "BriefingWorkflow", {"run_id": run_id, "connection_id": conn}, id=run_id, task_queue=workers.task_queue
+        )
+    )
     return run_id, handle
 
 
@@ -35,8 +38,10 @@ def describe(temporal_env, handle):
 
 def wait_parked(temporal_env, run_id: str) -> None:
     wait_for(lambda: Run.objects.filter(pk=run_id, state="parked").exists(), f"{run_id} to be parked")
-    wait_for(lambda: adapter_for("temporal").status(Run.objects.get(pk=run_id)).state == "waiting",
-             f"workflow {run_id} to wait for its signal")
+    wait_for(
+        lambda: adapter_for("temporal").status(Run.objects.get(pk=run_id)).state == "waiting",
+        f"workflow {run_id} to wait for its signal",
+    )
 
 
 def wait_completed(temporal_env, handle) -> dict:
@@ -44,8 +49,9 @@ def wait_completed(temporal_env, handle) -> dict:
     return temporal_env.loop.run(handle.result())
 
 
-def test_parked_workflow_resumes_as_the_same_run_and_each_effect_happens_once(temporal_env, temporal_workers, world,
-                                                                              celery_worker):
+def test_parked_workflow_resumes_as_the_same_run_and_each_effect_happens_once(
+    temporal_env, temporal_workers, world, celery_worker
+):
     conn = connection()
     world.revoke(conn)
     temporal_workers.start()
@@ -72,8 +78,9 @@ def test_parked_workflow_resumes_as_the_same_run_and_each_effect_happens_once(te
     assert adapter_for("temporal").status(run).state == "completed"
 
 
-def test_a_fresh_worker_process_resumes_the_workflow_after_its_worker_is_killed(temporal_env, temporal_workers, world,
-                                                                                celery_worker):
+def test_a_fresh_worker_process_resumes_the_workflow_after_its_worker_is_killed(
+    temporal_env, temporal_workers, world, celery_worker
+):
     conn = connection()
     world.revoke(conn)
     first = temporal_workers.start()
@@ -118,15 +125,22 @@ def test_a_duplicate_signal_and_a_task_run_twice_resume_once(temporal_env, tempo
     assert deliveries(run_id) == 1
 
 
-def test_a_signal_that_comes_before_the_workflow_waits_is_not_lost(temporal_env, temporal_workers, world, celery_worker):
+def test_a_signal_that_comes_before_the_workflow_waits_is_not_lost(
+    temporal_env, temporal_workers, world, celery_worker
+):
     conn = connection()
     world.revoke(conn)
     temporal_workers.start()
     run_id = new_id("wf")
     world.hold_after_park(run_id)  # the activity stops after Revive parked the run, before it fails
-    handle = temporal_env.loop.run(temporal_env.client.start_workflow(
-        "BriefingWorkflow", {"run_id": run_id, "connection_id": conn}, id=run_id,
-        task_queue=temporal_workers.task_queue))
+    handle = temporal_env.loop.run(
+        temporal_env.client.start_workflow(
+            "BriefingWorkflow",
+            {"run_id": run_id, "connection_id": conn},
+            id=run_id,
+            task_queue=temporal_workers.task_queue,
+        )
+    )
     wait_for(lambda: world.marks("parked", run_id=run_id), "the run to be parked")
     case = owner_reconnects(world, case_of(run_id))
     wait_for(lambda: deliveries(run_id) == 1, "the signal to be delivered while the activity still runs")

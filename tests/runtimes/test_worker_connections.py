@@ -26,7 +26,9 @@ def test_a_worker_runs_many_tasks_on_the_connections_it_opened_once(celery_worke
 
     def succeeded() -> int:
         log = celery_worker.log_path.read_text(errors="replace")
-        return sum(1 for line in log.splitlines() if "Task cases.reap_stale_actions[" in line and " succeeded in " in line)
+        return sum(
+            1 for line in log.splitlines() if "Task cases.reap_stale_actions[" in line and " succeeded in " in line
+        )
 
     reap_stale_actions.delay()  # each pool process opens its connection (at most one each: -c 2)
     reap_stale_actions.delay()

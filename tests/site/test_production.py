@@ -24,8 +24,14 @@ def manage(*args: str, tmp_path: Path, **extra: str) -> subprocess.CompletedProc
         "ALLOWED_HOSTS": "revive.example.com",
         **extra,
     }
-    return subprocess.run([sys.executable, str(REPO / "manage.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "manage.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_check_deploy_is_clean_in_production(tmp_path):
@@ -62,12 +68,14 @@ def test_production_redirects_plain_http_and_trusts_the_proxy_header(client, set
     assert resp.status_code == 200
 
 
-LAB_PARTS = ("from django.apps import apps; from django.test import Client; "
-             "from django.core.management import get_commands; "
-             "apps_ = [(c.label, c.name) for c in apps.get_app_configs()]; commands = get_commands(); "
-             "print(any(name == 'lab' for _, name in apps_), any(label == 'idp' or name == 'lab.idp' for label, name in apps_), "
-             "'recovery_lab' in commands, 'reconnect_lab_case' in commands, 'idp_seed' in commands, "
-             "Client(SERVER_NAME='revive.example.com').get('/lab/', secure=True).status_code)")
+LAB_PARTS = (
+    "from django.apps import apps; from django.test import Client; "
+    "from django.core.management import get_commands; "
+    "apps_ = [(c.label, c.name) for c in apps.get_app_configs()]; commands = get_commands(); "
+    "print(any(name == 'lab' for _, name in apps_), any(label == 'idp' or name == 'lab.idp' for label, name in apps_), "
+    "'recovery_lab' in commands, 'reconnect_lab_case' in commands, 'idp_seed' in commands, "
+    "Client(SERVER_NAME='revive.example.com').get('/lab/', secure=True).status_code)"
+)
 
 
 def test_the_lab_is_not_part_of_the_product_in_production(tmp_path):

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,13 +14,25 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='LabIdentity',
+            name="LabIdentity",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tenant_id', models.CharField(help_text='Sent as the `tid` claim.', max_length=64)),
-                ('object_id', models.CharField(help_text='Sent as the `oid` claim.', max_length=64)),
-                ('org_id', models.CharField(blank=True, default='', help_text='Sent as the `org_id` claim when set.', max_length=64)),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='lab_identity', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("tenant_id", models.CharField(help_text="Sent as the `tid` claim.", max_length=64)),
+                ("object_id", models.CharField(help_text="Sent as the `oid` claim.", max_length=64)),
+                (
+                    "org_id",
+                    models.CharField(
+                        blank=True, default="", help_text="Sent as the `org_id` claim when set.", max_length=64
+                    ),
+                ),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="lab_identity",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
     ]

@@ -24,31 +24,51 @@ class Command(BaseCommand):
     help = "Run the recovery lab: inject each credential fault for real and watch the original run resume."
 
     def add_arguments(self, parser):
-        parser.add_argument("--scenario", choices=[*ALL_SCENARIOS, "all"], default="all",
-                            help="One scenario, or the product page's four (all, default). cae (Entra continuous "
-                                 "access evaluation) runs with --provider entra.")
-        parser.add_argument("--runtime", choices=[*RUNTIMES, "all"], default="langgraph",
-                            help="The durable runtime the briefing runs on: langgraph (in-process, default), "
-                                 "langgraph-server (the lab starts a LangGraph Agent Server, `langgraph dev` from "
-                                 ".venv-lgserver, made by scripts/setup --test), temporal (the lab starts the Temporal "
-                                 "test server and worker processes), restate (restate-server and the service "
-                                 "process), or all of them one after the other, with one summary table.")
-        parser.add_argument("--provider", choices=PROVIDERS, default="entra",
-                            help="Whose refusal the worker sees: Microsoft Entra's documented AADSTS700082 (entra, "
-                                 "default, the product page's story) or Auth0's, served by the local token endpoint; "
-                                 "the lab OIDC provider revoking the refresh token (oidc); or auth0-token-vault: the "
-                                 "upstream grant behind "
-                                 "an Auth0 Token Vault connected account disappears and the owner re-links it.")
-        parser.add_argument("--sdk", choices=("python", "typescript"), default="python",
-                            help="The language of the workflow's worker: the Python SDK's LangGraph graph (default), or "
-                                 "the TypeScript SDK's LangGraph.js graph in a Node process (needs `cd sdk/typescript "
-                                 "&& npm ci && npm run build`).")
-        parser.add_argument("--interactive", action="store_true",
-                            help="Print the owner's reconnect link and wait for a person to sign in.")
+        parser.add_argument(
+            "--scenario",
+            choices=[*ALL_SCENARIOS, "all"],
+            default="all",
+            help="One scenario, or the product page's four (all, default). cae (Entra continuous "
+            "access evaluation) runs with --provider entra.",
+        )
+        parser.add_argument(
+            "--runtime",
+            choices=[*RUNTIMES, "all"],
+            default="langgraph",
+            help="The durable runtime the briefing runs on: langgraph (in-process, default), "
+            "langgraph-server (the lab starts a LangGraph Agent Server, `langgraph dev` from "
+            ".venv-lgserver, made by scripts/setup --test), temporal (the lab starts the Temporal "
+            "test server and worker processes), restate (restate-server and the service "
+            "process), or all of them one after the other, with one summary table.",
+        )
+        parser.add_argument(
+            "--provider",
+            choices=PROVIDERS,
+            default="entra",
+            help="Whose refusal the worker sees: Microsoft Entra's documented AADSTS700082 (entra, "
+            "default, the product page's story) or Auth0's, served by the local token endpoint; "
+            "the lab OIDC provider revoking the refresh token (oidc); or auth0-token-vault: the "
+            "upstream grant behind "
+            "an Auth0 Token Vault connected account disappears and the owner re-links it.",
+        )
+        parser.add_argument(
+            "--sdk",
+            choices=("python", "typescript"),
+            default="python",
+            help="The language of the workflow's worker: the Python SDK's LangGraph graph (default), or "
+            "the TypeScript SDK's LangGraph.js graph in a Node process (needs `cd sdk/typescript "
+            "&& npm ci && npm run build`).",
+        )
+        parser.add_argument(
+            "--interactive",
+            action="store_true",
+            help="Print the owner's reconnect link and wait for a person to sign in.",
+        )
         parser.add_argument("--json", dest="as_json", action="store_true", help="Print the results as JSON only.")
 
-    def handle(self, *args, scenario: str, runtime: str, provider: str, sdk: str, interactive: bool, as_json: bool,
-               **options):
+    def handle(
+        self, *args, scenario: str, runtime: str, provider: str, sdk: str, interactive: bool, as_json: bool, **options
+    ):
         started = time.monotonic()
         out = (lambda s: None) if as_json else self.stdout.write
         for name in ("celery", "kombu", "django.request", "cases"):  # the timeline is the lab's output; chatter is not
@@ -73,17 +93,32 @@ class Command(BaseCommand):
         results = []
         try:
             for each in runtimes:
-                results += self.run_lab(names, provider=provider, interactive=interactive, out=out, sdk=sdk,
-                                        runtime=each)
+                results += self.run_lab(
+                    names, provider=provider, interactive=interactive, out=out, sdk=sdk, runtime=each
+                )
         except KeyboardInterrupt:  # run_lab's cleanup has run on the way out: servers and workers are stopped
-            self.stderr.write(f"\nInterrupted after {time.monotonic() - started:.0f} s: the lab stopped its servers "
-                              "and worker processes.")
+            self.stderr.write(
+                f"\nInterrupted after {time.monotonic() - started:.0f} s: the lab stopped its servers "
+                "and worker processes."
+            )
             raise SystemExit(130) from None
         elapsed = time.monotonic() - started
         ok = all(r["ok"] for r in results)
         if as_json:
-            self.stdout.write(json.dumps({"ok": ok, "seconds": round(elapsed, 2), "provider": provider,
-                                          "runtime": runtime, "sdk": sdk, "scenarios": results}, indent=2, default=str))
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "ok": ok,
+                        "seconds": round(elapsed, 2),
+                        "provider": provider,
+                        "runtime": runtime,
+                        "sdk": sdk,
+                        "scenarios": results,
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
         else:
             self.print_summary(results, elapsed)
             if len(runtimes) > 1:
@@ -93,10 +128,19 @@ class Command(BaseCommand):
 
     # ------------------------------------------------------------------------------------------
 
-    def run_lab(self, names: list[str], *, provider: str, interactive: bool, out, sdk: str = "python",
-                runtime: str = "langgraph") -> list[dict]:
-        return run_lab(names, provider=provider, interactive=interactive, out=out, style=self.style, sdk=sdk,
-                       runtime=runtime)
+    def run_lab(
+        self,
+        names: list[str],
+        *,
+        provider: str,
+        interactive: bool,
+        out,
+        sdk: str = "python",
+        runtime: str = "langgraph",
+    ) -> list[dict]:
+        return run_lab(
+            names, provider=provider, interactive=interactive, out=out, style=self.style, sdk=sdk, runtime=runtime
+        )
 
     def print_table(self, results: list[dict], runtimes: list[str], names: list[str]) -> None:
         """One line per runtime, one column per scenario: OK or FAILED."""
@@ -127,8 +171,11 @@ class Command(BaseCommand):
                     ("Action key", r["action_key"]),
                     ("Provider signal", f"{r['failure_class']} {r['provider_code']}"),
                     ("Credential generation", f"{r['generation_before']:02d} → {r['generation_after']:02d}"),
-                    ("Duplicate effects", f"{r['duplicate_effects_observed']} observed "
-                                          f"({r['messages_accepted']} message(s) accepted by the mail service)"),
+                    (
+                        "Duplicate effects",
+                        f"{r['duplicate_effects_observed']} observed "
+                        f"({r['messages_accepted']} message(s) accepted by the mail service)",
+                    ),
                     ("Send", f"{r['send_state']}, {r['send_attempts']} attempt(s)"),
                 ]
                 notes = r.get("notes") or {}
@@ -137,11 +184,17 @@ class Command(BaseCommand):
                     rows.append(("Refused identity", _identity(refused.get("presented"))))
                     rows.append(("Expected identity", _identity(refused.get("expected"))))
                 if notes.get("after_timeout"):
-                    rows.append(("After the timeout", f"{notes['after_timeout']} → {r['send_state']} "
-                                                      "(found by its idempotency key)"))
+                    rows.append(
+                        (
+                            "After the timeout",
+                            f"{notes['after_timeout']} → {r['send_state']} (found by its idempotency key)",
+                        )
+                    )
                 if notes.get("killed_pid"):
                     how = f"stopped ({notes['stop_signal']})" if notes.get("stop_signal") else "killed"
-                    rows.append(("Worker process", f"{notes['killed_pid']} {how}; brief sent by pid {r['brief_sent_by_pid']}"))
+                    rows.append(
+                        ("Worker process", f"{notes['killed_pid']} {how}; brief sent by pid {r['brief_sent_by_pid']}")
+                    )
                     if notes.get("workers"):
                         rows.append(("Workers", " → ".join(notes["workers"])))
                 rows.append(("Took", f"{r['seconds']:.1f} s"))
@@ -150,15 +203,22 @@ class Command(BaseCommand):
             for problem in r["problems"]:
                 out(self.style.ERROR(f"    problem: {problem}"))
         ok = all(r["ok"] for r in results)
-        verdict = (self.style.SUCCESS(f"\n{len(results)} scenario(s) as expected: same runs resumed, nothing sent twice.")
-                   if ok else self.style.ERROR(f"\n{sum(not r['ok'] for r in results)} scenario(s) misbehaved."))
+        verdict = (
+            self.style.SUCCESS(f"\n{len(results)} scenario(s) as expected: same runs resumed, nothing sent twice.")
+            if ok
+            else self.style.ERROR(f"\n{sum(not r['ok'] for r in results)} scenario(s) misbehaved.")
+        )
         out(verdict)
         out(f"Lab time: {elapsed:.1f} s")
-        out("The lab in the browser: .venv/bin/python manage.py createsuperuser (once), "
-            ".venv/bin/python manage.py runserver, then open http://127.0.0.1:8000/lab/ (staff only)")
+        out(
+            "The lab in the browser: .venv/bin/python manage.py createsuperuser (once), "
+            ".venv/bin/python manage.py runserver, then open http://127.0.0.1:8000/lab/ (staff only)"
+        )
 
 
 def _identity(evidence: dict | None) -> str:
     if not evidence:
         return "—"
-    return ", ".join(f"{k}={v}" for k, v in evidence.items() if k != "label") + (f" ({evidence['label']})" if evidence.get("label") else "")
+    return ", ".join(f"{k}={v}" for k, v in evidence.items() if k != "label") + (
+        f" ({evidence['label']})" if evidence.get("label") else ""
+    )

@@ -13,8 +13,11 @@ class Command(BaseCommand):
         parser.add_argument("name", help="A unique name, e.g. the worker fleet's name.")
         parser.add_argument("--role", choices=[r.value for r in ApiKey.Role], default=ApiKey.Role.WORKER)
         parser.add_argument("--system-operate", action="store_true", help="Allow the operator recovery routes.")
-        parser.add_argument("--namespace", default=DEFAULT_NAMESPACE,
-                            help="The namespace a worker key sees and acts in (created if missing; default: default).")
+        parser.add_argument(
+            "--namespace",
+            default=DEFAULT_NAMESPACE,
+            help="The namespace a worker key sees and acts in (created if missing; default: default).",
+        )
         parser.add_argument("--quiet", action="store_true", help="Print only the key.")
 
     def handle(self, *args, name, role, system_operate, namespace, quiet, **options):
@@ -28,4 +31,6 @@ class Command(BaseCommand):
         if quiet:
             self.stdout.write(raw)
             return
-        self.stdout.write(f"Created {key.role} key {key.name!r} in namespace {namespace!r}. Store it now; it cannot be shown again:\n\n  {raw}\n")
+        self.stdout.write(
+            f"Created {key.role} key {key.name!r} in namespace {namespace!r}. Store it now; it cannot be shown again:\n\n  {raw}\n"
+        )

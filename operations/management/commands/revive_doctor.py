@@ -16,12 +16,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="Print the readout of the API route as JSON.")
-        parser.add_argument("--timeout", type=float, default=None,
-                            help="Seconds per probe call (default REVIVE_DOCTOR_PROBE_TIMEOUT); the doctor answers "
-                                 "within twice that plus a second.")
-        parser.add_argument("--worker-timeout", type=float, default=None,
-                            help="Seconds to wait for Celery workers to answer (default "
-                                 "REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT).")
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            help="Seconds per probe call (default REVIVE_DOCTOR_PROBE_TIMEOUT); the doctor answers "
+            "within twice that plus a second.",
+        )
+        parser.add_argument(
+            "--worker-timeout",
+            type=float,
+            default=None,
+            help="Seconds to wait for Celery workers to answer (default REVIVE_DOCTOR_WORKER_REPLY_TIMEOUT).",
+        )
 
     def handle(self, *args, **options):
         for option in ("timeout", "worker_timeout"):
@@ -32,8 +39,9 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(readout, indent=2))
         else:
-            self._table(rows, doctor_config(probe_timeout=options["timeout"],
-                                                  worker_reply_timeout=options["worker_timeout"]))
+            self._table(
+                rows, doctor_config(probe_timeout=options["timeout"], worker_reply_timeout=options["worker_timeout"])
+            )
         not_ok = [row for row in rows if row.status != OK]
         if not_ok:
             worst = max(EXIT_CODES.get(row.status, 2) for row in not_ok)
@@ -52,8 +60,10 @@ class Command(BaseCommand):
             status = paint(f"{status:<{widths[1]}}")
             return f"{part:<{widths[0]}}  {status}  {latency:>{widths[2]}}  {detail}".rstrip()
 
-        self.stdout.write(f"Revive doctor (probe timeout {config.probe_timeout:g}s, workers answer within "
-                          f"{config.worker_reply_timeout:g}s)")
+        self.stdout.write(
+            f"Revive doctor (probe timeout {config.probe_timeout:g}s, workers answer within "
+            f"{config.worker_reply_timeout:g}s)"
+        )
         if not any(row.part.startswith("runtime ") for row in rows):
             self.stdout.write("(no runtime configured: REVIVE_RUNTIMES is empty)")
         self.stdout.write(line(*header))

@@ -48,17 +48,29 @@ class FederatedToken:
     issued_token_type: str = REQUESTED_TOKEN_TYPE
 
 
-def exchange_form(*, client_id: str, client_secret: str, connection: str, subject_token: str,
-                  subject_token_type: str = "refresh_token", login_hint: str | None = None,
-                  scope: str | None = None) -> dict[str, str]:
+def exchange_form(
+    *,
+    client_id: str,
+    client_secret: str,
+    connection: str,
+    subject_token: str,
+    subject_token_type: str = "refresh_token",
+    login_hint: str | None = None,
+    scope: str | None = None,
+) -> dict[str, str]:
     """The token endpoint's form for one exchange (shared by the sync and async helpers)."""
     if subject_token_type not in SUBJECT_TOKEN_TYPES:
         raise ValueError(f"subject_token_type must be one of {sorted(SUBJECT_TOKEN_TYPES)}")
     if not connection or not subject_token:
         raise ValueError("connection and subject_token are required")
-    form = {"grant_type": GRANT_TYPE, "client_id": client_id, "subject_token": subject_token,
-            "subject_token_type": SUBJECT_TOKEN_TYPES[subject_token_type],
-            "requested_token_type": REQUESTED_TOKEN_TYPE, "connection": connection}
+    form = {
+        "grant_type": GRANT_TYPE,
+        "client_id": client_id,
+        "subject_token": subject_token,
+        "subject_token_type": SUBJECT_TOKEN_TYPES[subject_token_type],
+        "requested_token_type": REQUESTED_TOKEN_TYPE,
+        "connection": connection,
+    }
     if client_secret:
         form["client_secret"] = client_secret
     if login_hint:
@@ -75,14 +87,23 @@ def exchange_result(response: httpx.Response, *, connection: str) -> FederatedTo
     except ValueError:
         body = response.text
     if response.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
-        raise ProviderError(response.status_code, body, {k: v for k, v in response.headers.items()
-                                                           if k.lower() in ("content-type", "retry-after",
-                                                                            "x-ratelimit-reset", "www-authenticate")})
+        raise ProviderError(
+            response.status_code,
+            body,
+            {
+                k: v
+                for k, v in response.headers.items()
+                if k.lower() in ("content-type", "retry-after", "x-ratelimit-reset", "www-authenticate")
+            },
+        )
     expires_in = body.get("expires_in")
-    return FederatedToken(access_token=body["access_token"], connection=connection,
-                          expires_at=time.time() + float(expires_in) if isinstance(expires_in, (int, float)) else None,
-                          scope=body.get("scope", "") or "",
-                          issued_token_type=body.get("issued_token_type", REQUESTED_TOKEN_TYPE))
+    return FederatedToken(
+        access_token=body["access_token"],
+        connection=connection,
+        expires_at=time.time() + float(expires_in) if isinstance(expires_in, (int, float)) else None,
+        scope=body.get("scope", "") or "",
+        issued_token_type=body.get("issued_token_type", REQUESTED_TOKEN_TYPE),
+    )
 
 
 def _network_error(exc: httpx.TransportError) -> ProviderError:
@@ -105,31 +126,62 @@ class _Client:
 class TokenVault(_Client):
     """Exchanges at ``https://{domain}/oauth/token`` (``domain`` may be a full URL, e.g. a local stand-in)."""
 
-    def __init__(self, domain: str, client_id: str, client_secret: str = "", *, timeout: float = 10.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        domain: str,
+        client_id: str,
+        client_secret: str = "",
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         super().__init__(domain, client_id, client_secret)
         self._http = httpx.Client(timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()
 
-    def exchange(self, *, connection: str, subject_token: str, subject_token_type: str = "refresh_token",
-                 login_hint: str | None = None, scope: str | None = None) -> FederatedToken:
-        form = self._form(connection=connection, subject_token=subject_token, subject_token_type=subject_token_type,
-                          login_hint=login_hint, scope=scope)
+    def exchange(
+        self,
+        *,
+        connection: str,
+        subject_token: str,
+        subject_token_type: str = "refresh_token",
+        login_hint: str | None = None,
+        scope: str | None = None,
+    ) -> FederatedToken:
+        form = self._form(
+            connection=connection,
+            subject_token=subject_token,
+            subject_token_type=subject_token_type,
+            login_hint=login_hint,
+            scope=scope,
+        )
         try:
             response = self._http.post(self.token_url, data=form)
         except httpx.TransportError as exc:
             raise _network_error(exc) from exc
         return exchange_result(response, connection=connection)
 
-    def credential(self, *, connection: str, subject_token: Callable[[], str], subject_token_type: str = "refresh_token",
-                   login_hint: str | None = None, scope: str | None = None) -> Callable[[], str]:
+    def credential(
+        self,
+        *,
+        connection: str,
+        subject_token: Callable[[], str],
+        subject_token_type: str = "refresh_token",
+        login_hint: str | None = None,
+        scope: str | None = None,
+    ) -> Callable[[], str]:
         """A ``credential`` callback for ``protect_action``: the upstream access token, exchanged at each call."""
 
         def get() -> str:
-            return self.exchange(connection=connection, subject_token=subject_token(),
-                                 subject_token_type=subject_token_type, login_hint=login_hint, scope=scope).access_token
+            return self.exchange(
+                connection=connection,
+                subject_token=subject_token(),
+                subject_token_type=subject_token_type,
+                login_hint=login_hint,
+                scope=scope,
+            ).access_token
 
         return get
 
@@ -137,33 +189,63 @@ class TokenVault(_Client):
 class AsyncTokenVault(_Client):
     """``TokenVault`` for ``AsyncRevive``; ``subject_token`` may be a coroutine function."""
 
-    def __init__(self, domain: str, client_id: str, client_secret: str = "", *, timeout: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        domain: str,
+        client_id: str,
+        client_secret: str = "",
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         super().__init__(domain, client_id, client_secret)
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def exchange(self, *, connection: str, subject_token: str, subject_token_type: str = "refresh_token",
-                       login_hint: str | None = None, scope: str | None = None) -> FederatedToken:
-        form = self._form(connection=connection, subject_token=subject_token, subject_token_type=subject_token_type,
-                          login_hint=login_hint, scope=scope)
+    async def exchange(
+        self,
+        *,
+        connection: str,
+        subject_token: str,
+        subject_token_type: str = "refresh_token",
+        login_hint: str | None = None,
+        scope: str | None = None,
+    ) -> FederatedToken:
+        form = self._form(
+            connection=connection,
+            subject_token=subject_token,
+            subject_token_type=subject_token_type,
+            login_hint=login_hint,
+            scope=scope,
+        )
         try:
             response = await self._http.post(self.token_url, data=form)
         except httpx.TransportError as exc:
             raise _network_error(exc) from exc
         return exchange_result(response, connection=connection)
 
-    def credential(self, *, connection: str, subject_token: Callable[[], str | Awaitable[str]],
-                   subject_token_type: str = "refresh_token", login_hint: str | None = None,
-                   scope: str | None = None) -> Callable[[], Awaitable[str]]:
+    def credential(
+        self,
+        *,
+        connection: str,
+        subject_token: Callable[[], str | Awaitable[str]],
+        subject_token_type: str = "refresh_token",
+        login_hint: str | None = None,
+        scope: str | None = None,
+    ) -> Callable[[], Awaitable[str]]:
         async def get() -> str:
             token = subject_token()
             if not isinstance(token, str):
                 token = await token
-            found = await self.exchange(connection=connection, subject_token=token,
-                                        subject_token_type=subject_token_type, login_hint=login_hint, scope=scope)
+            found = await self.exchange(
+                connection=connection,
+                subject_token=token,
+                subject_token_type=subject_token_type,
+                login_hint=login_hint,
+                scope=scope,
+            )
             return found.access_token
 
         return get

@@ -72,9 +72,17 @@ class SingleFlightCredential:
     one process that share a ``memo`` share what they know of the refresh rounds (e.g. one helper per thread).
     """
 
-    def __init__(self, revive: Revive | AsyncRevive, *, connection_id: str, load: Callable[[], Any],
-                 refresh: Callable[[], Any], is_fresh: Callable[[Any], bool] = lambda credential: True,
-                 holder: str | None = None, memo: RefreshMemo | None = None) -> None:
+    def __init__(
+        self,
+        revive: Revive | AsyncRevive,
+        *,
+        connection_id: str,
+        load: Callable[[], Any],
+        refresh: Callable[[], Any],
+        is_fresh: Callable[[Any], bool] = lambda credential: True,
+        holder: str | None = None,
+        memo: RefreshMemo | None = None,
+    ) -> None:
         self.revive = revive
         self.connection_id = connection_id
         self.holder = holder or new_holder()
@@ -82,8 +90,14 @@ class SingleFlightCredential:
         self._load, self._refresh, self._is_fresh = load, refresh, is_fresh
 
     def _flow(self) -> Flow:
-        return flows.credential(connection_id=self.connection_id, holder=self.holder, load=self._load,
-                                refresh=self._refresh, is_fresh=self._is_fresh, memo=self.memo)
+        return flows.credential(
+            connection_id=self.connection_id,
+            holder=self.holder,
+            load=self._load,
+            refresh=self._refresh,
+            is_fresh=self._is_fresh,
+            memo=self.memo,
+        )
 
     def rejected(self) -> None:
         self.memo.rejected = True
@@ -109,10 +123,17 @@ class Revive:
     ...                       credential=lambda: vault.lease(...), execute=send, reconcile=find)
     """
 
-    def __init__(self, url: str, api_key: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self._http = httpx.Client(base_url=url.rstrip("/") + "/api/v1", headers=_headers(api_key), timeout=timeout,
-                                  transport=transport)
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + "/api/v1", headers=_headers(api_key), timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -128,8 +149,9 @@ class Revive:
             if step.heartbeat is None:
                 return step.fn(*step.args)
             stop = threading.Event()
-            beat = threading.Thread(target=self._heartbeat, args=(step.heartbeat, step.every, stop), daemon=True,
-                                    name="revive-heartbeat")
+            beat = threading.Thread(
+                target=self._heartbeat, args=(step.heartbeat, step.every, stop), daemon=True, name="revive-heartbeat"
+            )
             beat.start()
             try:
                 return step.fn(*step.args)
@@ -139,8 +161,9 @@ class Revive:
         if isinstance(step, Sleep):
             return time.sleep(step.seconds)
         try:
-            response = self._http.request(step.method, step.path, json=step.json,
-                                          headers=tracecontext.headers_for(trace_id))
+            response = self._http.request(
+                step.method, step.path, json=step.json, headers=tracecontext.headers_for(trace_id)
+            )
         except httpx.TransportError as exc:
             raise _unavailable(exc) from exc
         return _answer(response)
@@ -170,35 +193,76 @@ class Revive:
         """The connection's current generation (``usable`` is false while a reconnect is pending)."""
         return self._run(flows.lease(connection_id))
 
-    def single_flight_credential(self, connection_id: str, *, load: Callable[[], Any], refresh: Callable[[], Any],
-                                 is_fresh: Callable[[Any], bool] = lambda credential: True,
-                                 holder: str | None = None) -> SingleFlightCredential:
+    def single_flight_credential(
+        self,
+        connection_id: str,
+        *,
+        load: Callable[[], Any],
+        refresh: Callable[[], Any],
+        is_fresh: Callable[[Any], bool] = lambda credential: True,
+        holder: str | None = None,
+    ) -> SingleFlightCredential:
         """A credential callback that refreshes once across workers; see ``SingleFlightCredential``."""
-        return SingleFlightCredential(self, connection_id=connection_id, load=load, refresh=refresh,
-                                      is_fresh=is_fresh, holder=holder)
+        return SingleFlightCredential(
+            self, connection_id=connection_id, load=load, refresh=refresh, is_fresh=is_fresh, holder=holder
+        )
 
-    def register_run(self, *, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._run(flows.register_run(run_id=run_id, runtime=runtime, workflow_name=workflow_name, runtime_ref=runtime_ref))
+    def register_run(
+        self, *, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return self._run(
+            flows.register_run(run_id=run_id, runtime=runtime, workflow_name=workflow_name, runtime_ref=runtime_ref)
+        )
 
-    def record_checkpoint(self, *, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._run(flows.record_checkpoint(run_id=run_id, checkpoint_id=checkpoint_id, label=label, runtime_ref=runtime_ref))
+    def record_checkpoint(
+        self, *, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return self._run(
+            flows.record_checkpoint(run_id=run_id, checkpoint_id=checkpoint_id, label=label, runtime_ref=runtime_ref)
+        )
 
     def recovery_status(self, run_id: str) -> dict[str, Any]:
         return self._run(flows.recovery_status(run_id))
 
-    def report_credential_failure(self, *, run_id: str, connection_id: str, generation: int, error: ProviderError,
-                                  checkpoint_id: str | None = None, action_key: str | None = None, raise_signal: bool = True) -> dict[str, Any]:
+    def report_credential_failure(
+        self,
+        *,
+        run_id: str,
+        connection_id: str,
+        generation: int,
+        error: ProviderError,
+        checkpoint_id: str | None = None,
+        action_key: str | None = None,
+        raise_signal: bool = True,
+    ) -> dict[str, Any]:
         """Report a credential failure seen outside a protected action; by default raise the signal it implies."""
-        answer = self._run(flows.report_credential_failure(run_id=run_id, connection_id=connection_id, generation=generation,
-                                                           error=error, checkpoint_id=checkpoint_id, action_key=action_key))
+        answer = self._run(
+            flows.report_credential_failure(
+                run_id=run_id,
+                connection_id=connection_id,
+                generation=generation,
+                error=error,
+                checkpoint_id=checkpoint_id,
+                action_key=action_key,
+            )
+        )
         if raise_signal:
             flows.raise_for_failure(answer, connection_id=connection_id, generation=generation)
         return answer
 
-    def protect_action(self, *, run_id: str, checkpoint_id: str, connection_id: str, action_key: str,
-                       execute: Callable[[ActionContext], Any], credential: Callable[[], Any] | None = None,
-                       reconcile: Callable[[ActionContext], Any] | None = None, params: dict[str, Any] | None = None,
-                       generation: int | None = None) -> Any:
+    def protect_action(
+        self,
+        *,
+        run_id: str,
+        checkpoint_id: str,
+        connection_id: str,
+        action_key: str,
+        execute: Callable[[ActionContext], Any],
+        credential: Callable[[], Any] | None = None,
+        reconcile: Callable[[ActionContext], Any] | None = None,
+        params: dict[str, Any] | None = None,
+        generation: int | None = None,
+    ) -> Any:
         """Execute a mutating action at most once for (run, action key).
 
         - ``credential()`` is called only when the action may execute; raise ``ProviderError`` from it (or from
@@ -212,18 +276,35 @@ class Revive:
         for transient and refreshable failures, ``ActionAmbiguous`` when the outcome is unknown and there is no
         ``reconcile``.
         """
-        return self._run(flows.protect_action(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id,
-                                              action_key=action_key, execute=execute, credential=credential,
-                                              reconcile=reconcile, params=params, generation=generation))
+        return self._run(
+            flows.protect_action(
+                run_id=run_id,
+                checkpoint_id=checkpoint_id,
+                connection_id=connection_id,
+                action_key=action_key,
+                execute=execute,
+                credential=credential,
+                reconcile=reconcile,
+                params=params,
+                generation=generation,
+            )
+        )
 
 
 class AsyncRevive:
     """Asynchronous client with the same methods as ``Revive``; callbacks may be sync or async."""
 
-    def __init__(self, url: str, api_key: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._http = httpx.AsyncClient(base_url=url.rstrip("/") + "/api/v1", headers=_headers(api_key), timeout=timeout,
-                                       transport=transport)
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/") + "/api/v1", headers=_headers(api_key), timeout=timeout, transport=transport
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -246,8 +327,9 @@ class AsyncRevive:
         if isinstance(step, Sleep):
             return await asyncio.sleep(step.seconds)
         try:
-            response = await self._http.request(step.method, step.path, json=step.json,
-                                                headers=tracecontext.headers_for(trace_id))
+            response = await self._http.request(
+                step.method, step.path, json=step.json, headers=tracecontext.headers_for(trace_id)
+            )
         except httpx.TransportError as exc:
             raise _unavailable(exc) from exc
         return _answer(response)
@@ -275,36 +357,86 @@ class AsyncRevive:
     async def lease(self, connection_id: str) -> dict[str, Any]:
         return await self._run(flows.lease(connection_id))
 
-    def single_flight_credential(self, connection_id: str, *, load: Callable[[], Any], refresh: Callable[[], Any],
-                                 is_fresh: Callable[[Any], bool] = lambda credential: True,
-                                 holder: str | None = None) -> SingleFlightCredential:
+    def single_flight_credential(
+        self,
+        connection_id: str,
+        *,
+        load: Callable[[], Any],
+        refresh: Callable[[], Any],
+        is_fresh: Callable[[Any], bool] = lambda credential: True,
+        holder: str | None = None,
+    ) -> SingleFlightCredential:
         """See ``Revive.single_flight_credential``; ``load`` and ``refresh`` may be coroutines."""
-        return SingleFlightCredential(self, connection_id=connection_id, load=load, refresh=refresh,
-                                      is_fresh=is_fresh, holder=holder)
+        return SingleFlightCredential(
+            self, connection_id=connection_id, load=load, refresh=refresh, is_fresh=is_fresh, holder=holder
+        )
 
-    async def register_run(self, *, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
-        return await self._run(flows.register_run(run_id=run_id, runtime=runtime, workflow_name=workflow_name, runtime_ref=runtime_ref))
+    async def register_run(
+        self, *, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return await self._run(
+            flows.register_run(run_id=run_id, runtime=runtime, workflow_name=workflow_name, runtime_ref=runtime_ref)
+        )
 
-    async def record_checkpoint(self, *, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None) -> dict[str, Any]:
-        return await self._run(flows.record_checkpoint(run_id=run_id, checkpoint_id=checkpoint_id, label=label, runtime_ref=runtime_ref))
+    async def record_checkpoint(
+        self, *, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return await self._run(
+            flows.record_checkpoint(run_id=run_id, checkpoint_id=checkpoint_id, label=label, runtime_ref=runtime_ref)
+        )
 
     async def recovery_status(self, run_id: str) -> dict[str, Any]:
         return await self._run(flows.recovery_status(run_id))
 
-    async def report_credential_failure(self, *, run_id: str, connection_id: str, generation: int, error: ProviderError,
-                                        checkpoint_id: str | None = None, action_key: str | None = None,
-                                        raise_signal: bool = True) -> dict[str, Any]:
-        answer = await self._run(flows.report_credential_failure(run_id=run_id, connection_id=connection_id, generation=generation,
-                                                                 error=error, checkpoint_id=checkpoint_id, action_key=action_key))
+    async def report_credential_failure(
+        self,
+        *,
+        run_id: str,
+        connection_id: str,
+        generation: int,
+        error: ProviderError,
+        checkpoint_id: str | None = None,
+        action_key: str | None = None,
+        raise_signal: bool = True,
+    ) -> dict[str, Any]:
+        answer = await self._run(
+            flows.report_credential_failure(
+                run_id=run_id,
+                connection_id=connection_id,
+                generation=generation,
+                error=error,
+                checkpoint_id=checkpoint_id,
+                action_key=action_key,
+            )
+        )
         if raise_signal:
             flows.raise_for_failure(answer, connection_id=connection_id, generation=generation)
         return answer
 
-    async def protect_action(self, *, run_id: str, checkpoint_id: str, connection_id: str, action_key: str,
-                             execute: Callable[[ActionContext], Any], credential: Callable[[], Any] | None = None,
-                             reconcile: Callable[[ActionContext], Any] | None = None, params: dict[str, Any] | None = None,
-                             generation: int | None = None) -> Any:
+    async def protect_action(
+        self,
+        *,
+        run_id: str,
+        checkpoint_id: str,
+        connection_id: str,
+        action_key: str,
+        execute: Callable[[ActionContext], Any],
+        credential: Callable[[], Any] | None = None,
+        reconcile: Callable[[ActionContext], Any] | None = None,
+        params: dict[str, Any] | None = None,
+        generation: int | None = None,
+    ) -> Any:
         """See ``Revive.protect_action``."""
-        return await self._run(flows.protect_action(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id,
-                                                    action_key=action_key, execute=execute, credential=credential,
-                                                    reconcile=reconcile, params=params, generation=generation))
+        return await self._run(
+            flows.protect_action(
+                run_id=run_id,
+                checkpoint_id=checkpoint_id,
+                connection_id=connection_id,
+                action_key=action_key,
+                execute=execute,
+                credential=credential,
+                reconcile=reconcile,
+                params=params,
+                generation=generation,
+            )
+        )

@@ -9,7 +9,9 @@ from typing import Any
 class ReviveError(Exception):
     """Revive answered with an error (``code`` is stable, see the API docs)."""
 
-    def __init__(self, code: str, message: str, *, status: int | None = None, data: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, *, status: int | None = None, data: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -86,7 +88,9 @@ class ActionAmbiguous(Exception):
     """The action's outcome is unknown and no ``reconcile`` callback was given to settle it."""
 
     def __init__(self, action_key: str, idempotency_key: str) -> None:
-        super().__init__(f"action {action_key} has an unknown outcome; reconcile it by idempotency key {idempotency_key}")
+        super().__init__(
+            f"action {action_key} has an unknown outcome; reconcile it by idempotency key {idempotency_key}"
+        )
         self.action_key = action_key
         self.idempotency_key = idempotency_key
 
@@ -107,8 +111,14 @@ class ProviderError(Exception):
     Pass the provider's raw answer; Revive classifies it (dead grant, transient, ...).
     """
 
-    def __init__(self, status: int | None = None, body: Any = None, headers: Mapping[str, str] | None = None,
-                 *, error_kind: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        error_kind: str | None = None,
+    ) -> None:
         super().__init__(f"provider error (status {status})")
         self.status = status
         self.body = body
@@ -119,8 +129,12 @@ class ProviderError(Exception):
         body = self.body
         if isinstance(body, bytes):
             body = body.decode("utf-8", "replace")
-        return {"status": self.status, "body": body, "headers": {str(k): str(v) for k, v in self.headers.items()},
-                "error_kind": self.error_kind}
+        return {
+            "status": self.status,
+            "body": body,
+            "headers": {str(k): str(v) for k, v in self.headers.items()},
+            "error_kind": self.error_kind,
+        }
 
 
 CredentialRejected = ProviderError

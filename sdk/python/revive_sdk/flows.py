@@ -97,25 +97,51 @@ def lease(connection_id: str) -> Flow:
 
 
 def register_run(*, run_id: str, runtime: str, workflow_name: str, runtime_ref: dict[str, Any] | None = None) -> Flow:
-    return (yield Http("POST", "/runs", {"run_id": run_id, "runtime": runtime, "workflow_name": workflow_name,
-                                         "runtime_ref": runtime_ref or {}}))
+    return (
+        yield Http(
+            "POST",
+            "/runs",
+            {"run_id": run_id, "runtime": runtime, "workflow_name": workflow_name, "runtime_ref": runtime_ref or {}},
+        )
+    )
 
 
-def record_checkpoint(*, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None) -> Flow:
-    return (yield Http("POST", f"/runs/{_seg(run_id)}/checkpoints",
-                       {"checkpoint_id": checkpoint_id, "label": label, "runtime_ref": runtime_ref or {}}))
+def record_checkpoint(
+    *, run_id: str, checkpoint_id: str, label: str = "", runtime_ref: dict[str, Any] | None = None
+) -> Flow:
+    return (
+        yield Http(
+            "POST",
+            f"/runs/{_seg(run_id)}/checkpoints",
+            {"checkpoint_id": checkpoint_id, "label": label, "runtime_ref": runtime_ref or {}},
+        )
+    )
 
 
 def recovery_status(run_id: str) -> Flow:
     return (yield Http("GET", f"/runs/{_seg(run_id)}/recovery"))
 
 
-def report_credential_failure(*, run_id: str, connection_id: str, generation: int, error: ProviderError,
-                              checkpoint_id: str | None = None, action_key: str | None = None) -> Flow:
-    answer = yield Http("POST", f"/runs/{_seg(run_id)}/credential-failures", {
-        "connection_id": connection_id, "generation": generation, "checkpoint_id": checkpoint_id,
-        "action_key": action_key, "error": error.as_payload(),
-    })
+def report_credential_failure(
+    *,
+    run_id: str,
+    connection_id: str,
+    generation: int,
+    error: ProviderError,
+    checkpoint_id: str | None = None,
+    action_key: str | None = None,
+) -> Flow:
+    answer = yield Http(
+        "POST",
+        f"/runs/{_seg(run_id)}/credential-failures",
+        {
+            "connection_id": connection_id,
+            "generation": generation,
+            "checkpoint_id": checkpoint_id,
+            "action_key": action_key,
+            "error": error.as_payload(),
+        },
+    )
     return answer
 
 
@@ -151,8 +177,16 @@ def protect_action(
     base = f"/runs/{_seg(run_id)}/actions/{_seg(action_key)}"
     # At most two rounds: a reconciliation that finds nothing lets the next begin execute.
     for _ in range(2):
-        begun = yield Http("POST", f"{base}/begin", {"checkpoint_id": checkpoint_id, "connection_id": connection_id,
-                                                     "generation": generation, "params": params})
+        begun = yield Http(
+            "POST",
+            f"{base}/begin",
+            {
+                "checkpoint_id": checkpoint_id,
+                "connection_id": connection_id,
+                "generation": generation,
+                "params": params,
+            },
+        )
         decision = begun["decision"]
         key = begun["idempotency_key"]
         if decision == "replay":
@@ -170,17 +204,39 @@ def protect_action(
             except ProviderError as exc:
                 # Looking the effect up needs the credential too: a rejected one parks the run (the action
                 # stays ambiguous until it is reconciled, by a server-side reconciler or after the resume).
-                answer = yield from report_credential_failure(run_id=run_id, connection_id=connection_id,
-                                                              generation=generation, error=exc,
-                                                              checkpoint_id=checkpoint_id, action_key=action_key)
+                answer = yield from report_credential_failure(
+                    run_id=run_id,
+                    connection_id=connection_id,
+                    generation=generation,
+                    error=exc,
+                    checkpoint_id=checkpoint_id,
+                    action_key=action_key,
+                )
                 raise_for_failure(answer, connection_id=connection_id, generation=generation)
-            rec = found if isinstance(found, Reconciliation) else (
-                Reconciliation(found=False, evidence={"source": "sdk reconcile callback", "found": False})
-                if found is None or found is False
-                else Reconciliation(found=True, evidence={"source": "sdk reconcile callback", "found": _jsonable(found)}, result=found)
+            rec = (
+                found
+                if isinstance(found, Reconciliation)
+                else (
+                    Reconciliation(found=False, evidence={"source": "sdk reconcile callback", "found": False})
+                    if found is None or found is False
+                    else Reconciliation(
+                        found=True,
+                        evidence={"source": "sdk reconcile callback", "found": _jsonable(found)},
+                        result=found,
+                    )
+                )
             )
-            yield Http("POST", f"{base}/reconcile", {"generation": generation, "found": rec.found, "evidence": rec.evidence,
-                                                     "result": _jsonable(rec.result), "external_ref": rec.external_ref})
+            yield Http(
+                "POST",
+                f"{base}/reconcile",
+                {
+                    "generation": generation,
+                    "found": rec.found,
+                    "evidence": rec.evidence,
+                    "result": _jsonable(rec.result),
+                    "external_ref": rec.external_ref,
+                },
+            )
             if rec.found:
                 return rec.result
             continue
@@ -192,28 +248,48 @@ def protect_action(
             raise_for_failure(answer, connection_id=connection_id, generation=generation)
         except Exception as exc:
             # Nothing mutating ran: record the attempt as failed so it may run again later.
-            yield Http("POST", f"{base}/fail", {"generation": generation, "error": {
-                "status": None, "body": {"error": "credential_unavailable", "error_description": type(exc).__name__}}})
+            yield Http(
+                "POST",
+                f"{base}/fail",
+                {
+                    "generation": generation,
+                    "error": {
+                        "status": None,
+                        "body": {"error": "credential_unavailable", "error_description": type(exc).__name__},
+                    },
+                },
+            )
             raise
         try:
             # The lock Revive holds for this attempt is short; while execute runs the driver extends it, so a
             # dead worker's action is known within one lock period, not after a long fixed timeout.
             lock = float(begun.get("lock_seconds") or 0)
             beat = Http("POST", f"{base}/heartbeat", {"generation": generation}) if lock > 0 else None
-            outcome = yield Call(execute, (ActionContext(key, generation, ctx.attempt, cred),), heartbeat=beat,
-                                 every=max(lock / 3, 0.5))
+            outcome = yield Call(
+                execute, (ActionContext(key, generation, ctx.attempt, cred),), heartbeat=beat, every=max(lock / 3, 0.5)
+            )
         except ProviderError as exc:
             answer = yield Http("POST", f"{base}/fail", {"generation": generation, "error": exc.as_payload()})
             raise_for_failure(answer, connection_id=connection_id, generation=generation)
         except BaseException as exc:
             # The effect may or may not have happened: it must be reconciled before it can run again.
             try:
-                yield Http("POST", f"{base}/ambiguous", {"generation": generation, "reason": f"{type(exc).__name__}: {exc}"[:480]})
+                yield Http(
+                    "POST",
+                    f"{base}/ambiguous",
+                    {"generation": generation, "reason": f"{type(exc).__name__}: {exc}"[:480]},
+                )
             except ReviveError:
                 pass  # the reaper marks it ambiguous once its lock expires
             raise
-        result, external_ref = (outcome.result, outcome.external_ref) if isinstance(outcome, Committed) else (outcome, "")
-        yield Http("POST", f"{base}/commit", {"generation": generation, "result": _jsonable(result), "external_ref": external_ref})
+        result, external_ref = (
+            (outcome.result, outcome.external_ref) if isinstance(outcome, Committed) else (outcome, "")
+        )
+        yield Http(
+            "POST",
+            f"{base}/commit",
+            {"generation": generation, "result": _jsonable(result), "external_ref": external_ref},
+        )
         return result
     raise ActionAmbiguous(action_key, key)
 
@@ -231,8 +307,16 @@ class RefreshMemo:
     generation: int = 0
 
 
-def refresh_single_flight(*, connection_id: str, generation: int, holder: str, refresh: Callable[[], Any],
-                          reload: Callable[[], Any], seen_round: int = 0, max_wait: float = 120.0) -> Flow:
+def refresh_single_flight(
+    *,
+    connection_id: str,
+    generation: int,
+    holder: str,
+    refresh: Callable[[], Any],
+    reload: Callable[[], Any],
+    seen_round: int = 0,
+    max_wait: float = 120.0,
+) -> Flow:
     """Refresh this generation's credential once across all workers; return ``(credential, round)``.
 
     Revive answers with a decision, never a token: ``refresh`` (we hold the round: call ``refresh``, which talks
@@ -269,8 +353,15 @@ def refresh_single_flight(*, connection_id: str, generation: int, holder: str, r
         return credential, held
 
 
-def credential(*, connection_id: str, holder: str, load: Callable[[], Any], refresh: Callable[[], Any],
-               is_fresh: Callable[[Any], bool], memo: RefreshMemo) -> Flow:
+def credential(
+    *,
+    connection_id: str,
+    holder: str,
+    load: Callable[[], Any],
+    refresh: Callable[[], Any],
+    is_fresh: Callable[[Any], bool],
+    memo: RefreshMemo,
+) -> Flow:
     """A usable credential: the stored one if it is fresh and was not rejected, else a single-flight refresh."""
     if not memo.rejected:
         current = yield Call(load)
@@ -279,8 +370,13 @@ def credential(*, connection_id: str, holder: str, load: Callable[[], Any], refr
     generation = (yield from lease(connection_id))["generation"]
     if generation != memo.generation:  # rounds count per generation
         memo.generation, memo.round = generation, 0
-    value, memo.round = yield from refresh_single_flight(connection_id=connection_id, generation=generation,
-                                                         holder=holder, refresh=refresh, reload=load,
-                                                         seen_round=memo.round)
+    value, memo.round = yield from refresh_single_flight(
+        connection_id=connection_id,
+        generation=generation,
+        holder=holder,
+        refresh=refresh,
+        reload=load,
+        seen_round=memo.round,
+    )
     memo.rejected = False
     return value

@@ -81,7 +81,11 @@ def _covers(value: Any, case_ids: set[str]) -> bool:
 
 
 def _abandons(value: Any, case_ids: set[str]) -> bool:
-    return isinstance(value, dict) and value.get("revive") == ABANDON_KIND and bool(case_ids & set(value.get("cases") or ()))
+    return (
+        isinstance(value, dict)
+        and value.get("revive") == ABANDON_KIND
+        and bool(case_ids & set(value.get("cases") or ()))
+    )
 
 
 def _released_already(revive: Revive | None, run_id: str, case_ids: set[str]) -> bool:
@@ -93,8 +97,9 @@ def _released_already(revive: Revive | None, run_id: str, case_ids: set[str]) ->
     return not (blocking & case_ids)
 
 
-def wait_for_reauthorization(parked: RunParked | Sequence[RunParked], *, run_id: str,
-                             revive: Revive | None = None) -> dict[str, Any]:
+def wait_for_reauthorization(
+    parked: RunParked | Sequence[RunParked], *, run_id: str, revive: Revive | None = None
+) -> dict[str, Any]:
     """Pause the node until Revive resumes this run for every case in ``parked``; return the resume value.
     Raise ``RunAbandoned`` if Revive answers instead that one of those cases was abandoned.
 
@@ -117,10 +122,18 @@ def wait_for_reauthorization(parked: RunParked | Sequence[RunParked], *, run_id:
     raise RuntimeError(f"run {run_id} was resumed {MAX_PARKS} times without a resume for {sorted(case_ids)}")
 
 
-def protect_action(revive: Revive, *, run_id: str, checkpoint_id: str, connection_id: str, action_key: str,
-                   execute: Callable[[ActionContext], Any], credential: Callable[[], Any] | None = None,
-                   reconcile: Callable[[ActionContext], Any] | None = None,
-                   params: dict[str, Any] | None = None) -> Any:
+def protect_action(
+    revive: Revive,
+    *,
+    run_id: str,
+    checkpoint_id: str,
+    connection_id: str,
+    action_key: str,
+    execute: Callable[[ActionContext], Any],
+    credential: Callable[[], Any] | None = None,
+    reconcile: Callable[[ActionContext], Any] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
     """``Revive.protect_action`` for a LangGraph node: a parked run becomes an ``interrupt``, then retries.
 
     Each attempt leases the connection's current generation, so after the resume the action runs with the
@@ -129,9 +142,16 @@ def protect_action(revive: Revive, *, run_id: str, checkpoint_id: str, connectio
     parks = 0
     for _ in range(MAX_PARKS + MAX_IN_PROGRESS_WAITS):
         try:
-            return revive.protect_action(run_id=run_id, checkpoint_id=checkpoint_id, connection_id=connection_id,
-                                         action_key=action_key, execute=execute, credential=credential,
-                                         reconcile=reconcile, params=params)
+            return revive.protect_action(
+                run_id=run_id,
+                checkpoint_id=checkpoint_id,
+                connection_id=connection_id,
+                action_key=action_key,
+                execute=execute,
+                credential=credential,
+                reconcile=reconcile,
+                params=params,
+            )
         except ActionInProgress as busy:
             # Another attempt (a worker that died mid-execute) holds the short lock: wait it out, then begin again
             # -- it has committed (replay) or its lock ran out (reconcile).
@@ -146,17 +166,26 @@ def protect_action(revive: Revive, *, run_id: str, checkpoint_id: str, connectio
 
 def register_run(revive: Revive, *, run_id: str, thread_id: str, graph: str, workflow_name: str) -> dict[str, Any]:
     """Tell Revive which thread holds the run and under which name its server knows the graph."""
-    return revive.register_run(run_id=run_id, runtime=RUNTIME_LANGGRAPH, workflow_name=workflow_name,
-                               runtime_ref={"thread_id": thread_id, "graph": graph})
+    return revive.register_run(
+        run_id=run_id,
+        runtime=RUNTIME_LANGGRAPH,
+        workflow_name=workflow_name,
+        runtime_ref={"thread_id": thread_id, "graph": graph},
+    )
 
 
-def register_server_run(revive: Revive, *, run_id: str, thread_id: str, assistant_id: str,
-                        workflow_name: str) -> dict[str, Any]:
+def register_server_run(
+    revive: Revive, *, run_id: str, thread_id: str, assistant_id: str, workflow_name: str
+) -> dict[str, Any]:
     """For a graph deployed on a LangGraph Agent Server: tell Revive the run's thread and assistant there. Revive
     resumes the thread through the server's API (``POST /threads/{thread_id}/runs`` with ``command.resume``), at
     ``REVIVE_LANGGRAPH_SERVER_URL``; it never imports the graph. Inside the graph, ``protect_action`` is the same."""
-    return revive.register_run(run_id=run_id, runtime=RUNTIME_LANGGRAPH_SERVER, workflow_name=workflow_name,
-                               runtime_ref={"thread_id": thread_id, "assistant_id": assistant_id})
+    return revive.register_run(
+        run_id=run_id,
+        runtime=RUNTIME_LANGGRAPH_SERVER,
+        workflow_name=workflow_name,
+        runtime_ref={"thread_id": thread_id, "assistant_id": assistant_id},
+    )
 
 
 def run_config(thread_id: str, **configurable: Any) -> dict[str, Any]:
@@ -187,7 +216,7 @@ def checkpointer(url: str) -> Iterator[Any]:
             yield saver
         return
     if url.startswith("sqlite:///"):
-        url = url[len("sqlite:///"):]
+        url = url[len("sqlite:///") :]
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     with SqliteSaver.from_conn_string(url) as saver:

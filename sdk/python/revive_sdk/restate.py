@@ -44,9 +44,12 @@ class RunAbandoned(errors.RunAbandoned, TerminalError):
     """Raised by the wait of a workflow whose recovery case was abandoned: terminal, so Restate does not retry it."""
 
     def __init__(self, case_id: str | None, *, reason: str = "", run_id: str | None = None) -> None:
-        TerminalError.__init__(self, f"recovery case {case_id} was abandoned" + (f": {reason}" if reason else ""),
-                               status_code=409)
+        TerminalError.__init__(
+            self, f"recovery case {case_id} was abandoned" + (f": {reason}" if reason else ""), status_code=409
+        )
         self.case_id, self.reason, self.run_id = case_id, reason, run_id
+
+
 MAX_PARKS = 32
 MAX_IN_PROGRESS_WAITS = 10  # ACTION_IN_PROGRESS's retry_after is at most one short lock (REVIVE_ACTION_LOCK_TIMEOUT)
 IN_PROGRESS_WAIT_MAX = 120.0
@@ -82,16 +85,26 @@ def install_resume_handler(workflow: restate.Workflow, *, name: str = RESUME_HAN
     return workflow.handler(name=name)(revive_reauthorized)
 
 
-async def register_run(ctx: restate.WorkflowContext, revive: Any, *, workflow: restate.Workflow | str,
-                       workflow_name: str, run_id: str | None = None, handler: str = "run") -> dict:
+async def register_run(
+    ctx: restate.WorkflowContext,
+    revive: Any,
+    *,
+    workflow: restate.Workflow | str,
+    workflow_name: str,
+    run_id: str | None = None,
+    handler: str = "run",
+) -> dict:
     """Register the workflow as a Revive run (its id defaults to the workflow key), as a journaled step."""
     service = workflow if isinstance(workflow, str) else workflow.name
     key = ctx.key()
 
     async def call() -> dict:
-        return await revive.register_run(run_id=run_id or key, runtime="restate", workflow_name=workflow_name,
-                                         runtime_ref={"service": service, "key": key, "handler": handler,
-                                                      "resume_handler": RESUME_HANDLER})
+        return await revive.register_run(
+            run_id=run_id or key,
+            runtime="restate",
+            workflow_name=workflow_name,
+            runtime_ref={"service": service, "key": key, "handler": handler, "resume_handler": RESUME_HANDLER},
+        )
 
     return await ctx.run_typed("revive:register", call)
 
@@ -101,13 +114,22 @@ async def wait_for_reauthorization(ctx: restate.WorkflowContext, parked: dict) -
     Raise ``RunAbandoned`` if Revive resolved it to say the case was abandoned."""
     value = await ctx.promise(promise_name(parked["connection_id"], parked["generation"]), type_hint=dict).value()
     if isinstance(value, dict) and value.get("revive") == ABANDON_KIND:
-        raise RunAbandoned((value.get("cases") or [parked.get("case_id")])[0], reason=str(value.get("reason") or ""),
-                           run_id=value.get("run_id"))
+        raise RunAbandoned(
+            (value.get("cases") or [parked.get("case_id")])[0],
+            reason=str(value.get("reason") or ""),
+            run_id=value.get("run_id"),
+        )
     return value
 
 
-async def protect_action(ctx: restate.WorkflowContext, revive: Any, *, action_key: str,
-                         execute: Callable[[ActionContext], Any], **kwargs: Any) -> Any:
+async def protect_action(
+    ctx: restate.WorkflowContext,
+    revive: Any,
+    *,
+    action_key: str,
+    execute: Callable[[ActionContext], Any],
+    **kwargs: Any,
+) -> Any:
     """``AsyncRevive.protect_action`` as journaled steps, suspending on the durable promise while parked.
 
     The result must be JSON-serialisable (it is journaled). A failure Revive classifies as not recoverable by a
@@ -115,12 +137,18 @@ async def protect_action(ctx: restate.WorkflowContext, revive: Any, *, action_ke
     """
     parks = 0
     for attempt in range(MAX_PARKS + MAX_IN_PROGRESS_WAITS):
+
         async def step() -> dict:
             try:
                 return {"result": await revive.protect_action(action_key=action_key, execute=execute, **kwargs)}
             except RunParked as parked:
-                return {"parked": {"case_id": parked.case_id, "connection_id": parked.connection_id,
-                                   "generation": parked.generation}}
+                return {
+                    "parked": {
+                        "case_id": parked.case_id,
+                        "connection_id": parked.connection_id,
+                        "generation": parked.generation,
+                    }
+                }
             except ActionInProgress as busy:
                 return {"in_progress": busy.retry_after}
             except ActionFailed as exc:

@@ -56,9 +56,13 @@ ACTION_IN_PROGRESS = "ActionInProgress"
 # ``retry_after`` = the lock's remaining time and are delayed by exactly that (``next_retry_delay``); the first
 # begin after the lock ran out answers ``reconcile``. So a handful of attempts cover any dead attempt: unlimited
 # attempts are not needed and a capped interval keeps the recovery prompt.
-PROTECTED_ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                                       maximum_interval=timedelta(seconds=30), maximum_attempts=20,
-                                       non_retryable_error_types=[CREDENTIAL_REJECTED])
+PROTECTED_ACTIVITY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=20,
+    non_retryable_error_types=[CREDENTIAL_REJECTED],
+)
 
 RUN_ABANDONED = "RunAbandoned"
 
@@ -69,8 +73,9 @@ class RunAbandoned(errors.RunAbandoned, ApplicationError):
 
     def __init__(self, case_id: str | None, *, reason: str = "", run_id: str | None = None) -> None:
         message = f"recovery case {case_id} was abandoned" + (f": {reason}" if reason else "")
-        ApplicationError.__init__(self, message, {"case_id": case_id, "reason": reason}, type=RUN_ABANDONED,
-                                  non_retryable=True)
+        ApplicationError.__init__(
+            self, message, {"case_id": case_id, "reason": reason}, type=RUN_ABANDONED, non_retryable=True
+        )
         self.case_id, self.reason, self.run_id = case_id, reason, run_id
 
 
@@ -87,8 +92,12 @@ def credential_rejected(parked: RunParked) -> ApplicationError:
 def action_in_progress(busy: ActionInProgress) -> ApplicationError:
     """The activity failure for ``ACTION_IN_PROGRESS``: retryable, with Temporal's next retry delayed until
     Revive said to ask again -- so the retry policy's attempts are not burnt while a dead attempt's lock runs out."""
-    return ApplicationError(f"action in progress; retry after {busy.retry_after:g}s", busy.data,
-                            type=ACTION_IN_PROGRESS, next_retry_delay=timedelta(seconds=busy.retry_after))
+    return ApplicationError(
+        f"action in progress; retry after {busy.retry_after:g}s",
+        busy.data,
+        type=ACTION_IN_PROGRESS,
+        next_retry_delay=timedelta(seconds=busy.retry_after),
+    )
 
 
 def protect_action(revive: Any, **kwargs: Any) -> Any:
@@ -114,16 +123,30 @@ async def protect_action_async(revive: Any, **kwargs: Any) -> Any:
 def register_run(revive: Any, *, workflow_name: str, run_id: str | None = None) -> dict[str, Any]:
     """From inside an activity: register the workflow as a Revive run (its id defaults to the workflow id)."""
     info = activity.info()
-    return revive.register_run(run_id=run_id or info.workflow_id, runtime="temporal", workflow_name=workflow_name,
-                               runtime_ref={"workflow_id": info.workflow_id, "run_id": info.workflow_run_id,
-                                            "namespace": info.workflow_namespace})
+    return revive.register_run(
+        run_id=run_id or info.workflow_id,
+        runtime="temporal",
+        workflow_name=workflow_name,
+        runtime_ref={
+            "workflow_id": info.workflow_id,
+            "run_id": info.workflow_run_id,
+            "namespace": info.workflow_namespace,
+        },
+    )
 
 
 async def register_run_async(revive: Any, *, workflow_name: str, run_id: str | None = None) -> dict[str, Any]:
     info = activity.info()
-    return await revive.register_run(run_id=run_id or info.workflow_id, runtime="temporal", workflow_name=workflow_name,
-                                     runtime_ref={"workflow_id": info.workflow_id, "run_id": info.workflow_run_id,
-                                                  "namespace": info.workflow_namespace})
+    return await revive.register_run(
+        run_id=run_id or info.workflow_id,
+        runtime="temporal",
+        workflow_name=workflow_name,
+        runtime_ref={
+            "workflow_id": info.workflow_id,
+            "run_id": info.workflow_run_id,
+            "namespace": info.workflow_namespace,
+        },
+    )
 
 
 def parked_details(error: BaseException) -> dict[str, Any] | None:
@@ -142,8 +165,13 @@ class ReviveRecovery:
     def _revive_state(self) -> dict[str, Any]:
         state = self.__dict__.get("_revive")
         if state is None:
-            state = self.__dict__["_revive"] = {"generations": {}, "cases": set(), "parked": [], "resumes": 0,
-                                                "abandoned": {}}
+            state = self.__dict__["_revive"] = {
+                "generations": {},
+                "cases": set(),
+                "parked": [],
+                "resumes": 0,
+                "abandoned": {},
+            }
         return state
 
     @workflow.signal(name=ABANDON_SIGNAL)
@@ -175,7 +203,11 @@ class ReviveRecovery:
         if parked.get("case_id") in state["cases"]:
             return True
         connection_id, generation = parked.get("connection_id"), parked.get("generation")
-        return bool(connection_id) and generation is not None and state["generations"].get(connection_id, 0) > int(generation)
+        return (
+            bool(connection_id)
+            and generation is not None
+            and state["generations"].get(connection_id, 0) > int(generation)
+        )
 
     async def revive_wait(self, parked: dict[str, Any]) -> None:
         """Wait durably until Revive releases the case in ``parked`` (a signal received earlier counts); raise
@@ -191,8 +223,9 @@ class ReviveRecovery:
             raise RunAbandoned(case_id, reason=state["abandoned"][case_id])
         state["resumes"] += 1
 
-    async def revive_execute_activity(self, activity_fn: Callable[..., Any] | str, *args: Any, max_parks: int = 32,
-                                      **kwargs: Any) -> Any:
+    async def revive_execute_activity(
+        self, activity_fn: Callable[..., Any] | str, *args: Any, max_parks: int = 32, **kwargs: Any
+    ) -> Any:
         """``workflow.execute_activity`` that parks on ``CredentialRejected`` and runs the activity again after.
 
         Without a ``retry_policy`` of the caller's, ``PROTECTED_ACTIVITY_RETRY`` applies (see there). Give the

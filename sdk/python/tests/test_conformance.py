@@ -43,8 +43,14 @@ class MailSink:
         return message
 
     def find(self, idempotency_key: str) -> dict[str, Any] | None:
-        return next(({"id": m["id"], "subject": m["subject"]} for m in self.messages
-                     if m["idempotency_key"] == idempotency_key), None)
+        return next(
+            (
+                {"id": m["id"], "subject": m["subject"]}
+                for m in self.messages
+                if m["idempotency_key"] == idempotency_key
+            ),
+            None,
+        )
 
 
 class ScenarioRun:
@@ -66,8 +72,9 @@ class ScenarioRun:
     def start(self) -> None:
         for connection in self.scenario["connections"]:
             ops.connection_create(connection_id=self.name(connection))
-        self.client.register_run(run_id=self.run_id, runtime="langgraph", workflow_name="Conformance",
-                                 runtime_ref={"thread_id": self.run_id})
+        self.client.register_run(
+            run_id=self.run_id, runtime="langgraph", workflow_name="Conformance", runtime_ref={"thread_id": self.run_id}
+        )
 
     def step(self, index: int, step: dict[str, Any]) -> None:
         where = f"step {index}"
@@ -123,10 +130,16 @@ class ScenarioRun:
         connection = self.name(spec.get("connection", self.scenario["connections"][0]))
         try:
             result = self.client.protect_action(
-                run_id=self.run_id, checkpoint_id=spec.get("checkpoint", "05"), connection_id=connection,
-                action_key=action, credential=credential, execute=execute,
-                reconcile=reconcile if "reconcile" in spec else None, params=spec.get("params"),
-                generation=spec.get("generation"))
+                run_id=self.run_id,
+                checkpoint_id=spec.get("checkpoint", "05"),
+                connection_id=connection,
+                action_key=action,
+                credential=credential,
+                execute=execute,
+                reconcile=reconcile if "reconcile" in spec else None,
+                params=spec.get("params"),
+                generation=spec.get("generation"),
+            )
         except (CallbackCrashed, ReviveError, Exception) as exc:  # noqa: B014  (every signal is checked below)
             self.check_raised(exc, expect, where)
         else:

@@ -15,7 +15,9 @@ from revive_sdk import langgraph as revive_lg
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DEAD = ProviderError(400, {"error": "invalid_grant", "error_description": "AADSTS700082: expired.", "error_codes": [700082]})
+DEAD = ProviderError(
+    400, {"error": "invalid_grant", "error_description": "AADSTS700082: expired.", "error_codes": [700082]}
+)
 
 
 class State(TypedDict, total=False):
@@ -32,8 +34,14 @@ def client(worker_key, revive_url):
 def build(client, sink, vault, *, run_id="run_7f2"):
     def send(state):
         sent = revive_lg.protect_action(
-            client, run_id=run_id, checkpoint_id="05", connection_id="conn_microsoft_ops", action_key="send_exec_05",
-            credential=vault, execute=lambda ctx: sink.send("ceo@example.com", ctx.idempotency_key))
+            client,
+            run_id=run_id,
+            checkpoint_id="05",
+            connection_id="conn_microsoft_ops",
+            action_key="send_exec_05",
+            credential=vault,
+            execute=lambda ctx: sink.send("ceo@example.com", ctx.idempotency_key),
+        )
         return {"sent": sent}
 
     graph = StateGraph(State)
@@ -72,8 +80,9 @@ def test_a_parked_node_interrupts_and_resumes_on_command_with_its_case(make_conn
 
     dead["on"] = False
     release(case_id)
-    done = app.invoke(Command(resume={"revive": "resume", "cases": [case_id], "generations": {"conn_microsoft_ops": 2}}),
-                      config)
+    done = app.invoke(
+        Command(resume={"revive": "resume", "cases": [case_id], "generations": {"conn_microsoft_ops": 2}}), config
+    )
     assert "__interrupt__" not in done and len(sink.accepted) == 1
     assert done["sent"] == sink.accepted[0]
 
@@ -81,15 +90,20 @@ def test_a_parked_node_interrupts_and_resumes_on_command_with_its_case(make_conn
 def test_a_case_released_before_the_wait_is_not_waited_for(make_connection, make_run, client, sink):
     make_connection("conn_microsoft_ops")
     make_run("run_7f2")
-    answer = client.report_credential_failure(run_id="run_7f2", connection_id="conn_microsoft_ops", generation=1,
-                                              error=DEAD, raise_signal=False)
+    answer = client.report_credential_failure(
+        run_id="run_7f2", connection_id="conn_microsoft_ops", generation=1, error=DEAD, raise_signal=False
+    )
     release(answer["case_id"])  # the resume came first
     seen = []
 
     def node(state):
-        seen.append(revive_lg.wait_for_reauthorization(
-            RunParked(answer["case_id"], connection_id="conn_microsoft_ops", generation=1), run_id="run_7f2",
-            revive=client))
+        seen.append(
+            revive_lg.wait_for_reauthorization(
+                RunParked(answer["case_id"], connection_id="conn_microsoft_ops", generation=1),
+                run_id="run_7f2",
+                revive=client,
+            )
+        )
         return {"sent": {"early": True}}
 
     graph = StateGraph(State)
@@ -119,18 +133,30 @@ def test_the_checkpointer_factory_gives_a_durable_sqlite_saver(tmp_path, make_co
 def test_a_reconcile_lookup_with_a_rejected_credential_parks_the_run(make_connection, make_run, client, sink):
     make_connection("conn_microsoft_ops")
     make_run("run_7f2")
-    services.action_begin(run_id="run_7f2", checkpoint_id="05", connection_id="conn_microsoft_ops",
-                          action_key="send_exec_05", generation=1, actor="worker")
-    services.action_mark_ambiguous(run_id="run_7f2", action_key="send_exec_05", generation=1, reason="killed",
-                                   actor="worker")
+    services.action_begin(
+        run_id="run_7f2",
+        checkpoint_id="05",
+        connection_id="conn_microsoft_ops",
+        action_key="send_exec_05",
+        generation=1,
+        actor="worker",
+    )
+    services.action_mark_ambiguous(
+        run_id="run_7f2", action_key="send_exec_05", generation=1, reason="killed", actor="worker"
+    )
 
     def lookup(ctx):
         raise DEAD  # asking the provider needs the dead credential too
 
     with pytest.raises(RunParked) as parked:
-        client.protect_action(run_id="run_7f2", checkpoint_id="05", connection_id="conn_microsoft_ops",
-                              action_key="send_exec_05", execute=lambda ctx: pytest.fail("must not execute"),
-                              reconcile=lookup)
+        client.protect_action(
+            run_id="run_7f2",
+            checkpoint_id="05",
+            connection_id="conn_microsoft_ops",
+            action_key="send_exec_05",
+            execute=lambda ctx: pytest.fail("must not execute"),
+            reconcile=lookup,
+        )
     status = client.recovery_status("run_7f2")
     assert [c["case_id"] for c in status["cases"]] == [parked.value.case_id]
     assert status["cases"][0]["action_key"] == "send_exec_05"

@@ -20,8 +20,15 @@ from revive_sdk import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DEAD = ProviderError(400, {"error": "invalid_grant", "error_description": "AADSTS700082: The refresh token has expired.",
-                           "error_codes": [700082]}, {"Content-Type": "application/json"})
+DEAD = ProviderError(
+    400,
+    {
+        "error": "invalid_grant",
+        "error_description": "AADSTS700082: The refresh token has expired.",
+        "error_codes": [700082],
+    },
+    {"Content-Type": "application/json"},
+)
 
 
 @pytest.fixture
@@ -35,8 +42,12 @@ def setup(make_connection, make_run, worker_key, revive_url):
 
 def protect(client, sink, **kw):
     args = dict(
-        run_id="run_7f2", checkpoint_id="05", connection_id="conn_microsoft_ops", action_key="send_exec_05",
-        credential=lambda: "access-token", execute=lambda ctx: sink.send("ceo@example.com", ctx.idempotency_key),
+        run_id="run_7f2",
+        checkpoint_id="05",
+        connection_id="conn_microsoft_ops",
+        action_key="send_exec_05",
+        credential=lambda: "access-token",
+        execute=lambda ctx: sink.send("ceo@example.com", ctx.idempotency_key),
         reconcile=lambda ctx: sink.find(ctx.idempotency_key),
     )
     args.update(kw)
@@ -54,7 +65,9 @@ def test_executes_once_then_replays(setup, sink):
 def test_execute_receives_the_credential_and_the_stable_idempotency_key(setup, sink):
     client, *_ = setup
     seen = []
-    protect(client, sink, execute=lambda ctx: seen.append((ctx.credential, ctx.idempotency_key, ctx.generation)) or "ok")
+    protect(
+        client, sink, execute=lambda ctx: seen.append((ctx.credential, ctx.idempotency_key, ctx.generation)) or "ok"
+    )
     assert seen == [("access-token", services.idempotency_key_for(run_id="run_7f2", action_key="send_exec_05"), 1)]
 
 
@@ -106,7 +119,12 @@ def test_reconciliation_that_finds_nothing_lets_it_execute_exactly_once_more(set
     with pytest.raises(ConnectionResetError):
         protect(client, sink, execute=crash_before_sending)
     calls = []
-    protect(client, sink, reconcile=lambda ctx: calls.append(ctx.idempotency_key) or Reconciliation(found=False, evidence={"searched": "sent items"}))
+    protect(
+        client,
+        sink,
+        reconcile=lambda ctx: calls.append(ctx.idempotency_key)
+        or Reconciliation(found=False, evidence={"searched": "sent items"}),
+    )
     protect(client, sink)
     assert len(calls) == 1
     assert len(sink.accepted) == 1
@@ -127,14 +145,21 @@ def test_transient_failure_asks_to_retry_later(setup, sink):
 def test_async_client_has_the_same_semantics(setup, sink, worker_key, revive_url):
     async def main():
         async with AsyncRevive(revive_url, worker_key) as client:
+
             async def rejected():
                 raise DEAD
 
             async def send(ctx):
                 return sink.send("ceo@example.com", ctx.idempotency_key)
 
-            kw = dict(run_id="run_7f2", checkpoint_id="05", connection_id="conn_microsoft_ops", action_key="async_send",
-                      execute=send, reconcile=lambda ctx: sink.find(ctx.idempotency_key))
+            kw = dict(
+                run_id="run_7f2",
+                checkpoint_id="05",
+                connection_id="conn_microsoft_ops",
+                action_key="async_send",
+                execute=send,
+                reconcile=lambda ctx: sink.find(ctx.idempotency_key),
+            )
             with pytest.raises(RunParked) as parked:
                 await client.protect_action(credential=rejected, **kw)
             return parked.value.case_id, client, kw
@@ -145,8 +170,13 @@ def test_async_client_has_the_same_semantics(setup, sink, worker_key, revive_url
 
     async def resume():
         async with AsyncRevive(revive_url, worker_key) as client:
-            kw = dict(run_id="run_7f2", checkpoint_id="05", connection_id="conn_microsoft_ops", action_key="async_send",
-                      execute=lambda ctx: sink.send("ceo@example.com", ctx.idempotency_key))
+            kw = dict(
+                run_id="run_7f2",
+                checkpoint_id="05",
+                connection_id="conn_microsoft_ops",
+                action_key="async_send",
+                execute=lambda ctx: sink.send("ceo@example.com", ctx.idempotency_key),
+            )
             return await client.protect_action(**kw), await client.protect_action(**kw)
 
     a, b = asyncio.run(resume())
@@ -164,14 +194,17 @@ def test_bad_key_and_unreachable_server_raise_clear_errors(setup, sink, revive_u
 
 def test_register_run_and_checkpoint(setup):
     client, *_ = setup
-    out = client.register_run(run_id="run_new", runtime="temporal", workflow_name="wf", runtime_ref={"workflow_id": "w", "run_id": "r"})
+    out = client.register_run(
+        run_id="run_new", runtime="temporal", workflow_name="wf", runtime_ref={"workflow_id": "w", "run_id": "r"}
+    )
     assert out["state"] == "active"
     cp = client.record_checkpoint(run_id="run_new", checkpoint_id="01", label="01 / collect")
     assert cp["label"] == "01 / collect"
 
 
-def test_a_long_execute_keeps_its_short_lock_alive_and_others_are_told_when_to_retry(setup, sink, settings, worker_key,
-                                                                                       revive_url):
+def test_a_long_execute_keeps_its_short_lock_alive_and_others_are_told_when_to_retry(
+    setup, sink, settings, worker_key, revive_url
+):
     """The lock lasts 2 s without a heartbeat; execute takes 3.5 s. The SDK's heartbeats keep it: a second worker
     meanwhile gets ACTION_IN_PROGRESS with retry_after, the reaper finds nothing to reap, and the commit lands."""
     import threading

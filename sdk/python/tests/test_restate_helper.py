@@ -37,8 +37,12 @@ def handler():
     return revive_restate.install_resume_handler(workflow), workflow
 
 
-RESUME = {"revive": "resume", "cases": ["CASERV-0001", "CASERV-0002"], "generations": {"conn_a": 2, "conn_b": 5},
-          "rejected": {"conn_a": 1, "conn_b": 4}}
+RESUME = {
+    "revive": "resume",
+    "cases": ["CASERV-0001", "CASERV-0002"],
+    "generations": {"conn_a": 2, "conn_b": 5},
+    "rejected": {"conn_a": 1, "conn_b": 4},
+}
 
 
 def test_promises_are_keyed_by_connection_and_rejected_generation():

@@ -40,8 +40,11 @@ class Vault:
     def refresh_at(self, standin: ProviderStandIn) -> str:
         with self._lock:
             presented = self.refresh_token
-        resp = httpx.post(f"{standin.url}/oauth2/v2.0/token", timeout=30,
-                          data={"grant_type": "refresh_token", "refresh_token": presented, "client_id": "lab"})
+        resp = httpx.post(
+            f"{standin.url}/oauth2/v2.0/token",
+            timeout=30,
+            data={"grant_type": "refresh_token", "refresh_token": presented, "client_id": "lab"},
+        )
         if resp.status_code != 200:
             raise ProviderError(resp.status_code, resp.json(), dict(resp.headers))
         token = resp.json()
@@ -91,10 +94,20 @@ def test_twenty_workers_on_one_expired_token_cause_exactly_one_refresh(rotating,
 
     def worker(i: int) -> dict:
         with Revive(revive_url, worker_key) as revive:  # one client per worker, as separate processes would have
-            credential = revive.single_flight_credential(conn_id, load=vault.load, refresh=lambda: vault.refresh_at(standin),
-                                                         is_fresh=lambda token: token is not None)
-            return revive.protect_action(run_id=runs[i], checkpoint_id="05", connection_id=conn_id, action_key="send_exec_05",
-                                         credential=credential, execute=lambda ctx: {"token": ctx.credential})
+            credential = revive.single_flight_credential(
+                conn_id,
+                load=vault.load,
+                refresh=lambda: vault.refresh_at(standin),
+                is_fresh=lambda token: token is not None,
+            )
+            return revive.protect_action(
+                run_id=runs[i],
+                checkpoint_id="05",
+                connection_id=conn_id,
+                action_key="send_exec_05",
+                credential=credential,
+                execute=lambda ctx: {"token": ctx.credential},
+            )
 
     results = run_workers(WORKERS, worker)
 
@@ -127,11 +140,17 @@ def test_async_workers_share_one_refresh(rotating, standin, worker_key, revive_u
 
         async def worker(i: int):
             async with AsyncRevive(revive_url, worker_key) as revive:
-                credential = revive.single_flight_credential(conn_id, load=vault.load, refresh=refresh,
-                                                             is_fresh=lambda token: token is not None)
-                return await revive.protect_action(run_id=runs[i], checkpoint_id="05", connection_id=conn_id,
-                                                   action_key="send_exec_05", credential=credential,
-                                                   execute=lambda ctx: {"token": ctx.credential})
+                credential = revive.single_flight_credential(
+                    conn_id, load=vault.load, refresh=refresh, is_fresh=lambda token: token is not None
+                )
+                return await revive.protect_action(
+                    run_id=runs[i],
+                    checkpoint_id="05",
+                    connection_id=conn_id,
+                    action_key="send_exec_05",
+                    credential=credential,
+                    execute=lambda ctx: {"token": ctx.credential},
+                )
 
         return await asyncio.gather(*(worker(i) for i in range(8)))
 
@@ -143,8 +162,12 @@ def test_async_workers_share_one_refresh(rotating, standin, worker_key, revive_u
 def test_a_rejected_credential_is_refreshed_again_in_a_new_round(rotating, standin, worker_key, revive_url):
     conn_id, runs, vault = rotating
     with Revive(revive_url, worker_key) as revive:
-        credential = revive.single_flight_credential(conn_id, load=vault.load, refresh=lambda: vault.refresh_at(standin),
-                                                     is_fresh=lambda token: token is not None)
+        credential = revive.single_flight_credential(
+            conn_id,
+            load=vault.load,
+            refresh=lambda: vault.refresh_at(standin),
+            is_fresh=lambda token: token is not None,
+        )
         first = credential()
         assert (credential.round, credential()) == (1, first)  # fresh: loaded, not refreshed
         credential.rejected()  # e.g. the API answered 401 and protect_action raised RefreshRequired
@@ -160,10 +183,20 @@ def test_a_dead_grant_found_by_the_holder_parks_every_run(rotating, standin, wor
 
     def worker(i: int):
         with Revive(revive_url, worker_key) as revive:
-            credential = revive.single_flight_credential(conn_id, load=vault.load, refresh=lambda: vault.refresh_at(standin),
-                                                         is_fresh=lambda token: token is not None)
-            return revive.protect_action(run_id=runs[i], checkpoint_id="05", connection_id=conn_id, action_key="send_exec_05",
-                                         credential=credential, execute=lambda ctx: {"token": ctx.credential})
+            credential = revive.single_flight_credential(
+                conn_id,
+                load=vault.load,
+                refresh=lambda: vault.refresh_at(standin),
+                is_fresh=lambda token: token is not None,
+            )
+            return revive.protect_action(
+                run_id=runs[i],
+                checkpoint_id="05",
+                connection_id=conn_id,
+                action_key="send_exec_05",
+                credential=credential,
+                execute=lambda ctx: {"token": ctx.credential},
+            )
 
     results = run_workers(count, worker)
 

@@ -46,8 +46,9 @@ def send(key: str) -> str:
 class Parks(revive_temporal.ReviveRecovery):
     @workflow.run
     async def run(self, key: str) -> dict:
-        sent = await self.revive_execute_activity(send, key, start_to_close_timeout=timedelta(minutes=5),
-                                                  retry_policy=RetryPolicy(maximum_attempts=3))
+        sent = await self.revive_execute_activity(
+            send, key, start_to_close_timeout=timedelta(minutes=5), retry_policy=RetryPolicy(maximum_attempts=3)
+        )
         return {"sent": sent, "resumes": self._revive_state()["resumes"]}
 
 
@@ -58,8 +59,14 @@ async def _scenario(body, *, workflows=(), activities=()):
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=server_path())
     try:
         with ThreadPoolExecutor(4) as executor:
-            async with Worker(env.client, task_queue="q", workflows=[Parks, *workflows], activities=[send, *activities],
-                              activity_executor=executor, workflow_runner=UnsandboxedWorkflowRunner()):
+            async with Worker(
+                env.client,
+                task_queue="q",
+                workflows=[Parks, *workflows],
+                activities=[send, *activities],
+                activity_executor=executor,
+                workflow_runner=UnsandboxedWorkflowRunner(),
+            ):
                 await body(env.client)
     finally:
         await env.shutdown()
@@ -129,7 +136,11 @@ def test_other_activity_failures_are_not_parks():
 def test_the_rejection_is_a_non_retryable_application_error_naming_the_case():
     error = revive_temporal.credential_rejected(RunParked("CASERV-0007", connection_id="conn_b", generation=3))
     assert (error.type, error.non_retryable) == ("CredentialRejected", True)
-    assert revive_temporal.parked_details(error) == {"case_id": "CASERV-0007", "connection_id": "conn_b", "generation": 3}
+    assert revive_temporal.parked_details(error) == {
+        "case_id": "CASERV-0007",
+        "connection_id": "conn_b",
+        "generation": 3,
+    }
     assert revive_temporal.parked_details(ApplicationError("x", type="Other")) is None
 
 
@@ -168,7 +179,10 @@ def test_action_in_progress_backs_off_by_retry_after_under_the_default_policy():
 
     asyncio.run(_scenario(body, workflows=[Busy], activities=[busy_send]))
     policy = revive_temporal.PROTECTED_ACTIVITY_RETRY
-    assert policy.maximum_interval < timedelta(seconds=45) and revive_temporal.CREDENTIAL_REJECTED in policy.non_retryable_error_types
+    assert (
+        policy.maximum_interval < timedelta(seconds=45)
+        and revive_temporal.CREDENTIAL_REJECTED in policy.non_retryable_error_types
+    )
 
 
 def test_an_abandoned_case_ends_the_wait_with_a_non_retryable_run_abandoned():
@@ -178,8 +192,9 @@ def test_an_abandoned_case_ends_the_wait_with_a_non_retryable_run_abandoned():
         handle = await _parked(client, key)
         await handle.signal(revive_temporal.ABANDON_SIGNAL, {"revive": "abandoned", "cases": ["OTHER"], "reason": "x"})
         assert await handle.query(revive_temporal.QUERY)  # another case's abandonment is not ours
-        await handle.signal(revive_temporal.ABANDON_SIGNAL,
-                            {"revive": "abandoned", "cases": ["CASERV-0001"], "reason": "owner left"})
+        await handle.signal(
+            revive_temporal.ABANDON_SIGNAL, {"revive": "abandoned", "cases": ["CASERV-0001"], "reason": "owner left"}
+        )
         with pytest.raises(WorkflowFailureError) as failed:  # uncaught: the workflow fails, it does not wait on
             await handle.result()
         cause = failed.value.cause

@@ -27,18 +27,30 @@ def helper(vault):
 
 
 def test_the_exchange_sends_auth0s_parameters():
-    form = exchange_form(client_id="cid", client_secret="secret", connection="google-oauth2", subject_token="rt",
-                         login_hint="ada@contoso.example")
+    form = exchange_form(
+        client_id="cid",
+        client_secret="secret",
+        connection="google-oauth2",
+        subject_token="rt",
+        login_hint="ada@contoso.example",
+    )
 
     assert form == {
         "grant_type": "urn:auth0:params:oauth:grant-type:token-exchange:federated-connection-access-token",
-        "client_id": "cid", "client_secret": "secret", "subject_token": "rt",
+        "client_id": "cid",
+        "client_secret": "secret",
+        "subject_token": "rt",
         "subject_token_type": "urn:ietf:params:oauth:token-type:refresh_token",
         "requested_token_type": "http://auth0.com/oauth/token-type/federated-connection-access-token",
-        "connection": "google-oauth2", "login_hint": "ada@contoso.example",
+        "connection": "google-oauth2",
+        "login_hint": "ada@contoso.example",
     }
-    assert exchange_form(client_id="c", client_secret="", connection="x", subject_token="at",
-                         subject_token_type="access_token")["subject_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+    assert (
+        exchange_form(
+            client_id="c", client_secret="", connection="x", subject_token="at", subject_token_type="access_token"
+        )["subject_token_type"]
+        == "urn:ietf:params:oauth:token-type:access_token"
+    )
     with pytest.raises(ValueError):
         exchange_form(client_id="c", client_secret="", connection="x", subject_token="t", subject_token_type="id_token")
 
@@ -53,11 +65,14 @@ def test_exchange_returns_the_upstream_token_and_never_shows_it(vault, helper):
     assert helper.credential(connection=CONNECTION, subject_token=lambda: session)() in vault.upstream_tokens
 
 
-@pytest.mark.parametrize(("fault", "status", "error"), [
-    ("upstream_gone", 401, "federated_connection_refresh_token_not_found"),
-    ("bad_subject", 403, "invalid_grant"),
-    ("bad_client", 401, "invalid_client"),
-])
+@pytest.mark.parametrize(
+    ("fault", "status", "error"),
+    [
+        ("upstream_gone", 401, "federated_connection_refresh_token_not_found"),
+        ("bad_subject", 403, "invalid_grant"),
+        ("bad_client", 401, "invalid_client"),
+    ],
+)
 def test_a_refused_exchange_raises_provider_error_with_auth0s_answer(vault, fault, status, error):
     session = vault.sign_in(USER, connection=CONNECTION, upstream="ada")
     if fault == "upstream_gone":
@@ -86,6 +101,7 @@ def test_async_helper(vault):
     async def main():
         client = AsyncTokenVault(vault.url, vault.client_id, vault.client_secret)
         try:
+
             async def subject():
                 return session
 
@@ -97,21 +113,32 @@ def test_async_helper(vault):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_gone_upstream_grant_parks_the_run_as_relink_required(vault, helper, make_connection, make_run, worker_key,
-                                                                revive_url):
+def test_a_gone_upstream_grant_parks_the_run_as_relink_required(
+    vault, helper, make_connection, make_run, worker_key, revive_url
+):
     from cases.models import RecoveryCase
 
-    conn = make_connection(provider="auth0_token_vault", provider_tenant=CONNECTION, provider_issuer=vault.upstream_issuer)
+    conn = make_connection(
+        provider="auth0_token_vault", provider_tenant=CONNECTION, provider_issuer=vault.upstream_issuer
+    )
     run = make_run()
     session = vault.sign_in(USER, connection=CONNECTION, upstream="ada")
     vault.revoke_upstream(USER, CONNECTION)
 
     with Revive(revive_url, worker_key) as revive, pytest.raises(RunParked) as parked:
-        revive.protect_action(run_id=run.pk, checkpoint_id="05", connection_id=conn.pk, action_key="send_exec_05",
-                              credential=helper.credential(connection=CONNECTION, subject_token=lambda: session),
-                              execute=lambda ctx: httpx.post("http://127.0.0.1:9/never"))
+        revive.protect_action(
+            run_id=run.pk,
+            checkpoint_id="05",
+            connection_id=conn.pk,
+            action_key="send_exec_05",
+            credential=helper.credential(connection=CONNECTION, subject_token=lambda: session),
+            execute=lambda ctx: httpx.post("http://127.0.0.1:9/never"),
+        )
 
     case = RecoveryCase.objects.get(reference=parked.value.case_id)
     assert (case.failure_class, case.provider_code, case.owner_required) == (
-        "relink_required", "federated_connection_refresh_token_not_found", True)
+        "relink_required",
+        "federated_connection_refresh_token_not_found",
+        True,
+    )
     assert GRANT_TYPE.endswith("federated-connection-access-token")

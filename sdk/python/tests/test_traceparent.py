@@ -19,13 +19,21 @@ def client(make_connection, make_run, worker_key, revive_url):
 
 
 def _protect(client, key: str):
-    return client.protect_action(run_id="run_7f2", checkpoint_id="05", connection_id="conn_microsoft_ops",
-                                 action_key=key, execute=lambda ctx: {"sent": ctx.idempotency_key})
+    return client.protect_action(
+        run_id="run_7f2",
+        checkpoint_id="05",
+        connection_id="conn_microsoft_ops",
+        action_key=key,
+        execute=lambda ctx: {"sent": ctx.idempotency_key},
+    )
 
 
 def _trace_ids(key: str) -> list[str]:
-    return list(AuditEvent.objects.filter(entity_type="action", entity_id__endswith=key)
-                .order_by("id").values_list("trace_id", flat=True))
+    return list(
+        AuditEvent.objects.filter(entity_type="action", entity_id__endswith=key)
+        .order_by("id")
+        .values_list("trace_id", flat=True)
+    )
 
 
 def test_one_protected_action_is_one_trace_and_the_next_another(client):

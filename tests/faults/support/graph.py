@@ -23,8 +23,12 @@ class Sends(TypedDict, total=False):
 
 def _send(key: str):
     def node(state: Sends) -> dict:
-        result = revive_lg.protect_action(revive(), **steps.action_kwargs(
-            run_id=state["run_id"], conn=state["connection_id"], key=key, faults=state.get("faults") or {}))
+        result = revive_lg.protect_action(
+            revive(),
+            **steps.action_kwargs(
+                run_id=state["run_id"], conn=state["connection_id"], key=key, faults=state.get("faults") or {}
+            ),
+        )
         return {"log": [(key, result["id"])]}
 
     return node

@@ -30,8 +30,9 @@ RETRY_FOR = 480.0
 def _invoke(args: argparse.Namespace, first_input: dict | None) -> dict:
     """One attempt: register (idempotent), open the checkpointer, run from the thread's last checkpoint -- or from the
     input while the thread has none (an attempt that failed before the first step, e.g. while PostgreSQL restarted)."""
-    revive_lg.register_run(revive(), run_id=args.run_id, thread_id=args.thread_id, graph=GRAPH,
-                           workflow_name="fault suite sends")
+    revive_lg.register_run(
+        revive(), run_id=args.run_id, thread_id=args.thread_id, graph=GRAPH, workflow_name="fault suite sends"
+    )
     with revive_lg.checkpointer(os.environ["DATABASE_URL"]) as saver:
         graph = sends().compile(checkpointer=saver)
         config = revive_lg.run_config(args.thread_id)
@@ -59,7 +60,7 @@ def main() -> int:
             if time.monotonic() > give_up:
                 return 3
             retry_after = (getattr(exc, "data", None) or {}).get("retry_after")
-            time.sleep(float(retry_after) if retry_after else min(2.0 ** attempt, 30.0))
+            time.sleep(float(retry_after) if retry_after else min(2.0**attempt, 30.0))
             attempt += 1
     world.mark("runner_done", run_id=args.run_id, interrupts=[i.value for i in result.get("__interrupt__", [])])
     while True:

@@ -67,9 +67,15 @@ def action_kwargs(*, run_id: str, conn: str, key: str, faults: dict) -> dict[str
         before_lease(world, run_id=run_id, conn=conn, key=key, faults=faults)
         return world.lease(conn)
 
-    return dict(run_id=run_id, checkpoint_id=CHECKPOINTS[key], connection_id=conn, action_key=key,
-                credential=credential, execute=lambda ctx: execute(world, ctx, run_id=run_id, key=key),
-                reconcile=lambda ctx: reconcile(world, ctx, conn=conn))
+    return dict(
+        run_id=run_id,
+        checkpoint_id=CHECKPOINTS[key],
+        connection_id=conn,
+        action_key=key,
+        credential=credential,
+        execute=lambda ctx: execute(world, ctx, run_id=run_id, key=key),
+        reconcile=lambda ctx: reconcile(world, ctx, conn=conn),
+    )
 
 
 def finished(run_id: str, **extra: Any) -> None:
@@ -83,5 +89,9 @@ def reconcile_by_idempotency_key(request) -> Any:
     found = world_for(request.run_id).find(request.idempotency_key)
     if found is None:
         return ReconcilerFinding(found=False, evidence={"looked_up": request.idempotency_key})
-    return ReconcilerFinding(found=True, evidence={"looked_up": request.idempotency_key, "message_id": found["id"]},
-                             result=found, external_ref=found["id"])
+    return ReconcilerFinding(
+        found=True,
+        evidence={"looked_up": request.idempotency_key, "message_id": found["id"]},
+        result=found,
+        external_ref=found["id"],
+    )

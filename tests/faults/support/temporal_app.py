@@ -1,6 +1,6 @@
 """The fault suite's Temporal worker process: ``FaultSendsWorkflow`` and its activities.
 
-    python -m tests.faults.support.temporal_app --address 127.0.0.1:7233 --task-queue Q
+python -m tests.faults.support.temporal_app --address 127.0.0.1:7233 --task-queue Q
 """
 
 from __future__ import annotations
@@ -26,8 +26,12 @@ from .temporal_workflow import FaultSendsWorkflow
 def send(request: dict) -> dict:
     run_id = request["run_id"]
     revive_temporal.register_run(revive(), workflow_name="fault suite sends", run_id=run_id)
-    return revive_temporal.protect_action(revive(), **steps.action_kwargs(
-        run_id=run_id, conn=request["connection_id"], key=request["key"], faults=request.get("faults") or {}))
+    return revive_temporal.protect_action(
+        revive(),
+        **steps.action_kwargs(
+            run_id=run_id, conn=request["connection_id"], key=request["key"], faults=request.get("faults") or {}
+        ),
+    )
 
 
 @activity.defn(name="finish")
@@ -43,8 +47,14 @@ async def main() -> int:
     client = await Client.connect(args.address)
     with ThreadPoolExecutor(max_workers=16) as executor:
         # No sticky execution: the test server never times out a dead worker's sticky queue.
-        worker = Worker(client, task_queue=args.task_queue, workflows=[FaultSendsWorkflow], activities=[send, finish],
-                        activity_executor=executor, max_cached_workflows=0)
+        worker = Worker(
+            client,
+            task_queue=args.task_queue,
+            workflows=[FaultSendsWorkflow],
+            activities=[send, finish],
+            activity_executor=executor,
+            max_cached_workflows=0,
+        )
         print("worker ready", flush=True)
         await worker.run()
     return 0

@@ -11,8 +11,10 @@ with workflow.unsafe.imports_passed_through():
     from revive_sdk.temporal import ReviveRecovery
 
 # The runtime helper's documented shape: a bounded activity timeout, retries with backoff.
-ACTIVITY = {"start_to_close_timeout": timedelta(seconds=30),
-            "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=20)}
+ACTIVITY = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=20),
+}
 SENDS = ("send_1", "send_2", "send_3")
 
 

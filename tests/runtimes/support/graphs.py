@@ -35,9 +35,14 @@ def _prepare(state: Briefing) -> dict:
     world, run_id, conn = World(), state["run_id"], state["connection_id"]
     world.mark("prepare", run_id=run_id)
     result = revive_lg.protect_action(
-        revive(), run_id=run_id, checkpoint_id="04", connection_id=conn, action_key="prepare_brief_04",
+        revive(),
+        run_id=run_id,
+        checkpoint_id="04",
+        connection_id=conn,
+        action_key="prepare_brief_04",
         execute=lambda ctx: world.effect("prepare", run_id=run_id, idempotency_key=ctx.idempotency_key),
-        reconcile=lambda ctx: world.find(ctx.idempotency_key))
+        reconcile=lambda ctx: world.find(ctx.idempotency_key),
+    )
     return {"log": [("prepare", result["id"])]}
 
 
@@ -50,11 +55,17 @@ def _send(state: Briefing) -> dict:
         return world.find(ctx.idempotency_key)
 
     result = revive_lg.protect_action(
-        revive(), run_id=run_id, checkpoint_id="05", connection_id=conn, action_key=state.get("send_key", "send_exec_05"),
+        revive(),
+        run_id=run_id,
+        checkpoint_id="05",
+        connection_id=conn,
+        action_key=state.get("send_key", "send_exec_05"),
         credential=lambda: world.lease(conn),
-        execute=lambda ctx: world.effect("send", run_id=run_id, idempotency_key=ctx.idempotency_key,
-                                         credential=ctx.credential),
-        reconcile=reconcile)
+        execute=lambda ctx: world.effect(
+            "send", run_id=run_id, idempotency_key=ctx.idempotency_key, credential=ctx.credential
+        ),
+        reconcile=reconcile,
+    )
     world.mark("sent", run_id=run_id, generation=revive().lease(conn)["generation"])
     return {"log": [("send", result["id"])]}
 
@@ -92,8 +103,14 @@ def _check(state: TwoConnections) -> dict:
         try:
             world.lease(conn)
         except ProviderError as exc:
-            answer = client.report_credential_failure(run_id=run_id, connection_id=conn, generation=generation,
-                                                      error=exc, checkpoint_id="02", raise_signal=False)
+            answer = client.report_credential_failure(
+                run_id=run_id,
+                connection_id=conn,
+                generation=generation,
+                error=exc,
+                checkpoint_id="02",
+                raise_signal=False,
+            )
             if answer["outcome"] != "parked":
                 raise
             parked.append(RunParked(answer["case_id"], connection_id=conn, generation=generation))
@@ -108,9 +125,14 @@ def _send_both(state: TwoConnections) -> dict:
     sent = []
     for conn in state["connections"]:
         result = revive_lg.protect_action(
-            revive(), run_id=run_id, checkpoint_id="03", connection_id=conn, action_key=f"send_{conn}",
+            revive(),
+            run_id=run_id,
+            checkpoint_id="03",
+            connection_id=conn,
+            action_key=f"send_{conn}",
             credential=lambda conn=conn: world.lease(conn),
-            execute=lambda ctx: world.effect("send", run_id=run_id, idempotency_key=ctx.idempotency_key))
+            execute=lambda ctx: world.effect("send", run_id=run_id, idempotency_key=ctx.idempotency_key),
+        )
         sent.append(result["id"])
     world.mark("finished", run_id=run_id)
     return {"log": [("send", sent)]}

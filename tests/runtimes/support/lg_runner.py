@@ -36,8 +36,9 @@ def main() -> int:
     args = ap.parse_args()
 
     world = World()
-    revive_lg.register_run(revive(), run_id=args.run_id, thread_id=args.thread_id, graph=args.graph,
-                           workflow_name=f"test {args.graph}")
+    revive_lg.register_run(
+        revive(), run_id=args.run_id, thread_id=args.thread_id, graph=args.graph, workflow_name=f"test {args.graph}"
+    )
     builder = import_string(GRAPHS[args.graph].replace(":", "."))()
     with revive_lg.checkpointer(os.environ["DATABASE_URL"]) as saver:
         graph = builder.compile(checkpointer=saver)

@@ -35,8 +35,14 @@ async def run(ctx: restate.WorkflowContext, request: dict) -> dict:
 
         await ctx.run_typed("mark prepare", mark, restate.RunOptions(), "prepare")
         prepared = await revive_restate.protect_action(
-            ctx, revive, run_id=run_id, checkpoint_id="04", connection_id=conn, action_key="prepare_brief_04",
-            execute=lambda c: world.effect("prepare", run_id=run_id, idempotency_key=c.idempotency_key))
+            ctx,
+            revive,
+            run_id=run_id,
+            checkpoint_id="04",
+            connection_id=conn,
+            action_key="prepare_brief_04",
+            execute=lambda c: world.effect("prepare", run_id=run_id, idempotency_key=c.idempotency_key),
+        )
 
         def lease() -> str:  # called once per attempt, inside the attempt's journaled step
             world.mark("send", run_id=run_id)
@@ -44,11 +50,18 @@ async def run(ctx: restate.WorkflowContext, request: dict) -> dict:
 
         try:
             sent = await revive_restate.protect_action(
-                ctx, revive, run_id=run_id, checkpoint_id="05", connection_id=conn, action_key="send_exec_05",
+                ctx,
+                revive,
+                run_id=run_id,
+                checkpoint_id="05",
+                connection_id=conn,
+                action_key="send_exec_05",
                 credential=lease,
-                execute=lambda c: world.effect("send", run_id=run_id, idempotency_key=c.idempotency_key,
-                                               credential=c.credential),
-                reconcile=lambda c: world.find(c.idempotency_key))
+                execute=lambda c: world.effect(
+                    "send", run_id=run_id, idempotency_key=c.idempotency_key, credential=c.credential
+                ),
+                reconcile=lambda c: world.find(c.idempotency_key),
+            )
         except revive_restate.RunAbandoned as abandoned:  # the operator gave up on the case: end without sending
             return {"prepared": prepared, "abandoned": abandoned.case_id, "reason": abandoned.reason}
         await ctx.run_typed("mark finished", mark, restate.RunOptions(), "finished")

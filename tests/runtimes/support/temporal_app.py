@@ -30,8 +30,13 @@ def prepare(request: dict) -> dict:
     revive_temporal.register_run(revive(), workflow_name="test temporal briefing", run_id=run_id)
     world.mark("prepare", run_id=run_id)
     return revive_temporal.protect_action(
-        revive(), run_id=run_id, checkpoint_id="04", connection_id=conn, action_key="prepare_brief_04",
-        execute=lambda ctx: world.effect("prepare", run_id=run_id, idempotency_key=ctx.idempotency_key))
+        revive(),
+        run_id=run_id,
+        checkpoint_id="04",
+        connection_id=conn,
+        action_key="prepare_brief_04",
+        execute=lambda ctx: world.effect("prepare", run_id=run_id, idempotency_key=ctx.idempotency_key),
+    )
 
 
 @activity.defn(name="send")
@@ -39,11 +44,17 @@ def send(request: dict) -> dict:
     world, run_id, conn = World(), request["run_id"], request["connection_id"]
     world.mark("send", run_id=run_id)
     result = revive_temporal.protect_action(
-        revive(), run_id=run_id, checkpoint_id="05", connection_id=conn, action_key="send_exec_05",
+        revive(),
+        run_id=run_id,
+        checkpoint_id="05",
+        connection_id=conn,
+        action_key="send_exec_05",
         credential=lambda: world.lease(conn),
-        execute=lambda ctx: world.effect("send", run_id=run_id, idempotency_key=ctx.idempotency_key,
-                                         credential=ctx.credential),
-        reconcile=lambda ctx: world.find(ctx.idempotency_key))
+        execute=lambda ctx: world.effect(
+            "send", run_id=run_id, idempotency_key=ctx.idempotency_key, credential=ctx.credential
+        ),
+        reconcile=lambda ctx: world.find(ctx.idempotency_key),
+    )
     world.mark("sent", run_id=run_id, generation=revive().lease(conn)["generation"])
     return result
 
@@ -64,8 +75,14 @@ async def main() -> int:
         # No sticky execution: the Java test server never times out a dead worker's sticky queue (a real
         # Temporal server does, after sticky_queue_schedule_to_start_timeout), so a killed worker would keep
         # the workflow's next task forever in the worker-restart test.
-        worker = Worker(client, task_queue=args.task_queue, workflows=[BriefingWorkflow],
-                        activities=[prepare, send, finish], activity_executor=executor, max_cached_workflows=0)
+        worker = Worker(
+            client,
+            task_queue=args.task_queue,
+            workflows=[BriefingWorkflow],
+            activities=[prepare, send, finish],
+            activity_executor=executor,
+            max_cached_workflows=0,
+        )
         print("worker ready", flush=True)
         await worker.run()
     return 0

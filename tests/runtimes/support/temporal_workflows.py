@@ -10,8 +10,10 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from revive_sdk.temporal import ReviveRecovery, RunAbandoned
 
-ACTIVITY = {"start_to_close_timeout": timedelta(minutes=5),
-            "retry_policy": RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=20)}
+ACTIVITY = {
+    "start_to_close_timeout": timedelta(minutes=5),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=20),
+}
 
 
 @workflow.defn(name="BriefingWorkflow")

@@ -24,8 +24,11 @@ from revive_sdk import ProviderError
 
 DEAD_GRANT = {
     "status": 400,
-    "body": {"error": "invalid_grant", "error_description": "AADSTS700082: The refresh token has expired due to inactivity.",
-             "error_codes": [700082]},
+    "body": {
+        "error": "invalid_grant",
+        "error_description": "AADSTS700082: The refresh token has expired due to inactivity.",
+        "error_codes": [700082],
+    },
     "headers": {"Content-Type": "application/json"},
 }
 
@@ -57,8 +60,12 @@ class World:
 
     def effect(self, name: str, *, run_id: str, idempotency_key: str, credential: str | None = None) -> dict[str, Any]:
         """Perform the remote effect; crash right after it when the test armed a crash for it."""
-        message = {"effect": name, "run_id": run_id, "idempotency_key": idempotency_key,
-                   "id": f"msg-{name}-{idempotency_key[-8:]}"}
+        message = {
+            "effect": name,
+            "run_id": run_id,
+            "idempotency_key": idempotency_key,
+            "id": f"msg-{name}-{idempotency_key[-8:]}",
+        }
         self._append("effects.jsonl", {**message, "credential": credential})
         if (self.root / "crash" / f"{run_id}.{name}").exists():
             (self.root / "crash" / f"{run_id}.{name}").unlink()
@@ -66,8 +73,11 @@ class World:
         return message
 
     def effects(self, name: str | None = None, *, run_id: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self._read("effects.jsonl")
-                if (name is None or e["effect"] == name) and (run_id is None or e["run_id"] == run_id)]
+        return [
+            e
+            for e in self._read("effects.jsonl")
+            if (name is None or e["effect"] == name) and (run_id is None or e["run_id"] == run_id)
+        ]
 
     def find(self, idempotency_key: str) -> dict[str, Any] | None:
         found = [e for e in self._read("effects.jsonl") if e["idempotency_key"] == idempotency_key]
@@ -121,8 +131,11 @@ class World:
         self._append("marks.jsonl", {"what": what, "run_id": run_id, **extra})
 
     def marks(self, what: str | None = None, *, run_id: str | None = None) -> list[dict[str, Any]]:
-        return [m for m in self._read("marks.jsonl")
-                if (what is None or m["what"] == what) and (run_id is None or m["run_id"] == run_id)]
+        return [
+            m
+            for m in self._read("marks.jsonl")
+            if (what is None or m["what"] == what) and (run_id is None or m["run_id"] == run_id)
+        ]
 
 
 def reconcile_by_idempotency_key(request) -> Any:
@@ -132,5 +145,9 @@ def reconcile_by_idempotency_key(request) -> Any:
     found = World().find(request.idempotency_key)
     if found is None:
         return ReconcilerFinding(found=False, evidence={"looked_up": request.idempotency_key})
-    return ReconcilerFinding(found=True, evidence={"looked_up": request.idempotency_key, "message_id": found["id"]},
-                             result=found, external_ref=found["id"])
+    return ReconcilerFinding(
+        found=True,
+        evidence={"looked_up": request.idempotency_key, "message_id": found["id"]},
+        result=found,
+        external_ref=found["id"],
+    )

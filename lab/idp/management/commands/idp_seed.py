@@ -31,12 +31,30 @@ ADA_OID = "b1e2c3d4-5a6b-4c7d-8e9f-0a1b2c3d4e01"
 MALLORY_OID = "c2f3d4e5-6b7c-4d8e-9f0a-1b2c3d4e5f02"
 
 USERS = {
-    "right": {"username": "ada", "email": "ada@contoso.example", "first_name": "Ada", "last_name": "Lovelace",
-              "tid": CONTOSO_TID, "oid": ADA_OID},
-    "wrong": {"username": "mallory", "email": "mallory@contoso.example", "first_name": "Mallory", "last_name": "Moriarty",
-              "tid": CONTOSO_TID, "oid": MALLORY_OID},
-    "other_tenant": {"username": "ada-fabrikam", "email": "ada@fabrikam.example", "first_name": "Ada", "last_name": "Lovelace",
-                     "tid": FABRIKAM_TID, "oid": ADA_OID},
+    "right": {
+        "username": "ada",
+        "email": "ada@contoso.example",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "tid": CONTOSO_TID,
+        "oid": ADA_OID,
+    },
+    "wrong": {
+        "username": "mallory",
+        "email": "mallory@contoso.example",
+        "first_name": "Mallory",
+        "last_name": "Moriarty",
+        "tid": CONTOSO_TID,
+        "oid": MALLORY_OID,
+    },
+    "other_tenant": {
+        "username": "ada-fabrikam",
+        "email": "ada@fabrikam.example",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "tid": FABRIKAM_TID,
+        "oid": ADA_OID,
+    },
 }
 
 
@@ -44,8 +62,13 @@ class Command(BaseCommand):
     help = "Create (or update) the lab provider's test users and Revive's OIDC client."
 
     def add_arguments(self, parser):
-        parser.add_argument("--redirect-uri", action="append", required=True, dest="redirect_uris",
-                            help="Revive's callback, e.g. http://127.0.0.1:8000/accounts/oidc/lab-idp/login/callback/ (repeatable).")
+        parser.add_argument(
+            "--redirect-uri",
+            action="append",
+            required=True,
+            dest="redirect_uris",
+            help="Revive's callback, e.g. http://127.0.0.1:8000/accounts/oidc/lab-idp/login/callback/ (repeatable).",
+        )
         parser.add_argument("--client-id", default="revive-lab")
         parser.add_argument("--client-secret", default="", help="Generated and printed when omitted.")
         parser.add_argument("--password", default="lab-password-1", help="The password of every test user.")
@@ -78,8 +101,17 @@ class Command(BaseCommand):
             user.set_password(o["password"])
             user.save()
             EmailAddress.objects.filter(user=user).exclude(email=spec["email"]).delete()
-            EmailAddress.objects.update_or_create(user=user, email=spec["email"], defaults={"verified": True, "primary": True})
-            LabIdentity.objects.update_or_create(user=user, defaults={"tenant_id": spec["tid"], "object_id": spec["oid"]})
-            out["users"][role] = {"username": user.username, "email": spec["email"], "sub": str(user.pk),
-                                  "tid": spec["tid"], "oid": spec["oid"]}
+            EmailAddress.objects.update_or_create(
+                user=user, email=spec["email"], defaults={"verified": True, "primary": True}
+            )
+            LabIdentity.objects.update_or_create(
+                user=user, defaults={"tenant_id": spec["tid"], "object_id": spec["oid"]}
+            )
+            out["users"][role] = {
+                "username": user.username,
+                "email": spec["email"],
+                "sub": str(user.pk),
+                "tid": spec["tid"],
+                "oid": spec["oid"],
+            }
         self.stdout.write(json.dumps(out, indent=2))
