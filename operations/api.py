@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ninja import Router
 
-from cases.schemas import ErrorOut
+from revive_site.schemas import ErrorOut
 
 from .doctor import revive_doctor
 from .restate.api import router as restate_router

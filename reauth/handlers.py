@@ -21,7 +21,7 @@ from cases import signals
 from cases.models import OutboxItem, RecoveryCase
 from cases.outbox import Done, Retry, outbox_handler
 
-from . import services
+from . import notifications, services
 from .brokers import services as brokers
 from .errors import NotificationDeliveryFailed
 
@@ -65,7 +65,7 @@ def _notify_exhausted(item: OutboxItem) -> None:
 )
 def _notify_owner(item: OutboxItem) -> Done | Retry:
     try:
-        outcome = services.reconnect_request_notify(request_id=item.payload["request_id"])
+        outcome = notifications.reconnect_request_notify(request_id=item.payload["request_id"])
     except NotificationDeliveryFailed as exc:
         return Retry(error=f"notification not delivered: {exc}")
     if outcome.email == "in_progress":  # another attempt holds the claim; if it died, the claim runs out

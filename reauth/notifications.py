@@ -1,4 +1,5 @@
-"""The owner's notification: the e-mail that carries the link, and the signed webhook that does not.
+"""The owner's notification: the e-mail that carries the link, and the signed webhook that does not; and
+``reconnect_request_notify``, which sends each at most once per request.
 
 The e-mail is the only place the link token ever goes. The webhook tells an
 optional receiver (``REVIVE_RECONNECT_WEBHOOK_URL``) that an owner was asked
@@ -14,13 +15,19 @@ HMAC-SHA256 under ``REVIVE_RECONNECT_WEBHOOK_SECRET``::
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
+from django.db import transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 
+from cases.models import CaseState
+from cases.services import case_await_owner, case_lock
 from cases.webhooks import (  # noqa: F401 (one scheme)
     SIGNATURE_TOLERANCE_SECONDS,
     WebhookTransientError,
@@ -29,7 +36,10 @@ from cases.webhooks import (  # noqa: F401 (one scheme)
     verify,
 )
 
+from .errors import NotificationDeliveryFailed
 from .identity import mask_email
+from .models import ReconnectRequest
+from .services import SYSTEM, RequestRow, _audit, _lock, _settle, token_hash, token_mint
 
 WEBHOOK_EVENT = "reconnect.requested"
 
@@ -100,3 +110,132 @@ def post_webhook(*, url: str, secret: str, message: dict[str, Any]) -> int:
         timeout=settings.REVIVE_RECONNECT_WEBHOOK_TIMEOUT,
         headers={"X-Revive-Event": WEBHOOK_EVENT, "X-Revive-Delivery": message["delivery_id"]},
     )
+
+
+# --------------------------------------------------------------------------- notification
+
+
+@dataclass(frozen=True)
+class NotificationOutcome:
+    email: str  # "sent" | "already_sent" | "in_progress" | "skipped"
+    webhook: str  # "delivered" | "already_delivered" | "not_configured" | "rejected" | "skipped"
+
+
+def reconnect_request_notify(*, request_id: int) -> NotificationOutcome:
+    """Send the owner the link (e-mail) and tell the configured webhook; each channel at most once per request.
+
+    The link token is minted here, inside a claim, and sent outside any
+    transaction. A failed send releases the claim and raises
+    ``NotificationDeliveryFailed`` for the task to retry with a new token.
+    """
+    now = timezone.now()
+    raw: str | None = None
+    with transaction.atomic():
+        row = ReconnectRequest.objects.filter(pk=request_id).values("pk", "case_id").first()
+        if row is None:
+            return NotificationOutcome(email="skipped", webhook="skipped")
+        case = case_lock(row["case_id"])
+        req = _lock(row["pk"])
+        if _settle(req, case=case, actor=SYSTEM, now=now, issued=False) is not None:
+            return NotificationOutcome(email="skipped", webhook="skipped")
+        email_state = "already_sent"
+        if req.email_sent_at is None:
+            if req.notify_claimed_until and req.notify_claimed_until > now:
+                return NotificationOutcome(email="in_progress", webhook="skipped")
+            raw = token_mint()
+            claim = settings.CELERY_TASK_TIME_LIMIT + 30
+            req.token_hash = token_hash(raw)
+            req.link_issued_at = now
+            req.expires_at = now + timedelta(seconds=settings.REVIVE_RECONNECT_TTL_SECONDS)
+            req.notify_claimed_until = now + timedelta(seconds=claim)
+            req.notify_attempts += 1
+            req.save()
+            _audit(
+                req,
+                case=case,
+                actor=SYSTEM,
+                action="reconnect.link_issued",
+                after={"expires_at": req.expires_at.isoformat(), "attempt": req.notify_attempts},
+            )
+        message = message_context(req=req, case=case)
+    if raw is not None:
+        try:
+            send_email(message, link=link_for(raw))
+        except Exception as exc:
+            with transaction.atomic():
+                case = case_lock(row["case_id"])
+                req = _lock(row["pk"])
+                req.notify_claimed_until = None
+                req.save(update_fields=["notify_claimed_until", "updated_at"])
+                _audit(
+                    req,
+                    case=case,
+                    actor=SYSTEM,
+                    action="reconnect.notify_failed",
+                    outcome="failed",
+                    arguments={"channel": "email", "error": type(exc).__name__},
+                )
+            raise NotificationDeliveryFailed("email") from None
+        with transaction.atomic():
+            case = case_lock(row["case_id"])
+            if case.state == CaseState.OPENED:
+                case_await_owner(case_id=case.pk, actor=SYSTEM)
+            req = _lock(row["pk"])
+            req.email_sent_at = timezone.now()
+            req.notify_claimed_until = None
+            req.save(update_fields=["email_sent_at", "notify_claimed_until", "updated_at"])
+            _audit(
+                req,
+                case=case,
+                actor=SYSTEM,
+                action="reconnect.notified",
+                after={"channel": "email", "to": mask_email(message["owner_email"])},
+            )
+        email_state = "sent"
+    return NotificationOutcome(email=email_state, webhook=_deliver_webhook(row=row, message=message))
+
+
+def _deliver_webhook(*, row: RequestRow, message: dict[str, Any]) -> str:
+    url = settings.REVIVE_RECONNECT_WEBHOOK_URL
+    if not url:
+        return "not_configured"
+    if ReconnectRequest.objects.filter(pk=row["pk"], webhook_sent_at__isnull=False).exists():
+        return "already_delivered"
+    try:
+        status = post_webhook(url=url, secret=settings.REVIVE_RECONNECT_WEBHOOK_SECRET, message=message)
+    except WebhookTransientError as exc:
+        with transaction.atomic():
+            case = case_lock(row["case_id"])
+            req = _lock(row["pk"])
+            _audit(
+                req,
+                case=case,
+                actor=SYSTEM,
+                action="reconnect.notify_failed",
+                outcome="failed",
+                arguments={"channel": "webhook", "error": str(exc)},
+            )
+        raise NotificationDeliveryFailed("webhook") from None
+    with transaction.atomic():
+        case = case_lock(row["case_id"])
+        req = _lock(row["pk"])
+        if 200 <= status < 300:
+            req.webhook_sent_at = timezone.now()
+            req.save(update_fields=["webhook_sent_at", "updated_at"])
+            _audit(
+                req,
+                case=case,
+                actor=SYSTEM,
+                action="reconnect.webhook_delivered",
+                after={"channel": "webhook", "status": status},
+            )
+            return "delivered"
+        _audit(
+            req,
+            case=case,
+            actor=SYSTEM,
+            action="reconnect.notify_failed",
+            outcome="failed",
+            arguments={"channel": "webhook", "status": status},
+        )
+        return "rejected"

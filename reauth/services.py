@@ -20,7 +20,6 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, TypedDict
 from uuid import UUID
 
@@ -34,12 +33,10 @@ from cases.errors import CaseTransitionNotAllowed, LeaseFenced
 from cases.models import CaseState, Connection, RecoveryCase
 from cases.outbox import outbox_put
 from cases.pipeline import recovery_reauthorized
-from cases.services import case_await_owner, case_lock
+from cases.services import case_lock
 
-from . import notifications
 from .custody import Grant, get_custody
 from .errors import (
-    NotificationDeliveryFailed,
     ReconnectError,
     ReconnectLinkExpired,
     ReconnectLinkInvalid,
@@ -48,7 +45,7 @@ from .errors import (
     ReconnectLinkUsed,
     ReconnectNotNeeded,
 )
-from .identity import ProviderIdentity, compare, expected_identity, mask_email, rule_for
+from .identity import ProviderIdentity, compare, expected_identity, rule_for
 from .models import ReconnectRequest
 
 SYSTEM = "system:reauth"
@@ -319,135 +316,6 @@ def reconnect_requests_expire(*, actor: str = SYSTEM, now=None, limit: int = 500
             ):
                 settled += 1
     return settled
-
-
-# --------------------------------------------------------------------------- notification
-
-
-@dataclass(frozen=True)
-class NotificationOutcome:
-    email: str  # "sent" | "already_sent" | "in_progress" | "skipped"
-    webhook: str  # "delivered" | "already_delivered" | "not_configured" | "rejected" | "skipped"
-
-
-def reconnect_request_notify(*, request_id: int) -> NotificationOutcome:
-    """Send the owner the link (e-mail) and tell the configured webhook; each channel at most once per request.
-
-    The link token is minted here, inside a claim, and sent outside any
-    transaction. A failed send releases the claim and raises
-    ``NotificationDeliveryFailed`` for the task to retry with a new token.
-    """
-    now = timezone.now()
-    raw: str | None = None
-    with transaction.atomic():
-        row = ReconnectRequest.objects.filter(pk=request_id).values("pk", "case_id").first()
-        if row is None:
-            return NotificationOutcome(email="skipped", webhook="skipped")
-        case = case_lock(row["case_id"])
-        req = _lock(row["pk"])
-        if _settle(req, case=case, actor=SYSTEM, now=now, issued=False) is not None:
-            return NotificationOutcome(email="skipped", webhook="skipped")
-        email_state = "already_sent"
-        if req.email_sent_at is None:
-            if req.notify_claimed_until and req.notify_claimed_until > now:
-                return NotificationOutcome(email="in_progress", webhook="skipped")
-            raw = token_mint()
-            claim = settings.CELERY_TASK_TIME_LIMIT + 30
-            req.token_hash = token_hash(raw)
-            req.link_issued_at = now
-            req.expires_at = now + timedelta(seconds=settings.REVIVE_RECONNECT_TTL_SECONDS)
-            req.notify_claimed_until = now + timedelta(seconds=claim)
-            req.notify_attempts += 1
-            req.save()
-            _audit(
-                req,
-                case=case,
-                actor=SYSTEM,
-                action="reconnect.link_issued",
-                after={"expires_at": req.expires_at.isoformat(), "attempt": req.notify_attempts},
-            )
-        message = notifications.message_context(req=req, case=case)
-    if raw is not None:
-        try:
-            notifications.send_email(message, link=notifications.link_for(raw))
-        except Exception as exc:
-            with transaction.atomic():
-                case = case_lock(row["case_id"])
-                req = _lock(row["pk"])
-                req.notify_claimed_until = None
-                req.save(update_fields=["notify_claimed_until", "updated_at"])
-                _audit(
-                    req,
-                    case=case,
-                    actor=SYSTEM,
-                    action="reconnect.notify_failed",
-                    outcome="failed",
-                    arguments={"channel": "email", "error": type(exc).__name__},
-                )
-            raise NotificationDeliveryFailed("email") from None
-        with transaction.atomic():
-            case = case_lock(row["case_id"])
-            if case.state == CaseState.OPENED:
-                case_await_owner(case_id=case.pk, actor=SYSTEM)
-            req = _lock(row["pk"])
-            req.email_sent_at = timezone.now()
-            req.notify_claimed_until = None
-            req.save(update_fields=["email_sent_at", "notify_claimed_until", "updated_at"])
-            _audit(
-                req,
-                case=case,
-                actor=SYSTEM,
-                action="reconnect.notified",
-                after={"channel": "email", "to": mask_email(message["owner_email"])},
-            )
-        email_state = "sent"
-    return NotificationOutcome(email=email_state, webhook=_deliver_webhook(row=row, message=message))
-
-
-def _deliver_webhook(*, row: RequestRow, message: dict[str, Any]) -> str:
-    url = settings.REVIVE_RECONNECT_WEBHOOK_URL
-    if not url:
-        return "not_configured"
-    if ReconnectRequest.objects.filter(pk=row["pk"], webhook_sent_at__isnull=False).exists():
-        return "already_delivered"
-    try:
-        status = notifications.post_webhook(url=url, secret=settings.REVIVE_RECONNECT_WEBHOOK_SECRET, message=message)
-    except notifications.WebhookTransientError as exc:
-        with transaction.atomic():
-            case = case_lock(row["case_id"])
-            req = _lock(row["pk"])
-            _audit(
-                req,
-                case=case,
-                actor=SYSTEM,
-                action="reconnect.notify_failed",
-                outcome="failed",
-                arguments={"channel": "webhook", "error": str(exc)},
-            )
-        raise NotificationDeliveryFailed("webhook") from None
-    with transaction.atomic():
-        case = case_lock(row["case_id"])
-        req = _lock(row["pk"])
-        if 200 <= status < 300:
-            req.webhook_sent_at = timezone.now()
-            req.save(update_fields=["webhook_sent_at", "updated_at"])
-            _audit(
-                req,
-                case=case,
-                actor=SYSTEM,
-                action="reconnect.webhook_delivered",
-                after={"channel": "webhook", "status": status},
-            )
-            return "delivered"
-        _audit(
-            req,
-            case=case,
-            actor=SYSTEM,
-            action="reconnect.notify_failed",
-            outcome="failed",
-            arguments={"channel": "webhook", "status": status},
-        )
-        return "rejected"
 
 
 # --------------------------------------------------------------------------- the owner's side

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from . import services
+from . import notifications, services
 from .brokers import services as broker_services
 from .errors import NotificationDeliveryFailed
 
@@ -18,7 +18,7 @@ def notify_owner(request_id: int) -> dict:
     """Notify by hand (the pipeline owes the same step through the outbox kind ``reauth.notify_owner``).
 
     Idempotent per request: each channel is delivered at most once, and a request that moved on is skipped."""
-    outcome = services.reconnect_request_notify(request_id=request_id)
+    outcome = notifications.reconnect_request_notify(request_id=request_id)
     return {"email": outcome.email, "webhook": outcome.webhook}
 
 

@@ -7,12 +7,12 @@ from django.http import Http404
 from ninja import NinjaAPI, Swagger
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from cases.api import router as worker_router
 from cases.namespaces import unqualify_data
 from operations.api import operator_routers
 
 from .auth import OperatorKey, WorkerKey
 from .errors import DomainError
+from .worker_routes import router as worker_router
 
 
 def _error(api: NinjaAPI, request, status: int, code: str, message: str, data=None):
@@ -56,7 +56,15 @@ def _install_error_handlers(api: NinjaAPI, *, unqualify_ids: bool = False) -> No
 # Swagger UI from ninja's own static files ("ninja" is an installed app); no validator badge, which would call out.
 OFFLINE_DOCS = Swagger(settings={"validatorUrl": None})
 
-worker_api = NinjaAPI(
+
+class _WorkerAPI(NinjaAPI):
+    def get_openapi_operation_id(self, operation) -> str:
+        """The operation ids the worker API has always published (``cases_api_<view>``, from when its routes lived in
+        ``cases.api``): clients generate code from them, so moving the routes does not rename them."""
+        return f"cases_api_{operation.view_func.__name__}"
+
+
+worker_api = _WorkerAPI(
     title="Revive worker API",
     version="1",
     urls_namespace="worker_api",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ninja import Router
 
-from cases.schemas import ErrorOut
+from revive_site.schemas import ErrorOut
 
 from . import operator
 from .schemas import (

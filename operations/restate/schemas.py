@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from ninja import Field, Schema
 from pydantic import AfterValidator, ConfigDict, StrictBool
 
-from cases.schemas import InputSchema
+from revive_site.schemas import InputSchema
 
 from ..schemas import ComponentStatus
 

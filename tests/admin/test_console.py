@@ -704,7 +704,7 @@ def test_the_dashboard_draws_the_chosen_case(operator_client, make_case):
 def test_no_admin_page_shows_a_token(client, superuser, make_case, make_run, make_connection):
     """Seed every secret Revive could hold, then read every admin list and object page as a superuser."""
     from reauth.custody import Grant, get_custody
-    from reauth.services import reconnect_request_notify
+    from reauth.notifications import reconnect_request_notify
 
     secrets = [
         "at-SECRET-in-result",

@@ -175,7 +175,7 @@ def link_in(message) -> tuple[str, str]:
 @pytest.fixture
 def issue_link(mailoutbox):
     """Run the notification for a case's request (as the task would) and return the e-mailed link and token."""
-    from reauth.services import reconnect_request_notify
+    from reauth.notifications import reconnect_request_notify
 
     def issue(oc: OwnerCase) -> tuple[str, str]:
         before = len(mailoutbox)

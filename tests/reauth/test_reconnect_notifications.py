@@ -92,7 +92,7 @@ def test_a_request_that_moved_on_is_not_notified(owner_case, mailoutbox):
 
     oc = owner_case()
     case_services.case_reauthorize(case_id=oc.case.pk, actor="operator:ops")
-    assert services.reconnect_request_notify(request_id=oc.request.pk).email == "skipped"
+    assert notifications.reconnect_request_notify(request_id=oc.request.pk).email == "skipped"
     assert mailoutbox == []
     assert oc.request.state == ReconnectRequest.State.REVOKED
 
@@ -106,11 +106,11 @@ def test_a_failed_send_is_retried_with_a_new_token(owner_case, mailoutbox, monke
 
     monkeypatch.setattr(notifications, "send_email", broken)
     with pytest.raises(NotificationDeliveryFailed):
-        services.reconnect_request_notify(request_id=oc.request.pk)
+        notifications.reconnect_request_notify(request_id=oc.request.pk)
     first_hash = oc.request.token_hash
     assert oc.request.notify_claimed_until is None  # the claim was released for the retry
     monkeypatch.setattr(notifications, "send_email", real_send)
-    assert services.reconnect_request_notify(request_id=oc.request.pk).email == "sent"
+    assert notifications.reconnect_request_notify(request_id=oc.request.pk).email == "sent"
     req = oc.request
     assert req.token_hash != first_hash and req.notify_attempts == 2
     assert len(mailoutbox) == 1
@@ -171,7 +171,7 @@ def test_the_task_retries_delivery_failures(owner_case):
 
 def test_the_webhook_is_signed_and_carries_no_link(owner_case, receiver, mailoutbox):
     oc = owner_case()
-    outcome = services.reconnect_request_notify(request_id=oc.request.pk)
+    outcome = notifications.reconnect_request_notify(request_id=oc.request.pk)
     assert outcome.webhook == "delivered"
     ((headers, body),) = receiver.requests
     assert headers["X-Revive-Event"] == "reconnect.requested"
@@ -188,8 +188,8 @@ def test_the_webhook_is_signed_and_carries_no_link(owner_case, receiver, mailout
 
 def test_the_webhook_is_delivered_once_per_request(owner_case, receiver):
     oc = owner_case()
-    services.reconnect_request_notify(request_id=oc.request.pk)
-    assert services.reconnect_request_notify(request_id=oc.request.pk).webhook == "already_delivered"
+    notifications.reconnect_request_notify(request_id=oc.request.pk)
+    assert notifications.reconnect_request_notify(request_id=oc.request.pk).webhook == "already_delivered"
     assert len(receiver.requests) == 1
 
 
@@ -197,10 +197,10 @@ def test_a_failing_webhook_is_retried_without_sending_the_email_again(owner_case
     receiver.statuses = [503]
     oc = owner_case()
     with pytest.raises(NotificationDeliveryFailed):
-        services.reconnect_request_notify(request_id=oc.request.pk)
+        notifications.reconnect_request_notify(request_id=oc.request.pk)
     assert len(mailoutbox) == 1
-    outcome = services.reconnect_request_notify(request_id=oc.request.pk)
-    assert outcome == services.NotificationOutcome(email="already_sent", webhook="delivered")
+    outcome = notifications.reconnect_request_notify(request_id=oc.request.pk)
+    assert outcome == notifications.NotificationOutcome(email="already_sent", webhook="delivered")
     assert len(mailoutbox) == 1 and len(receiver.requests) == 2
     assert receiver.requests[0][0]["X-Revive-Delivery"] == receiver.requests[1][0]["X-Revive-Delivery"]
 
@@ -208,7 +208,7 @@ def test_a_failing_webhook_is_retried_without_sending_the_email_again(owner_case
 def test_a_webhook_the_receiver_refuses_is_not_retried(owner_case, receiver):
     receiver.statuses = [400]
     oc = owner_case()
-    assert services.reconnect_request_notify(request_id=oc.request.pk).webhook == "rejected"
+    assert notifications.reconnect_request_notify(request_id=oc.request.pk).webhook == "rejected"
 
 
 def test_a_webhook_url_without_a_secret_is_refused_at_startup(tmp_path):

@@ -11,10 +11,11 @@ from dataclasses import asdict
 from django.conf import settings
 from ninja import Path, Router
 
-from . import refresh, selectors, services
-from .metrics import action_call_timed, protected_action_decided
-from .models import Action, Checkpoint, Run
-from .namespaces import qualify, unqualify
+from cases import refresh, selectors, services
+from cases.metrics import action_call_timed, protected_action_decided
+from cases.models import Action, Checkpoint, Run
+from cases.namespaces import qualify, unqualify
+
 from .schemas import (
     ActionOut,
     AmbiguousIn,

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from ninja import Field, Schema
 from pydantic import BaseModel, StrictBool, field_validator
 
-from .models import Runtime
+from cases.models import Runtime
 
 Identifier = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
 ActionKey = Field(..., min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/@-]+$")
