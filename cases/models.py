@@ -306,7 +306,6 @@ class Action(models.Model):
     reconciled_by = models.CharField(max_length=200, blank=True, default="")
     reconciliations = models.JSONField(
         default=list,
-        db_default=[],  # the hot path's one-statement INSERT (``cases.hotpath``) leaves it out
         blank=True,
         help_text="Every settling of this action, oldest first: who (actor), when (at, ISO 8601) and with what "
         "evidence. The resume approval policy and the four-eyes rule read it (a re-execution after "

@@ -48,7 +48,6 @@ class Migration(migrations.Migration):
             field=models.JSONField(
                 blank=True,
                 default=list,
-                db_default=[],
                 help_text="Every settling of this action, oldest first: who (actor), when (at, ISO 8601) and with "
                 "what evidence. The resume approval policy and the four-eyes rule read it (a re-execution after "
                 "reconciled_absent keeps the earlier ones here).",
