@@ -47,10 +47,11 @@ SEED = [
        SELECT 'run_' || i, '05', '05 / prepare brief', '{{}}', now() FROM generate_series(0, {cases} - 1) i""",
     # the ledger: --ledger actions spread over the runs
     """INSERT INTO cases_action (run_id, action_key, idempotency_key, connection_id, checkpoint_id, params_hash, state, generation,
-                                 attempts, result, external_ref, error, evidence, reconciled_by, lock_expires_at, created_at, updated_at)
+                                 attempts, result, external_ref, error, evidence, reconciled_by, reconciliations, lock_expires_at,
+                                 created_at, updated_at)
        SELECT 'run_' || (n % {cases}), 'send_exec_' || (n / {cases}), 'rv1_' || md5(n::text), 'conn_' || ((n % {cases}) % {connections}),
               NULL, '', CASE WHEN n % 97 = 0 THEN 'ambiguous' ELSE 'committed' END, 1, 1, '{{"ok": true}}', 'msg-' || n, NULL, NULL, '',
-              NULL, now() - (n || ' seconds')::interval, now()
+              '[]', NULL, now() - (n || ' seconds')::interval, now()
        FROM generate_series(0, {ledger} - 1) n""",
     # the cases: one per (connection, generation); most closed, some open in every state
     """INSERT INTO cases_recoverycase (reference, connection_id, rejected_generation, resumed_generation, failure_class, provider,

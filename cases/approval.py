@@ -1,7 +1,7 @@
 """The resume approval policy: when a case about to resume waits for an operator. Pure: no models, no settings.
 
-``cases.services.case_resume_approval`` feeds it the reconciliations the audit log recorded for a case and the
-configured policy (``REVIVE_RESUME_APPROVAL``).
+``cases.services.case_resume_approval`` feeds it the reconciliations the actions of a case's runs keep
+(``Action.reconciliations``) and the configured policy (``REVIVE_RESUME_APPROVAL``).
 """
 
 from __future__ import annotations

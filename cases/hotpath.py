@@ -106,9 +106,10 @@ WITH conn AS (
     SELECT id FROM cp_old UNION ALL SELECT id FROM cp_new
 ), act AS (
     INSERT INTO cases_action (run_id, action_key, idempotency_key, connection_id, checkpoint_id, params_hash, state, generation,
-                              attempts, result, external_ref, error, evidence, reconciled_by, lock_expires_at, created_at, updated_at)
+                              attempts, result, external_ref, error, evidence, reconciled_by, reconciliations, lock_expires_at,
+                              created_at, updated_at)
     SELECT run.id, %(action_key)s, %(idempotency_key)s, conn.id, cp.id, %(params_hash)s, 'executing', %(generation)s,
-           1, NULL, '', NULL, NULL, '', %(lock_expires_at)s, %(now)s, %(now)s
+           1, NULL, '', NULL, NULL, '', '[]'::jsonb, %(lock_expires_at)s, %(now)s, %(now)s
     FROM conn, run, cp
     ON CONFLICT DO NOTHING
     RETURNING id

@@ -304,6 +304,13 @@ class Action(models.Model):
     error = models.JSONField(null=True, blank=True)
     evidence = models.JSONField(null=True, blank=True)
     reconciled_by = models.CharField(max_length=200, blank=True, default="")
+    reconciliations = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Every settling of this action, oldest first: who (actor), when (at, ISO 8601) and with what "
+        "evidence. The resume approval policy and the four-eyes rule read it (a re-execution after "
+        "reconciled_absent keeps the earlier ones here).",
+    )
     lock_expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

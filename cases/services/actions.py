@@ -392,7 +392,15 @@ def action_reconcile(
     if action.state == to:
         return action
     _require_action_move(action, to)
-    changes: dict[str, Any] = {"evidence": evidence, "reconciled_by": actor}
+    changes: dict[str, Any] = {
+        "evidence": evidence,
+        "reconciled_by": actor,
+        # The approval policy's record of this settling: kept past a re-execution, unlike the fields above.
+        "reconciliations": [
+            *action.reconciliations,
+            {"actor": actor, "at": timezone.now().isoformat(), "evidence": evidence},
+        ],
+    }
     if found:
         changes.update(result=result, external_ref=external_ref or "")
     _action_transition(action, to=to, actor=actor, arguments={"found": found, "evidence": evidence}, **changes)

@@ -293,3 +293,44 @@ def test_abandon_follows_the_transition_table(make_case, state, allowed):
         with pytest.raises(CaseTransitionNotAllowed):
             services.case_abandon(case_id=case.pk, actor="operator:ann", reason="r")
         assert RecoveryCase.objects.get(pk=case.pk).state == state
+
+
+def test_a_settling_by_hand_still_counts_after_the_action_executes_again_and_no_audit_row_is_read(
+    make_case, held_outbox
+):
+    """The policy and the four-eyes rule read what the action keeps: the by-hand settling of ``ticket_04`` still
+    holds the case once the action ran again and committed (its row now says ``committed``), and deciding reads no
+    audit row."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from cases.models import Action
+
+    assert held_outbox is not None  # owed resumes are written, not dispatched
+    case = make_case(CaseState.RECONCILING)
+    services.action_reconcile(
+        run_id=case.run_id, action_key="ticket_04", found=False, evidence={"note": "not sent"}, actor="operator:ann"
+    )
+    assert services.case_resume_begin(case_id=case.pk, actor="system:test").state == CaseState.AWAITING_APPROVAL
+    case = services.case_approve(case_id=case.pk, actor="operator:bob", reason="checked the ticket system")
+    gen = case.connection.current_generation
+    begin = services.action_begin(
+        run_id=case.run_id,
+        checkpoint_id="05",
+        connection_id=case.connection_id,
+        action_key="ticket_04",
+        generation=gen,
+        actor="worker:test",
+    )
+    assert begin.decision == "execute"
+    services.action_commit(run_id=case.run_id, action_key="ticket_04", generation=gen, actor="worker:test")
+    assert Action.objects.get(run_id=case.run_id, action_key="ticket_04").state == "committed"
+
+    with CaptureQueriesContext(connection) as queries:
+        decision = services.case_resume_approval(case)
+        barred = services.case_four_eyes(case)
+    assert decision.required
+    assert decision.reasons == (f"{case.run_id}/ticket_04 was reconciled by hand (operator:ann)",)
+    assert barred == {"operator:ann": "reconciled an action by hand"}
+    assert queries.captured_queries
+    assert not [q["sql"] for q in queries.captured_queries if "audit_auditevent" in q["sql"]]
