@@ -334,3 +334,28 @@ def test_a_settling_by_hand_still_counts_after_the_action_executes_again_and_no_
     assert barred == {"operator:ann": "reconciled an action by hand"}
     assert queries.captured_queries
     assert not [q["sql"] for q in queries.captured_queries if "audit_auditevent" in q["sql"]]
+
+
+def test_the_migrations_backfill_rebuilds_each_settling_from_the_audit_log(make_case, held_outbox):
+    """``cases/0015`` fills ``Action.reconciliations`` of open cases' runs from the audit log once: on a real row
+    (an action settled by hand) it rebuilds what ``action_reconcile`` writes."""
+    import importlib
+
+    from django.apps import apps
+
+    from cases.models import Action
+
+    assert held_outbox is not None
+    case = make_case(CaseState.RECONCILING)
+    services.action_reconcile(
+        run_id=case.run_id, action_key="ticket_04", found=False, evidence={"note": "not sent"}, actor="operator:ann"
+    )
+    action = Action.objects.get(run_id=case.run_id, action_key="ticket_04")
+    written = action.reconciliations
+    assert [e["actor"] for e in written] == ["operator:ann"]
+    Action.objects.filter(pk=action.pk).update(reconciliations=[])  # as before the migration
+
+    importlib.import_module("cases.migrations.0015_action_reconciliations").backfill(apps, None)
+    rebuilt = Action.objects.get(pk=action.pk).reconciliations
+    assert [(e["actor"], e["evidence"]) for e in rebuilt] == [(e["actor"], e["evidence"]) for e in written]
+    assert services.case_resume_approval(case).required
