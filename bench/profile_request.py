@@ -24,8 +24,11 @@ sys.path.insert(0, str(ROOT))
 from bench.common import bench_database, stop_on_sigterm  # noqa: E402
 
 
-def wsgi_call(app, method: str, path: str, body: dict | None, key: str) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else b""
+def wsgi_request(
+    app, method: str, path: str, *, body=None, raw: bytes | None = None, key: str | None = None, headers=None
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request to a WSGI application, in-process: (status, response headers, body). ``raw`` is sent as is."""
+    data = raw if raw is not None else json.dumps(body).encode() if body is not None else b""
     environ = {
         "REQUEST_METHOD": method,
         "PATH_INFO": path,
@@ -42,15 +45,24 @@ def wsgi_call(app, method: str, path: str, body: dict | None, key: str) -> tuple
         "wsgi.run_once": False,
         "CONTENT_TYPE": "application/json",
         "CONTENT_LENGTH": str(len(data)),
-        "HTTP_X_API_KEY": key,
         "REMOTE_ADDR": "127.0.0.1",
     }
-    status: list[str] = []
-    chunks = app(environ, lambda s, h, exc_info=None: status.append(s))
+    if key is not None:
+        environ["HTTP_X_API_KEY"] = key
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    started: list = []
+    chunks = app(environ, lambda s, h, exc_info=None: started.append((s, h)))
     payload = b"".join(chunks)
     if hasattr(chunks, "close"):
         chunks.close()
-    return int(status[0].split()[0]), payload
+    status, response_headers = started[0]
+    return int(status.split()[0]), list(response_headers), payload
+
+
+def wsgi_call(app, method: str, path: str, body: dict | None, key: str) -> tuple[int, bytes]:
+    status, _, payload = wsgi_request(app, method, path, body=body, key=key)
+    return status, payload
 
 
 def main() -> int:

@@ -290,10 +290,13 @@ class Action(models.Model):
         RECONCILED_ABSENT = "reconciled_absent"
         FAILED = "failed"
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="actions")
+    # Every row written is an index entry to write (and, on the commit's update, to write again): the ledger keeps the
+    # indexes its reads use and no more. No index of its own on ``run`` (the unique (run, action key) leads with it)
+    # and no pattern indexes (``*_like``, for LIKE 'prefix%'): the ledger is searched by exact identifiers.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="actions", db_index=False)
     action_key = models.CharField(max_length=200)
-    idempotency_key = models.CharField(max_length=64, unique=True)
-    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="actions")
+    idempotency_key = models.CharField(max_length=64)
+    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="actions", db_index=False)
     checkpoint = models.ForeignKey(Checkpoint, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     params_hash = models.CharField(max_length=64, blank=True, default="")
     state = models.CharField(max_length=24, choices=State.choices, default=State.BEGUN)
@@ -316,9 +319,13 @@ class Action(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["run", "action_key"], name="action_unique_per_run")]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "action_key"], name="action_unique_per_run"),
+            models.UniqueConstraint(fields=["idempotency_key"], name="action_idempotency_key_unique"),
+        ]
         indexes = [
             models.Index(fields=["state", "lock_expires_at"]),
+            models.Index(fields=["connection"], name="action_connection_idx"),
             # A common key matches one row per run: the console lists them newest first straight off this index.
             models.Index(fields=["action_key", "id"], name="action_key_id_idx"),
         ]

@@ -34,7 +34,8 @@ def worker_api_middleware() -> list[str]:
 
 
 class WorkerApiHandler(WSGIHandler):
-    """Django's WSGI handler with the worker API's middleware chain."""
+    """Django's WSGI handler with the worker API's middleware chain; begin and commit skip the resolver and ninja's
+    dispatch (``revive_site.worker_fastlane``), inside the same chain."""
 
     def load_middleware(self, is_async=False):
         full = settings.MIDDLEWARE
@@ -43,6 +44,12 @@ class WorkerApiHandler(WSGIHandler):
             super().load_middleware(is_async)
         finally:
             settings.MIDDLEWARE = full
+
+    def _get_response(self, request):
+        from revive_site import worker_fastlane  # imports the URLconf's APIs: after django.setup()
+
+        response = worker_fastlane.answer(request)
+        return response if response is not None else super()._get_response(request)
 
 
 class PathDispatch:
