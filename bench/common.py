@@ -32,6 +32,52 @@ def free_port() -> int:
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 
 
+def cpu_seconds(pids) -> float:
+    """CPU time (user + system) the processes ``pids`` have used so far; a process gone counts 0 (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSplit:
+    """Where an operation's CPU goes, by process: this (client) process, the server's processes, PostgreSQL's backends
+    of the benchmark's database. CPU time, unlike wall time, barely moves with the machine's load."""
+
+    def __init__(self, database_url: str, server_pids=()) -> None:
+        self.server_pids = list(server_pids)
+        self.database = database_url.rsplit("/", 1)[1]
+        self._admin = psycopg.connect(f"{PG}/postgres", autocommit=True)
+        self.totals: dict[str, dict[str, float]] = {}
+        self.counts: dict[str, int] = {}
+
+    def _backends(self) -> list[int]:
+        rows = self._admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))
+        return [row[0] for row in rows]
+
+    @contextmanager
+    def measure(self, side: str, operations: int) -> Iterator[None]:
+        backends = self._backends()
+        start = time.process_time(), cpu_seconds(self.server_pids), cpu_seconds(backends)
+        yield
+        end = time.process_time(), cpu_seconds(self.server_pids), cpu_seconds(backends)
+        totals = self.totals.setdefault(side, {"client": 0.0, "server": 0.0, "postgres": 0.0})
+        for part, before, after in zip(("client", "server", "postgres"), start, end, strict=True):
+            totals[part] += after - before
+        self.counts[side] = self.counts.get(side, 0) + operations
+
+    def per_operation_ms(self, side: str) -> dict[str, float]:
+        return {part: seconds / self.counts[side] * 1000 for part, seconds in self.totals[side].items()}
+
+    def close(self) -> None:
+        self._admin.close()
+
+
 def stop_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so that ``finally`` blocks (servers, databases) run as on Ctrl-C."""
 
@@ -79,11 +125,33 @@ def bench_database(*, migrate: bool = True, settings_module: str = "revive_site.
         print(f"bench: database {dbname} dropped", flush=True)
 
 
+def process_group(pgid: int) -> list[int]:
+    """The processes of the process group ``pgid`` (Linux /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[2]) == pgid:
+                        members.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+    return members
+
+
+class Served(str):
+    """The URL of a server this benchmark started, with the id of its process group."""
+
+    pgid: int
+
+
 @contextmanager
 def gunicorn(
     *, workers: int = 2, threads: int = 4, worker_class: str = "gthread", start_timeout: float = 120.0
-) -> Iterator[str]:
+) -> Iterator[Served]:
     """Revive under gunicorn on a free loopback port, with this process's environment; yields its URL.
+
+    Its processes (master and workers) are one process group; ``process_group(served.pgid)`` lists them.
 
     Waits (up to ``start_timeout``: a loaded 2-core machine can take a while to import Django in every
     worker) until every worker answers, and always stops it, its workers included.
@@ -126,7 +194,9 @@ def gunicorn(
                 if time.monotonic() > deadline:
                     raise SystemExit(f"bench: gunicorn did not answer within {start_timeout:.0f}s") from None
                 time.sleep(0.2)
-        yield url
+        served = Served(url)
+        served.pgid = server.pid  # start_new_session: the master leads the group
+        yield served
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)

@@ -31,7 +31,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import bench_database, gunicorn, pct, stop_on_sigterm  # noqa: E402
+from bench.common import CpuSplit, bench_database, gunicorn, pct, process_group, stop_on_sigterm  # noqa: E402
 
 FLOOR_TABLE = (
     "CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, run_id text NOT NULL, action_key text NOT NULL, "
@@ -158,6 +158,7 @@ def main() -> int:
             )
             seq = itertools.count()
             floor, client = Floor(url), Client(server, api_key)
+            cpu = CpuSplit(url, process_group(server.pgid))
             try:
                 timed(floor.action, (f"w{next(seq)}" for _ in range(args.warmup)))
                 timed(client.action, (f"w{next(seq)}" for _ in range(args.warmup)))
@@ -166,11 +167,14 @@ def main() -> int:
                 print(f"bench: P1, {args.actions} actions per side in alternating batches of {args.batch}…", flush=True)
                 while len(revive_ms) < args.actions:
                     n = min(args.batch, args.actions - len(revive_ms))
-                    floor_ms += timed(floor.action, (f"a{next(seq)}" for _ in range(n)))
-                    revive_ms += timed(client.action, (f"a{next(seq)}" for _ in range(n)))
+                    with cpu.measure("floor", n):
+                        floor_ms += timed(floor.action, (f"a{next(seq)}" for _ in range(n)))
+                    with cpu.measure("revive", n):
+                        revive_ms += timed(client.action, (f"a{next(seq)}" for _ in range(n)))
             finally:
                 floor.close()
                 client.close()
+                cpu.close()
 
             print(
                 f"bench: P2, {args.clients} concurrent clients, {args.rounds} alternating rounds of {args.round_seconds:.0f} s…",
@@ -202,6 +206,12 @@ def main() -> int:
     print(
         f"P1 targets: p50 <= 4x floor [{'met' if r50 <= 4 else 'MISSED'}], p99 <= 8x floor [{'met' if r99 <= 8 else 'MISSED'}]"
     )
+    print()
+    print("P1, CPU per protected action (ms; CPU time barely moves with the machine's load, wall time does)")
+    print(f"{'':<40}{'client':>8}{'server':>8}{'Postgres':>9}{'total':>8}")
+    for side, label in (("revive", "Revive: SDK, gunicorn, PostgreSQL"), ("floor", "floor: psycopg, PostgreSQL")):
+        ms = cpu.per_operation_ms(side)
+        print(f"{label:<40}{ms['client']:>8.2f}{ms['server']:>8.2f}{ms['postgres']:>9.2f}{sum(ms.values()):>8.2f}")
     print()
     print(f"P2, {args.clients} concurrent clients (median of {args.rounds} rounds)")
     print(f"  Revive: {rate:8.0f} protected actions/s   (rounds: {', '.join(f'{r:.0f}' for r in revive_rates)})")

@@ -64,11 +64,11 @@ The locked path is ``cases.services.action_begin`` / ``action_commit``; they cal
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
-from django.db import connection as db
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 from django.utils import timezone
 from psycopg import Cursor
 from psycopg.types.json import Jsonb
@@ -154,7 +154,7 @@ SELECT id, idempotency_key, connection_id, checkpoint_id, params_hash, attempts,
 
 
 def available() -> bool:
-    return db.vendor == "postgresql"
+    return connections[DEFAULT_DB_ALIAS].vendor == "postgresql"
 
 
 def _execute(sql: str, params: dict[str, Any]) -> tuple | None:
@@ -165,17 +165,18 @@ def _execute(sql: str, params: dict[str, Any]) -> tuple | None:
     one. Sending it twice is safe: a begin or commit that did happen the first time makes the second
     change nothing, and the locked path answers from the row the first one wrote.
     """
+    db = connections[DEFAULT_DB_ALIAS]  # this thread's connection, looked up once per call
     reused = db.connection is not None and not db.in_atomic_block
     try:
-        return _execute_once(sql, params)
+        return _execute_once(db, sql, params)
     except (OperationalError, InterfaceError):
         if not reused:
             raise
         db.close()
-        return _execute_once(sql, params)
+        return _execute_once(db, sql, params)
 
 
-def _execute_once(sql: str, params: dict[str, Any]) -> tuple | None:
+def _execute_once(db, sql: str, params: dict[str, Any]) -> tuple | None:
     db.ensure_connection()
     raw = db.connection
     if raw.prepare_threshold is None:
@@ -192,8 +193,14 @@ def _execute_once(sql: str, params: dict[str, Any]) -> tuple | None:
     return row
 
 
+@lru_cache(maxsize=256)
 def _snapshot(state: str | None, generation: int, attempts: int) -> Jsonb:
+    """An audit snapshot of the ledger row; its few distinct values are built and redacted once (Jsonb is not changed
+    by sending it)."""
     return Jsonb(redact({"state": state, "generation": generation, "attempts": attempts}))
+
+
+_ACTION_FIELDS = tuple(f.attname for f in Action._meta.concrete_fields)
 
 
 def begin_execute(
@@ -259,20 +266,24 @@ def commit(
     if row is None:
         return None
     pk, idempotency_key, connection_id, checkpoint_pk, params_hash, attempts, created_at = row
-    return Action(
-        id=pk,
-        run_id=run_id,
-        action_key=action_key,
-        idempotency_key=idempotency_key,
-        connection_id=connection_id,
-        checkpoint_id=checkpoint_pk,
-        params_hash=params_hash,
-        state=Action.State.COMMITTED,
-        generation=generation,
-        attempts=attempts,
-        result=result,
-        external_ref=external_ref,
-        lock_expires_at=None,
-        created_at=created_at,
-        updated_at=now,
-    )
+    values = {
+        "id": pk,
+        "run_id": run_id,
+        "action_key": action_key,
+        "idempotency_key": idempotency_key,
+        "connection_id": connection_id,
+        "checkpoint_id": checkpoint_pk,
+        "params_hash": params_hash,
+        "state": Action.State.COMMITTED,
+        "generation": generation,
+        "attempts": attempts,
+        "result": result,
+        "external_ref": external_ref,
+        "lock_expires_at": None,
+        "created_at": created_at,
+        "updated_at": now,
+    }
+    # As a row loaded from the database: the columns this statement did not return are deferred (read on access).
+    # ``from_db`` builds the instance positionally, Django's fast path.
+    names = [name for name in _ACTION_FIELDS if name in values]
+    return Action.from_db(DEFAULT_DB_ALIAS, names, [values[name] for name in names])

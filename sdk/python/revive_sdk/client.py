@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import os
 import secrets
 import socket
@@ -111,6 +112,72 @@ class SingleFlightCredential:
         return self.revive._run(self._flow())  # a coroutine with AsyncRevive: protect_action awaits it
 
 
+class _Heartbeats:
+    """One thread per client extends the lock of every action executing in it, each every ``every`` seconds.
+
+    An action whose ``execute`` returns before its first beat is due -- nearly all of them -- costs no thread, and
+    actions executing at once share this one. The thread starts with the first action and ends after a minute idle
+    or when the client closes. A beat that fails is skipped: the lock then runs out and the action is reconciled,
+    never executed twice.
+    """
+
+    IDLE_SECONDS = 60.0
+
+    def __init__(self, send: Callable[[Http], Any]) -> None:
+        self._send = send
+        self._due: dict[int, tuple[float, float, Http]] = {}  # token -> (next beat, every, request)
+        self._tokens = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, request: Http, every: float) -> int:
+        with self._wake:
+            token = next(self._tokens)
+            self._due[token] = (time.monotonic() + every, every, request)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="revive-heartbeat")
+                self._thread.start()
+            self._wake.notify()
+            return token
+
+    def remove(self, token: int) -> None:
+        with self._wake:
+            self._due.pop(token, None)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _next(self) -> Http | None:
+        """Wait for the next beat due; None when the thread should end (closed, or idle)."""
+        with self._wake:
+            idle_until = time.monotonic() + self.IDLE_SECONDS
+            while not self._closed:
+                now = time.monotonic()
+                if not self._due:
+                    if now >= idle_until:
+                        break
+                    self._wake.wait(idle_until - now)
+                    continue
+                token, (at, every, request) = min(self._due.items(), key=lambda item: item[1][0])
+                if at > now:
+                    self._wake.wait(at - now)
+                    continue
+                self._due[token] = (now + every, every, request)
+                return request
+            self._thread = None
+            return None
+
+    def _run(self) -> None:
+        while (request := self._next()) is not None:
+            try:
+                self._send(request)
+            except Exception:
+                continue
+
+
 def _headers(api_key: str) -> dict[str, str]:
     return {"X-Api-Key": api_key, "User-Agent": "revive-sdk-python/0.1"}
 
@@ -134,8 +201,10 @@ class Revive:
         self._http = httpx.Client(
             base_url=url.rstrip("/") + "/api/v1", headers=_headers(api_key), timeout=timeout, transport=transport
         )
+        self._heartbeats = _Heartbeats(lambda beat: _answer(self._http.request(beat.method, beat.path, json=beat.json)))
 
     def close(self) -> None:
+        self._heartbeats.close()
         self._http.close()
 
     def __enter__(self) -> Revive:
@@ -148,16 +217,11 @@ class Revive:
         if isinstance(step, Call):
             if step.heartbeat is None:
                 return step.fn(*step.args)
-            stop = threading.Event()
-            beat = threading.Thread(
-                target=self._heartbeat, args=(step.heartbeat, step.every, stop), daemon=True, name="revive-heartbeat"
-            )
-            beat.start()
+            beating = self._heartbeats.add(step.heartbeat, step.every)
             try:
                 return step.fn(*step.args)
             finally:
-                stop.set()
-                beat.join(timeout=5)
+                self._heartbeats.remove(beating)
         if isinstance(step, Sleep):
             return time.sleep(step.seconds)
         try:
@@ -167,15 +231,6 @@ class Revive:
         except httpx.TransportError as exc:
             raise _unavailable(exc) from exc
         return _answer(response)
-
-    def _heartbeat(self, request: Http, every: float, stop: threading.Event) -> None:
-        """Extend the executing action's lock every ``every`` seconds until ``execute`` returns. A beat that fails
-        is skipped: the lock then runs out and the action is reconciled, never executed twice."""
-        while not stop.wait(every):
-            try:
-                _answer(self._http.request(request.method, request.path, json=request.json))
-            except Exception:
-                continue
 
     def _run(self, flow: Flow) -> Any:
         outcome: tuple[Any, BaseException | None] = (None, None)
