@@ -69,6 +69,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from psycopg import Cursor
 from psycopg.types.json import Jsonb
@@ -176,7 +177,7 @@ def _execute(sql: str, params: dict[str, Any]) -> tuple | None:
         return _execute_once(db, sql, params)
 
 
-def _execute_once(db, sql: str, params: dict[str, Any]) -> tuple | None:
+def _execute_once(db: BaseDatabaseWrapper, sql: str, params: dict[str, Any]) -> tuple | None:
     db.ensure_connection()
     raw = db.connection
     if raw.prepare_threshold is None:
