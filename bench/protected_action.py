@@ -8,8 +8,8 @@ to committed) sent directly with psycopg on one open connection. Batches alterna
 floor, Revive, ... -- so both see the same machine load.
 
 P1: one client, p50 / p99 per protected action, and the ratio to the floor's.
-P2: ``--clients`` concurrent clients (threads, each with its own HTTP connection, or its own database
-connection for the floor), protected actions per second against the floor's pairs per second.
+P2: ``--clients`` concurrent clients -- processes, as workers are, each with its own HTTP connection (or its own
+database connection for the floor) -- protected actions per second against the floor's pairs per second.
 
     .venv/bin/python bench/protected_action.py [--actions 2000] [--batch 100] [--clients 4] [--workers 2]
 
@@ -20,10 +20,11 @@ The database and gunicorn are always removed, also on failure and Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
+import multiprocessing
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -93,31 +94,42 @@ def timed(fn, keys) -> list[float]:
     return out
 
 
-def throughput(workers: list, keys, seconds: float) -> float:
-    """Actions per second with every worker looping over fresh keys for ``seconds``."""
-    done = [0] * len(workers)
-    stop = threading.Event()
-    start = threading.Barrier(len(workers) + 1)
-    lock = threading.Lock()
-
-    def loop(i, w):
+def _client_loop(make, prefix: str, start, stop, done) -> None:
+    """One P2 client process: warm its connection, then protect fresh actions from ``start`` until ``stop``."""
+    worker = make()
+    try:
+        for n in range(20):
+            worker.action(f"{prefix}w{n}")
         start.wait()
+        count = 0
         while not stop.is_set():
-            with lock:
-                key = next(keys)
-            w.action(key)
-            done[i] += 1
+            worker.action(f"{prefix}{count}")
+            count += 1
+        done.put(count)
+    finally:
+        worker.close()
 
-    threads = [threading.Thread(target=loop, args=(i, w)) for i, w in enumerate(workers)]
-    for t in threads:
-        t.start()
-    start.wait()
+
+def throughput(make, clients: int, prefix: str, seconds: float) -> float:
+    """Operations per second of ``clients`` processes, each looping over fresh keys with its own ``make()`` for
+    ``seconds`` once all are ready."""
+    context = multiprocessing.get_context("fork")
+    start, stop, done = context.Event(), context.Event(), context.Queue()
+    procs = [
+        context.Process(target=_client_loop, args=(make, f"{prefix}-{i}-", start, stop, done)) for i in range(clients)
+    ]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.5)  # connect and warm (each process's 20 first actions are not counted)
+    start.set()
     t0 = time.perf_counter()
     time.sleep(seconds)
     stop.set()
-    for t in threads:
-        t.join(60)
-    return sum(done) / (time.perf_counter() - t0)
+    counts = [done.get(timeout=120) for _ in procs]
+    elapsed = time.perf_counter() - t0
+    for proc in procs:
+        proc.join(30)
+    return sum(counts) / elapsed
 
 
 def main() -> int:
@@ -180,18 +192,12 @@ def main() -> int:
                 f"bench: P2, {args.clients} concurrent clients, {args.rounds} alternating rounds of {args.round_seconds:.0f} s…",
                 flush=True,
             )
-            keys = (f"c{n}" for n in seq)
-            floors = [Floor(url) for _ in range(args.clients)]
-            clients = [Client(server, api_key) for _ in range(args.clients)]
-            try:
-                throughput(clients, keys, 1.0)  # warm every client's connection and every gunicorn thread
-                floor_rates, revive_rates = [], []
-                for _ in range(args.rounds):
-                    floor_rates.append(throughput(floors, keys, args.round_seconds))
-                    revive_rates.append(throughput(clients, keys, args.round_seconds))
-            finally:
-                for w in floors + clients:
-                    w.close()
+            connections.close_all()  # the client processes fork from this one
+            make_floor, make_client = functools.partial(Floor, url), functools.partial(Client, server, api_key)
+            floor_rates, revive_rates = [], []
+            for r in range(args.rounds):
+                floor_rates.append(throughput(make_floor, args.clients, f"f{r}", args.round_seconds))
+                revive_rates.append(throughput(make_client, args.clients, f"c{r}", args.round_seconds))
 
     p50, p99, f50, f99 = pct(revive_ms, 50), pct(revive_ms, 99), pct(floor_ms, 50), pct(floor_ms, 99)
     r50, r99 = p50 / f50, p99 / f99
