@@ -697,20 +697,24 @@ class Trial:
             if request.state == request.State.CONSUMED:
                 self.note("the owner's callback failed after the reconnect committed")
                 return True
-            return reconnect_request_complete(
+            completion = reconnect_request_complete(
                 public_id=request.public_id,
                 presented=identity,
                 actor="owner:faults",
                 grant=Grant(access_token=f"at-{uuid.uuid4().hex}", refresh_token=f"rt-{uuid.uuid4().hex}"),
-            ).consumed
+            )
+            if not completion.consumed:
+                refusal.append(f"{completion}; expected {identity.evidence()}")
+            return completion.consumed
 
+        refusal: list[str] = []
         consumed = db_retry(complete)
         if not consumed:
             newer = self.owner_link(5.0)
             if newer is not None and newer != token:  # a re-sent e-mail revoked this link: the owner opens the newer
                 self.note("the owner used the newer link of a re-sent e-mail")
                 return self.reconnect(newer)
-            raise RuntimeError("the reconnect was refused")
+            raise RuntimeError(f"the reconnect was refused: {refusal}")
         self.reconnects += 1
         self.reconnected_at = time.time()
 
