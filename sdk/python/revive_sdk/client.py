@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
 import os
 import secrets
 import socket
@@ -16,27 +17,28 @@ import httpx
 from . import flows, tracecontext
 from .errors import ActionInProgress, LeaseFenced, ProviderError, ReviveError, ReviveUnavailable, RunAbandoned
 from .flows import ActionContext, Call, Flow, Http, RefreshMemo, Sleep
+from .wire import WireError, wire_for
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
 
-def _answer(response: httpx.Response) -> Any:
+def _answer(status: int, content: bytes) -> Any:
     try:
-        body = response.json()
+        body = json.loads(content) if content else None
     except ValueError:
         body = None
-    if response.is_success:
+    if 200 <= status < 300:
         return body
     if isinstance(body, dict) and "code" in body:
         data = body.get("data") or {}
         if body["code"] == "LEASE_FENCED":
             raise LeaseFenced(data.get("generation", 0), data.get("current_generation"))
         if body["code"] == "ACTION_IN_PROGRESS":
-            raise ActionInProgress(body.get("message", ""), status=response.status_code, data=data)
+            raise ActionInProgress(body.get("message", ""), status=status, data=data)
         if body["code"] == "RUN_ABANDONED":
             raise RunAbandoned(data.get("case_id"), run_id=data.get("run_id"))
-        raise ReviveError(body["code"], body.get("message", ""), status=response.status_code, data=data)
-    raise ReviveError("HTTP_ERROR", f"HTTP {response.status_code}", status=response.status_code)
+        raise ReviveError(body["code"], body.get("message", ""), status=status, data=data)
+    raise ReviveError("HTTP_ERROR", f"HTTP {status}", status=status)
 
 
 def _advance(flow: Flow, outcome: tuple[Any, BaseException | None]) -> tuple[bool, Any]:
@@ -49,7 +51,8 @@ def _advance(flow: Flow, outcome: tuple[Any, BaseException | None]) -> tuple[boo
 
 
 def _unavailable(exc: Exception) -> ReviveUnavailable:
-    return ReviveUnavailable("REVIVE_UNAVAILABLE", f"cannot reach Revive: {type(exc).__name__}")
+    cause = exc.__cause__ if isinstance(exc, WireError) and exc.__cause__ is not None else exc
+    return ReviveUnavailable("REVIVE_UNAVAILABLE", f"cannot reach Revive: {type(cause).__name__}")
 
 
 def new_holder() -> str:
@@ -198,14 +201,12 @@ class Revive:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._http = httpx.Client(
-            base_url=url.rstrip("/") + "/api/v1", headers=_headers(api_key), timeout=timeout, transport=transport
-        )
-        self._heartbeats = _Heartbeats(lambda beat: _answer(self._http.request(beat.method, beat.path, json=beat.json)))
+        self._wire = wire_for(url.rstrip("/") + "/api/v1", _headers(api_key), timeout, transport)
+        self._heartbeats = _Heartbeats(lambda beat: _answer(*self._wire.send(beat.method, beat.path, beat.json)))
 
     def close(self) -> None:
         self._heartbeats.close()
-        self._http.close()
+        self._wire.close()
 
     def __enter__(self) -> Revive:
         return self
@@ -225,12 +226,10 @@ class Revive:
         if isinstance(step, Sleep):
             return time.sleep(step.seconds)
         try:
-            response = self._http.request(
-                step.method, step.path, json=step.json, headers=tracecontext.headers_for(trace_id)
-            )
-        except httpx.TransportError as exc:
+            status, content = self._wire.send(step.method, step.path, step.json, tracecontext.headers_for(trace_id))
+        except WireError as exc:
             raise _unavailable(exc) from exc
-        return _answer(response)
+        return _answer(status, content)
 
     def _run(self, flow: Flow) -> Any:
         outcome: tuple[Any, BaseException | None] = (None, None)
@@ -387,13 +386,14 @@ class AsyncRevive:
             )
         except httpx.TransportError as exc:
             raise _unavailable(exc) from exc
-        return _answer(response)
+        return _answer(response.status_code, response.content)
 
     async def _heartbeat(self, request: Http, every: float) -> None:
         while True:
             await asyncio.sleep(every)
             try:
-                _answer(await self._http.request(request.method, request.path, json=request.json))
+                response = await self._http.request(request.method, request.path, json=request.json)
+                _answer(response.status_code, response.content)
             except Exception:
                 continue
 
