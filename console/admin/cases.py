@@ -48,7 +48,7 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
         "Case id, run id, connection id, owner e-mail or action key; when nothing matches exactly, "
         "part of a case id, run id, connection id or owner e-mail (3 characters or more)."
     )
-    list_per_page = 100
+    list_per_page = 50
     list_max_show_all = 1000
     show_full_result_count = False
     paginator = EstimatedCountPaginator
