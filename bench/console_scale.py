@@ -99,7 +99,10 @@ def pages(cases: int) -> list[tuple[str, str]]:
 
     from cases.models import Action, RecoveryCase
 
+    from console.admin.cases import RecoveryCaseAdmin
+
     mid = f"{cases // 2:06d}"
+    deep = max(cases // 2 // RecoveryCaseAdmin.list_per_page, 1)
     case_pk = RecoveryCase.objects.get(reference=f"CASERV-{mid}").pk
     action = Action.objects.filter(run_id=f"run_{cases // 2}").order_by("pk").first()
     return [
@@ -108,7 +111,7 @@ def pages(cases: int) -> list[tuple[str, str]]:
         ("cases: open", "/admin/cases/recoverycase/?state=open"),
         ("cases: tenant filter", "/admin/cases/recoverycase/?tenant=tid-7"),
         ("cases: tenant + age", "/admin/cases/recoverycase/?tenant=tid-7&age=older"),
-        (f"cases: page {cases // 200}", f"/admin/cases/recoverycase/?p={cases // 200}"),
+        (f"cases: page {deep}", f"/admin/cases/recoverycase/?p={deep}"),  # half-way down the list
         ("cases: search case id", f"/admin/cases/recoverycase/?q=CASERV-{mid}"),
         ("cases: search run id", f"/admin/cases/recoverycase/?q=run_{cases // 2}"),
         ("cases: search owner e-mail", "/admin/cases/recoverycase/?q=OWNER7@example.com"),
