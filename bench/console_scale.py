@@ -98,7 +98,6 @@ def pages(cases: int) -> list[tuple[str, str]]:
     from django.contrib.admin.utils import quote
 
     from cases.models import Action, RecoveryCase
-
     from console.admin.cases import RecoveryCaseAdmin
 
     mid = f"{cases // 2:06d}"
