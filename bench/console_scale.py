@@ -32,16 +32,18 @@ TENANTS = 50
 SEED = [
     # connections and their first generation
     """INSERT INTO cases_connection (id, provider, display_name, owner_email, owner_name, provider_subject, provider_tenant,
-                                     provider_issuer, provider_org, current_generation, created_at, updated_at)
+                                     provider_issuer, provider_org, current_generation, created_at, updated_at, namespace_id,
+                                     broker_account, broker_check_failures, broker_connection, broker_integration, upstream_provider)
        SELECT 'conn_' || i, 'entra', '', 'owner' || i || '@example.com', '', 'oid-' || i, 'tid-' || (i % {tenants}), '', '',
-              1 + ({cases} / {connections}), now(), now()
+              1 + ({cases} / {connections}), now(), now(), 'default', '', 0, '', '', ''
        FROM generate_series(0, {connections} - 1) i""",
     """INSERT INTO cases_credentialgeneration (connection_id, number, state, issued_at)
        SELECT 'conn_' || i, 1, 'issued', now() FROM generate_series(0, {connections} - 1) i""",
     # one run per case, with a checkpoint
-    """INSERT INTO cases_run (id, runtime, runtime_ref, workflow_name, state, created_at, updated_at)
+    """INSERT INTO cases_run (id, runtime, runtime_ref, workflow_name, state, created_at, updated_at, namespace_id,
+                               continuations, resume_claimed_by)
        SELECT 'run_' || i, 'langgraph', jsonb_build_object('thread_id', 'run_' || i), 'Nightly executive briefing',
-              CASE WHEN i % 50 = 0 THEN 'parked' ELSE 'completed' END, now(), now()
+              CASE WHEN i % 50 = 0 THEN 'parked' ELSE 'completed' END, now(), now(), 'default', 0, ''
        FROM generate_series(0, {cases} - 1) i""",
     """INSERT INTO cases_checkpoint (run_id, checkpoint_id, label, runtime_ref, created_at)
        SELECT 'run_' || i, '05', '05 / prepare brief', '{{}}', now() FROM generate_series(0, {cases} - 1) i""",
@@ -56,22 +58,22 @@ SEED = [
     # the cases: one per (connection, generation); most closed, some open in every state
     """INSERT INTO cases_recoverycase (reference, connection_id, rejected_generation, resumed_generation, failure_class, provider,
                                        provider_code, provider_message, provider_error, owner_required, state, run_id, checkpoint_id,
-                                       action_id, opened_at, state_changed_at, closed_at)
+                                       action_id, opened_at, state_changed_at, closed_at, namespace_id)
        SELECT 'CASERV-' || lpad(i::text, 6, '0'), 'conn_' || (i % {connections}), 1 + i / {connections}, NULL, 'dead_grant', 'entra',
               'AADSTS700082', 'The refresh token has expired.', '{{}}', true,
               (ARRAY['closed','closed','closed','closed','resumed','abandoned','opened','awaiting_owner','reauthorized',
                      'awaiting_approval','resume_failed','resuming'])[1 + i % 12],
-              'run_' || i, NULL, NULL, now() - (i || ' minutes')::interval, now(), NULL
+              'run_' || i, NULL, NULL, now() - (i || ' minutes')::interval, now(), NULL, 'default'
        FROM generate_series(0, {cases} - 1) i""",
-    """INSERT INTO cases_caserun (case_id, run_id, checkpoint_id, action_id, joined_at, resumed_at)
-       SELECT c.id, c.run_id, NULL, NULL, c.opened_at, CASE WHEN c.state IN ('closed', 'resumed') THEN now() END
+    """INSERT INTO cases_caserun (case_id, run_id, checkpoint_id, action_id, joined_at, resumed_at, resume_attempts)
+       SELECT c.id, c.run_id, NULL, NULL, c.opened_at, CASE WHEN c.state IN ('closed', 'resumed') THEN now() END, 0
        FROM cases_recoverycase c""",
     # the audit log: one event per ledger row
     """INSERT INTO audit_auditevent (occurred_at, actor, action, entity_type, entity_id, case_id, case_reference, run_id, connection_id,
-                                     before, after, arguments, outcome)
+                                     before, after, arguments, outcome, trace_id)
        SELECT now() - (n || ' seconds')::interval, 'worker:fleet-' || (n % 7), 'action.committed', 'action',
               'run_' || (n % {cases}) || '/send_exec_' || (n / {cases}), NULL, '', 'run_' || (n % {cases}),
-              'conn_' || ((n % {cases}) % {connections}), '{{"state": "executing"}}', '{{"state": "committed"}}', '{{}}', 'ok'
+              'conn_' || ((n % {cases}) % {connections}), '{{"state": "executing"}}', '{{"state": "committed"}}', '{{}}', 'ok', ''
        FROM generate_series(0, {ledger} - 1) n""",
 ]
 
@@ -96,8 +98,10 @@ def pages(cases: int) -> list[tuple[str, str]]:
     from django.contrib.admin.utils import quote
 
     from cases.models import Action, RecoveryCase
+    from console.admin.cases import RecoveryCaseAdmin
 
     mid = f"{cases // 2:06d}"
+    deep = max(cases // 2 // RecoveryCaseAdmin.list_per_page, 1)
     case_pk = RecoveryCase.objects.get(reference=f"CASERV-{mid}").pk
     action = Action.objects.filter(run_id=f"run_{cases // 2}").order_by("pk").first()
     return [
@@ -106,7 +110,7 @@ def pages(cases: int) -> list[tuple[str, str]]:
         ("cases: open", "/admin/cases/recoverycase/?state=open"),
         ("cases: tenant filter", "/admin/cases/recoverycase/?tenant=tid-7"),
         ("cases: tenant + age", "/admin/cases/recoverycase/?tenant=tid-7&age=older"),
-        (f"cases: page {cases // 200}", f"/admin/cases/recoverycase/?p={cases // 200}"),
+        (f"cases: page {deep}", f"/admin/cases/recoverycase/?p={deep}"),  # half-way down the list
         ("cases: search case id", f"/admin/cases/recoverycase/?q=CASERV-{mid}"),
         ("cases: search run id", f"/admin/cases/recoverycase/?q=run_{cases // 2}"),
         ("cases: search owner e-mail", "/admin/cases/recoverycase/?q=OWNER7@example.com"),

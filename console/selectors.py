@@ -87,19 +87,24 @@ PARTIAL_SEARCH_MIN = 3  # characters: a shorter term that matches nothing exactl
 
 
 def console_case_search(queryset, term: str):
-    """Cases matching ``term`` exactly -- or, when nothing does, partly (``_console_case_search_partial``): case id, run id (the case's first run or any run it blocks), connection id,
-    owner e-mail (case-insensitive; a pass over the connections, which are far fewer than cases), or the key of
-    the case's failed action or of any action of its runs.
+    """Cases matching ``term`` exactly -- or, when nothing does, partly (``_console_case_search_partial``): case id,
+    run id (the case's first run or any run it blocks), connection id, owner e-mail (case-insensitive; a pass over
+    the connections, which are far fewer than cases), or the key of the case's failed action or of any action of
+    its runs.
 
     The matching case ids are collected first by one UNION ALL of index lookups; up to ``SEARCH_DIRECT_LIMIT`` of
-    them, the list is filtered by primary key. A broader match (a common action key) filters by the same
-    lookups as subqueries instead, where the urgency-ordered walk finds a page of matches early.
+    them, the list is filtered by primary key. A broader match (an action key more than ``SEARCH_DIRECT_LIMIT``
+    actions share: one probe of its index says so, before any lookup collects them) walks the list in its own
+    order instead and tests each case (``_console_case_search_walk``): a page of matches is found early.
     """
     term = term.strip()[:200]
     if not term:
         return queryset
-    connections = Connection.objects.filter(Q(pk=term) | Q(owner_email__iexact=term)).values("pk")
     actions = Action.objects.filter(action_key=term)
+    broad_key = actions.order_by().values_list("pk")[SEARCH_DIRECT_LIMIT : SEARCH_DIRECT_LIMIT + 1]
+    if list(broad_key):
+        return _console_case_search_walk(queryset, term)
+    connections = Connection.objects.filter(Q(pk=term) | Q(owner_email__iexact=term)).values("pk")
     lookups = [
         RecoveryCase.objects.filter(reference=term.upper()).values_list("pk"),
         RecoveryCase.objects.filter(run_id=term).values_list("pk"),
@@ -114,13 +119,27 @@ def console_case_search(queryset, term: str):
         return _console_case_search_partial(queryset, term)
     if len(found) <= SEARCH_DIRECT_LIMIT:
         return queryset.filter(pk__in=sorted(set(found)))
-    return queryset.filter(
+    return _console_case_search_walk(queryset, term)
+
+
+def _console_case_search_walk(queryset, term: str):
+    """The cases matching ``term`` exactly (``console_case_search``), as a filter tested case by case while the
+    list is walked in its order. The run and action tests are correlated scalar subqueries, each an index probe
+    from the case (its runs, then the ledger's unique (run, action key)): an ``IN``/``EXISTS`` there would let
+    PostgreSQL hash every match first -- 100,000 actions and their runs for a key every run shares."""
+    connections = Connection.objects.filter(Q(pk=term) | Q(owner_email__iexact=term)).values("pk")
+    blocked_run = CaseRun.objects.filter(case=OuterRef("pk"), run_id=term).values("pk")[:1]
+    run_action = Action.objects.filter(run__case_runs__case=OuterRef("pk"), action_key=term).values("pk")[:1]
+    return queryset.alias(
+        search_blocked_run=Subquery(blocked_run, output_field=BigIntegerField()),
+        search_run_action=Subquery(run_action, output_field=BigIntegerField()),
+    ).filter(
         Q(reference=term.upper())
         | Q(run_id=term)
         | Q(connection_id__in=connections)
-        | Q(action_id__in=actions.values("pk"))
-        | Q(pk__in=CaseRun.objects.filter(run_id=term).values("case_id"))
-        | Q(pk__in=CaseRun.objects.filter(run_id__in=actions.values("run_id")).values("case_id"))
+        | Q(action__action_key=term)
+        | Q(search_blocked_run__isnull=False)
+        | Q(search_run_action__isnull=False)
     )
 
 
@@ -271,7 +290,7 @@ def console_dashboard(*, now=None, namespaces: list[str] | None = None) -> dict[
     grid: dict[str, dict[str, int]] = {}
     providers: set[str] = set()
     for state, provider, n in (
-        cases.filter(state__in=OPEN_CASE_STATES).order_by().values_list("state", "provider").annotate(n=Count("pk"))
+        cases.filter(state__in=OPEN_CASE_STATES).order_by().values_list("state", "provider").annotate(n=Count("*"))
     ):
         grid.setdefault(state, {})[provider] = n
         providers.add(provider)

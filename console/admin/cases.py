@@ -48,7 +48,9 @@ class RecoveryCaseAdmin(CaseOperateMixin, PlainActionCheckboxMixin, ReadOnlyAdmi
         "Case id, run id, connection id, owner e-mail or action key; when nothing matches exactly, "
         "part of a case id, run id, connection id or owner e-mail (3 characters or more)."
     )
-    list_per_page = 100
+    # 50 rows: a row's cells cost the admin's templates about as much as the rest of the page together (a 100-row
+    # page took twice a 50-row one on the console benchmark); the most urgent cases come first anyway.
+    list_per_page = 50
     list_max_show_all = 1000
     show_full_result_count = False
     paginator = EstimatedCountPaginator
