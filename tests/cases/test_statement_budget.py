@@ -211,11 +211,9 @@ def test_failing_an_action_opens_a_case_within_budget(make_run, make_connection)
         CaseState.AWAITING_OWNER,
     )
     own = own_transaction(trace)
-    if len(own) > 12:
-        pytest.xfail(
-            f"fail opening a case: {len(own)} statements, budget 12 (issue 12, part 3; after the pipeline lands)\n"
-            + "\n".join(f"  {s[:140]}" for s in own)
-        )
+    assert len(own) <= 12, f"fail opening a case: {len(own)} statements, budget 12\n" + "\n".join(
+        f"  {s[:140]}" for s in own
+    )
 
 
 def test_reconnect_completion_within_budget(make_run, make_connection):
@@ -241,11 +239,9 @@ def test_reconnect_completion_within_budget(make_run, make_connection):
     # The reconnect's own transaction; what its on-commit hook then starts (reconcile, resume) is counted elsewhere.
     own = own_transaction(trace)
     assert RecoveryCase.objects.get().resumed_generation == 2
-    if len(own) > 12:
-        pytest.xfail(
-            f"reconnect completion: {len(own)} statements, budget 12 (issue 12, part 3; after the pipeline lands)\n"
-            + "\n".join(f"  {s[:140]}" for s in own)
-        )
+    assert len(own) <= 12, f"reconnect completion: {len(own)} statements, budget 12\n" + "\n".join(
+        f"  {s[:140]}" for s in own
+    )
 
 
 def test_releasing_runs_costs_the_same_whatever_their_number(make_run, make_connection):
