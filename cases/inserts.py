@@ -18,7 +18,8 @@ def insert_unless_conflict(obj: Model, *, conflict_target: Sequence[str] = ()) -
     """Insert ``obj`` unless a unique index (of ``conflict_target``'s fields, or any) already holds its key.
 
     Answers whether it was inserted; if so, its primary key and the other columns the database fills on insert
-    (``db_returning``) are set on it, as ``save`` would.
+    (``db_returning``) are set on it, as ``save`` would. Every other column is written from ``obj`` (a model with a
+    ``db_default`` or a generated field is not one to use it on).
     """
     meta = obj._meta
     db = connections[router.db_for_write(type(obj))]
