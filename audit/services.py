@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from django.db import transaction
@@ -25,9 +27,13 @@ def audit_record(
     run_id: str = "",
     connection_id: str = "",
 ) -> AuditEvent:
-    """Append one audit event, redacted. Call inside the transaction of the change it records."""
+    """Append one audit event, redacted. Call inside the transaction of the change it records.
+
+    Inside ``audit_batch`` the event is written with the batch's others, in one INSERT at the batch's end (its ``pk``
+    is set then; ``audit_flush`` writes them at once when a caller needs it before).
+    """
     _require_transaction()
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         **_event_fields(
             actor=actor,
             action=action,
@@ -42,14 +48,78 @@ def audit_record(
             connection_id=connection_id,
         )
     )
+    if _batching():
+        _batch.events.append(event)  # type: ignore[union-attr]
+    else:
+        event.save(force_insert=True)
+    return event
 
 
 def audit_record_many(events: list[dict[str, Any]]) -> None:
     """Append several audit events (each with ``audit_record``'s arguments) in one INSERT: a change made to a set of
     rows at once (releasing every run of a case) records one event per row without one round trip per row."""
     _require_transaction()
+    rows = [AuditEvent(**_event_fields(**event)) for event in events]
+    if _batching():
+        _batch.events.extend(rows)  # type: ignore[union-attr]
+    elif rows:
+        AuditEvent.objects.bulk_create(rows)
+
+
+class _Batch(threading.local):
+    events: list[AuditEvent] | None = None
+    depth = 0  # the savepoints open when the batch began
+
+
+_batch = _Batch()
+
+
+def _batching() -> bool:
+    """Whether an event recorded now joins the batch. Not inside a savepoint opened after the batch began: that
+    savepoint may be rolled back and its events with it, so they are written at once, inside it."""
+    if _batch.events is None:
+        return False
+    return not any(sid is not None for sid in transaction.get_connection().savepoint_ids[_batch.depth :])
+
+
+@contextlib.contextmanager
+def audit_batch() -> Iterator[None]:
+    """Write the audit events recorded inside the block in one INSERT when it ends, in the order they were recorded.
+
+    Open it inside the transaction whose changes it records: the events then commit with them, or are dropped with
+    them when the block raises. Nested, it joins the outer batch. An event recorded inside a savepoint opened within
+    the block is written at once (it goes if the savepoint is rolled back). Code inside the block that reads
+    ``AuditEvent`` rows, or needs an event's ``pk``, calls ``audit_flush`` first.
+    """
+    if _batch.events is not None:
+        yield
+        return
+    _require_transaction()
+    _batch.events, _batch.depth = [], len(transaction.get_connection().savepoint_ids)
+    try:
+        yield
+        audit_flush()
+    finally:
+        _batch.events = None
+
+
+def audit_flush() -> None:
+    """Write the events the current ``audit_batch`` holds (nothing outside a batch)."""
+    events = _batch.events
     if events:
-        AuditEvent.objects.bulk_create([AuditEvent(**_event_fields(**event)) for event in events])
+        AuditEvent.objects.bulk_create(events)
+        events.clear()
+
+
+def audit_batched(fn: F) -> F:
+    """``audit_batch`` around a service that runs in a transaction (put it below ``@transaction.atomic``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with audit_batch():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _require_transaction() -> None:

@@ -43,6 +43,15 @@ class Trace:
 _QUOTED = re.compile(r'"((?:[^"]|"")*)"')
 
 
+def _text(field: str) -> str:
+    """A statement's text as libpq's trace prints it: between the first and the last double quote, unescaped (a
+    Parse message's parameter types follow it, unquoted)."""
+    body = field.strip()
+    if body.startswith('"') and '"' in body[1:]:
+        return body[1 : body.rindex('"')]
+    return body
+
+
 def _parse(text: str, trace: Trace) -> None:
     prepared: dict[str, str] = {}  # statement name -> text (extended protocol)
     bound = ""
@@ -52,12 +61,11 @@ def _parse(text: str, trace: Trace) -> None:
             continue
         side, _, message, rest = parts
         if side == "F" and message == "Query":
-            found = _QUOTED.search(rest)
-            trace.statements.append(found.group(1) if found else rest.strip())
+            trace.statements.append(_text(rest))
         elif side == "F" and message == "Parse":
-            quoted = _QUOTED.findall(rest)
-            if len(quoted) >= 2:
-                prepared[quoted[0]] = quoted[1]
+            name = _QUOTED.search(rest)  # a statement's name has no quote in it; its text may (quoted identifiers)
+            if name:
+                prepared[name.group(1)] = _text(rest[name.end() :])
         elif side == "F" and message == "Bind":
             quoted = _QUOTED.findall(rest)
             bound = prepared.get(quoted[1], "(prepared statement)") if len(quoted) >= 2 else "(prepared statement)"

@@ -387,10 +387,22 @@ RELEASED_CASE_STATES = (CaseState.RESUMING, CaseState.RESUME_FAILED)
 OPEN_CASE_STATES = BLOCKING_CASE_STATES + (CaseState.RESUME_FAILED, CaseState.RESUMING)
 
 
+class ReturnedCharField(models.CharField):
+    """A column the database may fill on INSERT (a trigger): Django reads it back in the INSERT's ``RETURNING``."""
+
+    @property
+    def db_returning(self) -> bool:
+        from django.db import connection
+
+        return connection.features.can_return_columns_from_insert
+
+
 class RecoveryCase(models.Model):
     """Joins the rejected generation, the runs it blocks, their checkpoint and failed action."""
 
-    reference = models.CharField(max_length=32, unique=True, null=True, blank=True)
+    # ``CASERV-0001`` from the id. On PostgreSQL a trigger writes it in the INSERT (migration 0017) and the INSERT
+    # returns it; elsewhere ``_case_open`` writes it after.
+    reference = ReturnedCharField(max_length=32, unique=True, null=True, blank=True)
     namespace = _namespace_fk("cases")
     # Indexed with the case's age (``case_connection_opened_idx``), which serves every lookup by connection too.
     connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="cases", db_index=False)

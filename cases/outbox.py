@@ -30,12 +30,13 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from audit.services import audit_record
 
+from .inserts import insert_unless_conflict
 from .models import OutboxItem, RecoveryCase
 
 log = logging.getLogger(__name__)
@@ -125,19 +126,13 @@ def outbox_put(
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("outbox_put must run inside the transaction that owes the step")
     _kind(kind)  # fail loudly on a kind nobody handles, before anything is owed
-    key = _stored_key(key)
-    existing = OutboxItem.objects.filter(key=key).first()
-    if existing is not None:
-        return existing
-    try:
-        with transaction.atomic():
-            item = _new_item(kind=kind, key=key, payload=payload, case=case, run_id=run_id)
-            if delay > 0:
-                item.not_before = timezone.now() + timedelta(seconds=delay)
-                item.due_at += timedelta(seconds=delay)
-            item.save(force_insert=True)
-    except IntegrityError:  # a concurrent transaction owes the same step and committed first
-        return OutboxItem.objects.get(key=key)
+    item = _new_item(kind=kind, key=_stored_key(key), payload=payload, case=case, run_id=run_id)
+    if delay > 0:
+        item.not_before = timezone.now() + timedelta(seconds=delay)
+        item.due_at += timedelta(seconds=delay)
+    # One statement: no read first, no savepoint.
+    if not insert_unless_conflict(item, conflict_target=["key"]):  # owed already (a concurrent transaction's too)
+        return OutboxItem.objects.get(key=item.key)
     _dispatch_after_commit([item.pk], delay if delay > 0 else None)
     return item
 

@@ -78,14 +78,16 @@ WATCH_ACTOR = "system:watchdog"
 # --------------------------------------------------------------------------- 1. the hand-over
 
 
-def recovery_reauthorized(*, case_id: str | int, actor: str, evidence: dict[str, Any] | None = None) -> RecoveryCase:
+def recovery_reauthorized(
+    *, case_id: str | int, actor: str, evidence: dict[str, Any] | None = None, locked: RecoveryCase | None = None
+) -> RecoveryCase:
     """The owner reconnected with the same identity: advance the generation and owe the rest of the recovery.
 
     ``reauth``'s one call into the pipeline. Runs in the caller's transaction (the reconnect's, holding the case
-    lock); repeating it returns the case unchanged and owes nothing twice.
+    lock; ``locked`` is that case, not read again); repeating it returns the case unchanged and owes nothing twice.
     """
-    with transaction.atomic():
-        case = services.case_reauthorize(case_id=case_id, actor=actor, evidence=evidence)
+    with transaction.atomic(savepoint=False):
+        case = services.case_reauthorize(case_id=case_id, actor=actor, evidence=evidence, locked=locked)
         if case.state == CaseState.REAUTHORIZED:
             services.case_reconcile_owe(case=case)
     return case

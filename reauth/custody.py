@@ -104,10 +104,19 @@ class DatabaseCustody:
             "scope": grant.scope,
         }
         ciphertext = self._fernet().encrypt(json.dumps(payload).encode()).decode()
-        row, _ = CustodyGrant.objects.update_or_create(
-            connection_id=connection_id,
-            generation=generation,
-            defaults={"ciphertext": ciphertext, "expires_at": grant.expires_at},
+        # Stored (or replaced) in one statement, then the older generations' grants go.
+        (row,) = CustodyGrant.objects.bulk_create(
+            [
+                CustodyGrant(
+                    connection_id=connection_id,
+                    generation=generation,
+                    ciphertext=ciphertext,
+                    expires_at=grant.expires_at,
+                )
+            ],
+            update_conflicts=True,
+            unique_fields=["connection", "generation"],
+            update_fields=["ciphertext", "expires_at", "stored_at"],
         )
         CustodyGrant.objects.filter(connection_id=connection_id, generation__lt=generation).delete()
         return f"database:{row.pk}"

@@ -27,9 +27,13 @@ from .errors import NotificationDeliveryFailed
 
 
 @receiver(signals.case_opened, sender=RecoveryCase, dispatch_uid="reauth.case_opened")
-@receiver(signals.case_needs_owner, sender=RecoveryCase, dispatch_uid="reauth.case_needs_owner")
 def _case_opened(sender, *, case: RecoveryCase, actor: str, **kwargs) -> None:
-    services.reconnect_request_create(case=case, actor=actor)  # None when the case needs no owner
+    services.reconnect_request_create(case=case, actor=actor, new_case=True)  # None when the case needs no owner
+
+
+@receiver(signals.case_needs_owner, sender=RecoveryCase, dispatch_uid="reauth.case_needs_owner")
+def _case_needs_owner(sender, *, case: RecoveryCase, actor: str, **kwargs) -> None:
+    services.reconnect_request_create(case=case, actor=actor)
 
 
 @receiver(signals.case_abandoned, sender=RecoveryCase, dispatch_uid="reauth.case_abandoned")

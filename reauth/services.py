@@ -28,7 +28,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.services import audit_batch, audit_flush, audit_record
 from cases.errors import CaseTransitionNotAllowed, LeaseFenced
 from cases.models import CaseState, Connection, RecoveryCase
 from cases.outbox import outbox_put
@@ -144,13 +144,20 @@ def _locate(*, public_id: UUID | str) -> RequestRow:
 
 
 def _settle(
-    req: ReconnectRequest, *, case: RecoveryCase, actor: str, now=None, issued: bool = True
+    req: ReconnectRequest,
+    *,
+    case: RecoveryCase,
+    actor: str,
+    now=None,
+    issued: bool = True,
+    generation: int | None = None,
 ) -> ReconnectError | None:
     """Bring a locked request up to date with the clock and its case; return what stops it, if anything.
 
     A request whose case no longer waits for the owner (or whose generation
     has moved on) is revoked; an issued request past its expiry expires. Both
     are recorded, so the caller commits before it raises the returned error.
+    ``generation``: the connection's current generation, when the caller has read it (read here otherwise).
     """
     now = now or timezone.now()
     terminal: dict[str, type[ReconnectError]] = {
@@ -161,7 +168,10 @@ def _settle(
     }
     if req.state in terminal:
         return terminal[req.state](data={"request": str(req.public_id)})
-    generation = Connection.objects.filter(pk=req.connection_id).values_list("current_generation", flat=True).first()
+    if generation is None:
+        generation = (
+            Connection.objects.filter(pk=req.connection_id).values_list("current_generation", flat=True).first()
+        )
     if case.state not in WAITING_STATES or generation != req.rejected_generation:
         _move(
             req,
@@ -194,27 +204,27 @@ def _enqueue_notification(req: ReconnectRequest) -> None:
 # --------------------------------------------------------------------------- create, resend, revoke
 
 
-@transaction.atomic
-def reconnect_request_create(*, case: RecoveryCase, actor: str) -> ReconnectRequest | None:
+@transaction.atomic(savepoint=False)
+def reconnect_request_create(*, case: RecoveryCase, actor: str, new_case: bool = False) -> ReconnectRequest | None:
     """Create the owner's reconnect request for a case that needs the owner; repeating it returns the active one.
 
-    Runs inside the transaction that opens the case; the owner is notified once it commits.
+    Runs inside the transaction that opens the case; the owner is notified once it commits. ``new_case``: the case
+    was inserted in this transaction, so no request can exist for it yet and no other transaction can see it to
+    create one -- the request is simply inserted.
     """
     if not case.owner_required:
         return None
-    existing = ReconnectRequest.objects.filter(case=case, state=ReconnectRequest.State.ACTIVE).first()
-    if existing is not None:
-        return existing
-    try:
-        with transaction.atomic():
-            req = ReconnectRequest.objects.create(
-                case=case,
-                connection_id=case.connection_id,
-                rejected_generation=case.rejected_generation,
-                created_by=actor[:200],
-            )
-    except IntegrityError:  # a concurrent creator won: the partial unique index allows one active request per case
-        return ReconnectRequest.objects.get(case=case, state=ReconnectRequest.State.ACTIVE)
+    if new_case:
+        req = _request_new(case=case, actor=actor)
+    else:
+        existing = ReconnectRequest.objects.filter(case=case, state=ReconnectRequest.State.ACTIVE).first()
+        if existing is not None:
+            return existing
+        try:
+            with transaction.atomic():
+                req = _request_new(case=case, actor=actor)
+        except IntegrityError:  # a concurrent creator won: the partial unique index allows one active request per case
+            return ReconnectRequest.objects.get(case=case, state=ReconnectRequest.State.ACTIVE)
     _audit(
         req,
         case=case,
@@ -225,6 +235,15 @@ def reconnect_request_create(*, case: RecoveryCase, actor: str) -> ReconnectRequ
     )
     _enqueue_notification(req)
     return req
+
+
+def _request_new(*, case: RecoveryCase, actor: str) -> ReconnectRequest:
+    return ReconnectRequest.objects.create(
+        case=case,
+        connection_id=case.connection_id,
+        rejected_generation=case.rejected_generation,
+        created_by=actor[:200],
+    )
 
 
 @transaction.atomic
@@ -401,19 +420,18 @@ def reconnect_request_complete(
     identities, no token); the request stays usable until
     ``REVIVE_RECONNECT_MAX_REFUSALS`` refusals lock it.
     """
-    row = _locate(public_id=public_id)
     problem: ReconnectError | None = None
     try:
-        with transaction.atomic():
-            case = case_lock(row["case_id"])
-            req = _lock(row["pk"])
-            problem = _settle(req, case=case, actor=actor)
+        with transaction.atomic(), audit_batch():
+            case, req = _lock_case_and_request(public_id=public_id)
+            problem = _settle(req, case=case, actor=actor, generation=case.connection.current_generation)
             if problem is None:
                 result = _complete_locked(
                     req=req, case=case, presented=presented, grant=grant, actor=actor, proof=proof or {}
                 )
     except (CaseTransitionNotAllowed, LeaseFenced):
         # The case or the generation moved between our read and case_reauthorize: the link no longer applies.
+        row = _locate(public_id=public_id)
         with transaction.atomic():
             case = case_lock(row["case_id"])
             req = _lock(row["pk"])
@@ -421,6 +439,23 @@ def reconnect_request_complete(
     if problem is not None:
         raise problem
     return result
+
+
+def _lock_case_and_request(*, public_id: UUID | str) -> tuple[RecoveryCase, ReconnectRequest]:
+    """Lock the request's case (read with its connection, which stays unlocked), then the request: the lock order of
+    every write here, in two statements."""
+    try:
+        case = (
+            RecoveryCase.objects.select_related("connection")
+            .select_for_update(no_key=True, of=("self",))
+            .filter(reconnect_requests__public_id=public_id)
+            .first()
+        )
+    except (ValueError, TypeError):  # a malformed UUID
+        case = None
+    if case is None:
+        raise ReconnectLinkInvalid()
+    return case, ReconnectRequest.objects.select_for_update(no_key=True).get(public_id=public_id)
 
 
 def _complete_locked(
@@ -432,7 +467,7 @@ def _complete_locked(
     actor: str,
     proof: dict[str, Any],
 ) -> Completion:
-    conn = Connection.objects.get(pk=req.connection_id)
+    conn = case.connection  # read with the case's lock; the advance below locks it
     expected = expected_identity(conn)
     verdict = compare(rule=rule_for(conn.identity_provider), expected=expected, presented=presented)
     if not verdict.matches:
@@ -465,6 +500,7 @@ def _complete_locked(
                 locked_at=timezone.now(),
                 arguments={"refusals": req.refusals},
             )
+        audit_flush()  # the refusal's event id is answered
         return Completion(
             public_id=str(req.public_id),
             consumed=False,
@@ -487,6 +523,7 @@ def _complete_locked(
     # in this transaction.
     case = recovery_reauthorized(
         case_id=case.pk,
+        locked=case,
         actor=actor,
         evidence={"reconnect_request": str(req.public_id), "identity": presented.evidence(), "rule": verdict.rule},
     )

@@ -4,8 +4,9 @@ Each public function here is one transaction. Locks are always taken in the
 same order -- connection, then run, then action, then case run, then case --
 so concurrent callers queue instead of deadlocking. A connection row is locked ``FOR SHARE``
 by writers that only need its generation to stay put (``action_begin``,
-``action_commit``) and ``FOR UPDATE`` by writers that change what a generation
-means (rejecting it, advancing it), so a begin can never interleave with the
+``action_commit``) and exclusively by writers that change what a generation
+means -- ``FOR UPDATE`` to reject it, the ``UPDATE`` of ``current_generation`` itself
+to advance it (``lease_advance``) -- so a begin can never interleave with the
 generation moving underneath it.
 
 The services live in modules by subject -- ``api_keys``; ``connections`` and their leases; ``runs`` and their

@@ -28,7 +28,7 @@ from ..models import (
 from ..transitions import CASE_TRANSITIONS
 from .approvals import case_resume_approval
 from .common import _case_connection_id, _lock_case_runs_then_case, _lock_connection, case_lock
-from .connections import lease_advance
+from .connections import _lease_advance
 from .owed import run_continue_owe, run_resume_owe_many
 
 # The four live transitions of the incident record.
@@ -75,27 +75,47 @@ def case_transition(
     return case
 
 
+def _superseded_case_runs(*, run_id: Any, connection_id: str, generation: int):
+    """The run's places in released cases of the connection that a case for ``generation`` takes over: their new
+    generation was rejected in turn (``_case_join``)."""
+    return CaseRun.objects.filter(
+        run_id=run_id,
+        resumed_at__isnull=True,
+        case__state__in=RELEASED_CASE_STATES,
+        case__connection_id=connection_id,
+        case__resumed_generation__lte=generation,
+    )
+
+
 def _case_join(
-    *, case: RecoveryCase, run: Run, checkpoint: Checkpoint | None, action: Action | None, actor: str
+    *,
+    case: RecoveryCase,
+    run: Run,
+    checkpoint: Checkpoint | None,
+    action: Action | None,
+    actor: str,
+    superseded: bool = True,
 ) -> None:
     """Block ``run`` on ``case``. A released case of the same connection whose new generation was rejected in turn
-    is over for this run: the run did come back with it, and this case takes over (so the older one can finish)."""
-    superseded = list(
-        CaseRun.objects.filter(
-            run=run,
-            resumed_at__isnull=True,
-            case__state__in=RELEASED_CASE_STATES,
-            case__connection_id=case.connection_id,
-            case__resumed_generation__lte=case.rejected_generation,
-        ).values_list("pk", "case_id")
+    is over for this run: the run did come back with it, and this case takes over (so the older one can finish).
+
+    ``superseded=False``: the caller has just read that there is no such case (``_superseded_case_runs``)."""
+    superseded_rows = (
+        list(
+            _superseded_case_runs(
+                run_id=run.pk, connection_id=case.connection_id, generation=case.rejected_generation
+            ).values_list("pk", "case_id")
+        )
+        if superseded
+        else []
     )
     CaseRun.objects.create(case=case, run=run, checkpoint=checkpoint, action=action)
     if case.run_id is None:  # a case opened before any run hit it (a broker's signal): the first run to join is its run
         RecoveryCase.objects.filter(pk=case.pk, run__isnull=True).update(run=run, checkpoint=checkpoint, action=action)
         case.run, case.checkpoint, case.action = run, checkpoint, action
-    if superseded:
-        CaseRun.objects.filter(pk__in=[pk for pk, _ in superseded]).update(resumed_at=timezone.now())
-        for case_pk in sorted({c for _, c in superseded}):
+    if superseded_rows:
+        CaseRun.objects.filter(pk__in=[pk for pk, _ in superseded_rows]).update(resumed_at=timezone.now())
+        for case_pk in sorted({c for _, c in superseded_rows}):
             older = case_lock(case_pk)
             audit_record(
                 actor=actor,
@@ -163,15 +183,28 @@ def case_await_owner(*, case_id: str | int, actor: str) -> RecoveryCase:
     return case_transition(case, to=CaseState.AWAITING_OWNER, actor=actor)
 
 
-@transaction.atomic
-def case_reauthorize(*, case_id: str | int, actor: str, evidence: dict[str, Any] | None = None) -> RecoveryCase:
+def case_reauthorize(
+    *, case_id: str | int, actor: str, evidence: dict[str, Any] | None = None, locked: RecoveryCase | None = None
+) -> RecoveryCase:
     """Access is restored for the case's connection: advance the generation by one and mark the case reauthorized.
 
     Repeating it after it succeeded returns the case unchanged. The connection is locked
     before the case, in the package's lock order (``cases.services``).
+
+    ``locked``: the case, whose row lock the caller's transaction already holds (the owner's reconnect locks the
+    case first). It is not read again, the connection's lock is taken by the advance itself (``_lease_advance``),
+    and no savepoint is opened: the caller's transaction is the unit that commits or rolls back.
     """
-    _lock_connection(_case_connection_id(case_id), exclusive=True)
-    case = case_lock(case_id)
+    if locked is not None:
+        if not transaction.get_connection().in_atomic_block:
+            raise RuntimeError("case_reauthorize(locked=...) runs in the transaction holding the case's lock")
+        return _case_reauthorize(locked, actor=actor, evidence=evidence)
+    with transaction.atomic():
+        _lock_connection(_case_connection_id(case_id), exclusive=True)
+        return _case_reauthorize(case_lock(case_id), actor=actor, evidence=evidence)
+
+
+def _case_reauthorize(case: RecoveryCase, *, actor: str, evidence: dict[str, Any] | None) -> RecoveryCase:
     if case.state == CaseState.REAUTHORIZED or (
         case.resumed_generation
         and case.state
@@ -187,7 +220,7 @@ def case_reauthorize(*, case_id: str | int, actor: str, evidence: dict[str, Any]
         arguments=evidence or {},
         resumed_generation=case.rejected_generation + 1,
     )
-    lease_advance(connection_id=case.connection_id, from_generation=case.rejected_generation, actor=actor, case=case)
+    _lease_advance(connection_id=case.connection_id, from_generation=case.rejected_generation, actor=actor, case=case)
     return case
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from django.db import connection as db
+from django.db.models import QuerySet
 
 from ..errors import CaseNotFound, ConnectionNotFound, GenerationUnknown, RunNotFound
 from ..models import BLOCKING_CASE_STATES, OPEN_CASE_STATES, CaseRun, Connection, RecoveryCase, Run
@@ -69,10 +70,13 @@ def _blocking_case(run: Run) -> RecoveryCase | None:
     )
 
 
+def _open_cases(conn: Connection, generation: int) -> QuerySet[RecoveryCase]:
+    """The open case of a (connection, generation), if any (at most one: ``one_open_case_per_connection_generation``)."""
+    return RecoveryCase.objects.filter(connection=conn, rejected_generation=generation, state__in=OPEN_CASE_STATES)
+
+
 def _open_case_for(conn: Connection, generation: int) -> RecoveryCase | None:
-    return RecoveryCase.objects.filter(
-        connection=conn, rejected_generation=generation, state__in=OPEN_CASE_STATES
-    ).first()
+    return _open_cases(conn, generation).first()
 
 
 def case_lock(case_id: str | int) -> RecoveryCase:

@@ -173,12 +173,24 @@ def lease_acquire(*, connection_id: str) -> Lease:
 def lease_advance(*, connection_id: str, from_generation: int, actor: str, case: RecoveryCase | None = None) -> int:
     """Advance the connection's generation by exactly one; repeating the call for the same ``from_generation`` is a no-op.
 
-    Every worker still holding ``from_generation`` is fenced from this commit on.
+    Every worker still holding ``from_generation`` is fenced from this commit on: the advance is an UPDATE of the
+    connection's row conditioned on ``from_generation``, which holds the row until the commit (a begin's
+    ``FOR SHARE`` waits for it) -- the lock and the check in one statement.
     """
-    conn = _lock_connection(connection_id, exclusive=True)
-    if conn.current_generation != from_generation:
-        if conn.current_generation == from_generation + 1:
-            return conn.current_generation  # already advanced by this same step
+    return _lease_advance(connection_id=connection_id, from_generation=from_generation, actor=actor, case=case)
+
+
+def _lease_advance(*, connection_id: str, from_generation: int, actor: str, case: RecoveryCase | None) -> int:
+    """``lease_advance`` in the caller's transaction (no savepoint of its own)."""
+    now = timezone.now()
+    new = from_generation + 1
+    advanced = Connection.objects.filter(pk=connection_id, current_generation=from_generation).update(
+        current_generation=new, updated_at=now
+    )
+    if not advanced:
+        conn = _lock_connection(connection_id, exclusive=True)
+        if conn.current_generation == new:
+            return new  # already advanced by this same step
         raise LeaseFenced(
             "The generation to advance from is not the current one.",
             data={
@@ -187,19 +199,27 @@ def lease_advance(*, connection_id: str, from_generation: int, actor: str, case:
                 "current_generation": conn.current_generation,
             },
         )
-    now = timezone.now()
-    CredentialGeneration.objects.filter(connection=conn, number=from_generation).update(
-        state=CredentialGeneration.State.SUPERSEDED, superseded_at=now
+    # The old generation superseded and the new one issued, in one statement.
+    CredentialGeneration.objects.bulk_create(
+        [
+            CredentialGeneration(
+                connection_id=connection_id,
+                number=from_generation,
+                state=CredentialGeneration.State.SUPERSEDED,
+                superseded_at=now,
+            ),
+            CredentialGeneration(connection_id=connection_id, number=new),
+        ],
+        update_conflicts=True,
+        unique_fields=["connection", "number"],
+        update_fields=["state", "superseded_at"],
     )
-    new = from_generation + 1
-    CredentialGeneration.objects.create(connection=conn, number=new)
-    Connection.objects.filter(pk=conn.pk).update(current_generation=new, updated_at=now)
     audit_record(
         actor=actor,
         action="lease.advanced",
         entity_type="connection",
-        entity_id=conn.pk,
-        connection_id=conn.pk,
+        entity_id=connection_id,
+        connection_id=connection_id,
         case=case,
         before={"generation": from_generation},
         after={"generation": new},

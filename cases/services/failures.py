@@ -9,17 +9,34 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 
-from audit.services import audit_record, refusals_kept
-from classifier import Classification, FailureClass, classify
+from audit.services import audit_batched, audit_record, refusals_kept
+from classifier import Classification, FailureClass, Provider, classify
 
 from .. import signals
 from ..errors import ConnectionNotFound
+from ..inserts import insert_unless_conflict
 from ..models import Action, CaseRun, CaseState, Checkpoint, Connection, CredentialGeneration, RecoveryCase, Run
-from .cases import _case_join, case_transition
-from .common import _case_connection_id, _check_generation, _get_run, _lock_connection, _open_case_for, case_lock
-from .ledger import _action_connection_id, _action_transition, _audit_fenced, _locked_action, _require_action_move
+from .cases import _case_join, _superseded_case_runs, case_transition
+from .common import (
+    _case_connection_id,
+    _check_generation,
+    _get_run,
+    _lock_connection,
+    _open_case_for,
+    _open_cases,
+    case_lock,
+)
+from .ledger import (
+    _action_connection_id,
+    _action_transition,
+    _audit_fenced,
+    _lock_action_connection,
+    _locked_action,
+    _require_action_move,
+)
 from .owed import case_reconcile_owe
 from .runs import _checkpoint_get_or_create
 
@@ -99,9 +116,12 @@ def _case_open(
     action: Action | None,
     actor: str,
     signal: dict[str, Any] | None = None,
-) -> RecoveryCase:
+) -> RecoveryCase | None:
+    """Open the case of a rejected (connection, generation); ``None`` when another transaction opened (or reopened)
+    one first: the partial unique index ``one_open_case_per_connection_generation`` keeps this INSERT out, without a
+    savepoint (``insert_unless_conflict``), and the caller joins that case."""
     owner_required = c.failure_class in OWNER_CLASSES
-    case = RecoveryCase.objects.create(
+    case = RecoveryCase(
         namespace_id=conn.namespace_id,
         connection=conn,
         rejected_generation=generation,
@@ -116,13 +136,14 @@ def _case_open(
         action=action,
         state=CaseState.OPENED,
     )
-    case.reference = f"CASERV-{case.pk:04d}"
-    RecoveryCase.objects.filter(pk=case.pk).update(reference=case.reference)
-    gen = CredentialGeneration.objects.filter(connection=conn, number=generation).first()
-    if gen is not None and gen.state == CredentialGeneration.State.ISSUED:
-        CredentialGeneration.objects.filter(pk=gen.pk).update(
-            state=CredentialGeneration.State.REJECTED, rejected_at=timezone.now()
-        )
+    if not insert_unless_conflict(case):
+        return None
+    if case.reference is None:  # no trigger wrote it in the INSERT (SQLite): the same reference, written after
+        case.reference = f"CASERV-{case.pk:04d}"
+        RecoveryCase.objects.filter(pk=case.pk).update(reference=case.reference)
+    CredentialGeneration.objects.filter(
+        connection=conn, number=generation, state=CredentialGeneration.State.ISSUED
+    ).update(state=CredentialGeneration.State.REJECTED, rejected_at=timezone.now())
     audit_record(
         actor=actor,
         action="case.opened",
@@ -152,6 +173,15 @@ def _case_open(
     return case
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What ``action_fail``'s locking read of the action already found, so ``_handle_failure`` does not read it again:
+    the open case of the (connection, generation), and whether the run is in a released case it would supersede."""
+
+    open_case_id: int | None
+    superseded: bool
+
+
 def _handle_failure(
     *,
     c: Classification,
@@ -163,6 +193,7 @@ def _handle_failure(
     action: Action | None,
     actor: str,
     open_case_for_unknown: bool,
+    known: _Known | None = None,
 ) -> FailureAnswer:
     base: dict[str, Any] = dict(
         failure_class=str(c.failure_class),
@@ -178,29 +209,42 @@ def _handle_failure(
         return FailureAnswer(outcome=Outcome.REFRESH, **base)
     if c.failure_class == FailureClass.UNKNOWN and not open_case_for_unknown:
         return FailureAnswer(outcome=Outcome.FAILED, **base)
-    case = _open_case_for(conn, generation)
-    if case is None:
-        try:
-            with transaction.atomic():
-                case = _case_open(
-                    conn=conn,
-                    generation=generation,
-                    c=c,
-                    status=status,
-                    run=run,
-                    checkpoint=checkpoint,
-                    action=action,
-                    actor=actor,
-                )
-        except IntegrityError:  # the partial unique index caught a concurrent opener
+    if known is None:
+        case = _open_case_for(conn, generation)
+    else:
+        case = RecoveryCase.objects.get(pk=known.open_case_id) if known.open_case_id is not None else None
+    opened = (
+        _case_open(
+            conn=conn,
+            generation=generation,
+            c=c,
+            status=status,
+            run=run,
+            checkpoint=checkpoint,
+            action=action,
+            actor=actor,
+        )
+        if case is None
+        else None
+    )
+    if opened is not None:
+        case, joined = opened, False  # a case opened in this transaction has no run yet
+    else:
+        if case is None:  # a concurrent opener (or a reopen) committed this generation's case first
             case = _open_case_for(conn, generation)
             if case is None:
-                raise
-            case = _case_reclassify(case, c=c, status=status, actor=actor)
-    else:
+                raise IntegrityError(f"no case opened for {conn.pk} generation {generation}, none open either")
         case = _case_reclassify(case, c=c, status=status, actor=actor)
-    if not CaseRun.objects.filter(case=case, run=run).exists():
-        _case_join(case=case, run=run, checkpoint=checkpoint, action=action, actor=actor)
+        joined = CaseRun.objects.filter(case=case, run=run).exists()
+    if not joined:
+        _case_join(
+            case=case,
+            run=run,
+            checkpoint=checkpoint,
+            action=action,
+            actor=actor,
+            superseded=known.superseded if known is not None else True,
+        )
     return FailureAnswer(outcome=Outcome.PARKED, case_reference=case.reference, **base)
 
 
@@ -263,18 +307,45 @@ def _exclusive_for(c: Classification) -> bool:
     return c.failure_class not in (FailureClass.TRANSIENT, FailureClass.REFRESHABLE)
 
 
+def _exclusive_whatever_the_provider(provider_error: dict[str, Any]) -> bool | None:
+    """The lock mode the error needs when every provider's classifier agrees on it (the usual case: a dead grant or a
+    rate limit reads the same to all of them), so the connection is locked without reading its provider first;
+    ``None`` when it depends on the provider. (An unknown provider name is classified as one of ``Provider``.)"""
+    modes = {_exclusive_for(_classify(provider, provider_error)) for provider in Provider.values}
+    return modes.pop() if len(modes) == 1 else None
+
+
 def _classify_and_lock(
-    *, connection_id: str, generation: int, provider_error: dict[str, Any], run_id: str, actor: str, what: str
+    *,
+    connection_id: str | None,
+    generation: int,
+    provider_error: dict[str, Any],
+    run_id: str,
+    actor: str,
+    what: str,
+    action_key: str = "",
 ) -> tuple[Classification, Connection, FailureAnswer | None]:
-    """Classify a provider error and lock its connection in the mode the class needs.
+    """Classify a provider error and lock its connection (``None``: the connection of the run's action
+    ``action_key``) in the mode the class needs.
 
     Returns a ``reacquire`` answer (and writes nothing but the refusal) when the generation is already superseded.
     """
-    provider = Connection.objects.filter(pk=connection_id).values_list("provider", flat=True).first()
-    if provider is None:
-        raise ConnectionNotFound(data={"connection_id": connection_id})
-    c = _classify(provider, provider_error)
-    conn = _lock_connection(connection_id, exclusive=_exclusive_for(c))
+    exclusive = _exclusive_whatever_the_provider(provider_error)
+    if exclusive is not None:
+        conn = (
+            _lock_connection(connection_id, exclusive=exclusive)
+            if connection_id is not None
+            else _lock_action_connection(run_id=run_id, action_key=action_key, exclusive=exclusive)
+        )
+        c = _classify(conn.provider, provider_error)
+    else:
+        if connection_id is None:
+            connection_id = _action_connection_id(run_id, action_key)
+        provider = Connection.objects.filter(pk=connection_id).values_list("provider", flat=True).first()
+        if provider is None:
+            raise ConnectionNotFound(data={"connection_id": connection_id})
+        c = _classify(provider, provider_error)
+        conn = _lock_connection(connection_id, exclusive=_exclusive_for(c))
     _check_generation(conn, generation)
     if generation < conn.current_generation:
         _audit_fenced(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation)
@@ -294,12 +365,14 @@ def _classify_and_lock(
 
 @refusals_kept
 @transaction.atomic
+@audit_batched
 def action_fail(
     *, run_id: str, action_key: str, generation: int, provider_error: dict[str, Any], actor: str
 ) -> FailureAnswer:
     """The provider refused the action and nothing happened: record it, classify it, and answer what the worker does next."""
     c, conn, stale = _classify_and_lock(
-        connection_id=_action_connection_id(run_id, action_key),
+        connection_id=None,
+        action_key=action_key,
         generation=generation,
         provider_error=provider_error,
         run_id=run_id,
@@ -320,10 +393,24 @@ def action_fail(
                 arguments={"failure_class": str(c.failure_class), "code": c.code, "stale_generation": True},
             )
         return stale
-    run = _get_run(run_id)
+    # One locking read of the action brings its run and checkpoint, and -- read after the connection's lock, so
+    # current -- what ``_handle_failure`` would otherwise read again (the open case, a case the run would supersede).
     action = _locked_action(
-        conn=conn, run_id=run_id, action_key=action_key, generation=generation, actor=actor, what="fail"
+        conn=conn,
+        run_id=run_id,
+        action_key=action_key,
+        generation=generation,
+        actor=actor,
+        what="fail",
+        related=("run", "checkpoint"),
+        annotations={
+            "open_case_id": Subquery(_open_cases(conn, generation).values("pk")[:1]),
+            "superseded_case": Exists(
+                _superseded_case_runs(run_id=OuterRef("run_id"), connection_id=conn.pk, generation=generation)
+            ),
+        },
     )
+    run = action.run
     if action.state != Action.State.FAILED:
         _require_action_move(action, Action.State.FAILED)
         _action_transition(
@@ -344,6 +431,7 @@ def action_fail(
         action=action,
         actor=actor,
         open_case_for_unknown=False,
+        known=_Known(open_case_id=action.open_case_id, superseded=action.superseded_case),  # type: ignore[attr-defined]
     )
 
 
@@ -405,20 +493,18 @@ def case_open_from_signal(
     case = _open_case_for(conn, conn.current_generation)
     if case is not None or classification.failure_class not in OWNER_CLASSES:
         return case, False
-    try:
-        with transaction.atomic():
-            case = _case_open(
-                conn=conn,
-                generation=conn.current_generation,
-                c=classification,
-                status=None,
-                run=None,
-                checkpoint=None,
-                action=None,
-                actor=actor,
-                signal=signal,
-            )
-    except IntegrityError:  # the partial unique index caught a concurrent opener
+    case = _case_open(
+        conn=conn,
+        generation=conn.current_generation,
+        c=classification,
+        status=None,
+        run=None,
+        checkpoint=None,
+        action=None,
+        actor=actor,
+        signal=signal,
+    )
+    if case is None:  # a concurrent opener (or a reopen) committed this generation's case first
         return _open_case_for(conn, conn.current_generation), False
     return case, True
 

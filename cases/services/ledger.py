@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection as db
+from django.db.models import Subquery
 from django.utils import timezone
 
 from audit.services import audit_record, refusal_attach
@@ -17,7 +19,7 @@ from audit.services import audit_record, refusal_attach
 from ..errors import ActionConnectionMismatch, ActionNotFound, ActionStateConflict, LeaseFenced, RunNotFound
 from ..models import Action, Connection, Run
 from ..transitions import ACTION_TRANSITIONS
-from .common import _check_generation
+from .common import _check_generation, _lock_connection
 
 
 def idempotency_key_for(*, run_id: str, action_key: str) -> str:
@@ -100,8 +102,21 @@ def _lock_left(action: Action) -> dict[str, Any]:
     }
 
 
-def _locked_action(*, conn: Connection, run_id: str, action_key: str, generation: int, actor: str, what: str) -> Action:
-    """Lock the action for a write that must come from the worker holding the current generation."""
+def _locked_action(
+    *,
+    conn: Connection,
+    run_id: str,
+    action_key: str,
+    generation: int,
+    actor: str,
+    what: str,
+    related: tuple[str, ...] = (),
+    annotations: dict[str, Any] | None = None,
+) -> Action:
+    """Lock the action for a write that must come from the worker holding the current generation.
+
+    ``related`` rows (``run``, ``checkpoint``) and ``annotations`` come with it in the same statement; only the
+    action's row is locked."""
     _check_generation(conn, generation)
     if generation < conn.current_generation:
         raise refusal_attach(
@@ -110,7 +125,11 @@ def _locked_action(*, conn: Connection, run_id: str, action_key: str, generation
             ),
             **_fenced_event(actor=actor, run_id=run_id, conn=conn, what=what, generation=generation),
         )
-    action = Action.objects.select_for_update().filter(run_id=run_id, action_key=action_key).first()
+    qs = Action.objects.filter(run_id=run_id, action_key=action_key)
+    qs = qs.select_related(*related).select_for_update(of=("self",)) if related else qs.select_for_update()
+    if annotations:
+        qs = qs.annotate(**annotations)
+    action = qs.first()
     if action is None:
         if not Run.objects.filter(pk=run_id).exists():
             raise RunNotFound(data={"run_id": run_id})
@@ -129,3 +148,21 @@ def _action_connection_id(run_id: str, action_key: str) -> str:
             raise RunNotFound(data={"run_id": run_id})
         raise ActionNotFound(data={"run_id": run_id, "action_key": action_key})
     return conn_id
+
+
+def _lock_action_connection(*, run_id: str, action_key: str, exclusive: bool) -> Connection:
+    """``_lock_connection`` of the connection of the run's action ``action_key``, found in the same statement."""
+    of_action = Action.objects.filter(run_id=run_id, action_key=action_key).values("connection_id")[:1]
+    if exclusive:
+        conn = Connection.objects.filter(pk=Subquery(of_action)).select_for_update().first()
+    elif db.vendor == "postgresql":
+        sql = (
+            "SELECT * FROM cases_connection WHERE id = "
+            "(SELECT connection_id FROM cases_action WHERE run_id = %s AND action_key = %s) FOR SHARE"
+        )
+        conn = next(iter(Connection.objects.raw(sql, [run_id, action_key])), None)
+    else:  # SQLite serialises writers with its database lock.
+        conn = Connection.objects.filter(pk=Subquery(of_action)).first()
+    if conn is None:  # no such action (or run): say which, as the action's other writes do
+        return _lock_connection(_action_connection_id(run_id, action_key), exclusive=exclusive)
+    return conn

@@ -140,3 +140,41 @@ def test_every_transition_writes_exactly_one_audit_event(make_run, make_connecti
         "action.committed",
     ]:
         assert actions.count(name) == 1, name
+
+
+def _event(action: str) -> None:
+    audit_record(actor="t", action=action, entity_type="test", entity_id="1")
+
+
+def test_a_batch_writes_its_events_in_one_insert_in_the_order_recorded():
+    from audit.services import audit_batch
+
+    with transaction.atomic(), audit_batch():
+        _event("t.one")
+        _event("t.two")
+        assert not AuditEvent.objects.filter(entity_type="test").exists()  # held until the batch ends
+    assert list(AuditEvent.objects.filter(entity_type="test").order_by("id").values_list("action", flat=True)) == [
+        "t.one",
+        "t.two",
+    ]
+
+
+def test_a_batch_keeps_no_event_of_a_savepoint_rolled_back_inside_it_and_none_when_it_raises():
+    from audit.services import audit_batch
+
+    with transaction.atomic(), audit_batch():
+        _event("t.before")
+        try:
+            with transaction.atomic():
+                _event("t.rolled_back")  # written at once, inside the savepoint, so its rollback takes it
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        _event("t.after")
+    with pytest.raises(RuntimeError), transaction.atomic(), audit_batch():
+        _event("t.raised")
+        raise RuntimeError
+    assert list(AuditEvent.objects.filter(entity_type="test").order_by("id").values_list("action", flat=True)) == [
+        "t.before",
+        "t.after",
+    ]
