@@ -36,7 +36,7 @@ def backwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("cases", "0016_action_lean_indexes")]
+    dependencies = [("cases", "0017_console_list_indexes")]
 
     operations = [
         migrations.AlterField(
