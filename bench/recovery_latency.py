@@ -78,6 +78,13 @@ def family(pid: int) -> list[int]:
     return found
 
 
+def sessions_opened(cpu: CpuSplit, dbname: str) -> int:
+    """Sessions ever opened on the benchmark's database (PostgreSQL's cumulative statistics)."""
+    cpu._admin.execute("SELECT pg_stat_clear_snapshot()")
+    row = cpu._admin.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (dbname,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def delivery_split(celery_log: Path, runs: set[str]) -> tuple[float, float] | None:
     """Median wall time of the runs' deliveries in the worker, and of the runtime's part of them (from the
     worker's log line ``resume of <run> (<runtime>) delivered: runtime N ms, total M ms``)."""
@@ -354,6 +361,7 @@ def main() -> int:
             cpu_start = time.process_time(), cpu_seconds(worker_pids), cpu_seconds(http_pids)
             backends = cpu._backends()
             pg_start = cpu_seconds(backends)
+            sessions_start = sessions_opened(cpu, dbname)
             t0 = owner_callback(conn_id)
             pending = set(mass_runs)
             last, first = t0, None
@@ -393,6 +401,8 @@ def main() -> int:
                 "gunicorn": cpu_seconds(http_pids) - cpu_start[2],
                 "postgres": cpu_seconds(backends) - pg_start,
             }
+            time.sleep(1.0)  # PostgreSQL's cumulative statistics reach pg_stat_database within a second
+            sessions = sessions_opened(cpu, dbname) - sessions_start
             cpu.close()
             stamps = sorted(
                 e.timestamp()
@@ -437,7 +447,7 @@ def main() -> int:
                     once=once,
                     deliveries=deliveries,
                 )
-            mass.update(recorded=recorded_s[0], cpu=cpu_used, split=split)
+            mass.update(recorded=recorded_s[0], cpu=cpu_used, split=split, sessions=sessions)
 
         print()
         n = len(resumed_ms)
@@ -480,6 +490,10 @@ def main() -> int:
                 + ", ".join(f"{part} {ms:.1f}" for part, ms in cpu_ms.items())
                 + f"; total {sum(cpu_ms.values()):.1f} (the machine has {os.cpu_count()} cores: "
                 f"{sum(mass['cpu'].values()) / (os.cpu_count() or 1):.1f}s of it at best)"
+            )
+            print(
+                f"  database sessions opened during the outage: {mass['sessions']} (Celery reuses its connections: "
+                f"-c {args.concurrency})"
             )
             if mass["split"]:
                 runtime_ms, total_ms = mass["split"]
