@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import logging
@@ -113,9 +114,19 @@ def _batches(item_ids: list[int]) -> Iterator[list[int]]:
         yield item_ids[start : start + size]
 
 
+_carried: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("outbox_carried", default=None)
+"""Inside a worker's ``outbox_run``: where the first batch of rows its steps owe is kept, to be dispatched by the same
+task right after (see ``outbox_run``) instead of going through Redis and another worker process."""
+
+
 def _send(item_ids: list[int], countdown: float | None = None) -> None:
     """Send the rows' dispatch messages, ``REVIVE_OUTBOX_BATCH_SIZE`` rows a message. A send that fails (Redis down or
-    restarting) is logged and left to the sweep: the rows are committed, so nothing is lost."""
+    restarting) is logged and left to the sweep: the rows are committed, so nothing is lost. Inside a worker's
+    ``outbox_run`` the first batch owed without a delay is carried by that task instead of sent."""
+    carried = _carried.get()
+    if carried is not None and not carried and countdown is None:
+        carried.extend(next(_batches(item_ids), []))
+        item_ids = item_ids[len(carried) :]
     for batch in _batches(item_ids):
         try:
             _enqueue(batch, countdown)
@@ -415,19 +426,39 @@ def outbox_run(item_ids: list[int], *, eager: bool, delivery: str = "") -> dict[
     With a broker each row to retry is a new message after its countdown (and the sweep if that is lost), and the
     rows a batch had no time for (``REVIVE_OUTBOX_BATCH_SECONDS``) go out again as a new batch at once; in eager mode
     (the embedded default, no broker) everything runs inline, each pause before a retry capped at a second.
+
+    The steps a batch owes in turn (a reconciliation releasing a case owes its runs' deliveries) go out as new
+    messages, except the first batch of them, which this task dispatches itself right after, within the same time
+    budget: the owner's reconnect reaches the first runs without a second trip through Redis and the worker's pool.
+    If this worker dies first, those rows wait for the sweep (their claim by this message runs out, or they were
+    never claimed): a delay, nothing lost.
     """
-    results = outbox_dispatch_many(item_ids, delivery, budget=None if eager else settings.REVIVE_OUTBOX_BATCH_SECONDS)
-    if eager:
-        for pk, result in list(results.items()):
-            while result.outcome == "retry":
-                time.sleep(min(result.countdown or 0.0, 1.0))
-                result = results[pk] = outbox_dispatch(pk, delivery)
-    else:
-        _send([pk for pk, result in results.items() if result.outcome == "deferred"])
-        for pk, result in results.items():
-            if result.outcome == "retry":
-                _send([pk], result.countdown)
-    return dict(collections.Counter(result.outcome for result in results.values()))
+    counts: collections.Counter[str] = collections.Counter()
+    started = time.monotonic()
+    while item_ids:
+        carried: list[int] = []
+        token = _carried.set(None if eager else carried)
+        try:
+            budget = None if eager else settings.REVIVE_OUTBOX_BATCH_SECONDS - (time.monotonic() - started)
+            results = outbox_dispatch_many(item_ids, delivery, budget=budget)
+        finally:
+            _carried.reset(token)
+        if eager:
+            for pk, result in list(results.items()):
+                while result.outcome == "retry":
+                    time.sleep(min(result.countdown or 0.0, 1.0))
+                    result = results[pk] = outbox_dispatch(pk, delivery)
+        else:
+            _send([pk for pk, result in results.items() if result.outcome == "deferred"])
+            for pk, result in results.items():
+                if result.outcome == "retry":
+                    _send([pk], result.countdown)
+        counts.update(result.outcome for result in results.values())
+        item_ids = carried
+        if item_ids and time.monotonic() - started >= settings.REVIVE_OUTBOX_BATCH_SECONDS:
+            _send(item_ids)  # no time left for them here
+            break
+    return dict(counts)
 
 
 def outbox_sweep(*, now=None, limit: int = 5000) -> list[int]:
