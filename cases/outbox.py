@@ -2,15 +2,17 @@
 
 A service that owes a side effect (the owner's notification, a reconciliation, a resume delivery) calls
 ``outbox_put`` inside the transaction that changes the state owing it, so the step exists exactly when the
-change commits. Right after the commit ``cases.outbox_dispatch`` is enqueued for it (low latency); if Redis
-loses that message or a worker dies running it, ``outbox_sweep`` (beat task ``cases.outbox_sweep``) dispatches
-every row still pending after its ``due_at``. Losing a message therefore delays a step; it never loses it.
+change commits. Right after the commit ``cases.outbox_dispatch`` is enqueued for it (low latency) -- one message
+per batch of ``REVIVE_OUTBOX_BATCH_SIZE`` rows owed together (every run of a released case), and a worker's dispatch
+carries the first batch its own steps owe (``outbox_run``); if Redis loses that message or a worker dies running it,
+``outbox_sweep`` (beat task ``cases.outbox_sweep``) dispatches every row still pending after its ``due_at``. Losing a
+message therefore delays a step; it never loses it.
 
 Each kind has one handler, registered with ``outbox_handler`` by the module that owns the step (``cases.pipeline``
 for reconcile and resume, ``reauth.handlers`` for the owner's notification); this module imports neither, so any
 app may owe a step without importing the app that performs it. A handler returns ``Done``/``None`` or ``Retry``
-(or raises: an unexpected error is retried like a transient one). Every dispatch is one attempt: a row is claimed
-by a conditional UPDATE, so two dispatches of one row never run its handler at the same time; after
+(or raises: an unexpected error is retried like a transient one). Every dispatch is one attempt: rows are claimed
+by a conditional UPDATE (a batch's in one), so two dispatches of one row never run its handler at the same time; after
 ``max_attempts`` the row is ``failed`` with its last error and its kind's ``on_exhausted`` hook puts the failure
 where an operator sees it (the admin's outbox list always shows it).
 """
