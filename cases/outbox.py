@@ -2,22 +2,26 @@
 
 A service that owes a side effect (the owner's notification, a reconciliation, a resume delivery) calls
 ``outbox_put`` inside the transaction that changes the state owing it, so the step exists exactly when the
-change commits. Right after the commit ``cases.outbox_dispatch`` is enqueued for it (low latency); if Redis
-loses that message or a worker dies running it, ``outbox_sweep`` (beat task ``cases.outbox_sweep``) dispatches
-every row still pending after its ``due_at``. Losing a message therefore delays a step; it never loses it.
+change commits. Right after the commit ``cases.outbox_dispatch`` is enqueued for it (low latency) -- one message
+per batch of ``REVIVE_OUTBOX_BATCH_SIZE`` rows owed together (every run of a released case), and a worker's dispatch
+carries the first batch its own steps owe (``outbox_run``); if Redis loses that message or a worker dies running it,
+``outbox_sweep`` (beat task ``cases.outbox_sweep``) dispatches every row still pending after its ``due_at``. Losing a
+message therefore delays a step; it never loses it.
 
 Each kind has one handler, registered with ``outbox_handler`` by the module that owns the step (``cases.pipeline``
 for reconcile and resume, ``reauth.handlers`` for the owner's notification); this module imports neither, so any
 app may owe a step without importing the app that performs it. A handler returns ``Done``/``None`` or ``Retry``
-(or raises: an unexpected error is retried like a transient one). Every dispatch is one attempt: a row is claimed
-by a conditional UPDATE, so two dispatches of one row never run its handler at the same time; after
+(or raises: an unexpected error is retried like a transient one). Every dispatch is one attempt: rows are claimed
+by a conditional UPDATE (a batch's in one), so two dispatches of one row never run its handler at the same time; after
 ``max_attempts`` the row is ``failed`` with its last error and its kind's ``on_exhausted`` hook puts the failure
 where an operator sees it (the admin's outbox list always shows it).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import logging
@@ -101,9 +105,41 @@ def _kind(name: str) -> Kind:
     return kind
 
 
-def _enqueue(item_id: int, countdown: float | None = None) -> None:
-    """Send the dispatch task by its registered name: the tasks module builds on this one, not the reverse."""
-    current_app.tasks[DISPATCH_TASK].apply_async(args=[item_id], countdown=countdown)
+def _enqueue(item_ids: list[int], countdown: float | None = None) -> None:
+    """Send one dispatch message for ``item_ids`` (one batch), by the task's registered name: the tasks module builds
+    on this one, not the reverse."""
+    current_app.tasks[DISPATCH_TASK].apply_async(args=[item_ids], countdown=countdown)
+
+
+def _batches(item_ids: list[int]) -> Iterator[list[int]]:
+    size = max(1, int(settings.REVIVE_OUTBOX_BATCH_SIZE))
+    for start in range(0, len(item_ids), size):
+        yield item_ids[start : start + size]
+
+
+_carried: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("outbox_carried", default=None)
+"""Inside a worker's ``outbox_run``: where the first batch of rows its steps owe is kept, to be dispatched by the same
+task right after (see ``outbox_run``) instead of going through Redis and another worker process."""
+
+
+def _send(item_ids: list[int], countdown: float | None = None) -> None:
+    """Send the rows' dispatch messages, ``REVIVE_OUTBOX_BATCH_SIZE`` rows a message. A send that fails (Redis down or
+    restarting) is logged and left to the sweep: the rows are committed, so nothing is lost. Inside a worker's
+    ``outbox_run`` the first batch owed without a delay is carried by that task instead of sent."""
+    carried = _carried.get()
+    if carried is not None and not carried and countdown is None:
+        carried.extend(next(_batches(item_ids), []))
+        item_ids = item_ids[len(carried) :]
+    for batch in _batches(item_ids):
+        try:
+            _enqueue(batch, countdown)
+        except Exception as exc:
+            log.warning(
+                "outbox item %s: dispatch not sent (%s: %s); the sweep sends it",
+                ", ".join(map(str, batch)),
+                type(exc).__name__,
+                exc,
+            )
 
 
 def outbox_put(
@@ -169,20 +205,10 @@ def outbox_put_many(
 
 
 def _dispatch_after_commit(item_ids: list[int], countdown: float | None = None) -> None:
-    """Send the rows' dispatch once the current transaction commits. A send that fails (Redis down or restarting)
-    is logged and left to the sweep: the rows are committed, so nothing is lost, and the caller's commit -- an
-    owner's reconnect, a worker's report -- is not turned into an error after the fact."""
-
-    def send_dispatches() -> None:
-        for item_id in item_ids:
-            try:
-                _enqueue(item_id, countdown)
-            except Exception as exc:
-                log.warning(
-                    "outbox item %s: dispatch not sent (%s: %s); the sweep sends it", item_id, type(exc).__name__, exc
-                )
-
-    transaction.on_commit(send_dispatches)
+    """Send the rows' dispatch once the current transaction commits, in batches (``_send``). A send that fails is left
+    to the sweep, and the caller's commit -- an owner's reconnect, a worker's report -- is not turned into an error
+    after the fact."""
+    transaction.on_commit(lambda: _send(item_ids, countdown))
 
 
 _key_length = OutboxItem._meta.get_field("key").max_length
@@ -218,10 +244,11 @@ def _backoff(kind: Kind, attempt: int) -> float:
     return round(delay * random.uniform(0.8, 1.0), 3)
 
 
-def _claim(item_id: int, delivery: str = "") -> OutboxItem | None:
-    """Take one attempt at a pending row whose previous claim (if any) has expired -- or is held by this very
+def _claim(item_ids: list[int], delivery: str = "") -> list[OutboxItem]:
+    """Take one attempt at each pending row whose previous claim (if any) has expired -- or is held by this very
     message (``delivery``, the Celery task id): the broker hands a message out again only after the worker that had
-    it was lost (late acknowledgement, reject on worker lost), so that claim's holder is dead, not slow."""
+    it was lost (late acknowledgement, reject on worker lost), so that claim's holder is dead, not slow. One UPDATE
+    claims them all and one SELECT reads back the rows this claim took (by its holder and end), in the order asked."""
     now = timezone.now()
     until = now + timedelta(seconds=settings.REVIVE_OUTBOX_CLAIM_SECONDS)
     free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
@@ -229,12 +256,18 @@ def _claim(item_id: int, delivery: str = "") -> OutboxItem | None:
         free |= Q(claimed_by=delivery)
     due = Q(not_before__isnull=True) | Q(not_before__lte=now)
     taken = (
-        OutboxItem.objects.filter(pk=item_id, state=OutboxItem.State.PENDING)
+        OutboxItem.objects.filter(pk__in=item_ids, state=OutboxItem.State.PENDING)
         .filter(free)
         .filter(due)
         .update(claimed_until=until, claimed_by=delivery, attempts=F("attempts") + 1, updated_at=now)
     )
-    return OutboxItem.objects.select_related("case").get(pk=item_id) if taken else None
+    if not taken:
+        return []
+    mine = OutboxItem.objects.select_related("case").filter(
+        pk__in=item_ids, state=OutboxItem.State.PENDING, claimed_by=delivery, claimed_until=until
+    )
+    by_pk = {item.pk: item for item in mine}
+    return [by_pk[pk] for pk in item_ids if pk in by_pk]
 
 
 @contextlib.contextmanager
@@ -273,37 +306,96 @@ def claim_renewed(renew: Callable[[], int] | None, claim_seconds: float) -> Iter
 class DispatchResult:
     outcome: str
     """``done``, ``retry`` (``countdown`` seconds), ``failed`` (attempts exhausted), ``busy`` (claimed
-    elsewhere, or not pending any more) or ``missing``."""
+    elsewhere, or not pending any more), ``missing``, or ``deferred`` (a batch ran out of time before this row:
+    its claim is given back without spending an attempt, and the row is sent again)."""
     countdown: float | None = None
     error: str = ""
 
 
 def outbox_dispatch(item_id: int, delivery: str = "") -> DispatchResult:
-    """Run one attempt of a row's step (what ``cases.outbox_dispatch`` does); record how it went."""
-    if not OutboxItem.objects.filter(pk=item_id).exists():
-        return DispatchResult("missing")
-    item = _claim(item_id, delivery)
-    if item is None:
-        return DispatchResult("busy")
-    kind = _kind(item.kind)
+    """Run one attempt of a row's step; record how it went (``outbox_dispatch_many`` of one row)."""
+    return outbox_dispatch_many([item_id], delivery)[item_id]
+
+
+DONE_FLUSH_SECONDS = 1.0
+"""How long a batch holds the rows it finished before marking them ``done`` in one UPDATE. Until then they stay
+claimed by the batch; if its worker dies, the redelivered message finds their steps done (handlers are idempotent)."""
+
+
+def outbox_dispatch_many(
+    item_ids: list[int], delivery: str = "", *, budget: float | None = None
+) -> dict[int, DispatchResult]:
+    """One attempt at each row's step (what ``cases.outbox_dispatch`` does with a batch of rows): claim them all in
+    one statement, run each row's handler in turn -- one database connection, this process's -- and record the
+    outcomes, the rows done together in one UPDATE (every ``DONE_FLUSH_SECONDS`` and at the end). The claims are
+    renewed together while the batch runs. With ``budget`` (seconds) the rows not started by then are ``deferred``:
+    their claims go back, their attempts uncounted, for the caller to send again (a batch stays well inside the
+    task's time limit however slow its steps)."""
+    ids = list(dict.fromkeys(item_ids))
+    items = _claim(ids, delivery)
+    results: dict[int, DispatchResult] = {}
+    if len(items) < len(ids):
+        taken = {item.pk for item in items}
+        rest = [pk for pk in ids if pk not in taken]
+        existing = set(OutboxItem.objects.filter(pk__in=rest).values_list("pk", flat=True))
+        results.update({pk: DispatchResult("busy" if pk in existing else "missing") for pk in rest})
+    if not items:
+        return results
+    held = {"ids": tuple(item.pk for item in items)}  # replaced, never mutated: the renewal thread reads it
 
     def renew() -> int:
-        return OutboxItem.objects.filter(pk=item.pk, state=OutboxItem.State.PENDING, claimed_by=delivery).update(
-            claimed_until=timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_CLAIM_SECONDS)
-        )
+        return OutboxItem.objects.filter(
+            pk__in=held["ids"], state=OutboxItem.State.PENDING, claimed_by=delivery
+        ).update(claimed_until=timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_CLAIM_SECONDS))
 
+    done: list[int] = []
+    flushed = started = time.monotonic()
+
+    def flush() -> None:
+        nonlocal flushed
+        if done:
+            now = timezone.now()
+            OutboxItem.objects.filter(pk__in=done).update(
+                state=OutboxItem.State.DONE, done_at=now, claimed_until=None, updated_at=now
+            )
+            done.clear()
+        flushed = time.monotonic()
+
+    with claim_renewed(renew if delivery else None, settings.REVIVE_OUTBOX_CLAIM_SECONDS):
+        for n, item in enumerate(items):
+            if budget is not None and n and time.monotonic() - started > budget:
+                deferred = [later.pk for later in items[n:]]
+                held["ids"] = tuple(pk for pk in held["ids"] if pk not in set(deferred))
+                OutboxItem.objects.filter(
+                    pk__in=deferred, state=OutboxItem.State.PENDING, claimed_by=delivery, attempts__gt=0
+                ).update(claimed_until=None, attempts=F("attempts") - 1, updated_at=timezone.now())
+                results.update({pk: DispatchResult("deferred") for pk in deferred})
+                break
+            answer = _attempt(item)
+            if isinstance(answer, Retry):
+                results[item.pk] = _not_done(item, answer)
+                held["ids"] = tuple(pk for pk in held["ids"] if pk != item.pk)
+            else:
+                done.append(item.pk)
+                results[item.pk] = DispatchResult("done")
+                if time.monotonic() - flushed >= DONE_FLUSH_SECONDS:
+                    flush()
+        flush()
+    return results
+
+
+def _attempt(item: OutboxItem) -> Done | Retry | None:
     try:
-        with claim_renewed(renew if delivery else None, settings.REVIVE_OUTBOX_CLAIM_SECONDS):
-            answer = kind.handler(item)
+        return _kind(item.kind).handler(item)
     except Exception as exc:  # an unforeseen error (database blip, bug): retried, bounded, then visible
         log.exception("outbox %s (%s) failed", item.key, item.kind)
-        answer = Retry(error=f"{type(exc).__name__}: {exc}"[:1000])
+        return Retry(error=f"{type(exc).__name__}: {exc}"[:1000])
+
+
+def _not_done(item: OutboxItem, answer: Retry) -> DispatchResult:
+    """Record an attempt that must be retried: its next due time, or ``failed`` once its attempts are spent."""
     now = timezone.now()
-    if not isinstance(answer, Retry):
-        OutboxItem.objects.filter(pk=item.pk).update(
-            state=OutboxItem.State.DONE, done_at=now, claimed_until=None, updated_at=now
-        )
-        return DispatchResult("done")
+    kind = _kind(item.kind)
     if item.attempts >= item.max_attempts:
         with transaction.atomic():
             locked = OutboxItem.objects.select_for_update().get(pk=item.pk)
@@ -325,24 +417,49 @@ def outbox_dispatch(item_id: int, delivery: str = "") -> DispatchResult:
     return DispatchResult("retry", countdown=countdown, error=answer.error)
 
 
-def outbox_run(item_id: int, *, eager: bool, delivery: str = "") -> str:
-    """Dispatch a row, then schedule its next attempt (the task's body).
+def outbox_run(item_ids: list[int], *, eager: bool, delivery: str = "") -> dict[str, int]:
+    """Dispatch a batch of rows, then schedule what comes next (the task's body); returns the count per outcome.
 
-    With a broker the next attempt is a new message after its countdown (and the sweep if that is lost);
-    in eager mode (the embedded default, no broker) attempts run inline, each pause capped at a second.
+    With a broker each row to retry is a new message after its countdown (and the sweep if that is lost), and the
+    rows a batch had no time for (``REVIVE_OUTBOX_BATCH_SECONDS``) go out again as a new batch at once; in eager mode
+    (the embedded default, no broker) everything runs inline, each pause before a retry capped at a second.
+
+    The steps a batch owes in turn (a reconciliation releasing a case owes its runs' deliveries) go out as new
+    messages, except the first batch of them, which this task dispatches itself right after, within the same time
+    budget: the owner's reconnect reaches the first runs without a second trip through Redis and the worker's pool.
+    If this worker dies first, those rows wait for the sweep (their claim by this message runs out, or they were
+    never claimed): a delay, nothing lost.
     """
-    while True:
-        result = outbox_dispatch(item_id, delivery)
-        if result.outcome != "retry":
-            return result.outcome
-        if not eager:
-            _dispatch_after_commit([item_id], result.countdown)
-            return result.outcome
-        time.sleep(min(result.countdown or 0.0, 1.0))
+    counts: collections.Counter[str] = collections.Counter()
+    started = time.monotonic()
+    while item_ids:
+        carried: list[int] = []
+        token = _carried.set(None if eager else carried)
+        try:
+            budget = None if eager else settings.REVIVE_OUTBOX_BATCH_SECONDS - (time.monotonic() - started)
+            results = outbox_dispatch_many(item_ids, delivery, budget=budget)
+        finally:
+            _carried.reset(token)
+        if eager:
+            for pk, result in list(results.items()):
+                while result.outcome == "retry":
+                    time.sleep(min(result.countdown or 0.0, 1.0))
+                    result = results[pk] = outbox_dispatch(pk, delivery)
+        else:
+            _send([pk for pk, result in results.items() if result.outcome == "deferred"])
+            for pk, result in results.items():
+                if result.outcome == "retry":
+                    _send([pk], result.countdown)
+        counts.update(result.outcome for result in results.values())
+        item_ids = carried
+        if item_ids and time.monotonic() - started >= settings.REVIVE_OUTBOX_BATCH_SECONDS:
+            _send(item_ids)  # no time left for them here
+            break
+    return dict(counts)
 
 
-def outbox_sweep(*, now=None, limit: int = 500) -> list[int]:
-    """Dispatch again every pending row past its ``due_at`` whose claim is free (the beat task's body)."""
+def outbox_sweep(*, now=None, limit: int = 5000) -> list[int]:
+    """Dispatch again every pending row past its ``due_at`` whose claim is free (the beat task's body), in batches."""
     now = now or timezone.now()
     ids = list(
         OutboxItem.objects.filter(state=OutboxItem.State.PENDING, due_at__lt=now)
@@ -350,8 +467,7 @@ def outbox_sweep(*, now=None, limit: int = 500) -> list[int]:
         .order_by("due_at")
         .values_list("pk", flat=True)[:limit]
     )
-    for pk in ids:
-        _enqueue(pk)
+    _send(ids)
     return ids
 
 

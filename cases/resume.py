@@ -290,14 +290,18 @@ def _record_delivery(
     result_detail: dict[str, Any],
     already: bool,
     actor: str,
+    cases: dict[int, RecoveryCase],
+    claim: datetime,
+    holder: str,
 ) -> None:
-    """The run has its resume: record when (the watchdog measures progress from it). The cases stay ``resuming``
-    until the run is past its parked action (``services._run_went_past``)."""
+    """The run has its resume: record when (the watchdog measures progress from it), and free the delivery's claim
+    on the run in the same transaction. The cases stay ``resuming`` until the run is past its parked action
+    (``services._run_went_past``). ``cases``: the run's cases as the delivery read them (read again if absent)."""
     now = timezone.now()
     locked = list(CaseRun.objects.select_for_update(no_key=True).filter(pk__in=case_run_ids).order_by("pk"))
     CaseRun.objects.filter(pk__in=[cr.pk for cr in locked]).update(resume_sent_at=now)
     for case_pk in sorted({cr.case_id for cr in locked}):
-        case = RecoveryCase.objects.get(pk=case_pk)
+        case = cases.get(case_pk) or RecoveryCase.objects.get(pk=case_pk)
         audit_record(
             actor=actor,
             action="run.resume_delivered",
@@ -313,6 +317,7 @@ def _record_delivery(
             },
             arguments={"runtime": run.runtime, "cases": list(request.case_ids), "delivery": result_detail},
         )
+    _release(run.pk, claim, holder)
 
 
 @transaction.atomic
@@ -439,9 +444,13 @@ def run_resume_deliver(
             result_detail=result.detail,
             already=result.already,
             actor=actor,
+            cases={cr.case_id: cr.case for cr in pending},
+            claim=held,
+            holder=holder,
         )
-    finally:
+    except BaseException:
         _release(run_id, held, holder)
+        raise
     log.info(
         "resume of %s (%s) %s: runtime %.0f ms, total %.0f ms",
         run_id,

@@ -20,10 +20,12 @@ DURABLE = dict(acks_late=True, reject_on_worker_lost=True)
 
 
 @shared_task(bind=True, name=outbox.DISPATCH_TASK, **DURABLE)
-def outbox_dispatch(self, item_id: int) -> str:
-    """One attempt at an owed step (an ``OutboxItem``); schedules the next attempt itself when it must retry."""
+def outbox_dispatch(self, item_ids: list[int] | int) -> dict[str, int]:
+    """One attempt at each owed step of a batch (``OutboxItem`` ids; a single id from a message sent before batches);
+    schedules the next attempt itself for a step that must retry. Returns the count per outcome."""
     eager = bool(self.request.is_eager)
-    return outbox.outbox_run(item_id, eager=eager, delivery="" if eager else (self.request.id or ""))
+    ids = [item_ids] if isinstance(item_ids, int) else list(item_ids)
+    return outbox.outbox_run(ids, eager=eager, delivery="" if eager else (self.request.id or ""))
 
 
 @shared_task(name="cases.outbox_sweep", acks_late=True)

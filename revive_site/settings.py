@@ -265,6 +265,12 @@ REVIVE_RESUME_CLAIM_SECONDS = env.int("REVIVE_RESUME_CLAIM_SECONDS", default=45)
 # dispatched again by the sweep; a dispatch holds its row this long, renewed every third of it while it runs.
 REVIVE_OUTBOX_GRACE_SECONDS = env.int("REVIVE_OUTBOX_GRACE_SECONDS", default=30)
 REVIVE_OUTBOX_CLAIM_SECONDS = env.int("REVIVE_OUTBOX_CLAIM_SECONDS", default=45)
+# Rows owed together (every run of a released case) go out as one dispatch message per this many rows: enough to
+# make a message's overhead negligible, few enough that a mass outage spreads over every worker process (a resumed
+# LangGraph run executes inside its delivery); a batch starts no new row after this many seconds (the rest goes out
+# again as a new message), well inside the task's time limit (CELERY_TASK_SOFT_TIME_LIMIT).
+REVIVE_OUTBOX_BATCH_SIZE = env.int("REVIVE_OUTBOX_BATCH_SIZE", default=25)
+REVIVE_OUTBOX_BATCH_SECONDS = env.float("REVIVE_OUTBOX_BATCH_SECONDS", default=20.0)
 # The watchdog (cases.pipeline.runs_watch): a resumed run with no ledger progress for this long is re-driven
 # (expired actions reaped and reconciled, resume delivered again); after this many re-drives its case is
 # `resume_failed` with the reason.

@@ -56,7 +56,7 @@ def held_outbox(monkeypatch):
             ]
 
     Held.dispatched = []
-    monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: Held.dispatched.append(item_id))
+    monkeypatch.setattr(outbox, "_enqueue", lambda item_ids, countdown=None: Held.dispatched.extend(item_ids))
     return Held
 
 
@@ -79,9 +79,10 @@ def held_resumes(monkeypatch):
                 .values_list("payload", flat=True)
             ]
 
-    def enqueue(item_id, countdown=None):
-        if not OutboxItem.objects.filter(pk=item_id, kind=services.RESUME_RUN).exists():
-            real(item_id, countdown)
+    def enqueue(item_ids, countdown=None):
+        held = set(OutboxItem.objects.filter(pk__in=item_ids, kind=services.RESUME_RUN).values_list("pk", flat=True))
+        if rest := [pk for pk in item_ids if pk not in held]:
+            real(rest, countdown)
 
     monkeypatch.setattr(outbox, "_enqueue", enqueue)
     return Held

@@ -37,7 +37,7 @@ def owe() -> OutboxItem:
 
 def test_a_long_dispatch_keeps_its_claim_past_the_claim_length_and_no_second_dispatch_runs(settings, monkeypatch):
     settings.REVIVE_OUTBOX_CLAIM_SECONDS = 3
-    monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: None)  # dispatched by hand below
+    monkeypatch.setattr(outbox, "_enqueue", lambda item_ids, countdown=None: None)  # dispatched by hand below
     item = owe()
     RELEASE.clear()
     outcomes: list[str] = []
@@ -67,7 +67,7 @@ def test_a_claim_nobody_renews_ends_after_the_claim_length(settings, monkeypatch
     """What a whole worker killed mid-step leaves: its claim, no renewal. Another message takes the row once the
     claim has run out -- seconds, not the task's time limit."""
     settings.REVIVE_OUTBOX_CLAIM_SECONDS = 3
-    monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: None)
+    monkeypatch.setattr(outbox, "_enqueue", lambda item_ids, countdown=None: None)
     item = owe()
     OutboxItem.objects.filter(pk=item.pk).update(
         attempts=1, claimed_by="task-dead", claimed_until=timezone.now() + timedelta(seconds=3)

@@ -127,7 +127,7 @@ def test_the_right_account_reconnects(
     from cases import outbox
 
     sent: list[int] = []
-    monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: sent.append(item_id))
+    monkeypatch.setattr(outbox, "_enqueue", lambda item_ids, countdown=None: sent.extend(item_ids))
     callbacks[0]()
     assert sent == [owed.pk]  # its dispatch, after commit
 

@@ -544,7 +544,7 @@ def test_a_dispatch_that_cannot_be_sent_after_commit_leaves_the_commit_alone_and
     """Redis down at publish: the step is committed and owed; the caller (an owner's reconnect) is not told an
     error after its commit, and the sweep sends the row later."""
 
-    def broker_down(item_id, countdown=None):
+    def broker_down(item_ids, countdown=None):
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(outbox, "_enqueue", broker_down)
@@ -555,7 +555,7 @@ def test_a_dispatch_that_cannot_be_sent_after_commit_leaves_the_commit_alone_and
     assert owed.state == "pending" and state_of(case) == CaseState.REAUTHORIZED
     assert f"outbox item {owed.pk}: dispatch not sent (ConnectionError" in caplog.text
     sent: list[int] = []
-    monkeypatch.setattr(outbox, "_enqueue", lambda item_id, countdown=None: sent.append(item_id))  # Redis is back
+    monkeypatch.setattr(outbox, "_enqueue", lambda item_ids, countdown=None: sent.extend(item_ids))  # Redis is back
     later = timezone.now() + timedelta(seconds=settings.REVIVE_OUTBOX_GRACE_SECONDS + 1)
     assert owed.pk in outbox.outbox_sweep(now=later) and owed.pk in sent
 
