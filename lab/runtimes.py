@@ -21,10 +21,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 from django.db import transaction
@@ -41,6 +44,31 @@ from .world import ROOT
 RUNTIMES = ("langgraph", "langgraph-server", "temporal", "restate")
 """The runtimes the lab can run its briefing on (``langgraph-server``: ``lab.langgraph_server``)."""
 RESTATE_WORKFLOW = "LabBriefing"  # lab.restate_app.WORKFLOW_NAME (that module sets Django up: not imported here)
+
+
+T = TypeVar("T")
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, where Ctrl-C interrupts at once, as everywhere else in the lab.
+
+    asyncio's own SIGINT handler only cancels the main task, and a task that finishes anyway swallows it -- Temporal's
+    client, cancelled while it connects or starts a workflow, finished and the lab ran on to the end. With a handler
+    of our own in place asyncio installs none, and ``KeyboardInterrupt`` is raised inside the event loop.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        return asyncio.run(coroutine)
+    signal.signal(signal.SIGINT, _interrupted)
+    try:
+        return asyncio.run(coroutine)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def free_port() -> int:
@@ -117,7 +145,7 @@ class TemporalServer:
             await Client.connect(self.address)
 
         try:
-            asyncio.run(asyncio.wait_for(connect(), 5))
+            _run_async(asyncio.wait_for(connect(), 5))
         except Exception:
             return False
         return True
@@ -140,7 +168,7 @@ class TemporalServer:
                 WORKFLOW_NAME, state, id=workflow_id, task_queue=self.task_queue, task_timeout=timedelta(seconds=5)
             )
 
-        asyncio.run(start())
+        _run_async(start())
 
     def result(self, workflow_id: str) -> dict:
         """The workflow's result (it has completed)."""
@@ -151,7 +179,7 @@ class TemporalServer:
             client = await Client.connect(self.address)
             return await client.get_workflow_handle(workflow_id).result()
 
-        return asyncio.run(asyncio.wait_for(result(), 30))
+        return _run_async(asyncio.wait_for(result(), 30))
 
     def start_worker(self, name: str, env: dict[str, str], var_dir: Path, timeout: float = 120.0) -> subprocess.Popen:
         log_path = var_dir / f"{name.replace(':', '-')}.log"

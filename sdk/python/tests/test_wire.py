@@ -55,8 +55,13 @@ class EchoServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Echo)
         self.status, self.hang_up = 200, False
+        self.closed = threading.Event()  # a connection's socket was closed by the server
         self._ids: dict[int, int] = {}
         self._lock = threading.Lock()
+
+    def shutdown_request(self, request) -> None:
+        super().shutdown_request(request)
+        self.closed.set()
 
     def connection_of(self, sock: object) -> int:
         with self._lock:
@@ -95,7 +100,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_not_an_error():
         server.hang_up = True
         wire = KeepAliveWire(server.url, {}, 5.0)
         first = json.loads(wire.send("POST", "/one", {})[1])
-        threading.Event().wait(0.2)  # the server's close reaches the client's idle socket
+        assert server.closed.wait(60), "the server never closed the connection"
         second = json.loads(wire.send("POST", "/two", {})[1])
         wire.close()
     assert (first["path"], second["path"]) == ("/one", "/two")
