@@ -63,6 +63,10 @@ def test_ctrl_c_ends_the_lab_with_one_line_and_no_process_left(tmp_path):
     assert manage(env, "migrate", "-v0").returncode == 0
     pid, fd = pty.fork()
     if pid == 0:  # the child: the lab, on the pty
+        # As a shell starts a command: SIGINT at its default and no signal blocked, whatever this test process (its
+        # earlier tests, their libraries' threads) left in the dispositions and the mask a child inherits.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.chdir(ROOT)
         os.execve(sys.executable, [sys.executable, "manage.py", "recovery_lab", "--runtime", "temporal"], env)
     output = bytearray()

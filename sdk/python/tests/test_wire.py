@@ -24,6 +24,10 @@ class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: EchoServer
 
+    def setup(self) -> None:
+        super().setup()
+        self.number = self.server.connection_accepted()  # one handler per connection: its number, in accept order
+
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         answer = json.dumps(
@@ -32,7 +36,7 @@ class Echo(BaseHTTPRequestHandler):
                 "body": json.loads(body) if body else None,
                 "key": self.headers.get("X-Api-Key"),
                 "traceparent": self.headers.get("traceparent"),
-                "connection": self.server.connection_of(self.connection),
+                "connection": self.number,
             }
         ).encode()
         self.send_response(self.server.status)
@@ -56,16 +60,17 @@ class EchoServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Echo)
         self.status, self.hang_up = 200, False
         self.closed = threading.Event()  # a connection's socket was closed by the server
-        self._ids: dict[int, int] = {}
+        self._accepted = 0
         self._lock = threading.Lock()
 
     def shutdown_request(self, request) -> None:
         super().shutdown_request(request)
         self.closed.set()
 
-    def connection_of(self, sock: object) -> int:
+    def connection_accepted(self) -> int:
         with self._lock:
-            return self._ids.setdefault(id(sock), len(self._ids) + 1)
+            self._accepted += 1
+            return self._accepted
 
     @property
     def url(self) -> str:
